@@ -118,8 +118,14 @@ struct kv_cache {
       throw_bad_input(where, "tokens", num(shape.tokens) + " ids", num(tokens.size()));
     if (!positions.empty() && positions.size() != static_cast<std::size_t>(shape.tokens))
       throw_bad_input(where, "positions", num(shape.tokens) + " positions", num(positions.size()));
+    validate_kept(where);
+  }
+
+  /// Checks the kept sets alone: one list per (layer, kv head), strictly increasing, < tokens.
+  void validate_kept(const std::string& where = "kv cache") const {
+    const auto num = [](auto v) { return std::to_string(v); };
     if (!kept.empty()) {
-      if (kept.size() != keys.size()) throw_bad_input(where, "kept", num(shape.layers) + " layers", num(kept.size()));
+      if (kept.size() != static_cast<std::size_t>(shape.layers)) throw_bad_input(where, "kept", num(shape.layers) + " layers", num(kept.size()));
       for (std::size_t l = 0; l < kept.size(); ++l) {
         if (kept[l].size() != static_cast<std::size_t>(shape.kv_heads))
           throw_bad_input(where, "kept[" + num(l) + "]", num(shape.kv_heads) + " heads", num(kept[l].size()));

@@ -1,0 +1,17 @@
+# Finds kvcodec's link dependencies (all Debian packages; see scripts/setup). Used both by the
+# project and by the installed kvcodecConfig.cmake, so consumers get the same targets.
+find_package(Threads REQUIRED)
+find_package(nlohmann_json 3.10 REQUIRED)
+find_package(Eigen3 3.3 REQUIRED NO_MODULE)
+find_package(zstd CONFIG QUIET)
+if(NOT TARGET zstd::libzstd_shared)
+  find_package(PkgConfig REQUIRED)
+  pkg_check_modules(KVCODEC_ZSTD REQUIRED IMPORTED_TARGET libzstd)
+  add_library(zstd::libzstd_shared ALIAS PkgConfig::KVCODEC_ZSTD)
+endif()
+if(NOT TARGET kvcodec_xxhash)
+  find_package(PkgConfig REQUIRED)
+  pkg_check_modules(KVCODEC_XXHASH REQUIRED IMPORTED_TARGET libxxhash)
+  add_library(kvcodec_xxhash INTERFACE IMPORTED)
+  target_link_libraries(kvcodec_xxhash INTERFACE PkgConfig::KVCODEC_XXHASH)
+endif()

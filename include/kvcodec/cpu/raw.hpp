@@ -1,0 +1,51 @@
+// kvcodec/cpu/raw.hpp — stage `raw`: a block's rows as f32/f16/bf16 bytes in the side stream.
+#pragma once
+
+#include <string>
+
+#include "kvcodec/cpu/stage_impl.hpp"
+#include "kvcodec/stage/raw.hpp"
+
+namespace kvcodec::cpu {
+
+class raw_quant final : public stage_impl<quant::raw, quant_stage> {
+ public:
+  explicit raw_quant(quant::raw p) : stage_impl(std::move(p)) { lossless_ = p_.dtype == "auto" || p_.dtype == "f32"; }
+  /// Lossless for the source dtype (known once bound to a cache; before that, only auto/f32 are).
+  bool lossless() const override { return lossless_; }
+  bytes fit(const std::vector<block>&, const cache_info& info) override {
+    resolve(info);
+    return {};
+  }
+  void load_state(std::span<const std::uint8_t> state, const cache_info& info) override {
+    stage::load_state(state, info);
+    resolve(info);
+  }
+  void encode(const block& b, const cache_info&, symbols& out) const override {
+    out.planes.clear();
+    out.side.resize(b.data.size() * dtype_size(resolved_));
+    encode_floats(b.data.data(), b.data.size(), resolved_, out.side.data());
+  }
+  void decode(const symbols& in, const cache_info&, block& b) const override {
+    const std::size_t n = b.rows() * static_cast<std::size_t>(b.head_dim);
+    if (!in.planes.empty() || in.side.size() != n * dtype_size(resolved_))
+      throw_corrupt("raw stage (layer " + std::to_string(b.layer) + ")",
+                    "expected " + std::to_string(n * dtype_size(resolved_)) + " bytes of " + std::string(dtype_name(resolved_)) +
+                        ", found " + std::to_string(in.side.size()));
+    b.data.resize(n);
+    decode_floats(in.side.data(), n, resolved_, b.data.data());
+  }
+
+ private:
+  void resolve(const cache_info& info) {
+    if (p_.dtype == "auto") p_.dtype = std::string(dtype_name(info.source_dtype));
+    resolved_ = *parse_dtype(p_.dtype);
+    lossless_ = dtype_size(resolved_) >= dtype_size(info.source_dtype) &&
+                !(resolved_ == dtype::f16 && info.source_dtype == dtype::bf16) &&
+                !(resolved_ == dtype::bf16 && info.source_dtype == dtype::f16);
+  }
+  dtype resolved_ = dtype::f32;
+  bool lossless_ = false;
+};
+
+}  // namespace kvcodec::cpu
