@@ -1,0 +1,195 @@
+// Tests for kvcodec/core/fp8.hpp: exhaustive code round trips and a brute-force nearest-value oracle.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "kvcodec/core/fp8.hpp"
+
+using namespace kvcodec;
+
+namespace {
+
+float from_bits(std::uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+std::uint32_t to_bits(float f) {
+  std::uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return b;
+}
+
+// Independent decoder: value of a finite code from its fields with ldexp.
+double ref_value(fp8_kind k, int c) {
+  const int mb = k == fp8_kind::e4m3 ? 3 : 2;
+  const int bias = k == fp8_kind::e4m3 ? 7 : 15;
+  const int e = (c & 0x7f) >> mb, m = c & ((1 << mb) - 1);
+  const double mag = e == 0 ? std::ldexp(static_cast<double>(m), 1 - bias - mb)
+                            : std::ldexp(1.0 + static_cast<double>(m) / (1 << mb), e - bias);
+  return (c & 0x80) ? -mag : mag;
+}
+
+bool is_finite_code(fp8_kind k, int c) {
+  if (k == fp8_kind::e4m3) return (c & 0x7f) != 0x7f;
+  return (c & 0x7c) != 0x7c;
+}
+
+// Nearest finite code by exhaustive search; ties go to the code with an even mantissa; values beyond
+// the largest finite magnitude saturate; the sign of zero follows the input.
+int oracle(fp8_kind k, float x) {
+  const double xd = x;
+  int best = -1;
+  double bd = 0.0;
+  for (int c = 0; c < 256; ++c) {
+    if (!is_finite_code(k, c)) continue;
+    if ((c & 0x80) != (std::signbit(x) ? 0x80 : 0)) continue;
+    const double d = std::fabs(ref_value(k, c) - xd);
+    if (best < 0 || d < bd || (d == bd && (c & 1) == 0 && (best & 1) == 1)) {
+      best = c;
+      bd = d;
+    }
+  }
+  return best;
+}
+
+}  // namespace
+
+TEST_CASE("fp8: every code decodes to the independent reference and round-trips") {
+  for (fp8_kind k : {fp8_kind::e4m3, fp8_kind::e5m2}) {
+    CAPTURE(static_cast<int>(k));
+    for (int c = 0; c < 256; ++c) {
+      CAPTURE(c);
+      const float v = fp8_to_f32(k, static_cast<std::uint8_t>(c));
+      if (k == fp8_kind::e4m3 && (c & 0x7f) == 0x7f) {
+        CHECK(std::isnan(v));
+        CHECK(f32_to_fp8(k, v) == 0x7f);
+        continue;
+      }
+      if (k == fp8_kind::e5m2 && (c & 0x7c) == 0x7c) {
+        if (c & 3) {
+          CHECK(std::isnan(v));
+          CHECK(f32_to_fp8(k, v) == 0x7f);
+        } else {
+          CHECK(std::isinf(v));
+          CHECK((v < 0) == ((c & 0x80) != 0));
+          CHECK(f32_to_fp8(k, v) == ((c & 0x80) | 0x7b));  // satfinite: Inf -> max finite
+        }
+        continue;
+      }
+      CHECK(static_cast<double>(v) == ref_value(k, c));
+      CHECK(std::signbit(v) == ((c & 0x80) != 0));
+      CHECK(f32_to_fp8(k, v) == c);
+    }
+  }
+}
+
+TEST_CASE("fp8: format constants and special values") {
+  CHECK(e4m3_to_f32(0x7e) == 448.0f);
+  CHECK(e4m3_to_f32(0xfe) == -448.0f);
+  CHECK(e4m3_to_f32(0x01) == std::ldexp(1.0f, -9));
+  CHECK(e4m3_to_f32(0x08) == std::ldexp(1.0f, -6));
+  CHECK(e4m3_to_f32(0x38) == 1.0f);
+  CHECK(e5m2_to_f32(0x7b) == 57344.0f);
+  CHECK(e5m2_to_f32(0x01) == std::ldexp(1.0f, -16));
+  CHECK(e5m2_to_f32(0x3c) == 1.0f);
+  CHECK(std::isinf(e5m2_to_f32(0x7c)));
+  CHECK(f32_to_e4m3(1.0f) == 0x38);
+  CHECK(f32_to_e4m3(-0.0f) == 0x80);
+  CHECK(f32_to_e4m3(0.0f) == 0x00);
+  // saturation
+  CHECK(f32_to_e4m3(448.0f) == 0x7e);
+  CHECK(f32_to_e4m3(463.9f) == 0x7e);
+  CHECK(f32_to_e4m3(464.0f) == 0x7e);  // tie between 448 and (non-existent) 480 -> saturate
+  CHECK(f32_to_e4m3(1e30f) == 0x7e);
+  CHECK(f32_to_e4m3(-1e30f) == 0xfe);
+  CHECK(f32_to_e4m3(std::numeric_limits<float>::infinity()) == 0x7e);
+  CHECK(f32_to_e4m3(-std::numeric_limits<float>::infinity()) == 0xfe);
+  CHECK(f32_to_e5m2(1e30f) == 0x7b);
+  CHECK(f32_to_e5m2(61440.0f) == 0x7b);
+  CHECK(f32_to_e5m2(-std::numeric_limits<float>::infinity()) == 0xfb);
+  CHECK(f32_to_e4m3(std::numeric_limits<float>::quiet_NaN()) == 0x7f);
+  CHECK(f32_to_e4m3(-std::numeric_limits<float>::quiet_NaN()) == 0x7f);
+  CHECK(f32_to_e5m2(std::numeric_limits<float>::quiet_NaN()) == 0x7f);
+  // ties to even
+  CHECK(f32_to_e4m3(1.0625f) == 0x38);   // halfway 1 and 1.125 -> even (1.0)
+  CHECK(f32_to_e4m3(1.1875f) == 0x3a);   // halfway 1.125 and 1.25 -> even (1.25)
+  CHECK(f32_to_e4m3(std::ldexp(1.0f, -10)) == 0x00);           // half the smallest subnormal -> 0
+  CHECK(f32_to_e4m3(std::ldexp(1.5f, -10)) == 0x01);           // 0.75 ulp -> 1
+  CHECK(f32_to_e4m3(std::ldexp(3.0f, -10)) == 0x02);           // 1.5 ulps -> even 2
+  CHECK(f32_to_e4m3(std::ldexp(1.0f, -10) * 1.0000001f) == 0x01);
+  CHECK(f32_to_e4m3(std::numeric_limits<float>::denorm_min()) == 0x00);
+  CHECK(f32_to_e4m3(-std::numeric_limits<float>::denorm_min()) == 0x80);
+  CHECK(f32_to_e4m3(std::ldexp(15.5f, -10)) == 0x08);  // 7.75 subnormal ulps rounds up to min normal
+}
+
+TEST_CASE("fp8: encoder equals a brute-force nearest search (ties to even)") {
+  std::mt19937_64 rng(2024);
+  for (fp8_kind k : {fp8_kind::e4m3, fp8_kind::e5m2}) {
+    CAPTURE(static_cast<int>(k));
+    int fails = 0;
+    // random bit patterns over the interesting exponent range, plus exact midpoints
+    for (int i = 0; i < 200000; ++i) {
+      float x;
+      if (i % 4 == 3) {
+        int c = static_cast<int>(rng() % 256);
+        int c2 = c + 1;
+        if (!is_finite_code(k, c) || !is_finite_code(k, c2) || ((c ^ c2) & 0x80)) continue;
+        x = static_cast<float>(0.5 * (ref_value(k, c) + ref_value(k, c2)));  // exact in float
+      } else {
+        const int lo = k == fp8_kind::e4m3 ? 127 - 14 : 127 - 20;
+        const int hi = k == fp8_kind::e4m3 ? 127 + 10 : 127 + 17;
+        const std::uint32_t e = static_cast<std::uint32_t>(lo + static_cast<int>(rng() % (hi - lo)));
+        x = from_bits(static_cast<std::uint32_t>((rng() & 1u) << 31) | (e << 23) |
+                      static_cast<std::uint32_t>(rng() & 0x7fffffu));
+      }
+      const int want = oracle(k, x);
+      const int got = f32_to_fp8(k, x);
+      if (want != got && fails++ < 5) {
+        CAPTURE(x);
+        CAPTURE(to_bits(x));
+        CHECK(got == want);
+      }
+    }
+    CHECK(fails == 0);
+  }
+}
+
+TEST_CASE("fp8: scale helpers") {
+  CHECK(fp8_scale(448.0f, fp8_kind::e4m3) == 1.0f);
+  CHECK(fp8_scale(896.0f, fp8_kind::e4m3) == 2.0f);
+  CHECK(fp8_scale(57344.0f, fp8_kind::e5m2) == 1.0f);
+  CHECK(fp8_scale(0.0f, fp8_kind::e4m3) == 1.0f);
+  CHECK(fp8_scale(-3.0f, fp8_kind::e4m3) == 1.0f);
+  CHECK(fp8_scale(std::numeric_limits<float>::infinity(), fp8_kind::e4m3) == 1.0f);
+  CHECK(fp8_scale(std::numeric_limits<float>::quiet_NaN(), fp8_kind::e5m2) == 1.0f);
+  CHECK(fp8_scale(std::numeric_limits<float>::denorm_min(), fp8_kind::e4m3) == 1.0f);  // underflows
+  const float x[5] = {1.0f, -7.0f, std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN(), 3.0f};
+  CHECK(finite_amax(x, 5) == 7.0f);
+  CHECK(finite_amax(x, 3, 2) == 3.0f);
+  CHECK(finite_amax(x, 0) == 0.0f);
+
+  // scaled round trip: relative error within half an ulp of the format (2^-4 e4m3, 2^-3 e5m2)
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 30.0f);
+  std::vector<float> v(1000), y(1000);
+  for (auto& a : v) a = nd(rng);
+  for (fp8_kind k : {fp8_kind::e4m3, fp8_kind::e5m2}) {
+    const float s = fp8_scale(finite_amax(v.data(), v.size()), k);
+    std::vector<std::uint8_t> c(v.size());
+    encode_fp8(k, v.data(), v.size(), s, c.data());
+    decode_fp8(k, c.data(), v.size(), s, y.data());
+    const double rel = k == fp8_kind::e4m3 ? 1.0 / 16 : 1.0 / 8;
+    const double sub = (k == fp8_kind::e4m3 ? std::ldexp(1.0, -10) : std::ldexp(1.0, -17)) * s;
+    for (std::size_t i = 0; i < v.size(); ++i) CHECK(std::fabs(y[i] - v[i]) <= std::fabs(v[i]) * rel + sub);
+    float amax_back = 0.0f;
+    for (float a : y) amax_back = std::max(amax_back, std::fabs(a));
+    CHECK(amax_back == doctest::Approx(finite_amax(v.data(), v.size())).epsilon(1e-6));
+  }
+}

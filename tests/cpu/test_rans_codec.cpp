@@ -1,0 +1,407 @@
+// Tests of kvcodec/cpu/rans_codec.hpp: exact round trips over lanes, sizes, precisions and
+// adversarial distributions; golden bytes of the stream layout; compression near the entropy;
+// corrupt, truncated and bad inputs; per-column tables; real KV data from ../shared.
+#include <doctest/doctest.h>
+
+#include "kvcodec/cpu/rans_codec.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <vector>
+
+using namespace kvcodec;
+
+namespace {
+
+bool throws_kind(auto&& fn, error_kind kind) {
+  try {
+    fn();
+  } catch (const error& e) {
+    return e.kind() == kind;
+  }
+  return false;
+}
+
+std::vector<uint16_t> laplace_symbols(size_t n, double center, double scale, size_t alphabet, uint32_t seed) {
+  std::mt19937_64 rng(seed);
+  std::exponential_distribution<double> ex(1.0 / scale);
+  std::bernoulli_distribution sign(0.5);
+  std::vector<uint16_t> s(n);
+  for (auto& v : s) {
+    const double x = center + (sign(rng) ? 1 : -1) * ex(rng);
+    v = static_cast<uint16_t>(std::clamp(std::lround(x), 0l, static_cast<long>(alphabet) - 1));
+  }
+  return s;
+}
+
+template <class Sym>
+void round_trip(const std::vector<Sym>& sym, const freq_table& t, int lanes) {
+  const auto bytes = rans_encode(sym.data(), sym.size(), t, lanes);
+  CHECK(bytes.size() <= rans_max_encoded_size(sym.size(), lanes));
+  CHECK(bytes.size() >= 4 * static_cast<size_t>(lanes));
+  const decode_table d = make_decode_table(t);
+  std::vector<Sym> out(sym.size() + 1, static_cast<Sym>(0x5a));
+  rans_decode(bytes.data(), bytes.size(), d, lanes, out.data(), sym.size());
+  CHECK(std::equal(sym.begin(), sym.end(), out.begin()));
+  CHECK(out.back() == static_cast<Sym>(0x5a));  // nothing written past n
+}
+
+std::filesystem::path shared_dir() {
+  if (const char* e = std::getenv("KVCODEC_SHARED")) return e;
+  if (std::filesystem::exists("../shared/kv")) return "../shared";
+  return "/work/shared";
+}
+
+}  // namespace
+
+TEST_CASE("round trips over lanes, sizes, prob_bits and distributions") {
+  std::mt19937 rng(1);
+  for (int lanes : {32, 64, 128}) {
+    for (int m = rans_min_prob_bits; m <= rans_max_prob_bits; ++m) {
+      const size_t L = static_cast<size_t>(lanes);
+      for (size_t n : {size_t{0}, size_t{1}, L - 1, L, L + 1, 2 * L - 1, 3 * L + 5, size_t{4099}}) {
+        CAPTURE(lanes);
+        CAPTURE(m);
+        CAPTURE(n);
+        // one symbol only (freq = 2^M: zero bits per symbol)
+        {
+          std::vector<uint32_t> c(3, 0);
+          c[2] = 1;
+          const freq_table t = normalize_freqs(c, m);
+          std::vector<uint16_t> s(n, 2);
+          round_trip(s, t, lanes);
+          CHECK(rans_encode(s.data(), n, t, lanes).size() == 4 * L);
+        }
+        // uniform over the largest alphabet the precision allows
+        {
+          const size_t a = std::min<size_t>(rans_max_alphabet, size_t{1} << m);
+          std::vector<uint16_t> s(n);
+          for (auto& v : s) v = static_cast<uint16_t>(rng() % a);
+          std::vector<uint32_t> c(a, 1);
+          round_trip(s, normalize_freqs(c, m), lanes);
+        }
+        // very skewed: one dominant symbol and freq-1 symbols that do occur
+        {
+          std::vector<uint32_t> c(200, 1);
+          c[7] = 1000000;
+          const freq_table t = normalize_freqs(c, m);
+          REQUIRE(t.freq[0] == 1);
+          std::vector<uint16_t> s(n);
+          for (auto& v : s) v = rng() % 4 == 0 ? static_cast<uint16_t>(rng() % 200) : 7;
+          round_trip(s, t, lanes);
+          std::vector<uint8_t> s8(s.begin(), s.end());
+          round_trip(s8, t, lanes);
+        }
+        // all symbols equal but the table is spread out
+        {
+          std::vector<uint16_t> s(n, 1);
+          std::vector<uint32_t> c(256, 10);
+          round_trip(s, normalize_freqs(c, m), lanes);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("maximal alphabet of 4096 symbols and large n") {
+  const auto s = laplace_symbols(300001, 2048, 300, 4096, 9);
+  const auto h = histogram(s.data(), s.size(), 4096);
+  std::vector<uint32_t> c = h;
+  for (auto& v : c) v += 1;  // every symbol codable
+  for (int m : {12, 15}) round_trip(s, normalize_freqs(c, m), 32);
+  round_trip(s, normalize_freqs(c, 15), 256);
+}
+
+TEST_CASE("golden bytes of the stream layout") {
+  // freq {3, 1021} at prob_bits 10; lane 0 codes symbols 0 and 32 (both symbol 0), lanes 1..31 symbol 1.
+  // Lane 0: 65536 -> (65536/3 << 10) + 65536 % 3 = 22369281 = 0x1555401; then it emits 0x5401,
+  // 0x155 = 341 -> (113 << 10) + 2 = 115714. Lanes 1..31: (64 << 10) + 192 + 3 = 65731.
+  const freq_table t = make_freq_table({3, 1021}, 10);
+  std::vector<uint16_t> s(33, 1);
+  s[0] = s[32] = 0;
+  const auto bytes = rans_encode(s.data(), s.size(), t, 32);
+  std::vector<uint8_t> want(4 * 32 + 2);
+  detail::store_le32(want.data(), 115714);
+  for (int j = 1; j < 32; ++j) detail::store_le32(want.data() + 4 * j, 65731);
+  want[128] = 0x01;
+  want[129] = 0x54;
+  CHECK(bytes == want);
+  std::vector<uint16_t> out(33);
+  rans_decode(bytes.data(), bytes.size(), make_decode_table(t), 32, out.data(), out.size());
+  CHECK(out == s);
+  const auto empty = rans_encode(s.data(), 0, t, 64);
+  REQUIRE(empty.size() == 256);
+  for (int j = 0; j < 64; ++j) CHECK(detail::load_le32(empty.data() + 4 * j) == rans_l);
+}
+
+TEST_CASE("payload within 1% of the empirical entropy on a 1M-symbol Laplace source") {
+  const size_t n = 1 << 20;
+  const auto s = laplace_symbols(n, 128, 6.0, 256, 4);
+  const auto h = histogram(s.data(), n, 256);
+  const double hbits = entropy_bits(h.data(), h.size());
+  for (int m : {12, 15}) {
+    const freq_table t = normalize_freqs(h, m);
+    for (int lanes : {32, 128}) {
+      const auto bytes = rans_encode(s.data(), n, t, lanes);
+      const double payload_bits = 8.0 * static_cast<double>(bytes.size() - 4 * static_cast<size_t>(lanes));
+      const double ideal = code_length_bits(h.data(), h.size(), t);
+      MESSAGE("prob_bits ", m, " lanes ", lanes, ": entropy ", hbits / n, " bits/sym, table ", ideal / n,
+              ", payload ", payload_bits / n, ", with states ", 8.0 * bytes.size() / n);
+      CHECK(payload_bits <= 1.01 * hbits);
+      CHECK(payload_bits >= ideal - 32.0 * lanes);
+      std::vector<uint16_t> out(n);
+      rans_decode(bytes.data(), bytes.size(), make_decode_table(t), lanes, out.data(), n);
+      CHECK(out == s);
+    }
+  }
+}
+
+TEST_CASE("truncated, extended and corrupt streams throw corrupt and never crash") {
+  const size_t n = 5000;
+  const auto s = laplace_symbols(n, 20, 3.0, 64, 8);
+  // A fitted (non power-of-two) table mixes every word into the final states; with power-of-two
+  // frequencies rANS only shifts bits, and a flipped payload bit cannot be detected.
+  auto c = histogram(s.data(), n, 64);
+  for (auto& v : c) v += 1;
+  const freq_table t = normalize_freqs(c, 11);
+  const decode_table d = make_decode_table(t);
+  for (int lanes : {32, 64}) {
+    const auto bytes = rans_encode(s.data(), n, t, lanes);
+    std::vector<uint16_t> out(n);
+    // Every truncation is detected: the decoder follows the same path until a missing word.
+    for (size_t len = 0; len < bytes.size(); len += (len < 300 || len + 300 > bytes.size()) ? 1 : 97) {
+      CAPTURE(len);
+      CHECK(throws_kind([&] { rans_decode(bytes.data(), len, d, lanes, out.data(), n); }, error_kind::corrupt));
+    }
+    auto longer = bytes;
+    longer.push_back(0);
+    longer.push_back(0);
+    CHECK(throws_kind([&] { rans_decode(longer.data(), longer.size(), d, lanes, out.data(), n); }, error_kind::corrupt));
+    longer.pop_back();
+    CHECK(throws_kind([&] { rans_decode(longer.data(), longer.size(), d, lanes, out.data(), n); }, error_kind::corrupt));
+    // Fewer or more symbols than were coded leave states off the initial value or words unread.
+    CHECK(throws_kind([&] { rans_decode(bytes.data(), bytes.size(), d, lanes, out.data(), n - 1); }, error_kind::corrupt));
+    std::vector<uint16_t> big(n + 1);
+    CHECK(throws_kind([&] { rans_decode(bytes.data(), bytes.size(), d, lanes, big.data(), n + 1); }, error_kind::corrupt));
+    // A state below 2^16 is rejected up front.
+    auto low = bytes;
+    detail::store_le32(low.data() + 4, 100);
+    CHECK(throws_kind([&] { rans_decode(low.data(), low.size(), d, lanes, out.data(), n); }, error_kind::corrupt));
+    // Bit flips: each decode either throws corrupt or returns; nearly all are detected.
+    std::mt19937 rng(3);
+    int detected = 0, trials = 300;
+    for (int k = 0; k < trials; ++k) {
+      auto b = bytes;
+      b[rng() % b.size()] ^= static_cast<uint8_t>(1u << (rng() % 8));
+      try {
+        rans_decode(b.data(), b.size(), d, lanes, out.data(), n);
+      } catch (const error& e) {
+        CHECK(e.kind() == error_kind::corrupt);
+        ++detected;
+      }
+    }
+    CHECK(detected >= trials * 95 / 100);
+    // Random garbage of every small size.
+    for (size_t len = 0; len < 600; len += 2) {
+      std::vector<uint8_t> g(len);
+      for (auto& v : g) v = static_cast<uint8_t>(rng());
+      try {
+        rans_decode(g.data(), g.size(), d, lanes, out.data(), 100);
+      } catch (const error& e) {
+        CHECK(e.kind() == error_kind::corrupt);
+      }
+    }
+  }
+}
+
+TEST_CASE("bad arguments throw bad_input") {
+  const freq_table t = make_freq_table({512, 0, 512}, 10);
+  const decode_table d = make_decode_table(t);
+  const std::vector<uint16_t> s = {0, 2, 0};
+  for (int lanes : {0, 16, 31, 33, 48, 2048, -32})
+    CHECK(throws_kind([&] { rans_encode(s.data(), s.size(), t, lanes); }, error_kind::bad_input));
+  CHECK_NOTHROW(rans_encode(s.data(), s.size(), t, 1024));
+  const std::vector<uint16_t> zero_freq = {0, 1, 0};
+  CHECK(throws_kind([&] { rans_encode(zero_freq.data(), 3, t, 32); }, error_kind::bad_input));
+  const std::vector<uint16_t> outside = {0, 3, 0};
+  CHECK(throws_kind([&] { rans_encode(outside.data(), 3, t, 32); }, error_kind::bad_input));
+  const auto bytes = rans_encode(s.data(), s.size(), t, 32);
+  std::vector<uint16_t> out(3);
+  CHECK(throws_kind([&] { rans_decode(bytes.data(), bytes.size(), d, 48, out.data(), 3); }, error_kind::bad_input));
+  CHECK(throws_kind([&] { rans_decode(bytes.data(), bytes.size(), decode_table{}, 32, out.data(), 3); }, error_kind::bad_input));
+  std::vector<uint32_t> wide(300, 1);
+  const decode_table dw = make_decode_table(normalize_freqs(wide, 10));
+  std::vector<uint8_t> out8(3);
+  CHECK(throws_kind([&] { rans_decode(bytes.data(), bytes.size(), dw, 32, out8.data(), 3); }, error_kind::bad_input));
+  CHECK(throws_kind([&] { rans_encode(static_cast<const uint16_t*>(nullptr), 3, t, 32); }, error_kind::bad_input));
+  CHECK_NOTHROW(rans_encode(static_cast<const uint16_t*>(nullptr), 0, t, 32));
+}
+
+TEST_CASE("per-column tables: round trips, cols = 1 equals the plain stream, bad maps throw") {
+  std::mt19937 rng(12);
+  const int m = 12;
+  std::vector<freq_table> ft;
+  for (int k = 0; k < 5; ++k) ft.push_back(laplace_table(8.0 + 4 * k, 0.5 + k, 40, m));
+  ft.push_back(normalize_freqs(std::vector<uint32_t>(40, 0), m));  // only symbol 0
+  std::vector<decode_table> dt;
+  for (const auto& t : ft) dt.push_back(make_decode_table(t));
+  for (size_t cols : {size_t{1}, size_t{3}, size_t{7}, size_t{32}, size_t{64}, size_t{100}}) {
+    std::vector<uint32_t> map(cols);
+    for (size_t c = 0; c < cols; ++c) map[c] = static_cast<uint32_t>((c * 7 + 1) % ft.size());
+    for (int lanes : {32, 64}) {
+      for (size_t n : {size_t{0}, size_t{1}, cols, static_cast<size_t>(lanes) + 1, size_t{10007}}) {
+        CAPTURE(cols);
+        CAPTURE(lanes);
+        CAPTURE(n);
+        std::vector<uint8_t> s(n);
+        for (size_t i = 0; i < n; ++i) {
+          const freq_table& t = ft[map[i % cols]];
+          std::discrete_distribution<int> dist(t.freq.begin(), t.freq.end());
+          s[i] = static_cast<uint8_t>(dist(rng));
+        }
+        const auto bytes = rans_encode_ctx(s.data(), n, cols, std::span<const freq_table>(ft), map, lanes);
+        std::vector<uint8_t> out(n);
+        rans_decode_ctx(bytes.data(), bytes.size(), cols, std::span<const decode_table>(dt), map, lanes, out.data(), n);
+        CHECK(out == s);
+        if (cols == 1) {
+          CHECK(bytes == rans_encode(s.data(), n, ft[map[0]], lanes));
+        }
+      }
+    }
+  }
+  const std::vector<uint8_t> s = {1, 2, 3};
+  const std::vector<uint32_t> bad_map = {0, 9};
+  const std::vector<uint32_t> ok_map = {0, 1};
+  CHECK(throws_kind([&] { rans_encode_ctx(s.data(), 3, 2, std::span<const freq_table>(ft), bad_map, 32); }, error_kind::bad_input));
+  CHECK(throws_kind([&] { rans_encode_ctx(s.data(), 3, 3, std::span<const freq_table>(ft), ok_map, 32); }, error_kind::bad_input));
+  CHECK(throws_kind([&] { rans_encode_ctx(s.data(), 3, 0, std::span<const freq_table>(ft), {}, 32); }, error_kind::bad_input));
+  std::vector<freq_table> mixed = {ft[0], laplace_table(3, 1, 40, 13)};
+  CHECK(throws_kind([&] { rans_encode_ctx(s.data(), 3, 2, std::span<const freq_table>(mixed), ok_map, 32); }, error_kind::bad_input));
+  std::vector<decode_table> mixed_d = {dt[0], make_decode_table(mixed[1])};
+  std::vector<uint8_t> out(3);
+  const auto bytes = rans_encode_ctx(s.data(), 3, 2, std::span<const freq_table>(ft), ok_map, 32);
+  CHECK(throws_kind([&] { rans_decode_ctx(bytes.data(), bytes.size(), 2, std::span<const decode_table>(mixed_d), ok_map, 32, out.data(), 3); }, error_kind::bad_input));
+  // Symbol 0 only in table 5: coding any other symbol in that column is rejected.
+  const std::vector<uint32_t> to5 = {5};
+  CHECK(throws_kind([&] { rans_encode_ctx(s.data(), 3, 1, std::span<const freq_table>(ft), to5, 32); }, error_kind::bad_input));
+}
+
+TEST_CASE("real KV cache: 8-bit quantised keys/values coded with one table per channel") {
+  const auto path = shared_dir() / "kv" / "stories260K-s0.safetensors";
+  if (!std::filesystem::exists(path)) {
+    MESSAGE("skipped: ", path.string(), " not found (set KVCODEC_SHARED)");
+    return;
+  }
+  std::ifstream f(path, std::ios::binary);
+  REQUIRE(f);
+  uint64_t hlen = 0;
+  f.read(reinterpret_cast<char*>(&hlen), 8);
+  REQUIRE(hlen < (1u << 24));
+  std::string header(hlen, '\0');
+  f.read(header.data(), static_cast<std::streamsize>(hlen));
+  const auto j = nlohmann::json::parse(header);
+  int tested = 0;
+  for (const char* name : {"past_key_values.0.key", "past_key_values.3.value"}) {
+    REQUIRE(j.contains(name));
+    const auto& e = j[name];
+    REQUIRE(e["dtype"] == "F32");
+    const auto shape = e["shape"].get<std::vector<size_t>>();
+    const auto off = e["data_offsets"].get<std::vector<size_t>>();
+    const size_t head_dim = shape.back();
+    const size_t count = (off[1] - off[0]) / 4;
+    std::vector<float> v(count);
+    f.seekg(static_cast<std::streamoff>(8 + hlen + off[0]));
+    f.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(count * 4));
+    REQUIRE(f);
+    const auto [mn, mx] = std::minmax_element(v.begin(), v.end());
+    std::vector<uint8_t> q(count);
+    for (size_t i = 0; i < count; ++i)
+      q[i] = static_cast<uint8_t>(std::lround((v[i] - *mn) / (*mx - *mn) * 255.0));
+    std::vector<freq_table> tables;
+    std::vector<decode_table> dec;
+    std::vector<uint32_t> map(head_dim);
+    double ideal = 0;
+    for (size_t c = 0; c < head_dim; ++c) {
+      std::vector<uint32_t> h(256, 0);
+      for (size_t i = c; i < count; i += head_dim) ++h[q[i]];
+      tables.push_back(normalize_freqs(h, 12));
+      dec.push_back(make_decode_table(tables.back()));
+      ideal += code_length_bits(h.data(), h.size(), tables.back());
+      map[c] = static_cast<uint32_t>(c);
+    }
+    const auto bytes = rans_encode_ctx(q.data(), count, head_dim, std::span<const freq_table>(tables), map, 32);
+    std::vector<uint8_t> out(count);
+    rans_decode_ctx(bytes.data(), bytes.size(), head_dim, std::span<const decode_table>(dec), map, 32, out.data(), count);
+    CHECK(out == q);
+    const double payload = 8.0 * static_cast<double>(bytes.size() - 128);
+    MESSAGE(std::string(name), ": ", count, " symbols, ", payload / count, " bits/sym (table code length ", ideal / count, ")");
+    CHECK(payload <= ideal * 1.01 + 64);
+    ++tested;
+  }
+  CHECK(tested == 2);
+}
+
+TEST_CASE("vector decoder (when the CPU has it) equals the scalar reference, corrupt streams included") {
+  std::mt19937 rng(21);
+  for (int lanes : {32, 64, 128}) {
+    for (int m : {10, 12, 15}) {
+      for (size_t n : {size_t{0}, size_t{5}, static_cast<size_t>(lanes) * 3 + 7, size_t{70001}}) {
+        const auto s16 = laplace_symbols(n, 100, 9.0, 256, static_cast<uint32_t>(rng()));
+        const std::vector<uint8_t> s(s16.begin(), s16.end());
+        auto h = histogram(s.data(), n, 256);
+        for (auto& v : h) v += 1;
+        const freq_table t = normalize_freqs(h, m);
+        const decode_table d = make_decode_table(t);
+        const uint64_t* tab = d.entry.data();
+        auto bytes = rans_encode(s.data(), n, t, lanes);
+        for (int variant = 0; variant < 3; ++variant) {
+          CAPTURE(lanes);
+          CAPTURE(m);
+          CAPTURE(n);
+          CAPTURE(variant);
+          auto b = bytes;
+          if (variant == 1 && b.size() > 4u * lanes) b[4u * lanes + rng() % (b.size() - 4u * lanes)] ^= 0x10;
+          if (variant == 2 && b.size() >= 4u * lanes + 2) b.erase(b.end() - 2, b.end());
+          std::vector<uint8_t> o_ref(n), o_vec(n);
+          std::string e_ref, e_vec;
+          try {
+            detail::rans_decode_impl<uint8_t, false>(b.data(), b.size(), 1, &tab, m, lanes, o_ref.data(), n, "ref", false);
+          } catch (const error& e) {
+            e_ref = std::string(e.what()).substr(3);
+          }
+          try {
+            detail::rans_decode_impl<uint8_t, false>(b.data(), b.size(), 1, &tab, m, lanes, o_vec.data(), n, "vec", true);
+          } catch (const error& e) {
+            e_vec = std::string(e.what()).substr(3);
+          }
+          CHECK(e_ref == e_vec);
+          CHECK(o_ref == o_vec);
+          if (variant == 0) {
+            CHECK(e_ref.empty());
+            CHECK(o_ref == s);
+          }
+          std::vector<uint16_t> w_ref(n), w_vec(n);
+          try {
+            detail::rans_decode_impl<uint16_t, false>(b.data(), b.size(), 1, &tab, m, lanes, w_ref.data(), n, "ref", false);
+          } catch (const error&) {
+          }
+          try {
+            detail::rans_decode_impl<uint16_t, false>(b.data(), b.size(), 1, &tab, m, lanes, w_vec.data(), n, "vec", true);
+          } catch (const error&) {
+          }
+          CHECK(w_ref == w_vec);
+        }
+      }
+    }
+  }
+#if KVCODEC_RANS_AVX512
+  MESSAGE("AVX-512 decoder available on this CPU: ", detail::rans_avx512_available());
+#endif
+}
