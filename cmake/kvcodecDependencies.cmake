@@ -3,6 +3,7 @@
 find_package(Threads REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(Eigen3 3.3 REQUIRED NO_MODULE)
+find_package(ZLIB REQUIRED)
 find_package(zstd CONFIG QUIET)
 if(NOT TARGET zstd::libzstd_shared)
   find_package(PkgConfig REQUIRED)

@@ -8,6 +8,9 @@
 #include "kvcodec/cpu/zstd.hpp"
 #include "kvcodec/pipeline/codec.hpp"
 #include "kvcodec/registry/registry.hpp"
+#include "kvcodec/registry/drop_stages.hpp"
+#include "kvcodec/registry/entropy_stages.hpp"
+#include "kvcodec/registry/quant_stages.hpp"
 
 namespace kvcodec {
 
@@ -16,6 +19,9 @@ inline registry make_builtin_registry() {
   r.add<quant::raw, cpu::raw_quant>();
   r.add<entropy::pack, cpu::pack_entropy>();
   r.add<entropy::zstd, cpu::zstd_entropy>();
+  register_quant_stages(r);    // quantizers and transforms (issue: quantizer family)
+  register_entropy_stages(r);  // rans, ac, cachegen / kvc presets
+  register_drop_stages(r);     // token dropping (kvpress family)
   return r;
 }
 
