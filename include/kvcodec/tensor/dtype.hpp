@@ -151,6 +151,7 @@ template <> struct dtype_of<std::uint8_t> { static constexpr dtype value = dtype
 
 /// Converts `n` floats to `t` storage (f32, f16 or bf16), little-endian, into `out` (n * dtype_size(t) bytes).
 inline void encode_floats(const float* in, std::size_t n, dtype t, std::uint8_t* out) noexcept {
+  if (n == 0) return;
   if (t == dtype::f32) {
     std::memcpy(out, in, n * 4);
   } else if (t == dtype::f16) {
@@ -168,6 +169,7 @@ inline void encode_floats(const float* in, std::size_t n, dtype t, std::uint8_t*
 
 /// Inverse of encode_floats.
 inline void decode_floats(const std::uint8_t* in, std::size_t n, dtype t, float* out) noexcept {
+  if (n == 0) return;
   if (t == dtype::f32) {
     std::memcpy(out, in, n * 4);
   } else if (t == dtype::f16) {
