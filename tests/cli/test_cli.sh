@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The kvcodec command on good and bad input: exit codes (0 ok, 1 usage, 2 bad input) and one clear
+# line on stderr naming the problem. Usage: test_cli.sh KVCODEC_BINARY [SHARED_DIR]
+set -u
+K=$1
+SHARED=${2:-}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0
+fail=0
+
+# expect CODE NEEDLE -- command...
+expect() {
+  local code=$1 needle=$2
+  shift 3
+  local out rc
+  out=$("$@" 2>&1)
+  rc=$?
+  if [[ $rc -ne $code ]]; then
+    echo "FAIL: '$*' exited $rc, expected $code"; echo "$out" | head -5; fail=$((fail + 1)); return
+  fi
+  if [[ -n $needle && $out != *"$needle"* ]]; then
+    echo "FAIL: '$*' output lacks '$needle':"; echo "$out" | head -5; fail=$((fail + 1)); return
+  fi
+  pass=$((pass + 1))
+}
+
+# A small synthetic dump made by the tool itself.
+expect 0 "synthetic cache" -- "$K" synth --layers 2 --kv-heads 2 --q-heads 4 --head-dim 16 --tokens 300 "$T/s.safetensors"
+expect 2 "exists" -- "$K" synth --layers 2 --kv-heads 2 --q-heads 4 --head-dim 16 --tokens 300 "$T/s.safetensors"
+expect 0 "bits/element" -- "$K" encode -c zstd:level=1 "$T/s.safetensors" "$T/s.kvc"
+expect 0 "raw:dtype=f16|zstd:level=1" -- "$K" info "$T/s.kvc"
+expect 0 "checksums verified" -- "$K" info --verify "$T/s.kvc"
+expect 0 "" -- "$K" decode "$T/s.kvc" "$T/back.safetensors"
+expect 0 "" -- "$K" decode --dtype f32 "$T/s.kvc" "$T/back32.npz"
+expect 0 "" -- "$K" encode -q -c raw "$T/back.safetensors" "$T/back.kvc"
+expect 0 "" -- cmp <("$K" info --json "$T/s.kvc" | grep -v '"file"') <("$K" info --json "$T/s.kvc" | grep -v '"file"')
+expect 0 '"bits_per_element"' -- "$K" eval --json -c raw -c zstd "$T/s.safetensors"
+expect 0 '"attention"' -- "$K" eval --json -c raw:dtype=bf16 "$T/s.safetensors"
+expect 0 "zstd:level=3" -- "$K" compare "$T/s.safetensors"
+expect 0 "[entropy]" -- "$K" list
+expect 0 '"kind": "quant"' -- "$K" list --json
+
+# Usage errors: exit 1.
+expect 1 "" -- "$K"
+expect 1 "" -- "$K" encode
+expect 1 "unknown stage 'nosuch'" -- "$K" encode -c nosuch "$T/s.safetensors" "$T/x.kvc"
+expect 1 "parameter 'level'" -- "$K" eval -c zstd:level=99 "$T/s.safetensors"
+
+# Bad input: exit 2 with the file named.
+expect 2 "output path is the input" -- "$K" encode -c raw "$T/s.safetensors" "$T/s.safetensors"
+expect 2 "exists; pass --force" -- "$K" encode -c raw "$T/s.safetensors" "$T/s.kvc"
+expect 0 "" -- "$K" encode -q --force -c raw "$T/s.safetensors" "$T/s.kvc"
+size=$(stat -c %s "$T/s.kvc")
+head -c $((size / 2)) "$T/s.kvc" > "$T/trunc.kvc"
+expect 2 "trunc.kvc" -- "$K" decode "$T/trunc.kvc" "$T/o1.safetensors"
+cp "$T/s.kvc" "$T/flip.kvc"
+printf '\xff' | dd of="$T/flip.kvc" bs=1 seek=$((size - 100)) conv=notrunc status=none
+expect 2 "checksum" -- "$K" decode "$T/flip.kvc" "$T/o2.safetensors"
+head -c "$size" /dev/zero > "$T/zero.kvc"
+expect 2 "not a .kvc container" -- "$K" info "$T/zero.kvc"
+expect 2 "not a .kvc container" -- "$K" decode "$T/s.safetensors" "$T/o3.safetensors"
+expect 2 "nope.kvc" -- "$K" info "$T/nope.kvc"
+printf 'hello, not a KV dump at all' > "$T/text.safetensors"
+expect 2 "text.safetensors" -- "$K" encode -c raw "$T/text.safetensors" "$T/o4.kvc"
+# safetensors whose header length exceeds the file
+printf '\xff\xff\x00\x00\x00\x00\x00\x00{}' > "$T/hlen.safetensors"
+expect 2 "hlen.safetensors" -- "$K" eval -c raw "$T/hlen.safetensors"
+# a valid safetensors with no KV tensors: lists what was found and what is accepted
+hdr='{"foo":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
+{ printf "$(printf '\\x%02x' ${#hdr})\\x00\\x00\\x00\\x00\\x00\\x00\\x00"; printf '%s' "$hdr"; head -c 8 /dev/zero; } > "$T/foo.safetensors"
+expect 2 "foo" -- "$K" encode -c raw "$T/foo.safetensors" "$T/o5.kvc"
+# unknown dtype
+hdr='{"past_key_values.0.key":{"dtype":"C64","shape":[1,1,1,2],"data_offsets":[0,16]}}'
+{ printf "$(printf '\\x%02x' ${#hdr})\\x00\\x00\\x00\\x00\\x00\\x00\\x00"; printf '%s' "$hdr"; head -c 16 /dev/zero; } > "$T/c64.safetensors"
+expect 2 "C64" -- "$K" encode -c raw "$T/c64.safetensors" "$T/o6.kvc"
+# mismatched K/V shapes
+hdr='{"past_key_values.0.key":{"dtype":"F32","shape":[1,1,2,2],"data_offsets":[0,16]},"past_key_values.0.value":{"dtype":"F32","shape":[1,1,1,2],"data_offsets":[16,24]}}'
+{ printf "$(printf '\\x%02x' ${#hdr})\\x00\\x00\\x00\\x00\\x00\\x00\\x00"; printf '%s' "$hdr"; head -c 24 /dev/zero; } > "$T/mis.safetensors"
+expect 2 "shape" -- "$K" encode -c raw "$T/mis.safetensors" "$T/o7.kvc"
+# zero tokens
+hdr='{"past_key_values.0.key":{"dtype":"F32","shape":[1,1,0,2],"data_offsets":[0,0]},"past_key_values.0.value":{"dtype":"F32","shape":[1,1,0,2],"data_offsets":[0,0]}}'
+{ printf "$(printf '\\x%02x' ${#hdr})\\x00\\x00\\x00\\x00\\x00\\x00\\x00"; printf '%s' "$hdr"; } > "$T/zero.safetensors"
+expect 2 "token" -- "$K" encode -c raw "$T/zero.safetensors" "$T/o8.kvc"
+
+# Real dumps, when shared/ is beside the project.
+if [[ -n $SHARED && -f $SHARED/kv/stories260K-s0.safetensors ]]; then
+  S=$SHARED/kv/stories260K-s0.safetensors
+  expect 0 "" -- "$K" encode -q -c raw "$S" "$T/real.kvc"
+  expect 0 "" -- "$K" decode "$T/real.kvc" "$T/real.safetensors"
+  expect 0 "" -- "$K" encode -q -c raw "$T/real.safetensors" "$T/real2.kvc"
+  expect 0 "" -- "$K" decode "$T/real2.kvc" "$T/real2.safetensors"
+  expect 0 "" -- cmp "$T/real.safetensors" "$T/real2.safetensors"
+  expect 0 "" -- "$K" encode -q -c raw "$SHARED/kv/stories260K-s0.bf16.safetensors" "$T/bf.kvc"
+  expect 0 "source dtype    bf16" -- "$K" info "$T/bf.kvc"
+else
+  echo "shared/ not found: real-dump CLI checks skipped"
+fi
+
+echo "cli: $pass passed, $fail failed"
+[[ $fail -eq 0 ]]

@@ -1,0 +1,136 @@
+// Bad-input behaviour of the .kvc container: every corruption is an error, never a crash.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <random>
+
+#include "kvcodec/kvcodec.hpp"
+
+using namespace kvcodec;
+
+namespace {
+kv_cache small_cache() {
+  kv_cache kv = kv_cache::zeros(kv_shape{3, 2, 0, 8, 100}, dtype::f16);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> n;
+  for (auto* side : {&kv.keys, &kv.values})
+    for (auto& l : *side)
+      for (auto& x : l) x = round_to_dtype(n(rng), dtype::f16);
+  return kv;
+}
+
+error_kind decode_error(const bytes& b) {
+  try {
+    decode(cpu::seq, b, decode_options{.name = "test.kvc"});
+  } catch (const error& e) {
+    return e.kind();
+  }
+  FAIL("decoding corrupted bytes did not throw");
+  return error_kind::io;
+}
+
+/// Rewrites the JSON header of a valid container (recomputing its checksum), to forge lying headers.
+bytes with_header(const bytes& good, const std::function<void(nlohmann::json&)>& edit) {
+  std::uint32_t hlen;
+  std::memcpy(&hlen, good.data() + 12, 4);
+  nlohmann::json j = nlohmann::json::parse(good.begin() + 24, good.begin() + 24 + hlen);
+  edit(j);
+  const std::string text = j.dump();
+  bytes out(good.begin(), good.begin() + 24);
+  const std::uint32_t nl = static_cast<std::uint32_t>(text.size());
+  std::memcpy(out.data() + 12, &nl, 4);
+  const std::uint64_t sum = XXH3_64bits(text.data(), text.size());
+  std::memcpy(out.data() + 16, &sum, 8);
+  out.insert(out.end(), text.begin(), text.end());
+  out.insert(out.end(), good.begin() + 24 + hlen, good.end());
+  return out;
+}
+}  // namespace
+
+TEST_CASE("every truncation of a container is rejected") {
+  const bytes good = encode("zstd", small_cache(), {.chunk_tokens = 32}).data;
+  for (std::size_t n = 0; n < good.size(); n += (n < 64 ? 1 : 97)) {
+    bytes b(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(n));
+    const auto k = decode_error(b);
+    CHECK((k == error_kind::corrupt || k == error_kind::bad_input));
+  }
+}
+
+TEST_CASE("bit flips anywhere are detected by a checksum or structure check") {
+  for (const char* spec : {"raw", "zstd", "raw:dtype=bf16"}) {
+    const bytes good = encode(spec, small_cache(), {.chunk_tokens = 40}).data;
+    std::mt19937 rng(11);
+    for (int i = 0; i < 300; ++i) {
+      bytes b = good;
+      const std::size_t pos = rng() % b.size();
+      b[pos] ^= static_cast<std::uint8_t>(1u << (rng() % 8));
+      const auto k = decode_error(b);
+      CHECK((k == error_kind::corrupt || k == error_kind::bad_input));
+    }
+  }
+}
+
+TEST_CASE("zero-filled and garbage files are rejected") {
+  const bytes good = encode("raw", small_cache()).data;
+  CHECK(decode_error(bytes(good.size(), 0)) == error_kind::bad_input);
+  bytes zero_payload = good;
+  std::fill(zero_payload.begin() + 24, zero_payload.end(), 0);
+  CHECK(decode_error(zero_payload) == error_kind::corrupt);
+  std::mt19937 rng(3);
+  bytes garbage(5000);
+  for (auto& x : garbage) x = static_cast<std::uint8_t>(rng());
+  CHECK(decode_error(garbage) == error_kind::bad_input);
+  CHECK(decode_error(bytes{}) == error_kind::bad_input);
+}
+
+TEST_CASE("a header claiming terabytes is refused before allocating") {
+  const bytes good = encode("raw", small_cache()).data;
+  const bytes huge = with_header(good, [](nlohmann::json& j) {
+    j["shape"]["layers"] = 65536;
+    j["shape"]["tokens"] = std::int64_t{1} << 30;
+  });
+  try {
+    decode(cpu::seq, huge, decode_options{.name = "huge.kvc"});
+    FAIL("no error");
+  } catch (const error& e) {
+    CHECK(e.kind() == error_kind::corrupt);
+    CHECK(std::string(e.what()).find("refusing to allocate") != std::string::npos);
+  }
+}
+
+TEST_CASE("lying segment indexes are rejected") {
+  const bytes good = encode("raw", small_cache(), {.chunk_tokens = 50}).data;
+  auto expect = [&](const std::function<void(nlohmann::json&)>& edit, const char* needle) {
+    try {
+      decode(cpu::seq, with_header(good, edit), decode_options{.name = "x.kvc"});
+      FAIL("no error for " << needle);
+    } catch (const error& e) {
+      CHECK(e.kind() == error_kind::corrupt);
+      CHECK_MESSAGE(std::string(e.what()).find(needle) != std::string::npos, e.what());
+    }
+  };
+  expect([](auto& j) { j["segments"][0][3] = 1u << 30; }, "outside");
+  expect([](auto& j) { j["segments"][1][3] = j["segments"][0][3]; }, "overlapping");
+  expect([](auto& j) { j["segments"].erase(1); }, "segment index has");
+  expect([](auto& j) { j["segments"][1] = j["segments"][0]; }, "twice");
+  expect([](auto& j) { j["segments"][0][2] = 7; }, "does not fit");
+  expect([](auto& j) { j["chunk_tokens"] = 0; }, "chunk_tokens");
+  expect([](auto& j) { j["shape"]["head_dim"] = -1; }, "head_dim");
+  expect([](auto& j) { j.erase("codec"); }, "codec");
+  expect([](auto& j) { j["codec"] = "nosuch"; }, "not usable");
+  expect([](auto& j) { j["tokens"] = std::vector<int>{1, 2, 3}; }, "tokens");
+  expect([](auto& j) { j["dtype"] = "i32"; }, "dtype");
+  expect([](auto& j) { j["segments"][0][5] = 12345; }, "checksum");
+}
+
+TEST_CASE("a wrong version or magic is a clear bad-input error") {
+  bytes b = encode("raw", small_cache()).data;
+  b[8] = 9;
+  try {
+    decode(cpu::seq, b, decode_options{.name = "v.kvc"});
+    FAIL("no error");
+  } catch (const error& e) {
+    CHECK(e.kind() == error_kind::bad_input);
+    CHECK(std::string(e.what()).find("version") != std::string::npos);
+  }
+}
