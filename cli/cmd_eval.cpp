@@ -1,0 +1,47 @@
+// kvcodec eval -c SPEC [-c SPEC ...] IN [--json]
+#include "common.hpp"
+
+namespace kvcodec::cli {
+
+command add_eval(CLI::App& root) {
+  auto* app = root.add_subcommand("eval", "Encode + decode a KV dump with each codec; report size, speed and fidelity");
+  struct opts {
+    std::vector<std::string> specs;
+    std::string in, window;
+    std::int64_t chunk = 256;
+    int threads = 0, repeats = 0;
+    bool json = false, markdown = false;
+  };
+  auto o = std::make_shared<opts>();
+  app->add_option("-c,--codec", o->specs, "Codec spec (repeat for several)")->required();
+  app->add_option("--chunk", o->chunk, "Tokens per segment")->capture_default_str()->check(CLI::Range(1, 1 << 30));
+  app->add_option("-j,--threads", o->threads, "Worker threads (0 = all cores)")->capture_default_str();
+  app->add_option("--repeats", o->repeats, "Timed runs per codec, best kept (0 = until 0.3 s or 5 runs)")->capture_default_str();
+  app->add_option("--query-window", o->window, "Measure attention only for query positions BEGIN:END (e.g. 448:512)");
+  app->add_flag("--json", o->json, "Print a JSON array, one object per codec");
+  app->add_flag("--markdown", o->markdown, "Print a Markdown table");
+  app->add_option("IN", o->in, "KV dump: .safetensors, .npz or .npy")->required();
+  return {app, [o] {
+            io::kv_dump d = io::read_kv_dump(o->in);
+            eval::eval_options eo;
+            eo.encode.chunk_tokens = o->chunk;
+            eo.threads = o->threads;
+            eo.repeats = o->repeats;
+            parse_window(o->window, eo.attn);
+            for (const auto& s : o->specs) make_codec(s);  // fail fast on a bad spec
+            std::vector<eval::eval_result> rs;
+            nlohmann::json arr = nlohmann::json::array();
+            for (const auto& s : o->specs) {
+              rs.push_back(eval::evaluate(s, d.cache, eo));
+              rs.back().decoded = {};
+              if (o->json) arr.push_back(eval::to_json(rs.back()));
+            }
+            if (o->json)
+              std::cout << arr.dump(2) << "\n";
+            else
+              print_eval_table(rs, o->markdown);
+            return 0;
+          }};
+}
+
+}  // namespace kvcodec::cli

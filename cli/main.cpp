@@ -1,0 +1,36 @@
+// kvcodec — encode, decode, inspect and evaluate KV-cache dumps.
+#include <exception>
+#include <iostream>
+#include <new>
+#include <vector>
+
+#include "common.hpp"
+
+int main(int argc, char** argv) {
+  using namespace kvcodec::cli;
+  CLI::App app{"kvcodec " KVCODEC_VERSION_STRING " — KV-cache compression: encode, decode, inspect and evaluate KV dumps"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", KVCODEC_VERSION_STRING);
+  std::vector<command> cmds = {add_encode(app), add_decode(app), add_info(app), add_list(app),
+                               add_eval(app),   add_compare(app), add_synth(app)};
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? ok : usage;
+  }
+  try {
+    for (auto& c : cmds)
+      if (c.app->parsed()) return c.run();
+  } catch (const kvcodec::error& e) {
+    std::cerr << "kvcodec: " << e.what() << "\n";
+    return exit_for(e);
+  } catch (const std::bad_alloc&) {
+    std::cerr << "kvcodec: out of memory\n";
+    return bad_input;
+  } catch (const std::exception& e) {
+    std::cerr << "kvcodec: internal error: " << e.what() << "\n";
+    return internal;
+  }
+  return usage;
+}
