@@ -6,51 +6,14 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
-
-#include <nlohmann/json.hpp>
 
 #include "kvcodec/core/affine.hpp"
+#include "../support/shared_data.hpp"
 
 using namespace kvcodec;
 using namespace kvcodec::affine;
-
-namespace {
-
-std::filesystem::path shared_kv_file(const char* name) {
-  std::vector<std::filesystem::path> roots;
-  if (const char* e = std::getenv("KVCODEC_SHARED")) roots.emplace_back(e);
-  roots.emplace_back("../shared");
-  roots.emplace_back("/work/shared");
-  for (const auto& r : roots)
-    if (std::filesystem::exists(r / "kv" / name)) return r / "kv" / name;
-  return {};
-}
-
-// One F32 tensor of a safetensors file (minimal reader for tests).
-std::vector<float> read_f32_tensor(const std::filesystem::path& file, const std::string& name) {
-  std::ifstream in(file, std::ios::binary);
-  REQUIRE(in.good());
-  std::uint64_t hlen = 0;
-  in.read(reinterpret_cast<char*>(&hlen), 8);
-  REQUIRE(hlen < (1u << 24));
-  std::string hdr(hlen, '\0');
-  in.read(hdr.data(), static_cast<std::streamsize>(hlen));
-  const auto j = nlohmann::json::parse(hdr);
-  REQUIRE(j.contains(name));
-  REQUIRE(j[name]["dtype"] == "F32");
-  const auto off = j[name]["data_offsets"].get<std::vector<std::size_t>>();
-  std::vector<float> v((off[1] - off[0]) / 4);
-  in.seekg(static_cast<std::streamoff>(8 + hlen + off[0]));
-  in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(off[1] - off[0]));
-  REQUIRE(in.good());
-  return v;
-}
-
-}  // namespace
 
 TEST_CASE("affine: asymmetric hand-computed group") {
   const float x[5] = {-1.0f, 0.0f, 0.5f, 2.0f, 1.1f};
@@ -305,15 +268,13 @@ TEST_CASE("affine: bit packing LSB-first, all widths and lengths") {
 }
 
 TEST_CASE("affine: real stories260K keys, per-channel vs per-token groups (KIVI)") {
-  const auto file = shared_kv_file("stories260K-s0.safetensors");
-  if (file.empty()) {
-    MESSAGE("shared data not found (set KVCODEC_SHARED): skipping real-data affine test");
-    return;
-  }
+  const kv_cache* dump = test::shared_dump("stories260K-s0.safetensors");
+  KVCODEC_REQUIRE_SHARED(dump);
+  REQUIRE(dump->keys.size() == 5);
   const std::size_t H = 4, T = 512, D = 8, G = 32;
   double se_ch = 0, se_tok = 0, sx = 0;
   for (int l = 0; l < 5; ++l) {
-    const auto k = read_f32_tensor(file, "past_key_values." + std::to_string(l) + ".key");
+    const auto& k = dump->keys[static_cast<std::size_t>(l)];
     REQUIRE(k.size() == H * T * D);
     std::vector<std::uint8_t> q(k.size());
     std::vector<float> y(k.size());

@@ -8,50 +8,12 @@
 #include <random>
 #include <string>
 #include <vector>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
-
-#include <nlohmann/json.hpp>
 
 #include "kvcodec/core/codebook.hpp"
+#include "../support/shared_data.hpp"
 
 using namespace kvcodec;
 using namespace kvcodec::codebook;
-
-namespace {
-
-std::filesystem::path shared_kv_file(const char* name) {
-  std::vector<std::filesystem::path> roots;
-  if (const char* e = std::getenv("KVCODEC_SHARED")) roots.emplace_back(e);
-  roots.emplace_back("../shared");
-  roots.emplace_back("/work/shared");
-  for (const auto& r : roots)
-    if (std::filesystem::exists(r / "kv" / name)) return r / "kv" / name;
-  return {};
-}
-
-// One F32 tensor of a safetensors file (minimal reader for tests).
-std::vector<float> read_f32_tensor(const std::filesystem::path& file, const std::string& name) {
-  std::ifstream in(file, std::ios::binary);
-  REQUIRE(in.good());
-  std::uint64_t hlen = 0;
-  in.read(reinterpret_cast<char*>(&hlen), 8);
-  REQUIRE(hlen < (1u << 24));
-  std::string hdr(hlen, '\0');
-  in.read(hdr.data(), static_cast<std::streamsize>(hlen));
-  const auto j = nlohmann::json::parse(hdr);
-  REQUIRE(j.contains(name));
-  REQUIRE(j[name]["dtype"] == "F32");
-  const auto off = j[name]["data_offsets"].get<std::vector<std::size_t>>();
-  std::vector<float> v((off[1] - off[0]) / 4);
-  in.seekg(static_cast<std::streamoff>(8 + hlen + off[0]));
-  in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(off[1] - off[0]));
-  REQUIRE(in.good());
-  return v;
-}
-
-}  // namespace
 
 namespace {
 
@@ -220,12 +182,10 @@ TEST_CASE("codebook: degenerate samples") {
 }
 
 TEST_CASE("codebook: Lloyd–Max on real stories260K keys") {
-  const auto file = shared_kv_file("stories260K-s0.safetensors");
-  if (file.empty()) {
-    MESSAGE("shared data not found (set KVCODEC_SHARED): skipping real-data codebook test");
-    return;
-  }
-  const auto k = read_f32_tensor(file, "past_key_values.2.key");
+  const kv_cache* dump = test::shared_dump("stories260K-s0.safetensors");
+  KVCODEC_REQUIRE_SHARED(dump);
+  REQUIRE(dump->keys.size() > 2);
+  const auto& k = dump->keys[2];
   REQUIRE(k.size() == 4u * 512u * 8u);
   for (int levels : {4, 16}) {
     const auto cb = fit_codebook(k.data(), k.size(), levels, 30);

@@ -10,52 +10,14 @@
 #include <cstring>
 #include <limits>
 #include <random>
-#include <vector>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <string>
-
-#include <nlohmann/json.hpp>
+#include <vector>
 
 #include "kvcodec/core/ggml_blocks.hpp"
+#include "../support/shared_data.hpp"
 
 using namespace kvcodec;
 using namespace kvcodec::ggml;
-
-namespace {
-
-std::filesystem::path shared_kv_file(const char* name) {
-  std::vector<std::filesystem::path> roots;
-  if (const char* e = std::getenv("KVCODEC_SHARED")) roots.emplace_back(e);
-  roots.emplace_back("../shared");
-  roots.emplace_back("/work/shared");
-  for (const auto& r : roots)
-    if (std::filesystem::exists(r / "kv" / name)) return r / "kv" / name;
-  return {};
-}
-
-// One F32 tensor of a safetensors file (minimal reader for tests).
-std::vector<float> read_f32_tensor(const std::filesystem::path& file, const std::string& name) {
-  std::ifstream in(file, std::ios::binary);
-  REQUIRE(in.good());
-  std::uint64_t hlen = 0;
-  in.read(reinterpret_cast<char*>(&hlen), 8);
-  REQUIRE(hlen < (1u << 24));
-  std::string hdr(hlen, '\0');
-  in.read(hdr.data(), static_cast<std::streamsize>(hlen));
-  const auto j = nlohmann::json::parse(hdr);
-  REQUIRE(j.contains(name));
-  REQUIRE(j[name]["dtype"] == "F32");
-  const auto off = j[name]["data_offsets"].get<std::vector<std::size_t>>();
-  std::vector<float> v((off[1] - off[0]) / 4);
-  in.seekg(static_cast<std::streamoff>(8 + hlen + off[0]));
-  in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(off[1] - off[0]));
-  REQUIRE(in.good());
-  return v;
-}
-
-}  // namespace
 
 namespace {
 
@@ -373,11 +335,9 @@ TEST_CASE("ggml blocks: iq4_nl scale search never increases weighted error") {
 }
 
 TEST_CASE("ggml blocks: real stories260K keys and values") {
-  const auto file = shared_kv_file("stories260K-s0.safetensors");
-  if (file.empty()) {
-    MESSAGE("shared data not found (set KVCODEC_SHARED): skipping real-data ggml test");
-    return;
-  }
+  const kv_cache* dump = test::shared_dump("stories260K-s0.safetensors");
+  KVCODEC_REQUIRE_SHARED(dump);
+  REQUIRE(dump->keys.size() == 5);
   double prev = 0.0;
   // ordered from most to least accurate (by bits per value: 8.5, 6, 5.5, 5, 4.5, 4.5)
   const block_type order[] = {block_type::q8_0, block_type::q5_1, block_type::q5_0, block_type::q4_1,
@@ -385,8 +345,8 @@ TEST_CASE("ggml blocks: real stories260K keys and values") {
   for (auto t : order) {
     double se = 0.0, sx = 0.0;
     for (int l = 0; l < 5; ++l)
-      for (const char* kind : {"key", "value"}) {
-        const auto x = read_f32_tensor(file, "past_key_values." + std::to_string(l) + "." + kind);
+      for (const auto* kind : {&dump->keys, &dump->values}) {
+        const auto& x = (*kind)[static_cast<std::size_t>(l)];
         REQUIRE(x.size() == 4u * 512u * 8u);
         std::vector<std::uint8_t> q(row_bytes(t, x.size()));
         std::vector<float> y(x.size());
@@ -403,7 +363,7 @@ TEST_CASE("ggml blocks: real stories260K keys and values") {
     CHECK(rel < (t == block_type::q8_0 ? 0.01 : 0.15));
     prev = rel;
   }
-  const auto x = read_f32_tensor(file, "past_key_values.0.key");
+  const auto& x = dump->keys[0];
   std::vector<std::uint8_t> q(row_bytes(block_type::iq4_nl, x.size()));
   std::vector<float> y(x.size());
   quantize_row_iq4_nl(x.data(), x.size(), q.data());

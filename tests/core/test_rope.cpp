@@ -1,64 +1,20 @@
 // Tests for kvcodec/core/rope.hpp: apply/undo identities, both styles, and the real stories260K dump
-// (post-RoPE keys, interleaved pairs, theta 10000) read with a minimal local safetensors reader.
+// (post-RoPE keys, interleaved pairs, theta 10000) read through tests/support/shared_data.hpp.
 #include <doctest/doctest.h>
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <map>
 #include <random>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "kvcodec/core/rope.hpp"
+#include "../support/shared_data.hpp"
 
 using namespace kvcodec;
 
 namespace {
-
-std::filesystem::path shared_dir() {
-  if (const char* e = std::getenv("KVCODEC_SHARED")) {
-    if (std::filesystem::exists(e)) return e;
-  }
-  for (const char* p : {"../shared", "/work/shared"})
-    if (std::filesystem::exists(std::filesystem::path(p) / "kv")) return p;
-  return {};
-}
-
-struct st_tensor {
-  std::vector<std::int64_t> shape;
-  std::vector<float> data;
-};
-
-// Minimal F32-only safetensors reader for the test.
-std::map<std::string, st_tensor> read_f32_safetensors(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  REQUIRE(in.good());
-  std::uint64_t hlen = 0;
-  in.read(reinterpret_cast<char*>(&hlen), 8);
-  REQUIRE(hlen < (1u << 24));
-  std::string hdr(hlen, '\0');
-  in.read(hdr.data(), static_cast<std::streamsize>(hlen));
-  const auto j = nlohmann::json::parse(hdr);
-  std::vector<char> body((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::map<std::string, st_tensor> out;
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    if (it.key() == "__metadata__" || it.value()["dtype"] != "F32") continue;
-    st_tensor t;
-    t.shape = it.value()["shape"].get<std::vector<std::int64_t>>();
-    const auto off = it.value()["data_offsets"].get<std::vector<std::size_t>>();
-    REQUIRE(off[1] <= body.size());
-    t.data.resize((off[1] - off[0]) / 4);
-    std::memcpy(t.data.data(), body.data() + off[0], off[1] - off[0]);
-    out.emplace(it.key(), std::move(t));
-  }
-  return out;
-}
 
 double dot(const float* a, const float* b, std::size_t n) {
   double s = 0;
@@ -149,26 +105,22 @@ TEST_CASE("rope: parameters") {
 }
 
 TEST_CASE("rope: real stories260K dump — de-RoPE keys") {
-  const auto dir = shared_dir();
-  const auto file = dir / "kv" / "stories260K-s0.safetensors";
-  if (dir.empty() || !std::filesystem::exists(file)) {
-    MESSAGE("shared data not found (set KVCODEC_SHARED): skipping real-data RoPE test");
-    return;
-  }
-  const auto ts = read_f32_safetensors(file);
+  const kv_cache* dump = test::shared_dump("stories260K-s0.safetensors");
+  KVCODEC_REQUIRE_SHARED(dump);
+  REQUIRE(dump->source_dtype == dtype::f32);
   const std::size_t D = 8, T = 512, KVH = 4, QH = 8;
   const double theta = 10000.0;
   double var_post_total = 0, var_pre_total = 0, var_wrong_total = 0;
   double var_post_pair0 = 0, var_pre_pair0 = 0;
-  for (int l = 0; l < 5; ++l) {
-    const auto& k = ts.at("past_key_values." + std::to_string(l) + ".key");
-    const auto& q = ts.at("queries." + std::to_string(l));
-    REQUIRE(k.shape == std::vector<std::int64_t>{1, 4, 512, 8});
-    REQUIRE(q.shape == std::vector<std::int64_t>{1, 8, 512, 8});
+  REQUIRE(dump->shape == kv_shape{5, 4, 8, 8, 512});
+  REQUIRE(dump->has_queries());
+  for (std::size_t l = 0; l < 5; ++l) {
+    const std::vector<float>& k = dump->keys[l];
+    const std::vector<float>& q = dump->queries[l];
     for (std::size_t h = 0; h < KVH; ++h) {
       std::vector<float> pre(T * D), wrong(T * D);
       for (std::size_t t = 0; t < T; ++t) {
-        const float* kr = k.data.data() + (h * T + t) * D;
+        const float* kr = k.data() + (h * T + t) * D;
         float* p = pre.data() + t * D;
         std::memcpy(p, kr, D * 4);
         rope_undo(p, D, static_cast<std::int64_t>(t), theta, rope_style::interleaved_pairs);
@@ -189,7 +141,7 @@ TEST_CASE("rope: real stories260K dump — de-RoPE keys") {
           }
           return s2 / T - (s / T) * (s / T);
         };
-        const double vpost = var(k.data.data() + h * T * D), vpre = var(pre.data()), vw = var(wrong.data());
+        const double vpost = var(k.data() + h * T * D), vpre = var(pre.data()), vw = var(wrong.data());
         var_post_total += vpost;
         var_pre_total += vpre;
         var_wrong_total += vw;
@@ -202,8 +154,8 @@ TEST_CASE("rope: real stories260K dump — de-RoPE keys") {
       const std::size_t qh = h * (QH / KVH);
       for (std::size_t m : {0u, 17u, 300u, 511u}) {
         for (std::size_t n : {0u, 5u, 299u, 511u}) {
-          const float* qm = q.data.data() + (qh * T + m) * D;
-          const float* kn = k.data.data() + (h * T + n) * D;
+          const float* qm = q.data() + (qh * T + m) * D;
+          const float* kn = k.data() + (h * T + n) * D;
           std::vector<float> qpre(qm, qm + D);
           rope_undo(qpre.data(), D, static_cast<std::int64_t>(m), theta, rope_style::interleaved_pairs);
           std::vector<float> krel(pre.begin() + static_cast<std::ptrdiff_t>(n * D),

@@ -4,16 +4,14 @@
 #include <doctest/doctest.h>
 
 #include "kvcodec/cpu/rans_codec.hpp"
-
-#include <nlohmann/json.hpp>
+#include "../support/shared_data.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 using namespace kvcodec;
@@ -51,12 +49,6 @@ void round_trip(const std::vector<Sym>& sym, const freq_table& t, int lanes) {
   rans_decode(bytes.data(), bytes.size(), d, lanes, out.data(), sym.size());
   CHECK(std::equal(sym.begin(), sym.end(), out.begin()));
   CHECK(out.back() == static_cast<Sym>(0x5a));  // nothing written past n
-}
-
-std::filesystem::path shared_dir() {
-  if (const char* e = std::getenv("KVCODEC_SHARED")) return e;
-  if (std::filesystem::exists("../shared/kv")) return "../shared";
-  return "/work/shared";
 }
 
 }  // namespace
@@ -294,32 +286,16 @@ TEST_CASE("per-column tables: round trips, cols = 1 equals the plain stream, bad
 }
 
 TEST_CASE("real KV cache: 8-bit quantised keys/values coded with one table per channel") {
-  const auto path = shared_dir() / "kv" / "stories260K-s0.safetensors";
-  if (!std::filesystem::exists(path)) {
-    MESSAGE("skipped: ", path.string(), " not found (set KVCODEC_SHARED)");
-    return;
-  }
-  std::ifstream f(path, std::ios::binary);
-  REQUIRE(f);
-  uint64_t hlen = 0;
-  f.read(reinterpret_cast<char*>(&hlen), 8);
-  REQUIRE(hlen < (1u << 24));
-  std::string header(hlen, '\0');
-  f.read(header.data(), static_cast<std::streamsize>(hlen));
-  const auto j = nlohmann::json::parse(header);
+  const kv_cache* dump = test::shared_dump("stories260K-s0.safetensors");
+  KVCODEC_REQUIRE_SHARED(dump);
+  REQUIRE(dump->shape.layers > 3);
   int tested = 0;
-  for (const char* name : {"past_key_values.0.key", "past_key_values.3.value"}) {
-    REQUIRE(j.contains(name));
-    const auto& e = j[name];
-    REQUIRE(e["dtype"] == "F32");
-    const auto shape = e["shape"].get<std::vector<size_t>>();
-    const auto off = e["data_offsets"].get<std::vector<size_t>>();
-    const size_t head_dim = shape.back();
-    const size_t count = (off[1] - off[0]) / 4;
-    std::vector<float> v(count);
-    f.seekg(static_cast<std::streamoff>(8 + hlen + off[0]));
-    f.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(count * 4));
-    REQUIRE(f);
+  for (const auto& [name, src] : {std::pair{"past_key_values.0.key", &dump->keys[0]},
+                                  std::pair{"past_key_values.3.value", &dump->values[3]}}) {
+    const std::vector<float>& v = *src;
+    const size_t head_dim = static_cast<size_t>(dump->shape.head_dim);
+    const size_t count = v.size();
+    REQUIRE(count == dump->shape.layer_elements());
     const auto [mn, mx] = std::minmax_element(v.begin(), v.end());
     std::vector<uint8_t> q(count);
     for (size_t i = 0; i < count; ++i)

@@ -3,16 +3,13 @@
 
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <limits>
-#include <nlohmann/json.hpp>
 #include <random>
+#include <string>
 
 #include "kvcodec/eval/attention.hpp"
 #include "kvcodec/eval/metrics.hpp"
+#include "../support/shared_data.hpp"
 
 using namespace kvcodec;
 using kvcodec::eval::attention_metrics;
@@ -131,47 +128,6 @@ kv_cache three_tokens() {
   c.queries[0] = {1, 1, 1};
   c.keys[0] = {0.0f, static_cast<float>(std::log(2.0)), static_cast<float>(std::log(3.0))};
   c.values[0] = {1, 2, 3};
-  return c;
-}
-
-std::filesystem::path shared_dir() {
-  if (const char* e = std::getenv("KVCODEC_SHARED")) return e;
-  if (std::filesystem::exists("../shared/kv")) return "../shared";
-  return "/work/shared";
-}
-
-/// Minimal safetensors reader for the real dumps (F32 or BF16 tensors, Hugging Face naming).
-kv_cache load_dump(const std::filesystem::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  REQUIRE(f.good());
-  std::uint64_t n = 0;
-  f.read(reinterpret_cast<char*>(&n), 8);
-  std::string hs(n, '\0');
-  f.read(hs.data(), static_cast<std::streamsize>(n));
-  const auto h = nlohmann::json::parse(hs);
-  const auto& md = h.at("__metadata__");
-  kv_shape s{std::stoi(md.at("layers").get<std::string>()), std::stoi(md.at("kv_heads").get<std::string>()),
-             std::stoi(md.at("q_heads").get<std::string>()), std::stoi(md.at("head_dim").get<std::string>()),
-             std::stoll(md.at("tokens").get<std::string>())};
-  kv_cache c = kv_cache::zeros(s);
-  const std::uint64_t data0 = 8 + n;
-  const auto read = [&](const std::string& name, std::vector<float>& out) {
-    const auto& t = h.at(name);
-    const auto dt = parse_dtype(t.at("dtype").get<std::string>());
-    REQUIRE(dt.has_value());
-    const auto off = t.at("data_offsets");
-    const std::uint64_t b = off[0].get<std::uint64_t>(), e = off[1].get<std::uint64_t>();
-    REQUIRE(e - b == out.size() * dtype_size(*dt));
-    std::vector<std::uint8_t> raw(e - b);
-    f.seekg(static_cast<std::streamoff>(data0 + b));
-    f.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(raw.size()));
-    decode_floats(raw.data(), out.size(), *dt, out.data());
-  };
-  for (int l = 0; l < s.layers; ++l) {
-    read("past_key_values." + std::to_string(l) + ".key", c.keys[static_cast<std::size_t>(l)]);
-    read("past_key_values." + std::to_string(l) + ".value", c.values[static_cast<std::size_t>(l)]);
-    read("queries." + std::to_string(l), c.queries[static_cast<std::size_t>(l)]);
-  }
   return c;
 }
 
@@ -352,13 +308,9 @@ TEST_CASE("compare_attention: bad input") {
 }
 
 TEST_CASE("real data: stories260K dump") {
-  const auto dir = shared_dir() / "kv";
-  const auto path = dir / "stories260K-s0.safetensors";
-  if (!std::filesystem::exists(path)) {
-    MESSAGE("skipped: " << path.string() << " not found (set KVCODEC_SHARED)");
-    return;
-  }
-  const kv_cache a = load_dump(path);
+  const kv_cache* dump = test::shared_dump("stories260K-s0.safetensors");
+  KVCODEC_REQUIRE_SHARED(dump);
+  const kv_cache& a = *dump;
   REQUIRE(a.shape.layers == 5);
   REQUIRE(a.shape.q_heads == 8);
   REQUIRE(a.shape.kv_heads == 4);
@@ -378,9 +330,9 @@ TEST_CASE("real data: stories260K dump") {
   CHECK(pm.kl > 0.0);
   MESSAGE("perturbed (sigma 0.05): rel_error " << pm.rel_error << ", kl " << pm.kl);
 
-  const auto bf = dir / "stories260K-s0.bf16.safetensors";
-  if (std::filesystem::exists(bf)) {
-    const kv_cache c = load_dump(bf);
+  if (const kv_cache* bf = test::shared_dump("stories260K-s0.bf16.safetensors")) {
+    const kv_cache& c = *bf;
+    REQUIRE(c.source_dtype == dtype::bf16);
     kv_cache rounded = a;
     for (auto* t : {&rounded.keys, &rounded.values})
       for (auto& layer : *t)

@@ -3,13 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "kvcodec/io/kv_dump.hpp"
+#include "../support/shared_data.hpp"
 
 using namespace kvcodec;
 using namespace kvcodec::io;
@@ -34,14 +34,6 @@ caught catch_error(F&& f) {
     c.msg = e.what();
   }
   return c;
-}
-
-std::string shared_dir() {
-  namespace fs = std::filesystem;
-  if (const char* e = std::getenv("KVCODEC_SHARED"); e && fs::is_directory(e)) return e;
-  for (const char* p : {"../shared", "/work/shared"})
-    if (fs::is_directory(p)) return p;
-  return "";
 }
 
 kv_cache make_cache(int L, int H, int Hq, std::int64_t T, int D, unsigned seed = 1, bool extras = true) {
@@ -379,13 +371,11 @@ TEST_CASE("kv_dump: non-KV, inconsistent and garbage input") {
 }
 
 TEST_CASE("kv_dump: real stories260K dumps") {
-  const std::string dir = shared_dir();
-  if (dir.empty()) {
-    MESSAGE("shared data not found (set KVCODEC_SHARED); skipping");
-    return;
-  }
-  const std::string f32p = dir + "/kv/stories260K-s0.safetensors";
-  const std::string bf16p = dir + "/kv/stories260K-s0.bf16.safetensors";
+  const auto f32f = kvcodec::test::shared_file("kv/stories260K-s0.safetensors");
+  const auto bf16f = kvcodec::test::shared_file("kv/stories260K-s0.bf16.safetensors");
+  KVCODEC_REQUIRE_SHARED(f32f && bf16f);
+  const std::string f32p = f32f->string();
+  const std::string bf16p = bf16f->string();
   const kv_dump d = read_kv_dump(f32p);
   CHECK(d.layout == kv_layout::hf_4d);
   CHECK(d.cache.shape == kv_shape{5, 4, 8, 8, 512});

@@ -1,12 +1,12 @@
 #include <doctest/doctest.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "kvcodec/io/safetensors.hpp"
+#include "../support/shared_data.hpp"
 
 using namespace kvcodec;
 using namespace kvcodec::io;
@@ -31,14 +31,6 @@ caught catch_error(F&& f) {
     c.msg = e.what();
   }
   return c;
-}
-
-std::string shared_dir() {
-  namespace fs = std::filesystem;
-  if (const char* e = std::getenv("KVCODEC_SHARED"); e && fs::is_directory(e)) return e;
-  for (const char* p : {"../shared", "/work/shared"})
-    if (fs::is_directory(p)) return p;
-  return "";
 }
 
 /// A raw safetensors image from a header string and a data area.
@@ -261,12 +253,10 @@ TEST_CASE("safetensors: random garbage and mutated files never crash") {
 }
 
 TEST_CASE("safetensors: real stories260K dumps") {
-  const std::string dir = shared_dir();
-  if (dir.empty()) {
-    MESSAGE("shared data not found (set KVCODEC_SHARED); skipping");
-    return;
-  }
-  const auto f = read_safetensors(dir + "/kv/stories260K-s0.safetensors");
+  const auto f32f = kvcodec::test::shared_file("kv/stories260K-s0.safetensors");
+  const auto bf16f = kvcodec::test::shared_file("kv/stories260K-s0.bf16.safetensors");
+  KVCODEC_REQUIRE_SHARED(f32f && bf16f);
+  const auto f = read_safetensors(f32f->string());
   CHECK(f.tensors.size() == 16);
   REQUIRE(f.find("past_key_values.0.key"));
   CHECK(f.find("past_key_values.0.key")->shape == std::vector<std::int64_t>{1, 4, 512, 8});
@@ -280,6 +270,6 @@ TEST_CASE("safetensors: real stories260K dumps") {
   for (std::size_t i = 0; i < f.tensors.size(); ++i) CHECK(g.tensors[i].bytes == f.tensors[i].bytes);
   CHECK(g.metadata == f.metadata);
 
-  const auto b = read_safetensors(dir + "/kv/stories260K-s0.bf16.safetensors");
+  const auto b = read_safetensors(bf16f->string());
   CHECK(b.find("past_key_values.3.value")->type == dtype::bf16);
 }

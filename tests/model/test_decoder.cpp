@@ -7,11 +7,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,23 +16,19 @@
 #include <nlohmann/json.hpp>
 
 #include "kvcodec/model/decoder.hpp"
+#include "../support/shared_data.hpp"
 
 namespace {
 
-namespace fs = std::filesystem;
 using namespace kvcodec::model;
 using model_ptr = std::shared_ptr<const llama2c_model>;
 
-std::string shared_dir() {
-  if (const char* e = std::getenv("KVCODEC_SHARED")) return fs::exists(fs::path(e) / "models") ? e : "";
-  for (const char* p : {"../shared", "/work/shared"})
-    if (fs::exists(fs::path(p) / "models")) return p;
-  return {};
-}
-
-model_ptr real_model(const std::string& dir) {
+/// The real stories260K model, loaded once; nullptr when the shared data is absent.
+model_ptr real_model() {
   static model_ptr m;
-  if (!m) m = std::make_shared<const llama2c_model>(load_llama2c(dir + "/models/stories260K/stories260K.bin"));
+  if (!m)
+    if (const auto p = kvcodec::test::shared_file("models/stories260K/stories260K.bin"))
+      m = std::make_shared<const llama2c_model>(load_llama2c(p->string()));
   return m;
 }
 
@@ -48,62 +41,6 @@ float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 
 bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-/// Minimal safetensors reader (F32 and I32 only) for the dumps.
-struct st_tensor {
-  std::vector<std::int64_t> shape;
-  std::vector<float> f32;
-  std::vector<std::int32_t> i32;
-};
-std::map<std::string, st_tensor> read_safetensors(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in);
-  std::uint64_t n = 0;
-  in.read(reinterpret_cast<char*>(&n), 8);
-  std::string hdr(n, '\0');
-  in.read(hdr.data(), static_cast<std::streamsize>(n));
-  const auto j = nlohmann::json::parse(hdr);
-  std::vector<char> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::map<std::string, st_tensor> out;
-  for (const auto& [name, v] : j.items()) {
-    if (name == "__metadata__") continue;
-    st_tensor t;
-    t.shape = v.at("shape").get<std::vector<std::int64_t>>();
-    const auto off = v.at("data_offsets").get<std::vector<std::size_t>>();
-    REQUIRE(off[1] <= data.size());
-    const std::size_t count = (off[1] - off[0]) / 4;
-    const std::string dt = v.at("dtype").get<std::string>();
-    if (dt == "F32") {
-      t.f32.resize(count);
-      std::memcpy(t.f32.data(), data.data() + off[0], count * 4);
-    } else if (dt == "I32") {
-      t.i32.resize(count);
-      std::memcpy(t.i32.data(), data.data() + off[0], count * 4);
-    } else {
-      continue;
-    }
-    out.emplace(name, std::move(t));
-  }
-  return out;
-}
-
-/// The dump as a kvcodec::kv_cache (dense, with queries and tokens).
-kvcodec::kv_cache dump_cache(std::map<std::string, st_tensor>& st, int layers) {
-  const auto& k0 = st.at("past_key_values.0.key").shape;
-  const auto& q0 = st.at("queries.0").shape;
-  kvcodec::kv_shape s{layers, static_cast<std::int32_t>(k0[1]), static_cast<std::int32_t>(q0[1]),
-                      static_cast<std::int32_t>(k0[3]), k0[2]};
-  kvcodec::kv_cache c;
-  c.shape = s;
-  for (int l = 0; l < layers; ++l) {
-    c.keys.push_back(st.at("past_key_values." + std::to_string(l) + ".key").f32);
-    c.values.push_back(st.at("past_key_values." + std::to_string(l) + ".value").f32);
-    c.queries.push_back(st.at("queries." + std::to_string(l)).f32);
-  }
-  c.tokens = st.at("tokens").i32;
-  c.validate("dump");
-  return c;
 }
 
 /// Straightforward double-precision forward pass over a whole token sequence (no cache object).
@@ -470,19 +407,16 @@ TEST_CASE("decoder: kept-set masking") {
 }
 
 TEST_CASE("decoder: real stories260K golden output") {
-  const std::string dir = shared_dir();
-  if (dir.empty()) {
-    MESSAGE("shared data absent (set KVCODEC_SHARED): skipping the golden test");
-    return;
-  }
-  std::ifstream gf(dir + "/models/stories260K/golden.json");
+  const auto golden_path = kvcodec::test::shared_file("models/stories260K/golden.json");
+  auto m = real_model();
+  KVCODEC_REQUIRE_SHARED(golden_path && m);
+  std::ifstream gf(*golden_path);
   const auto golden = nlohmann::json::parse(gf);
   const auto want = golden.at("greedy_tokens").get<std::vector<int>>();
   const auto want_logits = golden.at("logits_first_3_steps").get<std::vector<std::vector<float>>>();
   REQUIRE(golden.at("prompt_tokens").get<std::vector<int>>() == std::vector<int>{1});
   REQUIRE(want.size() == 200);
 
-  auto m = real_model(dir);
   decoder d(m);
   std::vector<int> got;
   float worst = 0;
@@ -516,16 +450,15 @@ TEST_CASE("decoder: real stories260K golden output") {
 }
 
 TEST_CASE("decoder: real KV dumps are reproduced, preloading continues correctly") {
-  const std::string dir = shared_dir();
-  if (dir.empty()) {
-    MESSAGE("shared data absent (set KVCODEC_SHARED): skipping the KV dump tests");
-    return;
-  }
-  auto m = real_model(dir);
+  auto m = real_model();
+  KVCODEC_REQUIRE_SHARED(m);
   for (int seed = 0; seed < 3; ++seed) {
     CAPTURE(seed);
-    auto st = read_safetensors(dir + "/kv/stories260K-s" + std::to_string(seed) + ".safetensors");
-    const auto cache = dump_cache(st, 5);
+    const kvcodec::kv_cache* dump = kvcodec::test::shared_dump("stories260K-s" + std::to_string(seed) + ".safetensors");
+    REQUIRE(dump != nullptr);
+    const kvcodec::kv_cache& cache = *dump;
+    REQUIRE(cache.shape.layers == 5);
+    REQUIRE(cache.has_queries());
     REQUIRE(cache.shape.tokens == 512);
     const std::vector<int> tokens(cache.tokens.begin(), cache.tokens.end());
 

@@ -3,7 +3,6 @@
 #include <doctest/doctest.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -12,18 +11,12 @@
 #include <vector>
 
 #include "kvcodec/model/llama2c.hpp"
+#include "../support/shared_data.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 using namespace kvcodec::model;
-
-std::string shared_dir() {
-  if (const char* e = std::getenv("KVCODEC_SHARED")) return fs::exists(fs::path(e) / "models") ? e : "";
-  for (const char* p : {"../shared", "/work/shared"})
-    if (fs::exists(fs::path(p) / "models")) return p;
-  return {};
-}
 
 std::vector<unsigned char> read_all(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -68,12 +61,9 @@ bool same(const vector_f& a, const vector_f& b) {
 }  // namespace
 
 TEST_CASE("llama2c: real stories260K checkpoint") {
-  const std::string dir = shared_dir();
-  if (dir.empty()) {
-    MESSAGE("shared data absent (set KVCODEC_SHARED): skipping the real checkpoint test");
-    return;
-  }
-  const std::string path = dir + "/models/stories260K/stories260K.bin";
+  const auto file = kvcodec::test::shared_file("models/stories260K/stories260K.bin");
+  KVCODEC_REQUIRE_SHARED(file);
+  const std::string path = file->string();
   const llama2c_model m = load_llama2c(path);
   const llama2c_config& c = m.config;
   CHECK(c.dim == 64);

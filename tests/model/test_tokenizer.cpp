@@ -3,9 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <string>
@@ -15,18 +13,11 @@
 #include <nlohmann/json.hpp>
 
 #include "kvcodec/model/tokenizer.hpp"
+#include "../support/shared_data.hpp"
 
 namespace {
 
-namespace fs = std::filesystem;
 using kvcodec::model::tokenizer;
-
-std::string shared_dir() {
-  if (const char* e = std::getenv("KVCODEC_SHARED")) return fs::exists(fs::path(e) / "models") ? e : "";
-  for (const char* p : {"../shared", "/work/shared"})
-    if (fs::exists(fs::path(p) / "models")) return p;
-  return {};
-}
 
 struct tok_builder {
   std::vector<unsigned char> bytes;
@@ -170,12 +161,10 @@ TEST_CASE("tokenizer: invalid files") {
 }
 
 TEST_CASE("tokenizer: real tok512.bin") {
-  const std::string dir = shared_dir();
-  if (dir.empty()) {
-    MESSAGE("shared data absent (set KVCODEC_SHARED): skipping the real tokenizer test");
-    return;
-  }
-  const tokenizer t = tokenizer::load(dir + "/models/stories260K/tok512.bin", 512);
+  const auto tok_file = kvcodec::test::shared_file("models/stories260K/tok512.bin");
+  const auto golden_file = kvcodec::test::shared_file("models/stories260K/golden.json");
+  KVCODEC_REQUIRE_SHARED(tok_file && golden_file);
+  const tokenizer t = tokenizer::load(tok_file->string(), 512);
   CHECK(t.size() == 512);
   CHECK(t.max_token_length() == 7);
   CHECK(t.piece(1) == "\n<s>\n");
@@ -201,7 +190,7 @@ TEST_CASE("tokenizer: real tok512.bin") {
     for (std::size_t i = 0; i + 1 < body.size(); ++i) CHECK(t.lookup(t.piece(body[i]) + t.piece(body[i + 1])) < 0);
   }
 
-  std::ifstream gf(dir + "/models/stories260K/golden.json");
+  std::ifstream gf(*golden_file);
   const auto golden = nlohmann::json::parse(gf);
   const auto greedy = golden.at("greedy_tokens").get<std::vector<int>>();
   const std::string text = t.decode(greedy);
