@@ -1,10 +1,23 @@
-// kvcodec/registry/drop_stages.hpp — registers the token-dropping stages.
+// kvcodec/registry/drop_stages.hpp — registers the token-dropping stages (kvpress family): random,
+// streamingllm, knorm, keydiff, h2o, snapkv, tova, expected-attention, pyramidkv, adakv.
 #pragma once
 
+#include "kvcodec/cpu/drop_stages.hpp"
 #include "kvcodec/registry/registry.hpp"
 
 namespace kvcodec {
 
-inline void register_drop_stages(registry& r) { (void)r; }
+inline void register_drop_stages(registry& r) {
+  r.add<drop::random, cpu::drop_impl<drop::random>>();
+  r.add<drop::streamingllm, cpu::drop_impl<drop::streamingllm>>();
+  r.add<drop::knorm, cpu::drop_impl<drop::knorm>>();
+  r.add<drop::keydiff, cpu::drop_impl<drop::keydiff>>();
+  r.add<drop::h2o, cpu::drop_impl<drop::h2o>>();
+  r.add<drop::snapkv, cpu::drop_impl<drop::snapkv>>();
+  r.add<drop::tova, cpu::drop_impl<drop::tova>>();
+  r.add<drop::expected_attention, cpu::drop_impl<drop::expected_attention>>();
+  r.add<drop::pyramidkv, cpu::drop_impl<drop::pyramidkv>>();
+  r.add<drop::adakv, cpu::drop_impl<drop::adakv>>();
+}
 
 }  // namespace kvcodec

@@ -1,0 +1,103 @@
+// kvcodec/core/drop_score.hpp — per-element scoring math of the token-dropping stages.
+//
+// Streaming (online) softmax over one query's scores (Milakov & Gimelshein 2018): a running maximum
+// and a running sum rescaled whenever the maximum grows, so the log-normaliser of a row is known
+// after one pass with O(1) state; key L2 norms (KNorm, Devoto et al. 2024); cosine to an anchor
+// (KeyDiff, Park et al. 2025); the expected-attention logit mu.k/sqrt(d) + k^T Sigma k / (2d)
+// (kvpress ExpectedAttentionPress); average pooling with zero padding (SnapKV, Li et al. 2024, as
+// torch avg_pool1d with count_include_pad); and the block-diagonal "average RoPE rotation" applied
+// to a vector of doubles. Invariant: every function works on explicit pointers and state, allocates
+// nothing and throws nothing (KVCODEC_HD).
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "kvcodec/core/config.hpp"
+#include "kvcodec/core/rope.hpp"
+
+namespace kvcodec {
+
+/// Online softmax state: after pushing s_1..s_n, log(sum exp s_i) = m + log(z).
+struct drop_softmax_state {
+  double m = -HUGE_VAL;
+  double z = 0.0;
+};
+
+KVCODEC_HD inline void drop_softmax_push(drop_softmax_state& st, double s) noexcept {
+  if (s > st.m) {
+    st.z = st.z * std::exp(st.m - s) + 1.0;
+    st.m = s;
+  } else {
+    st.z += std::exp(s - st.m);
+  }
+}
+
+/// log-sum-exp of the pushed scores; -inf when nothing (or only -inf) was pushed.
+KVCODEC_HD inline double drop_softmax_lse(const drop_softmax_state& st) noexcept {
+  return st.z > 0.0 && st.m != -HUGE_VAL ? st.m + std::log(st.z) : -HUGE_VAL;
+}
+
+/// L2 norm of n floats, accumulated in double.
+KVCODEC_HD inline double drop_l2_norm(const float* x, std::size_t n) noexcept {
+  double s = 0.0;
+  for (std::size_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
+  return std::sqrt(s);
+}
+
+/// Cosine similarity of x (floats) and anchor (doubles); 0 when either has zero norm.
+KVCODEC_HD inline double drop_cosine(const float* x, const double* anchor, std::size_t n) noexcept {
+  double xy = 0.0, xx = 0.0, yy = 0.0;
+  for (std::size_t i = 0; i < n; ++i) {
+    xy += static_cast<double>(x[i]) * anchor[i];
+    xx += static_cast<double>(x[i]) * x[i];
+    yy += anchor[i] * anchor[i];
+  }
+  return xx > 0.0 && yy > 0.0 ? xy / std::sqrt(xx * yy) : 0.0;
+}
+
+/// Expected-attention logit of key k under a Gaussian query N(mu, cov) (cov: d x d row-major, may be
+/// null): mu.k / sqrt(d) + k^T cov k / (2 d).
+KVCODEC_HD inline double drop_expected_logit(const float* k, const double* mu, const double* cov, std::size_t d) noexcept {
+  double lin = 0.0;
+  for (std::size_t i = 0; i < d; ++i) lin += mu[i] * k[i];
+  double quad = 0.0;
+  if (cov) {
+    for (std::size_t i = 0; i < d; ++i) {
+      double row = 0.0;
+      for (std::size_t j = 0; j < d; ++j) row += cov[i * d + j] * k[j];
+      quad += static_cast<double>(k[i]) * row;
+    }
+  }
+  return lin / std::sqrt(static_cast<double>(d)) + quad / (2.0 * static_cast<double>(d));
+}
+
+/// out[j] = (1/kernel) * sum of in[j - kernel/2 .. j + kernel/2] inside [0, n) (zero padding).
+/// kernel must be odd and >= 1; out and in must not overlap.
+KVCODEC_HD inline void drop_avg_pool(const double* in, double* out, std::int64_t n, std::int64_t kernel) noexcept {
+  const std::int64_t r = kernel / 2;
+  double window = 0.0;
+  for (std::int64_t j = 0; j < r && j < n; ++j) window += in[j];
+  for (std::int64_t j = 0; j < n; ++j) {
+    if (j + r < n) window += in[j + r];
+    if (j - r - 1 >= 0) window -= in[j - r - 1];
+    out[j] = window / static_cast<double>(kernel);
+  }
+}
+
+/// Applies the block rotation [[c, -s], [s, c]] of pair i (c = cbar[i], s = sbar[i]) to the d
+/// elements x[0], x[stride], ..., x[(d-1) stride], pairs laid out as `style` (core/rope.hpp).
+KVCODEC_HD inline void drop_block_rotate(double* x, std::size_t d, std::size_t stride, const double* cbar,
+                                         const double* sbar, rope_style style) noexcept {
+  const std::size_t half = d / 2;
+  for (std::size_t i = 0; i < half; ++i) {
+    const std::size_t i0 = style == rope_style::interleaved_pairs ? 2 * i : i;
+    const std::size_t i1 = style == rope_style::interleaved_pairs ? 2 * i + 1 : i + half;
+    const double a = x[i0 * stride], b = x[i1 * stride];
+    x[i0 * stride] = cbar[i] * a - sbar[i] * b;
+    x[i1 * stride] = sbar[i] * a + cbar[i] * b;
+  }
+}
+
+}  // namespace kvcodec

@@ -1,0 +1,67 @@
+// kvcodec/stage/drop_common.hpp — what every token-dropping stage shares: the budget, the compressed
+// prefix and the resolved configuration the CPU selector runs on.
+//
+// Budget: `tokens` > 0 keeps that many tokens per (layer, kv head) of the compressed prefix;
+// otherwise round(keep x prefix) (at least 1). The compressed prefix is [0, obs_end) (obs_end = -1:
+// the whole cache); tokens at or after obs_end arrive after compression (a question, a decode) and
+// are always kept, so selection can observe queries of one window and fidelity can be measured on a
+// later, disjoint one (eval attention_options::query_begin). Follows kvpress's presses (NVIDIA,
+// ScorerPress: score every key, keep the top budget per head).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "kvcodec/stage/interface.hpp"
+
+namespace kvcodec::drop {
+
+enum class method : std::uint8_t { random, streamingllm, knorm, keydiff, h2o, snapkv, tova, expected_attention, pyramidkv, adakv };
+
+/// Everything a selector may need; each descriptor fills the fields it exposes, the rest keep defaults.
+struct config {
+  method m = method::snapkv;
+  std::string name = "snapkv";
+  double keep = 0.5;
+  std::int64_t tokens = 0;
+  std::int64_t obs_end = -1;
+  std::int64_t seed = 0;
+  std::int64_t sink = 4;
+  std::int64_t window = 64;
+  std::int64_t kernel = 5;
+  double recent = 0.5;
+  std::int64_t future = 64;
+  bool cov = false;
+  bool vnorm = true;
+  double beta = 20.0;
+  double alpha = 0.2;
+  method scorer = method::snapkv;
+};
+
+/// Scorers adakv accepts, by stage name.
+inline bool parse_scorer(std::string_view s, method& out) {
+  if (s == "snapkv") return out = method::snapkv, true;
+  if (s == "h2o") return out = method::h2o, true;
+  if (s == "tova") return out = method::tova, true;
+  if (s == "expected-attention") return out = method::expected_attention, true;
+  if (s == "knorm") return out = method::knorm, true;
+  if (s == "keydiff") return out = method::keydiff, true;
+  return false;
+}
+
+inline constexpr std::string_view scorer_names = "snapkv, h2o, tova, expected-attention, knorm, keydiff";
+
+/// Checks keep, tokens and obs_end (usage errors naming the stage).
+inline void validate_budget(std::string_view stage, double keep, std::int64_t tokens, std::int64_t obs_end) {
+  check_param(keep > 0.0 && keep <= 1.0, stage, "keep", "a fraction in (0, 1]", keep);
+  check_param(tokens >= 0, stage, "tokens", "a token count >= 0 (0 = use keep)", tokens);
+  check_param(obs_end == -1 || obs_end >= 1, stage, "obs_end", "-1 (the whole cache) or a token index >= 1", obs_end);
+}
+
+inline constexpr std::string_view keep_help = "fraction of the compressed prefix kept per (layer, kv head), in (0, 1]";
+inline constexpr std::string_view tokens_help = "tokens kept per (layer, kv head) of the prefix; > 0 overrides keep";
+inline constexpr std::string_view obs_end_help =
+    "end of the compressed prefix and of the observed queries (-1 = all tokens); later tokens are kept";
+
+}  // namespace kvcodec::drop

@@ -1,0 +1,317 @@
+// Tests of cpu/drop_select.hpp: budgets, protected tokens, each scorer's defining behaviour, the
+// compressed prefix (obs_end), determinism, bad input, and the bars on the real stories260K dumps.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <numeric>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "kvcodec/cpu/drop_select.hpp"
+#include "kvcodec/eval/evaluate.hpp"
+#include "kvcodec/eval/synth.hpp"
+#include "kvcodec/io/kv_dump.hpp"
+#include "kvcodec/registry/builtin.hpp"
+
+using namespace kvcodec;
+
+namespace {
+
+std::filesystem::path shared_dir() {
+  if (const char* e = std::getenv("KVCODEC_SHARED")) return e;
+  if (std::filesystem::exists("../shared/kv")) return "../shared";
+  return "/work/shared";
+}
+
+kv_cache small_cache(std::int64_t tokens = 37, std::uint64_t seed = 1) {
+  eval::synth_options o;
+  o.layers = 3;
+  o.kv_heads = 2;
+  o.q_heads = 4;
+  o.head_dim = 8;
+  o.tokens = tokens;
+  o.dtype = dtype::f32;
+  o.seed = seed;
+  o.outliers = 2;
+  o.threads = 1;
+  return eval::synth_cache(o);
+}
+
+kept_sets select(const std::string& spec, const kv_cache& kv) { return make_codec(spec).drop->select(kv); }
+
+std::int64_t total(const kept_sets& k, int l) {
+  std::int64_t s = 0;
+  for (const auto& h : k[static_cast<std::size_t>(l)]) s += static_cast<std::int64_t>(h.size());
+  return s;
+}
+
+const std::vector<std::string> uniform_methods = {"random", "streamingllm", "knorm", "keydiff", "h2o", "snapkv:window=8",
+                                                  "tova", "expected-attention:window=8"};
+
+std::string with(const std::string& spec, const std::string& extra) {
+  return spec + (spec.find(':') == std::string::npos ? ":" : ",") + extra;
+}
+
+kv_cache dense_copy_without_queries(kv_cache kv) {
+  kv.queries.clear();
+  kv.shape.q_heads = 0;
+  return kv;
+}
+
+}  // namespace
+
+TEST_CASE("every uniform method keeps exactly round(keep * n) per (layer, head), sorted and distinct") {
+  const kv_cache kv = small_cache(37);
+  for (const auto& m : uniform_methods)
+    for (double keep : {0.05, 0.1, 0.33, 0.5, 0.9, 1.0}) {
+      CAPTURE(m);
+      CAPTURE(keep);
+      const auto k = select(with(m, "keep=" + std::to_string(keep)), kv);
+      const std::int64_t want = std::clamp<std::int64_t>(std::llround(keep * 37), 1, 37);
+      REQUIRE(k.size() == 3);
+      for (const auto& layer : k)
+        for (const auto& h : layer) {
+          CHECK(static_cast<std::int64_t>(h.size()) == want);
+          CHECK(std::is_sorted(h.begin(), h.end()));
+          CHECK(std::set<std::int32_t>(h.begin(), h.end()).size() == h.size());
+        }
+    }
+}
+
+TEST_CASE("tokens= budget overrides keep; tokens=1 and tokens=n") {
+  const kv_cache kv = small_cache(37);
+  for (const auto& m : uniform_methods)
+    for (std::int64_t t : {1, 8, 37}) {
+      CAPTURE(m);
+      if (t < 8 && m.find("window=8") != std::string::npos) continue;  // budget below the window: tested separately
+      const auto k = select(with(m, "keep=0.5,tokens=" + std::to_string(t)), kv);
+      for (const auto& layer : k)
+        for (const auto& h : layer) CHECK(static_cast<std::int64_t>(h.size()) == t);
+    }
+}
+
+TEST_CASE("a budget smaller than the protected window keeps the most recent protected tokens") {
+  const kv_cache kv = small_cache(37);
+  const auto k = select("snapkv:tokens=3,window=8", kv);
+  for (const auto& layer : k)
+    for (const auto& h : layer) CHECK(h == std::vector<std::int32_t>{34, 35, 36});
+}
+
+TEST_CASE("streamingllm keeps the sinks and the most recent tokens") {
+  const kv_cache kv = small_cache(37);
+  const auto k = select("streamingllm:tokens=10,sink=4", kv);
+  const std::vector<std::int32_t> want = {0, 1, 2, 3, 31, 32, 33, 34, 35, 36};
+  for (const auto& layer : k)
+    for (const auto& h : layer) CHECK(h == want);
+  const auto k0 = select("streamingllm:tokens=5,sink=0", kv);
+  CHECK(k0[0][0] == std::vector<std::int32_t>{32, 33, 34, 35, 36});
+  const auto k2 = select("streamingllm:tokens=2,sink=4", kv);
+  CHECK(k2[1][1] == std::vector<std::int32_t>{0, 1});
+}
+
+TEST_CASE("knorm keeps the lowest-norm keys, keydiff the most dissimilar key") {
+  kv_cache kv = small_cache(20);
+  const std::size_t D = 8, T = 20;
+  for (std::size_t t = 0; t < T; ++t)
+    for (std::size_t c = 0; c < D; ++c) kv.keys[0][t * D + c] = (c == 0 ? 1.0f : 0.01f) * static_cast<float>(20 - t);  // head 0 of layer 0
+  const auto k = select("knorm:tokens=5", kv);
+  CHECK(k[0][0] == std::vector<std::int32_t>{15, 16, 17, 18, 19});
+  for (std::size_t c = 0; c < D; ++c) kv.keys[0][7 * D + c] = c == 3 ? 5.0f : 0.0f;  // one key off the common direction
+  const auto kd = select("keydiff:tokens=1", kv);
+  CHECK(kd[0][0] == std::vector<std::int32_t>{7});
+}
+
+TEST_CASE("attention scorers keep the key the observed queries attend to") {
+  kv_cache kv = small_cache(40);
+  const std::size_t D = 8, T = 40;
+  const int HQ = 4;
+  // Layer 0: every query along e0, key 9 of kv head 1 strongly along e0, every other key orthogonal.
+  for (int h = 0; h < HQ; ++h)
+    for (std::size_t t = 0; t < T; ++t)
+      for (std::size_t c = 0; c < D; ++c) kv.queries[0][(static_cast<std::size_t>(h) * T + t) * D + c] = c == 0 ? 3.0f : 0.0f;
+  for (std::size_t t = 0; t < T; ++t)
+    for (std::size_t c = 0; c < D; ++c) kv.keys[0][(T + t) * D + c] = t == 9 ? (c == 0 ? 4.0f : 0.0f) : (c == 1 ? 0.5f : 0.0f);
+  kv.metadata.erase("rope");  // plain dot products: the construction is not RoPE-rotated
+  for (const std::string m : {"snapkv:tokens=9,window=8,kernel=1", "snapkv:tokens=13,window=8", "h2o:tokens=2,recent=0.5", "h2o:tokens=1,recent=0", "tova:tokens=2",
+                              "expected-attention:tokens=5,sink=4,window=8", "adakv:scorer=snapkv,tokens=13,window=8"}) {
+    CAPTURE(m);
+    const auto k = select(m, kv);
+    const auto& h1 = k[0][1];
+    CHECK(std::find(h1.begin(), h1.end(), 9) != h1.end());
+  }
+}
+
+TEST_CASE("protected tokens: snapkv window, tova last token, expected-attention sinks, h2o recent share") {
+  const kv_cache kv = small_cache(37);
+  const auto snap = select("snapkv:tokens=12,window=8", kv);
+  for (const auto& h : snap[2])
+    for (std::int32_t t = 29; t < 37; ++t) CHECK(std::find(h.begin(), h.end(), t) != h.end());
+  const auto tova = select("tova:tokens=3", kv);
+  for (const auto& h : tova[1]) CHECK(h.back() == 36);
+  const auto ea = select("expected-attention:tokens=6,sink=4,window=8", kv);
+  for (const auto& h : ea[0]) CHECK(std::vector<std::int32_t>(h.begin(), h.begin() + 4) == std::vector<std::int32_t>{0, 1, 2, 3});
+  const auto hh = select("h2o:tokens=10,recent=0.5", kv);
+  for (const auto& h : hh[0]) CHECK(std::vector<std::int32_t>(h.end() - 5, h.end()) == std::vector<std::int32_t>{32, 33, 34, 35, 36});
+}
+
+TEST_CASE("obs_end: tokens after the prefix are kept, the budget is of the prefix, later queries are not read") {
+  kv_cache kv = small_cache(48);
+  for (const auto& m : {std::string("snapkv:window=8"), std::string("h2o"), std::string("tova"), std::string("expected-attention:window=8"),
+                        std::string("adakv:scorer=h2o,window=8"), std::string("pyramidkv:window=8"), std::string("random"),
+                        std::string("keydiff")}) {
+    CAPTURE(m);
+    const auto a = select(with(m, "keep=0.25,obs_end=32"), kv);
+    kv_cache changed = kv;
+    for (auto& q : changed.queries)
+      for (std::size_t i = 0; i < q.size(); ++i)
+        if ((i / 8) % 48 >= 32) q[i] = -q[i] * 3.0f + 1.0f;  // perturb queries at positions >= 32
+    CHECK(select(with(m, "keep=0.25,obs_end=32"), changed) == a);
+    std::int64_t prefix_total = 0;
+    for (const auto& layer : a)
+      for (const auto& h : layer) {
+        for (std::int32_t t = 32; t < 48; ++t) CHECK(std::find(h.begin(), h.end(), t) != h.end());
+        prefix_total += std::count_if(h.begin(), h.end(), [](std::int32_t t) { return t < 32; });
+      }
+    CHECK(prefix_total == 3 * 2 * 8);  // round(0.25 * 32) = 8 per head on average
+  }
+}
+
+TEST_CASE("adakv: ragged per-head counts, exact layer total, safeguard minimum per head") {
+  kv_cache kv = small_cache(64, 3);
+  // Head 0 of every layer: flat attention (uniform keys); head 1: peaked (synthetic outliers).
+  for (auto& k : kv.keys)
+    for (std::size_t t = 0; t < 64; ++t)
+      for (std::size_t c = 0; c < 8; ++c) k[t * 8 + c] = 0.01f;
+  const auto k = select("adakv:scorer=snapkv,keep=0.25,window=8,alpha=0.2", kv);
+  bool ragged = false;
+  for (int l = 0; l < 3; ++l) {
+    CHECK(total(k, l) == 2 * 16);
+    for (const auto& h : k[static_cast<std::size_t>(l)]) {
+      CHECK(static_cast<std::int64_t>(h.size()) >= 8 + 1);  // window 8 + floor(0.2 * 8)
+      CHECK(std::is_sorted(h.begin(), h.end()));
+    }
+    ragged = ragged || k[static_cast<std::size_t>(l)][0].size() != k[static_cast<std::size_t>(l)][1].size();
+  }
+  CHECK(ragged);
+  const auto full = select("adakv:scorer=knorm,keep=0.25,alpha=1", kv);  // alpha 1 = uniform
+  for (const auto& layer : full)
+    for (const auto& h : layer) CHECK(h.size() == 16);
+  for (const std::string s : {"h2o", "tova", "expected-attention", "keydiff"}) {
+    CAPTURE(s);
+    const auto a = select("adakv:keep=0.3,window=8,scorer=" + s, kv);
+    for (int l = 0; l < 3; ++l) CHECK(total(a, l) == 2 * std::llround(0.3 * 64));
+  }
+}
+
+TEST_CASE("pyramidkv: budgets decrease with depth and sum to layers x budget") {
+  using cpu::drop_detail::pyramid_budgets;
+  const auto b = pyramid_budgets(100, 400, 5, 20.0);
+  CHECK(std::is_sorted(b.rbegin(), b.rend()));
+  CHECK(std::accumulate(b.begin(), b.end(), std::int64_t{0}) == 500);
+  CHECK(b.front() > b.back());
+  CHECK(b.back() >= 4);
+  CHECK(b.back() <= 5);
+  const auto clipped = pyramid_budgets(300, 400, 5, 20.0);  // 2b - b/beta > n: top clipped at n
+  CHECK(clipped.front() == 400);
+  CHECK(std::accumulate(clipped.begin(), clipped.end(), std::int64_t{0}) == 1500);
+  CHECK(pyramid_budgets(7, 10, 1, 20.0) == std::vector<std::int64_t>{7});
+  const auto small = pyramid_budgets(1, 3, 4, 20.0);
+  CHECK(std::accumulate(small.begin(), small.end(), std::int64_t{0}) == 4);
+  for (auto x : small) CHECK(x >= 1);
+  const kv_cache kv = small_cache(40);
+  const auto k = select("pyramidkv:keep=0.3,window=4", kv);
+  std::int64_t all = 0;
+  for (int l = 0; l < 3; ++l) all += total(k, l);
+  CHECK(all == 3 * 2 * 12);
+  CHECK(k[0][0].size() > k[2][0].size());
+}
+
+TEST_CASE("random: deterministic per seed, different across seeds and heads; results independent of threads") {
+  const kv_cache kv = small_cache(37);
+  CHECK(select("random:keep=0.5,seed=4", kv) == select("random:keep=0.5,seed=4", kv));
+  const auto a = select("random:keep=0.5,seed=4", kv), b = select("random:keep=0.5,seed=5", kv);
+  CHECK(a != b);
+  CHECK(a[0][0] != a[0][1]);
+  for (const auto& m : uniform_methods) {
+    const auto c = make_codec(with(m, "keep=0.4")).drop->spec();
+    (void)c;
+    drop::config cfg = parse_params<drop::snapkv>(stage_spec{"snapkv", {{"keep", "0.4"}, {"window", "8"}}}).cfg();
+    CHECK(cpu::drop_select(kv, cfg, 1) == cpu::drop_select(kv, cfg, 3));
+  }
+}
+
+TEST_CASE("bad input: missing queries, budgets, windows and prefixes beyond the cache, dropped caches") {
+  const kv_cache kv = small_cache(20);
+  const kv_cache noq = dense_copy_without_queries(kv);
+  for (const std::string m : {"h2o", "snapkv:window=4", "tova", "expected-attention:window=4", "pyramidkv:window=4", "adakv:scorer=tova"}) {
+    CAPTURE(m);
+    try {
+      select(m, noq);
+      FAIL("expected an error");
+    } catch (const error& e) {
+      CHECK(e.kind() == error_kind::bad_input);
+      const std::string w = e.what();
+      CHECK(w.find("queries") != std::string::npos);
+      CHECK(w.find("random, streamingllm, knorm, keydiff") != std::string::npos);
+    }
+  }
+  for (const std::string m : {"random", "streamingllm", "knorm", "keydiff", "adakv:scorer=knorm"}) CHECK_NOTHROW(select(m, noq));
+  const auto bad = [&](const std::string& spec, const kv_cache& c, const char* field) {
+    CAPTURE(spec);
+    try {
+      select(spec, c);
+      FAIL("expected an error");
+    } catch (const error& e) {
+      CHECK(e.kind() == error_kind::bad_input);
+      CHECK(std::string(e.what()).find(field) != std::string::npos);
+    }
+  };
+  bad("snapkv:tokens=21", kv, "tokens");
+  bad("random:tokens=11,obs_end=10", kv, "tokens");
+  bad("snapkv", kv, "window");  // default window 64 > 20 tokens
+  bad("expected-attention:window=21", kv, "window");
+  bad("h2o:window=30", kv, "window");
+  bad("knorm:obs_end=21", kv, "obs_end");
+  kv_cache dropped = kv;
+  dropped.kept = select("random:keep=0.5", kv);
+  bad("knorm", dropped, "kept");
+  kv_cache badrope = kv;
+  badrope.metadata["rope"] = "spiral";
+  bad("expected-attention:window=4", badrope, "rope");
+  kv_cache one = small_cache(1);
+  CHECK(select("random", one)[0][0] == std::vector<std::int32_t>{0});
+  CHECK(select("tova", one)[0][0] == std::vector<std::int32_t>{0});
+  CHECK(select("snapkv:window=1", one)[0][0] == std::vector<std::int32_t>{0});
+}
+
+TEST_CASE("real dumps: query-aware methods beat random clearly under the disjoint-window protocol") {
+  const auto dir = shared_dir() / "kv";
+  if (!std::filesystem::exists(dir / "stories260K-s0.safetensors")) {
+    MESSAGE("skipped: " << (dir / "stories260K-s0.safetensors").string() << " not found (set KVCODEC_SHARED)");
+    return;
+  }
+  for (int s = 0; s < 3; ++s) {
+    const kv_cache kv = io::read_kv_dump((dir / ("stories260K-s" + std::to_string(s) + ".safetensors")).string()).cache;
+    REQUIRE(kv.has_queries());
+    eval::eval_options opt;
+    opt.repeats = 1;
+    opt.attn.query_begin = 384;
+    const auto rel = [&](const std::string& m) {
+      return eval::evaluate(m + ":keep=0.3,obs_end=384|raw:dtype=f32", kv, opt).attention->rel_error;
+    };
+    const double rnd = rel("random");
+    CAPTURE(s);
+    CAPTURE(rnd);
+    for (const std::string m : {"snapkv", "h2o", "tova", "expected-attention", "adakv"}) {
+      CAPTURE(m);
+      CHECK(rel(m) < 0.6 * rnd);
+    }
+    // keep fraction per head on real data, prefix of 384 tokens
+    const auto k = select("snapkv:keep=0.3,obs_end=384", kv);
+    for (const auto& layer : k)
+      for (const auto& h : layer) CHECK(static_cast<std::int64_t>(h.size()) == std::llround(0.3 * 384) + 128);
+  }
+}
