@@ -27,7 +27,7 @@ command add_compare(CLI::App& root) {
   struct opts {
     std::vector<std::string> specs;
     std::string in, csv, window;
-    std::int64_t chunk = 256;
+    std::int64_t chunk = 256, attn_rows = 0;
     int threads = 0;
     bool json = false, markdown = false;
   };
@@ -35,6 +35,8 @@ command add_compare(CLI::App& root) {
   app->add_option("-c,--codec", o->specs, "Codecs to compare (default: the baselines and every registered family)");
   app->add_option("--chunk", o->chunk, "Tokens per segment")->capture_default_str()->check(CLI::Range(1, 1 << 30));
   app->add_option("-j,--threads", o->threads, "Worker threads (0 = all cores)")->capture_default_str();
+  app->add_option("--attention-rows", o->attn_rows, "Sample at most this many query rows for attention metrics (0 = all)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
   app->add_option("--query-window", o->window, "Measure attention only for query positions BEGIN:END");
   app->add_option("--csv", o->csv, "Also write the table as CSV to this file");
   app->add_flag("--json", o->json, "Print JSON");
@@ -48,6 +50,7 @@ command add_compare(CLI::App& root) {
             eo.encode.chunk_tokens = o->chunk;
             eo.threads = o->threads;
             parse_window(o->window, eo.attn);
+            eo.attn.max_rows = o->attn_rows;
             std::vector<eval::eval_result> rs;
             progress_bar bar("compare");
             auto cb = bar.callback();

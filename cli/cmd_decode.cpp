@@ -9,12 +9,14 @@ command add_decode(CLI::App& root) {
     std::string in, out, dtype_name, layout_name;
     std::int64_t begin = 0, end = -1;
     int threads = 0;
-    bool force = false, compact = false;
+    bool force = false, compact = false, rerotate = false;
   };
   auto o = std::make_shared<opts>();
   app->add_option("--dtype", o->dtype_name, "Output dtype: f32, f16 or bf16 (default: the original's)");
   app->add_option("--layout", o->layout_name, "Output layout: hf_4d, hf_3d, stacked (default: the original's)");
   app->add_flag("--compact", o->compact, "Write only kept tokens with their positions (token-dropped caches)");
+  app->add_flag("--rerotate-keys", o->rerotate,
+                "Move kept keys to contiguous RoPE positions 0..n-1 per head (as kvpress's KeyRerotation; token-dropped caches)");
   app->add_option("--tokens-from", o->begin, "First token to decode")->capture_default_str();
   app->add_option("--tokens-to", o->end, "One past the last token to decode (-1 = end)")->capture_default_str();
   app->add_option("-j,--threads", o->threads, "Worker threads (0 = all cores)")->capture_default_str();
@@ -47,6 +49,10 @@ command add_decode(CLI::App& root) {
             dopt.name = o->in;
             dopt.progress = bar.callback();
             kv_cache kv = decode(cpu::par(o->threads), file, dopt);
+            if (o->rerotate) {
+              if (kv.is_dense()) throw_usage("--rerotate-keys: the cache has no dropped tokens");
+              cpu::rerotate_kept_keys(kv);
+            }
             io::write_kv_dump(o->out, kv, layout, out_dt, o->compact, o->force);
             return 0;
           }};

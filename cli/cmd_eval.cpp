@@ -8,7 +8,7 @@ command add_eval(CLI::App& root) {
   struct opts {
     std::vector<std::string> specs;
     std::string in, window;
-    std::int64_t chunk = 256;
+    std::int64_t chunk = 256, attn_rows = 0;
     int threads = 0, repeats = 0;
     bool json = false, markdown = false;
   };
@@ -17,6 +17,8 @@ command add_eval(CLI::App& root) {
   app->add_option("--chunk", o->chunk, "Tokens per segment")->capture_default_str()->check(CLI::Range(1, 1 << 30));
   app->add_option("-j,--threads", o->threads, "Worker threads (0 = all cores)")->capture_default_str();
   app->add_option("--repeats", o->repeats, "Timed runs per codec, best kept (0 = until 0.3 s or 5 runs)")->capture_default_str();
+  app->add_option("--attention-rows", o->attn_rows, "Sample at most this many query rows for attention metrics (0 = all)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
   app->add_option("--query-window", o->window, "Measure attention only for query positions BEGIN:END (e.g. 448:512)");
   app->add_flag("--json", o->json, "Print a JSON array, one object per codec");
   app->add_flag("--markdown", o->markdown, "Print a Markdown table");
@@ -28,6 +30,7 @@ command add_eval(CLI::App& root) {
             eo.threads = o->threads;
             eo.repeats = o->repeats;
             parse_window(o->window, eo.attn);
+            eo.attn.max_rows = o->attn_rows;
             for (const auto& s : o->specs) make_codec(s);  // fail fast on a bad spec
             std::vector<eval::eval_result> rs;
             nlohmann::json arr = nlohmann::json::array();

@@ -10,6 +10,7 @@
 #include <iostream>
 #include <string>
 
+#include "kvcodec/cpu/drop_rerotate.hpp"
 #include "kvcodec/io/file.hpp"
 #include "kvcodec/io/kv_dump.hpp"
 #include "kvcodec/kvcodec.hpp"
@@ -75,6 +76,7 @@ command add_list(CLI::App& root);
 command add_eval(CLI::App& root);
 command add_compare(CLI::App& root);
 command add_synth(CLI::App& root);
+command add_plan(CLI::App& root);
 
 }  // namespace kvcodec::cli
 

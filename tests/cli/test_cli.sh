@@ -93,6 +93,16 @@ if [[ -n $SHARED && -f $SHARED/kv/stories260K-s0.safetensors ]]; then
   expect 0 "" -- cmp "$T/real.safetensors" "$T/real2.safetensors"
   expect 0 "" -- "$K" encode -q -c raw "$SHARED/kv/stories260K-s0.bf16.safetensors" "$T/bf.kvc"
   expect 0 "source dtype    bf16" -- "$K" info "$T/bf.kvc"
+  # token dropping: kept masks in the container, zeros + .kept on decode, --compact, re-rotation
+  expect 0 "" -- "$K" encode -q -c "snapkv:keep=0.25|raw:dtype=f16|zstd" "$S" "$T/drop.kvc"
+  expect 0 "token dropping  yes" -- "$K" info "$T/drop.kvc"
+  expect 0 "" -- "$K" decode "$T/drop.kvc" "$T/drop.safetensors"
+  expect 0 "past_key_values.4.kept" -- grep -a -o "past_key_values.4.kept" "$T/drop.safetensors"
+  expect 0 "" -- "$K" decode --compact --rerotate-keys "$T/drop.kvc" "$T/dropc.safetensors"
+  expect 0 "h3.positions" -- grep -a -o "past_key_values.0.h3.positions" "$T/dropc.safetensors"
+  expect 0 "" -- "$K" encode -q -c raw "$T/dropc.safetensors" "$T/dropc.kvc"
+  expect 2 "queries" -- "$K" encode -c snapkv:keep=0.5 "$T/real.safetensors" "$T/noq.kvc"
+  expect 1 "keep" -- "$K" encode -c snapkv:keep=1.5 "$S" "$T/badkeep.kvc"
 else
   echo "shared/ not found: real-dump CLI checks skipped"
 fi

@@ -1,0 +1,188 @@
+// kvcodec/cpu/ac_entropy.hpp — stage `ac`: symbols -> range-coded streams (core/range_coder.hpp)
+// with CacheGen's static 16-bit CDFs, stored as LMCache stores them.
+//
+// CDF of a context with counts n_s (N in all, A symbols, L = A + 1 entries):
+//   cdf[k] = round_half_up(P(<k) * (2^16 - A)) + k, cdf[0] = 0, cdf[A] = 2^16,
+// so every symbol has probability >= 2^-16 (torchac's normalisation with precision 16).
+// Block stream: varint planes; per plane varint alphabet, rows, cols; per non-empty sub-plane
+// (anchor rows, residual rows; cpu/entropy_model.hpp): the CDFs (one per column for ctx=channel,
+// one for ctx=pooled) as L little-endian u16 (the final 2^16 stored as 0, as an int16 wraps), then
+//   streams=row:   per row a u32 byte length, then the rows' streams back to back;
+//   streams=block: a varint length and one stream.
+// Then the side bytes blob. Every stream must decode exactly (rc_dec_ok), else corrupt.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "kvcodec/core/range_coder.hpp"
+#include "kvcodec/cpu/entropy_model.hpp"
+#include "kvcodec/cpu/stage_impl.hpp"
+#include "kvcodec/stage/ac.hpp"
+
+namespace kvcodec::cpu {
+
+/// CacheGen's 16-bit CDF (A + 1 entries) from counts.
+inline std::vector<std::uint32_t> cachegen_cdf(const std::uint32_t* h, std::uint32_t A) {
+  std::uint64_t n = 0;
+  for (std::uint32_t s = 0; s < A; ++s) n += h[s];
+  std::vector<std::uint32_t> cdf(A + 1);
+  const std::uint64_t span = (1u << rc_prob_bits) - A;
+  std::uint64_t cum = 0;
+  for (std::uint32_t k = 0; k <= A; ++k) {
+    const std::uint64_t v = n ? (2 * cum * span + n) / (2 * n) : (static_cast<std::uint64_t>(k) * span) / A;
+    cdf[k] = static_cast<std::uint32_t>(v) + k;
+    if (k < A) cum += h[k];
+  }
+  cdf[A] = 1u << rc_prob_bits;
+  return cdf;
+}
+
+class ac_entropy final : public stage_impl<entropy::ac, entropy_stage> {
+ public:
+  explicit ac_entropy(entropy::ac p) : stage_impl(std::move(p)) { pk_ = em::parse_pred(p_.pred); }
+
+  void encode(const symbols& in, const block&, bytes& out, coder_stats& st) const override {
+    const std::size_t base = out.size();
+    byte_writer w(out);
+    w.put_varint(in.planes.size());
+    double payload = 0, bound = 0;
+    std::vector<std::uint16_t> sub[2];
+    std::vector<std::uint32_t> colh;
+    std::vector<std::uint8_t> buf;
+    for (const symbol_plane& p : in.planes) {
+      check_plane(p);
+      w.put_varint(p.alphabet);
+      w.put_varint(p.rows);
+      w.put_varint(p.cols);
+      em::split_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1]);
+      for (int s = 0; s < 2; ++s) {
+        if (sub[s].empty()) continue;
+        const std::uint32_t A = p.alphabet, C = p.cols;
+        em::column_hist(sub[s].data(), sub[s].size(), C, A, colh, "ac encode");
+        const bool pooled = p_.ctx == "pooled";
+        const std::uint32_t nctx = pooled ? 1 : C;
+        std::vector<std::uint32_t> gof(C);
+        for (std::uint32_t c = 0; c < C; ++c) gof[c] = pooled ? 0 : c;
+        const auto gh = em::group_hist(colh, A, gof, nctx);
+        bound += em::grouped_entropy(gh, A, nctx);
+        std::vector<std::uint32_t> cdfs(static_cast<std::size_t>(nctx) * (A + 1));
+        for (std::uint32_t g = 0; g < nctx; ++g) {
+          const auto cdf = cachegen_cdf(gh.data() + static_cast<std::size_t>(g) * A, A);
+          std::copy(cdf.begin(), cdf.end(), cdfs.begin() + static_cast<std::ptrdiff_t>(g) * (A + 1));
+          for (auto v : cdf) w.put<std::uint16_t>(static_cast<std::uint16_t>(v));
+        }
+        const std::size_t rows = sub[s].size() / C;
+        const bool per_row = p_.streams == "row";
+        const std::size_t nstreams = per_row ? rows : 1;
+        const std::size_t per = per_row ? C : sub[s].size();
+        std::vector<std::uint32_t> lens(nstreams);
+        bytes data;
+        for (std::size_t k = 0; k < nstreams; ++k) {
+          buf.resize(per * 3 + 16);
+          rc_encoder e;
+          rc_enc_init(e, buf.data(), buf.size());
+          const std::uint16_t* sy = sub[s].data() + k * per;
+          for (std::size_t i = 0; i < per; ++i) {
+            const std::uint32_t* cdf = cdfs.data() + static_cast<std::size_t>(gof[i % C]) * (A + 1);
+            rc_encode(e, cdf[sy[i]], cdf[sy[i] + 1] - cdf[sy[i]]);
+          }
+          const std::size_t n = rc_enc_finish(e);
+          if (e.overflow) throw error(error_kind::io, "ac encode: stream buffer too small");
+          lens[k] = static_cast<std::uint32_t>(n);
+          data.insert(data.end(), buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(n));
+        }
+        if (per_row)
+          for (auto l : lens) w.put<std::uint32_t>(l);
+        else
+          w.put_varint(data.size());
+        w.put_bytes(data.data(), data.size());
+        payload += static_cast<double>(data.size()) * 8.0;
+      }
+    }
+    w.put_blob(in.side);
+    const double total = static_cast<double>(out.size() - base) * 8.0, side = static_cast<double>(in.side.size()) * 8.0;
+    st.payload_bits += payload;
+    st.quant_side_bits += side;
+    st.side_info_bits += total - payload - side;
+    st.entropy_bound_bits += bound;
+  }
+
+  symbols decode(std::span<const std::uint8_t> in, const block& ctx) const override {
+    byte_reader r(in, "ac stream (layer " + std::to_string(ctx.layer) + (ctx.key ? " K" : " V") + ")");
+    const std::uint64_t max_sym = max_symbols_for(ctx);
+    symbols out;
+    out.planes.resize(static_cast<std::size_t>(r.get_varint_max("plane count", 64)));
+    std::vector<std::uint16_t> sub[2];
+    for (std::size_t pi = 0; pi < out.planes.size(); ++pi) {
+      symbol_plane& p = out.planes[pi];
+      p.alphabet = static_cast<std::uint32_t>(r.get_varint_max("alphabet", (1u << rc_prob_bits) - 1));
+      p.rows = static_cast<std::uint32_t>(r.get_varint_max("rows", max_sym));
+      p.cols = static_cast<std::uint32_t>(r.get_varint_max("cols", max_sym));
+      if (p.alphabet == 0) throw_corrupt(r.what(), "field 'alphabet': expected >= 1, found 0");
+      if (static_cast<std::uint64_t>(p.rows) * p.cols > max_sym) throw_corrupt(r.what(), "plane larger than the block");
+      if (p.rows > 0 && p.cols == 0) throw_corrupt(r.what(), "field 'cols': expected >= 1, found 0");
+      const std::uint32_t A = p.alphabet, C = p.cols;
+      const std::uint32_t na = em::anchor_rows(pk_, static_cast<std::uint32_t>(p_.group), p.rows);
+      const std::size_t rows_of[2] = {na, static_cast<std::size_t>(p.rows - na)};
+      for (int s = 0; s < 2; ++s) {
+        sub[s].assign(rows_of[s] * C, 0);
+        if (rows_of[s] == 0) continue;
+        const bool pooled = p_.ctx == "pooled";
+        const std::uint32_t nctx = pooled ? 1 : C;
+        std::vector<std::uint32_t> cdfs(static_cast<std::size_t>(nctx) * (A + 1));
+        for (std::uint32_t g = 0; g < nctx; ++g) {
+          std::uint32_t* cdf = cdfs.data() + static_cast<std::size_t>(g) * (A + 1);
+          for (std::uint32_t k = 0; k <= A; ++k) cdf[k] = r.get<std::uint16_t>("cdf");
+          if (cdf[A] == 0) cdf[A] = 1u << rc_prob_bits;
+          if (cdf[0] != 0) throw_corrupt(r.what(), "cdf " + std::to_string(g) + " does not start at 0");
+          for (std::uint32_t k = 0; k < A; ++k)
+            if (cdf[k + 1] <= cdf[k]) throw_corrupt(r.what(), "cdf " + std::to_string(g) + " is not strictly increasing at " + std::to_string(k));
+        }
+        const bool per_row = p_.streams == "row";
+        const std::size_t nstreams = per_row ? rows_of[s] : 1;
+        const std::size_t per = per_row ? C : rows_of[s] * C;
+        std::vector<std::uint32_t> lens(nstreams);
+        if (per_row)
+          for (auto& l : lens) l = r.get<std::uint32_t>("stream length");
+        else
+          lens[0] = static_cast<std::uint32_t>(r.get_varint_max("stream length", r.remaining()));
+        for (std::size_t k = 0; k < nstreams; ++k) {
+          const auto bytes_k = r.get_bytes(lens[k], "range-coded stream");
+          rc_decoder d;
+          rc_dec_init(d, bytes_k.data(), bytes_k.size());
+          std::uint16_t* o = sub[s].data() + k * per;
+          std::uint32_t c = 0;
+          for (std::size_t i = 0; i < per; ++i) {
+            const std::uint32_t* cdf = cdfs.data() + static_cast<std::size_t>(pooled ? 0 : c) * (A + 1);
+            std::uint32_t rr;
+            const std::uint32_t t = rc_decode_target(d, rr);
+            const std::uint32_t sym = rc_cdf_find(cdf, A, t);
+            rc_decode_update(d, rr, cdf[sym], cdf[sym + 1] - cdf[sym]);
+            o[i] = static_cast<std::uint16_t>(sym);
+            c = c + 1 == C ? 0 : c + 1;
+          }
+          if (!rc_dec_ok(d))
+            throw_corrupt(r.what(), "plane " + std::to_string(pi) + " stream " + std::to_string(k) + " does not decode exactly");
+        }
+      }
+      em::merge_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1]);
+    }
+    const auto side = r.get_blob("side bytes");
+    out.side.assign(side.begin(), side.end());
+    r.expect_end();
+    return out;
+  }
+
+ private:
+  void check_plane(const symbol_plane& p) const {
+    if (p.alphabet == 0 || p.alphabet >= (1u << rc_prob_bits))
+      throw_bad_input("ac encode", "alphabet", "1..65535", std::to_string(p.alphabet));
+    if (p.sym.size() != static_cast<std::size_t>(p.rows) * p.cols)
+      throw_bad_input("ac encode", "plane size", std::to_string(static_cast<std::size_t>(p.rows) * p.cols), std::to_string(p.sym.size()));
+    if (p.rows > 0 && p.cols == 0) throw_bad_input("ac encode", "cols", ">= 1", "0");
+  }
+  em::pred_kind pk_ = em::pred_kind::none;
+};
+
+}  // namespace kvcodec::cpu

@@ -1,0 +1,197 @@
+// kvcodec/cpu/cachegen.hpp — stage `cachegen-quant`: CacheGen's max-abs quantizer (LMCache's
+// torch_quant) on blocks, with the per-element math as host/device functions.
+//
+// Side bytes: the scales as little-endian u16 (f16 or bf16 bits), one per token (axis=token) or one
+// per column (axis=channel), in row/column order. Decoding checks the plane's shape, alphabet,
+// symbol range and the side length against the block before writing anything.
+#pragma once
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "kvcodec/core/config.hpp"
+#include "kvcodec/cpu/stage_impl.hpp"
+#include "kvcodec/stage/cachegen.hpp"
+#include "kvcodec/tensor/dtype.hpp"
+
+namespace kvcodec {
+
+/// Symbol of x for a stored scale s (> 0) and MAX = bins/2 - 1: clamp(round(x * MAX / s)) + MAX.
+KVCODEC_HD inline std::uint16_t cachegen_quantize(float x, float inv_step, int max) {
+  float q = nearbyintf(x * inv_step);
+  q = q < static_cast<float>(-max) ? static_cast<float>(-max) : q;
+  q = q > static_cast<float>(max) ? static_cast<float>(max) : q;
+  return static_cast<std::uint16_t>(static_cast<int>(q) + max);
+}
+
+KVCODEC_HD inline float cachegen_dequantize(std::uint16_t s, float step, int max) {
+  return static_cast<float>(static_cast<int>(s) - max) * step;
+}
+
+/// The scale as stored (f16 or bf16 rounding of max-abs, saturated to the finite range).
+KVCODEC_HD inline std::uint16_t cachegen_scale_bits(float m, bool bf16) {
+  if (bf16) {
+    const std::uint16_t b = f32_to_bf16_bits(m);
+    return (b & 0x7f80u) == 0x7f80u ? static_cast<std::uint16_t>(0x7f7fu) : b;
+  }
+  const std::uint16_t h = f32_to_f16_bits(m);
+  return (h & 0x7c00u) == 0x7c00u ? static_cast<std::uint16_t>(0x7bffu) : h;
+}
+
+KVCODEC_HD inline float cachegen_scale_value(std::uint16_t bits, bool bf16) {
+  return bf16 ? bf16_bits_to_f32(bits) : f16_bits_to_f32(bits);
+}
+
+}  // namespace kvcodec
+
+namespace kvcodec::cpu {
+
+class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
+ public:
+  explicit cachegen_quant(quant::cachegen p) : stage_impl(std::move(p)) {}
+  bool lossless() const override { return false; }
+
+  static std::uint32_t alphabet_for(int bins) { return bins <= 32 ? 32u : static_cast<std::uint32_t>(bins - 1); }
+
+  void encode(const block& b, const cache_info&, symbols& out) const override {
+    const int bins = p_.bins_for(b.layer, b.key);
+    const int MAX = bins / 2 - 1;
+    const bool bf = p_.scale == "bf16";
+    const bool by_token = (b.key ? p_.kaxis : p_.vaxis) == "token";
+    const bool dense = b.dense();
+    const std::size_t D = static_cast<std::size_t>(b.head_dim), H = static_cast<std::size_t>(b.heads);
+    const std::size_t R = dense ? static_cast<std::size_t>(b.t1 - b.t0) : b.rows();
+    const std::size_t C = dense ? H * D : D;
+    out.planes.assign(1, symbol_plane{});
+    symbol_plane& p = out.planes[0];
+    p.alphabet = alphabet_for(bins);
+    p.rows = static_cast<std::uint32_t>(R);
+    p.cols = static_cast<std::uint32_t>(C);
+    p.sym.resize(R * C);
+    // element (r, c) of the plane lives at data[src(r, c)]
+    auto src = [&](std::size_t r, std::size_t c) -> std::size_t {
+      return dense ? ((c / D) * R + r) * D + c % D : r * D + c;
+    };
+    const std::size_t nscales = by_token ? R : (dense ? C : H * D);
+    std::vector<std::uint16_t> sc(nscales, 0);
+    std::vector<float> m(nscales, 0.0f);
+    std::vector<std::size_t> head_of_row;
+    if (!dense && !by_token) {
+      head_of_row.resize(R);
+      std::size_t r = 0;
+      for (std::size_t h = 0; h < H; ++h)
+        for (std::uint32_t k = 0; k < b.count[h]; ++k) head_of_row[r++] = h;
+    }
+    auto sidx = [&](std::size_t r, std::size_t c) { return by_token ? r : dense ? c : head_of_row[r] * D + c; };
+    if (dense) {
+      for (std::size_t h = 0; h < H; ++h)
+        for (std::size_t r = 0; r < R; ++r) {
+          const float* x = b.data.data() + (h * R + r) * D;
+          if (by_token) {
+            float mm = m[r];
+            for (std::size_t d = 0; d < D; ++d) mm = std::max(mm, std::fabs(x[d]));
+            m[r] = mm;
+          } else {
+            float* mc = m.data() + h * D;
+            for (std::size_t d = 0; d < D; ++d) mc[d] = std::max(mc[d], std::fabs(x[d]));
+          }
+        }
+      bool finite = true;
+      for (float x : b.data) finite &= std::fabs(x) <= 3.4028235e38f;
+      if (!finite) m.assign(nscales, std::numeric_limits<float>::quiet_NaN());
+    } else {
+      for (std::size_t r = 0; r < R; ++r)
+        for (std::size_t c = 0; c < C; ++c) {
+          const float a = std::fabs(b.data[src(r, c)]);
+          float& mm = m[sidx(r, c)];
+          if (a > mm || a != a) mm = a;
+        }
+    }
+    std::vector<float> inv(nscales);
+    for (std::size_t i = 0; i < nscales; ++i) {
+      if (!std::isfinite(m[i]))
+        throw_bad_input("cachegen-quant (layer " + std::to_string(b.layer) + ")", "data", "finite values", "a NaN or infinity");
+      sc[i] = cachegen_scale_bits(m[i], bf);
+      const float s = cachegen_scale_value(sc[i], bf);
+      inv[i] = s > 0 ? static_cast<float>(MAX) / s : 0.0f;
+    }
+    if (dense) {
+      for (std::size_t h = 0; h < H; ++h)
+        for (std::size_t r = 0; r < R; ++r) {
+          const float* x = b.data.data() + (h * R + r) * D;
+          std::uint16_t* o = p.sym.data() + r * C + h * D;
+          if (by_token) {
+            const float iv = inv[r];
+            for (std::size_t d = 0; d < D; ++d) o[d] = cachegen_quantize(x[d], iv, MAX);
+          } else {
+            const float* iv = inv.data() + h * D;
+            for (std::size_t d = 0; d < D; ++d) o[d] = cachegen_quantize(x[d], iv[d], MAX);
+          }
+        }
+    } else {
+      for (std::size_t r = 0; r < R; ++r)
+        for (std::size_t c = 0; c < C; ++c) p.sym[r * C + c] = cachegen_quantize(b.data[src(r, c)], inv[sidx(r, c)], MAX);
+    }
+    out.side.resize(2 * nscales);
+    for (std::size_t i = 0; i < nscales; ++i) {
+      out.side[2 * i] = static_cast<std::uint8_t>(sc[i]);
+      out.side[2 * i + 1] = static_cast<std::uint8_t>(sc[i] >> 8);
+    }
+  }
+
+  void decode(const symbols& in, const cache_info&, block& b) const override {
+    const std::string where = "cachegen-quant (layer " + std::to_string(b.layer) + (b.key ? " K)" : " V)");
+    const int bins = p_.bins_for(b.layer, b.key);
+    const int MAX = bins / 2 - 1;
+    const bool bf = p_.scale == "bf16";
+    const bool by_token = (b.key ? p_.kaxis : p_.vaxis) == "token";
+    const bool dense = b.dense();
+    const std::size_t D = static_cast<std::size_t>(b.head_dim), H = static_cast<std::size_t>(b.heads);
+    const std::size_t R = dense ? static_cast<std::size_t>(b.t1 - b.t0) : b.rows();
+    const std::size_t C = dense ? H * D : D;
+    const std::size_t nscales = by_token ? R : (dense ? C : H * D);
+    if (in.planes.size() != 1) throw_corrupt(where, "expected 1 symbol plane, found " + std::to_string(in.planes.size()));
+    const symbol_plane& p = in.planes[0];
+    if (p.rows != R || p.cols != C || p.sym.size() != R * C || p.alphabet != alphabet_for(bins))
+      throw_corrupt(where, "plane " + std::to_string(p.rows) + "x" + std::to_string(p.cols) + " alphabet " + std::to_string(p.alphabet) +
+                               ", expected " + std::to_string(R) + "x" + std::to_string(C) + " alphabet " + std::to_string(alphabet_for(bins)));
+    if (in.side.size() != 2 * nscales)
+      throw_corrupt(where, "expected " + std::to_string(2 * nscales) + " bytes of scales, found " + std::to_string(in.side.size()));
+    std::vector<float> step(nscales);
+    for (std::size_t i = 0; i < nscales; ++i) {
+      const std::uint16_t bits = static_cast<std::uint16_t>(in.side[2 * i] | (in.side[2 * i + 1] << 8));
+      const float s = cachegen_scale_value(bits, bf);
+      if (!(s >= 0) || !std::isfinite(s)) throw_corrupt(where, "scale " + std::to_string(i) + " is negative or not finite");
+      step[i] = MAX > 0 ? s / static_cast<float>(MAX) : 0.0f;
+    }
+    std::uint32_t worst = 0;
+    for (auto s : p.sym) worst = std::max<std::uint32_t>(worst, s);
+    if (!p.sym.empty() && worst > static_cast<std::uint32_t>(2 * MAX))
+      throw_corrupt(where, "symbol " + std::to_string(worst) + " above 2*MAX = " + std::to_string(2 * MAX));
+    b.data.resize(b.rows() * D);
+    if (dense) {
+      for (std::size_t h = 0; h < H; ++h)
+        for (std::size_t r = 0; r < R; ++r) {
+          const std::uint16_t* srow = p.sym.data() + r * C + h * D;
+          float* dst = b.data.data() + (h * R + r) * D;
+          if (by_token) {
+            const float st = step[r];
+            for (std::size_t d = 0; d < D; ++d) dst[d] = cachegen_dequantize(srow[d], st, MAX);
+          } else {
+            const float* st = step.data() + h * D;
+            for (std::size_t d = 0; d < D; ++d) dst[d] = cachegen_dequantize(srow[d], st[d], MAX);
+          }
+        }
+    } else {
+      std::size_t r = 0;
+      for (std::size_t h = 0; h < H; ++h)
+        for (std::uint32_t k = 0; k < b.count[h]; ++k, ++r)
+          for (std::size_t d = 0; d < D; ++d)
+            b.data[r * D + d] = cachegen_dequantize(p.sym[r * D + d], by_token ? step[r] : step[h * D + d], MAX);
+    }
+  }
+};
+
+}  // namespace kvcodec::cpu

@@ -1,0 +1,345 @@
+// kvcodec/cpu/entropy_model.hpp — static context models shared by the `rans` and `ac` coders:
+// symbol-domain token prediction, column grouping (which columns share a table), table fitting and
+// the serialisation of a model.
+//
+// Prediction (lossless, in the symbol domain, CacheGen's token locality): rows are split into
+// groups of `group` rows; the first row of a group (the anchor) is coded as is, every other row as
+// the centred modular residual r = (s - ref + floor(A/2)) mod A against ref = the anchor's symbol
+// in the same column (`anchor`) or the previous row's (`prev`, one group = the whole plane). Anchor
+// and residual rows form two sub-planes with their own models; groups decode independently.
+// Grouping: `pooled` (one table), `channel` (one per column), or a map of columns to k groups
+// (columns ranked by the entropy of their histogram, split into k equal runs); `auto` picks the
+// candidate with the fewest payload + table bits. Models: `hist` (normalised histogram, serialised
+// by core/freq_table) or `geometric` (two-sided geometric around a centre, 4 bytes: centre x2 and
+// ratio in Q16; the table is built with integer arithmetic only, so it is bit-identical everywhere).
+// Serialised model: u8 grouping (0 pooled, 1 channel, 2 map), [map: varint k, packed column ids],
+// u8 model kind, then per group the table (hist) or centre2:u16, ratio:u16 (geometric).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "kvcodec/core/freq_table.hpp"
+#include "kvcodec/cpu/pack.hpp"
+#include "kvcodec/format/bytes.hpp"
+
+namespace kvcodec::cpu::em {
+
+enum class pred_kind : std::uint8_t { none = 0, prev = 1, anchor = 2 };
+enum class grouping : std::uint8_t { pooled = 0, channel = 1, map = 2 };
+enum class model_kind : std::uint8_t { hist = 0, geometric = 1 };
+
+inline pred_kind parse_pred(const std::string& s) {
+  return s == "prev" ? pred_kind::prev : s == "anchor" ? pred_kind::anchor : pred_kind::none;
+}
+
+/// How a coder chooses its models (from the stage parameters).
+struct model_options {
+  std::string ctx = "auto";    ///< pooled | channel | auto
+  std::string model = "auto";  ///< hist | geometric | auto
+  int prob_bits = 12;
+  std::uint32_t max_channel_tables = 64;  ///< auto considers `channel` only up to this many columns
+};
+
+/// One (sub)plane's model: columns -> groups -> tables.
+struct plane_model {
+  grouping kind = grouping::pooled;
+  model_kind model = model_kind::hist;
+  std::uint32_t alphabet = 1, cols = 1, groups = 1;
+  std::vector<std::uint32_t> group_of_col;
+  std::vector<freq_table> tables;
+  std::vector<std::uint16_t> center2, ratio;  ///< geometric parameters per group
+};
+
+// ---- prediction -----------------------------------------------------------------------------
+
+/// Row r is an anchor row under (pred, group).
+inline bool is_anchor_row(pred_kind p, std::uint32_t group, std::uint32_t r) {
+  if (p == pred_kind::none) return true;
+  if (p == pred_kind::prev) return r == 0;
+  return r % group == 0;
+}
+
+KVCODEC_HD inline std::uint16_t pred_residual(std::uint32_t s, std::uint32_t ref, std::uint32_t A) {
+  return static_cast<std::uint16_t>((s + A + A / 2 - ref) % A);
+}
+KVCODEC_HD inline std::uint16_t pred_restore(std::uint32_t r, std::uint32_t ref, std::uint32_t A) {
+  return static_cast<std::uint16_t>((r + ref + A - A / 2) % A);
+}
+
+/// Splits a plane into anchor rows and residual rows (either may be empty).
+inline void split_plane(const symbol_plane& p, pred_kind pk, std::uint32_t group, std::vector<std::uint16_t>& anchors,
+                        std::vector<std::uint16_t>& resid) {
+  anchors.clear();
+  resid.clear();
+  const std::uint32_t C = p.cols, A = p.alphabet;
+  for (std::uint32_t r = 0; r < p.rows; ++r) {
+    const std::uint16_t* row = p.sym.data() + static_cast<std::size_t>(r) * C;
+    if (is_anchor_row(pk, group, r)) {
+      anchors.insert(anchors.end(), row, row + C);
+    } else {
+      const std::uint32_t rr = pk == pred_kind::prev ? r - 1 : r - r % group;
+      const std::uint16_t* ref = p.sym.data() + static_cast<std::size_t>(rr) * C;
+      for (std::uint32_t c = 0; c < C; ++c) resid.push_back(pred_residual(row[c], ref[c], A));
+    }
+  }
+}
+
+/// Inverse of split_plane into p.sym (p.rows, p.cols, p.alphabet set).
+inline void merge_plane(symbol_plane& p, pred_kind pk, std::uint32_t group, const std::vector<std::uint16_t>& anchors,
+                        const std::vector<std::uint16_t>& resid) {
+  const std::uint32_t C = p.cols, A = p.alphabet;
+  p.sym.resize(static_cast<std::size_t>(p.rows) * C);
+  std::size_t ia = 0, ir = 0;
+  for (std::uint32_t r = 0; r < p.rows; ++r) {
+    std::uint16_t* row = p.sym.data() + static_cast<std::size_t>(r) * C;
+    if (is_anchor_row(pk, group, r)) {
+      std::copy_n(anchors.data() + ia, C, row);
+      ia += C;
+    } else {
+      const std::uint32_t rr = pk == pred_kind::prev ? r - 1 : r - r % group;
+      const std::uint16_t* ref = p.sym.data() + static_cast<std::size_t>(rr) * C;
+      for (std::uint32_t c = 0; c < C; ++c) row[c] = pred_restore(resid[ir + c], ref[c], A);
+      ir += C;
+    }
+  }
+}
+
+inline std::uint32_t anchor_rows(pred_kind pk, std::uint32_t group, std::uint32_t rows) {
+  if (pk == pred_kind::none) return rows;
+  if (pk == pred_kind::prev) return rows ? 1 : 0;
+  return (rows + group - 1) / group;
+}
+
+// ---- histograms and tables ------------------------------------------------------------------
+
+/// Per-column histograms (cols x A), symbols checked against A.
+inline void column_hist(const std::uint16_t* s, std::size_t n, std::uint32_t cols, std::uint32_t A, std::vector<std::uint32_t>& h,
+                        const std::string& where) {
+  h.assign(static_cast<std::size_t>(cols) * A, 0);
+  std::uint32_t c = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (s[i] >= A) throw_bad_input(where, "symbol[" + std::to_string(i) + "]", "< alphabet " + std::to_string(A), std::to_string(s[i]));
+    ++h[static_cast<std::size_t>(c) * A + s[i]];
+    c = c + 1 == cols ? 0 : c + 1;
+  }
+}
+
+/// Sum of column histograms into group histograms.
+inline std::vector<std::uint32_t> group_hist(const std::vector<std::uint32_t>& colh, std::uint32_t A, const std::vector<std::uint32_t>& gof,
+                                             std::uint32_t groups) {
+  std::vector<std::uint32_t> g(static_cast<std::size_t>(groups) * A, 0);
+  for (std::size_t c = 0; c < gof.size(); ++c)
+    for (std::uint32_t s = 0; s < A; ++s) g[gof[c] * A + s] += colh[c * A + s];
+  return g;
+}
+
+/// Empirical entropy (bits) of the symbols under a grouping: sum over groups of the histogram entropy.
+inline double grouped_entropy(const std::vector<std::uint32_t>& gh, std::uint32_t A, std::uint32_t groups) {
+  double b = 0;
+  for (std::uint32_t g = 0; g < groups; ++g) b += entropy_bits(gh.data() + static_cast<std::size_t>(g) * A, A);
+  return b;
+}
+
+/// Two-sided geometric table: weight of symbol k is ratio^|k - centre| (Q16 arithmetic), every
+/// symbol gets >= 1; the integer-only construction is identical on every platform.
+inline freq_table geometric_table(std::uint16_t center2, std::uint16_t ratio, std::uint32_t A, int prob_bits) {
+  const std::uint32_t T = 1u << prob_bits;
+  if (A > T) throw_bad_input("geometric_table", "alphabet", "<= 2^prob_bits", std::to_string(A));
+  std::vector<std::uint64_t> w(A);
+  std::uint64_t W = 0;
+  for (std::uint32_t k = 0; k < A; ++k) {
+    const std::uint32_t d2 = 2 * k > center2 ? 2 * k - center2 : center2 - 2 * k;  // 2 |k - c|
+    std::uint64_t v = 1u << 16;
+    for (std::uint32_t i = 0; i + 1 < d2 && v; i += 2) v = (v * ratio) >> 16;
+    if (d2 & 1u) v = (v * (ratio + (1u << 16))) >> 17;  // half step: mean of 1 and ratio
+    w[k] = v;
+    W += v;
+  }
+  std::vector<std::uint32_t> f(A, 1);
+  std::uint32_t used = A;
+  if (W > 0)
+    for (std::uint32_t k = 0; k < A; ++k) {
+      const std::uint32_t add = static_cast<std::uint32_t>((w[k] * (T - A)) / W);
+      f[k] += add;
+      used += add;
+    }
+  const std::uint32_t top = static_cast<std::uint32_t>(std::max_element(w.begin(), w.end()) - w.begin());
+  f[top] += T - used;
+  return make_freq_table(std::move(f), prob_bits);
+}
+
+/// Geometric parameters fitted to a histogram (encoder only; the decoder reads them).
+inline void fit_geometric(const std::uint32_t* h, std::uint32_t A, std::uint16_t& center2, std::uint16_t& ratio) {
+  double n = 0, mean = 0;
+  for (std::uint32_t s = 0; s < A; ++s) n += h[s], mean += static_cast<double>(h[s]) * s;
+  if (n == 0) {
+    center2 = static_cast<std::uint16_t>(A - 1);
+    ratio = 1;
+    return;
+  }
+  // Centre: the mode (most probable symbol), the natural peak of a KV symbol histogram.
+  const std::uint32_t mode = static_cast<std::uint32_t>(std::max_element(h, h + A) - h);
+  center2 = static_cast<std::uint16_t>(2 * mode);
+  double mad = 0;
+  for (std::uint32_t s = 0; s < A; ++s) mad += static_cast<double>(h[s]) * std::fabs(static_cast<double>(s) - mode);
+  mad /= n;
+  const double q = mad <= 1e-9 ? 0.0 : (std::sqrt(1.0 + mad * mad) - 1.0) / mad;  // E|k| = 2q/(1-q^2)
+  ratio = static_cast<std::uint16_t>(std::clamp(q * 65536.0, 1.0, 65535.0));
+}
+
+inline double varint_bytes(std::uint32_t v) { return v < 128 ? 1 : v < 16384 ? 2 : 3; }
+
+/// Bits of a serialised normalised table (for the model choice).
+inline double table_bits(const freq_table& t) { return static_cast<double>(serialize(t).size()) * 8.0; }
+
+/// Fits a model to per-column histograms (cols x A). `table_weight` scales the table cost (1 when
+/// the tables are stored with the data, smaller when shared over many blocks).
+inline plane_model fit_model(const std::vector<std::uint32_t>& colh, std::uint32_t cols, std::uint32_t A, const model_options& o,
+                             double table_weight = 1.0) {
+  struct cand {
+    grouping kind;
+    std::uint32_t groups;
+    std::vector<std::uint32_t> gof;
+  };
+  std::vector<cand> cands;
+  auto add_pooled = [&] { cands.push_back({grouping::pooled, 1, std::vector<std::uint32_t>(cols, 0)}); };
+  auto add_channel = [&] {
+    std::vector<std::uint32_t> g(cols);
+    std::iota(g.begin(), g.end(), 0u);
+    cands.push_back({grouping::channel, cols, std::move(g)});
+  };
+  if (o.ctx == "pooled") add_pooled();
+  else if (o.ctx == "channel") add_channel();
+  else {
+    add_pooled();
+    if (cols <= o.max_channel_tables && cols > 1) add_channel();
+    std::vector<double> ent(cols);
+    for (std::uint32_t c = 0; c < cols; ++c) ent[c] = entropy_bits(colh.data() + static_cast<std::size_t>(c) * A, A);
+    std::vector<std::uint32_t> order(cols);
+    std::iota(order.begin(), order.end(), 0u);
+    std::stable_sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) { return ent[a] < ent[b]; });
+    for (std::uint32_t k : {2u, 4u, 8u, 16u}) {
+      if (k >= cols) break;
+      std::vector<std::uint32_t> g(cols);
+      for (std::uint32_t i = 0; i < cols; ++i) g[order[i]] = static_cast<std::uint32_t>(static_cast<std::uint64_t>(i) * k / cols);
+      cands.push_back({grouping::map, k, std::move(g)});
+    }
+  }
+  const bool try_hist = o.model != "geometric", try_geo = o.model != "hist";
+  double best = std::numeric_limits<double>::infinity();
+  plane_model out;
+  for (auto& c : cands) {
+    const auto gh = group_hist(colh, A, c.gof, c.groups);
+    double map_bits = c.kind == grouping::map ? 8.0 * (varint_bytes(c.groups) + std::ceil(cols * symbol_bits(c.groups) / 8.0)) : 0.0;
+    for (int mk = 0; mk < 2; ++mk) {
+      if ((mk == 0 && !try_hist) || (mk == 1 && !try_geo)) continue;
+      plane_model m;
+      m.kind = c.kind;
+      m.model = mk == 0 ? model_kind::hist : model_kind::geometric;
+      m.alphabet = A;
+      m.cols = cols;
+      m.groups = c.groups;
+      m.group_of_col = c.gof;
+      double bits = 8.0 + map_bits * table_weight;
+      for (std::uint32_t g = 0; g < c.groups; ++g) {
+        const std::uint32_t* h = gh.data() + static_cast<std::size_t>(g) * A;
+        if (mk == 0) {
+          m.tables.push_back(normalize_freqs(h, A, o.prob_bits));
+          bits += table_bits(m.tables.back()) * table_weight;
+        } else {
+          std::uint16_t c2, q;
+          fit_geometric(h, A, c2, q);
+          m.center2.push_back(c2);
+          m.ratio.push_back(q);
+          m.tables.push_back(geometric_table(c2, q, A, o.prob_bits));
+          bits += 32.0 * table_weight;
+        }
+        bits += code_length_bits(h, A, m.tables.back());
+      }
+      if (bits < best) {
+        best = bits;
+        out = std::move(m);
+      }
+    }
+  }
+  return out;
+}
+
+inline void serialize_model(const plane_model& m, bytes& out) {
+  byte_writer w(out);
+  w.put<std::uint8_t>(static_cast<std::uint8_t>(m.kind));
+  if (m.kind == grouping::map) {
+    w.put_varint(m.groups);
+    std::vector<std::uint16_t> ids(m.group_of_col.begin(), m.group_of_col.end());
+    pack_bits(ids.data(), ids.size(), symbol_bits(m.groups), out);
+  }
+  w.put<std::uint8_t>(static_cast<std::uint8_t>(m.model));
+  for (std::uint32_t g = 0; g < m.groups; ++g) {
+    if (m.model == model_kind::hist) {
+      const auto t = serialize(m.tables[g]);
+      w.put_bytes(t.data(), t.size());
+    } else {
+      w.put<std::uint16_t>(m.center2[g]);
+      w.put<std::uint16_t>(m.ratio[g]);
+    }
+  }
+}
+
+/// Parses a model for a plane of (cols, A); every field is checked (corrupt on violation).
+inline plane_model parse_model(byte_reader& r, std::uint32_t cols, std::uint32_t A, int prob_bits) {
+  plane_model m;
+  m.alphabet = A;
+  m.cols = cols;
+  const auto k = r.get<std::uint8_t>("grouping");
+  if (k > 2) throw_corrupt(r.what(), "field 'grouping': expected 0..2, found " + std::to_string(k));
+  m.kind = static_cast<grouping>(k);
+  if (m.kind == grouping::pooled) {
+    m.groups = 1;
+    m.group_of_col.assign(cols, 0);
+  } else if (m.kind == grouping::channel) {
+    m.groups = cols;
+    m.group_of_col.resize(cols);
+    std::iota(m.group_of_col.begin(), m.group_of_col.end(), 0u);
+  } else {
+    m.groups = static_cast<std::uint32_t>(r.get_varint_max("groups", std::max<std::uint32_t>(cols, 1)));
+    if (m.groups == 0) throw_corrupt(r.what(), "field 'groups': expected >= 1, found 0");
+    const unsigned bw = symbol_bits(m.groups);
+    const auto src = r.get_bytes((static_cast<std::size_t>(cols) * bw + 7) / 8, "column groups");
+    std::vector<std::uint16_t> ids(cols);
+    unpack_bits(src.data(), cols, bw, ids.data());
+    m.group_of_col.assign(ids.begin(), ids.end());
+    for (auto g : m.group_of_col)
+      if (g >= m.groups) throw_corrupt(r.what(), "column group " + std::to_string(g) + " >= " + std::to_string(m.groups));
+  }
+  const auto mk = r.get<std::uint8_t>("model");
+  if (mk > 1) throw_corrupt(r.what(), "field 'model': expected 0 or 1, found " + std::to_string(mk));
+  m.model = static_cast<model_kind>(mk);
+  for (std::uint32_t g = 0; g < m.groups; ++g) {
+    if (m.model == model_kind::hist) {
+      std::size_t used = 0;
+      byte_reader peek = r;
+      const auto span = peek.get_bytes(peek.remaining(), "table");
+      freq_table t = parse_freq_table(span.data(), span.size(), &used);
+      r.get_bytes(used, "table");
+      if (t.prob_bits != prob_bits || t.alphabet() != A)
+        throw_corrupt(r.what(), "table " + std::to_string(g) + ": expected prob_bits " + std::to_string(prob_bits) + " and alphabet " +
+                                    std::to_string(A) + ", found " + std::to_string(t.prob_bits) + " and " + std::to_string(t.alphabet()));
+      m.tables.push_back(std::move(t));
+    } else {
+      const auto c2 = r.get<std::uint16_t>("centre");
+      const auto q = r.get<std::uint16_t>("ratio");
+      if (c2 > 2 * (A - 1)) throw_corrupt(r.what(), "geometric centre " + std::to_string(c2 / 2) + " outside alphabet " + std::to_string(A));
+      m.center2.push_back(c2);
+      m.ratio.push_back(q);
+      m.tables.push_back(geometric_table(c2, q, A, prob_bits));
+    }
+  }
+  return m;
+}
+
+}  // namespace kvcodec::cpu::em

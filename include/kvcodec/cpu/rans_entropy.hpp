@@ -1,0 +1,252 @@
+// kvcodec/cpu/rans_entropy.hpp — stage `rans`: symbols -> interleaved rANS streams with static
+// per-context models (cpu/entropy_model.hpp), stored self-describingly per block.
+//
+// Block stream (all varints LEB128):
+//   varint planes; per plane: varint alphabet, rows, cols; then for each non-empty sub-plane
+//   (anchor rows, then residual rows; see entropy_model.hpp) [model, when tables=chunk] and a
+//   varint-length blob holding the rANS stream (core/rans.hpp layout over `lanes` lanes, symbol i
+//   in column i % cols coded with the table of that column's group); finally the side bytes blob.
+// Stage state (tables=shared): varint entries; per entry varint layer, u8 key, varint plane, u8
+//   sub-plane, varint alphabet, varint cols, model. The entry for a block's (layer, K/V, plane,
+//   sub-plane) must exist and match its alphabet and cols.
+// lanes, prob_bits, pred and group come from the spec; n = rows x cols from the plane header.
+#pragma once
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+
+#include "kvcodec/cpu/entropy_model.hpp"
+#include "kvcodec/cpu/rans_codec.hpp"
+#include "kvcodec/cpu/stage_impl.hpp"
+#include "kvcodec/stage/rans.hpp"
+
+namespace kvcodec::cpu {
+
+namespace detail {
+/// A fitted model with its coder tables built once.
+struct ready_model {
+  em::plane_model m;
+  std::vector<encode_table> enc;
+  std::vector<decode_table> dec;
+  void build(bool encoder, bool decoder) {
+    if (encoder && enc.empty())
+      for (const auto& t : m.tables) enc.push_back(make_encode_table(t));
+    if (decoder && dec.empty())
+      for (const auto& t : m.tables) dec.push_back(make_decode_table(t));
+  }
+};
+
+/// (layer, key, plane, sub) of symbols[j] in the pipeline's chunk-major block order.
+inline std::pair<int, bool> block_of_index(std::size_t j, int layers) {
+  const std::size_t seg = j / 2;
+  return {static_cast<int>(seg % static_cast<std::size_t>(layers)), j % 2 == 0};
+}
+}  // namespace detail
+
+class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
+ public:
+  explicit rans_entropy(entropy::rans p) : stage_impl(std::move(p)) {
+    mo_.ctx = p_.ctx;
+    mo_.model = p_.model;
+    mo_.prob_bits = p_.prob_bits;
+    pk_ = em::parse_pred(p_.pred);
+  }
+
+  bytes fit(const std::vector<const symbols*>& all, const cache_info& info) override {
+    shared_.clear();
+    if (p_.tables != "shared") return {};
+    const int layers = std::max(info.shape.layers, 1);
+    std::map<key_t, acc_t> acc;
+    std::vector<std::uint16_t> sub[2];
+    std::vector<std::uint32_t> h;
+    for (std::size_t j = 0; j < all.size(); ++j) {
+      const auto [layer, key] = detail::block_of_index(j, layers);
+      for (std::size_t pi = 0; pi < all[j]->planes.size(); ++pi) {
+        const symbol_plane& p = all[j]->planes[pi];
+        check_plane(p, "rans fit");
+        em::split_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1]);
+        for (int s = 0; s < 2; ++s) {
+          if (sub[s].empty()) continue;
+          auto& a = acc[key_t{layer, key, static_cast<int>(pi), s}];
+          if (a.hist.empty()) a.alphabet = p.alphabet, a.cols = p.cols, a.hist.assign(static_cast<std::size_t>(p.cols) * p.alphabet, 0);
+          if (a.alphabet != p.alphabet || a.cols != p.cols)
+            throw_usage("rans:tables=shared: plane " + std::to_string(pi) + " of layer " + std::to_string(layer) +
+                        " changes shape between chunks; use tables=chunk");
+          em::column_hist(sub[s].data(), sub[s].size(), p.cols, p.alphabet, h, "rans fit");
+          for (std::size_t i = 0; i < h.size(); ++i) a.hist[i] += h[i];
+        }
+      }
+    }
+    bytes st;
+    byte_writer w(st);
+    w.put_varint(acc.size());
+    const double weight = 1.0;
+    for (auto& [k, a] : acc) {
+      detail::ready_model rm;
+      rm.m = em::fit_model(a.hist, a.cols, a.alphabet, mo_, weight);
+      w.put_varint(static_cast<std::uint64_t>(std::get<0>(k)));
+      w.put<std::uint8_t>(std::get<1>(k) ? 1 : 0);
+      w.put_varint(static_cast<std::uint64_t>(std::get<2>(k)));
+      w.put<std::uint8_t>(static_cast<std::uint8_t>(std::get<3>(k)));
+      w.put_varint(a.alphabet);
+      w.put_varint(a.cols);
+      em::serialize_model(rm.m, st);
+      rm.build(true, true);
+      shared_.emplace(k, std::move(rm));
+    }
+    return st;
+  }
+
+  void load_state(std::span<const std::uint8_t> state, const cache_info& info) override {
+    shared_.clear();
+    if (p_.tables != "shared") {
+      stage::load_state(state, info);
+      return;
+    }
+    byte_reader r(state, "rans shared tables");
+    const auto n = r.get_varint_max("entries", 1u << 24);
+    for (std::uint64_t i = 0; i < n; ++i) {
+      const int layer = static_cast<int>(r.get_varint_max("layer", static_cast<std::uint64_t>(std::max(info.shape.layers, 1) - 1)));
+      const auto key = r.get<std::uint8_t>("key");
+      const int plane = static_cast<int>(r.get_varint_max("plane", 64));
+      const auto sub = r.get<std::uint8_t>("sub-plane");
+      if (key > 1 || sub > 1) throw_corrupt(r.what(), "entry " + std::to_string(i) + ": key/sub-plane flag above 1");
+      const auto A = static_cast<std::uint32_t>(r.get_varint_max("alphabet", rans_max_alphabet));
+      const auto cols = static_cast<std::uint32_t>(r.get_varint_max("cols", 1u << 24));
+      if (A == 0 || cols == 0) throw_corrupt(r.what(), "entry " + std::to_string(i) + ": zero alphabet or cols");
+      detail::ready_model rm;
+      rm.m = em::parse_model(r, cols, A, p_.prob_bits);
+      rm.build(false, true);
+      shared_.emplace(key_t{layer, key == 1, plane, sub}, std::move(rm));
+    }
+    r.expect_end();
+  }
+
+  void encode(const symbols& in, const block& ctx, bytes& out, coder_stats& st) const override {
+    const std::size_t base = out.size();
+    byte_writer w(out);
+    w.put_varint(in.planes.size());
+    double payload = 0, bound = 0;
+    std::vector<std::uint16_t> sub[2];
+    std::vector<std::uint32_t> colh;
+    for (std::size_t pi = 0; pi < in.planes.size(); ++pi) {
+      const symbol_plane& p = in.planes[pi];
+      check_plane(p, "rans encode");
+      w.put_varint(p.alphabet);
+      w.put_varint(p.rows);
+      w.put_varint(p.cols);
+      em::split_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1]);
+      for (int s = 0; s < 2; ++s) {
+        if (sub[s].empty()) continue;
+        em::column_hist(sub[s].data(), sub[s].size(), p.cols, p.alphabet, colh, "rans encode");
+        detail::ready_model local;
+        const detail::ready_model* rm = nullptr;
+        if (p_.tables == "shared") {
+          rm = find_shared(ctx, static_cast<int>(pi), s, p);
+        } else {
+          local.m = em::fit_model(colh, p.cols, p.alphabet, mo_);
+          local.build(true, false);
+          em::serialize_model(local.m, out);
+          rm = &local;
+        }
+        const auto gh = em::group_hist(colh, p.alphabet, rm->m.group_of_col, rm->m.groups);
+        bound += em::grouped_entropy(gh, p.alphabet, rm->m.groups);
+        const auto stream = rm->m.groups == 1 ? rans_encode(sub[s].data(), sub[s].size(), rm->enc[0], p_.lanes)
+                                              : rans_encode_ctx(sub[s].data(), sub[s].size(), p.cols, std::span<const encode_table>(rm->enc),
+                                                                std::span<const std::uint32_t>(rm->m.group_of_col), p_.lanes);
+        w.put_blob(stream);
+        payload += static_cast<double>(stream.size()) * 8.0;
+      }
+    }
+    w.put_blob(in.side);
+    const double total = static_cast<double>(out.size() - base) * 8.0;
+    const double side = static_cast<double>(in.side.size()) * 8.0;
+    st.payload_bits += payload;
+    st.quant_side_bits += side;
+    st.side_info_bits += total - payload - side;
+    st.entropy_bound_bits += bound;
+  }
+
+  symbols decode(std::span<const std::uint8_t> in, const block& ctx) const override {
+    byte_reader r(in, "rans stream (layer " + std::to_string(ctx.layer) + (ctx.key ? " K" : " V") + ")");
+    const std::uint64_t max_sym = max_symbols_for(ctx);
+    symbols out;
+    out.planes.resize(static_cast<std::size_t>(r.get_varint_max("plane count", 64)));
+    std::vector<std::uint16_t> sub[2];
+    for (std::size_t pi = 0; pi < out.planes.size(); ++pi) {
+      symbol_plane& p = out.planes[pi];
+      p.alphabet = static_cast<std::uint32_t>(r.get_varint_max("alphabet", rans_max_alphabet));
+      p.rows = static_cast<std::uint32_t>(r.get_varint_max("rows", max_sym));
+      p.cols = static_cast<std::uint32_t>(r.get_varint_max("cols", max_sym));
+      if (p.alphabet == 0) throw_corrupt(r.what(), "field 'alphabet': expected >= 1, found 0");
+      if (static_cast<std::uint64_t>(p.rows) * p.cols > max_sym)
+        throw_corrupt(r.what(), "plane of " + std::to_string(static_cast<std::uint64_t>(p.rows) * p.cols) + " symbols exceeds the block's " +
+                                    std::to_string(max_sym));
+      if (p.rows > 0 && p.cols == 0) throw_corrupt(r.what(), "field 'cols': expected >= 1, found 0");
+      const std::uint32_t na = em::anchor_rows(pk_, static_cast<std::uint32_t>(p_.group), p.rows);
+      const std::size_t counts[2] = {static_cast<std::size_t>(na) * p.cols, static_cast<std::size_t>(p.rows - na) * p.cols};
+      for (int s = 0; s < 2; ++s) {
+        sub[s].assign(counts[s], 0);
+        if (counts[s] == 0) continue;
+        detail::ready_model local;
+        const detail::ready_model* rm = nullptr;
+        if (p_.tables == "shared") {
+          rm = find_shared(ctx, static_cast<int>(pi), s, p);
+        } else {
+          local.m = em::parse_model(r, p.cols, p.alphabet, p_.prob_bits);
+          local.build(false, true);
+          rm = &local;
+        }
+        const auto stream = r.get_blob("rANS stream");
+        try {
+          if (rm->m.groups == 1)
+            rans_decode(stream.data(), stream.size(), rm->dec[0], p_.lanes, sub[s].data(), counts[s]);
+          else
+            rans_decode_ctx(stream.data(), stream.size(), p.cols, std::span<const decode_table>(rm->dec),
+                            std::span<const std::uint32_t>(rm->m.group_of_col), p_.lanes, sub[s].data(), counts[s]);
+        } catch (const error& e) {
+          throw_corrupt(r.what(), std::string("plane ") + std::to_string(pi) + ": " + e.what());
+        }
+      }
+      em::merge_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1]);
+    }
+    const auto side = r.get_blob("side bytes");
+    out.side.assign(side.begin(), side.end());
+    r.expect_end();
+    return out;
+  }
+
+ private:
+  using key_t = std::tuple<int, bool, int, int>;
+  struct acc_t {
+    std::uint32_t alphabet = 0, cols = 0;
+    std::vector<std::uint32_t> hist;
+  };
+
+  void check_plane(const symbol_plane& p, const char* where) const {
+    if (p.alphabet == 0 || p.alphabet > rans_max_alphabet || p.alphabet > (1u << p_.prob_bits))
+      throw_bad_input(where, "alphabet", "1.." + std::to_string(std::min<std::uint32_t>(rans_max_alphabet, 1u << p_.prob_bits)) +
+                                             " (rans:prob_bits=" + std::to_string(p_.prob_bits) + ")",
+                      std::to_string(p.alphabet));
+    if (p.sym.size() != static_cast<std::size_t>(p.rows) * p.cols)
+      throw_bad_input(where, "plane size", std::to_string(static_cast<std::size_t>(p.rows) * p.cols), std::to_string(p.sym.size()));
+    if (p.rows > 0 && p.cols == 0) throw_bad_input(where, "cols", ">= 1", "0");
+  }
+
+  const detail::ready_model* find_shared(const block& ctx, int plane, int sub, const symbol_plane& p) const {
+    const auto it = shared_.find(key_t{ctx.layer, ctx.key, plane, sub});
+    if (it == shared_.end() || it->second.m.alphabet != p.alphabet || it->second.m.cols != p.cols)
+      throw_corrupt("rans shared tables", "no table for layer " + std::to_string(ctx.layer) + (ctx.key ? " K" : " V") + " plane " +
+                                              std::to_string(plane) + " with alphabet " + std::to_string(p.alphabet) + " and " +
+                                              std::to_string(p.cols) + " columns");
+    return &it->second;
+  }
+
+  em::model_options mo_;
+  em::pred_kind pk_ = em::pred_kind::none;
+  std::map<key_t, detail::ready_model> shared_;
+};
+
+}  // namespace kvcodec::cpu
