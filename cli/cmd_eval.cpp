@@ -1,5 +1,6 @@
 // kvcodec eval -c SPEC [-c SPEC ...] IN [--json]
 #include "common.hpp"
+#include "model_eval.hpp"
 
 namespace kvcodec::cli {
 
@@ -11,6 +12,7 @@ command add_eval(CLI::App& root) {
     std::int64_t chunk = 256, attn_rows = 0;
     int threads = 0, repeats = 0;
     bool json = false, markdown = false;
+    model_eval_cli mo;
   };
   auto o = std::make_shared<opts>();
   app->add_option("-c,--codec", o->specs, "Codec spec (repeat for several)")->required();
@@ -22,6 +24,7 @@ command add_eval(CLI::App& root) {
   app->add_option("--query-window", o->window, "Measure attention only for query positions BEGIN:END (e.g. 448:512)");
   app->add_flag("--json", o->json, "Print a JSON array, one object per codec");
   app->add_flag("--markdown", o->markdown, "Print a Markdown table");
+  add_model_eval_options(app, o->mo);
   app->add_option("IN", o->in, "KV dump: .safetensors, .npz or .npy")->required();
   return {app, [o] {
             io::kv_dump d = io::read_kv_dump(o->in);
@@ -32,6 +35,7 @@ command add_eval(CLI::App& root) {
             parse_window(o->window, eo.attn);
             eo.attn.max_rows = o->attn_rows;
             for (const auto& s : o->specs) make_codec(s);  // fail fast on a bad spec
+            if (!o->mo.model.empty()) return run_model_eval(o->mo, o->specs, o->in, eo, o->json, o->markdown);
             std::vector<eval::eval_result> rs;
             nlohmann::json arr = nlohmann::json::array();
             for (const auto& s : o->specs) {

@@ -103,6 +103,11 @@ if [[ -n $SHARED && -f $SHARED/kv/stories260K-s0.safetensors ]]; then
   expect 0 "" -- "$K" encode -q -c raw "$T/dropc.safetensors" "$T/dropc.kvc"
   expect 2 "queries" -- "$K" encode -c snapkv:keep=0.5 "$T/real.safetensors" "$T/noq.kvc"
   expect 1 "keep" -- "$K" encode -c snapkv:keep=1.5 "$S" "$T/badkeep.kvc"
+  # model in the loop and draft-and-verify on the real model
+  M=$SHARED/models/stories260K
+  expect 0 '"top1_agreement"' -- "$K" eval --json --model "$M/stories260K.bin" --tokenizer "$M/tok512.bin" --context-tokens 256 -c q8_0 "$S"
+  expect 0 '"identical": true' -- "$K" verify --json --model "$M/stories260K.bin" --tokenizer "$M/tok512.bin" -c q4_0 --context "$S" --context-tokens 256 --tokens 32 --horizon auto
+  expect 2 "nope.bin" -- "$K" verify --model "$T/nope.bin" --tokenizer "$M/tok512.bin" -c q4_0 --context "$S" --context-tokens 256 --tokens 8
 else
   echo "shared/ not found: real-dump CLI checks skipped"
 fi
