@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -25,7 +27,24 @@ namespace kvcodec {
 struct encode_options {
   std::int64_t chunk_tokens = 256;  ///< tokens per segment (independently decodable unit)
   std::string layout;               ///< dump layout hint stored for decode's writer
+  /// Called as segments finish (done, total), serialised; for progress bars.
+  std::function<void(std::size_t, std::size_t)> progress;
 };
+
+namespace detail {
+/// Serialises progress callbacks from worker threads.
+struct progress_counter {
+  const std::function<void(std::size_t, std::size_t)>* fn;
+  std::size_t total;
+  std::size_t done = 0;
+  std::mutex m;
+  void tick() {
+    if (!fn || !*fn) return;
+    std::lock_guard<std::mutex> lock(m);
+    (*fn)(++done, total);
+  }
+};
+}  // namespace detail
 
 struct encode_report {
   std::string spec;                  ///< canonical spec, as stored
@@ -165,6 +184,7 @@ encoded encode(const P& policy, codec& c, const kv_cache& kv, const encode_optio
   std::vector<bytes> seg_bytes(nseg);
   std::vector<coder_stats> seg_stats(nseg);
   std::vector<std::size_t> seg_mask(nseg, 0);
+  detail::progress_counter prog{&opt.progress, nseg};
   cpu::parallel_for(policy, nseg, [&](std::size_t i) {
     bytes& out = seg_bytes[i];
     const block& kb = blocks[2 * i];
@@ -190,6 +210,7 @@ encoded encode(const P& policy, codec& c, const kv_cache& kv, const encode_optio
     }
     syms[2 * i] = {};
     syms[2 * i + 1] = {};
+    prog.tick();
   });
 
   h.codec = c.spec();
@@ -237,6 +258,7 @@ struct decode_options {
   std::int64_t token_end = -1;  ///< -1 = to the end
   std::string name = "<memory>";  ///< file name for error messages
   kvc_limits limits;
+  std::function<void(std::size_t, std::size_t)> progress;  ///< (done, total) segments
 };
 
 /// Decodes a container (all of it, or the token range in `opt`), verifying every checksum it reads.
@@ -279,6 +301,7 @@ kv_cache decode(const P& policy, std::span<const std::uint8_t> file, const decod
   for (std::size_t i = 0; i < h.segments.size(); ++i)
     if (h.segments[i].t1 > tb && h.segments[i].t0 < te) todo.push_back(i);
   std::vector<std::vector<std::vector<std::int32_t>>> seg_kept(h.sparse ? todo.size() : 0);
+  detail::progress_counter prog{&opt.progress, todo.size()};
 
   cpu::parallel_for(policy, todo.size(), [&](std::size_t j) {
     const auto& se = h.segments[todo[j]];
@@ -315,6 +338,7 @@ kv_cache decode(const P& policy, std::span<const std::uint8_t> file, const decod
         }
     }
     r.expect_end();
+    prog.tick();
   });
   if (h.sparse) {
     for (std::size_t j = 0; j < todo.size(); ++j) {
