@@ -3,6 +3,7 @@
 // symbol distributions; shared tables; golden values; corrupt and truncated streams.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <random>
 #include <string>
 #include <vector>
@@ -182,4 +183,51 @@ TEST_CASE("entropy model: golden tables and the CacheGen CDF") {
   for (std::uint32_t A : {2u, 31u, 32u})
     for (std::uint32_t s = 0; s < A; ++s)
       for (std::uint32_t r = 0; r < A; ++r) CHECK(cpu::em::pred_restore(cpu::em::pred_residual(s, r, A), r, A) == s);
+}
+
+TEST_CASE("cachegen-quant: quantize rounds half to even like nearbyintf; decode_f16 equals decode rounded to f16") {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-3.0f, 3.0f);
+  for (int max : {1, 3, 7, 127, 32766}) {
+    const auto ref = [&](float x, float inv) {
+      float q = nearbyintf(x * inv);
+      q = std::min(std::max(q, static_cast<float>(-max)), static_cast<float>(max));
+      return static_cast<std::uint16_t>(static_cast<int>(q) + max);
+    };
+    for (float x : {0.0f, -0.0f, 0.5f, -0.5f, 1.5f, -1.5f, 2.5f, -2.5f, 1e30f, -1e30f, 3.4e38f, 1e-40f})
+      CHECK(cachegen_quantize(x, 1.0f, max) == ref(x, 1.0f));
+    for (int i = 0; i < 20000; ++i) {
+      const float x = u(rng), inv = static_cast<float>(max) / (0.1f + std::fabs(u(rng)));
+      CHECK(cachegen_quantize(x, inv, max) == ref(x, inv));
+    }
+  }
+  for (const char* spec : {"kbins=256,klayers=-,vbins=24,vlayers=-,kaxis=channel,vaxis=token", "kbins=16,klayers=-,vbins=8,vlayers=-,scale=bf16"}) {
+    for (std::int64_t tokens : {std::int64_t{1}, std::int64_t{7}, std::int64_t{33}}) {
+      CAPTURE(spec);
+      CAPTURE(tokens);
+      const codec c = make_codec(std::string("cachegen-quant:") + spec + "|rans");
+      const auto* cg = dynamic_cast<const cpu::cachegen_quant*>(c.quant.get());
+      REQUIRE(cg != nullptr);
+      kv_shape s;
+      s.layers = 1;
+      s.kv_heads = 3;
+      s.head_dim = 20;
+      s.tokens = tokens;
+      for (bool key : {true, false}) {
+        block b = detail::block_skeleton(s, 0, key, 0, tokens, nullptr);
+        b.data.resize(b.rows() * 20);
+        for (auto& v : b.data) v = u(rng) * (rng() % 4 == 0 ? 1e-6f : 1.0f);
+        const cache_info info{s, dtype::f16, {}};
+        symbols sy;
+        cg->encode(b, info, sy);
+        block d32 = detail::block_skeleton(s, 0, key, 0, tokens, nullptr);
+        cg->decode(sy, info, d32);
+        std::vector<std::uint16_t> h(b.rows() * 20, 0xdead);
+        cg->decode_f16(sy, d32, h.data());
+        for (std::size_t i = 0; i < h.size(); ++i) CHECK(h[i] == f32_to_f16_bits(d32.data[i]));
+        sy.side.pop_back();
+        CHECK_THROWS_AS(cg->decode_f16(sy, d32, h.data()), error);
+      }
+    }
+  }
 }

@@ -348,12 +348,12 @@ TEST_CASE("vector decoder (when the CPU has it) equals the scalar reference, cor
           std::vector<uint8_t> o_ref(n), o_vec(n);
           std::string e_ref, e_vec;
           try {
-            detail::rans_decode_impl<uint8_t, false>(b.data(), b.size(), 1, &tab, m, lanes, o_ref.data(), n, "ref", false);
+            detail::rans_decode_impl<uint8_t, false>(b.data(), b.size(), 1, &tab, m, lanes, o_ref.data(), n, "ref", detail::rans_simd::scalar);
           } catch (const error& e) {
             e_ref = std::string(e.what()).substr(3);
           }
           try {
-            detail::rans_decode_impl<uint8_t, false>(b.data(), b.size(), 1, &tab, m, lanes, o_vec.data(), n, "vec", true);
+            detail::rans_decode_impl<uint8_t, false>(b.data(), b.size(), 1, &tab, m, lanes, o_vec.data(), n, "vec", detail::rans_simd::avx512);
           } catch (const error& e) {
             e_vec = std::string(e.what()).substr(3);
           }
@@ -365,11 +365,11 @@ TEST_CASE("vector decoder (when the CPU has it) equals the scalar reference, cor
           }
           std::vector<uint16_t> w_ref(n), w_vec(n);
           try {
-            detail::rans_decode_impl<uint16_t, false>(b.data(), b.size(), 1, &tab, m, lanes, w_ref.data(), n, "ref", false);
+            detail::rans_decode_impl<uint16_t, false>(b.data(), b.size(), 1, &tab, m, lanes, w_ref.data(), n, "ref", detail::rans_simd::scalar);
           } catch (const error&) {
           }
           try {
-            detail::rans_decode_impl<uint16_t, false>(b.data(), b.size(), 1, &tab, m, lanes, w_vec.data(), n, "vec", true);
+            detail::rans_decode_impl<uint16_t, false>(b.data(), b.size(), 1, &tab, m, lanes, w_vec.data(), n, "vec", detail::rans_simd::avx512);
           } catch (const error&) {
           }
           CHECK(w_ref == w_vec);
@@ -380,4 +380,109 @@ TEST_CASE("vector decoder (when the CPU has it) equals the scalar reference, cor
 #if KVCODEC_RANS_AVX512
   MESSAGE("AVX-512 decoder available on this CPU: ", detail::rans_avx512_available());
 #endif
+}
+
+TEST_CASE("compact-table decoder (AVX2 when the CPU has it) equals the scalar reference for per-column tables") {
+  std::mt19937 rng(33);
+  size_t compared = 0;
+  for (int m : {10, 12, 13}) {
+    std::vector<freq_table> ft;
+    for (int k = 0; k < 4; ++k) ft.push_back(laplace_table(20.0 + 30 * k, 1.5 + 2 * k, k == 3 ? 256 : 200, m));
+    ft.push_back(normalize_freqs(std::vector<uint32_t>(256, 0), m));  // symbol 0 owns every slot
+    std::vector<decode_table> dt;
+    for (const auto& t : ft) dt.push_back(make_decode_table(t));
+    for (size_t cols : {size_t{1}, size_t{3}, size_t{32}, size_t{100}, size_t{1024}}) {
+      std::vector<uint32_t> map(cols);
+      for (size_t c = 0; c < cols; ++c) map[c] = static_cast<uint32_t>((c * 3 + c / 5) % ft.size());
+      const rans_ctx_decoder dec = make_rans_ctx_decoder(std::span<const decode_table>(dt), map);
+      CHECK(dec.entry32.empty() == (m > 12));
+      for (int lanes : {32, 96}) {
+        for (size_t n : {size_t{0}, size_t{1}, static_cast<size_t>(lanes) - 1, static_cast<size_t>(lanes) * 5 + 3, size_t{50001}}) {
+          std::vector<uint8_t> s(n);
+          for (size_t i = 0; i < n; ++i) {
+            const freq_table& t = ft[map[i % cols]];
+            std::discrete_distribution<int> dist(t.freq.begin(), t.freq.end());
+            s[i] = static_cast<uint8_t>(dist(rng));
+          }
+          const auto bytes = rans_encode_ctx(s.data(), n, cols, std::span<const freq_table>(ft), map, lanes);
+          for (int variant = 0; variant < 4; ++variant) {
+            CAPTURE(m);
+            CAPTURE(cols);
+            CAPTURE(lanes);
+            CAPTURE(n);
+            CAPTURE(variant);
+            auto b = bytes;
+            const size_t hdr = 4u * static_cast<size_t>(lanes);
+            if (variant == 1 && b.size() > hdr) b[hdr + rng() % (b.size() - hdr)] ^= 0x22;
+            if (variant == 2 && b.size() >= hdr + 2) b.erase(b.end() - 2, b.end());
+            if (variant == 3) b.insert(b.end(), {0x01, 0x02});
+            std::vector<uint8_t> o_ref(n, 0x77), o_vec(n, 0x77);
+            std::vector<uint16_t> w_ref(n, 0x7777), w_vec(n, 0x7777);
+            std::string e_ref, e_vec, e_w;
+            const auto run = [&](auto* out, detail::rans_simd simd, std::string& err) {
+              try {
+                rans_decode_ctx(b.data(), b.size(), dec, lanes, out, n, simd);
+              } catch (const error& e) {
+                CHECK(e.kind() == error_kind::corrupt);
+                err = e.what();
+              }
+            };
+            run(o_ref.data(), detail::rans_simd::scalar, e_ref);
+            run(o_vec.data(), detail::rans_simd::avx2, e_vec);
+            CHECK(e_ref == e_vec);
+            CHECK(o_ref == o_vec);
+            std::string e_ref16;
+            run(w_ref.data(), detail::rans_simd::scalar, e_ref16);
+            run(w_vec.data(), detail::rans_simd::best, e_w);
+            CHECK(e_ref16 == e_w);
+            CHECK(w_ref == w_vec);
+            if (variant == 0) {
+              CHECK(e_ref.empty());
+              CHECK(o_ref == s);
+            }
+            if (variant == 3 && n > 0) CHECK_FALSE(e_ref.empty());
+            ++compared;
+          }
+          // The legacy per-call API decodes the same stream identically.
+          std::vector<uint8_t> o_api(n);
+          rans_decode_ctx(bytes.data(), bytes.size(), cols, std::span<const decode_table>(dt), map, lanes, o_api.data(), n);
+          CHECK(o_api == s);
+        }
+      }
+    }
+  }
+  CHECK(compared == 3 * 5 * 2 * 5 * 4);
+#if KVCODEC_RANS_AVX512
+  MESSAGE("AVX2 decoder available on this CPU: ", detail::rans_avx2_available());
+#endif
+}
+
+TEST_CASE("compact decoder layout: field limits and bad layouts") {
+  // The largest fields of a compact entry survive packing.
+  CHECK(rans_dec32_symbol(rans_dec32_pack(255, 4096, 4095)) == 255);
+  CHECK(rans_dec32_freq(rans_dec32_pack(255, 4096, 4095)) == 4096);
+  CHECK(rans_dec32_offset(rans_dec32_pack(255, 4096, 4095)) == 4095);
+  CHECK(rans_dec32_freq(rans_dec32_pack(0, 1, 0)) == 1);
+  // Alphabets above 256 keep 64-bit entries only, and still decode.
+  std::vector<uint32_t> h(300, 1);
+  const freq_table t = normalize_freqs(h, 12);
+  const decode_table d = make_decode_table(t);
+  const std::vector<uint32_t> map = {0, 0};
+  const rans_ctx_decoder dec = make_rans_ctx_decoder(std::span<const decode_table>(&d, 1), map);
+  CHECK(dec.entry32.empty());
+  std::vector<uint16_t> s(5000);
+  for (size_t i = 0; i < s.size(); ++i) s[i] = static_cast<uint16_t>((i * 7919) % 300);
+  const auto bytes = rans_encode_ctx(s.data(), s.size(), 2, std::span<const freq_table>(&t, 1), map, 32);
+  std::vector<uint16_t> out(s.size());
+  rans_decode_ctx(bytes.data(), bytes.size(), dec, 32, out.data(), out.size());
+  CHECK(out == s);
+  std::vector<uint8_t> out8(s.size());
+  CHECK(throws_kind([&] { rans_decode_ctx(bytes.data(), bytes.size(), dec, 32, out8.data(), out8.size()); }, error_kind::bad_input));
+  rans_ctx_decoder broken = dec;
+  broken.col_off.pop_back();
+  CHECK(throws_kind([&] { rans_decode_ctx(bytes.data(), bytes.size(), broken, 32, out.data(), out.size()); }, error_kind::bad_input));
+  CHECK(throws_kind([&] { rans_decode_ctx(bytes.data(), bytes.size(), rans_ctx_decoder{}, 32, out.data(), out.size()); }, error_kind::bad_input));
+  const std::vector<uint32_t> bad = {0, 1};
+  CHECK(throws_kind([&] { make_rans_ctx_decoder(std::span<const decode_table>(&d, 1), bad); }, error_kind::bad_input));
+  CHECK(throws_kind([&] { make_rans_ctx_decoder(std::span<const decode_table>(&d, 1), {}); }, error_kind::bad_input));
 }

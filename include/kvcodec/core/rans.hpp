@@ -28,6 +28,9 @@
 // lane's state equals rans_l and all K words have been consumed; anything else is a corrupt stream.
 // The encoder produces exactly this by coding steps from last to first, lanes from high to low,
 // and writing words backwards.
+// Compact decode entries (a decoder-side layout only, the stream is unchanged): when prob_bits <= 12
+// and the alphabet has at most 256 symbols, (symbol, f - 1, slot - c) fit one 32-bit word, so a SIMD
+// decoder fetches a lane's whole table entry with one 32-bit gather.
 #pragma once
 
 #include "kvcodec/core/config.hpp"
@@ -94,6 +97,19 @@ KVCODEC_HD inline uint64_t rans_dec_entry_pack(uint32_t symbol, uint32_t freq, u
 KVCODEC_HD inline uint32_t rans_dec_entry_symbol(uint64_t e) { return static_cast<uint32_t>(e >> 32) & 0xffffu; }
 KVCODEC_HD inline uint32_t rans_dec_entry_freq(uint64_t e) { return static_cast<uint32_t>(e) & 0xffffu; }
 KVCODEC_HD inline uint32_t rans_dec_entry_offset(uint64_t e) { return static_cast<uint32_t>(e >> 16) & 0xffffu; }
+
+/// Compact entry: bits 0..7 symbol, 8..19 slot - start, 20..31 freq - 1 (prob_bits <= 12, symbol < 256).
+inline constexpr int rans_dec32_max_prob_bits = 12;
+inline constexpr uint32_t rans_dec32_max_alphabet = 256;
+KVCODEC_HD inline uint32_t rans_dec32_pack(uint32_t symbol, uint32_t freq, uint32_t offset) {
+  return symbol | (offset << 8) | ((freq - 1) << 20);
+}
+KVCODEC_HD inline uint32_t rans_dec32_from_entry(uint64_t e) {
+  return rans_dec32_pack(rans_dec_entry_symbol(e), rans_dec_entry_freq(e), rans_dec_entry_offset(e));
+}
+KVCODEC_HD inline uint32_t rans_dec32_symbol(uint32_t e) { return e & 0xffu; }
+KVCODEC_HD inline uint32_t rans_dec32_offset(uint32_t e) { return (e >> 8) & 0xfffu; }
+KVCODEC_HD inline uint32_t rans_dec32_freq(uint32_t e) { return (e >> 20) + 1; }
 
 /// One decode step without renormalisation: returns the symbol and advances x (state stays >= 1).
 KVCODEC_HD inline uint32_t rans_dec_get(uint32_t& x, const uint64_t* table, int prob_bits) {

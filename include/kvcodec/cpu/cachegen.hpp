@@ -16,13 +16,22 @@
 #include "kvcodec/stage/cachegen.hpp"
 #include "kvcodec/tensor/dtype.hpp"
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
+#include <immintrin.h>
+#endif
+
 namespace kvcodec {
 
-/// Symbol of x for a stored scale s (> 0) and MAX = bins/2 - 1: clamp(round(x * MAX / s)) + MAX.
+/// Symbol of x for a stored scale s (> 0) and MAX = bins/2 - 1: clamp(round(x * MAX / s)) + MAX,
+/// rounding half to even. Clamping first is exact (the bounds are integers) and leaves |q| < 2^22,
+/// where adding and subtracting 1.5 * 2^23 rounds to nearest-even with no libm call.
 KVCODEC_HD inline std::uint16_t cachegen_quantize(float x, float inv_step, int max) {
-  float q = nearbyintf(x * inv_step);
-  q = q < static_cast<float>(-max) ? static_cast<float>(-max) : q;
-  q = q > static_cast<float>(max) ? static_cast<float>(max) : q;
+  const float m = static_cast<float>(max);
+  float q = x * inv_step;
+  q = q < -m ? -m : q;
+  q = q > m ? m : q;
+  constexpr float round_magic = 12582912.0f;
+  q = (q + round_magic) - round_magic;
   return static_cast<std::uint16_t>(static_cast<int>(q) + max);
 }
 
@@ -142,6 +151,57 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
   }
 
   void decode(const symbols& in, const cache_info&, block& b) const override {
+    decode_to(in, b, [&b] {
+      b.data.resize(b.rows() * static_cast<std::size_t>(b.head_dim));
+      return b.data.data();
+    }, [](float v) { return v; });
+  }
+
+  /// Decodes straight to f16 bits in decode()'s value order (b.rows() x head_dim values, block
+  /// order); value i equals f32_to_f16_bits(decode()'s value i). Same checks and errors as decode.
+  void decode_f16(const symbols& in, const block& b, std::uint16_t* out) const {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
+    static const bool f16c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    if (f16c) {
+      decode_to(in, b, [out] { return out; }, [](float v) { return f32_to_f16_bits(v); }, [](const std::uint16_t* s, const float* st, bool bcast, int max, std::uint16_t* o, std::size_t n) {
+        return dequant_f16_f16c(s, st, bcast, max, o, n);
+      });
+      return;
+    }
+#endif
+    decode_to(in, b, [out] { return out; }, [](float v) { return f32_to_f16_bits(v); });
+  }
+
+ private:
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
+  /// o[d] = f16 of (s[d] - max) * step (step = st[0] when bcast, else st[d]) for the largest
+  /// multiple of 8 of n; returns how many were done. F16C's round-to-nearest-even conversion equals
+  /// f32_to_f16_bits on the finite values produced here.
+  __attribute__((target("avx2,f16c"))) static std::size_t dequant_f16_f16c(const std::uint16_t* s, const float* st, bool bcast, int max,
+                                                                           std::uint16_t* o, std::size_t n) {
+    const __m256i mx = _mm256_set1_epi32(max);
+    const __m256 b = _mm256_set1_ps(st[0]);
+    std::size_t d = 0;
+    for (; d + 8 <= n; d += 8) {
+      const __m256i q = _mm256_sub_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + d))), mx);
+      const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(q), bcast ? b : _mm256_loadu_ps(st + d));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + d), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    return d;
+  }
+#endif
+
+  struct no_kernel {
+    template <class T>
+    std::size_t operator()(const std::uint16_t*, const float*, bool, int, T*, std::size_t) const {
+      return 0;
+    }
+  };
+
+  /// Checks the plane and side bytes against the block, then writes conv(value) of every element
+  /// to get_out() in block order; kernel(s, step, bcast, MAX, o, n) may do a row prefix in bulk.
+  template <class GetOut, class Conv, class Kernel = no_kernel>
+  void decode_to(const symbols& in, const block& b, GetOut get_out, Conv conv, Kernel kernel = {}) const {
     const std::string where = "cachegen-quant (layer " + std::to_string(b.layer) + (b.key ? " K)" : " V)");
     const int bins = p_.bins_for(b.layer, b.key);
     const int MAX = bins / 2 - 1;
@@ -170,18 +230,18 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     for (auto s : p.sym) worst = std::max<std::uint32_t>(worst, s);
     if (!p.sym.empty() && worst > static_cast<std::uint32_t>(2 * MAX))
       throw_corrupt(where, "symbol " + std::to_string(worst) + " above 2*MAX = " + std::to_string(2 * MAX));
-    b.data.resize(b.rows() * D);
+    auto* const out = get_out();
     if (dense) {
       for (std::size_t h = 0; h < H; ++h)
         for (std::size_t r = 0; r < R; ++r) {
           const std::uint16_t* srow = p.sym.data() + r * C + h * D;
-          float* dst = b.data.data() + (h * R + r) * D;
+          auto* dst = out + (h * R + r) * D;
           if (by_token) {
             const float st = step[r];
-            for (std::size_t d = 0; d < D; ++d) dst[d] = cachegen_dequantize(srow[d], st, MAX);
+            for (std::size_t d = kernel(srow, &st, true, MAX, dst, D); d < D; ++d) dst[d] = conv(cachegen_dequantize(srow[d], st, MAX));
           } else {
             const float* st = step.data() + h * D;
-            for (std::size_t d = 0; d < D; ++d) dst[d] = cachegen_dequantize(srow[d], st[d], MAX);
+            for (std::size_t d = kernel(srow, st, false, MAX, dst, D); d < D; ++d) dst[d] = conv(cachegen_dequantize(srow[d], st[d], MAX));
           }
         }
     } else {
@@ -189,7 +249,7 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
       for (std::size_t h = 0; h < H; ++h)
         for (std::uint32_t k = 0; k < b.count[h]; ++k, ++r)
           for (std::size_t d = 0; d < D; ++d)
-            b.data[r * D + d] = cachegen_dequantize(p.sym[r * D + d], by_token ? step[r] : step[h * D + d], MAX);
+            out[r * D + d] = conv(cachegen_dequantize(p.sym[r * D + d], by_token ? step[r] : step[h * D + d], MAX));
     }
   }
 };

@@ -117,16 +117,23 @@ inline std::uint32_t anchor_rows(pred_kind pk, std::uint32_t group, std::uint32_
 
 // ---- histograms and tables ------------------------------------------------------------------
 
+/// Adds the symbols to histograms h[bin_of[i % cols] * A + s] (bin_of = nullptr: bin = column),
+/// symbols checked against A. h must be sized by the caller.
+inline void add_hist(const std::uint16_t* s, std::size_t n, std::uint32_t cols, std::uint32_t A, const std::uint32_t* bin_of,
+                     std::uint32_t* h, const std::string& where) {
+  std::uint32_t c = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (s[i] >= A) throw_bad_input(where, "symbol[" + std::to_string(i) + "]", "< alphabet " + std::to_string(A), std::to_string(s[i]));
+    ++h[static_cast<std::size_t>(bin_of ? bin_of[c] : c) * A + s[i]];
+    c = c + 1 == cols ? 0 : c + 1;
+  }
+}
+
 /// Per-column histograms (cols x A), symbols checked against A.
 inline void column_hist(const std::uint16_t* s, std::size_t n, std::uint32_t cols, std::uint32_t A, std::vector<std::uint32_t>& h,
                         const std::string& where) {
   h.assign(static_cast<std::size_t>(cols) * A, 0);
-  std::uint32_t c = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    if (s[i] >= A) throw_bad_input(where, "symbol[" + std::to_string(i) + "]", "< alphabet " + std::to_string(A), std::to_string(s[i]));
-    ++h[static_cast<std::size_t>(c) * A + s[i]];
-    c = c + 1 == cols ? 0 : c + 1;
-  }
+  add_hist(s, n, cols, A, nullptr, h.data(), where);
 }
 
 /// Sum of column histograms into group histograms.

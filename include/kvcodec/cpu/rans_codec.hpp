@@ -8,15 +8,22 @@
 // once per step of N symbols (a step consumes at most N words) and word by word only near the end;
 // a stream that runs out of words, has a state outside [2^16, 2^32), leaves words unread or does not
 // return every lane to the initial state 2^16 throws error_kind::corrupt.
-// Single-table decode runs 16 lanes per AVX-512 vector when the CPU has F/BW/VL/VBMI2 (runtime check,
-// no build flags needed): gathers for the table, a masked word expand for the lane-ordered reads.
-// The scalar loop is the reference; both produce identical output and errors (tested).
+// Vector decoders (runtime dispatch, no build flags needed; the scalar loop is the reference and
+// every path produces identical output and errors, tested):
+//  - AVX2, 8 lanes per vector, single or per-column tables, whenever the tables have compact 32-bit
+//    entries (core/rans.hpp: prob_bits <= 12, alphabet <= 256). All tables of a model sit in one
+//    array (rans_packed_decoder); lane j of a step reads column (c0 + j) % cols, so a vector's table
+//    offsets are one unaligned load from a column-offset array extended by rans_max_lanes entries.
+//    The lane-ordered word reads are a 16-byte load shuffled by a 256-entry LUT indexed by the
+//    movemask of the lanes that need a word (the CPU form of ballot + popc).
+//  - AVX-512 (F/BW/VL/VBMI2), 16 lanes per vector, single table with 64-bit entries otherwise.
 #pragma once
 
 #include "kvcodec/core/error.hpp"
 #include "kvcodec/core/freq_table.hpp"
 #include "kvcodec/core/rans.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -97,9 +104,13 @@ std::vector<uint8_t> rans_encode_impl(const Sym* sym, size_t n, size_t cols, con
   const size_t k = static_cast<size_t>(wend - w);
   std::vector<uint8_t> out(4 * N + 2 * k);
   for (size_t j = 0; j < N; ++j) store_le32(out.data() + 4 * j, x[j]);
-  for (size_t i = 0; i < k; ++i) {
-    out[4 * N + 2 * i] = static_cast<uint8_t>(w[i]);
-    out[4 * N + 2 * i + 1] = static_cast<uint8_t>(w[i] >> 8);
+  if constexpr (std::endian::native == std::endian::little) {
+    if (k > 0) std::memcpy(out.data() + 4 * N, w, 2 * k);
+  } else {
+    for (size_t i = 0; i < k; ++i) {
+      out[4 * N + 2 * i] = static_cast<uint8_t>(w[i]);
+      out[4 * N + 2 * i + 1] = static_cast<uint8_t>(w[i] >> 8);
+    }
   }
   return out;
 }
@@ -157,11 +168,103 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,popcnt"))) size_t r
 }
 #endif
 
-/// Decode; table for symbol i is tabs[i % cols] (cols >= 1). allow_simd = false forces the scalar
-/// reference loop (tests compare both).
+/// Compact tables for the AVX2 decoder: entry32[col_off[c] + slot] is column c's entry of `slot`,
+/// col_off[c] = col_off[c % cols] for c < cols + rans_max_lanes.
+struct rans_fast_tables {
+  const uint32_t* entry32 = nullptr;
+  const uint32_t* col_off = nullptr;
+};
+
+#if KVCODEC_RANS_AVX512
+inline bool rans_avx2_available() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+  return ok;
+}
+
+/// Shuffle of 16 loaded bytes (both 128-bit halves) that gives lane i (bit i of the mask set) the
+/// zero-extended word number popcount(mask & ((1 << i) - 1)), and 0 to the other lanes.
+struct rans_expand_lut {
+  alignas(32) uint8_t b[256][32];
+  constexpr rans_expand_lut() : b{} {
+    for (int m = 0; m < 256; ++m) {
+      int k = 0;
+      for (int i = 0; i < 8; ++i) {
+        const bool on = (m >> i) & 1;
+        b[m][4 * i] = on ? static_cast<uint8_t>(2 * k) : 0x80;
+        b[m][4 * i + 1] = on ? static_cast<uint8_t>(2 * k + 1) : 0x80;
+        b[m][4 * i + 2] = 0x80;
+        b[m][4 * i + 3] = 0x80;
+        k += on;
+      }
+    }
+  }
+};
+inline constexpr rans_expand_lut rans_expand{};
+
+/// Full steps with 8 lanes per AVX2 vector: one 32-bit gather per vector from the compact tables,
+/// the lane-ordered word read as a LUT shuffle of the next 8 words. Runs while at least N words
+/// remain (vector k of a step reads 16 bytes at most 16k bytes ahead). c0 = (t * N) % cols on entry.
+/// Returns the next step; x and p are advanced. Bit-identical to the scalar loop.
+template <class Sym>
+__attribute__((target("avx2,popcnt"))) size_t rans_decode_steps_avx2(uint32_t* x, const uint8_t*& p_io,
+                                                                     const uint8_t* end, rans_fast_tables ft,
+                                                                     size_t cols, uint32_t M, size_t N, Sym* out,
+                                                                     size_t t, size_t full_steps) {
+  const uint8_t* p = p_io;
+  const __m256i maskv = _mm256_set1_epi32(static_cast<int>((1u << M) - 1));
+  const __m256i b8 = _mm256_set1_epi32(0xff);
+  const __m256i b12 = _mm256_set1_epi32(0xfff);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256i zero = _mm256_setzero_si256();
+  const __m128i shift = _mm_cvtsi32_si128(static_cast<int>(M));
+  const int* tab = reinterpret_cast<const int*>(ft.entry32);
+  size_t c0 = (t * N) % cols;
+  const size_t adv = N % cols;
+  for (; t < full_steps && static_cast<size_t>(end - p) >= 2 * N; ++t) {
+    Sym* o = out + t * N;
+    const uint32_t* off = ft.col_off + c0;
+    for (size_t j = 0; j < N; j += 8) {
+      __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j));
+      const __m256i idx = _mm256_add_epi32(_mm256_and_si256(xv, maskv),
+                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off + j)));
+      const __m256i e = _mm256_i32gather_epi32(tab, idx, 4);
+      const __m256i sy = _mm256_and_si256(e, b8);
+      const __m256i bias = _mm256_and_si256(_mm256_srli_epi32(e, 8), b12);
+      const __m256i f = _mm256_add_epi32(_mm256_srli_epi32(e, 20), one);
+      xv = _mm256_add_epi32(_mm256_mullo_epi32(f, _mm256_srl_epi32(xv, shift)), bias);
+      const __m256i need = _mm256_cmpeq_epi32(_mm256_srli_epi32(xv, 16), zero);
+      const unsigned k = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(need)));
+      const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      const __m256i w = _mm256_shuffle_epi8(raw, _mm256_load_si256(reinterpret_cast<const __m256i*>(rans_expand.b[k])));
+      xv = _mm256_blendv_epi8(xv, _mm256_or_si256(_mm256_slli_epi32(xv, 16), w), need);
+      p += 2 * static_cast<size_t>(__builtin_popcount(k));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(x + j), xv);
+      const __m256i s16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(sy, sy), 0x88);
+      if constexpr (std::is_same_v<Sym, uint8_t>) {
+        const __m128i s8 = _mm_packus_epi16(_mm256_castsi256_si128(s16), _mm256_castsi256_si128(s16));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(o + j), s8);
+      } else {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + j), _mm256_castsi256_si128(s16));
+      }
+    }
+    c0 += adv;
+    if (c0 >= cols) c0 -= cols;
+  }
+  p_io = p;
+  return t;
+}
+#endif
+
+/// Which decoder rans_decode_impl may use: the scalar reference, one vector path, or the best one
+/// this CPU has (a requested path the CPU or the tables cannot run falls back to scalar).
+enum class rans_simd { scalar, avx2, avx512, best };
+
+/// Decode; table for symbol i is tabs[i % cols] (cols >= 1). ft (optional) holds the same tables in
+/// compact form for the AVX2 path. simd = scalar forces the reference loop (tests compare all).
 template <class Sym, bool Ctx>
 void rans_decode_impl(const uint8_t* data, size_t size, size_t cols, const uint64_t* const* tabs, int prob_bits,
-                      int lanes, Sym* out, size_t n, const char* where, bool allow_simd = true) {
+                      int lanes, Sym* out, size_t n, const char* where, rans_simd simd = rans_simd::best,
+                      const rans_fast_tables* ft = nullptr) {
   check_lanes(where, lanes);
   const size_t N = static_cast<size_t>(lanes);
   if (n > 0 && out == nullptr) throw_bad_input(where, "out", "non-null pointer", "nullptr");
@@ -183,12 +286,16 @@ void rans_decode_impl(const uint8_t* data, size_t size, size_t cols, const uint6
   const size_t full_steps = n / N;
   size_t t = 0;
 #if KVCODEC_RANS_AVX512
-  if constexpr (!Ctx) {
-    if (allow_simd && rans_avx512_available())
-      t = rans_decode_steps_avx512(x, p, end, tab, M, N, out, t, full_steps);
+  const bool any = simd == rans_simd::best;
+  if (ft != nullptr && (any || simd == rans_simd::avx2) && rans_avx2_available()) {
+    t = rans_decode_steps_avx2(x, p, end, *ft, cols, M, N, out, t, full_steps);
+    if constexpr (Ctx) col = (t * N) % cols;
+  } else if (!Ctx && (any || simd == rans_simd::avx512) && rans_avx512_available()) {
+    t = rans_decode_steps_avx512(x, p, end, tab, M, N, out, t, full_steps);
   }
 #else
-  (void)allow_simd;
+  (void)simd;
+  (void)ft;
 #endif
   // Fast steps: at least N words remain, so no lane can run out; no per-word checks.
   for (; t < full_steps && static_cast<size_t>(end - p) >= 2 * N; ++t) {
@@ -268,16 +375,17 @@ std::vector<uint8_t> rans_encode(const Sym* sym, size_t n, const freq_table& t, 
   return rans_encode(sym, n, make_encode_table(t), lanes);
 }
 
-/// Decode n symbols; Sym = uint8_t requires an alphabet of at most 256.
-template <class Sym, class = std::enable_if_t<detail::is_rans_symbol_v<Sym>>>
-void rans_decode(const uint8_t* data, size_t size, const decode_table& t, int lanes, Sym* out, size_t n) {
-  detail::check_decode_table("rans_decode", t, t.prob_bits);
-  detail::check_output_alphabet<Sym>("rans_decode", t.alphabet);
-  const uint64_t* tab = t.entry.data();
-  detail::rans_decode_impl<Sym, false>(data, size, 1, &tab, t.prob_bits, lanes, out, n, "rans_decode");
-}
-
-// ---- one table per column: symbol i uses tables[table_of_col[i % cols]] ----
+/// The tables of one context model laid out for the decoders, built once per model: column c
+/// decodes with entry64[col_off[c] + slot] (entry32 the same in compact form when every table
+/// fits it, else empty); col_off has cols + rans_max_lanes entries, col_off[c] = col_off[c % cols].
+struct rans_ctx_decoder {
+  int prob_bits = rans_min_prob_bits;
+  size_t cols = 0;
+  size_t alphabet = 0;  ///< the largest alphabet of the tables
+  std::vector<uint64_t> entry64;
+  std::vector<uint32_t> entry32;
+  std::vector<uint32_t> col_off;
+};
 
 namespace detail {
 inline void check_ctx(const char* where, size_t cols, size_t table_of_col_size, size_t tables) {
@@ -286,7 +394,96 @@ inline void check_ctx(const char* where, size_t cols, size_t table_of_col_size, 
     throw_bad_input(where, "table_of_col", "size " + std::to_string(cols), "size " + std::to_string(table_of_col_size));
   if (tables == 0) throw_bad_input(where, "tables", "at least one table", "0");
 }
+
+/// Compact form of a 64-bit entry, or 0 with ok = false when it does not fit (a valid compact
+/// entry has freq >= 1, so ok is the only signal).
+inline uint32_t compact_entry(uint64_t e, int prob_bits, bool& ok) {
+  const uint32_t f = rans_dec_entry_freq(e), o = rans_dec_entry_offset(e), sy = rans_dec_entry_symbol(e);
+  if (prob_bits > rans_dec32_max_prob_bits || sy >= rans_dec32_max_alphabet || f == 0 || f > (1u << prob_bits) || o >= f) {
+    ok = false;
+    return 0;
+  }
+  return rans_dec32_from_entry(e);
+}
 }  // namespace detail
+
+/// Builds the decoder layout of tables[table_of_col[c]] for columns c = 0 .. cols-1 (cols =
+/// table_of_col.size()); every table must share prob_bits. Throws bad_input like rans_decode_ctx.
+inline rans_ctx_decoder make_rans_ctx_decoder(std::span<const decode_table> tables, std::span<const uint32_t> table_of_col,
+                                              const char* where = "make_rans_ctx_decoder") {
+  const size_t cols = table_of_col.size();
+  detail::check_ctx(where, cols, cols, tables.size());
+  rans_ctx_decoder d;
+  d.cols = cols;
+  for (size_t c = 0; c < cols; ++c)
+    if (table_of_col[c] >= tables.size())
+      throw_bad_input(where, "table_of_col[" + std::to_string(c) + "]", "< " + std::to_string(tables.size()),
+                      std::to_string(table_of_col[c]));
+  d.prob_bits = tables[table_of_col[0]].prob_bits;
+  const size_t S = size_t{1} << d.prob_bits;
+  constexpr uint32_t unused = ~0u;
+  std::vector<uint32_t> slot_of(tables.size(), unused);
+  std::vector<uint32_t> base(cols);
+  for (size_t c = 0; c < cols; ++c) {
+    const uint32_t k = table_of_col[c];
+    if (slot_of[k] == unused) {
+      const decode_table& t = tables[k];
+      detail::check_decode_table(where, t, d.prob_bits);
+      if (d.entry64.size() + S > (size_t{1} << 31))
+        throw_bad_input(where, "tables", "at most 2^31 decode entries in all", "more");
+      d.alphabet = std::max(d.alphabet, t.alphabet);
+      slot_of[k] = static_cast<uint32_t>(d.entry64.size());
+      d.entry64.insert(d.entry64.end(), t.entry.begin(), t.entry.end());
+    }
+    base[c] = slot_of[k];
+  }
+  bool ok = true;
+  d.entry32.resize(d.entry64.size());
+  for (size_t i = 0; i < d.entry64.size() && ok; ++i) d.entry32[i] = detail::compact_entry(d.entry64[i], d.prob_bits, ok);
+  if (!ok) d.entry32.clear();
+  d.col_off.resize(cols + rans_max_lanes);
+  for (size_t c = 0; c < d.col_off.size(); ++c) d.col_off[c] = base[c % cols];
+  return d;
+}
+
+/// Decode n symbols, symbol i with column i % d.cols's table. Sym = uint8_t requires alphabets of at
+/// most 256. simd picks the decoder (tests); every choice gives the same output and errors.
+template <class Sym, class = std::enable_if_t<detail::is_rans_symbol_v<Sym>>>
+void rans_decode_ctx(const uint8_t* data, size_t size, const rans_ctx_decoder& d, int lanes, Sym* out, size_t n,
+                     detail::rans_simd simd = detail::rans_simd::best) {
+  const char* where = "rans_decode_ctx";
+  if (d.cols == 0 || d.col_off.size() != d.cols + rans_max_lanes ||
+      d.entry64.size() % (size_t{1} << d.prob_bits) != 0 || (!d.entry32.empty() && d.entry32.size() != d.entry64.size()))
+    throw_bad_input(where, "decoder", "a layout built by make_rans_ctx_decoder", "an inconsistent one");
+  detail::check_output_alphabet<Sym>(where, d.alphabet);
+  const detail::rans_fast_tables ft{d.entry32.data(), d.col_off.data()};
+  const detail::rans_fast_tables* pft = d.entry32.empty() ? nullptr : &ft;
+  if (d.cols == 1) {
+    const uint64_t* tab = d.entry64.data() + d.col_off[0];
+    detail::rans_decode_impl<Sym, false>(data, size, 1, &tab, d.prob_bits, lanes, out, n, where, simd, pft);
+    return;
+  }
+  std::vector<const uint64_t*> tabs(d.cols);
+  for (size_t c = 0; c < d.cols; ++c) tabs[c] = d.entry64.data() + d.col_off[c];
+  detail::rans_decode_impl<Sym, true>(data, size, d.cols, tabs.data(), d.prob_bits, lanes, out, n, where, simd, pft);
+}
+
+/// Decode n symbols; Sym = uint8_t requires an alphabet of at most 256.
+template <class Sym, class = std::enable_if_t<detail::is_rans_symbol_v<Sym>>>
+void rans_decode(const uint8_t* data, size_t size, const decode_table& t, int lanes, Sym* out, size_t n) {
+  detail::check_decode_table("rans_decode", t, t.prob_bits);
+  detail::check_output_alphabet<Sym>("rans_decode", t.alphabet);
+  if (n >= (size_t{1} << t.prob_bits)) {
+    const uint32_t zero = 0;
+    const rans_ctx_decoder d = make_rans_ctx_decoder(std::span<const decode_table>(&t, 1), std::span<const uint32_t>(&zero, 1), "rans_decode");
+    rans_decode_ctx(data, size, d, lanes, out, n);
+    return;
+  }
+  const uint64_t* tab = t.entry.data();
+  detail::rans_decode_impl<Sym, false>(data, size, 1, &tab, t.prob_bits, lanes, out, n, "rans_decode");
+}
+
+// ---- one table per column: symbol i uses tables[table_of_col[i % cols]] ----
 
 template <class Sym, class = std::enable_if_t<detail::is_rans_symbol_v<Sym>>>
 std::vector<uint8_t> rans_encode_ctx(const Sym* sym, size_t n, size_t cols, std::span<const encode_table> tables,
@@ -324,6 +521,10 @@ void rans_decode_ctx(const uint8_t* data, size_t size, size_t cols, std::span<co
                      std::span<const uint32_t> table_of_col, int lanes, Sym* out, size_t n) {
   const char* where = "rans_decode_ctx";
   detail::check_ctx(where, cols, table_of_col.size(), tables.size());
+  if (n >= (size_t{1} << rans_max_prob_bits)) {
+    rans_decode_ctx(data, size, make_rans_ctx_decoder(tables, table_of_col, where), lanes, out, n);
+    return;
+  }
   std::vector<const uint64_t*> tabs(cols);
   int prob_bits = 0;
   for (size_t c = 0; c < cols; ++c) {

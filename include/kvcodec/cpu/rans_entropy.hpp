@@ -29,12 +29,17 @@ namespace detail {
 struct ready_model {
   em::plane_model m;
   std::vector<encode_table> enc;
-  std::vector<decode_table> dec;
+  rans_ctx_decoder dec;  ///< cols = 1 for a single-table model, else the model's columns
   void build(bool encoder, bool decoder) {
     if (encoder && enc.empty())
       for (const auto& t : m.tables) enc.push_back(make_encode_table(t));
-    if (decoder && dec.empty())
-      for (const auto& t : m.tables) dec.push_back(make_decode_table(t));
+    if (decoder && dec.cols == 0) {
+      std::vector<decode_table> d;
+      for (const auto& t : m.tables) d.push_back(make_decode_table(t));
+      const std::uint32_t zero = 0;
+      dec = m.groups == 1 ? make_rans_ctx_decoder(d, std::span<const std::uint32_t>(&zero, 1))
+                          : make_rans_ctx_decoder(d, std::span<const std::uint32_t>(m.group_of_col));
+    }
   }
 };
 
@@ -60,22 +65,22 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
     const int layers = std::max(info.shape.layers, 1);
     std::map<key_t, acc_t> acc;
     std::vector<std::uint16_t> sub[2];
-    std::vector<std::uint32_t> h;
     for (std::size_t j = 0; j < all.size(); ++j) {
       const auto [layer, key] = detail::block_of_index(j, layers);
       for (std::size_t pi = 0; pi < all[j]->planes.size(); ++pi) {
         const symbol_plane& p = all[j]->planes[pi];
         check_plane(p, "rans fit");
-        em::split_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1]);
+        const bool direct = split(p, sub);
         for (int s = 0; s < 2; ++s) {
-          if (sub[s].empty()) continue;
+          const std::uint16_t* sd = direct ? p.sym.data() : sub[s].data();
+          const std::size_t sn = direct ? (s == 0 ? p.sym.size() : 0) : sub[s].size();
+          if (sn == 0) continue;
           auto& a = acc[key_t{layer, key, static_cast<int>(pi), s}];
           if (a.hist.empty()) a.alphabet = p.alphabet, a.cols = p.cols, a.hist.assign(static_cast<std::size_t>(p.cols) * p.alphabet, 0);
           if (a.alphabet != p.alphabet || a.cols != p.cols)
             throw_usage("rans:tables=shared: plane " + std::to_string(pi) + " of layer " + std::to_string(layer) +
                         " changes shape between chunks; use tables=chunk");
-          em::column_hist(sub[s].data(), sub[s].size(), p.cols, p.alphabet, h, "rans fit");
-          for (std::size_t i = 0; i < h.size(); ++i) a.hist[i] += h[i];
+          em::add_hist(sd, sn, p.cols, p.alphabet, nullptr, a.hist.data(), "rans fit");
         }
       }
     }
@@ -137,24 +142,30 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
       w.put_varint(p.alphabet);
       w.put_varint(p.rows);
       w.put_varint(p.cols);
-      em::split_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1]);
+      const bool direct = split(p, sub);
       for (int s = 0; s < 2; ++s) {
-        if (sub[s].empty()) continue;
-        em::column_hist(sub[s].data(), sub[s].size(), p.cols, p.alphabet, colh, "rans encode");
+        const std::uint16_t* sd = direct ? p.sym.data() : sub[s].data();
+        const std::size_t sn = direct ? (s == 0 ? p.sym.size() : 0) : sub[s].size();
+        if (sn == 0) continue;
         detail::ready_model local;
         const detail::ready_model* rm = nullptr;
+        std::vector<std::uint32_t> gh;
         if (p_.tables == "shared") {
           rm = find_shared(ctx, static_cast<int>(pi), s, p);
+          gh.assign(static_cast<std::size_t>(rm->m.groups) * p.alphabet, 0);
+          const bool one = rm->m.groups == 1 || rm->m.group_of_col.size() != p.cols;
+          em::add_hist(sd, sn, one ? 1u : p.cols, p.alphabet, one ? nullptr : rm->m.group_of_col.data(), gh.data(), "rans encode");
         } else {
+          em::column_hist(sd, sn, p.cols, p.alphabet, colh, "rans encode");
           local.m = em::fit_model(colh, p.cols, p.alphabet, mo_);
           local.build(true, false);
           em::serialize_model(local.m, out);
           rm = &local;
+          gh = em::group_hist(colh, p.alphabet, rm->m.group_of_col, rm->m.groups);
         }
-        const auto gh = em::group_hist(colh, p.alphabet, rm->m.group_of_col, rm->m.groups);
         bound += em::grouped_entropy(gh, p.alphabet, rm->m.groups);
-        const auto stream = rm->m.groups == 1 ? rans_encode(sub[s].data(), sub[s].size(), rm->enc[0], p_.lanes)
-                                              : rans_encode_ctx(sub[s].data(), sub[s].size(), p.cols, std::span<const encode_table>(rm->enc),
+        const auto stream = rm->m.groups == 1 ? rans_encode(sd, sn, rm->enc[0], p_.lanes)
+                                              : rans_encode_ctx(sd, sn, p.cols, std::span<const encode_table>(rm->enc),
                                                                 std::span<const std::uint32_t>(rm->m.group_of_col), p_.lanes);
         w.put_blob(stream);
         payload += static_cast<double>(stream.size()) * 8.0;
@@ -187,8 +198,11 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
       if (p.rows > 0 && p.cols == 0) throw_corrupt(r.what(), "field 'cols': expected >= 1, found 0");
       const std::uint32_t na = em::anchor_rows(pk_, static_cast<std::uint32_t>(p_.group), p.rows);
       const std::size_t counts[2] = {static_cast<std::size_t>(na) * p.cols, static_cast<std::size_t>(p.rows - na) * p.cols};
+      // Without prediction every row is an anchor row: decode straight into the plane.
+      const bool direct = counts[1] == 0;
+      if (direct) p.sym.resize(counts[0]);
       for (int s = 0; s < 2; ++s) {
-        sub[s].assign(counts[s], 0);
+        if (!direct) sub[s].resize(counts[s]);
         if (counts[s] == 0) continue;
         detail::ready_model local;
         const detail::ready_model* rm = nullptr;
@@ -201,16 +215,12 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
         }
         const auto stream = r.get_blob("rANS stream");
         try {
-          if (rm->m.groups == 1)
-            rans_decode(stream.data(), stream.size(), rm->dec[0], p_.lanes, sub[s].data(), counts[s]);
-          else
-            rans_decode_ctx(stream.data(), stream.size(), p.cols, std::span<const decode_table>(rm->dec),
-                            std::span<const std::uint32_t>(rm->m.group_of_col), p_.lanes, sub[s].data(), counts[s]);
+          rans_decode_ctx(stream.data(), stream.size(), rm->dec, p_.lanes, direct ? p.sym.data() : sub[s].data(), counts[s]);
         } catch (const error& e) {
           throw_corrupt(r.what(), std::string("plane ") + std::to_string(pi) + ": " + e.what());
         }
       }
-      em::merge_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1]);
+      if (!direct) em::merge_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1]);
     }
     const auto side = r.get_blob("side bytes");
     out.side.assign(side.begin(), side.end());
@@ -224,6 +234,15 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
     std::uint32_t alphabet = 0, cols = 0;
     std::vector<std::uint32_t> hist;
   };
+
+  /// Splits p into anchor and residual sub-planes; returns true (and copies nothing) when every
+  /// row is an anchor row, i.e. the plane itself is sub-plane 0.
+  bool split(const symbol_plane& p, std::vector<std::uint16_t>* sub) const {
+    const auto g = static_cast<std::uint32_t>(p_.group);
+    if (em::anchor_rows(pk_, g, p.rows) == p.rows) return true;
+    em::split_plane(p, pk_, g, sub[0], sub[1]);
+    return false;
+  }
 
   void check_plane(const symbol_plane& p, const char* where) const {
     if (p.alphabet == 0 || p.alphabet > rans_max_alphabet || p.alphabet > (1u << p_.prob_bits))
