@@ -19,7 +19,7 @@
 // byte k/8); the unused high bits of the last byte are zero. Symbols are masked to b bits.
 //
 // mul_rn / add_rn are float operations that a compiler may not fuse into an FMA (on the GPU they are
-// the _rn intrinsics), so CPU and GPU produce the same bits.
+// the _rn intrinsics; on FMA-capable CPU targets an asm barrier), so CPU and GPU produce the same bits.
 #pragma once
 
 #include <cmath>
@@ -38,8 +38,20 @@ namespace detail {
 KVCODEC_HD inline float mul_rn(float a, float b) noexcept {
 #if defined(__CUDA_ARCH__)
   return __fmul_rn(a, b);
+#elif defined(__x86_64__) && !defined(__FMA__)
+  return a * b;  // baseline x86-64 has no FMA instruction: nothing can fuse
+#elif (defined(__x86_64__) || defined(__aarch64__)) && (defined(__GNUC__) || defined(__clang__))
+  // The target has FMA, so the compiler could fuse this product into a later add: an empty asm
+  // that "modifies" r forces the rounded product to exist (cheaper than a volatile round trip).
+  float r = a * b;
+#if defined(__x86_64__)
+  __asm__("" : "+x"(r));
 #else
-  volatile float r = a * b;
+  __asm__("" : "+w"(r));
+#endif
+  return r;
+#else
+  volatile float r = a * b;  // unknown target: the portable barrier
   return r;
 #endif
 }
