@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kvcodec/core/ggml_blocks.hpp"
+#include "../support/ggml_inputs.hpp"
 #include "../support/shared_data.hpp"
 
 using namespace kvcodec;
@@ -21,22 +22,7 @@ using namespace kvcodec::ggml;
 
 namespace {
 
-// 64 values (two blocks): 0 ramp, 1 negative signed max, 2 zeros, 3 constant, 4 LCG pseudo-random.
-void make_input(int which, float* x) {
-  std::uint32_t s = 12345u;
-  for (int j = 0; j < 64; ++j) {
-    switch (which) {
-      case 0: x[j] = static_cast<float>(j % 32) * 0.25f - 3.875f; break;
-      case 1: x[j] = (j % 32 == 5) ? -9.0f : static_cast<float>(((j * 7) % 32) - 13) * 0.5f; break;
-      case 2: x[j] = 0.0f; break;
-      case 3: x[j] = 1.5f; break;
-      default:
-        s = s * 1664525u + 1013904223u;
-        x[j] = static_cast<float>(static_cast<int>(s >> 16) % 2001 - 1000) / 256.0f;
-        break;
-    }
-  }
-}
+using test::make_input;
 
 struct golden {
   int type;

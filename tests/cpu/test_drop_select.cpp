@@ -3,8 +3,6 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <filesystem>
 #include <numeric>
 #include <set>
 #include <string>
@@ -15,16 +13,11 @@
 #include "kvcodec/eval/synth.hpp"
 #include "kvcodec/io/kv_dump.hpp"
 #include "kvcodec/registry/builtin.hpp"
+#include "../support/shared_data.hpp"
 
 using namespace kvcodec;
 
 namespace {
-
-std::filesystem::path shared_dir() {
-  if (const char* e = std::getenv("KVCODEC_SHARED")) return e;
-  if (std::filesystem::exists("../shared/kv")) return "../shared";
-  return "/work/shared";
-}
 
 kv_cache small_cache(std::int64_t tokens = 37, std::uint64_t seed = 1) {
   eval::synth_options o;
@@ -288,13 +281,11 @@ TEST_CASE("bad input: missing queries, budgets, windows and prefixes beyond the 
 }
 
 TEST_CASE("real dumps: query-aware methods beat random clearly under the disjoint-window protocol") {
-  const auto dir = shared_dir() / "kv";
-  if (!std::filesystem::exists(dir / "stories260K-s0.safetensors")) {
-    MESSAGE("skipped: " << (dir / "stories260K-s0.safetensors").string() << " not found (set KVCODEC_SHARED)");
-    return;
-  }
+  KVCODEC_REQUIRE_SHARED(test::shared_dump("stories260K-s0.safetensors"));
   for (int s = 0; s < 3; ++s) {
-    const kv_cache kv = io::read_kv_dump((dir / ("stories260K-s" + std::to_string(s) + ".safetensors")).string()).cache;
+    const kv_cache* dump = test::shared_dump("stories260K-s" + std::to_string(s) + ".safetensors");
+    REQUIRE(dump);
+    const kv_cache& kv = *dump;
     REQUIRE(kv.has_queries());
     eval::eval_options opt;
     opt.repeats = 1;

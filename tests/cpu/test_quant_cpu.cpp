@@ -12,6 +12,7 @@
 #include "kvcodec/core/ggml_blocks.hpp"
 #include "kvcodec/core/rope.hpp"
 #include "kvcodec/kvcodec.hpp"
+#include "../support/ggml_inputs.hpp"
 
 using namespace kvcodec;
 
@@ -85,22 +86,7 @@ error_kind kind_of(const std::function<void()>& f) {
   return error_kind::io;  // "no error" marker for the tests below (no stage throws io)
 }
 
-// Inputs of tests/core/test_ggml_blocks.cpp (two blocks of 32 each).
-void make_input(int which, float* x) {
-  std::uint32_t s = 12345u;
-  for (int j = 0; j < 64; ++j) {
-    switch (which) {
-      case 0: x[j] = static_cast<float>(j % 32) * 0.25f - 3.875f; break;
-      case 1: x[j] = (j % 32 == 5) ? -9.0f : static_cast<float>(((j * 7) % 32) - 13) * 0.5f; break;
-      case 2: x[j] = 0.0f; break;
-      case 3: x[j] = 1.5f; break;
-      default:
-        s = s * 1664525u + 1013904223u;
-        x[j] = static_cast<float>(static_cast<int>(s >> 16) % 2001 - 1000) / 256.0f;
-        break;
-    }
-  }
-}
+using test::make_input;  // the inputs of tests/core/test_ggml_blocks.cpp
 
 const char* ggml_names[] = {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"};
 

@@ -3,27 +3,17 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
-#include <cstdlib>
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "kvcodec/eval/model_eval.hpp"
-#include "kvcodec/io/kv_dump.hpp"
+#include "../support/shared_data.hpp"
 
 namespace {
 
-namespace fs = std::filesystem;
 using namespace kvcodec;
 using model_ptr = std::shared_ptr<const model::llama2c_model>;
-
-std::string shared_dir() {
-  if (const char* e = std::getenv("KVCODEC_SHARED")) return fs::exists(fs::path(e) / "models") ? e : "";
-  for (const char* p : {"../shared", "/work/shared"})
-    if (fs::exists(fs::path(p) / "models")) return p;
-  return {};
-}
 
 model_ptr synth_model() {
   model::llama2c_config c;
@@ -274,13 +264,11 @@ TEST_CASE("model eval rejects bad input") {
 }
 
 TEST_CASE("model eval on the real stories260K dumps") {
-  const std::string dir = shared_dir();
-  if (dir.empty()) {
-    MESSAGE("skipped: ../shared (models, kv dumps) not found; set KVCODEC_SHARED");
-    return;
-  }
-  const auto m = std::make_shared<const model::llama2c_model>(model::load_llama2c(dir + "/models/stories260K/stories260K.bin"));
-  const kv_cache dump = io::read_kv_dump(dir + "/kv/stories260K-s0.safetensors").cache;
+  const auto model_file = test::shared_file("models/stories260K/stories260K.bin");
+  const kv_cache* shared = test::shared_dump("stories260K-s0.safetensors");
+  KVCODEC_REQUIRE_SHARED(model_file && shared);
+  const auto m = std::make_shared<const model::llama2c_model>(model::load_llama2c(model_file->string()));
+  const kv_cache& dump = *shared;
   const std::int64_t C = 384;
   const auto raw = eval::evaluate_model(m, dump, "raw", eval::model_eval_options{.context_tokens = C});
   CHECK(raw.model.kl == 0.0);

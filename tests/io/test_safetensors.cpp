@@ -7,31 +7,15 @@
 
 #include "kvcodec/io/safetensors.hpp"
 #include "../support/shared_data.hpp"
+#include "../support/io_helpers.hpp"
 
 using namespace kvcodec;
 using namespace kvcodec::io;
 
 namespace {
 
-struct caught {
-  bool thrown = false;
-  error_kind kind = error_kind::io;
-  std::string msg;
-  bool has(const std::string& s) const { return msg.find(s) != std::string::npos; }
-};
-
-template <class F>
-caught catch_error(F&& f) {
-  caught c;
-  try {
-    f();
-  } catch (const kvcodec::error& e) {
-    c.thrown = true;
-    c.kind = e.kind();
-    c.msg = e.what();
-  }
-  return c;
-}
+using test::catch_error;
+using test::caught;
 
 /// A raw safetensors image from a header string and a data area.
 std::vector<std::uint8_t> raw_file(const std::string& header, const std::vector<std::uint8_t>& data) {

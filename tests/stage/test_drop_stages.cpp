@@ -4,8 +4,6 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
-#include <cstdlib>
-#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -15,16 +13,11 @@
 #include "kvcodec/io/kv_dump.hpp"
 #include "kvcodec/pipeline/encode.hpp"
 #include "kvcodec/registry/builtin.hpp"
+#include "../support/shared_data.hpp"
 
 using namespace kvcodec;
 
 namespace {
-
-std::filesystem::path shared_dir() {
-  if (const char* e = std::getenv("KVCODEC_SHARED")) return e;
-  if (std::filesystem::exists("../shared/kv")) return "../shared";
-  return "/work/shared";
-}
 
 kv_cache small_cache(std::int64_t tokens = 40) {
   eval::synth_options o;
@@ -116,10 +109,9 @@ TEST_CASE("composition: snapkv:keep=0.5|raw:dtype=f16|zstd encodes and decodes t
 }
 
 TEST_CASE("adakv stores about what a uniform budget stores") {
-  const auto dir = shared_dir() / "kv";
   kv_cache kv;
-  if (std::filesystem::exists(dir / "stories260K-s1.safetensors")) {
-    kv = io::read_kv_dump((dir / "stories260K-s1.safetensors").string()).cache;
+  if (const kv_cache* dump = test::shared_dump("stories260K-s1.safetensors")) {
+    kv = *dump;
   } else {
     MESSAGE("real dump not found: using a synthetic cache");
     kv = small_cache(200);

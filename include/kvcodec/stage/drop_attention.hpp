@@ -30,190 +30,154 @@ namespace kvcodec::drop {
 
 inline constexpr std::string_view window_help = "observation window: the last `window` queries before obs_end";
 
-struct h2o {
+struct h2o : drop_budget {
   static constexpr std::string_view name = "h2o";
   static constexpr stage_kind kind = stage_kind::drop;
   static constexpr std::string_view summary = "token dropping: heavy hitters by accumulated observed attention + recent tokens (H2O)";
-  double keep = 0.5;
-  std::int64_t tokens = 0;
   double recent = 0.5;
   std::int64_t window = 0;
-  std::int64_t obs_end = -1;
 
   template <class V> void visit(V& v) {
-    v("keep", keep, keep_help);
-    v("tokens", tokens, tokens_help);
-    v("recent", recent, "share of the budget given to the most recent tokens, in [0, 1] (H2O: 0.5)");
-    v("window", window, "observed queries: the last `window` before obs_end (0 = every query)");
-    v("obs_end", obs_end, obs_end_help);
+    visit_common(v, [&] {
+      v("recent", recent, "share of the budget given to the most recent tokens, in [0, 1] (H2O: 0.5)");
+      v("window", window, "observed queries: the last `window` before obs_end (0 = every query)");
+    });
   }
   void validate() const {
-    validate_budget(name, keep, tokens, obs_end);
+    validate_common(name);
     check_param(recent >= 0.0 && recent <= 1.0, name, "recent", "a fraction in [0, 1]", recent);
     check_param(window >= 0, name, "window", "a query count >= 0 (0 = all)", window);
   }
   config cfg() const {
-    config c;
-    c.m = method::h2o, c.name = name, c.keep = keep, c.tokens = tokens, c.recent = recent, c.window = window;
-    c.obs_end = obs_end;
+    config c = common_cfg(method::h2o, name);
+    c.recent = recent, c.window = window;
     return c;
   }
 };
 
-struct snapkv {
+struct snapkv : drop_budget {
   static constexpr std::string_view name = "snapkv";
   static constexpr stage_kind kind = stage_kind::drop;
   static constexpr std::string_view summary = "token dropping: pooled attention of an observation window (SnapKV)";
-  double keep = 0.5;
-  std::int64_t tokens = 0;
   std::int64_t window = 64;
   std::int64_t kernel = 5;
-  std::int64_t obs_end = -1;
 
   template <class V> void visit(V& v) {
-    v("keep", keep, keep_help);
-    v("tokens", tokens, tokens_help);
-    v("window", window, window_help);
-    v("kernel", kernel, "average-pooling kernel over token scores (odd)");
-    v("obs_end", obs_end, obs_end_help);
+    visit_common(v, [&] {
+      v("window", window, window_help);
+      v("kernel", kernel, "average-pooling kernel over token scores (odd)");
+    });
   }
   void validate() const {
-    validate_budget(name, keep, tokens, obs_end);
+    validate_common(name);
     check_param(window >= 1, name, "window", "a query count >= 1", window);
     check_param(kernel >= 1 && kernel % 2 == 1, name, "kernel", "an odd number >= 1", kernel);
   }
   config cfg() const {
-    config c;
-    c.m = method::snapkv, c.name = name, c.keep = keep, c.tokens = tokens, c.window = window, c.kernel = kernel;
-    c.obs_end = obs_end;
+    config c = common_cfg(method::snapkv, name);
+    c.window = window, c.kernel = kernel;
     return c;
   }
 };
 
-struct tova {
+struct tova : drop_budget {
   static constexpr std::string_view name = "tova";
   static constexpr stage_kind kind = stage_kind::drop;
   static constexpr std::string_view summary = "token dropping: attention of the last query averaged over heads (TOVA)";
-  double keep = 0.5;
-  std::int64_t tokens = 0;
-  std::int64_t obs_end = -1;
 
-  template <class V> void visit(V& v) {
-    v("keep", keep, keep_help);
-    v("tokens", tokens, tokens_help);
-    v("obs_end", obs_end, obs_end_help);
-  }
-  void validate() const { validate_budget(name, keep, tokens, obs_end); }
-  config cfg() const {
-    config c;
-    c.m = method::tova, c.name = name, c.keep = keep, c.tokens = tokens, c.obs_end = obs_end;
-    return c;
-  }
+  template <class V> void visit(V& v) { visit_common(v); }
+  void validate() const { validate_common(name); }
+  config cfg() const { return common_cfg(method::tova, name); }
 };
 
-struct expected_attention {
+struct expected_attention : drop_budget {
   static constexpr std::string_view name = "expected-attention";
   static constexpr stage_kind kind = stage_kind::drop;
   static constexpr std::string_view summary = "token dropping: expected attention of future queries (kvpress ExpectedAttention)";
-  double keep = 0.5;
-  std::int64_t tokens = 0;
   std::int64_t window = 64;
   std::int64_t sink = 4;
   std::int64_t future = 64;
   bool cov = false;
   bool vnorm = true;
-  std::int64_t obs_end = -1;
 
   template <class V> void visit(V& v) {
-    v("keep", keep, keep_help);
-    v("tokens", tokens, tokens_help);
-    v("window", window, "queries whose statistics are used: the last `window` before obs_end");
-    v("sink", sink, "first tokens always kept");
-    v("future", future, "future positions after obs_end the RoPE rotation is averaged over (kvpress: 512)");
-    v("cov", cov, "add the query covariance term k^T Sigma k / 2d (kvpress: true; hurts on small heads, see docs)");
-    v("vnorm", vnorm, "multiply scores by the value norm");
-    v("obs_end", obs_end, obs_end_help);
+    visit_common(v, [&] {
+      v("window", window, "queries whose statistics are used: the last `window` before obs_end");
+      v("sink", sink, "first tokens always kept");
+      v("future", future, "future positions after obs_end the RoPE rotation is averaged over (kvpress: 512)");
+      v("cov", cov, "add the query covariance term k^T Sigma k / 2d (kvpress: true; hurts on small heads, see docs)");
+      v("vnorm", vnorm, "multiply scores by the value norm");
+    });
   }
   void validate() const {
-    validate_budget(name, keep, tokens, obs_end);
+    validate_common(name);
     check_param(window >= 1, name, "window", "a query count >= 1", window);
     check_param(sink >= 0, name, "sink", "a token count >= 0", sink);
     check_param(future >= 1, name, "future", "a position count >= 1", future);
   }
   config cfg() const {
-    config c;
-    c.m = method::expected_attention, c.name = name, c.keep = keep, c.tokens = tokens, c.window = window;
-    c.sink = sink, c.future = future, c.cov = cov, c.vnorm = vnorm, c.obs_end = obs_end;
+    config c = common_cfg(method::expected_attention, name);
+    c.window = window, c.sink = sink, c.future = future, c.cov = cov, c.vnorm = vnorm;
     return c;
   }
 };
 
-struct pyramidkv {
+struct pyramidkv : drop_budget {
   static constexpr std::string_view name = "pyramidkv";
   static constexpr stage_kind kind = stage_kind::drop;
   static constexpr std::string_view summary = "token dropping: snapkv with per-layer budgets decreasing with depth (PyramidKV)";
-  double keep = 0.5;
-  std::int64_t tokens = 0;
   std::int64_t window = 64;
   std::int64_t kernel = 5;
   double beta = 20.0;
-  std::int64_t obs_end = -1;
 
   template <class V> void visit(V& v) {
-    v("keep", keep, keep_help);
-    v("tokens", tokens, tokens_help);
-    v("window", window, window_help);
-    v("kernel", kernel, "average-pooling kernel over token scores (odd)");
-    v("beta", beta, "pyramid steepness: the last layer gets budget/beta, the first 2 budget - budget/beta");
-    v("obs_end", obs_end, obs_end_help);
+    visit_common(v, [&] {
+      v("window", window, window_help);
+      v("kernel", kernel, "average-pooling kernel over token scores (odd)");
+      v("beta", beta, "pyramid steepness: the last layer gets budget/beta, the first 2 budget - budget/beta");
+    });
   }
   void validate() const {
-    validate_budget(name, keep, tokens, obs_end);
+    validate_common(name);
     check_param(window >= 1, name, "window", "a query count >= 1", window);
     check_param(kernel >= 1 && kernel % 2 == 1, name, "kernel", "an odd number >= 1", kernel);
     check_param(beta >= 1.0, name, "beta", "a number >= 1", beta);
   }
   config cfg() const {
-    config c;
-    c.m = method::pyramidkv, c.name = name, c.keep = keep, c.tokens = tokens, c.window = window, c.kernel = kernel;
-    c.beta = beta, c.obs_end = obs_end;
+    config c = common_cfg(method::pyramidkv, name);
+    c.window = window, c.kernel = kernel, c.beta = beta;
     return c;
   }
 };
 
-struct adakv {
+struct adakv : drop_budget {
   static constexpr std::string_view name = "adakv";
   static constexpr stage_kind kind = stage_kind::drop;
   static constexpr std::string_view summary = "token dropping: head-wise budgets over a scorer's pooled scores (Ada-KV)";
   std::string scorer = "snapkv";
-  double keep = 0.5;
-  std::int64_t tokens = 0;
   double alpha = 0.2;
   std::int64_t window = 64;
   std::int64_t kernel = 5;
-  std::int64_t obs_end = -1;
 
   template <class V> void visit(V& v) {
     v("scorer", scorer, "scoring method: snapkv, h2o, tova, expected-attention, knorm or keydiff");
-    v("keep", keep, keep_help);
-    v("tokens", tokens, tokens_help);
-    v("alpha", alpha, "safeguard: each head keeps at least alpha of its uniform share, in [0, 1]");
-    v("window", window, "the scorer's observation window (snapkv, expected-attention, h2o)");
-    v("kernel", kernel, "the snapkv scorer's pooling kernel (odd)");
-    v("obs_end", obs_end, obs_end_help);
+    visit_common(v, [&] {
+      v("alpha", alpha, "safeguard: each head keeps at least alpha of its uniform share, in [0, 1]");
+      v("window", window, "the scorer's observation window (snapkv, expected-attention, h2o)");
+      v("kernel", kernel, "the snapkv scorer's pooling kernel (odd)");
+    });
   }
   void validate() const {
     method m{};
     check_param(parse_scorer(scorer, m), name, "scorer", std::string(scorer_names), scorer);
-    validate_budget(name, keep, tokens, obs_end);
+    validate_common(name);
     check_param(alpha >= 0.0 && alpha <= 1.0, name, "alpha", "a fraction in [0, 1]", alpha);
     check_param(window >= 1, name, "window", "a query count >= 1", window);
     check_param(kernel >= 1 && kernel % 2 == 1, name, "kernel", "an odd number >= 1", kernel);
   }
   config cfg() const {
-    config c;
-    c.m = method::adakv, c.name = name, c.keep = keep, c.tokens = tokens, c.alpha = alpha, c.window = window;
-    c.kernel = kernel, c.obs_end = obs_end;
+    config c = common_cfg(method::adakv, name);
+    c.alpha = alpha, c.window = window, c.kernel = kernel;
     parse_scorer(scorer, c.scorer);
     return c;
   }

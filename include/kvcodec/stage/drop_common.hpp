@@ -6,7 +6,8 @@
 // the whole cache); tokens at or after obs_end arrive after compression (a question, a decode) and
 // are always kept, so selection can observe queries of one window and fidelity can be measured on a
 // later, disjoint one (eval attention_options::query_begin). Follows kvpress's presses (NVIDIA,
-// ScorerPress: score every key, keep the top budget per head).
+// ScorerPress: score every key, keep the top budget per head). Every descriptor derives from
+// drop_budget, which owns keep, tokens and obs_end, their place in the visit order and their checks.
 #pragma once
 
 #include <cstdint>
@@ -52,16 +53,46 @@ inline bool parse_scorer(std::string_view s, method& out) {
 
 inline constexpr std::string_view scorer_names = "snapkv, h2o, tova, expected-attention, knorm, keydiff";
 
-/// Checks keep, tokens and obs_end (usage errors naming the stage).
-inline void validate_budget(std::string_view stage, double keep, std::int64_t tokens, std::int64_t obs_end) {
-  check_param(keep > 0.0 && keep <= 1.0, stage, "keep", "a fraction in (0, 1]", keep);
-  check_param(tokens >= 0, stage, "tokens", "a token count >= 0 (0 = use keep)", tokens);
-  check_param(obs_end == -1 || obs_end >= 1, stage, "obs_end", "-1 (the whole cache) or a token index >= 1", obs_end);
-}
-
 inline constexpr std::string_view keep_help = "fraction of the compressed prefix kept per (layer, kv head), in (0, 1]";
 inline constexpr std::string_view tokens_help = "tokens kept per (layer, kv head) of the prefix; > 0 overrides keep";
 inline constexpr std::string_view obs_end_help =
     "end of the compressed prefix and of the observed queries (-1 = all tokens); later tokens are kept";
+
+/// The parameters every drop descriptor has (it derives from this): keep and tokens come first in
+/// its visit order, then the stage's own parameters, then obs_end.
+struct drop_budget {
+  double keep = 0.5;
+  std::int64_t tokens = 0;
+  std::int64_t obs_end = -1;
+
+  /// Visits keep, tokens, the stage's own parameters (`own()`), then obs_end.
+  template <class V, class F> void visit_common(V& v, F&& own) {
+    v("keep", keep, keep_help);
+    v("tokens", tokens, tokens_help);
+    own();
+    v("obs_end", obs_end, obs_end_help);
+  }
+  template <class V> void visit_common(V& v) {
+    visit_common(v, [] {});
+  }
+
+  /// Checks keep, tokens and obs_end (usage errors naming the stage).
+  void validate_common(std::string_view stage) const {
+    check_param(keep > 0.0 && keep <= 1.0, stage, "keep", "a fraction in (0, 1]", keep);
+    check_param(tokens >= 0, stage, "tokens", "a token count >= 0 (0 = use keep)", tokens);
+    check_param(obs_end == -1 || obs_end >= 1, stage, "obs_end", "-1 (the whole cache) or a token index >= 1", obs_end);
+  }
+
+  /// A config for method m of the named stage with the common fields filled in.
+  config common_cfg(method m, std::string_view stage) const {
+    config c;
+    c.m = m;
+    c.name = std::string(stage);
+    c.keep = keep;
+    c.tokens = tokens;
+    c.obs_end = obs_end;
+    return c;
+  }
+};
 
 }  // namespace kvcodec::drop

@@ -17,98 +17,66 @@
 
 namespace kvcodec::drop {
 
-struct random {
+struct random : drop_budget {
   static constexpr std::string_view name = "random";
   static constexpr stage_kind kind = stage_kind::drop;
   static constexpr std::string_view summary = "token dropping: seeded random choice per head (baseline)";
-  double keep = 0.5;
-  std::int64_t tokens = 0;
   std::int64_t seed = 0;
-  std::int64_t obs_end = -1;
 
   template <class V> void visit(V& v) {
-    v("keep", keep, keep_help);
-    v("tokens", tokens, tokens_help);
-    v("seed", seed, "random seed (>= 0); the choice depends on (seed, layer, head) only");
-    v("obs_end", obs_end, obs_end_help);
+    visit_common(v, [&] { v("seed", seed, "random seed (>= 0); the choice depends on (seed, layer, head) only"); });
   }
   void validate() const {
-    validate_budget(name, keep, tokens, obs_end);
+    validate_common(name);
     check_param(seed >= 0, name, "seed", "an integer >= 0", seed);
   }
   config cfg() const {
-    config c;
-    c.m = method::random, c.name = name, c.keep = keep, c.tokens = tokens, c.seed = seed, c.obs_end = obs_end;
+    config c = common_cfg(method::random, name);
+    c.seed = seed;
     return c;
   }
 };
 
-struct streamingllm {
+struct streamingllm : drop_budget {
   static constexpr std::string_view name = "streamingllm";
   static constexpr stage_kind kind = stage_kind::drop;
   static constexpr std::string_view summary = "token dropping: attention sinks + most recent window (StreamingLLM)";
-  double keep = 0.5;
-  std::int64_t tokens = 0;
   std::int64_t sink = 4;
-  std::int64_t obs_end = -1;
 
   template <class V> void visit(V& v) {
-    v("keep", keep, keep_help);
-    v("tokens", tokens, tokens_help);
-    v("sink", sink, "first tokens always kept (attention sinks); the rest of the budget is the most recent tokens");
-    v("obs_end", obs_end, obs_end_help);
+    visit_common(v, [&] {
+      v("sink", sink, "first tokens always kept (attention sinks); the rest of the budget is the most recent tokens");
+    });
   }
   void validate() const {
-    validate_budget(name, keep, tokens, obs_end);
+    validate_common(name);
     check_param(sink >= 0, name, "sink", "a token count >= 0", sink);
   }
   config cfg() const {
-    config c;
-    c.m = method::streamingllm, c.name = name, c.keep = keep, c.tokens = tokens, c.sink = sink, c.obs_end = obs_end;
+    config c = common_cfg(method::streamingllm, name);
+    c.sink = sink;
     return c;
   }
 };
 
-struct knorm {
+struct knorm : drop_budget {
   static constexpr std::string_view name = "knorm";
   static constexpr stage_kind kind = stage_kind::drop;
   static constexpr std::string_view summary = "token dropping: keep the keys with the lowest L2 norm (Devoto et al. 2024)";
-  double keep = 0.5;
-  std::int64_t tokens = 0;
-  std::int64_t obs_end = -1;
 
-  template <class V> void visit(V& v) {
-    v("keep", keep, keep_help);
-    v("tokens", tokens, tokens_help);
-    v("obs_end", obs_end, obs_end_help);
-  }
-  void validate() const { validate_budget(name, keep, tokens, obs_end); }
-  config cfg() const {
-    config c;
-    c.m = method::knorm, c.name = name, c.keep = keep, c.tokens = tokens, c.obs_end = obs_end;
-    return c;
-  }
+  template <class V> void visit(V& v) { visit_common(v); }
+  void validate() const { validate_common(name); }
+  config cfg() const { return common_cfg(method::knorm, name); }
 };
 
-struct keydiff {
+struct keydiff : drop_budget {
   static constexpr std::string_view name = "keydiff";
   static constexpr stage_kind kind = stage_kind::drop;
   static constexpr std::string_view summary = "token dropping: keep the keys least similar to the mean key direction (KeyDiff)";
-  double keep = 0.5;
-  std::int64_t tokens = 0;
-  std::int64_t obs_end = -1;
 
-  template <class V> void visit(V& v) {
-    v("keep", keep, keep_help);
-    v("tokens", tokens, tokens_help);
-    v("obs_end", obs_end, obs_end_help);
-  }
-  void validate() const { validate_budget(name, keep, tokens, obs_end); }
-  config cfg() const {
-    config c;
-    c.m = method::keydiff, c.name = name, c.keep = keep, c.tokens = tokens, c.obs_end = obs_end;
-    return c;
-  }
+  template <class V> void visit(V& v) { visit_common(v); }
+  void validate() const { validate_common(name); }
+  config cfg() const { return common_cfg(method::keydiff, name); }
 };
 
 }  // namespace kvcodec::drop
