@@ -18,6 +18,7 @@
 #include "kvcodec/verify/llama2c_adapter.hpp"
 #include "kvcodec/verify/planner.hpp"
 #include "kvcodec/verify/session.hpp"
+#include "../support/shared_data.hpp"
 
 namespace {
 
@@ -25,13 +26,6 @@ namespace fs = std::filesystem;
 using namespace kvcodec;
 using namespace kvcodec::verify;
 using model_ptr = std::shared_ptr<const model::llama2c_model>;
-
-std::string shared_dir() {
-  if (const char* e = std::getenv("KVCODEC_SHARED")) return fs::exists(fs::path(e) / "models") ? e : "";
-  for (const char* p : {"../shared", "/work/shared"})
-    if (fs::exists(fs::path(p) / "models")) return p;
-  return {};
-}
 
 model_ptr synth_model() {
   model::llama2c_config c;
@@ -254,8 +248,10 @@ TEST_CASE("horizon policies and the cost model") {
   }
   const auto est = ad.acceptance();
   CHECK(est[0] == doctest::Approx(0.9).epsilon(0.05));
-  CHECK(ad.choose(8) == k);
+  CHECK(ad.choose(1 << 30) == k);  // far from the end: the steady-state optimum
+  CHECK(ad.choose(8) <= 8);
   CHECK(ad.choose(1) <= 1);
+  CHECK(ad.choose(0) == 0);
   CHECK_THROWS_AS(adaptive_horizon(c2, adaptive_options{.k_max = -1}), kvcodec::error);
   CHECK_THROWS_AS(adaptive_horizon(c2, adaptive_options{.prior_accept = 1.0}), kvcodec::error);
   CHECK_THROWS_AS(adaptive_horizon(cost_model{-1, 1, 0, 0, true}), kvcodec::error);
@@ -263,6 +259,120 @@ TEST_CASE("horizon policies and the cost model") {
   learn.observe_times(4, 0.4, 0.3, 0.5);
   CHECK(learn.costs().draft_step_s == doctest::Approx(0.1));
   CHECK(learn.costs().fetch_s == doctest::Approx(0.5));
+}
+
+namespace {
+
+/// Expected cost of the last r tokens by exhaustive recursion (no memo), for checking plan_horizon.
+double brute_cost(const std::vector<double>& a, const cost_model& c, int k_max, int r) {
+  if (r <= 0) return 0;
+  double best = 1e300;
+  for (int k = 0; k <= std::min(k_max, r - 1); ++k) {
+    double e = c.round_s(k), s = 1;
+    for (int n = 0; n <= k; ++n) {
+      const double an = n < static_cast<int>(a.size()) ? a[static_cast<std::size_t>(n)] : 0.0;
+      const double p = n < k ? s * (1 - an) : s;
+      e += p * brute_cost(a, c, k_max, r - n - 1);
+      s *= an;
+    }
+    best = std::min(best, e);
+  }
+  return best;
+}
+
+/// Runs `policy` for `tokens` tokens against an acceptance oracle (accepted drafts of round `round`
+/// given K); returns the modeled cost.
+template <class Oracle>
+double simulate_rounds(horizon_policy& policy, const cost_model& c, int tokens, Oracle accepted_of) {
+  double cost = 0;
+  int done = 0;
+  for (int round = 0; done < tokens; ++round) {
+    const int limit = tokens - done - 1;
+    const int k = policy.choose(limit);
+    REQUIRE(k >= 0);
+    REQUIRE(k <= limit);
+    const int acc = std::min(k, accepted_of(round, k));
+    cost += c.round_s(k);
+    done += acc + 1;
+    policy.observe(k, acc);
+  }
+  CHECK(done == tokens);
+  return cost;
+}
+
+}  // namespace
+
+TEST_CASE("plan_horizon: expected cost to the end of the run") {
+  const cost_model c{1.0, 1.0, 0.0, 8.0, true};
+  double cost = -1;
+  CHECK(plan_horizon(std::vector<double>(32, 0.9), c, 32, 0, &cost) == 0);
+  CHECK(cost == 0.0);
+  CHECK(plan_horizon(std::vector<double>(32, 0.9), c, 32, 1, &cost) == 0);
+  CHECK(cost == c.round_s(0));
+  CHECK(plan_horizon(std::vector<double>(32, 0.9), c, 0, 50) == 0);
+  // nothing can be accepted past a's end; drafts hidden by the fetch are free, ties go to the larger K
+  CHECK(plan_horizon({}, c, 32, 50, &cost) == 8);
+  CHECK(cost == doctest::Approx(50 * c.round_s(0)));
+  // certain acceptance: one round that fits what is left, while it fits the horizon
+  const std::vector<double> ones(32, 1.0);
+  CHECK(plan_horizon(ones, c, 32, 12, &cost) == 11);
+  CHECK(cost == 12.0);
+  CHECK(plan_horizon(ones, c, 32, 5) == 4);
+  // 192 tokens: every round hides the fetch (K >= 8), so the cost is one per token
+  plan_horizon(ones, c, 32, 192, &cost);
+  CHECK(cost == doctest::Approx(192.0));
+  // exact against exhaustive recursion, odd sizes included
+  const std::vector<double> a = {0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5};
+  const cost_model c2{1.0, 3.0, 0.1, 2.0, true};
+  for (int r : {1, 2, 3, 5, 8, 9, 11}) {
+    CAPTURE(r);
+    const int k = plan_horizon(a, c2, 6, r, &cost);
+    CHECK(k <= std::min(6, r - 1));
+    CHECK(cost == doctest::Approx(brute_cost(a, c2, 6, r)).epsilon(1e-12));
+  }
+  // far from the end the plan is the steady-state optimum
+  const std::vector<double> b = {0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2};
+  CHECK(plan_horizon(b, c2, 8, std::int64_t{1} << 40) == best_horizon(b, c2, 8));
+  CHECK(plan_horizon(std::vector<double>(64, 0.97), cost_model{1.0, 1.0, 0.0, 8.0, false}, 64, 100000) ==
+        best_horizon(std::vector<double>(64, 0.97), cost_model{1.0, 1.0, 0.0, 8.0, false}, 64));
+}
+
+TEST_CASE("adaptive horizon matches or beats every fixed horizon") {
+  const cost_model c{1.0, 1.0, 0.0, 8.0, true};
+  // every draft accepted (the lossless codecs): no fixed K does better, whatever the length
+  for (int tokens : {1, 2, 7, 64, 192, 193, 500}) {
+    CAPTURE(tokens);
+    const auto all = [](int, int k) { return k; };
+    adaptive_horizon ad(c, adaptive_options{.k_max = 32});
+    const double auto_cost = simulate_rounds(ad, c, tokens, all);
+    double best_fixed = 1e300;
+    for (int k : {1, 2, 4, 8, 16, 32}) {
+      fixed_horizon f(k);
+      best_fixed = std::min(best_fixed, simulate_rounds(f, c, tokens, all));
+    }
+    CHECK(auto_cost <= best_fixed);
+  }
+  // i.i.d. acceptance 0.9 per draft: averaged over seeds, within 2% of the best fixed horizon
+  const int seeds = 200, tokens = 192;
+  std::map<int, double> fixed_total;
+  double auto_total = 0;
+  for (int seed = 0; seed < seeds; ++seed) {
+    const auto iid = [seed](int round, int k) {
+      int n = 0;
+      while (n < k && counter_uniform(static_cast<std::uint64_t>(seed), static_cast<std::uint64_t>(round) * 64 + static_cast<std::uint64_t>(n), 1) < 0.9) ++n;
+      return n;
+    };
+    adaptive_horizon ad(c, adaptive_options{.k_max = 32});
+    auto_total += simulate_rounds(ad, c, tokens, iid);
+    for (int k : {1, 2, 4, 8, 16, 32}) {
+      fixed_horizon f(k);
+      fixed_total[k] += simulate_rounds(f, c, tokens, iid);
+    }
+  }
+  double best_fixed = 1e300;
+  for (const auto& [k, v] : fixed_total) best_fixed = std::min(best_fixed, v);
+  MESSAGE("iid 0.9: adaptive " << auto_total / seeds << " vs best fixed " << best_fixed / seeds << " per run");
+  CHECK(auto_total <= 1.02 * best_fixed);
 }
 
 TEST_CASE("verify_stats invariants") {
@@ -384,16 +494,17 @@ TEST_CASE("session on a synthetic model: greedy output identical under heavy rej
 }
 
 TEST_CASE("rejection-sampling session: output distribution equals full-cache sampling (chi-square)") {
-  const std::string dir = shared_dir();
+  const auto model_file = test::shared_file("models/stories260K/stories260K.bin");
+  const kv_cache* shared = test::shared_dump("stories260K-s0.safetensors");
   model_ptr m;
   kv_cache ctx;
-  if (dir.empty()) {
+  if (!model_file || !shared) {
     MESSAGE("no ../shared: using the synthetic model");
     m = synth_model();
     ctx = model_context(m, 48);
   } else {
-    m = std::make_shared<const model::llama2c_model>(model::load_llama2c(dir + "/models/stories260K/stories260K.bin"));
-    ctx = eval::slice_tokens(io::read_kv_dump(dir + "/kv/stories260K-s0.safetensors").cache, 96);
+    m = std::make_shared<const model::llama2c_model>(model::load_llama2c(model_file->string()));
+    ctx = eval::slice_tokens(*shared, 96);
   }
   const std::int64_t C = ctx.shape.tokens;
   const int first = ctx.tokens.empty() ? 3 : ctx.tokens.back();
@@ -472,12 +583,9 @@ TEST_CASE("rejection-sampling session: output distribution equals full-cache sam
 }
 
 TEST_CASE("greedy draft-and-verify on the real dumps: identical for every registered codec; raw accepts all") {
-  const std::string dir = shared_dir();
-  if (dir.empty()) {
-    MESSAGE("skipped: ../shared (models, kv dumps) not found; set KVCODEC_SHARED");
-    return;
-  }
-  const auto m = std::make_shared<const model::llama2c_model>(model::load_llama2c(dir + "/models/stories260K/stories260K.bin"));
+  const auto model_file = test::shared_file("models/stories260K/stories260K.bin");
+  KVCODEC_REQUIRE_SHARED(model_file);
+  const auto m = std::make_shared<const model::llama2c_model>(model::load_llama2c(model_file->string()));
   std::vector<std::string> specs = {"raw", "raw:dtype=bf16", "raw:dtype=f16", "raw:dtype=bf16|zstd"};
   const registry& reg = builtin_registry();
   for (const auto& e : reg.stages()) {
@@ -503,7 +611,9 @@ TEST_CASE("greedy draft-and-verify on the real dumps: identical for every regist
   int ran = 0;
   const std::int64_t C = 256;
   for (const char* f : {"stories260K-s0.safetensors", "stories260K-s1.safetensors", "stories260K-s2.safetensors"}) {
-    const kv_cache dump = io::read_kv_dump(dir + "/kv/" + f).cache;
+    const kv_cache* shared = test::shared_dump(f);
+    REQUIRE(shared);
+    const kv_cache& dump = *shared;
     const kv_cache ctx = eval::slice_tokens(dump, C);
     const int first = dump.tokens[C];
     for (const auto& s : specs) {

@@ -34,6 +34,7 @@ struct encode_options {
 namespace detail {
 /// Serialises progress callbacks from worker threads.
 struct progress_counter {
+  progress_counter(const std::function<void(std::size_t, std::size_t)>* f, std::size_t n) : fn(f), total(n) {}
   const std::function<void(std::size_t, std::size_t)>* fn;
   std::size_t total;
   std::size_t done = 0;

@@ -7,16 +7,24 @@
 // A round yields accepted + 1 tokens (the correction or bonus token). With a_i the probability that
 // draft i is accepted given drafts 0..i-1 were, the survival S(i) = a_0 ... a_{i-1} and the expected
 // tokens per round E(K) = 1 + S(1) + ... + S(K).
+// best_horizon is the steady-state optimum: the K maximising E(K) / round(K).
+// plan_horizon accounts for the end of the run: with V(r) the least expected cost of the last r
+// tokens, V(0) = 0 and V(r) = min_K round(K) + sum_n P(n accepted | K) V(r - n - 1) over
+// K <= min(k_max, r - 1) (Bellman recursion on tokens left; a round never overshoots). V is solved
+// exactly for r <= 4 (k_max + 1) and extended linearly beyond with the steady-state cost per token,
+// so a long run drafts at the steady-state optimum and the last rounds are sized to fit what is left.
 // fixed_horizon always drafts K. adaptive_horizon estimates a_i online from per-position counts with
 // a Beta prior centred on the pooled acceptance rate (positions never reached borrow the pooled
-// rate) and picks the K in [0, k_max] maximising E(K) / round(K); it can also learn the cost model
-// from measured times (exponential moving averages).
+// rate) and picks plan_horizon's K for limit + 1 tokens left (the session passes limit = tokens
+// still to generate - 1, since a round emits K + 1); it can also learn the cost model from measured
+// times (exponential moving averages).
 // Invariant: choose(limit) returns a value in [0, min(limit, k_max)].
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -69,11 +77,54 @@ inline int best_horizon(const std::vector<double>& a, const cost_model& c, int k
   return best;
 }
 
+/// The first round's K in [0, min(k_max, remaining - 1)] minimising the expected cost of emitting
+/// `remaining` tokens (see the recursion above); draft i is accepted with a[i] (0 past a's end). On
+/// ties (within rounding: 64 ulp of the cost) the larger K wins. `cost` receives the minimal expected cost.
+inline int plan_horizon(const std::vector<double>& a, const cost_model& c, int k_max, std::int64_t remaining,
+                        double* cost = nullptr) {
+  if (cost) *cost = 0;
+  if (remaining <= 0) return 0;
+  k_max = std::max(0, k_max);
+  const auto acc = [&](int i) { return i < static_cast<int>(a.size()) ? a[static_cast<std::size_t>(i)] : 0.0; };
+  double rate = 0;
+  best_horizon(a, c, k_max, &rate);
+  const double per_token = 1.0 / std::max(rate, 1e-300);
+  const std::int64_t window = std::min<std::int64_t>(remaining - 1, 4 * (static_cast<std::int64_t>(k_max) + 1));
+  std::vector<double> v(static_cast<std::size_t>(window) + 1, 0.0);
+  const auto V = [&](std::int64_t r) {
+    return r <= window ? v[static_cast<std::size_t>(r)] : v[static_cast<std::size_t>(window)] + static_cast<double>(r - window) * per_token;
+  };
+  const auto solve = [&](std::int64_t r, double& best) {
+    const int kk = static_cast<int>(std::min<std::int64_t>(k_max, r - 1));
+    double before = 0, s = 1;
+    int arg = 0;
+    best = 0;
+    for (int k = 0; k <= kk; ++k) {
+      if (k > 0) {
+        before += s * (1 - acc(k - 1)) * V(r - k);
+        s *= acc(k - 1);
+      }
+      const double x = c.round_s(k) + before + s * V(r - k - 1);
+      if (k == 0 || x <= best + 64 * std::numeric_limits<double>::epsilon() * std::abs(best)) arg = k;
+      if (k == 0 || x < best) best = x;
+    }
+    return arg;
+  };
+  double x = 0;
+  for (std::int64_t r = 1; r <= window; ++r) {
+    solve(r, x);
+    v[static_cast<std::size_t>(r)] = x;
+  }
+  const int k = solve(remaining, x);
+  if (cost) *cost = x;
+  return k;
+}
+
 class horizon_policy {
  public:
   virtual ~horizon_policy() = default;
   virtual std::string name() const = 0;
-  /// Horizon for the next round, at most `limit`.
+  /// Horizon for the next round, at most `limit` (the session passes tokens still to generate - 1).
   virtual int choose(int limit) = 0;
   /// Outcome of a round: `drafted` drafts, the first `accepted` of them kept.
   virtual void observe(int drafted, int accepted) = 0;
@@ -132,8 +183,8 @@ class adaptive_horizon final : public horizon_policy {
   const cost_model& costs() const noexcept { return cost_; }
 
   int choose(int limit) override {
-    const int kmax = std::max(0, std::min(opt_.k_max, limit));
-    return best_horizon(acceptance(), cost_, kmax);
+    if (limit <= 0) return 0;
+    return plan_horizon(acceptance(), cost_, opt_.k_max, static_cast<std::int64_t>(limit) + 1);
   }
   void observe(int drafted, int accepted) override {
     for (int i = 0; i < drafted && i < opt_.k_max; ++i) {
