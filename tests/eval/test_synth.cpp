@@ -168,7 +168,7 @@ TEST_CASE("round_to_dtype_fast matches round_to_dtype") {
   std::vector<float> xs = {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, -65520.0f, 6.1035156e-05f, 6.1e-05f, 1e-8f,
                            1.0f + 0x1p-11f, 1.0f + 0x1p-11f + 0x1p-23f, 1.0f + 3 * 0x1p-11f, 2047.5f, 2048.5f};
   for (int i = 0; i < 200000; ++i) {
-    const std::uint32_t bits = static_cast<std::uint32_t>(eval::splitmix64_next(st));
+    const std::uint32_t bits = static_cast<std::uint32_t>(kvcodec::splitmix64_next(st));
     const float x = bit_cast_hd<float>(bits);
     if (std::isfinite(x)) xs.push_back(x);
     xs.push_back(bit_cast_hd<float>((bits & 0x8fffffffu) | 0x38000000u));  // mostly in f16 range

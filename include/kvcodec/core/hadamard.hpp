@@ -19,19 +19,9 @@
 #include <cstdint>
 
 #include "kvcodec/core/config.hpp"
+#include "kvcodec/core/random.hpp"
 
 namespace kvcodec {
-
-KVCODEC_HD inline std::uint64_t splitmix64_mix(std::uint64_t z) noexcept {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-/// The i-th output of splitmix64 seeded with `seed`.
-KVCODEC_HD inline std::uint64_t splitmix64_at(std::uint64_t seed, std::uint64_t i) noexcept {
-  return splitmix64_mix(seed + (i + 1u) * 0x9E3779B97F4A7C15ull);
-}
 
 KVCODEC_HD inline float hadamard_sign(std::uint64_t seed, std::size_t i) noexcept {
   return (splitmix64_at(seed, i) >> 63) ? -1.0f : 1.0f;

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "kvcodec/core/random.hpp"
 #include "kvcodec/core/drop_score.hpp"
 #include "kvcodec/core/error.hpp"
 #include "kvcodec/core/rope.hpp"
@@ -113,12 +114,7 @@ inline std::vector<std::int64_t> pyramid_budgets(std::int64_t b, std::int64_t n,
 /// Deterministic uniform value in [0, 1) of (seed, layer, head, token) (splitmix64 finaliser).
 inline double hash_uniform(std::uint64_t seed, std::uint64_t l, std::uint64_t h, std::uint64_t t) {
   std::uint64_t x = seed * 0x9E3779B97F4A7C15ull ^ (l << 48) ^ (h << 32) ^ t;
-  for (int r = 0; r < 2; ++r) {
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    x ^= x >> 31;
-  }
+  for (int r = 0; r < 2; ++r) x = splitmix64_next(x);
   return static_cast<double>(x >> 11) * 0x1.0p-53;
 }
 

@@ -129,9 +129,7 @@ class pack_entropy final : public stage_impl<entropy::pack, entropy_stage> {
     const std::size_t before = out.size();
     const std::uint64_t payload = serialize_symbols(in, out);
     const double total = static_cast<double>(out.size() - before) * 8.0;
-    st.payload_bits += static_cast<double>(payload);
-    st.quant_side_bits += static_cast<double>(in.side.size()) * 8.0;
-    st.side_info_bits += total - static_cast<double>(payload) - static_cast<double>(in.side.size()) * 8.0;
+    st.add_stream(total, static_cast<double>(payload), static_cast<double>(in.side.size()) * 8.0);
     for (const auto& p : in.planes) st.entropy_bound_bits += static_cast<double>(p.sym.size()) * symbol_bits(p.alphabet);
   }
   symbols decode(std::span<const std::uint8_t> in, const block& ctx) const override {

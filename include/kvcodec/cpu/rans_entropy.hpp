@@ -172,11 +172,7 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
       }
     }
     w.put_blob(in.side);
-    const double total = static_cast<double>(out.size() - base) * 8.0;
-    const double side = static_cast<double>(in.side.size()) * 8.0;
-    st.payload_bits += payload;
-    st.quant_side_bits += side;
-    st.side_info_bits += total - payload - side;
+    st.add_stream(static_cast<double>(out.size() - base) * 8.0, payload, static_cast<double>(in.side.size()) * 8.0);
     st.entropy_bound_bits += bound;
   }
 

@@ -28,6 +28,7 @@
 
 #include "kvcodec/core/config.hpp"
 #include "kvcodec/core/error.hpp"
+#include "kvcodec/cpu/policy.hpp"
 #include "kvcodec/tensor/kv_cache.hpp"
 
 namespace kvcodec::eval {
@@ -104,40 +105,13 @@ KVCODEC_HD inline double row_cosine(const row_diff& r) noexcept {
 
 namespace detail {
 
-/// Runs fn(task) for task in [0, n) on up to `threads` threads (0 = hardware concurrency). Each task
-/// runs on exactly one thread; the first exception is rethrown on the caller's thread.
+/// Runs fn(task) for task in [0, n) on up to `threads` threads (0 = hardware concurrency), through the
+/// project's cpu::parallel_for (each task on one thread; the first exception is rethrown).
 template <class Fn>
 void run_tasks(std::int64_t n, unsigned threads, Fn&& fn) {
   if (n <= 0) return;
-  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
-  const unsigned nt = static_cast<unsigned>(std::min<std::int64_t>(threads, n));
-  if (nt <= 1) {
-    for (std::int64_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
-  std::atomic<std::int64_t> next{0};
-  std::exception_ptr first;
-  std::mutex mu;
-  auto worker = [&] {
-    for (;;) {
-      const std::int64_t i = next.fetch_add(1);
-      if (i >= n) return;
-      try {
-        fn(i);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (!first) first = std::current_exception();
-        next.store(n);
-        return;
-      }
-    }
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(nt - 1);
-  for (unsigned t = 1; t < nt; ++t) pool.emplace_back(worker);
-  worker();
-  for (auto& th : pool) th.join();
-  if (first) std::rethrow_exception(first);
+  const int nt = threads == 0 ? cpu::par.threads() : static_cast<int>(threads);
+  cpu::parallel_for(nt, static_cast<std::size_t>(n), [&](std::size_t i) { fn(static_cast<std::int64_t>(i)); });
 }
 
 /// Dense 0/1 mask of the tokens a cache keeps for (layer, head).

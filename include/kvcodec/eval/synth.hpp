@@ -22,6 +22,7 @@
 
 #include "kvcodec/core/config.hpp"
 #include "kvcodec/core/error.hpp"
+#include "kvcodec/core/random.hpp"
 #include "kvcodec/eval/metrics.hpp"
 #include "kvcodec/tensor/dtype.hpp"
 #include "kvcodec/tensor/kv_cache.hpp"
@@ -40,14 +41,6 @@ struct synth_options {
   std::int32_t sinks = 2;     ///< leading tokens with sink keys
   unsigned threads = 0;       ///< 0 = hardware concurrency; does not change the output
 };
-
-/// splitmix64 step (Steele, Lea, Flood 2014): advances the state and returns 64 mixed bits.
-KVCODEC_HD inline std::uint64_t splitmix64_next(std::uint64_t& state) noexcept {
-  std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 /// Seed of an independent stream for (seed, a, b, c).
 KVCODEC_HD inline std::uint64_t stream_seed(std::uint64_t seed, std::uint64_t a, std::uint64_t b, std::uint64_t c) noexcept {

@@ -25,6 +25,7 @@
 
 #include <Eigen/Core>
 
+#include "kvcodec/core/random.hpp"
 #include "kvcodec/core/error.hpp"
 
 namespace kvcodec::model {
@@ -276,10 +277,7 @@ inline llama2c_model random_llama2c(llama2c_config c, std::uint64_t seed) {
   c = detail::llama2c_parse_header(reinterpret_cast<const unsigned char*>(h), detail::llama2c_header_bytes, "random_llama2c");
   std::uint64_t s = seed;
   const auto next = [&]() {  // splitmix64 -> uniform in [-1, 1)
-    std::uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
+    const std::uint64_t z = splitmix64_next(s);
     return static_cast<float>(static_cast<double>(z >> 40) / static_cast<double>(1ull << 23) - 1.0);
   };
   const auto fill = [&](auto& a, Eigen::Index rows, Eigen::Index cols, float scale, float bias) {

@@ -86,6 +86,13 @@ struct coder_stats {
   double side_info_bits = 0;      ///< probability tables, stream lengths, plane headers
   double entropy_bound_bits = 0;  ///< empirical entropy of the coded symbols under the coder's context model
   double quant_side_bits = 0;     ///< quantizer side bytes (scales, zero points, outliers)
+  /// Accounts one coded stream of `total` bits: `payload` bits of symbols, `side` bits of quantizer side
+  /// bytes, the rest (tables, plane headers, lengths) as side information.
+  void add_stream(double total, double payload, double side) {
+    payload_bits += payload;
+    quant_side_bits += side;
+    side_info_bits += total - payload - side;
+  }
   coder_stats& operator+=(const coder_stats& o) {
     payload_bits += o.payload_bits;
     side_info_bits += o.side_info_bits;

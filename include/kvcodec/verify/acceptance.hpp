@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "kvcodec/core/random.hpp"
 #include "kvcodec/core/config.hpp"
 #include "kvcodec/core/error.hpp"
 
@@ -28,11 +29,7 @@ namespace kvcodec::verify {
 enum rng_stream : std::uint64_t { stream_draft = 1, stream_accept = 2, stream_residual = 3, stream_plain = 4 };
 
 /// splitmix64 finaliser.
-KVCODEC_HD inline std::uint64_t mix64(std::uint64_t z) noexcept {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+KVCODEC_HD inline std::uint64_t mix64(std::uint64_t z) noexcept { return splitmix64_mix(z); }
 
 /// Uniform double in [0, 1) keyed by (seed, position, stream): 53 random bits.
 KVCODEC_HD inline double counter_uniform(std::uint64_t seed, std::uint64_t pos, std::uint64_t stream) noexcept {
