@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -64,7 +65,7 @@ std::unique_ptr<entropy_stage> make_entropy(const std::string& spec) {
 TEST_CASE("rans and ac stages: exact round trips over shapes, predictions and distributions") {
   const std::vector<std::string> specs = {
       "rans", "rans:ctx=channel,model=hist", "rans:ctx=pooled,model=geometric", "rans:pred=anchor,group=3", "rans:pred=prev,lanes=64,prob_bits=15",
-      "rans:prob_bits=10", "ac", "ac:ctx=pooled,streams=block", "ac:pred=anchor,group=4", "ac:pred=prev"};
+      "rans:prob_bits=10", "rans:pred=linear", "rans:pred=linear,ctx=pooled,model=geometric", "ac", "ac:ctx=pooled,streams=block", "ac:pred=anchor,group=4", "ac:pred=prev"};
   const std::vector<std::array<std::uint32_t, 3>> shapes = {{0, 4, 32}, {1, 1, 32}, {1, 33, 32}, {7, 5, 31}, {64, 32, 256}, {300, 9, 2}, {5, 3, 1}};
   for (const auto& spec : specs) {
     auto st = make_entropy(spec);
@@ -121,8 +122,80 @@ TEST_CASE("rans:tables=shared fits once, stores state, and decodes after load_st
   CHECK_THROWS_AS(chunk->load_state(state, info), error);
 }
 
+TEST_CASE("pred=linear: integer predictor, least-squares fit, and shared predictors in the stage state") {
+  using namespace kvcodec::cpu::em;
+  // k = 16 reproduces the previous symbol, k = 0 the centre, k = 8 the rounded midpoint; clamped.
+  CHECK(linear_ref(7, 3, 16, 32) == 7);
+  CHECK(linear_ref(7, 3, 0, 32) == 3);
+  CHECK(linear_ref(7, 3, 8, 32) == 5);
+  CHECK(linear_ref(0, 10, 8, 32) == 5);
+  CHECK(linear_ref(0, 31, 16, 32) == 0);
+  CHECK(linear_ref(31, 0, 16, 32) == 31);
+  // Column 0 follows an AR(1) with slope 1/2 around 16, column 1 is constant, column 2 a random walk.
+  symbol_plane p;
+  p.alphabet = 32;
+  p.rows = 4000;
+  p.cols = 3;
+  p.sym.resize(3 * 4000);
+  std::mt19937 rng(9);
+  double a = 0;
+  int w = 16;
+  for (std::uint32_t r = 0; r < p.rows; ++r) {
+    a = 0.5 * a + std::normal_distribution<double>(0, 3)(rng);
+    w = std::clamp(w + static_cast<int>(rng() % 3) - 1, 4, 27);
+    p.sym[r * 3] = static_cast<std::uint16_t>(std::clamp(16 + static_cast<int>(std::lround(a)), 0, 31));
+    p.sym[r * 3 + 1] = 9;
+    p.sym[r * 3 + 2] = static_cast<std::uint16_t>(w);
+  }
+  linear_sums sm;
+  sm.add(p);
+  const linear_coefs lc = sm.fit(3, 32);
+  CHECK(lc.coef[0] >= 6);
+  CHECK(lc.coef[0] <= 10);
+  CHECK(lc.centre[0] == 16);
+  CHECK(lc.coef[1] == 0);
+  CHECK(lc.centre[1] == 9);
+  CHECK(lc.coef[2] >= 15);
+  // Linear prediction codes the AR(1) + random-walk plane in fewer bits than no prediction or prev.
+  symbols s;
+  s.planes.push_back(p);
+  std::map<std::string, std::size_t> size;
+  for (const std::string spec : {"rans", "rans:pred=prev", "rans:pred=linear"}) {
+    auto st = make_entropy(spec);
+    bytes out;
+    coder_stats cs;
+    const block b = ctx_block(0, true, p.rows, p.cols);
+    st->encode(s, b, out, cs);
+    CHECK(same(st->decode(out, b), s));
+    size[spec] = out.size();
+  }
+  CHECK(size["rans:pred=linear"] < size["rans"]);
+  CHECK(size["rans:pred=linear"] < size["rans:pred=prev"]);
+  // tables=shared keeps the predictors in the stage state; a decoder without them refuses.
+  cache_info info;
+  info.shape.layers = 1;
+  std::vector<symbols> blocks(4, s);
+  std::vector<const symbols*> ptrs;
+  for (auto& x : blocks) ptrs.push_back(&x);
+  auto enc = make_entropy("rans:pred=linear,tables=shared");
+  const bytes state = enc->fit(ptrs, info);
+  auto dec = make_entropy("rans:pred=linear,tables=shared");
+  dec->load_state(state, info);
+  const block b = ctx_block(0, true, p.rows, p.cols);
+  bytes out;
+  coder_stats cs;
+  enc->encode(s, b, out, cs);
+  CHECK(same(dec->decode(out, b), s));
+  auto nolin = make_entropy("rans:tables=shared");
+  CHECK_THROWS_AS(nolin->load_state(state, info), error);
+  for (std::size_t cut = 0; cut + 1 < state.size(); cut += 7) {
+    auto bad = make_entropy("rans:pred=linear,tables=shared");
+    CHECK_THROWS_AS(bad->load_state(std::span<const std::uint8_t>(state.data(), cut), info), error);
+  }
+}
+
 TEST_CASE("entropy stages: corrupt and truncated streams throw kvcodec::error") {
-  for (const std::string spec : {"rans", "rans:pred=anchor", "ac", "ac:streams=block"}) {
+  for (const std::string spec : {"rans", "rans:pred=anchor", "rans:pred=linear", "ac", "ac:streams=block"}) {
     auto st = make_entropy(spec);
     const symbols in = make_syms(40, 16, 32, 4, 3);
     const block b = ctx_block(1, false, 40, 16);

@@ -12,13 +12,11 @@
 #include <string>
 
 #include "kvcodec/core/config.hpp"
+#include "kvcodec/core/simd.hpp"
 #include "kvcodec/cpu/stage_impl.hpp"
 #include "kvcodec/stage/cachegen.hpp"
 #include "kvcodec/tensor/dtype.hpp"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
-#include <immintrin.h>
-#endif
 
 namespace kvcodec {
 
@@ -160,9 +158,8 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
   /// Decodes straight to f16 bits in decode()'s value order (b.rows() x head_dim values, block
   /// order); value i equals f32_to_f16_bits(decode()'s value i). Same checks and errors as decode.
   void decode_f16(const symbols& in, const block& b, std::uint16_t* out) const {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
-    static const bool f16c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-    if (f16c) {
+#if KVCODEC_X86_DISPATCH
+    if (simd::avx2()) {
       decode_to(in, b, [out] { return out; }, [](float v) { return f32_to_f16_bits(v); }, [](const std::uint16_t* s, const float* st, bool bcast, int max, std::uint16_t* o, std::size_t n) {
         return dequant_f16_f16c(s, st, bcast, max, o, n);
       });
@@ -173,7 +170,7 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
   }
 
  private:
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
+#if KVCODEC_X86_DISPATCH
   /// o[d] = f16 of (s[d] - max) * step (step = st[0] when bcast, else st[d]) for the largest
   /// multiple of 8 of n; returns how many were done. F16C's round-to-nearest-even conversion equals
   /// f32_to_f16_bits on the finite values produced here.
@@ -188,6 +185,34 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(o + d), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     }
     return d;
+  }
+#endif
+
+  /// The largest of s[0..n) (0 when n = 0).
+  static std::uint32_t max_symbol(const std::uint16_t* s, std::size_t n) {
+#if KVCODEC_X86_DISPATCH
+    if (simd::avx2()) return max_symbol_avx2(s, n);
+#endif
+    std::uint16_t m = 0;
+    for (std::size_t i = 0; i < n; ++i) m = s[i] > m ? s[i] : m;
+    return m;
+  }
+#if KVCODEC_X86_DISPATCH
+  KVCODEC_TARGET_AVX2 static std::uint32_t max_symbol_avx2(const std::uint16_t* s, std::size_t n) {
+    __m256i a = _mm256_setzero_si256(), b = a;
+    std::size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+      a = _mm256_max_epu16(a, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+      b = _mm256_max_epu16(b, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 16)));
+    }
+    a = _mm256_max_epu16(a, b);
+    __m128i m = _mm_max_epu16(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    m = _mm_max_epu16(m, _mm_srli_si128(m, 8));
+    m = _mm_max_epu16(m, _mm_srli_si128(m, 4));
+    m = _mm_max_epu16(m, _mm_srli_si128(m, 2));
+    std::uint16_t r = static_cast<std::uint16_t>(_mm_cvtsi128_si32(m));
+    for (; i < n; ++i) r = s[i] > r ? s[i] : r;
+    return r;
   }
 #endif
 
@@ -226,8 +251,7 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
       if (!(s >= 0) || !std::isfinite(s)) throw_corrupt(where, "scale " + std::to_string(i) + " is negative or not finite");
       step[i] = MAX > 0 ? s / static_cast<float>(MAX) : 0.0f;
     }
-    std::uint32_t worst = 0;
-    for (auto s : p.sym) worst = std::max<std::uint32_t>(worst, s);
+    const std::uint32_t worst = max_symbol(p.sym.data(), p.sym.size());
     if (!p.sym.empty() && worst > static_cast<std::uint32_t>(2 * MAX))
       throw_corrupt(where, "symbol " + std::to_string(worst) + " above 2*MAX = " + std::to_string(2 * MAX));
     auto* const out = get_out();

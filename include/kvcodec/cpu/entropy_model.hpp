@@ -7,6 +7,11 @@
 // the centred modular residual r = (s - ref + floor(A/2)) mod A against ref = the anchor's symbol
 // in the same column (`anchor`) or the previous row's (`prev`, one group = the whole plane). Anchor
 // and residual rows form two sub-planes with their own models; groups decode independently.
+// `linear` is per-channel linear prediction from the previous row (row 0 is the anchor): column c
+// has a centre m_c (an integer symbol) and a coefficient k_c / 16 (k_c in 0..16, least squares on
+// the centred symbols, clamped), ref = clamp(m_c + floor((k_c (s_prev - m_c) + 8) / 16), 0, A-1)
+// in integer arithmetic; k = 16 is `prev`, k = 0 predicts the centre. Coefficients are serialised
+// per column as varint m_c, u8 k_c (where: see the coder).
 // Grouping: `pooled` (one table), `channel` (one per column), or a map of columns to k groups
 // (columns ranked by the entropy of their histogram, split into k equal runs); `auto` picks the
 // candidate with the fewest payload + table bits. Models: `hist` (normalised histogram, serialised
@@ -29,12 +34,12 @@
 
 namespace kvcodec::cpu::em {
 
-enum class pred_kind : std::uint8_t { none = 0, prev = 1, anchor = 2 };
+enum class pred_kind : std::uint8_t { none = 0, prev = 1, anchor = 2, linear = 3 };
 enum class grouping : std::uint8_t { pooled = 0, channel = 1, map = 2 };
 enum class model_kind : std::uint8_t { hist = 0, geometric = 1 };
 
 inline pred_kind parse_pred(const std::string& s) {
-  return s == "prev" ? pred_kind::prev : s == "anchor" ? pred_kind::anchor : pred_kind::none;
+  return s == "prev" ? pred_kind::prev : s == "anchor" ? pred_kind::anchor : s == "linear" ? pred_kind::linear : pred_kind::none;
 }
 
 /// How a coder chooses its models (from the stage parameters).
@@ -60,7 +65,7 @@ struct plane_model {
 /// Row r is an anchor row under (pred, group).
 inline bool is_anchor_row(pred_kind p, std::uint32_t group, std::uint32_t r) {
   if (p == pred_kind::none) return true;
-  if (p == pred_kind::prev) return r == 0;
+  if (p == pred_kind::prev || p == pred_kind::linear) return r == 0;
   return r % group == 0;
 }
 
@@ -71,9 +76,78 @@ KVCODEC_HD inline std::uint16_t pred_restore(std::uint32_t r, std::uint32_t ref,
   return static_cast<std::uint16_t>((r + ref + A - A / 2) % A);
 }
 
-/// Splits a plane into anchor rows and residual rows (either may be empty).
+/// Per-column linear predictors of one plane (pred=linear): centre[c], coef[c] in 0..16.
+struct linear_coefs {
+  std::vector<std::uint16_t> centre;
+  std::vector<std::uint8_t> coef;
+};
+
+/// ref = clamp(m + floor((k (prev - m) + 8) / 16), 0, A - 1), integer only.
+KVCODEC_HD inline std::uint32_t linear_ref(std::uint32_t prev, std::uint32_t m, std::uint32_t k, std::uint32_t A) {
+  const std::int32_t d = static_cast<std::int32_t>(k) * (static_cast<std::int32_t>(prev) - static_cast<std::int32_t>(m)) + 8;
+  const std::int32_t q = d >= 0 ? d / 16 : -((-d + 15) / 16);  // floor division
+  const std::int32_t r = static_cast<std::int32_t>(m) + q;
+  return static_cast<std::uint32_t>(r < 0 ? 0 : r >= static_cast<std::int32_t>(A) ? static_cast<std::int32_t>(A) - 1 : r);
+}
+
+/// Least-squares sums of (previous row, row) pairs per column, accumulated over planes.
+struct linear_sums {
+  std::vector<double> n, sx, sy, sxx, sxy;  ///< x = previous row's symbol, y = this row's
+  void add(const symbol_plane& p) {
+    const std::size_t C = p.cols;
+    if (n.empty()) n.assign(C, 0), sx.assign(C, 0), sy.assign(C, 0), sxx.assign(C, 0), sxy.assign(C, 0);
+    for (std::uint32_t r = 1; r < p.rows; ++r) {
+      const std::uint16_t* row = p.sym.data() + static_cast<std::size_t>(r) * C;
+      const std::uint16_t* prev = row - C;
+      for (std::size_t c = 0; c < C; ++c) {
+        const double x = prev[c], y = row[c];
+        n[c] += 1, sx[c] += x, sy[c] += y, sxx[c] += x * x, sxy[c] += x * y;
+      }
+    }
+  }
+  /// The fitted predictors for `cols` columns of alphabet A (centre = rounded mean, coefficient =
+  /// the slope clamped to [0, 1] in sixteenths; columns without pairs predict their centre).
+  linear_coefs fit(std::uint32_t cols, std::uint32_t A) const {
+    linear_coefs lc;
+    lc.centre.assign(cols, static_cast<std::uint16_t>(A / 2));
+    lc.coef.assign(cols, 0);
+    for (std::size_t c = 0; c < cols && c < n.size(); ++c) {
+      if (n[c] < 1) continue;
+      const double mx = sx[c] / n[c], my = sy[c] / n[c];
+      const double var = sxx[c] / n[c] - mx * mx, cov = sxy[c] / n[c] - mx * my;
+      const double m = std::clamp(std::round(my), 0.0, static_cast<double>(A - 1));
+      const double k = var > 1e-12 ? std::clamp(std::round(16.0 * cov / var), 0.0, 16.0) : 0.0;
+      lc.centre[c] = static_cast<std::uint16_t>(m);
+      lc.coef[c] = static_cast<std::uint8_t>(k);
+    }
+    return lc;
+  }
+};
+
+inline void serialize_linear(const linear_coefs& lc, bytes& out) {
+  byte_writer w(out);
+  for (std::size_t c = 0; c < lc.centre.size(); ++c) {
+    w.put_varint(lc.centre[c]);
+    w.put<std::uint8_t>(lc.coef[c]);
+  }
+}
+
+inline linear_coefs parse_linear(byte_reader& r, std::uint32_t cols, std::uint32_t A) {
+  linear_coefs lc;
+  lc.centre.resize(cols);
+  lc.coef.resize(cols);
+  for (std::uint32_t c = 0; c < cols; ++c) {
+    lc.centre[c] = static_cast<std::uint16_t>(r.get_varint_max("linear predictor centre", A - 1));
+    lc.coef[c] = r.get<std::uint8_t>("linear predictor coefficient");
+    if (lc.coef[c] > 16) throw_corrupt(r.what(), "linear predictor coefficient " + std::to_string(lc.coef[c]) + " above 16");
+  }
+  return lc;
+}
+
+/// Splits a plane into anchor rows and residual rows (either may be empty); lc is required for
+/// pred=linear and ignored otherwise.
 inline void split_plane(const symbol_plane& p, pred_kind pk, std::uint32_t group, std::vector<std::uint16_t>& anchors,
-                        std::vector<std::uint16_t>& resid) {
+                        std::vector<std::uint16_t>& resid, const linear_coefs* lc = nullptr) {
   anchors.clear();
   resid.clear();
   const std::uint32_t C = p.cols, A = p.alphabet;
@@ -81,6 +155,9 @@ inline void split_plane(const symbol_plane& p, pred_kind pk, std::uint32_t group
     const std::uint16_t* row = p.sym.data() + static_cast<std::size_t>(r) * C;
     if (is_anchor_row(pk, group, r)) {
       anchors.insert(anchors.end(), row, row + C);
+    } else if (pk == pred_kind::linear) {
+      const std::uint16_t* ref = row - C;
+      for (std::uint32_t c = 0; c < C; ++c) resid.push_back(pred_residual(row[c], linear_ref(ref[c], lc->centre[c], lc->coef[c], A), A));
     } else {
       const std::uint32_t rr = pk == pred_kind::prev ? r - 1 : r - r % group;
       const std::uint16_t* ref = p.sym.data() + static_cast<std::size_t>(rr) * C;
@@ -91,7 +168,7 @@ inline void split_plane(const symbol_plane& p, pred_kind pk, std::uint32_t group
 
 /// Inverse of split_plane into p.sym (p.rows, p.cols, p.alphabet set).
 inline void merge_plane(symbol_plane& p, pred_kind pk, std::uint32_t group, const std::vector<std::uint16_t>& anchors,
-                        const std::vector<std::uint16_t>& resid) {
+                        const std::vector<std::uint16_t>& resid, const linear_coefs* lc = nullptr) {
   const std::uint32_t C = p.cols, A = p.alphabet;
   p.sym.resize(static_cast<std::size_t>(p.rows) * C);
   std::size_t ia = 0, ir = 0;
@@ -100,6 +177,10 @@ inline void merge_plane(symbol_plane& p, pred_kind pk, std::uint32_t group, cons
     if (is_anchor_row(pk, group, r)) {
       std::copy_n(anchors.data() + ia, C, row);
       ia += C;
+    } else if (pk == pred_kind::linear) {
+      const std::uint16_t* ref = row - C;
+      for (std::uint32_t c = 0; c < C; ++c) row[c] = pred_restore(resid[ir + c], linear_ref(ref[c], lc->centre[c], lc->coef[c], A), A);
+      ir += C;
     } else {
       const std::uint32_t rr = pk == pred_kind::prev ? r - 1 : r - r % group;
       const std::uint16_t* ref = p.sym.data() + static_cast<std::size_t>(rr) * C;
@@ -111,7 +192,7 @@ inline void merge_plane(symbol_plane& p, pred_kind pk, std::uint32_t group, cons
 
 inline std::uint32_t anchor_rows(pred_kind pk, std::uint32_t group, std::uint32_t rows) {
   if (pk == pred_kind::none) return rows;
-  if (pk == pred_kind::prev) return rows ? 1 : 0;
+  if (pk == pred_kind::prev || pk == pred_kind::linear) return rows ? 1 : 0;
   return (rows + group - 1) / group;
 }
 

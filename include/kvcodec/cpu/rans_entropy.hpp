@@ -2,13 +2,16 @@
 // per-context models (cpu/entropy_model.hpp), stored self-describingly per block.
 //
 // Block stream (all varints LEB128):
-//   varint planes; per plane: varint alphabet, rows, cols; then for each non-empty sub-plane
+//   varint planes; per plane: varint alphabet, rows, cols; [pred=linear, tables=chunk, rows >= 2:
+//   the plane's per-column predictors, entropy_model.hpp]; then for each non-empty sub-plane
 //   (anchor rows, then residual rows; see entropy_model.hpp) [model, when tables=chunk] and a
 //   varint-length blob holding the rANS stream (core/rans.hpp layout over `lanes` lanes, symbol i
 //   in column i % cols coded with the table of that column's group); finally the side bytes blob.
 // Stage state (tables=shared): varint entries; per entry varint layer, u8 key, varint plane, u8
 //   sub-plane, varint alphabet, varint cols, model. The entry for a block's (layer, K/V, plane,
-//   sub-plane) must exist and match its alphabet and cols.
+//   sub-plane) must exist and match its alphabet and cols. With pred=linear the entries are followed
+//   by varint count; per entry varint layer, u8 key, varint plane, varint alphabet, varint cols and
+//   the per-column predictors fitted on every chunk of that (layer, K/V, plane).
 // lanes, prob_bits, pred and group come from the spec; n = rows x cols from the plane header.
 #pragma once
 
@@ -65,12 +68,36 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
     const int layers = std::max(info.shape.layers, 1);
     std::map<key_t, acc_t> acc;
     std::vector<std::uint16_t> sub[2];
+    lin_.clear();
+    lin_alpha_.clear();
+    if (pk_ == em::pred_kind::linear) {
+      std::map<key_t, em::linear_sums> sums;
+      std::map<key_t, std::uint32_t> alpha;
+      for (std::size_t j = 0; j < all.size(); ++j) {
+        const auto [layer, key] = detail::block_of_index(j, layers);
+        for (std::size_t pi = 0; pi < all[j]->planes.size(); ++pi) {
+          const symbol_plane& p = all[j]->planes[pi];
+          check_plane(p, "rans fit");
+          const key_t k{layer, key, static_cast<int>(pi), 0};
+          auto& sm = sums[k];
+          if (!sm.n.empty() && (sm.n.size() != p.cols || alpha[k] != p.alphabet))
+            throw_usage("rans:tables=shared: plane " + std::to_string(pi) + " of layer " + std::to_string(layer) +
+                        " changes shape between chunks; use tables=chunk");
+          alpha[k] = p.alphabet;
+          sm.add(p);
+        }
+      }
+      for (const auto& [k, sm] : sums) {
+        lin_.emplace(k, sm.fit(static_cast<std::uint32_t>(sm.n.size()), alpha[k]));
+        lin_alpha_[k] = alpha[k];
+      }
+    }
     for (std::size_t j = 0; j < all.size(); ++j) {
       const auto [layer, key] = detail::block_of_index(j, layers);
       for (std::size_t pi = 0; pi < all[j]->planes.size(); ++pi) {
         const symbol_plane& p = all[j]->planes[pi];
         check_plane(p, "rans fit");
-        const bool direct = split(p, sub);
+        const bool direct = split(p, sub, shared_linear(layer, key, static_cast<int>(pi), p));
         for (int s = 0; s < 2; ++s) {
           const std::uint16_t* sd = direct ? p.sym.data() : sub[s].data();
           const std::size_t sn = direct ? (s == 0 ? p.sym.size() : 0) : sub[s].size();
@@ -101,6 +128,17 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
       rm.build(true, true);
       shared_.emplace(k, std::move(rm));
     }
+    if (pk_ == em::pred_kind::linear) {
+      w.put_varint(lin_.size());
+      for (const auto& [k, lc] : lin_) {
+        w.put_varint(static_cast<std::uint64_t>(std::get<0>(k)));
+        w.put<std::uint8_t>(std::get<1>(k) ? 1 : 0);
+        w.put_varint(static_cast<std::uint64_t>(std::get<2>(k)));
+        w.put_varint(alpha_of_lin(k));
+        w.put_varint(lc.centre.size());
+        em::serialize_linear(lc, st);
+      }
+    }
     return st;
   }
 
@@ -126,6 +164,25 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
       rm.build(false, true);
       shared_.emplace(key_t{layer, key == 1, plane, sub}, std::move(rm));
     }
+    lin_.clear();
+    lin_alpha_.clear();
+    if (pk_ == em::pred_kind::linear) {
+      const auto m = r.get_varint_max("linear predictor entries", 1u << 24);
+      for (std::uint64_t i = 0; i < m; ++i) {
+        const int layer = static_cast<int>(r.get_varint_max("layer", static_cast<std::uint64_t>(std::max(info.shape.layers, 1) - 1)));
+        const auto key = r.get<std::uint8_t>("key");
+        const int plane = static_cast<int>(r.get_varint_max("plane", 64));
+        if (key > 1) throw_corrupt(r.what(), "linear predictor entry " + std::to_string(i) + ": key flag above 1");
+        const auto A = static_cast<std::uint32_t>(r.get_varint_max("alphabet", rans_max_alphabet));
+        const auto cols = static_cast<std::uint32_t>(r.get_varint_max("cols", 1u << 24));
+        if (A == 0 || cols == 0) throw_corrupt(r.what(), "linear predictor entry " + std::to_string(i) + ": zero alphabet or cols");
+        if (static_cast<std::uint64_t>(cols) * 2 > r.remaining())
+          throw_corrupt(r.what(), "linear predictor entry " + std::to_string(i) + " claims " + std::to_string(cols) +
+                                      " columns, more than the bytes left");
+        lin_.emplace(key_t{layer, key == 1, plane, 0}, em::parse_linear(r, cols, A));
+        lin_alpha_[key_t{layer, key == 1, plane, 0}] = A;
+      }
+    }
     r.expect_end();
   }
 
@@ -142,7 +199,20 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
       w.put_varint(p.alphabet);
       w.put_varint(p.rows);
       w.put_varint(p.cols);
-      const bool direct = split(p, sub);
+      em::linear_coefs local_lc;
+      const em::linear_coefs* lc = nullptr;
+      if (pk_ == em::pred_kind::linear && p.rows >= 2) {
+        if (p_.tables == "shared") {
+          lc = shared_linear(ctx.layer, ctx.key, static_cast<int>(pi), p);
+        } else {
+          em::linear_sums sm;
+          sm.add(p);
+          local_lc = sm.fit(p.cols, p.alphabet);
+          em::serialize_linear(local_lc, out);
+          lc = &local_lc;
+        }
+      }
+      const bool direct = split(p, sub, lc);
       for (int s = 0; s < 2; ++s) {
         const std::uint16_t* sd = direct ? p.sym.data() : sub[s].data();
         const std::size_t sn = direct ? (s == 0 ? p.sym.size() : 0) : sub[s].size();
@@ -193,6 +263,18 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
                                     std::to_string(max_sym));
       if (p.rows > 0 && p.cols == 0) throw_corrupt(r.what(), "field 'cols': expected >= 1, found 0");
       const std::uint32_t na = em::anchor_rows(pk_, static_cast<std::uint32_t>(p_.group), p.rows);
+      em::linear_coefs local_lc;
+      const em::linear_coefs* lc = nullptr;
+      if (pk_ == em::pred_kind::linear && p.rows >= 2) {
+        if (p_.tables == "shared") {
+          lc = shared_linear(ctx.layer, ctx.key, static_cast<int>(pi), p);
+        } else {
+          if (static_cast<std::uint64_t>(p.cols) * 2 > r.remaining())
+            throw_corrupt(r.what(), "plane of " + std::to_string(p.cols) + " columns: predictors truncated");
+          local_lc = em::parse_linear(r, p.cols, p.alphabet);
+          lc = &local_lc;
+        }
+      }
       const std::size_t counts[2] = {static_cast<std::size_t>(na) * p.cols, static_cast<std::size_t>(p.rows - na) * p.cols};
       // Without prediction every row is an anchor row: decode straight into the plane.
       const bool direct = counts[1] == 0;
@@ -216,7 +298,7 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
           throw_corrupt(r.what(), std::string("plane ") + std::to_string(pi) + ": " + e.what());
         }
       }
-      if (!direct) em::merge_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1]);
+      if (!direct) em::merge_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1], lc);
     }
     const auto side = r.get_blob("side bytes");
     out.side.assign(side.begin(), side.end());
@@ -233,11 +315,26 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
 
   /// Splits p into anchor and residual sub-planes; returns true (and copies nothing) when every
   /// row is an anchor row, i.e. the plane itself is sub-plane 0.
-  bool split(const symbol_plane& p, std::vector<std::uint16_t>* sub) const {
+  bool split(const symbol_plane& p, std::vector<std::uint16_t>* sub, const em::linear_coefs* lc) const {
     const auto g = static_cast<std::uint32_t>(p_.group);
     if (em::anchor_rows(pk_, g, p.rows) == p.rows) return true;
-    em::split_plane(p, pk_, g, sub[0], sub[1]);
+    em::split_plane(p, pk_, g, sub[0], sub[1], lc);
     return false;
+  }
+
+  /// The shared predictors of (layer, key, plane) (pred=linear, tables=shared; nullptr otherwise).
+  const em::linear_coefs* shared_linear(int layer, bool key, int plane, const symbol_plane& p) const {
+    if (pk_ != em::pred_kind::linear || p.rows < 2) return nullptr;
+    const auto it = lin_.find(key_t{layer, key, plane, 0});
+    if (it == lin_.end() || it->second.centre.size() != p.cols || alpha_of_lin(it->first) != p.alphabet)
+      throw_corrupt("rans shared predictors", "no linear predictors for layer " + std::to_string(layer) + (key ? " K" : " V") +
+                                                  " plane " + std::to_string(plane) + " with alphabet " + std::to_string(p.alphabet) +
+                                                  " and " + std::to_string(p.cols) + " columns");
+    return &it->second;
+  }
+  std::uint32_t alpha_of_lin(const key_t& k) const {
+    const auto it = lin_alpha_.find(k);
+    return it == lin_alpha_.end() ? 0 : it->second;
   }
 
   void check_plane(const symbol_plane& p, const char* where) const {
@@ -262,6 +359,8 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
   em::model_options mo_;
   em::pred_kind pk_ = em::pred_kind::none;
   std::map<key_t, detail::ready_model> shared_;
+  std::map<key_t, em::linear_coefs> lin_;
+  std::map<key_t, std::uint32_t> lin_alpha_;
 };
 
 }  // namespace kvcodec::cpu

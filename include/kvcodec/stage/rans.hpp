@@ -33,7 +33,7 @@ struct rans {
     v("ctx", ctx, "which columns share a table: channel, pooled, or auto (fewest payload + table bits)");
     v("model", model, "table kind: hist (normalised histogram), geometric (2 numbers per table), auto");
     v("tables", tables, "chunk (tables in every segment) or shared (fitted once, stored in the stage state)");
-    v("pred", pred, "symbol-domain token prediction: none, prev (previous row), anchor (CacheGen anchor groups)");
+    v("pred", pred, "symbol-domain token prediction: none, prev (previous row), anchor (CacheGen anchor groups), linear (per-channel linear prediction from the previous row)");
     v("group", group, "rows per anchor group (pred=anchor)");
   }
   void validate() const {
@@ -42,7 +42,7 @@ struct rans {
     check_param(ctx == "channel" || ctx == "pooled" || ctx == "auto", name, "ctx", "channel, pooled or auto", ctx);
     check_param(model == "hist" || model == "geometric" || model == "auto", name, "model", "hist, geometric or auto", model);
     check_param(tables == "chunk" || tables == "shared", name, "tables", "chunk or shared", tables);
-    check_param(pred == "none" || pred == "prev" || pred == "anchor", name, "pred", "none, prev or anchor", pred);
+    check_param(pred == "none" || pred == "prev" || pred == "anchor" || pred == "linear", name, "pred", "none, prev, anchor or linear", pred);
     check_param(group >= 2 && group <= 65536, name, "group", "2..65536", group);
   }
 };
