@@ -4,8 +4,10 @@
 // Data: kvcodec::eval::synth_cache 32 layers x 8 kv heads x 128 head_dim x 2048 tokens, f16 (K+V =
 // 134,217,728 elements = 268 MB as f16, 537 MB as the f32 the library computes on), generated once.
 // Kernels run on the flat f32 K+V (all layers concatenated): ggml q8_0 / q4_0 blocks of 32,
-// affine asym 4-bit and 2-bit groups of 32 with f16 scale+min and bit packing, fp8 e4m3 with one f32
-// amax scale per 128-value row. Dequantize writes f32 (and f16 via exact RNE conversion). Stages run
+// affine asym 4-bit and 2-bit groups of 32 with f16 scale+min (all groups' parameters, then the
+// bit-packed codes), fp8 e4m3 with one f32 amax scale per 128-value row. Dequantize writes f32 and f16
+// (the exact RNE conversion of the f32 values). All through the library's bulk row kernels, which pick
+// AVX2/F16C at run time (core/simd.hpp; KVCODEC_NO_SIMD=1 forces the scalar reference). Stages run
 // through kvcodec::encode / decode with cpu::seq (decode output: the f32 kv_cache).
 // Timing: best of N of the calling thread's CPU time (CLOCK_THREAD_CPUTIME_ID; wall time also shown);
 // memcpy of the kernel's output byte count is timed right before each kernel.
@@ -25,6 +27,7 @@
 #include "kvcodec/core/affine.hpp"
 #include "kvcodec/core/fp8.hpp"
 #include "kvcodec/core/ggml_blocks.hpp"
+#include "kvcodec/core/simd.hpp"
 #include "kvcodec/eval/synth.hpp"
 #include "kvcodec/pipeline/encode.hpp"
 
@@ -32,7 +35,7 @@ namespace {
 
 constexpr const char* k_command =
     "g++ -std=c++20 -O3 -Iinclude -I/usr/include/eigen3 bench/bench_quant_speed.cpp -lzstd -lxxhash -lz -pthread "
-    "-o /tmp/bench_quant_speed && /tmp/bench_quant_speed 5 > bench/results/quant_speed.txt";
+    "-o /tmp/bench_quant_speed && /tmp/bench_quant_speed 3 > bench/results/quant_speed.txt";
 
 double thread_cpu_s() {
   timespec ts{};
@@ -130,7 +133,8 @@ int main(int argc, char** argv) {
   using namespace kvcodec;
   const int reps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 5;
   std::printf("# command: %s\n", k_command);
-  std::printf("# built with: g++ %s, -O3, no -march (baseline x86-64 SSE2)\n", __VERSION__);
+  std::printf("# built with: g++ %s, -O3, no -march (baseline x86-64 SSE2); run-time kernels: %s\n", __VERSION__,
+              simd::avx2() ? "AVX2+FMA+F16C (core/simd.hpp)" : "scalar reference (no AVX2 or KVCODEC_NO_SIMD set)");
   std::printf("# loadavg at start: %s (machine: %u hardware threads, shared)\n", loadavg().c_str(), std::thread::hardware_concurrency());
   std::printf("# one thread; times are best of %d (kernels) of the thread's CPU time; x_memcpy = memcpy time of the\n"
               "# same OUTPUT byte count / kernel time (both CPU time, same process, memcpy timed right before);\n"
@@ -164,91 +168,40 @@ int main(int argc, char** argv) {
     std::size_t enc_bytes;
     std::function<void()> quant, deq, deq16, deq_plain;
   };
-  const auto to_f16 = [](const float* t, std::uint16_t* o, std::size_t m) {
-    for (std::size_t j = 0; j < m; ++j) o[j] = f32_to_f16_bits(t[j]);
-  };
   using affine::mode;
   using affine::param_dtype;
   const auto affine_kernel = [&](int bits) {
-    const std::size_t gb = 4 + affine::packed_bytes(32, bits);
     kernel k;
     k.name = "affine asym " + std::to_string(bits) + "-bit g32 f16 params+pack";
-    k.enc_bytes = nb * gb;
-    k.quant = [&, bits, gb] {
-      std::uint8_t sym[32];
-      for (std::size_t b = 0; b < nb; ++b) {
-        const float* xb = x.data() + b * 32;
-        std::uint8_t* o = q.data() + b * gb;
-        const affine::params p = affine::compute_params(xb, 32, 1, bits, mode::asymmetric, param_dtype::f16);
-        affine::quantize_group(xb, 32, 1, p, bits, mode::asymmetric, sym, 1);
-        affine::store_params(p, mode::asymmetric, param_dtype::f16, o);
-        affine::pack_bits(sym, 32, bits, o + 4);
-      }
-    };
-    const auto deq_block = [&, bits, gb](std::size_t b, float* yb) {
-      std::uint8_t sym[32];
-      const std::uint8_t* in = q.data() + b * gb;
-      const affine::params p = affine::load_params(in, mode::asymmetric, param_dtype::f16);
-      affine::unpack_bits(in + 4, 32, bits, sym);
-      affine::dequantize_group(sym, 32, 1, p, bits, mode::asymmetric, yb, 1);
-    };
-    k.deq = [&, deq_block] {
-      for (std::size_t b = 0; b < nb; ++b) deq_block(b, y.data() + b * 32);
-    };
-    k.deq16 = [&, deq_block] {
-      float t[32];
-      for (std::size_t b = 0; b < nb; ++b) {
-        deq_block(b, t);
-        to_f16(t, yh.data() + b * 32, 32);
-      }
+    k.enc_bytes = nb * 4 + affine::packed_bytes(n, bits);
+    k.quant = [&, bits] { affine::quantize_groups_packed(x.data(), nb, 32, bits, mode::asymmetric, param_dtype::f16, q.data(), q.data() + nb * 4); };
+    k.deq = [&, bits] { affine::dequantize_groups_packed(q.data() + nb * 4, q.data(), nb, 32, bits, mode::asymmetric, param_dtype::f16, y.data()); };
+    k.deq16 = [&, bits] {
+      affine::dequantize_groups_packed_f16(q.data() + nb * 4, q.data(), nb, 32, bits, mode::asymmetric, param_dtype::f16, yh.data());
     };
     return k;
   };
+  const auto ggml_kernel = [&](ggml::block_type t) {
+    kernel k;
+    k.name = "ggml " + std::string(ggml::block_type_name(t));
+    k.enc_bytes = ggml::row_bytes(t, n);
+    k.quant = [&, t] { ggml::quantize_row(t, x.data(), n, q.data()); };
+    k.deq = [&, t] { ggml::dequantize_row(t, q.data(), n, y.data()); };
+    k.deq16 = [&, t] { ggml::dequantize_row_f16(t, q.data(), n, yh.data()); };
+    return k;
+  };
   std::vector<kernel> kernels;
-  {
-    kernel k;
-    k.name = "ggml q8_0";
-    k.enc_bytes = nb * 34;
-    k.quant = [&] {
-      for (std::size_t b = 0; b < nb; ++b) ggml::quantize_block_q8_0(x.data() + b * 32, q.data() + b * 34);
-    };
-    k.deq = [&] {
-      for (std::size_t b = 0; b < nb; ++b) ggml::dequantize_block_q8_0(q.data() + b * 34, y.data() + b * 32);
-    };
-    k.deq16 = [&] {
-      float t[32];
-      for (std::size_t b = 0; b < nb; ++b) {
-        ggml::dequantize_block_q8_0(q.data() + b * 34, t);
-        to_f16(t, yh.data() + b * 32, 32);
-      }
-    };
-    k.deq_plain = [&] {
-      for (std::size_t b = 0; b < nb; ++b) dequant_q8_0_plain(q.data() + b * 34, y.data() + b * 32);
-    };
-    kernels.push_back(k);
-  }
-  {
-    kernel k;
-    k.name = "ggml q4_0";
-    k.enc_bytes = nb * 18;
-    k.quant = [&] {
-      for (std::size_t b = 0; b < nb; ++b) ggml::quantize_block_q4_0(x.data() + b * 32, q.data() + b * 18);
-    };
-    k.deq = [&] {
-      for (std::size_t b = 0; b < nb; ++b) ggml::dequantize_block_q4_0(q.data() + b * 18, y.data() + b * 32);
-    };
-    k.deq16 = [&] {
-      float t[32];
-      for (std::size_t b = 0; b < nb; ++b) {
-        ggml::dequantize_block_q4_0(q.data() + b * 18, t);
-        to_f16(t, yh.data() + b * 32, 32);
-      }
-    };
-    k.deq_plain = [&] {
-      for (std::size_t b = 0; b < nb; ++b) dequant_q4_0_plain(q.data() + b * 18, y.data() + b * 32);
-    };
-    kernels.push_back(k);
-  }
+  kernels.push_back(ggml_kernel(ggml::block_type::q8_0));
+  kernels.back().deq_plain = [&] {
+    for (std::size_t b = 0; b < nb; ++b) dequant_q8_0_plain(q.data() + b * 34, y.data() + b * 32);
+  };
+  kernels.push_back(ggml_kernel(ggml::block_type::q4_0));
+  kernels.back().deq_plain = [&] {
+    for (std::size_t b = 0; b < nb; ++b) dequant_q4_0_plain(q.data() + b * 18, y.data() + b * 32);
+  };
+  kernels.push_back(ggml_kernel(ggml::block_type::q4_1));
+  kernels.push_back(ggml_kernel(ggml::block_type::q5_0));
+  kernels.push_back(ggml_kernel(ggml::block_type::q5_1));
   kernels.push_back(affine_kernel(4));
   kernels.push_back(affine_kernel(2));
   {
@@ -273,13 +226,11 @@ int main(int argc, char** argv) {
       }
     };
     k.deq16 = [&] {
-      float t[128];
       for (std::size_t r = 0; r < nrow; ++r) {
         const std::uint8_t* in = q.data() + r * 132;
         float s;
         std::memcpy(&s, in, 4);
-        decode_fp8(fp8_kind::e4m3, in + 4, 128, s, t);
-        to_f16(t, yh.data() + r * 128, 128);
+        decode_fp8_f16(fp8_kind::e4m3, in + 4, 128, s, yh.data() + r * 128);
       }
     };
     kernels.push_back(k);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kvcodec/core/ggml_blocks.hpp"
+#include "kvcodec/core/simd.hpp"
 #include "../support/ggml_inputs.hpp"
 #include "../support/shared_data.hpp"
 
@@ -361,4 +362,69 @@ TEST_CASE("ggml blocks: real stories260K keys and values") {
   }
   MESSAGE("iq4_nl on real layer-0 keys: relative RMS error " << std::sqrt(se / sx));
   CHECK(std::sqrt(se / sx) < 0.15);
+}
+
+// ---- row kernels (AVX2 when available) against the per-block scalar references -------------------
+
+namespace {
+
+std::vector<float> ggml_edge_values(std::size_t n, int mode, std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) {
+    x = nd(rng);
+    if (mode == 1) x = std::round(x * 4.0f) / 4.0f;  // exact ties of the code grid
+    if (mode == 2) {
+      const std::uint32_t b = static_cast<std::uint32_t>(rng());
+      std::memcpy(&x, &b, 4);  // any bit pattern: NaN, Inf, subnormals, huge
+    }
+    if (mode == 3) x = rng() % 3 == 0 ? 0.0f : (rng() % 2 ? -0.0f : x * 1e-30f);  // signed zeros, denormal scales
+    if (mode == 4 && rng() % 7 == 0) x = rng() % 2 ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN();
+    if (mode == 5) x = 1.5f;                                                     // constant blocks
+  }
+  return v;
+}
+
+std::uint32_t fbits(float f) {
+  std::uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return b;
+}
+
+}  // namespace
+
+TEST_CASE("ggml blocks: row kernels equal the per-block scalar functions byte for byte") {
+  MESSAGE("simd::avx2() = " << simd::avx2());
+  std::mt19937 rng(3);
+  const std::size_t nb = 700, n = nb * qk;
+  for (int mode = 0; mode < 6; ++mode) {
+    const std::vector<float> x = ggml_edge_values(n, mode, rng);
+    for (int ti = 0; ti <= 5; ++ti) {
+      const auto t = static_cast<block_type>(ti);
+      const std::size_t bb = block_bytes(t);
+      std::vector<std::uint8_t> a(nb * bb), r(nb * bb);
+      quantize_row(t, x.data(), n, a.data());
+      for (std::size_t b = 0; b < nb; ++b) quantize_block(t, x.data() + b * qk, r.data() + b * bb);
+      CHECK_MESSAGE(a == r, "quantize " << block_type_name(t) << " mode " << mode);
+      std::vector<std::uint8_t> rnd(nb * bb);
+      for (auto& c : rnd) c = static_cast<std::uint8_t>(rng());
+      for (const auto* src : {&r, &rnd}) {
+        std::vector<float> ya(n), yr(n);
+        std::vector<std::uint16_t> ha(n);
+        dequantize_row(t, src->data(), n, ya.data());
+        dequantize_row_f16(t, src->data(), n, ha.data());
+        for (std::size_t b = 0; b < nb; ++b) dequantize_block(t, src->data() + b * bb, yr.data() + b * qk);
+        std::size_t bad = 0, bad16 = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+          // The one allowed difference: a corrupt q4_1 / q5_1 block whose d and m are both NaN gives a
+          // NaN either way, whose payload (d's or m's) the compiler's operand order picks.
+          const bool both_nan = std::isnan(ya[i]) && std::isnan(yr[i]);
+          if (fbits(ya[i]) != fbits(yr[i]) && !both_nan) ++bad;
+          if (ha[i] != f32_to_f16_bits(yr[i]) && !both_nan) ++bad16;
+        }
+        CHECK_MESSAGE(bad == 0, "dequantize " << block_type_name(t) << " mode " << mode);
+        CHECK_MESSAGE(bad16 == 0, "dequantize_f16 " << block_type_name(t) << " mode " << mode);
+      }
+    }
+  }
 }

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -11,6 +12,7 @@
 
 #include "kvcodec/core/ggml_blocks.hpp"
 #include "kvcodec/core/rope.hpp"
+#include "kvcodec/cpu/quant_common.hpp"
 #include "kvcodec/kvcodec.hpp"
 #include "../support/ggml_inputs.hpp"
 
@@ -470,4 +472,83 @@ TEST_CASE("quantizers reject inconsistent blocks") {
     symbols sy;
     CHECK(kind_of([&] { as_quant(s).encode(b, info_for(b), sy); }) == error_kind::usage);
   }
+}
+
+TEST_CASE("quant_common: affine_encode / affine_decode equal the per-value scalar coding (bulk kernels)") {
+  std::mt19937 rng(17);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  const int heads = 3, D = 40;  // 40 channels: five groups of 8 and no tail; 40/8 groups along channels
+  const std::uint32_t count[3] = {37, 0, 70};
+  const std::size_t rows = 107;
+  std::vector<float> x(rows * D);
+  for (auto& v : x) {
+    const auto r = rng() % 40;
+    v = r == 0 ? std::numeric_limits<float>::quiet_NaN() : (r == 1 ? -std::numeric_limits<float>::infinity() : (r == 2 ? -0.0f : nd(rng)));
+  }
+  for (bool per_channel : {true, false})
+    for (int group : {0, 8, 20, 40})
+      for (auto m : {affine::mode::asymmetric, affine::mode::symmetric})
+        for (int bits : {2, 4, 8}) {
+          if (!per_channel && group == 0) continue;
+          cpu::qc::affine_cfg c;
+          c.bits = bits;
+          c.mode = m;
+          c.pd = group == 8 ? affine::param_dtype::f32 : affine::param_dtype::f16;
+          c.per_channel = per_channel;
+          c.group = group;
+          const std::size_t sb = cpu::qc::affine_side_bytes(c, count, heads, D);
+          std::vector<std::uint16_t> sym(rows * D), rsym(rows * D);
+          std::vector<std::uint8_t> side(sb), rside(sb);
+          cpu::qc::affine_encode(c, x.data(), count, heads, D, sym.data(), side.data());
+          // scalar reference: the per-value functions in the documented group order
+          std::uint8_t* sp = rside.data();
+          const std::size_t Dz = D;
+          if (per_channel) {
+            std::size_t r0 = 0;
+            for (int h = 0; h < heads; ++h) {
+              const std::size_t n = count[h], G = group > 0 ? static_cast<std::size_t>(group) : std::max<std::size_t>(n, 1);
+              for (std::size_t t = 0; t < n; t += G)
+                for (std::size_t ch = 0; ch < Dz; ++ch) {
+                  const std::size_t mm = std::min(G, n - t);
+                  const float* g = x.data() + (r0 + t) * Dz + ch;
+                  const affine::params p = affine::compute_params(g, mm, Dz, bits, m, c.pd);
+                  sp += affine::store_params(p, m, c.pd, sp);
+                  for (std::size_t i = 0; i < mm; ++i) rsym[(r0 + t + i) * Dz + ch] = static_cast<std::uint16_t>(affine::quantize_value(g[i * Dz], p, bits, m));
+                }
+              r0 += n;
+            }
+          } else {
+            for (std::size_t e = 0; e < rows * Dz; e += static_cast<std::size_t>(group)) {
+              const affine::params p = affine::compute_params(x.data() + e, group, 1, bits, m, c.pd);
+              sp += affine::store_params(p, m, c.pd, sp);
+              for (int i = 0; i < group; ++i) rsym[e + i] = static_cast<std::uint16_t>(affine::quantize_value(x[e + i], p, bits, m));
+            }
+          }
+          CHECK(sym == rsym);
+          CHECK(side == rside);
+          std::vector<float> y(rows * D), ry(rows * D);
+          cpu::qc::affine_decode(c, sym.data(), side.data(), count, heads, D, y.data());
+          sp = rside.data();
+          if (per_channel) {
+            std::size_t r0 = 0;
+            for (int h = 0; h < heads; ++h) {
+              const std::size_t n = count[h], G = group > 0 ? static_cast<std::size_t>(group) : std::max<std::size_t>(n, 1);
+              for (std::size_t t = 0; t < n; t += G)
+                for (std::size_t ch = 0; ch < Dz; ++ch) {
+                  const affine::params p = affine::load_params(sp, m, c.pd);
+                  sp += affine::param_bytes(m, c.pd);
+                  for (std::size_t i = 0; i < std::min(G, n - t); ++i)
+                    ry[(r0 + t + i) * Dz + ch] = affine::dequantize_value(rsym[(r0 + t + i) * Dz + ch], p, bits, m);
+                }
+              r0 += n;
+            }
+          } else {
+            for (std::size_t e = 0; e < rows * Dz; e += static_cast<std::size_t>(group)) {
+              const affine::params p = affine::load_params(sp, m, c.pd);
+              sp += affine::param_bytes(m, c.pd);
+              for (int i = 0; i < group; ++i) ry[e + i] = affine::dequantize_value(rsym[e + i], p, bits, m);
+            }
+          }
+          CHECK(std::memcmp(y.data(), ry.data(), 4 * y.size()) == 0);
+        }
 }

@@ -20,15 +20,23 @@
 //
 // mul_rn / add_rn are float operations that a compiler may not fuse into an FMA (on the GPU they are
 // the _rn intrinsics; on FMA-capable CPU targets an asm barrier), so CPU and GPU produce the same bits.
+//
+// Bulk host kernels (quantize_groups / dequantize_groups for runs of contiguous groups, *_columns for
+// strided groups of 8 channels at a time, *_packed with bit packing, pack_bits / unpack_bits) run AVX2
+// code when core/simd.hpp allows and equal their scalar references (detail::*_ref) bit for bit: the
+// codes use the same double arithmetic, the parameters the same f16 rounding (F16C equals
+// f32_to_f16_bits on every f32), and a zero minimum keeps the sign of its first occurrence.
 #pragma once
 
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kvcodec/core/config.hpp"
 #include "kvcodec/core/error.hpp"
+#include "kvcodec/core/simd.hpp"
 #include "kvcodec/tensor/dtype.hpp"
 
 namespace kvcodec {
@@ -64,6 +72,15 @@ KVCODEC_HD inline float add_rn(float a, float b) noexcept {
 #endif
 }
 
+#if KVCODEC_X86_DISPATCH
+/// a·b rounded to f32 per lane: the asm barrier keeps GCC from contracting it into a later FMA.
+KVCODEC_TARGET_AVX2 inline __m256 mul_ps_rn(__m256 a, __m256 b) noexcept {
+  __m256 r = _mm256_mul_ps(a, b);
+  __asm__("" : "+x"(r));
+  return r;
+}
+#endif
+
 KVCODEC_HD inline bool is_finite_f32(float v) noexcept {
   return (bit_cast_hd<std::uint32_t>(v) & 0x7f800000u) != 0x7f800000u;
 }
@@ -96,11 +113,29 @@ KVCODEC_HD inline float round_param(float v, param_dtype pd) noexcept {
   return f16_bits_to_f32(h);
 }
 
+/// Asymmetric parameters of a group whose finite values span [lo, hi] (lo = hi = 0 when none is finite).
+KVCODEC_HD inline params params_from_range(float lo, float hi, int bits, param_dtype pd) noexcept {
+  params p;
+  p.min = round_param(lo, pd);
+  const float range = static_cast<float>(static_cast<double>(hi) - static_cast<double>(p.min));
+  const float s = range > 0.0f ? static_cast<float>(static_cast<double>(range) / max_code(bits)) : 0.0f;
+  p.scale = round_param(s, pd);
+  if (!kvcodec::detail::is_finite_f32(p.scale)) p.scale = round_param(3.4028234663852886e38f, pd);
+  return p;
+}
+
+/// Symmetric parameters of a group whose finite values have max |x| = amax.
+KVCODEC_HD inline params params_from_amax(float amax, int bits, param_dtype pd) noexcept {
+  params p;
+  p.scale = round_param(amax / static_cast<float>(sym_zero(bits) - 1u), pd);
+  p.min = 0.0f;
+  return p;
+}
+
 /// Parameters of a group of n values x[0], x[stride], ..., already rounded to storage dtype `pd`.
 /// `bits` must be 1..8 (asymmetric) or 2..8 (symmetric): validate with check_spec on the host.
 KVCODEC_HD inline params compute_params(const float* x, std::size_t n, std::size_t stride, int bits, mode m,
                                         param_dtype pd) noexcept {
-  params p;
   if (m == mode::asymmetric) {
     float lo = 0.0f, hi = 0.0f;
     bool any = false;
@@ -115,23 +150,16 @@ KVCODEC_HD inline params compute_params(const float* x, std::size_t n, std::size
         hi = v > hi ? v : hi;
       }
     }
-    p.min = round_param(lo, pd);
-    const float range = static_cast<float>(static_cast<double>(hi) - static_cast<double>(p.min));
-    const float s = range > 0.0f ? static_cast<float>(static_cast<double>(range) / max_code(bits)) : 0.0f;
-    p.scale = round_param(s, pd);
-    if (!kvcodec::detail::is_finite_f32(p.scale)) p.scale = round_param(3.4028234663852886e38f, pd);
-  } else {
-    float amax = 0.0f;
-    for (std::size_t i = 0; i < n; ++i) {
-      const float v = x[i * stride];
-      if (!kvcodec::detail::is_finite_f32(v)) continue;
-      const float a = std::fabs(v);
-      amax = a > amax ? a : amax;
-    }
-    p.scale = round_param(amax / static_cast<float>(sym_zero(bits) - 1u), pd);
-    p.min = 0.0f;
+    return params_from_range(lo, hi, bits, pd);
   }
-  return p;
+  float amax = 0.0f;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = x[i * stride];
+    if (!kvcodec::detail::is_finite_f32(v)) continue;
+    const float a = std::fabs(v);
+    amax = a > amax ? a : amax;
+  }
+  return params_from_amax(amax, bits, pd);
 }
 
 /// The code of one value (round half up, clamped); see the header comment for non-finite values.
@@ -271,6 +299,475 @@ KVCODEC_HD inline void unpack_bits(const std::uint8_t* in, std::size_t n, int bi
     std::uint32_t v = in[byte];
     if ((bit & 7u) + static_cast<std::size_t>(bits) > 8u) v |= static_cast<std::uint32_t>(in[byte + 1]) << 8;
     sym[i] = static_cast<std::uint8_t>((v >> (bit & 7u)) & mask);
+  }
+}
+
+// ---- bulk host kernels ---------------------------------------------------------------------------
+
+namespace detail {
+
+template <class Sym>
+inline void quantize_groups_ref(const float* x, std::size_t ngroups, std::size_t G, int bits, mode m, param_dtype pd,
+                                std::uint8_t* side, Sym* q) noexcept {
+  const std::size_t pb = param_bytes(m, pd);
+  for (std::size_t g = 0; g < ngroups; ++g) {
+    const float* xg = x + g * G;
+    const params p = compute_params(xg, G, 1, bits, m, pd);
+    store_params(p, m, pd, side + g * pb);
+    for (std::size_t i = 0; i < G; ++i) q[g * G + i] = static_cast<Sym>(quantize_value(xg[i], p, bits, m));
+  }
+}
+
+template <class Sym>
+inline void dequantize_groups_ref(const Sym* q, const std::uint8_t* side, std::size_t ngroups, std::size_t G, int bits, mode m,
+                                  param_dtype pd, float* y) noexcept {
+  const std::size_t pb = param_bytes(m, pd);
+  for (std::size_t g = 0; g < ngroups; ++g) {
+    const params p = load_params(side + g * pb, m, pd);
+    for (std::size_t i = 0; i < G; ++i) y[g * G + i] = dequantize_value(q[g * G + i], p, bits, m);
+  }
+}
+
+template <class Sym>
+inline void quantize_columns_ref(const float* x, std::size_t n, std::size_t ncols, std::size_t ld, int bits, mode m,
+                                 param_dtype pd, std::uint8_t* side, Sym* q) noexcept {
+  const std::size_t pb = param_bytes(m, pd);
+  for (std::size_t c = 0; c < ncols; ++c) {
+    const params p = compute_params(x + c, n, ld, bits, m, pd);
+    store_params(p, m, pd, side + c * pb);
+    for (std::size_t i = 0; i < n; ++i) q[i * ld + c] = static_cast<Sym>(quantize_value(x[i * ld + c], p, bits, m));
+  }
+}
+
+template <class Sym>
+inline void dequantize_columns_ref(const Sym* q, const std::uint8_t* side, std::size_t n, std::size_t ncols, std::size_t ld, int bits,
+                                   mode m, param_dtype pd, float* y) noexcept {
+  const std::size_t pb = param_bytes(m, pd);
+  for (std::size_t c = 0; c < ncols; ++c) {
+    const params p = load_params(side + c * pb, m, pd);
+    for (std::size_t i = 0; i < n; ++i) y[i * ld + c] = dequantize_value(q[i * ld + c], p, bits, m);
+  }
+}
+
+#if KVCODEC_X86_DISPATCH
+KVCODEC_TARGET_AVX2 inline float round_param_avx2(float v, param_dtype pd) noexcept {
+  if (pd == param_dtype::f32) return v;
+  unsigned short h = _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  if ((h & 0x7fffu) == 0x7c00u) h = static_cast<unsigned short>((h & 0x8000u) | 0x7bffu);
+  return _cvtsh_ss(h);
+}
+KVCODEC_TARGET_AVX2 inline params params_from_range_avx2(float lo, float hi, int bits, param_dtype pd) noexcept {
+  params p;
+  p.min = round_param_avx2(lo, pd);
+  const float range = static_cast<float>(static_cast<double>(hi) - static_cast<double>(p.min));
+  const float s = range > 0.0f ? static_cast<float>(static_cast<double>(range) / max_code(bits)) : 0.0f;
+  p.scale = round_param_avx2(s, pd);
+  if (!kvcodec::detail::is_finite_f32(p.scale)) p.scale = round_param_avx2(3.4028234663852886e38f, pd);
+  return p;
+}
+KVCODEC_TARGET_AVX2 inline params params_from_amax_avx2(float amax, int bits, param_dtype pd) noexcept {
+  params p;
+  p.scale = round_param_avx2(amax / static_cast<float>(sym_zero(bits) - 1u), pd);
+  p.min = 0.0f;
+  return p;
+}
+KVCODEC_TARGET_AVX2 inline void store_params_avx2(const params& p, mode m, param_dtype pd, std::uint8_t* out) noexcept {
+  if (pd == param_dtype::f32) {
+    std::memcpy(out, &p.scale, 4);
+    if (m == mode::asymmetric) std::memcpy(out + 4, &p.min, 4);
+    return;
+  }
+  const unsigned short a = _cvtss_sh(p.scale, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  std::memcpy(out, &a, 2);
+  if (m == mode::asymmetric) {
+    const unsigned short b = _cvtss_sh(p.min, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    std::memcpy(out + 2, &b, 2);
+  }
+}
+KVCODEC_TARGET_AVX2 inline params load_params_avx2(const std::uint8_t* in, mode m, param_dtype pd) noexcept {
+  params p;
+  if (pd == param_dtype::f32) {
+    std::memcpy(&p.scale, in, 4);
+    if (m == mode::asymmetric) std::memcpy(&p.min, in + 4, 4);
+  } else {
+    unsigned short a;
+    std::memcpy(&a, in, 2);
+    p.scale = _cvtsh_ss(a);
+    if (m == mode::asymmetric) {
+      std::memcpy(&a, in + 2, 2);
+      p.min = _cvtsh_ss(a);
+    }
+  }
+  return p;
+}
+
+KVCODEC_TARGET_AVX2 inline __m256i finite_mask8(__m256 v) noexcept {
+  const __m256i em = _mm256_set1_epi32(0x7f800000);
+  return _mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(v), em), em), _mm256_set1_epi32(-1));
+}
+
+/// Codes of 8 values with per-lane parameters (sc, mn as doubles in two halves); `zero_lanes` get code 0
+/// (asymmetric, scale not > 0) or the zero point (symmetric). Mirrors quantize_value.
+KVCODEC_TARGET_AVX2 inline __m256i codes8(__m256 v, __m256d sc0, __m256d sc1, __m256d mn0, __m256d mn1, __m256i zero_lanes, int bits,
+                                          mode m) noexcept {
+  const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+  const __m256d half = _mm256_set1_pd(0.5);
+  __m128i q0, q1;
+  if (m == mode::asymmetric) {
+    v = _mm256_andnot_ps(nan, v);
+    const __m256d top = _mm256_set1_pd(static_cast<double>(max_code(bits)));
+    const __m256d t0 = _mm256_div_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), mn0), sc0);
+    const __m256d t1 = _mm256_div_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), mn1), sc1);
+    const __m256d r0 = _mm256_and_pd(_mm256_cmp_pd(t0, _mm256_setzero_pd(), _CMP_GT_OQ),
+                                     _mm256_min_pd(_mm256_floor_pd(_mm256_add_pd(t0, half)), top));
+    const __m256d r1 = _mm256_and_pd(_mm256_cmp_pd(t1, _mm256_setzero_pd(), _CMP_GT_OQ),
+                                     _mm256_min_pd(_mm256_floor_pd(_mm256_add_pd(t1, half)), top));
+    q0 = _mm256_cvttpd_epi32(r0);
+    q1 = _mm256_cvttpd_epi32(r1);
+    return _mm256_andnot_si256(zero_lanes, _mm256_set_m128i(q1, q0));
+  }
+  const int zp = static_cast<int>(sym_zero(bits));
+  const __m256d lim = _mm256_set1_pd(static_cast<double>(zp - 1)), nlim = _mm256_set1_pd(-static_cast<double>(zp - 1));
+  const __m256 vz = _mm256_andnot_ps(nan, v);
+  __m256d t0 = _mm256_div_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(vz)), sc0);
+  __m256d t1 = _mm256_div_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(vz, 1)), sc1);
+  t0 = _mm256_max_pd(_mm256_min_pd(t0, lim), nlim);
+  t1 = _mm256_max_pd(_mm256_min_pd(t1, lim), nlim);
+  q0 = _mm256_cvttpd_epi32(_mm256_floor_pd(_mm256_add_pd(t0, half)));
+  q1 = _mm256_cvttpd_epi32(_mm256_floor_pd(_mm256_add_pd(t1, half)));
+  const __m256i q = _mm256_add_epi32(_mm256_set_m128i(q1, q0), _mm256_set1_epi32(zp));
+  return _mm256_blendv_epi8(q, _mm256_set1_epi32(zp), _mm256_or_si256(zero_lanes, _mm256_castps_si256(nan)));
+}
+
+template <class Sym>
+KVCODEC_TARGET_AVX2 inline void store_codes8(__m256i q, Sym* out) noexcept {
+  const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(q, q), 0x08);
+  if constexpr (sizeof(Sym) == 2) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(p));
+  } else {
+    const __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(p), _mm256_castsi256_si128(p));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out), b);
+  }
+}
+template <class Sym>
+KVCODEC_TARGET_AVX2 inline __m256 load_codes8(const Sym* in) noexcept {
+  if constexpr (sizeof(Sym) == 2)
+    return _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in))));
+  else
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(in))));
+}
+
+/// Groups of G contiguous values, G a multiple of 8.
+template <class Sym>
+KVCODEC_TARGET_AVX2 inline void quantize_groups_avx2(const float* x, std::size_t ngroups, std::size_t G, int bits, mode m, param_dtype pd,
+                                                     std::uint8_t* side, Sym* q) noexcept {
+  const std::size_t pb = param_bytes(m, pd);
+  const __m256 pinf = _mm256_set1_ps(__builtin_inff()), ninf = _mm256_set1_ps(-__builtin_inff());
+  const __m256i absm = _mm256_set1_epi32(0x7fffffff);
+  for (std::size_t g = 0; g < ngroups; ++g) {
+    const float* xg = x + g * G;
+    params p;
+    if (m == mode::asymmetric) {
+      __m256 lo = pinf, hi = ninf;
+      for (std::size_t i = 0; i < G; i += 8) {
+        const __m256 v = _mm256_loadu_ps(xg + i);
+        const __m256 fin = _mm256_castsi256_ps(finite_mask8(v));
+        lo = _mm256_min_ps(lo, _mm256_blendv_ps(pinf, v, fin));
+        hi = _mm256_max_ps(hi, _mm256_blendv_ps(ninf, v, fin));
+      }
+      __m128 l = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
+      l = _mm_min_ps(l, _mm_movehl_ps(l, l));
+      l = _mm_min_ss(l, _mm_shuffle_ps(l, l, 1));
+      __m128 h = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
+      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+      float lf = _mm_cvtss_f32(l), hf = _mm_cvtss_f32(h);
+      if (!(lf <= hf)) {
+        lf = hf = 0.0f;
+      } else if (lf == 0.0f) {
+        for (std::size_t i = 0; i < G; ++i)
+          if (xg[i] == 0.0f) {
+            lf = xg[i];
+            break;
+          }
+      }
+      p = params_from_range_avx2(lf, hf, bits, pd);
+    } else {
+      __m256i a = _mm256_setzero_si256();
+      const __m256i inf = _mm256_set1_epi32(0x7f800000);
+      for (std::size_t i = 0; i < G; i += 8) {
+        const __m256i b = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + i)), absm);
+        a = _mm256_max_epi32(a, _mm256_and_si256(b, _mm256_cmpgt_epi32(inf, b)));
+      }
+      __m128i h = _mm_max_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+      h = _mm_max_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+      h = _mm_max_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+      p = params_from_amax_avx2(bit_cast_hd<float>(static_cast<std::uint32_t>(_mm_cvtsi128_si32(h))), bits, pd);
+    }
+    store_params_avx2(p, m, pd, side + g * pb);
+    const __m256d sc = _mm256_set1_pd(static_cast<double>(p.scale)), mn = _mm256_set1_pd(static_cast<double>(p.min));
+    const __m256i zl = p.scale > 0.0f ? _mm256_setzero_si256() : _mm256_set1_epi32(-1);
+    for (std::size_t i = 0; i < G; i += 8) store_codes8(codes8(_mm256_loadu_ps(xg + i), sc, sc, mn, mn, zl, bits, m), q + g * G + i);
+  }
+}
+
+template <class Sym>
+KVCODEC_TARGET_AVX2 inline void dequantize_groups_avx2(const Sym* q, const std::uint8_t* side, std::size_t ngroups, std::size_t G, int bits,
+                                                       mode m, param_dtype pd, float* y) noexcept {
+  const std::size_t pb = param_bytes(m, pd);
+  const __m256 zp = _mm256_set1_ps(m == mode::asymmetric ? 0.0f : static_cast<float>(sym_zero(bits)));
+  for (std::size_t g = 0; g < ngroups; ++g) {
+    const params p = load_params_avx2(side + g * pb, m, pd);
+    const __m256 sc = _mm256_set1_ps(p.scale), mn = _mm256_set1_ps(p.min);
+    if (m == mode::asymmetric) {
+      for (std::size_t i = 0; i < G; i += 8)
+        _mm256_storeu_ps(y + g * G + i, _mm256_add_ps(kvcodec::detail::mul_ps_rn(load_codes8(q + g * G + i), sc), mn));
+    } else {
+      for (std::size_t i = 0; i < G; i += 8)
+        _mm256_storeu_ps(y + g * G + i, _mm256_mul_ps(_mm256_sub_ps(load_codes8(q + g * G + i), zp), sc));
+    }
+  }
+}
+
+/// Columns c0..c0+7 of a strided block (8 groups at once); parameters go to side + (c - c0)·pb.
+template <class Sym>
+KVCODEC_TARGET_AVX2 inline void quantize_cols8_avx2(const float* x, std::size_t n, std::size_t ld, int bits, mode m, param_dtype pd,
+                                                    std::uint8_t* side, Sym* q) noexcept {
+  const std::size_t pb = param_bytes(m, pd);
+  alignas(32) float sc[8], mn[8];
+  if (m == mode::asymmetric) {
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    __m256i any = _mm256_setzero_si256();
+    for (std::size_t i = 0; i < n; ++i) {
+      const __m256 v = _mm256_loadu_ps(x + i * ld);
+      const __m256i fin = finite_mask8(v);
+      const __m256 first = _mm256_castsi256_ps(_mm256_andnot_si256(any, fin));
+      const __m256 upd = _mm256_and_ps(_mm256_castsi256_ps(_mm256_and_si256(any, fin)), _mm256_cmp_ps(v, lo, _CMP_LT_OQ));
+      const __m256 updh = _mm256_and_ps(_mm256_castsi256_ps(_mm256_and_si256(any, fin)), _mm256_cmp_ps(v, hi, _CMP_GT_OQ));
+      lo = _mm256_blendv_ps(lo, v, _mm256_or_ps(first, upd));
+      hi = _mm256_blendv_ps(hi, v, _mm256_or_ps(first, updh));
+      any = _mm256_or_si256(any, fin);
+    }
+    alignas(32) float l[8], h[8];
+    _mm256_store_ps(l, lo);
+    _mm256_store_ps(h, hi);
+    for (int c = 0; c < 8; ++c) {
+      const params p = params_from_range_avx2(l[c], h[c], bits, pd);
+      store_params_avx2(p, m, pd, side + static_cast<std::size_t>(c) * pb);
+      sc[c] = p.scale;
+      mn[c] = p.min;
+    }
+  } else {
+    __m256i a = _mm256_setzero_si256();
+    const __m256i absm = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+    for (std::size_t i = 0; i < n; ++i) {
+      const __m256i b = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i * ld)), absm);
+      a = _mm256_max_epi32(a, _mm256_and_si256(b, _mm256_cmpgt_epi32(inf, b)));
+    }
+    alignas(32) float am[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(am), a);
+    for (int c = 0; c < 8; ++c) {
+      const params p = params_from_amax_avx2(am[c], bits, pd);
+      store_params_avx2(p, m, pd, side + static_cast<std::size_t>(c) * pb);
+      sc[c] = p.scale;
+      mn[c] = 0.0f;
+    }
+  }
+  const __m256 scv = _mm256_load_ps(sc), mnv = _mm256_load_ps(mn);
+  const __m256d sc0 = _mm256_cvtps_pd(_mm256_castps256_ps128(scv)), sc1 = _mm256_cvtps_pd(_mm256_extractf128_ps(scv, 1));
+  const __m256d mn0 = _mm256_cvtps_pd(_mm256_castps256_ps128(mnv)), mn1 = _mm256_cvtps_pd(_mm256_extractf128_ps(mnv, 1));
+  const __m256i zl = _mm256_castps_si256(_mm256_cmp_ps(scv, _mm256_setzero_ps(), _CMP_NGT_UQ));
+  for (std::size_t i = 0; i < n; ++i) store_codes8(codes8(_mm256_loadu_ps(x + i * ld), sc0, sc1, mn0, mn1, zl, bits, m), q + i * ld);
+}
+
+template <class Sym>
+KVCODEC_TARGET_AVX2 inline void dequantize_cols8_avx2(const Sym* q, const std::uint8_t* side, std::size_t n, std::size_t ld, int bits, mode m,
+                                                      param_dtype pd, float* y) noexcept {
+  const std::size_t pb = param_bytes(m, pd);
+  alignas(32) float sc[8], mn[8];
+  for (int c = 0; c < 8; ++c) {
+    const params p = load_params_avx2(side + static_cast<std::size_t>(c) * pb, m, pd);
+    sc[c] = p.scale;
+    mn[c] = p.min;
+  }
+  const __m256 scv = _mm256_load_ps(sc), mnv = _mm256_load_ps(mn);
+  if (m == mode::asymmetric) {
+    for (std::size_t i = 0; i < n; ++i) _mm256_storeu_ps(y + i * ld, _mm256_add_ps(kvcodec::detail::mul_ps_rn(load_codes8(q + i * ld), scv), mnv));
+  } else {
+    const __m256 zp = _mm256_set1_ps(static_cast<float>(sym_zero(bits)));
+    for (std::size_t i = 0; i < n; ++i) _mm256_storeu_ps(y + i * ld, _mm256_mul_ps(_mm256_sub_ps(load_codes8(q + i * ld), zp), scv));
+  }
+}
+
+KVCODEC_TARGET_AVX2 inline void pack_bits_avx2(const std::uint8_t* sym, std::size_t n, int bits, std::uint8_t* out) noexcept {
+  std::size_t i = 0;
+  if (bits == 4) {
+    const __m256i mask = _mm256_set1_epi8(0x0f), mul = _mm256_set1_epi16(0x1001);
+    for (; i + 32 <= n; i += 32) {
+      const __m256i v = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sym + i)), mask);
+      const __m256i w = _mm256_maddubs_epi16(v, mul);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i / 2), _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+    }
+  } else if (bits == 2) {
+    const __m256i mask = _mm256_set1_epi8(0x03), mul = _mm256_set1_epi16(0x0401), mul2 = _mm256_set1_epi32(0x00100001);
+    for (; i + 64 <= n; i += 64) {
+      const __m256i a = _mm256_madd_epi16(
+          _mm256_maddubs_epi16(_mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sym + i)), mask), mul), mul2);
+      const __m256i b = _mm256_madd_epi16(
+          _mm256_maddubs_epi16(_mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sym + i + 32)), mask), mul), mul2);
+      const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xd8);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i / 4), _mm_packus_epi16(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1)));
+    }
+  } else if (bits == 8) {
+    std::memcpy(out, sym, n);
+    return;
+  }
+  if (i < n) pack_bits(sym + i, n - i, bits, out + i * static_cast<std::size_t>(bits) / 8u);
+}
+
+KVCODEC_TARGET_AVX2 inline void unpack_bits_avx2(const std::uint8_t* in, std::size_t n, int bits, std::uint8_t* sym) noexcept {
+  std::size_t i = 0;
+  if (bits == 4) {
+    const __m128i mask = _mm_set1_epi8(0x0f);
+    for (; i + 32 <= n; i += 32) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i / 2));
+      const __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(sym + i), _mm_unpacklo_epi8(lo, hi));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(sym + i + 16), _mm_unpackhi_epi8(lo, hi));
+    }
+  } else if (bits == 2) {
+    const __m128i mask = _mm_set1_epi8(0x0f);
+    const __m128i lut_a = _mm_setr_epi8(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
+    const __m128i lut_b = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    for (; i + 64 <= n; i += 64) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i / 4));
+      const __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+      const __m128i s0 = _mm_shuffle_epi8(lut_a, lo), s1 = _mm_shuffle_epi8(lut_b, lo);
+      const __m128i s2 = _mm_shuffle_epi8(lut_a, hi), s3 = _mm_shuffle_epi8(lut_b, hi);
+      const __m128i p01l = _mm_unpacklo_epi8(s0, s1), p01h = _mm_unpackhi_epi8(s0, s1);
+      const __m128i p23l = _mm_unpacklo_epi8(s2, s3), p23h = _mm_unpackhi_epi8(s2, s3);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(sym + i), _mm_unpacklo_epi16(p01l, p23l));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(sym + i + 16), _mm_unpackhi_epi16(p01l, p23l));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(sym + i + 32), _mm_unpacklo_epi16(p01h, p23h));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(sym + i + 48), _mm_unpackhi_epi16(p01h, p23h));
+    }
+  } else if (bits == 8) {
+    std::memcpy(sym, in, n);
+    return;
+  }
+  if (i < n) unpack_bits(in + i * static_cast<std::size_t>(bits) / 8u, n - i, bits, sym + i);
+}
+#endif
+
+}  // namespace detail
+
+/// Quantizes `ngroups` consecutive groups of G contiguous values: group g's parameters go to
+/// side + g·param_bytes (store_params layout), its codes to q[g·G .. g·G + G). bits as compute_params.
+template <class Sym>
+inline void quantize_groups(const float* x, std::size_t ngroups, std::size_t G, int bits, mode m, param_dtype pd, std::uint8_t* side,
+                            Sym* q) noexcept {
+#if KVCODEC_X86_DISPATCH
+  if (G > 0 && G % 8 == 0 && simd::avx2()) return detail::quantize_groups_avx2(x, ngroups, G, bits, m, pd, side, q);
+#endif
+  detail::quantize_groups_ref(x, ngroups, G, bits, m, pd, side, q);
+}
+
+/// Inverse of quantize_groups (codes must be < 2^bits).
+template <class Sym>
+inline void dequantize_groups(const Sym* q, const std::uint8_t* side, std::size_t ngroups, std::size_t G, int bits, mode m, param_dtype pd,
+                              float* y) noexcept {
+#if KVCODEC_X86_DISPATCH
+  if (G > 0 && G % 8 == 0 && simd::avx2()) return detail::dequantize_groups_avx2(q, side, ngroups, G, bits, m, pd, y);
+#endif
+  detail::dequantize_groups_ref(q, side, ngroups, G, bits, m, pd, y);
+}
+
+/// Column groups of a row-major block: for c < ncols, the group of n values x[c], x[c + ld], ...; its
+/// parameters go to side + c·param_bytes, its codes to q[i·ld + c].
+template <class Sym>
+inline void quantize_columns(const float* x, std::size_t n, std::size_t ncols, std::size_t ld, int bits, mode m, param_dtype pd,
+                             std::uint8_t* side, Sym* q) noexcept {
+  std::size_t c = 0;
+#if KVCODEC_X86_DISPATCH
+  if (simd::avx2())
+    for (; c + 8 <= ncols; c += 8) detail::quantize_cols8_avx2(x + c, n, ld, bits, m, pd, side + c * param_bytes(m, pd), q + c);
+#endif
+  detail::quantize_columns_ref(x + c, n, ncols - c, ld, bits, m, pd, side + c * param_bytes(m, pd), q + c);
+}
+
+/// Inverse of quantize_columns.
+template <class Sym>
+inline void dequantize_columns(const Sym* q, const std::uint8_t* side, std::size_t n, std::size_t ncols, std::size_t ld, int bits, mode m,
+                               param_dtype pd, float* y) noexcept {
+  std::size_t c = 0;
+#if KVCODEC_X86_DISPATCH
+  if (simd::avx2())
+    for (; c + 8 <= ncols; c += 8) detail::dequantize_cols8_avx2(q + c, side + c * param_bytes(m, pd), n, ld, bits, m, pd, y + c);
+#endif
+  detail::dequantize_columns_ref(q + c, side + c * param_bytes(m, pd), n, ncols - c, ld, bits, m, pd, y + c);
+}
+
+/// pack_bits / unpack_bits with the AVX2 kernels for 2-, 4- and 8-bit symbols (same bytes).
+inline void pack_bits_fast(const std::uint8_t* sym, std::size_t n, int bits, std::uint8_t* out) noexcept {
+#if KVCODEC_X86_DISPATCH
+  if (simd::avx2()) return detail::pack_bits_avx2(sym, n, bits, out);
+#endif
+  pack_bits(sym, n, bits, out);
+}
+inline void unpack_bits_fast(const std::uint8_t* in, std::size_t n, int bits, std::uint8_t* sym) noexcept {
+#if KVCODEC_X86_DISPATCH
+  if (simd::avx2()) return detail::unpack_bits_avx2(in, n, bits, sym);
+#endif
+  unpack_bits(in, n, bits, sym);
+}
+
+namespace detail {
+/// Groups per chunk of the *_packed functions: a multiple of 8 (so every chunk starts on a byte).
+inline std::size_t packed_chunk(std::size_t G) noexcept {
+  const std::size_t k = (4096 / G) / 8 * 8;
+  return k < 8 ? 8 : k;
+}
+}  // namespace detail
+
+/// quantize_groups with the codes of all groups bit-packed (pack_bits of the concatenated codes) into
+/// `packed` (packed_bytes(ngroups·G, bits) bytes).
+inline void quantize_groups_packed(const float* x, std::size_t ngroups, std::size_t G, int bits, mode m, param_dtype pd,
+                                   std::uint8_t* side, std::uint8_t* packed) {
+  if (G == 0 || ngroups == 0) return;
+  const std::size_t chunk = detail::packed_chunk(G), pb = param_bytes(m, pd);
+  std::vector<std::uint8_t> buf(chunk * G);
+  for (std::size_t g = 0; g < ngroups; g += chunk) {
+    const std::size_t k = ngroups - g < chunk ? ngroups - g : chunk;
+    quantize_groups(x + g * G, k, G, bits, m, pd, side + g * pb, buf.data());
+    pack_bits_fast(buf.data(), k * G, bits, packed + g * G * static_cast<std::size_t>(bits) / 8u);
+  }
+}
+
+/// Inverse of quantize_groups_packed.
+inline void dequantize_groups_packed(const std::uint8_t* packed, const std::uint8_t* side, std::size_t ngroups, std::size_t G, int bits,
+                                     mode m, param_dtype pd, float* y) {
+  if (G == 0 || ngroups == 0) return;
+  const std::size_t chunk = detail::packed_chunk(G), pb = param_bytes(m, pd);
+  std::vector<std::uint8_t> buf(chunk * G);
+  for (std::size_t g = 0; g < ngroups; g += chunk) {
+    const std::size_t k = ngroups - g < chunk ? ngroups - g : chunk;
+    unpack_bits_fast(packed + g * G * static_cast<std::size_t>(bits) / 8u, k * G, bits, buf.data());
+    dequantize_groups(buf.data(), side + g * pb, k, G, bits, m, pd, y + g * G);
+  }
+}
+
+/// dequantize_groups_packed to f16 (f32_to_f16_bits of its values).
+inline void dequantize_groups_packed_f16(const std::uint8_t* packed, const std::uint8_t* side, std::size_t ngroups, std::size_t G,
+                                         int bits, mode m, param_dtype pd, std::uint16_t* y) {
+  if (G == 0 || ngroups == 0) return;
+  const std::size_t chunk = detail::packed_chunk(G), pb = param_bytes(m, pd);
+  std::vector<std::uint8_t> buf(chunk * G);
+  std::vector<float> f(chunk * G);
+  for (std::size_t g = 0; g < ngroups; g += chunk) {
+    const std::size_t k = ngroups - g < chunk ? ngroups - g : chunk;
+    unpack_bits_fast(packed + g * G * static_cast<std::size_t>(bits) / 8u, k * G, bits, buf.data());
+    dequantize_groups(buf.data(), side + g * pb, k, G, bits, m, pd, f.data());
+    f32_to_f16_n(f.data(), k * G, y + g * G);
   }
 }
 

@@ -18,6 +18,9 @@
 //   * float->int conversions that would overflow in ggml (scales so tiny that 1/d overflows) saturate
 //     to the code range and a NaN product takes the code of 0; the stored f16 d is 0 then;
 //   * an iq4_nl block with max|x| < 1e-15 (ggml leaves its nibbles stale) gets d = 0 and nibbles 0x88.
+//
+// Row functions (quantize_row, dequantize_row, dequantize_row_f16) run AVX2 kernels when core/simd.hpp
+// allows; they write exactly the bytes / values of the per-block scalar functions (the reference).
 #pragma once
 
 #include <cmath>
@@ -30,6 +33,7 @@
 #include "kvcodec/core/affine.hpp"
 #include "kvcodec/core/config.hpp"
 #include "kvcodec/core/error.hpp"
+#include "kvcodec/core/simd.hpp"
 #include "kvcodec/tensor/dtype.hpp"
 
 namespace kvcodec::ggml {
@@ -399,16 +403,290 @@ inline std::size_t row_bytes(block_type t, std::size_t n) {
   return n / qk * block_bytes(t);
 }
 
+#if KVCODEC_X86_DISPATCH
+namespace detail {
+
+KVCODEC_TARGET_AVX2 inline float hmax8(__m256 v) noexcept {
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+  return _mm_cvtss_f32(h);
+}
+KVCODEC_TARGET_AVX2 inline float hmin8(__m256 v) noexcept {
+  __m128 h = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_min_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_min_ss(h, _mm_shuffle_ps(h, h, 1));
+  return _mm_cvtss_f32(h);
+}
+KVCODEC_TARGET_AVX2 inline float f16_at(const std::uint8_t* p) noexcept {
+  return _cvtsh_ss(static_cast<unsigned short>(p[0] | (p[1] << 8)));
+}
+KVCODEC_TARGET_AVX2 inline void put_f16_avx2(std::uint8_t* p, float v) noexcept {
+  const unsigned short h = _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  p[0] = static_cast<std::uint8_t>(h & 0xffu);
+  p[1] = static_cast<std::uint8_t>(h >> 8);
+}
+
+/// The 32 values of a block with non-finite ones replaced by +0 (finite_or_zero).
+KVCODEC_TARGET_AVX2 inline void load_block_fz(const float* x, __m256 v[4]) noexcept {
+  const __m256i em = _mm256_set1_epi32(0x7f800000);
+  for (int k = 0; k < 4; ++k) {
+    const __m256 a = _mm256_loadu_ps(x + 8 * k);
+    const __m256i fin = _mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(a), em), em), _mm256_set1_epi32(-1));
+    v[k] = _mm256_and_ps(a, _mm256_castsi256_ps(fin));
+  }
+}
+KVCODEC_TARGET_AVX2 inline __m256 abs8(__m256 v) noexcept {
+  return _mm256_andnot_ps(_mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u))), v);
+}
+/// signed_absmax on finite_or_zero values: the first value of largest magnitude (+0 when all are 0).
+KVCODEC_TARGET_AVX2 inline float signed_absmax8x4(const __m256 v[4], float* amax_out) noexcept {
+  const __m256 a = _mm256_max_ps(_mm256_max_ps(abs8(v[0]), abs8(v[1])), _mm256_max_ps(abs8(v[2]), abs8(v[3])));
+  const float amax = hmax8(a);
+  if (amax_out) *amax_out = amax;
+  if (!(amax > 0.0f)) return 0.0f;
+  const __m256 am = _mm256_set1_ps(amax);
+  std::uint32_t bits = 0;
+  for (int k = 0; k < 4; ++k)
+    bits |= static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(abs8(v[k]), am, _CMP_EQ_OQ))) << (8 * k);
+  alignas(32) float t[32];
+  for (int k = 0; k < 4; ++k) _mm256_store_ps(t + 8 * k, v[k]);
+  return t[__builtin_ctz(bits)];
+}
+/// min_max on finite_or_zero values, with the sign of a zero extreme taken from its first occurrence.
+KVCODEC_TARGET_AVX2 inline void min_max8x4(const __m256 v[4], float* mn, float* mx) noexcept {
+  float lo = hmin8(_mm256_min_ps(_mm256_min_ps(v[0], v[1]), _mm256_min_ps(v[2], v[3])));
+  float hi = hmax8(_mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3])));
+  if (lo == 0.0f || hi == 0.0f) {
+    alignas(32) float t[32];
+    for (int k = 0; k < 4; ++k) _mm256_store_ps(t + 8 * k, v[k]);
+    for (std::size_t j = 0; j < qk; ++j)
+      if (t[j] == 0.0f) {
+        if (lo == 0.0f) lo = t[j];
+        if (hi == 0.0f) hi = t[j];
+        break;
+      }
+  }
+  *mn = lo;
+  *mx = hi;
+}
+/// trunc_sat(v, 0, hi, nan_code) per lane.
+KVCODEC_TARGET_AVX2 inline __m256i trunc_sat8(__m256 v, float hi, int nan_code) noexcept {
+  const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+  const __m256 c = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(hi));
+  return _mm256_blendv_epi8(_mm256_cvttps_epi32(c), _mm256_set1_epi32(nan_code), _mm256_castps_si256(nan));
+}
+/// Bytes q[j] | q[j + 16] << 4 (j < 16) of the four 8-lane code vectors of a block.
+KVCODEC_TARGET_AVX2 inline void store_nibbles(const __m256i q[4], std::uint8_t* out) noexcept {
+  const __m256i m = _mm256_set1_epi32(0x0f);
+  const __m256i c0 = _mm256_or_si256(_mm256_and_si256(q[0], m), _mm256_slli_epi32(_mm256_and_si256(q[2], m), 4));
+  const __m256i c1 = _mm256_or_si256(_mm256_and_si256(q[1], m), _mm256_slli_epi32(_mm256_and_si256(q[3], m), 4));
+  const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(c0, c1), 0xd8);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1)));
+}
+KVCODEC_TARGET_AVX2 inline std::uint32_t high_bits(const __m256i q[4]) noexcept {
+  std::uint32_t h = 0;
+  for (int k = 0; k < 4; ++k)
+    h |= static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(q[k], 27)))) << (8 * k);
+  return h;
+}
+
+KVCODEC_TARGET_AVX2 inline void quantize_q8_0_avx2(const float* x, std::uint8_t* out) noexcept {
+  __m256 v[4];
+  load_block_fz(x, v);
+  const float amax = hmax8(_mm256_max_ps(_mm256_max_ps(abs8(v[0]), abs8(v[1])), _mm256_max_ps(abs8(v[2]), abs8(v[3]))));
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  put_f16_avx2(out, d);
+  const __m256 idv = _mm256_set1_ps(id), half = _mm256_set1_ps(0.5f);
+  const __m256 signm = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u)));
+  __m256i q[4];
+  for (int k = 0; k < 4; ++k) {
+    const __m256 w = kvcodec::detail::mul_ps_rn(v[k], idv);
+    __m256 r = _mm256_round_ps(w, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 up = _mm256_cmp_ps(abs8(_mm256_sub_ps(w, r)), half, _CMP_GE_OQ);
+    r = _mm256_add_ps(r, _mm256_and_ps(up, _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(w, signm))));
+    r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
+    r = _mm256_andnot_ps(_mm256_cmp_ps(w, w, _CMP_UNORD_Q), r);
+    q[k] = _mm256_cvttps_epi32(r);
+  }
+  const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
+/// q4_0 (NB = 4) and q5_0 (NB = 5).
+template <int NB>
+KVCODEC_TARGET_AVX2 inline void quantize_x_0_avx2(const float* x, std::uint8_t* out) noexcept {
+  constexpr int zp = 1 << (NB - 1);
+  __m256 v[4];
+  load_block_fz(x, v);
+  const float mx = signed_absmax8x4(v, nullptr);
+  const float d = mx / -static_cast<float>(zp);
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  put_f16_avx2(out, d);
+  const __m256 idv = _mm256_set1_ps(id), off = _mm256_set1_ps(static_cast<float>(zp) + 0.5f);
+  __m256i q[4];
+  for (int k = 0; k < 4; ++k) q[k] = trunc_sat8(_mm256_add_ps(kvcodec::detail::mul_ps_rn(v[k], idv), off), static_cast<float>(2 * zp - 1), zp);
+  if constexpr (NB == 4) {
+    store_nibbles(q, out + 2);
+  } else {
+    put_u32(out + 2, high_bits(q));
+    store_nibbles(q, out + 6);
+  }
+}
+
+/// q4_1 (NB = 4) and q5_1 (NB = 5).
+template <int NB>
+KVCODEC_TARGET_AVX2 inline void quantize_x_1_avx2(const float* x, std::uint8_t* out) noexcept {
+  constexpr int top = (1 << NB) - 1;
+  __m256 v[4];
+  load_block_fz(x, v);
+  float mn, mx;
+  min_max8x4(v, &mn, &mx);
+  const float d = (mx - mn) / static_cast<float>(top);
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  put_f16_avx2(out, d);
+  put_f16_avx2(out + 2, mn);
+  const __m256 idv = _mm256_set1_ps(id), mnv = _mm256_set1_ps(mn), half = _mm256_set1_ps(0.5f);
+  __m256i q[4];
+  for (int k = 0; k < 4; ++k) q[k] = trunc_sat8(_mm256_add_ps(kvcodec::detail::mul_ps_rn(_mm256_sub_ps(v[k], mnv), idv), half), static_cast<float>(top), 0);
+  if constexpr (NB == 4) {
+    store_nibbles(q, out + 4);
+  } else {
+    put_u32(out + 4, high_bits(q));
+    store_nibbles(q, out + 8);
+  }
+}
+
+KVCODEC_TARGET_AVX2 inline void quantize_row_avx2(block_type t, const float* x, std::size_t nb, std::uint8_t* out) noexcept {
+  const std::size_t bb = block_bytes(t);
+  switch (t) {
+    case block_type::q8_0: for (std::size_t b = 0; b < nb; ++b) quantize_q8_0_avx2(x + b * qk, out + b * bb); break;
+    case block_type::q4_0: for (std::size_t b = 0; b < nb; ++b) quantize_x_0_avx2<4>(x + b * qk, out + b * bb); break;
+    case block_type::q5_0: for (std::size_t b = 0; b < nb; ++b) quantize_x_0_avx2<5>(x + b * qk, out + b * bb); break;
+    case block_type::q4_1: for (std::size_t b = 0; b < nb; ++b) quantize_x_1_avx2<4>(x + b * qk, out + b * bb); break;
+    case block_type::q5_1: for (std::size_t b = 0; b < nb; ++b) quantize_x_1_avx2<5>(x + b * qk, out + b * bb); break;
+    case block_type::iq4_nl: for (std::size_t b = 0; b < nb; ++b) quantize_block_iq4_nl(x + b * qk, out + b * bb); break;
+  }
+}
+
+/// The 32 codes of a 16-byte nibble array as 4 x 8 int32 lanes (elements 0..31).
+KVCODEC_TARGET_AVX2 inline void nibbles_to_i32(const std::uint8_t* qs, __m256i q[4]) noexcept {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0f));
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f));
+  q[0] = _mm256_cvtepu8_epi32(lo);
+  q[1] = _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8));
+  q[2] = _mm256_cvtepu8_epi32(hi);
+  q[3] = _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8));
+}
+KVCODEC_TARGET_AVX2 inline void add_high_bits(std::uint32_t qh, __m256i q[4]) noexcept {
+  const __m256i h = _mm256_set1_epi32(static_cast<int>(qh));
+  const __m256i sh = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int k = 0; k < 4; ++k) {
+    const __m256i bit = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_add_epi32(sh, _mm256_set1_epi32(8 * k))), _mm256_set1_epi32(1));
+    q[k] = _mm256_or_si256(q[k], _mm256_slli_epi32(bit, 4));
+  }
+}
+
+/// The 32 dequantized values of one block.
+KVCODEC_TARGET_AVX2 inline void dequantize_block_avx2(block_type t, const std::uint8_t* in, __m256 y[4]) noexcept {
+  __m256i q[4];
+  const __m256 d = _mm256_set1_ps(f16_at(in));
+  switch (t) {
+    case block_type::q8_0:
+      for (int k = 0; k < 4; ++k)
+        y[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(in + 2 + 8 * k)))), d);
+      return;
+    case block_type::q4_0:
+      nibbles_to_i32(in + 2, q);
+      for (int k = 0; k < 4; ++k) y[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q[k], _mm256_set1_epi32(8))), d);
+      return;
+    case block_type::q4_1: {
+      const __m256 m = _mm256_set1_ps(f16_at(in + 2));
+      nibbles_to_i32(in + 4, q);
+      for (int k = 0; k < 4; ++k) y[k] = _mm256_add_ps(m, kvcodec::detail::mul_ps_rn(_mm256_cvtepi32_ps(q[k]), d));
+      return;
+    }
+    case block_type::q5_0:
+      nibbles_to_i32(in + 6, q);
+      add_high_bits(get_u32(in + 2), q);
+      for (int k = 0; k < 4; ++k) y[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q[k], _mm256_set1_epi32(16))), d);
+      return;
+    case block_type::q5_1: {
+      const __m256 m = _mm256_set1_ps(f16_at(in + 2));
+      nibbles_to_i32(in + 8, q);
+      add_high_bits(get_u32(in + 4), q);
+      for (int k = 0; k < 4; ++k) y[k] = _mm256_add_ps(m, kvcodec::detail::mul_ps_rn(_mm256_cvtepi32_ps(q[k]), d));
+      return;
+    }
+    case block_type::iq4_nl: {
+      const __m128i lut = _mm_setr_epi8(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 2));
+      const __m128i lo = _mm_shuffle_epi8(lut, _mm_and_si128(b, _mm_set1_epi8(0x0f)));
+      const __m128i hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f)));
+      const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+      for (int k = 0; k < 4; ++k) y[k] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(parts[k])));
+      return;
+    }
+  }
+  for (int k = 0; k < 4; ++k) y[k] = _mm256_setzero_ps();
+}
+
+KVCODEC_TARGET_AVX2 inline void dequantize_row_avx2(block_type t, const std::uint8_t* in, std::size_t nb, float* y) noexcept {
+  const std::size_t bb = block_bytes(t);
+  for (std::size_t b = 0; b < nb; ++b) {
+    __m256 v[4];
+    dequantize_block_avx2(t, in + b * bb, v);
+    for (int k = 0; k < 4; ++k) _mm256_storeu_ps(y + b * qk + 8 * k, v[k]);
+  }
+}
+
+KVCODEC_TARGET_AVX2 inline void dequantize_row_f16_avx2(block_type t, const std::uint8_t* in, std::size_t nb, std::uint16_t* y) noexcept {
+  const std::size_t bb = block_bytes(t);
+  for (std::size_t b = 0; b < nb; ++b) {
+    __m256 v[4];
+    dequantize_block_avx2(t, in + b * bb, v);
+    for (int k = 0; k < 4; k += 2) {
+      const __m128i a = _mm256_cvtps_ph(v[k], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m128i c = _mm256_cvtps_ph(v[k + 1], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + b * qk + 8 * k), _mm256_set_m128i(c, a));
+    }
+  }
+}
+
+}  // namespace detail
+#endif
+
 /// Quantizes n values (a multiple of 32) into row_bytes(t, n) bytes.
 inline void quantize_row(block_type t, const float* x, std::size_t n, std::uint8_t* out) {
   check_row(t, n);
+#if KVCODEC_X86_DISPATCH
+  if (simd::avx2()) return detail::quantize_row_avx2(t, x, n / qk, out);
+#endif
   for (std::size_t b = 0; b < n / qk; ++b) quantize_block(t, x + b * qk, out + b * block_bytes(t));
 }
 
 /// Decodes row_bytes(t, n) bytes into n values.
 inline void dequantize_row(block_type t, const std::uint8_t* in, std::size_t n, float* y) {
   check_row(t, n);
+#if KVCODEC_X86_DISPATCH
+  if (simd::avx2()) return detail::dequantize_row_avx2(t, in, n / qk, y);
+#endif
   for (std::size_t b = 0; b < n / qk; ++b) dequantize_block(t, in + b * block_bytes(t), y + b * qk);
+}
+
+/// Decodes row_bytes(t, n) bytes into n f16 values (f32_to_f16_bits of dequantize_row's values).
+inline void dequantize_row_f16(block_type t, const std::uint8_t* in, std::size_t n, std::uint16_t* y) {
+  check_row(t, n);
+#if KVCODEC_X86_DISPATCH
+  if (simd::avx2()) return detail::dequantize_row_f16_avx2(t, in, n / qk, y);
+#endif
+  float tmp[qk];
+  for (std::size_t b = 0; b < n / qk; ++b) {
+    dequantize_block(t, in + b * block_bytes(t), tmp);
+    for (std::size_t j = 0; j < qk; ++j) y[b * qk + j] = f32_to_f16_bits(tmp[j]);
+  }
 }
 
 inline void quantize_row_q8_0(const float* x, std::size_t n, std::uint8_t* out) { quantize_row(block_type::q8_0, x, n, out); }

@@ -58,7 +58,7 @@ class fp8_quant final : public stage_impl<quant::fp8, quant_stage> {
     const float* x = b.data.data();
     out.side.clear();
     auto code_rows = [&](std::size_t r0, std::size_t nr, float s) {
-      for (std::size_t i = r0 * D; i < (r0 + nr) * D; ++i) sym[i] = f32_to_fp8(kind_, x[i] / s);
+      encode_fp8(kind_, x + r0 * D, nr * D, s, sym + r0 * D);
     };
     if (p_.scale == "tensor") {
       code_rows(0, rows, tensor_scale(b));
@@ -95,7 +95,7 @@ class fp8_quant final : public stage_impl<quant::fp8, quant_stage> {
     const std::uint16_t* sym = pl.sym.data();
     float* y = b.data.data();
     auto decode_rows = [&](std::size_t r0, std::size_t nr, float s) {
-      for (std::size_t i = r0 * D; i < (r0 + nr) * D; ++i) y[i] = fp8_to_f32(kind_, static_cast<std::uint8_t>(sym[i])) * s;
+      decode_fp8(kind_, sym + r0 * D, nr * D, s, y + r0 * D);
     };
     if (p_.scale == "tensor") {
       decode_rows(0, rows, tensor_scale(b));

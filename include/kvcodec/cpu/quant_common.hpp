@@ -178,10 +178,12 @@ inline std::size_t affine_side_bytes(const affine_cfg& c, const std::uint32_t* c
   return affine_groups(c, count, heads, D) * affine::param_bytes(c.mode, c.pd);
 }
 
-/// Codes rows (heads concatenated, count[h] rows of D each) into sym and side (affine_side_bytes).
+/// Codes rows (heads concatenated, count[h] rows of D each) into sym and side (affine_side_bytes), with
+/// core/affine.hpp's bulk kernels (groups along tokens: quantize_columns; along channels: quantize_groups).
 inline void affine_encode(const affine_cfg& c, const float* x, const std::uint32_t* count, int heads, int D,
                           std::uint16_t* sym, std::uint8_t* side) {
   const std::size_t Dz = static_cast<std::size_t>(D);
+  const std::size_t pb = affine::param_bytes(c.mode, c.pd);
   if (c.per_channel) {
     std::size_t r0 = 0;
     for (int h = 0; h < heads; ++h) {
@@ -189,13 +191,8 @@ inline void affine_encode(const affine_cfg& c, const float* x, const std::uint32
       const std::size_t G = c.group > 0 ? static_cast<std::size_t>(c.group) : std::max<std::size_t>(n, 1);
       for (std::size_t t = 0; t < n; t += G) {
         const std::size_t m = std::min(G, n - t);
-        for (std::size_t ch = 0; ch < Dz; ++ch) {
-          const float* g = x + (r0 + t) * Dz + ch;
-          const affine::params p = affine::compute_params(g, m, Dz, c.bits, c.mode, c.pd);
-          side += affine::store_params(p, c.mode, c.pd, side);
-          std::uint16_t* s = sym + (r0 + t) * Dz + ch;
-          for (std::size_t i = 0; i < m; ++i) s[i * Dz] = static_cast<std::uint16_t>(affine::quantize_value(g[i * Dz], p, c.bits, c.mode));
-        }
+        affine::quantize_columns(x + (r0 + t) * Dz, m, Dz, Dz, c.bits, c.mode, c.pd, side, sym + (r0 + t) * Dz);
+        side += Dz * pb;
       }
       r0 += n;
     }
@@ -203,11 +200,7 @@ inline void affine_encode(const affine_cfg& c, const float* x, const std::uint32
     std::size_t rows = 0;
     for (int h = 0; h < heads; ++h) rows += count[h];
     const std::size_t G = static_cast<std::size_t>(c.group);
-    for (std::size_t e = 0; e < rows * Dz; e += G) {
-      const affine::params p = affine::compute_params(x + e, G, 1, c.bits, c.mode, c.pd);
-      side += affine::store_params(p, c.mode, c.pd, side);
-      for (std::size_t i = 0; i < G; ++i) sym[e + i] = static_cast<std::uint16_t>(affine::quantize_value(x[e + i], p, c.bits, c.mode));
-    }
+    affine::quantize_groups(x, rows * Dz / G, G, c.bits, c.mode, c.pd, side, sym);
   }
 }
 
@@ -223,13 +216,8 @@ inline void affine_decode(const affine_cfg& c, const std::uint16_t* sym, const s
       const std::size_t G = c.group > 0 ? static_cast<std::size_t>(c.group) : std::max<std::size_t>(n, 1);
       for (std::size_t t = 0; t < n; t += G) {
         const std::size_t m = std::min(G, n - t);
-        for (std::size_t ch = 0; ch < Dz; ++ch) {
-          const affine::params p = affine::load_params(side, c.mode, c.pd);
-          side += pb;
-          const std::uint16_t* s = sym + (r0 + t) * Dz + ch;
-          float* o = y + (r0 + t) * Dz + ch;
-          for (std::size_t i = 0; i < m; ++i) o[i * Dz] = affine::dequantize_value(s[i * Dz], p, c.bits, c.mode);
-        }
+        affine::dequantize_columns(sym + (r0 + t) * Dz, side, m, Dz, Dz, c.bits, c.mode, c.pd, y + (r0 + t) * Dz);
+        side += Dz * pb;
       }
       r0 += n;
     }
@@ -237,11 +225,7 @@ inline void affine_decode(const affine_cfg& c, const std::uint16_t* sym, const s
     std::size_t rows = 0;
     for (int h = 0; h < heads; ++h) rows += count[h];
     const std::size_t G = static_cast<std::size_t>(c.group);
-    for (std::size_t e = 0; e < rows * Dz; e += G) {
-      const affine::params p = affine::load_params(side, c.mode, c.pd);
-      side += pb;
-      for (std::size_t i = 0; i < G; ++i) y[e + i] = affine::dequantize_value(sym[e + i], p, c.bits, c.mode);
-    }
+    affine::dequantize_groups(sym, side, rows * Dz / G, G, c.bits, c.mode, c.pd, y);
   }
 }
 

@@ -3,16 +3,23 @@
 // Conversions to the 16-bit formats round to nearest, ties to even (IEEE 754). Documented rule for
 // special values: NaN stays NaN (sign kept, quiet bit set, top payload bits kept); ±Inf stays ±Inf;
 // finite values beyond the target's range become ±Inf (f16: |x| >= 65520); subnormals are produced
-// and read exactly. Widening (f16/bf16 -> f32) is exact. All functions are KVCODEC_HD.
+// and read exactly. Widening (f16/bf16 -> f32) is exact. All per-value functions are KVCODEC_HD.
+//
+// Bulk conversions (f32_to_f16_n, ..., encode_floats / decode_floats) run F16C / AVX2 kernels when
+// core/simd.hpp allows; they produce exactly the bytes of the per-value functions (detail::*_ref are
+// those scalar references; F16C's RNE conversion equals f32_to_f16_bits on every f32, NaN payloads
+// included, and vcvtph2ps equals f16_bits_to_f32 on every half: tests/tensor/test_dtype.cpp).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <string_view>
 
 #include "kvcodec/core/config.hpp"
+#include "kvcodec/core/simd.hpp"
 
 namespace kvcodec {
 
@@ -149,42 +156,139 @@ template <> struct dtype_of<bf16_t> { static constexpr dtype value = dtype::bf16
 template <> struct dtype_of<std::int32_t> { static constexpr dtype value = dtype::i32; };
 template <> struct dtype_of<std::uint8_t> { static constexpr dtype value = dtype::u8; };
 
+// ---- bulk conversions ---------------------------------------------------------------------------
+
+namespace detail {
+
+inline void f32_to_f16_ref(const float* in, std::size_t n, std::uint8_t* out) noexcept {
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint16_t b = f32_to_f16_bits(in[i]);
+    std::memcpy(out + 2 * i, &b, 2);
+  }
+}
+inline void f16_to_f32_ref(const std::uint8_t* in, std::size_t n, float* out) noexcept {
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint16_t b;
+    std::memcpy(&b, in + 2 * i, 2);
+    out[i] = f16_bits_to_f32(b);
+  }
+}
+inline void f32_to_bf16_ref(const float* in, std::size_t n, std::uint8_t* out) noexcept {
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint16_t b = f32_to_bf16_bits(in[i]);
+    std::memcpy(out + 2 * i, &b, 2);
+  }
+}
+inline void bf16_to_f32_ref(const std::uint8_t* in, std::size_t n, float* out) noexcept {
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint16_t b;
+    std::memcpy(&b, in + 2 * i, 2);
+    out[i] = bf16_bits_to_f32(b);
+  }
+}
+
+#if KVCODEC_X86_DISPATCH
+KVCODEC_TARGET_AVX2 inline void f32_to_f16_avx2(const float* in, std::size_t n, std::uint8_t* out) noexcept {
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m128i a = _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m128i b = _mm256_cvtps_ph(_mm256_loadu_ps(in + i + 8), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2 * i), _mm256_set_m128i(b, a));
+  }
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 2 * i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  f32_to_f16_ref(in + i, n - i, out + 2 * i);
+}
+KVCODEC_TARGET_AVX2 inline void f16_to_f32_avx2(const std::uint8_t* in, std::size_t n, float* out) noexcept {
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 2 * i))));
+  f16_to_f32_ref(in + 2 * i, n - i, out + i);
+}
+KVCODEC_TARGET_AVX2 inline __m256i bf16_round8(__m256i x) noexcept {
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+  const __m256i hi = _mm256_srli_epi32(x, 16);
+  const __m256i rnd = _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(hi, _mm256_set1_epi32(1)));
+  const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(x, rnd), 16);
+  return _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+}
+KVCODEC_TARGET_AVX2 inline void f32_to_bf16_avx2(const float* in, std::size_t n, std::uint8_t* out) noexcept {
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i a = bf16_round8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i)));
+    const __m256i b = bf16_round8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i + 8)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2 * i), _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xd8));
+  }
+  f32_to_bf16_ref(in + i, n - i, out + 2 * i);
+}
+KVCODEC_TARGET_AVX2 inline void bf16_to_f32_avx2(const std::uint8_t* in, std::size_t n, float* out) noexcept {
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 2 * i)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_slli_epi32(w, 16));
+  }
+  bf16_to_f32_ref(in + 2 * i, n - i, out + i);
+}
+#endif
+
+}  // namespace detail
+
+/// out[i] = f32_to_f16_bits(in[i]) as little-endian bytes (2n bytes, any alignment).
+inline void f32_to_f16_n(const float* in, std::size_t n, std::uint8_t* out) noexcept {
+#if KVCODEC_X86_DISPATCH
+  if (simd::avx2()) return detail::f32_to_f16_avx2(in, n, out);
+#endif
+  detail::f32_to_f16_ref(in, n, out);
+}
+inline void f32_to_f16_n(const float* in, std::size_t n, std::uint16_t* out) noexcept {
+  f32_to_f16_n(in, n, reinterpret_cast<std::uint8_t*>(out));
+}
+/// out[i] = f16_bits_to_f32 of the i-th little-endian half.
+inline void f16_to_f32_n(const std::uint8_t* in, std::size_t n, float* out) noexcept {
+#if KVCODEC_X86_DISPATCH
+  if (simd::avx2()) return detail::f16_to_f32_avx2(in, n, out);
+#endif
+  detail::f16_to_f32_ref(in, n, out);
+}
+inline void f16_to_f32_n(const std::uint16_t* in, std::size_t n, float* out) noexcept {
+  f16_to_f32_n(reinterpret_cast<const std::uint8_t*>(in), n, out);
+}
+/// out[i] = f32_to_bf16_bits(in[i]) as little-endian bytes.
+inline void f32_to_bf16_n(const float* in, std::size_t n, std::uint8_t* out) noexcept {
+#if KVCODEC_X86_DISPATCH
+  if (simd::avx2()) return detail::f32_to_bf16_avx2(in, n, out);
+#endif
+  detail::f32_to_bf16_ref(in, n, out);
+}
+/// out[i] = bf16_bits_to_f32 of the i-th little-endian bf16.
+inline void bf16_to_f32_n(const std::uint8_t* in, std::size_t n, float* out) noexcept {
+#if KVCODEC_X86_DISPATCH
+  if (simd::avx2()) return detail::bf16_to_f32_avx2(in, n, out);
+#endif
+  detail::bf16_to_f32_ref(in, n, out);
+}
+
 /// Converts `n` floats to `t` storage (f32, f16 or bf16), little-endian, into `out` (n * dtype_size(t) bytes).
 inline void encode_floats(const float* in, std::size_t n, dtype t, std::uint8_t* out) noexcept {
   if (n == 0) return;
-  if (t == dtype::f32) {
+  if (t == dtype::f32)
     std::memcpy(out, in, n * 4);
-  } else if (t == dtype::f16) {
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::uint16_t b = f32_to_f16_bits(in[i]);
-      std::memcpy(out + 2 * i, &b, 2);
-    }
-  } else {
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::uint16_t b = f32_to_bf16_bits(in[i]);
-      std::memcpy(out + 2 * i, &b, 2);
-    }
-  }
+  else if (t == dtype::f16)
+    f32_to_f16_n(in, n, out);
+  else
+    f32_to_bf16_n(in, n, out);
 }
 
 /// Inverse of encode_floats.
 inline void decode_floats(const std::uint8_t* in, std::size_t n, dtype t, float* out) noexcept {
   if (n == 0) return;
-  if (t == dtype::f32) {
+  if (t == dtype::f32)
     std::memcpy(out, in, n * 4);
-  } else if (t == dtype::f16) {
-    for (std::size_t i = 0; i < n; ++i) {
-      std::uint16_t b;
-      std::memcpy(&b, in + 2 * i, 2);
-      out[i] = f16_bits_to_f32(b);
-    }
-  } else {
-    for (std::size_t i = 0; i < n; ++i) {
-      std::uint16_t b;
-      std::memcpy(&b, in + 2 * i, 2);
-      out[i] = bf16_bits_to_f32(b);
-    }
-  }
+  else if (t == dtype::f16)
+    f16_to_f32_n(in, n, out);
+  else
+    bf16_to_f32_n(in, n, out);
 }
 
 }  // namespace kvcodec
