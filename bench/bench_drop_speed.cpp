@@ -9,7 +9,12 @@
 // keys_memcpy = memcpy of all K as f16 bytes (134 MB); x_keys = stage time / keys_memcpy time, so 2.0
 // is "two passes over the keys at memcpy speed". Peak memory: VmHWM is reset through
 // /proc/self/clear_refs (value 5) before each stage; growth = VmHWM after - VmRSS before.
-// Usage: bench_drop_speed [reps]   (default 3; a stage slower than 5 s runs once)
+// Query-aware stages also report GMAC = the multiply-adds of their Q K^T (window x keys per query
+// head; h2o without a window: the causal triangle) and GMAC/s = GMAC / cpu_s; the compute floor of
+// a stage is GMAC / the core's peak (docs/codecs/drop.md, "Speed").
+// Usage: bench_drop_speed [reps] [filter]   (default 3; a stage slower than 5 s runs once; filter: a
+// comma-separated list of method names, run only the specs starting with one of them). A second build with -march=native writes
+// bench/results/drop_speed_native.txt (k_command_native).
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -20,8 +25,13 @@
 #include <functional>
 #include <string>
 #include <sys/resource.h>
+#include <thread>
 #include <vector>
 
+#include <Eigen/Core>
+
+#include "kvcodec/core/simd.hpp"
+#include "kvcodec/cpu/drop_stages.hpp"
 #include "kvcodec/eval/synth.hpp"
 #include "kvcodec/pipeline/encode.hpp"
 
@@ -30,6 +40,26 @@ namespace {
 constexpr const char* k_command =
     "g++ -std=c++20 -O3 -Iinclude -I/usr/include/eigen3 bench/bench_drop_speed.cpp -lzstd -lxxhash -lz -pthread "
     "-o /tmp/bench_drop_speed && /tmp/bench_drop_speed 3 > bench/results/drop_speed.txt";
+constexpr const char* k_command_native =
+    "g++ -std=c++20 -O3 -march=native -Iinclude -I/usr/include/eigen3 bench/bench_drop_speed.cpp -lzstd -lxxhash -lz -pthread "
+    "-o /tmp/bench_drop_speed_native && /tmp/bench_drop_speed_native 3 > bench/results/drop_speed_native.txt";
+#if defined(__AVX2__)
+constexpr bool k_native = true;
+#else
+constexpr bool k_native = false;
+#endif
+
+/// Multiply-adds of Q K^T of a stage on the bench cache (0 for the stages that read no queries).
+double macs_of(const kvcodec::drop::config& c, const kvcodec::kv_cache& kv) {
+  using m = kvcodec::drop::method;
+  const double L = kv.shape.layers, HQ = kv.shape.q_heads, D = kv.shape.head_dim, n = static_cast<double>(kv.shape.tokens);
+  const m x = c.m == m::adakv ? c.scorer : c.m;
+  if (x == m::snapkv || x == m::pyramidkv) return L * HQ * static_cast<double>(c.window) * n * D;
+  if (x == m::h2o) return c.window > 0 ? L * HQ * static_cast<double>(c.window) * n * D : L * HQ * n * (n + 1) / 2 * D;
+  if (x == m::tova) return L * HQ * n * D;
+  if (x == m::expected_attention) return L * HQ * (n - static_cast<double>(c.sink)) * D;
+  return 0;
+}
 
 double thread_cpu_s() {
   timespec ts{};
@@ -91,8 +121,10 @@ volatile std::uint8_t g_sink = 0;
 int main(int argc, char** argv) {
   using namespace kvcodec;
   const int reps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 3;
-  std::printf("# command: %s\n", k_command);
-  std::printf("# built with: g++ %s, -O3, no -march\n", __VERSION__);
+  const std::string filter = argc > 2 ? argv[2] : "";
+  std::printf("# command: %s\n", k_native ? k_command_native : k_command);
+  std::printf("# built with: g++ %s, -O3, %s; library AVX2 kernels (runtime dispatch): %s; Eigen SIMD: %s\n", __VERSION__,
+              k_native ? "-march=native" : "no -march", simd::avx2() ? "on" : "off", Eigen::SimdInstructionSetsInUse());
   std::printf("# loadavg at start: %s (machine: %u hardware threads, shared)\n", loadavg().c_str(), std::thread::hardware_concurrency());
 
   eval::synth_options so;
@@ -129,14 +161,23 @@ int main(int argc, char** argv) {
               "during the stage;\n# sel_wall/sel_cpu = one call of the stage's select() (all %u hardware threads), wall and process "
               "CPU; same = identical kept sets.\n",
               reps, std::thread::hardware_concurrency());
-  std::printf("%-40s %8s %8s %9s %8s %8s %9s %9s %5s %8s\n", "stage", "cpu_s", "wall_s", "memcpy_s", "x_keys", "rss+MB",
-              "sel_wall", "sel_cpu", "same", "kept%");
+  std::printf("%-40s %8s %8s %9s %8s %8s %9s %9s %5s %8s %8s %8s\n", "stage", "cpu_s", "wall_s", "memcpy_s", "x_keys", "rss+MB",
+              "sel_wall", "sel_cpu", "same", "kept%", "GMAC", "GMAC/s");
 
   const std::vector<std::string> specs = {"random:keep=0.5", "streamingllm:keep=0.5", "knorm:keep=0.5", "keydiff:keep=0.5",
                                           "snapkv:keep=0.5", "tova:keep=0.5", "expected-attention:keep=0.5",
                                           "pyramidkv:keep=0.5", "adakv:keep=0.5", "adakv:scorer=knorm,keep=0.5",
                                           "h2o:keep=0.5,window=64", "h2o:keep=0.5"};
   for (const auto& spec : specs) {
+    if (!filter.empty()) {
+      bool hit = false;
+      for (std::size_t a = 0; a <= filter.size();) {
+        const std::size_t e = std::min(filter.find(',', a), filter.size());
+        hit = hit || spec.rfind(filter.substr(a, e - a) + ":", 0) == 0;
+        a = e + 1;
+      }
+      if (!hit) continue;
+    }
     codec c = make_codec(spec);
     const drop::config cfg = config_of(c.drop.get());
     const double mc = time_memcpy();
@@ -159,9 +200,11 @@ int main(int argc, char** argv) {
     std::size_t kept = 0;
     for (const auto& l : one)
       for (const auto& h : l) kept += h.size();
-    std::printf("%-40s %8.3f %8.3f %9.4f %8.2f %8.1f %9.3f %9.3f %5s %8.2f\n", spec.c_str(), best_cpu, best_wall, mc, best_cpu / mc,
+    const double gmac = macs_of(cfg, kv) / 1e9;
+    std::printf("%-40s %8.3f %8.3f %9.4f %8.2f %8.1f %9.3f %9.3f %5s %8.2f %8.2f %8.1f\n", spec.c_str(), best_cpu, best_wall, mc, best_cpu / mc,
                 peak - rss0, sw1 - sw0, sc1 - sc0, viaselect == one ? "yes" : "NO",
-                100.0 * static_cast<double>(kept) / static_cast<double>(kv.shape.layers * kv.shape.kv_heads * kv.shape.tokens));
+                100.0 * static_cast<double>(kept) / static_cast<double>(kv.shape.layers * kv.shape.kv_heads * kv.shape.tokens), gmac,
+                gmac / best_cpu);
     std::fflush(stdout);
   }
   rusage ru{};

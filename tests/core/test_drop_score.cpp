@@ -1,6 +1,7 @@
 // Tests of core/drop_score.hpp: online softmax, norms, cosine, expected logit, pooling, block rotation.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -84,4 +85,44 @@ TEST_CASE("drop_block_rotate with cos/sin of one position equals rope_apply, bot
     for (std::size_t i = 0; i < D; ++i) CHECK(col[2 * i] == doctest::Approx(xd[i]));
     for (std::size_t i = 0; i < D; ++i) CHECK(col[2 * i + 1] == 0.0);
   }
+}
+
+TEST_CASE("lane kernels: drop_sumsq8, drop_dot8, drop_axpy equal plain double sums up to rounding; lane order") {
+  std::vector<float> x(37);
+  std::vector<double> y(37);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    x[i] = static_cast<float>(std::sin(0.7 * static_cast<double>(i)) * 3.0);
+    y[i] = std::cos(1.3 * static_cast<double>(i));
+  }
+  for (std::size_t n : {0, 1, 7, 8, 9, 16, 37}) {
+    double ss = 0, dd = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      ss += static_cast<double>(x[i]) * x[i];
+      dd += static_cast<double>(x[i]) * y[i];
+    }
+    CHECK(drop_sumsq8(x.data(), n) == doctest::Approx(ss).epsilon(1e-14));
+    CHECK(drop_dot8(x.data(), y.data(), n) == doctest::Approx(dd).epsilon(1e-12));
+  }
+  const double L[8] = {1e16, 1, -1e16, 1, 3, 4, 5, 6};  // ((L0+L4)+(L2+L6)) + ((L1+L5)+(L3+L7))
+  CHECK(drop_lane_sum(L) == ((1e16 + 3) + (-1e16 + 5)) + ((1.0 + 4) + (1.0 + 6)));
+  std::vector<double> acc(5, 1.0);
+  drop_axpy(acc.data(), x.data(), 0.5, 5);
+  for (std::size_t i = 0; i < 5; ++i) CHECK(acc[i] == doctest::Approx(1.0 + 0.5 * x[i]).epsilon(1e-15));
+}
+
+TEST_CASE("drop_exp: within a few ulp of std::exp, limits, NaN") {
+  double worst = 0;
+  for (int i = -70800; i <= 70900; i += 7) {
+    const double x = i * 0.01 + 1e-3;
+    const double e = std::exp(x), a = drop_exp(x);
+    worst = std::max(worst, std::abs(a - e) / e);
+  }
+  CHECK(worst < 1e-15);
+  CHECK(drop_exp(0.0) == 1.0);
+  CHECK(drop_exp(-HUGE_VAL) == 0.0);
+  CHECK(drop_exp(-1000.0) == 0.0);
+  CHECK(drop_exp(800.0) == HUGE_VAL);
+  CHECK(drop_exp(HUGE_VAL) == HUGE_VAL);
+  CHECK(std::isnan(drop_exp(std::nan(""))));
+  CHECK(drop_exp(-707.9) > 0.0);
 }

@@ -3,7 +3,11 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
 #include <numeric>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -305,4 +309,124 @@ TEST_CASE("real dumps: query-aware methods beat random clearly under the disjoin
     for (const auto& layer : k)
       for (const auto& h : layer) CHECK(static_cast<std::int64_t>(h.size()) == std::llround(0.3 * 384) + 128);
   }
+}
+
+namespace {
+
+bool same_bits(const std::vector<double>& a, const std::vector<double>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
+}
+
+/// Rows of random floats with edge values mixed in: NaN, +-Inf, subnormals, zeros, huge, ties.
+std::vector<float> edge_rows(std::size_t rows, std::size_t D, std::uint32_t seed, bool specials) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  std::vector<float> x(rows * D);
+  for (auto& v : x) v = nd(rng);
+  if (specials && rows >= 8) {
+    for (std::size_t c = 0; c < D; ++c) {
+      x[0 * D + c] = 0.0f;
+      x[1 * D + c] = std::numeric_limits<float>::denorm_min() * static_cast<float>(c + 1);
+      x[2 * D + c] = x[3 * D + c] = 1.5f;  // tie
+      x[4 * D + c] = 3e38f;
+    }
+    x[5 * D] = std::numeric_limits<float>::quiet_NaN();
+    x[6 * D + D / 2] = std::numeric_limits<float>::infinity();
+    x[7 * D + D - 1] = -std::numeric_limits<float>::infinity();
+  }
+  return x;
+}
+
+}  // namespace
+
+TEST_CASE("AVX2 row kernels give the bits of their scalar references (sumsq, dot, norm+anchor, exp)") {
+  using namespace cpu::drop_detail;
+#if KVCODEC_X86_DISPATCH
+  if (!simd::avx2()) {
+    MESSAGE("AVX2 path not available (CPU or KVCODEC_NO_SIMD): nothing to compare");
+    return;
+  }
+  for (std::size_t D : {1, 2, 6, 8, 13, 16, 24, 64, 128, 130}) {
+    for (bool specials : {false, true}) {
+      CAPTURE(D);
+      CAPTURE(specials);
+      const std::size_t rows = 23;
+      const auto X = edge_rows(rows, D, static_cast<std::uint32_t>(D * 7 + specials), specials);
+      std::vector<double> ref(rows), got(rows);
+      for (std::size_t r = 0; r < rows; ++r) ref[r] = drop_sumsq8(X.data() + r * D, D);
+      sumsq_rows_avx2(X.data(), rows, D, got.data());
+      CHECK(same_bits(ref, got));
+      for (int m : {1, 3, 4, 5, 9}) {
+        CAPTURE(m);
+        std::vector<double> Y(static_cast<std::size_t>(m) * D);
+        const auto Yf = edge_rows(static_cast<std::size_t>(m), D, static_cast<std::uint32_t>(D + 100 * m), false);
+        for (std::size_t i = 0; i < Y.size(); ++i) Y[i] = static_cast<double>(Yf[i]) / 3.0;
+        std::vector<double> dref(static_cast<std::size_t>(m) * rows), dgot(dref.size());
+        for (int q = 0; q < m; ++q)
+          for (std::size_t r = 0; r < rows; ++r)
+            dref[static_cast<std::size_t>(q) * rows + r] = drop_dot8(X.data() + r * D, Y.data() + static_cast<std::size_t>(q) * D, D);
+        dot_rows_avx2(X.data(), rows, D, Y.data(), m, dgot.data(), rows);
+        CHECK(same_bits(dref, dgot));
+      }
+      std::vector<double> aref(D, 0.25), agot(D, 0.25), nref(rows), ngot(rows);
+      for (std::size_t r = 0; r < rows; ++r) {
+        nref[r] = drop_sumsq8(X.data() + r * D, D);
+        if (nref[r] > 0) drop_axpy(aref.data(), X.data() + r * D, 1.0 / std::sqrt(nref[r]), D);
+      }
+      norm_anchor_rows_avx2(X.data(), rows, D, ngot.data(), agot.data());
+      CHECK(same_bits(nref, ngot));
+      CHECK(same_bits(aref, agot));
+    }
+  }
+  std::vector<double> e;
+  for (int i = -80000; i <= 80000; i += 3) e.push_back(i * 0.0091 + 1e-7 * i);
+  for (double v : {0.0, -0.0, -708.0, -708.0000001, 709.0, 709.0000001, -HUGE_VAL, HUGE_VAL, std::nan(""), 1e-300, -1e-300,
+                   std::numeric_limits<double>::denorm_min(), -0.5 * 0.6931471805599453, 0.5 * 0.6931471805599453})
+    e.push_back(v);
+  std::vector<double> eref(e), egot(e);
+  for (auto& v : eref) v = drop_exp(v);
+  exp_avx2(egot.data(), egot.size());
+  CHECK(same_bits(eref, egot));
+#else
+  MESSAGE("not an x86 build: scalar kernels only");
+#endif
+}
+
+TEST_CASE("window attention (Eigen blocks) equals a double-precision row-by-row softmax") {
+  using namespace cpu::drop_detail;
+  kv_cache kv = small_cache(300, 5);  // > one block of 256 / group rows per head
+  const std::int64_t T = 300, D = 8;
+  const int group = 2;
+  for (std::int64_t qb : {0, 250, 299}) {
+    CAPTURE(qb);
+    for (int g = 0; g < 2; ++g) {
+      std::vector<double> got(static_cast<std::size_t>(T), 0.0), ref(static_cast<std::size_t>(T), 0.0);
+      attn_scratch sc;
+      attention_colsum(kv, 1, g, qb, T, got.data(), sc);
+      const float* K = kv.keys[1].data() + static_cast<std::size_t>(g * T * D);
+      for (int h = 0; h < group; ++h) {
+        const float* Q = kv.queries[1].data() + static_cast<std::size_t>((g * group + h) * T * D);
+        for (std::int64_t i = qb; i < T; ++i) {
+          std::vector<double> s(static_cast<std::size_t>(i + 1));
+          double m = -HUGE_VAL, z = 0;
+          for (std::int64_t j = 0; j <= i; ++j) {
+            double d = 0;
+            for (std::int64_t a = 0; a < D; ++a) d += static_cast<double>(Q[i * D + a]) * K[j * D + a];
+            s[static_cast<std::size_t>(j)] = d / std::sqrt(static_cast<double>(D));
+            m = std::max(m, s[static_cast<std::size_t>(j)]);
+          }
+          for (double v : s) z += std::exp(v - m);
+          for (std::int64_t j = 0; j <= i; ++j) ref[static_cast<std::size_t>(j)] += std::exp(s[static_cast<std::size_t>(j)] - m) / z;
+        }
+      }
+      for (std::int64_t j = 0; j < T; ++j) CHECK(got[static_cast<std::size_t>(j)] == doctest::Approx(ref[static_cast<std::size_t>(j)]).epsilon(1e-5));
+    }
+  }
+  kv_cache bad = small_cache(20, 2);
+  bad.queries[0][3] = std::numeric_limits<float>::quiet_NaN();  // row 0 of q head 0: skipped, others count
+  std::vector<double> acc(20, 0.0);
+  attn_scratch sc;
+  attention_colsum(bad, 0, 0, 0, 20, acc.data(), sc);
+  for (double v : acc) CHECK(std::isfinite(v));
+  CHECK(std::accumulate(acc.begin(), acc.end(), 0.0) == doctest::Approx(39.0).epsilon(1e-5));  // 2 heads x 20 rows, one skipped
 }

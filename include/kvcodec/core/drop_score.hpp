@@ -6,8 +6,11 @@
 // (KeyDiff, Park et al. 2025); the expected-attention logit mu.k/sqrt(d) + k^T Sigma k / (2d)
 // (kvpress ExpectedAttentionPress); average pooling with zero padding (SnapKV, Li et al. 2024, as
 // torch avg_pool1d with count_include_pad); and the block-diagonal "average RoPE rotation" applied
-// to a vector of doubles. Invariant: every function works on explicit pointers and state, allocates
-// nothing and throws nothing (KVCODEC_HD).
+// to a vector of doubles. The lane kernels (drop_sumsq8, drop_dot8, drop_axpy, drop_exp) are the
+// scalar references of the AVX2 kernels in cpu/drop_select.hpp: element a of a row goes to double
+// lane a % 8, each lane is an fma chain in increasing a, and drop_lane_sum adds the lanes in the
+// order the vector code does, so both paths give the same bits. Invariant: every function works on
+// explicit pointers and state, allocates nothing and throws nothing (KVCODEC_HD).
 #pragma once
 
 #include <cmath>
@@ -44,6 +47,56 @@ KVCODEC_HD inline double drop_l2_norm(const float* x, std::size_t n) noexcept {
   double s = 0.0;
   for (std::size_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
   return std::sqrt(s);
+}
+
+/// Sum of the 8 lanes of drop_sumsq8 / drop_dot8: ((L0+L4)+(L2+L6)) + ((L1+L5)+(L3+L7)).
+KVCODEC_HD inline double drop_lane_sum(const double* L) noexcept {
+  const double t0 = L[0] + L[4], t1 = L[1] + L[5], t2 = L[2] + L[6], t3 = L[3] + L[7];
+  return (t0 + t2) + (t1 + t3);
+}
+
+/// Sum of x[a]^2 over a < n in double, lane layout above.
+KVCODEC_HD inline double drop_sumsq8(const float* x, std::size_t n) noexcept {
+  double L[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (std::size_t a = 0; a < n; ++a) L[a % 8] = std::fma(static_cast<double>(x[a]), static_cast<double>(x[a]), L[a % 8]);
+  return drop_lane_sum(L);
+}
+
+/// Sum of x[a] y[a] over a < n in double, lane layout above.
+KVCODEC_HD inline double drop_dot8(const float* x, const double* y, std::size_t n) noexcept {
+  double L[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (std::size_t a = 0; a < n; ++a) L[a % 8] = std::fma(static_cast<double>(x[a]), y[a], L[a % 8]);
+  return drop_lane_sum(L);
+}
+
+/// y[a] = fma(x[a], c, y[a]) for a < n.
+KVCODEC_HD inline void drop_axpy(double* y, const float* x, double c, std::size_t n) noexcept {
+  for (std::size_t a = 0; a < n; ++a) y[a] = std::fma(static_cast<double>(x[a]), c, y[a]);
+}
+
+/// exp(x) within about 2 ulp: x = k ln2 + r with |r| <= ln2/2, degree-12 Taylor polynomial in r
+/// (Horner, fma), times 2^k. Below -708 gives 0 (no subnormals), above 709 +inf, NaN stays NaN.
+KVCODEC_HD inline double drop_exp(double x) noexcept {
+  if (x != x) return x;
+  if (!(x >= -708.0)) return 0.0;
+  if (x > 709.0) return HUGE_VAL;
+  const double k = std::nearbyint(x * 1.4426950408889634);
+  const double r = std::fma(k, -1.9082149292705877e-10, std::fma(k, -0.69314718036912382, x));
+  double p = 1.0 / 479001600.0;
+  p = std::fma(p, r, 1.0 / 39916800.0);
+  p = std::fma(p, r, 1.0 / 3628800.0);
+  p = std::fma(p, r, 1.0 / 362880.0);
+  p = std::fma(p, r, 1.0 / 40320.0);
+  p = std::fma(p, r, 1.0 / 5040.0);
+  p = std::fma(p, r, 1.0 / 720.0);
+  p = std::fma(p, r, 1.0 / 120.0);
+  p = std::fma(p, r, 1.0 / 24.0);
+  p = std::fma(p, r, 1.0 / 6.0);
+  p = std::fma(p, r, 0.5);
+  p = std::fma(p, r, 1.0);
+  p = std::fma(p, r, 1.0);
+  const std::uint64_t bits = static_cast<std::uint64_t>(static_cast<std::int64_t>(k) + 1023) << 52;
+  return p * bit_cast_hd<double>(bits);
 }
 
 /// Cosine similarity of x (floats) and anchor (doubles); 0 when either has zero norm.
