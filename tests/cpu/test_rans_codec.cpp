@@ -382,7 +382,7 @@ TEST_CASE("vector decoder (when the CPU has it) equals the scalar reference, cor
 #endif
 }
 
-TEST_CASE("compact-table decoder (AVX2 when the CPU has it) equals the scalar reference for per-column tables") {
+TEST_CASE("compact-table decoders (AVX2 / AVX-512F when the CPU has them) equal the scalar reference for per-column tables") {
   std::mt19937 rng(33);
   size_t compared = 0;
   for (int m : {10, 12, 13}) {
@@ -396,7 +396,7 @@ TEST_CASE("compact-table decoder (AVX2 when the CPU has it) equals the scalar re
       for (size_t c = 0; c < cols; ++c) map[c] = static_cast<uint32_t>((c * 3 + c / 5) % ft.size());
       const rans_ctx_decoder dec = make_rans_ctx_decoder(std::span<const decode_table>(dt), map);
       CHECK(dec.entry32.empty() == (m > 12));
-      for (int lanes : {32, 96}) {
+      for (int lanes : {32, 64, 96}) {
         for (size_t n : {size_t{0}, size_t{1}, static_cast<size_t>(lanes) - 1, static_cast<size_t>(lanes) * 5 + 3, size_t{50001}}) {
           std::vector<uint8_t> s(n);
           for (size_t i = 0; i < n; ++i) {
@@ -431,6 +431,11 @@ TEST_CASE("compact-table decoder (AVX2 when the CPU has it) equals the scalar re
             run(o_vec.data(), detail::rans_simd::avx2, e_vec);
             CHECK(e_ref == e_vec);
             CHECK(o_ref == o_vec);
+            std::vector<uint8_t> o_512(n, 0x77);
+            std::string e_512;
+            run(o_512.data(), detail::rans_simd::avx512, e_512);
+            CHECK(e_ref == e_512);
+            CHECK(o_ref == o_512);
             std::string e_ref16;
             run(w_ref.data(), detail::rans_simd::scalar, e_ref16);
             run(w_vec.data(), detail::rans_simd::best, e_w);
@@ -451,9 +456,9 @@ TEST_CASE("compact-table decoder (AVX2 when the CPU has it) equals the scalar re
       }
     }
   }
-  CHECK(compared == 3 * 5 * 2 * 5 * 4);
+  CHECK(compared == 3 * 5 * 3 * 5 * 4);
 #if KVCODEC_RANS_AVX512
-  MESSAGE("AVX2 decoder available on this CPU: ", detail::rans_avx2_available());
+  MESSAGE("AVX2 decoder available on this CPU: ", detail::rans_avx2_available(), "; AVX-512F compact decoder: ", detail::rans_avx512f_available());
 #endif
 }
 

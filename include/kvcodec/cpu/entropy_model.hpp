@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "kvcodec/core/freq_table.hpp"
+#include "kvcodec/core/simd.hpp"
 #include "kvcodec/cpu/pack.hpp"
 #include "kvcodec/format/bytes.hpp"
 
@@ -85,8 +86,7 @@ struct linear_coefs {
 /// ref = clamp(m + floor((k (prev - m) + 8) / 16), 0, A - 1), integer only.
 KVCODEC_HD inline std::uint32_t linear_ref(std::uint32_t prev, std::uint32_t m, std::uint32_t k, std::uint32_t A) {
   const std::int32_t d = static_cast<std::int32_t>(k) * (static_cast<std::int32_t>(prev) - static_cast<std::int32_t>(m)) + 8;
-  const std::int32_t q = d >= 0 ? d / 16 : -((-d + 15) / 16);  // floor division
-  const std::int32_t r = static_cast<std::int32_t>(m) + q;
+  const std::int32_t r = static_cast<std::int32_t>(m) + (d >> 4);  // C++20: arithmetic shift = floor(d / 16)
   return static_cast<std::uint32_t>(r < 0 ? 0 : r >= static_cast<std::int32_t>(A) ? static_cast<std::int32_t>(A) - 1 : r);
 }
 
@@ -187,6 +187,79 @@ inline void merge_plane(symbol_plane& p, pred_kind pk, std::uint32_t group, cons
       for (std::uint32_t c = 0; c < C; ++c) row[c] = pred_restore(resid[ir + c], ref[c], A);
       ir += C;
     }
+  }
+}
+
+/// Row-sequential predictions (prev, linear) keep the anchor (row 0) and the residual rows in plane
+/// order, so a decoder writes both sub-planes straight into p.sym and restores the rows in place.
+inline bool contiguous_pred(pred_kind pk) { return pk == pred_kind::prev || pk == pred_kind::linear; }
+
+namespace detail {
+/// Row r of a linear (k, m given) or prev (k = nullptr) prediction restored in place from row - C.
+inline std::uint32_t restore_row_scalar(std::uint16_t* row, const std::uint16_t* prev, std::uint32_t c0, std::uint32_t C,
+                                        const std::int32_t* m, const std::int32_t* k, std::int32_t a) {
+  const std::int32_t half = a / 2;
+  for (std::uint32_t c = c0; c < C; ++c) {
+    std::int32_t ref = prev[c];
+    if (k != nullptr) {
+      ref = m[c] + ((k[c] * (ref - m[c]) + 8) >> 4);
+      ref = ref < 0 ? 0 : ref > a - 1 ? a - 1 : ref;
+    }
+    std::int32_t v = static_cast<std::int32_t>(row[c]) + ref - half;  // in (-A, 2A)
+    v = v < 0 ? v + a : v;
+    v = v >= a ? v - a : v;
+    row[c] = static_cast<std::uint16_t>(v);
+  }
+  return C;
+}
+#if KVCODEC_X86_DISPATCH
+/// The same for the largest multiple of 8 of C; returns how many columns were done.
+KVCODEC_TARGET_AVX2 inline std::uint32_t restore_row_avx2(std::uint16_t* row, const std::uint16_t* prev, std::uint32_t C,
+                                                          const std::int32_t* m, const std::int32_t* k, std::int32_t a) {
+  const __m256i av = _mm256_set1_epi32(a), am1 = _mm256_set1_epi32(a - 1), halfv = _mm256_set1_epi32(a / 2);
+  const __m256i zero = _mm256_setzero_si256(), eight = _mm256_set1_epi32(8);
+  std::uint32_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    __m256i ref = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(prev + c)));
+    if (k != nullptr) {
+      const __m256i mv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + c));
+      const __m256i kv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + c));
+      ref = _mm256_add_epi32(mv, _mm256_srai_epi32(_mm256_add_epi32(_mm256_mullo_epi32(kv, _mm256_sub_epi32(ref, mv)), eight), 4));
+      ref = _mm256_min_epi32(_mm256_max_epi32(ref, zero), am1);
+    }
+    __m256i v = _mm256_sub_epi32(_mm256_add_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c))), ref), halfv);
+    v = _mm256_add_epi32(v, _mm256_and_si256(_mm256_cmpgt_epi32(zero, v), av));
+    v = _mm256_sub_epi32(v, _mm256_andnot_si256(_mm256_cmpgt_epi32(av, v), av));
+    const __m256i p16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(v, v), 0x88);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(row + c), _mm256_castsi256_si128(p16));
+  }
+  return c;
+}
+#endif
+}  // namespace detail
+
+/// In place: rows 1.. of p.sym hold residuals (row 0 the anchor); replaces them by the symbols.
+/// Same result as merge_plane (vector path runtime-dispatched, bit-identical).
+inline void restore_rows_inplace(symbol_plane& p, pred_kind pk, const linear_coefs* lc) {
+  const std::uint32_t C = p.cols;
+  const std::int32_t a = static_cast<std::int32_t>(p.alphabet);
+  std::vector<std::int32_t> m, k;
+  if (pk == pred_kind::linear) {
+    m.assign(lc->centre.begin(), lc->centre.end());
+    k.assign(lc->coef.begin(), lc->coef.end());
+  }
+  const std::int32_t* mp = pk == pred_kind::linear ? m.data() : nullptr;
+  const std::int32_t* kp = pk == pred_kind::linear ? k.data() : nullptr;
+#if KVCODEC_X86_DISPATCH
+  const bool vec = simd::avx2();
+#endif
+  for (std::uint32_t r = 1; r < p.rows; ++r) {
+    std::uint16_t* row = p.sym.data() + static_cast<std::size_t>(r) * C;
+    std::uint32_t c0 = 0;
+#if KVCODEC_X86_DISPATCH
+    if (vec) c0 = detail::restore_row_avx2(row, row - C, C, mp, kp, a);
+#endif
+    detail::restore_row_scalar(row, row - C, c0, C, mp, kp, a);
   }
 }
 

@@ -5,7 +5,7 @@
 //   varint planes; per plane: varint alphabet, rows, cols; [pred=linear, tables=chunk, rows >= 2:
 //   the plane's per-column predictors, entropy_model.hpp]; then for each non-empty sub-plane
 //   (anchor rows, then residual rows; see entropy_model.hpp) [model, when tables=chunk] and a
-//   varint-length blob holding the rANS stream (core/rans.hpp layout over `lanes` lanes, symbol i
+//   [lanes=0 (auto): varint lanes / 32] and a varint-length blob holding the rANS stream (core/rans.hpp layout over `lanes` lanes, symbol i
 //   in column i % cols coded with the table of that column's group); finally the side bytes blob.
 // Stage state (tables=shared): varint entries; per entry varint layer, u8 key, varint plane, u8
 //   sub-plane, varint alphabet, varint cols, model. The entry for a block's (layer, K/V, plane,
@@ -234,9 +234,11 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
           gh = em::group_hist(colh, p.alphabet, rm->m.group_of_col, rm->m.groups);
         }
         bound += em::grouped_entropy(gh, p.alphabet, rm->m.groups);
-        const auto stream = rm->m.groups == 1 ? rans_encode(sd, sn, rm->enc[0], p_.lanes)
+        const int lanes = p_.lanes > 0 ? p_.lanes : auto_lanes(sn);
+        if (p_.lanes == 0) w.put_varint(static_cast<std::uint64_t>(lanes / rans_lane_multiple));
+        const auto stream = rm->m.groups == 1 ? rans_encode(sd, sn, rm->enc[0], lanes)
                                               : rans_encode_ctx(sd, sn, p.cols, std::span<const encode_table>(rm->enc),
-                                                                std::span<const std::uint32_t>(rm->m.group_of_col), p_.lanes);
+                                                                std::span<const std::uint32_t>(rm->m.group_of_col), lanes);
         w.put_blob(stream);
         payload += static_cast<double>(stream.size()) * 8.0;
       }
@@ -276,11 +278,13 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
         }
       }
       const std::size_t counts[2] = {static_cast<std::size_t>(na) * p.cols, static_cast<std::size_t>(p.rows - na) * p.cols};
-      // Without prediction every row is an anchor row: decode straight into the plane.
+      // Without prediction every row is an anchor row: decode straight into the plane. Row-sequential
+      // predictions also decode into the plane (anchor row first) and are restored in place.
       const bool direct = counts[1] == 0;
-      if (direct) p.sym.resize(counts[0]);
+      const bool inplace = !direct && em::contiguous_pred(pk_);
+      if (direct || inplace) p.sym.resize(counts[0] + counts[1]);
       for (int s = 0; s < 2; ++s) {
-        if (!direct) sub[s].resize(counts[s]);
+        if (!direct && !inplace) sub[s].resize(counts[s]);
         if (counts[s] == 0) continue;
         detail::ready_model local;
         const detail::ready_model* rm = nullptr;
@@ -291,14 +295,21 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
           local.build(false, true);
           rm = &local;
         }
+        int lanes = p_.lanes;
+        if (lanes == 0) lanes = static_cast<int>(r.get_varint_max("lanes / 32", rans_max_lanes / rans_lane_multiple)) * rans_lane_multiple;
+        if (lanes == 0) throw_corrupt(r.what(), "field 'lanes / 32': expected 1.." + std::to_string(rans_max_lanes / rans_lane_multiple) + ", found 0");
         const auto stream = r.get_blob("rANS stream");
         try {
-          rans_decode_ctx(stream.data(), stream.size(), rm->dec, p_.lanes, direct ? p.sym.data() : sub[s].data(), counts[s]);
+          std::uint16_t* dst = direct ? p.sym.data() : inplace ? p.sym.data() + (s == 0 ? 0 : counts[0]) : sub[s].data();
+          rans_decode_ctx(stream.data(), stream.size(), rm->dec, lanes, dst, counts[s]);
         } catch (const error& e) {
           throw_corrupt(r.what(), std::string("plane ") + std::to_string(pi) + ": " + e.what());
         }
       }
-      if (!direct) em::merge_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1], lc);
+      if (inplace)
+        em::restore_rows_inplace(p, pk_, lc);
+      else if (!direct)
+        em::merge_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1], lc);
     }
     const auto side = r.get_blob("side bytes");
     out.side.assign(side.begin(), side.end());
@@ -312,6 +323,10 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
     std::uint32_t alphabet = 0, cols = 0;
     std::vector<std::uint32_t> hist;
   };
+
+  /// lanes=0: 64 lanes for streams of at least 2^16 symbols (the AVX-512 decoder's best width),
+  /// else 32 (the 4 bytes of final state per lane cost more than they save on short streams).
+  static int auto_lanes(std::size_t n) { return n >= (std::size_t{1} << 16) ? 64 : 32; }
 
   /// Splits p into anchor and residual sub-planes; returns true (and copies nothing) when every
   /// row is an anchor row, i.e. the plane itself is sub-plane 0.

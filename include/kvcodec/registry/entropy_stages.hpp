@@ -52,7 +52,7 @@ inline std::string kvc_level_spec(int level) {
   static const row t[9] = {{256, 256}, {128, 128}, {64, 64}, {48, 48}, {32, 32}, {24, 24}, {16, 16}, {12, 12}, {8, 8}};
   const row& r = t[level - 1];
   return "cachegen-quant:kbins=" + std::to_string(r.kb) + ",klayers=-,vbins=" + std::to_string(r.vb) +
-         ",vlayers=-,kaxis=channel,vaxis=token|rans:tables=shared,ctx=auto,model=auto";
+         ",vlayers=-,kaxis=channel,vaxis=token|rans:lanes=0,tables=shared,ctx=auto,model=auto";
 }
 
 inline void register_entropy_stages(registry& r) {

@@ -28,7 +28,7 @@ struct rans {
   int group = 10;
 
   template <class V> void visit(V& v) {
-    v("lanes", lanes, "interleaved rANS lanes, a multiple of 32 in 32..1024");
+    v("lanes", lanes, "interleaved rANS lanes, a multiple of 32 in 32..1024, or 0 = auto per stream (64 from 65536 symbols, else 32; stored)");
     v("prob_bits", prob_bits, "table precision in bits, 10..15");
     v("ctx", ctx, "which columns share a table: channel, pooled, or auto (fewest payload + table bits)");
     v("model", model, "table kind: hist (normalised histogram), geometric (2 numbers per table), auto");
@@ -37,7 +37,7 @@ struct rans {
     v("group", group, "rows per anchor group (pred=anchor)");
   }
   void validate() const {
-    check_param(lanes >= 32 && lanes <= 1024 && lanes % 32 == 0, name, "lanes", "a multiple of 32 in 32..1024", lanes);
+    check_param(lanes == 0 || (lanes >= 32 && lanes <= 1024 && lanes % 32 == 0), name, "lanes", "0 (auto) or a multiple of 32 in 32..1024", lanes);
     check_param(prob_bits >= 10 && prob_bits <= 15, name, "prob_bits", "10..15", prob_bits);
     check_param(ctx == "channel" || ctx == "pooled" || ctx == "auto", name, "ctx", "channel, pooled or auto", ctx);
     check_param(model == "hist" || model == "geometric" || model == "auto", name, "model", "hist, geometric or auto", model);
