@@ -65,7 +65,7 @@ std::unique_ptr<entropy_stage> make_entropy(const std::string& spec) {
 TEST_CASE("rans and ac stages: exact round trips over shapes, predictions and distributions") {
   const std::vector<std::string> specs = {
       "rans", "rans:ctx=channel,model=hist", "rans:ctx=pooled,model=geometric", "rans:pred=anchor,group=3", "rans:pred=prev,lanes=64,prob_bits=15",
-      "rans:prob_bits=10", "rans:pred=linear", "rans:pred=linear,ctx=pooled,model=geometric", "ac", "ac:ctx=pooled,streams=block", "ac:pred=anchor,group=4", "ac:pred=prev"};
+      "rans:prob_bits=10", "rans:pred=linear", "rans:pred=linear,ctx=pooled,model=geometric", "rans:lanes=0", "ac", "ac:ctx=pooled,streams=block", "ac:pred=anchor,group=4", "ac:pred=prev"};
   const std::vector<std::array<std::uint32_t, 3>> shapes = {{0, 4, 32}, {1, 1, 32}, {1, 33, 32}, {7, 5, 31}, {64, 32, 256}, {300, 9, 2}, {5, 3, 1}};
   for (const auto& spec : specs) {
     auto st = make_entropy(spec);
@@ -94,6 +94,25 @@ TEST_CASE("rans: payload is within 1% of the entropy bound on a large block") {
   st->encode(in, ctx_block(0, false, 2048, 128), out, cs);
   CHECK(cs.payload_bits < cs.entropy_bound_bits * 1.01);
   CHECK(cs.payload_bits > cs.entropy_bound_bits);
+}
+
+TEST_CASE("rans:lanes=0 stores 64 lanes for long streams and 32 for short ones") {
+  auto st = make_entropy("rans:lanes=0");
+  for (std::uint32_t rows : {4u, 600u}) {  // 4 x 128 = 512 symbols, 600 x 128 = 76800
+    const symbols in = make_syms(rows, 128, 32, 4, rows);
+    const block b = ctx_block(0, true, rows, 128);
+    bytes out;
+    coder_stats cs;
+    st->encode(in, b, out, cs);
+    CHECK(same(st->decode(out, b), in));
+    // The stored lane count equals what a fixed-lane coder would need for the same stream size.
+    auto fixed = make_entropy(rows >= 512 ? "rans:lanes=64" : "rans:lanes=32");
+    bytes out2;
+    coder_stats cs2;
+    fixed->encode(in, b, out2, cs2);
+    CHECK(out.size() == out2.size() + 1);
+    CHECK(cs.payload_bits == cs2.payload_bits);
+  }
 }
 
 TEST_CASE("rans:tables=shared fits once, stores state, and decodes after load_state") {
