@@ -11,7 +11,10 @@
 // through kvcodec::encode / decode with cpu::seq (decode output: the f32 kv_cache).
 // Timing: best of N of the calling thread's CPU time (CLOCK_THREAD_CPUTIME_ID; wall time also shown);
 // memcpy of the kernel's output byte count is timed right before each kernel.
-// Usage: bench_quant_speed [reps]   (default 5; stages use max(2, reps/2))
+// x_mc_in: memcpy of the kernel's INPUT byte count (timed the same way) / kernel time; for quantize
+// kernels, whose output is small, this is the bound that matters (the f32 input must be read).
+// Usage: bench_quant_speed [reps [filter]]   (default 5; stages use max(2, reps/2); filter: only the
+// rows whose name contains the substring)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -96,15 +99,15 @@ inline void dequant_q4_0_plain(const std::uint8_t* in, float* y) {
 struct row {
   std::string name;
   double in_bytes, out_bytes;
-  timing t, mc;
+  timing t, mc, mc_in;
   double err = -1;  ///< relative L2 error of the dequantized output (sanity check), -1 = not applicable
 };
 
 void print_row(const row& r) {
   const double gbs_out = r.out_bytes / r.t.cpu / 1e9, gbs_in = r.in_bytes / r.t.cpu / 1e9;
   const double mc_gbs = r.out_bytes / r.mc.cpu / 1e9;
-  std::printf("%-50s %7.1f %7.1f %7.3f %7.3f %8.2f %8.2f %10.2f %8.3f", r.name.c_str(), r.in_bytes / 1e6, r.out_bytes / 1e6,
-              r.t.cpu, r.t.wall, gbs_in, gbs_out, mc_gbs, r.mc.cpu / r.t.cpu);
+  std::printf("%-50s %7.1f %7.1f %7.3f %7.3f %8.2f %8.2f %10.2f %8.3f %8.3f", r.name.c_str(), r.in_bytes / 1e6, r.out_bytes / 1e6,
+              r.t.cpu, r.t.wall, gbs_in, gbs_out, mc_gbs, r.mc.cpu / r.t.cpu, r.mc_in.cpu / r.t.cpu);
   if (r.err >= 0) std::printf("  %.4f", r.err);
   std::printf("\n");
   std::fflush(stdout);
@@ -123,8 +126,8 @@ double rel_err(const std::vector<float>& x, Get get) {
 
 void header(const char* title) {
   std::printf("\n## %s\n", title);
-  std::printf("%-50s %7s %7s %7s %7s %8s %8s %10s %8s  %s\n", "kernel", "in_MB", "out_MB", "cpu_s", "wall_s", "in_GB/s", "out_GB/s",
-              "memcpyGB/s", "x_memcpy", "rel_err");
+  std::printf("%-50s %7s %7s %7s %7s %8s %8s %10s %8s %8s  %s\n", "kernel", "in_MB", "out_MB", "cpu_s", "wall_s", "in_GB/s", "out_GB/s",
+              "memcpyGB/s", "x_memcpy", "x_mc_in", "rel_err");
 }
 
 }  // namespace
@@ -132,6 +135,8 @@ void header(const char* title) {
 int main(int argc, char** argv) {
   using namespace kvcodec;
   const int reps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 5;
+  const std::string filter = argc > 2 ? argv[2] : "";
+  const auto want = [&](const std::string& name) { return name.find(filter) != std::string::npos; };
   std::printf("# command: %s\n", k_command);
   std::printf("# built with: g++ %s, -O3, no -march (baseline x86-64 SSE2); run-time kernels: %s\n", __VERSION__,
               simd::avx2() ? "AVX2+FMA+F16C (core/simd.hpp)" : "scalar reference (no AVX2 or KVCODEC_NO_SIMD set)");
@@ -239,23 +244,28 @@ int main(int argc, char** argv) {
   const double in_f32 = static_cast<double>(n) * 4;
   std::vector<row> rows;
   for (const auto& k : kernels) {
+    if (!want(k.name)) continue;
     row rq{k.name + " quantize (f32 in)", in_f32, static_cast<double>(k.enc_bytes), {}, {}};
     rq.mc = time_memcpy(reps, x.data(), q.data(), k.enc_bytes);
+    rq.mc_in = time_memcpy(reps, x.data(), y.data(), n * 4);
     rq.t = best_of(reps, k.quant);
     print_row(rq);
     row rd{k.name + " dequantize -> f32", static_cast<double>(k.enc_bytes), in_f32, {}, {}};
     rd.mc = time_memcpy(reps, x.data(), y.data(), n * 4);
+    rd.mc_in = time_memcpy(reps, q.data(), yh.data(), k.enc_bytes);
     rd.t = best_of(reps, k.deq);
     rd.err = rel_err(x, [&](std::size_t i) { return y[i]; });
     print_row(rd);
     row rh{k.name + " dequantize -> f16", static_cast<double>(k.enc_bytes), static_cast<double>(n) * 2, {}, {}};
     rh.mc = time_memcpy(reps, x.data(), yh.data(), n * 2);
+    rh.mc_in = time_memcpy(reps, q.data(), yh.data(), k.enc_bytes);
     rh.t = best_of(reps, k.deq16);
     rh.err = rel_err(x, [&](std::size_t i) { return f16_bits_to_f32(yh[i]); });
     print_row(rh);
     if (k.deq_plain) {
       row rp{k.name + " deq->f32 plain mul, NOT library code", static_cast<double>(k.enc_bytes), in_f32, {}, {}};
       rp.mc = time_memcpy(reps, x.data(), y.data(), n * 4);
+      rp.mc_in = time_memcpy(reps, q.data(), yh.data(), k.enc_bytes);
       rp.t = best_of(reps, k.deq_plain);
       rp.err = rel_err(x, [&](std::size_t i) { return y[i]; });
       print_row(rp);
@@ -267,15 +277,17 @@ int main(int argc, char** argv) {
   std::printf("\n## registered stages: kvcodec::encode / decode with cpu::seq on the kv_cache (best of %d)\n", sreps);
   std::printf("# encode in = the f32 kv_cache (537 MB; 268 MB as f16); decode out = the f32 kv_cache it allocates (537 MB,\n"
               "# zero-filled by kv_cache::zeros, page faults included). x_memcpy: memcpy of the same output bytes.\n");
-  std::printf("%-50s %7s %7s %7s %7s %8s %8s %10s %8s\n", "stage", "in_MB", "out_MB", "cpu_s", "wall_s", "in_GB/s", "out_GB/s",
-              "memcpyGB/s", "x_memcpy");
+  std::printf("%-50s %7s %7s %7s %7s %8s %8s %10s %8s %8s\n", "stage", "in_MB", "out_MB", "cpu_s", "wall_s", "in_GB/s", "out_GB/s",
+              "memcpyGB/s", "x_memcpy", "x_mc_in");
   const std::vector<std::string> specs = {"q8_0", "q4_0", "kivi:bits=4", "kivi:bits=2", "fp8", "uniform:bits=4", "uniform:bits=2"};
   for (const auto& spec : specs) {
+    if (!want(spec)) continue;
     codec c = make_codec(spec);
     encoded enc;
     const timing te = best_of(sreps, [&] { enc = encode(cpu::seq, c, kv); });
     row re{spec + " | pack  encode", in_f32, static_cast<double>(enc.data.size()), te, {}};
     re.mc = time_memcpy(reps, x.data(), q.data(), std::min(enc.data.size(), q.size()));
+    re.mc_in = time_memcpy(reps, x.data(), y.data(), n * 4);
     print_row(re);
     const timing td = best_of(sreps, [&] {
       kv_cache out = decode(cpu::seq, enc.data);
@@ -283,6 +295,7 @@ int main(int argc, char** argv) {
     });
     row rd{spec + " | pack  decode -> f32", static_cast<double>(enc.data.size()), in_f32, td, {}};
     rd.mc = time_memcpy(reps, x.data(), y.data(), n * 4);
+    rd.mc_in = time_memcpy(reps, x.data(), q.data(), std::min(enc.data.size(), q.size()));
     print_row(rd);
     std::printf("%-50s bits/element %.4f (%s)\n", "", enc.report.bits_per_element, enc.report.spec.c_str());
   }

@@ -422,3 +422,42 @@ TEST_CASE("affine bulk: groups, columns and packing equal the scalar references 
         }
   CHECK(cases > 500);
 }
+
+TEST_CASE("affine bulk: rounding ties and near-ties take the scalar reference's codes") {
+  std::mt19937 rng(11);
+  std::size_t cases = 0;
+  for (int bits = 1; bits <= 8; ++bits)
+    for (mode m : {mode::asymmetric, mode::symmetric})
+      for (param_dtype pd : {param_dtype::f16, param_dtype::f32})
+        for (float s : {0.25f, 0.1f, 3.0f / 7.0f, 1e-3f}) {
+          if (m == mode::symmetric && bits < 2) continue;
+          const std::size_t G = 32, ng = 21, n = ng * G, pb = param_bytes(m, pd);
+          const int top = static_cast<int>(max_code(bits)), zp = static_cast<int>(sym_zero(bits));
+          std::vector<float> x(n);
+          for (std::size_t g = 0; g < ng; ++g) {
+            const float base = m == mode::asymmetric ? static_cast<float>(rng() % 5) - 2.0f : 0.0f;
+            for (std::size_t i = 0; i < G; ++i) {
+              double t;
+              if (i == 0) t = m == mode::asymmetric ? 0.0 : -(zp - 1);
+              else if (i == 1) t = m == mode::asymmetric ? top : zp - 1;
+              else t = (m == mode::asymmetric ? 0.0 : -(zp - 1)) + static_cast<double>(rng() % static_cast<unsigned>(top)) + 0.5;
+              float v = static_cast<float>(base + t * s);
+              const int nudge = static_cast<int>(rng() % 5) - 2;
+              for (int k = 0; k < nudge; ++k) v = std::nextafter(v, 1e30f);
+              for (int k = 0; k > nudge; --k) v = std::nextafter(v, -1e30f);
+              x[g * G + i] = i < 2 ? static_cast<float>(base + t * s) : v;
+            }
+          }
+          std::vector<std::uint8_t> s1(ng * pb), s2(ng * pb), q1(n), q2(n);
+          quantize_groups(x.data(), ng, G, bits, m, pd, s1.data(), q1.data());
+          affine::detail::quantize_groups_ref(x.data(), ng, G, bits, m, pd, s2.data(), q2.data());
+          CHECK((s1 == s2 && q1 == q2));
+          // the same values as 8-wide column groups
+          std::vector<std::uint8_t> c1(n), c2(n), t1(ng * pb), t2(ng * pb);
+          quantize_columns(x.data(), G, ng, ng, bits, m, pd, t1.data(), c1.data());
+          affine::detail::quantize_columns_ref(x.data(), G, ng, ng, bits, m, pd, t2.data(), c2.data());
+          CHECK((t1 == t2 && c1 == c2));
+          ++cases;
+        }
+  CHECK(cases > 100);
+}

@@ -552,3 +552,56 @@ TEST_CASE("quant_common: affine_encode / affine_decode equal the per-value scala
           CHECK(std::memcmp(y.data(), ry.data(), 4 * y.size()) == 0);
         }
 }
+
+namespace {
+// The bit-at-a-time packer cpu/pack.hpp used before widths <= 8 went through core/affine.hpp.
+std::vector<std::uint8_t> pack_reference(const std::vector<std::uint16_t>& s, unsigned w) {
+  std::vector<std::uint8_t> out((s.size() * w + 7) / 8, 0);
+  std::uint64_t acc = 0;
+  unsigned fill = 0;
+  std::size_t o = 0;
+  for (auto v : s) {
+    acc |= static_cast<std::uint64_t>(v) << fill;
+    fill += w;
+    while (fill >= 8) {
+      out[o++] = static_cast<std::uint8_t>(acc);
+      acc >>= 8;
+      fill -= 8;
+    }
+  }
+  if (fill) out[o] = static_cast<std::uint8_t>(acc);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("pack stage: symbol packing equals the bit-at-a-time reference for every width and length") {
+  std::mt19937 rng(5);
+  for (unsigned w = 1; w <= 16; ++w)
+    for (std::size_t n : {1u, 7u, 8u, 31u, 32u, 63u, 64u, 100u, 4095u, 4096u, 4097u, 9000u}) {
+      std::vector<std::uint16_t> s(n);
+      for (auto& v : s) v = static_cast<std::uint16_t>(rng() & ((1u << w) - 1u));
+      const auto ref = pack_reference(s, w);
+      kvcodec::bytes out = {0xab};
+      kvcodec::cpu::pack_bits(s.data(), n, w, out);
+      REQUIRE(out.size() == ref.size() + 1);
+      CHECK(std::equal(ref.begin(), ref.end(), out.begin() + 1));
+      std::vector<std::uint16_t> back(n);
+      kvcodec::cpu::unpack_bits(ref.data(), n, w, back.data());
+      CHECK(back == s);
+      // arbitrary bytes: unused high bits of the last byte are ignored
+      std::vector<std::uint8_t> junk(ref.size());
+      for (auto& c : junk) c = static_cast<std::uint8_t>(rng());
+      kvcodec::cpu::unpack_bits(junk.data(), n, w, back.data());
+      std::vector<std::uint16_t> rt(n);
+      const auto again = pack_reference(back, w);
+      kvcodec::cpu::unpack_bits(again.data(), n, w, rt.data());
+      CHECK(rt == back);
+      bool lsb = true;
+      for (std::size_t i = 0; i < n; ++i) {
+        std::uint32_t v = 0;
+        for (unsigned k = 0; k < w; ++k) v |= static_cast<std::uint32_t>((junk[(i * w + k) / 8] >> ((i * w + k) % 8)) & 1u) << k;
+        lsb = lsb && back[i] == v;
+      }
+      CHECK(lsb);
+    }
+}

@@ -5,7 +5,8 @@
 // channels first), row_bytes(type, kv_heads·head_dim) bytes per token; kv_heads·head_dim must be a
 // multiple of 32 (usage error otherwise). Ragged block (token dropping): side = for each row (heads in
 // order), the row's head_dim values zero-padded to a multiple of 32. No symbol planes. Non-finite inputs
-// are read as 0 (core/ggml_blocks.hpp).
+// are read as 0 (core/ggml_blocks.hpp). When head_dim is a multiple of 32 each head's slice of a token row
+// is whole blocks, so heads are (de)quantized in place without assembling the row (same bytes).
 #pragma once
 
 #include <string>
@@ -40,6 +41,14 @@ class ggml_quant final : public stage_impl<D, quant_stage> {
       const std::size_t n = static_cast<std::size_t>(b.t1 - b.t0), w = static_cast<std::size_t>(b.heads) * hd;
       const std::size_t rb = ggml::row_bytes(D::type, w);
       out.side.assign(n * rb, 0);
+      if (hd % ggml::qk == 0) {
+        const std::size_t hb = ggml::row_bytes(D::type, hd);
+        for (std::size_t t = 0; t < n; ++t)
+          for (int h = 0; h < b.heads; ++h)
+            ggml::quantize_row(D::type, b.data.data() + (static_cast<std::size_t>(h) * n + t) * hd, hd,
+                               out.side.data() + t * rb + static_cast<std::size_t>(h) * hb);
+        return;
+      }
       std::vector<float> row(w);
       for (std::size_t t = 0; t < n; ++t) {
         for (int h = 0; h < b.heads; ++h)
@@ -67,6 +76,14 @@ class ggml_quant final : public stage_impl<D, quant_stage> {
       const std::size_t n = static_cast<std::size_t>(b.t1 - b.t0), wd = static_cast<std::size_t>(b.heads) * hd;
       const std::size_t rb = ggml::row_bytes(D::type, wd);
       expect_size(in, n * rb, w);
+      if (hd % ggml::qk == 0) {
+        const std::size_t hb = ggml::row_bytes(D::type, hd);
+        for (std::size_t t = 0; t < n; ++t)
+          for (int h = 0; h < b.heads; ++h)
+            ggml::dequantize_row(D::type, in.side.data() + t * rb + static_cast<std::size_t>(h) * hb, hd,
+                                 b.data.data() + (static_cast<std::size_t>(h) * n + t) * hd);
+        return;
+      }
       std::vector<float> row(wd);
       for (std::size_t t = 0; t < n; ++t) {
         ggml::dequantize_row(D::type, in.side.data() + t * rb, wd, row.data());

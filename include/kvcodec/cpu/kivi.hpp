@@ -60,9 +60,17 @@ class kivi_quant final : public stage_impl<quant::kivi, quant_stage> {
     const std::size_t pbytes = qc::affine_side_bytes(c, s.qcount.data(), b.heads, b.head_dim);
     if (in.side.size() < pbytes)
       throw_corrupt(w, "expected at least " + std::to_string(pbytes) + " bytes of scales, found " + std::to_string(in.side.size()));
+    byte_reader r(std::span<const std::uint8_t>(in.side).subspan(pbytes), w + " side bytes");
+    if (s.nq == b.rows()) {
+      // no residual rows: the quantized rows are the block's rows in order
+      b.data.resize(b.rows() * D);
+      qc::affine_decode(c, pl.sym.data(), in.side.data(), s.qcount.data(), b.heads, b.head_dim, b.data.data());
+      if (p_.outliers > 0.0) qc::put_outliers_back(r, b.data.data(), b.data.size());
+      r.expect_end();
+      return;
+    }
     std::vector<float> yq(s.nq * D), yr((b.rows() - s.nq) * D);
     qc::affine_decode(c, pl.sym.data(), in.side.data(), s.qcount.data(), b.heads, b.head_dim, yq.data());
-    byte_reader r(std::span<const std::uint8_t>(in.side).subspan(pbytes), w + " side bytes");
     if (p_.outliers > 0.0) qc::put_outliers_back(r, yq.data(), yq.size());
     if (!yr.empty()) qc::get_exact(r, yr.size(), yr.data());
     r.expect_end();

@@ -4,7 +4,8 @@
 // Layout: varint plane count; per plane varint alphabet, rows, cols, then ceil(n*w/8) bytes of
 // symbols packed LSB-first with w = bits needed for alphabet-1 (0 when alphabet is 1); finally
 // the side bytes as a varint-length blob. Decoding bounds every count by `max_symbols` and by the
-// bytes actually present, and rejects symbols >= alphabet.
+// bytes actually present, and rejects symbols >= alphabet. Widths up to 8 go through core/affine.hpp's
+// (AVX2-dispatched) byte packers, which produce the same bit stream.
 #pragma once
 
 #include <bit>
@@ -12,6 +13,7 @@
 #include <span>
 #include <string>
 
+#include "kvcodec/core/affine.hpp"
 #include "kvcodec/cpu/stage_impl.hpp"
 #include "kvcodec/stage/pack.hpp"
 
@@ -28,8 +30,15 @@ inline void pack_bits(const std::uint16_t* s, std::size_t n, unsigned w, bytes& 
   const std::size_t base = out.size();
   out.resize(base + nbytes, 0);
   std::uint8_t* dst = out.data() + base;
-  if (w == 8) {
-    for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<std::uint8_t>(s[i]);
+  if (w <= 8) {
+    // symbols are < 2^w (alphabet), so narrowing to bytes loses nothing; core/affine.hpp packs them
+    constexpr std::size_t chunk = 4096;
+    std::uint8_t buf[chunk];
+    for (std::size_t i = 0; i < n; i += chunk) {
+      const std::size_t k = n - i < chunk ? n - i : chunk;
+      for (std::size_t j = 0; j < k; ++j) buf[j] = static_cast<std::uint8_t>(s[i + j]);
+      affine::pack_bits_fast(buf, k, static_cast<int>(w), dst + i / 8 * w);
+    }
     return;
   }
   std::uint64_t acc = 0;
@@ -53,8 +62,16 @@ inline void unpack_bits(const std::uint8_t* src, std::size_t n, unsigned w, std:
     for (std::size_t i = 0; i < n; ++i) s[i] = 0;
     return;
   }
-  if (w == 8) {
-    for (std::size_t i = 0; i < n; ++i) s[i] = src[i];
+  if (w <= 8) {
+    // byte symbols through core/affine.hpp's unpacker (same LSB-first layout), then widened; chunks of
+    // a multiple of 8 symbols start on byte boundaries
+    constexpr std::size_t chunk = 4096;
+    std::uint8_t buf[chunk];
+    for (std::size_t i = 0; i < n; i += chunk) {
+      const std::size_t k = n - i < chunk ? n - i : chunk;
+      affine::unpack_bits_fast(src + i / 8 * w, k, static_cast<int>(w), buf);
+      for (std::size_t j = 0; j < k; ++j) s[i + j] = buf[j];
+    }
     return;
   }
   const std::uint32_t mask = (1u << w) - 1u;
