@@ -491,3 +491,70 @@ TEST_CASE("compact decoder layout: field limits and bad layouts") {
   CHECK(throws_kind([&] { make_rans_ctx_decoder(std::span<const decode_table>(&d, 1), bad); }, error_kind::bad_input));
   CHECK(throws_kind([&] { make_rans_ctx_decoder(std::span<const decode_table>(&d, 1), {}); }, error_kind::bad_input));
 }
+
+TEST_CASE("vector encoder (AVX2 when the CPU has it) writes exactly the scalar encoder's bytes and errors") {
+  std::mt19937 rng(77);
+  size_t compared = 0;
+  for (int lanes : {32, 64, 96}) {
+    for (size_t cols : {size_t{1}, size_t{7}, size_t{128}}) {
+      for (int m : {10, 12, 15}) {
+        const size_t A = 40;
+        std::vector<freq_table> ft;
+        for (int g = 0; g < 4; ++g) ft.push_back(laplace_table(10.0 + 5 * g, 0.3 + 1.5 * g, A, m));
+        std::vector<uint32_t> f(A, 1);  // frequency-1 symbols (rcp_shift 0) and one near 2^m
+        f[3] = (1u << m) - static_cast<uint32_t>(A - 1);
+        ft.push_back(make_freq_table(f, m));
+        std::vector<uint32_t> g(A, 5);  // symbol 7 has zero frequency
+        g[7] = 0;
+        ft.push_back(normalize_freqs(g, m));
+        std::vector<encode_table> et;
+        for (const auto& t : ft) et.push_back(make_encode_table(t));
+        std::vector<uint32_t> map(cols);
+        for (size_t c = 0; c < cols; ++c) map[c] = static_cast<uint32_t>((c * 7 + 1) % (ft.size() - 1));
+        std::vector<const rans_enc_symbol*> tabs(cols);
+        std::vector<size_t> alpha(cols, A);
+        for (size_t c = 0; c < cols; ++c) tabs[c] = et[map[c]].sym.data();
+        for (size_t n : {size_t{0}, size_t{5}, static_cast<size_t>(lanes) * 4, static_cast<size_t>(lanes) * 9 + 3, size_t{20001}}) {
+          std::vector<uint16_t> s(n);
+          for (size_t i = 0; i < n; ++i) {
+            const freq_table& t = ft[map[i % cols]];
+            std::discrete_distribution<int> dist(t.freq.begin(), t.freq.end());
+            s[i] = static_cast<uint16_t>(dist(rng));
+          }
+          for (int variant = 0; variant < 3; ++variant) {
+            CAPTURE(lanes);
+            CAPTURE(cols);
+            CAPTURE(m);
+            CAPTURE(n);
+            CAPTURE(variant);
+            auto in = s;
+            auto tb = tabs;
+            if (variant == 1 && n > 0) in[rng() % n] = static_cast<uint16_t>(A + rng() % 5);  // outside the alphabet
+            if (variant == 2 && n > 0) {  // a zero-frequency symbol in the last column's table
+              for (auto& p : tb) p = et[ft.size() - 1].sym.data();
+              in.assign(n, 2);
+              in[rng() % n] = 7;
+            }
+            std::vector<uint8_t> v, r;
+            std::string ev, er;
+            try {
+              v = detail::rans_encode_impl(in.data(), n, cols, tb.data(), alpha.data(), lanes, "enc", true);
+            } catch (const error& e) {
+              ev = e.what();
+            }
+            try {
+              r = detail::rans_encode_impl(in.data(), n, cols, tb.data(), alpha.data(), lanes, "enc", false);
+            } catch (const error& e) {
+              er = e.what();
+            }
+            CHECK(ev == er);
+            CHECK(v == r);
+            if (variant > 0 && n > 0) CHECK_FALSE(er.empty());
+            ++compared;
+          }
+        }
+      }
+    }
+  }
+  CHECK(compared == 3 * 3 * 3 * 5 * 3);
+}

@@ -72,20 +72,152 @@ inline void store_le32(uint8_t* p, uint32_t v) {
   p[3] = static_cast<uint8_t>(v >> 24);
 }
 
+#if KVCODEC_RANS_AVX512
+inline bool rans_avx2_available();
+
+/// Shuffle that moves the words (16-bit, one per 32-bit lane, low half) of the lanes set in an
+/// 8-bit mask to the TOP of a 16-byte vector, in ascending lane order (the encoder's word store).
+struct rans_compress_lut {
+  alignas(16) uint8_t b[256][16];
+  constexpr rans_compress_lut() : b{} {
+    for (int m = 0; m < 256; ++m) {
+      int k = 0;
+      for (int i = 0; i < 8; ++i) k += (m >> i) & 1;
+      for (int i = 0; i < 16; ++i) b[m][i] = 0x80;
+      int slot = 8 - k;
+      for (int i = 0; i < 8; ++i)
+        if ((m >> i) & 1) {
+          b[m][2 * slot] = static_cast<uint8_t>(2 * i);
+          b[m][2 * slot + 1] = static_cast<uint8_t>(2 * i + 1);
+          ++slot;
+        }
+    }
+  }
+};
+inline constexpr rans_compress_lut rans_compress{};
+
+/// Full steps t = t_end-1 .. 0 of the encoder with 8 lanes per AVX2 vector, lanes (and so words)
+/// in exactly the scalar loop's order. Tables: 16-byte rans_enc_symbol entries of all columns in one
+/// array, column c's at flat + 16 * col_off[c] (col_off extended by N entries), every symbol below
+/// each table's padded alphabet (checked by the caller). Stores words below w (the 16-byte store
+/// writes up to 8 words below the new w: the caller leaves that slack). Returns false when a symbol
+/// has zero frequency (the caller then reruns the scalar encoder, which reports it).
+template <class Sym>
+__attribute__((target("avx2,popcnt"))) bool rans_encode_steps_avx2(const Sym* sym, size_t t_end, size_t N, size_t cols,
+                                                                   const uint32_t* flat, const uint32_t* col_off, uint32_t* x,
+                                                                   uint16_t*& w_io) {
+  uint16_t* w = w_io;
+  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  const __m256i lo16 = _mm256_set1_epi32(0xffff);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i pack_lo = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9, 12, 13, -1, -1,
+                                           -1, -1, -1, -1, -1, -1);
+  __m256i bad = zero;
+  for (size_t t = t_end; t-- > 0;) {
+    const size_t base = t * N;
+    const size_t c0 = base % cols;
+    for (size_t j = N; j > 0;) {
+      j -= 8;
+      // Each lane's 16-byte entry is one load; a 4x4 transpose per 128-bit half gives the fields in
+      // lane order (cheaper than four gathers on current x86 cores).
+      const Sym* sp = sym + base + j;
+      const uint32_t* op = col_off + c0 + j;
+      const auto ld = [&](int l) {
+        return _mm_loadu_si128(reinterpret_cast<const __m128i*>(flat + 4 * (static_cast<size_t>(op[l]) + sp[l])));
+      };
+      const __m256i r0 = _mm256_inserti128_si256(_mm256_castsi128_si256(ld(0)), ld(4), 1);
+      const __m256i r1 = _mm256_inserti128_si256(_mm256_castsi128_si256(ld(1)), ld(5), 1);
+      const __m256i r2 = _mm256_inserti128_si256(_mm256_castsi128_si256(ld(2)), ld(6), 1);
+      const __m256i r3 = _mm256_inserti128_si256(_mm256_castsi128_si256(ld(3)), ld(7), 1);
+      const __m256i u0 = _mm256_unpacklo_epi32(r0, r1), u1 = _mm256_unpacklo_epi32(r2, r3);
+      const __m256i u2 = _mm256_unpackhi_epi32(r0, r1), u3 = _mm256_unpackhi_epi32(r2, r3);
+      const __m256i xmax = _mm256_unpacklo_epi64(u0, u1);
+      const __m256i rcp = _mm256_unpackhi_epi64(u0, u1);
+      const __m256i bias = _mm256_unpacklo_epi64(u2, u3);
+      const __m256i cs = _mm256_unpackhi_epi64(u2, u3);
+      bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(xmax, zero));
+      __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j));
+      // renormalise: emit the low word of lanes with x > x_max_minus1 (unsigned compare)
+      const __m256i emit = _mm256_cmpgt_epi32(_mm256_xor_si256(xv, sign), _mm256_xor_si256(xmax, sign));
+      const unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(emit)));
+      const __m256i wl = _mm256_shuffle_epi8(xv, pack_lo);
+      const __m128i w8 = _mm_unpacklo_epi64(_mm256_castsi256_si128(wl), _mm256_extracti128_si256(wl, 1));
+      const __m128i wc = _mm_shuffle_epi8(w8, _mm_load_si128(reinterpret_cast<const __m128i*>(rans_compress.b[m])));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(w - 8), wc);
+      w -= __builtin_popcount(m);
+      xv = _mm256_blendv_epi8(xv, _mm256_srli_epi32(xv, 16), emit);
+      // x' = x + bias + q * cmpl_freq, q = floor((x + mulhi(x, rcp)) / 2^shift) without overflow:
+      // (x + hi) >> s = (hi + ((x - hi) >> 1)) >> (s - 1) for s >= 1 (hi <= x); s = 0 only for
+      // f = 1, where rcp = 0, hi = 0 and q = x.
+      const __m256i pe = _mm256_srli_epi64(_mm256_mul_epu32(xv, rcp), 32);
+      const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(xv, 32), _mm256_srli_epi64(rcp, 32));
+      const __m256i hi = _mm256_blend_epi32(pe, po, 0xaa);
+      const __m256i shift = _mm256_srli_epi32(cs, 16);
+      const __m256i cmpl = _mm256_and_si256(cs, lo16);
+      const __m256i half = _mm256_add_epi32(hi, _mm256_srli_epi32(_mm256_sub_epi32(xv, hi), 1));
+      const __m256i s0 = _mm256_cmpeq_epi32(shift, zero);
+      const __m256i q = _mm256_blendv_epi8(_mm256_srlv_epi32(half, _mm256_sub_epi32(shift, one)), xv, s0);
+      xv = _mm256_add_epi32(_mm256_add_epi32(xv, bias), _mm256_mullo_epi32(q, cmpl));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(x + j), xv);
+    }
+  }
+  w_io = w;
+  return _mm256_testz_si256(bad, bad) != 0;
+}
+#endif
+
 /// Encode with table tabs[col_table[i % cols]]; symbols validated against each table's alphabet.
+/// simd = false forces the scalar reference loop (tests compare both: identical bytes).
 template <class Sym>
 std::vector<uint8_t> rans_encode_impl(const Sym* sym, size_t n, size_t cols, const rans_enc_symbol* const* tabs,
-                                      const size_t* alpha, int lanes, const char* where) {
+                                      const size_t* alpha, int lanes, const char* where, bool simd = true) {
   check_lanes(where, lanes);
   if (n > 0 && sym == nullptr) throw_bad_input(where, "sym", "non-null pointer", "nullptr");
   const size_t N = static_cast<size_t>(lanes);
   std::vector<uint32_t> x(N, rans_l);
-  std::vector<uint16_t> words(n + 1);  // one scratch slot below the lowest emitted word
+  constexpr size_t slack = 8;  // the vector path's 16-byte word store reaches 8 words below w
+  std::vector<uint16_t> words(n + 1 + slack);  // one scratch slot below the lowest emitted word
   uint16_t* wend = words.data() + words.size();
   uint16_t* w = wend;
   const size_t steps = (n + N - 1) / N;
   size_t col = cols ? (n == 0 ? 0 : (n - 1) % cols) : 0;
-  for (size_t t = steps; t-- > 0;) {
+  size_t t_vec = 0;  // steps [0, t_vec) run in the vector loop after the scalar ones
+#if KVCODEC_RANS_AVX512
+  std::vector<uint32_t> flat, col_off;
+  if (simd && steps >= 4 && rans_avx2_available()) {
+    // One flat table (each distinct table padded to the largest alphabet with zero-frequency
+    // entries) and per-column offsets; symbols must lie below the padded alphabet.
+    size_t amax = 0;
+    for (size_t c = 0; c < cols; ++c) amax = std::max(amax, alpha[c]);
+    Sym smax = 0;
+    for (size_t i = 0; i < n; ++i) smax = sym[i] > smax ? sym[i] : smax;
+    if (static_cast<size_t>(smax) < amax && cols * amax <= (size_t{1} << 24)) {
+      std::vector<const rans_enc_symbol*> seen;
+      col_off.resize(cols + N);
+      for (size_t c = 0; c < cols; ++c) {
+        size_t k = 0;
+        while (k < seen.size() && seen[k] != tabs[c]) ++k;
+        if (k == seen.size()) {
+          seen.push_back(tabs[c]);
+          const size_t at = flat.size();
+          flat.resize(at + 4 * amax, 0);
+          for (size_t a = 0; a < alpha[c]; ++a) {
+            const rans_enc_symbol& e = tabs[c][a];
+            flat[at + 4 * a] = e.x_max_minus1;
+            flat[at + 4 * a + 1] = e.rcp_freq;
+            flat[at + 4 * a + 2] = e.bias;
+            flat[at + 4 * a + 3] = uint32_t{e.cmpl_freq} | uint32_t{e.rcp_shift} << 16;
+          }
+        }
+        col_off[c] = static_cast<uint32_t>(k * amax);
+      }
+      for (size_t c = cols; c < col_off.size(); ++c) col_off[c] = col_off[c % cols];
+      t_vec = n / N;  // every full step; a partial last step runs scalar first
+    }
+  }
+#endif
+  for (size_t t = steps; t-- > t_vec;) {
     const size_t base = t * N;
     const size_t active = std::min(N, n - base);
     for (size_t j = active; j-- > 0;) {
@@ -102,6 +234,10 @@ std::vector<uint8_t> rans_encode_impl(const Sym* sym, size_t n, size_t cols, con
       col = col == 0 ? cols - 1 : col - 1;
     }
   }
+#if KVCODEC_RANS_AVX512
+  if (t_vec > 0 && !rans_encode_steps_avx2(sym, t_vec, N, cols, flat.data(), col_off.data(), x.data(), w))
+    return rans_encode_impl(sym, n, cols, tabs, alpha, lanes, where, false);  // reports the bad symbol
+#endif
   const size_t k = static_cast<size_t>(wend - w);
   std::vector<uint8_t> out(4 * N + 2 * k);
   for (size_t j = 0; j < N; ++j) store_le32(out.data() + 4 * j, x[j]);
