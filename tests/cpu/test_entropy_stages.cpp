@@ -303,7 +303,7 @@ TEST_CASE("cachegen-quant: quantize rounds half to even like nearbyintf; decode_
       kv_shape s;
       s.layers = 1;
       s.kv_heads = 3;
-      s.head_dim = 20;
+      s.head_dim = 20;  // 20 = two 8-wide vectors and a scalar tail per row
       s.tokens = tokens;
       for (bool key : {true, false}) {
         block b = detail::block_skeleton(s, 0, key, 0, tokens, nullptr);
@@ -312,6 +312,23 @@ TEST_CASE("cachegen-quant: quantize rounds half to even like nearbyintf; decode_
         const cache_info info{s, dtype::f16, {}};
         symbols sy;
         cg->encode(b, info, sy);
+        {  // the (vector) encoder's symbols equal the scalar formula under the stored scales
+          const bool by_token = std::string(spec).find("kaxis=channel") == std::string::npos || !key;
+          const bool bf = std::string(spec).find("bf16") != std::string::npos;
+          const int MAX = (key ? (std::string(spec).find("kbins=256") != std::string::npos ? 256 : 16)
+                               : (std::string(spec).find("vbins=24") != std::string::npos ? 24 : 8)) / 2 - 1;
+          const std::size_t R = static_cast<std::size_t>(tokens), C = 60;
+          std::size_t bad = 0;
+          for (std::size_t r = 0; r < R; ++r)
+            for (std::size_t c = 0; c < C; ++c) {
+              const std::size_t si = by_token ? r : c;
+              const auto bits = static_cast<std::uint16_t>(sy.side[2 * si] | (sy.side[2 * si + 1] << 8));
+              const float sc = cachegen_scale_value(bits, bf);
+              const float x = b.data[((c / 20) * R + r) * 20 + c % 20];
+              bad += sy.planes[0].sym[r * C + c] != cachegen_quantize(x, sc > 0 ? static_cast<float>(MAX) / sc : 0.0f, MAX);
+            }
+          CHECK(bad == 0);
+        }
         block d32 = detail::block_skeleton(s, 0, key, 0, tokens, nullptr);
         cg->decode(sy, info, d32);
         std::vector<std::uint16_t> h(b.rows() * 20, 0xdead);

@@ -93,16 +93,26 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     }
     auto sidx = [&](std::size_t r, std::size_t c) { return by_token ? r : dense ? c : head_of_row[r] * D + c; };
     if (dense) {
+#if KVCODEC_X86_DISPATCH
+      const bool vec = simd::avx2();
+#endif
       for (std::size_t h = 0; h < H; ++h)
         for (std::size_t r = 0; r < R; ++r) {
           const float* x = b.data.data() + (h * R + r) * D;
+          std::size_t d0 = 0;
           if (by_token) {
             float mm = m[r];
-            for (std::size_t d = 0; d < D; ++d) mm = std::max(mm, std::fabs(x[d]));
+#if KVCODEC_X86_DISPATCH
+            if (vec) d0 = absmax_avx2(x, D, mm);
+#endif
+            for (std::size_t d = d0; d < D; ++d) mm = std::max(mm, std::fabs(x[d]));
             m[r] = mm;
           } else {
             float* mc = m.data() + h * D;
-            for (std::size_t d = 0; d < D; ++d) mc[d] = std::max(mc[d], std::fabs(x[d]));
+#if KVCODEC_X86_DISPATCH
+            if (vec) d0 = absmax_cols_avx2(x, D, mc);
+#endif
+            for (std::size_t d = d0; d < D; ++d) mc[d] = std::max(mc[d], std::fabs(x[d]));
           }
         }
       bool finite = true;
@@ -125,16 +135,26 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
       inv[i] = s > 0 ? static_cast<float>(MAX) / s : 0.0f;
     }
     if (dense) {
+#if KVCODEC_X86_DISPATCH
+      const bool vec = simd::avx2();
+#endif
       for (std::size_t h = 0; h < H; ++h)
         for (std::size_t r = 0; r < R; ++r) {
           const float* x = b.data.data() + (h * R + r) * D;
           std::uint16_t* o = p.sym.data() + r * C + h * D;
+          std::size_t d0 = 0;
           if (by_token) {
             const float iv = inv[r];
-            for (std::size_t d = 0; d < D; ++d) o[d] = cachegen_quantize(x[d], iv, MAX);
+#if KVCODEC_X86_DISPATCH
+            if (vec) d0 = quantize_avx2(x, &iv, true, MAX, o, D);
+#endif
+            for (std::size_t d = d0; d < D; ++d) o[d] = cachegen_quantize(x[d], iv, MAX);
           } else {
             const float* iv = inv.data() + h * D;
-            for (std::size_t d = 0; d < D; ++d) o[d] = cachegen_quantize(x[d], iv[d], MAX);
+#if KVCODEC_X86_DISPATCH
+            if (vec) d0 = quantize_avx2(x, iv, false, MAX, o, D);
+#endif
+            for (std::size_t d = d0; d < D; ++d) o[d] = cachegen_quantize(x[d], iv[d], MAX);
           }
         }
     } else {
@@ -183,6 +203,50 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
       const __m256i q = _mm256_sub_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + d))), mx);
       const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(q), bcast ? b : _mm256_loadu_ps(st + d));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(o + d), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    return d;
+  }
+#endif
+
+#if KVCODEC_X86_DISPATCH
+  /// mm = max(mm, |x[d]|) over the largest multiple of 8 of n (NaN never enters: the caller's
+  /// finiteness check rejects such blocks); returns how many were done.
+  KVCODEC_TARGET_AVX2 static std::size_t absmax_avx2(const float* x, std::size_t n, float& mm) {
+    const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 a = _mm256_set1_ps(mm);
+    std::size_t d = 0;
+    for (; d + 8 <= n; d += 8) a = _mm256_max_ps(a, _mm256_and_ps(_mm256_loadu_ps(x + d), abs));
+    __m128 v = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    v = _mm_max_ps(v, _mm_movehl_ps(v, v));
+    v = _mm_max_ss(v, _mm_shuffle_ps(v, v, 1));
+    mm = _mm_cvtss_f32(v);
+    return d;
+  }
+  /// mc[d] = max(mc[d], |x[d]|) for the largest multiple of 8 of n.
+  KVCODEC_TARGET_AVX2 static std::size_t absmax_cols_avx2(const float* x, std::size_t n, float* mc) {
+    const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    std::size_t d = 0;
+    for (; d + 8 <= n; d += 8)
+      _mm256_storeu_ps(mc + d, _mm256_max_ps(_mm256_loadu_ps(mc + d), _mm256_and_ps(_mm256_loadu_ps(x + d), abs)));
+    return d;
+  }
+  /// o[d] = cachegen_quantize(x[d], iv (bcast) or iv[d], max) for the largest multiple of 8 of n:
+  /// the same multiply, clamp and magic-number rounding, in the same order.
+  KVCODEC_TARGET_AVX2 static std::size_t quantize_avx2(const float* x, const float* iv, bool bcast, int max, std::uint16_t* o,
+                                                       std::size_t n) {
+    const __m256 hi = _mm256_set1_ps(static_cast<float>(max)), lo = _mm256_set1_ps(-static_cast<float>(max));
+    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    const __m256i mx = _mm256_set1_epi32(max);
+    const __m256 b = _mm256_set1_ps(iv[0]);
+    std::size_t d = 0;
+    for (; d + 8 <= n; d += 8) {
+      __m256 q = _mm256_mul_ps(_mm256_loadu_ps(x + d), bcast ? b : _mm256_loadu_ps(iv + d));
+      q = _mm256_max_ps(q, lo);  // q < -m ? -m : q, then q > m ? m : q (finite inputs)
+      q = _mm256_min_ps(q, hi);
+      q = _mm256_sub_ps(_mm256_add_ps(q, magic), magic);
+      const __m256i k = _mm256_add_epi32(_mm256_cvttps_epi32(q), mx);
+      const __m256i p16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(k, k), 0x88);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + d), _mm256_castsi256_si128(p16));
     }
     return d;
   }

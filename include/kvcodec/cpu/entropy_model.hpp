@@ -275,12 +275,31 @@ inline std::uint32_t anchor_rows(pred_kind pk, std::uint32_t group, std::uint32_
 /// symbols checked against A. h must be sized by the caller.
 inline void add_hist(const std::uint16_t* s, std::size_t n, std::uint32_t cols, std::uint32_t A, const std::uint32_t* bin_of,
                      std::uint32_t* h, const std::string& where) {
-  std::uint32_t c = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    if (s[i] >= A) throw_bad_input(where, "symbol[" + std::to_string(i) + "]", "< alphabet " + std::to_string(A), std::to_string(s[i]));
-    ++h[static_cast<std::size_t>(bin_of ? bin_of[c] : c) * A + s[i]];
-    c = c + 1 == cols ? 0 : c + 1;
+  // Row by row with the bins' offsets precomputed; an out-of-alphabet symbol is counted in bin 0
+  // of its table and reported after the pass (the histogram is then discarded with the error).
+  std::vector<std::size_t> base(cols);
+  for (std::uint32_t c = 0; c < cols; ++c) base[c] = static_cast<std::size_t>(bin_of ? bin_of[c] : c) * A;
+  std::uint32_t worst = 0;
+  if (cols == 1) {
+    std::uint32_t* hb = h + base[0];
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint32_t v = s[i];
+      worst = v > worst ? v : worst;
+      ++hb[v < A ? v : 0];
+    }
   }
+  for (std::size_t i = 0; cols > 1 && i < n; i += cols) {
+    const std::size_t m = std::min<std::size_t>(cols, n - i);
+    const std::uint16_t* row = s + i;
+    for (std::size_t c = 0; c < m; ++c) {
+      const std::uint32_t v = row[c];
+      worst = v > worst ? v : worst;
+      ++h[base[c] + (v < A ? v : 0)];
+    }
+  }
+  if (n > 0 && worst >= A)
+    for (std::size_t i = 0; i < n; ++i)
+      if (s[i] >= A) throw_bad_input(where, "symbol[" + std::to_string(i) + "]", "< alphabet " + std::to_string(A), std::to_string(s[i]));
 }
 
 /// Per-column histograms (cols x A), symbols checked against A.
