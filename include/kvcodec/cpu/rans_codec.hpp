@@ -29,6 +29,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -177,8 +178,9 @@ std::vector<uint8_t> rans_encode_impl(const Sym* sym, size_t n, size_t cols, con
   const size_t N = static_cast<size_t>(lanes);
   std::vector<uint32_t> x(N, rans_l);
   constexpr size_t slack = 8;  // the vector path's 16-byte word store reaches 8 words below w
-  std::vector<uint16_t> words(n + 1 + slack);  // one scratch slot below the lowest emitted word
-  uint16_t* wend = words.data() + words.size();
+  // One scratch slot below the lowest emitted word; left uninitialised (every word read back was written).
+  const std::unique_ptr<uint16_t[]> words(new uint16_t[n + 1 + slack]);
+  uint16_t* wend = words.get() + n + 1 + slack;
   uint16_t* w = wend;
   const size_t steps = (n + N - 1) / N;
   size_t col = cols ? (n == 0 ? 0 : (n - 1) % cols) : 0;
