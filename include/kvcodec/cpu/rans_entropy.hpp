@@ -31,6 +31,7 @@ namespace detail {
 /// A fitted model with its coder tables built once.
 struct ready_model {
   em::plane_model m;
+  double bound_per_symbol = 0;  ///< tables=shared: empirical entropy of the context over the whole cache / symbols
   std::vector<encode_table> enc;
   rans_ctx_decoder dec;  ///< cols = 1 for a single-table model, else the model's columns
   void build(bool encoder, bool decoder) {
@@ -118,6 +119,14 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
     for (auto& [k, a] : acc) {
       detail::ready_model rm;
       rm.m = em::fit_model(a.hist, a.cols, a.alphabet, mo_, weight);
+      {
+        const bool one = rm.m.groups == 1 || rm.m.group_of_col.size() != a.cols;
+        const std::vector<std::uint32_t> gof = one ? std::vector<std::uint32_t>(a.cols, 0) : rm.m.group_of_col;
+        const auto gh = em::group_hist(a.hist, a.alphabet, gof, one ? 1u : rm.m.groups);
+        double total = 0;
+        for (auto c : a.hist) total += c;
+        rm.bound_per_symbol = total > 0 ? em::grouped_entropy(gh, a.alphabet, one ? 1u : rm.m.groups) / total : 0.0;
+      }
       w.put_varint(static_cast<std::uint64_t>(std::get<0>(k)));
       w.put<std::uint8_t>(std::get<1>(k) ? 1 : 0);
       w.put_varint(static_cast<std::uint64_t>(std::get<2>(k)));
@@ -221,10 +230,10 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
         const detail::ready_model* rm = nullptr;
         std::vector<std::uint32_t> gh;
         if (p_.tables == "shared") {
+          // The shared tables' context spans every chunk: its empirical entropy over the whole cache,
+          // attributed to blocks by symbol count (no second histogram pass per block).
           rm = find_shared(ctx, static_cast<int>(pi), s, p);
-          gh.assign(static_cast<std::size_t>(rm->m.groups) * p.alphabet, 0);
-          const bool one = rm->m.groups == 1 || rm->m.group_of_col.size() != p.cols;
-          em::add_hist(sd, sn, one ? 1u : p.cols, p.alphabet, one ? nullptr : rm->m.group_of_col.data(), gh.data(), "rans encode");
+          bound += rm->bound_per_symbol * static_cast<double>(sn);
         } else {
           em::column_hist(sd, sn, p.cols, p.alphabet, colh, "rans encode");
           local.m = em::fit_model(colh, p.cols, p.alphabet, mo_);
@@ -232,8 +241,8 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
           em::serialize_model(local.m, out);
           rm = &local;
           gh = em::group_hist(colh, p.alphabet, rm->m.group_of_col, rm->m.groups);
+          bound += em::grouped_entropy(gh, p.alphabet, rm->m.groups);
         }
-        bound += em::grouped_entropy(gh, p.alphabet, rm->m.groups);
         const int lanes = p_.lanes > 0 ? p_.lanes : auto_lanes(sn);
         if (p_.lanes == 0) w.put_varint(static_cast<std::uint64_t>(lanes / rans_lane_multiple));
         const auto stream = rm->m.groups == 1 ? rans_encode(sd, sn, rm->enc[0], lanes)
