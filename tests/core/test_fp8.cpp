@@ -1,6 +1,7 @@
 // Tests for kvcodec/core/fp8.hpp: exhaustive code round trips and a brute-force nearest-value oracle.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -271,6 +272,44 @@ TEST_CASE("fp8 bulk: encode equals the scalar reference over a sweep of 2^22 f32
       encode_fp8(k, x.data(), n, 1.0f, a.data());
       detail::encode_fp8_ref(k, x.data(), n, 1.0f, r.data());
       REQUIRE(a == r);
+    }
+  }
+}
+
+TEST_CASE("fp8 bulk: encode equals the reference near every rounding midpoint under non-power-of-two scales") {
+  // x = (midpoint or code value) · scale, nudged by a few ulps: x / scale lands on and around the
+  // format's rounding boundaries, where a product with 1/scale could round the other way.
+  std::mt19937 rng(11);
+  for (fp8_kind k : {fp8_kind::e4m3, fp8_kind::e5m2}) {
+    std::vector<float> anchors;
+    for (int c = 0; c < 0x7f; ++c) {
+      const float a = fp8_to_f32(k, static_cast<std::uint8_t>(c)), b = fp8_to_f32(k, static_cast<std::uint8_t>(c + 1));
+      if (!std::isfinite(a)) continue;
+      anchors.push_back(a);
+      if (std::isfinite(b)) anchors.push_back(0.5f * (a + b));
+    }
+    anchors.push_back(fp8_max(k) * 1.0625f);
+    for (int rep = 0; rep < 40; ++rep) {
+      float scale = std::ldexp(1.0f + static_cast<float>(rng() % (1u << 23)) / 8388608.0f, static_cast<int>(rng() % 60) - 30);
+      if (rep % 3 == 0) scale = -scale;
+      if (rep == 0) scale = 0.37f;
+      std::vector<float> x;
+      for (float a : anchors)
+        for (float sg : {1.0f, -1.0f}) {
+          const float base = sg * a * scale;
+          std::uint32_t b = to_bits(base);
+          for (int d = -6; d <= 6; ++d) x.push_back(from_bits(static_cast<std::uint32_t>(static_cast<std::int64_t>(b) + d)));
+        }
+      std::shuffle(x.begin(), x.end(), rng);
+      const std::size_t n = x.size();
+      std::vector<std::uint8_t> a8(n), r8(n);
+      encode_fp8(k, x.data(), n, scale, a8.data());
+      detail::encode_fp8_ref(k, x.data(), n, scale, r8.data());
+      REQUIRE(a8 == r8);
+      std::vector<std::uint16_t> a16(n), r16(n);
+      encode_fp8(k, x.data(), n, scale, a16.data());
+      detail::encode_fp8_ref(k, x.data(), n, scale, r16.data());
+      REQUIRE(a16 == r16);
     }
   }
 }

@@ -368,19 +368,40 @@ TEST_CASE("ggml blocks: real stories260K keys and values") {
 
 namespace {
 
+constexpr int n_edge_modes = 13;
+
 std::vector<float> ggml_edge_values(std::size_t n, int mode, std::mt19937& rng) {
   std::normal_distribution<float> nd(0.0f, 1.0f);
+  const float inf = std::numeric_limits<float>::infinity();
   std::vector<float> v(n);
-  for (auto& x : v) {
-    x = nd(rng);
-    if (mode == 1) x = std::round(x * 4.0f) / 4.0f;  // exact ties of the code grid
-    if (mode == 2) {
-      const std::uint32_t b = static_cast<std::uint32_t>(rng());
-      std::memcpy(&x, &b, 4);  // any bit pattern: NaN, Inf, subnormals, huge
+  for (std::size_t b = 0; b < n / qk; ++b) {
+    const int m = mode == 6 ? static_cast<int>(rng() % n_edge_modes) : mode;  // 6: a different mode per block
+    const float sign = rng() % 2 ? 1.0f : -1.0f;
+    const float big = static_cast<float>(1 + rng() % 4) * 1e38f;
+    const float top = rng() % 2 ? 127.0f : (rng() % 2 ? 8.0f : 16.0f);
+    for (std::size_t j = 0; j < qk; ++j) {
+      float& x = v[b * qk + j];
+      x = nd(rng);
+      if (m == 1) x = std::round(x * 4.0f) / 4.0f;  // exact ties of the code grid
+      if (m == 2) {
+        const std::uint32_t u = static_cast<std::uint32_t>(rng());
+        std::memcpy(&x, &u, 4);  // any bit pattern: NaN, Inf, subnormals, huge
+      }
+      if (m == 3) x = rng() % 3 == 0 ? 0.0f : (rng() % 2 ? -0.0f : x * 1e-30f);  // signed zeros, denormal scales
+      if (m == 4 && rng() % 7 == 0) x = rng() % 2 ? inf : std::numeric_limits<float>::quiet_NaN();
+      if (m == 5) x = 1.5f;                                                        // constant blocks
+      if (m == 7) x = j == 5 || j == 20 ? (j == 5 ? sign : -sign) * 2.5f : x;      // +a and -a: signed-absmax tie
+      if (m == 8) x = rng() % 3 == 0 ? (rng() % 2 ? 0.0f : -0.0f) : sign * std::fabs(x);  // a zero min or max
+      if (m == 9) x = rng() % 2 ? 0.0f : -0.0f;                                     // all-zero blocks
+      if (m == 10) x = rng() % 4 == 0 ? (rng() % 2 ? big : -big) : x * 1e37f;       // huge: max - min overflows
+      if (m == 11) x = x * 1e-40f;                                                  // denormals: 1/d overflows
+      if (m == 12) {  // scale 1: the codes see these values exactly (round-half and truncation boundaries)
+        const float e[] = {0.5f, 0.49999997f, 1.5f, 2.5f, 0.50000006f, 126.5f, 7.5f, 8.5f, 15.5f};
+        do x = e[rng() % 9]; while (x >= top);
+        x *= rng() % 2 ? 1.0f : -1.0f;
+        if (j == 9) x = sign * top;
+      }
     }
-    if (mode == 3) x = rng() % 3 == 0 ? 0.0f : (rng() % 2 ? -0.0f : x * 1e-30f);  // signed zeros, denormal scales
-    if (mode == 4 && rng() % 7 == 0) x = rng() % 2 ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN();
-    if (mode == 5) x = 1.5f;                                                     // constant blocks
   }
   return v;
 }
@@ -397,7 +418,7 @@ TEST_CASE("ggml blocks: row kernels equal the per-block scalar functions byte fo
   MESSAGE("simd::avx2() = " << simd::avx2());
   std::mt19937 rng(3);
   const std::size_t nb = 700, n = nb * qk;
-  for (int mode = 0; mode < 6; ++mode) {
+  for (int mode = 0; mode < n_edge_modes; ++mode) {
     const std::vector<float> x = ggml_edge_values(n, mode, rng);
     for (int ti = 0; ti <= 5; ++ti) {
       const auto t = static_cast<block_type>(ti);
