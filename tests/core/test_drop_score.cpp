@@ -87,27 +87,33 @@ TEST_CASE("drop_block_rotate with cos/sin of one position equals rope_apply, bot
   }
 }
 
-TEST_CASE("lane kernels: drop_sumsq8, drop_dot8, drop_axpy equal plain double sums up to rounding; lane order") {
-  std::vector<float> x(37);
-  std::vector<double> y(37);
+TEST_CASE("lane kernels: drop_sumsq16, drop_dot16, drop_anchor_block equal plain sums up to float rounding; lane order") {
+  std::vector<float> x(37), y(37);
   for (std::size_t i = 0; i < x.size(); ++i) {
     x[i] = static_cast<float>(std::sin(0.7 * static_cast<double>(i)) * 3.0);
-    y[i] = std::cos(1.3 * static_cast<double>(i));
+    y[i] = static_cast<float>(std::cos(1.3 * static_cast<double>(i)));
   }
-  for (std::size_t n : {0, 1, 7, 8, 9, 16, 37}) {
-    double ss = 0, dd = 0;
+  for (std::size_t n : {0, 1, 7, 8, 9, 16, 17, 37}) {
+    double ss = 0, dd = 0, sa = 0;
     for (std::size_t i = 0; i < n; ++i) {
       ss += static_cast<double>(x[i]) * x[i];
       dd += static_cast<double>(x[i]) * y[i];
+      sa += std::abs(static_cast<double>(x[i]) * y[i]);
     }
-    CHECK(drop_sumsq8(x.data(), n) == doctest::Approx(ss).epsilon(1e-14));
-    CHECK(drop_dot8(x.data(), y.data(), n) == doctest::Approx(dd).epsilon(1e-12));
+    CHECK(drop_sumsq16(x.data(), n) == doctest::Approx(ss).epsilon(1e-6));
+    CHECK(std::abs(drop_dot16(x.data(), y.data(), n) - dd) <= 1e-6 * sa);
   }
-  const double L[8] = {1e16, 1, -1e16, 1, 3, 4, 5, 6};  // ((L0+L4)+(L2+L6)) + ((L1+L5)+(L3+L7))
-  CHECK(drop_lane_sum(L) == ((1e16 + 3) + (-1e16 + 5)) + ((1.0 + 4) + (1.0 + 6)));
-  std::vector<double> acc(5, 1.0);
-  drop_axpy(acc.data(), x.data(), 0.5, 5);
-  for (std::size_t i = 0; i < 5; ++i) CHECK(acc[i] == doctest::Approx(1.0 + 0.5 * x[i]).epsilon(1e-15));
+  float L[16] = {1e8f, 1, -1e8f, 1, 3, 4, 5, 6, 0.5f, 0, 0, 0, 0, 0, 0, 0};
+  const float t0 = 1e8f + 0.5f;
+  CHECK(drop_lane_sum16(L) == ((t0 + 3.0f) + (-1e8f + 5.0f)) + ((1.0f + 4.0f) + (1.0f + 6.0f)));
+  std::vector<float> acc(5, 1.0f);
+  const float inv[3] = {0.5f, 0.0f, 2.0f};  // row 1 skipped
+  const float X[15] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  drop_anchor_block(acc.data(), X, 3, 5, inv);
+  for (std::size_t i = 0; i < 5; ++i) CHECK(acc[i] == 1.0f + (0.5f * X[i] + 2.0f * X[10 + i]));
+  CHECK(drop_inv_norm(4.0) == 0.5f);
+  CHECK(drop_inv_norm(0.0) == 0.0f);
+  CHECK(drop_inv_norm(std::nan("")) == 0.0f);
 }
 
 TEST_CASE("drop_exp: within a few ulp of std::exp, limits, NaN") {

@@ -313,8 +313,9 @@ TEST_CASE("real dumps: query-aware methods beat random clearly under the disjoin
 
 namespace {
 
-bool same_bits(const std::vector<double>& a, const std::vector<double>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
+template <class F>
+bool same_bits(const std::vector<F>& a, const std::vector<F>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(F)) == 0;
 }
 
 /// Rows of random floats with edge values mixed in: NaN, +-Inf, subnormals, zeros, huge, ties.
@@ -346,34 +347,38 @@ TEST_CASE("AVX2 row kernels give the bits of their scalar references (sumsq, dot
     MESSAGE("AVX2 path not available (CPU or KVCODEC_NO_SIMD): nothing to compare");
     return;
   }
-  for (std::size_t D : {1, 2, 6, 8, 13, 16, 24, 64, 128, 130}) {
+  for (std::size_t D : {1, 2, 6, 8, 13, 16, 24, 40, 64, 128, 130}) {
     for (bool specials : {false, true}) {
       CAPTURE(D);
       CAPTURE(specials);
       const std::size_t rows = 23;
       const auto X = edge_rows(rows, D, static_cast<std::uint32_t>(D * 7 + specials), specials);
       std::vector<double> ref(rows), got(rows);
-      for (std::size_t r = 0; r < rows; ++r) ref[r] = drop_sumsq8(X.data() + r * D, D);
+      for (std::size_t r = 0; r < rows; ++r) ref[r] = drop_sumsq16(X.data() + r * D, D);
       sumsq_rows_avx2(X.data(), rows, D, got.data());
       CHECK(same_bits(ref, got));
       for (int m : {1, 3, 4, 5, 9}) {
         CAPTURE(m);
-        std::vector<double> Y(static_cast<std::size_t>(m) * D);
-        const auto Yf = edge_rows(static_cast<std::size_t>(m), D, static_cast<std::uint32_t>(D + 100 * m), false);
-        for (std::size_t i = 0; i < Y.size(); ++i) Y[i] = static_cast<double>(Yf[i]) / 3.0;
+        const auto Y = edge_rows(static_cast<std::size_t>(m), D, static_cast<std::uint32_t>(D + 100 * m), false);
         std::vector<double> dref(static_cast<std::size_t>(m) * rows), dgot(dref.size());
         for (int q = 0; q < m; ++q)
           for (std::size_t r = 0; r < rows; ++r)
-            dref[static_cast<std::size_t>(q) * rows + r] = drop_dot8(X.data() + r * D, Y.data() + static_cast<std::size_t>(q) * D, D);
+            dref[static_cast<std::size_t>(q) * rows + r] = drop_dot16(X.data() + r * D, Y.data() + static_cast<std::size_t>(q) * D, D);
         dot_rows_avx2(X.data(), rows, D, Y.data(), m, dgot.data(), rows);
         CHECK(same_bits(dref, dgot));
       }
-      std::vector<double> aref(D, 0.25), agot(D, 0.25), nref(rows), ngot(rows);
-      for (std::size_t r = 0; r < rows; ++r) {
-        nref[r] = drop_sumsq8(X.data() + r * D, D);
-        if (nref[r] > 0) drop_axpy(aref.data(), X.data() + r * D, 1.0 / std::sqrt(nref[r]), D);
+      std::vector<float> aref(D, 0.25f), agot(D, 0.25f);
+      std::vector<double> nref(rows), ngot(rows);
+      for (std::size_t r0 = 0; r0 < rows; r0 += 8) {
+        const std::size_t nb = std::min<std::size_t>(8, rows - r0);
+        float inv[8];
+        for (std::size_t r = 0; r < nb; ++r) {
+          nref[r0 + r] = drop_sumsq16(X.data() + (r0 + r) * D, D);
+          inv[r] = drop_inv_norm(nref[r0 + r]);
+        }
+        drop_anchor_block(aref.data(), X.data() + r0 * D, nb, D, inv);
       }
-      norm_anchor_rows_avx2(X.data(), rows, D, ngot.data(), agot.data());
+      norm_anchor_rows(X.data(), rows, D, ngot.data(), agot.data());
       CHECK(same_bits(nref, ngot));
       CHECK(same_bits(aref, agot));
     }
@@ -387,6 +392,29 @@ TEST_CASE("AVX2 row kernels give the bits of their scalar references (sumsq, dot
   for (auto& v : eref) v = drop_exp(v);
   exp_avx2(egot.data(), egot.size());
   CHECK(same_bits(eref, egot));
+  for (std::size_t n : {0, 1, 3, 4, 5, 11, 64, 1001}) {  // softmax pieces: max/NaN scan and shifted exp with lane sum
+    CAPTURE(n);
+    std::vector<double> x(n);
+    std::mt19937 rng(static_cast<std::uint32_t>(n));
+    std::normal_distribution<double> nd(0.0, 30.0);
+    for (auto& v : x) v = nd(rng);
+    if (n > 4) x[n / 2] = x[n / 3];  // tie
+    for (int variant = 0; variant < 4; ++variant) {
+      std::vector<double> y = x;
+      if (variant == 1 && n > 0) y[n - 1] = std::nan("");
+      if (variant == 2 && n > 0) y[0] = -HUGE_VAL;
+      if (variant == 3 && n > 1) y[1] = -0.0, y[0] = 0.0;
+      bool nr = false, ng = false;
+      const double mr = max_nan_ref(y.data(), n, nr), mg = max_nan_avx2(y.data(), n, ng);
+      CHECK(nr == ng);
+      CHECK((mr == mg || (std::isnan(mr) && std::isnan(mg))));
+      if (nr || !std::isfinite(mr)) continue;
+      std::vector<double> a = y, b = y;
+      const double zr = exp_shift_sum_ref(a.data(), n, mr), zg = exp_shift_sum_avx2(b.data(), n, mg);
+      CHECK(std::memcmp(&zr, &zg, sizeof zr) == 0);
+      CHECK(same_bits(a, b));
+    }
+  }
 #else
   MESSAGE("not an x86 build: scalar kernels only");
 #endif
@@ -429,4 +457,97 @@ TEST_CASE("window attention (Eigen blocks) equals a double-precision row-by-row 
   attention_colsum(bad, 0, 0, 0, 20, acc.data(), sc);
   for (double v : acc) CHECK(std::isfinite(v));
   CHECK(std::accumulate(acc.begin(), acc.end(), 0.0) == doctest::Approx(39.0).epsilon(1e-5));  // 2 heads x 20 rows, one skipped
+}
+
+TEST_CASE("window attention at larger head_dim (AVX2 register tile or Eigen) equals a double softmax to 1e-5") {
+  using namespace cpu::drop_detail;
+  for (std::int64_t D : {14, 40, 128}) {
+    for (std::int64_t T : {5, 77, 300}) {
+      CAPTURE(D);
+      CAPTURE(T);
+      eval::synth_options o;
+      o.layers = 1, o.kv_heads = 2, o.q_heads = 8, o.head_dim = D, o.tokens = T, o.dtype = dtype::f32, o.seed = 9, o.threads = 1;
+      const kv_cache kv = eval::synth_cache(o);
+      const int group = 4;
+      for (std::int64_t qb : {std::int64_t{0}, T - 3}) {
+        const int g = 1;
+        std::vector<double> got(static_cast<std::size_t>(T), 0.0), ref(static_cast<std::size_t>(T), 0.0);
+        attn_scratch sc;
+        attention_colsum(kv, 0, g, qb, T, got.data(), sc);
+        const float* K = kv.keys[0].data() + static_cast<std::size_t>(g * T * D);
+        for (int h = 0; h < group; ++h) {
+          const float* Q = kv.queries[0].data() + static_cast<std::size_t>((g * group + h) * T * D);
+          for (std::int64_t i = qb; i < T; ++i) {
+            std::vector<double> s(static_cast<std::size_t>(i + 1));
+            double m = -HUGE_VAL, z = 0;
+            for (std::int64_t j = 0; j <= i; ++j) {
+              double d = 0;
+              for (std::int64_t a = 0; a < D; ++a) d += static_cast<double>(Q[i * D + a]) * K[j * D + a];
+              s[static_cast<std::size_t>(j)] = d / std::sqrt(static_cast<double>(D));
+              m = std::max(m, s[static_cast<std::size_t>(j)]);
+            }
+            for (double v : s) z += std::exp(v - m);
+            for (std::int64_t j = 0; j <= i; ++j) ref[static_cast<std::size_t>(j)] += std::exp(s[static_cast<std::size_t>(j)] - m) / z;
+          }
+        }
+        for (std::int64_t j = 0; j < T; ++j)
+          CHECK(got[static_cast<std::size_t>(j)] == doctest::Approx(ref[static_cast<std::size_t>(j)]).epsilon(1e-5));
+      }
+    }
+  }
+}
+
+TEST_CASE("pick_head (radix select on key codes) equals ordering by (key desc, index asc) with ties, +-0, NaN, inf") {
+  using namespace cpu::drop_detail;
+  std::mt19937 rng(11);
+  pick_scratch ps;
+  for (int trial = 0; trial < 300; ++trial) {
+    const std::int64_t n = 1 + static_cast<std::int64_t>(rng() % 700);
+    const int kinds = 1 + static_cast<int>(rng() % 6);
+    std::vector<double> s(static_cast<std::size_t>(n));
+    for (auto& v : s) {
+      const int k = static_cast<int>(rng() % 10);
+      if (kinds < 3 && k < 6) v = static_cast<double>(rng() % 3) - 1.0;  // heavy ties
+      else if (k == 0) v = std::nan("");
+      else if (k == 1) v = (rng() & 1) ? HUGE_VAL : -HUGE_VAL;
+      else if (k == 2) v = (rng() & 1) ? 0.0 : -0.0;
+      else v = std::ldexp(static_cast<double>(static_cast<std::int32_t>(rng())), -static_cast<int>(rng() % 60));
+    }
+    std::vector<std::int32_t> prot;
+    for (int i = static_cast<int>(rng() % 4); i > 0; --i) prot.push_back(static_cast<std::int32_t>(rng() % static_cast<std::uint32_t>(n)));
+    const std::int64_t b = 1 + static_cast<std::int64_t>(rng() % static_cast<std::uint32_t>(n));
+    CAPTURE(trial);
+    std::vector<std::int32_t> got;
+    pick_head(s.data(), n, prot, b, got, ps);
+    std::vector<std::uint8_t> mark(static_cast<std::size_t>(n), 0);
+    const std::int64_t rest = b - mark_protected(prot, b, mark);
+    std::vector<std::int32_t> order;
+    for (std::int64_t j = 0; j < n; ++j)
+      if (!mark[static_cast<std::size_t>(j)]) order.push_back(static_cast<std::int32_t>(j));
+    std::sort(order.begin(), order.end(), rank_less{s.data()});
+    for (std::int64_t i = 0; i < std::min<std::int64_t>(rest, static_cast<std::int64_t>(order.size())); ++i) mark[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])] = 1;
+    std::vector<std::int32_t> ref;
+    for (std::int64_t j = 0; j < n; ++j)
+      if (mark[static_cast<std::size_t>(j)] == 1) ref.push_back(static_cast<std::int32_t>(j));
+    CHECK(got == ref);
+  }
+}
+
+TEST_CASE("knorm and keydiff score finishing: AVX2 gives the scalar bits") {
+  using namespace cpu::drop_detail;
+#if KVCODEC_X86_DISPATCH
+  if (!simd::avx2()) return;
+  std::vector<double> ss = {4.0, 0.0, -0.0, 1e-310, HUGE_VAL, std::nan(""), 2.5, 1e300, 7.0, 0.5, 3.0};
+  std::vector<double> xy = {1.0, 2.0, -1.0, 1e-200, 3.0, 1.0, -HUGE_VAL, 1e10, std::nan(""), -0.25, 0.0};
+  for (double yy : {1.0, 1e-300, 3.7}) {
+    std::vector<double> a = ss, b = ss;
+    for (std::size_t j = 0; j < a.size(); ++j) a[j] = a[j] > 0.0 ? -(xy[j] / std::sqrt(a[j] * yy)) : -0.0;
+    cosine_scores_avx2(b.data(), xy.data(), yy, b.size());
+    CHECK(same_bits(a, b));
+  }
+  std::vector<double> a = ss, b = ss;
+  for (auto& v : a) v = -std::sqrt(v);
+  neg_sqrt_avx2(b.data(), b.size());
+  CHECK(same_bits(a, b));
+#endif
 }

@@ -6,10 +6,10 @@
 // (KeyDiff, Park et al. 2025); the expected-attention logit mu.k/sqrt(d) + k^T Sigma k / (2d)
 // (kvpress ExpectedAttentionPress); average pooling with zero padding (SnapKV, Li et al. 2024, as
 // torch avg_pool1d with count_include_pad); and the block-diagonal "average RoPE rotation" applied
-// to a vector of doubles. The lane kernels (drop_sumsq8, drop_dot8, drop_axpy, drop_exp) are the
-// scalar references of the AVX2 kernels in cpu/drop_select.hpp: element a of a row goes to double
-// lane a % 8, each lane is an fma chain in increasing a, and drop_lane_sum adds the lanes in the
-// order the vector code does, so both paths give the same bits. Invariant: every function works on
+// to a vector of doubles. The lane kernels (drop_sumsq16, drop_dot16, drop_anchor_block, drop_exp)
+// are the scalar references of the AVX2 kernels in cpu/drop_select.hpp: element a of a row goes to
+// float lane a % 16 (two 8-float accumulators), each lane is an fma chain in increasing a, and
+// drop_lane_sum16 adds the lanes in the order the vector code does, so both paths give the same bits. Invariant: every function works on
 // explicit pointers and state, allocates nothing and throws nothing (KVCODEC_HD).
 #pragma once
 
@@ -49,29 +49,41 @@ KVCODEC_HD inline double drop_l2_norm(const float* x, std::size_t n) noexcept {
   return std::sqrt(s);
 }
 
-/// Sum of the 8 lanes of drop_sumsq8 / drop_dot8: ((L0+L4)+(L2+L6)) + ((L1+L5)+(L3+L7)).
-KVCODEC_HD inline double drop_lane_sum(const double* L) noexcept {
-  const double t0 = L[0] + L[4], t1 = L[1] + L[5], t2 = L[2] + L[6], t3 = L[3] + L[7];
-  return (t0 + t2) + (t1 + t3);
+/// Sum of the 16 lanes of drop_sumsq16 / drop_dot16: t_i = L_i + L_{i+8}, then
+/// ((t0+t4)+(t2+t6)) + ((t1+t5)+(t3+t7)).
+KVCODEC_HD inline float drop_lane_sum16(const float* L) noexcept {
+  float t[8];
+  for (int i = 0; i < 8; ++i) t[i] = L[i] + L[i + 8];
+  return ((t[0] + t[4]) + (t[2] + t[6])) + ((t[1] + t[5]) + (t[3] + t[7]));
 }
 
-/// Sum of x[a]^2 over a < n in double, lane layout above.
-KVCODEC_HD inline double drop_sumsq8(const float* x, std::size_t n) noexcept {
-  double L[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (std::size_t a = 0; a < n; ++a) L[a % 8] = std::fma(static_cast<double>(x[a]), static_cast<double>(x[a]), L[a % 8]);
-  return drop_lane_sum(L);
+/// Sum of x[a]^2 over a < n in float: element a goes to lane a % 16, an fma chain in increasing a.
+KVCODEC_HD inline float drop_sumsq16(const float* x, std::size_t n) noexcept {
+  float L[16] = {};
+  for (std::size_t a = 0; a < n; ++a) L[a % 16] = std::fma(x[a], x[a], L[a % 16]);
+  return drop_lane_sum16(L);
 }
 
-/// Sum of x[a] y[a] over a < n in double, lane layout above.
-KVCODEC_HD inline double drop_dot8(const float* x, const double* y, std::size_t n) noexcept {
-  double L[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (std::size_t a = 0; a < n; ++a) L[a % 8] = std::fma(static_cast<double>(x[a]), y[a], L[a % 8]);
-  return drop_lane_sum(L);
+/// Sum of x[a] y[a] over a < n in float, lane layout of drop_sumsq16.
+KVCODEC_HD inline float drop_dot16(const float* x, const float* y, std::size_t n) noexcept {
+  float L[16] = {};
+  for (std::size_t a = 0; a < n; ++a) L[a % 16] = std::fma(x[a], y[a], L[a % 16]);
+  return drop_lane_sum16(L);
 }
 
-/// y[a] = fma(x[a], c, y[a]) for a < n.
-KVCODEC_HD inline void drop_axpy(double* y, const float* x, double c, std::size_t n) noexcept {
-  for (std::size_t a = 0; a < n; ++a) y[a] = std::fma(static_cast<double>(x[a]), c, y[a]);
+/// Inverse norm used by the KeyDiff anchor: 1/sqrt(ss) rounded to float when ss > 0, else 0 (the
+/// row is skipped).
+KVCODEC_HD inline float drop_inv_norm(double ss) noexcept { return ss > 0.0 ? static_cast<float>(1.0 / std::sqrt(ss)) : 0.0f; }
+
+/// anchor[a] += t_a with t_a = fma chain over the rows r < rows of the block (increasing r, rows
+/// with inv[r] == 0 skipped) of X[r D + a] * inv[r], starting from 0.
+KVCODEC_HD inline void drop_anchor_block(float* anchor, const float* X, std::size_t rows, std::size_t D, const float* inv) noexcept {
+  for (std::size_t a = 0; a < D; ++a) {
+    float t = 0.0f;
+    for (std::size_t r = 0; r < rows; ++r)
+      if (inv[r] != 0.0f) t = std::fma(X[r * D + a], inv[r], t);
+    anchor[a] += t;
+  }
 }
 
 /// exp(x) within about 2 ulp: x = k ln2 + r with |r| <= ln2/2, degree-12 Taylor polynomial in r

@@ -6,11 +6,12 @@
 // (ties: lower index first; a NaN score ranks last; partial selection with nth_element). Tokens at
 // or after n are always kept. adakv replaces the per-head top-k by a pooled top-k over the heads of
 // a layer (Ada-KV). Memory-bound scorers (knorm, keydiff, tova, expected-attention) read each key
-// once or twice with double-lane kernels (core/drop_score.hpp) that have bit-identical AVX2 paths
-// chosen at run time (core/simd.hpp; KVCODEC_NO_SIMD=1 forces the scalar path). Window attention
-// (snapkv, pyramidkv, h2o) stacks the queries of a GQA group and computes Q K^T with an Eigen f32
-// GEMM over blocks of at most 256 query rows, with an exact softmax per row on the block, so memory
-// is O(256 x tokens) per layer, never O(tokens^2). Layers are scored in parallel; the result does
+// from memory once with 16-lane f32 fma kernels (core/drop_score.hpp) that have bit-identical AVX2
+// paths chosen at run time (core/simd.hpp; KVCODEC_NO_SIMD=1 forces the scalar path). Window attention
+// (snapkv, pyramidkv, h2o) stacks the queries of a GQA group and computes Q K^T over blocks of at
+// most 256 query rows (an AVX2/FMA 6 x 16 register tile over packed keys, or an Eigen f32 GEMM
+// without AVX2), with an exact softmax per row on the block, so memory is O(256 x tokens) per
+// layer, never O(tokens^2). Layers are scored in parallel; the result does
 // not depend on the thread count. Sources: kvpress presses (SnapKV, TOVA, ObservedAttention,
 // ExpectedAttention, KNorm, KeyDiff, PyramidKV, AdaKV, Random), and the papers in
 // stage/drop_attention.hpp.
@@ -20,7 +21,10 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -128,185 +132,440 @@ inline double hash_uniform(std::uint64_t seed, std::uint64_t l, std::uint64_t h,
 // ---- row kernels: scalar references (core/drop_score.hpp) and bit-identical AVX2 paths ----
 
 #if KVCODEC_X86_DISPATCH
-KVCODEC_TARGET_AVX2 inline double lane_finish_avx2(__m256d a0, __m256d a1, const float* x, const double* y, std::size_t d8,
-                                                   std::size_t D) {
-  if (d8 == D) {
-    const __m256d t = _mm256_add_pd(a0, a1);
-    const __m128d u = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(u, _mm_unpackhi_pd(u, u)));
+/// drop_lane_sum16 of the accumulators a0 (lanes 0-7) and a1 (lanes 8-15), after the tail elements
+/// a in [d8, D) of x (times y, or x itself when y is null) went to lane a % 16.
+KVCODEC_TARGET_AVX2 inline float lane_finish16(__m256 a0, __m256 a1, const float* x, const float* y, std::size_t d8, std::size_t D) {
+  if (d8 < D) {
+    alignas(32) float L[16];
+    _mm256_store_ps(L, a0);
+    _mm256_store_ps(L + 8, a1);
+    for (std::size_t a = d8; a < D; ++a) L[a % 16] = std::fma(x[a], y ? y[a] : x[a], L[a % 16]);
+    a0 = _mm256_load_ps(L);
+    a1 = _mm256_load_ps(L + 8);
   }
-  alignas(32) double L[8];
-  _mm256_store_pd(L, a0);
-  _mm256_store_pd(L + 4, a1);
-  for (std::size_t a = d8; a < D; ++a)
-    L[a - d8] = std::fma(static_cast<double>(x[a]), y ? y[a] : static_cast<double>(x[a]), L[a - d8]);
-  return drop_lane_sum(L);
+  const __m256 t = _mm256_add_ps(a0, a1);
+  const __m128 u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+  const __m128 v = _mm_add_ps(u, _mm_movehl_ps(u, u));
+  return _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
 }
 
 KVCODEC_TARGET_AVX2 inline void sumsq_rows_avx2(const float* X, std::size_t rows, std::size_t D, double* out) {
-  const std::size_t d8 = D & ~std::size_t{7};
+  const std::size_t d8 = D & ~std::size_t{7}, d16 = D & ~std::size_t{15};
   for (std::size_t r = 0; r < rows; ++r) {
     const float* x = X + r * D;
-    __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
-    for (std::size_t c = 0; c < d8; c += 8) {
-      const __m256 v = _mm256_loadu_ps(x + c);
-      const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-      a0 = _mm256_fmadd_pd(lo, lo, a0);
-      a1 = _mm256_fmadd_pd(hi, hi, a1);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (std::size_t c = 0; c < d16; c += 16) {
+      const __m256 v0 = _mm256_loadu_ps(x + c), v1 = _mm256_loadu_ps(x + c + 8);
+      a0 = _mm256_fmadd_ps(v0, v0, a0);
+      a1 = _mm256_fmadd_ps(v1, v1, a1);
     }
-    out[r] = lane_finish_avx2(a0, a1, x, nullptr, d8, D);
+    if (d16 < d8) {
+      const __m256 v0 = _mm256_loadu_ps(x + d16);
+      a0 = _mm256_fmadd_ps(v0, v0, a0);
+    }
+    out[r] = static_cast<double>(lane_finish16(a0, a1, x, nullptr, d8, D));
   }
 }
 
-/// out[q * ostride + r] = drop_dot8(X + r D, Y + q D, D) for q < m, r < rows.
-KVCODEC_TARGET_AVX2 inline void dot_rows_avx2(const float* X, std::size_t rows, std::size_t D, const double* Y, int m, double* out,
+/// out[q * ostride + r] = drop_dot16(X + r D, y[q], D) for q < MQ, r < rows.
+template <int MQ>
+KVCODEC_TARGET_AVX2 inline void dot_rows_tile_avx2(const float* X, std::size_t rows, std::size_t D, const float* const* y, double* out,
+                                                   std::size_t ostride) {
+  const std::size_t d8 = D & ~std::size_t{7}, d16 = D & ~std::size_t{15};
+  for (std::size_t r = 0; r < rows; ++r) {
+    const float* x = X + r * D;
+    __m256 a[MQ][2];
+    for (int i = 0; i < MQ; ++i) a[i][0] = a[i][1] = _mm256_setzero_ps();
+    for (std::size_t c = 0; c < d16; c += 16) {
+      const __m256 v0 = _mm256_loadu_ps(x + c), v1 = _mm256_loadu_ps(x + c + 8);
+      for (int i = 0; i < MQ; ++i) {
+        a[i][0] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(y[i] + c), a[i][0]);
+        a[i][1] = _mm256_fmadd_ps(v1, _mm256_loadu_ps(y[i] + c + 8), a[i][1]);
+      }
+    }
+    if (d16 < d8) {
+      const __m256 v0 = _mm256_loadu_ps(x + d16);
+      for (int i = 0; i < MQ; ++i) a[i][0] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(y[i] + d16), a[i][0]);
+    }
+    for (int i = 0; i < MQ; ++i) out[static_cast<std::size_t>(i) * ostride + r] = static_cast<double>(lane_finish16(a[i][0], a[i][1], x, y[i], d8, D));
+  }
+}
+
+/// out[q * ostride + r] = drop_dot16(X + r D, Y + q D, D) for q < m, r < rows.
+KVCODEC_TARGET_AVX2 inline void dot_rows_avx2(const float* X, std::size_t rows, std::size_t D, const float* Y, int m, double* out,
                                               std::size_t ostride) {
-  const std::size_t d8 = D & ~std::size_t{7};
   for (int q0 = 0; q0 < m; q0 += 4) {
     const int mq = std::min(4, m - q0);
-    for (std::size_t r = 0; r < rows; ++r) {
-      const float* x = X + r * D;
-      __m256d a[4][2];
-      for (int i = 0; i < 4; ++i) a[i][0] = a[i][1] = _mm256_setzero_pd();
-      if (mq == 4) {
-        for (std::size_t c = 0; c < d8; c += 8) {
-          const __m256 v = _mm256_loadu_ps(x + c);
-          const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-          for (int i = 0; i < 4; ++i) {
-            const double* y = Y + static_cast<std::size_t>(q0 + i) * D + c;
-            a[i][0] = _mm256_fmadd_pd(lo, _mm256_loadu_pd(y), a[i][0]);
-            a[i][1] = _mm256_fmadd_pd(hi, _mm256_loadu_pd(y + 4), a[i][1]);
-          }
-        }
-      } else {
-        for (std::size_t c = 0; c < d8; c += 8) {
-          const __m256 v = _mm256_loadu_ps(x + c);
-          const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-          for (int i = 0; i < mq; ++i) {
-            const double* y = Y + static_cast<std::size_t>(q0 + i) * D + c;
-            a[i][0] = _mm256_fmadd_pd(lo, _mm256_loadu_pd(y), a[i][0]);
-            a[i][1] = _mm256_fmadd_pd(hi, _mm256_loadu_pd(y + 4), a[i][1]);
-          }
-        }
-      }
-      for (int i = 0; i < mq; ++i)
-        out[static_cast<std::size_t>(q0 + i) * ostride + r] = lane_finish_avx2(a[i][0], a[i][1], x, Y + static_cast<std::size_t>(q0 + i) * D, d8, D);
-    }
+    const float* y[4];
+    for (int i = 0; i < mq; ++i) y[i] = Y + static_cast<std::size_t>(q0 + i) * D;
+    double* o = out + static_cast<std::size_t>(q0) * ostride;
+    if (mq == 4) dot_rows_tile_avx2<4>(X, rows, D, y, o, ostride);
+    else if (mq == 3) dot_rows_tile_avx2<3>(X, rows, D, y, o, ostride);
+    else if (mq == 2) dot_rows_tile_avx2<2>(X, rows, D, y, o, ostride);
+    else dot_rows_tile_avx2<1>(X, rows, D, y, o, ostride);
   }
 }
 
-KVCODEC_TARGET_AVX2 inline void axpy_avx2(double* y, const float* x, double c, std::size_t n) {
-  const __m256d vc = _mm256_set1_pd(c);
-  const std::size_t n4 = n & ~std::size_t{3};
-  for (std::size_t a = 0; a < n4; a += 4)
-    _mm256_storeu_pd(y + a, _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + a)), vc, _mm256_loadu_pd(y + a)));
-  for (std::size_t a = n4; a < n; ++a) y[a] = std::fma(static_cast<double>(x[a]), c, y[a]);
+/// drop_anchor_block on rows [0, rows) of X (rows <= 8).
+KVCODEC_TARGET_AVX2 inline void anchor_block_avx2(float* anchor, const float* X, std::size_t rows, std::size_t D, const float* inv) {
+  const float* xr[8];
+  __m256 iv[8];
+  std::size_t k = 0;
+  for (std::size_t r = 0; r < rows; ++r)
+    if (inv[r] != 0.0f) xr[k] = X + r * D, iv[k++] = _mm256_set1_ps(inv[r]);
+  const std::size_t d8 = D & ~std::size_t{7};
+  for (std::size_t c = 0; c < d8; c += 8) {
+    __m256 t = _mm256_setzero_ps();
+    for (std::size_t i = 0; i < k; ++i) t = _mm256_fmadd_ps(_mm256_loadu_ps(xr[i] + c), iv[i], t);
+    _mm256_storeu_ps(anchor + c, _mm256_add_ps(_mm256_loadu_ps(anchor + c), t));
+  }
+  for (std::size_t a = d8; a < D; ++a) {
+    float t = 0.0f;
+    for (std::size_t i = 0; i < k; ++i) t = std::fma(xr[i][a], _mm256_cvtss_f32(iv[i]), t);
+    anchor[a] += t;
+  }
 }
 
-/// out[r] = drop_sumsq8(row r) and, in row order, anchor += row r / sqrt(out[r]) where out[r] > 0.
-KVCODEC_TARGET_AVX2 inline void norm_anchor_rows_avx2(const float* X, std::size_t rows, std::size_t D, double* out, double* anchor) {
-  for (std::size_t r = 0; r < rows; ++r) {
-    sumsq_rows_avx2(X + r * D, 1, D, out + r);
-    if (out[r] > 0) axpy_avx2(anchor, X + r * D, 1.0 / std::sqrt(out[r]), D);
-  }
+/// drop_exp of 4 doubles.
+KVCODEC_TARGET_AVX2 inline __m256d exp4_avx2(__m256d x0) {
+  const __m256d lo = _mm256_set1_pd(-708.0), hi = _mm256_set1_pd(709.0);
+  const __m256d v = _mm256_min_pd(_mm256_max_pd(x0, lo), hi);
+  const __m256d k = _mm256_round_pd(_mm256_mul_pd(v, _mm256_set1_pd(1.4426950408889634)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256d r = _mm256_fmadd_pd(k, _mm256_set1_pd(-1.9082149292705877e-10), _mm256_fmadd_pd(k, _mm256_set1_pd(-0.69314718036912382), v));
+  __m256d p = _mm256_set1_pd(1.0 / 479001600.0);
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 39916800.0));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 3628800.0));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 362880.0));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 40320.0));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 5040.0));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 720.0));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 120.0));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 24.0));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 6.0));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.5));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));
+  p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));
+  const __m256i kb = _mm256_castpd_si256(_mm256_add_pd(k, _mm256_set1_pd(6755399441055744.0)));
+  const __m256i e = _mm256_slli_epi64(_mm256_add_epi64(kb, _mm256_set1_epi64x(1023)), 52);
+  __m256d res = _mm256_mul_pd(p, _mm256_castsi256_pd(e));
+  res = _mm256_blendv_pd(res, _mm256_setzero_pd(), _mm256_cmp_pd(x0, lo, _CMP_LT_OQ));
+  res = _mm256_blendv_pd(res, _mm256_set1_pd(HUGE_VAL), _mm256_cmp_pd(x0, hi, _CMP_GT_OQ));
+  return _mm256_blendv_pd(res, x0, _mm256_cmp_pd(x0, x0, _CMP_UNORD_Q));
 }
 
 /// x[i] = drop_exp(x[i]) for i < n.
 KVCODEC_TARGET_AVX2 inline void exp_avx2(double* x, std::size_t n) {
   std::size_t i = 0;
-  const __m256d lo = _mm256_set1_pd(-708.0), hi = _mm256_set1_pd(709.0);
-  for (; i + 4 <= n; i += 4) {
-    const __m256d x0 = _mm256_loadu_pd(x + i);
-    const __m256d v = _mm256_min_pd(_mm256_max_pd(x0, lo), hi);
-    const __m256d k = _mm256_round_pd(_mm256_mul_pd(v, _mm256_set1_pd(1.4426950408889634)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256d r = _mm256_fmadd_pd(k, _mm256_set1_pd(-1.9082149292705877e-10), _mm256_fmadd_pd(k, _mm256_set1_pd(-0.69314718036912382), v));
-    __m256d p = _mm256_set1_pd(1.0 / 479001600.0);
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 39916800.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 3628800.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 362880.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 40320.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 5040.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 720.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 120.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 24.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 6.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.5));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));
-    const __m256i kb = _mm256_castpd_si256(_mm256_add_pd(k, _mm256_set1_pd(6755399441055744.0)));
-    const __m256i e = _mm256_slli_epi64(_mm256_add_epi64(kb, _mm256_set1_epi64x(1023)), 52);
-    __m256d res = _mm256_mul_pd(p, _mm256_castsi256_pd(e));
-    res = _mm256_blendv_pd(res, _mm256_setzero_pd(), _mm256_cmp_pd(x0, lo, _CMP_LT_OQ));
-    res = _mm256_blendv_pd(res, _mm256_set1_pd(HUGE_VAL), _mm256_cmp_pd(x0, hi, _CMP_GT_OQ));
-    res = _mm256_blendv_pd(res, x0, _mm256_cmp_pd(x0, x0, _CMP_UNORD_Q));
-    _mm256_storeu_pd(x + i, res);
-  }
+  for (; i + 4 <= n; i += 4) _mm256_storeu_pd(x + i, exp4_avx2(_mm256_loadu_pd(x + i)));
   for (; i < n; ++i) x[i] = drop_exp(x[i]);
+}
+
+/// exp_shift_sum_ref (below) with 4-double vectors.
+KVCODEC_TARGET_AVX2 inline double exp_shift_sum_avx2(double* x, std::size_t n, double m) {
+  const std::size_t n4 = n & ~std::size_t{3};
+  const __m256d vm = _mm256_set1_pd(m);
+  __m256d z = _mm256_setzero_pd();
+  for (std::size_t i = 0; i < n4; i += 4) {
+    const __m256d e = exp4_avx2(_mm256_sub_pd(_mm256_loadu_pd(x + i), vm));
+    _mm256_storeu_pd(x + i, e);
+    z = _mm256_add_pd(z, e);
+  }
+  alignas(32) double L[4];
+  _mm256_store_pd(L, z);
+  for (std::size_t i = n4; i < n; ++i) {
+    x[i] = drop_exp(x[i] - m);
+    L[i - n4] += x[i];
+  }
+  return (L[0] + L[2]) + (L[1] + L[3]);
+}
+
+/// max_nan_ref (below) with 4-double vectors.
+KVCODEC_TARGET_AVX2 inline double max_nan_avx2(const double* x, std::size_t n, bool& nan) {
+  const std::size_t n4 = n & ~std::size_t{3};
+  __m256d vm = _mm256_set1_pd(-HUGE_VAL), un = _mm256_setzero_pd();
+  for (std::size_t i = 0; i < n4; i += 4) {
+    const __m256d v = _mm256_loadu_pd(x + i);
+    vm = _mm256_max_pd(v, vm);
+    un = _mm256_or_pd(un, _mm256_cmp_pd(v, v, _CMP_UNORD_Q));
+  }
+  alignas(32) double L[4];
+  _mm256_store_pd(L, vm);
+  double m = std::max(std::max(L[0], L[1]), std::max(L[2], L[3]));
+  nan = _mm256_movemask_pd(un) != 0;
+  for (std::size_t i = n4; i < n; ++i) {
+    m = x[i] > m ? x[i] : m;
+    nan |= x[i] != x[i];
+  }
+  return m;
 }
 #endif
 
-/// out[r] = drop_sumsq8(X + r D, D) for r < rows.
+#if KVCODEC_X86_DISPATCH
+KVCODEC_TARGET_AVX2 inline void neg_sqrt_avx2(double* s, std::size_t n) {
+  std::size_t j = 0;
+  const __m256d nz = _mm256_set1_pd(-0.0);
+  for (; j + 4 <= n; j += 4) _mm256_storeu_pd(s + j, _mm256_xor_pd(_mm256_sqrt_pd(_mm256_loadu_pd(s + j)), nz));
+  for (; j < n; ++j) s[j] = -std::sqrt(s[j]);
+}
+
+KVCODEC_TARGET_AVX2 inline void cosine_scores_avx2(double* s, const double* xy, double yy, std::size_t n) {
+  std::size_t j = 0;
+  const __m256d vyy = _mm256_set1_pd(yy), z = _mm256_setzero_pd(), nz = _mm256_set1_pd(-0.0);
+  for (; j + 4 <= n; j += 4) {
+    const __m256d v = _mm256_loadu_pd(s + j);
+    const __m256d c = _mm256_xor_pd(_mm256_div_pd(_mm256_loadu_pd(xy + j), _mm256_sqrt_pd(_mm256_mul_pd(v, vyy))), nz);
+    _mm256_storeu_pd(s + j, _mm256_blendv_pd(nz, c, _mm256_cmp_pd(v, z, _CMP_GT_OQ)));
+  }
+  for (; j < n; ++j) s[j] = s[j] > 0.0 ? -(xy[j] / std::sqrt(s[j] * yy)) : -0.0;
+}
+#endif
+
+/// s[j] = -sqrt(s[j]) for j < n (the KNorm score).
+inline void neg_sqrt_rows(double* s, std::size_t n) {
+#if KVCODEC_X86_DISPATCH
+  if (simd::avx2()) return neg_sqrt_avx2(s, n);
+#endif
+  for (std::size_t j = 0; j < n; ++j) s[j] = -std::sqrt(s[j]);
+}
+
+/// KeyDiff score from squared norms s, dot products xy with the anchor and its squared norm yy:
+/// s[j] = -(xy[j] / sqrt(s[j] yy)) where s[j] > 0 and yy > 0, else -0.
+inline void cosine_scores(double* s, const double* xy, double yy, std::size_t n) {
+  if (!(yy > 0.0)) {
+    std::fill(s, s + n, -0.0);
+    return;
+  }
+#if KVCODEC_X86_DISPATCH
+  if (simd::avx2()) return cosine_scores_avx2(s, xy, yy, n);
+#endif
+  for (std::size_t j = 0; j < n; ++j) s[j] = s[j] > 0.0 ? -(xy[j] / std::sqrt(s[j] * yy)) : -0.0;
+}
+
+/// out[r] = drop_sumsq16(X + r D, D) for r < rows.
 inline void sumsq_rows(const float* X, std::size_t rows, std::size_t D, double* out) {
 #if KVCODEC_X86_DISPATCH
   if (simd::avx2()) return sumsq_rows_avx2(X, rows, D, out);
 #endif
-  for (std::size_t r = 0; r < rows; ++r) out[r] = drop_sumsq8(X + r * D, D);
+  for (std::size_t r = 0; r < rows; ++r) out[r] = static_cast<double>(drop_sumsq16(X + r * D, D));
 }
 
-/// out[q * ostride + r] = drop_dot8(X + r D, Y + q D, D) for q < m, r < rows.
-inline void dot_rows(const float* X, std::size_t rows, std::size_t D, const double* Y, int m, double* out, std::size_t ostride) {
+/// out[q * ostride + r] = drop_dot16(X + r D, Y + q D, D) for q < m, r < rows.
+inline void dot_rows(const float* X, std::size_t rows, std::size_t D, const float* Y, int m, double* out, std::size_t ostride) {
 #if KVCODEC_X86_DISPATCH
   if (simd::avx2()) return dot_rows_avx2(X, rows, D, Y, m, out, ostride);
 #endif
   for (int q = 0; q < m; ++q)
-    for (std::size_t r = 0; r < rows; ++r) out[static_cast<std::size_t>(q) * ostride + r] = drop_dot8(X + r * D, Y + static_cast<std::size_t>(q) * D, D);
+    for (std::size_t r = 0; r < rows; ++r)
+      out[static_cast<std::size_t>(q) * ostride + r] = static_cast<double>(drop_dot16(X + r * D, Y + static_cast<std::size_t>(q) * D, D));
 }
 
-/// out[r] = drop_sumsq8(row r) and, in row order, anchor += row r / sqrt(out[r]) where out[r] > 0.
-inline void norm_anchor_rows(const float* X, std::size_t rows, std::size_t D, double* out, double* anchor) {
+/// out[r] = drop_sumsq16(row r), and per block of 8 rows drop_anchor_block(anchor, block, inv)
+/// with inv[r] = drop_inv_norm(out[r]) (one read of the keys from memory; the block stays in L1).
+inline void norm_anchor_rows(const float* X, std::size_t rows, std::size_t D, double* out, float* anchor) {
+  for (std::size_t r0 = 0; r0 < rows; r0 += 8) {
+    const std::size_t nb = std::min<std::size_t>(8, rows - r0);
+    float inv[8];
+    sumsq_rows(X + r0 * D, nb, D, out + r0);
+    for (std::size_t r = 0; r < nb; ++r) inv[r] = drop_inv_norm(out[r0 + r]);
 #if KVCODEC_X86_DISPATCH
-  if (simd::avx2()) return norm_anchor_rows_avx2(X, rows, D, out, anchor);
+    if (simd::avx2()) {
+      anchor_block_avx2(anchor, X + r0 * D, nb, D, inv);
+      continue;
+    }
 #endif
-  for (std::size_t r = 0; r < rows; ++r) {
-    out[r] = drop_sumsq8(X + r * D, D);
-    if (out[r] > 0) drop_axpy(anchor, X + r * D, 1.0 / std::sqrt(out[r]), D);
+    drop_anchor_block(anchor, X + r0 * D, nb, D, inv);
   }
 }
 
-inline void exp_rows(double* x, std::size_t n) {
-#if KVCODEC_X86_DISPATCH
-  if (simd::avx2()) return exp_avx2(x, n);
-#endif
-  for (std::size_t i = 0; i < n; ++i) x[i] = drop_exp(x[i]);
+/// x[i] = drop_exp(x[i] - m) for i < n; returns their sum over 4 lanes i % 4, (L0+L2)+(L1+L3).
+inline double exp_shift_sum_ref(double* x, std::size_t n, double m) {
+  double L[4] = {0, 0, 0, 0};
+  for (std::size_t i = 0; i < n; ++i) {
+    x[i] = drop_exp(x[i] - m);
+    L[i % 4] += x[i];
+  }
+  return (L[0] + L[2]) + (L[1] + L[3]);
+}
+
+/// Largest non-NaN x[i] (-inf if none); nan = whether some x[i] is NaN.
+inline double max_nan_ref(const double* x, std::size_t n, bool& nan) {
+  double m = -HUGE_VAL;
+  nan = false;
+  for (std::size_t i = 0; i < n; ++i) {
+    m = x[i] > m ? x[i] : m;
+    nan |= x[i] != x[i];
+  }
+  return m;
 }
 
 /// acc[j] += w * softmax_j(l) over j < n; l is overwritten. A row with a NaN, or whose maximum is
 /// infinite, adds nothing.
 inline void softmax_add(double* l, std::size_t n, double w, double* acc) {
-  double m = -HUGE_VAL;
   bool nan = false;
-  for (std::size_t j = 0; j < n; ++j) {
-    m = l[j] > m ? l[j] : m;
-    nan |= l[j] != l[j];
-  }
+  double m = 0.0, z = 0.0;
+#if KVCODEC_X86_DISPATCH
+  const bool fast = simd::avx2();
+  m = fast ? max_nan_avx2(l, n, nan) : max_nan_ref(l, n, nan);
   if (nan || !std::isfinite(m)) return;
-  for (std::size_t j = 0; j < n; ++j) l[j] -= m;
-  exp_rows(l, n);
-  double z = 0.0;
-  for (std::size_t j = 0; j < n; ++j) z += l[j];
+  z = fast ? exp_shift_sum_avx2(l, n, m) : exp_shift_sum_ref(l, n, m);
+#else
+  m = max_nan_ref(l, n, nan);
+  if (nan || !std::isfinite(m)) return;
+  z = exp_shift_sum_ref(l, n, m);
+#endif
   const double c = w / z;
   for (std::size_t j = 0; j < n; ++j) acc[j] += l[j] * c;
 }
 
-/// Scratch of the window-attention GEMM: stacked queries, a block of scores, column sums.
+/// Scratch of the window-attention GEMM: stacked queries, a block of scores, column sums, packed keys.
 struct attn_scratch {
-  std::vector<float> q, s, col;
+  std::vector<float> q, s, col, kp;
 };
 
+#if KVCODEC_X86_DISPATCH
+/// Keys [0, n) of K (n x D row-major) into panels of 16 keys: kp[(p D + a) 16 + i] = K[(16 p + i) D + a],
+/// zero past n (8 x 8 register transposes for whole blocks, element by element for the rest).
+KVCODEC_TARGET_AVX2 inline void pack_keys16(const float* K, std::int64_t n, std::size_t D, std::vector<float>& kp) {
+  const std::size_t np = static_cast<std::size_t>((n + 15) / 16);
+  kp.resize(np * D * 16);
+  const std::size_t d8 = D & ~std::size_t{7};
+  const std::int64_t n8 = n & ~std::int64_t{7};
+  for (std::int64_t j0 = 0; j0 < n8; j0 += 8) {
+    float* dst = kp.data() + static_cast<std::size_t>(j0 / 16) * D * 16 + static_cast<std::size_t>(j0 % 16);
+    const float* src = K + static_cast<std::size_t>(j0) * D;
+    for (std::size_t a = 0; a < d8; a += 8) {
+      __m256 r[8], t[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + static_cast<std::size_t>(i) * D + a);
+      for (int i = 0; i < 8; i += 2) t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+      for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+      }
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(dst + (a + static_cast<std::size_t>(i)) * 16, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (a + static_cast<std::size_t>(i) + 4) * 16, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+      }
+    }
+    for (std::size_t a = d8; a < D; ++a)
+      for (int i = 0; i < 8; ++i) dst[a * 16 + static_cast<std::size_t>(i)] = src[static_cast<std::size_t>(i) * D + a];
+  }
+  for (std::int64_t j = n8; j < static_cast<std::int64_t>(np * 16); ++j) {
+    float* dst = kp.data() + static_cast<std::size_t>(j / 16) * D * 16 + static_cast<std::size_t>(j % 16);
+    for (std::size_t a = 0; a < D; ++a) dst[a * 16] = j < n ? K[static_cast<std::size_t>(j) * D + a] : 0.0f;
+  }
+}
+
+/// S[q ld + i] = Q[q] . key i of the 16-key panel P, for q < MR: an MR x 16 register tile,
+/// broadcasting one query element against the 16 packed keys per step of head_dim.
+template <int MR>
+KVCODEC_TARGET_AVX2 inline void qk_tile_avx2(const float* Q, std::size_t D, const float* P, float* S, std::size_t ld) {
+  __m256 acc[MR][2];
+  for (int q = 0; q < MR; ++q) acc[q][0] = acc[q][1] = _mm256_setzero_ps();
+  for (std::size_t a = 0; a < D; ++a) {
+    const __m256 k0 = _mm256_loadu_ps(P + a * 16), k1 = _mm256_loadu_ps(P + a * 16 + 8);
+    for (int q = 0; q < MR; ++q) {
+      const __m256 b = _mm256_broadcast_ss(Q + static_cast<std::size_t>(q) * D + a);
+      acc[q][0] = _mm256_fmadd_ps(b, k0, acc[q][0]);
+      acc[q][1] = _mm256_fmadd_ps(b, k1, acc[q][1]);
+    }
+  }
+  for (int q = 0; q < MR; ++q) {
+    _mm256_storeu_ps(S + static_cast<std::size_t>(q) * ld, acc[q][0]);
+    _mm256_storeu_ps(S + static_cast<std::size_t>(q) * ld + 8, acc[q][1]);
+  }
+}
+
+/// Scores of the M stacked query rows of a block (row r is query r0 + r % rows) against the packed
+/// keys, panel by panel (the panel stays in L1 while every 6-row tile passes over it), each tile
+/// only up to the panel holding its last causal key.
+KVCODEC_TARGET_AVX2 inline void qk_block_avx2(const float* Q, std::int64_t M, std::int64_t rows, std::int64_t r0, std::size_t D,
+                                              const float* kp, float* S, std::size_t ld) {
+  const std::int64_t tiles = (M + 5) / 6;
+  std::int64_t npmax = 0;
+  for (std::int64_t p = 0;; ++p) {
+    for (std::int64_t t = 0; t < tiles; ++t) {
+      const std::int64_t i = 6 * t;
+      const int mr = static_cast<int>(std::min<std::int64_t>(6, M - i));
+      std::int64_t lim = 0;
+      for (std::int64_t r = i; r < i + mr; ++r) lim = std::max(lim, r0 + r % rows + 1);
+      const std::int64_t np = (lim + 15) / 16;
+      npmax = std::max(npmax, np);
+      if (p >= np) continue;
+      const float* q = Q + static_cast<std::size_t>(i) * D;
+      const float* P = kp + static_cast<std::size_t>(p) * D * 16;
+      float* o = S + static_cast<std::size_t>(i) * ld + static_cast<std::size_t>(p) * 16;
+      switch (mr) {
+        case 6: qk_tile_avx2<6>(q, D, P, o, ld); break;
+        case 5: qk_tile_avx2<5>(q, D, P, o, ld); break;
+        case 4: qk_tile_avx2<4>(q, D, P, o, ld); break;
+        case 3: qk_tile_avx2<3>(q, D, P, o, ld); break;
+        case 2: qk_tile_avx2<2>(q, D, P, o, ld); break;
+        default: qk_tile_avx2<1>(q, D, P, o, ld); break;
+      }
+    }
+    if (p + 1 >= npmax) break;
+  }
+}
+
+/// exp of 8 floats (Cephes expf: x = n ln2 + r, degree-5 polynomial in r, times 2^n), input
+/// clamped to [-88.38, 88.38]; NaN stays NaN. Relative error about 2 ulp.
+KVCODEC_TARGET_AVX2 inline __m256 exp8_avx2(__m256 x) {
+  x = _mm256_max_ps(_mm256_set1_ps(-88.3762626647949f), _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/// col[j] += softmax_j(row * scale) over j < lim (row is overwritten); a row with a NaN or an
+/// infinite maximum adds nothing.
+KVCODEC_TARGET_AVX2 inline void softmax_col_avx2(float* row, std::int64_t lim, float scale, float* col) {
+  const std::int64_t l8 = lim & ~std::int64_t{7};
+  __m256 vm = _mm256_set1_ps(-HUGE_VALF);
+  for (std::int64_t j = 0; j < l8; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(row + j));
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(vm), _mm256_extractf128_ps(vm, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  float m = std::max(_mm_cvtss_f32(h), _mm_cvtss_f32(_mm_shuffle_ps(h, h, 1)));
+  for (std::int64_t j = l8; j < lim; ++j) m = row[j] > m ? row[j] : m;
+  const __m256 vms = _mm256_set1_ps(m * scale), vs = _mm256_set1_ps(scale);
+  __m256 vz = _mm256_setzero_ps();
+  for (std::int64_t j = 0; j < l8; j += 8) {
+    const __m256 e = exp8_avx2(_mm256_fmsub_ps(_mm256_loadu_ps(row + j), vs, vms));
+    _mm256_storeu_ps(row + j, e);
+    vz = _mm256_add_ps(vz, e);
+  }
+  __m128 t = _mm_add_ps(_mm256_castps256_ps128(vz), _mm256_extractf128_ps(vz, 1));
+  t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+  float z = _mm_cvtss_f32(t) + _mm_cvtss_f32(_mm_shuffle_ps(t, t, 1));
+  for (std::int64_t j = l8; j < lim; ++j) {
+    row[j] = std::exp((row[j] - m) * scale);
+    z += row[j];
+  }
+  if (!std::isfinite(z) || !(z > 0.0f)) return;
+  const float iz = 1.0f / z;
+  const __m256 viz = _mm256_set1_ps(iz);
+  for (std::int64_t j = 0; j < l8; j += 8)
+    _mm256_storeu_ps(col + j, _mm256_fmadd_ps(_mm256_loadu_ps(row + j), viz, _mm256_loadu_ps(col + j)));
+  for (std::int64_t j = l8; j < lim; ++j) col[j] += row[j] * iz;
+}
+#endif
+
 /// acc[j] += sum over the query heads of kv head g and the queries i in [qb, qe) of
-/// softmax_j(q_i . k_j / sqrt(d)) over j <= i. Q K^T is an Eigen f32 GEMM over blocks of at most 256
-/// stacked query rows (so the score block is at most 256 x qe floats); each row's softmax is exact
-/// on the block (max, exp, sum). A row with a NaN or an infinite maximum adds nothing.
+/// softmax_j(q_i . k_j / sqrt(d)) over j <= i. Q K^T is computed over blocks of at most 256 stacked
+/// query rows (so the score block is at most 256 x qe floats): with AVX2 by a 6 x 16 FMA register
+/// tile over keys packed once per head into 16-key panels (O(qe x d) floats), otherwise by an Eigen
+/// f32 GEMM. Each row's softmax is exact on the block (max, exp, sum). A row with a NaN or an
+/// infinite maximum adds nothing.
 inline void attention_colsum(const kv_cache& kv, int l, int g, std::int64_t qb, std::int64_t qe, double* acc, attn_scratch& sc) {
   using rmat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using arr = Eigen::Array<float, Eigen::Dynamic, 1>;
@@ -315,21 +574,39 @@ inline void attention_colsum(const kv_cache& kv, int l, int g, std::int64_t qb, 
   const float* K = kv.keys[static_cast<std::size_t>(l)].data() + static_cast<std::size_t>(g) * static_cast<std::size_t>(T * D);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
   const std::int64_t R = std::max<std::int64_t>(1, 256 / group);
+#if KVCODEC_X86_DISPATCH
+  const bool fast = simd::avx2();
+  if (fast) pack_keys16(K, qe, static_cast<std::size_t>(D), sc.kp);
+#else
+  const bool fast = false;
+#endif
   for (std::int64_t r0 = qb; r0 < qe; r0 += R) {
     const std::int64_t rows = std::min(R, qe - r0), kmax = r0 + rows, M = group * rows;
+    const std::int64_t ld = fast ? (kmax + 15) / 16 * 16 : kmax;
     sc.q.resize(static_cast<std::size_t>(M * D));
     for (int h = 0; h < group; ++h) {
       const float* Q = kv.queries[static_cast<std::size_t>(l)].data() +
                        static_cast<std::size_t>(g * group + h) * static_cast<std::size_t>(T * D) + static_cast<std::size_t>(r0 * D);
       std::copy_n(Q, static_cast<std::size_t>(rows * D), sc.q.data() + static_cast<std::size_t>(h * rows * D));
     }
-    sc.s.resize(static_cast<std::size_t>(M * kmax));
+    sc.s.resize(static_cast<std::size_t>(M * ld));
     sc.col.assign(static_cast<std::size_t>(kmax), 0.0f);
-    Eigen::Map<rmat> S(sc.s.data(), M, kmax);
-    S.noalias() = Eigen::Map<const rmat>(sc.q.data(), M, D) * Eigen::Map<const rmat>(K, kmax, D).transpose();
+#if KVCODEC_X86_DISPATCH
+    if (fast) qk_block_avx2(sc.q.data(), M, rows, r0, static_cast<std::size_t>(D), sc.kp.data(), sc.s.data(), static_cast<std::size_t>(ld));
+#endif
+    if (!fast) {
+      Eigen::Map<rmat> S(sc.s.data(), M, kmax);
+      S.noalias() = Eigen::Map<const rmat>(sc.q.data(), M, D) * Eigen::Map<const rmat>(K, kmax, D).transpose();
+    }
     for (std::int64_t r = 0; r < M; ++r) {
       const std::int64_t lim = r0 + r % rows + 1;
-      Eigen::Map<arr> row(sc.s.data() + static_cast<std::size_t>(r * kmax), lim);
+#if KVCODEC_X86_DISPATCH
+      if (fast) {
+        softmax_col_avx2(sc.s.data() + static_cast<std::size_t>(r * ld), lim, scale, sc.col.data());
+        continue;
+      }
+#endif
+      Eigen::Map<arr> row(sc.s.data() + static_cast<std::size_t>(r * ld), lim);
       const float m = row.maxCoeff();
       row = ((row - m) * scale).exp();
       const float z = row.sum();
@@ -421,7 +698,7 @@ inline void score_expected(const kv_cache& kv, const drop::config& c, int l, std
   const double* sbar = ep.sbar.data();
   std::vector<double> mus(static_cast<std::size_t>(group) * D), cov(c.cov ? D * D : 0), logit(static_cast<std::size_t>(group) * m);
   std::vector<double> vv(c.vnorm ? m : 0);
-  std::vector<float> q(D);
+  std::vector<float> q(D), musf(mus.size());
   const double inv = 1.0 / static_cast<double>(w), rd = std::sqrt(static_cast<double>(D));
   for (int g = 0; g < H; ++g) {
     const float* K = kv.keys[static_cast<std::size_t>(l)].data() + (static_cast<std::size_t>(g) * static_cast<std::size_t>(T) + static_cast<std::size_t>(sink)) * D;
@@ -456,8 +733,10 @@ inline void score_expected(const kv_cache& kv, const drop::config& c, int l, std
           logit[static_cast<std::size_t>(h) * m + j] = drop_expected_logit(K + j * D, mu, cov.data(), D);
     }
     if (!c.cov) {
-      dot_rows(K, m, D, mus.data(), group, logit.data(), m);
-      for (auto& x : logit) x /= rd;
+      for (std::size_t i = 0; i < mus.size(); ++i) musf[i] = static_cast<float>(mus[i]);
+      dot_rows(K, m, D, musf.data(), group, logit.data(), m);
+      const double ird = 1.0 / rd;
+      for (auto& x : logit) x *= ird;
     }
     for (int h = 0; h < group; ++h) softmax_add(logit.data() + static_cast<std::size_t>(h) * m, m, 1.0 / group, s);
     if (c.vnorm) {
@@ -470,13 +749,13 @@ inline void score_expected(const kv_cache& kv, const drop::config& c, int l, std
 }
 
 /// Scores of layer l with method m for budget b (b only shapes h2o's recent share).
-inline layer_scores score_layer(const kv_cache& kv, const drop::config& c, method m, int l, std::int64_t n, std::int64_t b,
-                                const std::optional<rope_meta>& rope, const expected_prep* ep) {
+inline void score_layer(const kv_cache& kv, const drop::config& c, method m, int l, std::int64_t n, std::int64_t b,
+                        const std::optional<rope_meta>& rope, const expected_prep* ep, layer_scores& out) {
   const int H = kv.shape.kv_heads;
   const std::int64_t T = kv.shape.tokens;
   const std::size_t D = static_cast<std::size_t>(kv.shape.head_dim), N = static_cast<std::size_t>(n);
-  layer_scores out;
   out.s.assign(static_cast<std::size_t>(H) * N, 0.0);
+  out.prot.clear();
   const auto key_row = [&](int g, std::int64_t j) {
     return kv.keys[static_cast<std::size_t>(l)].data() + (static_cast<std::size_t>(g) * static_cast<std::size_t>(T) + static_cast<std::size_t>(j)) * D;
   };
@@ -495,22 +774,23 @@ inline layer_scores score_layer(const kv_cache& kv, const drop::config& c, metho
       for (int g = 0; g < H; ++g) {
         double* s = out.s.data() + static_cast<std::size_t>(g) * N;
         sumsq_rows(key_row(g, 0), N, D, s);
-        for (std::size_t j = 0; j < N; ++j) s[j] = -std::sqrt(s[j]);
+        neg_sqrt_rows(s, N);
       }
       break;
     case method::keydiff: {
-      std::vector<double> anchor(D), xy(N);
+      std::vector<float> anchor(D);
+      std::vector<double> xy(N);
       for (int g = 0; g < H; ++g) {
         double* s = out.s.data() + static_cast<std::size_t>(g) * N;
-        std::fill(anchor.begin(), anchor.end(), 0.0);
+        std::fill(anchor.begin(), anchor.end(), 0.0f);
         norm_anchor_rows(key_row(g, 0), N, D, s, anchor.data());
         double yy = 0.0;
         for (auto& x : anchor) {
-          x /= static_cast<double>(n);
-          yy += x * x;
+          x /= static_cast<float>(n);
+          yy += static_cast<double>(x) * x;
         }
         dot_rows(key_row(g, 0), N, D, anchor.data(), 1, xy.data(), N);
-        for (std::size_t j = 0; j < N; ++j) s[j] = s[j] > 0.0 && yy > 0.0 ? -(xy[j] / std::sqrt(s[j] * yy)) : -0.0;
+        cosine_scores(s, xy.data(), yy, N);
       }
       break;
     }
@@ -551,7 +831,8 @@ inline layer_scores score_layer(const kv_cache& kv, const drop::config& c, metho
     case method::tova: {
       const int HQ = kv.shape.q_heads, group = HQ / H;
       const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-      std::vector<double> acc(N, 0.0), qd(static_cast<std::size_t>(group) * D), logit(static_cast<std::size_t>(group) * N);
+      std::vector<double> acc(N, 0.0), logit(static_cast<std::size_t>(group) * N);
+      std::vector<float> qd(static_cast<std::size_t>(group) * D);
       for (int g = 0; g < H; ++g) {
         for (int h = 0; h < group; ++h) {
           const float* q = kv.queries[static_cast<std::size_t>(l)].data() +
@@ -570,7 +851,6 @@ inline layer_scores score_layer(const kv_cache& kv, const drop::config& c, metho
     case method::expected_attention: score_expected(kv, c, l, n, out, rope, *ep); break;
     case method::adakv: break;
   }
-  return out;
 }
 
 /// Ranking key: higher score first, NaN last, then lower index.
@@ -593,8 +873,33 @@ inline bool ranked_before(const ranked& a, const ranked& b) { return a.v != b.v 
 /// Per-layer scratch of the selection, reused across heads.
 struct pick_scratch {
   std::vector<std::uint8_t> mark;
-  std::vector<ranked> cand;
+  std::vector<std::uint64_t> code, cand;
 };
+
+/// Order-preserving integer code of a ranking key (rank_less::key; -0 is coded as +0, so equal keys
+/// have equal codes and a larger key a larger code).
+inline std::uint64_t rank_code(double v) {
+  std::uint64_t b = 0;
+  if (v != 0.0) std::memcpy(&b, &v, sizeof b);
+  return (b >> 63) ? ~b : b | (std::uint64_t{1} << 63);
+}
+
+/// The k-th largest (1 <= k <= n) of a[0, n) (reordered): radix select on bytes from the top while
+/// more than 64 candidates remain, then nth_element.
+inline std::uint64_t kth_largest(std::uint64_t* a, std::size_t n, std::size_t k) {
+  for (int shift = 56; n > 64 && shift >= 0; shift -= 8) {
+    std::uint32_t h[256] = {};
+    for (std::size_t i = 0; i < n; ++i) ++h[(a[i] >> shift) & 255];
+    int bk = 255;
+    for (; bk > 0 && h[bk] < k; --bk) k -= h[bk];
+    std::size_t m = 0;
+    for (std::size_t i = 0; i < n; ++i)
+      if (static_cast<int>((a[i] >> shift) & 255) == bk) a[m++] = a[i];
+    n = m;
+  }
+  std::nth_element(a, a + (k - 1), a + n, [](std::uint64_t x, std::uint64_t y) { return x > y; });
+  return a[k - 1];
+}
 
 /// Marks (mark[t] = 1) the first min(b, |prot|) distinct protected tokens and returns how many;
 /// every protected token gets mark 2 or 1 (2: protected but beyond the budget).
@@ -610,18 +915,39 @@ inline std::int64_t mark_protected(const std::vector<std::int32_t>& prot, std::i
 }
 
 /// Tokens of one head (appended to `out` in increasing order): the first min(b, |prot|) protected,
-/// then the best-scored others up to b.
+/// then the best-scored others up to b. The k-th best key is found by a radix select over the keys'
+/// order-preserving codes; then every key above it is taken and, of the keys equal to it, the lowest
+/// indices (the order of ranked_before).
 inline void pick_head(const double* s, std::int64_t n, const std::vector<std::int32_t>& prot, std::int64_t b,
                       std::vector<std::int32_t>& out, pick_scratch& ps) {
   ps.mark.assign(static_cast<std::size_t>(n), 0);
   const std::int64_t rest = b - mark_protected(prot, b, ps.mark);
   if (rest > 0) {
+    ps.code.resize(static_cast<std::size_t>(n));
     ps.cand.clear();
     for (std::int64_t j = 0; j < n; ++j)
-      if (!ps.mark[static_cast<std::size_t>(j)]) ps.cand.push_back(ranked{rank_less::key(s[j]), static_cast<std::int32_t>(j)});
+      if (!ps.mark[static_cast<std::size_t>(j)]) {
+        const std::uint64_t c = rank_code(rank_less::key(s[j]));
+        ps.code[static_cast<std::size_t>(j)] = c;
+        ps.cand.push_back(c);
+      }
     const auto k = std::min<std::size_t>(static_cast<std::size_t>(rest), ps.cand.size());
-    if (k < ps.cand.size()) std::nth_element(ps.cand.begin(), ps.cand.begin() + static_cast<std::ptrdiff_t>(k), ps.cand.end(), ranked_before);
-    for (std::size_t i = 0; i < k; ++i) ps.mark[static_cast<std::size_t>(ps.cand[i].t)] = 1;
+    if (k == ps.cand.size()) {
+      for (auto& x : ps.mark) x = x == 0 ? 1 : x;
+    } else {
+      std::size_t gt = 0;
+      const std::uint64_t thr = kth_largest(ps.cand.data(), ps.cand.size(), k);
+      for (std::int64_t j = 0; j < n; ++j)
+        gt += !ps.mark[static_cast<std::size_t>(j)] && ps.code[static_cast<std::size_t>(j)] > thr ? 1 : 0;
+      std::size_t eq = k - gt;
+      for (std::int64_t j = 0; j < n; ++j) {
+        auto& x = ps.mark[static_cast<std::size_t>(j)];
+        if (x) continue;
+        const std::uint64_t c = ps.code[static_cast<std::size_t>(j)];
+        if (c > thr) x = 1;
+        else if (c == thr && eq > 0) x = 1, --eq;
+      }
+    }
   }
   for (std::int64_t j = 0; j < n; ++j)
     if (ps.mark[static_cast<std::size_t>(j)] == 1) out.push_back(static_cast<std::int32_t>(j));
@@ -716,14 +1042,27 @@ inline kept_sets drop_select(const kv_cache& kv, const drop::config& c, int thre
   const expected_prep ep = m == method::expected_attention ? prepare_expected(kv, c, n, rope) : expected_prep{};
   kept_sets out(static_cast<std::size_t>(L), std::vector<std::vector<std::int32_t>>(static_cast<std::size_t>(H)));
   const int nt = threads > 0 ? threads : par.threads();
+  struct layer_work {
+    layer_scores ls;
+    pick_scratch ps;
+  };
+  std::vector<std::unique_ptr<layer_work>> pool;  // scratch reused across layers (no per-layer heap churn)
+  std::mutex pool_m;
   parallel_for(nt, static_cast<std::size_t>(L), [&](std::size_t li) {
     const int l = static_cast<int>(li);
     const std::int64_t bl = budgets[li];
-    const layer_scores ls = score_layer(kv, c, m, l, n, bl, rope, &ep);
+    std::unique_ptr<layer_work> w;
+    {
+      const std::lock_guard<std::mutex> lk(pool_m);
+      if (!pool.empty()) w = std::move(pool.back()), pool.pop_back();
+    }
+    if (!w) w = std::make_unique<layer_work>();
+    layer_scores& ls = w->ls;
+    score_layer(kv, c, m, l, n, bl, rope, &ep, ls);
     if (c.m == method::adakv) {
       out[li] = pick_adakv(ls, H, n, bl, c.alpha);
     } else {
-      pick_scratch ps;
+      pick_scratch& ps = w->ps;
       for (int h = 0; h < H; ++h) {
         auto& kh = out[li][static_cast<std::size_t>(h)];
         kh.reserve(static_cast<std::size_t>(bl + T - n));
@@ -732,6 +1071,8 @@ inline kept_sets drop_select(const kv_cache& kv, const drop::config& c, int thre
     }
     for (auto& kh : out[li])
       for (std::int64_t t = n; t < T; ++t) kh.push_back(static_cast<std::int32_t>(t));
+    const std::lock_guard<std::mutex> lk(pool_m);
+    pool.push_back(std::move(w));
   });
   return out;
 }
