@@ -256,14 +256,27 @@ inline std::vector<uint32_t> histogram(const Sym* sym, size_t n, size_t alphabet
   return h;
 }
 
-/// Empirical entropy of a histogram in bits: sum -c * log2(c / n).
+namespace detail {
+/// c * log2(c) for c < 4096 (a table: model selection evaluates it for every bin of every column).
+inline double c_log2_c(uint64_t c) {
+  static const std::vector<double> table = [] {
+    std::vector<double> t(4096, 0.0);
+    for (size_t i = 1; i < t.size(); ++i) t[i] = static_cast<double>(i) * std::log2(static_cast<double>(i));
+    return t;
+  }();
+  return c < table.size() ? table[c] : static_cast<double>(c) * std::log2(static_cast<double>(c));
+}
+}  // namespace detail
+
+/// Empirical entropy of a histogram in bits: sum -c * log2(c / n) = n log2 n - sum c log2 c.
 inline double entropy_bits(const uint32_t* counts, size_t alphabet) {
-  double n = 0;
-  for (size_t s = 0; s < alphabet; ++s) n += counts[s];
-  double bits = 0;
-  for (size_t s = 0; s < alphabet; ++s)
-    if (counts[s]) bits -= counts[s] * std::log2(counts[s] / n);
-  return bits;
+  uint64_t n = 0;
+  double sum = 0;
+  for (size_t s = 0; s < alphabet; ++s) {
+    n += counts[s];
+    if (counts[s]) sum += detail::c_log2_c(counts[s]);
+  }
+  return n == 0 ? 0.0 : std::max(0.0, detail::c_log2_c(n) - sum);
 }
 
 /// Exact ideal code length in bits of the histogram under the table: sum c * (prob_bits - log2 f);

@@ -59,6 +59,7 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
  public:
   explicit cachegen_quant(quant::cachegen p) : stage_impl(std::move(p)) {}
   bool lossless() const override { return false; }
+  bool fit_uses_blocks() const override { return false; }
 
   static std::uint32_t alphabet_for(int bins) { return bins <= 32 ? 32u : static_cast<std::uint32_t>(bins - 1); }
 

@@ -308,20 +308,13 @@ inline void add_hist(const std::uint16_t* s, std::size_t n, std::uint32_t cols, 
     }
     for (std::size_t k = 0; k < hs; ++k) h[k] += h4[k] + h4[hs + k] + h4[2 * hs + k] + h4[3 * hs + k];
   }
-  const bool tiled = cols > 1 && nb == 0;
-  // Columns in tiles whose histograms fit in L1/L2 (a row-major sweep over 1024 columns of 255-symbol
-  // histograms touches 1 MB of counters at random).
-  const std::size_t tile = std::max<std::size_t>(8, (std::size_t{16} << 10) / (4 * std::size_t{A}));
-  for (std::size_t c0 = 0; tiled && c0 < cols; c0 += tile) {
-    const std::size_t c1 = std::min<std::size_t>(cols, c0 + tile);
-    for (std::size_t i = 0; i < n; i += cols) {
-      const std::size_t m = std::min<std::size_t>(c1, n - i);
-      const std::uint16_t* row = s + i;
-      for (std::size_t c = c0; c < m; ++c) {
-        const std::uint32_t v = row[c];
-        worst = v > worst ? v : worst;
-        ++h[base[c] + (v < A ? v : 0)];
-      }
+  for (std::size_t i = 0; cols > 1 && nb == 0 && i < n; i += cols) {
+    const std::size_t m = std::min<std::size_t>(cols, n - i);
+    const std::uint16_t* row = s + i;
+    for (std::size_t c = 0; c < m; ++c) {
+      const std::uint32_t v = row[c];
+      worst = v > worst ? v : worst;
+      ++h[base[c] + (v < A ? v : 0)];
     }
   }
   if (n > 0 && worst >= A)

@@ -15,7 +15,9 @@
 // lanes, prob_bits, pred and group come from the spec; n = rows x cols from the plane header.
 #pragma once
 
+#include <algorithm>
 #include <map>
+#include <numeric>
 #include <mutex>
 #include <string>
 #include <tuple>
@@ -93,7 +95,14 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
         lin_alpha_[k] = alpha[k];
       }
     }
-    for (std::size_t j = 0; j < all.size(); ++j) {
+    // Blocks in (layer, K/V, chunk) order, so one context's histograms (up to cols x alphabet counters,
+    // 1 MB for 1024 columns of 255 symbols) stay in cache while all its chunks are counted.
+    std::vector<std::size_t> order(all.size());
+    std::iota(order.begin(), order.end(), std::size_t{0});
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+      return detail::block_of_index(a, layers) < detail::block_of_index(b, layers);
+    });
+    for (const std::size_t j : order) {
       const auto [layer, key] = detail::block_of_index(j, layers);
       for (std::size_t pi = 0; pi < all[j]->planes.size(); ++pi) {
         const symbol_plane& p = all[j]->planes[pi];

@@ -149,12 +149,20 @@ encoded encode(const P& policy, codec& c, const kv_cache& kv, const encode_optio
   const bool sparse = !kept.empty();
 
   // 2. Blocks, chunk-major: segment i = (chunk i / layers, layer i % layers); blocks 2i (K), 2i+1 (V).
+  // Without transforms and with a quantizer whose fit ignores the data, each block is quantized as soon
+  // as it is cut and its f32 copy released (no second copy of the whole cache).
   std::vector<block> blocks(2 * nseg);
+  std::vector<symbols> syms(blocks.size());
+  const bool streaming = c.transforms.empty() && !c.quant->fit_uses_blocks();
   cpu::parallel_for(policy, 2 * nseg, [&](std::size_t i) {
     const std::size_t seg = i / 2;
     const int layer = static_cast<int>(seg % static_cast<std::size_t>(s.layers));
     const std::int64_t t0 = static_cast<std::int64_t>(seg / static_cast<std::size_t>(s.layers)) * opt.chunk_tokens;
     blocks[i] = detail::make_block(kv, kept, layer, i % 2 == 0, t0, std::min(s.tokens, t0 + opt.chunk_tokens));
+    if (streaming) {
+      c.quant->encode(blocks[i], info, syms[i]);
+      std::vector<float>().swap(blocks[i].data);
+    }
   });
 
   // 3. Transforms and quantizer (each may fit state on the whole cache first).
@@ -172,8 +180,7 @@ encoded encode(const P& policy, codec& c, const kv_cache& kv, const encode_optio
     cpu::parallel_for(policy, blocks.size(), [&](std::size_t i) { t->forward(blocks[i], info); });
   }
   keep_state(c.quant->fit(blocks, info), stage_index++);
-  std::vector<symbols> syms(blocks.size());
-  cpu::parallel_for(policy, blocks.size(), [&](std::size_t i) { c.quant->encode(blocks[i], info, syms[i]); });
+  if (!streaming) cpu::parallel_for(policy, blocks.size(), [&](std::size_t i) { c.quant->encode(blocks[i], info, syms[i]); });
   {
     std::vector<const symbols*> ptrs;
     ptrs.reserve(syms.size());

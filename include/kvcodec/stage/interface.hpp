@@ -137,6 +137,9 @@ class quant_stage : public stage {
   stage_kind kind() const override { return stage_kind::quant; }
   /// Called once with every block before encoding; returns state to store (codebooks...).
   virtual bytes fit(const std::vector<block>&, const cache_info&) { return {}; }
+  /// False when fit() ignores its blocks: the pipeline then quantizes each block as soon as it is cut
+  /// (without transforms) and never holds the whole cache's f32 copy.
+  virtual bool fit_uses_blocks() const { return true; }
   virtual void encode(const block& b, const cache_info& info, symbols& out) const = 0;
   /// `b` arrives with layer/key/heads/head_dim/t0/t1/count/pos set; fills b.data.
   virtual void decode(const symbols& in, const cache_info& info, block& b) const = 0;
