@@ -78,6 +78,10 @@ inline block make_block(const kv_cache& kv, const kept_sets& kept, int layer, bo
   const auto& src = key ? kv.keys[static_cast<std::size_t>(layer)] : kv.values[static_cast<std::size_t>(layer)];
   const std::size_t D = static_cast<std::size_t>(b.head_dim);
   const std::size_t T = static_cast<std::size_t>(kv.shape.tokens);
+  if (kept.empty()) {  // dense: the exact size up front (growing by insert reallocates and copies)
+    b.pos.reserve(static_cast<std::size_t>(b.heads) * static_cast<std::size_t>(t1 - t0));
+    b.data.reserve(static_cast<std::size_t>(b.heads) * static_cast<std::size_t>(t1 - t0) * D);
+  }
   for (int h = 0; h < b.heads; ++h) {
     const float* head = src.data() + static_cast<std::size_t>(h) * T * D;
     if (kept.empty()) {
