@@ -29,6 +29,7 @@
 #include <limits>
 #include <queue>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace kvcodec {
@@ -125,54 +126,60 @@ inline freq_table normalize_weights(const double* w, size_t alphabet, int prob_b
     t.freq[s] = f;
     assigned += f;
   }
-  const auto cmp_dec = [&](size_t a, size_t b) {  // min-heap by cost of decrement
-    const double ca = dec_cost(wt[a], t.freq[a]), cb = dec_cost(wt[b], t.freq[b]);
-    return ca > cb || (ca == cb && a > b);
+  // Heaps of (cost, symbol) with the cost computed once per push (a comparator that recomputes the two
+  // log2 costs on every comparison dominated model fitting); same order as comparing costs then symbols.
+  using entry = std::pair<double, size_t>;
+  const auto cmp_dec = [](const entry& a, const entry& b) {  // min-heap by cost of decrement
+    return a.first > b.first || (a.first == b.first && a.second > b.second);
   };
-  const auto cmp_inc = [&](size_t a, size_t b) {  // max-heap by gain of increment
-    const double ga = inc_gain(wt[a], t.freq[a]), gb = inc_gain(wt[b], t.freq[b]);
-    return ga < gb || (ga == gb && a > b);
+  const auto cmp_inc = [](const entry& a, const entry& b) {  // max-heap by gain of increment
+    return a.first < b.first || (a.first == b.first && a.second > b.second);
   };
   if (assigned > total) {
-    std::priority_queue<size_t, std::vector<size_t>, decltype(cmp_dec)> heap(cmp_dec);
+    std::priority_queue<entry, std::vector<entry>, decltype(cmp_dec)> heap(cmp_dec);
     for (size_t s = 0; s < alphabet; ++s)
-      if (t.freq[s] > 1) heap.push(s);
+      if (t.freq[s] > 1) heap.push({dec_cost(wt[s], t.freq[s]), s});
     while (assigned > total) {
-      const size_t s = heap.top();
+      const size_t s = heap.top().second;
       heap.pop();
       --t.freq[s];
       --assigned;
-      if (t.freq[s] > 1) heap.push(s);
+      if (t.freq[s] > 1) heap.push({dec_cost(wt[s], t.freq[s]), s});
     }
   } else if (assigned < total) {
-    std::priority_queue<size_t, std::vector<size_t>, decltype(cmp_inc)> heap(cmp_inc);
+    std::priority_queue<entry, std::vector<entry>, decltype(cmp_inc)> heap(cmp_inc);
     for (size_t s = 0; s < alphabet; ++s)
-      if (t.freq[s] > 0) heap.push(s);
+      if (t.freq[s] > 0) heap.push({inc_gain(wt[s], t.freq[s]), s});
     while (assigned < total) {
-      const size_t s = heap.top();
+      const size_t s = heap.top().second;
       heap.pop();
       ++t.freq[s];
       ++assigned;
-      heap.push(s);
+      heap.push({inc_gain(wt[s], t.freq[s]), s});
     }
   }
-  // Exchange pass: move one unit from the cheapest decrement to the best increment while it helps.
+  // Exchange pass: move one unit from the cheapest decrement to the best increment while it helps. The
+  // per-symbol gain and cost are cached and recomputed only for the two symbols a move changes.
+  std::vector<double> gain(alphabet, 0.0), cost(alphabet, std::numeric_limits<double>::infinity());
+  const auto refresh = [&](size_t s) {
+    gain[s] = t.freq[s] == 0 ? 0.0 : inc_gain(wt[s], t.freq[s]);
+    cost[s] = t.freq[s] > 1 ? dec_cost(wt[s], t.freq[s]) : std::numeric_limits<double>::infinity();
+  };
+  for (size_t s = 0; s < alphabet; ++s) refresh(s);
   for (size_t iter = 0; iter < 4 * alphabet + 64; ++iter) {
     size_t best_inc = alphabet, best_dec = alphabet;
     double g = 0, c = std::numeric_limits<double>::infinity();
     for (size_t s = 0; s < alphabet; ++s) {
       if (t.freq[s] == 0) continue;
-      const double gs = inc_gain(wt[s], t.freq[s]);
-      if (gs > g) g = gs, best_inc = s;
-      if (t.freq[s] > 1) {
-        const double cs = dec_cost(wt[s], t.freq[s]);
-        if (cs < c) c = cs, best_dec = s;
-      }
+      if (gain[s] > g) g = gain[s], best_inc = s;
+      if (t.freq[s] > 1 && cost[s] < c) c = cost[s], best_dec = s;
     }
     if (best_inc == alphabet || best_dec == alphabet || best_inc == best_dec) break;
     if (!(g > c * (1 + 1e-12) + 1e-12)) break;
     ++t.freq[best_inc];
     --t.freq[best_dec];
+    refresh(best_inc);
+    refresh(best_dec);
   }
   fill_starts(t);
   return t;
