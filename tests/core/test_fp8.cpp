@@ -241,9 +241,9 @@ TEST_CASE("fp8 bulk: encode / decode / amax kernels equal the scalar references 
         std::vector<float> ya(n), yr(n);
         decode_fp8(k, a.data(), n, scale, ya.data());
         detail::decode_fp8_ref(k, a.data(), n, scale, yr.data());
-        CHECK(std::memcmp(ya.data(), yr.data(), 4 * n) == 0);
+        CHECK((n == 0 || std::memcmp(ya.data(), yr.data(), 4 * n) == 0));  // n = 0: data() may be null
         decode_fp8(k, a16.data(), n, scale, ya.data());
-        CHECK(std::memcmp(ya.data(), yr.data(), 4 * n) == 0);
+        CHECK((n == 0 || std::memcmp(ya.data(), yr.data(), 4 * n) == 0));  // n = 0: data() may be null
         std::vector<std::uint16_t> ha(n), hr(n);
         decode_fp8_f16(k, a.data(), n, scale, ha.data());
         detail::decode_fp8_f16_ref(k, a.data(), n, scale, hr.data());
