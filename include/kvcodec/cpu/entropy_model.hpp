@@ -433,8 +433,23 @@ inline plane_model fit_model(const std::vector<std::uint32_t>& colh, std::uint32
   const bool try_hist = o.model != "geometric", try_geo = o.model != "hist";
   double best = std::numeric_limits<double>::infinity();
   plane_model out;
+  // The ranked-run groupings nest (group g of 16 runs lies in group g k / 16 of k runs, k | 16), so their
+  // histograms and the pooled one are sums of the 16-run histograms: one pass over the columns, not five.
+  std::vector<std::uint32_t> gh16;
+  for (const auto& c : cands)
+    if (c.kind == grouping::map && c.groups == 16) gh16 = group_hist(colh, A, c.gof, 16);
+  const auto merged = [&](std::uint32_t k) {
+    std::vector<std::uint32_t> g(static_cast<std::size_t>(k) * A, 0);
+    for (std::uint32_t j = 0; j < 16; ++j) {
+      const std::uint32_t* src = gh16.data() + static_cast<std::size_t>(j) * A;
+      std::uint32_t* dst = g.data() + static_cast<std::size_t>(j * k / 16) * A;
+      for (std::uint32_t a = 0; a < A; ++a) dst[a] += src[a];
+    }
+    return g;
+  };
   for (auto& c : cands) {
-    const auto gh = group_hist(colh, A, c.gof, c.groups);
+    const bool nested = !gh16.empty() && (c.kind == grouping::map || c.kind == grouping::pooled) && 16 % c.groups == 0;
+    const auto gh = nested ? (c.groups == 16 ? gh16 : merged(c.groups)) : group_hist(colh, A, c.gof, c.groups);
     double map_bits = c.kind == grouping::map ? 8.0 * (varint_bytes(c.groups) + std::ceil(cols * symbol_bits(c.groups) / 8.0)) : 0.0;
     for (int mk = 0; mk < 2; ++mk) {
       if ((mk == 0 && !try_hist) || (mk == 1 && !try_geo)) continue;
