@@ -132,9 +132,9 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
         const bool one = rm.m.groups == 1 || rm.m.group_of_col.size() != a.cols;
         const std::vector<std::uint32_t> gof = one ? std::vector<std::uint32_t>(a.cols, 0) : rm.m.group_of_col;
         const auto gh = em::group_hist(a.hist, a.alphabet, gof, one ? 1u : rm.m.groups);
-        double total = 0;
-        for (auto c : a.hist) total += c;
-        rm.bound_per_symbol = total > 0 ? em::grouped_entropy(gh, a.alphabet, one ? 1u : rm.m.groups) / total : 0.0;
+        std::uint64_t total = 0;
+        for (const auto c : gh) total += c;
+        rm.bound_per_symbol = total > 0 ? em::grouped_entropy(gh, a.alphabet, one ? 1u : rm.m.groups) / static_cast<double>(total) : 0.0;
       }
       w.put_varint(static_cast<std::uint64_t>(std::get<0>(k)));
       w.put<std::uint8_t>(std::get<1>(k) ? 1 : 0);
