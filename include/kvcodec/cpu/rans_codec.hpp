@@ -340,113 +340,74 @@ struct rans_expand_lut {
 };
 inline constexpr rans_expand_lut rans_expand{};
 
-/// Full steps with 8 lanes per AVX2 vector: one 32-bit gather per vector from the compact tables,
-/// the lane-ordered word read as a LUT shuffle of the next 8 words. Runs while at least N words
-/// remain (vector k of a step reads 16 bytes at most 16k bytes ahead). c0 = (t * N) % cols on entry.
-/// Returns the next step; x and p are advanced. Bit-identical to the scalar loop.
+/// One AVX2 vector (8 lanes) of a full decode step: decodes 8 symbols into o, renormalises from the
+/// words at p (advanced by the words taken) and returns the new states. The 8 table entries are eight
+/// scalar loads (as fast as a gather on current cores, and not slowed by gather microcode mitigations).
 template <class Sym>
-__attribute__((target("avx2,popcnt"))) size_t rans_decode_steps_avx2(uint32_t* x, const uint8_t*& p_io,
-                                                                     const uint8_t* end, rans_fast_tables ft,
-                                                                     size_t cols, uint32_t M, size_t N, Sym* out,
-                                                                     size_t t, size_t full_steps) {
-  const uint8_t* p = p_io;
-  const __m256i maskv = _mm256_set1_epi32(static_cast<int>((1u << M) - 1));
-  const __m256i b8 = _mm256_set1_epi32(0xff);
-  const __m256i b12 = _mm256_set1_epi32(0xfff);
-  const __m256i one = _mm256_set1_epi32(1);
-  const __m256i zero = _mm256_setzero_si256();
-  const __m128i shift = _mm_cvtsi32_si128(static_cast<int>(M));
-  const int* tab = reinterpret_cast<const int*>(ft.entry32);
-  size_t c0 = (t * N) % cols;
-  const size_t adv = N % cols;
-  for (; t < full_steps && static_cast<size_t>(end - p) >= 2 * N; ++t) {
-    Sym* o = out + t * N;
-    const uint32_t* off = ft.col_off + c0;
-    for (size_t j = 0; j < N; j += 8) {
-      __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j));
-      const __m256i idx = _mm256_add_epi32(_mm256_and_si256(xv, maskv),
-                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off + j)));
-      const __m256i e = _mm256_i32gather_epi32(tab, idx, 4);
-      const __m256i sy = _mm256_and_si256(e, b8);
-      const __m256i bias = _mm256_and_si256(_mm256_srli_epi32(e, 8), b12);
-      const __m256i f = _mm256_add_epi32(_mm256_srli_epi32(e, 20), one);
-      xv = _mm256_add_epi32(_mm256_mullo_epi32(f, _mm256_srl_epi32(xv, shift)), bias);
-      const __m256i need = _mm256_cmpeq_epi32(_mm256_srli_epi32(xv, 16), zero);
-      const unsigned k = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(need)));
-      const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-      const __m256i w = _mm256_shuffle_epi8(raw, _mm256_load_si256(reinterpret_cast<const __m256i*>(rans_expand.b[k])));
-      xv = _mm256_blendv_epi8(xv, _mm256_or_si256(_mm256_slli_epi32(xv, 16), w), need);
-      p += 2 * static_cast<size_t>(__builtin_popcount(k));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(x + j), xv);
-      const __m256i s16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(sy, sy), 0x88);
-      if constexpr (std::is_same_v<Sym, uint8_t>) {
-        const __m128i s8 = _mm_packus_epi16(_mm256_castsi256_si128(s16), _mm256_castsi256_si128(s16));
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(o + j), s8);
-      } else {
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + j), _mm256_castsi256_si128(s16));
-      }
-    }
-    c0 += adv;
-    if (c0 >= cols) c0 -= cols;
+__attribute__((target("avx2,popcnt"), always_inline)) inline __m256i rans_decode_vec_avx2(__m256i xv, const uint32_t* off,
+                                                                                      const int* tab, __m128i shift,
+                                                                                      __m256i maskv, const uint8_t*& p, Sym* o) {
+  const __m256i idx = _mm256_add_epi32(_mm256_and_si256(xv, maskv), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off)));
+  alignas(32) uint32_t ix[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(ix), idx);
+  const __m256i e = _mm256_setr_epi32(tab[ix[0]], tab[ix[1]], tab[ix[2]], tab[ix[3]], tab[ix[4]], tab[ix[5]], tab[ix[6]], tab[ix[7]]);
+  const __m256i sy = _mm256_and_si256(e, _mm256_set1_epi32(0xff));
+  const __m256i bias = _mm256_and_si256(_mm256_srli_epi32(e, 8), _mm256_set1_epi32(0xfff));
+  const __m256i f = _mm256_add_epi32(_mm256_srli_epi32(e, 20), _mm256_set1_epi32(1));
+  xv = _mm256_add_epi32(_mm256_mullo_epi32(f, _mm256_srl_epi32(xv, shift)), bias);
+  const __m256i need = _mm256_cmpeq_epi32(_mm256_srli_epi32(xv, 16), _mm256_setzero_si256());
+  const unsigned k = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(need)));
+  const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256i w = _mm256_shuffle_epi8(raw, _mm256_load_si256(reinterpret_cast<const __m256i*>(rans_expand.b[k])));
+  xv = _mm256_blendv_epi8(xv, _mm256_or_si256(_mm256_slli_epi32(xv, 16), w), need);
+  p += 2 * static_cast<size_t>(__builtin_popcount(k));
+  const __m256i s16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(sy, sy), 0x88);
+  if constexpr (std::is_same_v<Sym, uint8_t>) {
+    const __m128i s8 = _mm_packus_epi16(_mm256_castsi256_si128(s16), _mm256_castsi256_si128(s16));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(o), s8);
+  } else {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm256_castsi256_si128(s16));
   }
-  p_io = p;
-  return t;
+  return xv;
 }
 
-/// rans_decode_steps_avx2 for N = 8V lanes with the V state vectors held in registers across steps
-/// (the generic loop stores and reloads them, which puts a store-forward on every lane's dependency
-/// chain). Same contract and output as rans_decode_steps_avx2.
+/// Full steps with 8 lanes per AVX2 vector from the compact tables. Runs while at least N words remain
+/// (vector k of a step reads 16 bytes at most 16k bytes ahead). c0 = (t * N) % cols on entry. Lane j of
+/// a step reads column (c0 + j) % cols through col_off, extended by rans_max_lanes entries. Returns
+/// the next step; x and p are advanced. Bit-identical to the scalar loop. V > 0: N = 8V lanes whose
+/// states stay in registers across steps (the generic V = 0 form stores and reloads them, a
+/// store-forward on every lane's dependency chain).
 template <class Sym, int V>
-__attribute__((target("avx2,popcnt"))) size_t rans_decode_steps_avx2_reg(uint32_t* x, const uint8_t*& p_io,
-                                                                         const uint8_t* end, rans_fast_tables ft,
-                                                                         size_t cols, uint32_t M, Sym* out, size_t t,
-                                                                         size_t full_steps) {
-  constexpr size_t N = 8 * V;
+__attribute__((target("avx2,popcnt"))) size_t rans_decode_steps_avx2(uint32_t* x, const uint8_t*& p_io, const uint8_t* end,
+                                                                     rans_fast_tables ft, size_t cols, uint32_t M, size_t N,
+                                                                     Sym* out, size_t t, size_t full_steps) {
   const uint8_t* p = p_io;
   const __m256i maskv = _mm256_set1_epi32(static_cast<int>((1u << M) - 1));
-  const __m256i b8 = _mm256_set1_epi32(0xff);
-  const __m256i b12 = _mm256_set1_epi32(0xfff);
-  const __m256i one = _mm256_set1_epi32(1);
-  const __m256i zero = _mm256_setzero_si256();
   const __m128i shift = _mm_cvtsi32_si128(static_cast<int>(M));
   const int* tab = reinterpret_cast<const int*>(ft.entry32);
-  __m256i xs[V];
-  for (int v = 0; v < V; ++v) xs[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 8 * v));
+  constexpr int R = V > 0 ? V : 1;
+  __m256i xs[R];
+  if constexpr (V > 0)
+    for (int v = 0; v < V; ++v) xs[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 8 * v));
   size_t c0 = (t * N) % cols;
   const size_t adv = N % cols;
   for (; t < full_steps && static_cast<size_t>(end - p) >= 2 * N; ++t) {
     Sym* o = out + t * N;
     const uint32_t* off = ft.col_off + c0;
+    if constexpr (V > 0) {
 #pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) {
-      __m256i xv = xs[v];
-      const __m256i idx = _mm256_add_epi32(_mm256_and_si256(xv, maskv),
-                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off + 8 * v)));
-      alignas(32) uint32_t ix[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(ix), idx);
-      const __m256i e = _mm256_setr_epi32(tab[ix[0]], tab[ix[1]], tab[ix[2]], tab[ix[3]], tab[ix[4]], tab[ix[5]], tab[ix[6]], tab[ix[7]]);
-      const __m256i sy = _mm256_and_si256(e, b8);
-      const __m256i bias = _mm256_and_si256(_mm256_srli_epi32(e, 8), b12);
-      const __m256i f = _mm256_add_epi32(_mm256_srli_epi32(e, 20), one);
-      xv = _mm256_add_epi32(_mm256_mullo_epi32(f, _mm256_srl_epi32(xv, shift)), bias);
-      const __m256i need = _mm256_cmpeq_epi32(_mm256_srli_epi32(xv, 16), zero);
-      const unsigned k = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(need)));
-      const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-      const __m256i w = _mm256_shuffle_epi8(raw, _mm256_load_si256(reinterpret_cast<const __m256i*>(rans_expand.b[k])));
-      xs[v] = _mm256_blendv_epi8(xv, _mm256_or_si256(_mm256_slli_epi32(xv, 16), w), need);
-      p += 2 * static_cast<size_t>(__builtin_popcount(k));
-      const __m256i s16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(sy, sy), 0x88);
-      if constexpr (std::is_same_v<Sym, uint8_t>) {
-        const __m128i s8 = _mm_packus_epi16(_mm256_castsi256_si128(s16), _mm256_castsi256_si128(s16));
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(o + 8 * v), s8);
-      } else {
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 8 * v), _mm256_castsi256_si128(s16));
+      for (int v = 0; v < V; ++v) xs[v] = rans_decode_vec_avx2(xs[v], off + 8 * v, tab, shift, maskv, p, o + 8 * v);
+    } else {
+      for (size_t j = 0; j < N; j += 8) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(x + j), rans_decode_vec_avx2(xv, off + j, tab, shift, maskv, p, o + j));
       }
     }
     c0 += adv;
     if (c0 >= cols) c0 -= cols;
   }
-  for (int v = 0; v < V; ++v) _mm256_storeu_si256(reinterpret_cast<__m256i*>(x + 8 * v), xs[v]);
+  if constexpr (V > 0)
+    for (int v = 0; v < V; ++v) _mm256_storeu_si256(reinterpret_cast<__m256i*>(x + 8 * v), xs[v]);
   p_io = p;
   return t;
 }
@@ -550,9 +511,9 @@ void rans_decode_impl(const uint8_t* data, size_t size, size_t cols, const uint6
     t = rans_decode_steps_avx512c<Sym, 4>(x, p, end, *ft, cols, M, out, t, full_steps);
     if constexpr (Ctx) col = (t * N) % cols;
   } else if (ft != nullptr && (any || simd == rans_simd::avx2) && rans_avx2_available()) {
-    t = N == 32   ? rans_decode_steps_avx2_reg<Sym, 4>(x, p, end, *ft, cols, M, out, t, full_steps)
-        : N == 64 ? rans_decode_steps_avx2_reg<Sym, 8>(x, p, end, *ft, cols, M, out, t, full_steps)
-                  : rans_decode_steps_avx2(x, p, end, *ft, cols, M, N, out, t, full_steps);
+    t = N == 32   ? rans_decode_steps_avx2<Sym, 4>(x, p, end, *ft, cols, M, N, out, t, full_steps)
+        : N == 64 ? rans_decode_steps_avx2<Sym, 8>(x, p, end, *ft, cols, M, N, out, t, full_steps)
+                  : rans_decode_steps_avx2<Sym, 0>(x, p, end, *ft, cols, M, N, out, t, full_steps);
     if constexpr (Ctx) col = (t * N) % cols;
   } else if (!Ctx && (any || simd == rans_simd::avx512) && rans_avx512_available()) {
     t = rans_decode_steps_avx512(x, p, end, tab, M, N, out, t, full_steps);
