@@ -113,21 +113,28 @@ KVCODEC_HD inline float round_param(float v, param_dtype pd) noexcept {
   return f16_bits_to_f32(h);
 }
 
+/// round_param as a function object (the vector paths pass an F16C one with identical results).
+struct round_param_fn {
+  KVCODEC_HD float operator()(float v, param_dtype pd) const noexcept { return round_param(v, pd); }
+};
+
 /// Asymmetric parameters of a group whose finite values span [lo, hi] (lo = hi = 0 when none is finite).
-KVCODEC_HD inline params params_from_range(float lo, float hi, int bits, param_dtype pd) noexcept {
+template <class Round = round_param_fn>
+KVCODEC_HD inline params params_from_range(float lo, float hi, int bits, param_dtype pd, Round round = {}) noexcept {
   params p;
-  p.min = round_param(lo, pd);
+  p.min = round(lo, pd);
   const float range = static_cast<float>(static_cast<double>(hi) - static_cast<double>(p.min));
   const float s = range > 0.0f ? static_cast<float>(static_cast<double>(range) / max_code(bits)) : 0.0f;
-  p.scale = round_param(s, pd);
-  if (!kvcodec::detail::is_finite_f32(p.scale)) p.scale = round_param(3.4028234663852886e38f, pd);
+  p.scale = round(s, pd);
+  if (!kvcodec::detail::is_finite_f32(p.scale)) p.scale = round(3.4028234663852886e38f, pd);
   return p;
 }
 
 /// Symmetric parameters of a group whose finite values have max |x| = amax.
-KVCODEC_HD inline params params_from_amax(float amax, int bits, param_dtype pd) noexcept {
+template <class Round = round_param_fn>
+KVCODEC_HD inline params params_from_amax(float amax, int bits, param_dtype pd, Round round = {}) noexcept {
   params p;
-  p.scale = round_param(amax / static_cast<float>(sym_zero(bits) - 1u), pd);
+  p.scale = round(amax / static_cast<float>(sym_zero(bits) - 1u), pd);
   p.min = 0.0f;
   return p;
 }
@@ -350,26 +357,21 @@ inline void dequantize_columns_ref(const Sym* q, const std::uint8_t* side, std::
 }
 
 #if KVCODEC_X86_DISPATCH
-KVCODEC_TARGET_AVX2 inline float round_param_avx2(float v, param_dtype pd) noexcept {
-  if (pd == param_dtype::f32) return v;
-  unsigned short h = _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  if ((h & 0x7fffu) == 0x7c00u) h = static_cast<unsigned short>((h & 0x8000u) | 0x7bffu);
-  return _cvtsh_ss(h);
+/// round_param with F16C (the same result as f32_to_f16_bits' round-to-nearest-even, checked on every float).
+struct round_param_f16c {
+  KVCODEC_TARGET_AVX2 float operator()(float v, param_dtype pd) const noexcept {
+    if (pd == param_dtype::f32) return v;
+    unsigned short h = _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    if ((h & 0x7fffu) == 0x7c00u) h = static_cast<unsigned short>((h & 0x8000u) | 0x7bffu);
+    return _cvtsh_ss(h);
+  }
+};
+// flatten: the F16C rounding is inlined here (it cannot be inlined into the generic template body).
+KVCODEC_TARGET_AVX2 __attribute__((flatten)) inline params params_from_range_avx2(float lo, float hi, int bits, param_dtype pd) noexcept {
+  return params_from_range(lo, hi, bits, pd, round_param_f16c{});
 }
-KVCODEC_TARGET_AVX2 inline params params_from_range_avx2(float lo, float hi, int bits, param_dtype pd) noexcept {
-  params p;
-  p.min = round_param_avx2(lo, pd);
-  const float range = static_cast<float>(static_cast<double>(hi) - static_cast<double>(p.min));
-  const float s = range > 0.0f ? static_cast<float>(static_cast<double>(range) / max_code(bits)) : 0.0f;
-  p.scale = round_param_avx2(s, pd);
-  if (!kvcodec::detail::is_finite_f32(p.scale)) p.scale = round_param_avx2(3.4028234663852886e38f, pd);
-  return p;
-}
-KVCODEC_TARGET_AVX2 inline params params_from_amax_avx2(float amax, int bits, param_dtype pd) noexcept {
-  params p;
-  p.scale = round_param_avx2(amax / static_cast<float>(sym_zero(bits) - 1u), pd);
-  p.min = 0.0f;
-  return p;
+KVCODEC_TARGET_AVX2 __attribute__((flatten)) inline params params_from_amax_avx2(float amax, int bits, param_dtype pd) noexcept {
+  return params_from_amax(amax, bits, pd, round_param_f16c{});
 }
 KVCODEC_TARGET_AVX2 inline void store_params_avx2(const params& p, mode m, param_dtype pd, std::uint8_t* out) noexcept {
   if (pd == param_dtype::f32) {
