@@ -61,8 +61,8 @@ command add_info(CLI::App& root) {
             std::printf("metadata        ");
             for (const auto& [k, val] : h.metadata) std::printf("%s=%s ", k.c_str(), val.c_str());
             std::printf("\n");
-            std::printf("container       %zu bytes (%" PRIu64 " codec bytes, %zu header bytes)\n", v.file_size, codec_bytes,
-                        v.file_size - static_cast<std::size_t>(v.payload.size()));
+            std::printf("container       %zu bytes, version %u (%" PRIu64 " codec bytes, %" PRIu64 " header, index and framing bytes)\n", v.file_size,
+                        h.version, codec_bytes, static_cast<std::uint64_t>(v.file_size) - codec_bytes);
             std::printf("bits/element    %.4f (%.2fx smaller than fp16)\n", bpe, 16.0 / bpe);
             std::printf("segments        %zu of %lld tokens%s\n", h.segments.size(), static_cast<long long>(h.chunk_tokens),
                         o->verify ? ", all checksums verified" : "");

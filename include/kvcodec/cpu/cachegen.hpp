@@ -170,24 +170,47 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
   }
 
   void decode(const symbols& in, const cache_info&, block& b) const override {
-    decode_to(in, b, [&b] {
-      b.data.resize(b.rows() * static_cast<std::size_t>(b.head_dim));
-      return b.data.data();
-    }, [](float v) { return v; });
+    b.data.resize(b.rows() * static_cast<std::size_t>(b.head_dim));
+    float* out = b.data.data();
+    const std::size_t D = static_cast<std::size_t>(b.head_dim);
+    decode_to(in, b, [out, D](std::size_t r) { return out + r * D; }, [](float v) { return v; });
+  }
+
+  bool decode_rows(const symbols& in, const cache_info&, const block& b, dtype t, std::byte* const* rows) const override {
+    if (t == dtype::f32) {
+      decode_to(in, b, [rows](std::size_t r) { return reinterpret_cast<float*>(rows[r]); }, [](float v) { return v; });
+    } else if (t == dtype::f16) {
+      auto row = [rows](std::size_t r) { return reinterpret_cast<std::uint16_t*>(rows[r]); };
+#if KVCODEC_X86_DISPATCH
+      if (simd::avx2()) {
+        decode_to(in, b, row, [](float v) { return f32_to_f16_bits(v); }, [](const std::uint16_t* s, const float* st, bool bcast, int max, std::uint16_t* o, std::size_t n) {
+          return dequant_f16_f16c(s, st, bcast, max, o, n);
+        });
+        return true;
+      }
+#endif
+      decode_to(in, b, row, [](float v) { return f32_to_f16_bits(v); });
+    } else if (t == dtype::bf16) {
+      decode_to(in, b, [rows](std::size_t r) { return reinterpret_cast<std::uint16_t*>(rows[r]); }, [](float v) { return f32_to_bf16_bits(v); });
+    } else {
+      return false;
+    }
+    return true;
   }
 
   /// Decodes straight to f16 bits in decode()'s value order (b.rows() x head_dim values, block
   /// order); value i equals f32_to_f16_bits(decode()'s value i). Same checks and errors as decode.
   void decode_f16(const symbols& in, const block& b, std::uint16_t* out) const {
+    const std::size_t D = static_cast<std::size_t>(b.head_dim);
 #if KVCODEC_X86_DISPATCH
     if (simd::avx2()) {
-      decode_to(in, b, [out] { return out; }, [](float v) { return f32_to_f16_bits(v); }, [](const std::uint16_t* s, const float* st, bool bcast, int max, std::uint16_t* o, std::size_t n) {
+      decode_to(in, b, [out, D](std::size_t r) { return out + r * D; }, [](float v) { return f32_to_f16_bits(v); }, [](const std::uint16_t* s, const float* st, bool bcast, int max, std::uint16_t* o, std::size_t n) {
         return dequant_f16_f16c(s, st, bcast, max, o, n);
       });
       return;
     }
 #endif
-    decode_to(in, b, [out] { return out; }, [](float v) { return f32_to_f16_bits(v); });
+    decode_to(in, b, [out, D](std::size_t r) { return out + r * D; }, [](float v) { return f32_to_f16_bits(v); });
   }
 
  private:
@@ -289,9 +312,10 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
   };
 
   /// Checks the plane and side bytes against the block, then writes conv(value) of every element
-  /// to get_out() in block order; kernel(s, step, bcast, MAX, o, n) may do a row prefix in bulk.
-  template <class GetOut, class Conv, class Kernel = no_kernel>
-  void decode_to(const symbols& in, const block& b, GetOut get_out, Conv conv, Kernel kernel = {}) const {
+  /// of block row r to row_out(r) (head_dim values); kernel(s, step, bcast, MAX, o, n) may do a row
+  /// prefix in bulk.
+  template <class RowOut, class Conv, class Kernel = no_kernel>
+  void decode_to(const symbols& in, const block& b, RowOut row_out, Conv conv, Kernel kernel = {}) const {
     const std::string where = "cachegen-quant (layer " + std::to_string(b.layer) + (b.key ? " K)" : " V)");
     const int bins = p_.bins_for(b.layer, b.key);
     const int MAX = bins / 2 - 1;
@@ -319,12 +343,11 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     const std::uint32_t worst = max_symbol(p.sym.data(), p.sym.size());
     if (!p.sym.empty() && worst > static_cast<std::uint32_t>(2 * MAX))
       throw_corrupt(where, "symbol " + std::to_string(worst) + " above 2*MAX = " + std::to_string(2 * MAX));
-    auto* const out = get_out();
     if (dense) {
       for (std::size_t h = 0; h < H; ++h)
         for (std::size_t r = 0; r < R; ++r) {
           const std::uint16_t* srow = p.sym.data() + r * C + h * D;
-          auto* dst = out + (h * R + r) * D;
+          auto* dst = row_out(h * R + r);
           if (by_token) {
             const float st = step[r];
             for (std::size_t d = kernel(srow, &st, true, MAX, dst, D); d < D; ++d) dst[d] = conv(cachegen_dequantize(srow[d], st, MAX));
@@ -336,9 +359,10 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     } else {
       std::size_t r = 0;
       for (std::size_t h = 0; h < H; ++h)
-        for (std::uint32_t k = 0; k < b.count[h]; ++k, ++r)
-          for (std::size_t d = 0; d < D; ++d)
-            out[r * D + d] = conv(cachegen_dequantize(p.sym[r * D + d], by_token ? step[r] : step[h * D + d], MAX));
+        for (std::uint32_t k = 0; k < b.count[h]; ++k, ++r) {
+          auto* dst = row_out(r);
+          for (std::size_t d = 0; d < D; ++d) dst[d] = conv(cachegen_dequantize(p.sym[r * D + d], by_token ? step[r] : step[h * D + d], MAX));
+        }
     }
   }
 };

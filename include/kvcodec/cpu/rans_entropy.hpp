@@ -104,23 +104,66 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
     });
     for (const std::size_t j : order) {
       const auto [layer, key] = detail::block_of_index(j, layers);
-      for (std::size_t pi = 0; pi < all[j]->planes.size(); ++pi) {
-        const symbol_plane& p = all[j]->planes[pi];
-        check_plane(p, "rans fit");
-        const bool direct = split(p, sub, shared_linear(layer, key, static_cast<int>(pi), p));
-        for (int s = 0; s < 2; ++s) {
-          const std::uint16_t* sd = direct ? p.sym.data() : sub[s].data();
-          const std::size_t sn = direct ? (s == 0 ? p.sym.size() : 0) : sub[s].size();
-          if (sn == 0) continue;
-          auto& a = acc[key_t{layer, key, static_cast<int>(pi), s}];
-          if (a.hist.empty()) a.alphabet = p.alphabet, a.cols = p.cols, a.hist.assign(static_cast<std::size_t>(p.cols) * p.alphabet, 0);
-          if (a.alphabet != p.alphabet || a.cols != p.cols)
-            throw_usage("rans:tables=shared: plane " + std::to_string(pi) + " of layer " + std::to_string(layer) +
-                        " changes shape between chunks; use tables=chunk");
-          em::add_hist(sd, sn, p.cols, p.alphabet, nullptr, a.hist.data(), "rans fit");
-        }
+      count_block(*all[j], layer, key, acc, sub, nullptr);
+    }
+    return finish_fit(acc);
+  }
+
+  /// tables=shared reads every block's symbols to fit its tables; tables=chunk fits nothing.
+  bool fit_uses_symbols() const override { return p_.tables == "shared"; }
+  /// Without linear prediction the shared tables are histograms: they can be counted block by block
+  /// (fit_add from several threads at once) without holding the cache's symbols.
+  bool fit_streaming() const override { return p_.tables == "shared" && pk_ != em::pred_kind::linear; }
+  void fit_begin(const cache_info& info) override {
+    shared_.clear();
+    lin_.clear();
+    lin_alpha_.clear();
+    stream_acc_.clear();
+    stream_layers_ = std::max(info.shape.layers, 1);
+  }
+  void fit_add(std::size_t j, const symbols& s) override {
+    const auto [layer, key] = detail::block_of_index(j, stream_layers_);
+    std::vector<std::uint16_t> sub[2];
+    count_block(s, layer, key, stream_acc_, sub, &stream_mutex_);
+  }
+  bytes fit_end(const cache_info&) override {
+    bytes st = finish_fit(stream_acc_);
+    stream_acc_.clear();
+    return st;
+  }
+
+ private:
+  using key_t = std::tuple<int, bool, int, int>;
+  struct acc_t {
+    std::uint32_t alphabet = 0, cols = 0;
+    std::vector<std::uint32_t> hist;
+  };
+
+  /// Adds one block's symbols to the per-context histograms (under `m` when given).
+  void count_block(const symbols& sy, int layer, bool key, std::map<key_t, acc_t>& acc, std::vector<std::uint16_t>* sub, std::mutex* m) {
+    for (std::size_t pi = 0; pi < sy.planes.size(); ++pi) {
+      const symbol_plane& p = sy.planes[pi];
+      check_plane(p, "rans fit");
+      const bool direct = split(p, sub, shared_linear(layer, key, static_cast<int>(pi), p));
+      for (int s = 0; s < 2; ++s) {
+        const std::uint16_t* sd = direct ? p.sym.data() : sub[s].data();
+        const std::size_t sn = direct ? (s == 0 ? p.sym.size() : 0) : sub[s].size();
+        if (sn == 0) continue;
+        std::unique_lock<std::mutex> lock;
+        if (m) lock = std::unique_lock<std::mutex>(*m);
+        auto& a = acc[key_t{layer, key, static_cast<int>(pi), s}];
+        if (a.hist.empty()) a.alphabet = p.alphabet, a.cols = p.cols, a.hist.assign(static_cast<std::size_t>(p.cols) * p.alphabet, 0);
+        if (a.alphabet != p.alphabet || a.cols != p.cols)
+          throw_usage("rans:tables=shared: plane " + std::to_string(pi) + " of layer " + std::to_string(layer) +
+                      " changes shape between chunks; use tables=chunk");
+        em::add_hist(sd, sn, p.cols, p.alphabet, nullptr, a.hist.data(), "rans fit");
       }
     }
+  }
+
+ public:
+  /// Models from the histograms, serialised as the stage state (and kept for encoding).
+  bytes finish_fit(std::map<key_t, acc_t>& acc) {
     bytes st;
     byte_writer w(st);
     w.put_varint(acc.size());
@@ -336,12 +379,6 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
   }
 
  private:
-  using key_t = std::tuple<int, bool, int, int>;
-  struct acc_t {
-    std::uint32_t alphabet = 0, cols = 0;
-    std::vector<std::uint32_t> hist;
-  };
-
   /// lanes=0: 64 lanes for streams of at least 2^16 symbols (the AVX-512 decoder's best width),
   /// else 32 (the 4 bytes of final state per lane cost more than they save on short streams).
   static int auto_lanes(std::size_t n) { return n >= (std::size_t{1} << 16) ? 64 : 32; }
@@ -394,6 +431,9 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
   std::map<key_t, detail::ready_model> shared_;
   std::map<key_t, em::linear_coefs> lin_;
   std::map<key_t, std::uint32_t> lin_alpha_;
+  std::map<key_t, acc_t> stream_acc_;  ///< fit_begin .. fit_end
+  int stream_layers_ = 1;
+  std::mutex stream_mutex_;
 };
 
 }  // namespace kvcodec::cpu

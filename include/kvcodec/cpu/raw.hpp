@@ -1,6 +1,8 @@
 // kvcodec/cpu/raw.hpp — stage `raw`: a block's rows as f32/f16/bf16 bytes in the side stream.
 #pragma once
 
+#include <algorithm>
+#include <cstring>
 #include <string>
 
 #include "kvcodec/cpu/stage_impl.hpp"
@@ -34,6 +36,28 @@ class raw_quant final : public stage_impl<quant::raw, quant_stage> {
                         ", found " + std::to_string(in.side.size()));
     b.data.resize(n);
     decode_floats(in.side.data(), n, resolved_, b.data.data());
+  }
+  /// Rows straight from the stored bytes: a copy when the stored dtype is the destination's, one
+  /// conversion (through f32, exact for widening) otherwise.
+  bool decode_rows(const symbols& in, const cache_info&, const block& b, dtype t, std::byte* const* rows) const override {
+    const std::size_t D = static_cast<std::size_t>(b.head_dim), R = b.rows();
+    if (!in.planes.empty() || in.side.size() != R * D * dtype_size(resolved_))
+      throw_corrupt("raw stage (layer " + std::to_string(b.layer) + ")",
+                    "expected " + std::to_string(R * D * dtype_size(resolved_)) + " bytes of " + std::string(dtype_name(resolved_)) +
+                        ", found " + std::to_string(in.side.size()));
+    const std::size_t in_row = D * dtype_size(resolved_);
+    if (t == resolved_) {
+      for (std::size_t r = 0; r < R; ++r) std::memcpy(rows[r], in.side.data() + r * in_row, in_row);
+      return true;
+    }
+    float tmp[512];
+    for (std::size_t r = 0; r < R; ++r)
+      for (std::size_t d0 = 0; d0 < D; d0 += 512) {
+        const std::size_t n = std::min<std::size_t>(512, D - d0);
+        decode_floats(in.side.data() + r * in_row + d0 * dtype_size(resolved_), n, resolved_, tmp);
+        encode_floats(tmp, n, t, reinterpret_cast<std::uint8_t*>(rows[r]) + d0 * dtype_size(t));
+      }
+    return true;
   }
 
  private:

@@ -1,18 +1,24 @@
-// kvcodec/pipeline/encode.hpp — encode a kv_cache into a .kvc container and decode it back.
+// kvcodec/pipeline/encode.hpp — encode a KV cache (a view of the caller's memory, or an owning
+// kv_cache) into a .kvc container, streaming segments into a sink as they are produced.
 //
-// encode: drop (kept sets) -> blocks per (layer, token chunk, K/V) -> transforms -> quantizer ->
-// entropy coder -> container. Each segment holds one (layer, chunk): the kept-token masks when the
-// cache is sparse, then the K and V streams; segments decode independently (random access by token
-// range, parallel decode). bits_per_element counts every byte the codec produced (segments and
-// stage state: scales, tables, masks), divided by the K+V elements of the original cache; the
-// container header (spec, index, token ids) is reported separately as container_bytes.
+// drop (kept sets) -> blocks per (layer, token chunk, K/V) cut from the view -> transforms ->
+// quantizer -> entropy coder -> segment records. Each segment holds one (layer, chunk): the
+// kept-token masks when the cache is sparse, then the K and V streams; segments decode independently.
+//
+// Memory: blocks are cut from the view a window of segments at a time (a few per thread), coded and
+// written, so the encoder holds no copy of the cache, with three documented exceptions: a drop stage
+// scores an f32 copy of the cache (unless the caller passes one with queries); transforms and
+// quantizers whose fit reads every block (kmeans/nf4 codebooks, hadamard, derope...) hold the f32
+// blocks; an entropy stage that fits on every symbol (rans:tables=shared) is fitted in a first pass
+// (block by block when it can, keeping the symbols only while they fit `symbol_budget`).
+// Results are identical for any thread count.
 #pragma once
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -21,6 +27,7 @@
 #include "kvcodec/format/container.hpp"
 #include "kvcodec/pipeline/codec.hpp"
 #include "kvcodec/registry/builtin.hpp"
+#include "kvcodec/tensor/kv_view.hpp"
 
 namespace kvcodec {
 
@@ -29,6 +36,23 @@ struct encode_options {
   std::string layout;               ///< dump layout hint stored for decode's writer
   /// Called as segments finish (done, total), serialised; for progress bars.
   std::function<void(std::size_t, std::size_t)> progress;
+  /// Called (in token order, from the calling thread) when the encoder will not read tokens [t0, t1)
+  /// of the view again in this pass: a caller reading from a mapped file can release those pages.
+  std::function<void(std::int64_t, std::int64_t)> tokens_done;
+  /// Symbols kept between the fit pass and the coding pass, in bytes; above it an entropy stage that
+  /// fits block by block is fitted in a pass of its own (the quantizer runs twice, memory stays bounded).
+  std::size_t symbol_budget = std::size_t{64} << 20;
+};
+
+/// What a view does not carry about the cache.
+struct kv_extras {
+  std::optional<dtype> source_dtype;  ///< the dtype the cache came in (default: the view's)
+  std::int32_t q_heads = 0;           ///< informational (queries are not stored)
+  std::vector<std::int32_t> tokens, positions;
+  std::map<std::string, std::string> metadata;
+  kept_sets kept;                     ///< already token-dropped input (empty = dense)
+  /// The same cache as an owning kv_cache with its queries, for drop stages (else they score a copy).
+  const kv_cache* cache = nullptr;
 };
 
 namespace detail {
@@ -66,36 +90,51 @@ struct encoded {
 
 namespace detail {
 
-inline block make_block(const kv_cache& kv, const kept_sets& kept, int layer, bool key, std::int64_t t0, std::int64_t t1) {
+/// Cuts one (layer, K or V, tokens [t0, t1)) block out of a view, as f32 rows (kept rows only when
+/// `kept` is not empty).
+inline block make_block(const const_kv_view& kv, const kept_sets& kept, int layer, bool key, std::int64_t t0, std::int64_t t1) {
   block b;
   b.layer = layer;
   b.key = key;
-  b.heads = kv.shape.kv_heads;
-  b.head_dim = kv.shape.head_dim;
+  b.heads = kv.kv_heads;
+  b.head_dim = kv.head_dim;
   b.t0 = t0;
   b.t1 = t1;
   b.count.resize(static_cast<std::size_t>(b.heads));
-  const auto& src = key ? kv.keys[static_cast<std::size_t>(layer)] : kv.values[static_cast<std::size_t>(layer)];
   const std::size_t D = static_cast<std::size_t>(b.head_dim);
-  const std::size_t T = static_cast<std::size_t>(kv.shape.tokens);
-  if (kept.empty()) {  // dense: the exact size up front (growing by insert reallocates and copies)
-    b.pos.reserve(static_cast<std::size_t>(b.heads) * static_cast<std::size_t>(t1 - t0));
-    b.data.reserve(static_cast<std::size_t>(b.heads) * static_cast<std::size_t>(t1 - t0) * D);
-  }
+  std::size_t rows = 0;
   for (int h = 0; h < b.heads; ++h) {
-    const float* head = src.data() + static_cast<std::size_t>(h) * T * D;
     if (kept.empty()) {
       b.count[static_cast<std::size_t>(h)] = static_cast<std::uint32_t>(t1 - t0);
-      for (std::int64_t t = t0; t < t1; ++t) b.pos.push_back(static_cast<std::int32_t>(t));
-      b.data.insert(b.data.end(), head + static_cast<std::size_t>(t0) * D, head + static_cast<std::size_t>(t1) * D);
     } else {
       const auto& ks = kept[static_cast<std::size_t>(layer)][static_cast<std::size_t>(h)];
       auto lo = std::lower_bound(ks.begin(), ks.end(), static_cast<std::int32_t>(t0));
       auto hi = std::lower_bound(lo, ks.end(), static_cast<std::int32_t>(t1));
       b.count[static_cast<std::size_t>(h)] = static_cast<std::uint32_t>(hi - lo);
-      for (auto it = lo; it != hi; ++it) {
-        b.pos.push_back(*it);
-        b.data.insert(b.data.end(), head + static_cast<std::size_t>(*it) * D, head + static_cast<std::size_t>(*it + 1) * D);
+    }
+    rows += b.count[static_cast<std::size_t>(h)];
+  }
+  b.pos.resize(rows);
+  b.data.resize(rows * D);
+  // A head's rows [t0, t1) are one run when tokens are adjacent and channels contiguous.
+  const bool runs = !kv.paged() && kv.s_dim == 1 && kv.s_token == kv.head_dim;
+  std::size_t row = 0;
+  for (int h = 0; h < b.heads; ++h) {
+    if (kept.empty()) {
+      for (std::int64_t t = t0; t < t1; ++t) b.pos[row + static_cast<std::size_t>(t - t0)] = static_cast<std::int32_t>(t);
+      if (runs) {
+        decode_floats(reinterpret_cast<const std::uint8_t*>(kv.row(layer, key, h, t0)), static_cast<std::size_t>(t1 - t0) * D, kv.dt, b.data.data() + row * D);
+      } else {
+        for (std::int64_t t = t0; t < t1; ++t)
+          load_row(kv.row(layer, key, h, t), kv.dt, kv.s_dim, D, b.data.data() + (row + static_cast<std::size_t>(t - t0)) * D);
+      }
+      row += static_cast<std::size_t>(t1 - t0);
+    } else {
+      const auto& ks = kept[static_cast<std::size_t>(layer)][static_cast<std::size_t>(h)];
+      auto lo = std::lower_bound(ks.begin(), ks.end(), static_cast<std::int32_t>(t0));
+      for (std::uint32_t r = 0; r < b.count[static_cast<std::size_t>(h)]; ++r, ++row) {
+        b.pos[row] = lo[r];
+        load_row(kv.row(layer, key, h, lo[r]), kv.dt, kv.s_dim, D, b.data.data() + row * D);
       }
     }
   }
@@ -126,50 +165,92 @@ inline block block_skeleton(const kv_shape& s, int layer, bool key, std::int64_t
   return b;
 }
 
-inline cache_info info_of(const kv_cache& kv) { return cache_info{kv.shape, kv.source_dtype, kv.metadata}; }
+/// The kept-token masks of a segment: per head, ceil((t1-t0)/8) bytes, bit t-t0 LSB first.
+inline void put_masks(const block& kb, bytes& out) {
+  const std::size_t span = static_cast<std::size_t>(kb.t1 - kb.t0);
+  const std::size_t mbytes = (span + 7) / 8;
+  std::size_t row = 0;
+  for (int hh = 0; hh < kb.heads; ++hh) {
+    const std::size_t at = out.size();
+    out.resize(at + mbytes, 0);
+    for (std::uint32_t r = 0; r < kb.count[static_cast<std::size_t>(hh)]; ++r, ++row) {
+      const std::size_t t = static_cast<std::size_t>(kb.pos[row] - kb.t0);
+      out[at + t / 8] = static_cast<std::uint8_t>(out[at + t / 8] | (1u << (t % 8)));
+    }
+  }
+}
 
 }  // namespace detail
 
-/// Encodes `kv` with codec `c` (which is fitted to this cache: use a fresh codec per cache).
+/// Encodes the cache a view describes with codec `c` (fitted to this cache: use a fresh codec per
+/// cache) and streams the container into `sink`. Returns the report (sizes, bits per element).
 template <cpu::cpu_policy P>
-encoded encode(const P& policy, codec& c, const kv_cache& kv, const encode_options& opt = {}) {
+encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte_sink& sink, const encode_options& opt = {},
+                        const kv_extras& ex = {}) {
   kv.validate("encode input");
+  if (kv.space != memory_space::host) throw_usage("encode: the CPU backend reads host memory; this view is in device memory (use the CUDA backend)");
+  if (kv.tokens <= 0) throw_bad_input("encode input", "tokens", "> 0", std::to_string(kv.tokens));
   if (opt.chunk_tokens < 1) throw_usage("encode: chunk_tokens must be >= 1, found " + std::to_string(opt.chunk_tokens));
-  const kv_shape& s = kv.shape;
+  kv_shape s = kv.shape();
+  s.q_heads = ex.cache ? ex.cache->shape.q_heads : ex.q_heads;
+  {
+    kv_cache check;  // validates the side fields and kept sets against the shape
+    check.shape = s;
+    check.tokens = ex.tokens;
+    check.positions = ex.positions;
+    check.kept = ex.kept;
+    if (!ex.tokens.empty() && ex.tokens.size() != static_cast<std::size_t>(s.tokens))
+      throw_bad_input("encode input", "tokens", std::to_string(s.tokens) + " ids", std::to_string(ex.tokens.size()));
+    if (!ex.positions.empty() && ex.positions.size() != static_cast<std::size_t>(s.tokens))
+      throw_bad_input("encode input", "positions", std::to_string(s.tokens) + " positions", std::to_string(ex.positions.size()));
+    check.validate_kept("encode input");
+  }
   const std::int64_t chunks = (s.tokens + opt.chunk_tokens - 1) / opt.chunk_tokens;
-  const std::size_t nseg = static_cast<std::size_t>(chunks) * static_cast<std::size_t>(s.layers);
-  cache_info info = detail::info_of(kv);
+  const std::size_t L = static_cast<std::size_t>(s.layers);
+  const std::size_t nseg = static_cast<std::size_t>(chunks) * L;
+  cache_info info{s, ex.source_dtype.value_or(kv.dt), ex.metadata};
 
   // 1. Token dropping: the kept sets become part of the data.
   kept_sets dropped;
   if (c.drop) {
-    dropped = c.drop->select(kv);
-    kv_cache check;  // validates the drop stage's output against the shape
-    check.shape = kv.shape;
+    kv_cache copy;
+    const kv_cache* full = ex.cache;
+    if (!full) {
+      copy = to_cache(kv);
+      copy.source_dtype = info.source_dtype;
+      copy.positions = ex.positions;
+      copy.tokens = ex.tokens;
+      copy.metadata = ex.metadata;
+      full = &copy;
+    }
+    dropped = c.drop->select(*full);
+    kv_cache check;
+    check.shape = s;
     check.kept = dropped;
     check.validate_kept("drop stage '" + std::string(c.drop->name()) + "' output");
   }
-  const kept_sets& kept = c.drop ? dropped : kv.kept;
+  const kept_sets& kept = c.drop ? dropped : ex.kept;
   const bool sparse = !kept.empty();
-
-  // 2. Blocks, chunk-major: segment i = (chunk i / layers, layer i % layers); blocks 2i (K), 2i+1 (V).
-  // Without transforms and with a quantizer whose fit ignores the data, each block is quantized as soon
-  // as it is cut and its f32 copy released (no second copy of the whole cache).
-  std::vector<block> blocks(2 * nseg);
-  std::vector<symbols> syms(blocks.size());
-  const bool streaming = c.transforms.empty() && !c.quant->fit_uses_blocks();
-  cpu::parallel_for(policy, 2 * nseg, [&](std::size_t i) {
+  auto seg_range = [&](std::size_t seg) {
+    const std::int64_t t0 = static_cast<std::int64_t>(seg / L) * opt.chunk_tokens;
+    return std::pair<std::int64_t, std::int64_t>{t0, std::min(s.tokens, t0 + opt.chunk_tokens)};
+  };
+  // Block i = segment i / 2, K (even) or V (odd); segment = (chunk seg / L, layer seg % L).
+  auto cut = [&](std::size_t i) {
     const std::size_t seg = i / 2;
-    const int layer = static_cast<int>(seg % static_cast<std::size_t>(s.layers));
-    const std::int64_t t0 = static_cast<std::int64_t>(seg / static_cast<std::size_t>(s.layers)) * opt.chunk_tokens;
-    blocks[i] = detail::make_block(kv, kept, layer, i % 2 == 0, t0, std::min(s.tokens, t0 + opt.chunk_tokens));
-    if (streaming) {
-      c.quant->encode(blocks[i], info, syms[i]);
-      std::vector<float>().swap(blocks[i].data);
-    }
-  });
+    const auto [t0, t1] = seg_range(seg);
+    return detail::make_block(kv, kept, static_cast<int>(seg % L), i % 2 == 0, t0, t1);
+  };
+  // Tokens released so far (tokens_done is called in order, once per range).
+  std::int64_t released = 0;
+  auto release_upto = [&](std::size_t segs_done) {
+    const std::int64_t t = std::min(s.tokens, static_cast<std::int64_t>(segs_done / L) * opt.chunk_tokens);
+    if (t > released && opt.tokens_done) opt.tokens_done(released, t);
+    released = std::max(released, t);
+  };
+  const std::size_t window = static_cast<std::size_t>(std::max(4, 4 * policy.threads()));
 
-  // 3. Transforms and quantizer (each may fit state on the whole cache first).
+  // 2. Fit: transforms and quantizer (on every block when they need to), then the entropy stage.
   std::vector<bytes> states;
   kvc_header h;
   std::uint32_t stage_index = c.drop ? 1u : 0u;
@@ -179,84 +260,151 @@ encoded encode(const P& policy, codec& c, const kv_cache& kv, const encode_optio
       states.push_back(std::move(st));
     }
   };
-  for (auto& t : c.transforms) {
-    keep_state(t->fit(blocks, info), stage_index++);
-    cpu::parallel_for(policy, blocks.size(), [&](std::size_t i) { t->forward(blocks[i], info); });
+  const bool hold_blocks = !c.transforms.empty() || c.quant->fit_uses_blocks();
+  std::vector<block> blocks;  // hold_blocks: every block, f32
+  std::vector<symbols> syms;  // symbols kept between the passes (empty: quantize again while coding)
+  if (hold_blocks) {
+    blocks.resize(2 * nseg);
+    cpu::parallel_for(policy, blocks.size(), [&](std::size_t i) { blocks[i] = cut(i); });
+    release_upto(nseg);
+    for (auto& t : c.transforms) {
+      keep_state(t->fit(blocks, info), stage_index++);
+      cpu::parallel_for(policy, blocks.size(), [&](std::size_t i) { t->forward(blocks[i], info); });
+    }
+    keep_state(c.quant->fit(blocks, info), stage_index++);
+    syms.resize(blocks.size());
+    cpu::parallel_for(policy, blocks.size(), [&](std::size_t i) {
+      c.quant->encode(blocks[i], info, syms[i]);
+      std::vector<float>().swap(blocks[i].data);
+    });
+  } else {
+    keep_state(c.quant->fit({}, info), stage_index++);
   }
-  keep_state(c.quant->fit(blocks, info), stage_index++);
-  if (!streaming) cpu::parallel_for(policy, blocks.size(), [&](std::size_t i) { c.quant->encode(blocks[i], info, syms[i]); });
-  {
+  if (!c.entropy->fit_uses_symbols()) {
+    keep_state(c.entropy->fit({}, info), stage_index++);
+  } else if (hold_blocks || !c.entropy->fit_streaming() || s.kv_elements() * sizeof(std::uint16_t) <= opt.symbol_budget) {
+    if (syms.empty()) {  // quantize everything once and keep the symbols for the coding pass
+      syms.resize(2 * nseg);
+      for (std::size_t w0 = 0; w0 < nseg; w0 += window) {
+        const std::size_t n = std::min(window, nseg - w0);
+        cpu::parallel_for(policy, 2 * n, [&](std::size_t k) {
+          const block b = cut(2 * w0 + k);
+          c.quant->encode(b, info, syms[2 * w0 + k]);
+        });
+        release_upto(w0 + n);
+      }
+    }
     std::vector<const symbols*> ptrs;
     ptrs.reserve(syms.size());
     for (const auto& x : syms) ptrs.push_back(&x);
     keep_state(c.entropy->fit(ptrs, info), stage_index++);
+  } else {  // block-by-block fit: a pass of its own, nothing kept
+    c.entropy->fit_begin(info);
+    for (std::size_t w0 = 0; w0 < nseg; w0 += window) {
+      const std::size_t n = std::min(window, nseg - w0);
+      cpu::parallel_for(policy, 2 * n, [&](std::size_t k) {
+        const block b = cut(2 * w0 + k);
+        symbols sy;
+        c.quant->encode(b, info, sy);
+        c.entropy->fit_add(2 * w0 + k, sy);
+      });
+      release_upto(w0 + n);
+    }
+    keep_state(c.entropy->fit_end(info), stage_index++);
   }
+  released = 0;  // the coding pass reads the view again (unless every symbol is kept)
 
-  // 4. Entropy coding into segments.
-  std::vector<bytes> seg_bytes(nseg);
-  std::vector<coder_stats> seg_stats(nseg);
-  std::vector<std::size_t> seg_mask(nseg, 0);
-  detail::progress_counter prog{&opt.progress, nseg};
-  cpu::parallel_for(policy, nseg, [&](std::size_t i) {
-    bytes& out = seg_bytes[i];
-    const block& kb = blocks[2 * i];
-    if (sparse) {
-      const std::size_t span = static_cast<std::size_t>(kb.t1 - kb.t0);
-      const std::size_t mbytes = (span + 7) / 8;
-      std::size_t row = 0;
-      for (int hh = 0; hh < kb.heads; ++hh) {
-        std::vector<std::uint8_t> m(mbytes, 0);
-        for (std::uint32_t r = 0; r < kb.count[static_cast<std::size_t>(hh)]; ++r, ++row) {
-          const std::size_t t = static_cast<std::size_t>(kb.pos[row] - kb.t0);
-          m[t / 8] = static_cast<std::uint8_t>(m[t / 8] | (1u << (t % 8)));
-        }
-        out.insert(out.end(), m.begin(), m.end());
-      }
-      seg_mask[i] = out.size();
-    }
-    byte_writer w(out);
-    for (int kvi = 0; kvi < 2; ++kvi) {
-      bytes stream;
-      c.entropy->encode(syms[2 * i + static_cast<std::size_t>(kvi)], blocks[2 * i + static_cast<std::size_t>(kvi)], stream, seg_stats[i]);
-      w.put_blob(stream);
-    }
-    syms[2 * i] = {};
-    syms[2 * i + 1] = {};
-    prog.tick();
-  });
-
+  // 3. Header, then segments a window at a time, written in order as they are ready.
   h.codec = c.spec();
-  h.shape = kv.shape;
-  h.source_dtype = kv.source_dtype;
-  h.metadata = kv.metadata;
+  h.shape = s;
+  h.source_dtype = info.source_dtype;
+  h.metadata = ex.metadata;
   h.layout = opt.layout;
   h.sparse = sparse;
   h.chunk_tokens = opt.chunk_tokens;
-  h.tokens = kv.tokens;
-  h.positions = kv.positions;
-  h.segments.resize(nseg);
-  for (std::size_t i = 0; i < nseg; ++i) {
-    h.segments[i].layer = blocks[2 * i].layer;
-    h.segments[i].t0 = blocks[2 * i].t0;
-    h.segments[i].t1 = blocks[2 * i].t1;
+  h.tokens = ex.tokens;
+  h.positions = ex.positions;
+  kvc_writer w(sink, std::move(h), states);
+  encode_report rep;
+  detail::progress_counter prog{&opt.progress, nseg};
+  std::vector<bytes> seg_bytes(std::min(window, nseg));
+  std::vector<coder_stats> seg_stats(seg_bytes.size());
+  std::vector<std::size_t> seg_mask(seg_bytes.size());
+  for (std::size_t w0 = 0; w0 < nseg; w0 += window) {
+    const std::size_t n = std::min(window, nseg - w0);
+    cpu::parallel_for(policy, n, [&](std::size_t k) {
+      const std::size_t seg = w0 + k;
+      bytes& out = seg_bytes[k];
+      out.clear();
+      seg_stats[k] = {};
+      block kv_blocks[2];
+      for (int kvi = 0; kvi < 2; ++kvi) {
+        const std::size_t i = 2 * seg + static_cast<std::size_t>(kvi);
+        kv_blocks[kvi] = hold_blocks ? std::move(blocks[i]) : syms.empty() ? cut(i) : detail::block_skeleton(s, static_cast<int>(seg % L), kvi == 0, seg_range(seg).first, seg_range(seg).second, nullptr);
+      }
+      if (!hold_blocks && !syms.empty() && sparse)  // kept rows are needed for the masks
+        for (int kvi = 0; kvi < 2; ++kvi) kv_blocks[kvi] = cut(2 * seg + static_cast<std::size_t>(kvi));
+      if (sparse) detail::put_masks(kv_blocks[0], out);
+      seg_mask[k] = out.size();
+      byte_writer bw(out);
+      for (int kvi = 0; kvi < 2; ++kvi) {
+        const std::size_t i = 2 * seg + static_cast<std::size_t>(kvi);
+        symbols local;
+        if (syms.empty()) c.quant->encode(kv_blocks[kvi], info, local);
+        const symbols& sy = syms.empty() ? local : syms[i];
+        bytes stream;
+        c.entropy->encode(sy, kv_blocks[kvi], stream, seg_stats[k]);
+        bw.put_blob(stream);
+        if (!syms.empty()) syms[i] = {};
+      }
+      prog.tick();
+    });
+    for (std::size_t k = 0; k < n; ++k) {
+      const auto [t0, t1] = seg_range(w0 + k);
+      w.add_segment(static_cast<std::int32_t>((w0 + k) % L), t0, t1, seg_bytes[k]);
+      rep.codec_bytes += seg_bytes[k].size();
+      rep.mask_bytes += seg_mask[k];
+      rep.stats += seg_stats[k];
+    }
+    if (syms.empty()) release_upto(w0 + n);
   }
-
-  encoded e;
-  e.data = write_kvc(h, states, seg_bytes);
-  auto& rep = e.report;
-  rep.spec = h.codec;
-  rep.container_bytes = e.data.size();
+  rep.container_bytes = static_cast<std::size_t>(w.finish());
+  rep.spec = w.header().codec;
   for (const auto& st : states) rep.state_bytes += st.size();
-  rep.codec_bytes = rep.state_bytes;
-  for (std::size_t i = 0; i < nseg; ++i) {
-    rep.codec_bytes += seg_bytes[i].size();
-    rep.mask_bytes += seg_mask[i];
-    rep.stats += seg_stats[i];
-  }
+  rep.codec_bytes += rep.state_bytes;
   rep.kv_elements = s.kv_elements();
   rep.bits_per_element = static_cast<double>(rep.codec_bytes) * 8.0 / static_cast<double>(rep.kv_elements);
   rep.segments = nseg;
+  return rep;
+}
+
+/// Encodes a view into a container in memory.
+template <cpu::cpu_policy P>
+encoded encode(const P& policy, codec& c, const const_kv_view& kv, const encode_options& opt = {}, const kv_extras& ex = {}) {
+  encoded e;
+  memory_sink sink(e.data);
+  e.report = encode_to(policy, c, kv, sink, opt, ex);
   return e;
+}
+
+/// The extras of an owning cache (its dtype, ids, positions, metadata, kept sets and itself).
+inline kv_extras extras_of(const kv_cache& kv) {
+  kv_extras ex;
+  ex.source_dtype = kv.source_dtype;
+  ex.q_heads = kv.shape.q_heads;
+  ex.tokens = kv.tokens;
+  ex.positions = kv.positions;
+  ex.metadata = kv.metadata;
+  ex.kept = kv.kept;
+  ex.cache = &kv;
+  return ex;
+}
+
+/// Encodes an owning cache `kv` with codec `c`.
+template <cpu::cpu_policy P>
+encoded encode(const P& policy, codec& c, const kv_cache& kv, const encode_options& opt = {}) {
+  kv.validate("encode input");
+  return encode(policy, c, view_of(kv), opt, extras_of(kv));
 }
 
 inline encoded encode(codec& c, const kv_cache& kv, const encode_options& opt = {}) { return encode(cpu::par, c, kv, opt); }
@@ -265,106 +413,6 @@ inline encoded encode(std::string_view spec, const kv_cache& kv, const encode_op
   return encode(cpu::par, c, kv, opt);
 }
 
-struct decode_options {
-  std::int64_t token_begin = 0;
-  std::int64_t token_end = -1;  ///< -1 = to the end
-  std::string name = "<memory>";  ///< file name for error messages
-  kvc_limits limits;
-  std::function<void(std::size_t, std::size_t)> progress;  ///< (done, total) segments
-};
-
-/// Decodes a container (all of it, or the token range in `opt`), verifying every checksum it reads.
-template <cpu::cpu_policy P>
-kv_cache decode(const P& policy, std::span<const std::uint8_t> file, const decode_options& opt = {}, const registry& reg = builtin_registry()) {
-  const kvc_view v = parse_kvc(file, opt.name, opt.limits);
-  const kvc_header& h = v.header;
-  codec c;
-  try {
-    c = make_codec(h.codec, reg);
-  } catch (const error& e) {
-    throw_corrupt(opt.name, std::string("codec spec in the header is not usable by this build: ") + e.what());
-  }
-  const kv_shape& s = h.shape;
-  const std::int64_t tb = opt.token_begin, te = opt.token_end < 0 ? s.tokens : opt.token_end;
-  if (tb < 0 || te > s.tokens || tb >= te)
-    throw_usage("decode: token range " + std::to_string(tb) + ".." + std::to_string(te) + " is not within 0.." + std::to_string(s.tokens));
-  cache_info info{s, h.source_dtype, h.metadata};
-  auto stages = c.all();
-  for (std::size_t i = 0; i < h.states.size(); ++i) {
-    if (h.states[i].stage >= stages.size()) throw_corrupt(opt.name, "state for stage " + std::to_string(h.states[i].stage) + " of a " + std::to_string(stages.size()) + "-stage codec");
-  }
-  for (std::size_t si = 0; si < stages.size(); ++si) {
-    std::span<const std::uint8_t> st;
-    for (std::size_t i = 0; i < h.states.size(); ++i)
-      if (h.states[i].stage == si) st = v.state_bytes(i);
-    stages[si]->load_state(st, info);
-  }
-
-  kv_shape out_shape = s;
-  out_shape.q_heads = 0;
-  out_shape.tokens = te - tb;
-  kv_cache out = kv_cache::zeros(out_shape, h.source_dtype);
-  out.metadata = h.metadata;
-  if (!h.tokens.empty()) out.tokens.assign(h.tokens.begin() + tb, h.tokens.begin() + te);
-  if (!h.positions.empty()) out.positions.assign(h.positions.begin() + tb, h.positions.begin() + te);
-  if (h.sparse) out.kept.assign(static_cast<std::size_t>(s.layers), std::vector<std::vector<std::int32_t>>(static_cast<std::size_t>(s.kv_heads)));
-
-  std::vector<std::size_t> todo;
-  for (std::size_t i = 0; i < h.segments.size(); ++i)
-    if (h.segments[i].t1 > tb && h.segments[i].t0 < te) todo.push_back(i);
-  std::vector<std::vector<std::vector<std::int32_t>>> seg_kept(h.sparse ? todo.size() : 0);
-  detail::progress_counter prog{&opt.progress, todo.size()};
-
-  cpu::parallel_for(policy, todo.size(), [&](std::size_t j) {
-    const auto& se = h.segments[todo[j]];
-    const auto seg = v.segment_bytes(todo[j]);
-    byte_reader r(seg, opt.name + " segment " + std::to_string(todo[j]));
-    std::vector<std::vector<std::int32_t>>* kept_chunk = nullptr;
-    if (h.sparse) {
-      const std::size_t span = static_cast<std::size_t>(se.t1 - se.t0);
-      const auto masks = r.get_bytes(static_cast<std::size_t>(s.kv_heads) * ((span + 7) / 8), "kept-token masks");
-      auto& kc = seg_kept[j];
-      kc.resize(static_cast<std::size_t>(s.kv_heads));
-      for (int hh = 0; hh < s.kv_heads; ++hh)
-        for (std::size_t t = 0; t < span; ++t)
-          if (masks[static_cast<std::size_t>(hh) * ((span + 7) / 8) + t / 8] & (1u << (t % 8)))
-            kc[static_cast<std::size_t>(hh)].push_back(static_cast<std::int32_t>(se.t0 + static_cast<std::int64_t>(t)));
-      kept_chunk = &kc;
-    }
-    for (int kvi = 0; kvi < 2; ++kvi) {
-      block b = detail::block_skeleton(s, se.layer, kvi == 0, se.t0, se.t1, kept_chunk);
-      const auto stream = r.get_blob(kvi == 0 ? "K stream" : "V stream");
-      const symbols sy = c.entropy->decode(stream, b);
-      c.quant->decode(sy, info, b);
-      if (b.data.size() != b.rows() * static_cast<std::size_t>(s.head_dim))
-        throw_corrupt(opt.name, "segment " + std::to_string(todo[j]) + ": quantizer returned the wrong number of values");
-      for (auto it = c.transforms.rbegin(); it != c.transforms.rend(); ++it) (*it)->inverse(b, info);
-      auto& dst = kvi == 0 ? out.keys[static_cast<std::size_t>(se.layer)] : out.values[static_cast<std::size_t>(se.layer)];
-      const std::size_t D = static_cast<std::size_t>(s.head_dim), T = static_cast<std::size_t>(out_shape.tokens);
-      std::size_t row = 0;
-      for (int hh = 0; hh < s.kv_heads; ++hh)
-        for (std::uint32_t rr = 0; rr < b.count[static_cast<std::size_t>(hh)]; ++rr, ++row) {
-          const std::int64_t t = b.pos[row];
-          if (t < tb || t >= te) continue;
-          std::copy_n(b.data.data() + row * D, D, dst.data() + (static_cast<std::size_t>(hh) * T + static_cast<std::size_t>(t - tb)) * D);
-        }
-    }
-    r.expect_end();
-    prog.tick();
-  });
-  if (h.sparse) {
-    for (std::size_t j = 0; j < todo.size(); ++j) {
-      const auto& se = h.segments[todo[j]];
-      for (int hh = 0; hh < s.kv_heads; ++hh)
-        for (auto t : seg_kept[j][static_cast<std::size_t>(hh)])
-          if (t >= tb && t < te) out.kept[static_cast<std::size_t>(se.layer)][static_cast<std::size_t>(hh)].push_back(static_cast<std::int32_t>(t - tb));
-    }
-    for (auto& layer : out.kept)
-      for (auto& ks : layer) std::sort(ks.begin(), ks.end());
-  }
-  return out;
-}
-
-inline kv_cache decode(std::span<const std::uint8_t> file, const decode_options& opt = {}) { return decode(cpu::par, file, opt); }
-
 }  // namespace kvcodec
+
+#include "kvcodec/pipeline/decode.hpp"

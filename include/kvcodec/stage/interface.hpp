@@ -143,6 +143,12 @@ class quant_stage : public stage {
   virtual void encode(const block& b, const cache_info& info, symbols& out) const = 0;
   /// `b` arrives with layer/key/heads/head_dim/t0/t1/count/pos set; fills b.data.
   virtual void decode(const symbols& in, const cache_info& info, block& b) const = 0;
+  /// Fused decode: writes row r of the block (block order: heads concatenated, each head's rows in
+  /// token order) straight to rows[r] as head_dim contiguous values of type `t` (f32, f16 or bf16),
+  /// the same values decode() followed by a conversion to `t` would give, with the same checks.
+  /// Returns false (writing nothing) when the stage has no such path; the pipeline then decodes to
+  /// f32 and converts.
+  virtual bool decode_rows(const symbols&, const cache_info&, const block&, dtype, std::byte* const*) const { return false; }
 };
 
 class entropy_stage : public stage {
@@ -150,6 +156,15 @@ class entropy_stage : public stage {
   stage_kind kind() const override { return stage_kind::entropy; }
   bool lossless() const override { return true; }
   virtual bytes fit(const std::vector<const symbols*>&, const cache_info&) { return {}; }
+  /// Whether fit() reads the symbols at all (false: the encoder calls fit({}) and needs no first pass).
+  virtual bool fit_uses_symbols() const { return false; }
+  /// Whether the stage fits block by block: fit_begin, fit_add for every block (j = its index in
+  /// chunk-major order, 2 per segment: K then V; may be called from several threads at once),
+  /// fit_end -> the same state fit() would return. Lets the encoder fit without holding every block's symbols.
+  virtual bool fit_streaming() const { return false; }
+  virtual void fit_begin(const cache_info&) {}
+  virtual void fit_add(std::size_t, const symbols&) {}
+  virtual bytes fit_end(const cache_info&) { return {}; }
   /// `ctx` identifies the block (layer, K/V) for context models that depend on it.
   virtual void encode(const symbols& in, const block& ctx, bytes& out, coder_stats& stats) const = 0;
   virtual symbols decode(std::span<const std::uint8_t> in, const block& ctx) const = 0;
