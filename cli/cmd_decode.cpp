@@ -25,9 +25,9 @@ command add_decode(CLI::App& root) {
   app->add_option("OUT", o->out, "Output dump: .safetensors, .npz or .npy")->required();
   return {app, [o] {
             check_output(o->in, o->out, o->force);
-            const bytes file = io::read_file(o->in);
-            const kvc_view v = parse_kvc(file, o->in);
-            dtype out_dt = v.header.source_dtype;
+            const io::kvc_file f(o->in);  // header, state and index only
+            const kvc_header& h = f.header();
+            dtype out_dt = h.source_dtype;
             if (!o->dtype_name.empty()) {
               auto d = parse_dtype(o->dtype_name);
               if (!d || (*d != dtype::f32 && *d != dtype::f16 && *d != dtype::bf16))
@@ -35,7 +35,7 @@ command add_decode(CLI::App& root) {
               out_dt = *d;
             }
             io::kv_layout layout = io::kv_layout::hf_4d;
-            const std::string lname = o->layout_name.empty() ? v.header.layout : o->layout_name;
+            const std::string lname = o->layout_name.empty() ? h.layout : o->layout_name;
             if (!lname.empty()) {
               auto l = io::parse_kv_layout(lname);
               if (!l) throw_usage("--layout: expected hf_4d, hf_3d or stacked, found '" + lname + "'");
@@ -48,7 +48,58 @@ command add_decode(CLI::App& root) {
             dopt.token_end = o->end;
             dopt.name = o->in;
             dopt.progress = bar.callback();
-            kv_cache kv = decode(cpu::par(o->threads), file, dopt);
+            const auto pol = cpu::par(o->threads);
+            if (!h.sparse && !o->compact && !o->rerotate && io::lower_extension(o->out) == ".safetensors") {
+              // Streamed: one chunk of every layer at a time, decoded into a small buffer in the output
+              // dtype and written to its place in the file.
+              const auto [tb, te] = detail::decode_range(h, dopt);
+              kv_shape s = h.shape;
+              s.q_heads = 0;
+              s.tokens = te - tb;
+              const std::map<std::string, std::string> md = h.metadata;
+              const io::dense_dump_plan plan = io::plan_dense_dump(s, layout, out_dt, !h.tokens.empty(), !h.positions.empty(), md, o->out);
+              io::atomic_output out(o->out, o->force);
+              out.resize(plan.header.size() + plan.entries.back().end);
+              out.pwrite(0, plan.header);
+              for (const auto& e : plan.entries) {
+                if (e.name != "tokens" && e.name != "positions") continue;
+                const auto& ids = e.name == "tokens" ? h.tokens : h.positions;
+                out.pwrite(plan.header.size() + e.begin, std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(ids.data() + tb),
+                                                                                      static_cast<std::size_t>(te - tb) * 4));
+              }
+              const segment_decoder dec(h, [&](std::size_t i) { return f.state_bytes(i); }, o->in);
+              const std::size_t L = static_cast<std::size_t>(s.layers), H = static_cast<std::size_t>(s.kv_heads);
+              const std::size_t D = static_cast<std::size_t>(s.head_dim), es = dtype_size(out_dt);
+              const std::int64_t C = h.chunk_tokens;
+              std::vector<std::byte> stage(2 * L * H * static_cast<std::size_t>(std::min<std::int64_t>(C, te - tb)) * D * es);
+              std::size_t done = 0;
+              const std::size_t total = detail::segments_in(h, tb, te).size();
+              for (std::int64_t c0 = tb / C * C; c0 < te; c0 += C) {
+                const std::int64_t w0 = std::max(tb, c0), w1 = std::min(te, c0 + C), n = w1 - w0;
+                std::vector<std::byte*> ks, vs;
+                for (std::size_t l = 0; l < L; ++l) {
+                  ks.push_back(stage.data() + (2 * l) * H * static_cast<std::size_t>(n) * D * es);
+                  vs.push_back(stage.data() + (2 * l + 1) * H * static_cast<std::size_t>(n) * D * es);
+                }
+                const kv_view win = kv_view::hf(ks, vs, out_dt, s.kv_heads, n, s.head_dim);
+                cpu::parallel_for(pol, L, [&](std::size_t l) {
+                  const std::size_t i = h.segment_index(static_cast<std::int32_t>(l), c0);
+                  bytes buf;
+                  dec.decode_segment(h.segments[i], f.read_segment(i, buf), win, w0, w0, w1);
+                });
+                for (std::size_t l = 0; l < L; ++l)
+                  for (int kv = 0; kv < 2; ++kv)
+                    for (std::size_t hh = 0; hh < H; ++hh)
+                      out.pwrite(plan.row_offset(static_cast<int>(l), kv == 0, static_cast<int>(hh), w0 - tb),
+                                 std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(win.row(static_cast<int>(l), kv == 0, static_cast<int>(hh), 0)),
+                                                               static_cast<std::size_t>(n) * D * es));
+                done += L;
+                if (dopt.progress) dopt.progress(done, total);
+              }
+              out.commit();
+              return 0;
+            }
+            kv_cache kv = decode(pol, f, dopt);
             if (o->rerotate) {
               if (kv.is_dense()) throw_usage("--rerotate-keys: the cache has no dropped tokens");
               cpu::rerotate_kept_keys(kv);

@@ -21,18 +21,38 @@ command add_encode(CLI::App& root) {
   app->add_option("OUT", o->out, "Output .kvc file")->required();
   return {app, [o] {
             check_output(o->in, o->out, o->force);
-            io::kv_dump d = io::read_kv_dump(o->in);
             codec c = make_codec(o->spec);
             progress_bar bar("encode");
             encode_options eo;
             eo.chunk_tokens = o->chunk;
-            eo.layout = std::string(io::kv_layout_name(d.layout));
             eo.progress = bar.callback();
-            encoded e = encode(cpu::par(o->threads), c, d.cache, eo);
-            io::write_file_atomic(o->out, e.data, o->force);
+            io::atomic_output out(o->out, o->force);
+            io::file_sink sink(out);
+            encode_report rep;
+            // Dense safetensors dumps are read in place from a mapping (each chunk's pages dropped once
+            // coded: memory stays bounded); other dumps, and drop stages that score queries, are read whole.
+            std::optional<io::kv_dump_view> dv;
+            if (!c.drop) dv = io::open_kv_dump_view(o->in);
+            if (dv) {
+              eo.layout = std::string(io::kv_layout_name(dv->layout));
+              const const_kv_view& w = dv->view;
+              eo.tokens_done = [&](std::int64_t t0, std::int64_t t1) {
+                const std::size_t run = static_cast<std::size_t>(t1 - t0) * static_cast<std::size_t>(w.head_dim) * w.elem_size();
+                for (int l = 0; l < w.layers; ++l)
+                  for (int kv = 0; kv < 2; ++kv)
+                    for (int h = 0; h < w.kv_heads; ++h) dv->file->release(w.row(l, kv == 0, h, t0), run);
+              };
+              rep = encode_to(cpu::par(o->threads), c, w, sink, eo, dv->extras);
+            } else {
+              io::kv_dump d = io::read_kv_dump(o->in);
+              eo.layout = std::string(io::kv_layout_name(d.layout));
+              rep = encode_to(cpu::par(o->threads), c, view_of(d.cache), sink, eo, extras_of(d.cache));
+            }
+            sink.flush();
+            out.commit();
             if (!o->quiet)
-              std::printf("%s: %s, %zu bytes (%.4f bits/element, %.2fx smaller than fp16)\n", o->out.c_str(), e.report.spec.c_str(),
-                          e.report.container_bytes, e.report.bits_per_element, 16.0 / e.report.bits_per_element);
+              std::printf("%s: %s, %zu bytes (%.4f bits/element, %.2fx smaller than fp16)\n", o->out.c_str(), rep.spec.c_str(),
+                          rep.container_bytes, rep.bits_per_element, 16.0 / rep.bits_per_element);
             return 0;
           }};
 }

@@ -13,6 +13,8 @@
 #include "kvcodec/cpu/drop_rerotate.hpp"
 #include "kvcodec/io/file.hpp"
 #include "kvcodec/io/kv_dump.hpp"
+#include "kvcodec/io/kv_dump_view.hpp"
+#include "kvcodec/pipeline/decode_file.hpp"
 #include "kvcodec/kvcodec.hpp"
 
 namespace kvcodec::cli {

@@ -11,6 +11,7 @@
 #include "kvcodec/format/bytes.hpp"
 #include "kvcodec/format/container.hpp"
 #include "kvcodec/pipeline/codec.hpp"
+#include "kvcodec/pipeline/decode.hpp"
 #include "kvcodec/pipeline/encode.hpp"
 #include "kvcodec/pipeline/typed.hpp"
 #include "kvcodec/registry/builtin.hpp"
@@ -19,4 +20,5 @@
 #include "kvcodec/stage/params.hpp"
 #include "kvcodec/tensor/dtype.hpp"
 #include "kvcodec/tensor/kv_cache.hpp"
+#include "kvcodec/tensor/kv_view.hpp"
 #include "kvcodec/tensor/view.hpp"

@@ -168,8 +168,27 @@ inline std::vector<std::int32_t> tensor_to_i32(const tensor& t, const std::strin
 
 // ---- reading ---------------------------------------------------------------------------------
 
-/// Parses a safetensors image; `where` names it in errors. Throws bad_input on any inconsistency.
-inline tensor_file read_safetensors_bytes(std::span<const std::uint8_t> data, const std::string& where) {
+/// A parsed safetensors header: every tensor's name, dtype, shape and byte range in the data area
+/// (checked against the file as read_safetensors_bytes does), without copying any data.
+struct safetensors_entry {
+  std::string name;
+  dtype type = dtype::f32;
+  std::vector<std::int64_t> shape;
+  std::uint64_t begin = 0, end = 0;  ///< relative to the data area
+};
+struct safetensors_index {
+  std::vector<safetensors_entry> entries;  ///< in data order
+  std::map<std::string, std::string> metadata;
+  std::uint64_t data_offset = 0;           ///< start of the data area in the file
+  const safetensors_entry* find(std::string_view name) const noexcept {
+    for (const auto& e : entries)
+      if (e.name == name) return &e;
+    return nullptr;
+  }
+};
+
+/// Parses and checks a safetensors header (the whole file image must be given, its data is not read).
+inline safetensors_index read_safetensors_index(std::span<const std::uint8_t> data, const std::string& where) {
   using nlohmann::json;
   const std::uint64_t size = data.size();
   if (size < 8) throw_bad_input(where, "header length", "an 8-byte little-endian length", std::to_string(size) + " bytes in the file");
@@ -200,15 +219,10 @@ inline tensor_file read_safetensors_bytes(std::span<const std::uint8_t> data, co
   if (!header.is_object()) throw_bad_input(where, "header", "a JSON object", header.type_name());
 
   const std::uint64_t data_size = size - 8 - n;
-  const std::uint8_t* base = data.data() + 8 + n;
-  struct entry {
-    std::string name;
-    dtype type;
-    std::vector<std::int64_t> shape;
-    std::uint64_t begin, end;
-  };
+  using entry = safetensors_entry;
   std::vector<entry> entries;
-  tensor_file out;
+  safetensors_index out;
+  out.data_offset = 8 + n;
   for (auto it = header.begin(); it != header.end(); ++it) {
     const std::string& name = it.key();
     const json& v = it.value();
@@ -268,8 +282,18 @@ inline tensor_file read_safetensors_bytes(std::span<const std::uint8_t> data, co
                           en.name + "' [" + std::to_string(en.begin) + ", " + std::to_string(en.end) + ")");
     prev = &en;
   }
-  out.tensors.reserve(entries.size());
-  for (auto& en : entries) {
+  out.entries = std::move(entries);
+  return out;
+}
+
+/// Parses a safetensors image; `where` names it in errors. Throws bad_input on any inconsistency.
+inline tensor_file read_safetensors_bytes(std::span<const std::uint8_t> data, const std::string& where) {
+  safetensors_index idx = read_safetensors_index(data, where);
+  const std::uint8_t* base = data.data() + idx.data_offset;
+  tensor_file out;
+  out.metadata = std::move(idx.metadata);
+  out.tensors.reserve(idx.entries.size());
+  for (auto& en : idx.entries) {
     tensor t{std::move(en.name), en.type, std::move(en.shape), {}};
     t.bytes.assign(base + en.begin, base + en.end);
     out.tensors.push_back(std::move(t));
@@ -284,26 +308,30 @@ inline tensor_file read_safetensors(const std::string& path) {
 
 // ---- writing ---------------------------------------------------------------------------------
 
-/// Serialises `f` (tensors in vector order, header padded with spaces to a multiple of 8 bytes).
-inline std::vector<std::uint8_t> safetensors_bytes(const tensor_file& f, const std::string& where = "safetensors") {
+/// The header (u64 length + JSON padded with spaces to a multiple of 8 bytes) of a file holding
+/// `entries` back to back in this order; fills each entry's begin/end from its shape and dtype.
+inline std::vector<std::uint8_t> safetensors_header_bytes(std::vector<safetensors_entry>& entries, const std::map<std::string, std::string>& metadata,
+                                                          const std::string& where = "safetensors") {
   using ojson = nlohmann::ordered_json;
   ojson header = ojson::object();
-  if (!f.metadata.empty()) {
+  if (!metadata.empty()) {
     ojson m = ojson::object();
-    for (const auto& [k, v] : f.metadata) m[k] = v;
+    for (const auto& [k, v] : metadata) m[k] = v;
     header["__metadata__"] = std::move(m);
   }
   std::set<std::string_view> names;
   std::uint64_t offset = 0;
-  for (const auto& t : f.tensors) {
-    validate_tensor(t, where);
+  for (auto& t : entries) {
     if (!names.insert(t.name).second) throw_bad_input(where, "tensor name", "unique names", "'" + t.name + "' twice");
+    const std::uint64_t n = checked_byte_size(t.shape, t.type, where, t.name);
+    t.begin = offset;
+    t.end = offset + n;
     ojson e = ojson::object();
     e["dtype"] = std::string(safetensors_dtype_name(t.type));
     e["shape"] = t.shape;
-    e["data_offsets"] = {offset, offset + t.bytes.size()};
+    e["data_offsets"] = {t.begin, t.end};
     header[t.name] = std::move(e);
-    offset += t.bytes.size();
+    offset = t.end;
   }
   std::string h;
   try {
@@ -313,9 +341,23 @@ inline std::vector<std::uint8_t> safetensors_bytes(const tensor_file& f, const s
   }
   while (h.size() % 8 != 0) h.push_back(' ');
   std::vector<std::uint8_t> out;
-  out.reserve(8 + h.size() + offset);
+  out.reserve(8 + h.size());
   append_le64(out, h.size());
   out.insert(out.end(), h.begin(), h.end());
+  return out;
+}
+
+/// Serialises `f` (tensors in vector order, header padded with spaces to a multiple of 8 bytes).
+inline std::vector<std::uint8_t> safetensors_bytes(const tensor_file& f, const std::string& where = "safetensors") {
+  std::vector<safetensors_entry> es;
+  std::uint64_t total = 0;
+  for (const auto& t : f.tensors) {
+    validate_tensor(t, where);
+    es.push_back(safetensors_entry{t.name, t.type, t.shape, 0, 0});
+    total += t.bytes.size();
+  }
+  std::vector<std::uint8_t> out = safetensors_header_bytes(es, f.metadata, where);
+  out.reserve(out.size() + total);
   for (const auto& t : f.tensors) out.insert(out.end(), t.bytes.begin(), t.bytes.end());
   return out;
 }
