@@ -1,4 +1,9 @@
 // kvcodec encode -c SPEC IN OUT
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+
 #include "common.hpp"
 
 namespace kvcodec::cli {
@@ -36,12 +41,29 @@ command add_encode(CLI::App& root) {
             if (dv) {
               eo.layout = std::string(io::kv_layout_name(dv->layout));
               const const_kv_view& w = dv->view;
-              eo.tokens_done = [&](std::int64_t t0, std::int64_t t1) {
-                const std::size_t run = static_cast<std::size_t>(t1 - t0) * static_cast<std::size_t>(w.head_dim) * w.elem_size();
-                for (int l = 0; l < w.layers; ++l)
-                  for (int kv = 0; kv < 2; ++kv)
-                    for (int h = 0; h < w.kv_heads; ++h) dv->file->release(w.row(l, kv == 0, h, t0), run);
+              // Rows are read with pread, not through the mapping: the kernel maps whole large folios
+              // on a fault, so touching one chunk of every layer would map most of the file.
+              const int fd = ::open(o->in.c_str(), O_RDONLY | O_CLOEXEC);
+              if (fd < 0) io::throw_io(o->in + ": cannot open for reading");
+              const auto* base = reinterpret_cast<const std::byte*>(dv->file->bytes().data());
+              eo.read_rows = [&](int l, bool key, int hh, std::int64_t t0, std::int64_t t1, float* out) {
+                const std::size_t n = static_cast<std::size_t>(t1 - t0) * static_cast<std::size_t>(w.head_dim);
+                thread_local std::vector<std::uint8_t> buf;
+                buf.resize(n * w.elem_size());
+                const auto off = static_cast<off_t>(w.row(l, key, hh, t0) - base);
+                std::size_t got = 0;
+                while (got < buf.size()) {
+                  const ssize_t r = ::pread(fd, buf.data() + got, buf.size() - got, off + static_cast<off_t>(got));
+                  if (r < 0 && errno == EINTR) continue;
+                  if (r <= 0) io::throw_io(o->in + ": read failed at offset " + std::to_string(off + static_cast<off_t>(got)));
+                  got += static_cast<std::size_t>(r);
+                }
+                decode_floats(buf.data(), n, w.dt, out);
               };
+              struct closer {
+                int fd;
+                ~closer() { ::close(fd); }
+              } close_fd{fd};
               rep = encode_to(cpu::par(o->threads), c, w, sink, eo, dv->extras);
             } else {
               io::kv_dump d = io::read_kv_dump(o->in);

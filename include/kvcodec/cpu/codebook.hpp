@@ -24,6 +24,7 @@ class nf4_quant final : public stage_impl<quant::nf4, quant_stage> {
   using stage_impl::stage_impl;
   bool lossless() const override { return false; }
 
+  bool fit_uses_blocks() const override { return false; }  // fit reads the cache info only
   bytes fit(const std::vector<block>&, const cache_info& info) override {
     (void)group_of(info.shape.head_dim);
     return {};

@@ -27,6 +27,7 @@ class ggml_quant final : public stage_impl<D, quant_stage> {
   using base::base;
   bool lossless() const override { return false; }
 
+  bool fit_uses_blocks() const override { return false; }  // fit reads the cache info only
   bytes fit(const std::vector<block>&, const cache_info& info) override {
     check_dense_width(info.shape.kv_heads, info.shape.head_dim);
     return {};

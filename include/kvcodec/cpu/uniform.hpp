@@ -19,6 +19,7 @@ class uniform_quant final : public stage_impl<quant::uniform, quant_stage> {
   explicit uniform_quant(quant::uniform p) : stage_impl(std::move(p)), ks_(p_.k_schedule()), vs_(p_.v_schedule()) {}
   bool lossless() const override { return false; }
 
+  bool fit_uses_blocks() const override { return false; }  // fit reads the cache info only
   bytes fit(const std::vector<block>&, const cache_info& info) override {
     (void)cfg(true, 0, info.shape.head_dim);
     (void)cfg(false, 0, info.shape.head_dim);

@@ -42,6 +42,10 @@ struct encode_options {
   /// Symbols kept between the fit pass and the coding pass, in bytes; above it an entropy stage that
   /// fits block by block is fitted in a pass of its own (the quantizer runs twice, memory stays bounded).
   std::size_t symbol_budget = std::size_t{64} << 20;
+  /// When set, the rows [t0, t1) of (layer, K/V, head) are read through this call as f32 instead of
+  /// from the view's memory (the view gives shape, dtype and addresses, which are not dereferenced):
+  /// for inputs read from a file with pread, whose memory a mapping would not bound.
+  std::function<void(int layer, bool key, int head, std::int64_t t0, std::int64_t t1, float* out)> read_rows;
 };
 
 /// What a view does not carry about the cache.
@@ -92,7 +96,9 @@ namespace detail {
 
 /// Cuts one (layer, K or V, tokens [t0, t1)) block out of a view, as f32 rows (kept rows only when
 /// `kept` is not empty).
-inline block make_block(const const_kv_view& kv, const kept_sets& kept, int layer, bool key, std::int64_t t0, std::int64_t t1) {
+inline block make_block(const const_kv_view& kv, const kept_sets& kept, int layer, bool key, std::int64_t t0, std::int64_t t1,
+                        const encode_options* opt = nullptr) {
+  const auto* reader = opt && opt->read_rows ? &opt->read_rows : nullptr;
   block b;
   b.layer = layer;
   b.key = key;
@@ -122,7 +128,9 @@ inline block make_block(const const_kv_view& kv, const kept_sets& kept, int laye
   for (int h = 0; h < b.heads; ++h) {
     if (kept.empty()) {
       for (std::int64_t t = t0; t < t1; ++t) b.pos[row + static_cast<std::size_t>(t - t0)] = static_cast<std::int32_t>(t);
-      if (runs) {
+      if (reader) {
+        (*reader)(layer, key, h, t0, t1, b.data.data() + row * D);
+      } else if (runs) {
         decode_floats(reinterpret_cast<const std::uint8_t*>(kv.row(layer, key, h, t0)), static_cast<std::size_t>(t1 - t0) * D, kv.dt, b.data.data() + row * D);
       } else {
         for (std::int64_t t = t0; t < t1; ++t)
@@ -134,7 +142,8 @@ inline block make_block(const const_kv_view& kv, const kept_sets& kept, int laye
       auto lo = std::lower_bound(ks.begin(), ks.end(), static_cast<std::int32_t>(t0));
       for (std::uint32_t r = 0; r < b.count[static_cast<std::size_t>(h)]; ++r, ++row) {
         b.pos[row] = lo[r];
-        load_row(kv.row(layer, key, h, lo[r]), kv.dt, kv.s_dim, D, b.data.data() + row * D);
+        if (reader) (*reader)(layer, key, h, lo[r], lo[r] + 1, b.data.data() + row * D);
+        else load_row(kv.row(layer, key, h, lo[r]), kv.dt, kv.s_dim, D, b.data.data() + row * D);
       }
     }
   }
@@ -239,7 +248,7 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
   auto cut = [&](std::size_t i) {
     const std::size_t seg = i / 2;
     const auto [t0, t1] = seg_range(seg);
-    return detail::make_block(kv, kept, static_cast<int>(seg % L), i % 2 == 0, t0, t1);
+    return detail::make_block(kv, kept, static_cast<int>(seg % L), i % 2 == 0, t0, t1, &opt);
   };
   // Tokens released so far (tokens_done is called in order, once per range).
   std::int64_t released = 0;
