@@ -15,7 +15,7 @@ command add_eval(CLI::App& root) {
     model_eval_cli mo;
   };
   auto o = std::make_shared<opts>();
-  app->add_option("-c,--codec", o->specs, "Codec spec (repeat for several)")->required();
+  app->add_option("-c,--codec", o->specs, "Codec spec, one per flag (repeat for several: -c A -c B)")->required()->allow_extra_args(false);
   app->add_option("--chunk", o->chunk, "Tokens per segment")->capture_default_str()->check(CLI::Range(1, 1 << 30));
   app->add_option("-j,--threads", o->threads, "Worker threads (0 = all cores)")->capture_default_str();
   app->add_option("--repeats", o->repeats, "Timed runs per codec, best kept (0 = until 0.3 s or 5 runs)")->capture_default_str();

@@ -22,7 +22,7 @@ command add_plan(CLI::App& root) {
   app->add_option("--gbps", o->gbps, "Link bandwidth in Gbit/s")->capture_default_str()->check(CLI::PositiveNumber);
   app->add_option("--deadline", o->deadline, "Deadline in seconds")->capture_default_str()->check(CLI::PositiveNumber);
   app->add_option("--recompute", o->recompute, "Seconds to recompute one chunk (negative: never recompute)")->capture_default_str();
-  app->add_option("--levels", o->levels, "kvc levels to choose from")->delimiter(',')->capture_default_str()->check(CLI::Range(1, 9));
+  app->add_option("--levels", o->levels, "kvc levels to choose from")->delimiter(',')->allow_extra_args(false)->capture_default_str()->check(CLI::Range(1, 9));
   app->add_option("--chunk", o->chunk, "Tokens per chunk")->capture_default_str()->check(CLI::Range(1, 1 << 30));
   app->add_flag("--json", o->json, "Print the plan as JSON");
   app->add_option("IN", o->in, "KV dump: .safetensors, .npz or .npy")->required();

@@ -8,6 +8,7 @@ T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 pass=0
 fail=0
+last=""
 
 # expect CODE NEEDLE -- command...
 expect() {
@@ -16,6 +17,7 @@ expect() {
   local out rc
   out=$("$@" 2>&1)
   rc=$?
+  last=$out
   if [[ $rc -ne $code ]]; then
     echo "FAIL: '$*' exited $rc, expected $code"; echo "$out" | head -5; fail=$((fail + 1)); return
   fi
@@ -23,6 +25,13 @@ expect() {
     echo "FAIL: '$*' output lacks '$needle':"; echo "$out" | head -5; fail=$((fail + 1)); return
   fi
   pass=$((pass + 1))
+}
+
+# has NEEDLE: the output of the last expect contains NEEDLE too
+has() {
+  if [[ $last == *"$1"* ]]; then pass=$((pass + 1)); else
+    echo "FAIL: output lacks '$1':"; echo "$last" | head -5; fail=$((fail + 1))
+  fi
 }
 
 # A small synthetic dump made by the tool itself.
@@ -38,6 +47,17 @@ expect 0 "" -- cmp <("$K" info --json "$T/s.kvc" | grep -v '"file"') <("$K" info
 expect 0 '"bits_per_element"' -- "$K" eval --json -c raw -c zstd "$T/s.safetensors"
 expect 0 '"attention"' -- "$K" eval --json -c raw:dtype=bf16 "$T/s.safetensors"
 expect 0 "zstd:level=3" -- "$K" compare "$T/s.safetensors"
+# -c takes exactly one value per flag: the input after the last -c is the input, not a second codec
+expect 0 "zstd" -- "$K" eval -c raw -c zstd "$T/s.safetensors"
+expect 1 "not expected" -- "$K" eval -c raw zstd "$T/s.safetensors"
+expect 0 "zstd:level=1" -- "$K" compare -c raw:dtype=f16 -c zstd:level=1 "$T/s.safetensors"
+expect 0 "" -- "$K" compare -c zstd:level=1 --csv "$T/c.csv" "$T/s.safetensors"
+expect 0 "zstd:level=1" -- cat "$T/c.csv"
+expect 0 "" -- "$K" plan --levels 1,5 "$T/s.safetensors"
+# without queries, compare's query-based drop rows are skipped with the reason, the rest still run
+expect 0 "" -- "$K" synth --layers 2 --kv-heads 2 --q-heads 0 --head-dim 16 --tokens 64 "$T/noq.safetensors"
+expect 0 "skipped snapkv:keep=0.5|kivi:bits=4|rans" -- "$K" compare --repeats 1 "$T/noq.safetensors"
+has "streamingllm:keep=0.5|kivi:bits=4|rans"
 expect 0 "[entropy]" -- "$K" list
 expect 0 '"kind": "quant"' -- "$K" list --json
 
@@ -108,8 +128,82 @@ if [[ -n $SHARED && -f $SHARED/kv/stories260K-s0.safetensors ]]; then
   expect 0 '"top1_agreement"' -- "$K" eval --json --model "$M/stories260K.bin" --tokenizer "$M/tok512.bin" --context-tokens 256 -c q8_0 "$S"
   expect 0 '"identical": true' -- "$K" verify --json --model "$M/stories260K.bin" --tokenizer "$M/tok512.bin" -c q4_0 --context "$S" --context-tokens 256 --tokens 32 --horizon auto
   expect 2 "nope.bin" -- "$K" verify --model "$T/nope.bin" --tokenizer "$M/tok512.bin" -c q4_0 --context "$S" --context-tokens 256 --tokens 8
+
+  # compare without -c covers every registered stage (by the canonical specs it ran) and every preset
+  json=$("$K" compare --json --repeats 1 "$S" 2>"$T/compare.err")
+  ran=$(grep -o '"codec": "[^"]*"' <<<"$json" | sed 's/^"codec": "//; s/"$//' | tr '|' '\n' | sed 's/:.*//' | sort -u)
+  asked=$(grep -o '"requested": "[^"]*"' <<<"$json" | sed 's/^"requested": "//; s/"$//' | tr '|' '\n' | sed 's/:.*//' | sort -u)
+  n_stages=0
+  while read -r section name; do
+    [[ -z $name ]] && continue
+    if [[ $section == "[presets]" ]]; then pool=$asked; else pool=$ran; n_stages=$((n_stages + 1)); fi
+    if grep -qx -- "$name" <<<"$pool"; then pass=$((pass + 1)); else
+      echo "FAIL: kvcodec compare has no row for registered $section '$name'"; fail=$((fail + 1))
+    fi
+  done < <("$K" list | awk '/^\[/ { sec = $1; next } /^  [^ ]/ { print sec, $1 }')
+  if ((n_stages < 20)); then echo "FAIL: parsed only $n_stages stages from kvcodec list"; fail=$((fail + 1)); fi
+  if [[ -s $T/compare.err ]]; then echo "FAIL: compare skipped rows on a dump with queries:"; cat "$T/compare.err"; fail=$((fail + 1)); fi
+  expect 0 "NAME:keep=0.5|kivi:bits=4|rans" -- "$K" compare --help
 else
   echo "shared/ not found: real-dump CLI checks skipped"
+fi
+
+# Every `kvcodec ...` command line documented in README.md runs as written (placeholders filled in,
+# argument order kept): the subcommand table, the planner's worked examples and the codec spec examples.
+README=$(dirname "$0")/../../README.md
+if [[ -n $SHARED && -f $SHARED/kv/stories260K-s0.safetensors && -f $README ]]; then
+  S=$SHARED/kv/stories260K-s0.safetensors
+  M=$SHARED/models/stories260K
+  n_lines=0
+  while IFS= read -r line; do
+    n_lines=$((n_lines + 1))
+    line=${line//'[-c SPEC ...]'/-c SPEC2}
+    read -ra words <<<"$line"
+    sub=${words[0]}
+    [[ $sub == plan-verify && ${words[1]} == "..." ]] && continue  # its worked examples run below
+    args=()
+    for w in "${words[@]}"; do
+      case $w in
+        SPEC) args+=(q8_0) ;;
+        SPEC2) args+=("kivi:bits=4|rans") ;;
+        IN) if [[ $sub == decode ]]; then args+=("$T/readme.kvc"); else args+=("$S"); fi ;;
+        OUT) case $sub in
+               encode) args+=("$T/readme.kvc") ;;
+               decode) args+=("$T/readme.safetensors") ;;
+               *) args+=("$T/readme-$sub.safetensors") ;;
+             esac ;;
+        FILE) args+=("$T/readme.kvc") ;;
+        CKPT) args+=("$M/stories260K.bin") ;;
+        TOK) args+=("$M/tok512.bin") ;;
+        DUMP) args+=("$S") ;;
+        C) args+=(256) ;;
+        N) args+=(16) ;;
+        G) args+=(1) ;;
+        S) args+=(0.5) ;;
+        *[A-Z]*) if [[ $w =~ ^[A-Z][A-Z0-9_]*$ ]]; then
+                   echo "FAIL: README placeholder '$w' in 'kvcodec $line' is unknown to test_cli.sh"; fail=$((fail + 1)); continue 2
+                 fi
+                 args+=("$w") ;;
+        *) args+=("$w") ;;
+      esac
+    done
+    # synth's documented shape (--size-mb 256 in the README) at 2 MB, to stay fast
+    [[ $sub == synth ]] && args+=(--layers 32 --kv-heads 8 --head-dim 128 --size-mb 2)
+    expect 0 "" -- "$K" "${args[@]}"
+  done < <(grep -o '^| `kvcodec [^`]*`' "$README" | sed 's/^| `kvcodec //; s/`$//')
+  if ((n_lines < 10)); then echo "FAIL: found only $n_lines kvcodec command lines in README.md"; fail=$((fail + 1)); fi
+  n_lines=0
+  while read -ra words; do
+    n_lines=$((n_lines + 1))
+    expect 0 "tokens/s" -- "$K" "${words[@]:1}"
+  done < <(grep '^build/cli/kvcodec ' "$README")
+  if ((n_lines < 2)); then echo "FAIL: found only $n_lines worked examples in README.md"; fail=$((fail + 1)); fi
+  # the codec spec examples of "Codec specs", each in one eval, several -c flags
+  expect 0 "snapkv:keep=0.5|kivi:bits=4|rans" -- "$K" eval --repeats 1 -c raw:dtype=f16 -c zstd:level=3 -c q8_0 -c q4_0 -c fp8:format=e4m3 \
+    -c kivi:bits=4 -c "derope|uniform:bits=4,kaxis=channel" -c "kivi:bits=4|rans" -c cachegen -c kvc:level=1 -c kvc:level=9 \
+    -c "snapkv:keep=0.5|kivi:bits=4|rans" "$S"
+else
+  echo "shared/ or README.md not found: README command-line checks skipped"
 fi
 
 echo "cli: $pass passed, $fail failed"
