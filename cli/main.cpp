@@ -1,4 +1,6 @@
 // kvcodec — encode, decode, inspect and evaluate KV-cache dumps.
+#include <malloc.h>
+
 #include <exception>
 #include <iostream>
 #include <new>
@@ -8,6 +10,10 @@
 
 int main(int argc, char** argv) {
   using namespace kvcodec::cli;
+  // Per-segment buffers (symbols, blocks: up to a few MB) are allocated and freed thousands of times;
+  // glibc would serve each from a fresh mmap and fault every page in again. Keep them on the heap.
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
   CLI::App app{"kvcodec " KVCODEC_VERSION_STRING " — KV-cache compression: encode, decode, inspect and evaluate KV dumps"};
   app.require_subcommand(1);
   app.set_version_flag("--version", KVCODEC_VERSION_STRING);

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The data path as a user runs it: `kvcodec encode/decode` against zstd on the same f16 cache, CPU time
+# (user+sys) and peak RSS from /usr/bin/time, all in one run on one machine; then the library's
+# decode_into an f16 view (bench_datapath). Writes bench/results/datapath.txt.
+#   bench/datapath.sh [BUILD_DIR] [WORK_DIR]      (needs zstd and /usr/bin/time)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build}; work=${2:-$(mktemp -d)}
+K=$build/cli/kvcodec
+out=bench/results/datapath.txt
+t() { /usr/bin/time -f "%U %S %M" "$@" 2>&1 >/dev/null | tail -1; }  # user sys maxrss_kb
+row() {  # label, then the command
+  local label=$1; shift
+  read -r u s m < <(t "$@")
+  printf '%-44s cpu %6.2f s   peak RSS %7.1f MB\n' "$label" "$(echo "$u + $s" | bc)" "$(echo "$m / 1024" | bc -l)" | tee -a "$out"
+  echo "$u + $s" | bc > "$work/last"
+}
+: > "$out"
+echo "# $(date -u +%F), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" | tee -a "$out"
+for mb in 256 1024; do
+  f=$work/s$mb.safetensors
+  [[ -f $f ]] || $K synth --q-heads 0 --size-mb $mb "$f" >/dev/null
+  echo "## ${mb} MB f16 synthetic cache ($(stat -c %s "$f") bytes), one thread" | tee -a "$out"
+  rm -f "$work/c.kvc" "$work/c.zst" "$work/d.safetensors" "$work/z.out" "$work/r.safetensors"
+  row "zstd -1 -T1 (compress the dump)" zstd -q -1 -T1 -f "$f" -o "$work/c.zst"; zc=$(cat "$work/last")
+  row "kvcodec encode -j1 -c kvc:level=5" $K encode -q -j1 -c kvc:level=5 "$f" "$work/c.kvc"; kc=$(cat "$work/last")
+  row "zstd -d -T1" zstd -q -d -T1 -f "$work/c.zst" -o "$work/z.out"; zd=$(cat "$work/last")
+  row "kvcodec decode -j1" $K decode -j1 "$work/c.kvc" "$work/d.safetensors"; kd=$(cat "$work/last")
+  [[ $mb == 1024 ]] && { rm -f "$work/d.safetensors"; row "kvcodec decode -j2" $K decode -j2 "$work/c.kvc" "$work/d.safetensors"; }
+  row "kvcodec decode -j1 --tokens-from 1024 --tokens-to 1280" $K decode -j1 --tokens-from 1024 --tokens-to 1280 "$work/c.kvc" "$work/r.safetensors"; kr=$(cat "$work/last")
+  printf 'ratios: encode/zstd-1 %.2f  decode/zstd-d %.2f  range/full decode %.3f\n' "$(echo "$kc / $zc" | bc -l)" "$(echo "$kd / $zd" | bc -l)" "$(echo "$kr / $kd" | bc -l)" | tee -a "$out"
+  eval "kd_$mb=$kd"
+  [[ $mb == 256 ]] && $build/bench/bench_datapath "$work/c.kvc" "$f" | tee -a "$out"
+done
+printf 'decode time 1 GB / 256 MB: %.2fx\n' "$(echo "$kd_1024 / $kd_256" | bc -l)" | tee -a "$out"
