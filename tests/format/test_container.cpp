@@ -45,7 +45,51 @@ bytes with_header(const bytes& good, const std::function<void(nlohmann::json&)>&
   out.insert(out.end(), good.begin() + 24 + hlen, good.end());
   return out;
 }
+
+/// The same container in version 1 (index in the JSON header, plain checksums), as older kvcodec wrote it.
+bytes to_v1(const bytes& v2) {
+  const kvc_view v = parse_kvc(v2, "v2");
+  std::uint32_t hlen;
+  std::memcpy(&hlen, v2.data() + 12, 4);
+  nlohmann::json j = nlohmann::json::parse(v2.begin() + 24, v2.begin() + 24 + hlen);
+  bytes payload;
+  nlohmann::json st = nlohmann::json::array(), seg = nlohmann::json::array();
+  for (std::size_t i = 0; i < v.header.states.size(); ++i) {
+    const auto b = v.state_bytes(i);
+    st.push_back({v.header.states[i].stage, payload.size(), b.size(), checksum64(b)});
+    payload.insert(payload.end(), b.begin(), b.end());
+  }
+  for (std::size_t i = 0; i < v.header.segments.size(); ++i) {
+    const auto b = v.segment_bytes(i);
+    const auto& e = v.header.segments[i];
+    seg.push_back({e.layer, e.t0, e.t1, payload.size(), b.size(), checksum64(b)});
+    payload.insert(payload.end(), b.begin(), b.end());
+  }
+  j["states"] = st;
+  j["segments"] = seg;
+  const std::string text = j.dump();
+  bytes out(v2.begin(), v2.begin() + 24);
+  out[8] = 1;
+  const std::uint32_t nl = static_cast<std::uint32_t>(text.size());
+  std::memcpy(out.data() + 12, &nl, 4);
+  const std::uint64_t sum = XXH3_64bits(text.data(), text.size());
+  std::memcpy(out.data() + 16, &sum, 8);
+  out.insert(out.end(), text.begin(), text.end());
+  out.insert(out.end(), payload.begin(), payload.end());
+  return out;
+}
 }  // namespace
+
+TEST_CASE("version 1 containers still decode, to the same cache") {
+  for (const char* spec : {"raw", "kvc:level=5", "zstd"}) {
+    const bytes good = encode(spec, small_cache(), {.chunk_tokens = 32}).data;
+    const bytes old = to_v1(good);
+    CHECK(parse_kvc(old, "old").header.version == 1);
+    const kv_cache a = decode(cpu::seq, good), b = decode(cpu::par(2), old);
+    CHECK(a.keys == b.keys);
+    CHECK(a.values == b.values);
+  }
+}
 
 TEST_CASE("every truncation of a container is rejected") {
   const bytes good = encode("zstd", small_cache(), {.chunk_tokens = 32}).data;
@@ -98,8 +142,8 @@ TEST_CASE("a header claiming terabytes is refused before allocating") {
   }
 }
 
-TEST_CASE("lying segment indexes are rejected") {
-  const bytes good = encode("raw", small_cache(), {.chunk_tokens = 50}).data;
+TEST_CASE("lying segment indexes are rejected (version 1 header index)") {
+  const bytes good = to_v1(encode("raw", small_cache(), {.chunk_tokens = 50}).data);
   auto expect = [&](const std::function<void(nlohmann::json&)>& edit, const char* needle) {
     try {
       decode(cpu::seq, with_header(good, edit), decode_options{.name = "x.kvc"});
@@ -121,6 +165,44 @@ TEST_CASE("lying segment indexes are rejected") {
   expect([](auto& j) { j["tokens"] = std::vector<int>{1, 2, 3}; }, "tokens");
   expect([](auto& j) { j["dtype"] = "i32"; }, "dtype");
   expect([](auto& j) { j["segments"][0][5] = 12345; }, "checksum");
+  expect([](auto& j) { j["segments"][0][0] = 0.5; }, "integer");
+  expect([](auto& j) { j["chunk_tokens"] = 16.9; }, "an integer");
+  expect([](auto& j) { j["shape"]["layers"] = std::uint64_t{1} << 32; }, "layers");
+  expect([](auto& j) { j["tokens"] = std::vector<std::int64_t>(100, std::int64_t{1} << 32); }, "32-bit integer");
+}
+
+TEST_CASE("lying version 2 indexes and footers are rejected") {
+  const bytes good = encode("raw", small_cache(), {.chunk_tokens = 50}).data;
+  const kvc_view v = parse_kvc(good, "x");
+  const std::size_t n = v.header.segments.size();
+  const std::size_t io = good.size() - kvc_footer_size - n * kvc_index_entry_size;
+  // Edits one index entry and reseals the index checksum, as a forger would.
+  auto forge = [&](std::size_t entry, std::size_t field_off, std::uint64_t value, std::size_t width) {
+    bytes b = good;
+    std::memcpy(b.data() + io + entry * kvc_index_entry_size + field_off, &value, width);
+    const std::uint64_t sum = XXH3_64bits_withSeed(b.data() + io, n * kvc_index_entry_size, v.header.header_checksum);
+    std::memcpy(b.data() + good.size() - kvc_footer_size + 16, &sum, 8);
+    return b;
+  };
+  auto expect = [&](const bytes& b, const char* needle) {
+    try {
+      decode(cpu::seq, b, decode_options{.name = "x.kvc"});
+      FAIL("no error for " << needle);
+    } catch (const error& e) {
+      CHECK(e.kind() == error_kind::corrupt);
+      CHECK_MESSAGE(std::string(e.what()).find(needle) != std::string::npos, e.what());
+    }
+  };
+  expect(forge(0, 24, 1u << 30, 8), "does not follow");
+  expect(forge(1, 0, 0, 4), "twice");
+  expect(forge(0, 8, 7, 8), "does not fit");
+  expect(forge(2, 40, 12345, 8), "does not match the index");
+  bytes b = good;
+  b[good.size() - 20] ^= 1;  // index count
+  expect(b, "index count");
+  b = good;
+  b[io + 3] ^= 1;  // index bytes without resealing
+  expect(b, "index checksum");
 }
 
 TEST_CASE("a wrong version or magic is a clear bad-input error") {
