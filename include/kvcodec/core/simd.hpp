@@ -11,6 +11,7 @@
 
 #if !defined(__CUDACC__) && defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define KVCODEC_X86_DISPATCH 1
+#include <cpuid.h>
 #include <immintrin.h>
 #else
 #define KVCODEC_X86_DISPATCH 0
@@ -30,12 +31,21 @@ inline bool disabled() {
   return off;
 }
 
+#if KVCODEC_X86_DISPATCH
+/// F16C from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports does not accept "f16c", so the
+/// bit is read directly (GCC and clang both ship <cpuid.h>).
+inline bool cpu_has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  return (c & (1u << 29)) != 0;
+}
+#endif
+
 /// True when the AVX2 + FMA + F16C + BMI2 kernels may run on this CPU (and SIMD is not disabled).
 inline bool avx2() {
 #if KVCODEC_X86_DISPATCH
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2") &&
-                         __builtin_cpu_supports("popcnt");
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c() &&
+                         __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt");
   return ok && !disabled();
 #else
   return false;

@@ -10,6 +10,9 @@
 //   streams=row:   per row a u32 byte length, then the rows' streams back to back;
 //   streams=block: a varint length and one stream.
 // Then the side bytes blob. Every stream must decode exactly (rc_dec_ok), else corrupt.
+// Decoding allocates nothing a stream claims before checking the bytes that back it: the CDFs
+// (contexts x (alphabet + 1) u16) and the per-row lengths must fit in what is left of the stream; the
+// symbols themselves are bounded by the block (max_symbols_for).
 #pragma once
 
 #include <string>
@@ -123,11 +126,18 @@ class ac_entropy final : public stage_impl<entropy::ac, entropy_stage> {
       const std::uint32_t na = em::anchor_rows(pk_, static_cast<std::uint32_t>(p_.group), p.rows);
       const std::size_t rows_of[2] = {na, static_cast<std::size_t>(p.rows - na)};
       for (int s = 0; s < 2; ++s) {
+        // The sub-plane is bounded by the block (max_sym); everything sized by the stream itself is
+        // checked against the bytes that back it before it is allocated.
         sub[s].assign(rows_of[s] * C, 0);
         if (rows_of[s] == 0) continue;
         const bool pooled = p_.ctx == "pooled";
         const std::uint32_t nctx = pooled ? 1 : C;
-        std::vector<std::uint32_t> cdfs(static_cast<std::size_t>(nctx) * (A + 1));
+        const std::uint64_t cdf_entries = static_cast<std::uint64_t>(nctx) * (static_cast<std::uint64_t>(A) + 1);
+        if (cdf_entries * 2 > r.remaining())
+          throw_corrupt(r.what(), "plane " + std::to_string(pi) + ": " + std::to_string(nctx) + " CDFs of " + std::to_string(A + 1) +
+                                      " entries need " + std::to_string(cdf_entries * 2) + " bytes, only " +
+                                      std::to_string(r.remaining()) + " bytes left");
+        std::vector<std::uint32_t> cdfs(static_cast<std::size_t>(cdf_entries));
         for (std::uint32_t g = 0; g < nctx; ++g) {
           std::uint32_t* cdf = cdfs.data() + static_cast<std::size_t>(g) * (A + 1);
           for (std::uint32_t k = 0; k <= A; ++k) cdf[k] = r.get<std::uint16_t>("cdf");
@@ -139,6 +149,10 @@ class ac_entropy final : public stage_impl<entropy::ac, entropy_stage> {
         const bool per_row = p_.streams == "row";
         const std::size_t nstreams = per_row ? rows_of[s] : 1;
         const std::size_t per = per_row ? C : rows_of[s] * C;
+        if (per_row && static_cast<std::uint64_t>(nstreams) * 4 > r.remaining())
+          throw_corrupt(r.what(), "plane " + std::to_string(pi) + ": " + std::to_string(nstreams) + " stream lengths need " +
+                                      std::to_string(static_cast<std::uint64_t>(nstreams) * 4) + " bytes, only " +
+                                      std::to_string(r.remaining()) + " bytes left");
         std::vector<std::uint32_t> lens(nstreams);
         if (per_row)
           for (auto& l : lens) l = r.get<std::uint32_t>("stream length");

@@ -56,6 +56,8 @@ struct plane_model {
   grouping kind = grouping::pooled;
   model_kind model = model_kind::hist;
   std::uint32_t alphabet = 1, cols = 1, groups = 1;
+  /// Table of each column; a model with one group may leave it empty (parse_model does: a pooled
+  /// model's map would cost 4 bytes per column that no byte of the stream backs).
   std::vector<std::uint32_t> group_of_col;
   std::vector<freq_table> tables;
   std::vector<std::uint16_t> center2, ratio;  ///< geometric parameters per group
@@ -505,7 +507,14 @@ inline void serialize_model(const plane_model& m, bytes& out) {
   }
 }
 
-/// Parses a model for a plane of (cols, A); every field is checked (corrupt on violation).
+/// Smallest serialised table: a geometric table is 4 bytes, a histogram at least prob_bits, alphabet,
+/// a zero run, a run length and one frequency (5 varints).
+inline constexpr std::size_t min_table_bytes = 4;
+
+/// Parses a model for a plane of (cols, A); every field is checked (corrupt on violation). Nothing
+/// sized by cols is allocated unless the bytes left can back it: a pooled model (and a map of one
+/// group) keeps no column map (group_of_col empty), a channel model needs a table per column, a map
+/// needs its packed column ids.
 inline plane_model parse_model(byte_reader& r, std::uint32_t cols, std::uint32_t A, int prob_bits) {
   plane_model m;
   m.alphabet = A;
@@ -515,21 +524,28 @@ inline plane_model parse_model(byte_reader& r, std::uint32_t cols, std::uint32_t
   m.kind = static_cast<grouping>(k);
   if (m.kind == grouping::pooled) {
     m.groups = 1;
-    m.group_of_col.assign(cols, 0);
   } else if (m.kind == grouping::channel) {
     m.groups = cols;
+    if (static_cast<std::uint64_t>(cols) * min_table_bytes > r.remaining())
+      throw_corrupt(r.what(), "channel model of " + std::to_string(cols) + " columns needs " + std::to_string(cols) +
+                                  " tables, more than the " + std::to_string(r.remaining()) + " bytes left can hold");
     m.group_of_col.resize(cols);
     std::iota(m.group_of_col.begin(), m.group_of_col.end(), 0u);
   } else {
     m.groups = static_cast<std::uint32_t>(r.get_varint_max("groups", std::max<std::uint32_t>(cols, 1)));
     if (m.groups == 0) throw_corrupt(r.what(), "field 'groups': expected >= 1, found 0");
+    if (static_cast<std::uint64_t>(m.groups) * min_table_bytes > r.remaining())
+      throw_corrupt(r.what(), "model of " + std::to_string(m.groups) + " groups needs " + std::to_string(m.groups) +
+                                  " tables, more than the " + std::to_string(r.remaining()) + " bytes left can hold");
     const unsigned bw = symbol_bits(m.groups);
     const auto src = r.get_bytes((static_cast<std::size_t>(cols) * bw + 7) / 8, "column groups");
-    std::vector<std::uint16_t> ids(cols);
-    unpack_bits(src.data(), cols, bw, ids.data());
-    m.group_of_col.assign(ids.begin(), ids.end());
-    for (auto g : m.group_of_col)
-      if (g >= m.groups) throw_corrupt(r.what(), "column group " + std::to_string(g) + " >= " + std::to_string(m.groups));
+    if (m.groups > 1) {  // bw >= 1: the ids are backed by cols / 8 bytes at least
+      std::vector<std::uint16_t> ids(cols);
+      unpack_bits(src.data(), cols, bw, ids.data());
+      m.group_of_col.assign(ids.begin(), ids.end());
+      for (auto g : m.group_of_col)
+        if (g >= m.groups) throw_corrupt(r.what(), "column group " + std::to_string(g) + " >= " + std::to_string(m.groups));
+    }
   }
   const auto mk = r.get<std::uint8_t>("model");
   if (mk > 1) throw_corrupt(r.what(), "field 'model': expected 0 or 1, found " + std::to_string(mk));

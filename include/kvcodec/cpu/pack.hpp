@@ -134,9 +134,20 @@ inline symbols deserialize_symbols(byte_reader& r, std::uint64_t max_symbols) {
   return out;
 }
 
-/// Upper bound on the symbols a block can produce; protects decoders from lying counts.
-inline std::uint64_t max_symbols_for(const block& b) {
-  return static_cast<std::uint64_t>(b.rows()) * static_cast<std::uint64_t>(b.head_dim > 0 ? b.head_dim : 1) * 2u + 65536u;
+/// Upper bound on the symbols a block of `rows` rows of `head_dim` values can produce; protects decoders
+/// from lying counts.
+inline std::uint64_t max_symbols_for(std::uint64_t rows, std::int64_t head_dim) {
+  return rows * static_cast<std::uint64_t>(head_dim > 0 ? head_dim : 1) * 2u + 65536u;
+}
+inline std::uint64_t max_symbols_for(const block& b) { return max_symbols_for(b.rows(), b.head_dim); }
+/// The same for the largest block a cache of shape `s` can have (every head, every token): no plane
+/// of any block of that cache, hence no column count, exceeds it.
+inline std::uint64_t max_symbols_for(const kv_shape& s) {
+  const auto heads = static_cast<std::uint64_t>(s.kv_heads > 0 ? s.kv_heads : 0);
+  const auto tokens = static_cast<std::uint64_t>(s.tokens > 0 ? s.tokens : 0);
+  const auto dim = static_cast<std::uint64_t>(s.head_dim > 0 ? s.head_dim : 1);
+  if (heads != 0 && tokens > (std::uint64_t{1} << 62) / heads / dim / 2) return std::uint64_t{1} << 62;  // saturate
+  return max_symbols_for(heads * tokens, s.head_dim);
 }
 
 class pack_entropy final : public stage_impl<entropy::pack, entropy_stage> {

@@ -13,6 +13,11 @@
 //   by varint count; per entry varint layer, u8 key, varint plane, varint alphabet, varint cols and
 //   the per-column predictors fitted on every chunk of that (layer, K/V, plane).
 // lanes, prob_bits, pred and group come from the spec; n = rows x cols from the plane header.
+// Loading a state allocates nothing it has not checked: entry counts are bounded by the state's size,
+// each (layer, K/V, plane, sub-plane) appears once, cols by the largest block of the cache's shape,
+// and a model's column map and tables by the bytes that back them (entropy_model.hpp parse_model).
+// Each table then expands to a decode table of 2^prob_bits entries (documented cost, at most one table
+// per column or group of every distinct entry).
 #pragma once
 
 #include <algorithm>
@@ -210,7 +215,12 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
       return;
     }
     byte_reader r(state, "rans shared tables");
-    const auto n = r.get_varint_max("entries", 1u << 24);
+    // No plane of any block of this cache has more columns than the largest block has symbols (the
+    // bound decode() applies to every plane header), so a wider table could never be used.
+    const std::uint64_t max_cols = std::min<std::uint64_t>(max_symbols_for(info.shape), 1u << 24);
+    // Each entry takes at least 7 bytes (5 header bytes, a grouping and a model byte): the count is
+    // backed by the state's size, and each (layer, K/V, plane, sub-plane) may appear once.
+    const auto n = r.get_varint_max("entries", std::min<std::uint64_t>(1u << 24, r.remaining() / 7));
     for (std::uint64_t i = 0; i < n; ++i) {
       const int layer = static_cast<int>(r.get_varint_max("layer", static_cast<std::uint64_t>(std::max(info.shape.layers, 1) - 1)));
       const auto key = r.get<std::uint8_t>("key");
@@ -218,24 +228,31 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
       const auto sub = r.get<std::uint8_t>("sub-plane");
       if (key > 1 || sub > 1) throw_corrupt(r.what(), "entry " + std::to_string(i) + ": key/sub-plane flag above 1");
       const auto A = static_cast<std::uint32_t>(r.get_varint_max("alphabet", rans_max_alphabet));
-      const auto cols = static_cast<std::uint32_t>(r.get_varint_max("cols", 1u << 24));
+      const auto cols = static_cast<std::uint32_t>(r.get_varint_max("cols", max_cols));
       if (A == 0 || cols == 0) throw_corrupt(r.what(), "entry " + std::to_string(i) + ": zero alphabet or cols");
+      const key_t k{layer, key == 1, plane, sub};
+      if (shared_.count(k))
+        throw_corrupt(r.what(), "entry " + std::to_string(i) + ": a second table for layer " + std::to_string(layer) + (key ? " K" : " V") +
+                                    " plane " + std::to_string(plane) + " sub-plane " + std::to_string(sub));
       detail::ready_model rm;
       rm.m = em::parse_model(r, cols, A, p_.prob_bits);
       rm.build(false, true);
-      shared_.emplace(key_t{layer, key == 1, plane, sub}, std::move(rm));
+      shared_.emplace(k, std::move(rm));
     }
     lin_.clear();
     lin_alpha_.clear();
     if (pk_ == em::pred_kind::linear) {
-      const auto m = r.get_varint_max("linear predictor entries", 1u << 24);
+      const auto m = r.get_varint_max("linear predictor entries", std::min<std::uint64_t>(1u << 24, r.remaining() / 6));
       for (std::uint64_t i = 0; i < m; ++i) {
         const int layer = static_cast<int>(r.get_varint_max("layer", static_cast<std::uint64_t>(std::max(info.shape.layers, 1) - 1)));
         const auto key = r.get<std::uint8_t>("key");
         const int plane = static_cast<int>(r.get_varint_max("plane", 64));
         if (key > 1) throw_corrupt(r.what(), "linear predictor entry " + std::to_string(i) + ": key flag above 1");
         const auto A = static_cast<std::uint32_t>(r.get_varint_max("alphabet", rans_max_alphabet));
-        const auto cols = static_cast<std::uint32_t>(r.get_varint_max("cols", 1u << 24));
+        const auto cols = static_cast<std::uint32_t>(r.get_varint_max("cols", max_cols));
+        if (lin_.count(key_t{layer, key == 1, plane, 0}))
+          throw_corrupt(r.what(), "linear predictor entry " + std::to_string(i) + ": a second entry for layer " + std::to_string(layer) +
+                                      (key ? " K" : " V") + " plane " + std::to_string(plane));
         if (A == 0 || cols == 0) throw_corrupt(r.what(), "linear predictor entry " + std::to_string(i) + ": zero alphabet or cols");
         if (static_cast<std::uint64_t>(cols) * 2 > r.remaining())
           throw_corrupt(r.what(), "linear predictor entry " + std::to_string(i) + " claims " + std::to_string(cols) +

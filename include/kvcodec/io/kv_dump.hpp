@@ -177,8 +177,24 @@ inline void check_dims(const std::string& where, const std::string& what, std::i
 
 }  // namespace detail
 
-/// Recognises the layout of `f` and builds the cache; `where` names the source in errors.
-inline kv_dump kv_from_tensor_file(const tensor_file& f, const std::string& where) {
+/// A compact dump stores only the kept tokens, so nothing in it backs the dense cache it expands to
+/// but a token count: that cache (2 x layers x heads x tokens x head_dim f32) may be at most this many
+/// times the dump's bytes (the .kvc container's max_expansion), else the dump is refused (bad_input).
+inline constexpr std::uint64_t max_compact_expansion = 4096;
+
+/// Bytes of the file `f` came from, estimated from its tensors (data, names, ~64 bytes of header each)
+/// when the caller does not know them.
+inline std::uint64_t tensor_file_bytes(const tensor_file& f) {
+  std::uint64_t n = 8;
+  for (const auto& t : f.tensors) n += t.bytes.size() + t.name.size() + 64;
+  for (const auto& [k, v] : f.metadata) n += k.size() + v.size() + 6;
+  return n;
+}
+
+/// Recognises the layout of `f` and builds the cache; `where` names the source in errors. `source_bytes`
+/// is the size of the file `f` was read from (0: estimated by tensor_file_bytes); it bounds what a
+/// compact dump may expand to (max_compact_expansion).
+inline kv_dump kv_from_tensor_file(const tensor_file& f, const std::string& where, std::uint64_t source_bytes = 0) {
   using detail::kv_name;
   struct head_parts {
     const tensor *k = nullptr, *v = nullptr, *pos = nullptr;
@@ -308,6 +324,18 @@ inline kv_dump kv_from_tensor_file(const tensor_file& f, const std::string& wher
         throw_bad_input(where, "past_key_values.num_tokens", "I32 [1] (the token count of a compact dump)", "nothing");
       }
       detail::check_dims(where, "compact layout", H, T, D);
+      // The dense K and V this dump expands to, in f32, before anything of that size is allocated.
+      const std::uint64_t budget = max_compact_expansion * std::max<std::uint64_t>(source_bytes ? source_bytes : tensor_file_bytes(f), 256);
+      long double dense = 2.0L * 4.0L;
+      for (const std::int64_t d : {L, H, T, D}) dense *= static_cast<long double>(d);
+      if (dense > static_cast<long double>(budget)) {
+        const std::string shape = std::to_string(L) + " layers x " + std::to_string(H) + " heads x " + std::to_string(T) + " tokens x " +
+                                  std::to_string(D) + " head_dim";
+        throw_bad_input(where, "shape of the compact layout (past_key_values.num_tokens, tokens and head_dim)",
+                        "a dense cache of at most " + std::to_string(max_compact_expansion) + " x the dump's " +
+                            std::to_string(budget / max_compact_expansion) + " bytes",
+                        shape + " (" + std::to_string(static_cast<double>(dense) / 1e9) + " GB)");
+      }
     }
     c.shape = kv_shape{static_cast<std::int32_t>(L), static_cast<std::int32_t>(H), 0, static_cast<std::int32_t>(D), T};
     c.source_dtype = src;
@@ -528,7 +556,7 @@ inline kv_dump read_kv_dump_bytes(std::span<const std::uint8_t> b, const std::st
   } else {
     f.tensors.push_back(read_npy_bytes(b, where, "kv"));
   }
-  return kv_from_tensor_file(f, where);
+  return kv_from_tensor_file(f, where, b.size());
 }
 
 inline kv_dump read_kv_dump(const std::string& path) {

@@ -276,7 +276,11 @@ inline std::vector<std::uint8_t> npz_bytes(const tensor_file& f, const std::stri
   if (all.size() > 0xfffe) throw error(error_kind::unsupported, where + ": more than 65534 members needs zip64, which is not written");
   std::vector<std::uint8_t> out, cd;
   const auto too_big = [&] { throw error(error_kind::unsupported, where + ": archive larger than 4 GiB needs zip64, which is not written"); };
-  for (const auto& [name, t] : all) {
+  for (const auto& member : all) {
+    // Plain references, not a structured binding: the header lambda below captures them (clang < 16
+    // rejects lambdas that capture structured bindings).
+    const std::string& name = member.first;
+    const tensor* t = member.second;
     const auto npy = npy_bytes(*t, where);
     if (name.size() > 0xffff) throw_bad_input(where, "tensor name", "at most 65531 bytes", std::to_string(t->name.size()) + " bytes");
     if (npy.size() >= 0xffffffffu || out.size() >= 0xffffffffu) too_big();

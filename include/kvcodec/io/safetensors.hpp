@@ -4,8 +4,9 @@
 // {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {str: str}},
 // then the data area; offsets are relative to the data area. Supported dtypes: F32, F16, BF16, I32, U8.
 // Invariant: everything read from a header (length, shapes, offsets, sizes) is checked against the
-// real byte count, with overflow-checked arithmetic, before any tensor buffer is allocated; tensors
-// may not overlap. The writer pads the header with spaces to a multiple of 8 bytes (as the reference
+// real byte count, with overflow-checked arithmetic, before any tensor buffer is allocated; the
+// tensors tile the data area exactly (no overlap, no hole, no trailing bytes), as the format requires,
+// so the memory a file yields never exceeds its size. The writer pads the header with spaces to a multiple of 8 bytes (as the reference
 // implementation does) and stores tensors in the order of tensor_file::tensors.
 #pragma once
 
@@ -273,15 +274,28 @@ inline safetensors_index read_safetensors_index(std::span<const std::uint8_t> da
   std::sort(entries.begin(), entries.end(), [](const entry& a, const entry& b) {
     return a.begin != b.begin ? a.begin < b.begin : (a.end != b.end ? a.end < b.end : a.name < b.name);
   });
+  // The tensors must tile the data area exactly, as the format requires (and the reference reader
+  // checks): in offset order each begins where the previous one ends, the first at 0 and the last
+  // at the end of the file; no overlaps, no holes, no trailing bytes.
+  const auto range = [](const entry& en) {
+    return "'" + en.name + "' [" + std::to_string(en.begin) + ", " + std::to_string(en.end) + ")";
+  };
+  std::uint64_t pos = 0;
   const entry* prev = nullptr;
   for (const auto& en : entries) {
-    if (en.end == en.begin) continue;
-    if (prev && en.begin < prev->end)
-      throw_bad_input(where, "data_offsets", "non-overlapping tensors",
-                      "'" + prev->name + "' [" + std::to_string(prev->begin) + ", " + std::to_string(prev->end) + ") and '" +
-                          en.name + "' [" + std::to_string(en.begin) + ", " + std::to_string(en.end) + ")");
+    if (en.begin < pos)
+      throw_bad_input(where, "data_offsets of tensor '" + en.name + "'", "non-overlapping tensors",
+                      (prev ? range(*prev) : std::string("the data area start")) + " and " + range(en));
+    if (en.begin > pos)
+      throw_bad_input(where, "data_offsets of tensor '" + en.name + "'",
+                      "tensors that tile the data area (tensor data starting at byte " + std::to_string(pos) + ")",
+                      "a hole of " + std::to_string(en.begin - pos) + " unused bytes before " + range(en));
+    pos = en.end;
     prev = &en;
   }
+  if (pos != data_size)
+    throw_bad_input(where, "data area", "exactly the " + std::to_string(pos) + " bytes its tensors' data_offsets cover",
+                    std::to_string(data_size) + " bytes (" + std::to_string(data_size - pos) + " trailing bytes that no tensor owns)");
   out.entries = std::move(entries);
   return out;
 }

@@ -1,5 +1,5 @@
-// kvcodec/io/stream_file.hpp — files read and written piece by piece: a read-only mapping, an output
-// written through a temporary file and renamed into place on commit, a buffered byte_sink over it,
+// kvcodec/io/stream_file.hpp — files read and written piece by piece: a read-only mapping, a buffered
+// byte_sink over an atomic_output (io/file.hpp),
 // and random access to a .kvc container (header, index and only the segments asked for, by pread).
 #pragma once
 
@@ -70,80 +70,6 @@ class mapped_file {
   int fd_ = -1;
   const std::uint8_t* data_ = nullptr;
   std::size_t size_ = 0;
-};
-
-/// An output file written through a temporary file next to it: write()/pwrite() pieces, then
-/// commit() renames it into place (refusing to replace an existing file unless `overwrite`). Without
-/// commit (an error, an exception) the temporary file is removed.
-class atomic_output {
- public:
-  atomic_output(std::string path, bool overwrite) : path_(std::move(path)), overwrite_(overwrite) {
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    if (!overwrite_ && fs::exists(fs::symlink_status(path_, ec))) throw_usage(path_ + ": refusing to overwrite an existing file (ask for overwrite explicitly)");
-    if (fs::is_directory(path_, ec)) throw_usage(path_ + ": is a directory, expected a file path");
-    std::random_device rd;
-    tmp_ = path_ + ".tmp-" + std::to_string(rd()) + std::to_string(rd() & 0xffffu);
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd_ < 0) throw_io(path_ + ": cannot create temporary file " + tmp_ + ": " + std::strerror(errno));
-  }
-  atomic_output(const atomic_output&) = delete;
-  atomic_output& operator=(const atomic_output&) = delete;
-  ~atomic_output() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(tmp_.c_str());
-  }
-  /// Appends at the current end.
-  void write(std::span<const std::uint8_t> b) {
-    pwrite(end_, b);
-  }
-  /// Writes at `offset` (the file grows as needed).
-  void pwrite(std::uint64_t offset, std::span<const std::uint8_t> b) {
-    std::size_t done = 0;
-    while (done < b.size()) {
-      const ssize_t n = ::pwrite(fd_, b.data() + done, b.size() - done, static_cast<off_t>(offset + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) throw_io(path_ + ": write failed at offset " + std::to_string(offset + done) + ": " + std::strerror(errno));
-      done += static_cast<std::size_t>(n);
-    }
-    end_ = std::max<std::uint64_t>(end_, offset + b.size());
-  }
-  /// Sets the file's size (sparse until written).
-  void resize(std::uint64_t n) {
-    if (::ftruncate(fd_, static_cast<off_t>(n)) != 0) throw_io(path_ + ": cannot size the output to " + std::to_string(n) + " bytes: " + std::strerror(errno));
-    end_ = n;
-  }
-  /// Makes the file durable and moves it into place.
-  void commit() {
-    if (::fsync(fd_) != 0) throw_io(path_ + ": fsync failed: " + std::strerror(errno));
-    ::close(fd_);
-    fd_ = -1;
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    if (!overwrite_) {
-      // link() fails if the name exists: never replaces a file created meanwhile.
-      if (::link(tmp_.c_str(), path_.c_str()) != 0) {
-        if (errno == EEXIST) throw_usage(path_ + ": refusing to overwrite an existing file (ask for overwrite explicitly)");
-        fs::rename(tmp_, path_, ec);  // file systems without hard links
-        if (ec) throw_io(path_ + ": cannot move the temporary file into place: " + ec.message());
-      } else {
-        ::unlink(tmp_.c_str());
-      }
-    } else {
-      struct stat st {};
-      if (::stat(path_.c_str(), &st) == 0) ::chmod(tmp_.c_str(), st.st_mode & 07777);  // keep the replaced file's mode
-      fs::rename(tmp_, path_, ec);
-      if (ec) throw_io(path_ + ": cannot move the temporary file into place: " + ec.message());
-    }
-    committed_ = true;
-  }
-  const std::string& path() const noexcept { return path_; }
-
- private:
-  std::string path_, tmp_;
-  bool overwrite_ = false, committed_ = false;
-  int fd_ = -1;
-  std::uint64_t end_ = 0;
 };
 
 /// A byte_sink appending to an atomic_output through a 4 MiB buffer.
