@@ -50,8 +50,8 @@ command add_decode(CLI::App& root) {
             dopt.progress = bar.callback();
             const auto pol = cpu::par(o->threads);
             if (!h.sparse && !o->compact && !o->rerotate && io::lower_extension(o->out) == ".safetensors") {
-              // Streamed: one chunk of every layer at a time, decoded into a small buffer in the output
-              // dtype and written to its place in the file.
+              // Streamed: only the needed segments are read, decoded into a buffer in the output dtype and
+              // written to their place in the file.
               const auto [tb, te] = detail::decode_range(h, dopt);
               kv_shape s = h.shape;
               s.q_heads = 0;
@@ -70,31 +70,27 @@ command add_decode(CLI::App& root) {
               const segment_decoder dec(h, [&](std::size_t i) { return f.state_bytes(i); }, o->in);
               const std::size_t L = static_cast<std::size_t>(s.layers), H = static_cast<std::size_t>(s.kv_heads);
               const std::size_t D = static_cast<std::size_t>(s.head_dim), es = dtype_size(out_dt);
-              const std::int64_t C = h.chunk_tokens;
-              std::vector<std::byte> stage(2 * L * H * static_cast<std::size_t>(std::min<std::int64_t>(C, te - tb)) * D * es);
+              // Layer by layer: every chunk of one layer decoded (in parallel) into a buffer of that layer,
+              // then its K and V written as two sequential runs (a layer is 1/layers of the cache).
+              std::vector<std::byte> stage(2 * H * static_cast<std::size_t>(te - tb) * D * es);
               std::size_t done = 0;
-              const std::size_t total = detail::segments_in(h, tb, te).size();
-              for (std::int64_t c0 = tb / C * C; c0 < te; c0 += C) {
-                const std::int64_t w0 = std::max(tb, c0), w1 = std::min(te, c0 + C), n = w1 - w0;
-                std::vector<std::byte*> ks, vs;
-                for (std::size_t l = 0; l < L; ++l) {
-                  ks.push_back(stage.data() + (2 * l) * H * static_cast<std::size_t>(n) * D * es);
-                  vs.push_back(stage.data() + (2 * l + 1) * H * static_cast<std::size_t>(n) * D * es);
-                }
-                const kv_view win = kv_view::hf(ks, vs, out_dt, s.kv_heads, n, s.head_dim);
-                cpu::parallel_for(pol, L, [&](std::size_t l) {
-                  const std::size_t i = h.segment_index(static_cast<std::int32_t>(l), c0);
+              const auto todo = detail::segments_in(h, tb, te);
+              for (std::size_t l = 0; l < L; ++l) {
+                const std::size_t plane = H * static_cast<std::size_t>(te - tb) * D * es;
+                // Every layer's base points at the buffer: only layer l's segments are decoded into it.
+                const kv_view win = kv_view::hf(std::vector<std::byte*>(L, stage.data()), std::vector<std::byte*>(L, stage.data() + plane), out_dt,
+                                                s.kv_heads, te - tb, s.head_dim);
+                std::vector<std::size_t> mine;
+                for (const auto i : todo)
+                  if (static_cast<std::size_t>(h.segments[i].layer) == l) mine.push_back(i);
+                cpu::parallel_for(pol, mine.size(), [&](std::size_t j) {
                   bytes buf;
-                  dec.decode_segment(h.segments[i], f.read_segment(i, buf), win, w0, w0, w1);
+                  dec.decode_segment(h.segments[mine[j]], f.read_segment(mine[j], buf), win, tb, tb, te);
                 });
-                for (std::size_t l = 0; l < L; ++l)
-                  for (int kv = 0; kv < 2; ++kv)
-                    for (std::size_t hh = 0; hh < H; ++hh)
-                      out.pwrite(plan.row_offset(static_cast<int>(l), kv == 0, static_cast<int>(hh), w0 - tb),
-                                 std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(win.row(static_cast<int>(l), kv == 0, static_cast<int>(hh), 0)),
-                                                               static_cast<std::size_t>(n) * D * es));
-                done += L;
-                if (dopt.progress) dopt.progress(done, total);
+                out.pwrite(plan.row_offset(static_cast<int>(l), true, 0, 0), std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(stage.data()), plane));
+                out.pwrite(plan.row_offset(static_cast<int>(l), false, 0, 0), std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(stage.data() + plane), plane));
+                done += mine.size();
+                if (dopt.progress) dopt.progress(done, todo.size());
               }
               out.commit();
               return 0;
