@@ -51,6 +51,14 @@ inline constexpr std::uint64_t kvc_max_header = 64ull << 20;  ///< 64 MiB of JSO
 
 inline std::uint64_t checksum64(std::span<const std::uint8_t> b) noexcept { return XXH3_64bits(b.data(), b.size()); }
 
+/// Fuzz builds (KVCODEC_FUZZ_NO_CHECKSUM) skip every checksum comparison so that mutated bytes reach
+/// the structure checks and the stage decoders; every other check stays.
+#ifdef KVCODEC_FUZZ_NO_CHECKSUM
+inline constexpr bool kvc_check_sums = false;
+#else
+inline constexpr bool kvc_check_sums = true;
+#endif
+
 /// v2 segment checksum: bound to the header (codec, shape, ...), the layer and the token range.
 inline std::uint64_t segment_checksum(std::uint64_t header_sum, std::int32_t layer, std::int64_t t0, std::int64_t t1,
                                       std::span<const std::uint8_t> b) noexcept {
@@ -102,7 +110,7 @@ struct kvc_limits {
 /// Checks a segment's bytes against its entry (v1: plain XXH3; v2: bound to header, layer and range).
 inline void verify_segment(const kvc_header& h, const segment_entry& s, std::span<const std::uint8_t> b, const std::string& name) {
   const std::uint64_t sum = h.version >= 2 ? segment_checksum(h.header_checksum, s.layer, s.t0, s.t1, b) : checksum64(b);
-  if (sum != s.checksum)
+  if (kvc_check_sums && sum != s.checksum)
     throw_corrupt(name, "checksum mismatch in segment (layer " + std::to_string(s.layer) + ", tokens " + std::to_string(s.t0) + ".." +
                             std::to_string(s.t1) + ")");
 }
@@ -122,7 +130,7 @@ struct kvc_view {
   std::span<const std::uint8_t> state_bytes(std::size_t i) const {
     const auto& s = header.states[i];
     auto b = payload.subspan(static_cast<std::size_t>(s.offset), static_cast<std::size_t>(s.size));
-    if (checksum64(b) != s.checksum) throw_corrupt(name, "checksum mismatch in the state of stage " + std::to_string(s.stage));
+    if (kvc_check_sums && checksum64(b) != s.checksum) throw_corrupt(name, "checksum mismatch in the state of stage " + std::to_string(s.stage));
     return b;
   }
 };
@@ -438,7 +446,7 @@ inline std::pair<std::uint64_t, std::uint64_t> parse_footer(std::span<const std:
 /// Parses and checks the v2 index (`idx` = count x 48 bytes) against the header.
 inline void parse_index_v2(std::span<const std::uint8_t> idx, std::span<const std::uint8_t> foot, kvc_header& h, std::uint64_t data_start,
                            std::uint64_t index_offset, const std::string& name) {
-  if (XXH3_64bits_withSeed(idx.data(), idx.size(), h.header_checksum) != get_le<std::uint64_t>(foot.data() + 16))
+  if (kvc_check_sums && XXH3_64bits_withSeed(idx.data(), idx.size(), h.header_checksum) != get_le<std::uint64_t>(foot.data() + 16))
     throw_corrupt(name, "segment index checksum mismatch");
   const std::size_t n = idx.size() / kvc_index_entry_size;
   std::vector<std::uint8_t> seen(h.segment_count(), 0);
@@ -538,7 +546,7 @@ inline kvc_view parse_kvc(std::span<const std::uint8_t> file, const std::string&
   std::uint64_t hsum = 0;
   detail::parse_prefix(file.first(std::min(file.size(), kvc_prefix_size)), file.size(), name, version, hlen, hsum);
   const auto text = file.subspan(kvc_prefix_size, hlen);
-  if (XXH3_64bits(text.data(), text.size()) != hsum) throw_corrupt(name, "header checksum mismatch");
+  if (kvc_check_sums && XXH3_64bits(text.data(), text.size()) != hsum) throw_corrupt(name, "header checksum mismatch");
   auto& h = v.header;
   h.version = version;
   h.header_checksum = hsum;
@@ -632,7 +640,7 @@ class kvc_stream_reader {
         break;
       }
       case stage::header: {
-        if (XXH3_64bits(buf_.data(), buf_.size()) != hsum_) throw_corrupt(name_, "header checksum mismatch");
+        if (kvc_check_sums && XXH3_64bits(buf_.data(), buf_.size()) != hsum_) throw_corrupt(name_, "header checksum mismatch");
         // The file size is unknown while streaming: the expansion limit applies to the decoded size alone.
         kvc_limits lim = lim_;
         lim.max_expansion = ~std::uint64_t{0} >> 8;
@@ -647,7 +655,7 @@ class kvc_stream_reader {
       }
       case stage::states: {
         const auto& s = h_.states[states_.size()];
-        if (checksum64(buf_) != s.checksum) throw_corrupt(name_, "checksum mismatch in the state of stage " + std::to_string(s.stage));
+        if (kvc_check_sums && checksum64(buf_) != s.checksum) throw_corrupt(name_, "checksum mismatch in the state of stage " + std::to_string(s.stage));
         states_.push_back(buf_);
         pos_ += buf_.size() - 0;
         if (states_.size() == h_.states.size()) stage_ = stage::record;
