@@ -53,7 +53,7 @@ TEST_CASE("affine: symmetric hand-computed group") {
   CHECK(y[2] == 0.0f);
 }
 
-TEST_CASE("affine: strided groups along tokens and channels, error bounds for 1..8 bits") {
+TEST_CASE("affine: strided groups along tokens and channels / error bounds for 1..8 bits") {
   std::mt19937 rng(11);
   std::normal_distribution<float> nd(0.5f, 2.0f);
   const std::size_t tokens = 37, dim = 13;
@@ -219,7 +219,7 @@ TEST_CASE("affine: bad specs are usage errors") {
   CHECK_NOTHROW(check_spec(8, mode::symmetric));
 }
 
-TEST_CASE("affine: bit packing LSB-first, all widths and lengths") {
+TEST_CASE("affine: bit packing LSB-first / all widths and lengths") {
   // hand example: 3-bit symbols 1..5
   const std::uint8_t s3[5] = {1, 2, 3, 4, 5};
   std::uint8_t out[4] = {0xff, 0xff, 0xff, 0xff};
@@ -269,7 +269,7 @@ TEST_CASE("affine: bit packing LSB-first, all widths and lengths") {
   CHECK(out[0] == 0x0f);
 }
 
-TEST_CASE("affine: real stories260K keys, per-channel vs per-token groups (KIVI)") {
+TEST_CASE("affine: real stories260K keys / per-channel vs per-token groups (KIVI)") {
   const kv_cache* dump = test::shared_dump("stories260K-s0.safetensors");
   KVCODEC_REQUIRE_SHARED(dump);
   REQUIRE(dump->keys.size() == 5);
@@ -341,7 +341,7 @@ float affine_edge_value(int kind, std::mt19937& rng) {
 
 }  // namespace
 
-TEST_CASE("affine bulk: groups, columns and packing equal the scalar references byte for byte") {
+TEST_CASE("affine bulk: groups / columns and packing equal the scalar references byte for byte") {
   MESSAGE("simd::avx2() = " << simd::avx2());
   std::mt19937 rng(7);
   std::size_t cases = 0;

@@ -35,7 +35,7 @@ int brute_nearest(const std::vector<float>& cb, float v) {
 
 }  // namespace
 
-TEST_CASE("nf4: levels, encode and decode") {
+TEST_CASE("nf4: levels / encode and decode") {
   CHECK(nf4_value(0) == -1.0f);
   CHECK(nf4_value(7) == 0.0f);
   CHECK(nf4_value(15) == 1.0f);

@@ -47,7 +47,7 @@ TEST_CASE("drop_expected_logit: mean term and covariance term") {
   CHECK(drop_expected_logit(k, mu, cov, 2) == doctest::Approx(lin + quad));
 }
 
-TEST_CASE("drop_avg_pool: zero-padded mean over an odd kernel, edges, kernel 1, n < kernel") {
+TEST_CASE("drop_avg_pool: zero-padded mean over an odd kernel / edges / kernel 1 / n < kernel") {
   const std::vector<double> in = {1, 2, 3, 4, 5, 6, 7};
   for (std::int64_t kernel : {1, 3, 5, 9}) {
     for (std::int64_t n : {1, 2, 7}) {
@@ -64,7 +64,7 @@ TEST_CASE("drop_avg_pool: zero-padded mean over an odd kernel, edges, kernel 1, 
   drop_avg_pool(in.data(), nullptr, 0, 5);  // n = 0 touches nothing
 }
 
-TEST_CASE("drop_block_rotate with cos/sin of one position equals rope_apply, both styles") {
+TEST_CASE("drop_block_rotate with cos/sin of one position equals rope_apply / both styles") {
   for (auto style : {rope_style::interleaved_pairs, rope_style::rotate_half}) {
     const std::size_t D = 8;
     float x[D] = {0.3f, -1.2f, 2.0f, 0.7f, -0.4f, 1.5f, 0.9f, -2.2f};
@@ -87,7 +87,7 @@ TEST_CASE("drop_block_rotate with cos/sin of one position equals rope_apply, bot
   }
 }
 
-TEST_CASE("lane kernels: drop_sumsq16, drop_dot16, drop_anchor_block equal plain sums up to float rounding; lane order") {
+TEST_CASE("lane kernels: drop_sumsq16 / drop_dot16 / drop_anchor_block equal plain sums up to float rounding - lane order") {
   std::vector<float> x(37), y(37);
   for (std::size_t i = 0; i < x.size(); ++i) {
     x[i] = static_cast<float>(std::sin(0.7 * static_cast<double>(i)) * 3.0);
@@ -116,7 +116,7 @@ TEST_CASE("lane kernels: drop_sumsq16, drop_dot16, drop_anchor_block equal plain
   CHECK(drop_inv_norm(std::nan("")) == 0.0f);
 }
 
-TEST_CASE("drop_exp: within a few ulp of std::exp, limits, NaN") {
+TEST_CASE("drop_exp: within a few ulp of std::exp / limits / NaN") {
   double worst = 0;
   for (int i = -70800; i <= 70900; i += 7) {
     const double x = i * 0.01 + 1e-3;

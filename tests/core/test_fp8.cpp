@@ -224,7 +224,7 @@ std::vector<float> fp8_edge_values(std::size_t n, std::uint32_t seed) {
 
 }  // namespace
 
-TEST_CASE("fp8 bulk: encode / decode / amax kernels equal the scalar references (random, edges, tails)") {
+TEST_CASE("fp8 bulk: encode / decode / amax kernels equal the scalar references (random / edges / tails)") {
   MESSAGE("simd::avx2() = " << simd::avx2());
   const std::vector<float> x = fp8_edge_values(5003, 5);
   for (fp8_kind k : {fp8_kind::e4m3, fp8_kind::e5m2}) {

@@ -48,7 +48,7 @@ bool throws_kind(auto&& fn, error_kind kind) {
 
 }  // namespace
 
-TEST_CASE("normalisation invariants over random, skewed and degenerate histograms") {
+TEST_CASE("normalisation invariants over random / skewed and degenerate histograms") {
   std::mt19937 rng(11);
   for (int m = rans_min_prob_bits; m <= rans_max_prob_bits; ++m) {
     CAPTURE(m);
@@ -229,7 +229,7 @@ TEST_CASE("parser rejects corrupt and truncated tables") {
   CHECK(parse_freq_table(V{10, 1, 0, 1, 0xff, 0x01, 0xff, 0x05}).freq == std::vector<uint32_t>{256, 256 * 3});
 }
 
-TEST_CASE("Laplace table: every symbol codable, peak at the mean, symmetric") {
+TEST_CASE("Laplace table: every symbol codable / peak at the mean / symmetric") {
   for (int m : {10, 12, 15}) {
     const freq_table t = laplace_table(7.0, 1.5, 15, m);
     REQUIRE(t.alphabet() == 15);

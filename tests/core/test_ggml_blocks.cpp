@@ -207,7 +207,7 @@ TEST_CASE("ggml blocks: round trip error bounds over random sweeps") {
   }
 }
 
-TEST_CASE("ggml blocks: rows of whole blocks; other lengths are usage errors") {
+TEST_CASE("ggml blocks: rows of whole blocks - other lengths are usage errors") {
   float x[64] = {};
   std::uint8_t q[64 / 32 * 34] = {};
   float y[64];
@@ -266,7 +266,7 @@ TEST_CASE("ggml blocks: non-finite inputs are read as 0") {
 }
 
 TEST_CASE("ggml blocks: degenerate blocks") {
-  SUBCASE("iq4_nl all-zero block: d = 0, nibbles of the level nearest 0") {
+  SUBCASE("iq4_nl all-zero block: d = 0 / nibbles of the level nearest 0") {
     float x[32] = {};
     std::uint8_t b[18];
     quantize_block_iq4_nl(x, b);
@@ -274,7 +274,7 @@ TEST_CASE("ggml blocks: degenerate blocks") {
     CHECK(b[1] == 0);
     for (int j = 2; j < 18; ++j) CHECK(b[j] == 0x88);
   }
-  SUBCASE("tiny values: no overflow, decodes to 0 or near") {
+  SUBCASE("tiny values: no overflow / decodes to 0 or near") {
     float x[32];
     for (int j = 0; j < 32; ++j) x[j] = (j % 2 ? 1.0f : -1.0f) * 1e-39f * static_cast<float>(j);
     for (auto t : all_types) {

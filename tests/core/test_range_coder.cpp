@@ -81,7 +81,7 @@ TEST_CASE("range coder: size is close to the ideal code length") {
   CHECK(static_cast<double>(b.size()) * 8 < ideal * 1.001 + 64);
 }
 
-TEST_CASE("range coder: truncated, extended and corrupted streams are detected") {
+TEST_CASE("range coder: truncated / extended and corrupted streams are detected") {
   std::vector<std::uint32_t> f(16, 4096);
   const auto cdf = cdf_from_freq(f);
   std::vector<std::uint32_t> s(500);

@@ -62,7 +62,7 @@ std::unique_ptr<entropy_stage> make_entropy(const std::string& spec) {
 }
 }  // namespace
 
-TEST_CASE("rans and ac stages: exact round trips over shapes, predictions and distributions") {
+TEST_CASE("rans and ac stages: exact round trips over shapes / predictions and distributions") {
   const std::vector<std::string> specs = {
       "rans", "rans:ctx=channel,model=hist", "rans:ctx=pooled,model=geometric", "rans:pred=anchor,group=3", "rans:pred=prev,lanes=64,prob_bits=15",
       "rans:prob_bits=10", "rans:pred=linear", "rans:pred=linear,ctx=pooled,model=geometric", "rans:lanes=0", "ac", "ac:ctx=pooled,streams=block", "ac:pred=anchor,group=4", "ac:pred=prev"};
@@ -115,7 +115,7 @@ TEST_CASE("rans:lanes=0 stores 64 lanes for long streams and 32 for short ones")
   }
 }
 
-TEST_CASE("rans:tables=shared fits once, stores state, and decodes after load_state") {
+TEST_CASE("rans:tables=shared fits once / stores state and decodes after load_state") {
   cache_info info;
   info.shape.layers = 2;
   std::vector<symbols> blocks;
@@ -141,7 +141,7 @@ TEST_CASE("rans:tables=shared fits once, stores state, and decodes after load_st
   CHECK_THROWS_AS(chunk->load_state(state, info), error);
 }
 
-TEST_CASE("pred=linear: integer predictor, least-squares fit, and shared predictors in the stage state") {
+TEST_CASE("pred=linear: integer predictor / least-squares fit and shared predictors in the stage state") {
   using namespace kvcodec::cpu::em;
   // k = 16 reproduces the previous symbol, k = 0 the centre, k = 8 the rounded midpoint; clamped.
   CHECK(linear_ref(7, 3, 16, 32) == 7);
@@ -277,7 +277,7 @@ TEST_CASE("entropy model: golden tables and the CacheGen CDF") {
       for (std::uint32_t r = 0; r < A; ++r) CHECK(cpu::em::pred_restore(cpu::em::pred_residual(s, r, A), r, A) == s);
 }
 
-TEST_CASE("cachegen-quant: quantize rounds half to even like nearbyintf; decode_f16 equals decode rounded to f16") {
+TEST_CASE("cachegen-quant: quantize rounds half to even like nearbyintf - decode_f16 equals decode rounded to f16") {
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> u(-3.0f, 3.0f);
   for (int max : {1, 3, 7, 127, 32766}) {

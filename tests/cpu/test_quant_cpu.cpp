@@ -94,7 +94,7 @@ const char* ggml_names[] = {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"};
 
 }  // namespace
 
-TEST_CASE("ggml stages: side bytes are ggml's rows, decode is ggml's dequantization") {
+TEST_CASE("ggml stages: side bytes are ggml's rows / decode is ggml's dequantization") {
   for (int ti = 0; ti < 6; ++ti) {
     const auto t = *ggml::parse_block_type(ggml_names[ti]);
     CAPTURE(ggml_names[ti]);
@@ -139,7 +139,7 @@ TEST_CASE("ggml stages: literal ggml golden bytes through the stage") {
   }
 }
 
-TEST_CASE("ggml stages: width errors, ragged blocks padded per head row, corrupt sizes") {
+TEST_CASE("ggml stages: width errors / ragged blocks padded per head row / corrupt sizes") {
   block narrow = random_block(1, 3, 8, 1);
   for (const std::string n : ggml_names) {
     CAPTURE(n);
@@ -174,7 +174,7 @@ TEST_CASE("ggml stages: width errors, ragged blocks padded per head row, corrupt
   }
 }
 
-TEST_CASE("quantizers: corrupt symbols and side bytes are corrupt errors, never crashes") {
+TEST_CASE("quantizers: corrupt symbols and side bytes are corrupt errors / never crashes") {
   const std::string specs[] = {"uniform:bits=3", "uniform:bits=4,kaxis=channel,group=4,outliers=2", "uniform:bits=5,mode=sym,scale=f32",
                          "kivi:bits=2,group=4,residual=3", "kivi:bits=4,outliers=1,residual=2", "fp8:scale=tensor",
                          "fp8:format=e5m2,scale=head", "fp8:scale=token", "nf4", "nf4:group=4,scale=f32", "kmeans:bits=3"};
@@ -225,7 +225,7 @@ TEST_CASE("quantizers: corrupt symbols and side bytes are corrupt errors, never 
     }
 }
 
-TEST_CASE("uniform: error within half a step per group, constant groups exact, bits 1..8") {
+TEST_CASE("uniform: error within half a step per group / constant groups exact / bits 1..8") {
   for (int bits = 1; bits <= 8; ++bits)
     for (const char* axis : {"token", "channel"})
       for (int group : {0, 4}) {
@@ -281,12 +281,12 @@ TEST_CASE("uniform: group must divide head_dim along channels") {
   for (std::size_t i = 0; i < b.data.size(); ++i) CHECK(back.data[i] == doctest::Approx(b.data[i]).epsilon(0.02).scale(1));
 }
 
-TEST_CASE("non-finite inputs: excluded from scales; exact with outliers; fp8 keeps NaN") {
+TEST_CASE("non-finite inputs: excluded from scales - exact with outliers - fp8 keeps NaN") {
   block b = random_block(1, 4, 8, 5);
   b.data[3] = std::numeric_limits<float>::quiet_NaN();
   b.data[9] = std::numeric_limits<float>::infinity();
   b.data[17] = -std::numeric_limits<float>::infinity();
-  SUBCASE("uniform without outliers: NaN -> near 0 code, +-Inf -> group max/min, others unaffected") {
+  SUBCASE("uniform without outliers: NaN -> near 0 code / +-Inf -> group max/min / others unaffected") {
     block back = round_trip("uniform:bits=8", b, info_for(b));
     for (float v : back.data) CHECK(std::isfinite(v));
     float mx = -1e30f;
@@ -336,7 +336,7 @@ TEST_CASE("outliers: the top p percent magnitudes are exact and cost their bytes
   CHECK(s1.side.size() < s0.side.size() + 8 * 4 + 8 * 3 + 4);
 }
 
-TEST_CASE("kivi: residual rows exact, key groups along tokens, value group clamps to head_dim") {
+TEST_CASE("kivi: residual rows exact / key groups along tokens / value group clamps to head_dim") {
   block k = random_block(2, 10, 8, 11, true);
   k.t0 = 20;
   k.t1 = 30;
@@ -366,7 +366,7 @@ TEST_CASE("kivi: residual rows exact, key groups along tokens, value group clamp
   CHECK(all.data == k.data);
 }
 
-TEST_CASE("fp8: saturating, scales per tensor/head/token, state checked") {
+TEST_CASE("fp8: saturating / scales per tensor/head/token / state checked") {
   block b = random_block(2, 6, 8, 13);
   for (const std::string spec : {"fp8:scale=tensor", "fp8:scale=head", "fp8:scale=token", "fp8:format=e5m2,scale=tensor"}) {
     CAPTURE(spec);
@@ -383,7 +383,7 @@ TEST_CASE("fp8: saturating, scales per tensor/head/token, state checked") {
   CHECK(kind_of([&] { as_quant(s).load_state(neg, info); }) == error_kind::corrupt);
 }
 
-TEST_CASE("kmeans: fitted codebooks per layer and K/V, state round trip, corrupt state") {
+TEST_CASE("kmeans: fitted codebooks per layer and K/V / state round trip / corrupt state") {
   block k = random_block(2, 40, 8, 17, true), v = random_block(2, 40, 8, 18, false);
   for (auto& x : v.data) x = x * 10.0f + 3.0f;
   cache_info info = info_for(k);
@@ -429,7 +429,7 @@ TEST_CASE("nf4: levels times stored absmax") {
   }
 }
 
-TEST_CASE("transforms: hadamard and derope invert; derope recovers pre-RoPE keys") {
+TEST_CASE("transforms: hadamard and derope invert - derope recovers pre-RoPE keys") {
   block b = random_block(2, 7, 8, 21);
   cache_info info = info_for(b);
   info.metadata = {{"rope", "interleaved-pairs"}, {"rope_theta", "10000"}, {"post_rope", "true"}};

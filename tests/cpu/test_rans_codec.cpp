@@ -53,7 +53,7 @@ void round_trip(const std::vector<Sym>& sym, const freq_table& t, int lanes) {
 
 }  // namespace
 
-TEST_CASE("round trips over lanes, sizes, prob_bits and distributions") {
+TEST_CASE("round trips over lanes / sizes / prob_bits and distributions") {
   std::mt19937 rng(1);
   for (int lanes : {32, 64, 128}) {
     for (int m = rans_min_prob_bits; m <= rans_max_prob_bits; ++m) {
@@ -155,7 +155,7 @@ TEST_CASE("payload within 1% of the empirical entropy on a 1M-symbol Laplace sou
   }
 }
 
-TEST_CASE("truncated, extended and corrupt streams throw corrupt and never crash") {
+TEST_CASE("truncated / extended and corrupt streams throw corrupt and never crash") {
   const size_t n = 5000;
   const auto s = laplace_symbols(n, 20, 3.0, 64, 8);
   // A fitted (non power-of-two) table mixes every word into the final states; with power-of-two
@@ -236,7 +236,7 @@ TEST_CASE("bad arguments throw bad_input") {
   CHECK_NOTHROW(rans_encode(static_cast<const uint16_t*>(nullptr), 0, t, 32));
 }
 
-TEST_CASE("per-column tables: round trips, cols = 1 equals the plain stream, bad maps throw") {
+TEST_CASE("per-column tables: round trips / cols = 1 equals the plain stream / bad maps throw") {
   std::mt19937 rng(12);
   const int m = 12;
   std::vector<freq_table> ft;
@@ -324,7 +324,7 @@ TEST_CASE("real KV cache: 8-bit quantised keys/values coded with one table per c
   CHECK(tested == 2);
 }
 
-TEST_CASE("vector decoder (when the CPU has it) equals the scalar reference, corrupt streams included") {
+TEST_CASE("vector decoder (when the CPU has it) equals the scalar reference / corrupt streams included") {
   std::mt19937 rng(21);
   for (int lanes : {32, 64, 128}) {
     for (int m : {10, 12, 15}) {

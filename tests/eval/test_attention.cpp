@@ -197,7 +197,7 @@ TEST_CASE("compare_attention: hand-computed 3-token example") {
   }
 }
 
-TEST_CASE("compare_attention: GQA grouping, masking and window against a naive reference") {
+TEST_CASE("compare_attention: GQA grouping / masking and window against a naive reference") {
   const kv_shape s{2, 2, 4, 5, 11};  // q_heads = 2 x kv_heads, odd head_dim and tokens
   const kv_cache a = random_cache(s, 7, 1.5f);
   kv_cache b = perturb(a, 8, 0.3f);

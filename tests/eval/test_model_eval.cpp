@@ -212,7 +212,7 @@ TEST_CASE("slice_tokens keeps the first n tokens of every buffer") {
   CHECK_THROWS_AS(eval::slice_tokens(d, 10), kvcodec::error);
 }
 
-TEST_CASE("model eval: the original context scores perfectly; a lossy one matches the naive double reference") {
+TEST_CASE("model eval: the original context scores perfectly - a lossy one matches the naive double reference") {
   const auto m = synth_model();
   const kv_cache dump = synth_dump(m, 41);
   for (std::int64_t C : {1, 20, 40}) {

@@ -120,7 +120,7 @@ TEST_CASE("synth: shape and metadata") {
   CHECK_NOTHROW(synth_cache(tiny).validate());
 }
 
-TEST_CASE("synth: deterministic per seed, independent of threads") {
+TEST_CASE("synth: deterministic per seed / independent of threads") {
   auto o = small_options();
   o.layers = 5;
   o.threads = 1;
@@ -317,6 +317,7 @@ TEST_CASE("synth: full-size benchmark" * doctest::skip(true)) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     MESSAGE("synth 32x8x2048x128, q_heads " << q << " (K+V " << static_cast<double>(c.shape.kv_elements()) * 2 / 1e6
                                             << " MB as f16): " << s << " s");
+    CHECK(c.keys.size() == 32);
     if (q > 0) {
       eval::attention_options opt;
       opt.max_rows = 4096;
@@ -324,6 +325,7 @@ TEST_CASE("synth: full-size benchmark" * doctest::skip(true)) {
       const auto m = eval::compare_attention(c, c, opt);
       MESSAGE("compare_attention, " << m.rows << " sampled rows: "
                                     << std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count() << " s");
+      CHECK(m.rows > 0);
     }
   }
 }

@@ -102,7 +102,7 @@ TEST_CASE("kv_dump: layout names") {
   CHECK_FALSE(parse_kv_layout("nope").has_value());
 }
 
-TEST_CASE("kv_dump: round trip of every layout, dtype and container, dense and with kept sets") {
+TEST_CASE("kv_dump: round trip of every layout / dtype and container / dense and with kept sets") {
   for (bool kept : {false, true}) {
     for (auto layout : {kv_layout::hf_4d, kv_layout::hf_3d, kv_layout::stacked, kv_layout::hf_compact}) {
       for (dtype t : {dtype::f32, dtype::f16, dtype::bf16}) {
@@ -151,7 +151,7 @@ TEST_CASE("kv_dump: round trip of every layout, dtype and container, dense and w
   }
 }
 
-TEST_CASE("kv_dump: smallest cache (1 layer, 1 head, 1 token, head_dim 1), no extras") {
+TEST_CASE("kv_dump: smallest cache (1 layer x 1 head x 1 token x head_dim 1) without extras") {
   const kv_cache c = make_cache(1, 1, 0, 1, 1, 3, false);
   for (auto layout : {kv_layout::hf_4d, kv_layout::hf_3d, kv_layout::stacked}) {
     const kv_dump d = read_kv_dump_bytes(safetensors_bytes(to_tensor_file(c, layout, dtype::f32)), "tiny");
@@ -172,7 +172,7 @@ TEST_CASE("kv_dump: writer argument checks") {
   CHECK(catch_error([&] { to_tensor_file(bad, kv_layout::hf_4d, dtype::f32); }).has("keys[1]"));
 }
 
-TEST_CASE("kv_dump: files by extension, overwrite refusal, .npy stacked array") {
+TEST_CASE("kv_dump: files by extension / overwrite refusal / .npy stacked array") {
   namespace fs = std::filesystem;
   const std::string dir = (fs::temp_directory_path() / ("kvcodec_kv_" + std::to_string(std::random_device{}()))).string();
   fs::create_directories(dir);
@@ -211,7 +211,7 @@ TEST_CASE("kv_dump: files by extension, overwrite refusal, .npy stacked array") 
   fs::remove_all(dir);
 }
 
-TEST_CASE("kv_dump: non-KV, inconsistent and garbage input") {
+TEST_CASE("kv_dump: non-KV / inconsistent and garbage input") {
   SUBCASE("a file with only foo lists the tensors and the accepted layouts") {
     tensor_file f;
     f.tensors.push_back(ftensor("foo", {3}));
@@ -260,7 +260,7 @@ TEST_CASE("kv_dump: non-KV, inconsistent and garbage input") {
     i.tensors.push_back(ftensor("past_key_values.0.value", {2, 3, 4}, dtype::i32));
     CHECK(kv_error(i).has("F32, F16 or BF16"));
   }
-  SUBCASE("layers must be contiguous from 0, with key and value") {
+  SUBCASE("layers must be contiguous from 0 / with key and value") {
     tensor_file f;
     for (int l : {0, 2}) {
       f.tensors.push_back(ftensor("past_key_values." + std::to_string(l) + ".key", {2, 3, 4}));
@@ -278,7 +278,7 @@ TEST_CASE("kv_dump: non-KV, inconsistent and garbage input") {
     g.tensors.push_back(ftensor("past_key_values.01.key", {2, 3, 4}));  // not a layer name: ignored
     CHECK_FALSE(kv_error(g).thrown);
   }
-  SUBCASE("bad batch, queries, kept, tokens") {
+  SUBCASE("bad batch / queries / kept / tokens") {
     tensor_file f;
     f.tensors.push_back(ftensor("past_key_values.0.key", {2, 2, 3, 4}));
     f.tensors.push_back(ftensor("past_key_values.0.value", {2, 2, 3, 4}));
@@ -330,7 +330,7 @@ TEST_CASE("kv_dump: non-KV, inconsistent and garbage input") {
     f.tensors.pop_back();  // num_tokens
     CHECK(kv_error(f).has("num_tokens"));
   }
-  SUBCASE("garbage bytes, truncated and non-KV files") {
+  SUBCASE("garbage bytes / truncated and non-KV files") {
     std::mt19937 rng(5);
     for (int i = 0; i < 200; ++i) {
       std::vector<std::uint8_t> b(rng() % 100);

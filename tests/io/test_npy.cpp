@@ -144,7 +144,7 @@ TEST_CASE("npy: round trip of each supported dtype and odd shapes") {
   }
 }
 
-TEST_CASE("npy: reads the header numpy writes, and versions 2.0 and 3.0") {
+TEST_CASE("npy: reads the header numpy writes and versions 2.0 and 3.0") {
   const float v[3] = {0.0f, 1.0f, 2.0f};
   std::vector<std::uint8_t> data(12);
   std::memcpy(data.data(), v, 12);
@@ -201,7 +201,7 @@ TEST_CASE("npy: unsupported and malformed input") {
     CHECK(err(b).has("header length"));
     CHECK(err(npy_image("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999,), }", eight)).has("2^48"));
   }
-  SUBCASE("magic, version, header syntax") {
+  SUBCASE("magic / version / header syntax") {
     CHECK(err(to_bytes("hello world, not numpy")).has("magic"));
     CHECK(err(to_bytes(std::string("\x93NUMPY\x01", 7))).has("preamble"));
     auto b = npy_image("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", eight);
@@ -229,7 +229,7 @@ TEST_CASE("npy: unsupported and malformed input") {
   }
 }
 
-TEST_CASE("npy: file read names the tensor after the stem; overwrite is refused") {
+TEST_CASE("npy: file read names the tensor after the stem - overwrite is refused") {
   namespace fs = std::filesystem;
   const std::string dir = (fs::temp_directory_path() / ("kvcodec_npy_" + std::to_string(std::random_device{}()))).string();
   fs::create_directories(dir);
@@ -243,7 +243,7 @@ TEST_CASE("npy: file read names the tensor after the stem; overwrite is refused"
   fs::remove_all(dir);
 }
 
-TEST_CASE("npz: round trip with metadata, deterministic bytes") {
+TEST_CASE("npz: round trip with metadata / deterministic bytes") {
   tensor_file f;
   f.tensors.push_back(sample(dtype::f32, {2, 3}, "past_key_values.0.key"));
   f.tensors.push_back(sample(dtype::f16, {5}, "h"));

@@ -49,7 +49,7 @@ tensor_file sample_file() {
 
 }  // namespace
 
-TEST_CASE("safetensors: round trip of every dtype, shape edge cases and metadata") {
+TEST_CASE("safetensors: round trip of every dtype / shape edge cases and metadata") {
   const tensor_file f = sample_file();
   const auto bytes = safetensors_bytes(f);
   const std::uint64_t hlen = load_le64(bytes.data());
@@ -88,7 +88,7 @@ TEST_CASE("safetensors: empty file and one-tensor file") {
   CHECK(tensor_to_floats(g.tensors[0], "t")[0] == 42.0f);
 }
 
-TEST_CASE("safetensors: file write refuses to overwrite unless asked, atomic replace") {
+TEST_CASE("safetensors: file write refuses to overwrite unless asked / atomic replace") {
   namespace fs = std::filesystem;
   const std::string dir = (fs::temp_directory_path() / ("kvcodec_st_" + std::to_string(std::random_device{}()))).string();
   fs::create_directories(dir);

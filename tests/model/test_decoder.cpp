@@ -252,7 +252,7 @@ TEST_CASE("decoder: synthetic models match a naive double-precision reference") 
   }
 }
 
-TEST_CASE("decoder: argument checks, rollback and row copies") {
+TEST_CASE("decoder: argument checks / rollback and row copies") {
   auto m = std::make_shared<const llama2c_model>(random_llama2c(cfg(8, 12, 2, 4, 2, 11, 32, false), 5));
   const auto tokens = pseudo_tokens(32, 11, 7);
   decoder d(m, {.record_queries = true});
@@ -449,7 +449,7 @@ TEST_CASE("decoder: real stories260K golden output") {
   CHECK(same_cache(s, bt));
 }
 
-TEST_CASE("decoder: real KV dumps are reproduced, preloading continues correctly") {
+TEST_CASE("decoder: real KV dumps are reproduced / preloading continues correctly") {
   auto m = real_model();
   KVCODEC_REQUIRE_SHARED(m);
   for (int seed = 0; seed < 3; ++seed) {

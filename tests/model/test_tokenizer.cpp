@@ -59,7 +59,7 @@ void require_error(F&& f, kvcodec::error_kind kind, std::initializer_list<std::s
 
 }  // namespace
 
-TEST_CASE("tokenizer: synthetic vocabulary, merge by best score") {
+TEST_CASE("tokenizer: synthetic vocabulary / merge by best score") {
   // ids: 259 " ", 260 "a", 261 "b", 262 "ab", 263 "ba", 264 " a", 265 "aba", 266 " ab"
   const auto b = byte_vocab({{" ", 0}, {"a", 0}, {"b", 0}, {"ab", -1}, {"ba", -2}, {" a", -3}, {"aba", -0.5f}, {" ab", -5}});
   const tokenizer t = tokenizer::parse(b.bytes.data(), b.bytes.size(), -1, "syn");
@@ -134,7 +134,7 @@ TEST_CASE("tokenizer: invalid files") {
   SUBCASE("declared vocab smaller than the file") {
     require_error([&] { parse(good, 100); }, error_kind::bad_input, {"tok.bin", "file size"});
   }
-  SUBCASE("piece longer than max_token_length, negative length") {
+  SUBCASE("piece longer than max_token_length / negative length") {
     tok_builder b(2);
     b.add("<u>", 0);
     require_error([&] { parse(b.bytes); }, error_kind::bad_input, {"tok.bin", "token[0].length", "3"});

@@ -124,7 +124,7 @@ TEST_CASE("adakv stores about what a uniform budget stores") {
   }
 }
 
-TEST_CASE("rerotate_kept_keys: contiguous positions, exact pre-RoPE content, dense identity, errors") {
+TEST_CASE("rerotate_kept_keys: contiguous positions / exact pre-RoPE content / dense identity / errors") {
   kv_cache kv = small_cache(30);
   const kv_cache orig = kv;
   cpu::rerotate_kept_keys(kv);  // dense, positions 0..T-1: nothing moves

@@ -14,6 +14,7 @@
 #include "kvcodec/eval/evaluate.hpp"
 #include "kvcodec/io/kv_dump.hpp"
 #include "kvcodec/kvcodec.hpp"
+#include "../support/shared_data.hpp"
 
 using namespace kvcodec;
 
@@ -35,16 +36,6 @@ double rel_err(const std::vector<std::vector<float>>& a, const std::vector<std::
   for (std::size_t l = 0; l < a.size(); ++l)
     for (std::size_t i = 0; i < a[l].size(); ++i) e += std::pow(double(a[l][i]) - b[l][i], 2), n += double(a[l][i]) * a[l][i];
   return std::sqrt(e / n);
-}
-
-std::filesystem::path shared_kv(const char* name) {
-  std::vector<std::filesystem::path> roots;
-  if (const char* e = std::getenv("KVCODEC_SHARED")) roots.emplace_back(e);
-  roots.emplace_back("../shared");
-  roots.emplace_back("/work/shared");
-  for (const auto& r : roots)
-    if (std::filesystem::exists(r / "kv" / name)) return r / "kv" / name;
-  return {};
 }
 
 error_kind kind_of(const std::function<void()>& f) {
@@ -137,7 +128,7 @@ TEST_CASE("every quantizer round-trips through encode/decode over shapes and chu
       }
 }
 
-TEST_CASE("uniform bits sweep: error falls with bits, size is bits + scale overhead") {
+TEST_CASE("uniform bits sweep: error falls with bits / size is bits + scale overhead") {
   kv_cache kv = random_cache(2, 4, 256, 32, 5);
   double prev = 1e9;
   for (int b = 1; b <= 8; ++b) {
@@ -188,7 +179,7 @@ TEST_CASE("ragged (token-dropped) caches round-trip for every quantizer") {
   }
 }
 
-TEST_CASE("ggml through the pipeline: block formats need kv_heads*head_dim % 32 == 0") {
+TEST_CASE("ggml through the pipeline: block formats need kv_heads x head_dim % 32 == 0") {
   kv_cache kv = random_cache(1, 3, 5, 8);  // 24 per token row
   for (const std::string n : {"q8_0", "q4_0", "iq4_nl"}) CHECK(kind_of([&] { (void)encode(n, kv); }) == error_kind::usage);
   kv_cache ok = random_cache(1, 4, 5, 8);
@@ -210,13 +201,14 @@ TEST_CASE("NaN/Inf in the cache: quantizers stay finite unless told to keep them
   CHECK(std::isinf(back.keys[0][6]));
 }
 
-TEST_CASE("real data: KIVI-4 beats per-token 4-bit at no larger size; q8_0 is llama.cpp's; fp8 and q8_0 near-lossless") {
-  const auto path = shared_kv("stories260K-s0.safetensors");
-  if (path.empty()) {
+TEST_CASE("real data: KIVI-4 beats per-token 4-bit at no larger size - q8_0 is llama.cpp's - fp8 and q8_0 near-lossless") {
+  const auto path = test::shared_file("kv/stories260K-s0.safetensors");
+  if (!path) {
     MESSAGE("skipping: ../shared/kv/stories260K-s0.safetensors not found (set KVCODEC_SHARED)");
+    test::mark_skipped();
     return;
   }
-  const kv_cache kv = io::read_kv_dump(path.string()).cache;
+  const kv_cache kv = io::read_kv_dump(path->string()).cache;
   eval::eval_options opt;
   opt.repeats = 1;
   const auto kivi = eval::evaluate("kivi:bits=4,residual=0", kv, opt);

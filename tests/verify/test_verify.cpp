@@ -101,7 +101,7 @@ double chi2_crit_001(int df) {  // Wilson-Hilferty, alpha = 0.001
 
 }  // namespace
 
-TEST_CASE("counter rng: reproducible, keyed, uniform") {
+TEST_CASE("counter rng: reproducible / keyed / uniform") {
   CHECK(counter_uniform(1, 2, 3) == counter_uniform(1, 2, 3));
   CHECK(counter_uniform(1, 2, 3) != counter_uniform(1, 2, 4));
   CHECK(counter_uniform(1, 2, 3) != counter_uniform(1, 3, 3));
@@ -148,7 +148,7 @@ TEST_CASE("sampling kernels") {
   CHECK(sm[1] == doctest::Approx(0.5));
 }
 
-TEST_CASE("greedy acceptance: longest matching prefix, correction or bonus") {
+TEST_CASE("greedy acceptance: longest matching prefix / correction or bonus") {
   greedy_acceptance g;
   const auto row = [](int best) {
     std::vector<float> r(6, 0.0f);
@@ -392,7 +392,7 @@ TEST_CASE("verify_stats invariants") {
   CHECK(verify_stats{}.mean_accepted() == 0.0);
 }
 
-TEST_CASE("cache sources: memory, file (.kvc and dump), simulated link, prefetch") {
+TEST_CASE("cache sources: memory / file (.kvc and dump) / simulated link / prefetch") {
   const auto m = synth_model();
   const kv_cache ctx = model_context(m, 20);
   memory_source mem(ctx, 12);
@@ -464,7 +464,7 @@ TEST_CASE("planner: iteration-time model") {
   CHECK(to_json(p)["projection"] == true);
 }
 
-TEST_CASE("session on a synthetic model: greedy output identical under heavy rejection; exact batched verify") {
+TEST_CASE("session on a synthetic model: greedy output identical under heavy rejection - exact batched verify") {
   const auto m = synth_model();
   const kv_cache ctx = model_context(m, 40);
   for (int K : {0, 1, 3, 8}) {
@@ -582,7 +582,7 @@ TEST_CASE("rejection-sampling session: output distribution equals full-cache sam
   CHECK(rejected_rounds > N / 50);
 }
 
-TEST_CASE("greedy draft-and-verify on the real dumps: identical for every registered codec; raw accepts all") {
+TEST_CASE("greedy draft-and-verify on the real dumps: identical for every registered codec - raw accepts all") {
   const auto model_file = test::shared_file("models/stories260K/stories260K.bin");
   KVCODEC_REQUIRE_SHARED(model_file);
   const auto m = std::make_shared<const model::llama2c_model>(model::load_llama2c(model_file->string()));
