@@ -80,7 +80,7 @@ bytes to_v1(const bytes& v2) {
 }
 }  // namespace
 
-TEST_CASE("version 1 containers still decode, to the same cache") {
+TEST_CASE("version 1 containers still decode / to the same cache") {
   for (const char* spec : {"raw", "kvc:level=5", "zstd"}) {
     const bytes good = encode(spec, small_cache(), {.chunk_tokens = 32}).data;
     const bytes old = to_v1(good);

@@ -5,7 +5,12 @@
 #include <cstring>
 #include <random>
 
+#include <unistd.h>
+
+#include <filesystem>
+
 #include "kvcodec/kvcodec.hpp"
+#include "kvcodec/pipeline/decode_file.hpp"
 
 using namespace kvcodec;
 
@@ -65,7 +70,7 @@ void check_equal(const kv_view& w, const kv_cache& ref) {
 }
 }  // namespace
 
-TEST_CASE("views: encode from f16/bf16/f32 buffers equals encoding the owning cache, decode into every dtype") {
+TEST_CASE("views: encode from f16/bf16/f32 buffers equals encoding the owning cache / decode into every dtype") {
   for (dtype t : {dtype::f16, dtype::bf16, dtype::f32}) {
     CAPTURE(dtype_name(t));
     const kv_cache kv = rand_cache(2, 3, 300, 32, t);
@@ -93,7 +98,7 @@ TEST_CASE("views: encode from f16/bf16/f32 buffers equals encoding the owning ca
   }
 }
 
-TEST_CASE("views: paged pools with a scattered block table, K and V interleaved in one pool") {
+TEST_CASE("views: paged pools with a scattered block table / K and V interleaved in one pool") {
   const int L = 2, H = 2, D = 16, T = 70, BS = 16;
   const kv_cache kv = rand_cache(L, H, T, D, dtype::f16, 9);
   const std::int64_t nb = 12;
@@ -210,7 +215,7 @@ TEST_CASE("streaming: segments arriving in pieces of any size decode as they arr
   }
 }
 
-TEST_CASE("streaming: a stream cut short, a segment twice or out of order, junk after the end") {
+TEST_CASE("streaming: a stream cut short / a segment twice or out of order / junk after the end") {
   const kv_cache kv = rand_cache(2, 2, 100, 8, dtype::f16, 6);
   const encoded e = encode("kvc:level=5", kv, {.chunk_tokens = 32});
   const kvc_view v = parse_kvc(e.data, "x");
@@ -240,7 +245,7 @@ TEST_CASE("streaming: a stream cut short, a segment twice or out of order, junk 
   CHECK(run(junk).find("after the end") != std::string::npos);
 }
 
-TEST_CASE("container v2: segments are bound to their place, layer, range and codec") {
+TEST_CASE("container v2: segments are bound to their place / layer / range and codec") {
   const kv_cache kv = rand_cache(2, 2, 64, 16, dtype::f16, 7);
   const encoded e = encode("q4_0", kv, {.chunk_tokens = 32});
   kvc_view v = parse_kvc(e.data, "x");
@@ -264,7 +269,7 @@ TEST_CASE("container v2: segments are bound to their place, layer, range and cod
   CHECK_THROWS_AS(decode(cpu::seq, rel), error);
 }
 
-TEST_CASE("random access: a token range reads only the segments it needs; results independent of threads") {
+TEST_CASE("random access: a token range reads only the segments it needs - results independent of threads") {
   const kv_cache kv = rand_cache(2, 2, 1000, 8, dtype::f16, 8);
   const encoded e = encode("kvc:level=4", kv, {.chunk_tokens = 100});
   const kv_cache all = decode(cpu::seq, e.data);
@@ -283,4 +288,26 @@ TEST_CASE("random access: a token range reads only the segments it needs; result
           }
     CHECK(same);
   }
+}
+
+TEST_CASE("random access through a file: the header, index and only the segments of the range are read") {
+  const kv_cache kv = rand_cache(3, 2, 1000, 8, dtype::f16, 10);
+  const encoded e = encode("kvc:level=5", kv, {.chunk_tokens = 100});
+  const std::string path = (std::filesystem::temp_directory_path() / ("kvcodec_ra_" + std::to_string(::getpid()) + ".kvc")).string();
+  io::write_file_atomic(path, e.data, true);
+  const io::kvc_file f(path);
+  const std::uint64_t at_open = f.bytes_read();
+  const kvc_view v = parse_kvc(e.data, "x");
+  std::uint64_t segs = 0, outside = e.data.size();
+  for (const auto& se : v.header.segments) {
+    outside -= se.size + kvc_record_size;
+    if (se.t1 > 250 && se.t0 < 420) segs += se.size;  // chunks 200..300, 300..400, 400..500 of every layer
+  }
+  CHECK(at_open <= outside);  // prefix, header, state, index and footer
+  const kv_cache part = decode(cpu::par(2), f, {.token_begin = 250, .token_end = 420});
+  CHECK(f.bytes_read() - at_open == segs);
+  const kv_cache ref = decode(cpu::seq, e.data, {.token_begin = 250, .token_end = 420});
+  CHECK(part.keys == ref.keys);
+  CHECK(part.values == ref.values);
+  std::filesystem::remove(path);
 }
