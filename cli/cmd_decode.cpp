@@ -59,14 +59,7 @@ command add_decode(CLI::App& root) {
               const std::map<std::string, std::string> md = h.metadata;
               const io::dense_dump_plan plan = io::plan_dense_dump(s, layout, out_dt, !h.tokens.empty(), !h.positions.empty(), md, o->out);
               io::atomic_output out(o->out, o->force);
-              out.resize(plan.header.size() + plan.entries.back().end);
               out.pwrite(0, plan.header);
-              for (const auto& e : plan.entries) {
-                if (e.name != "tokens" && e.name != "positions") continue;
-                const auto& ids = e.name == "tokens" ? h.tokens : h.positions;
-                out.pwrite(plan.header.size() + e.begin, std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(ids.data() + tb),
-                                                                                      static_cast<std::size_t>(te - tb) * 4));
-              }
               const segment_decoder dec(h, [&](std::size_t i) { return f.state_bytes(i); }, o->in);
               const std::size_t L = static_cast<std::size_t>(s.layers), H = static_cast<std::size_t>(s.kv_heads);
               const std::size_t D = static_cast<std::size_t>(s.head_dim), es = dtype_size(out_dt);
@@ -91,6 +84,13 @@ command add_decode(CLI::App& root) {
                 out.pwrite(plan.row_offset(static_cast<int>(l), false, 0, 0), std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(stage.data() + plane), plane));
                 done += mine.size();
                 if (dopt.progress) dopt.progress(done, todo.size());
+              }
+              // Token ids and positions follow the K/V tensors: written last, the file grows front to back.
+              for (const auto& e : plan.entries) {
+                if (e.name != "tokens" && e.name != "positions") continue;
+                const auto& ids = e.name == "tokens" ? h.tokens : h.positions;
+                out.pwrite(plan.header.size() + e.begin, std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(ids.data() + tb),
+                                                                                      static_cast<std::size_t>(te - tb) * 4));
               }
               out.commit();
               return 0;

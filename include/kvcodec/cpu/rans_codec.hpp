@@ -649,6 +649,12 @@ inline rans_ctx_decoder make_rans_ctx_decoder(std::span<const decode_table> tabl
   constexpr uint32_t unused = ~0u;
   std::vector<uint32_t> slot_of(tables.size(), unused);
   std::vector<uint32_t> base(cols);
+  {  // one allocation for the tables in use (growing by insert copied them log2(n) times)
+    std::vector<char> used(tables.size(), 0);
+    size_t distinct = 0;
+    for (size_t c = 0; c < cols; ++c) distinct += used[table_of_col[c]] ? 0 : (used[table_of_col[c]] = 1);
+    if (distinct * S <= (size_t{1} << 31)) d.entry64.reserve(distinct * S);
+  }
   for (size_t c = 0; c < cols; ++c) {
     const uint32_t k = table_of_col[c];
     if (slot_of[k] == unused) {
