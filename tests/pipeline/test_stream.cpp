@@ -290,7 +290,7 @@ TEST_CASE("random access: a token range reads only the segments it needs - resul
   }
 }
 
-TEST_CASE("random access through a file: the header, index and only the segments of the range are read") {
+TEST_CASE("random access through a file reads the header and index and only the segments of the range") {
   const kv_cache kv = rand_cache(3, 2, 1000, 8, dtype::f16, 10);
   const encoded e = encode("kvc:level=5", kv, {.chunk_tokens = 100});
   const std::string path = (std::filesystem::temp_directory_path() / ("kvcodec_ra_" + std::to_string(::getpid()) + ".kvc")).string();
