@@ -28,6 +28,7 @@
 
 #include "kvcodec/core/config.hpp"
 #include "kvcodec/core/error.hpp"
+#include "kvcodec/core/scalar/floats.hpp"
 #include "kvcodec/cpu/policy.hpp"
 #include "kvcodec/tensor/kv_cache.hpp"
 
@@ -56,9 +57,7 @@ struct row_diff {
   bool rec_nonfinite = false;  ///< y is NaN/Inf where x is finite
 };
 
-KVCODEC_HD inline bool is_finite_f32(float v) noexcept {
-  return (bit_cast_hd<std::uint32_t>(v) & 0x7f800000u) != 0x7f800000u;
-}
+using kvcodec::detail::is_finite_f32;
 
 /// Compares n elements of x with y; y == nullptr means the reconstruction is all zeros (dropped row).
 KVCODEC_HD inline row_diff diff_row(const float* x, const float* y, std::int64_t n) noexcept {
