@@ -19,6 +19,7 @@
 //  - AVX-512 (F/BW/VL/VBMI2), 16 lanes per vector, single table with 64-bit entries otherwise.
 #pragma once
 
+#include "kvcodec/core/endian.hpp"
 #include "kvcodec/core/error.hpp"
 #include "kvcodec/core/freq_table.hpp"
 #include "kvcodec/core/rans.hpp"
@@ -57,21 +58,6 @@ inline void check_lanes(const std::string& where, int lanes) {
     throw_bad_input(where, "lanes", "a multiple of 32 in 32..1024", std::to_string(lanes));
 }
 
-inline uint16_t load_le16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  if constexpr (std::endian::native == std::endian::big) v = static_cast<uint16_t>((v >> 8) | (v << 8));
-  return v;
-}
-inline uint32_t load_le32(const uint8_t* p) {
-  return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
-}
-inline void store_le32(uint8_t* p, uint32_t v) {
-  p[0] = static_cast<uint8_t>(v);
-  p[1] = static_cast<uint8_t>(v >> 8);
-  p[2] = static_cast<uint8_t>(v >> 16);
-  p[3] = static_cast<uint8_t>(v >> 24);
-}
 
 #if KVCODEC_RANS_AVX512
 inline bool rans_avx2_available();

@@ -27,6 +27,7 @@
 #include <string>
 
 #include "kvcodec/core/config.hpp"
+#include "kvcodec/core/endian.hpp"
 #include "kvcodec/core/error.hpp"
 #include "kvcodec/core/scalar/floats.hpp"
 #include "kvcodec/core/scalar/half.hpp"
@@ -154,13 +155,10 @@ KVCODEC_HD inline std::size_t store_params(const params& p, mode m, param_dtype 
   std::size_t off = 0;
   for (int k = 0; k < count; ++k) {
     if (pd == param_dtype::f16) {
-      const std::uint16_t h = f32_to_f16_bits(round_param(vals[k], pd));
-      out[off] = static_cast<std::uint8_t>(h & 0xffu);
-      out[off + 1] = static_cast<std::uint8_t>(h >> 8);
+      kvcodec::detail::store_le16(out + off, f32_to_f16_bits(round_param(vals[k], pd)));
       off += 2;
     } else {
-      const std::uint32_t b = bit_cast_hd<std::uint32_t>(vals[k]);
-      for (int j = 0; j < 4; ++j) out[off + j] = static_cast<std::uint8_t>((b >> (8 * j)) & 0xffu);
+      kvcodec::detail::store_le(out + off, vals[k]);
       off += 4;
     }
   }
@@ -173,12 +171,10 @@ KVCODEC_HD inline params load_params(const std::uint8_t* in, mode m, param_dtype
   std::size_t off = 0;
   for (int k = 0; k < count; ++k) {
     if (pd == param_dtype::f16) {
-      vals[k] = f16_bits_to_f32(static_cast<std::uint16_t>(in[off] | (in[off + 1] << 8)));
+      vals[k] = f16_bits_to_f32(kvcodec::detail::load_le16(in + off));
       off += 2;
     } else {
-      std::uint32_t b = 0;
-      for (int j = 0; j < 4; ++j) b |= static_cast<std::uint32_t>(in[off + j]) << (8 * j);
-      vals[k] = bit_cast_hd<float>(b);
+      vals[k] = kvcodec::detail::load_le<float>(in + off);
       off += 4;
     }
   }

@@ -31,6 +31,7 @@
 #include <string_view>
 
 #include "kvcodec/core/config.hpp"
+#include "kvcodec/core/endian.hpp"
 #include "kvcodec/core/error.hpp"
 #include "kvcodec/core/scalar/floats.hpp"
 #include "kvcodec/core/scalar/half.hpp"
@@ -84,24 +85,9 @@ namespace detail {
 
 KVCODEC_HD inline float finite_or_zero(float v) noexcept { return kvcodec::detail::is_finite_f32(v) ? v : 0.0f; }
 
-KVCODEC_HD inline void put_f16(std::uint8_t* p, float v) noexcept {
-  const std::uint16_t h = f32_to_f16_bits(v);
-  p[0] = static_cast<std::uint8_t>(h & 0xffu);
-  p[1] = static_cast<std::uint8_t>(h >> 8);
-}
+KVCODEC_HD inline void put_f16(std::uint8_t* p, float v) noexcept { kvcodec::detail::store_le16(p, f32_to_f16_bits(v)); }
 
-KVCODEC_HD inline float get_f16(const std::uint8_t* p) noexcept {
-  return f16_bits_to_f32(static_cast<std::uint16_t>(p[0] | (p[1] << 8)));
-}
-
-KVCODEC_HD inline void put_u32(std::uint8_t* p, std::uint32_t v) noexcept {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<std::uint8_t>((v >> (8 * i)) & 0xffu);
-}
-
-KVCODEC_HD inline std::uint32_t get_u32(const std::uint8_t* p) noexcept {
-  return static_cast<std::uint32_t>(p[0]) | (static_cast<std::uint32_t>(p[1]) << 8) |
-         (static_cast<std::uint32_t>(p[2]) << 16) | (static_cast<std::uint32_t>(p[3]) << 24);
-}
+KVCODEC_HD inline float get_f16(const std::uint8_t* p) noexcept { return f16_bits_to_f32(kvcodec::detail::load_le16(p)); }
 
 /// C's float->integer conversion (truncation toward zero) where defined, saturated to [lo, hi]
 /// otherwise; NaN gives `nan_code`.
@@ -246,12 +232,12 @@ KVCODEC_HD inline void quantize_block_q5_0(const float* x, std::uint8_t* out) no
     qh |= ((q0 & 0x10u) >> 4) << j;
     qh |= ((q1 & 0x10u) >> 4) << (j + qk / 2);
   }
-  detail::put_u32(out + 2, qh);
+  kvcodec::detail::store_le32(out + 2, qh);
 }
 
 KVCODEC_HD inline void dequantize_block_q5_0(const std::uint8_t* in, float* y) noexcept {
   const float d = detail::get_f16(in);
-  const std::uint32_t qh = detail::get_u32(in + 2);
+  const std::uint32_t qh = kvcodec::detail::load_le32(in + 2);
   for (std::size_t j = 0; j < qk / 2; ++j) {
     const int h0 = static_cast<int>((qh >> j) & 1u) << 4;
     const int h1 = static_cast<int>((qh >> (j + qk / 2)) & 1u) << 4;
@@ -279,13 +265,13 @@ KVCODEC_HD inline void quantize_block_q5_1(const float* x, std::uint8_t* out) no
     qh |= ((q0 & 0x10u) >> 4) << j;
     qh |= ((q1 & 0x10u) >> 4) << (j + qk / 2);
   }
-  detail::put_u32(out + 4, qh);
+  kvcodec::detail::store_le32(out + 4, qh);
 }
 
 KVCODEC_HD inline void dequantize_block_q5_1(const std::uint8_t* in, float* y) noexcept {
   const float d = detail::get_f16(in);
   const float m = detail::get_f16(in + 2);
-  const std::uint32_t qh = detail::get_u32(in + 4);
+  const std::uint32_t qh = kvcodec::detail::load_le32(in + 4);
   for (std::size_t j = 0; j < qk / 2; ++j) {
     const int h0 = static_cast<int>((qh >> j) & 1u) << 4;
     const int h1 = static_cast<int>((qh >> (j + qk / 2)) & 1u) << 4;

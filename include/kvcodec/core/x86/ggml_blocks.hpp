@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kvcodec/core/endian.hpp"
 #include "kvcodec/core/scalar/ggml_blocks.hpp"
 #include "kvcodec/core/simd.hpp"
 #include "kvcodec/core/x86/floats.hpp"
@@ -29,12 +30,10 @@ KVCODEC_TARGET_AVX2 inline float hmin8(__m256 v) noexcept {
   return _mm_cvtss_f32(h);
 }
 KVCODEC_TARGET_AVX2 inline float f16_at(const std::uint8_t* p) noexcept {
-  return _cvtsh_ss(static_cast<unsigned short>(p[0] | (p[1] << 8)));
+  return _cvtsh_ss(kvcodec::detail::load_le16(p));
 }
 KVCODEC_TARGET_AVX2 inline void put_f16_avx2(std::uint8_t* p, float v) noexcept {
-  const unsigned short h = _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  p[0] = static_cast<std::uint8_t>(h & 0xffu);
-  p[1] = static_cast<std::uint8_t>(h >> 8);
+  kvcodec::detail::store_le16(p, static_cast<std::uint16_t>(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
 }
 
 /// The 32 values of a block with non-finite ones replaced by +0 (finite_or_zero).
@@ -140,7 +139,7 @@ KVCODEC_TARGET_AVX2 inline void quantize_x_0_avx2(const float* x, std::uint8_t* 
   if constexpr (NB == 4) {
     store_nibbles(q, out + 2);
   } else {
-    put_u32(out + 2, high_bits(q));
+    kvcodec::detail::store_le32(out + 2, high_bits(q));
     store_nibbles(q, out + 6);
   }
 }
@@ -163,7 +162,7 @@ KVCODEC_TARGET_AVX2 inline void quantize_x_1_avx2(const float* x, std::uint8_t* 
   if constexpr (NB == 4) {
     store_nibbles(q, out + 4);
   } else {
-    put_u32(out + 4, high_bits(q));
+    kvcodec::detail::store_le32(out + 4, high_bits(q));
     store_nibbles(q, out + 8);
   }
 }
@@ -203,7 +202,7 @@ KVCODEC_TARGET_AVX2 inline void store_codes_u8(__m256i c, std::uint8_t* qs, std:
   if constexpr (NB == 4) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(qs), _mm_or_si128(lo, _mm_slli_epi16(hi, 4)));
   } else {
-    put_u32(qh, static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_slli_epi16(c, 3))));
+    kvcodec::detail::store_le32(qh, static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_slli_epi16(c, 3))));
     const __m128i m = _mm_set1_epi8(0x0f);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(qs), _mm_or_si128(_mm_and_si128(lo, m), _mm_slli_epi16(_mm_and_si128(hi, m), 4)));
   }
@@ -428,13 +427,13 @@ KVCODEC_TARGET_AVX2 inline void dequantize_block_avx2(block_type t, const std::u
     }
     case block_type::q5_0:
       nibbles_to_i32(in + 6, q);
-      add_high_bits(get_u32(in + 2), q);
+      add_high_bits(kvcodec::detail::load_le32(in + 2), q);
       for (int k = 0; k < 4; ++k) y[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q[k], _mm256_set1_epi32(16))), d);
       return;
     case block_type::q5_1: {
       const __m256 m = _mm256_set1_ps(f16_at(in + 2));
       nibbles_to_i32(in + 8, q);
-      add_high_bits(get_u32(in + 4), q);
+      add_high_bits(kvcodec::detail::load_le32(in + 4), q);
       for (int k = 0; k < 4; ++k) y[k] = _mm256_add_ps(m, kvcodec::detail::mul_ps_rn(_mm256_cvtepi32_ps(q[k]), d));
       return;
     }
