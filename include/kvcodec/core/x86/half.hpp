@@ -2,7 +2,7 @@
 //
 // Each kernel writes exactly the bytes of its scalar reference in core/scalar/half.hpp (F16C's RNE
 // conversion equals f32_to_f16_bits on every f32, NaN payloads included, and vcvtph2ps equals
-// f16_bits_to_f32 on every half: tests/tensor/test_dtype.cpp); the tail runs the reference.
+// f16_bits_to_f32 on every half: tests/core/test_half.cpp); the tail runs the reference.
 // Compiled only where core/simd.hpp can dispatch (KVCODEC_X86_DISPATCH); core/half.hpp picks.
 #pragma once
 
