@@ -2,6 +2,7 @@
 #include <cinttypes>
 
 #include "common.hpp"
+#include "kvcodec/format/shape_json.hpp"
 
 namespace kvcodec::cli {
 
@@ -32,8 +33,7 @@ command add_info(CLI::App& root) {
               j["file"] = o->in;
               j["version"] = h.version;
               j["codec"] = h.codec;
-              j["shape"] = {{"layers", h.shape.layers}, {"kv_heads", h.shape.kv_heads}, {"q_heads", h.shape.q_heads},
-                            {"head_dim", h.shape.head_dim}, {"tokens", h.shape.tokens}};
+              j["shape"] = shape_json(h.shape);
               j["dtype"] = std::string(dtype_name(h.source_dtype));
               j["layout"] = h.layout;
               j["sparse"] = h.sparse;

@@ -10,7 +10,7 @@
 #include <iostream>
 #include <string>
 
-#include "kvcodec/cpu/drop_rerotate.hpp"
+#include "kvcodec/cpu/drop/rerotate.hpp"
 #include "kvcodec/io/file.hpp"
 #include "kvcodec/io/kv_dump.hpp"
 #include "kvcodec/io/kv_dump_view.hpp"

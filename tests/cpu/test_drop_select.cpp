@@ -1,4 +1,4 @@
-// Tests of cpu/drop_select.hpp: budgets, protected tokens, each scorer's defining behaviour, the
+// Tests of cpu/drop_select.hpp and cpu/drop/ (one file per method): budgets, protected tokens, each scorer's defining behaviour, the
 // compressed prefix (obs_end), determinism, bad input, and the bars on the real stories260K dumps.
 #include <doctest/doctest.h>
 

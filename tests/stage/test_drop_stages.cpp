@@ -1,16 +1,17 @@
 // Tests of the registered drop stages (stage/drop_*.hpp, registry/drop_stages.hpp): names, canonical
 // specs, parameter errors, composition with a quantizer and entropy coder through encode/decode,
-// adakv's bytes vs a uniform budget, and key re-rotation (cpu/drop_rerotate.hpp).
+// adakv's bytes vs a uniform budget, and key re-rotation (cpu/drop/rerotate.hpp, pipeline/decode_dropped.hpp).
 #include <doctest/doctest.h>
 
 #include <cmath>
 #include <string>
 #include <vector>
 
-#include "kvcodec/cpu/drop_rerotate.hpp"
+#include "kvcodec/cpu/drop/rerotate.hpp"
 #include "kvcodec/cpu/drop_select.hpp"
 #include "kvcodec/eval/synth.hpp"
 #include "kvcodec/io/kv_dump.hpp"
+#include "kvcodec/pipeline/decode_dropped.hpp"
 #include "kvcodec/pipeline/encode.hpp"
 #include "kvcodec/registry/builtin.hpp"
 #include "../support/shared_data.hpp"

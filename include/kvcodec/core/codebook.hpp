@@ -21,6 +21,7 @@
 
 #include "kvcodec/core/config.hpp"
 #include "kvcodec/core/error.hpp"
+#include "kvcodec/core/scalar/floats.hpp"
 
 namespace kvcodec::codebook {
 
@@ -73,14 +74,7 @@ KVCODEC_HD inline void decode(const float* cb, const std::uint16_t* codes, std::
 
 /// max |x| over the finite values of x[0], x[stride], ... (0 if none).
 KVCODEC_HD inline float absmax(const float* x, std::size_t n, std::size_t stride = 1) noexcept {
-  float a = 0.0f;
-  for (std::size_t i = 0; i < n; ++i) {
-    const std::uint32_t b = bit_cast_hd<std::uint32_t>(x[i * stride]) & 0x7fffffffu;
-    if (b >= 0x7f800000u) continue;
-    const float v = bit_cast_hd<float>(b);
-    a = v > a ? v : a;
-  }
-  return a;
+  return kvcodec::detail::finite_amax_ref(x, n, stride);
 }
 
 /// NF4 code of one value given the block's (stored) absmax; absmax 0 gives the code of 0 (7).

@@ -7,7 +7,7 @@
 // (kvpress ExpectedAttentionPress); average pooling with zero padding (SnapKV, Li et al. 2024, as
 // torch avg_pool1d with count_include_pad); and the block-diagonal "average RoPE rotation" applied
 // to a vector of doubles. The lane kernels (drop_sumsq16, drop_dot16, drop_anchor_block, drop_exp)
-// are the scalar references of the AVX2 kernels in cpu/drop_select.hpp: element a of a row goes to
+// are the scalar references of the AVX2 kernels in cpu/x86/drop.hpp: element a of a row goes to
 // float lane a % 16 (two 8-float accumulators), each lane is an fma chain in increasing a, and
 // drop_lane_sum16 adds the lanes in the order the vector code does, so both paths give the same bits. Invariant: every function works on
 // explicit pointers and state, allocates nothing and throws nothing (KVCODEC_HD).

@@ -1,5 +1,6 @@
 // kvcodec/cpu/drop_stages.hpp — CPU implementations of the token-dropping stages: one template that
-// binds any drop descriptor (stage/drop_structural.hpp, stage/drop_attention.hpp) to drop_select.
+// binds any drop descriptor (stage/drop_structural.hpp, stage/drop_attention.hpp) to its method's
+// selector (cpu/drop/<method>.hpp, through cpu/drop_select.hpp).
 //
 // Invariant: select() is a pure function of the cache and the parameters (no state, no randomness
 // beyond the `seed` parameter), so encoding the same cache twice gives the same kept sets.

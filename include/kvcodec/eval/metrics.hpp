@@ -28,7 +28,9 @@
 
 #include "kvcodec/core/config.hpp"
 #include "kvcodec/core/error.hpp"
+#include "kvcodec/core/scalar/floats.hpp"
 #include "kvcodec/cpu/policy.hpp"
+#include "kvcodec/tensor/kept.hpp"
 #include "kvcodec/tensor/kv_cache.hpp"
 
 namespace kvcodec::eval {
@@ -56,9 +58,7 @@ struct row_diff {
   bool rec_nonfinite = false;  ///< y is NaN/Inf where x is finite
 };
 
-KVCODEC_HD inline bool is_finite_f32(float v) noexcept {
-  return (bit_cast_hd<std::uint32_t>(v) & 0x7f800000u) != 0x7f800000u;
-}
+using kvcodec::detail::is_finite_f32;
 
 /// Compares n elements of x with y; y == nullptr means the reconstruction is all zeros (dropped row).
 KVCODEC_HD inline row_diff diff_row(const float* x, const float* y, std::int64_t n) noexcept {
@@ -114,16 +114,7 @@ void run_tasks(std::int64_t n, unsigned threads, Fn&& fn) {
   cpu::parallel_for(nt, static_cast<std::size_t>(n), [&](std::size_t i) { fn(static_cast<std::int64_t>(i)); });
 }
 
-/// Dense 0/1 mask of the tokens a cache keeps for (layer, head).
-inline void kept_mask(const kv_cache& c, int l, int h, std::vector<std::uint8_t>& mask) {
-  const auto T = static_cast<std::size_t>(c.shape.tokens);
-  if (c.kept.empty()) {
-    mask.assign(T, 1);
-    return;
-  }
-  mask.assign(T, 0);
-  for (auto t : c.kept[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)]) mask[static_cast<std::size_t>(t)] = 1;
-}
+using kvcodec::kept_mask;  // tensor/kept.hpp: dense 0/1 mask of the tokens a cache keeps for (layer, head)
 
 struct tensor_sums {
   double ref_sq = 0.0, err_sq = 0.0, max_abs = 0.0, cos_sum = 0.0;

@@ -1,4 +1,5 @@
-// kvcodec/format/bytes.hpp — bounds-checked little-endian byte writer/reader with LEB128 varints.
+// kvcodec/format/bytes.hpp — bounds-checked little-endian byte writer/reader with LEB128 varints, and
+// appending little-endian values to a byte vector (the loads and stores themselves: core/endian.hpp).
 //
 // Every read checks the remaining length first and throws kvcodec::error(corrupt) naming the stream
 // and the field, so a truncated or lying stream can never read out of bounds.
@@ -11,20 +12,32 @@
 #include <string>
 #include <vector>
 
+#include "kvcodec/core/endian.hpp"
 #include "kvcodec/core/error.hpp"
 
 namespace kvcodec {
 
 using bytes = std::vector<std::uint8_t>;
 
+namespace detail {
+/// Appends v little-endian (core/endian.hpp) to out.
+template <class T>
+inline void append_le(bytes& out, T v) {
+  const std::size_t n = out.size();
+  out.resize(n + sizeof(T));
+  store_le(out.data() + n, v);
+}
+inline void append_le16(bytes& out, std::uint16_t v) { append_le(out, v); }
+inline void append_le32(bytes& out, std::uint32_t v) { append_le(out, v); }
+inline void append_le64(bytes& out, std::uint64_t v) { append_le(out, v); }
+}  // namespace detail
+
 class byte_writer {
  public:
   explicit byte_writer(bytes& out) : out_(&out) {}
   template <class T>
   void put(T v) {
-    const std::size_t n = out_->size();
-    out_->resize(n + sizeof(T));
-    std::memcpy(out_->data() + n, &v, sizeof(T));
+    detail::append_le(*out_, v);
   }
   void put_varint(std::uint64_t v) {
     while (v >= 0x80) {
@@ -56,8 +69,7 @@ class byte_reader {
   template <class T>
   T get(const char* field) {
     need(sizeof(T), field);
-    T v;
-    std::memcpy(&v, in_.data() + pos_, sizeof(T));
+    const T v = detail::load_le<T>(in_.data() + pos_);
     pos_ += sizeof(T);
     return v;
   }

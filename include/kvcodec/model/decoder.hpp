@@ -28,6 +28,7 @@
 #include "kvcodec/core/config.hpp"
 #include "kvcodec/core/error.hpp"
 #include "kvcodec/model/llama2c.hpp"
+#include "kvcodec/tensor/kept.hpp"
 #include "kvcodec/tensor/kv_cache.hpp"
 
 namespace kvcodec::model {
@@ -215,14 +216,7 @@ class kv_store {
         const std::size_t src = static_cast<std::size_t>(h) * T * hd;
         std::copy_n(c.keys[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(src), n * hd, key(l, h, 0));
         std::copy_n(c.values[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(src), n * hd, value(l, h, 0));
-        std::uint8_t* m = keep(l, h);
-        if (c.kept.empty()) {
-          std::fill_n(m, n, std::uint8_t{1});
-        } else {
-          std::fill_n(m, n, std::uint8_t{0});
-          for (std::int32_t t : c.kept[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)])
-            if (t < count) m[t] = 1;
-        }
+        kept_mask(c, l, h, keep(l, h), n);
       }
     if (records_queries()) {
       const bool have = c.has_queries() && c.shape.q_heads == q_heads_;
@@ -262,9 +256,7 @@ class kv_store {
     if (!dense) {
       c.kept.assign(static_cast<std::size_t>(layers_), std::vector<std::vector<std::int32_t>>(static_cast<std::size_t>(kv_heads_)));
       for (int l = 0; l < layers_; ++l)
-        for (int h = 0; h < kv_heads_; ++h)
-          for (int t = 0; t < length_; ++t)
-            if (keep(l, h)[t]) c.kept[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)].push_back(t);
+        for (int h = 0; h < kv_heads_; ++h) mask_to_kept(keep(l, h), n, c.kept[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)]);
     }
     c.tokens.assign(tokens_.begin(), tokens_.begin() + length_);
     c.positions.resize(n);

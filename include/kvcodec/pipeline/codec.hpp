@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kvcodec/registry/builtin.hpp"
 #include "kvcodec/registry/registry.hpp"
 
 namespace kvcodec {
@@ -83,5 +84,8 @@ inline codec make_codec(std::string_view spec_text, const registry& reg) {
   if (!c.entropy) c.entropy = detail::downcast<entropy_stage>(reg.find("pack")->make(stage_spec{"pack", {}}));
   return c;
 }
+
+/// Builds a codec from a spec string using the built-in registry (registry/builtin.hpp).
+inline codec make_codec(std::string_view spec_text) { return make_codec(spec_text, builtin_registry()); }
 
 }  // namespace kvcodec

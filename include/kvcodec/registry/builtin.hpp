@@ -1,15 +1,16 @@
 // kvcodec/registry/builtin.hpp — the registry of every stage and preset kvcodec ships.
 //
-// One line per stage: add<descriptor, implementation>().
+// One line per stage: add<descriptor, implementation>(), by family in registry/*_stages.hpp; the
+// presets in registry/presets.hpp. make_codec(spec) over this registry: pipeline/codec.hpp.
 #pragma once
 
 #include "kvcodec/cpu/pack.hpp"
 #include "kvcodec/cpu/raw.hpp"
 #include "kvcodec/cpu/zstd.hpp"
-#include "kvcodec/pipeline/codec.hpp"
 #include "kvcodec/registry/registry.hpp"
 #include "kvcodec/registry/drop_stages.hpp"
 #include "kvcodec/registry/entropy_stages.hpp"
+#include "kvcodec/registry/presets.hpp"
 #include "kvcodec/registry/quant_stages.hpp"
 
 namespace kvcodec {
@@ -20,8 +21,9 @@ inline registry make_builtin_registry() {
   r.add<entropy::pack, cpu::pack_entropy>();
   r.add<entropy::zstd, cpu::zstd_entropy>();
   register_quant_stages(r);    // quantizers and transforms (issue: quantizer family)
-  register_entropy_stages(r);  // rans, ac, cachegen / kvc presets
+  register_entropy_stages(r);  // rans, ac, cachegen-quant, delta
   register_drop_stages(r);     // token dropping (kvpress family)
+  register_presets(r);         // cachegen, cachegen-paper, kvc
   return r;
 }
 
@@ -30,7 +32,5 @@ inline const registry& builtin_registry() {
   static const registry r = make_builtin_registry();
   return r;
 }
-
-inline codec make_codec(std::string_view spec_text) { return make_codec(spec_text, builtin_registry()); }
 
 }  // namespace kvcodec

@@ -1,7 +1,18 @@
 // kvcodec/registry/drop_stages.hpp — registers the token-dropping stages (kvpress family): random,
-// streamingllm, knorm, keydiff, h2o, snapkv, tova, expected-attention, pyramidkv, adakv.
+// streamingllm, knorm, keydiff, h2o, snapkv, tova, expected-attention, pyramidkv, adakv. Each one's CPU
+// selector and scorer: cpu/drop/<name>.hpp.
 #pragma once
 
+#include "kvcodec/cpu/drop/adakv.hpp"
+#include "kvcodec/cpu/drop/expected_attention.hpp"
+#include "kvcodec/cpu/drop/h2o.hpp"
+#include "kvcodec/cpu/drop/keydiff.hpp"
+#include "kvcodec/cpu/drop/knorm.hpp"
+#include "kvcodec/cpu/drop/pyramidkv.hpp"
+#include "kvcodec/cpu/drop/random.hpp"
+#include "kvcodec/cpu/drop/snapkv.hpp"
+#include "kvcodec/cpu/drop/streamingllm.hpp"
+#include "kvcodec/cpu/drop/tova.hpp"
 #include "kvcodec/cpu/drop_stages.hpp"
 #include "kvcodec/registry/registry.hpp"
 

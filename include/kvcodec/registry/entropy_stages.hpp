@@ -1,15 +1,7 @@
 // kvcodec/registry/entropy_stages.hpp — registers the entropy coders (rans, ac), CacheGen's
-// quantizer and float delta, and the presets `cachegen`, `cachegen-paper` and `kvc:level=1..9`.
-//
-// cachegen       = LMCache's default CacheGen: cachegen-quant (per-token max-abs, keys 32 bins for
-//                  layers 0-9 then 16, values 32 for layers 0-1 then 16, f16 scales) + ac (per
-//                  channel 33-entry 16-bit CDFs rebuilt every chunk, one stream + u32 length per token).
-// cachegen-paper = the paper's three quantization levels with anchor-group token deltas (groups of
-//                  10 tokens, in the symbol domain, lossless), same coder.
-// kvc:level=L    = kvcodec's own family, 1 most faithful .. 9 smallest (table in kvc_level_spec).
+// quantizer and float delta. The presets built from them (cachegen, cachegen-paper, kvc) are in
+// registry/presets.hpp.
 #pragma once
-
-#include <string>
 
 #include "kvcodec/cpu/ac_entropy.hpp"
 #include "kvcodec/cpu/cachegen.hpp"
@@ -19,53 +11,11 @@
 
 namespace kvcodec {
 
-namespace presets {
-struct cachegen_p {
-  template <class V> void visit(V&) {}
-  void validate() const {}
-};
-struct cachegen_paper_p {
-  int level = 1;
-  template <class V> void visit(V& v) { v("level", level, "paper quantization level: 1 (32/16 bins), 2 (16/8), 3 (8/4)"); }
-  void validate() const { check_param(level >= 1 && level <= 3, "cachegen-paper", "level", "1..3", level); }
-};
-struct kvc_p {
-  int level = 5;
-  template <class V> void visit(V& v) { v("level", level, "1 (most faithful) .. 9 (smallest)"); }
-  void validate() const { check_param(level >= 1 && level <= 9, "kvc", "level", "1..9", level); }
-};
-}  // namespace presets
-
-inline std::string cachegen_spec() { return "cachegen-quant|ac:ctx=channel,streams=row"; }
-
-inline std::string cachegen_paper_spec(int level) {
-  static const char* bins[3][2] = {{"32/16", "32/16"}, {"16/8", "16/8"}, {"8/4", "8/4"}};
-  const auto& b = bins[level - 1];
-  return std::string("cachegen-quant:kbins=") + b[0] + ",vbins=" + b[1] + "|ac:ctx=channel,streams=row,pred=anchor,group=10";
-}
-
-/// kvc levels: key bins (per-channel scales per chunk), value bins (per-token scales).
-inline std::string kvc_level_spec(int level) {
-  struct row {
-    int kb, vb;
-  };
-  static const row t[9] = {{256, 256}, {128, 128}, {64, 64}, {48, 48}, {32, 32}, {24, 24}, {16, 16}, {12, 12}, {8, 8}};
-  const row& r = t[level - 1];
-  return "cachegen-quant:kbins=" + std::to_string(r.kb) + ",klayers=-,vbins=" + std::to_string(r.vb) +
-         ",vlayers=-,kaxis=channel,vaxis=token|rans:lanes=0,tables=shared,ctx=auto,model=auto";
-}
-
 inline void register_entropy_stages(registry& r) {
   r.add<entropy::rans, cpu::rans_entropy>();
   r.add<entropy::ac, cpu::ac_entropy>();
   r.add<quant::cachegen, cpu::cachegen_quant>();
   r.add<transform::delta, cpu::delta_transform>();
-  r.add_preset<presets::cachegen_p>("cachegen", "CacheGen as LMCache ships it (per-token quantizer, tiered bins, torchac-style coder)",
-                                    [](const presets::cachegen_p&) { return cachegen_spec(); });
-  r.add_preset<presets::cachegen_paper_p>("cachegen-paper", "CacheGen paper: three quantization levels + anchor-group token deltas",
-                                          [](const presets::cachegen_paper_p& p) { return cachegen_paper_spec(p.level); });
-  r.add_preset<presets::kvc_p>("kvc", "kvcodec's own codec family: level 1 (most faithful) .. 9 (smallest)",
-                               [](const presets::kvc_p& p) { return kvc_level_spec(p.level); });
 }
 
 }  // namespace kvcodec

@@ -1,8 +1,8 @@
 // kvcodec/registry/registry.hpp — name -> stage factory, for codecs built from spec strings.
 //
-// Adding a stage = one descriptor header + one implementation + one `add<D, Impl>()` line in
-// registry/builtin.hpp. Presets are named specs (possibly parameterised, e.g. `kvc:level=3`) that
-// expand to a full stage list before construction.
+// Adding a stage = one descriptor header + one implementation + one `add<D, Impl>()` line in its
+// family's registry/*_stages.hpp. Presets (registry/presets.hpp) are named specs (possibly
+// parameterised, e.g. `kvc:level=3`) that expand to a full stage list before construction.
 #pragma once
 
 #include <algorithm>

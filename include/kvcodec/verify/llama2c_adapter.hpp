@@ -18,6 +18,7 @@
 
 #include "kvcodec/core/error.hpp"
 #include "kvcodec/model/decoder.hpp"
+#include "kvcodec/tensor/kept.hpp"
 #include "kvcodec/verify/hooks.hpp"
 
 namespace kvcodec::verify {
@@ -51,13 +52,7 @@ class decoder_verifier final : public verifier {
           const std::size_t off = static_cast<std::size_t>(h) * T * hd;
           std::copy_n(ctx->keys[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(off), T * hd, s.key(l, h, 0));
           std::copy_n(ctx->values[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(off), T * hd, s.value(l, h, 0));
-          std::uint8_t* m = s.keep(l, h);
-          if (ctx->kept.empty()) {
-            std::fill_n(m, T, std::uint8_t{1});
-          } else {
-            std::fill_n(m, T, std::uint8_t{0});
-            for (auto t : ctx->kept[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)]) m[t] = 1;
-          }
+          kept_mask(*ctx, l, h, s.keep(l, h), T);
         }
     }
     installed_ = ctx;

@@ -1,5 +1,6 @@
-// Tests for kvcodec/tensor/dtype.hpp: the bulk f32 <-> f16 / bf16 kernels (AVX2/F16C when the CPU has
-// them) against the per-value scalar references, byte for byte, on every half, random and edge f32s.
+// Tests for kvcodec/core/half.hpp (and tensor/dtype.hpp's encode/decode_floats over it): the bulk
+// f32 <-> f16 / bf16 kernels (core/x86/half.hpp, when the CPU has AVX2/F16C) against the per-value
+// scalar references of core/scalar/half.hpp, byte for byte, on every half, random and edge f32s.
 #include <doctest/doctest.h>
 
 #include <cstdint>
@@ -9,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "kvcodec/core/half.hpp"
 #include "kvcodec/core/simd.hpp"
 #include "kvcodec/tensor/dtype.hpp"
 
