@@ -354,6 +354,45 @@ TEST_CASE("kv_dump: non-KV / inconsistent and garbage input") {
   }
 }
 
+TEST_CASE("kv_dump: a compact dump's dense size is bounded by the file's bytes (issue 11)") {
+  // One layer, one head, no kept token: nothing in the file backs the tokens x head_dim it claims.
+  const auto lying = [](std::int64_t head_dim, std::int32_t tokens) {
+    tensor_file f;
+    f.tensors.push_back(ftensor("past_key_values.0.h0.key", {0, head_dim}));
+    f.tensors.push_back(ftensor("past_key_values.0.h0.value", {0, head_dim}));
+    f.tensors.push_back(ftensor("past_key_values.0.h0.positions", {0}, dtype::i32));
+    tensor nt = ftensor("past_key_values.num_tokens", {1}, dtype::i32);
+    std::memcpy(nt.bytes.data(), &tokens, 4);
+    f.tensors.push_back(nt);
+    return f;
+  };
+  SUBCASE("num_tokens 2^28 from a few hundred bytes (read 'successfully' as 2 GB before)") {
+    const auto img = safetensors_bytes(lying(1, 1 << 28));
+    CHECK(img.size() < 400);
+    const auto e = catch_error([&] { read_kv_dump_bytes(img, "lying.safetensors"); });
+    CHECK(e.kind == error_kind::bad_input);
+    CHECK(e.has("lying.safetensors"));
+    CHECK(e.has("compact layout"));
+    CHECK(e.has("268435456 tokens"));
+  }
+  SUBCASE("tokens x head_dim beyond size_t: a bad_input error, not std::length_error") {
+    const auto img = safetensors_bytes(lying(std::int64_t{1} << 30, 2147483647));
+    const auto e = catch_error([&] { read_kv_dump_bytes(img, "huge.safetensors"); });
+    CHECK(e.kind == error_kind::bad_input);
+    CHECK(e.has("1073741824 head_dim"));
+  }
+  SUBCASE("the same bound without a file: estimated from the tensors") {
+    CHECK(kv_error(lying(8, 1 << 24)).has("compact layout"));
+  }
+  SUBCASE("a compact dump within the bound reads, dropped tokens zero") {
+    const auto img = safetensors_bytes(lying(8, 64));
+    const kv_dump d = read_kv_dump_bytes(img, "small.safetensors");
+    CHECK(d.layout == kv_layout::hf_compact);
+    CHECK(d.cache.shape.tokens == 64);
+    CHECK(d.cache.kept.at(0).at(0).empty());
+  }
+}
+
 TEST_CASE("kv_dump: real stories260K dumps") {
   const auto f32f = kvcodec::test::shared_file("kv/stories260K-s0.safetensors");
   const auto bf16f = kvcodec::test::shared_file("kv/stories260K-s0.bf16.safetensors");

@@ -211,6 +211,38 @@ TEST_CASE("safetensors: bad input is rejected with a precise message") {
   }
 }
 
+TEST_CASE("safetensors: tensors must tile the data area exactly (no holes, no trailing bytes)") {
+  const std::string two = R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})";
+  CHECK_FALSE(parse_error(two, 8).thrown);
+  SUBCASE("trailing junk after the last tensor") {
+    const auto e = parse_error(two, 11);
+    CHECK(e.kind == error_kind::bad_input);
+    CHECK(e.has("fixture"));
+    CHECK(e.has("field 'data area'"));
+    CHECK(e.has("3 trailing bytes"));
+  }
+  SUBCASE("a hole between two tensors") {
+    const auto e = parse_error(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[6,10]}})", 10);
+    CHECK(e.kind == error_kind::bad_input);
+    CHECK(e.has("data_offsets of tensor 'b'"));
+    CHECK(e.has("a hole of 2 unused bytes"));
+  }
+  SUBCASE("a hole before the first tensor") {
+    CHECK(parse_error(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})", 6).has("a hole of 2 unused bytes before 'a' [2, 6)"));
+  }
+  SUBCASE("a data area with no tensor at all") {
+    CHECK(parse_error(R"({"__metadata__":{"k":"v"}})", 5).has("5 trailing bytes"));
+  }
+  SUBCASE("an empty tensor inside another one") {
+    CHECK(parse_error(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"e":{"dtype":"U8","shape":[0],"data_offsets":[2,2]}})", 4)
+              .has("non-overlapping"));
+  }
+  SUBCASE("empty tensors where the previous one ends are fine, in any header order") {
+    CHECK_FALSE(parse_error(R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[4,4]},"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+                            R"("z":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}})", 4).thrown);
+  }
+}
+
 TEST_CASE("safetensors: random garbage and mutated files never crash") {
   std::mt19937 rng(12345);
   for (int i = 0; i < 300; ++i) {
