@@ -216,3 +216,27 @@ TEST_CASE("a wrong version or magic is a clear bad-input error") {
     CHECK(std::string(e.what()).find("version") != std::string::npos);
   }
 }
+
+TEST_CASE("stage parameters that the container's shape refuses are a corrupt-file error naming the file") {
+  // kivi's value groups must divide head_dim (16 here): a version 1 file (no header-bound checksums)
+  // relabelled to group=12 reaches the stage, which refuses it at decode time.
+  kv_cache kv = kv_cache::zeros(kv_shape{1, 2, 0, 16, 64}, dtype::f16);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n;
+  for (auto* side : {&kv.keys, &kv.values})
+    for (auto& l : *side)
+      for (auto& x : l) x = round_to_dtype(n(rng), dtype::f16);
+  const bytes good = to_v1(encode("kivi:bits=4,group=8", kv, {.chunk_tokens = 32}).data);
+  const bytes bad = with_header(good, [](nlohmann::json& j) {
+    std::string c = j["codec"];
+    c.replace(c.find("group=8"), 7, "group=12");
+    j["codec"] = c;
+  });
+  try {
+    decode(cpu::seq, bad, decode_options{.name = "relabel.kvc"});
+    FAIL("no error");
+  } catch (const error& e) {
+    CHECK(e.kind() == error_kind::corrupt);
+    CHECK(std::string(e.what()).find("relabel.kvc") != std::string::npos);
+  }
+}
