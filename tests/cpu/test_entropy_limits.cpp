@@ -63,7 +63,7 @@ TEST_CASE("ac decode: CDFs a stream claims must be backed by its bytes before th
 
 TEST_CASE("entropy model: a parsed model allocates nothing per column that its bytes do not back") {
   using namespace kvcodec::cpu::em;
-  SUBCASE("pooled: no column map at all, whatever cols is") {
+  SUBCASE("pooled: no column map at all / whatever cols is") {
     bytes m = {0 /* pooled */, 1 /* geometric */, 2, 0, 0, 0x80};
     byte_reader r(m, "model");
     const plane_model pm = parse_model(r, 1u << 24, 4, 12);
@@ -79,7 +79,7 @@ TEST_CASE("entropy model: a parsed model allocates nothing per column that its b
     CHECK(e.kind == error_kind::corrupt);
     CHECK(e.has("channel model of 1048576 columns needs 1048576 tables"));
   }
-  SUBCASE("map: its groups' tables must fit, a map of one group keeps no column map") {
+  SUBCASE("map: its groups' tables must fit / a map of one group keeps no column map") {
     bytes m = {2 /* map */};
     put_varint(m, 100000);  // groups
     m.resize(m.size() + 64, 0);
@@ -109,7 +109,7 @@ TEST_CASE("entropy model: a parsed model allocates nothing per column that its b
   }
 }
 
-TEST_CASE("rans:tables=shared load_state: cols bounded by the shape, one entry per key") {
+TEST_CASE("rans:tables=shared load_state: cols bounded by the shape / one entry per key") {
   cache_info info;
   info.shape = kv_shape{2, 1, 0, 8, 4};  // largest block: 4 rows x 8 -> 65600 symbols at most
   const auto entry = [](bytes& s, std::uint64_t layer, std::uint8_t key, std::uint64_t cols) {
@@ -136,7 +136,7 @@ TEST_CASE("rans:tables=shared load_state: cols bounded by the shape, one entry p
     CHECK(e.kind == error_kind::corrupt);
     CHECK(e.has("field 'cols': expected at most 65600"));
   }
-  SUBCASE("the same (layer, K/V, plane, sub-plane) twice") {
+  SUBCASE("the same (layer / K/V / plane / sub-plane) twice") {
     bytes s;
     put_varint(s, 3);
     entry(s, 0, 1, 8);

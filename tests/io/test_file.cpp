@@ -120,7 +120,7 @@ TEST_CASE("write_file_atomic: a failed write removes its temporary file") {
   CHECK(catch_error([&] { write_file_atomic(d.path + "/missing/x.kvc", text("x"), false); }).kind == error_kind::io);
 }
 
-TEST_CASE("write_file_atomic: SIGINT/SIGTERM remove a registered temporary file, then the signal kills") {
+TEST_CASE("write_file_atomic: SIGINT/SIGTERM remove a registered temporary file / then the signal kills") {
   for (const int sig : {SIGINT, SIGTERM}) {
     temp_dir d;
     const std::string tmp = d.path + "/out.kvc.tmp-42";

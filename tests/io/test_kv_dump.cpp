@@ -375,7 +375,7 @@ TEST_CASE("kv_dump: a compact dump's dense size is bounded by the file's bytes (
     CHECK(e.has("compact layout"));
     CHECK(e.has("268435456 tokens"));
   }
-  SUBCASE("tokens x head_dim beyond size_t: a bad_input error, not std::length_error") {
+  SUBCASE("tokens x head_dim beyond size_t: a bad_input error / not std::length_error") {
     const auto img = safetensors_bytes(lying(std::int64_t{1} << 30, 2147483647));
     const auto e = catch_error([&] { read_kv_dump_bytes(img, "huge.safetensors"); });
     CHECK(e.kind == error_kind::bad_input);
@@ -384,7 +384,7 @@ TEST_CASE("kv_dump: a compact dump's dense size is bounded by the file's bytes (
   SUBCASE("the same bound without a file: estimated from the tensors") {
     CHECK(kv_error(lying(8, 1 << 24)).has("compact layout"));
   }
-  SUBCASE("a compact dump within the bound reads, dropped tokens zero") {
+  SUBCASE("a compact dump within the bound reads / dropped tokens zero") {
     const auto img = safetensors_bytes(lying(8, 64));
     const kv_dump d = read_kv_dump_bytes(img, "small.safetensors");
     CHECK(d.layout == kv_layout::hf_compact);

@@ -211,7 +211,7 @@ TEST_CASE("safetensors: bad input is rejected with a precise message") {
   }
 }
 
-TEST_CASE("safetensors: tensors must tile the data area exactly (no holes, no trailing bytes)") {
+TEST_CASE("safetensors: tensors must tile the data area exactly (no holes / no trailing bytes)") {
   const std::string two = R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})";
   CHECK_FALSE(parse_error(two, 8).thrown);
   SUBCASE("trailing junk after the last tensor") {
@@ -237,7 +237,7 @@ TEST_CASE("safetensors: tensors must tile the data area exactly (no holes, no tr
     CHECK(parse_error(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"e":{"dtype":"U8","shape":[0],"data_offsets":[2,2]}})", 4)
               .has("non-overlapping"));
   }
-  SUBCASE("empty tensors where the previous one ends are fine, in any header order") {
+  SUBCASE("empty tensors where the previous one ends are fine / in any header order") {
     CHECK_FALSE(parse_error(R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[4,4]},"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
                             R"("z":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}})", 4).thrown);
   }
