@@ -1,9 +1,4 @@
 // kvcodec encode -c SPEC IN OUT
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
-
 #include "common.hpp"
 
 namespace kvcodec::cli {
@@ -34,8 +29,8 @@ command add_encode(CLI::App& root) {
             io::atomic_output out(o->out, o->force);
             io::file_sink sink(out);
             encode_report rep;
-            // Dense safetensors dumps are read in place from a mapping (each chunk's pages dropped once
-            // coded: memory stays bounded); other dumps, and drop stages that score queries, are read whole.
+            // Dense safetensors dumps are read a block of rows at a time (pread at the addresses the mapped
+            // view gives: memory stays bounded); other dumps, and drop stages that score queries, are read whole.
             std::optional<io::kv_dump_view> dv;
             if (!c.drop) dv = io::open_kv_dump_view(o->in);
             if (dv) {
@@ -43,27 +38,14 @@ command add_encode(CLI::App& root) {
               const const_kv_view& w = dv->view;
               // Rows are read with pread, not through the mapping: the kernel maps whole large folios
               // on a fault, so touching one chunk of every layer would map most of the file.
-              const int fd = ::open(o->in.c_str(), O_RDONLY | O_CLOEXEC);
-              if (fd < 0) io::throw_io(o->in + ": cannot open for reading");
               const auto* base = reinterpret_cast<const std::byte*>(dv->file->bytes().data());
               eo.read_rows = [&](int l, bool key, int hh, std::int64_t t0, std::int64_t t1, float* out) {
                 const std::size_t n = static_cast<std::size_t>(t1 - t0) * static_cast<std::size_t>(w.head_dim);
                 thread_local std::vector<std::uint8_t> buf;
                 buf.resize(n * w.elem_size());
-                const auto off = static_cast<off_t>(w.row(l, key, hh, t0) - base);
-                std::size_t got = 0;
-                while (got < buf.size()) {
-                  const ssize_t r = ::pread(fd, buf.data() + got, buf.size() - got, off + static_cast<off_t>(got));
-                  if (r < 0 && errno == EINTR) continue;
-                  if (r <= 0) io::throw_io(o->in + ": read failed at offset " + std::to_string(off + static_cast<off_t>(got)));
-                  got += static_cast<std::size_t>(r);
-                }
+                dv->file->file().read_at(static_cast<std::uint64_t>(w.row(l, key, hh, t0) - base), buf, "K/V rows");
                 decode_floats(buf.data(), n, w.dt, out);
               };
-              struct closer {
-                int fd;
-                ~closer() { ::close(fd); }
-              } close_fd{fd};
               rep = encode_to(cpu::par(o->threads), c, w, sink, eo, dv->extras);
             } else {
               io::kv_dump d = io::read_kv_dump(o->in);

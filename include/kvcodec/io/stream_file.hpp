@@ -22,10 +22,10 @@
 
 namespace kvcodec::io {
 
-/// A whole file mapped read-only (empty files map to an empty span).
-class mapped_file {
+/// A regular file open for reading: its size and exact-length positional reads (thread-safe).
+class input_file {
  public:
-  explicit mapped_file(const std::string& path) : path_(path) {
+  explicit input_file(const std::string& path) : path_(path) {
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0) throw_io(path + ": cannot open for reading: " + std::strerror(errno));
     struct stat st {};
@@ -33,13 +33,39 @@ class mapped_file {
       ::close(fd_);
       throw_io(path + ": not a regular file");
     }
-    size_ = static_cast<std::size_t>(st.st_size);
+    size_ = static_cast<std::uint64_t>(st.st_size);
+  }
+  input_file(const input_file&) = delete;
+  input_file& operator=(const input_file&) = delete;
+  ~input_file() { ::close(fd_); }
+  int fd() const noexcept { return fd_; }
+  std::uint64_t size() const noexcept { return size_; }
+  const std::string& path() const noexcept { return path_; }
+  /// Reads exactly out.size() bytes at `off`; a file that ends first is a corrupt error naming `what`.
+  void read_at(std::uint64_t off, std::span<std::uint8_t> out, const char* what) const {
+    std::size_t done = 0;
+    while (done < out.size()) {
+      const ssize_t n = ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(off + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw_io(path_ + ": read failed at offset " + std::to_string(off + done) + ": " + std::strerror(errno));
+      if (n == 0) throw_corrupt(path_, std::string("truncated while reading the ") + what);
+      done += static_cast<std::size_t>(n);
+    }
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  std::uint64_t size_ = 0;
+};
+
+/// A whole file mapped read-only (empty files map to an empty span).
+class mapped_file {
+ public:
+  explicit mapped_file(const std::string& path) : file_(path), size_(static_cast<std::size_t>(file_.size())) {
     if (size_ > 0) {
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
-      if (p == MAP_FAILED) {
-        ::close(fd_);
-        throw_io(path + ": cannot map: " + std::strerror(errno));
-      }
+      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, file_.fd(), 0);
+      if (p == MAP_FAILED) throw_io(path + ": cannot map: " + std::strerror(errno));
       data_ = static_cast<const std::uint8_t*>(p);
     }
   }
@@ -47,29 +73,16 @@ class mapped_file {
   mapped_file& operator=(const mapped_file&) = delete;
   ~mapped_file() {
     if (data_) ::munmap(const_cast<std::uint8_t*>(data_), size_);
-    if (fd_ >= 0) ::close(fd_);
   }
   std::span<const std::uint8_t> bytes() const noexcept { return {data_, size_}; }
-  const std::string& path() const noexcept { return path_; }
-  /// Drops the pages of [p, p + n) from this process (they stay in the page cache and read back on
-  /// the next access): bounds the resident set of a pass over a large file.
-  void release(const void* p, std::size_t n) const noexcept {
-    if (!data_ || n == 0) return;
-    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-    auto a = reinterpret_cast<std::uintptr_t>(p), b = a + n;
-    a = (a + page - 1) / page * page;  // whole pages inside the range only
-    b = b / page * page;
-    const auto lo = reinterpret_cast<std::uintptr_t>(data_), hi = lo + size_;
-    a = std::max(a, lo);
-    b = std::min(b, hi);
-    if (b > a) ::madvise(reinterpret_cast<void*>(a), b - a, MADV_DONTNEED);
-  }
+  const std::string& path() const noexcept { return file_.path(); }
+  /// The same file for positional reads (a mapping faults whole large folios in; pread does not).
+  const input_file& file() const noexcept { return file_; }
 
  private:
-  std::string path_;
-  int fd_ = -1;
-  const std::uint8_t* data_ = nullptr;
+  input_file file_;
   std::size_t size_ = 0;
+  const std::uint8_t* data_ = nullptr;
 };
 
 /// A byte_sink appending to an atomic_output through a 4 MiB buffer.
@@ -99,27 +112,9 @@ class file_sink final : public byte_sink {
 /// the footer at the end; version 1: from the header), then only the segments asked for.
 class kvc_file {
  public:
-  explicit kvc_file(const std::string& path, const kvc_limits& lim = {}) : path_(path) {
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd_ < 0) throw_io(path + ": cannot open for reading: " + std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd_);
-      throw_io(path + ": not a regular file");
-    }
-    size_ = static_cast<std::uint64_t>(st.st_size);
-    try {
-      open_(lim);
-    } catch (...) {
-      ::close(fd_);
-      throw;
-    }
-  }
+  explicit kvc_file(const std::string& path, const kvc_limits& lim = {}) : file_(path), path_(path), size_(file_.size()) { open_(lim); }
   kvc_file(const kvc_file&) = delete;
   kvc_file& operator=(const kvc_file&) = delete;
-  ~kvc_file() {
-    if (fd_ >= 0) ::close(fd_);
-  }
   const kvc_header& header() const noexcept { return h_; }
   const std::string& path() const noexcept { return path_; }
   std::uint64_t size() const noexcept { return size_; }
@@ -137,14 +132,7 @@ class kvc_file {
 
  private:
   void read_at(std::uint64_t off, std::span<std::uint8_t> out, const char* what) const {
-    std::size_t done = 0;
-    while (done < out.size()) {
-      const ssize_t n = ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(off + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) throw_io(path_ + ": read failed: " + std::strerror(errno));
-      if (n == 0) throw_corrupt(path_, std::string("truncated while reading the ") + what);
-      done += static_cast<std::size_t>(n);
-    }
+    file_.read_at(off, out, what);
     read_ += out.size();
   }
   bytes read_bytes(std::uint64_t off, std::uint64_t n, const char* what) const {
@@ -181,8 +169,8 @@ class kvc_file {
     }
   }
 
+  input_file file_;
   std::string path_;
-  int fd_ = -1;
   std::uint64_t size_ = 0, base_ = 0;
   mutable std::atomic<std::uint64_t> read_{0};
   kvc_header h_;
