@@ -4,22 +4,11 @@
 #include <random>
 
 #include "kvcodec/kvcodec.hpp"
+#include "../support/random_cache.hpp"
 
 using namespace kvcodec;
+using kvcodec::test::random_cache;
 
-namespace {
-kv_cache random_cache(int layers, int heads, int T, int D, dtype src = dtype::f32, unsigned seed = 1) {
-  kv_cache kv = kv_cache::zeros(kv_shape{layers, heads, 0, D, T}, src);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> n(0.f, 1.f);
-  for (auto* side : {&kv.keys, &kv.values})
-    for (auto& l : *side)
-      for (auto& x : l) x = round_to_dtype(n(rng), src);
-  kv.metadata["model"] = "test";
-  for (int t = 0; t < T; ++t) kv.tokens.push_back(t * 7 % 100);
-  return kv;
-}
-}  // namespace
 
 TEST_CASE("raw and zstd round-trip exactly over shapes and chunk sizes") {
   for (dtype src : {dtype::f32, dtype::f16, dtype::bf16})

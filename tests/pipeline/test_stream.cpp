@@ -10,21 +10,13 @@
 #include <filesystem>
 
 #include "kvcodec/kvcodec.hpp"
+#include "../support/random_cache.hpp"
 #include "kvcodec/pipeline/decode_file.hpp"
 
 using namespace kvcodec;
+using kvcodec::test::random_cache;
 
 namespace {
-kv_cache rand_cache(int layers, int heads, int T, int D, dtype src, unsigned seed = 3) {
-  kv_cache kv = kv_cache::zeros(kv_shape{layers, heads, 0, D, T}, src);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> n(0.f, 1.f);
-  for (auto* side : {&kv.keys, &kv.values})
-    for (auto& l : *side)
-      for (auto& x : l) x = round_to_dtype(n(rng), src);
-  for (int t = 0; t < T; ++t) kv.tokens.push_back(t % 97);
-  return kv;
-}
 
 /// The cache's K/V stored in dtype `t` in a Hugging Face [1, H, T, D] buffer per layer and tensor.
 struct hf_buffers {
@@ -73,7 +65,7 @@ void check_equal(const kv_view& w, const kv_cache& ref) {
 TEST_CASE("views: encode from f16/bf16/f32 buffers equals encoding the owning cache / decode into every dtype") {
   for (dtype t : {dtype::f16, dtype::bf16, dtype::f32}) {
     CAPTURE(dtype_name(t));
-    const kv_cache kv = rand_cache(2, 3, 300, 32, t);
+    const kv_cache kv = random_cache(2, 3, 300, 32, t);
     hf_buffers buf(kv, t);
     const const_kv_view in = buf.view<const_kv_view>(kv, t);
     for (const char* spec : {"raw", "kvc:level=5", "q8_0", "kivi:bits=4|rans", "hadamard|uniform:bits=4"}) {
@@ -81,6 +73,8 @@ TEST_CASE("views: encode from f16/bf16/f32 buffers equals encoding the owning ca
       codec c1 = make_codec(spec), c2 = make_codec(spec);
       kv_extras ex;
       ex.tokens = kv.tokens;
+    ex.metadata = kv.metadata;
+      ex.metadata = kv.metadata;
       const encoded a = encode(cpu::seq, c1, in, {.chunk_tokens = 128}, ex);
       const encoded b = encode(cpu::par(3), c2, kv, {.chunk_tokens = 128});
       CHECK(a.data == b.data);  // same container from a view and from the cache, any thread count
@@ -100,7 +94,7 @@ TEST_CASE("views: encode from f16/bf16/f32 buffers equals encoding the owning ca
 
 TEST_CASE("views: paged pools with a scattered block table / K and V interleaved in one pool") {
   const int L = 2, H = 2, D = 16, T = 70, BS = 16;
-  const kv_cache kv = rand_cache(L, H, T, D, dtype::f16, 9);
+  const kv_cache kv = random_cache(L, H, T, D, dtype::f16, 9);
   const std::int64_t nb = 12;
   const std::vector<std::int32_t> table = {7, 2, 11, 0, 5};  // 5 blocks cover 70 tokens
   // Pool per layer: [num_blocks, 2 (K/V), block_size, H, D], f16.
@@ -126,6 +120,7 @@ TEST_CASE("views: paged pools with a scattered block table / K and V interleaved
     codec c = make_codec(spec);
     kv_extras ex;
     ex.tokens = kv.tokens;
+    ex.metadata = kv.metadata;
     const encoded e = encode(cpu::par(2), c, pv, {.chunk_tokens = 32}, ex);
     codec c2 = make_codec(spec);
     CHECK(e.data == encode(cpu::seq, c2, kv, {.chunk_tokens = 32}).data);
@@ -171,7 +166,7 @@ TEST_CASE("views: bad views are refused naming the field") {
   p.block_table = {1, 1};
   CHECK(msg(p).find("distinct") != std::string::npos);
   // A destination of the wrong shape or a device view.
-  const kv_cache kv = rand_cache(1, 2, 4, 8, dtype::f16);
+  const kv_cache kv = random_cache(1, 2, 4, 8, dtype::f16);
   const encoded e = encode("raw", kv);
   kv_view d = kv_view::hf({buf.data()}, {buf.data() + buf.size() / 2}, dtype::f16, 2, 3, 8);
   CHECK_THROWS_AS(decode_into(cpu::seq, e.data, d), error);
@@ -181,7 +176,7 @@ TEST_CASE("views: bad views are refused naming the field") {
 }
 
 TEST_CASE("streaming: segments arriving in pieces of any size decode as they arrive") {
-  const kv_cache kv = rand_cache(3, 2, 200, 16, dtype::f16, 5);
+  const kv_cache kv = random_cache(3, 2, 200, 16, dtype::f16, 5);
   for (const char* spec : {"kvc:level=5", "snapkv:keep=0.5,window=8|kivi:bits=4|rans", "raw"}) {
     CAPTURE(spec);
     kv_cache with_q = kv;
@@ -216,7 +211,7 @@ TEST_CASE("streaming: segments arriving in pieces of any size decode as they arr
 }
 
 TEST_CASE("streaming: a stream cut short / a segment twice or out of order / junk after the end") {
-  const kv_cache kv = rand_cache(2, 2, 100, 8, dtype::f16, 6);
+  const kv_cache kv = random_cache(2, 2, 100, 8, dtype::f16, 6);
   const encoded e = encode("kvc:level=5", kv, {.chunk_tokens = 32});
   const kvc_view v = parse_kvc(e.data, "x");
   auto run = [&](const bytes& b) -> std::string {
@@ -246,7 +241,7 @@ TEST_CASE("streaming: a stream cut short / a segment twice or out of order / jun
 }
 
 TEST_CASE("container v2: segments are bound to their place / layer / range and codec") {
-  const kv_cache kv = rand_cache(2, 2, 64, 16, dtype::f16, 7);
+  const kv_cache kv = random_cache(2, 2, 64, 16, dtype::f16, 7);
   const encoded e = encode("q4_0", kv, {.chunk_tokens = 32});
   kvc_view v = parse_kvc(e.data, "x");
   // Swap the bytes of two equally sized segments: checksums no longer match their entries.
@@ -270,7 +265,7 @@ TEST_CASE("container v2: segments are bound to their place / layer / range and c
 }
 
 TEST_CASE("random access: a token range reads only the segments it needs - results independent of threads") {
-  const kv_cache kv = rand_cache(2, 2, 1000, 8, dtype::f16, 8);
+  const kv_cache kv = random_cache(2, 2, 1000, 8, dtype::f16, 8);
   const encoded e = encode("kvc:level=4", kv, {.chunk_tokens = 100});
   const kv_cache all = decode(cpu::seq, e.data);
   for (int threads : {1, 2, 5}) {
@@ -291,7 +286,7 @@ TEST_CASE("random access: a token range reads only the segments it needs - resul
 }
 
 TEST_CASE("random access through a file reads the header and index and only the segments of the range") {
-  const kv_cache kv = rand_cache(3, 2, 1000, 8, dtype::f16, 10);
+  const kv_cache kv = random_cache(3, 2, 1000, 8, dtype::f16, 10);
   const encoded e = encode("kvc:level=5", kv, {.chunk_tokens = 100});
   const std::string path = (std::filesystem::temp_directory_path() / ("kvcodec_ra_" + std::to_string(::getpid()) + ".kvc")).string();
   io::write_file_atomic(path, e.data, true);
