@@ -396,6 +396,10 @@ TEST_CASE("compact-table decoders (AVX2 / AVX-512F when the CPU has them) equal 
       for (size_t c = 0; c < cols; ++c) map[c] = static_cast<uint32_t>((c * 3 + c / 5) % ft.size());
       const rans_ctx_decoder dec = make_rans_ctx_decoder(std::span<const decode_table>(dt), map);
       CHECK(dec.entry32.empty() == (m > 12));
+      // Built from the frequency tables: compact entries only where they fit, 64-bit ones otherwise.
+      const rans_ctx_decoder dec_ft = make_rans_ctx_decoder(std::span<const freq_table>(ft), map);
+      CHECK(dec_ft.entry64.empty() == (m <= 12));
+      CHECK(dec_ft.entry32.empty() == (m > 12));
       for (int lanes : {32, 64, 96}) {
         for (size_t n : {size_t{0}, size_t{1}, static_cast<size_t>(lanes) - 1, static_cast<size_t>(lanes) * 5 + 3, size_t{50001}}) {
           std::vector<uint8_t> s(n);
@@ -419,9 +423,9 @@ TEST_CASE("compact-table decoders (AVX2 / AVX-512F when the CPU has them) equal 
             std::vector<uint8_t> o_ref(n, 0x77), o_vec(n, 0x77);
             std::vector<uint16_t> w_ref(n, 0x7777), w_vec(n, 0x7777);
             std::string e_ref, e_vec, e_w;
-            const auto run = [&](auto* out, detail::rans_simd simd, std::string& err) {
+            const auto run = [&](auto* out, detail::rans_simd simd, std::string& err, const rans_ctx_decoder* with = nullptr) {
               try {
-                rans_decode_ctx(b.data(), b.size(), dec, lanes, out, n, simd);
+                rans_decode_ctx(b.data(), b.size(), with ? *with : dec, lanes, out, n, simd);
               } catch (const error& e) {
                 CHECK(e.kind() == error_kind::corrupt);
                 err = e.what();
@@ -441,6 +445,13 @@ TEST_CASE("compact-table decoders (AVX2 / AVX-512F when the CPU has them) equal 
             run(w_vec.data(), detail::rans_simd::best, e_w);
             CHECK(e_ref16 == e_w);
             CHECK(w_ref == w_vec);
+            for (const auto simd : {detail::rans_simd::scalar, detail::rans_simd::avx2, detail::rans_simd::avx512, detail::rans_simd::best}) {
+              std::vector<uint16_t> w_ft(n, 0x7777);
+              std::string e_ft;
+              run(w_ft.data(), simd, e_ft, &dec_ft);
+              CHECK(e_ft == e_ref16);
+              CHECK(w_ft == w_ref);
+            }
             if (variant == 0) {
               CHECK(e_ref.empty());
               CHECK(o_ref == s);
@@ -490,6 +501,26 @@ TEST_CASE("compact decoder layout: field limits and bad layouts") {
   const std::vector<uint32_t> bad = {0, 1};
   CHECK(throws_kind([&] { make_rans_ctx_decoder(std::span<const decode_table>(&d, 1), bad); }, error_kind::bad_input));
   CHECK(throws_kind([&] { make_rans_ctx_decoder(std::span<const decode_table>(&d, 1), {}); }, error_kind::bad_input));
+  // From frequency tables: an alphabet above 256 keeps 64-bit entries and decodes the same.
+  const rans_ctx_decoder dec_ft = make_rans_ctx_decoder(std::span<const freq_table>(&t, 1), map);
+  CHECK(dec_ft.entry32.empty());
+  std::vector<uint16_t> out_ft(s.size());
+  rans_decode_ctx(bytes.data(), bytes.size(), dec_ft, 32, out_ft.data(), out_ft.size());
+  CHECK(out_ft == s);
+  CHECK(throws_kind([&] { make_rans_ctx_decoder(std::span<const freq_table>(&t, 1), bad); }, error_kind::bad_input));
+  CHECK(throws_kind([&] { make_rans_ctx_decoder(std::span<const freq_table>(&t, 1), {}); }, error_kind::bad_input));
+  freq_table wrong = t;
+  wrong.freq[0] += 1;  // no longer sums to 2^prob_bits
+  CHECK(throws_kind([&] { make_rans_ctx_decoder(std::span<const freq_table>(&wrong, 1), map); }, error_kind::bad_input));
+  const freq_table t10 = normalize_freqs(std::vector<uint32_t>(8, 1), 10), t12 = normalize_freqs(std::vector<uint32_t>(8, 1), 12);
+  const std::vector<freq_table> mixed = {t12, t10};
+  CHECK(throws_kind([&] { make_rans_ctx_decoder(std::span<const freq_table>(mixed), std::vector<uint32_t>{0, 1}); }, error_kind::bad_input));
+  // A compact-only layout whose column offsets point past its entries is refused.
+  rans_ctx_decoder small = make_rans_ctx_decoder(std::span<const freq_table>(&t12, 1), map);
+  CHECK(small.entry64.empty());
+  small.col_off[1] = 4096;
+  std::vector<uint8_t> o8(10);
+  CHECK(throws_kind([&] { rans_decode_ctx(bytes.data(), bytes.size(), small, 32, o8.data(), o8.size()); }, error_kind::bad_input));
 }
 
 TEST_CASE("vector encoder (AVX2 when the CPU has it) writes exactly the scalar encoder's bytes and errors") {

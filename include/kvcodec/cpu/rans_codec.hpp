@@ -138,8 +138,16 @@ enum class rans_simd { scalar, avx2, avx512, best };
 
 /// Decode; table for symbol i is tabs[i % cols] (cols >= 1). ft (optional) holds the same tables in
 /// compact form for the AVX2 path. simd = scalar forces the reference loop (tests compare all).
-template <class Sym, bool Ctx>
-void rans_decode_impl(const uint8_t* data, size_t size, size_t cols, const uint64_t* const* tabs, int prob_bits,
+/// Fields of a decode-table entry, 64-bit or compact (core/rans.hpp); the scalar loops read either.
+inline uint32_t dec_entry_symbol(uint64_t e) { return rans_dec_entry_symbol(e); }
+inline uint32_t dec_entry_freq(uint64_t e) { return rans_dec_entry_freq(e); }
+inline uint32_t dec_entry_offset(uint64_t e) { return rans_dec_entry_offset(e); }
+inline uint32_t dec_entry_symbol(uint32_t e) { return rans_dec32_symbol(e); }
+inline uint32_t dec_entry_freq(uint32_t e) { return rans_dec32_freq(e); }
+inline uint32_t dec_entry_offset(uint32_t e) { return rans_dec32_offset(e); }
+
+template <class Sym, bool Ctx, class Entry = uint64_t>
+void rans_decode_impl(const uint8_t* data, size_t size, size_t cols, const Entry* const* tabs, int prob_bits,
                       int lanes, Sym* out, size_t n, const char* where, rans_simd simd = rans_simd::best,
                       const rans_fast_tables* ft = nullptr) {
   check_lanes(where, lanes);
@@ -158,7 +166,7 @@ void rans_decode_impl(const uint8_t* data, size_t size, size_t cols, const uint6
   const uint8_t* const end = data + size;
   const uint32_t M = static_cast<uint32_t>(prob_bits);
   const uint32_t mask = (1u << M) - 1;
-  const uint64_t* tab = tabs[0];
+  const Entry* tab = tabs[0];
   size_t col = 0;
   const size_t full_steps = n / N;
   size_t t = 0;
@@ -174,8 +182,8 @@ void rans_decode_impl(const uint8_t* data, size_t size, size_t cols, const uint6
         : N == 64 ? rans_decode_steps_avx2<Sym, 8>(x, p, end, *ft, cols, M, N, out, t, full_steps)
                   : rans_decode_steps_avx2<Sym, 0>(x, p, end, *ft, cols, M, N, out, t, full_steps);
     if constexpr (Ctx) col = (t * N) % cols;
-  } else if (!Ctx && (any || simd == rans_simd::avx512) && rans_avx512_available()) {
-    t = rans_decode_steps_avx512(x, p, end, tab, M, N, out, t, full_steps);
+  } else if constexpr (!Ctx && std::is_same_v<Entry, uint64_t>) {
+    if ((any || simd == rans_simd::avx512) && rans_avx512_available()) t = rans_decode_steps_avx512(x, p, end, tab, M, N, out, t, full_steps);
   }
 #else
   (void)simd;
@@ -190,9 +198,9 @@ void rans_decode_impl(const uint8_t* data, size_t size, size_t cols, const uint6
         col = col + 1 == cols ? 0 : col + 1;
       }
       uint32_t s = x[j];
-      const uint64_t e = tab[s & mask];
-      o[j] = static_cast<Sym>(rans_dec_entry_symbol(e));
-      s = rans_dec_entry_freq(e) * (s >> M) + rans_dec_entry_offset(e);
+      const Entry e = tab[s & mask];
+      o[j] = static_cast<Sym>(dec_entry_symbol(e));
+      s = dec_entry_freq(e) * (s >> M) + dec_entry_offset(e);
       const uint32_t need = rans_dec_needs_word(s);
       x[j] = rans_dec_renorm(s, need, load_le16(p));
       p += 2 * need;
@@ -208,7 +216,9 @@ void rans_decode_impl(const uint8_t* data, size_t size, size_t cols, const uint6
         col = col + 1 == cols ? 0 : col + 1;
       }
       uint32_t s = x[j];
-      o[j] = static_cast<Sym>(rans_dec_get(s, tab, prob_bits));
+      const Entry e = tab[s & mask];
+      o[j] = static_cast<Sym>(dec_entry_symbol(e));
+      s = dec_entry_freq(e) * (s >> M) + dec_entry_offset(e);
       if (rans_dec_needs_word(s)) {
         if (p == end) throw_corrupt(where, "stream ends before symbol " + std::to_string(t * N + j) + " is decoded");
         s = rans_dec_renorm(s, 1, load_le16(p));
@@ -336,26 +346,95 @@ inline rans_ctx_decoder make_rans_ctx_decoder(std::span<const decode_table> tabl
   return d;
 }
 
+/// The same layout built straight from frequency tables (what a loaded model holds): compact entries
+/// only when every table fits them (prob_bits <= 12, alphabet <= 256), which is 4x less memory to fill
+/// than a decode_table per table plus its 64-bit copy — the decoder set-up of a container with many
+/// contexts, the fixed cost of a range decode, was building those. Same checks as the form above.
+inline rans_ctx_decoder make_rans_ctx_decoder(std::span<const freq_table> tables, std::span<const uint32_t> table_of_col,
+                                              const char* where = "make_rans_ctx_decoder") {
+  const size_t cols = table_of_col.size();
+  detail::check_ctx(where, cols, cols, tables.size());
+  for (size_t c = 0; c < cols; ++c)
+    if (table_of_col[c] >= tables.size())
+      throw_bad_input(where, "table_of_col[" + std::to_string(c) + "]", "< " + std::to_string(tables.size()),
+                      std::to_string(table_of_col[c]));
+  rans_ctx_decoder d;
+  d.cols = cols;
+  d.prob_bits = tables[table_of_col[0]].prob_bits;
+  detail::check_prob_bits(where, d.prob_bits);
+  const size_t S = size_t{1} << d.prob_bits;
+  constexpr uint32_t unused = ~0u;
+  std::vector<uint32_t> slot_of(tables.size(), unused);
+  std::vector<uint32_t> order;  // distinct tables in first use
+  for (size_t c = 0; c < cols; ++c) {
+    const uint32_t k = table_of_col[c];
+    if (slot_of[k] != unused) continue;
+    const freq_table& t = tables[k];
+    validate(t, where);
+    if (t.prob_bits != d.prob_bits)
+      throw_bad_input(where, "tables[" + std::to_string(k) + "].prob_bits", std::to_string(d.prob_bits) + " (as the first table)",
+                      std::to_string(t.prob_bits));
+    if ((order.size() + 1) * S > (size_t{1} << 31)) throw_bad_input(where, "tables", "at most 2^31 decode entries in all", "more");
+    slot_of[k] = static_cast<uint32_t>(order.size() * S);
+    order.push_back(k);
+    d.alphabet = std::max(d.alphabet, t.alphabet());
+  }
+  const bool compact = d.prob_bits <= rans_dec32_max_prob_bits && d.alphabet <= rans_dec32_max_alphabet;
+  const size_t total = order.size() * S;
+  if (compact) {
+    d.entry32.resize(total);  // no 64-bit table: the scalar loops read the compact one
+    for (size_t i = 0; i < order.size(); ++i) {
+      const freq_table& t = tables[order[i]];
+      uint32_t* e = d.entry32.data() + i * S;
+      for (size_t s = 0; s < t.alphabet(); ++s)
+        for (uint32_t k = 0; k < t.freq[s]; ++k) e[t.start[s] + k] = rans_dec32_pack(static_cast<uint32_t>(s), t.freq[s], k);
+    }
+  } else {
+    d.entry64.resize(total);
+    for (size_t i = 0; i < order.size(); ++i) {
+      const freq_table& t = tables[order[i]];
+      uint64_t* e = d.entry64.data() + i * S;
+      for (size_t s = 0; s < t.alphabet(); ++s)
+        for (uint32_t k = 0; k < t.freq[s]; ++k) e[t.start[s] + k] = rans_dec_entry_pack(static_cast<uint32_t>(s), t.freq[s], k);
+    }
+  }
+  d.col_off.resize(cols + rans_max_lanes);
+  for (size_t c = 0; c < d.col_off.size(); ++c) d.col_off[c] = slot_of[table_of_col[c % cols]];
+  return d;
+}
+
 /// Decode n symbols, symbol i with column i % d.cols's table. Sym = uint8_t requires alphabets of at
 /// most 256. simd picks the decoder (tests); every choice gives the same output and errors.
 template <class Sym, class = std::enable_if_t<detail::is_rans_symbol_v<Sym>>>
 void rans_decode_ctx(const uint8_t* data, size_t size, const rans_ctx_decoder& d, int lanes, Sym* out, size_t n,
                      detail::rans_simd simd = detail::rans_simd::best) {
   const char* where = "rans_decode_ctx";
-  if (d.cols == 0 || d.col_off.size() != d.cols + rans_max_lanes ||
-      d.entry64.size() % (size_t{1} << d.prob_bits) != 0 || (!d.entry32.empty() && d.entry32.size() != d.entry64.size()))
+  // Two forms: 64-bit entries (with a compact copy when the tables fit it), or compact entries only.
+  const bool only32 = d.entry64.empty() && !d.entry32.empty();
+  const size_t entries = only32 ? d.entry32.size() : d.entry64.size();
+  if (d.cols == 0 || d.col_off.size() != d.cols + rans_max_lanes || d.prob_bits < rans_min_prob_bits || d.prob_bits > rans_max_prob_bits ||
+      entries == 0 || entries % (size_t{1} << d.prob_bits) != 0 || (!only32 && !d.entry32.empty() && d.entry32.size() != d.entry64.size()))
     throw_bad_input(where, "decoder", "a layout built by make_rans_ctx_decoder", "an inconsistent one");
+  for (size_t c = 0; c < d.cols; ++c)
+    if (d.col_off[c] > entries - (size_t{1} << d.prob_bits)) throw_bad_input(where, "decoder", "a layout built by make_rans_ctx_decoder", "an inconsistent one");
   detail::check_output_alphabet<Sym>(where, d.alphabet);
   const detail::rans_fast_tables ft{d.entry32.data(), d.col_off.data()};
   const detail::rans_fast_tables* pft = d.entry32.empty() ? nullptr : &ft;
-  if (d.cols == 1) {
-    const uint64_t* tab = d.entry64.data() + d.col_off[0];
-    detail::rans_decode_impl<Sym, false>(data, size, 1, &tab, d.prob_bits, lanes, out, n, where, simd, pft);
-    return;
-  }
-  std::vector<const uint64_t*> tabs(d.cols);
-  for (size_t c = 0; c < d.cols; ++c) tabs[c] = d.entry64.data() + d.col_off[c];
-  detail::rans_decode_impl<Sym, true>(data, size, d.cols, tabs.data(), d.prob_bits, lanes, out, n, where, simd, pft);
+  const auto run = [&](const auto* entries_base) {
+    using Entry = std::remove_cv_t<std::remove_pointer_t<decltype(entries_base)>>;
+    if (d.cols == 1) {
+      const Entry* tab = entries_base + d.col_off[0];
+      detail::rans_decode_impl<Sym, false, Entry>(data, size, 1, &tab, d.prob_bits, lanes, out, n, where, simd, pft);
+      return;
+    }
+    std::vector<const Entry*> tabs(d.cols);
+    for (size_t c = 0; c < d.cols; ++c) tabs[c] = entries_base + d.col_off[c];
+    detail::rans_decode_impl<Sym, true, Entry>(data, size, d.cols, tabs.data(), d.prob_bits, lanes, out, n, where, simd, pft);
+  };
+  if (only32)
+    run(d.entry32.data());
+  else
+    run(d.entry64.data());
 }
 
 /// Decode n symbols; Sym = uint8_t requires an alphabet of at most 256.

@@ -45,11 +45,9 @@ struct ready_model {
     if (encoder && enc.empty())
       for (const auto& t : m.tables) enc.push_back(make_encode_table(t));
     if (decoder && dec.cols == 0) {
-      std::vector<decode_table> d;
-      for (const auto& t : m.tables) d.push_back(make_decode_table(t));
       const std::uint32_t zero = 0;
-      dec = m.groups == 1 ? make_rans_ctx_decoder(d, std::span<const std::uint32_t>(&zero, 1))
-                          : make_rans_ctx_decoder(d, std::span<const std::uint32_t>(m.group_of_col));
+      dec = m.groups == 1 ? make_rans_ctx_decoder(std::span<const freq_table>(m.tables), std::span<const std::uint32_t>(&zero, 1))
+                          : make_rans_ctx_decoder(std::span<const freq_table>(m.tables), std::span<const std::uint32_t>(m.group_of_col));
     }
   }
 };
