@@ -25,6 +25,9 @@ command add_decode(CLI::App& root) {
   app->add_option("OUT", o->out, "Output dump: .safetensors, .npz or .npy")->required();
   return {app, [o] {
             check_output(o->in, o->out, o->force);
+            // Refused before any decoding (it used to decode the whole cache, then fail on the write).
+            if (const std::string ext = io::lower_extension(o->out); ext != ".safetensors" && ext != ".npz" && ext != ".npy")
+              throw_usage(o->out + ": unknown KV dump extension '" + ext + "'; expected .safetensors, .npz or .npy");
             const io::kvc_file f(o->in);  // header, state and index only
             const kvc_header& h = f.header();
             dtype out_dt = h.source_dtype;

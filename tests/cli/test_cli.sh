@@ -42,6 +42,8 @@ expect 0 "raw:dtype=f16|zstd:level=1" -- "$K" info "$T/s.kvc"
 expect 0 "checksums verified" -- "$K" info --verify "$T/s.kvc"
 expect 0 "" -- "$K" decode "$T/s.kvc" "$T/back.safetensors"
 expect 0 "" -- "$K" decode --dtype f32 "$T/s.kvc" "$T/back32.npz"
+expect 1 "unknown KV dump extension" -- "$K" decode "$T/s.kvc" "$T/back.st"
+expect 1 "" -- test -e "$T/back.st"
 expect 0 "" -- "$K" encode -q -c raw "$T/back.safetensors" "$T/back.kvc"
 expect 0 "" -- cmp <("$K" info --json "$T/s.kvc" | grep -v '"file"') <("$K" info --json "$T/s.kvc" | grep -v '"file"')
 expect 0 '"bits_per_element"' -- "$K" eval --json -c raw -c zstd "$T/s.safetensors"

@@ -1,4 +1,4 @@
-// Tests that the `ac` and `rans` decoders (cpu/ac_entropy.hpp, cpu/rans_entropy.hpp) and the model
+// Tests that the `ac` and `rans` decoders (cpu/ac.hpp, cpu/rans.hpp) and the model
 // parser (cpu/entropy_model.hpp) bound every allocation a stream or stage state claims by the bytes
 // that back it or by the cache's shape, and refuse lying streams with a corrupt error (issue 11).
 #include <doctest/doctest.h>

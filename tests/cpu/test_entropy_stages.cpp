@@ -1,4 +1,4 @@
-// Tests of the `rans` and `ac` entropy stages (cpu/rans_entropy.hpp, cpu/ac_entropy.hpp) and the
+// Tests of the `rans` and `ac` entropy stages (cpu/rans.hpp, cpu/ac.hpp) and the
 // context models (cpu/entropy_model.hpp): exact round trips over shapes, predictions and adversarial
 // symbol distributions; shared tables; golden values; corrupt and truncated streams.
 #include <doctest/doctest.h>

@@ -240,3 +240,29 @@ TEST_CASE("stage parameters that the container's shape refuses are a corrupt-fil
     CHECK(std::string(e.what()).find("relabel.kvc") != std::string::npos);
   }
 }
+
+TEST_CASE("a stage's error inside a resealed segment names the file and the segment") {
+  // Version 1 checksums are plain, so a damaged segment can be resealed and reach the stage decoders,
+  // whose own errors name only their stream: decode puts the file, layer and tokens in front.
+  const bytes good = to_v1(encode("uniform:bits=4|rans:tables=chunk", small_cache(), {.chunk_tokens = 32}).data);
+  std::uint32_t hlen;
+  std::memcpy(&hlen, good.data() + 12, 4);
+  const nlohmann::json j0 = nlohmann::json::parse(good.begin() + 24, good.begin() + 24 + hlen);
+  const std::size_t base = 24 + hlen, off = j0["segments"][0][3], size = j0["segments"][0][4];
+  int refused = 0;
+  for (std::size_t at = 0; at < size; at += 3) {
+    bytes b = good;
+    b[base + off + at] ^= 0x5a;
+    const std::uint64_t sum = checksum64(std::span<const std::uint8_t>(b.data() + base + off, size));
+    b = with_header(b, [&](nlohmann::json& j) { j["segments"][0][5] = sum; });
+    try {
+      (void)decode(cpu::seq, b, decode_options{.name = "resealed.kvc"});
+    } catch (const error& e) {
+      CAPTURE(e.what());
+      CHECK(e.kind() == error_kind::corrupt);
+      CHECK(std::string(e.what()).rfind("resealed.kvc", 0) == 0);
+      ++refused;
+    }
+  }
+  CHECK(refused > 0);
+}

@@ -253,14 +253,14 @@ TEST_CASE("container v2: segments are bound to their place / layer / range and c
   std::copy_n(e.data.begin() + static_cast<std::ptrdiff_t>(a.offset), a.size, sw.begin() + static_cast<std::ptrdiff_t>(b.offset));
   CHECK_THROWS_WITH_AS(decode(cpu::seq, sw), doctest::Contains("checksum mismatch"), error);
   // Relabel the codec and reseal the header: every segment's checksum depends on the header.
-  const std::uint32_t hlen = detail::get_le<std::uint32_t>(e.data.data() + 12);
+  const std::uint32_t hlen = detail::load_le<std::uint32_t>(e.data.data() + 12);
   std::string text(reinterpret_cast<const char*>(e.data.data() + kvc_prefix_size), hlen);
   const auto at = text.find("q4_0");
   REQUIRE(at != std::string::npos);
   text.replace(at, 4, "q4_1");
   bytes rel = e.data;
   std::memcpy(rel.data() + kvc_prefix_size, text.data(), hlen);
-  detail::put_le<std::uint64_t>(rel.data() + 16, XXH3_64bits(text.data(), text.size()));
+  detail::store_le<std::uint64_t>(rel.data() + 16, XXH3_64bits(text.data(), text.size()));
   CHECK_THROWS_AS(decode(cpu::seq, rel), error);
 }
 

@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "kvcodec/core/endian.hpp"
 #include "kvcodec/core/error.hpp"
 #include "kvcodec/format/bytes.hpp"
 #include "kvcodec/tensor/kv_cache.hpp"
@@ -185,16 +186,6 @@ inline std::string header_json_v2(const kvc_header& h) {
   j["segments"] = h.segment_count();
   return j.dump();
 }
-template <class T>
-void put_le(std::uint8_t* p, T v) noexcept {
-  std::memcpy(p, &v, sizeof(T));
-}
-template <class T>
-T get_le(const std::uint8_t* p) noexcept {
-  T v;
-  std::memcpy(&v, p, sizeof(T));
-  return v;
-}
 }  // namespace detail
 
 /// Streams a version-2 container into a sink: the constructor writes prefix, header and stage state;
@@ -212,9 +203,9 @@ class kvc_writer {
     h_.header_checksum = XXH3_64bits(text.data(), text.size());
     std::uint8_t pre[kvc_prefix_size];
     std::memcpy(pre, kvc_magic, 8);
-    detail::put_le<std::uint32_t>(pre + 8, kvc_version);
-    detail::put_le<std::uint32_t>(pre + 12, static_cast<std::uint32_t>(text.size()));
-    detail::put_le<std::uint64_t>(pre + 16, h_.header_checksum);
+    detail::store_le<std::uint32_t>(pre + 8, kvc_version);
+    detail::store_le<std::uint32_t>(pre + 12, static_cast<std::uint32_t>(text.size()));
+    detail::store_le<std::uint64_t>(pre + 16, h_.header_checksum);
     emit({pre, kvc_prefix_size});
     emit({reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
     for (std::size_t i = 0; i < h_.states.size(); ++i) {
@@ -227,12 +218,12 @@ class kvc_writer {
   void add_segment(std::int32_t layer, std::int64_t t0, std::int64_t t1, std::span<const std::uint8_t> data) {
     segment_entry e{layer, t0, t1, pos_ + kvc_record_size, data.size(), segment_checksum(h_.header_checksum, layer, t0, t1, data)};
     std::uint8_t rec[kvc_record_size];
-    detail::put_le<std::uint32_t>(rec, kvc_record_tag);
-    detail::put_le<std::int32_t>(rec + 4, layer);
-    detail::put_le<std::int64_t>(rec + 8, t0);
-    detail::put_le<std::int64_t>(rec + 16, t1);
-    detail::put_le<std::uint64_t>(rec + 24, e.size);
-    detail::put_le<std::uint64_t>(rec + 32, e.checksum);
+    detail::store_le<std::uint32_t>(rec, kvc_record_tag);
+    detail::store_le<std::int32_t>(rec + 4, layer);
+    detail::store_le<std::int64_t>(rec + 8, t0);
+    detail::store_le<std::int64_t>(rec + 16, t1);
+    detail::store_le<std::uint64_t>(rec + 24, e.size);
+    detail::store_le<std::uint64_t>(rec + 32, e.checksum);
     emit({rec, kvc_record_size});
     emit(data);
     h_.segments.push_back(e);
@@ -244,18 +235,18 @@ class kvc_writer {
     for (std::size_t i = 0; i < h_.segments.size(); ++i) {
       std::uint8_t* p = idx.data() + i * kvc_index_entry_size;
       const auto& s = h_.segments[i];
-      detail::put_le<std::int32_t>(p, s.layer);
-      detail::put_le<std::int64_t>(p + 8, s.t0);
-      detail::put_le<std::int64_t>(p + 16, s.t1);
-      detail::put_le<std::uint64_t>(p + 24, s.offset);
-      detail::put_le<std::uint64_t>(p + 32, s.size);
-      detail::put_le<std::uint64_t>(p + 40, s.checksum);
+      detail::store_le<std::int32_t>(p, s.layer);
+      detail::store_le<std::int64_t>(p + 8, s.t0);
+      detail::store_le<std::int64_t>(p + 16, s.t1);
+      detail::store_le<std::uint64_t>(p + 24, s.offset);
+      detail::store_le<std::uint64_t>(p + 32, s.size);
+      detail::store_le<std::uint64_t>(p + 40, s.checksum);
     }
     emit(idx);
     std::uint8_t foot[kvc_footer_size];
-    detail::put_le<std::uint64_t>(foot, index_offset);
-    detail::put_le<std::uint64_t>(foot + 8, h_.segments.size());
-    detail::put_le<std::uint64_t>(foot + 16, XXH3_64bits_withSeed(idx.data(), idx.size(), h_.header_checksum));
+    detail::store_le<std::uint64_t>(foot, index_offset);
+    detail::store_le<std::uint64_t>(foot + 8, h_.segments.size());
+    detail::store_le<std::uint64_t>(foot + 16, XXH3_64bits_withSeed(idx.data(), idx.size(), h_.header_checksum));
     std::memcpy(foot + 24, kvc_index_magic, 8);
     emit({foot, kvc_footer_size});
     return pos_;
@@ -421,11 +412,11 @@ inline void parse_prefix(std::span<const std::uint8_t> pre, std::uint64_t file_s
       throw_corrupt(name, "truncated: " + std::to_string(pre.size()) + " bytes, shorter than the 24-byte prefix");
     throw error(error_kind::bad_input, name + ": not a .kvc container (magic bytes do not match)");
   }
-  version = get_le<std::uint32_t>(pre.data() + 8);
+  version = detail::load_le<std::uint32_t>(pre.data() + 8);
   if (version != 1 && version != 2)
     throw error(error_kind::bad_input, describe_mismatch(name, "version", "1 or 2", std::to_string(version)));
-  hlen = get_le<std::uint32_t>(pre.data() + 12);
-  hsum = get_le<std::uint64_t>(pre.data() + 16);
+  hlen = detail::load_le<std::uint32_t>(pre.data() + 12);
+  hsum = detail::load_le<std::uint64_t>(pre.data() + 16);
   if (hlen > kvc_max_header || hlen > file_size - kvc_prefix_size)
     throw_corrupt(name, "header length " + std::to_string(hlen) + " exceeds the " + std::to_string(file_size - kvc_prefix_size) +
                             " bytes after the prefix (or the 64 MiB limit)");
@@ -436,7 +427,7 @@ inline std::pair<std::uint64_t, std::uint64_t> parse_footer(std::span<const std:
                                                             std::size_t expected, const std::string& name) {
   if (foot.size() != kvc_footer_size || std::memcmp(foot.data() + 24, kvc_index_magic, 8) != 0)
     throw_corrupt(name, "no segment index at the end of the file (truncated or not written to the end)");
-  const std::uint64_t io = get_le<std::uint64_t>(foot.data()), n = get_le<std::uint64_t>(foot.data() + 8);
+  const std::uint64_t io = detail::load_le<std::uint64_t>(foot.data()), n = detail::load_le<std::uint64_t>(foot.data() + 8);
   if (n != expected) throw_corrupt(name, describe_mismatch("", "index count", std::to_string(expected) + " segments (layers x chunks)", std::to_string(n)));
   if (io < data_start || io > file_size - kvc_footer_size || (file_size - kvc_footer_size - io) != n * kvc_index_entry_size)
     throw_corrupt(name, describe_mismatch("", "index_offset", "the index right before the 32-byte footer", std::to_string(io)));
@@ -446,7 +437,7 @@ inline std::pair<std::uint64_t, std::uint64_t> parse_footer(std::span<const std:
 /// Parses and checks the v2 index (`idx` = count x 48 bytes) against the header.
 inline void parse_index_v2(std::span<const std::uint8_t> idx, std::span<const std::uint8_t> foot, kvc_header& h, std::uint64_t data_start,
                            std::uint64_t index_offset, const std::string& name) {
-  if (kvc_check_sums && XXH3_64bits_withSeed(idx.data(), idx.size(), h.header_checksum) != get_le<std::uint64_t>(foot.data() + 16))
+  if (kvc_check_sums && XXH3_64bits_withSeed(idx.data(), idx.size(), h.header_checksum) != detail::load_le<std::uint64_t>(foot.data() + 16))
     throw_corrupt(name, "segment index checksum mismatch");
   const std::size_t n = idx.size() / kvc_index_entry_size;
   std::vector<std::uint8_t> seen(h.segment_count(), 0);
@@ -455,8 +446,8 @@ inline void parse_index_v2(std::span<const std::uint8_t> idx, std::span<const st
   std::uint64_t at = data_start;  // records tile [data_start, index_offset) in index order
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint8_t* p = idx.data() + i * kvc_index_entry_size;
-    segment_entry e{get_le<std::int32_t>(p), get_le<std::int64_t>(p + 8), get_le<std::int64_t>(p + 16), get_le<std::uint64_t>(p + 24),
-                    get_le<std::uint64_t>(p + 32), get_le<std::uint64_t>(p + 40)};
+    segment_entry e{detail::load_le<std::int32_t>(p), detail::load_le<std::int64_t>(p + 8), detail::load_le<std::int64_t>(p + 16), detail::load_le<std::uint64_t>(p + 24),
+                    detail::load_le<std::uint64_t>(p + 32), detail::load_le<std::uint64_t>(p + 40)};
     check_segment_entry(h, e, seen, name);
     if (h.segment_index(e.layer, e.t0) != i)
       throw_corrupt(name, "segment " + std::to_string(i) + " of the index (layer " + std::to_string(e.layer) + ", tokens from " + std::to_string(e.t0) +
@@ -474,9 +465,9 @@ inline void parse_index_v2(std::span<const std::uint8_t> idx, std::span<const st
 
 /// Checks a v2 record header against the index entry it should hold.
 inline void check_record(std::span<const std::uint8_t> rec, const segment_entry& e, const std::string& name) {
-  if (get_le<std::uint32_t>(rec.data()) != kvc_record_tag || get_le<std::int32_t>(rec.data() + 4) != e.layer ||
-      get_le<std::int64_t>(rec.data() + 8) != e.t0 || get_le<std::int64_t>(rec.data() + 16) != e.t1 ||
-      get_le<std::uint64_t>(rec.data() + 24) != e.size || get_le<std::uint64_t>(rec.data() + 32) != e.checksum)
+  if (detail::load_le<std::uint32_t>(rec.data()) != kvc_record_tag || detail::load_le<std::int32_t>(rec.data() + 4) != e.layer ||
+      detail::load_le<std::int64_t>(rec.data() + 8) != e.t0 || detail::load_le<std::int64_t>(rec.data() + 16) != e.t1 ||
+      detail::load_le<std::uint64_t>(rec.data() + 24) != e.size || detail::load_le<std::uint64_t>(rec.data() + 32) != e.checksum)
     throw_corrupt(name, "segment record (layer " + std::to_string(e.layer) + ", tokens from " + std::to_string(e.t0) + ") does not match the index");
 }
 
@@ -667,11 +658,11 @@ class kvc_stream_reader {
           stage_ = stage::index;
           return;  // keep the bytes: they are the index's first 40
         }
-        if (detail::get_le<std::uint32_t>(buf_.data()) != kvc_record_tag)
+        if (detail::load_le<std::uint32_t>(buf_.data()) != kvc_record_tag)
           throw_corrupt(name_, "segment record " + std::to_string(received_) + " has no record tag (stream damaged or cut)");
-        cur_ = segment_entry{detail::get_le<std::int32_t>(buf_.data() + 4), detail::get_le<std::int64_t>(buf_.data() + 8),
-                             detail::get_le<std::int64_t>(buf_.data() + 16), pos_ + kvc_record_size,
-                             detail::get_le<std::uint64_t>(buf_.data() + 24), detail::get_le<std::uint64_t>(buf_.data() + 32)};
+        cur_ = segment_entry{detail::load_le<std::int32_t>(buf_.data() + 4), detail::load_le<std::int64_t>(buf_.data() + 8),
+                             detail::load_le<std::int64_t>(buf_.data() + 16), pos_ + kvc_record_size,
+                             detail::load_le<std::uint64_t>(buf_.data() + 24), detail::load_le<std::uint64_t>(buf_.data() + 32)};
         detail::check_segment_entry(h_, cur_, seen_, name_);
         if (h_.segment_index(cur_.layer, cur_.t0) != received_)
           throw_corrupt(name_, "segment (layer " + std::to_string(cur_.layer) + ", tokens from " + std::to_string(cur_.t0) +

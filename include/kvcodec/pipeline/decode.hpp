@@ -83,9 +83,12 @@ class segment_decoder {
     try {
       decode_segment_impl(se, seg, dst, base, tb, te, kept_out, where);
     } catch (const error& e) {
-      if (e.kind() == error_kind::corrupt || e.kind() == error_kind::io) throw;
-      // A stage that refuses what the container's spec asks of it: the file is at fault.
-      throw_corrupt(where, e.what());
+      if (e.kind() == error_kind::io) throw;
+      // A stage that refuses what the container's spec asks of it: the file is at fault. Stage errors
+      // name the stream, not the file: the segment (file, layer, tokens) goes in front.
+      const std::string m = e.what();
+      if (e.kind() == error_kind::corrupt && m.rfind(name_, 0) == 0) throw;
+      throw_corrupt(where, m);
     }
   }
 

@@ -3,10 +3,10 @@
 // registry/presets.hpp.
 #pragma once
 
-#include "kvcodec/cpu/ac_entropy.hpp"
+#include "kvcodec/cpu/ac.hpp"
 #include "kvcodec/cpu/cachegen.hpp"
 #include "kvcodec/cpu/delta.hpp"
-#include "kvcodec/cpu/rans_entropy.hpp"
+#include "kvcodec/cpu/rans.hpp"
 #include "kvcodec/registry/registry.hpp"
 
 namespace kvcodec {

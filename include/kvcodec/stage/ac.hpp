@@ -3,7 +3,7 @@
 // As LMCache's CacheGen codes with torchac: per context (column) a CDF of alphabet + 1 16-bit
 // entries built from the chunk's counts as round(P(<k) * (2^16 - A)) + k (every symbol >= 1/2^16),
 // stored as 16-bit values, no adaptation; streams=row codes every row (token) as its own stream
-// with a 32-bit length, as CacheGen's per-token bytestreams. Stream format: cpu/ac_entropy.hpp.
+// with a 32-bit length, as CacheGen's per-token bytestreams. Stream format: cpu/ac.hpp.
 #pragma once
 
 #include <string>

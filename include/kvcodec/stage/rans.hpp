@@ -5,7 +5,7 @@
 // cpu/entropy_model.hpp), and one rANS stream per sub-plane over `lanes` interleaved lanes.
 // tables=chunk stores the models in every segment (each chunk stands alone); tables=shared fits
 // them once on the whole cache and keeps them in the container's stage state (read before any
-// segment, so chunks still decode independently). Stream format: cpu/rans_entropy.hpp.
+// segment, so chunks still decode independently). Stream format: cpu/rans.hpp.
 #pragma once
 
 #include <string>

@@ -1,4 +1,4 @@
-// kvcodec/cpu/ac_entropy.hpp — stage `ac`: symbols -> range-coded streams (core/range_coder.hpp)
+// kvcodec/cpu/ac.hpp — stage `ac`: symbols -> range-coded streams (core/range_coder.hpp)
 // with CacheGen's static 16-bit CDFs, stored as LMCache stores them.
 //
 // CDF of a context with counts n_s (N in all, A symbols, L = A + 1 entries):

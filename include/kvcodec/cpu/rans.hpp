@@ -1,4 +1,4 @@
-// kvcodec/cpu/rans_entropy.hpp — stage `rans`: symbols -> interleaved rANS streams with static
+// kvcodec/cpu/rans.hpp — stage `rans`: symbols -> interleaved rANS streams with static
 // per-context models (cpu/entropy_model.hpp), stored self-describingly per block.
 //
 // Block stream (all varints LEB128):
@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <map>
+#include <memory>
 #include <numeric>
 #include <mutex>
 #include <string>
@@ -40,16 +41,25 @@ struct ready_model {
   em::plane_model m;
   double bound_per_symbol = 0;  ///< tables=shared: empirical entropy of the context over the whole cache / symbols
   std::vector<encode_table> enc;
-  rans_ctx_decoder dec;  ///< cols = 1 for a single-table model, else the model's columns
-  void build(bool encoder, bool decoder) {
-    if (encoder && enc.empty())
+  void build_encoder() {
+    if (enc.empty())
       for (const auto& t : m.tables) enc.push_back(make_encode_table(t));
-    if (decoder && dec.cols == 0) {
-      const std::uint32_t zero = 0;
-      dec = m.groups == 1 ? make_rans_ctx_decoder(std::span<const freq_table>(m.tables), std::span<const std::uint32_t>(&zero, 1))
-                          : make_rans_ctx_decoder(std::span<const freq_table>(m.tables), std::span<const std::uint32_t>(m.group_of_col));
-    }
   }
+  /// The decoder tables (cols = 1 for a single-table model, else the model's columns), built on first
+  /// use, once, by whichever thread asks first: an encoder never builds them, and a decode of some
+  /// layers builds only theirs.
+  const rans_ctx_decoder& decoder() const {
+    std::call_once(*dec_once_, [&] {
+      const std::uint32_t zero = 0;
+      dec_ = m.groups == 1 ? make_rans_ctx_decoder(std::span<const freq_table>(m.tables), std::span<const std::uint32_t>(&zero, 1))
+                           : make_rans_ctx_decoder(std::span<const freq_table>(m.tables), std::span<const std::uint32_t>(m.group_of_col));
+    });
+    return dec_;
+  }
+
+ private:
+  mutable rans_ctx_decoder dec_;
+  std::shared_ptr<std::once_flag> dec_once_ = std::make_shared<std::once_flag>();  // shared_ptr: the model is moved into maps
 };
 
 /// (layer, key, plane, sub) of symbols[j] in the pipeline's chunk-major block order.
@@ -189,7 +199,7 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
       w.put_varint(a.alphabet);
       w.put_varint(a.cols);
       em::serialize_model(rm.m, st);
-      rm.build(true, true);
+      rm.build_encoder();
       shared_.emplace(k, std::move(rm));
     }
     if (pk_ == em::pred_kind::linear) {
@@ -234,7 +244,6 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
                                     " plane " + std::to_string(plane) + " sub-plane " + std::to_string(sub));
       detail::ready_model rm;
       rm.m = em::parse_model(r, cols, A, p_.prob_bits);
-      rm.build(false, true);
       shared_.emplace(k, std::move(rm));
     }
     lin_.clear();
@@ -304,7 +313,7 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
         } else {
           em::column_hist(sd, sn, p.cols, p.alphabet, colh, "rans encode");
           local.m = em::fit_model(colh, p.cols, p.alphabet, mo_);
-          local.build(true, false);
+          local.build_encoder();
           em::serialize_model(local.m, out);
           rm = &local;
           gh = em::group_hist(colh, p.alphabet, rm->m.group_of_col, rm->m.groups);
@@ -368,7 +377,6 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
           rm = find_shared(ctx, static_cast<int>(pi), s, p);
         } else {
           local.m = em::parse_model(r, p.cols, p.alphabet, p_.prob_bits);
-          local.build(false, true);
           rm = &local;
         }
         int lanes = p_.lanes;
@@ -377,7 +385,7 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
         const auto stream = r.get_blob("rANS stream");
         try {
           std::uint16_t* dst = direct ? p.sym.data() : inplace ? p.sym.data() + (s == 0 ? 0 : counts[0]) : sub[s].data();
-          rans_decode_ctx(stream.data(), stream.size(), rm->dec, lanes, dst, counts[s]);
+          rans_decode_ctx(stream.data(), stream.size(), rm->decoder(), lanes, dst, counts[s]);
         } catch (const error& e) {
           throw_corrupt(r.what(), std::string("plane ") + std::to_string(pi) + ": " + e.what());
         }
