@@ -505,7 +505,7 @@ PYBIND11_MODULE(_kvcodec, m) {
   // calls the Python API makes, timed inside C++ with the container in a std::vector.
   m.def(
       "cpp_timing",
-      [](const std::string& spec, const py::dict& view, const py::dict& out_view, std::int64_t chunk_tokens, int threads) {
+      [](const std::string& spec, const py::dict& view, const py::dict& out_view, std::int64_t chunk_tokens, int threads, const std::string& layout) {
         const const_kv_view w = view_from(view);
         const kv_view dst = view_from(out_view);
         py::gil_scoped_release release;
@@ -513,6 +513,7 @@ PYBIND11_MODULE(_kvcodec, m) {
         codec c = make_codec(spec);
         encode_options o;
         o.chunk_tokens = chunk_tokens;
+        o.layout = layout;
         const auto t0 = clock::now();
         bytes file;
         memory_sink sink(file);
@@ -522,7 +523,7 @@ PYBIND11_MODULE(_kvcodec, m) {
         const auto t2 = clock::now();
         return std::make_tuple(std::chrono::duration<double>(t1 - t0).count(), std::chrono::duration<double>(t2 - t1).count(), file.size());
       },
-      py::arg("spec"), py::arg("view"), py::arg("out_view"), py::arg("chunk_tokens") = 256, py::arg("threads") = 0);
+      py::arg("spec"), py::arg("view"), py::arg("out_view"), py::arg("chunk_tokens") = 256, py::arg("threads") = 0, py::arg("layout") = "");
 
   py::class_<py_stream_decoder>(m, "StreamDecoder")
       .def(py::init<py::object, std::int64_t, std::int64_t, py::object>(), py::arg("make_view"), py::arg("token_begin") = 0,
