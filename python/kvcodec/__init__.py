@@ -165,8 +165,9 @@ def _lmcache_view(t, kv_heads, head_dim, what, writable):
     elif len(shape) == 4 and shape[1] == 2:
         L, _, T, HD = shape
         if kv_heads is None and head_dim is None:
-            raise UsageError(f"{what}: an LMCache chunk [layers, 2, tokens, kv_heads*head_dim] needs kv_heads or head_dim "
-                             f"(LMCacheSerde(spec, kv_heads=..., head_dim=...) or metadata with kv_shape)")
+            raise UsageError(f"{what}: one tensor of shape {list(shape)} is read as an LMCache chunk [layers, 2, tokens, "
+                             f"kv_heads*head_dim], which needs kv_heads or head_dim (LMCacheSerde(spec, kv_heads=..., head_dim=...) "
+                             f"or metadata with kv_shape); a Hugging Face cache is a tuple of (key, value) per layer")
         H = kv_heads if kv_heads is not None else HD // head_dim
         D = head_dim if head_dim is not None else HD // kv_heads
         if H * D != HD or H <= 0 or D <= 0:

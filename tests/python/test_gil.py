@@ -44,7 +44,7 @@ def test_encode_and_decode_release_the_gil():
     # around the call's edges); released, it loops ~millions of times per second
     during, elapsed = _ticks_during(enc)
     assert elapsed > 0.05, "the encode is too short to tell"
-    assert during > 10000, (during, elapsed)
+    assert during > 1000, (during, elapsed)
     during, elapsed = _ticks_during(lambda: kvcodec.decode(blob, threads=1))
     assert during > 1000, (during, elapsed)
 
