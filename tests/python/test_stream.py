@@ -65,3 +65,32 @@ def test_decoder_reports_incomplete_and_corrupt_streams():
     # a destination of the wrong shape is named when the header arrives
     with pytest.raises(kvcodec.BadInputError, match="shape"):
         kvcodec.Decoder(rand_pkv(layers=2, tokens=499)).feed(blob)
+
+
+def test_errors_raised_in_python_while_streaming_come_out_as_themselves():
+    pkv = rand_pkv(layers=2, tokens=300)
+    blob = kvcodec.encode("zstd", pkv, chunk_tokens=100)
+    # the destination is checked in Python when the header arrives (inside the library's push)
+    bad = tuple((torch.zeros(1, 2, 300, 16, dtype=torch.int32),) * 2 for _ in range(2))
+    with pytest.raises(kvcodec.BadInputError, match="int32"):
+        kvcodec.Decoder(bad).feed(blob)
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        if done == 2:
+            raise Stop("enough")
+
+    d = kvcodec.Decoder(progress=stop)
+    with pytest.raises(Stop, match="enough"):
+        d.feed(blob)
+    pieces = []
+
+    def full_disk(b):
+        if len(pieces) == 3:
+            raise OSError(28, "No space left on device")
+        pieces.append(b)
+
+    with pytest.raises(OSError, match="No space"):
+        kvcodec.Encoder("zstd", chunk_tokens=100).encode_to(pkv, full_disk)
