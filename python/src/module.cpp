@@ -259,7 +259,13 @@ py::object json_to_py(const nlohmann::json& j) {
 struct input_bytes {
   py::buffer_info info;
   explicit input_bytes(const py::buffer& b) : info(b.request()) {
-    if (info.ndim > 1 && info.strides.back() != info.itemsize) throw_bad_input("kvcodec data", "buffer", "contiguous bytes", "a strided buffer");
+    py::ssize_t step = info.itemsize;
+    for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+      const auto i = static_cast<std::size_t>(d);
+      if (info.shape[i] > 1 && info.strides[i] != step)
+        throw_bad_input("kvcodec data", "buffer", "contiguous bytes", "a strided buffer (stride " + std::to_string(info.strides[i]) + " bytes)");
+      step *= info.shape[i];
+    }
   }
   std::span<const std::uint8_t> span() const {
     return {static_cast<const std::uint8_t*>(info.ptr), static_cast<std::size_t>(info.size * info.itemsize)};

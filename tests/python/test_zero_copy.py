@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import torch
 
 import kvcodec
@@ -38,6 +39,9 @@ def test_input_buffers_accept_any_bytes_like_without_copy():
     blob = kvcodec.encode("zstd", pkv)
     for b in (blob, bytearray(blob), memoryview(blob), np.frombuffer(blob, dtype=np.uint8)):
         assert torch.equal(kvcodec.decode(b)[1][1], pkv[1][1])
+    doubled = np.repeat(np.frombuffer(blob, dtype=np.uint8), 2)
+    with pytest.raises(kvcodec.BadInputError, match="strided"):
+        kvcodec.decode(doubled[::2])
 
 
 _RSS_SCRIPT = textwrap.dedent("""
