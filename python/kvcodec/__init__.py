@@ -321,6 +321,11 @@ def _queries(queries, src):
 
 # ---- the API ---------------------------------------------------------------------------------------
 
+def _check_tokens(src, what):
+    if src.tokens <= 0:
+        raise BadInputError(f"{what}: field 'tokens': expected > 0, found {src.tokens} (an empty cache)")
+
+
 def encode(spec, kv, *, chunk_tokens=256, threads=0, queries=None, tokens=None, positions=None, metadata=None,
            kv_heads=None, head_dim=None, block_table=None, num_tokens=None, progress=None, layout=None, report=None):
     """Encodes a KV cache with codec `spec` (e.g. "kvc:level=5", "kivi:bits=2|rans", "raw:dtype=f16"; see list_codecs())
@@ -335,6 +340,7 @@ def encode(spec, kv, *, chunk_tokens=256, threads=0, queries=None, tokens=None, 
     container. progress(done, total): called as segments finish. report: a dict filled with the encode report.
     """
     src = _source(kv, kv_heads=kv_heads, head_dim=head_dim, block_table=block_table, num_tokens=num_tokens)
+    _check_tokens(src, "encode input")
     qdesc, _qowners = _queries(queries, src)
     data, rep = _C.encode(spec, src.desc, chunk_tokens=chunk_tokens, threads=threads, layout=src.layout if layout is None else layout,
                           metadata=metadata, tokens=None if tokens is None else _ints(tokens, "tokens"),
@@ -405,6 +411,7 @@ def eval(spec, kv, queries=None, *, chunk_tokens=256, threads=0, repeats=0, **la
     """One codec on one cache, as `kvcodec eval --json` reports it: bits_per_element, ratio_vs_fp16, encode/decode MB/s,
     K/V fidelity, and attention fidelity when queries are given."""
     src = _source(kv, **layout)
+    _check_tokens(src, "eval input")
     qdesc, _qowners = _queries(queries, src)
     return _C.eval(spec, src.desc, qdesc, chunk_tokens=chunk_tokens, threads=threads, repeats=repeats)
 
@@ -432,6 +439,7 @@ class Encoder:
         if write is None:
             raise UsageError(f"Encoder.encode_to: sink must be callable or have .write, found {type(sink).__qualname__}")
         src = _source(kv, **layout)
+        _check_tokens(src, "encode input")
         qdesc, _qowners = _queries(queries, src)
         _, rep = _C.encode(self.requested, src.desc, chunk_tokens=self.chunk_tokens, threads=self.threads, layout=src.layout,
                            metadata=metadata, tokens=None if tokens is None else _ints(tokens, "tokens"),

@@ -30,6 +30,12 @@ def test_wrong_rank():
         kvcodec.encode("zstd", torch.zeros(3, 8))
     with pytest.raises(kvcodec.BadInputError, match="batch"):
         kvcodec.encode("zstd", ((torch.zeros(2, 2, 4, 8), torch.zeros(2, 2, 4, 8)),))
+    with pytest.raises(kvcodec.BadInputError, match="empty cache"):
+        kvcodec.encode("zstd", ((torch.zeros(1, 2, 0, 8), torch.zeros(1, 2, 0, 8)),))
+    with pytest.raises(kvcodec.BadInputError, match="at least one layer"):
+        kvcodec.encode("zstd", ())
+    with pytest.raises(kvcodec.BadInputError, match="NoneType"):
+        kvcodec.encode("zstd", None)
     with pytest.raises(kvcodec.BadInputError, match=r"\(key, value\) pair"):
         kvcodec.encode("zstd", (torch.zeros(1, 2, 4, 8),))
 
