@@ -97,7 +97,7 @@ class _Source:
         return self.desc["tokens"]
 
 
-def _hf_pairs_view(pairs, what, writable):
+def _hf_pairs_view(pairs, what, writable, batch_index=None):
     pairs = list(pairs)
     if not pairs:
         raise BadInputError(f"{what}: expected at least one layer of (key, value), found none")
@@ -114,9 +114,13 @@ def _hf_pairs_view(pairs, what, writable):
             where = f"{what}: layer {l} {name}"
             addr, dt, shape, strides = _meta(t, where, writable)
             if len(shape) == 4:
-                if shape[0] != 1:
-                    raise BadInputError(f"{where}: field 'batch': expected 1 (kvcodec codes one sequence; slice the batch with "
-                                        f"[i:i+1]), found {shape[0]} in shape {list(shape)}")
+                if batch_index is not None:
+                    if not 0 <= batch_index < shape[0]:
+                        raise BadInputError(f"{where}: field 'batch_index': expected 0..{shape[0] - 1}, found {batch_index}")
+                    addr += batch_index * strides[0] * _ES[dt]  # the sequence's rows, in place
+                elif shape[0] != 1:
+                    raise BadInputError(f"{where}: field 'batch': expected 1 (kvcodec codes one sequence: pass batch_index=i "
+                                        f"to code sequence i of the batch), found {shape[0]} in shape {list(shape)}")
                 shape, strides, lay = shape[1:], strides[1:], "hf_4d"
             elif len(shape) == 3:
                 lay = "hf_3d"
@@ -264,7 +268,7 @@ def _layers_of_cache_object(kv):
     return None
 
 
-def _source(kv, *, writable=False, kv_heads=None, head_dim=None, block_table=None, num_tokens=None, what="kv"):
+def _source(kv, *, writable=False, kv_heads=None, head_dim=None, block_table=None, num_tokens=None, batch_index=None, what="kv"):
     """The view of any supported cache form (see encode)."""
     if isinstance(kv, _Source):
         return kv
@@ -285,7 +289,7 @@ def _source(kv, *, writable=False, kv_heads=None, head_dim=None, block_table=Non
             raise BadInputError(f"{what}: expected past_key_values (a tuple of (key, value) per layer), a DynamicCache-like object, "
                                 f"a stacked tensor or an LMCache chunk, found {type(kv).__module__}.{type(kv).__qualname__}")
         pairs = kv
-    return _hf_pairs_view(pairs, what, writable)
+    return _hf_pairs_view(pairs, what, writable, batch_index)
 
 
 def _queries(queries, src):
@@ -327,11 +331,12 @@ def _check_tokens(src, what):
 
 
 def encode(spec, kv, *, chunk_tokens=256, threads=0, queries=None, tokens=None, positions=None, metadata=None,
-           kv_heads=None, head_dim=None, block_table=None, num_tokens=None, progress=None, layout=None, report=None):
+           kv_heads=None, head_dim=None, block_table=None, num_tokens=None, batch_index=None, progress=None, layout=None, report=None):
     """Encodes a KV cache with codec `spec` (e.g. "kvc:level=5", "kivi:bits=2|rans", "raw:dtype=f16"; see list_codecs())
     and returns the .kvc container as bytes. The cache is read in place (no copy), with the GIL released.
 
-    kv: Hugging Face past_key_values (a tuple of (key, value) per layer, [1, H, T, D] or [H, T, D]), a DynamicCache-like
+    kv: Hugging Face past_key_values (a tuple of (key, value) per layer, [1, H, T, D] or [H, T, D]; [B, H, T, D] with
+        batch_index=i codes sequence i in place), a DynamicCache-like
         object (key_cache/value_cache lists, or layers[i].keys/.values), one stacked [L, 2, H, T, D] tensor, an LMCache
         chunk [L, 2, T, H*D] (give kv_heads or head_dim), or vLLM paged pools (a list per layer of
         [2, num_blocks, block_size, H, D] tensors) with `block_table` (and `num_tokens`, default all blocks' slots).
@@ -339,7 +344,7 @@ def encode(spec, kv, *, chunk_tokens=256, threads=0, queries=None, tokens=None, 
     queries: per-layer queries for drop stages that score them (snapkv, ...). tokens/positions/metadata: stored in the
     container. progress(done, total): called as segments finish. report: a dict filled with the encode report.
     """
-    src = _source(kv, kv_heads=kv_heads, head_dim=head_dim, block_table=block_table, num_tokens=num_tokens)
+    src = _source(kv, kv_heads=kv_heads, head_dim=head_dim, block_table=block_table, num_tokens=num_tokens, batch_index=batch_index)
     _check_tokens(src, "encode input")
     qdesc, _qowners = _queries(queries, src)
     data, rep = _C.encode(spec, src.desc, chunk_tokens=chunk_tokens, threads=threads, layout=src.layout if layout is None else layout,
@@ -393,11 +398,11 @@ def decode(data, out=None, *, token_begin=0, token_end=None, dtype=None, threads
 
 
 def decode_into(data, kv, *, token_begin=0, token_end=None, threads=0, progress=None, kv_heads=None, head_dim=None, block_table=None,
-                num_tokens=None):
+                num_tokens=None, batch_index=None):
     """Decodes a container into existing memory (any form encode accepts, writable, token_end - token_begin tokens):
     the tensors are written in place. Returns {"token_begin", "token_end", "kept"}."""
     src = _source(kv, writable=True, kv_heads=kv_heads, head_dim=head_dim, block_table=block_table, num_tokens=num_tokens,
-                  what="decode destination")
+                  batch_index=batch_index, what="decode destination")
     return _C.decode_into(data, src.desc, token_begin=token_begin, token_end=-1 if token_end is None else token_end, threads=threads,
                           progress=progress)
 

@@ -181,3 +181,18 @@ def test_progress_callback():
         kvcodec.encode(LOSSLESS, pkv, chunk_tokens=100, progress=boom)
     with pytest.raises(Stop):
         kvcodec.decode(blob, progress=boom)
+
+
+def test_one_sequence_of_a_batch_in_place():
+    g = torch.Generator().manual_seed(6)
+    batch = tuple((torch.randn(3, 2, 40, 8, generator=g).half(), torch.randn(3, 2, 40, 8, generator=g).half()) for _ in range(2))
+    blob = kvcodec.encode(LOSSLESS, batch, batch_index=1)
+    assert_pkv_equal(kvcodec.decode(blob), tuple((k[1:2], v[1:2]) for k, v in batch))
+    # decoded into row 2 of another batch, rows 0 and 1 untouched
+    other = tuple((torch.zeros_like(k), torch.zeros_like(v)) for k, v in batch)
+    kvcodec.decode_into(blob, other, batch_index=2)
+    assert torch.equal(other[1][0][2], batch[1][0][1]) and other[1][0][:2].abs().sum() == 0
+    with pytest.raises(kvcodec.BadInputError, match="batch_index"):
+        kvcodec.encode(LOSSLESS, batch)
+    with pytest.raises(kvcodec.BadInputError, match="batch_index"):
+        kvcodec.encode(LOSSLESS, batch, batch_index=3)
