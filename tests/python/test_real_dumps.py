@@ -1,0 +1,51 @@
+"""Real KV dumps of real models (../shared/kv, skipped when absent) through the Python API."""
+import os
+import subprocess
+
+import pytest
+import torch
+
+import kvcodec
+from conftest import real_pkv, shared_kv_dir
+
+KV = shared_kv_dir()
+pytestmark = pytest.mark.skipif(KV is None, reason="../shared/kv (real KV dumps) is not here")
+
+
+@pytest.mark.parametrize("name", ["kvlab-d0.safetensors", "kvlab-d0.bf16.safetensors", "stories260K-s0.safetensors"])
+def test_real_dump_round_trip_and_eval(name):
+    pkv, queries, meta = real_pkv(os.path.join(KV, name))
+    blob = kvcodec.encode("kvc:level=5", pkv, metadata=meta)
+    out = kvcodec.decode(blob)
+    assert out[0][0].dtype == pkv[0][0].dtype
+    for (k, v), (k2, v2) in zip(pkv, out):
+        for a, b in ((k, k2), (v, v2)):
+            assert (a.float() - b.float()).norm() / a.float().norm() < 0.2
+    raw = sum(k.numel() + v.numel() for k, v in pkv) * 2
+    assert len(blob) < raw / 3  # smaller than the cache in fp16
+    assert kvcodec.decode(kvcodec.encode("zstd", pkv))[2][1].equal(pkv[2][1])
+    r = kvcodec.eval("kvc:level=5", pkv, queries, repeats=1)
+    # stories260K has head_dim 8: level 5 is coarser there
+    assert r["attention"] is not None and r["attention"]["rel_error"] < (0.5 if name.startswith("stories") else 0.2)
+    assert abs(r["bits_per_element"] - kvcodec.info(blob)["bits_per_element"]) < 1e-9
+
+
+def test_same_bytes_as_the_cli_on_a_real_dump(tmp_path):
+    cli = os.environ.get("KVCODEC_CLI")
+    if not cli or not os.path.exists(cli):
+        pytest.skip("KVCODEC_CLI (the built kvcodec command) not given; ctest sets it when the CLI is built")
+    path = os.path.join(KV, "kvlab-d1.safetensors")
+    pkv, queries, meta = real_pkv(path)
+    from conftest import read_safetensors
+    tokens = read_safetensors(path)[0]["tokens"]
+    ours = kvcodec.encode("kivi:bits=2|rans", pkv, queries=queries, tokens=tokens, metadata=meta)
+    out = tmp_path / "d1.kvc"
+    subprocess.run([cli, "encode", "-q", "-c", "kivi:bits=2|rans", path, str(out)], check=True, timeout=300)
+    assert out.read_bytes() == ours
+
+
+def test_snapkv_press_on_a_real_dump():
+    pkv, queries, _ = real_pkv(os.path.join(KV, "kvlab-d0.ctx256.safetensors"))
+    p = kvcodec.press("snapkv:keep=0.25")(pkv, queries=queries)
+    small = p.past_key_values
+    assert small[0][0].shape[2] == pkv[0][0].shape[2] // 4
