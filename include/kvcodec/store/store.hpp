@@ -339,7 +339,9 @@ class kv_store {
     ++st_.gets;
     get_result res;
     const store_shape sh{view.layers, view.kv_heads, view.head_dim};
-    const auto [marked, spec] = longest_marked(tokens, sh);
+    const auto lm = longest_marked(tokens, sh);  // (not a structured binding: lambdas below use it)
+    const std::int64_t marked = lm.first;
+    const std::string spec = lm.second;
     if (marked > 0) {
       res.spec = spec;
       const auto hs = chain_hashes(namespace_text(o_.model, sh, o_.chunk_tokens, spec), tokens, o_.chunk_tokens);

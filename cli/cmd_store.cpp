@@ -1,0 +1,229 @@
+// kvcodec store put|get|ls|stat|rm — a KV store keyed by token prefixes (include/kvcodec/store/).
+//   put  --url URL -c SPEC DUMP        stores DUMP's KV under its tokens
+//   get  --url URL DUMP OUT            the longest stored prefix of DUMP's tokens -> OUT (exit 4 on a miss)
+//   ls   --url URL [--all]             stored contexts (--all: every prefix marker)
+//   stat --url URL [KEY|DUMP...]       totals, an entry, or how much of a dump's context is stored
+//   rm   --url URL KEY|DUMP...         removes entries (by key) or contexts (by dump)
+// The model name (part of the key space) is --model, else the dump's `model` metadata.
+#include <filesystem>
+
+#include "common.hpp"
+#include "kvcodec/store/open.hpp"
+#include "kvcodec/store/store.hpp"
+
+namespace kvcodec::cli {
+
+namespace {
+
+constexpr int store_miss = 4;
+
+/// What the store commands need of a dump: its tokens, shape, model and dtype (and a view to put).
+struct store_dump {
+  std::optional<io::kv_dump_view> dv;
+  std::optional<io::kv_dump> d;
+  const_kv_view view;
+  std::vector<std::int32_t> tokens;
+  std::map<std::string, std::string> metadata;
+  dtype source = dtype::f32;
+  io::kv_layout layout = io::kv_layout::hf_4d;
+};
+
+store_dump open_store_dump(const std::string& path) {
+  store_dump s;
+  s.dv = io::open_kv_dump_view(path);
+  if (s.dv) {
+    s.view = s.dv->view;
+    s.tokens = s.dv->extras.tokens;
+    s.metadata = s.dv->extras.metadata;
+    s.source = s.dv->extras.source_dtype.value_or(s.view.dt);
+    s.layout = s.dv->layout;
+  } else {
+    s.d = io::read_kv_dump(path);
+    if (!s.d->cache.is_dense()) throw error(error_kind::bad_input, path + ": a token-dropped (sparse) dump cannot be stored: a stored prefix holds every token");
+    s.view = view_of(static_cast<const kv_cache&>(s.d->cache));
+    s.tokens = s.d->cache.tokens;
+    s.metadata = s.d->cache.metadata;
+    s.source = s.d->cache.source_dtype;
+    s.layout = s.d->layout;
+  }
+  if (s.tokens.empty()) throw_bad_input(path, "tokens", "one token id per position (the tokens are the store's key)", "no tokens tensor");
+  return s;
+}
+
+struct store_common {
+  std::string url, model;
+  std::int64_t chunk = 256;
+  int threads = 0;
+};
+
+void add_common(CLI::App* app, store_common& c) {
+  app->add_option("--url", c.url, "Store: file://DIR, redis://HOST:PORT[?opts], redis-cluster://HOST:PORT,...[?opts]")->required();
+  app->add_option("--model", c.model, "Model name (part of the key space; default: the dump's `model` metadata)");
+  app->add_option("--chunk", c.chunk, "Tokens per stored chunk")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  app->add_option("-j,--threads", c.threads, "Worker threads (0 = all cores)")->capture_default_str();
+}
+
+store::kv_store open_store(const store_common& c, const std::string& model) {
+  store::store_options o;
+  o.model = model;
+  o.chunk_tokens = c.chunk;
+  o.threads = c.threads;
+  return store::kv_store(store::open_backend(c.url), o);
+}
+
+std::string model_of(const store_common& c, const store_dump& d, const std::string& path) {
+  if (!c.model.empty()) return c.model;
+  const auto it = d.metadata.find("model");
+  if (it == d.metadata.end() || it->second.empty())
+    throw_usage(path + ": the dump names no model (metadata 'model'); pass --model NAME (the model is part of the store's key space)");
+  return it->second;
+}
+
+bool is_key(const std::string& arg) { return arg.rfind(store::key_prefix, 0) == 0; }
+
+void print_entry(const store::entry_info& e) {
+  std::printf("%s  %s  %lld tokens  %lld chunks of %lld  %dx%dx%d  %s%s\n", e.key.c_str(), e.model.c_str(), static_cast<long long>(e.tokens),
+              static_cast<long long>(e.chunks), static_cast<long long>(e.chunk_tokens), e.layers, e.kv_heads, e.head_dim, e.spec.c_str(),
+              e.final ? "" : "  (prefix)");
+}
+
+}  // namespace
+
+command add_store(CLI::App& root) {
+  auto* app = root.add_subcommand("store", "A KV store keyed by token prefixes: put, get, ls, stat, rm (file://, redis://, redis-cluster://)");
+  app->require_subcommand(1);
+  struct opts {
+    store_common c;
+    std::string spec = "kvc:level=5", dump, out;
+    std::vector<std::string> args;
+    bool force = false, all = false;
+  };
+  auto o = std::make_shared<opts>();
+
+  auto* put = app->add_subcommand("put", "Store a dump's KV under its tokens");
+  add_common(put, o->c);
+  put->add_option("-c,--codec", o->spec, "Codec spec of the stored chunks")->capture_default_str();
+  put->add_option("DUMP", o->dump, "KV dump with a tokens tensor: .safetensors, .npz")->required();
+
+  auto* get = app->add_subcommand("get", "Write the longest stored prefix of a dump's tokens to OUT (exit 4 on a miss)");
+  add_common(get, o->c);
+  get->add_flag("-f,--force", o->force, "Overwrite OUT if it exists");
+  get->add_option("DUMP", o->dump, "KV dump whose tokens are looked up")->required();
+  get->add_option("OUT", o->out, "Output KV dump (the served prefix)")->required();
+
+  auto* ls = app->add_subcommand("ls", "List stored contexts");
+  add_common(ls, o->c);
+  ls->add_flag("--all", o->all, "Every prefix marker, not only whole contexts");
+
+  auto* stat = app->add_subcommand("stat", "Totals, an entry (KEY), or how much of a dump's context is stored (DUMP)");
+  add_common(stat, o->c);
+  stat->add_option("ARGS", o->args, "Entry keys (kvc:v1:m:...) or dumps");
+
+  auto* rm = app->add_subcommand("rm", "Remove entries (KEY) or a dump's context (DUMP) with their chunks");
+  add_common(rm, o->c);
+  rm->add_option("ARGS", o->args, "Entry keys (kvc:v1:m:...) or dumps")->required();
+
+  return {app, [o, put, get, ls, stat, rm] {
+            const store_common& c = o->c;
+            if (put->parsed()) {
+              store_dump d = open_store_dump(o->dump);
+              auto st = open_store(c, model_of(c, d, o->dump));
+              const auto r = st.put(d.tokens, d.view, o->spec);
+              std::printf("%s: stored %lld tokens as %lld chunks (%lld written, %lld already stored), %zu bytes, %s, entry %s\n", o->dump.c_str(),
+                          static_cast<long long>(r.tokens), static_cast<long long>(r.chunks), static_cast<long long>(r.chunks_written),
+                          static_cast<long long>(r.chunks_present), r.bytes_written, r.spec.c_str(), r.entry_key.c_str());
+              return 0;
+            }
+            if (get->parsed()) {
+              check_output(o->dump, o->out, o->force);
+              store_dump d = open_store_dump(o->dump);
+              auto st = open_store(c, model_of(c, d, o->dump));
+              const kv_shape s = d.view.shape();
+              kv_cache out = kv_cache::zeros(s, d.source);
+              const auto r = st.get(d.tokens, view_of(out));
+              for (const auto& p : r.problems) std::fprintf(stderr, "kvcodec: store get: %s\n", p.c_str());
+              if (!r.hit()) {
+                std::printf("%s: miss (0 of %zu tokens stored)\n", o->dump.c_str(), d.tokens.size());
+                return store_miss;
+              }
+              // Keep the served prefix: rows [0, served) of every (layer, head).
+              kv_shape ps = s;
+              ps.tokens = r.tokens;
+              kv_cache pre = kv_cache::zeros(ps, d.source);
+              const std::size_t D = static_cast<std::size_t>(s.head_dim), T = static_cast<std::size_t>(s.tokens), n = static_cast<std::size_t>(r.tokens);
+              for (int l = 0; l < s.layers; ++l)
+                for (int h = 0; h < s.kv_heads; ++h) {
+                  const std::size_t from = static_cast<std::size_t>(h) * T * D, to = static_cast<std::size_t>(h) * n * D;
+                  std::copy_n(out.keys[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(from), n * D,
+                              pre.keys[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(to));
+                  std::copy_n(out.values[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(from), n * D,
+                              pre.values[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(to));
+                }
+              pre.tokens.assign(d.tokens.begin(), d.tokens.begin() + static_cast<std::ptrdiff_t>(n));
+              pre.metadata = d.metadata;
+              pre.metadata["tokens"] = std::to_string(n);
+              io::kv_layout layout = d.layout == io::kv_layout::hf_compact ? io::kv_layout::hf_4d : d.layout;
+              io::write_kv_dump(o->out, pre, layout, d.source, false, o->force);
+              std::printf("%s: served %lld of %zu tokens (%lld chunks, %zu bytes, %s) -> %s\n", o->dump.c_str(), static_cast<long long>(r.tokens),
+                          d.tokens.size(), static_cast<long long>(r.chunks), r.bytes, r.spec.c_str(), o->out.c_str());
+              return 0;
+            }
+            if (ls->parsed()) {
+              auto st = open_store(c, c.model);
+              auto es = st.entries(o->all);
+              std::sort(es.begin(), es.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
+              for (const auto& e : es) print_entry(e);
+              return 0;
+            }
+            if (stat->parsed()) {
+              auto st = open_store(c, c.model);
+              if (o->args.empty()) {
+                const auto chunks = st.storage().list(std::string(store::key_prefix) + "c:").size();
+                const auto es = st.entries(true);
+                std::size_t finals = 0;
+                for (const auto& e : es) finals += e.final ? 1 : 0;
+                std::printf("%s: %zu contexts, %zu prefix markers, %zu chunks\n", st.storage().url().c_str(), finals, es.size(), chunks);
+                return 0;
+              }
+              int rc = 0;
+              for (const auto& a : o->args) {
+                if (is_key(a)) {
+                  const auto e = st.entry(a);
+                  if (!e) {
+                    std::printf("%s: no such entry\n", a.c_str());
+                    rc = store_miss;
+                    continue;
+                  }
+                  print_entry(*e);
+                  if (e->final) std::printf("  %zu chunk keys, %zu bytes written by its put\n", e->chunk_keys.size(), e->bytes);
+                  continue;
+                }
+                store_dump d = open_store_dump(a);
+                auto sd = open_store(c, model_of(c, d, a));
+                const auto [n, spec] = sd.contains(d.tokens, {d.view.layers, d.view.kv_heads, d.view.head_dim});
+                std::printf("%s: %lld of %zu tokens stored%s%s\n", a.c_str(), static_cast<long long>(n), d.tokens.size(), spec.empty() ? "" : " as ",
+                            spec.c_str());
+                if (n == 0) rc = store_miss;
+              }
+              return rc;
+            }
+            if (rm->parsed()) {
+              auto st = open_store(c, c.model);
+              std::size_t removed = 0;
+              for (const auto& a : o->args) {
+                if (is_key(a)) {
+                  removed += st.remove_entry(a);
+                  continue;
+                }
+                store_dump d = open_store_dump(a);
+                auto sd = open_store(c, model_of(c, d, a));
+                removed += sd.remove(d.tokens, {d.view.layers, d.view.kv_heads, d.view.head_dim});
+              }
+              std::printf("removed %zu keys\n", removed);
+              return removed ? 0 : store_miss;
+            }
+            return 1;
+          }};
+}
+
+}  // namespace kvcodec::cli
