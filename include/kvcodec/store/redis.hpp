@@ -11,7 +11,10 @@
 #pragma once
 
 #include <hiredis/hiredis.h>
+#include <sys/socket.h>
 #include <sys/time.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <chrono>
@@ -123,6 +126,9 @@ class redis_conn {
       redisFree(c);
       return false;
     }
+    // Keep the reader's buffer between replies (hiredis frees it when more than 16 KB are unused):
+    // chunk values are megabytes, and growing the buffer again for every reply dominated a fetch.
+    c->reader->maxbuf = 0;
     c_ = c;
     return true;
   }
@@ -141,16 +147,49 @@ class redis_conn {
         return false;
       }
     }
-    for (std::size_t i = 0; i < cmds.size(); ++i) {
-      void* r = nullptr;
-      if (redisGetReply(c_, &r) != REDIS_OK || !r) {
-        why = c_->err ? std::string(c_->errstr) : std::string("no reply");
-        if (r) freeReplyObject(r);
+    int done = 0;
+    do {
+      if (redisBufferWrite(c_, &done) != REDIS_OK) {
+        why = c_->errstr;
         return false;
       }
+    } while (!done);
+    for (std::size_t i = 0; i < cmds.size(); ++i) {
+      void* r = nullptr;
+      if (!read_reply(&r, why)) return false;
       out.emplace_back(static_cast<redisReply*>(r));
     }
     return true;
+  }
+  /// One reply through hiredis's reader, fed from the socket 1 MiB at a time (redisGetReply reads 16 KiB
+  /// per call, which made multi-megabyte values cost thousands of reads and wake-ups).
+  bool read_reply(void** out, std::string& why) {
+    thread_local std::vector<char> buf(std::size_t{1} << 20);
+    while (true) {
+      if (redisReaderGetReply(c_->reader, out) != REDIS_OK) {
+        why = std::string("protocol error: ") + c_->reader->errstr;
+        return false;
+      }
+      if (*out) return true;
+      const ssize_t n = ::recv(c_->fd, buf.data(), buf.size(), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        why = "no reply within " + std::to_string(o_.timeout_ms) + " ms (timeout_ms)";
+        return false;
+      }
+      if (n < 0) {
+        why = std::strerror(errno);
+        return false;
+      }
+      if (n == 0) {
+        why = "the server closed the connection";
+        return false;
+      }
+      if (redisReaderFeed(c_->reader, buf.data(), static_cast<std::size_t>(n)) != REDIS_OK) {
+        why = std::string("protocol error: ") + c_->reader->errstr;
+        return false;
+      }
+    }
   }
 
   std::string host_;
