@@ -4,11 +4,14 @@
 //   ls   --url URL [--all]             stored contexts (--all: every prefix marker)
 //   stat --url URL [KEY|DUMP...]       totals, an entry, or how much of a dump's context is stored
 //   rm   --url URL KEY|DUMP...         removes entries (by key) or contexts (by dump)
+//   plan DUMP...                       a kvc level and a tier per dump maximising the utility of store/plan.hpp
 // The model name (part of the key space) is --model, else the dump's `model` metadata.
 #include <filesystem>
 
 #include "common.hpp"
+#include "kvcodec/eval/evaluate.hpp"
 #include "kvcodec/store/open.hpp"
+#include "kvcodec/store/plan.hpp"
 #include "kvcodec/store/store.hpp"
 
 namespace kvcodec::cli {
@@ -87,6 +90,30 @@ void print_entry(const store::entry_info& e) {
               e.final ? "" : "  (prefix)");
 }
 
+/// "NAME:CAPACITY_MB:GBPS:LATENCY_US" (CAPACITY_MB "inf" for the last tier).
+store::tier_spec parse_tier(const std::string& t) {
+  std::vector<std::string> f;
+  std::size_t at = 0;
+  while (true) {
+    const auto c = t.find(':', at);
+    f.push_back(t.substr(at, c == std::string::npos ? std::string::npos : c - at));
+    if (c == std::string::npos) break;
+    at = c + 1;
+  }
+  if (f.size() != 4 || f[0].empty()) throw_usage("--tier: expected NAME:CAPACITY_MB:GBPS:LATENCY_US, found '" + t + "'");
+  store::tier_spec s;
+  s.name = f[0];
+  try {
+    s.capacity_bytes = f[1] == "inf" ? std::numeric_limits<double>::infinity() : std::stod(f[1]) * 1e6;
+    s.bandwidth_bytes_s = std::stod(f[2]) * 1e9;
+    s.latency_s = std::stod(f[3]) * 1e-6;
+  } catch (const std::exception&) {
+    throw_usage("--tier: expected numbers in NAME:CAPACITY_MB:GBPS:LATENCY_US, found '" + t + "'");
+  }
+  if (!(s.capacity_bytes >= 0) || !(s.bandwidth_bytes_s > 0) || !(s.latency_s >= 0)) throw_usage("--tier '" + t + "': capacity >= 0, bandwidth > 0, latency >= 0");
+  return s;
+}
+
 }  // namespace
 
 command add_store(CLI::App& root) {
@@ -96,7 +123,11 @@ command add_store(CLI::App& root) {
     store_common c;
     std::string spec = "kvc:level=5", dump, out;
     std::vector<std::string> args;
-    bool force = false, all = false;
+    bool force = false, all = false, markdown = false;
+    std::vector<int> levels = {1, 3, 5, 7, 9};
+    std::vector<std::string> tiers = {"dram:2:10:1", "disk:8:1:100", "redis:inf:0.2:500"};
+    std::vector<double> weights;
+    double alpha = 1.0;
   };
   auto o = std::make_shared<opts>();
 
@@ -123,7 +154,18 @@ command add_store(CLI::App& root) {
   add_common(rm, o->c);
   rm->add_option("ARGS", o->args, "Entry keys (kvc:v1:m:...) or dumps")->required();
 
-  return {app, [o, put, get, ls, stat, rm] {
+  auto* plan = app->add_subcommand("plan", "Choose a kvc level and a storage tier per dump (utility: quality minus weighted loading delay; docs/STORE.md)");
+  plan->add_option("--levels", o->levels, "kvc levels to consider (comma-separated)")->capture_default_str()->delimiter(',')->allow_extra_args(false);
+  plan->add_option("--tier", o->tiers, "Tiers, fastest first: NAME:CAPACITY_MB:GBPS:LATENCY_US (the last one's capacity is taken as unbounded)")
+      ->capture_default_str()
+      ->allow_extra_args(false);
+  plan->add_option("--alpha", o->alpha, "Delay weight: attention-KL units per second of expected loading delay")->capture_default_str();
+  plan->add_option("--weights", o->weights, "Access weight per dump, comma-separated (default 1 each)")->delimiter(',')->allow_extra_args(false);
+  plan->add_option("-j,--threads", o->c.threads, "Worker threads (0 = all cores)")->capture_default_str();
+  plan->add_flag("--markdown", o->markdown, "Markdown tables");
+  plan->add_option("DUMPS", o->args, "KV dumps with queries (attention KL is measured on them)")->required();
+
+  return {app, [o, put, get, ls, stat, rm, plan] {
             const store_common& c = o->c;
             if (put->parsed()) {
               store_dump d = open_store_dump(o->dump);
@@ -221,6 +263,80 @@ command add_store(CLI::App& root) {
               }
               std::printf("removed %zu keys\n", removed);
               return removed ? 0 : store_miss;
+            }
+            if (plan->parsed()) {
+              std::vector<store::tier_spec> ts;
+              for (const auto& t : o->tiers) ts.push_back(parse_tier(t));
+              if (!o->weights.empty() && o->weights.size() != o->args.size())
+                throw_usage("--weights: " + std::to_string(o->weights.size()) + " weights for " + std::to_string(o->args.size()) + " dumps");
+              std::vector<store::context_profile> cs;
+              for (std::size_t i = 0; i < o->args.size(); ++i) {
+                const io::kv_dump d = io::read_kv_dump(o->args[i]);
+                if (!d.cache.has_queries())
+                  throw_bad_input(o->args[i], "queries", "a queries tensor (attention KL is the planner's quality measure)", "none");
+                store::context_profile cp;
+                cp.name = std::filesystem::path(o->args[i]).filename().string();
+                cp.weight = o->weights.empty() ? 1.0 : o->weights[i];
+                for (int l : o->levels) {
+                  eval::eval_options eo;
+                  eo.threads = c.threads;
+                  eo.repeats = 1;
+                  const auto r = eval::evaluate("kvc:level=" + std::to_string(l), d.cache, eo);
+                  const double decode_s = r.decode_mb_s > 0 ? static_cast<double>(r.kv_elements) * 2.0 / 1e6 / r.decode_mb_s : 0;
+                  cp.levels.push_back({"kvc:level=" + std::to_string(l), static_cast<double>(r.container_bytes), r.attention ? r.attention->kl : 0.0, decode_s});
+                }
+                cs.push_back(std::move(cp));
+              }
+              const auto p = store::plan_placement(cs, ts, o->alpha);
+              const char* sep = o->markdown ? " | " : "  ";
+              const auto row_begin = [&] { if (o->markdown) std::printf("| "); };
+              const auto row_end = [&] { std::printf(o->markdown ? " |\n" : "\n"); };
+              std::printf("%s\n", o->markdown ? "### Profiles (measured: container bytes, attention KL, decode time)" : "profiles:");
+              row_begin();
+              std::printf("%-32s%s%-12s%s%12s%s%12s%s%10s", "context", sep, "level", sep, "bytes", sep, "attn KL", sep, "decode ms");
+              row_end();
+              if (o->markdown) std::printf("|---|---|---:|---:|---:|\n");
+              for (const auto& c : cs)
+                for (const auto& l : c.levels) {
+                  row_begin();
+                  std::printf("%-32s%s%-12s%s%12.0f%s%12.4g%s%10.3f", c.name.c_str(), sep, l.spec.c_str(), sep, l.bytes, sep, l.kl, sep, l.decode_s * 1e3);
+                  row_end();
+                }
+              std::printf("%s\n", o->markdown ? "\n### Plan" : "\nplan:");
+              row_begin();
+              std::printf("%-32s%s%-12s%s%-8s%s%12s", "context", sep, "level", sep, "tier", sep, "utility");
+              row_end();
+              if (o->markdown) std::printf("|---|---|---|---:|\n");
+              for (std::size_t i = 0; i < cs.size(); ++i) {
+                const auto& ch = p.choice[i];
+                row_begin();
+                std::printf("%-32s%s%-12s%s%-8s%s%12.6g", cs[i].name.c_str(), sep, cs[i].levels[ch.level].spec.c_str(), sep, ts[ch.tier].name.c_str(), sep,
+                            store::utility_of(cs[i], cs[i].levels[ch.level], ts[ch.tier], o->alpha));
+                row_end();
+              }
+              std::printf("%s\n", o->markdown ? "\n### Total utility: planner against every single fixed level (same tiers and capacities)" : "\nutility:");
+              row_begin();
+              std::printf("%-28s%s%14s%s%s", "plan", sep, "utility", sep, "planner better");
+              row_end();
+              if (o->markdown) std::printf("|---|---:|---|\n");
+              row_begin();
+              std::printf("%-28s%s%14.6g%s%s", ("planner (" + p.source + ")").c_str(), sep, p.utility, sep, "");
+              row_end();
+              bool beats_all = true;
+              for (std::size_t l = 0; l < p.fixed_utility.size(); ++l) {
+                const bool better = p.utility > p.fixed_utility[l] + 1e-12 * std::abs(p.fixed_utility[l]);
+                beats_all = beats_all && better;
+                row_begin();
+                std::printf("%-28s%s%14.6g%s%s", ("fixed " + cs[0].levels[l].spec).c_str(), sep, p.fixed_utility[l], sep, better ? "yes" : "no (equal)");
+                row_end();
+              }
+              std::printf("\ntiers:");
+              for (std::size_t t = 0; t < ts.size(); ++t)
+                std::printf(" %s %.3g/%s MB at %.3g GB/s + %.3g us%s", ts[t].name.c_str(), p.tier_bytes[t] / 1e6,
+                            t + 1 == ts.size() ? "inf" : fmt_num(ts[t].capacity_bytes / 1e6).c_str(), ts[t].bandwidth_bytes_s / 1e9, ts[t].latency_s * 1e6,
+                            t + 1 == ts.size() ? "" : ";");
+              std::printf("; alpha %.4g KL/s; planner beats every fixed level: %s\n", o->alpha, beats_all ? "yes" : "no");
+              return 0;
             }
             return 1;
           }};

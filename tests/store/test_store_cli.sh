@@ -83,6 +83,18 @@ run 0 "$K" store get --url "file://$work/a" -f "$dump" "$work/o.safetensors"
 run 0 "$K" store put --url "file://$work/b" -c raw:dtype=f32 "$work/o.safetensors"
 diff -r "$work/a/kvc/v1/c" "$work/b/kvc/v1/c" >/dev/null || fail "chunks of the served dump differ from the original's"
 
+echo "== plan"
+s0=$shared/kv/stories260K-s0.safetensors
+s1=$shared/kv/stories260K-s1.safetensors
+run 0 "$K" store plan --levels 1,9 --alpha 50 --tier dram:0.1:10:1 --tier redis:inf:0.2:500 "$s0" "$s1"
+has "fixed kvc:level=9" out
+has "planner beats every fixed level" out
+run 1 "$K" store plan --tier dram:x "$s0"
+has "NAME:CAPACITY_MB:GBPS:LATENCY_US" err
+run 0 "$K" synth --q-heads 0 --layers 2 --kv-heads 2 --head-dim 8 --tokens 64 "$work/noq.safetensors"
+run 2 "$K" store plan "$work/noq.safetensors"
+has "queries" err
+
 echo "== errors"
 run 1 "$K" store ls --url "ftp://x"
 has "expected file://DIR" err

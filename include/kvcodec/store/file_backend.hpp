@@ -8,10 +8,12 @@
 // the member). Several processes may share a directory.
 #pragma once
 
+#include <cctype>
+#include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include <xxhash.h>
 
