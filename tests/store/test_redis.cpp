@@ -172,15 +172,16 @@ TEST_CASE("redis writes acknowledged by a replica survive the loss of the master
   temp_dir d;
   redis_server master(d.path + "/m");
   redis_server replica(d.path + "/r", {"--replicaof", "127.0.0.1", std::to_string(master.port())});
-  // Wait until the replica is attached.
-  for (int i = 0; i < 200; ++i) {
-    const auto info = store::reply_text(master.cmd({"INFO", "replication"}).get());
-    if (info.find("connected_slaves:1") != std::string::npos) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // Wait until the replica is attached (WAIT below would time out otherwise).
+  bool attached = false;
+  for (int i = 0; i < 600 && !attached; ++i) {
+    attached = store::reply_text(master.cmd({"INFO", "replication"}).get()).find("connected_slaves:1") != std::string::npos;
+    if (!attached) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+  REQUIRE_MESSAGE(attached, "the replica did not attach to the master within 30 s");
   host_kv kv = sample(600, 6);
   {
-    kv_store st(open_backend(master.url() + "?wait=1&wait_timeout_ms=5000"), opts());
+    kv_store st(open_backend(master.url() + "?wait=1&wait_timeout_ms=30000"), opts());
     st.put(kv.tokens, kv.cview(), "kvc:level=5");
   }
   master.kill9();
