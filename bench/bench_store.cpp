@@ -2,7 +2,7 @@
 //   bench_store URL [tokens=2048] [reps=5] [threads=0]
 // A Llama-8B-shaped synthetic cache (32 layers, 8 kv heads, head_dim 128, f16; eval::synth_cache) of
 // `tokens` tokens is stored twice under one model: as kvc:level=5 and as raw:dtype=f16 (256-token
-// chunks). Then, best of `reps` wall times, each in a fresh process state but the same connection kind:
+// chunks). Then, best of `reps` wall times (get: a new kv_store, so new connections, each time):
 //   get      kv_store::get into an f16 host view (marker lookup, pipelined fetch + checks + decode)
 //   fetch    GET of the kvc:level=5 chunk values alone, one after another on one connection
 //   raw      GET of the raw f16 chunk values alone
@@ -89,7 +89,6 @@ int main(int argc, char** argv) {
       best_fetch = std::min(best_fetch, fetch_all(ek->chunk_keys, kbytes));
       best_raw = std::min(best_raw, fetch_all(er->chunk_keys, rbytes));
     }
-    // Decoding must not be lossless here (level 5), but the view must hold the right cache: compare one row.
     std::printf("cache: %d layers x %d kv heads x %lld tokens x head_dim %d, f16 (%.1f MB); %lld chunks of %lld tokens; %s\n", L, H,
                 static_cast<long long>(T), D, static_cast<double>(rbytes) / 1e6, static_cast<long long>(pk.chunks),
                 static_cast<long long>(o.chunk_tokens), st.storage().url().c_str());
