@@ -81,6 +81,7 @@ command add_synth(CLI::App& root);
 command add_plan(CLI::App& root);
 command add_verify(CLI::App& root);
 command add_plan_verify(CLI::App& root);
+command add_store(CLI::App& root);
 
 }  // namespace kvcodec::cli
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The KV store's get on loopback Redis against fetching the same bytes (issue 16's bars): starts a
+# redis-server on a free port in a temporary directory (no persistence), runs bench_store, writes
+# bench/results/store.txt.
+#   bench/store.sh [BUILD_DIR] [TOKENS] [REPS] [THREADS]     (needs redis-server: scripts/setup)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build}; tokens=${2:-2048}; reps=${3:-5}; threads=${4:-0}
+out=bench/results/store.txt
+work=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis-server --port "$port" --bind 127.0.0.1 --dir "$work" --save "" --appendonly no --daemonize no --logfile "$work/redis.log" &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+{
+  echo "# $(date -u +%F), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(redis-server --version | cut -d' ' -f1-3)"
+  echo "# command: bench/store.sh $build $tokens $reps $threads   (bench_store redis://127.0.0.1:PORT $tokens $reps $threads)"
+  "$build/bench/bench_store" "redis://127.0.0.1:$port" "$tokens" "$reps" "$threads"
+} | tee "$out"
