@@ -294,20 +294,23 @@ TEST_CASE("cachegen-quant: quantize rounds half to even like nearbyintf - decode
     }
   }
   for (const char* spec : {"kbins=256,klayers=-,vbins=24,vlayers=-,kaxis=channel,vaxis=token", "kbins=16,klayers=-,vbins=8,vlayers=-,scale=bf16"}) {
-    for (std::int64_t tokens : {std::int64_t{1}, std::int64_t{7}, std::int64_t{33}}) {
+    for (std::int64_t tokens : {std::int64_t{1}, std::int64_t{7}, std::int64_t{33}})
+    for (const int hd : {20, 28}) {  // two or three 8-wide vectors and a scalar tail per row
       CAPTURE(spec);
       CAPTURE(tokens);
+      CAPTURE(hd);
       const codec c = make_codec(std::string("cachegen-quant:") + spec + "|rans");
       const auto* cg = dynamic_cast<const cpu::cachegen_quant*>(c.quant.get());
       REQUIRE(cg != nullptr);
       kv_shape s;
       s.layers = 1;
       s.kv_heads = 3;
-      s.head_dim = 20;  // 20 = two 8-wide vectors and a scalar tail per row
+      s.head_dim = hd;
+      const std::size_t D = static_cast<std::size_t>(hd);
       s.tokens = tokens;
       for (bool key : {true, false}) {
         block b = detail::block_skeleton(s, 0, key, 0, tokens, nullptr);
-        b.data.resize(b.rows() * 20);
+        b.data.resize(b.rows() * D);
         for (auto& v : b.data) v = u(rng) * (rng() % 4 == 0 ? 1e-6f : 1.0f);
         const cache_info info{s, dtype::f16, {}};
         symbols sy;
@@ -317,23 +320,29 @@ TEST_CASE("cachegen-quant: quantize rounds half to even like nearbyintf - decode
           const bool bf = std::string(spec).find("bf16") != std::string::npos;
           const int MAX = (key ? (std::string(spec).find("kbins=256") != std::string::npos ? 256 : 16)
                                : (std::string(spec).find("vbins=24") != std::string::npos ? 24 : 8)) / 2 - 1;
-          const std::size_t R = static_cast<std::size_t>(tokens), C = 60;
+          const std::size_t R = static_cast<std::size_t>(tokens), C = 3 * D;
           std::size_t bad = 0;
           for (std::size_t r = 0; r < R; ++r)
             for (std::size_t c = 0; c < C; ++c) {
               const std::size_t si = by_token ? r : c;
               const auto bits = static_cast<std::uint16_t>(sy.side[2 * si] | (sy.side[2 * si + 1] << 8));
               const float sc = cachegen_scale_value(bits, bf);
-              const float x = b.data[((c / 20) * R + r) * 20 + c % 20];
+              const float x = b.data[((c / D) * R + r) * D + c % D];
               bad += sy.planes[0].sym[r * C + c] != cachegen_quantize(x, sc > 0 ? static_cast<float>(MAX) / sc : 0.0f, MAX);
             }
           CHECK(bad == 0);
         }
         block d32 = detail::block_skeleton(s, 0, key, 0, tokens, nullptr);
         cg->decode(sy, info, d32);
-        std::vector<std::uint16_t> h(b.rows() * 20, 0xdead);
+        std::vector<std::uint16_t> h(b.rows() * D, 0xdead);
         cg->decode_f16(sy, d32, h.data());
         for (std::size_t i = 0; i < h.size(); ++i) CHECK(h[i] == f32_to_f16_bits(d32.data[i]));
+        // decode_rows into f16 rows (the path of decode_into) gives the same bits
+        std::vector<std::uint16_t> h2(b.rows() * D, 0xbeef);
+        std::vector<std::byte*> rows(b.rows());
+        for (std::size_t r = 0; r < rows.size(); ++r) rows[r] = reinterpret_cast<std::byte*>(h2.data() + r * D);
+        REQUIRE(cg->decode_rows(sy, info, d32, dtype::f16, rows.data()));
+        CHECK(h2 == h);
         sy.side.pop_back();
         CHECK_THROWS_AS(cg->decode_f16(sy, d32, h.data()), error);
       }
