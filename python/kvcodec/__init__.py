@@ -675,13 +675,13 @@ class Store:
         L, H, D = self._shape(shape_or_kv, layout)
         return self._st.contains(_ints(tokens, "store contains: tokens"), L, H, D)[0]
 
-    def remove(self, tokens, shape_or_kv=None, *, key=None, **layout):
+    def remove(self, tokens=None, shape_or_kv=None, *, key=None, **layout):
         """Removes the context of `tokens` (every spec it is stored with; contexts sharing its chunks lose them too), or the
         entry under `key` (see entries()). Returns the number of keys removed."""
         if key is not None:
             return self._st.remove_entry(key)
-        if shape_or_kv is None:
-            raise UsageError("Store.remove: give the cache (or its (layers, kv_heads, head_dim)) with the tokens, or key=")
+        if tokens is None or shape_or_kv is None:
+            raise UsageError("Store.remove: give the tokens and the cache (or its (layers, kv_heads, head_dim)), or key=")
         L, H, D = self._shape(shape_or_kv, layout)
         return self._st.remove(_ints(tokens, "store remove: tokens"), L, H, D)
 

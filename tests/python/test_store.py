@@ -105,6 +105,7 @@ def test_round_trip_lossless(url):
     assert len(es) == 1 and es[0]["key"] == rep["entry_key"] and es[0]["tokens"] == T and es[0]["final"]
     assert (es[0]["model"], es[0]["layers"], es[0]["kv_heads"], es[0]["head_dim"]) == ("m1", 3, 2, 16)
     assert len(st.entries(all=True)) == 3
+    assert st.entry(rep["entry_key"])["chunk_keys"] == es[0]["chunk_keys"] and st.entry("kvc:v1:m:" + "0" * 32) is None
     # another process (a new Store on the same storage) sees it
     other = kvcodec.Store(url, model="m1")
     out2 = _zeros_like(pkv)
@@ -158,6 +159,13 @@ def test_longest_prefix_and_miss(url):
     # removed: a miss afterwards
     assert st.remove(toks[:512], pkv) > 0
     assert st.get(toks, out) == 0 and st.entries() == []
+    # removed by entry key: its markers and chunks go (4 keys: 2 markers, 2 chunks)
+    key = st.put(toks[:512], _rows(pkv, 0, 512))["entry_key"]
+    assert st.get(toks, out) == 512
+    assert st.remove(key=key) == 4
+    assert st.get(toks, out) == 0 and st.remove(key=key) == 0
+    with pytest.raises(kvcodec.UsageError, match="tokens"):
+        st.remove(toks)
 
 
 def test_another_model_or_shape_is_never_served(url):
@@ -205,6 +213,8 @@ def test_bad_urls_and_inputs(tmp_path):
     assert isinstance(e.value, OSError)
     with pytest.raises(kvcodec.UsageError, match="model"):
         kvcodec.Store(f"file://{tmp_path}", model="")
+    with pytest.raises(kvcodec.UsageError, match="chunk_tokens must be >= 1"):
+        kvcodec.Store(f"file://{tmp_path}", model="m", chunk_tokens=0)
     with pytest.raises(kvcodec.UsageError):
         kvcodec.Store(f"file://{tmp_path}", model="m", spec="nosuchcodec:level=5")
     st = kvcodec.Store(f"file://{tmp_path}", model="m")
