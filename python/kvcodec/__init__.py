@@ -9,6 +9,8 @@ copied; ``decode_into`` writes into the caller's tensors.
     blob = kvcodec.encode("kvc:level=5", past_key_values)       # bytes (a .kvc container)
     pkv = kvcodec.decode(blob)                                  # tuple of (key, value) [1, H, T, D]
     kvcodec.decode_into(blob, pkv)                              # into existing tensors
+    st = kvcodec.Store("file:///tmp/kv", model="llama-3-8b")    # or redis://HOST:PORT, redis-cluster://...
+    st.put(token_ids, pkv); n = st.get(token_ids, pkv)          # n tokens of the longest stored prefix decoded
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ._kvcodec import BadInputError, CorruptError, Error, IOError, UnsupportedEr
 __version__ = _C.__version__
 __all__ = [
     "encode", "decode", "decode_into", "info", "list_codecs", "eval", "Encoder", "Decoder", "press", "Press", "PressedCache",
-    "LMCacheSerde", "lmcache_register", "Error", "BadInputError", "CorruptError", "UsageError", "UnsupportedError", "IOError",
+    "LMCacheSerde", "lmcache_register", "Store", "Error", "BadInputError", "CorruptError", "UsageError", "UnsupportedError", "IOError",
 ]
 
 # ---- tensors: address, dtype, shape and element strides, read in place ----------------------------
@@ -617,6 +619,88 @@ def lmcache_register(spec, name="kvcodec"):
     create_serde.__wrapped__ = original
     mod.CreateSerde = create_serde
     return mod
+
+
+# ---- the KV store (include/kvcodec/store, docs/STORE.md) ------------------------------------------
+
+class Store:
+    """Compressed KV caches keyed by token prefixes (LMCache's chain-hash scheme) in a local directory or Redis:
+    Store("file://DIR" | "redis://HOST:PORT[?OPTS]" | "redis-cluster://HOST:PORT,...", model="NAME").
+    A context is stored as chunks of `chunk_tokens` tokens, each an independently decodable container; get() finds
+    the longest stored prefix of the tokens asked for and decodes it into the caller's tensors in place. The model's
+    name, the cache's shape, the chunk size and the spec are part of the key space: another model is never served.
+    Caches are given in any form encode accepts (layout keywords kv_heads, head_dim, block_table, num_tokens,
+    batch_index as there). The C++ kvcodec::store does the work, with the GIL released; errors are this module's
+    (UsageError for a bad URL, IOError for an unreachable server, BadInputError for a cache that does not fit)."""
+
+    def __init__(self, url, *, model, spec="kvc:level=5", chunk_tokens=256, threads=0, pipeline_depth=2):
+        if not isinstance(model, str) or not model:
+            raise UsageError(f"Store: model: expected the model's name (part of the key space), found {model!r}")
+        if not isinstance(url, str):
+            raise UsageError(f"Store: url: expected a string file://DIR, redis://HOST:PORT or redis-cluster://..., found {url!r}")
+        self.spec = _C.canonical_spec(spec)  # a bad spec fails here, with the library's message
+        self._st = _C.Store(url, model, chunk_tokens=chunk_tokens, threads=threads, pipeline_depth=pipeline_depth)
+        self.last_get = None
+
+    url = property(lambda self: self._st.url)
+    model = property(lambda self: self._st.model)
+    chunk_tokens = property(lambda self: self._st.chunk_tokens)
+
+    def put(self, tokens, kv, *, spec=None, **layout):
+        """Stores the KV of `tokens` (token i's KV is row i of the cache), coded with `spec` (default: the Store's). Chunks
+        already stored (a shared prefix) are skipped. Returns {"spec", "entry_key", "tokens", "chunks", "chunks_written",
+        "chunks_present", "bytes_written", "seconds"}."""
+        src = _source(kv, what="store put input", **layout)
+        _check_tokens(src, "store put input")
+        return self._st.put(_ints(tokens, "store put: tokens"), src.desc, self.spec if spec is None else spec)
+
+    def get(self, tokens, out, **layout):
+        """Decodes the longest stored prefix of `tokens` into `out` (writable, any form encode accepts, len(tokens)
+        tokens) and returns how many tokens it served: rows [0, n) of `out` hold them (0 on a miss; the other rows are
+        unspecified). self.last_get holds the details: chunks, spec, bytes, fetch/decode seconds and `problems`
+        (chunks found damaged or missing: the served prefix stops before them)."""
+        src = _source(out, writable=True, what="store get destination", **layout)
+        self.last_get = self._st.get(_ints(tokens, "store get: tokens"), src.desc)
+        return self.last_get["tokens"]
+
+    def _shape(self, shape_or_kv, layout):
+        if isinstance(shape_or_kv, tuple) and len(shape_or_kv) == 3 and all(isinstance(x, int) for x in shape_or_kv):
+            return shape_or_kv
+        d = _source(shape_or_kv, **layout).desc
+        return len(d["k"]), d["kv_heads"], d["head_dim"]
+
+    def contains(self, tokens, shape_or_kv, **layout):
+        """Tokens of the longest stored prefix of `tokens` (0 if none), from the markers alone. The second argument is a
+        cache of the model's shape (any form) or a (layers, kv_heads, head_dim) tuple."""
+        L, H, D = self._shape(shape_or_kv, layout)
+        return self._st.contains(_ints(tokens, "store contains: tokens"), L, H, D)[0]
+
+    def remove(self, tokens=None, shape_or_kv=None, *, key=None, **layout):
+        """Removes the context of `tokens` (every spec it is stored with; contexts sharing its chunks lose them too), or the
+        entry under `key` (see entries()). Returns the number of keys removed."""
+        if key is not None:
+            return self._st.remove_entry(key)
+        if tokens is None or shape_or_kv is None:
+            raise UsageError("Store.remove: give the tokens and the cache (or its (layers, kv_heads, head_dim)), or key=")
+        L, H, D = self._shape(shape_or_kv, layout)
+        return self._st.remove(_ints(tokens, "store remove: tokens"), L, H, D)
+
+    def entries(self, all=False):  # noqa: A002
+        """Stored contexts (every prefix marker when all=True): dicts with key, model, spec, tokens, chunks, chunk_tokens,
+        layers, kv_heads, head_dim, chunk_keys, bytes, final."""
+        return self._st.entries(all)
+
+    def entry(self, key):
+        """The entry under `key`, or None."""
+        return self._st.entry(key)
+
+    def stats(self):
+        """This Store object's counters: puts, chunks_written, chunks_skipped, bytes_written, gets, hits, misses,
+        tokens_served, chunks_read, bytes_read, rejected_chunks."""
+        return self._st.stats()
+
+    def __repr__(self):
+        return f"kvcodec.Store({self.url!r}, model={self.model!r}, spec={self.spec!r}, chunk_tokens={self.chunk_tokens})"
 
 
 cuda_backend = _C.cuda_backend

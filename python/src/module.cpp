@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -20,6 +21,8 @@
 #include "kvcodec/eval/evaluate.hpp"
 #include "kvcodec/format/shape_json.hpp"
 #include "kvcodec/kvcodec.hpp"
+#include "kvcodec/store/open.hpp"
+#include "kvcodec/store/store.hpp"
 
 namespace py = pybind11;
 using namespace kvcodec;
@@ -354,6 +357,106 @@ class py_stream_decoder {
   bool finished_ = false;
 };
 
+// ---- the KV store (include/kvcodec/store): kvcodec.Store's engine ---------------------------------
+
+/// One store::kv_store. Every call runs with the GIL released under the object's own mutex (a kv_store
+/// is used by one thread at a time; Python threads sharing a Store object take turns).
+class py_store {
+ public:
+  py_store(const std::string& url, const std::string& model, std::int64_t chunk_tokens, int threads, std::size_t pipeline_depth) {
+    store::store_options o;
+    o.model = model;
+    o.chunk_tokens = chunk_tokens;
+    o.threads = threads;
+    o.pipeline_depth = pipeline_depth;
+    py::gil_scoped_release release;  // opening a redis:// URL connects now
+    st_ = std::make_unique<store::kv_store>(store::open_backend(url), std::move(o));
+  }
+
+  py::dict put(const std::vector<std::int32_t>& tokens, const py::dict& view, const std::string& spec) {
+    const const_kv_view w = view_from(view);
+    const store::put_result r = locked([&] { return st_->put(tokens, w, spec); });
+    py::dict d;
+    d["spec"] = r.spec;
+    d["entry_key"] = r.entry_key;
+    d["tokens"] = r.tokens;
+    d["chunks"] = r.chunks;
+    d["chunks_written"] = r.chunks_written;
+    d["chunks_present"] = r.chunks_present;
+    d["bytes_written"] = r.bytes_written;
+    d["seconds"] = r.seconds;
+    return d;
+  }
+
+  py::dict get(const std::vector<std::int32_t>& tokens, const py::dict& view) {
+    const kv_view w = view_from(view);
+    const store::get_result r = locked([&] { return st_->get(tokens, w); });
+    py::dict d;
+    d["tokens"] = r.tokens;
+    d["chunks"] = r.chunks;
+    d["spec"] = r.spec;
+    d["bytes"] = r.bytes;
+    d["problems"] = r.problems;
+    d["fetch_seconds"] = r.fetch_seconds;
+    d["decode_seconds"] = r.decode_seconds;
+    d["seconds"] = r.seconds;
+    return d;
+  }
+
+  py::tuple contains(const std::vector<std::int32_t>& tokens, std::int32_t layers, std::int32_t kv_heads, std::int32_t head_dim) {
+    const auto r = locked([&] { return st_->contains(tokens, store::store_shape{layers, kv_heads, head_dim}); });
+    return py::make_tuple(r.first, r.second);
+  }
+
+  std::size_t remove(const std::vector<std::int32_t>& tokens, std::int32_t layers, std::int32_t kv_heads, std::int32_t head_dim) {
+    return locked([&] { return st_->remove(tokens, store::store_shape{layers, kv_heads, head_dim}); });
+  }
+  std::size_t remove_entry(const std::string& key) {
+    return locked([&] { return st_->remove_entry(key); });
+  }
+
+  py::list entries(bool all) {
+    const auto es = locked([&] { return st_->entries(all); });
+    py::list out;
+    for (const auto& e : es) out.append(entry_dict(e));
+    return out;
+  }
+  py::object entry(const std::string& key) {
+    const auto e = locked([&] { return st_->entry(key); });
+    return e ? py::object(entry_dict(*e)) : py::object(py::none());
+  }
+
+  py::dict stats() {
+    const store::store_stats s = locked([&] { return st_->stats(); });
+    py::dict d;
+    d["puts"] = s.puts, d["chunks_written"] = s.chunks_written, d["chunks_skipped"] = s.chunks_skipped, d["bytes_written"] = s.bytes_written;
+    d["gets"] = s.gets, d["hits"] = s.hits, d["misses"] = s.misses, d["tokens_served"] = s.tokens_served;
+    d["chunks_read"] = s.chunks_read, d["bytes_read"] = s.bytes_read, d["rejected_chunks"] = s.rejected_chunks;
+    return d;
+  }
+
+  std::string url() const { return st_->storage().url(); }
+  const std::string& model() const { return st_->options().model; }
+  std::int64_t chunk_tokens() const { return st_->options().chunk_tokens; }
+
+ private:
+  template <class F>
+  auto locked(F&& f) -> decltype(f()) {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(m_);
+    return f();
+  }
+  static py::dict entry_dict(const store::entry_info& e) {
+    py::dict d;
+    d["key"] = e.key, d["model"] = e.model, d["spec"] = e.spec, d["tokens"] = e.tokens, d["chunks"] = e.chunks;
+    d["chunk_tokens"] = e.chunk_tokens, d["layers"] = e.layers, d["kv_heads"] = e.kv_heads, d["head_dim"] = e.head_dim;
+    d["chunk_keys"] = e.chunk_keys, d["bytes"] = e.bytes, d["final"] = e.final;
+    return d;
+  }
+  std::mutex m_;
+  std::unique_ptr<store::kv_store> st_;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_kvcodec, m) {
@@ -544,6 +647,21 @@ PYBIND11_MODULE(_kvcodec, m) {
       .def_property_readonly("header_ready", &py_stream_decoder::header_ready)
       .def_property_readonly("valid_tokens", &py_stream_decoder::valid_tokens)
       .def_property_readonly("header", &py_stream_decoder::header);
+
+  py::class_<py_store>(m, "Store")
+      .def(py::init<const std::string&, const std::string&, std::int64_t, int, std::size_t>(), py::arg("url"), py::arg("model"),
+           py::arg("chunk_tokens") = 256, py::arg("threads") = 0, py::arg("pipeline_depth") = 2)
+      .def("put", &py_store::put, py::arg("tokens"), py::arg("view"), py::arg("spec"))
+      .def("get", &py_store::get, py::arg("tokens"), py::arg("view"))
+      .def("contains", &py_store::contains, py::arg("tokens"), py::arg("layers"), py::arg("kv_heads"), py::arg("head_dim"))
+      .def("remove", &py_store::remove, py::arg("tokens"), py::arg("layers"), py::arg("kv_heads"), py::arg("head_dim"))
+      .def("remove_entry", &py_store::remove_entry, py::arg("key"))
+      .def("entries", &py_store::entries, py::arg("all") = false)
+      .def("entry", &py_store::entry, py::arg("key"))
+      .def("stats", &py_store::stats)
+      .def_property_readonly("url", &py_store::url)
+      .def_property_readonly("model", &py_store::model)
+      .def_property_readonly("chunk_tokens", &py_store::chunk_tokens);
 
   m.attr("cuda_backend") = false;
   m.attr("__version__") = "0.1.0";

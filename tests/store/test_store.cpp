@@ -50,6 +50,46 @@ TEST_CASE("store chain hashes cover the model spec shape chunk size and every ea
   CHECK(chunk_key(base[0]).size() == 9 + 32);
 }
 
+TEST_CASE("store serves a spec its stages resolve per cache such as zstd with raw dtype auto") {
+  // "zstd" is raw:dtype=auto|zstd, whose containers name raw:dtype=f16 (the view's dtype): the chunk's
+  // metadata keeps the key's spec, so the check compares like with like.
+  temp_dir d;
+  auto st = file_store(d.path);
+  host_kv kv = sample(300, 4);
+  const auto p = st.put(kv.tokens, kv.cview(), "zstd");
+  CHECK(p.spec.find("dtype=auto") != std::string::npos);
+  host_kv out(2, 2, 300, 16);
+  const auto g = st.get(kv.tokens, out.view());
+  CHECK(g.problems.empty());
+  CHECK(g.tokens == 300);
+  CHECK(same_prefix(kv, out, 300));
+  const auto e = st.entry(p.entry_key);
+  REQUIRE(e);
+  const auto v = *st.storage().get(e->chunk_keys[0]);
+  const kvc_view cv = parse_kvc(v, "chunk");
+  CHECK(cv.header.metadata.at(meta_spec) == p.spec);
+  CHECK(cv.header.codec == "raw:dtype=f16|zstd:level=3");
+  // A chunk made for this key (tokens, model, chain key) but recording another spec is refused.
+  const auto hs = chain_hashes(namespace_text("m", store_shape{2, 2, 16}, 128, p.spec), kv.tokens, 128);
+  REQUIRE(chunk_key(hs[0]) == e->chunk_keys[0]);
+  codec c = make_codec("raw:dtype=f16|zstd");
+  kv_extras ex;
+  ex.tokens.assign(kv.tokens.begin(), kv.tokens.begin() + 128);
+  ex.metadata[meta_model] = "m";
+  ex.metadata[meta_key] = hs[0].hex();
+  ex.metadata[meta_spec] = c.spec();
+  encode_options eo;
+  eo.chunk_tokens = 128;
+  bytes forged;
+  memory_sink sink(forged);
+  encode_to(cpu::par, c, kv.cview().slice_tokens(0, 128), sink, eo, ex);
+  st.storage().put(e->chunk_keys[0], forged);
+  const auto g2 = st.get(kv.tokens, out.view());
+  CHECK(g2.tokens == 0);
+  REQUIRE(g2.problems.size() == 1);
+  CHECK(g2.problems[0].find("codec") != std::string::npos);
+}
+
 TEST_CASE("store file backend round trip is exact with a lossless spec") {
   temp_dir d;
   auto st = file_store(d.path);

@@ -58,6 +58,9 @@ namespace kvcodec::store {
 inline constexpr const char* key_prefix = "kvc:v1:";
 inline constexpr const char* meta_model = "kvcodec.store.model";
 inline constexpr const char* meta_key = "kvcodec.store.key";
+/// The spec the chunk was stored under (the key's): a container's own codec names what its stages
+/// resolved for the cache (raw:dtype=auto -> raw:dtype=f16), so the key's spec is kept beside it.
+inline constexpr const char* meta_spec = "kvcodec.store.spec";
 
 struct store_options {
   std::string model;                ///< the model's name: part of the key space
@@ -284,6 +287,7 @@ class kv_store {
           ex.tokens.assign(tokens.begin() + t0, tokens.begin() + t1);
           ex.metadata[meta_model] = o_.model;
           ex.metadata[meta_key] = hs[k].hex();
+          ex.metadata[meta_spec] = res.spec;
           byte_buffer out;
           memory_sink sink(out);
           encode_to(cpu::par(o_.threads), cc, view.slice_tokens(t0, t1), sink, eo, ex);
@@ -490,7 +494,11 @@ class kv_store {
     const auto mismatch = [&](const std::string& field, const std::string& want, const std::string& got) {
       throw_corrupt(key, "stored chunk does not belong under this key: " + field + " is " + got + ", expected " + want);
     };
-    if (hd.codec != spec) mismatch("codec", "'" + spec + "'", "'" + hd.codec + "'");
+    // The codec: the key's spec, either as the container names it or (a spec its stages resolve per cache,
+    // e.g. raw:dtype=auto) as the chunk's metadata records it.
+    const auto ms = hd.metadata.find(meta_spec);
+    const std::string stored_spec = ms != hd.metadata.end() ? ms->second : hd.codec;
+    if (stored_spec != spec) mismatch("codec", "'" + spec + "'", "'" + stored_spec + "'");
     if (hd.shape.layers != sh.layers || hd.shape.kv_heads != sh.kv_heads || hd.shape.head_dim != sh.head_dim)
       mismatch("shape", std::to_string(sh.layers) + "x" + std::to_string(sh.kv_heads) + "x" + std::to_string(sh.head_dim),
                std::to_string(hd.shape.layers) + "x" + std::to_string(hd.shape.kv_heads) + "x" + std::to_string(hd.shape.head_dim));
