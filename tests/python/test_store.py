@@ -230,7 +230,8 @@ def test_bad_urls_and_inputs(tmp_path):
 
 
 def test_store_calls_release_the_gil(tmp_path):
-    pkv = rand_pkv(layers=8, heads=8, tokens=2048, dim=64, dtype=torch.float16, seed=7)  # 32 MiB
+    # 128 MiB: the get must last long enough (> 0.05 s) to tell a released GIL from a held one
+    pkv = rand_pkv(layers=16, heads=8, tokens=2048, dim=128, dtype=torch.float16, seed=7)
     toks = _tokens(2048, seed=7)
     st = kvcodec.Store(f"file://{tmp_path}", model="m", threads=1)
     stall, elapsed = _longest_stall(lambda: st.put(toks, pkv))
