@@ -23,7 +23,8 @@
 //
 // Usage: rd_entropy [--context-tokens C] [--chunk N] [--quant SPEC] [--json] DUMP...
 //   C = 0 takes the whole dump. Default C 256, chunk 256, SPEC cachegen-quant (the preset's quantizer).
-// Exit status: 0, 2 on bad arguments or input (message names the file/field), 1 if the cross-check fails.
+// Exit status (as the kvcodec CLI): 0; 1 bad arguments or spec; 2 bad input (the message names the file and
+// field); 3 the cross-check failed or an internal error.
 #include <cmath>
 #include <cstdio>
 #include <exception>
@@ -105,7 +106,7 @@ nlohmann::json measure(const std::string& path, std::int64_t context_tokens, std
   if (!close(st.entropy_bound_bits, t.entropy) || !close(st.quant_side_bits, t.scales)) {
     std::fprintf(stderr, "rd_entropy: %s: cross-check failed: entropy %.6f vs the coder's bound %.6f bits, scales %.1f vs %.1f bits\n",
                  path.c_str(), t.entropy, st.entropy_bound_bits, t.scales, st.quant_side_bits);
-    std::exit(1);
+    std::exit(3);
   }
 
   const double n = t.elements;
@@ -132,7 +133,7 @@ nlohmann::json measure(const std::string& path, std::int64_t context_tokens, std
 
 int usage(const std::string& why) {
   std::fprintf(stderr, "rd_entropy: %s\nusage: rd_entropy [--context-tokens C] [--chunk N] [--quant SPEC] [--json] DUMP...\n", why.c_str());
-  return 2;
+  return 1;
 }
 
 bool parse_int(const std::string& s, std::int64_t& v) {
@@ -185,10 +186,10 @@ int main(int argc, char** argv) {
     for (const auto& d : dumps) out.push_back(measure(d, C, chunk, quant));
   } catch (const kvcodec::error& e) {
     std::fprintf(stderr, "rd_entropy: %s\n", e.what());
-    return 2;
+    return e.kind() == kvcodec::error_kind::usage ? 1 : 2;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "rd_entropy: %s\n", e.what());
-    return 1;
+    std::fprintf(stderr, "rd_entropy: internal error: %s\n", e.what());
+    return 3;
   }
   if (json) {
     std::cout << out.dump(2) << "\n";
