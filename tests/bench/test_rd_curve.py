@@ -47,6 +47,16 @@ def num(s):
     return float(s.strip("*x` "))
 
 
+# interpolate_bits: linear in (bits, log KL) between the bracketing neighbours, None outside the sweep
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+import rd_curve  # noqa: E402
+
+sweep = [{"bits": 4.0, "kl": 1e-2}, {"bits": 2.0, "kl": 1e-1}, {"bits": 6.0, "kl": 1e-4}]
+check(abs(rd_curve.interpolate_bits(sweep, 1e-3) - 5.0) < 1e-12, "interpolated at 1e-3 between 4 b/e (1e-2) and 6 b/e (1e-4)")
+check(abs(rd_curve.interpolate_bits(sweep, 1e-1) - 2.0) < 1e-12, "at an end point")
+check(rd_curve.interpolate_bits(sweep, 1e-5) is None and rd_curve.interpolate_bits(sweep, 1.0) is None, "outside: None")
+
 with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "res")
     args = ["--dumps", DUMP, "--no-default-specs"]
