@@ -127,5 +127,14 @@ with tempfile.TemporaryDirectory() as tmp:
     check(p.returncode == 2 and "llama-x" in p.stderr, "unknown model prefix: exit 2 (%d: %s)" % (p.returncode, p.stderr))
     check(not os.path.exists(bad), "nothing written on failure")
 
+# rd_entropy itself: a missing dump and a context longer than the dump exit 2 naming them; a bad option exits 1
+p = subprocess.run([rd_entropy, os.path.join(shared, "kv", "nosuch.safetensors")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+check(p.returncode == 2 and "nosuch.safetensors" in p.stderr, "rd_entropy: missing dump exits 2 naming it (%d: %s)" % (p.returncode, p.stderr))
+p = subprocess.run([rd_entropy, "--context-tokens", "100000", os.path.join(shared, "kv", DUMP + ".safetensors")],
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+check(p.returncode == 2 and "tokens" in p.stderr and "100000" in p.stderr, "rd_entropy: too long a context exits 2 (%d: %s)" % (p.returncode, p.stderr))
+p = subprocess.run([rd_entropy, "--chunk", "0", "x"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+check(p.returncode == 1 and "--chunk" in p.stderr, "rd_entropy: --chunk 0 exits 1 (%d: %s)" % (p.returncode, p.stderr))
+
 print("%d failure(s)" % len(failures))
 sys.exit(1 if failures else 0)
