@@ -16,7 +16,7 @@
 // Every stage's code is compiled where the registry is built. A program of many translation units
 // can compile it once: define KVCODEC_SEPARATE_REGISTRY in all of them (they see declarations only)
 // and KVCODEC_REGISTRY_IMPLEMENTATION as well in exactly one .cpp that includes this header (the test
-// suite does: each of its files compiles ~2x faster).
+// suites and the kvcodec command do: cli/builtin_registry.cpp; each test file compiles ~2x faster).
 #if defined(KVCODEC_SEPARATE_REGISTRY) && !defined(KVCODEC_REGISTRY_IMPLEMENTATION)
 #define KVCODEC_REGISTRY_DECLARE_ONLY 1
 #define KVCODEC_REGISTRY_LINKAGE
