@@ -37,6 +37,7 @@ IDEAL = "idealised CacheGen"
 
 def default_specs():
     s = ["kvc:level=%d" % l for l in range(1, 10)]
+    s += ["kvc:level=%d,values=channel" % l for l in range(3, 10)]
     s += ["cachegen"] + ["cachegen-paper:level=%d" % l for l in (1, 2, 3)]
     s += ["kivi:bits=2|rans", "kivi:bits=4|rans", "kivi:bits=2,residual=0|rans", "kivi:bits=4,residual=0|rans"]
     s += ["fp8", "fp8:format=e5m2", "fp8|rans", "uniform:bits=8", "uniform:bits=8|rans", "uniform:bits=4|rans"]
@@ -55,10 +56,12 @@ def family(spec, extra):
         return "int (uniform)"
     if first == "kivi":
         return "kivi residual=0" if "residual=0" in spec else "kivi"
+    if first == "kvc" and "values=channel" in spec:
+        return "kvc values=channel"
     return first
 
 
-LINE_FAMILIES = ("kvc", "cachegen-paper", "kivi", "kivi residual=0")
+LINE_FAMILIES = ("kvc", "kvc values=channel", "cachegen-paper", "kivi", "kivi residual=0")
 
 
 def fail(code, msg):
@@ -339,7 +342,7 @@ def render(data, out):
             fmt_kl(i["kl"]), i["top1"], md_cell(b["spec"]) if b else "none", "%.3f" % b["bits"] if b else "-",
             fmt_kl(b["kl"]) if b else "-", "%.3fx" % b["ratio"] if b else "-", "%.3fx" % b["ratio_no_tables"] if b else "-"))
     ok_all = all(best[d] and best[d]["ratio"] <= 0.5 for d in dumps)
-    sweeps = [f for f in families if f == "kvc" or f.startswith("+")]
+    sweeps = [f for f in families if f in ("kvc", "kvc values=channel") or f.startswith("+")]
     if sweeps:
         L += ["", "Rate sweeps read at the idealised CacheGen's KL (linear in bits vs log KL between the two points that bracket it; "
               "`-` = the sweep does not reach it): the bits a sweep would need with a continuous rate axis.", "",

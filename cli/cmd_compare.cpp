@@ -95,7 +95,8 @@ command add_compare(CLI::App& root) {
             const bool defaults = o->specs.empty();
             const auto specs = defaults ? default_compare_set() : o->specs;
             if (!defaults)
-              for (const auto& s : specs) make_codec(s);  // fail fast on a bad spec
+              for (const auto& s : specs)
+              if (!kvc_target_of(s)) make_codec(s);  // fail fast on a bad spec (a kvc target is resolved on the cache)
             eval::eval_options eo;
             eo.encode.chunk_tokens = o->chunk;
             eo.threads = o->threads;

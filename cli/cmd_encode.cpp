@@ -8,19 +8,41 @@ command add_encode(CLI::App& root) {
   struct opts {
     std::string spec = "zstd", in, out;
     std::int64_t chunk = 256;
+    double max_kl = 0;
     int threads = 0;
     bool force = false, quiet = false;
   };
   auto o = std::make_shared<opts>();
-  app->add_option("-c,--codec", o->spec, "Codec spec, e.g. 'raw:dtype=f16' or 'zstd:level=3' (see `kvcodec list`)")->capture_default_str();
+  CLI::Option* copt = app->add_option("-c,--codec", o->spec, "Codec spec, e.g. 'raw:dtype=f16' or 'zstd:level=3' (see `kvcodec list`)")->capture_default_str();
+  app->add_option("--max-kl", o->max_kl,
+                 "Smallest kvc encoding whose attention KL stays under this (the dump's queries, else proxy queries shaped by its keys): "
+                 "the same as -c kvc:target=KL")
+      ->check(CLI::PositiveNumber);
   app->add_option("--chunk", o->chunk, "Tokens per independently decodable segment")->capture_default_str()->check(CLI::Range(1, 1 << 30));
   app->add_option("-j,--threads", o->threads, "Worker threads (0 = all cores)")->capture_default_str();
   app->add_flag("-f,--force", o->force, "Overwrite OUT if it exists");
   app->add_flag("-q,--quiet", o->quiet, "Print nothing on success");
   app->add_option("IN", o->in, "KV dump: .safetensors, .npz or .npy")->required();
   app->add_option("OUT", o->out, "Output .kvc file")->required();
-  return {app, [o] {
+  return {app, [o, copt] {
             check_output(o->in, o->out, o->force);
+            if (o->max_kl > 0) {
+              if (copt->count() > 0 && o->spec != "kvc")
+                throw_usage("--max-kl chooses a kvc encoding: give it alone or with -c kvc, not with -c " + o->spec);
+              char t[32];
+              std::snprintf(t, sizeof t, "%.17g", o->max_kl);
+              o->spec = std::string("kvc:target=") + t;
+            }
+            std::optional<io::kv_dump> whole;  // a kvc target is chosen on the whole dump, queries included
+            if (kvc_target_of(o->spec)) {
+              whole = io::read_kv_dump(o->in);
+              target_choice tc;
+              o->spec = resolve_target(o->spec, whole->cache, &tc, target_options{.threads = o->threads});
+              if (!o->quiet)
+                std::fprintf(stderr, "kvc target: attention KL <= %g: %d bins, KL %.4g on %s%s (%d trials)\n", tc.target, tc.bins, tc.kl,
+                             tc.proxy ? "proxy queries (the dump has none)" : "the dump's queries",
+                             tc.met ? "" : "; NOT met even at 256 bins", tc.trials);
+            }
             codec c = make_codec(o->spec);
             progress_bar bar("encode");
             encode_options eo;
@@ -30,9 +52,10 @@ command add_encode(CLI::App& root) {
             io::file_sink sink(out);
             encode_report rep;
             // Dense safetensors dumps are read a block of rows at a time (pread at the addresses the mapped
-            // view gives: memory stays bounded); other dumps, and drop stages that score queries, are read whole.
+            // view gives: memory stays bounded); other dumps, drop stages that score queries and kvc
+            // targets read the dump whole.
             std::optional<io::kv_dump_view> dv;
-            if (!c.drop) dv = io::open_kv_dump_view(o->in);
+            if (!c.drop && !whole) dv = io::open_kv_dump_view(o->in);
             if (dv) {
               eo.layout = std::string(io::kv_layout_name(dv->layout));
               const const_kv_view& w = dv->view;
@@ -48,7 +71,7 @@ command add_encode(CLI::App& root) {
               };
               rep = encode_to(cpu::par(o->threads), c, w, sink, eo, dv->extras);
             } else {
-              io::kv_dump d = io::read_kv_dump(o->in);
+              io::kv_dump d = whole ? std::move(*whole) : io::read_kv_dump(o->in);
               eo.layout = std::string(io::kv_layout_name(d.layout));
               rep = encode_to(cpu::par(o->threads), c, view_of(d.cache), sink, eo, extras_of(d.cache));
             }

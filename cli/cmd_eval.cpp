@@ -34,7 +34,8 @@ command add_eval(CLI::App& root) {
             eo.repeats = o->repeats;
             parse_window(o->window, eo.attn);
             eo.attn.max_rows = o->attn_rows;
-            for (const auto& s : o->specs) make_codec(s);  // fail fast on a bad spec
+            for (const auto& s : o->specs)
+              if (!kvc_target_of(s)) make_codec(s);  // fail fast on a bad spec (a kvc target is resolved on the cache)
             if (!o->mo.model.empty()) return run_model_eval(o->mo, o->specs, o->in, eo, o->json, o->markdown);
             std::vector<eval::eval_result> rs;
             nlohmann::json arr = nlohmann::json::array();

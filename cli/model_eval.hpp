@@ -43,7 +43,8 @@ inline int run_model_eval(const model_eval_cli& mo, const std::vector<std::strin
   auto m = std::make_shared<const model::llama2c_model>(model::load_llama2c(mo.model));
   std::unique_ptr<model::tokenizer> tok;
   if (!mo.tokenizer.empty()) tok = std::make_unique<model::tokenizer>(model::tokenizer::load(mo.tokenizer, m->config.vocab_size));
-  for (const auto& s : specs) make_codec(s, eo.reg ? *eo.reg : builtin_registry());
+  for (const auto& s : specs)
+    if (!kvc_target_of(s)) make_codec(s, eo.reg ? *eo.reg : builtin_registry());  // a kvc target is resolved on the cache
   eval::model_eval_options opt;
   opt.context_tokens = mo.context_tokens;
   opt.generate_steps = mo.steps;

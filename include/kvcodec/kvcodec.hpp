@@ -13,6 +13,7 @@
 #include "kvcodec/pipeline/codec.hpp"
 #include "kvcodec/pipeline/decode.hpp"
 #include "kvcodec/pipeline/encode.hpp"
+#include "kvcodec/pipeline/target.hpp"
 #include "kvcodec/pipeline/typed.hpp"
 #include "kvcodec/registry/builtin.hpp"
 #include "kvcodec/registry/registry.hpp"

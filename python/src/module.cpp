@@ -490,7 +490,9 @@ PYBIND11_MODULE(_kvcodec, m) {
       [](const std::string& spec, const py::dict& view, std::int64_t chunk_tokens, int threads, const std::string& layout, py::object metadata,
          py::object tokens, py::object positions, py::object source_dtype, py::object queries, py::object progress, py::object write) -> py::tuple {
         callback_state cb;
-        codec c = make_codec(spec);
+        const bool targeted = kvc_target_of(spec).has_value();
+        std::optional<codec> made;
+        if (!targeted) made = make_codec(spec);
         const const_kv_view w = view_from(view);
         encode_options o;
         o.chunk_tokens = chunk_tokens;
@@ -508,16 +510,34 @@ PYBIND11_MODULE(_kvcodec, m) {
           ex.cache = &*full;
           ex.q_heads = full->shape.q_heads;
         }
+        std::optional<target_choice> chosen;
+        if (targeted) {  // kvc:target=KL: chosen on this cache (its queries when given, else proxy queries)
+          w.validate("encode input");
+          std::optional<kv_cache> copy;
+          if (!full) copy = to_cache(w);
+          target_choice tc;
+          const std::string actual = without_gil(cb, [&] { return resolve_target(spec, full ? *full : *copy, &tc, target_options{.threads = threads}); });
+          chosen = tc;
+          made = make_codec(actual);
+        }
+        codec& c = *made;
+        auto report = [&](const encode_report& r) {
+          py::dict d = report_dict(r);
+          if (chosen)
+            d["target"] = py::dict(py::arg("asked_kl") = chosen->target, py::arg("bins") = chosen->bins, py::arg("kl") = chosen->kl,
+                                   py::arg("proxy") = chosen->proxy, py::arg("met") = chosen->met, py::arg("trials") = chosen->trials);
+          return d;
+        };
         if (!write.is_none()) {
           pycall_sink sink(write, cb);
           const encode_report r = without_gil(cb, [&] { return encode_to(cpu::par(threads), c, w, sink, o, ex); });
-          return py::make_tuple(py::none(), report_dict(r));
+          return py::make_tuple(py::none(), report(r));
         }
         std::optional<pybytes_sink> sink;
         // reserved at the cache's size in its dtype plus slack: most containers fit without regrowth
         sink.emplace(static_cast<std::size_t>(w.shape().kv_elements()) * w.elem_size() + (std::size_t{1} << 20));
         const encode_report r = without_gil(cb, [&] { return encode_to(cpu::par(threads), c, w, *sink, o, ex); });
-        return py::make_tuple(sink->take(), report_dict(r));
+        return py::make_tuple(sink->take(), report(r));
       },
       py::arg("spec"), py::arg("view"), py::arg("chunk_tokens") = 256, py::arg("threads") = 0, py::arg("layout") = "",
       py::arg("metadata") = py::none(), py::arg("tokens") = py::none(), py::arg("positions") = py::none(), py::arg("source_dtype") = py::none(),

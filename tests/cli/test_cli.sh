@@ -48,6 +48,13 @@ expect 0 "" -- "$K" encode -q -c raw "$T/back.safetensors" "$T/back.kvc"
 expect 0 "" -- cmp <("$K" info --json "$T/s.kvc" | grep -v '"file"') <("$K" info --json "$T/s.kvc" | grep -v '"file"')
 expect 0 '"bits_per_element"' -- "$K" eval --json -c raw -c zstd "$T/s.safetensors"
 expect 0 '"attention"' -- "$K" eval --json -c raw:dtype=bf16 "$T/s.safetensors"
+# quality targets: kvc:target=KL / encode --max-kl choose the bins on the dump (its queries), and say how
+expect 0 '"asked_kl": 0.01' -- "$K" eval --json -c kvc:target=0.01 "$T/s.safetensors"
+expect 0 "kvc target: attention KL <= 0.01" -- "$K" encode --max-kl 0.01 "$T/s.safetensors" "$T/t.kvc"
+expect 0 "cachegen-quant:kbins=" -- "$K" info "$T/t.kvc"
+expect 1 "not with -c zstd" -- "$K" encode --max-kl 0.01 -c zstd "$T/s.safetensors" "$T/t2.kvc"
+expect 1 "not both" -- "$K" eval -c kvc:target=0.01,level=3 "$T/s.safetensors"
+expect 0 "kvc:target=0.01" -- "$K" compare -c kvc:target=0.01 --csv "$T/t.csv" "$T/s.safetensors"
 # -c takes exactly one value per flag: the input after the last -c is the input, not a second codec
 expect 0 "zstd" -- "$K" eval -c raw -c zstd "$T/s.safetensors"
 expect 1 "not expected" -- "$K" eval -c raw zstd "$T/s.safetensors"
@@ -144,6 +151,7 @@ if [[ -n $SHARED && -f $SHARED/kv/stories260K-s0.safetensors ]]; then
   # model in the loop and draft-and-verify on the real model
   M=$SHARED/models/stories260K
   expect 0 '"top1_agreement"' -- "$K" eval --json --model "$M/stories260K.bin" --tokenizer "$M/tok512.bin" --context-tokens 256 -c q8_0 "$S"
+  expect 0 '"asked_kl"' -- "$K" eval --json --model "$M/stories260K.bin" --context-tokens 256 -c kvc:target=0.01 "$S"
   expect 0 '"identical": true' -- "$K" verify --json --model "$M/stories260K.bin" --tokenizer "$M/tok512.bin" -c q4_0 --context "$S" --context-tokens 256 --tokens 32 --horizon auto
   expect 2 "nope.bin" -- "$K" verify --model "$T/nope.bin" --tokenizer "$M/tok512.bin" -c q4_0 --context "$S" --context-tokens 256 --tokens 8
 

@@ -49,3 +49,21 @@ def test_snapkv_press_on_a_real_dump():
     p = kvcodec.press("snapkv:keep=0.25")(pkv, queries=queries)
     small = p.past_key_values
     assert small[0][0].shape[2] == pkv[0][0].shape[2] // 4
+
+
+def test_kvc_target_on_a_real_dump():
+    # kvc:target=KL picks the bins on the cache: with the queries, the attention KL that eval measures stays under it
+    pkv, queries, meta = real_pkv(os.path.join(KV, "kvlab-d0.ctx256.safetensors"))
+    rep = {}
+    blob = kvcodec.encode("kvc:target=0.002", pkv, queries=queries, metadata=meta, report=rep)
+    t = rep["target"]
+    assert t["asked_kl"] == 0.002 and t["proxy"] is False and t["met"] is True
+    assert "kbins=%d," % t["bins"] in kvcodec.info(blob)["codec"]
+    r = kvcodec.eval(kvcodec.info(blob)["codec"], pkv, queries, repeats=1)
+    assert 0.001 <= r["attention"]["kl"] <= 0.002
+    # without queries proxy queries stand in, and the report says so
+    rep2 = {}
+    kvcodec.encode("kvc:target=0.002", pkv, report=rep2)
+    assert rep2["target"]["proxy"] is True
+    with pytest.raises(kvcodec.UsageError, match="not both"):
+        kvcodec.encode("kvc:target=0.002,level=3", pkv)

@@ -17,6 +17,7 @@
 #include "kvcodec/eval/attention.hpp"
 #include "kvcodec/eval/metrics.hpp"
 #include "kvcodec/pipeline/encode.hpp"
+#include "kvcodec/pipeline/target.hpp"
 
 namespace kvcodec::eval {
 
@@ -37,6 +38,7 @@ struct eval_result {
   std::size_t codec_bytes = 0, container_bytes = 0, kv_elements = 0;
   coder_stats stats;
   bool lossless = false;
+  std::optional<target_choice> target;  ///< how a `kvc:target=KL` spec was resolved on this cache
   kv_metrics metrics;
   std::optional<attention_metrics> attention;
   kv_cache decoded;  ///< the reconstruction (kept for callers that evaluate further)
@@ -48,12 +50,18 @@ inline eval_result evaluate(const std::string& spec, const kv_cache& kv, const e
   const cpu::par_t pol = cpu::par(opt.threads);
   eval_result r;
   r.requested = spec;
+  std::string actual = spec;
+  if (kvc_target_of(spec)) {
+    target_choice tc;
+    actual = resolve_target(spec, kv, &tc, target_options{.threads = opt.threads});
+    r.target = tc;
+  }
   double best_enc = std::numeric_limits<double>::infinity(), best_dec = best_enc;
   encoded enc;
   double spent = 0;
   const int max_runs = opt.repeats > 0 ? opt.repeats : 5;
   for (int run = 0; run < max_runs; ++run) {
-    codec c = make_codec(spec, reg);
+    codec c = make_codec(actual, reg);
     const auto t0 = clock::now();
     enc = encode(pol, c, kv, opt.encode);
     const auto t1 = clock::now();
@@ -110,6 +118,10 @@ inline nlohmann::json to_json(const eval_result& r) {
   j["entropy_bound_bits"] = r.stats.entropy_bound_bits;
   j["key"] = detail::tensor_json(r.metrics.key);
   j["value"] = detail::tensor_json(r.metrics.value);
+  if (r.target) {
+    const auto& t = *r.target;
+    j["target"] = {{"asked_kl", t.target}, {"bins", t.bins}, {"kl", detail::num(t.kl)}, {"proxy", t.proxy}, {"met", t.met}, {"trials", t.trials}};
+  }
   if (r.attention) {
     const auto& a = *r.attention;
     j["attention"] = {{"rel_error", detail::num(a.rel_error)}, {"kl", detail::num(a.kl)}, {"dropped_mass", detail::num(a.dropped_mass)},

@@ -26,6 +26,7 @@
 #include "kvcodec/core/error.hpp"
 #include "kvcodec/model/decoder.hpp"
 #include "kvcodec/pipeline/encode.hpp"
+#include "kvcodec/pipeline/target.hpp"
 #include "kvcodec/tensor/kv_cache.hpp"
 
 namespace kvcodec::eval {
@@ -215,7 +216,7 @@ inline model_eval_result evaluate_model(std::shared_ptr<const model::llama2c_mod
   detail::check_dump_for_model(dump, m->config, opt.context_tokens, "model eval: dump");
   const registry& reg = opt.reg ? *opt.reg : builtin_registry();
   const kv_cache ctx = slice_tokens(dump, opt.context_tokens);
-  codec c = make_codec(spec, reg);
+  codec c = make_codec(resolve_target(spec, ctx), reg);  // kvc:target=KL is chosen on the stored context
   const encoded enc = encode(cpu::par, c, ctx, opt.encode);
   const kv_cache back = decode(cpu::par, enc.data, decode_options{.name = "encoded " + spec}, reg);
   model::decoder dec(std::move(m));

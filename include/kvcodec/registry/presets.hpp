@@ -9,6 +9,8 @@
 // kvc:level=L    = kvcodec's own family, 1 most faithful .. 9 smallest (table in kvc_level_spec).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "kvcodec/registry/registry.hpp"
@@ -27,8 +29,18 @@ struct cachegen_paper_p {
 };
 struct kvc_p {
   int level = 5;
-  template <class V> void visit(V& v) { v("level", level, "1 (most faithful) .. 9 (smallest)"); }
-  void validate() const { check_param(level >= 1 && level <= 9, "kvc", "level", "1..9", level); }
+  double target = 0;
+  std::string values = "token";
+  template <class V> void visit(V& v) {
+    v("level", level, "1 (most faithful) .. 9 (smallest)");
+    v("values", values, "value scales: token (one per token, as CacheGen) or channel (one per channel per chunk: smaller at the same model KL on every real dump, bench/results/rd_curve.md)");
+    v("target", target, "instead of a level: the largest attention KL allowed; the smallest encoding under it is chosen on the cache (pipeline/target.hpp)");
+  }
+  void validate() const {
+    check_param(level >= 1 && level <= 9, "kvc", "level", "1..9", level);
+    check_param(target >= 0 && std::isfinite(target), "kvc", "target", "an attention KL > 0", target);
+    check_param(values == "token" || values == "channel", "kvc", "values", "token or channel", values);
+  }
 };
 }  // namespace presets
 
@@ -46,15 +58,19 @@ inline std::string cachegen_paper_spec(int level) {
 /// (decode_into of a 256 MB kvc:level=5 cache ~1.3x faster in one run), and the files are no larger
 /// (real dumps -0.03..-0.33%, synthetic +0.03..+0.1%; bench/results/datapath.txt). Levels 1-2 keep
 /// 2^12 (alphabets above 256: 2^10 slots cost +0.06..+0.7%).
-inline std::string kvc_level_spec(int level) {
-  struct row {
-    int kb, vb, prob_bits;
-  };
-  static const row t[9] = {{256, 256, 12}, {128, 128, 12}, {64, 64, 10}, {48, 48, 10}, {32, 32, 10},
-                           {24, 24, 10},   {16, 16, 10},   {12, 12, 10}, {8, 8, 10}};
-  const row& r = t[level - 1];
-  return "cachegen-quant:kbins=" + std::to_string(r.kb) + ",klayers=-,vbins=" + std::to_string(r.vb) +
-         ",vlayers=-,kaxis=channel,vaxis=token|rans:lanes=0,tables=shared,ctx=auto,model=auto,prob_bits=" + std::to_string(r.prob_bits);
+/// kvc's quantizer alone: key bins (per-channel scales per chunk), value bins (values = "token": per-token
+/// scales; "channel": per-channel scales per chunk).
+inline std::string kvc_quant_spec(int kbins, int vbins, const std::string& values = "token") {
+  return "cachegen-quant:kbins=" + std::to_string(kbins) + ",klayers=-,vbins=" + std::to_string(vbins) + ",vlayers=-,kaxis=channel,vaxis=" + values;
+}
+/// kvc at any bins: the quantizer, then rANS with 2^10-slot tables below 128 bins and 2^12 from 128 up.
+inline std::string kvc_bins_spec(int kbins, int vbins, const std::string& values = "token") {
+  const int prob_bits = std::max(kbins, vbins) >= 128 ? 12 : 10;
+  return kvc_quant_spec(kbins, vbins, values) + "|rans:lanes=0,tables=shared,ctx=auto,model=auto,prob_bits=" + std::to_string(prob_bits);
+}
+inline std::string kvc_level_spec(int level, const std::string& values = "token") {
+  static const int bins[9] = {256, 128, 64, 48, 32, 24, 16, 12, 8};
+  return kvc_bins_spec(bins[level - 1], bins[level - 1], values);
 }
 
 inline void register_presets(registry& r) {
@@ -63,7 +79,13 @@ inline void register_presets(registry& r) {
   r.add_preset<presets::cachegen_paper_p>("cachegen-paper", "CacheGen paper: three quantization levels + anchor-group token deltas",
                                           [](const presets::cachegen_paper_p& p) { return cachegen_paper_spec(p.level); });
   r.add_preset<presets::kvc_p>("kvc", "kvcodec's own codec family: level 1 (most faithful) .. 9 (smallest)",
-                               [](const presets::kvc_p& p) { return kvc_level_spec(p.level); });
+                               [](const presets::kvc_p& p) {
+                                 if (p.target > 0)
+                                   throw_usage("kvc:target=" + std::to_string(p.target) +
+                                               " is chosen on the cache it encodes: resolve it with kvcodec::resolve_target(spec, cache) "
+                                               "(pipeline/target.hpp), or use `kvcodec encode` / `kvcodec eval` / kvcodec.encode in Python");
+                                 return kvc_level_spec(p.level, p.values);
+                               });
 }
 
 }  // namespace kvcodec
