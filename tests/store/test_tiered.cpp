@@ -82,6 +82,7 @@ TEST_CASE("tiered URL names backends capacities bandwidths and latencies") {
   CHECK_THROWS_AS(parse_tiered_url("tiered://"), error);
   CHECK_THROWS_AS(parse_tiered_url("tiered://mem,ftp://x"), error);
   CHECK_THROWS_AS(parse_tiered_url("file:///x"), error);
+  CHECK_THROWS_AS(parse_tiered_url("tiered://mem:12XB"), error);
   CHECK(is_tiered_url("tiered://mem"));
 }
 

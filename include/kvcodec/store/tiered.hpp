@@ -147,6 +147,8 @@ inline std::vector<tier_config> parse_tiered_url(const std::string& url) {
       p.resize(c);
     }
     if (p == "mem:" || p == "mem://") p = "mem";
+    if (p != "mem" && p.rfind("mem", 0) == 0)
+      throw_usage("store URL '" + url + "': tier '" + p + "': expected mem followed by :CAPACITY (e.g. 64MB), :BANDWIDTH (e.g. 2GBps), :LATENCY (e.g. 100us)");
     t.url = p;
     out.push_back(t);
   }
@@ -211,7 +213,8 @@ inline context_profile default_profile(double elements, const std::vector<int>& 
 
 /// One context of a tiered store.
 struct tiered_entry {
-  std::string key, spec;  ///< entry key (final marker) and stored spec
+  std::string key, spec;  ///< entry key (final marker) and stored spec (canonical)
+  std::string level;      ///< the spec as the profile names it (e.g. "kvc:level=5")
   std::int64_t tokens = 0;
   store_shape shape;
   std::vector<std::string> chunk_keys;
@@ -236,6 +239,7 @@ struct tiered_put_result {
   put_result put;                 ///< of the tier's kv_store (put.spec: the level chosen)
   std::size_t tier = 0;           ///< where the context is after the put (and the moves it caused)
   std::size_t planned_tier = 0;   ///< the planner's tier
+  std::string level;              ///< the level chosen, as the profile names it (e.g. "kvc:level=5")
   double utility = 0;             ///< U of the context at its level and tier
   bool already = false;           ///< the whole context was stored already (touched, not rewritten)
 };
@@ -244,6 +248,7 @@ struct tiered_get_result {
   get_result get;                 ///< of the serving tier's kv_store; problems include failed tiers
   std::optional<std::size_t> tier;  ///< the serving tier (none on a miss)
   std::optional<std::size_t> promoted_to;
+  std::string level;              ///< the served context's level as its profile named it (empty when unknown)
 };
 
 class tiered_store {
@@ -336,6 +341,7 @@ class tiered_store {
         res.already = true;
         res.tier = res.planned_tier = t;
         res.put.spec = sp;
+        res.level = it->second.level;
         res.put.entry_key = it->first;
         res.put.tokens = it->second.tokens;
         res.put.chunks = static_cast<std::int64_t>(it->second.chunk_keys.size());
@@ -356,12 +362,12 @@ class tiered_store {
     }
     if (!automatic) {
       const std::string canon = make_codec(spec).spec();
-      level_profile only = proxy_level(canon, elements);
+      level_profile only = proxy_level(std::string(spec), elements);
       for (const auto& l : cand.levels)
-        if (l.spec == canon || l.spec == spec) only = l, only.spec = canon;
+        if (l.spec == spec || make_codec(l.spec).spec() == canon) only = l;
       cand.levels = {only};
     } else {
-      for (auto& l : cand.levels) l.spec = make_codec(l.spec).spec();  // a bad spec in a profile: usage error now
+      for (auto& l : cand.levels) (void)make_codec(l.spec);  // a bad spec in a profile: usage error now
     }
     cand.weight = weight;
     cand.name = "new";
@@ -410,6 +416,7 @@ class tiered_store {
     tt.written->clear();
     try {
       res.put = tt.kv->put(tokens, view, lvl.spec);
+      res.level = lvl.spec;
     } catch (const error& e) {
       if (e.kind() == error_kind::io) ++tt.st.errors;
       throw;
@@ -418,6 +425,7 @@ class tiered_store {
     tiered_entry e;
     e.key = res.put.entry_key;
     e.spec = res.put.spec;
+    e.level = lvl.spec;
     e.tokens = res.put.tokens;
     e.shape = sh;
     const auto hs = chain_hashes(namespace_text(o_.store.model, sh, o_.store.chunk_tokens, e.spec), tokens, o_.store.chunk_tokens);
@@ -519,6 +527,7 @@ class tiered_store {
     if (!e) return res;  // stored by someone else (no record): served, not moved
     ++e->hits;
     e->last_use = clock_;
+    res.level = e->level;
     const std::string key = e->key;
     pin_guard pin(pinned_, key);  // moves cascading down never pick it
     for (std::size_t t = 0; t < *res.tier; ++t) {
@@ -661,7 +670,7 @@ class tiered_store {
   }
 
   void write_record(const tiered_entry& e, std::size_t t) {
-    const nlohmann::json j{{"format", "kvcodec-store-tier-record"}, {"version", 1}, {"key", e.key}, {"spec", e.spec}, {"tokens", e.tokens},
+    const nlohmann::json j{{"format", "kvcodec-store-tier-record"}, {"version", 1}, {"key", e.key}, {"spec", e.spec}, {"level", e.level}, {"tokens", e.tokens},
                            {"layers", e.shape.layers}, {"kv_heads", e.shape.kv_heads}, {"head_dim", e.shape.head_dim},
                            {"chunk_keys", e.chunk_keys}, {"chunk_bytes", e.chunk_bytes}, {"kl", e.kl}, {"decode_s", e.decode_s},
                            {"weight", e.weight}, {"hits", e.hits}};
@@ -799,6 +808,7 @@ class tiered_store {
           if (j.value("format", "") != "kvcodec-store-tier-record") throw std::runtime_error("not a kvcodec-store-tier-record");
           e.key = j.at("key").get<std::string>();
           e.spec = j.at("spec").get<std::string>();
+          e.level = j.value("level", e.spec);
           e.tokens = j.at("tokens").get<std::int64_t>();
           e.shape = {j.at("layers").get<std::int32_t>(), j.at("kv_heads").get<std::int32_t>(), j.at("head_dim").get<std::int32_t>()};
           e.chunk_keys = j.at("chunk_keys").get<std::vector<std::string>>();
