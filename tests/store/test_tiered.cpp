@@ -77,7 +77,7 @@ TEST_CASE("tiered URL names backends capacities bandwidths and latencies") {
   CHECK(t[2].bandwidth_bytes_s == 800e6);
   CHECK(t[3].url == "redis://h:6379");  // a port is not a capacity
   const auto d = tier_defaults(t[3]);
-  CHECK(d.bandwidth_bytes_s == 0.2e9);
+  CHECK(d.bandwidth_bytes_s == 1.8e9);
   CHECK(tier_defaults(t[0]).latency_s == 1e-6);
   CHECK_THROWS_AS(parse_tiered_url("tiered://"), error);
   CHECK_THROWS_AS(parse_tiered_url("tiered://mem,ftp://x"), error);

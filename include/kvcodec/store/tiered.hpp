@@ -5,7 +5,7 @@
 //   BACKEND   mem (this process's memory), file://DIR, redis://HOST:PORT[?opts], redis-cluster://H:P,H:P[?opts]
 //   CAPACITY  e.g. 64MB, 1.5GiB, 4096B, inf (default: unbounded)
 //   BANDWIDTH e.g. 10GBps, 800MBps   LATENCY e.g. 1us, 0.5ms   (the planner's figures for the tier; defaults
-//             per kind: mem 10 GB/s 1 us, file 1 GB/s 100 us, redis 0.2 GB/s 500 us; `kvcodec store plan
+//             per kind: mem 10 GB/s 1 us, file 3 GB/s 20 us, redis 1.8 GB/s 50 us; `kvcodec store plan
 //             --measure URL` measures them)
 // e.g. tiered://mem:64MB,file:///var/kv:1GB,redis://127.0.0.1:6379
 //
@@ -156,15 +156,16 @@ inline std::vector<tier_config> parse_tiered_url(const std::string& url) {
   return out;
 }
 
-/// The planner's figures of a tier kind when the URL gives none: mem 10 GB/s, 1 us; file 1 GB/s,
-/// 100 us; redis and redis-cluster 0.2 GB/s (loopback GET, bench/results/store.txt), 500 us.
+/// The planner's figures of a tier kind when the URL gives none (the order of the measurements on the
+/// build machine, bench/results/store.txt and store_plan.md): mem 10 GB/s, 1 us; file 3 GB/s, 20 us (page
+/// cache); redis and redis-cluster 1.8 GB/s (loopback GET of 8 MB chunk values), 50 us.
 inline tier_spec tier_defaults(const tier_config& c) {
   tier_spec s;
   s.name = c.url;
   s.capacity_bytes = c.capacity_bytes;
   if (c.url == "mem") s.bandwidth_bytes_s = 10e9, s.latency_s = 1e-6;
-  else if (detail::tier_kind_is(c.url, "file://")) s.bandwidth_bytes_s = 1e9, s.latency_s = 100e-6;
-  else s.bandwidth_bytes_s = 0.2e9, s.latency_s = 500e-6;
+  else if (detail::tier_kind_is(c.url, "file://")) s.bandwidth_bytes_s = 3e9, s.latency_s = 20e-6;
+  else s.bandwidth_bytes_s = 1.8e9, s.latency_s = 50e-6;
   if (c.bandwidth_bytes_s > 0) s.bandwidth_bytes_s = c.bandwidth_bytes_s;
   if (c.latency_s >= 0) s.latency_s = c.latency_s;
   return s;
