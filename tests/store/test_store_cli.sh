@@ -89,6 +89,12 @@ s1=$shared/kv/stories260K-s1.safetensors
 run 0 "$K" store plan --levels 1,9 --alpha 50 --tier dram:0.1:10:1 --tier redis:inf:0.2:500 "$s0" "$s1"
 has "fixed kvc:level=9" out
 has "planner beats every fixed level" out
+run 0 "$K" store plan --levels 1,9 --alpha 50 --tier dram:0.1:10:1 --tier redis:inf:0.2:500 --measure mem --measure "redis://127.0.0.1:$port" --measure-mb 0.1 "$s0" "$s1"
+has "tiers measured:" out
+has "redis  redis://127.0.0.1:$port  payload 0.1 MB" out
+has "planner beats every fixed level" out
+run 1 "$K" store plan --tier dram:0.1:10:1 --tier redis:inf:0.2:500 --measure mem "$s0"
+has "1 URLs for 2 tiers" err
 run 1 "$K" store plan --tier dram:x "$s0"
 has "NAME:CAPACITY_MB:GBPS:LATENCY_US" err
 run 0 "$K" synth --q-heads 0 --layers 2 --kv-heads 2 --head-dim 8 --tokens 64 "$work/noq.safetensors"
