@@ -230,8 +230,32 @@ TEST_CASE("tiered store records survive a reopen and close moves the memory tier
   CHECK(r.promoted_to == 0u);
   get_equal(*st, B);
   CHECK(st->stats()[0].contexts == 2);
-  // A context left in two tiers by an interrupted move: the reopened store keeps the faster copy.
   CHECK(st->close() == 2);
+}
+
+TEST_CASE("tiered store reopened with a context in two tiers keeps the faster copy") {
+  temp_dir d;
+  const std::string u1 = "file://" + d.path + "/f1", u2 = "file://" + d.path + "/f2";
+  host_kv A = ctx(1);
+  std::string key;
+  {
+    tiered_store st({tc(u1), tc(u2)}, topts());
+    key = st.put(A.tokens, A.cview(), lossless).put.entry_key;
+    REQUIRE(st.entry(key)->tier == 0);
+  }
+  // A move from f1 to f2 interrupted after its new copy was complete (record written, old copy not removed).
+  auto b1 = open_backend(u1), b2 = open_backend(u2);
+  for (const std::string p : {"kvc:v1:c:", "kvc:v1:m:", "kvc:v1:t:"})
+    for (const auto& k : b1->list(p)) b2->put(k, *b1->get(k));
+  for (const auto& k : b1->list("kvc:v1:s:"))
+    for (const auto& m : b1->set_members(k)) b2->set_add(k, m);
+  tiered_store st({tc(u1), tc(u2)}, topts());
+  REQUIRE(st.entries().size() == 1);
+  CHECK(st.entry(key)->tier == 0);
+  CHECK(st.stats()[1].bytes == 0);
+  CHECK(b2->list("kvc:v1:c:").empty());
+  CHECK(b2->list("kvc:v1:t:").empty());
+  get_equal(st, A);
 }
 
 TEST_CASE("tiered store with a failing tier gives a miss or an error never wrong data") {
