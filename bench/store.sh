@@ -17,4 +17,7 @@ for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; slee
   echo "# $(date -u +%F), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(redis-server --version | cut -d' ' -f1-3)"
   echo "# command: bench/store.sh $build $tokens $reps $threads   (bench_store redis://127.0.0.1:PORT $tokens $reps $threads)"
   "$build/bench/bench_store" "redis://127.0.0.1:$port" "$tokens" "$reps" "$threads"
+  echo
+  echo "# the same with one GET per chunk value (?get_piece_kb=0: the fetch path before GETRANGE pieces)"
+  "$build/bench/bench_store" "redis://127.0.0.1:$port?get_piece_kb=0" "$tokens" "$reps" "$threads"
 } | tee "$out"

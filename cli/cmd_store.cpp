@@ -13,6 +13,8 @@
 #include "kvcodec/store/open.hpp"
 #include "kvcodec/store/plan.hpp"
 #include "kvcodec/store/store.hpp"
+#include "kvcodec/store/tiered.hpp"
+#include "kvcodec/store/measure.hpp"
 
 namespace kvcodec::cli {
 
@@ -60,7 +62,7 @@ struct store_common {
 };
 
 void add_common(CLI::App* app, store_common& c) {
-  app->add_option("--url", c.url, "Store: file://DIR, redis://HOST:PORT[?opts], redis-cluster://HOST:PORT,...[?opts]")->required();
+  app->add_option("--url", c.url, "Store: file://DIR, redis://HOST:PORT[?opts], redis-cluster://HOST:PORT,...[?opts], tiered://TIER,TIER,... (docs/STORE.md)")->required();
   app->add_option("--model", c.model, "Model name (part of the key space; default: the dump's `model` metadata)");
   app->add_option("--chunk", c.chunk, "Tokens per stored chunk")->capture_default_str()->check(CLI::Range(1, 1 << 20));
   app->add_option("-j,--threads", c.threads, "Worker threads (0 = all cores)")->capture_default_str();
@@ -114,26 +116,166 @@ store::tier_spec parse_tier(const std::string& t) {
   return s;
 }
 
+struct store_opts {
+  store_common c;
+  std::string spec = "kvc:level=5", dump, out;
+  std::vector<std::string> args;
+  bool force = false, all = false, markdown = false;
+  std::vector<int> levels = {1, 3, 5, 7, 9};
+  std::vector<std::string> tiers = {"dram:2:10:1", "disk:8:1:100", "redis:inf:0.2:500"};
+  std::vector<double> weights, capacities;
+  double alpha = 1.0;
+  std::vector<std::string> measure;
+  double measure_mb = 4;
+};
+
+/// Writes rows [0, n) of `out` (a cache of d's shape) as a dump of d's layout, with d's first n tokens.
+void write_prefix(const store_dump& d, const kv_cache& out, std::int64_t served, const std::string& path, bool force) {
+  const kv_shape s = d.view.shape();
+  // Keep the served prefix: rows [0, served) of every (layer, head).
+  kv_shape ps = s;
+  ps.tokens = served;
+  kv_cache pre = kv_cache::zeros(ps, d.source);
+  const std::size_t D = static_cast<std::size_t>(s.head_dim), T = static_cast<std::size_t>(s.tokens), n = static_cast<std::size_t>(served);
+  for (int l = 0; l < s.layers; ++l)
+    for (int h = 0; h < s.kv_heads; ++h) {
+      const std::size_t from = static_cast<std::size_t>(h) * T * D, to = static_cast<std::size_t>(h) * n * D;
+      std::copy_n(out.keys[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(from), n * D,
+                  pre.keys[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(to));
+      std::copy_n(out.values[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(from), n * D,
+                  pre.values[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(to));
+    }
+  pre.tokens.assign(d.tokens.begin(), d.tokens.begin() + static_cast<std::ptrdiff_t>(n));
+  pre.metadata = d.metadata;
+  pre.metadata["tokens"] = std::to_string(n);
+  io::kv_layout layout = d.layout == io::kv_layout::hf_compact ? io::kv_layout::hf_4d : d.layout;
+  io::write_kv_dump(path, pre, layout, d.source, false, force);
+}
+
+/// `kvcodec store put|get|ls|stat|rm` on a tiered:// URL (store/tiered.hpp). The memory tier lives as long
+/// as this process: before it exits, what it holds is moved down to the first persistent tier (close()).
+int run_tiered(const store_opts& o, const std::string& cmd, bool spec_given) {
+  const store_common& c = o.c;
+  const auto open = [&](const std::string& model) {
+    store::tiered_options to;
+    to.store.model = model;
+    to.store.chunk_tokens = c.chunk;
+    to.store.threads = c.threads;
+    to.alpha = o.alpha;
+    to.levels = o.levels;
+    return store::open_tiered(c.url, to);
+  };
+  const auto finish = [&](store::tiered_store& st) {
+    const std::size_t moved = st.close();
+    if (moved) std::printf("moved %zu context(s) from the memory tier down before exit\n", moved);
+  };
+  const auto print_tiered_entry = [](const store::tiered_entry& e, const store::tiered_store& st) {
+    std::printf("%s  %lld tokens  %zu chunks  %dx%dx%d  %s  %zu bytes  tier %zu (%s)  hits %llu\n", e.key.c_str(), static_cast<long long>(e.tokens),
+                e.chunk_keys.size(), e.shape.layers, e.shape.kv_heads, e.shape.head_dim, e.level.c_str(), e.bytes, e.tier, st.stats()[e.tier].url.c_str(),
+                static_cast<unsigned long long>(e.hits));
+  };
+  if (cmd == "put") {
+    store_dump d = open_store_dump(o.dump);
+    auto st = open(model_of(c, d, o.dump));
+    const auto r = st->put(d.tokens, d.view, spec_given ? o.spec : "auto");
+    if (r.already)
+      std::printf("%s: already stored (%lld tokens as %s in tier %zu, %s)\n", o.dump.c_str(), static_cast<long long>(r.put.tokens), r.level.c_str(), r.tier,
+                  st->stats()[r.tier].url.c_str());
+    else
+      std::printf("%s: stored %lld tokens as %lld chunks (%lld written, %lld already in the tier), %zu bytes, %s, tier %zu (%s; planned %zu), utility %.6g, entry %s\n",
+                  o.dump.c_str(), static_cast<long long>(r.put.tokens), static_cast<long long>(r.put.chunks), static_cast<long long>(r.put.chunks_written),
+                  static_cast<long long>(r.put.chunks_present), r.put.bytes_written, r.level.c_str(), r.tier, st->stats()[r.tier].url.c_str(), r.planned_tier,
+                  r.utility, r.put.entry_key.c_str());
+    finish(*st);
+    return 0;
+  }
+  if (cmd == "get") {
+    check_output(o.dump, o.out, o.force);
+    store_dump d = open_store_dump(o.dump);
+    auto st = open(model_of(c, d, o.dump));
+    kv_cache out = kv_cache::zeros(d.view.shape(), d.source);
+    const auto r = st->get(d.tokens, view_of(out));
+    for (const auto& p : r.get.problems) std::fprintf(stderr, "kvcodec: store get: %s\n", p.c_str());
+    if (!r.tier) {
+      std::printf("%s: miss (0 of %zu tokens stored)\n", o.dump.c_str(), d.tokens.size());
+      finish(*st);
+      return store_miss;
+    }
+    write_prefix(d, out, r.get.tokens, o.out, o.force);
+    std::printf("%s: served %lld of %zu tokens (%lld chunks, %zu bytes, %s) from tier %zu (%s)%s -> %s\n", o.dump.c_str(),
+                static_cast<long long>(r.get.tokens), d.tokens.size(), static_cast<long long>(r.get.chunks), r.get.bytes, (r.level.empty() ? r.get.spec : r.level).c_str(), *r.tier,
+                st->stats()[*r.tier].url.c_str(), r.promoted_to ? (", promoted to tier " + std::to_string(*r.promoted_to)).c_str() : "", o.out.c_str());
+    finish(*st);
+    return 0;
+  }
+  if (cmd == "ls") {
+    auto st = open(c.model);
+    for (const auto& e : st->entries()) print_tiered_entry(e, *st);
+    return 0;
+  }
+  if (cmd == "stat") {
+    auto st = open(c.model);
+    if (o.args.empty()) {
+      const auto ss = st->stats();
+      for (std::size_t t = 0; t < ss.size(); ++t)
+        std::printf("tier %zu  %s  %zu contexts  %zu of %s bytes  %.3g GB/s  %.3g us\n", t, ss[t].url.c_str(), ss[t].contexts, ss[t].bytes,
+                    std::isinf(ss[t].capacity_bytes) ? "unbounded" : fmt_num(ss[t].capacity_bytes).c_str(), ss[t].bandwidth_bytes_s / 1e9, ss[t].latency_s * 1e6);
+      return 0;
+    }
+    int rc = 0;
+    for (const auto& a : o.args) {
+      if (is_key(a)) {
+        const auto e = st->entry(a);
+        if (!e) {
+          std::printf("%s: no such entry\n", a.c_str());
+          rc = store_miss;
+          continue;
+        }
+        print_tiered_entry(*e, *st);
+        continue;
+      }
+      store_dump d = open_store_dump(a);
+      auto sd = open(model_of(c, d, a));
+      std::size_t tier = 0;
+      const auto [n, spec] = sd->contains(d.tokens, {d.view.layers, d.view.kv_heads, d.view.head_dim}, &tier);
+      if (n == 0) {
+        std::printf("%s: 0 of %zu tokens stored\n", a.c_str(), d.tokens.size());
+        rc = store_miss;
+      } else {
+        std::printf("%s: %lld of %zu tokens stored as %s in tier %zu (%s)\n", a.c_str(), static_cast<long long>(n), d.tokens.size(), spec.c_str(), tier,
+                    sd->stats()[tier].url.c_str());
+      }
+    }
+    return rc;
+  }
+  if (cmd == "rm") {
+    auto st = open(c.model);
+    std::size_t removed = 0;
+    for (const auto& a : o.args) {
+      if (is_key(a)) {
+        removed += st->remove_entry(a) ? 1 : 0;
+        continue;
+      }
+      store_dump d = open_store_dump(a);
+      auto sd = open(model_of(c, d, a));
+      removed += sd->remove(d.tokens, {d.view.layers, d.view.kv_heads, d.view.head_dim});
+    }
+    std::printf("removed %zu contexts\n", removed);
+    return removed ? 0 : store_miss;
+  }
+  return 1;
+}
 }  // namespace
 
 command add_store(CLI::App& root) {
   auto* app = root.add_subcommand("store", "A KV store keyed by token prefixes: put, get, ls, stat, rm (file://, redis://, redis-cluster://)");
   app->require_subcommand(1);
-  struct opts {
-    store_common c;
-    std::string spec = "kvc:level=5", dump, out;
-    std::vector<std::string> args;
-    bool force = false, all = false, markdown = false;
-    std::vector<int> levels = {1, 3, 5, 7, 9};
-    std::vector<std::string> tiers = {"dram:2:10:1", "disk:8:1:100", "redis:inf:0.2:500"};
-    std::vector<double> weights, capacities;
-    double alpha = 1.0;
-  };
-  auto o = std::make_shared<opts>();
+  auto o = std::make_shared<store_opts>();
 
   auto* put = app->add_subcommand("put", "Store a dump's KV under its tokens");
   add_common(put, o->c);
   put->add_option("-c,--codec", o->spec, "Codec spec of the stored chunks")->capture_default_str();
+  put->add_option("--alpha", o->alpha, "tiered:// only: the planner's delay weight (KL units per second of expected loading delay)")->capture_default_str();
   put->add_option("DUMP", o->dump, "KV dump with a tokens tensor: .safetensors, .npz")->required();
 
   auto* get = app->add_subcommand("get", "Write the longest stored prefix of a dump's tokens to OUT (exit 4 on a miss)");
@@ -167,10 +309,19 @@ command add_store(CLI::App& root) {
   plan->add_option("--weights", o->weights, "Access weight per dump, comma-separated (default 1 each)")->delimiter(',')->allow_extra_args(false);
   plan->add_option("-j,--threads", o->c.threads, "Worker threads (0 = all cores)")->capture_default_str();
   plan->add_flag("--markdown", o->markdown, "Markdown tables");
+  plan->add_option("--measure", o->measure,
+                   "Measure each tier's latency and bandwidth on a real backend instead of the --tier figures: one URL per --tier, in order "
+                   "(mem, file://DIR, redis://HOST:PORT, redis-cluster://...; '-' keeps that tier's figures)")
+      ->allow_extra_args(false);
+  plan->add_option("--measure-mb", o->measure_mb, "Payload of the --measure bandwidth test (MB)")->capture_default_str();
   plan->add_option("DUMPS", o->args, "KV dumps with queries (attention KL is measured on them)")->required();
 
   return {app, [o, put, get, ls, stat, rm, plan] {
             const store_common& c = o->c;
+            if (!plan->parsed() && store::is_tiered_url(c.url)) {
+              const std::string cmd = put->parsed() ? "put" : get->parsed() ? "get" : ls->parsed() ? "ls" : stat->parsed() ? "stat" : "rm";
+              return run_tiered(*o, cmd, put->count("--codec") > 0);
+            }
             if (put->parsed()) {
               store_dump d = open_store_dump(o->dump);
               auto st = open_store(c, model_of(c, d, o->dump));
@@ -192,24 +343,7 @@ command add_store(CLI::App& root) {
                 std::printf("%s: miss (0 of %zu tokens stored)\n", o->dump.c_str(), d.tokens.size());
                 return store_miss;
               }
-              // Keep the served prefix: rows [0, served) of every (layer, head).
-              kv_shape ps = s;
-              ps.tokens = r.tokens;
-              kv_cache pre = kv_cache::zeros(ps, d.source);
-              const std::size_t D = static_cast<std::size_t>(s.head_dim), T = static_cast<std::size_t>(s.tokens), n = static_cast<std::size_t>(r.tokens);
-              for (int l = 0; l < s.layers; ++l)
-                for (int h = 0; h < s.kv_heads; ++h) {
-                  const std::size_t from = static_cast<std::size_t>(h) * T * D, to = static_cast<std::size_t>(h) * n * D;
-                  std::copy_n(out.keys[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(from), n * D,
-                              pre.keys[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(to));
-                  std::copy_n(out.values[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(from), n * D,
-                              pre.values[static_cast<std::size_t>(l)].begin() + static_cast<std::ptrdiff_t>(to));
-                }
-              pre.tokens.assign(d.tokens.begin(), d.tokens.begin() + static_cast<std::ptrdiff_t>(n));
-              pre.metadata = d.metadata;
-              pre.metadata["tokens"] = std::to_string(n);
-              io::kv_layout layout = d.layout == io::kv_layout::hf_compact ? io::kv_layout::hf_4d : d.layout;
-              io::write_kv_dump(o->out, pre, layout, d.source, false, o->force);
+              write_prefix(d, out, r.tokens, o->out, o->force);
               std::printf("%s: served %lld of %zu tokens (%lld chunks, %zu bytes, %s) -> %s\n", o->dump.c_str(), static_cast<long long>(r.tokens),
                           d.tokens.size(), static_cast<long long>(r.chunks), r.bytes, r.spec.c_str(), o->out.c_str());
               return 0;
@@ -271,6 +405,24 @@ command add_store(CLI::App& root) {
             if (plan->parsed()) {
               std::vector<store::tier_spec> ts;
               for (const auto& t : o->tiers) ts.push_back(parse_tier(t));
+              if (!o->measure.empty()) {
+                if (o->measure.size() != ts.size())
+                  throw_usage("--measure: " + std::to_string(o->measure.size()) + " URLs for " + std::to_string(ts.size()) + " tiers (one per --tier, '-' to keep one)");
+                if (!(o->measure_mb > 0)) throw_usage("--measure-mb: must be > 0");
+                std::printf("%s\n", o->markdown ? "### Tiers (measured: GET of a 64 B value, median of 31; GET and SET of the payload, best of 5)" : "tiers measured:");
+                if (o->markdown) std::printf("| tier | backend | payload MB | latency us | get GB/s | put GB/s |\n|---|---|---:|---:|---:|---:|\n");
+                for (std::size_t t = 0; t < ts.size(); ++t) {
+                  if (o->measure[t] == "-") continue;
+                  std::unique_ptr<store::backend> b = o->measure[t] == "mem" ? std::make_unique<store::memory_backend>() : store::open_backend(o->measure[t]);
+                  const auto m = store::measure_backend(*b, static_cast<std::size_t>(o->measure_mb * 1e6));
+                  ts[t].bandwidth_bytes_s = m.get_bandwidth_bytes_s;
+                  ts[t].latency_s = m.latency_s;
+                  std::printf(o->markdown ? "| %s | %s | %.3g | %.4g | %.4g | %.4g |\n" : "  %s  %s  payload %.3g MB  latency %.4g us  get %.4g GB/s  put %.4g GB/s\n",
+                              ts[t].name.c_str(), m.url.c_str(), static_cast<double>(m.payload_bytes) / 1e6, m.latency_s * 1e6, m.get_bandwidth_bytes_s / 1e9,
+                              m.put_bandwidth_bytes_s / 1e9);
+                }
+                std::printf("\n");
+              }
               if (!o->weights.empty() && o->weights.size() != o->args.size())
                 throw_usage("--weights: " + std::to_string(o->weights.size()) + " weights for " + std::to_string(o->args.size()) + " dumps");
               std::vector<store::context_profile> cs;

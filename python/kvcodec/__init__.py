@@ -631,28 +631,52 @@ class Store:
     name, the cache's shape, the chunk size and the spec are part of the key space: another model is never served.
     Caches are given in any form encode accepts (layout keywords kv_heads, head_dim, block_table, num_tokens,
     batch_index as there). The C++ kvcodec::store does the work, with the GIL released; errors are this module's
-    (UsageError for a bad URL, IOError for an unreachable server, BadInputError for a cache that does not fit)."""
+    (UsageError for a bad URL, IOError for an unreachable server, BadInputError for a cache that does not fit).
 
-    def __init__(self, url, *, model, spec="kvc:level=5", chunk_tokens=256, threads=0, pipeline_depth=2):
+    A tiered store, Store("tiered://mem:64MB,file:///dir:1GB,redis://h:p", model=...) (docs/STORE.md), keeps each
+    context whole in one tier: put() lets the planner choose the kvc level (spec "auto", the default there; or
+    profile=[(spec, bytes, kl, decode_s), ...] measured by the caller) and the tier, get() serves from the fastest
+    tier holding the prefix and promotes on hit, full tiers move contexts down by utility per byte. last_get also
+    has "tier", "promoted_to", "level"; stats() has "tiers" (per tier counters); close() moves what the memory tier
+    holds down to the first persistent tier (the memory tier dies with the process). alpha: the planner's delay
+    weight (KL units per second of expected loading delay)."""
+
+    def __init__(self, url, *, model, spec=None, chunk_tokens=256, threads=0, pipeline_depth=2, alpha=1.0):
         if not isinstance(model, str) or not model:
             raise UsageError(f"Store: model: expected the model's name (part of the key space), found {model!r}")
         if not isinstance(url, str):
             raise UsageError(f"Store: url: expected a string file://DIR, redis://HOST:PORT or redis-cluster://..., found {url!r}")
-        self.spec = _C.canonical_spec(spec)  # a bad spec fails here, with the library's message
-        self._st = _C.Store(url, model, chunk_tokens=chunk_tokens, threads=threads, pipeline_depth=pipeline_depth)
+        tiered = url.startswith("tiered://")
+        if spec is None:
+            spec = "auto" if tiered else "kvc:level=5"
+        # a bad spec fails here, with the library's message ("auto": the tiered store's planner chooses)
+        self.spec = spec if (tiered and spec == "auto") else _C.canonical_spec(spec)
+        self._st = _C.Store(url, model, chunk_tokens=chunk_tokens, threads=threads, pipeline_depth=pipeline_depth, alpha=alpha)
         self.last_get = None
 
     url = property(lambda self: self._st.url)
     model = property(lambda self: self._st.model)
     chunk_tokens = property(lambda self: self._st.chunk_tokens)
 
-    def put(self, tokens, kv, *, spec=None, **layout):
+    def put(self, tokens, kv, *, spec=None, profile=None, weight=1.0, **layout):
         """Stores the KV of `tokens` (token i's KV is row i of the cache), coded with `spec` (default: the Store's). Chunks
         already stored (a shared prefix) are skipped. Returns {"spec", "entry_key", "tokens", "chunks", "chunks_written",
-        "chunks_present", "bytes_written", "seconds"}."""
+        "chunks_present", "bytes_written", "seconds"} (tiered stores add "level", "tier", "planned_tier", "utility",
+        "already"). profile= and weight= (expected uses) are for tiered stores."""
         src = _source(kv, what="store put input", **layout)
         _check_tokens(src, "store put input")
-        return self._st.put(_ints(tokens, "store put: tokens"), src.desc, self.spec if spec is None else spec)
+        spec = self.spec if spec is None else spec
+        if profile is not None or weight != 1.0:
+            prof = None if profile is None else [(str(p[0]), float(p[1]), float(p[2]), float(p[3])) for p in profile]
+            return self._st.put_tiered(_ints(tokens, "store put: tokens"), src.desc, spec, prof, float(weight))
+        return self._st.put(_ints(tokens, "store put: tokens"), src.desc, spec)
+
+    tiered = property(lambda self: self._st.tiered)
+
+    def close(self):
+        """Tiered stores: moves the contexts the memory tier holds down to the first persistent tier (returns how many);
+        other stores: nothing to do (0)."""
+        return self._st.close()
 
     def get(self, tokens, out, **layout):
         """Decodes the longest stored prefix of `tokens` into `out` (writable, any form encode accepts, len(tokens)

@@ -23,6 +23,7 @@
 #include "kvcodec/kvcodec.hpp"
 #include "kvcodec/store/open.hpp"
 #include "kvcodec/store/store.hpp"
+#include "kvcodec/store/tiered.hpp"
 
 namespace py = pybind11;
 using namespace kvcodec;
@@ -363,19 +364,53 @@ class py_stream_decoder {
 /// is used by one thread at a time; Python threads sharing a Store object take turns).
 class py_store {
  public:
-  py_store(const std::string& url, const std::string& model, std::int64_t chunk_tokens, int threads, std::size_t pipeline_depth) {
+  py_store(const std::string& url, const std::string& model, std::int64_t chunk_tokens, int threads, std::size_t pipeline_depth, double alpha) {
     store::store_options o;
     o.model = model;
     o.chunk_tokens = chunk_tokens;
     o.threads = threads;
     o.pipeline_depth = pipeline_depth;
     py::gil_scoped_release release;  // opening a redis:// URL connects now
-    st_ = std::make_unique<store::kv_store>(store::open_backend(url), std::move(o));
+    if (store::is_tiered_url(url)) {
+      store::tiered_options to;
+      to.store = std::move(o);
+      to.alpha = alpha;
+      ts_ = std::make_unique<store::tiered_store>(store::parse_tiered_url(url), std::move(to));
+      url_ = url;
+    } else {
+      st_ = std::make_unique<store::kv_store>(store::open_backend(url), std::move(o));
+    }
+  }
+  bool tiered() const { return ts_ != nullptr; }
+
+  /// tiered:// only: profile = [(spec, bytes, kl, decode_s), ...] or None (the default proxy).
+  py::dict put_tiered(const std::vector<std::int32_t>& tokens, const py::dict& view, const std::string& spec, const py::object& profile, double weight) {
+    if (!ts_) throw_usage("Store.put: profile= and weight= need a tiered:// store");
+    const const_kv_view w = view_from(view);
+    std::optional<store::context_profile> prof;
+    if (!profile.is_none()) {
+      prof.emplace();
+      for (const auto& item : profile) {
+        const auto t = item.cast<std::tuple<std::string, double, double, double>>();
+        prof->levels.push_back({std::get<0>(t), std::get<1>(t), std::get<2>(t), std::get<3>(t)});
+      }
+    }
+    const store::tiered_put_result r = locked([&] { return ts_->put(tokens, w, spec, prof ? &*prof : nullptr, weight); });
+    py::dict d = put_dict(r.put);
+    d["level"] = r.level, d["tier"] = r.tier, d["planned_tier"] = r.planned_tier, d["utility"] = r.utility, d["already"] = r.already;
+    return d;
+  }
+  std::size_t close() {
+    return ts_ ? locked([&] { return ts_->close(); }) : 0;
   }
 
   py::dict put(const std::vector<std::int32_t>& tokens, const py::dict& view, const std::string& spec) {
+    if (ts_) return put_tiered(tokens, view, spec, py::none(), 1.0);
     const const_kv_view w = view_from(view);
     const store::put_result r = locked([&] { return st_->put(tokens, w, spec); });
+    return put_dict(r);
+  }
+  static py::dict put_dict(const store::put_result& r) {
     py::dict d;
     d["spec"] = r.spec;
     d["entry_key"] = r.entry_key;
@@ -390,8 +425,18 @@ class py_store {
 
   py::dict get(const std::vector<std::int32_t>& tokens, const py::dict& view) {
     const kv_view w = view_from(view);
-    const store::get_result r = locked([&] { return st_->get(tokens, w); });
+    std::optional<store::tiered_get_result> tr;
+    const store::get_result r = locked([&] {
+      if (!ts_) return st_->get(tokens, w);
+      tr = ts_->get(tokens, w);
+      return tr->get;
+    });
     py::dict d;
+    if (tr) {
+      d["tier"] = tr->tier ? py::object(py::int_(*tr->tier)) : py::object(py::none());
+      d["promoted_to"] = tr->promoted_to ? py::object(py::int_(*tr->promoted_to)) : py::object(py::none());
+      d["level"] = tr->level;
+    }
     d["tokens"] = r.tokens;
     d["chunks"] = r.chunks;
     d["spec"] = r.spec;
@@ -404,29 +449,59 @@ class py_store {
   }
 
   py::tuple contains(const std::vector<std::int32_t>& tokens, std::int32_t layers, std::int32_t kv_heads, std::int32_t head_dim) {
-    const auto r = locked([&] { return st_->contains(tokens, store::store_shape{layers, kv_heads, head_dim}); });
+    const auto r = locked([&] {
+      return ts_ ? ts_->contains(tokens, store::store_shape{layers, kv_heads, head_dim}) : st_->contains(tokens, store::store_shape{layers, kv_heads, head_dim});
+    });
     return py::make_tuple(r.first, r.second);
   }
 
   std::size_t remove(const std::vector<std::int32_t>& tokens, std::int32_t layers, std::int32_t kv_heads, std::int32_t head_dim) {
-    return locked([&] { return st_->remove(tokens, store::store_shape{layers, kv_heads, head_dim}); });
+    return locked([&] {
+      return ts_ ? ts_->remove(tokens, store::store_shape{layers, kv_heads, head_dim}) : st_->remove(tokens, store::store_shape{layers, kv_heads, head_dim});
+    });
   }
   std::size_t remove_entry(const std::string& key) {
-    return locked([&] { return st_->remove_entry(key); });
+    return locked([&] { return ts_ ? std::size_t{ts_->remove_entry(key)} : st_->remove_entry(key); });
   }
 
   py::list entries(bool all) {
+    if (ts_) {
+      const auto es = locked([&] { return ts_->entries(); });
+      py::list out;
+      for (const auto& e : es) out.append(tiered_dict(e));
+      return out;
+    }
     const auto es = locked([&] { return st_->entries(all); });
     py::list out;
     for (const auto& e : es) out.append(entry_dict(e));
     return out;
   }
   py::object entry(const std::string& key) {
+    if (ts_) {
+      const auto e = locked([&] { return ts_->entry(key); });
+      return e ? py::object(tiered_dict(*e)) : py::object(py::none());
+    }
     const auto e = locked([&] { return st_->entry(key); });
     return e ? py::object(entry_dict(*e)) : py::object(py::none());
   }
 
   py::dict stats() {
+    if (ts_) {
+      const auto ss = locked([&] { return ts_->stats(); });
+      py::dict d;
+      d["gets"] = ts_->gets(), d["misses"] = ts_->misses();
+      py::list tiers;
+      for (const auto& t : ss) {
+        py::dict x;
+        x["url"] = t.url, x["capacity_bytes"] = t.capacity_bytes, x["bandwidth_bytes_s"] = t.bandwidth_bytes_s, x["latency_s"] = t.latency_s;
+        x["bytes"] = t.bytes, x["contexts"] = t.contexts, x["hits"] = t.hits, x["puts"] = t.puts;
+        x["promoted_in"] = t.promoted_in, x["promoted_out"] = t.promoted_out, x["demoted_in"] = t.demoted_in, x["demoted_out"] = t.demoted_out;
+        x["evicted"] = t.evicted, x["errors"] = t.errors;
+        tiers.append(x);
+      }
+      d["tiers"] = tiers;
+      return d;
+    }
     const store::store_stats s = locked([&] { return st_->stats(); });
     py::dict d;
     d["puts"] = s.puts, d["chunks_written"] = s.chunks_written, d["chunks_skipped"] = s.chunks_skipped, d["bytes_written"] = s.bytes_written;
@@ -435,9 +510,9 @@ class py_store {
     return d;
   }
 
-  std::string url() const { return st_->storage().url(); }
-  const std::string& model() const { return st_->options().model; }
-  std::int64_t chunk_tokens() const { return st_->options().chunk_tokens; }
+  std::string url() const { return ts_ ? url_ : st_->storage().url(); }
+  const std::string& model() const { return ts_ ? ts_->options().store.model : st_->options().model; }
+  std::int64_t chunk_tokens() const { return ts_ ? ts_->options().store.chunk_tokens : st_->options().chunk_tokens; }
 
  private:
   template <class F>
@@ -453,8 +528,17 @@ class py_store {
     d["chunk_keys"] = e.chunk_keys, d["bytes"] = e.bytes, d["final"] = e.final;
     return d;
   }
+  static py::dict tiered_dict(const store::tiered_entry& e) {
+    py::dict d;
+    d["key"] = e.key, d["spec"] = e.spec, d["level"] = e.level, d["tokens"] = e.tokens, d["chunks"] = e.chunk_keys.size();
+    d["layers"] = e.shape.layers, d["kv_heads"] = e.shape.kv_heads, d["head_dim"] = e.shape.head_dim;
+    d["chunk_keys"] = e.chunk_keys, d["bytes"] = e.bytes, d["tier"] = e.tier, d["hits"] = e.hits, d["weight"] = e.weight, d["final"] = true;
+    return d;
+  }
   std::mutex m_;
   std::unique_ptr<store::kv_store> st_;
+  std::unique_ptr<store::tiered_store> ts_;
+  std::string url_;
 };
 
 }  // namespace
@@ -669,9 +753,12 @@ PYBIND11_MODULE(_kvcodec, m) {
       .def_property_readonly("header", &py_stream_decoder::header);
 
   py::class_<py_store>(m, "Store")
-      .def(py::init<const std::string&, const std::string&, std::int64_t, int, std::size_t>(), py::arg("url"), py::arg("model"),
-           py::arg("chunk_tokens") = 256, py::arg("threads") = 0, py::arg("pipeline_depth") = 2)
+      .def(py::init<const std::string&, const std::string&, std::int64_t, int, std::size_t, double>(), py::arg("url"), py::arg("model"),
+           py::arg("chunk_tokens") = 256, py::arg("threads") = 0, py::arg("pipeline_depth") = 2, py::arg("alpha") = 1.0)
       .def("put", &py_store::put, py::arg("tokens"), py::arg("view"), py::arg("spec"))
+      .def("put_tiered", &py_store::put_tiered, py::arg("tokens"), py::arg("view"), py::arg("spec"), py::arg("profile"), py::arg("weight"))
+      .def("close", &py_store::close)
+      .def_property_readonly("tiered", &py_store::tiered)
       .def("get", &py_store::get, py::arg("tokens"), py::arg("view"))
       .def("contains", &py_store::contains, py::arg("tokens"), py::arg("layers"), py::arg("kv_heads"), py::arg("head_dim"))
       .def("remove", &py_store::remove, py::arg("tokens"), py::arg("layers"), py::arg("kv_heads"), py::arg("head_dim"))

@@ -242,3 +242,51 @@ def test_store_calls_release_the_gil(tmp_path):
     assert st.last_get["tokens"] == 2048
     assert elapsed > 0.05, "the get is too short to tell"
     assert stall < 0.5 * elapsed, (stall, elapsed)
+
+
+def test_tiered_store_memory_directory_redis(redis_url, tmp_path):
+    """tiered://: contexts placed by the planner, served from each tier with their bytes, promoted on a hit, moved down
+    when the memory tier is full, per-tier stats, close() moving the memory tier down, and a reopened store reading
+    the records of the persistent tiers back."""
+    T2 = 256
+    pkvs = [rand_pkv(layers=2, heads=2, tokens=T2, dim=16, dtype=torch.float16, seed=s) for s in range(3)]
+    toks = [_tokens(T2, seed=10 + s) for s in range(3)]
+    probe = kvcodec.Store("tiered://mem", model="m", chunk_tokens=128)
+    size = probe.put(toks[0], pkvs[0], spec=LOSSLESS)["bytes_written"]
+    url = f"tiered://mem:{size * 3 // 2}B,file://{tmp_path / 'f'}:{size * 3 // 2}B,{redis_url}"
+    st = kvcodec.Store(url, model="m", spec=LOSSLESS, chunk_tokens=128)
+    assert st.tiered and st.spec == kvcodec._C.canonical_spec(LOSSLESS)
+    keys = [st.put(t, p)["entry_key"] for t, p in zip(toks, pkvs)]
+    tiers = [st.entry(k)["tier"] for k in keys]
+    assert sorted(tiers) == [0, 1, 2]
+    s = st.stats()["tiers"]
+    assert [x["contexts"] for x in s] == [1, 1, 1]
+    assert all(x["bytes"] <= x["capacity_bytes"] for x in s)
+    assert s[2]["url"] == redis_url
+    # A hit from Redis: the bytes stored, then the context is promoted to memory (the one there moves down).
+    i = tiers.index(2)
+    out = _zeros_like(pkvs[i])
+    assert st.get(toks[i], out) == T2
+    assert_pkv_equal(out, pkvs[i])
+    assert st.last_get["tier"] == 2 and st.last_get["promoted_to"] == 0
+    assert [x["contexts"] for x in st.stats()["tiers"]] == [1, 1, 1]
+    for t, p in zip(toks, pkvs):
+        out = _zeros_like(p)
+        assert st.get(t, out) == T2
+        assert_pkv_equal(out, p)
+    assert st.close() == 1
+    # Reopened: the directory's and Redis's contexts are found again.
+    st2 = kvcodec.Store(url, model="m", spec=LOSSLESS, chunk_tokens=128)
+    assert len(st2.entries()) == 3
+    out = _zeros_like(pkvs[0])
+    assert st2.get(toks[0], out) == T2
+    assert_pkv_equal(out, pkvs[0])
+    assert st2.contains(toks[0], pkvs[0]) == T2
+    assert st2.remove(toks[0], pkvs[0]) == 1
+    assert st2.get(toks[0], _zeros_like(pkvs[0])) == 0
+    # The planner chooses the level when no spec is given (here from the caller's profile).
+    st3 = kvcodec.Store(f"tiered://mem:1MB,file://{tmp_path / 'g'}", model="m", chunk_tokens=128)
+    r = st3.put(toks[1], pkvs[1], profile=[("kvc:level=1", 60000, 0.001, 1e-4), ("kvc:level=9", 10000, 0.001, 1e-4)])
+    assert r["level"] == "kvc:level=9" and r["tier"] == 0
+    with pytest.raises(kvcodec.UsageError):
+        kvcodec.Store("tiered://mem:12XB", model="m")

@@ -89,11 +89,41 @@ s1=$shared/kv/stories260K-s1.safetensors
 run 0 "$K" store plan --levels 1,9 --alpha 50 --tier dram:0.1:10:1 --tier redis:inf:0.2:500 "$s0" "$s1"
 has "fixed kvc:level=9" out
 has "planner beats every fixed level" out
+run 0 "$K" store plan --levels 1,9 --alpha 50 --tier dram:0.1:10:1 --tier redis:inf:0.2:500 --measure mem --measure "redis://127.0.0.1:$port" --measure-mb 0.1 "$s0" "$s1"
+has "tiers measured:" out
+has "redis  redis://127.0.0.1:$port  payload 0.1 MB" out
+has "planner beats every fixed level" out
+run 1 "$K" store plan --tier dram:0.1:10:1 --tier redis:inf:0.2:500 --measure mem "$s0"
+has "1 URLs for 2 tiers" err
 run 1 "$K" store plan --tier dram:x "$s0"
 has "NAME:CAPACITY_MB:GBPS:LATENCY_US" err
 run 0 "$K" synth --q-heads 0 --layers 2 --kv-heads 2 --head-dim 8 --tokens 64 "$work/noq.safetensors"
 run 2 "$K" store plan "$work/noq.safetensors"
 has "queries" err
+
+echo "== tiered:// (memory -> directory -> redis)"
+T="tiered://mem:2MB,file://$work/t1:400KB,redis://127.0.0.1:$port"
+run 0 "$K" store put --url "$T" -c kvc:level=5 "$dump"
+has "stored 512 tokens as 2 chunks" out
+has "kvc:level=5, tier 0 (mem" out
+has "moved 1 context(s) from the memory tier down" out   # the process's memory tier is emptied at exit
+run 0 "$K" store stat --url "$T" "$dump"
+has "512 of 512 tokens stored as" out
+has "in tier 1 (file://" out                              # 300 KB: the 400 KB directory holds it
+run 0 "$K" store put --url "$T" "$other"                   # no -c: the planner chooses the level
+has "stored 512 tokens" out
+run 0 "$K" store get --url "$T" -f "$ctx" "$work/o.safetensors"
+has "served 256 of 256 tokens" out
+has "promoted to tier 0" out
+run 0 "$K" store ls --url "$T"
+[[ $(wc -l < "$work/out") == 2 ]] || fail "tiered ls: expected 2 entries"
+run 0 "$K" store stat --url "$T"
+has "tier 2  redis://127.0.0.1:$port" out
+run 0 "$K" store rm --url "$T" "$dump"
+has "removed 1 contexts" out
+run 4 "$K" store get --url "$T" -f "$dump" "$work/o.safetensors"
+run 1 "$K" store ls --url "tiered://mem:12XB"
+has "expected mem followed by :CAPACITY" err
 
 echo "== errors"
 run 1 "$K" store ls --url "ftp://x"

@@ -4,7 +4,8 @@
 //   redis://HOST:PORT[?OPTIONS]              one Redis server
 //   redis-cluster://HOST:PORT,HOST:PORT,...[?OPTIONS]   a Redis Cluster (any reachable nodes as seeds)
 // OPTIONS are `&`-separated NAME=INTEGER pairs overriding redis_options: connect_timeout_ms,
-// timeout_ms, retries, retry_delay_ms, wait (replicas sync() waits for), wait_timeout_ms.
+// timeout_ms, retries, retry_delay_ms, wait (replicas sync() waits for), wait_timeout_ms, get_piece_kb
+// (redis:// only: GETRANGE piece size of large values, 0 = one GET).
 #pragma once
 
 #include <memory>
@@ -43,8 +44,9 @@ inline void parse_redis_options(const std::string& query, redis_options& o, cons
     else if (name == "retry_delay_ms") o.retry_delay_ms = v;
     else if (name == "wait") o.wait_replicas = v;
     else if (name == "wait_timeout_ms") o.wait_timeout_ms = v;
+    else if (name == "get_piece_kb") o.get_piece_kb = v;
     else
-      throw_usage(url + ": unknown option '" + name + "' (known: connect_timeout_ms, timeout_ms, retries, retry_delay_ms, wait, wait_timeout_ms)");
+      throw_usage(url + ": unknown option '" + name + "' (known: connect_timeout_ms, timeout_ms, retries, retry_delay_ms, wait, wait_timeout_ms, get_piece_kb)");
   }
 }
 
