@@ -41,7 +41,7 @@ command add_encode(CLI::App& root) {
               if (!o->quiet)
                 std::fprintf(stderr, "kvc target: attention KL <= %g: %d bins, KL %.4g on %s%s (%d trials)\n", tc.target, tc.bins, tc.kl,
                              tc.proxy ? "proxy queries (the dump has none)" : "the dump's queries",
-                             tc.met ? "" : "; NOT met even at 256 bins", tc.trials);
+                             tc.met ? "" : "; NOT met even at 4096 bins", tc.trials);
             }
             codec c = make_codec(o->spec);
             progress_bar bar("encode");

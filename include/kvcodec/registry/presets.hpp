@@ -63,9 +63,11 @@ inline std::string cachegen_paper_spec(int level) {
 inline std::string kvc_quant_spec(int kbins, int vbins, const std::string& values = "token") {
   return "cachegen-quant:kbins=" + std::to_string(kbins) + ",klayers=-,vbins=" + std::to_string(vbins) + ",vlayers=-,kaxis=channel,vaxis=" + values;
 }
-/// kvc at any bins: the quantizer, then rANS with 2^10-slot tables below 128 bins and 2^12 from 128 up.
+/// kvc at any bins: the quantizer, then rANS with 2^10-slot tables below 128 bins, 2^12 up to 256 bins,
+/// 2^14 up to 1024 and 2^15 above (the finer end of kvc:target's axis, beyond the levels).
 inline std::string kvc_bins_spec(int kbins, int vbins, const std::string& values = "token") {
-  const int prob_bits = std::max(kbins, vbins) >= 128 ? 12 : 10;
+  const int b = std::max(kbins, vbins);
+  const int prob_bits = b < 128 ? 10 : b <= 256 ? 12 : b <= 1024 ? 14 : 15;
   return kvc_quant_spec(kbins, vbins, values) + "|rans:lanes=0,tables=shared,ctx=auto,model=auto,prob_bits=" + std::to_string(prob_bits);
 }
 inline std::string kvc_level_spec(int level, const std::string& values = "token") {
