@@ -82,30 +82,22 @@ struct hooks {
   std::atomic<int> gets{0}, puts{0};
   std::function<void(int)> on_get, on_put;
 };
-class hooked_backend final : public store::backend {
+class hooked_backend final : public store::forwarding_backend {
  public:
-  hooked_backend(std::unique_ptr<store::backend> b, std::shared_ptr<hooks> h) : b_(std::move(b)), h_(std::move(h)) {}
-  std::string url() const override { return b_->url(); }
-  std::unique_ptr<store::backend> clone() const override { return std::make_unique<hooked_backend>(b_->clone(), h_); }
+  hooked_backend(std::unique_ptr<store::backend> b, std::shared_ptr<hooks> h) : forwarding_backend(std::move(b)), h_(std::move(h)) {}
+  std::unique_ptr<store::backend> clone() const override { return std::make_unique<hooked_backend>(inner().clone(), h_); }
   std::optional<store::byte_buffer> get(const std::string& k) override {
     const int n = ++h_->gets;
     if (h_->on_get) h_->on_get(n);
-    return b_->get(k);
+    return inner().get(k);
   }
   void put(const std::string& k, std::span<const std::uint8_t> v) override {
     const int n = ++h_->puts;
     if (h_->on_put) h_->on_put(n);
-    b_->put(k, v);
+    inner().put(k, v);
   }
-  std::vector<bool> exists(const std::vector<std::string>& k) override { return b_->exists(k); }
-  bool remove(const std::string& k) override { return b_->remove(k); }
-  std::vector<std::string> list(const std::string& p) override { return b_->list(p); }
-  void set_add(const std::string& k, const std::string& m) override { b_->set_add(k, m); }
-  std::vector<std::string> set_members(const std::string& k) override { return b_->set_members(k); }
-  void sync() override { b_->sync(); }
 
  private:
-  std::unique_ptr<store::backend> b_;
   std::shared_ptr<hooks> h_;
 };
 

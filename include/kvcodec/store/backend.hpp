@@ -53,4 +53,26 @@ class backend {
   virtual void sync() {}
 };
 
+/// A backend that passes every call to another: derive and override what a wrapper changes (the tiered
+/// store records the sizes a put writes; the tests count calls and inject failures).
+class forwarding_backend : public backend {
+ public:
+  explicit forwarding_backend(std::unique_ptr<backend> b) : b_(std::move(b)) {}
+  std::string url() const override { return b_->url(); }
+  std::optional<byte_buffer> get(const std::string& k) override { return b_->get(k); }
+  void put(const std::string& k, std::span<const std::uint8_t> v) override { b_->put(k, v); }
+  std::vector<bool> exists(const std::vector<std::string>& k) override { return b_->exists(k); }
+  bool remove(const std::string& k) override { return b_->remove(k); }
+  std::vector<std::string> list(const std::string& p) override { return b_->list(p); }
+  void set_add(const std::string& k, const std::string& m) override { b_->set_add(k, m); }
+  std::vector<std::string> set_members(const std::string& k) override { return b_->set_members(k); }
+  void sync() override { b_->sync(); }
+
+ protected:
+  backend& inner() const { return *b_; }
+
+ private:
+  std::unique_ptr<backend> b_;
+};
+
 }  // namespace kvcodec::store

@@ -254,25 +254,17 @@ struct tiered_get_result {
 
 class tiered_store {
   /// Records the sizes of the values a kv_store writes (the chunk sizes of a put).
-  class recording_backend final : public backend {
+  class recording_backend final : public forwarding_backend {
    public:
-    recording_backend(std::unique_ptr<backend> b, std::shared_ptr<std::map<std::string, std::size_t>> r) : b_(std::move(b)), r_(std::move(r)) {}
-    std::string url() const override { return b_->url(); }
-    std::unique_ptr<backend> clone() const override { return std::make_unique<recording_backend>(b_->clone(), r_); }
-    std::optional<byte_buffer> get(const std::string& k) override { return b_->get(k); }
+    recording_backend(std::unique_ptr<backend> b, std::shared_ptr<std::map<std::string, std::size_t>> r)
+        : forwarding_backend(std::move(b)), r_(std::move(r)) {}
+    std::unique_ptr<backend> clone() const override { return std::make_unique<recording_backend>(inner().clone(), r_); }
     void put(const std::string& k, std::span<const std::uint8_t> v) override {
-      b_->put(k, v);
+      inner().put(k, v);
       (*r_)[k] = v.size();
     }
-    std::vector<bool> exists(const std::vector<std::string>& k) override { return b_->exists(k); }
-    bool remove(const std::string& k) override { return b_->remove(k); }
-    std::vector<std::string> list(const std::string& p) override { return b_->list(p); }
-    void set_add(const std::string& k, const std::string& m) override { b_->set_add(k, m); }
-    std::vector<std::string> set_members(const std::string& k) override { return b_->set_members(k); }
-    void sync() override { b_->sync(); }
 
    private:
-    std::unique_ptr<backend> b_;
     std::shared_ptr<std::map<std::string, std::size_t>> r_;
   };
 
