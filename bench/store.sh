@@ -7,12 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}; tokens=${2:-2048}; reps=${3:-5}; threads=${4:-0}
 out=bench/results/store.txt
-work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-redis-server --port "$port" --bind 127.0.0.1 --dir "$work" --save "" --appendonly no --daemonize no --logfile "$work/redis.log" &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+source bench/redis_up.sh  # $work, $port: a throwaway redis-server, stopped at exit
 {
   echo "# $(date -u +%F), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(redis-server --version | cut -d' ' -f1-3)"
   echo "# command: bench/store.sh $build $tokens $reps $threads   (bench_store redis://127.0.0.1:PORT $tokens $reps $threads)"

@@ -12,12 +12,7 @@ K=${1:-build/cli/kvcodec}; shared=${2:-../shared}; alpha=${3:-50}
 out=bench/results/store_plan.md
 dumps=()
 for d in stories260K-s0 stories260K-s1 stories260K-s2 kvlab-d0 kvlab-d1 kvlab-d2; do dumps+=("$shared/kv/$d.safetensors"); done
-work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-redis-server --port "$port" --bind 127.0.0.1 --dir "$work" --save "" --appendonly no --daemonize no --logfile "$work/redis.log" &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+source bench/redis_up.sh  # $work, $port: a throwaway redis-server, stopped at exit
 args=(--alpha "$alpha" --first-tier-mb 0.1,0.3,0.6,1.2 --tier dram:1:10:1 --tier disk:0.4:1:100 --tier redis:inf:0.2:500
       --measure mem --measure "file://$work/disk" --measure "redis://127.0.0.1:$port" --measure-mb 0.25)
 {
