@@ -14,6 +14,9 @@
 #include <cstring>
 #include "../support/shared_data.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_core_affine {
+
 using namespace kvcodec;
 using namespace kvcodec::affine;
 
@@ -461,3 +464,5 @@ TEST_CASE("affine bulk: rounding ties and near-ties take the scalar reference's 
         }
   CHECK(cases > 100);
 }
+
+}  // namespace kvcodec_test_core_affine

@@ -12,6 +12,9 @@
 #include "kvcodec/core/codebook.hpp"
 #include "../support/shared_data.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_core_codebook {
+
 using namespace kvcodec;
 using namespace kvcodec::codebook;
 
@@ -195,3 +198,5 @@ TEST_CASE("codebook: Lloyd–Max on real stories260K keys") {
     CHECK(km < un);
   }
 }
+
+}  // namespace kvcodec_test_core_codebook

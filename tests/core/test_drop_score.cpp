@@ -7,6 +7,9 @@
 
 #include "kvcodec/core/drop_score.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_core_drop_score {
+
 using namespace kvcodec;
 
 TEST_CASE("drop_softmax: online log-sum-exp equals the two-pass value") {
@@ -132,3 +135,5 @@ TEST_CASE("drop_exp: within a few ulp of std::exp / limits / NaN") {
   CHECK(std::isnan(drop_exp(std::nan(""))));
   CHECK(drop_exp(-707.9) > 0.0);
 }
+
+}  // namespace kvcodec_test_core_drop_score

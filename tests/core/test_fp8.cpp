@@ -12,6 +12,9 @@
 #include "kvcodec/core/fp8.hpp"
 #include "kvcodec/core/simd.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_core_fp8 {
+
 using namespace kvcodec;
 
 namespace {
@@ -313,3 +316,5 @@ TEST_CASE("fp8 bulk: encode equals the reference near every rounding midpoint un
     }
   }
 }
+
+}  // namespace kvcodec_test_core_fp8

@@ -9,6 +9,9 @@
 #include <random>
 #include <vector>
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_core_freq_table {
+
 using namespace kvcodec;
 
 namespace {
@@ -269,3 +272,5 @@ TEST_CASE("encoder and decoder tables agree with the frequency table") {
     }
   }
 }
+
+}  // namespace kvcodec_test_core_freq_table

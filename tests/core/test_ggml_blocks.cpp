@@ -18,6 +18,9 @@
 #include "../support/ggml_inputs.hpp"
 #include "../support/shared_data.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_core_ggml_blocks {
+
 using namespace kvcodec;
 using namespace kvcodec::ggml;
 
@@ -449,3 +452,5 @@ TEST_CASE("ggml blocks: row kernels equal the per-block scalar functions byte fo
     }
   }
 }
+
+}  // namespace kvcodec_test_core_ggml_blocks

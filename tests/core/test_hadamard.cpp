@@ -8,6 +8,9 @@
 
 #include "kvcodec/core/hadamard.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_core_hadamard {
+
 using namespace kvcodec;
 
 namespace {
@@ -120,3 +123,5 @@ TEST_CASE("hadamard rows use the same signs for every row") {
   for (std::size_t i = 0; i < rows.size(); ++i) CHECK(rows[i] == doctest::Approx(static_cast<float>(i % 12) - 5.5f).epsilon(1e-6));
   hadamard_forward(nullptr, 0, 1);  // n = 0 is a no-op
 }
+
+}  // namespace kvcodec_test_core_hadamard

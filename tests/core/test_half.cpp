@@ -14,6 +14,9 @@
 #include "kvcodec/core/simd.hpp"
 #include "kvcodec/tensor/dtype.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_core_half {
+
 using namespace kvcodec;
 
 namespace {
@@ -130,3 +133,5 @@ TEST_CASE("dtype bulk: a sweep of 2^24 f32 patterns across every exponent conver
     REQUIRE(c == d);
   }
 }
+
+}  // namespace kvcodec_test_core_half

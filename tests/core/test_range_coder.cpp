@@ -7,6 +7,9 @@
 
 #include "kvcodec/core/range_coder.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_core_range_coder {
+
 using namespace kvcodec;
 
 namespace {
@@ -104,3 +107,5 @@ TEST_CASE("range coder: truncated / extended and corrupted streams are detected"
   const bool ok = dec(cdf, t, out, s.size());
   CHECK((!ok || out != s));
 }
+
+}  // namespace kvcodec_test_core_range_coder

@@ -7,6 +7,9 @@
 #include <random>
 #include <vector>
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_core_rans {
+
 using namespace kvcodec;
 
 namespace {
@@ -129,3 +132,5 @@ TEST_CASE("single-lane round trip through the step functions") {
   CHECK(rd == 0);
   CHECK(x == rans_l);
 }
+
+}  // namespace kvcodec_test_core_rans

@@ -12,6 +12,9 @@
 #include "kvcodec/core/rope.hpp"
 #include "../support/shared_data.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_core_rope {
+
 using namespace kvcodec;
 
 namespace {
@@ -175,3 +178,5 @@ TEST_CASE("rope: real stories260K dump — de-RoPE keys") {
   CHECK(var_pre_pair0 < 0.5 * var_post_pair0);
   CHECK(var_pre_total < var_wrong_total);  // the dump really is interleaved-pairs
 }
+
+}  // namespace kvcodec_test_core_rope

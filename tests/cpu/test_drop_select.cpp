@@ -19,6 +19,9 @@
 #include "kvcodec/registry/builtin.hpp"
 #include "../support/shared_data.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_cpu_drop_select {
+
 using namespace kvcodec;
 
 namespace {
@@ -568,3 +571,5 @@ TEST_CASE("knorm and keydiff score finishing: AVX2 gives the scalar bits") {
   CHECK_FALSE(simd::avx2());
 #endif
 }
+
+}  // namespace kvcodec_test_cpu_drop_select

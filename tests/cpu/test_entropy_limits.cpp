@@ -9,6 +9,9 @@
 #include "kvcodec/kvcodec.hpp"
 #include "../support/io_helpers.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_cpu_entropy_limits {
+
 using namespace kvcodec;
 using test::catch_error;
 
@@ -155,3 +158,5 @@ TEST_CASE("rans:tables=shared load_state: cols bounded by the shape / one entry 
     CHECK(e.has("field 'entries'"));
   }
 }
+
+}  // namespace kvcodec_test_cpu_entropy_limits

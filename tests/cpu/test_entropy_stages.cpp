@@ -11,6 +11,9 @@
 
 #include "kvcodec/kvcodec.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_cpu_entropy_stages {
+
 using namespace kvcodec;
 
 namespace {
@@ -349,3 +352,5 @@ TEST_CASE("cachegen-quant: quantize rounds half to even like nearbyintf - decode
     }
   }
 }
+
+}  // namespace kvcodec_test_cpu_entropy_stages

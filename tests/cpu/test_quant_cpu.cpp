@@ -16,6 +16,9 @@
 #include "kvcodec/kvcodec.hpp"
 #include "../support/ggml_inputs.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_cpu_quant_cpu {
+
 using namespace kvcodec;
 
 namespace {
@@ -605,3 +608,5 @@ TEST_CASE("pack stage: symbol packing equals the bit-at-a-time reference for eve
       CHECK(lsb);
     }
 }
+
+}  // namespace kvcodec_test_cpu_quant_cpu

@@ -14,6 +14,9 @@
 #include <utility>
 #include <vector>
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_cpu_rans_codec {
+
 using namespace kvcodec;
 
 namespace {
@@ -589,3 +592,5 @@ TEST_CASE("vector encoder (AVX2 when the CPU has it) writes exactly the scalar e
   }
   CHECK(compared == 3 * 3 * 3 * 5 * 3);
 }
+
+}  // namespace kvcodec_test_cpu_rans_codec

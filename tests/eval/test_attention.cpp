@@ -11,6 +11,9 @@
 #include "kvcodec/eval/metrics.hpp"
 #include "../support/shared_data.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_eval_attention {
+
 using namespace kvcodec;
 using kvcodec::eval::attention_metrics;
 using kvcodec::eval::attention_options;
@@ -351,3 +354,5 @@ TEST_CASE("real data: stories260K dump") {
                                        << ", attention rel " << am.rel_error << ", kl " << am.kl);
   }
 }
+
+}  // namespace kvcodec_test_eval_attention

@@ -8,6 +8,9 @@
 #include "kvcodec/eval/metrics.hpp"
 #include "kvcodec/eval/synth.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_eval_metrics {
+
 using namespace kvcodec;
 using kvcodec::eval::compare_kv;
 
@@ -192,3 +195,5 @@ TEST_CASE("compare_kv: deterministic for any thread count") {
   CHECK(m1.key.rel_fro_error > 0.5);
   CHECK(m1.key.rel_fro_error < 1.0);
 }
+
+}  // namespace kvcodec_test_eval_metrics

@@ -10,6 +10,9 @@
 #include "kvcodec/eval/model_eval.hpp"
 #include "../support/shared_data.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_eval_model_eval {
+
 namespace {
 
 using namespace kvcodec;
@@ -290,3 +293,5 @@ TEST_CASE("model eval on the real stories260K dumps") {
   check_against_naive(m, dump, dec, 448);
   check_against_naive(m, dump, keep_window(dump, 448, 4, 86), 448);
 }
+
+}  // namespace kvcodec_test_eval_model_eval

@@ -10,6 +10,9 @@
 #include "kvcodec/eval/attention.hpp"
 #include "kvcodec/eval/synth.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_eval_synth {
+
 using namespace kvcodec;
 using kvcodec::eval::synth_cache;
 using kvcodec::eval::synth_options;
@@ -329,3 +332,5 @@ TEST_CASE("synth: full-size benchmark" * doctest::skip(true)) {
     }
   }
 }
+
+}  // namespace kvcodec_test_eval_synth

@@ -6,6 +6,9 @@
 
 #include "kvcodec/kvcodec.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_format_container {
+
 using namespace kvcodec;
 
 namespace {
@@ -266,3 +269,5 @@ TEST_CASE("a stage's error inside a resealed segment names the file and the segm
   }
   CHECK(refused > 0);
 }
+
+}  // namespace kvcodec_test_format_container

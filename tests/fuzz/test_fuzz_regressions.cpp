@@ -14,6 +14,9 @@
 
 #include "fuzz_entry.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_fuzz_fuzz_regressions {
+
 #ifndef KVCODEC_FUZZ_REGRESSIONS_DIR
 #error "tests/CMakeLists.txt defines KVCODEC_FUZZ_REGRESSIONS_DIR"
 #endif
@@ -62,3 +65,5 @@ TEST_CASE("fuzz regressions: every stored input ends in success or a kvcodec::er
   }
   MESSAGE("replayed " << replayed << " regression inputs");
 }
+
+}  // namespace kvcodec_test_fuzz_fuzz_regressions

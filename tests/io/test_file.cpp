@@ -17,6 +17,9 @@
 #include "kvcodec/io/file.hpp"
 #include "../support/io_helpers.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_io_file {
+
 using namespace kvcodec;
 using namespace kvcodec::io;
 using test::catch_error;
@@ -143,3 +146,5 @@ TEST_CASE("write_file_atomic: SIGINT/SIGTERM remove a registered temporary file 
     CHECK_FALSE(fs::exists(tmp));
   }
 }
+
+}  // namespace kvcodec_test_io_file

@@ -12,6 +12,9 @@
 #include "../support/shared_data.hpp"
 #include "../support/io_helpers.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_io_kv_dump {
+
 using namespace kvcodec;
 using namespace kvcodec::io;
 
@@ -451,3 +454,5 @@ TEST_CASE("kv_dump: real stories260K dumps") {
     CHECK(r.cache.metadata == d.cache.metadata);
   }
 }
+
+}  // namespace kvcodec_test_io_kv_dump

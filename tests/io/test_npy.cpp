@@ -12,6 +12,9 @@
 #include "kvcodec/io/npz.hpp"
 #include "../support/io_helpers.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_io_npy {
+
 using namespace kvcodec;
 using namespace kvcodec::io;
 
@@ -370,3 +373,5 @@ TEST_CASE("npz: lying and broken archives are rejected before allocation") {
     }
   }
 }
+
+}  // namespace kvcodec_test_io_npy

@@ -9,6 +9,9 @@
 #include "../support/shared_data.hpp"
 #include "../support/io_helpers.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_io_safetensors {
+
 using namespace kvcodec;
 using namespace kvcodec::io;
 
@@ -289,3 +292,5 @@ TEST_CASE("safetensors: real stories260K dumps") {
   const auto b = read_safetensors(bf16f->string());
   CHECK(b.find("past_key_values.3.value")->type == dtype::bf16);
 }
+
+}  // namespace kvcodec_test_io_safetensors

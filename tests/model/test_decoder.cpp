@@ -18,6 +18,9 @@
 #include "kvcodec/model/decoder.hpp"
 #include "../support/shared_data.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_model_decoder {
+
 namespace {
 
 using namespace kvcodec::model;
@@ -505,3 +508,5 @@ TEST_CASE("decoder: real KV dumps are reproduced / preloading continues correctl
     CHECK(change > 1e-2f);
   }
 }
+
+}  // namespace kvcodec_test_model_decoder

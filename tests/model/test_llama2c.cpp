@@ -13,6 +13,9 @@
 #include "kvcodec/model/llama2c.hpp"
 #include "../support/shared_data.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_model_llama2c {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -254,3 +257,5 @@ TEST_CASE("llama2c: corrupt and invalid files throw bad_input naming file and fi
     require_error([&] { random_llama2c(c, 1); }, error_kind::bad_input, {"random_llama2c", "n_kv_heads"});
   }
 }
+
+}  // namespace kvcodec_test_model_llama2c

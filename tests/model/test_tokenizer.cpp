@@ -15,6 +15,9 @@
 #include "kvcodec/model/tokenizer.hpp"
 #include "../support/shared_data.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_model_tokenizer {
+
 namespace {
 
 using kvcodec::model::tokenizer;
@@ -207,3 +210,5 @@ TEST_CASE("tokenizer: real tok512.bin") {
   const auto re_first = t.encode(first, false, false);
   CHECK(re_first == std::vector<int>(greedy.begin(), greedy.begin() + 12));
 }
+
+}  // namespace kvcodec_test_model_tokenizer

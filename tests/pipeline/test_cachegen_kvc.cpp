@@ -15,6 +15,9 @@
 #include "kvcodec/pipeline/plan.hpp"
 #include "../support/shared_data.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_pipeline_cachegen_kvc {
+
 using namespace kvcodec;
 
 namespace {
@@ -187,3 +190,5 @@ TEST_CASE("real dumps: a kvc level is <= 0.6x cachegen's size at no worse attent
     test::mark_skipped();
   }
 }
+
+}  // namespace kvcodec_test_pipeline_cachegen_kvc

@@ -6,6 +6,9 @@
 #include "kvcodec/kvcodec.hpp"
 #include "../support/random_cache.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_pipeline_encode {
+
 using namespace kvcodec;
 using kvcodec::test::random_cache;
 
@@ -129,3 +132,5 @@ TEST_CASE("encode rejects invalid caches") {
   kv_cache empty;
   CHECK_THROWS_AS(encode("raw", empty), error);
 }
+
+}  // namespace kvcodec_test_pipeline_encode

@@ -13,6 +13,9 @@
 #include "../support/random_cache.hpp"
 #include "kvcodec/pipeline/decode_file.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_pipeline_stream {
+
 using namespace kvcodec;
 using kvcodec::test::random_cache;
 
@@ -306,3 +309,5 @@ TEST_CASE("random access through a file reads the header and index and only the 
   CHECK(part.values == ref.values);
   std::filesystem::remove(path);
 }
+
+}  // namespace kvcodec_test_pipeline_stream

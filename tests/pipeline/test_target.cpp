@@ -11,6 +11,9 @@
 #include "kvcodec/pipeline/target.hpp"
 #include "../support/shared_data.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_pipeline_target {
+
 using namespace kvcodec;
 
 namespace {
@@ -122,3 +125,5 @@ TEST_CASE("kvc target lands within 2x of the asked attention KL on the real dump
   CHECK(c.kl >= 1.5e-4);
   CHECK(c.spec.find("prob_bits=14") != std::string::npos);
 }
+
+}  // namespace kvcodec_test_pipeline_target

@@ -16,6 +16,9 @@
 #include "kvcodec/registry/builtin.hpp"
 #include "../support/shared_data.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_stage_drop_stages {
+
 using namespace kvcodec;
 
 namespace {
@@ -182,3 +185,5 @@ TEST_CASE("decode_dropped re-rotates the kept keys of a decoded container") {
   CHECK(rot.keys != plain.keys);
   CHECK(cpu::decode_dropped(e.data).keys == plain.keys);
 }
+
+}  // namespace kvcodec_test_stage_drop_stages

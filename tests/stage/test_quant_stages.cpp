@@ -16,6 +16,9 @@
 #include "kvcodec/kvcodec.hpp"
 #include "../support/shared_data.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_stage_quant_stages {
+
 using namespace kvcodec;
 
 namespace {
@@ -262,3 +265,5 @@ TEST_CASE("real data: KIVI-4 beats per-token 4-bit at no larger size - q8_0 is l
           REQUIRE(res.decoded.keys[static_cast<std::size_t>(l)][i] == kv.keys[static_cast<std::size_t>(l)][i]);
         }
 }
+
+}  // namespace kvcodec_test_stage_quant_stages

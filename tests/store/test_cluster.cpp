@@ -9,6 +9,9 @@
 #include "kvcodec/store/store.hpp"
 #include "redis_fixture.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_store_cluster {
+
 using namespace kvcodec;
 using namespace kvcodec::store;
 using kvcodec::test::host_kv;
@@ -185,3 +188,5 @@ TEST_CASE("redis cluster master killed gives a clear error or a miss and never w
     CHECK(e.kind() == error_kind::io);
   }
 }
+
+}  // namespace kvcodec_test_store_cluster

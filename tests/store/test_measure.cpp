@@ -7,6 +7,9 @@
 #include "redis_fixture.hpp"
 #include "store_support.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_store_measure {
+
 using namespace kvcodec;
 using namespace kvcodec::store;
 using kvcodec::test::redis_server;
@@ -36,3 +39,5 @@ TEST_CASE("measure_backend times real backends and leaves no key behind") {
   const std::string addr = srv.addr();
   CHECK_THROWS_WITH_AS(measure_backend(*fast, 1000), doctest::Contains(addr.c_str()), error);
 }
+
+}  // namespace kvcodec_test_store_measure

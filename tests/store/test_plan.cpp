@@ -5,6 +5,9 @@
 
 #include "kvcodec/store/plan.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_store_plan {
+
 using namespace kvcodec::store;
 
 namespace {
@@ -97,3 +100,5 @@ TEST_CASE("store plan refuses inconsistent profiles") {
   CHECK_THROWS(plan_placement({}, tiers(1, 1), 1));
   CHECK_THROWS(plan_placement(cs, {}, 1));
 }
+
+}  // namespace kvcodec_test_store_plan

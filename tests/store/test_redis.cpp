@@ -8,6 +8,9 @@
 #include "kvcodec/store/store.hpp"
 #include "redis_fixture.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_store_redis {
+
 using namespace kvcodec;
 using namespace kvcodec::store;
 using kvcodec::test::host_kv;
@@ -266,3 +269,5 @@ TEST_CASE("redis backend reads large values as GETRANGE pieces with the same byt
   CHECK(!pieces->get("k"));
   CHECK_THROWS_WITH_AS(open_backend(srv.url() + "?get_piece_kb=x"), doctest::Contains("get_piece_kb"), error);
 }
+
+}  // namespace kvcodec_test_store_redis

@@ -7,6 +7,9 @@
 #include "kvcodec/store/store.hpp"
 #include "store_support.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_store_store {
+
 using namespace kvcodec;
 using namespace kvcodec::store;
 using kvcodec::test::host_kv;
@@ -356,3 +359,5 @@ TEST_CASE("store decodes into a paged destination view") {
         CHECK(std::memcmp(paged.row(l, false, h, t), src.row(l, false, h, t), D * 2) == 0);
       }
 }
+
+}  // namespace kvcodec_test_store_store

@@ -9,6 +9,9 @@
 #include "redis_fixture.hpp"
 #include "store_support.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_store_tiered {
+
 using namespace kvcodec;
 using namespace kvcodec::store;
 using kvcodec::test::host_kv;
@@ -363,3 +366,5 @@ TEST_CASE("tiered store over a real redis-server tier") {
   CHECK(served + missed == 3);
   CHECK(st->stats()[2].errors >= 1);
 }
+
+}  // namespace kvcodec_test_store_tiered

@@ -20,6 +20,9 @@
 #include "kvcodec/verify/session.hpp"
 #include "../support/shared_data.hpp"
 
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_verify_verify {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -655,3 +658,5 @@ TEST_CASE("greedy draft-and-verify on the real dumps: identical for every regist
   MESSAGE(ran << " (dump, codec) greedy runs identical to full-cache decoding");
   CHECK(ran >= 12);
 }
+
+}  // namespace kvcodec_test_verify_verify
