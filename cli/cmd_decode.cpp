@@ -68,23 +68,25 @@ command add_decode(CLI::App& root) {
               const std::size_t D = static_cast<std::size_t>(s.head_dim), es = dtype_size(out_dt);
               // Layer by layer: every chunk of one layer decoded (in parallel) into a buffer of that layer,
               // then its K and V written as two sequential runs (a layer is 1/layers of the cache).
-              std::vector<std::byte> stage(2 * H * static_cast<std::size_t>(te - tb) * D * es);
+              // Not zero-filled: every token of the range is decoded into it, layer after layer.
+              const std::unique_ptr<std::byte[]> stage(new std::byte[2 * H * static_cast<std::size_t>(te - tb) * D * es]);
+              std::vector<segment_scratch> scratch(static_cast<std::size_t>(cpu::workers(pol.threads(), h.segments.size())));
               std::size_t done = 0;
               const auto todo = detail::segments_in(h, tb, te);
               for (std::size_t l = 0; l < L; ++l) {
                 const std::size_t plane = H * static_cast<std::size_t>(te - tb) * D * es;
                 // Every layer's base points at the buffer: only layer l's segments are decoded into it.
-                const kv_view win = kv_view::hf(std::vector<std::byte*>(L, stage.data()), std::vector<std::byte*>(L, stage.data() + plane), out_dt,
+                const kv_view win = kv_view::hf(std::vector<std::byte*>(L, stage.get()), std::vector<std::byte*>(L, stage.get() + plane), out_dt,
                                                 s.kv_heads, te - tb, s.head_dim);
                 std::vector<std::size_t> mine;
                 for (const auto i : todo)
                   if (static_cast<std::size_t>(h.segments[i].layer) == l) mine.push_back(i);
-                cpu::parallel_for(pol, mine.size(), [&](std::size_t j) {
-                  bytes buf;
-                  dec.decode_segment(h.segments[mine[j]], f.read_segment(mine[j], buf), win, tb, tb, te);
+                cpu::parallel_for_worker(pol, mine.size(), [&](std::size_t j, int w) {
+                  segment_scratch& sc = scratch[static_cast<std::size_t>(w)];
+                  dec.decode_segment(h.segments[mine[j]], f.read_segment(mine[j], sc.read), win, tb, tb, te, nullptr, &sc);
                 });
-                out.pwrite(plan.row_offset(static_cast<int>(l), true, 0, 0), std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(stage.data()), plane));
-                out.pwrite(plan.row_offset(static_cast<int>(l), false, 0, 0), std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(stage.data() + plane), plane));
+                out.pwrite(plan.row_offset(static_cast<int>(l), true, 0, 0), std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(stage.get()), plane));
+                out.pwrite(plan.row_offset(static_cast<int>(l), false, 0, 0), std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(stage.get() + plane), plane));
                 done += mine.size();
                 if (dopt.progress) dopt.progress(done, todo.size());
               }

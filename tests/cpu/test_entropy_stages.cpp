@@ -144,6 +144,39 @@ TEST_CASE("rans:tables=shared fits once / stores state and decodes after load_st
   CHECK_THROWS_AS(chunk->load_state(state, info), error);
 }
 
+TEST_CASE("decode_reusing: into symbols that held another block (bigger - smaller - more planes) equals decode") {
+  cache_info info;
+  info.shape.layers = 2;
+  for (const std::string spec : {"rans", "rans:tables=shared", "rans:pred=prev", "rans:pred=anchor", "ac"}) {
+    CAPTURE(spec);
+    std::vector<symbols> blocks;
+    std::vector<block> ctx;
+    const std::uint32_t rows[] = {64, 8, 33, 64};
+    for (int j = 0; j < 4; ++j) {
+      blocks.push_back(make_syms(rows[j], 16, j == 1 ? 7u : 32u, j % 5, static_cast<std::uint32_t>(j + 10)));
+      ctx.push_back(ctx_block((j / 2) % 2, j % 2 == 0, rows[j], 16));  // the pipeline's chunk-major order (shared tables)
+    }
+    std::vector<const symbols*> ptrs;
+    for (auto& b : blocks) ptrs.push_back(&b);
+    auto enc = make_entropy(spec);
+    const bytes state = enc->fit(ptrs, info);
+    auto dec = make_entropy(spec);
+    dec->load_state(state, info);
+    symbols reused;
+    reused.planes.resize(3);  // more planes than any block: decode_reusing must drop the extra ones
+    reused.planes[0].sym.assign(100000, 7);
+    reused.side.assign(50, 9);
+    for (std::size_t j = 0; j < blocks.size(); ++j) {
+      bytes out;
+      coder_stats cs;
+      enc->encode(blocks[j], ctx[j], out, cs);
+      dec->decode_reusing(out, ctx[j], reused);
+      CHECK(same(blocks[j], reused));
+      CHECK(same(blocks[j], dec->decode(out, ctx[j])));
+    }
+  }
+}
+
 TEST_CASE("pred=linear: integer predictor / least-squares fit and shared predictors in the stage state") {
   using namespace kvcodec::cpu::em;
   // k = 16 reproduces the previous symbol, k = 0 the centre, k = 8 the rounded midpoint; clamped.

@@ -3,6 +3,8 @@
 // corrupt, truncated and bad inputs; per-column tables; real KV data from ../shared.
 #include <doctest/doctest.h>
 
+#include <cstring>
+
 #include "kvcodec/cpu/rans_codec.hpp"
 #include "../support/shared_data.hpp"
 
@@ -524,6 +526,51 @@ TEST_CASE("compact decoder layout: field limits and bad layouts") {
   small.col_off[1] = 4096;
   std::vector<uint8_t> o8(10);
   CHECK(throws_kind([&] { rans_decode_ctx(bytes.data(), bytes.size(), small, 32, o8.data(), o8.size()); }, error_kind::bad_input));
+}
+
+TEST_CASE("decode tables from a table_arena: aligned - spanning chunks - equal to heap tables - copies leave the arena") {
+  table_arena arena;
+  // Allocations are 64-byte aligned and distinct; one larger than a chunk gets a chunk of its own.
+  std::vector<std::byte*> ps;
+  for (std::size_t n : {std::size_t{1}, std::size_t{100}, std::size_t{4096}, table_arena::chunk + 1, std::size_t{64}, table_arena::chunk - 64})
+    ps.push_back(static_cast<std::byte*>(arena.allocate(n)));
+  for (auto* p : ps) CHECK(reinterpret_cast<std::uintptr_t>(p) % 64 == 0);
+  std::memset(ps[3], 0xab, table_arena::chunk + 1);  // the whole block is writable
+  std::memset(ps[5], 0xcd, table_arena::chunk - 64);
+  CHECK(ps[1] == ps[0] + 64);
+  CHECK(std::to_integer<int>(ps[3][table_arena::chunk]) == 0xab);
+  // Many models' tables from one arena decode exactly as tables from the heap.
+  std::mt19937 rng(7);
+  std::vector<freq_table> tabs;
+  for (int k = 0; k < 40; ++k) {
+    std::vector<uint32_t> h(32);
+    for (auto& x : h) x = 1 + rng() % 1000;
+    tabs.push_back(normalize_freqs(h, 10));
+  }
+  std::vector<uint32_t> map(128);
+  for (size_t c = 0; c < map.size(); ++c) map[c] = static_cast<uint32_t>((c * 7) % tabs.size());
+  std::vector<uint16_t> s(20000);
+  for (auto& x : s) x = static_cast<uint16_t>(rng() % 32);
+  const auto stream = rans_encode_ctx(s.data(), s.size(), map.size(), std::span<const freq_table>(tabs), map, 64);
+  const rans_ctx_decoder heap = make_rans_ctx_decoder(std::span<const freq_table>(tabs), map);
+  table_arena a2;
+  std::vector<rans_ctx_decoder> in_arena;
+  for (int i = 0; i < 30; ++i) in_arena.push_back(make_rans_ctx_decoder(std::span<const freq_table>(tabs), map, "t", &a2));  // > one 2 MiB chunk
+  CHECK(in_arena.back().entry32.get_allocator().arena == &a2);
+  CHECK(std::equal(heap.entry32.begin(), heap.entry32.end(), in_arena.back().entry32.begin(), in_arena.back().entry32.end()));
+  std::vector<uint16_t> o1(s.size()), o2(s.size());
+  rans_decode_ctx(stream.data(), stream.size(), heap, 64, o1.data(), o1.size());
+  rans_decode_ctx(stream.data(), stream.size(), in_arena.front(), 64, o2.data(), o2.size());
+  CHECK(o1 == s);
+  CHECK(o2 == s);
+  // A copy lives on the heap and outlives the arena's memory.
+  rans_ctx_decoder copy = in_arena.front();
+  CHECK(copy.entry32.get_allocator().arena == nullptr);
+  in_arena.clear();
+  a2.release_all();
+  std::fill(o2.begin(), o2.end(), uint16_t{0});
+  rans_decode_ctx(stream.data(), stream.size(), copy, 64, o2.data(), o2.size());
+  CHECK(o2 == s);
 }
 
 TEST_CASE("vector encoder (AVX2 when the CPU has it) writes exactly the scalar encoder's bytes and errors") {

@@ -48,11 +48,13 @@ struct ready_model {
   /// The decoder tables (cols = 1 for a single-table model, else the model's columns), built on first
   /// use, once, by whichever thread asks first: an encoder never builds them, and a decode of some
   /// layers builds only theirs.
-  const rans_ctx_decoder& decoder() const {
+  /// The tables come from `arena` when given (it must outlive this model's decoder).
+  const rans_ctx_decoder& decoder(table_arena* arena = nullptr) const {
     std::call_once(*dec_once_, [&] {
       const std::uint32_t zero = 0;
-      dec_ = m.groups == 1 ? make_rans_ctx_decoder(std::span<const freq_table>(m.tables), std::span<const std::uint32_t>(&zero, 1))
-                           : make_rans_ctx_decoder(std::span<const freq_table>(m.tables), std::span<const std::uint32_t>(m.group_of_col));
+      const char* where = "make_rans_ctx_decoder";
+      dec_ = m.groups == 1 ? make_rans_ctx_decoder(std::span<const freq_table>(m.tables), std::span<const std::uint32_t>(&zero, 1), where, arena)
+                           : make_rans_ctx_decoder(std::span<const freq_table>(m.tables), std::span<const std::uint32_t>(m.group_of_col), where, arena);
     });
     return dec_;
   }
@@ -79,7 +81,7 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
   }
 
   bytes fit(const std::vector<const symbols*>& all, const cache_info& info) override {
-    shared_.clear();
+    clear_shared();
     if (p_.tables != "shared") return {};
     const int layers = std::max(info.shape.layers, 1);
     std::map<key_t, acc_t> acc;
@@ -128,7 +130,7 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
   /// (fit_add from several threads at once) without holding the cache's symbols.
   bool fit_streaming() const override { return p_.tables == "shared" && pk_ != em::pred_kind::linear; }
   void fit_begin(const cache_info& info) override {
-    shared_.clear();
+    clear_shared();
     lin_.clear();
     lin_alpha_.clear();
     stream_acc_.clear();
@@ -217,7 +219,7 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
   }
 
   void load_state(std::span<const std::uint8_t> state, const cache_info& info) override {
-    shared_.clear();
+    clear_shared();
     if (p_.tables != "shared") {
       stage::load_state(state, info);
       return;
@@ -334,9 +336,14 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
   }
 
   symbols decode(std::span<const std::uint8_t> in, const block& ctx) const override {
+    symbols out;
+    decode_reusing(in, ctx, out);
+    return out;
+  }
+
+  void decode_reusing(std::span<const std::uint8_t> in, const block& ctx, symbols& out) const override {
     byte_reader r(in, "rans stream (layer " + std::to_string(ctx.layer) + (ctx.key ? " K" : " V") + ")");
     const std::uint64_t max_sym = max_symbols_for(ctx);
-    symbols out;
     out.planes.resize(static_cast<std::size_t>(r.get_varint_max("plane count", 64)));
     std::vector<std::uint16_t> sub[2];
     for (std::size_t pi = 0; pi < out.planes.size(); ++pi) {
@@ -385,7 +392,7 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
         const auto stream = r.get_blob("rANS stream");
         try {
           std::uint16_t* dst = direct ? p.sym.data() : inplace ? p.sym.data() + (s == 0 ? 0 : counts[0]) : sub[s].data();
-          rans_decode_ctx(stream.data(), stream.size(), rm->decoder(), lanes, dst, counts[s]);
+          rans_decode_ctx(stream.data(), stream.size(), rm->decoder(rm == &local ? nullptr : &arena_), lanes, dst, counts[s]);
         } catch (const error& e) {
           throw_corrupt(r.what(), std::string("plane ") + std::to_string(pi) + ": " + e.what());
         }
@@ -398,7 +405,6 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
     const auto side = r.get_blob("side bytes");
     out.side.assign(side.begin(), side.end());
     r.expect_end();
-    return out;
   }
 
  private:
@@ -449,8 +455,14 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
     return &it->second;
   }
 
+  void clear_shared() {
+    shared_.clear();
+    arena_.release_all();
+  }
+
   em::model_options mo_;
   em::pred_kind pk_ = em::pred_kind::none;
+  mutable table_arena arena_;  ///< the shared models' decode tables (declared first: outlives shared_)
   std::map<key_t, detail::ready_model> shared_;
   std::map<key_t, em::linear_coefs> lin_;
   std::map<key_t, std::uint32_t> lin_alpha_;

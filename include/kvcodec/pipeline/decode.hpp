@@ -41,6 +41,14 @@ struct decode_result {
   kept_sets kept;                               ///< sparse containers: kept tokens per (layer, head), relative to token_begin
 };
 
+/// Memory a decoding thread reuses from one segment to the next (read buffer, symbol planes, row
+/// pointers): one per thread keeps a decode free of per-segment allocation, zero-fill and page faults.
+struct segment_scratch {
+  bytes read;     ///< a segment's bytes, for callers that read segments from a file
+  symbols sy;     ///< the entropy stage's output
+  std::vector<std::byte*> rows;
+};
+
 /// A container's codec, built from its header and loaded with its stage state, ready to decode
 /// segments into views (const and thread-safe).
 class segment_decoder {
@@ -77,11 +85,13 @@ class segment_decoder {
   /// Decodes one checked segment into `dst`, whose token i is cache token `base + i`, writing only the
   /// tokens in [tb, te) (which must lie within dst). Appends the segment's kept tokens in range
   /// (absolute) per head to `kept_out` when the container is sparse and kept_out is not null.
+  /// `scratch` (one per thread) lets consecutive calls reuse their working memory.
   void decode_segment(const segment_entry& se, std::span<const std::uint8_t> seg, const kv_view& dst, std::int64_t base, std::int64_t tb,
-                      std::int64_t te, std::vector<std::vector<std::int32_t>>* kept_out = nullptr) const {
+                      std::int64_t te, std::vector<std::vector<std::int32_t>>* kept_out = nullptr, segment_scratch* scratch = nullptr) const {
     const std::string where = name_ + " segment (layer " + std::to_string(se.layer) + ", tokens " + std::to_string(se.t0) + ".." + std::to_string(se.t1) + ")";
     try {
-      decode_segment_impl(se, seg, dst, base, tb, te, kept_out, where);
+      segment_scratch local;
+      decode_segment_impl(se, seg, dst, base, tb, te, kept_out, where, scratch ? *scratch : local);
     } catch (const error& e) {
       if (e.kind() == error_kind::io) throw;
       // A stage that refuses what the container's spec asks of it: the file is at fault. Stage errors
@@ -94,7 +104,8 @@ class segment_decoder {
 
  private:
   void decode_segment_impl(const segment_entry& se, std::span<const std::uint8_t> seg, const kv_view& dst, std::int64_t base, std::int64_t tb,
-                           std::int64_t te, std::vector<std::vector<std::int32_t>>* kept_out, const std::string& where) const {
+                           std::int64_t te, std::vector<std::vector<std::int32_t>>* kept_out, const std::string& where,
+                           segment_scratch& scratch) const {
     const kv_shape& s = h_.shape;
     byte_reader r(seg, where);
     std::vector<std::vector<std::int32_t>> kc;
@@ -131,11 +142,12 @@ class segment_decoder {
           for (auto t : kc[static_cast<std::size_t>(hh)])
             if (t >= lo && t < hi) (*kept_out)[static_cast<std::size_t>(hh)].push_back(t);
     }
-    std::vector<std::byte*> rows;
+    std::vector<std::byte*>& rows = scratch.rows;
     for (int kvi = 0; kvi < 2; ++kvi) {
       block b = detail::block_skeleton(s, se.layer, kvi == 0, se.t0, se.t1, h_.sparse ? &kc : nullptr);
       const auto stream = r.get_blob(kvi == 0 ? "K stream" : "V stream");
-      const symbols sy = c_.entropy->decode(stream, b);
+      symbols& sy = scratch.sy;
+      c_.entropy->decode_reusing(stream, b, sy);
       const bool whole = lo == se.t0 && hi == se.t1;
       if (whole && c_.transforms.empty() && dst.s_dim == 1) {
         rows.resize(b.rows());
@@ -197,12 +209,13 @@ decode_result decode_segments(const P& policy, const segment_decoder& dec, const
   const kv_shape& s = h.shape;
   std::vector<std::vector<std::vector<std::int32_t>>> seg_kept(h.sparse ? todo.size() : 0);
   progress_counter prog{&opt.progress, todo.size()};
-  cpu::parallel_for(policy, todo.size(), [&](std::size_t j) {
-    bytes scratch;
+  std::vector<segment_scratch> scratch(static_cast<std::size_t>(cpu::workers(policy.threads(), todo.size())));
+  cpu::parallel_for_worker(policy, todo.size(), [&](std::size_t j, int w) {
+    segment_scratch& sc = scratch[static_cast<std::size_t>(w)];
     const auto& se = h.segments[todo[j]];
-    const std::span<const std::uint8_t> seg = get(todo[j], scratch);
+    const std::span<const std::uint8_t> seg = get(todo[j], sc.read);
     if (h.sparse) seg_kept[j].resize(static_cast<std::size_t>(s.kv_heads));
-    dec.decode_segment(se, seg, dst, tb, tb, te, h.sparse ? &seg_kept[j] : nullptr);
+    dec.decode_segment(se, seg, dst, tb, tb, te, h.sparse ? &seg_kept[j] : nullptr, &sc);
     prog.tick();
   });
   decode_result res;
@@ -287,7 +300,7 @@ class stream_decoder {
       if (!dec_) start();
       if (se.t1 > tb_ && se.t0 < te_) {
         std::vector<std::vector<std::int32_t>> kc(reader_.header().sparse ? static_cast<std::size_t>(reader_.header().shape.kv_heads) : 0);
-        dec_->decode_segment(se, seg, dst_, tb_, tb_, te_, kc.empty() ? nullptr : &kc);
+        dec_->decode_segment(se, seg, dst_, tb_, tb_, te_, kc.empty() ? nullptr : &kc, &scratch_);
         for (std::size_t hh = 0; hh < kc.size(); ++hh)
           for (auto t : kc[hh]) kept_[static_cast<std::size_t>(se.layer)][hh].push_back(static_cast<std::int32_t>(t - tb_));
       }
@@ -330,6 +343,7 @@ class stream_decoder {
   const registry* reg_;
   kvc_stream_reader reader_;
   std::optional<segment_decoder> dec_;
+  segment_scratch scratch_;
   std::int64_t tb_ = 0, te_ = 0;
   std::size_t decoded_ = 0;
   kept_sets kept_;

@@ -168,6 +168,10 @@ class entropy_stage : public stage {
   /// `ctx` identifies the block (layer, K/V) for context models that depend on it.
   virtual void encode(const symbols& in, const block& ctx, bytes& out, coder_stats& stats) const = 0;
   virtual symbols decode(std::span<const std::uint8_t> in, const block& ctx) const = 0;
+  /// decode() into `out`, whose planes and side bytes may hold a previous block's symbols: a stage
+  /// that overrides it reuses their memory (no allocation, zero-fill or page faults per block when a
+  /// decoder keeps one `symbols` per thread). On an exception `out` holds unspecified symbols.
+  virtual void decode_reusing(std::span<const std::uint8_t> in, const block& ctx, symbols& out) const { out = decode(in, ctx); }
 };
 
 // ---- compile-time pipeline typing ---------------------------------------------------------------
