@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <map>
+#include <random>
 #include <thread>
 
 #include "kvcodec/store/open.hpp"
@@ -98,6 +99,23 @@ TEST_CASE("redis cluster spreads the chunks of a 32k-token context over the thre
   CHECK(g.tokens == 32768);
   CHECK(same_prefix(kv, out, 32768));
   CHECK(st.entries().size() == 1);
+  // Values over two GETRANGE pieces (64 KiB here) are read in pieces from the master of their slot and
+  // come back whole; one at a piece boundary, one just past it, a large one; a missing key is a miss.
+  auto be = open_backend(c.url("?get_piece_kb=64"));
+  auto* cb = dynamic_cast<redis_cluster_backend*>(be.get());
+  REQUIRE(cb != nullptr);
+  std::mt19937 rng(5);
+  for (const std::size_t n : {std::size_t{3} * 65536, std::size_t{3} * 65536 + 1, std::size_t{5} << 20}) {
+    byte_buffer v(n);
+    for (auto& b : v) b = static_cast<std::uint8_t>(rng());
+    const std::string key = "kvc:test:pieces:" + std::to_string(n);
+    be->put(key, v);
+    const auto got = be->get(key);
+    REQUIRE(got.has_value());
+    CHECK(*got == v);
+  }
+  CHECK(cb->piece_gets() == 3);
+  CHECK_FALSE(be->get("kvc:test:pieces:missing").has_value());
 }
 
 TEST_CASE("redis cluster get follows ASK and MOVED while a slot migrates") {

@@ -242,84 +242,89 @@ inline void wait_replicas(redis_conn& c, int want, int timeout_ms) {
                    " replicas asked for acknowledged the writes within " + std::to_string(timeout_ms) + " ms");
 }
 
+/// GET of `key` on connection `c`, values over two pieces of `piece_kb` KiB read as GETRANGE pieces inside one
+/// MULTI/EXEC (atomic like a GET, after a STRLEN): a single GET of a multi-megabyte value makes Redis copy
+/// it into one reply block of its size, which its allocator (jemalloc) maps fresh and page-faults in for
+/// every reply (costly in a VM), and hiredis does the same on this side; 1 MiB pieces reuse memory on both
+/// sides: 8 MiB values at 1.8 GB/s instead of 0.2 GB/s on loopback (bench/results/store.txt).
+/// (piece_kb = 0: one GET). Used by the standalone backend, and by the cluster backend on the master
+/// that serves the key's slot.
+inline std::optional<byte_buffer> redis_get_in_pieces(redis_conn& c, const std::string& key, int piece_kb) {
+  const std::string what = "GET '" + key + "'";
+  const std::size_t get_piece = static_cast<std::size_t>(std::max(piece_kb, 0)) * 1024;
+  const auto whole = [&]() -> std::optional<byte_buffer> {
+    auto r = c.run1({"GET", key}, what);
+    expect_reply(r.get(), {REDIS_REPLY_STRING, REDIS_REPLY_NIL}, c.name(), what);
+    if (r->type == REDIS_REPLY_NIL) return std::nullopt;
+    return byte_buffer(reinterpret_cast<const std::uint8_t*>(r->str), reinterpret_cast<const std::uint8_t*>(r->str) + r->len);
+  };
+  if (get_piece == 0) return whole();
+  // One round trip answers a small value (and a missing one): its length and its first 64 KiB, atomically.
+  constexpr std::size_t head = std::size_t{64} << 10;
+  const std::string head_end = std::to_string(head - 1);
+  auto rs = c.run({{"MULTI"}, {"EXISTS", key}, {"STRLEN", key}, {"GETRANGE", key, "0", head_end}, {"EXEC"}}, what + " (length and head)");
+  for (std::size_t i = 0; i + 1 < rs.size(); ++i) expect_reply(rs[i].get(), {REDIS_REPLY_STATUS}, c.name(), what + ": MULTI");
+  const redisReply* hx = rs.back().get();
+  expect_reply(hx, {REDIS_REPLY_ARRAY}, c.name(), what + ": EXEC");
+  if (hx->elements != 3) throw_store_io("redis " + c.name() + ": " + what + ": EXEC returned " + std::to_string(hx->elements) + " replies, expected 3");
+  expect_reply(hx->element[0], {REDIS_REPLY_INTEGER}, c.name(), what + ": EXISTS");
+  expect_reply(hx->element[1], {REDIS_REPLY_INTEGER}, c.name(), what + ": STRLEN");
+  expect_reply(hx->element[2], {REDIS_REPLY_STRING}, c.name(), what + ": GETRANGE");
+  if (hx->element[0]->integer == 0) return std::nullopt;
+  std::size_t n = static_cast<std::size_t>(hx->element[1]->integer);
+  if (n <= head) {
+    const redisReply* p = hx->element[2];
+    if (p->len != n) throw_store_io("redis " + c.name() + ": " + what + ": GETRANGE returned " + std::to_string(p->len) + " bytes of " + std::to_string(n));
+    return byte_buffer(reinterpret_cast<const std::uint8_t*>(p->str), reinterpret_cast<const std::uint8_t*>(p->str) + p->len);
+  }
+  // Larger: one GET up to two pieces, else every piece in one MULTI/EXEC (with its STRLEN: a value
+  // replaced by one of another length meanwhile is read again).
+  for (int attempt = 0; attempt < 4 && n > 2 * get_piece; ++attempt) {
+    const std::size_t pieces = (n + get_piece - 1) / get_piece;
+    std::vector<std::string> bounds;
+    for (std::size_t i = 0; i < pieces; ++i) {
+      bounds.push_back(std::to_string(i * get_piece));
+      bounds.push_back(std::to_string(std::min(n, (i + 1) * get_piece) - 1));
+    }
+    std::vector<redis_conn::command> cmds{{"MULTI"}, {"STRLEN", key}};
+    for (std::size_t i = 0; i < pieces; ++i) cmds.push_back({"GETRANGE", key, bounds[2 * i], bounds[2 * i + 1]});
+    cmds.push_back({"EXEC"});
+    auto ps = c.run(cmds, what + " (" + std::to_string(pieces) + " GETRANGE pieces)");
+    for (std::size_t i = 0; i + 1 < ps.size(); ++i) expect_reply(ps[i].get(), {REDIS_REPLY_STATUS}, c.name(), what + ": MULTI");
+    const redisReply* ex = ps.back().get();
+    expect_reply(ex, {REDIS_REPLY_ARRAY}, c.name(), what + ": EXEC");
+    if (ex->elements != pieces + 1) throw_store_io("redis " + c.name() + ": " + what + ": EXEC returned " + std::to_string(ex->elements) + " replies");
+    expect_reply(ex->element[0], {REDIS_REPLY_INTEGER}, c.name(), what + ": STRLEN");
+    const std::size_t now = static_cast<std::size_t>(ex->element[0]->integer);
+    if (now != n) {  // replaced (or removed: 0) since the first look
+      if (now == 0) return whole();
+      n = now;
+      continue;
+    }
+    byte_buffer out(n);
+    std::size_t at = 0;
+    for (std::size_t i = 0; i < pieces; ++i) {
+      const redisReply* p = ex->element[i + 1];
+      expect_reply(p, {REDIS_REPLY_STRING}, c.name(), what + ": GETRANGE");
+      const std::size_t want = std::min(n, (i + 1) * get_piece) - i * get_piece;
+      if (p->len != want)
+        throw_store_io("redis " + c.name() + ": " + what + ": GETRANGE piece " + std::to_string(i) + " has " + std::to_string(p->len) + " bytes, expected " + std::to_string(want));
+      std::memcpy(out.data() + at, p->str, want);
+      at += want;
+    }
+    return out;
+  }
+  return whole();
+}
 class redis_backend final : public backend {
  public:
   redis_backend(std::string host, int port, redis_options o = {}) : c_(std::move(host), port, o), o_(o) { c_.connect(); }
   std::string url() const override { return "redis://" + c_.name(); }
   std::unique_ptr<backend> clone() const override { return std::make_unique<redis_backend>(c_.host(), c_.port(), o_); }
 
-  /// Values over two pieces (redis_options::get_piece_kb, 1 MiB) are read as GETRANGE pieces inside one
-  /// MULTI/EXEC (atomic like a GET, after a STRLEN): a single GET of a multi-megabyte value makes Redis copy
-  /// it into one reply block of its size, which its allocator (jemalloc) maps fresh and page-faults in for
-  /// every reply (costly in a VM), and hiredis does the same on this side; 1 MiB pieces reuse memory on both
-  /// sides: 8 MiB values at 1.8 GB/s instead of 0.2 GB/s on loopback (bench/results/store.txt).
-  std::optional<byte_buffer> get(const std::string& key) override {
-    const std::string what = "GET '" + key + "'";
-    const std::size_t get_piece = static_cast<std::size_t>(o_.get_piece_kb) * 1024;
-    const auto whole = [&]() -> std::optional<byte_buffer> {
-      auto r = c_.run1({"GET", key}, what);
-      expect_reply(r.get(), {REDIS_REPLY_STRING, REDIS_REPLY_NIL}, c_.name(), what);
-      if (r->type == REDIS_REPLY_NIL) return std::nullopt;
-      return byte_buffer(reinterpret_cast<const std::uint8_t*>(r->str), reinterpret_cast<const std::uint8_t*>(r->str) + r->len);
-    };
-    if (get_piece == 0) return whole();
-    // One round trip answers a small value (and a missing one): its length and its first 64 KiB, atomically.
-    constexpr std::size_t head = std::size_t{64} << 10;
-    const std::string head_end = std::to_string(head - 1);
-    auto rs = c_.run({{"MULTI"}, {"EXISTS", key}, {"STRLEN", key}, {"GETRANGE", key, "0", head_end}, {"EXEC"}}, what + " (length and head)");
-    for (std::size_t i = 0; i + 1 < rs.size(); ++i) expect_reply(rs[i].get(), {REDIS_REPLY_STATUS}, c_.name(), what + ": MULTI");
-    const redisReply* hx = rs.back().get();
-    expect_reply(hx, {REDIS_REPLY_ARRAY}, c_.name(), what + ": EXEC");
-    if (hx->elements != 3) throw_store_io("redis " + c_.name() + ": " + what + ": EXEC returned " + std::to_string(hx->elements) + " replies, expected 3");
-    expect_reply(hx->element[0], {REDIS_REPLY_INTEGER}, c_.name(), what + ": EXISTS");
-    expect_reply(hx->element[1], {REDIS_REPLY_INTEGER}, c_.name(), what + ": STRLEN");
-    expect_reply(hx->element[2], {REDIS_REPLY_STRING}, c_.name(), what + ": GETRANGE");
-    if (hx->element[0]->integer == 0) return std::nullopt;
-    std::size_t n = static_cast<std::size_t>(hx->element[1]->integer);
-    if (n <= head) {
-      const redisReply* p = hx->element[2];
-      if (p->len != n) throw_store_io("redis " + c_.name() + ": " + what + ": GETRANGE returned " + std::to_string(p->len) + " bytes of " + std::to_string(n));
-      return byte_buffer(reinterpret_cast<const std::uint8_t*>(p->str), reinterpret_cast<const std::uint8_t*>(p->str) + p->len);
-    }
-    // Larger: one GET up to two pieces, else every piece in one MULTI/EXEC (with its STRLEN: a value
-    // replaced by one of another length meanwhile is read again).
-    for (int attempt = 0; attempt < 4 && n > 2 * get_piece; ++attempt) {
-      const std::size_t pieces = (n + get_piece - 1) / get_piece;
-      std::vector<std::string> bounds;
-      for (std::size_t i = 0; i < pieces; ++i) {
-        bounds.push_back(std::to_string(i * get_piece));
-        bounds.push_back(std::to_string(std::min(n, (i + 1) * get_piece) - 1));
-      }
-      std::vector<redis_conn::command> cmds{{"MULTI"}, {"STRLEN", key}};
-      for (std::size_t i = 0; i < pieces; ++i) cmds.push_back({"GETRANGE", key, bounds[2 * i], bounds[2 * i + 1]});
-      cmds.push_back({"EXEC"});
-      auto ps = c_.run(cmds, what + " (" + std::to_string(pieces) + " GETRANGE pieces)");
-      for (std::size_t i = 0; i + 1 < ps.size(); ++i) expect_reply(ps[i].get(), {REDIS_REPLY_STATUS}, c_.name(), what + ": MULTI");
-      const redisReply* ex = ps.back().get();
-      expect_reply(ex, {REDIS_REPLY_ARRAY}, c_.name(), what + ": EXEC");
-      if (ex->elements != pieces + 1) throw_store_io("redis " + c_.name() + ": " + what + ": EXEC returned " + std::to_string(ex->elements) + " replies");
-      expect_reply(ex->element[0], {REDIS_REPLY_INTEGER}, c_.name(), what + ": STRLEN");
-      const std::size_t now = static_cast<std::size_t>(ex->element[0]->integer);
-      if (now != n) {  // replaced (or removed: 0) since the first look
-        if (now == 0) return whole();
-        n = now;
-        continue;
-      }
-      byte_buffer out(n);
-      std::size_t at = 0;
-      for (std::size_t i = 0; i < pieces; ++i) {
-        const redisReply* p = ex->element[i + 1];
-        expect_reply(p, {REDIS_REPLY_STRING}, c_.name(), what + ": GETRANGE");
-        const std::size_t want = std::min(n, (i + 1) * get_piece) - i * get_piece;
-        if (p->len != want)
-          throw_store_io("redis " + c_.name() + ": " + what + ": GETRANGE piece " + std::to_string(i) + " has " + std::to_string(p->len) + " bytes, expected " + std::to_string(want));
-        std::memcpy(out.data() + at, p->str, want);
-        at += want;
-      }
-      return out;
-    }
-    return whole();
-  }
+  /// Values over two pieces (redis_options::get_piece_kb, 1 MiB) are read as GETRANGE pieces
+  /// (redis_get_in_pieces).
+  std::optional<byte_buffer> get(const std::string& key) override { return redis_get_in_pieces(c_, key, o_.get_piece_kb); }
   void put(const std::string& key, std::span<const std::uint8_t> value) override {
     auto r = c_.run1({"SET", key, std::string_view(reinterpret_cast<const char*>(value.data()), value.size())}, "SET '" + key + "'");
     expect_reply(r.get(), {REDIS_REPLY_STATUS}, c_.name(), "SET '" + key + "'");

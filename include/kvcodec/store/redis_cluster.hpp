@@ -75,7 +75,22 @@ class redis_cluster_backend final : public backend {
   }
   std::unique_ptr<backend> clone() const override { return std::make_unique<redis_cluster_backend>(seeds_, o_); }
 
+  /// Values over two pieces are read in GETRANGE pieces (redis_get_in_pieces) on the master the slot map
+  /// names; if that fails (a slot moving: MOVED/ASK abort the MULTI; a master gone), one GET through
+  /// keyed() follows the redirects, reloads the map or reports the node.
   std::optional<byte_buffer> get(const std::string& key) override {
+    if (o_.get_piece_kb > 0) {
+      const int n = node_for(key_slot(key));
+      if (n >= 0) {
+        try {
+          auto v = redis_get_in_pieces(conn(nodes_[static_cast<std::size_t>(n)]), key, o_.get_piece_kb);
+          last_node_ = nodes_[static_cast<std::size_t>(n)];
+          ++piece_gets_;
+          return v;
+        } catch (const error&) {
+        }
+      }
+    }
     auto r = keyed(key, {"GET", key}, "GET '" + key + "'");
     expect_reply(r.get(), {REDIS_REPLY_STRING, REDIS_REPLY_NIL}, last_node_, "GET '" + key + "'");
     if (r->type == REDIS_REPLY_NIL) return std::nullopt;
@@ -158,6 +173,8 @@ class redis_cluster_backend final : public backend {
   /// Redirects followed so far (MOVED, ASK), for tests and stats.
   std::size_t moved_seen() const noexcept { return moved_; }
   std::size_t ask_seen() const noexcept { return ask_; }
+  /// get() calls answered by the GETRANGE-pieces path (the rest went through one GET and keyed()).
+  std::size_t piece_gets() const noexcept { return piece_gets_; }
 
  private:
   int node_index(const std::string& hp) {
@@ -278,7 +295,7 @@ class redis_cluster_backend final : public backend {
   std::map<std::string, std::unique_ptr<redis_conn>> conns_;
   std::set<std::string> written_;
   std::string last_node_;
-  std::size_t moved_ = 0, ask_ = 0;
+  std::size_t moved_ = 0, ask_ = 0, piece_gets_ = 0;
 };
 
 }  // namespace kvcodec::store
