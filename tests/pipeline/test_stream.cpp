@@ -178,6 +178,35 @@ TEST_CASE("views: bad views are refused naming the field") {
   CHECK_THROWS_AS(decode_into(cpu::seq, e.data, d), error);
 }
 
+TEST_CASE("decode_into a parsed container: equals the bytes overload - a damaged segment is caught unless the caller vouches") {
+  const kv_cache kv = random_cache(2, 2, 96, 16, dtype::f16, 9);
+  codec c = make_codec("kvc:level=5");
+  const encoded e = encode(cpu::seq, c, kv, {.chunk_tokens = 32});
+  std::vector<std::uint16_t> a(2 * 2 * 2 * 96 * 16), b(a.size());
+  const auto view_of_buf = [](std::vector<std::uint16_t>& buf) {
+    auto* p = reinterpret_cast<std::byte*>(buf.data());
+    const std::size_t layer = 2 * 96 * 16 * 2;  // K or V of one layer, bytes
+    return kv_view::hf({p, p + 2 * layer}, {p + layer, p + 3 * layer}, dtype::f16, 2, 96, 16);
+  };
+  decode_into(cpu::seq, e.data, view_of_buf(a));
+  const kvc_view v = parse_kvc(e.data, "c.kvc");
+  decode_into(cpu::par(2), v, view_of_buf(b), {}, builtin_registry(), /*segments_checked=*/true);
+  CHECK(a == b);
+  // One byte of a segment flipped: the default overload hashes the segments and refuses the file.
+  bytes damaged = e.data;
+  const kvc_view dv = parse_kvc(damaged, "c.kvc");
+  const auto& se = dv.header.segments[1];
+  damaged[static_cast<std::size_t>(dv.payload.data() - damaged.data()) + static_cast<std::size_t>(se.offset) + 3] ^= 0x40;
+  const kvc_view dv2 = parse_kvc(damaged, "c.kvc");
+  bool corrupt = false;
+  try {
+    decode_into(cpu::seq, dv2, view_of_buf(b));
+  } catch (const error& x) {
+    corrupt = x.kind() == error_kind::corrupt;
+  }
+  CHECK(corrupt);
+}
+
 TEST_CASE("streaming: segments arriving in pieces of any size decode as they arrive") {
   const kv_cache kv = random_cache(3, 2, 200, 16, dtype::f16, 5);
   for (const char* spec : {"kvc:level=5", "snapkv:keep=0.5,window=8|kivi:bits=4|rans", "raw"}) {

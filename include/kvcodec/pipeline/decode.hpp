@@ -245,18 +245,33 @@ inline kv_cache cache_for(const kvc_header& h, std::int64_t tb, std::int64_t te)
 }
 }  // namespace detail
 
+/// decode_into for a container already parsed (parse_kvc): what the overload below does after parsing.
+/// `segments_checked`: the caller has verified the checksum of every segment in the range
+/// (kvc_view::segment_bytes), so they are not hashed again (the store checks a chunk whole first).
+template <cpu::cpu_policy P>
+decode_result decode_into(const P& policy, const kvc_view& v, const kv_view& dst, const decode_options& opt = {},
+                          const registry& reg = builtin_registry(), bool segments_checked = false) {
+  const auto [tb, te] = detail::decode_range(v.header, opt);
+  detail::check_destination(v.header, dst, tb, te, opt.name);
+  const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, opt.name, reg);
+  const auto todo = detail::segments_in(v.header, tb, te);
+  return detail::decode_segments(
+      policy, dec, todo,
+      [&](std::size_t i, bytes&) {
+        if (!segments_checked) return v.segment_bytes(i);
+        const auto& se = v.header.segments[i];
+        return v.payload.subspan(static_cast<std::size_t>(se.offset), static_cast<std::size_t>(se.size));
+      },
+      dst, tb, te, opt);
+}
+
 /// Decodes a container held in memory (all of it, or the token range in `opt`) into `dst`, a view
 /// of te - tb tokens. Every checksum read is verified. On an exception, which tokens of dst hold
 /// decoded data is unspecified: decode again or use stream_decoder, which reports them.
 template <cpu::cpu_policy P>
 decode_result decode_into(const P& policy, std::span<const std::uint8_t> file, const kv_view& dst, const decode_options& opt = {},
                           const registry& reg = builtin_registry()) {
-  const kvc_view v = parse_kvc(file, opt.name, opt.limits);
-  const auto [tb, te] = detail::decode_range(v.header, opt);
-  detail::check_destination(v.header, dst, tb, te, opt.name);
-  const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, opt.name, reg);
-  const auto todo = detail::segments_in(v.header, tb, te);
-  return detail::decode_segments(policy, dec, todo, [&](std::size_t i, bytes&) { return v.segment_bytes(i); }, dst, tb, te, opt);
+  return decode_into(policy, parse_kvc(file, opt.name, opt.limits), dst, opt, reg);
 }
 
 /// Decodes a container held in memory into a new owning f32 cache. Every segment needed is checked

@@ -513,7 +513,7 @@ class kv_store {
     for (std::size_t i = 0; i < hd.segments.size(); ++i) v.segment_bytes(i);  // every checksum before any row is written
     decode_options dopt;
     dopt.name = key;
-    decode_into(cpu::par(o_.threads), value, dst, dopt);
+    decode_into(cpu::par(o_.threads), v, dst, dopt, builtin_registry(), /*segments_checked=*/true);  // not parsed or hashed twice
   }
 
   std::unique_ptr<backend> b_, worker_;
