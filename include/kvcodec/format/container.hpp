@@ -18,7 +18,6 @@
 // before it is allocated; JSON integers must be integers in range.
 #pragma once
 
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cmath>
@@ -36,6 +35,7 @@
 #include "kvcodec/core/endian.hpp"
 #include "kvcodec/core/error.hpp"
 #include "kvcodec/format/bytes.hpp"
+#include "kvcodec/format/hash.hpp"
 #include "kvcodec/tensor/kv_cache.hpp"
 
 namespace kvcodec {
@@ -50,7 +50,7 @@ inline constexpr std::size_t kvc_footer_size = 32;
 inline constexpr std::uint32_t kvc_record_tag = 0x4745534bu;  ///< "KSEG" little-endian
 inline constexpr std::uint64_t kvc_max_header = 64ull << 20;  ///< 64 MiB of JSON at most
 
-inline std::uint64_t checksum64(std::span<const std::uint8_t> b) noexcept { return XXH3_64bits(b.data(), b.size()); }
+inline std::uint64_t checksum64(std::span<const std::uint8_t> b) noexcept { return xxh3_64(b.data(), b.size()); }
 
 /// Fuzz builds (KVCODEC_FUZZ_NO_CHECKSUM) skip every checksum comparison so that mutated bytes reach
 /// the structure checks and the stage decoders; every other check stays.
@@ -65,7 +65,7 @@ inline std::uint64_t segment_checksum(std::uint64_t header_sum, std::int32_t lay
                                       std::span<const std::uint8_t> b) noexcept {
   std::uint64_t key[4] = {header_sum, static_cast<std::uint64_t>(static_cast<std::uint32_t>(layer)), static_cast<std::uint64_t>(t0),
                           static_cast<std::uint64_t>(t1)};
-  return XXH3_64bits_withSeed(b.data(), b.size(), XXH3_64bits(key, sizeof key));
+  return xxh3_64(b.data(), b.size(), xxh3_64(key, sizeof key));
 }
 
 struct segment_entry {
@@ -200,7 +200,7 @@ class kvc_writer {
       h_.states[i].checksum = checksum64(state_blobs[i]);
     }
     const std::string text = detail::header_json_v2(h_);
-    h_.header_checksum = XXH3_64bits(text.data(), text.size());
+    h_.header_checksum = xxh3_64(text.data(), text.size());
     std::uint8_t pre[kvc_prefix_size];
     std::memcpy(pre, kvc_magic, 8);
     detail::store_le<std::uint32_t>(pre + 8, kvc_version);
@@ -246,7 +246,7 @@ class kvc_writer {
     std::uint8_t foot[kvc_footer_size];
     detail::store_le<std::uint64_t>(foot, index_offset);
     detail::store_le<std::uint64_t>(foot + 8, h_.segments.size());
-    detail::store_le<std::uint64_t>(foot + 16, XXH3_64bits_withSeed(idx.data(), idx.size(), h_.header_checksum));
+    detail::store_le<std::uint64_t>(foot + 16, xxh3_64(idx.data(), idx.size(), h_.header_checksum));
     std::memcpy(foot + 24, kvc_index_magic, 8);
     emit({foot, kvc_footer_size});
     return pos_;
@@ -437,7 +437,7 @@ inline std::pair<std::uint64_t, std::uint64_t> parse_footer(std::span<const std:
 /// Parses and checks the v2 index (`idx` = count x 48 bytes) against the header.
 inline void parse_index_v2(std::span<const std::uint8_t> idx, std::span<const std::uint8_t> foot, kvc_header& h, std::uint64_t data_start,
                            std::uint64_t index_offset, const std::string& name) {
-  if (kvc_check_sums && XXH3_64bits_withSeed(idx.data(), idx.size(), h.header_checksum) != detail::load_le<std::uint64_t>(foot.data() + 16))
+  if (kvc_check_sums && xxh3_64(idx.data(), idx.size(), h.header_checksum) != detail::load_le<std::uint64_t>(foot.data() + 16))
     throw_corrupt(name, "segment index checksum mismatch");
   const std::size_t n = idx.size() / kvc_index_entry_size;
   std::vector<std::uint8_t> seen(h.segment_count(), 0);
@@ -537,7 +537,7 @@ inline kvc_view parse_kvc(std::span<const std::uint8_t> file, const std::string&
   std::uint64_t hsum = 0;
   detail::parse_prefix(file.first(std::min(file.size(), kvc_prefix_size)), file.size(), name, version, hlen, hsum);
   const auto text = file.subspan(kvc_prefix_size, hlen);
-  if (kvc_check_sums && XXH3_64bits(text.data(), text.size()) != hsum) throw_corrupt(name, "header checksum mismatch");
+  if (kvc_check_sums && xxh3_64(text.data(), text.size()) != hsum) throw_corrupt(name, "header checksum mismatch");
   auto& h = v.header;
   h.version = version;
   h.header_checksum = hsum;
@@ -631,7 +631,7 @@ class kvc_stream_reader {
         break;
       }
       case stage::header: {
-        if (kvc_check_sums && XXH3_64bits(buf_.data(), buf_.size()) != hsum_) throw_corrupt(name_, "header checksum mismatch");
+        if (kvc_check_sums && xxh3_64(buf_.data(), buf_.size()) != hsum_) throw_corrupt(name_, "header checksum mismatch");
         // The file size is unknown while streaming: the expansion limit applies to the decoded size alone.
         kvc_limits lim = lim_;
         lim.max_expansion = ~std::uint64_t{0} >> 8;

@@ -146,7 +146,7 @@ class kvc_file {
     std::uint64_t hsum = 0;
     kvcodec::detail::parse_prefix(pre, size_, path_, version, hlen, hsum);
     const bytes text = read_bytes(kvc_prefix_size, hlen, "header");
-    if (kvc_check_sums && XXH3_64bits(text.data(), text.size()) != hsum) throw_corrupt(path_, "header checksum mismatch");
+    if (kvc_check_sums && xxh3_64(text.data(), text.size()) != hsum) throw_corrupt(path_, "header checksum mismatch");
     h_.version = version;
     h_.header_checksum = hsum;
     const nlohmann::json j = kvcodec::detail::parse_header_json(text, h_, size_, path_, lim);

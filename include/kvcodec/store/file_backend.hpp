@@ -15,8 +15,7 @@
 #include <system_error>
 #include <vector>
 
-#include <xxhash.h>
-
+#include "kvcodec/format/hash.hpp"
 #include "kvcodec/io/file.hpp"
 #include "kvcodec/store/backend.hpp"
 
@@ -166,7 +165,7 @@ class file_backend final : public backend {
   }
   static std::string member_name(const std::string& member) {
     char b[17];
-    std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(XXH3_64bits(member.data(), member.size())));
+    std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(xxh3_64(member.data(), member.size())));
     return b;
   }
   std::string dir_;

@@ -28,8 +28,6 @@
 // A kv_store is used by one thread at a time (open one per thread; they may share the storage).
 #pragma once
 
-#include <xxhash.h>
-
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -47,6 +45,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kvcodec/format/hash.hpp"
 #include "kvcodec/pipeline/codec.hpp"
 #include "kvcodec/pipeline/decode.hpp"
 #include "kvcodec/pipeline/encode.hpp"
@@ -81,7 +80,7 @@ struct chain_hash {
 };
 
 inline chain_hash hash_bytes(const void* p, std::size_t n) {
-  const XXH128_hash_t h = XXH3_128bits(p, n);
+  const XXH128_hash_t h = xxh3_128(p, n);
   return {h.high64, h.low64};
 }
 
