@@ -173,6 +173,17 @@ TEST_CASE("decode_reusing: into symbols that held another block (bigger - smalle
       dec->decode_reusing(out, ctx[j], reused);
       CHECK(same(blocks[j], reused));
       CHECK(same(blocks[j], dec->decode(out, ctx[j])));
+      // rANS without prediction vouches for a bound on each plane (from its tables), and keeps it.
+      const bool vouches = spec == "rans" || spec == "rans:tables=shared";
+      for (const symbol_plane& p : reused.planes) {
+        if (!vouches) {
+          CHECK(p.sym_bound == 0);
+          continue;
+        }
+        CHECK(p.sym_bound >= 1);
+        CHECK(p.sym_bound <= p.alphabet);
+        for (const auto v : p.sym) CHECK_LT(v, p.sym_bound);
+      }
     }
   }
 }

@@ -478,6 +478,21 @@ TEST_CASE("compact-table decoders (AVX2 / AVX-512F when the CPU has them) equal 
 #endif
 }
 
+TEST_CASE("rans_ctx_decoder.sym_bound: one past the highest symbol any table in use can decode") {
+  // Symbols 0..4 of table 0 and 0..9 of table 1 have frequencies; table 2 (unused) reaches 19.
+  std::vector<uint32_t> a(32, 0), b(32, 0), c(32, 0);
+  for (int i = 0; i < 5; ++i) a[i] = 3;
+  for (int i = 0; i < 10; ++i) b[i] = 1;
+  for (int i = 0; i < 20; ++i) c[i] = 1;
+  const std::vector<freq_table> t = {normalize_freqs(a, 10), normalize_freqs(b, 10), normalize_freqs(c, 10)};
+  const std::vector<uint32_t> first = {0, 0, 0}, two = {0, 1, 0};
+  CHECK(make_rans_ctx_decoder(std::span<const freq_table>(t), first).sym_bound == 5);
+  CHECK(make_rans_ctx_decoder(std::span<const freq_table>(t), two).sym_bound == 10);
+  // From decode tables (no frequencies kept) the bound is the alphabet.
+  const decode_table d = make_decode_table(t[0]);
+  CHECK(make_rans_ctx_decoder(std::span<const decode_table>(&d, 1), first).sym_bound == t[0].alphabet());
+}
+
 TEST_CASE("compact decoder layout: field limits and bad layouts") {
   // The largest fields of a compact entry survive packing.
   CHECK(rans_dec32_symbol(rans_dec32_pack(255, 4096, 4095)) == 255);

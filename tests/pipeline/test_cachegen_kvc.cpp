@@ -70,6 +70,18 @@ TEST_CASE("cachegen-quant: LMCache's symbol formula and layer tiers") {
   bad = s;
   bad.planes[0].sym[0] = 31;  // above 2*MAX
   CHECK_THROWS_AS(q.decode(bad, cache_info{}, o), error);
+  // A bound that does not exclude 31 (the alphabet's 32) still leaves the scan on.
+  bad.planes[0].sym_bound = 32;
+  CHECK_THROWS_AS(q.decode(bad, cache_info{}, o), error);
+  // A bound at 2*MAX + 1 is the entropy stage's promise: the plane decodes without the scan.
+  symbols vouched = s;
+  vouched.planes[0].sym_bound = 31;
+  block o2 = b;
+  o2.data.clear();
+  q.decode(vouched, cache_info{}, o2);
+  o.data.clear();
+  q.decode(s, cache_info{}, o);
+  CHECK(o2.data == o.data);
   CHECK_THROWS_AS(make_codec("cachegen-quant:kbins=32/16,klayers=-"), error);
   CHECK_THROWS_AS(make_codec("cachegen-quant:kbins=33"), error);
   CHECK_THROWS_AS(make_codec("cachegen-quant:scale=f32"), error);

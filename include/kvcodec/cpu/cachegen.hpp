@@ -226,7 +226,9 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
       if (!(s >= 0) || !std::isfinite(s)) throw_corrupt(where, "scale " + std::to_string(i) + " is negative or not finite");
       step[i] = MAX > 0 ? s / static_cast<float>(MAX) : 0.0f;
     }
-    const std::uint32_t worst = max_symbol(p.sym.data(), p.sym.size());
+    // A bound the entropy stage vouches for (rANS: from its tables) makes the scan unnecessary.
+    const bool bounded = p.sym_bound != 0 && p.sym_bound <= static_cast<std::uint32_t>(2 * MAX) + 1;
+    const std::uint32_t worst = bounded ? 0 : max_symbol(p.sym.data(), p.sym.size());
     if (!p.sym.empty() && worst > static_cast<std::uint32_t>(2 * MAX))
       throw_corrupt(where, "symbol " + std::to_string(worst) + " above 2*MAX = " + std::to_string(2 * MAX));
     if (dense) {

@@ -375,6 +375,7 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
       const bool direct = counts[1] == 0;
       const bool inplace = !direct && em::contiguous_pred(pk_);
       if (direct || inplace) p.sym.resize(counts[0] + counts[1]);
+      p.sym_bound = 0;
       for (int s = 0; s < 2; ++s) {
         if (!direct && !inplace) sub[s].resize(counts[s]);
         if (counts[s] == 0) continue;
@@ -392,7 +393,10 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
         const auto stream = r.get_blob("rANS stream");
         try {
           std::uint16_t* dst = direct ? p.sym.data() : inplace ? p.sym.data() + (s == 0 ? 0 : counts[0]) : sub[s].data();
-          rans_decode_ctx(stream.data(), stream.size(), rm->decoder(rm == &local ? nullptr : &arena_), lanes, dst, counts[s]);
+          const rans_ctx_decoder& dec = rm->decoder(rm == &local ? nullptr : &arena_);
+          rans_decode_ctx(stream.data(), stream.size(), dec, lanes, dst, counts[s]);
+          // Without prediction the plane is what the tables decoded: no symbol reaches their bound.
+          p.sym_bound = direct ? dec.sym_bound : 0;
         } catch (const error& e) {
           throw_corrupt(r.what(), std::string("plane ") + std::to_string(pi) + ": " + e.what());
         }

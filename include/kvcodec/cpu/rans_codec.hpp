@@ -382,6 +382,7 @@ struct rans_ctx_decoder {
   int prob_bits = rans_min_prob_bits;
   size_t cols = 0;
   size_t alphabet = 0;  ///< the largest alphabet of the tables
+  uint32_t sym_bound = 0;  ///< every decoded symbol is below it (one past the highest with a nonzero frequency)
   std::vector<uint64_t, table_allocator<uint64_t>> entry64;
   std::vector<uint32_t, table_allocator<uint32_t>> entry32;
   std::vector<uint32_t> col_off;
@@ -447,6 +448,7 @@ inline rans_ctx_decoder make_rans_ctx_decoder(std::span<const decode_table> tabl
   d.entry32.resize(d.entry64.size());
   for (size_t i = 0; i < d.entry64.size() && ok; ++i) d.entry32[i] = detail::compact_entry(d.entry64[i], d.prob_bits, ok);
   if (!ok) d.entry32.clear();
+  d.sym_bound = static_cast<uint32_t>(d.alphabet);  // decode tables keep no frequencies: the alphabet bounds them
   d.col_off.resize(cols + rans_max_lanes);
   for (size_t c = 0; c < d.col_off.size(); ++c) d.col_off[c] = base[c % cols];
   return d;
@@ -487,6 +489,11 @@ inline rans_ctx_decoder make_rans_ctx_decoder(std::span<const freq_table> tables
     slot_of[k] = static_cast<uint32_t>(order.size() * S);
     order.push_back(k);
     d.alphabet = std::max(d.alphabet, t.alphabet());
+    for (size_t s = t.alphabet(); s > d.sym_bound; --s)
+      if (t.freq[s - 1] != 0) {
+        d.sym_bound = static_cast<uint32_t>(s);
+        break;
+      }
   }
   const bool compact = d.prob_bits <= rans_dec32_max_prob_bits && d.alphabet <= rans_dec32_max_alphabet;
   const size_t total = order.size() * S;

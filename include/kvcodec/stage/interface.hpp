@@ -73,6 +73,10 @@ struct symbol_plane {
   std::uint32_t alphabet = 0;  ///< symbols are < alphabet (<= 65536)
   std::uint32_t rows = 0, cols = 0;
   std::vector<std::uint16_t> sym;  ///< rows x cols, row-major; column = coding context
+  /// When nonzero, the entropy stage that decoded the plane vouches that every symbol is below it
+  /// (rANS: one past the highest symbol its tables give a nonzero frequency), so a quantizer may skip
+  /// its own scan for out-of-range symbols; 0 = no such promise (encoders and most stages).
+  std::uint32_t sym_bound = 0;
 };
 
 struct symbols {
