@@ -588,6 +588,39 @@ TEST_CASE("decode tables from a table_arena: aligned - spanning chunks - equal t
   CHECK(o2 == s);
 }
 
+TEST_CASE("table arenas hand released chunks to the next arena - up to the pool's limit") {
+  auto& pool = detail::table_chunk_pool::instance();
+  void* first = nullptr;
+  {
+    table_arena a;
+    first = a.allocate(1000);
+    std::memset(first, 0x5a, 1000);
+  }  // its 2 MiB chunk goes to the pool
+  const std::size_t kept = pool.kept_bytes();
+  CHECK(kept >= table_arena::chunk);
+  {
+    table_arena b;
+    void* again = b.allocate(64);
+    CHECK(again == first);  // the same mapped chunk, not a fresh one
+    CHECK(pool.kept_bytes() == kept - table_arena::chunk);
+  }
+  CHECK(pool.kept_bytes() == kept);
+  // More than the limit released at once: the pool keeps at most its limit, the rest is unmapped.
+  {
+    table_arena big;
+    for (std::size_t i = 0; i < detail::table_chunk_pool::limit / table_arena::chunk + 4; ++i) big.allocate(table_arena::chunk);
+  }
+  CHECK(pool.kept_bytes() <= detail::table_chunk_pool::limit);
+  // Reused chunks still decode: tables built in a recycled chunk equal the heap's.
+  std::vector<uint32_t> h(32, 3);
+  const std::vector<freq_table> tabs = {normalize_freqs(h, 10)};
+  const std::vector<uint32_t> map = {0};
+  table_arena c;
+  const rans_ctx_decoder d = make_rans_ctx_decoder(std::span<const freq_table>(tabs), map, "t", &c);
+  const rans_ctx_decoder e = make_rans_ctx_decoder(std::span<const freq_table>(tabs), map);
+  CHECK(std::equal(d.entry32.begin(), d.entry32.end(), e.entry32.begin(), e.entry32.end()));
+}
+
 TEST_CASE("vector encoder (AVX2 when the CPU has it) writes exactly the scalar encoder's bytes and errors") {
   std::mt19937 rng(77);
   size_t compared = 0;

@@ -35,6 +35,7 @@
 #include <span>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace kvcodec {
@@ -275,10 +276,59 @@ std::vector<uint8_t> rans_encode(const Sym* sym, size_t n, const freq_table& t, 
   return rans_encode(sym, n, make_encode_table(t), lanes);
 }
 
+namespace detail {
+/// Chunks that table arenas released, kept (up to `limit` bytes) for the next arena: a process that
+/// decodes container after container (a store get decodes one per 256-token chunk, each with its own
+/// tables) reuses memory that is already mapped and faulted in instead of having the kernel map and
+/// zero fresh pages for every container. Never destroyed (an arena may be released during exit).
+class table_chunk_pool {
+ public:
+  static constexpr std::size_t limit = std::size_t{32} << 20;
+  static table_chunk_pool& instance() {
+    static table_chunk_pool* const p = new table_chunk_pool;  // leaked on purpose: see above
+    return *p;
+  }
+  /// A kept chunk of exactly `size` bytes, or nullptr.
+  void* take(std::size_t size) {
+    std::lock_guard<std::mutex> lock(m_);
+    for (std::size_t i = free_.size(); i-- > 0;)
+      if (free_[i].second == size) {
+        void* p = free_[i].first;
+        free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+        kept_ -= size;
+        return p;
+      }
+    return nullptr;
+  }
+  /// Keeps the chunk when it fits under the limit (true); else the caller frees it.
+  bool give(void* p, std::size_t size) noexcept {
+    std::lock_guard<std::mutex> lock(m_);
+    if (kept_ + size > limit) return false;
+    try {
+      free_.emplace_back(p, size);
+    } catch (...) {
+      return false;
+    }
+    kept_ += size;
+    return true;
+  }
+  std::size_t kept_bytes() {
+    std::lock_guard<std::mutex> lock(m_);
+    return kept_;
+  }
+
+ private:
+  std::mutex m_;
+  std::vector<std::pair<void*, std::size_t>> free_;
+  std::size_t kept_ = 0;
+};
+}  // namespace detail
+
 /// A bump arena for decode tables, released all at once: chunks of at least 2 MiB, 2 MiB-aligned and
 /// advised as transparent huge pages on Linux. A container's tables are megabytes built in pieces of
 /// tens of kilobytes; on 4 KiB pages their first touch cost ~1,100 page faults per container, about
-/// 15% of a full decode and a quarter of a range decode. Thread-safe.
+/// 15% of a full decode and a quarter of a range decode. Released chunks go to
+/// detail::table_chunk_pool for the next arena. Thread-safe.
 class table_arena {
  public:
   static constexpr std::size_t chunk = std::size_t{2} << 20;
@@ -314,6 +364,7 @@ class table_arena {
     std::size_t size;
   };
   static void* map(std::size_t size) {
+    if (void* p = detail::table_chunk_pool::instance().take(size)) return p;
 #if defined(__linux__)
     // Over-map by one chunk and keep the aligned part, so that the kernel can back it with huge pages.
     void* raw = ::mmap(nullptr, size + chunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -331,6 +382,7 @@ class table_arena {
 #endif
   }
   static void unmap(void* p, std::size_t size) noexcept {
+    if (detail::table_chunk_pool::instance().give(p, size)) return;
 #if defined(__linux__)
     ::munmap(p, size);
 #else
