@@ -3,6 +3,7 @@
 // symbol distributions; shared tables; golden values; corrupt and truncated streams.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <random>
@@ -390,6 +391,19 @@ TEST_CASE("cachegen-quant: quantize rounds half to even like nearbyintf - decode
         for (std::size_t r = 0; r < rows.size(); ++r) rows[r] = reinterpret_cast<std::byte*>(h2.data() + r * D);
         REQUIRE(cg->decode_rows(sy, info, d32, dtype::f16, rows.data()));
         CHECK(h2 == h);
+        // Rows in reverse order (evenly spaced, negative stride) and scattered (one call per row).
+        for (const bool scatter : {false, true}) {
+          std::vector<std::size_t> at(b.rows());
+          for (std::size_t r = 0; r < at.size(); ++r) at[r] = at.size() - 1 - r;
+          if (scatter) std::shuffle(at.begin(), at.end(), rng);
+          std::vector<std::uint16_t> h3(b.rows() * D, 0xbeef);
+          for (std::size_t r = 0; r < rows.size(); ++r) rows[r] = reinterpret_cast<std::byte*>(h3.data() + at[r] * D);
+          REQUIRE(cg->decode_rows(sy, info, d32, dtype::f16, rows.data()));
+          std::size_t diff = 0;
+          for (std::size_t r = 0; r < at.size(); ++r)
+            for (std::size_t d = 0; d < D; ++d) diff += h3[at[r] * D + d] != h[r * D + d];
+          CHECK(diff == 0);
+        }
         sy.side.pop_back();
         CHECK_THROWS_AS(cg->decode_f16(sy, d32, h.data()), error);
       }

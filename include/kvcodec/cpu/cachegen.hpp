@@ -147,9 +147,13 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
       auto row = [rows](std::size_t r) { return reinterpret_cast<std::uint16_t*>(rows[r]); };
 #if KVCODEC_X86_DISPATCH
       if (simd::avx2()) {
-        decode_to(in, b, row, [](float v) { return f32_to_f16_bits(v); }, [](const std::uint16_t* s, const float* st, bool bcast, int max, std::uint16_t* o, std::size_t n) {
-          return cachegen_detail::dequant_f16_f16c(s, st, bcast, max, o, n);
-        });
+        decode_to(
+            in, b, row, [](float v) { return f32_to_f16_bits(v); },
+            [](const std::uint16_t* s, const float* st, bool bcast, int max, std::uint16_t* o, std::size_t n) {
+              return cachegen_detail::dequant_f16_f16c(s, st, bcast, max, o, n);
+            },
+            [](const std::uint16_t* s, std::size_t ss, const float* st, bool per_row, int max, std::uint16_t* o, std::ptrdiff_t os, std::size_t R,
+               std::size_t n) { return cachegen_detail::dequant_rows_f16_f16c(s, ss, st, per_row, max, o, os, R, n); });
         return true;
       }
 #endif
@@ -168,9 +172,13 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     const std::size_t D = static_cast<std::size_t>(b.head_dim);
 #if KVCODEC_X86_DISPATCH
     if (simd::avx2()) {
-      decode_to(in, b, [out, D](std::size_t r) { return out + r * D; }, [](float v) { return f32_to_f16_bits(v); }, [](const std::uint16_t* s, const float* st, bool bcast, int max, std::uint16_t* o, std::size_t n) {
-        return cachegen_detail::dequant_f16_f16c(s, st, bcast, max, o, n);
-      });
+      decode_to(
+          in, b, [out, D](std::size_t r) { return out + r * D; }, [](float v) { return f32_to_f16_bits(v); },
+          [](const std::uint16_t* s, const float* st, bool bcast, int max, std::uint16_t* o, std::size_t n) {
+            return cachegen_detail::dequant_f16_f16c(s, st, bcast, max, o, n);
+          },
+          [](const std::uint16_t* s, std::size_t ss, const float* st, bool per_row, int max, std::uint16_t* o, std::ptrdiff_t os, std::size_t R,
+             std::size_t n) { return cachegen_detail::dequant_rows_f16_f16c(s, ss, st, per_row, max, o, os, R, n); });
       return;
     }
 #endif
@@ -197,11 +205,14 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     }
   };
 
+  struct no_head_kernel {};
+
   /// Checks the plane and side bytes against the block, then writes conv(value) of every element
   /// of block row r to row_out(r) (head_dim values); kernel(s, step, bcast, MAX, o, n) may do a row
-  /// prefix in bulk.
-  template <class RowOut, class Conv, class Kernel = no_kernel>
-  void decode_to(const symbols& in, const block& b, RowOut row_out, Conv conv, Kernel kernel = {}) const {
+  /// prefix in bulk, and head_kernel(s, sstride, step, per_row, MAX, o, ostride, rows, n) a prefix of
+  /// every row of one head at once when the head's rows are evenly spaced in the destination.
+  template <class RowOut, class Conv, class Kernel = no_kernel, class HeadKernel = no_head_kernel>
+  void decode_to(const symbols& in, const block& b, RowOut row_out, Conv conv, Kernel kernel = {}, HeadKernel head_kernel = {}) const {
     const std::string where = "cachegen-quant (layer " + std::to_string(b.layer) + (b.key ? " K)" : " V)");
     const int bins = p_.bins_for(b.layer, b.key);
     const int MAX = bins / 2 - 1;
@@ -232,7 +243,26 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     if (!p.sym.empty() && worst > static_cast<std::uint32_t>(2 * MAX))
       throw_corrupt(where, "symbol " + std::to_string(worst) + " above 2*MAX = " + std::to_string(2 * MAX));
     if (dense) {
-      for (std::size_t h = 0; h < H; ++h)
+      for (std::size_t h = 0; h < H; ++h) {
+        if constexpr (!std::is_same_v<HeadKernel, no_head_kernel>) {
+          // A [heads, tokens, head_dim]-like destination: one call for the head's R rows.
+          if (R >= 2) {
+            auto* const d0 = row_out(h * R);
+            const std::ptrdiff_t os = row_out(h * R + 1) - d0;
+            bool even = true;
+            for (std::size_t r = 2; r < R && even; ++r) even = row_out(h * R + r) == d0 + static_cast<std::ptrdiff_t>(r) * os;
+            if (even) {
+              const float* st = by_token ? step.data() : step.data() + h * D;
+              const std::size_t done = head_kernel(p.sym.data() + h * D, C, st, by_token, MAX, d0, os, R, D);
+              for (std::size_t r = 0; r < R && done < D; ++r) {
+                const std::uint16_t* srow = p.sym.data() + r * C + h * D;
+                auto* dst = d0 + static_cast<std::ptrdiff_t>(r) * os;
+                for (std::size_t d = done; d < D; ++d) dst[d] = conv(cachegen_dequantize(srow[d], by_token ? step[r] : st[d], MAX));
+              }
+              continue;
+            }
+          }
+        }
         for (std::size_t r = 0; r < R; ++r) {
           const std::uint16_t* srow = p.sym.data() + r * C + h * D;
           auto* dst = row_out(h * R + r);
@@ -244,6 +274,7 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
             for (std::size_t d = kernel(srow, st, false, MAX, dst, D); d < D; ++d) dst[d] = conv(cachegen_dequantize(srow[d], st[d], MAX));
           }
         }
+      }
     } else {
       std::size_t r = 0;
       for (std::size_t h = 0; h < H; ++h)

@@ -29,6 +29,25 @@ __attribute__((target("avx2,f16c"))) inline std::size_t dequant_f16_f16c(const s
   return d;
 }
 
+/// dequant_f16_f16c over R rows of n values: row r reads s + r * sstride and writes o + r * ostride,
+/// with step st[r] (per_row) or st[d] (one per column, shared by the rows). One call per head of a
+/// block instead of one per row. Returns how many values of each row were done (n rounded down to 8).
+__attribute__((target("avx2,f16c"))) inline std::size_t dequant_rows_f16_f16c(const std::uint16_t* s, std::size_t sstride, const float* st,
+                                                                              bool per_row, int max, std::uint16_t* o, std::ptrdiff_t ostride,
+                                                                              std::size_t R, std::size_t n) {
+  const __m256i mx = _mm256_set1_epi32(max);
+  const std::size_t n8 = n & ~std::size_t{7};
+  for (std::size_t r = 0; r < R; ++r, s += sstride, o += ostride) {
+    const __m256 b = _mm256_set1_ps(per_row ? st[r] : 0.0f);
+    for (std::size_t d = 0; d < n8; d += 8) {
+      const __m256i q = _mm256_sub_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + d))), mx);
+      const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(q), per_row ? b : _mm256_loadu_ps(st + d));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + d), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+  }
+  return n8;
+}
+
 /// mm = max(mm, |x[d]|) over the largest multiple of 8 of n (NaN never enters: the caller's
 /// finiteness check rejects such blocks); returns how many were done.
 KVCODEC_TARGET_AVX2 inline std::size_t absmax_avx2(const float* x, std::size_t n, float& mm) {
