@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <filesystem>
 #include <string>
 
@@ -85,6 +86,36 @@ TEST_CASE("cachegen-quant: LMCache's symbol formula and layer tiers") {
   CHECK_THROWS_AS(make_codec("cachegen-quant:kbins=32/16,klayers=-"), error);
   CHECK_THROWS_AS(make_codec("cachegen-quant:kbins=33"), error);
   CHECK_THROWS_AS(make_codec("cachegen-quant:scale=f32"), error);
+}
+
+TEST_CASE("cachegen-quant refuses a NaN or an infinity anywhere in a block - the vector part and the tail") {
+  const codec c = make_codec("cachegen-quant:kbins=32,klayers=-,vbins=32,vlayers=-,kaxis=channel,vaxis=token|rans");
+  kv_shape s;
+  s.layers = 1;
+  s.kv_heads = 3;
+  s.head_dim = 20;
+  s.tokens = 7;  // 420 values: 52 vectors of 8 and a tail of 4
+  const cache_info info{s, dtype::f32, {}};
+  for (const bool key : {true, false}) {
+    block clean = detail::block_skeleton(s, 0, key, 0, 7, nullptr);
+    clean.data.assign(clean.rows() * 20, 0.5f);
+    clean.data[3] = 3.4028235e38f;  // the largest finite float is accepted
+    symbols sy;
+    CHECK_NOTHROW(c.quant->encode(clean, info, sy));
+    for (const std::size_t at : {std::size_t{0}, std::size_t{5}, std::size_t{200}, std::size_t{415}, std::size_t{416}, std::size_t{419}})
+      for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()}) {
+        CAPTURE(at);
+        CAPTURE(bad);
+        block b = clean;
+        b.data[at] = bad;
+        try {
+          c.quant->encode(b, info, sy);
+          FAIL("accepted a non-finite value");
+        } catch (const error& e) {
+          CHECK(e.kind() == error_kind::bad_input);
+        }
+      }
+  }
 }
 
 TEST_CASE("presets expand to full specs and round trip on a synthetic cache") {

@@ -83,8 +83,13 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
             for (std::size_t d = d0; d < D; ++d) mc[d] = std::max(mc[d], std::fabs(x[d]));
           }
         }
+      // The scalar form of this check took 15% of a kvc encode (not vectorized by the compiler).
       bool finite = true;
-      for (float x : b.data) finite &= std::fabs(x) <= 3.4028235e38f;
+      std::size_t i0 = 0;
+#if KVCODEC_X86_DISPATCH
+      if (vec) finite = cachegen_detail::all_finite_avx2(b.data.data(), b.data.size(), i0);
+#endif
+      for (std::size_t i = i0; i < b.data.size(); ++i) finite &= std::fabs(b.data[i]) <= 3.4028235e38f;
       if (!finite) m.assign(nscales, std::numeric_limits<float>::quiet_NaN());
     } else {
       for (std::size_t r = 0; r < R; ++r)

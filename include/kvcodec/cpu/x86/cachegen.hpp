@@ -48,6 +48,18 @@ __attribute__((target("avx2,f16c"))) inline std::size_t dequant_rows_f16_f16c(co
   return n8;
 }
 
+/// True when none of x[0..done) is a NaN or an infinity (exponent bits all ones), done being the
+/// largest multiple of 8 of n; the caller checks the rest.
+KVCODEC_TARGET_AVX2 inline bool all_finite_avx2(const float* x, std::size_t n, std::size_t& done) {
+  const __m256i e = _mm256_set1_epi32(0x7f800000);
+  __m256i bad = _mm256_setzero_si256();
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)), e), e));
+  done = i;
+  return _mm256_testz_si256(bad, bad) != 0;
+}
+
 /// mm = max(mm, |x[d]|) over the largest multiple of 8 of n (NaN never enters: the caller's
 /// finiteness check rejects such blocks); returns how many were done.
 KVCODEC_TARGET_AVX2 inline std::size_t absmax_avx2(const float* x, std::size_t n, float& mm) {
