@@ -39,8 +39,9 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     const std::size_t D = static_cast<std::size_t>(b.head_dim), H = static_cast<std::size_t>(b.heads);
     const std::size_t R = dense ? static_cast<std::size_t>(b.t1 - b.t0) : b.rows();
     const std::size_t C = dense ? H * D : D;
-    out.planes.assign(1, symbol_plane{});
+    out.planes.resize(1);  // reuses the plane's memory when `out` held one (every symbol is written)
     symbol_plane& p = out.planes[0];
+    p.sym_bound = 0;
     p.alphabet = alphabet_for(bins);
     p.rows = static_cast<std::uint32_t>(R);
     p.cols = static_cast<std::uint32_t>(C);

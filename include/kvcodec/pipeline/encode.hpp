@@ -96,10 +96,11 @@ namespace detail {
 
 /// Cuts one (layer, K or V, tokens [t0, t1)) block out of a view, as f32 rows (kept rows only when
 /// `kept` is not empty).
-inline block make_block(const const_kv_view& kv, const kept_sets& kept, int layer, bool key, std::int64_t t0, std::int64_t t1,
-                        const encode_options* opt = nullptr) {
+/// make_block into `b`, reusing its vectors' memory (every element is written): the encoder's workers
+/// cut block after block into the same scratch instead of allocating and zero-filling each one.
+inline void make_block_into(block& b, const const_kv_view& kv, const kept_sets& kept, int layer, bool key, std::int64_t t0, std::int64_t t1,
+                            const encode_options* opt = nullptr) {
   const auto* reader = opt && opt->read_rows ? &opt->read_rows : nullptr;
-  block b;
   b.layer = layer;
   b.key = key;
   b.heads = kv.kv_heads;
@@ -147,6 +148,12 @@ inline block make_block(const const_kv_view& kv, const kept_sets& kept, int laye
       }
     }
   }
+}
+
+inline block make_block(const const_kv_view& kv, const kept_sets& kept, int layer, bool key, std::int64_t t0, std::int64_t t1,
+                        const encode_options* opt = nullptr) {
+  block b;
+  make_block_into(b, kv, kept, layer, key, t0, t1, opt);
   return b;
 }
 
@@ -250,6 +257,17 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
     const auto [t0, t1] = seg_range(seg);
     return detail::make_block(kv, kept, static_cast<int>(seg % L), i % 2 == 0, t0, t1, &opt);
   };
+  auto cut_into = [&](std::size_t i, block& b) {
+    const std::size_t seg = i / 2;
+    const auto [t0, t1] = seg_range(seg);
+    detail::make_block_into(b, kv, kept, static_cast<int>(seg % L), i % 2 == 0, t0, t1, &opt);
+  };
+  // Per worker: a block and its symbols, reused block after block (no allocation, no zero-fill).
+  struct worker_scratch {
+    block b[2];
+    symbols sy;
+  };
+  std::vector<worker_scratch> scratch(static_cast<std::size_t>(cpu::workers(policy.threads(), 2 * nseg)));
   // Tokens released so far (tokens_done is called in order, once per range).
   std::int64_t released = 0;
   auto release_upto = [&](std::size_t segs_done) {
@@ -296,8 +314,9 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
       syms.resize(2 * nseg);
       for (std::size_t w0 = 0; w0 < nseg; w0 += window) {
         const std::size_t n = std::min(window, nseg - w0);
-        cpu::parallel_for(policy, 2 * n, [&](std::size_t k) {
-          const block b = cut(2 * w0 + k);
+        cpu::parallel_for_worker(policy, 2 * n, [&](std::size_t k, int wk) {
+          block& b = scratch[static_cast<std::size_t>(wk)].b[0];
+          cut_into(2 * w0 + k, b);
           c.quant->encode(b, info, syms[2 * w0 + k]);
         });
         release_upto(w0 + n);
@@ -311,11 +330,11 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
     c.entropy->fit_begin(info);
     for (std::size_t w0 = 0; w0 < nseg; w0 += window) {
       const std::size_t n = std::min(window, nseg - w0);
-      cpu::parallel_for(policy, 2 * n, [&](std::size_t k) {
-        const block b = cut(2 * w0 + k);
-        symbols sy;
-        c.quant->encode(b, info, sy);
-        c.entropy->fit_add(2 * w0 + k, sy);
+      cpu::parallel_for_worker(policy, 2 * n, [&](std::size_t k, int wk) {
+        worker_scratch& ws = scratch[static_cast<std::size_t>(wk)];
+        cut_into(2 * w0 + k, ws.b[0]);
+        c.quant->encode(ws.b[0], info, ws.sy);
+        c.entropy->fit_add(2 * w0 + k, ws.sy);
       });
       release_upto(w0 + n);
     }
@@ -341,26 +360,29 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
   std::vector<std::size_t> seg_mask(seg_bytes.size());
   for (std::size_t w0 = 0; w0 < nseg; w0 += window) {
     const std::size_t n = std::min(window, nseg - w0);
-    cpu::parallel_for(policy, n, [&](std::size_t k) {
+    cpu::parallel_for_worker(policy, n, [&](std::size_t k, int wk) {
       const std::size_t seg = w0 + k;
       bytes& out = seg_bytes[k];
       out.clear();
       seg_stats[k] = {};
-      block kv_blocks[2];
+      worker_scratch& ws = scratch[static_cast<std::size_t>(wk)];
+      block* const kv_blocks = ws.b;
       for (int kvi = 0; kvi < 2; ++kvi) {
         const std::size_t i = 2 * seg + static_cast<std::size_t>(kvi);
-        kv_blocks[kvi] = hold_blocks ? std::move(blocks[i]) : syms.empty() ? cut(i) : detail::block_skeleton(s, static_cast<int>(seg % L), kvi == 0, seg_range(seg).first, seg_range(seg).second, nullptr);
+        if (hold_blocks)
+          kv_blocks[kvi] = std::move(blocks[i]);
+        else if (syms.empty() || sparse)  // sparse: the kept rows are needed for the masks
+          cut_into(i, kv_blocks[kvi]);
+        else
+          kv_blocks[kvi] = detail::block_skeleton(s, static_cast<int>(seg % L), kvi == 0, seg_range(seg).first, seg_range(seg).second, nullptr);
       }
-      if (!hold_blocks && !syms.empty() && sparse)  // kept rows are needed for the masks
-        for (int kvi = 0; kvi < 2; ++kvi) kv_blocks[kvi] = cut(2 * seg + static_cast<std::size_t>(kvi));
       if (sparse) detail::put_masks(kv_blocks[0], out);
       seg_mask[k] = out.size();
       byte_writer bw(out);
       for (int kvi = 0; kvi < 2; ++kvi) {
         const std::size_t i = 2 * seg + static_cast<std::size_t>(kvi);
-        symbols local;
-        if (syms.empty()) c.quant->encode(kv_blocks[kvi], info, local);
-        const symbols& sy = syms.empty() ? local : syms[i];
+        if (syms.empty()) c.quant->encode(kv_blocks[kvi], info, ws.sy);
+        const symbols& sy = syms.empty() ? ws.sy : syms[i];
         bytes stream;
         c.entropy->encode(sy, kv_blocks[kvi], stream, seg_stats[k]);
         bw.put_blob(stream);
