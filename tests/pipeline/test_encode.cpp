@@ -133,4 +133,28 @@ TEST_CASE("encode rejects invalid caches") {
   CHECK_THROWS_AS(encode("raw", empty), error);
 }
 
+TEST_CASE("encode: per-thread scratch blocks and symbols - the same bytes for any thread count - dense or token-dropped - symbols kept or not") {
+  // The workers reuse one block and one symbols object each, segment after segment: segments of
+  // different sizes (token dropping keeps a different number of rows per chunk, the last chunk is
+  // short) must not see a previous segment's rows.
+  const kv_cache kv = random_cache(3, 2, 333, 16, dtype::f16, 7);
+  for (const std::string spec : {"kvc:level=5", "knorm:keep=0.5|kvc:level=5", "kivi:bits=2|rans", "knorm:keep=0.25|uniform:bits=4|rans"}) {
+    CAPTURE(spec);
+    for (const std::size_t budget : {std::size_t{64} << 20, std::size_t{0}}) {  // symbols kept / fitted block by block
+      CAPTURE(budget);
+      encode_options o;
+      o.chunk_tokens = 64;
+      o.symbol_budget = budget;
+      codec c1 = make_codec(spec), c3 = make_codec(spec), c2 = make_codec(spec);
+      const encoded one = encode(cpu::seq, c1, kv, o);
+      const encoded three = encode(cpu::par(3), c3, kv, o);
+      CHECK(one.data == three.data);
+      // and the same container as the other fitting path
+      encode_options other = o;
+      other.symbol_budget = budget == 0 ? std::size_t{64} << 20 : 0;
+      CHECK(encode(cpu::par(2), c2, kv, other).data == one.data);
+    }
+  }
+}
+
 }  // namespace kvcodec_test_pipeline_encode
