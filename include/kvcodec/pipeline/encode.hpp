@@ -94,8 +94,6 @@ struct encoded {
 
 namespace detail {
 
-/// Cuts one (layer, K or V, tokens [t0, t1)) block out of a view, as f32 rows (kept rows only when
-/// `kept` is not empty).
 /// make_block into `b`, reusing its vectors' memory (every element is written): the encoder's workers
 /// cut block after block into the same scratch instead of allocating and zero-filling each one.
 inline void make_block_into(block& b, const const_kv_view& kv, const kept_sets& kept, int layer, bool key, std::int64_t t0, std::int64_t t1,
@@ -150,6 +148,8 @@ inline void make_block_into(block& b, const const_kv_view& kv, const kept_sets& 
   }
 }
 
+/// Cuts one (layer, K or V, tokens [t0, t1)) block out of a view, as f32 rows (kept rows only when
+/// `kept` is not empty).
 inline block make_block(const const_kv_view& kv, const kept_sets& kept, int layer, bool key, std::int64_t t0, std::int64_t t1,
                         const encode_options* opt = nullptr) {
   block b;
