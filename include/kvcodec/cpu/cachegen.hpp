@@ -24,7 +24,8 @@ namespace kvcodec::cpu {
 
 class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
  public:
-  explicit cachegen_quant(quant::cachegen p) : stage_impl(std::move(p)) {}
+  /// `label` names the stage in decode errors (weighted-quant decodes through this class).
+  explicit cachegen_quant(quant::cachegen p, std::string_view label = quant::cachegen::name) : stage_impl(std::move(p)), label_(label) {}
   bool lossless() const override { return false; }
   bool fit_uses_blocks() const override { return false; }
 
@@ -32,26 +33,17 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
 
   void encode(const block& b, const cache_info&, symbols& out) const override {
     const int bins = p_.bins_for(b.layer, b.key);
-    const int MAX = bins / 2 - 1;
     const bool bf = p_.scale == "bf16";
     const bool by_token = (b.key ? p_.kaxis : p_.vaxis) == "token";
     const bool dense = b.dense();
     const std::size_t D = static_cast<std::size_t>(b.head_dim), H = static_cast<std::size_t>(b.heads);
     const std::size_t R = dense ? static_cast<std::size_t>(b.t1 - b.t0) : b.rows();
     const std::size_t C = dense ? H * D : D;
-    out.planes.resize(1);  // reuses the plane's memory when `out` held one (every symbol is written)
-    symbol_plane& p = out.planes[0];
-    p.sym_bound = 0;
-    p.alphabet = alphabet_for(bins);
-    p.rows = static_cast<std::uint32_t>(R);
-    p.cols = static_cast<std::uint32_t>(C);
-    p.sym.resize(R * C);
     // element (r, c) of the plane lives at data[src(r, c)]
     auto src = [&](std::size_t r, std::size_t c) -> std::size_t {
       return dense ? ((c / D) * R + r) * D + c % D : r * D + c;
     };
     const std::size_t nscales = by_token ? R : (dense ? C : H * D);
-    std::vector<std::uint16_t> sc(nscales, 0);
     std::vector<float> m(nscales, 0.0f);
     std::vector<std::size_t> head_of_row;
     if (!dense && !by_token) {
@@ -100,10 +92,44 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
           if (a > mm || a != a) mm = a;
         }
     }
+    quantize_with(b, bins, by_token, bf, m, "cachegen-quant", out);
+  }
+
+  /// Quantizes `b` with the magnitudes `m` stored as its scales (one per token for by_token, else
+  /// one per column: kv_heads x head_dim; step = scale / MAX): cachegen-quant's symbols and side
+  /// bytes for any choice of scales (weighted-quant chooses its own). A non-finite m is bad input.
+  static void quantize_with(const block& b, int bins, bool by_token, bool bf, const std::vector<float>& m, std::string_view stage,
+                            symbols& out) {
+    const int MAX = bins / 2 - 1;
+    const bool dense = b.dense();
+    const std::size_t D = static_cast<std::size_t>(b.head_dim), H = static_cast<std::size_t>(b.heads);
+    const std::size_t R = dense ? static_cast<std::size_t>(b.t1 - b.t0) : b.rows();
+    const std::size_t C = dense ? H * D : D;
+    const std::size_t nscales = by_token ? R : (dense ? C : H * D);
+    if (m.size() != nscales) throw_usage(std::string(stage) + ": " + std::to_string(m.size()) + " scales for " + std::to_string(nscales));
+    out.planes.resize(1);  // reuses the plane's memory when `out` held one (every symbol is written)
+    symbol_plane& p = out.planes[0];
+    p.sym_bound = 0;
+    p.alphabet = alphabet_for(bins);
+    p.rows = static_cast<std::uint32_t>(R);
+    p.cols = static_cast<std::uint32_t>(C);
+    p.sym.resize(R * C);
+    auto src = [&](std::size_t r, std::size_t c) -> std::size_t {
+      return dense ? ((c / D) * R + r) * D + c % D : r * D + c;
+    };
+    std::vector<std::size_t> head_of_row;
+    if (!dense && !by_token) {
+      head_of_row.resize(R);
+      std::size_t r = 0;
+      for (std::size_t h = 0; h < H; ++h)
+        for (std::uint32_t k = 0; k < b.count[h]; ++k) head_of_row[r++] = h;
+    }
+    auto sidx = [&](std::size_t r, std::size_t c) { return by_token ? r : dense ? c : head_of_row[r] * D + c; };
+    std::vector<std::uint16_t> sc(nscales, 0);
     std::vector<float> inv(nscales);
     for (std::size_t i = 0; i < nscales; ++i) {
       if (!std::isfinite(m[i]))
-        throw_bad_input("cachegen-quant (layer " + std::to_string(b.layer) + ")", "data", "finite values", "a NaN or infinity");
+        throw_bad_input(std::string(stage) + " (layer " + std::to_string(b.layer) + ")", "data", "finite values", "a NaN or infinity");
       sc[i] = cachegen_scale_bits(m[i], bf);
       const float s = cachegen_scale_value(sc[i], bf);
       inv[i] = s > 0 ? static_cast<float>(MAX) / s : 0.0f;
@@ -192,7 +218,7 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
   }
 
  private:
-
+  std::string_view label_;
 
   /// The largest of s[0..n) (0 when n = 0).
   static std::uint32_t max_symbol(const std::uint16_t* s, std::size_t n) {
@@ -219,7 +245,7 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
   /// every row of one head at once when the head's rows are evenly spaced in the destination.
   template <class RowOut, class Conv, class Kernel = no_kernel, class HeadKernel = no_head_kernel>
   void decode_to(const symbols& in, const block& b, RowOut row_out, Conv conv, Kernel kernel = {}, HeadKernel head_kernel = {}) const {
-    const std::string where = "cachegen-quant (layer " + std::to_string(b.layer) + (b.key ? " K)" : " V)");
+    const std::string where = std::string(label_) + " (layer " + std::to_string(b.layer) + (b.key ? " K)" : " V)");
     const int bins = p_.bins_for(b.layer, b.key);
     const int MAX = bins / 2 - 1;
     const bool bf = p_.scale == "bf16";

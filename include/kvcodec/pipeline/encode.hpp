@@ -57,6 +57,9 @@ struct kv_extras {
   kept_sets kept;                     ///< already token-dropped input (empty = dense)
   /// The same cache as an owning kv_cache with its queries, for drop stages (else they score a copy).
   const kv_cache* cache = nullptr;
+  /// Mean squared queries ([layers][kv_heads][head_dim], see query_energy()) for quantizers whose
+  /// steps follow them (weighted-quant); when empty they come from `cache`'s queries, if any.
+  std::vector<float> query_energy;
 };
 
 namespace detail {
@@ -224,7 +227,14 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
   const std::int64_t chunks = (s.tokens + opt.chunk_tokens - 1) / opt.chunk_tokens;
   const std::size_t L = static_cast<std::size_t>(s.layers);
   const std::size_t nseg = static_cast<std::size_t>(chunks) * L;
-  cache_info info{s, ex.source_dtype.value_or(kv.dt), ex.metadata};
+  cache_info info{s, ex.source_dtype.value_or(kv.dt), ex.metadata, {}};
+  if (c.quant && c.quant->wants_query_energy()) {
+    info.query_energy = !ex.query_energy.empty() ? ex.query_energy : ex.cache ? query_energy(*ex.cache) : std::vector<float>{};
+    const std::size_t want = static_cast<std::size_t>(s.layers) * static_cast<std::size_t>(s.kv_heads) * static_cast<std::size_t>(s.head_dim);
+    if (!info.query_energy.empty() && info.query_energy.size() != want)
+      throw_bad_input("encode input", "query_energy", std::to_string(want) + " values (layers x kv_heads x head_dim)",
+                      std::to_string(info.query_energy.size()));
+  }
 
   // 1. Token dropping: the kept sets become part of the data.
   kept_sets dropped;

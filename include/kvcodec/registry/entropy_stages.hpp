@@ -1,5 +1,5 @@
 // kvcodec/registry/entropy_stages.hpp — registers the entropy coders (rans, ac), CacheGen's
-// quantizer and float delta. The presets built from them (cachegen, cachegen-paper, kvc) are in
+// quantizer, weighted-quant (which stores its format) and float delta. The presets built from them (cachegen, cachegen-paper, kvc) are in
 // registry/presets.hpp.
 #pragma once
 
@@ -7,6 +7,7 @@
 #include "kvcodec/cpu/cachegen.hpp"
 #include "kvcodec/cpu/delta.hpp"
 #include "kvcodec/cpu/rans.hpp"
+#include "kvcodec/cpu/weighted_quant.hpp"
 #include "kvcodec/registry/registry.hpp"
 
 namespace kvcodec {
@@ -15,6 +16,7 @@ inline void register_entropy_stages(registry& r) {
   r.add<entropy::rans, cpu::rans_entropy>();
   r.add<entropy::ac, cpu::ac_entropy>();
   r.add<quant::cachegen, cpu::cachegen_quant>();
+  r.add<quant::weighted, cpu::weighted_quant>();
   r.add<transform::delta, cpu::delta_transform>();
 }
 

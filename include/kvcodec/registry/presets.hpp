@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <string>
 
 #include "kvcodec/registry/registry.hpp"
@@ -40,6 +41,21 @@ struct kvc_p {
     check_param(level >= 1 && level <= 9, "kvc", "level", "1..9", level);
     check_param(target >= 0 && std::isfinite(target), "kvc", "target", "an attention KL > 0", target);
     check_param(values == "token" || values == "channel", "kvc", "values", "token or channel", values);
+  }
+};
+struct kvw_p {
+  double kstep = 0.2;
+  double vstep = 0.3;
+  std::string derope = "on";
+  template <class V> void visit(V& v) {
+    v("kstep", kstep, "key step relative to the key RMS, before the query weighting (smaller = more faithful)");
+    v("vstep", vstep, "value step relative to the value RMS");
+    v("derope", derope, "on (keys quantized before RoPE; needs the cache's rope metadata) or off");
+  }
+  void validate() const {
+    check_param(kstep > 0 && kstep <= 64 && std::isfinite(kstep), "kvw", "kstep", "a step in (0, 64]", kstep);
+    check_param(vstep > 0 && vstep <= 64 && std::isfinite(vstep), "kvw", "vstep", "a step in (0, 64]", vstep);
+    check_param(derope == "on" || derope == "off", "kvw", "derope", "on or off", derope);
   }
 };
 }  // namespace presets
@@ -75,6 +91,16 @@ inline std::string kvc_level_spec(int level, const std::string& values = "token"
   return kvc_bins_spec(bins[level - 1], bins[level - 1], values);
 }
 
+/// kvw: keys rotated back before RoPE (derope), then weighted-quant (key steps from the queries'
+/// sensitivity, value steps from the RMS, 1024 bins so that steps, not ranges, set the rate), then
+/// the kvc levels' rANS.
+inline std::string kvw_spec(double kstep, double vstep, bool derope = true) {
+  char b[160];
+  std::snprintf(b, sizeof b, "%sweighted-quant:kstep=%.17g,vstep=%.17g|rans:lanes=0,tables=shared,ctx=auto,model=auto,prob_bits=10",
+                derope ? "derope|" : "", kstep, vstep);
+  return b;
+}
+
 inline void register_presets(registry& r) {
   r.add_preset<presets::cachegen_p>("cachegen", "CacheGen as LMCache ships it (per-token quantizer, tiered bins, torchac-style coder)",
                                     [](const presets::cachegen_p&) { return cachegen_spec(); });
@@ -88,6 +114,8 @@ inline void register_presets(registry& r) {
                                                "(pipeline/target.hpp), or use `kvcodec encode` / `kvcodec eval` / kvcodec.encode in Python");
                                  return kvc_level_spec(p.level, p.values);
                                });
+  r.add_preset<presets::kvw_p>("kvw", "kvcodec's model-aware family: steps weighted by query sensitivity, keys before RoPE (issue 13)",
+                               [](const presets::kvw_p& p) { return kvw_spec(p.kstep, p.vstep, p.derope == "on"); });
 }
 
 }  // namespace kvcodec

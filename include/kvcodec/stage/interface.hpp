@@ -43,6 +43,9 @@ struct cache_info {
   kv_shape shape;
   dtype source_dtype = dtype::f32;
   std::map<std::string, std::string> metadata;
+  /// Mean squared query per (layer, kv head, channel), over the query heads that read the kv head
+  /// and every token: [layers][kv_heads][head_dim] flattened; empty when the cache has no queries.
+  std::vector<float> query_energy;
 };
 
 struct block {
@@ -144,6 +147,8 @@ class quant_stage : public stage {
   /// False when fit() ignores its blocks: the pipeline then quantizes each block as soon as it is cut
   /// (without transforms) and never holds the whole cache's f32 copy.
   virtual bool fit_uses_blocks() const { return true; }
+  /// True when encode() reads cache_info::query_energy (callers holding queries should supply them).
+  virtual bool wants_query_energy() const { return false; }
   virtual void encode(const block& b, const cache_info& info, symbols& out) const = 0;
   /// `b` arrives with layer/key/heads/head_dim/t0/t1/count/pos set; fills b.data.
   virtual void decode(const symbols& in, const cache_info& info, block& b) const = 0;

@@ -8,6 +8,8 @@
 // Invariant checked by validate(): every buffer has exactly the size the shape implies.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -141,5 +143,34 @@ struct kv_cache {
     }
   }
 };
+
+/// Mean squared query per (layer, kv head, channel) over the query heads of each kv head's group
+/// and every token ([layers][kv_heads][head_dim] flattened, as cache_info::query_energy); empty
+/// when the cache has no queries. Non-finite queries are skipped.
+inline std::vector<float> query_energy(const kv_cache& c) {
+  if (!c.has_queries() || c.shape.kv_heads <= 0 || c.shape.q_heads % c.shape.kv_heads != 0) return {};
+  const std::size_t L = static_cast<std::size_t>(c.shape.layers), H = static_cast<std::size_t>(c.shape.kv_heads),
+                    Q = static_cast<std::size_t>(c.shape.q_heads), T = static_cast<std::size_t>(c.shape.tokens),
+                    D = static_cast<std::size_t>(c.shape.head_dim), g = Q / H;
+  std::vector<float> out(L * H * D, 0.0f);
+  std::vector<double> acc(D);
+  std::vector<std::size_t> n(D);
+  for (std::size_t l = 0; l < L; ++l)
+    for (std::size_t h = 0; h < H; ++h) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      std::fill(n.begin(), n.end(), std::size_t{0});
+      for (std::size_t qh = h * g; qh < (h + 1) * g; ++qh)
+        for (std::size_t t = 0; t < T; ++t) {
+          const float* q = c.queries[l].data() + (qh * T + t) * D;
+          for (std::size_t d = 0; d < D; ++d)
+            if (std::isfinite(q[d])) {
+              acc[d] += static_cast<double>(q[d]) * q[d];
+              ++n[d];
+            }
+        }
+      for (std::size_t d = 0; d < D; ++d) out[(l * H + h) * D + d] = n[d] ? static_cast<float>(acc[d] / static_cast<double>(n[d])) : 0.0f;
+    }
+  return out;
+}
 
 }  // namespace kvcodec

@@ -1,0 +1,50 @@
+// kvcodec/stage/weighted_quant.hpp — `weighted-quant`: entropy-coded uniform quantization whose
+// steps are set by what the model does with the cache, not by each channel's range (issue 13).
+//
+// Keys: the step of (layer, kv head, channel) is kstep x the block's key RMS x sqrt(G / w), where
+// w is the mean squared query over the query heads that read that kv head (the sensitivity of a
+// logit to an error in that key channel; KVQuant's sensitivity weighting, diagonal form), averaged
+// over each RoPE pair (the rotation mixes a pair's error, so a pair shares one weight), and G is
+// the geometric mean of w over the layer (so kstep keeps its meaning whatever the weights). The
+// ratio is clamped to [1/16, 16]. Without queries (cache_info::query_energy empty) or with
+// kweight=none every key channel of a layer gets the same step. Values: vstep x the block's value
+// RMS for every channel (their error reaches the model through W_o, which a dump does not carry).
+// A step is raised where it would clamp the channel (|x| / step > MAX, MAX = bins/2 - 1).
+//
+// The stored format is cachegen-quant's with one scale per channel per chunk (kaxis = vaxis =
+// channel, one tier of `bins`): the scale stored is step x MAX, so the decoder, its checks and its
+// AVX2 kernels are cachegen-quant's, and decode speed is the kvc levels'.
+#pragma once
+
+#include <cmath>
+#include <string>
+#include <string_view>
+
+#include "kvcodec/stage/interface.hpp"
+
+namespace kvcodec::quant {
+
+struct weighted {
+  static constexpr std::string_view name = "weighted-quant";
+  static constexpr stage_kind kind = stage_kind::quant;
+  static constexpr std::string_view summary = "uniform steps set by query sensitivity (keys) and RMS, entropy-coded symbols";
+  double kstep = 0.2;
+  double vstep = 0.3;
+  int bins = 1024;
+  std::string kweight = "query";
+
+  template <class V> void visit(V& v) {
+    v("kstep", kstep, "key step relative to the block's key RMS (before the query weighting)");
+    v("vstep", vstep, "value step relative to the block's value RMS");
+    v("bins", bins, "symbols per channel (even, 4..4096): steps are raised so that no value clamps");
+    v("kweight", kweight, "query (key steps from the cache's queries; none when it has none) or none");
+  }
+  void validate() const {
+    check_param(kstep > 0 && kstep <= 64 && std::isfinite(kstep), name, "kstep", "a step in (0, 64]", kstep);
+    check_param(vstep > 0 && vstep <= 64 && std::isfinite(vstep), name, "vstep", "a step in (0, 64]", vstep);
+    check_param(bins >= 4 && bins <= 4096 && bins % 2 == 0, name, "bins", "an even count in 4..4096", bins);
+    check_param(kweight == "query" || kweight == "none", name, "kweight", "query or none", kweight);
+  }
+};
+
+}  // namespace kvcodec::quant
