@@ -62,4 +62,25 @@ TEST_CASE("weighted-quant: clamps - unread channels - no usable energy") {
   for (float r : rel) CHECK(r == 1.0f);
 }
 
+TEST_CASE("weighted-quant: RoPE factors of a run of positions agree with those of each position") {
+  for (const rope_pairs pr : {rope_pairs::interleaved, rope_pairs::half}) {
+    for (const double dir : {1.0, -1.0}) {
+      const std::size_t D = 16;
+      const std::int64_t p0 = 5000, n = 300;
+      std::vector<float> c(static_cast<std::size_t>(n) * D), s(c.size()), c1(D), s1(D);
+      rope_factors_run(p0, n, D, 10000.0, pr, dir, c.data(), s.data());
+      for (std::int64_t q = 0; q < n; ++q) {
+        rope_factors(p0 + q, D, 10000.0, pr, dir, c1.data(), s1.data());
+        for (std::size_t d = 0; d < D; ++d) {
+          CHECK(std::fabs(c[static_cast<std::size_t>(q) * D + d] - c1[d]) <= 1.2e-7f);
+          CHECK(std::fabs(s[static_cast<std::size_t>(q) * D + d] - s1[d]) <= 1.2e-7f);
+        }
+      }
+      // a rotation: c^2 + s^2 = 1 on every channel, and each pair's second channel has the opposite sine
+      for (std::size_t d = 0; d < D; ++d) CHECK(c[d] * c[d] + s[d] * s[d] == doctest::Approx(1.0).epsilon(1e-6));
+      CHECK(s[static_cast<std::size_t>(rope_partner(0, static_cast<int>(D), pr))] == -s[0]);
+    }
+  }
+}
+
 }  // namespace kvcodec_test_core_weighted_quant

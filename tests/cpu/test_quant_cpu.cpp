@@ -466,6 +466,36 @@ TEST_CASE("transforms: hadamard and derope invert - derope recovers pre-RoPE key
   CHECK(kind_of([&] { as_transform(s).forward(odd, info); }) == error_kind::usage);
 }
 
+TEST_CASE("derope: the per-chunk cos and sin table gives rope_undo and rope_apply bit for bit") {
+  // dense positions 100.., shared by every head (the table path), then scattered ones (per row)
+  for (const bool scattered : {false, true}) {
+    for (const char* style : {"interleaved-pairs", "rotate-half"}) {
+      CAPTURE(scattered);
+      CAPTURE(style);
+      block b = random_block(3, 40, 16, 33);
+      for (std::size_t r = 0; r < b.rows(); ++r) b.pos[r] = scattered ? static_cast<std::int32_t>(r * 977 % 5000) : static_cast<std::int32_t>(100 + r % 40);
+      cache_info info = info_for(b);
+      info.metadata = {{"rope", style}, {"rope_theta", "10000"}};
+      const rope_style st = *parse_rope_style(style);
+      auto s = make_stage("derope");
+      block x = b, ref = b;
+      as_transform(s).forward(x, info);
+      for (std::size_t r = 0; r < ref.rows(); ++r) rope_undo(ref.data.data() + r * 16, 16, ref.pos[r], 10000.0, st);
+      CHECK(x.data == ref.data);
+      as_transform(s).inverse(x, info);
+      for (std::size_t r = 0; r < ref.rows(); ++r) rope_apply(ref.data.data() + r * 16, 16, ref.pos[r], 10000.0, st);
+      CHECK(x.data == ref.data);
+      // a later block of other positions refills the table
+      block y = b;
+      for (auto& p : y.pos) p += 40;
+      block yref = y;
+      as_transform(s).forward(y, info);
+      for (std::size_t r = 0; r < yref.rows(); ++r) rope_undo(yref.data.data() + r * 16, 16, yref.pos[r], 10000.0, st);
+      CHECK(y.data == yref.data);
+    }
+  }
+}
+
 TEST_CASE("quantizers reject inconsistent blocks") {
   block b = random_block(2, 3, 8, 1);
   b.data.pop_back();

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kvcodec/core/half.hpp"
+#include "kvcodec/core/rope.hpp"
 #include "kvcodec/cpu/weighted_quant.hpp"
 #include "kvcodec/eval/synth.hpp"
 #include "kvcodec/kvcodec.hpp"
@@ -148,6 +149,74 @@ TEST_CASE("weighted-quant: f16 rows equal decode then conversion and ragged bloc
   s.decode(sy, info, back);
   const std::vector<float> m = s.scales(rg, info);
   for (std::size_t i = 0; i < rg.data.size(); ++i) CHECK(std::fabs(back.data[i] - rg.data[i]) <= m[i % D] / 511 * 0.51f + 1e-6f);
+}
+
+TEST_CASE("weighted-quant: derope=on quantizes keys before RoPE and rotates them back as it decodes") {
+  for (const char* style : {"interleaved-pairs", "rotate-half"}) {
+    for (const int D : {16, 12, 32}) {
+      CAPTURE(style);
+      CAPTURE(D);
+      const int H = 2, T = 40;
+      cache_info info = info_for(1, H, D);
+      info.metadata = {{"rope", style}, {"rope_theta", "10000"}};
+      quant::weighted p;
+      p.kstep = 0.05;
+      p.derope = "on";
+      cpu::weighted_quant s(p);
+      block b = dense_block(0, true, H, D, T, 9);
+      for (std::size_t r = 0; r < b.rows(); ++r) b.pos[r] = static_cast<std::int32_t>(300 + r % T);  // a later chunk
+      // keys with RoPE applied to a constant pre-RoPE row: before RoPE every row is the same
+      const rope_style st = *parse_rope_style(style);
+      for (std::size_t r = 0; r < b.rows(); ++r) {
+        for (int d = 0; d < D; ++d) b.data[r * D + static_cast<std::size_t>(d)] = 1.0f + 0.25f * static_cast<float>(d);
+        rope_apply(b.data.data() + r * D, static_cast<std::size_t>(D), b.pos[r], 10000.0, st);
+      }
+      symbols sy;
+      s.encode(b, info, sy);
+      // before RoPE each channel is constant over tokens: one symbol per column
+      const auto& pl = sy.planes[0];
+      for (std::uint32_t c = 0; c < pl.cols; ++c)
+        for (std::uint32_t r = 1; r < pl.rows; ++r) CHECK(pl.sym[r * pl.cols + c] == pl.sym[c]);
+      block back = b;
+      back.data.clear();
+      s.decode(sy, info, back);
+      // each channel within half a step before RoPE; a rotation mixes two: within step / 2 x sqrt(2)
+      const double step = 0.05 * rms(b.data);  // RoPE keeps the RMS; no queries: one step for the block
+      for (std::size_t i = 0; i < b.data.size(); ++i) CHECK(std::fabs(back.data[i] - b.data[i]) <= 0.71 * step * 1.01);
+      // rows straight to f16 / f32 / bf16: the same values as decode() then the conversion
+      std::vector<std::uint16_t> h(b.data.size());
+      std::vector<float> f(b.data.size());
+      std::vector<std::byte*> rows(b.rows());
+      for (std::size_t r = 0; r < rows.size(); ++r) rows[r] = reinterpret_cast<std::byte*>(h.data() + r * D);
+      REQUIRE(s.decode_rows(sy, info, b, dtype::f16, rows.data()));
+      for (std::size_t i = 0; i < h.size(); ++i) CHECK(h[i] == f32_to_f16_bits(back.data[i]));
+      REQUIRE(s.decode_rows(sy, info, b, dtype::bf16, rows.data()));
+      for (std::size_t i = 0; i < h.size(); ++i) CHECK(h[i] == f32_to_bf16_bits(back.data[i]));
+      for (std::size_t r = 0; r < rows.size(); ++r) rows[r] = reinterpret_cast<std::byte*>(f.data() + r * D);
+      REQUIRE(s.decode_rows(sy, info, b, dtype::f32, rows.data()));
+      CHECK(f == back.data);
+      // values are not rotated
+      block v = dense_block(0, false, H, D, T, 10);
+      symbols sv;
+      s.encode(v, info, sv);
+      p.derope = "off";
+      symbols sv2;
+      cpu::weighted_quant(p).encode(v, info, sv2);
+      CHECK(sv.planes[0].sym == sv2.planes[0].sym);
+    }
+  }
+  // no RoPE metadata: a usage error naming the parameter, before any block
+  quant::weighted p;
+  p.derope = "on";
+  cpu::weighted_quant s(p);
+  const cache_info none = info_for(1, 1, 8);
+  try {
+    s.fit({}, none);
+    FAIL("a cache without rope metadata was accepted");
+  } catch (const error& e) {
+    CHECK(e.kind() == error_kind::usage);
+    CHECK(std::string(e.what()).find("'derope'") != std::string::npos);
+  }
 }
 
 TEST_CASE("weighted-quant: bad data and corrupt symbols are named errors") {

@@ -230,21 +230,11 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     return m;
   }
 
-  struct no_kernel {
-    template <class T>
-    std::size_t operator()(const std::uint16_t*, const float*, bool, int, T*, std::size_t) const {
-      return 0;
-    }
-  };
-
-  struct no_head_kernel {};
-
-  /// Checks the plane and side bytes against the block, then writes conv(value) of every element
-  /// of block row r to row_out(r) (head_dim values); kernel(s, step, bcast, MAX, o, n) may do a row
-  /// prefix in bulk, and head_kernel(s, sstride, step, per_row, MAX, o, ostride, rows, n) a prefix of
-  /// every row of one head at once when the head's rows are evenly spaced in the destination.
-  template <class RowOut, class Conv, class Kernel = no_kernel, class HeadKernel = no_head_kernel>
-  void decode_to(const symbols& in, const block& b, RowOut row_out, Conv conv, Kernel kernel = {}, HeadKernel head_kernel = {}) const {
+ public:
+  /// Checks the plane and side bytes of `in` against block `b` (decode's checks and errors) and
+  /// returns the plane, with `step` = each scale's step (scale / MAX) and `max` = MAX. For decoders
+  /// that dequantize cachegen-quant's symbols their own way (weighted-quant rotating keys as it goes).
+  const symbol_plane& checked(const symbols& in, const block& b, std::vector<float>& step, int& max) const {
     const std::string where = std::string(label_) + " (layer " + std::to_string(b.layer) + (b.key ? " K)" : " V)");
     const int bins = p_.bins_for(b.layer, b.key);
     const int MAX = bins / 2 - 1;
@@ -262,7 +252,7 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
                                ", expected " + std::to_string(R) + "x" + std::to_string(C) + " alphabet " + std::to_string(alphabet_for(bins)));
     if (in.side.size() != 2 * nscales)
       throw_corrupt(where, "expected " + std::to_string(2 * nscales) + " bytes of scales, found " + std::to_string(in.side.size()));
-    std::vector<float> step(nscales);
+    step.resize(nscales);
     for (std::size_t i = 0; i < nscales; ++i) {
       const std::uint16_t bits = kvcodec::detail::load_le16(in.side.data() + 2 * i);
       const float s = cachegen_scale_value(bits, bf);
@@ -274,6 +264,34 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     const std::uint32_t worst = bounded ? 0 : max_symbol(p.sym.data(), p.sym.size());
     if (!p.sym.empty() && worst > static_cast<std::uint32_t>(2 * MAX))
       throw_corrupt(where, "symbol " + std::to_string(worst) + " above 2*MAX = " + std::to_string(2 * MAX));
+    max = MAX;
+    return p;
+  }
+
+ private:
+  struct no_kernel {
+    template <class T>
+    std::size_t operator()(const std::uint16_t*, const float*, bool, int, T*, std::size_t) const {
+      return 0;
+    }
+  };
+
+  struct no_head_kernel {};
+
+  /// Checks the plane and side bytes against the block, then writes conv(value) of every element
+  /// of block row r to row_out(r) (head_dim values); kernel(s, step, bcast, MAX, o, n) may do a row
+  /// prefix in bulk, and head_kernel(s, sstride, step, per_row, MAX, o, ostride, rows, n) a prefix of
+  /// every row of one head at once when the head's rows are evenly spaced in the destination.
+  template <class RowOut, class Conv, class Kernel = no_kernel, class HeadKernel = no_head_kernel>
+  void decode_to(const symbols& in, const block& b, RowOut row_out, Conv conv, Kernel kernel = {}, HeadKernel head_kernel = {}) const {
+    std::vector<float> step;
+    int MAX = 0;
+    const symbol_plane& p = checked(in, b, step, MAX);
+    const bool by_token = (b.key ? p_.kaxis : p_.vaxis) == "token";
+    const bool dense = b.dense();
+    const std::size_t D = static_cast<std::size_t>(b.head_dim), H = static_cast<std::size_t>(b.heads);
+    const std::size_t R = dense ? static_cast<std::size_t>(b.t1 - b.t0) : b.rows();
+    const std::size_t C = dense ? H * D : D;
     if (dense) {
       for (std::size_t h = 0; h < H; ++h) {
         if constexpr (!std::is_same_v<HeadKernel, no_head_kernel>) {

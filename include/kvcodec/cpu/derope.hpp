@@ -4,8 +4,12 @@
 // a cache whose metadata says post_rope=false, or that names no usable style/theta, is a usage error.
 #pragma once
 
+#include <algorithm>
 #include <charconv>
+#include <cmath>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kvcodec/core/rope.hpp"
 #include "kvcodec/cpu/quant_common.hpp"
@@ -61,13 +65,65 @@ class derope_transform final : public stage_impl<transform::derope, transform_st
     qc::check_block(name(), b);
     const std::size_t D = static_cast<std::size_t>(b.head_dim);
     const rope_cfg c = resolve(info, D);
+    if (b.rows() == 0 || D < 2) return;
+    // cos/sin of every (position, pair) of the block, computed once per thread for a run of positions
+    // and reused by the next blocks of the same chunk (every layer's K): the same double values
+    // rope_apply / rope_undo compute per row, so the result is bit for bit theirs.
+    const auto [pmin, pmax] = std::minmax_element(b.pos.begin(), b.pos.end());
+    const std::int64_t p0 = *pmin, span = static_cast<std::int64_t>(*pmax) - *pmin + 1;
+    if (span > static_cast<std::int64_t>(4 * b.rows() + 64)) {  // scattered positions: per row
+      for (std::size_t r = 0; r < b.rows(); ++r) {
+        if (apply)
+          rope_apply(b.data.data() + r * D, D, b.pos[r], c.theta, c.style);
+        else
+          rope_undo(b.data.data() + r * D, D, b.pos[r], c.theta, c.style);
+      }
+      return;
+    }
+    const std::size_t half = D / 2;
+    const double dir = apply ? 1.0 : -1.0;
+    thread_local trig_table t;
+    if (!t.covers(p0, span, D, c.theta, dir)) t.fill(p0, span, D, c.theta, dir);
+    const bool inter = c.style == rope_style::interleaved_pairs;
     for (std::size_t r = 0; r < b.rows(); ++r) {
-      if (apply)
-        rope_apply(b.data.data() + r * D, D, b.pos[r], c.theta, c.style);
-      else
-        rope_undo(b.data.data() + r * D, D, b.pos[r], c.theta, c.style);
+      float* x = b.data.data() + r * D;
+      const std::size_t o = static_cast<std::size_t>(b.pos[r] - t.p0) * half;
+      const double* cs = t.c.data() + o;
+      const double* sn = t.s.data() + o;
+      for (std::size_t i = 0; i < half; ++i) {
+        const std::size_t i0 = inter ? 2 * i : i, i1 = inter ? 2 * i + 1 : i + half;
+        const double x0 = x[i0], x1 = x[i1];
+        x[i0] = static_cast<float>(x0 * cs[i] - x1 * sn[i]);
+        x[i1] = static_cast<float>(x0 * sn[i] + x1 * cs[i]);
+      }
     }
   }
+  /// cos and sin of dir x rope_angle(p, i) for p in [p0, p0 + n), pairs i of head_dim D.
+  struct trig_table {
+    std::int64_t p0 = 0, n = 0;
+    std::size_t D = 0;
+    double theta = 0, dir = 0;
+    std::vector<double> c, s;
+    bool covers(std::int64_t q0, std::int64_t m, std::size_t d, double th, double dr) const {
+      return d == D && th == theta && dr == dir && q0 >= p0 && q0 + m <= p0 + n;
+    }
+    void fill(std::int64_t q0, std::int64_t m, std::size_t d, double th, double dr) {
+      p0 = q0;
+      n = m;
+      D = d;
+      theta = th;
+      dir = dr;
+      const std::size_t half = d / 2;
+      c.resize(static_cast<std::size_t>(m) * half);
+      s.resize(c.size());
+      for (std::int64_t p = 0; p < m; ++p)
+        for (std::size_t i = 0; i < half; ++i) {
+          const double a = dr * rope_angle(q0 + p, i, d, th);
+          c[static_cast<std::size_t>(p) * half + i] = std::cos(a);
+          s[static_cast<std::size_t>(p) * half + i] = std::sin(a);
+        }
+    }
+  };
 };
 
 }  // namespace kvcodec::cpu

@@ -91,13 +91,13 @@ inline std::string kvc_level_spec(int level, const std::string& values = "token"
   return kvc_bins_spec(bins[level - 1], bins[level - 1], values);
 }
 
-/// kvw: keys rotated back before RoPE (derope), then weighted-quant (key steps from the queries'
-/// sensitivity, value steps from the RMS, 1024 bins so that steps, not ranges, set the rate), then
-/// the kvc levels' rANS.
+/// kvw: weighted-quant (key steps from the queries' sensitivity, value steps from the RMS, keys
+/// quantized before RoPE with the rotation fused into the decode; 256 bins: steps, not ranges, set
+/// the rate, and 8-bit symbols keep the rANS decoder's fast path), then the kvc levels' rANS.
 inline std::string kvw_spec(double kstep, double vstep, bool derope = true) {
-  char b[160];
-  std::snprintf(b, sizeof b, "%sweighted-quant:kstep=%.17g,vstep=%.17g|rans:lanes=0,tables=shared,ctx=auto,model=auto,prob_bits=10",
-                derope ? "derope|" : "", kstep, vstep);
+  char b[200];
+  std::snprintf(b, sizeof b, "weighted-quant:kstep=%.17g,vstep=%.17g,derope=%s|rans:lanes=0,tables=shared,ctx=auto,model=auto,prob_bits=10", kstep,
+                vstep, derope ? "on" : "off");
   return b;
 }
 

@@ -11,9 +11,15 @@
 // RMS for every channel (their error reaches the model through W_o, which a dump does not carry).
 // A step is raised where it would clamp the channel (|x| / step > MAX, MAX = bins/2 - 1).
 //
+// derope=on quantizes keys before RoPE (KVQuant's pre-RoPE keys: their channels keep their sign and
+// scale over tokens, so the same step costs fewer bits): the stage rotates each key row back at its
+// position (block.pos) before choosing steps and quantizing, and forward again as it decodes, in the
+// same pass that writes the row (f16 straight from the rotation); what the `derope` transform does,
+// without a second pass over an f32 copy.
+//
 // The stored format is cachegen-quant's with one scale per channel per chunk (kaxis = vaxis =
 // channel, one tier of `bins`): the scale stored is step x MAX, so the decoder, its checks and its
-// AVX2 kernels are cachegen-quant's, and decode speed is the kvc levels'.
+// AVX2 kernels are cachegen-quant's (derope=on then rotates the decoded rows).
 #pragma once
 
 #include <cmath>
@@ -30,20 +36,23 @@ struct weighted {
   static constexpr std::string_view summary = "uniform steps set by query sensitivity (keys) and RMS, entropy-coded symbols";
   double kstep = 0.2;
   double vstep = 0.3;
-  int bins = 1024;
+  int bins = 256;
   std::string kweight = "query";
+  std::string derope = "off";
 
   template <class V> void visit(V& v) {
     v("kstep", kstep, "key step relative to the block's key RMS (before the query weighting)");
     v("vstep", vstep, "value step relative to the block's value RMS");
     v("bins", bins, "symbols per channel (even, 4..4096): steps are raised so that no value clamps");
     v("kweight", kweight, "query (key steps from the cache's queries; none when it has none) or none");
+    v("derope", derope, "on: keys rotated back before RoPE (cache metadata rope, rope_theta) before quantizing, and forward after decoding, fused into the decode; off");
   }
   void validate() const {
     check_param(kstep > 0 && kstep <= 64 && std::isfinite(kstep), name, "kstep", "a step in (0, 64]", kstep);
     check_param(vstep > 0 && vstep <= 64 && std::isfinite(vstep), name, "vstep", "a step in (0, 64]", vstep);
     check_param(bins >= 4 && bins <= 4096 && bins % 2 == 0, name, "bins", "an even count in 4..4096", bins);
     check_param(kweight == "query" || kweight == "none", name, "kweight", "query or none", kweight);
+    check_param(derope == "on" || derope == "off", name, "derope", "on or off", derope);
   }
 };
 
