@@ -67,3 +67,25 @@ def test_kvc_target_on_a_real_dump():
     assert rep2["target"]["proxy"] is True
     with pytest.raises(kvcodec.UsageError, match="not both"):
         kvcodec.encode("kvc:target=0.002,level=3", pkv)
+
+
+def test_kvw_reads_the_queries_and_matches_the_cli(tmp_path):
+    # kvw's key steps follow the queries given to encode; the CLI reads them from the dump: same bytes
+    path = os.path.join(KV, "kvlab-d0.ctx256.safetensors")
+    pkv, queries, meta = real_pkv(path)
+    from conftest import read_safetensors
+    tokens = read_safetensors(path)[0]["tokens"]
+    with_q = kvcodec.encode("kvw", pkv, queries=queries, tokens=tokens, metadata=meta)
+    without = kvcodec.encode("kvw", pkv, tokens=tokens, metadata=meta)
+    assert with_q != without
+    out = kvcodec.decode(with_q)
+    for (k, v), (k2, v2) in zip(pkv, out):
+        for a, b in ((k, k2), (v, v2)):
+            assert (a.float() - b.float()).norm() / a.float().norm() < 0.2
+    with pytest.raises(kvcodec.UsageError, match="derope"):
+        kvcodec.encode("kvw", pkv)  # keys before RoPE need the rope metadata
+    cli = os.environ.get("KVCODEC_CLI")
+    if cli and os.path.exists(cli):
+        f = tmp_path / "w.kvc"
+        subprocess.run([cli, "encode", "-q", "-c", "kvw", path, str(f)], check=True, timeout=300)
+        assert f.read_bytes() == with_q
