@@ -60,6 +60,8 @@ def family(spec, extra):
         return "kivi residual=0" if "residual=0" in spec else "kivi"
     if first == "kvc" and "values=channel" in spec:
         return "kvc values=channel"
+    if first == "kvw" and "klayer=" in spec:
+        return "kvw calibrated"
     return first
 
 
@@ -258,18 +260,39 @@ def measure(a):
         if f not in families:
             families.append(f)
 
+    # kvw calibrated: per-layer step multipliers measured by `kvcodec calibrate` on the NEXT dump of the same
+    # model (never on the dump it is scored on), then the same rate sweep of both steps
+    cal_specs, calibrations = {}, {}
+    for d in dumps:
+        m = model_of(d)
+        same = [x for x in DUMPS if model_of(x) == m]
+        other = same[(same.index(d) + 1) % len(same)] if d in same and len(same) > 1 else None
+        op = os.path.join(a.shared, "kv", (other or "") + ".safetensors")
+        if other is None or not os.path.isfile(op):
+            cal_specs[d] = []
+            continue
+        c = run_json([a.kvcodec, "calibrate", "--json", "--model", paths[d][1], "--context-tokens", str(a.context_tokens),
+                      "--kstep", "0.2", "--vstep", "0.3", op])
+        kl_txt, vl_txt = (c["spec"].split("klayer=")[1].split(",vlayer=")[0], c["spec"].split(",vlayer=")[1])
+        calibrations[d] = {"on": other, "spec": c["spec"], "key_kl": c["key_kl"], "value_kl": c["value_kl"]}
+        cal_specs[d] = ["kvw:kstep=%g,vstep=%g,klayer=%s,vlayer=%s" % (0.2 * f, 0.3 * f, kl_txt, vl_txt) for f in (0.5, 0.7, 1, 1.4, 2, 2.8)]
+        for sp in cal_specs[d]:
+            if family(sp, False) not in families:
+                families.append(family(sp, False))
+
     ent = run_json([a.rd_entropy, "--json", "--context-tokens", str(a.context_tokens), "--chunk", str(a.chunk)] + [paths[d][0] for d in dumps])
     rows, ideals = [], {}
     for d, e in zip(dumps, ent):
         p, mp = paths[d]
         cmd = [a.kvcodec, "eval", "-j", "1", "--repeats", "1", "--chunk", str(a.chunk), "--model", mp,
                "--context-tokens", str(a.context_tokens), "--json"]
-        for s in specs:
+        dspecs = specs + cal_specs[d]
+        for s in dspecs:
             cmd += ["-c", s]
         res = run_json(cmd + [p])
-        if len(res) != len(specs):
-            fail(1, "%s: eval returned %d results for %d specs" % (d, len(res), len(specs)))
-        for s, r in zip(specs, res):
+        if len(res) != len(dspecs):
+            fail(1, "%s: eval returned %d results for %d specs" % (d, len(res), len(dspecs)))
+        for s, r in zip(dspecs, res):
             mm = r.get("model") or {}
             if mm.get("kl") is None or mm.get("top1_agreement") is None:
                 fail(1, "%s %s: eval gave no model KL/top-1 (model object: %s)" % (d, s, json.dumps(mm)))
@@ -280,7 +303,7 @@ def measure(a):
         if abs(cg["bits"] - e["cachegen_bpe"]) > 1e-9 * max(1.0, cg["bits"]):
             fail(1, "%s: cachegen spends %.6f b/e in eval but %.6f in rd_entropy: not the same context"
                  % (d, cg["bits"], e["cachegen_bpe"]))
-        print("rd_curve: %s done (%d specs)" % (d, len(specs)), file=sys.stderr)
+        print("rd_curve: %s done (%d specs)" % (d, len(dspecs)), file=sys.stderr)
     for r in rows:
         r["ratio"] = r["bits"] / ideals[r["dump"]]["ideal_bpe"]
         r["ratio_no_tables"] = r["bits"] / ideals[r["dump"]]["ideal_no_tables_bpe"]
@@ -297,7 +320,8 @@ def measure(a):
     argv = " ".join(shlex.quote(x) for x in sys.argv[1:])
     return {"generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
             "command": "bench/rd_curve.py" + (" " + argv if argv else ""), "context_tokens": a.context_tokens,
-            "chunk_tokens": a.chunk, "dumps": dumps, "families": families, "ideal": ideals, "rows": rows, "best": best}
+            "chunk_tokens": a.chunk, "dumps": dumps, "families": families, "ideal": ideals, "rows": rows, "best": best,
+            "calibrations": calibrations}
 
 
 def interpolate_bits(points, kl):
@@ -349,7 +373,7 @@ def render(data, out):
             fmt_kl(i["kl"]), i["top1"], md_cell(b["spec"]) if b else "none", "%.3f" % b["bits"] if b else "-",
             fmt_kl(b["kl"]) if b else "-", "%.3fx" % b["ratio"] if b else "-", "%.3fx" % b["ratio_no_tables"] if b else "-"))
     ok_all = all(best[d] and best[d]["ratio"] <= 0.5 for d in dumps)
-    sweeps = [f for f in families if f in ("kvc", "kvc values=channel", "kvw") or f.startswith("+")]
+    sweeps = [f for f in families if f in ("kvc", "kvc values=channel", "kvw", "kvw calibrated") or f.startswith("+")]
     if sweeps:
         L += ["", "Rate sweeps read at the idealised CacheGen's KL (linear in bits vs log KL between the two points that bracket it; "
               "`-` = the sweep does not reach it): the bits a sweep would need with a continuous rate axis.", "",
@@ -362,6 +386,14 @@ def render(data, out):
                 b = interpolate_bits([r for r in rows if r["dump"] == d and r["family"] == f], i["kl"])
                 cells_.append("-" if b is None else "%.3f (%.3fx)" % (b, b / i["ideal_bpe"]))
             L.append("| %s | %s | %s |" % (d, fmt_kl(i["kl"]), " | ".join(cells_)))
+    cal = data.get("calibrations") or {}
+    if cal:
+        L += ["", "`kvw calibrated`: per-layer step multipliers from `kvcodec calibrate --model M --context-tokens %d --kstep 0.2 "
+              "--vstep 0.3` run on another dump of the same model (never the one scored), then kstep = 0.2 f, vstep = 0.3 f for "
+              "f = 0.5, 0.7, 1, 1.4, 2, 2.8:" % C, ""]
+        for d in dumps:
+            if d in cal:
+                L.append("- %s: calibrated on %s: `%s`" % (d, cal[d]["on"], cal[d]["spec"]))
     L += ["", "Issue 13's bar (<= 0.5x the idealised CacheGen's bits at no worse model KL, on every dump): **%s**." %
           ("met" if ok_all else "not met"), "",
           "## Every codec on every dump", "",

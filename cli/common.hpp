@@ -79,6 +79,7 @@ command add_eval(CLI::App& root);
 command add_compare(CLI::App& root);
 command add_synth(CLI::App& root);
 command add_plan(CLI::App& root);
+command add_calibrate(CLI::App& root);
 command add_verify(CLI::App& root);
 command add_plan_verify(CLI::App& root);
 command add_store(CLI::App& root);

@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", KVCODEC_VERSION_STRING);
   std::vector<command> cmds = {add_encode(app), add_decode(app), add_info(app), add_list(app),
-                               add_eval(app),   add_compare(app), add_synth(app), add_plan(app), add_verify(app), add_plan_verify(app), add_store(app)};
+                               add_eval(app),   add_compare(app), add_synth(app), add_plan(app), add_calibrate(app), add_verify(app), add_plan_verify(app), add_store(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

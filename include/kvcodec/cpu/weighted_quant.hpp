@@ -25,12 +25,19 @@ namespace kvcodec::cpu {
 
 class weighted_quant final : public stage_impl<quant::weighted, quant_stage> {
  public:
-  explicit weighted_quant(quant::weighted p) : stage_impl(std::move(p)), inner_(inner_params(p_), quant::weighted::name) {}
+  explicit weighted_quant(quant::weighted p) : stage_impl(std::move(p)), inner_(inner_params(p_), quant::weighted::name) {
+    quant::parse_multipliers(p_.klayer, kmul_);
+    quant::parse_multipliers(p_.vlayer, vmul_);
+  }
   bool lossless() const override { return false; }
   bool fit_uses_blocks() const override { return false; }
   bool wants_query_energy() const override { return p_.kweight == "query"; }
   bytes fit(const std::vector<block>&, const cache_info& info) override {
     if (p_.derope == "on") (void)rope_of(info, info.shape.head_dim);  // a cache without RoPE metadata fails before any block
+    for (const auto* m : {&kmul_, &vmul_})
+      if (m->size() != 1 && m->size() != static_cast<std::size_t>(info.shape.layers))
+        throw_usage(std::string("weighted-quant: parameter '") + (m == &kmul_ ? "klayer" : "vlayer") + "': expected 1 or " +
+                    std::to_string(info.shape.layers) + " multipliers (one per layer of the cache), found " + std::to_string(m->size()));
     return {};
   }
 
@@ -43,7 +50,10 @@ class weighted_quant final : public stage_impl<quant::weighted, quant_stage> {
     double ss = 0;
     for (float x : b.data) ss += static_cast<double>(x) * x;
     const double rms = b.data.empty() ? 0.0 : std::sqrt(ss / static_cast<double>(b.data.size()));
-    const double base = (b.key ? p_.kstep : p_.vstep) * rms;
+    const std::vector<double>& mul = b.key ? kmul_ : vmul_;
+    if (mul.size() != 1 && static_cast<std::size_t>(b.layer) >= mul.size())
+      throw_usage(std::string("weighted-quant: parameter '") + (b.key ? "klayer" : "vlayer") + "': no multiplier for layer " + std::to_string(b.layer));
+    const double base = (b.key ? p_.kstep : p_.vstep) * rms * (mul.size() == 1 ? mul[0] : mul[static_cast<std::size_t>(b.layer)]);
     std::vector<float> rel(H * D, 1.0f);
     const std::size_t per_layer = H * D;
     if (b.key && p_.kweight == "query" && info.query_energy.size() == static_cast<std::size_t>(info.shape.layers) * per_layer &&
@@ -223,6 +233,7 @@ class weighted_quant final : public stage_impl<quant::weighted, quant_stage> {
     return c;
   }
   cachegen_quant inner_;
+  std::vector<double> kmul_, vmul_;
 };
 
 }  // namespace kvcodec::cpu

@@ -13,8 +13,10 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "kvcodec/registry/registry.hpp"
+#include "kvcodec/stage/weighted_quant.hpp"
 
 namespace kvcodec {
 
@@ -47,15 +49,22 @@ struct kvw_p {
   double kstep = 0.2;
   double vstep = 0.3;
   std::string derope = "on";
+  std::string klayer = "1";
+  std::string vlayer = "1";
   template <class V> void visit(V& v) {
     v("kstep", kstep, "key step relative to the key RMS, before the query weighting (smaller = more faithful)");
     v("vstep", vstep, "value step relative to the value RMS");
+    v("klayer", klayer, "per-layer key step multipliers, '/'-separated (from `kvcodec calibrate --model`), or one for all");
+    v("vlayer", vlayer, "per-layer value step multipliers");
     v("derope", derope, "on (keys quantized before RoPE; needs the cache's rope metadata) or off");
   }
   void validate() const {
     check_param(kstep > 0 && kstep <= 64 && std::isfinite(kstep), "kvw", "kstep", "a step in (0, 64]", kstep);
     check_param(vstep > 0 && vstep <= 64 && std::isfinite(vstep), "kvw", "vstep", "a step in (0, 64]", vstep);
     check_param(derope == "on" || derope == "off", "kvw", "derope", "on or off", derope);
+    std::vector<double> m;
+    check_param(quant::parse_multipliers(klayer, m), "kvw", "klayer", "numbers in (0, 1024] separated by '/'", klayer);
+    check_param(quant::parse_multipliers(vlayer, m), "kvw", "vlayer", "numbers in (0, 1024] separated by '/'", vlayer);
   }
 };
 }  // namespace presets
@@ -94,11 +103,10 @@ inline std::string kvc_level_spec(int level, const std::string& values = "token"
 /// kvw: weighted-quant (key steps from the queries' sensitivity, value steps from the RMS, keys
 /// quantized before RoPE with the rotation fused into the decode; 256 bins: steps, not ranges, set
 /// the rate, and 8-bit symbols keep the rANS decoder's fast path), then the kvc levels' rANS.
-inline std::string kvw_spec(double kstep, double vstep, bool derope = true) {
+inline std::string kvw_spec(double kstep, double vstep, bool derope = true, const std::string& klayer = "1", const std::string& vlayer = "1") {
   char b[200];
-  std::snprintf(b, sizeof b, "weighted-quant:kstep=%.17g,vstep=%.17g,derope=%s|rans:lanes=0,tables=shared,ctx=auto,model=auto,prob_bits=10", kstep,
-                vstep, derope ? "on" : "off");
-  return b;
+  std::snprintf(b, sizeof b, "weighted-quant:kstep=%.17g,vstep=%.17g,derope=%s", kstep, vstep, derope ? "on" : "off");
+  return std::string(b) + ",klayer=" + klayer + ",vlayer=" + vlayer + "|rans:lanes=0,tables=shared,ctx=auto,model=auto,prob_bits=10";
 }
 
 inline void register_presets(registry& r) {
@@ -115,7 +123,7 @@ inline void register_presets(registry& r) {
                                  return kvc_level_spec(p.level, p.values);
                                });
   r.add_preset<presets::kvw_p>("kvw", "kvcodec's model-aware family: steps weighted by query sensitivity, keys before RoPE (issue 13)",
-                               [](const presets::kvw_p& p) { return kvw_spec(p.kstep, p.vstep, p.derope == "on"); });
+                               [](const presets::kvw_p& p) { return kvw_spec(p.kstep, p.vstep, p.derope == "on", p.klayer, p.vlayer); });
 }
 
 }  // namespace kvcodec
