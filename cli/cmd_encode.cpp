@@ -52,11 +52,12 @@ command add_encode(CLI::App& root) {
             io::file_sink sink(out);
             encode_report rep;
             // Dense safetensors dumps are read a block of rows at a time (pread at the addresses the mapped
-            // view gives: memory stays bounded); other dumps, drop stages that score queries, kvc
-            // targets and quantizers whose steps follow the queries (weighted-quant) read the dump whole.
+            // view gives: memory stays bounded; a quantizer whose steps follow the queries gets their
+            // energies read the same way); other dumps, drop stages that score queries and kvc targets
+            // read the dump whole.
             std::optional<io::kv_dump_view> dv;
-            const bool wants_queries = c.quant && c.quant->wants_query_energy();
-            if (!c.drop && !whole && !wants_queries) dv = io::open_kv_dump_view(o->in);
+            if (!c.drop && !whole) dv = io::open_kv_dump_view(o->in);
+            if (dv && c.quant && c.quant->wants_query_energy()) dv->extras.query_energy = io::dump_query_energy(*dv, o->in);
             if (dv) {
               eo.layout = std::string(io::kv_layout_name(dv->layout));
               const const_kv_view& w = dv->view;

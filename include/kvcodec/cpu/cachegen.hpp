@@ -31,6 +31,24 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
 
   static std::uint32_t alphabet_for(int bins) { return bins <= 32 ? 32u : static_cast<std::uint32_t>(bins - 1); }
 
+  /// Where element (r, c) of a block's symbol plane lives in the block's data (dense: rows are
+  /// tokens, columns kv_heads x head_dim; ragged: rows are the block's rows, columns head_dim) and
+  /// which of its scales it uses (per token, or per column / per (head, channel)).
+  struct plane_map {
+    bool dense, by_token;
+    std::size_t D, R;
+    std::vector<std::size_t> head_of_row;  ///< ragged, scales per column: the head of each row
+    plane_map(const block& b, bool per_token)
+        : dense(b.dense()), by_token(per_token), D(static_cast<std::size_t>(b.head_dim)),
+          R(dense ? static_cast<std::size_t>(b.t1 - b.t0) : b.rows()) {
+      if (dense || by_token) return;
+      head_of_row.reserve(R);
+      for (std::size_t h = 0; h < b.count.size(); ++h) head_of_row.insert(head_of_row.end(), b.count[h], h);
+    }
+    std::size_t src(std::size_t r, std::size_t c) const { return dense ? ((c / D) * R + r) * D + c % D : r * D + c; }
+    std::size_t scale(std::size_t r, std::size_t c) const { return by_token ? r : dense ? c : head_of_row[r] * D + c; }
+  };
+
   void encode(const block& b, const cache_info&, symbols& out) const override {
     const int bins = p_.bins_for(b.layer, b.key);
     const bool bf = p_.scale == "bf16";
@@ -39,20 +57,9 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     const std::size_t D = static_cast<std::size_t>(b.head_dim), H = static_cast<std::size_t>(b.heads);
     const std::size_t R = dense ? static_cast<std::size_t>(b.t1 - b.t0) : b.rows();
     const std::size_t C = dense ? H * D : D;
-    // element (r, c) of the plane lives at data[src(r, c)]
-    auto src = [&](std::size_t r, std::size_t c) -> std::size_t {
-      return dense ? ((c / D) * R + r) * D + c % D : r * D + c;
-    };
+    const plane_map pm(b, by_token);
     const std::size_t nscales = by_token ? R : (dense ? C : H * D);
     std::vector<float> m(nscales, 0.0f);
-    std::vector<std::size_t> head_of_row;
-    if (!dense && !by_token) {
-      head_of_row.resize(R);
-      std::size_t r = 0;
-      for (std::size_t h = 0; h < H; ++h)
-        for (std::uint32_t k = 0; k < b.count[h]; ++k) head_of_row[r++] = h;
-    }
-    auto sidx = [&](std::size_t r, std::size_t c) { return by_token ? r : dense ? c : head_of_row[r] * D + c; };
     if (dense) {
 #if KVCODEC_X86_DISPATCH
       const bool vec = simd::avx2();
@@ -87,8 +94,8 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     } else {
       for (std::size_t r = 0; r < R; ++r)
         for (std::size_t c = 0; c < C; ++c) {
-          const float a = std::fabs(b.data[src(r, c)]);
-          float& mm = m[sidx(r, c)];
+          const float a = std::fabs(b.data[pm.src(r, c)]);
+          float& mm = m[pm.scale(r, c)];
           if (a > mm || a != a) mm = a;
         }
     }
@@ -114,17 +121,7 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     p.rows = static_cast<std::uint32_t>(R);
     p.cols = static_cast<std::uint32_t>(C);
     p.sym.resize(R * C);
-    auto src = [&](std::size_t r, std::size_t c) -> std::size_t {
-      return dense ? ((c / D) * R + r) * D + c % D : r * D + c;
-    };
-    std::vector<std::size_t> head_of_row;
-    if (!dense && !by_token) {
-      head_of_row.resize(R);
-      std::size_t r = 0;
-      for (std::size_t h = 0; h < H; ++h)
-        for (std::uint32_t k = 0; k < b.count[h]; ++k) head_of_row[r++] = h;
-    }
-    auto sidx = [&](std::size_t r, std::size_t c) { return by_token ? r : dense ? c : head_of_row[r] * D + c; };
+    const plane_map pm(b, by_token);
     std::vector<std::uint16_t> sc(nscales, 0);
     std::vector<float> inv(nscales);
     for (std::size_t i = 0; i < nscales; ++i) {
@@ -159,7 +156,7 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
         }
     } else {
       for (std::size_t r = 0; r < R; ++r)
-        for (std::size_t c = 0; c < C; ++c) p.sym[r * C + c] = cachegen_quantize(b.data[src(r, c)], inv[sidx(r, c)], MAX);
+        for (std::size_t c = 0; c < C; ++c) p.sym[r * C + c] = cachegen_quantize(b.data[pm.src(r, c)], inv[pm.scale(r, c)], MAX);
     }
     out.side.resize(2 * nscales);
     for (std::size_t i = 0; i < nscales; ++i) kvcodec::detail::store_le16(out.side.data() + 2 * i, sc[i]);

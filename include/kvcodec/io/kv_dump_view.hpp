@@ -7,6 +7,8 @@
 // copying reader (kv_dump.hpp) then reads it and reports any error in full.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -106,6 +108,74 @@ inline std::optional<kv_dump_view> open_kv_dump_view(const std::string& path) {
     if (const auto* e = idx.find(name)) {
       if (e->type != dtype::i32 || e->shape.size() != 1 || e->shape[0] != T) return std::nullopt;
       (std::string(name) == "tokens" ? out.extras.tokens : out.extras.positions) = detail::i32_of(data, idx, *e);
+    }
+  }
+  return out;
+}
+
+/// Mean squared queries per (layer, kv head, channel) (see query_energy(kv_cache)) from the dump
+/// `dv` was opened from, read a (layer, query head) at a time with pread: what a quantizer whose steps
+/// follow the queries needs, without reading the whole dump into memory. Empty when the dump has no
+/// queries; queries of the wrong shape or dtype are bad input naming `path` and the tensor.
+inline std::vector<float> dump_query_energy(const kv_dump_view& dv, const std::string& path) {
+  const auto data = dv.file->bytes();
+  const safetensors_index idx = read_safetensors_index(data, path);
+  const kv_shape s = dv.view.shape();
+  const std::int64_t L = s.layers, H = s.kv_heads, T = s.tokens, D = s.head_dim;
+  const auto check = [&](const safetensors_entry& e, std::int64_t hq, const std::string& name, const std::string& want) {
+    if (!io::detail::is_float(e.type) || hq < H || hq % H != 0) throw_bad_input(path + ": " + name, "shape", want, shape_string(e.shape));
+  };
+  std::vector<const safetensors_entry*> per_layer(static_cast<std::size_t>(L), nullptr);
+  std::int64_t Hq = 0;
+  std::uint64_t layer_stride = 0;
+  if (dv.layout == kv_layout::stacked) {
+    const auto* q = idx.find("queries");
+    if (!q) return {};
+    const std::string want = "F32/F16/BF16 [" + std::to_string(L) + ", Hq, " + std::to_string(T) + ", " + std::to_string(D) + "], Hq a multiple of " + std::to_string(H);
+    if (q->shape.size() != 4 || q->shape[0] != L || q->shape[2] != T || q->shape[3] != D) throw_bad_input(path + ": queries", "shape", want, shape_string(q->shape));
+    Hq = q->shape[1];
+    check(*q, Hq, "queries", want);
+    for (auto& e : per_layer) e = q;
+    layer_stride = static_cast<std::uint64_t>(Hq * T * D) * dtype_size(q->type);
+  } else {
+    for (std::int64_t l = 0; l < L; ++l) {
+      const std::string name = "queries." + std::to_string(l);
+      const auto* q = idx.find(name);
+      if (!q) {
+        if (l == 0) return {};
+        throw_bad_input(path, name, "a queries tensor for every layer (layer 0 has one)", "none");
+      }
+      const bool d4 = q->shape.size() == 4;
+      const std::int64_t hq = q->shape.empty() ? 0 : q->shape[d4 ? 1 : 0];
+      const std::string want = "F32/F16/BF16 [1, Hq, " + std::to_string(T) + ", " + std::to_string(D) + "], Hq a multiple of " + std::to_string(H);
+      if (!(d4 && q->shape[0] == 1) && q->shape.size() != 3) throw_bad_input(path + ": " + name, "shape", want, shape_string(q->shape));
+      if (q->shape[d4 ? 2 : 1] != T || q->shape[d4 ? 3 : 2] != D || (l > 0 && hq != Hq)) throw_bad_input(path + ": " + name, "shape", want, shape_string(q->shape));
+      Hq = hq;
+      check(*q, Hq, name, want);
+      per_layer[static_cast<std::size_t>(l)] = q;
+    }
+  }
+  const std::size_t g = static_cast<std::size_t>(Hq / H), n = static_cast<std::size_t>(T * D);
+  std::vector<float> out(static_cast<std::size_t>(L * H * D), 0.0f), row(n);
+  std::vector<std::uint8_t> buf;
+  std::vector<double> acc(static_cast<std::size_t>(D));
+  std::vector<std::size_t> cnt(static_cast<std::size_t>(D));
+  for (std::int64_t l = 0; l < L; ++l) {
+    const safetensors_entry& e = *per_layer[static_cast<std::size_t>(l)];
+    const std::uint64_t es = dtype_size(e.type);
+    const std::uint64_t base = idx.data_offset + e.begin + (dv.layout == kv_layout::stacked ? static_cast<std::uint64_t>(l) * layer_stride : 0);
+    for (std::int64_t h = 0; h < H; ++h) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      std::fill(cnt.begin(), cnt.end(), std::size_t{0});
+      for (std::size_t qh = static_cast<std::size_t>(h) * g; qh < static_cast<std::size_t>(h + 1) * g; ++qh) {
+        buf.resize(n * es);
+        dv.file->file().read_at(base + qh * n * es, buf, "queries");
+        decode_floats(buf.data(), n, e.type, row.data());
+        for (std::size_t i = 0; i < n; ++i)
+          if (std::isfinite(row[i])) acc[i % static_cast<std::size_t>(D)] += static_cast<double>(row[i]) * row[i], ++cnt[i % static_cast<std::size_t>(D)];
+      }
+      for (std::int64_t d = 0; d < D; ++d)
+        out[static_cast<std::size_t>((l * H + h) * D + d)] = cnt[static_cast<std::size_t>(d)] ? static_cast<float>(acc[static_cast<std::size_t>(d)] / static_cast<double>(cnt[static_cast<std::size_t>(d)])) : 0.0f;
     }
   }
   return out;
