@@ -262,14 +262,13 @@ def measure(a):
 
     # kvw calibrated: per-layer step multipliers measured by `kvcodec calibrate` on the NEXT dump of the same
     # model (never on the dump it is scored on), then the same rate sweep of both steps
-    cal_specs, calibrations = {}, {}
-    for d in dumps:
+    cal_specs, calibrations = {d: [] for d in dumps}, {}
+    for d in ([] if a.no_default_specs else dumps):  # part of the default set
         m = model_of(d)
         same = [x for x in DUMPS if model_of(x) == m]
         other = same[(same.index(d) + 1) % len(same)] if d in same and len(same) > 1 else None
         op = os.path.join(a.shared, "kv", (other or "") + ".safetensors")
         if other is None or not os.path.isfile(op):
-            cal_specs[d] = []
             continue
         c = run_json([a.kvcodec, "calibrate", "--json", "--model", paths[d][1], "--context-tokens", str(a.context_tokens),
                       "--kstep", "0.2", "--vstep", "0.3", op])
