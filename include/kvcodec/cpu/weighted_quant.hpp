@@ -91,30 +91,13 @@ class weighted_quant final : public stage_impl<quant::weighted, quant_stage> {
     }
     thread_local block rb;
     rb = b;
-    const rope r = rope_of(info, b.head_dim);
-    const std::size_t D = static_cast<std::size_t>(b.head_dim);
-    std::vector<float> row(D);
-    for (std::size_t i = 0; i < rb.rows(); ++i) {
-      const factors f = factors_at(r, b, i, D, -1.0);
-      float* x = rb.data.data() + i * D;
-      std::copy_n(x, D, row.data());
-      for (std::size_t d = 0; d < D; ++d) x[d] = rope_rotated(row.data(), static_cast<int>(d), static_cast<int>(D), r.pairs, f.c, f.s);
-    }
+    rotate_rows(rb, rope_of(info, b.head_dim), -1.0);
     cachegen_quant::quantize_with(rb, p_.bins, false, false, scales(rb, info), quant::weighted::name, out);
   }
 
   void decode(const symbols& in, const cache_info& info, block& b) const override {
     inner_.decode(in, info, b);
-    if (!(b.key && p_.derope == "on")) return;
-    const rope r = rope_of(info, b.head_dim);
-    const std::size_t D = static_cast<std::size_t>(b.head_dim);
-    std::vector<float> row(D);
-    for (std::size_t i = 0; i < b.rows(); ++i) {
-      const factors f = factors_at(r, b, i, D, 1.0);
-      float* x = b.data.data() + i * D;
-      std::copy_n(x, D, row.data());
-      for (std::size_t d = 0; d < D; ++d) x[d] = rope_rotated(row.data(), static_cast<int>(d), static_cast<int>(D), r.pairs, f.c, f.s);
-    }
+    if (b.key && p_.derope == "on") rotate_rows(b, rope_of(info, b.head_dim), 1.0);
   }
 
   bool decode_rows(const symbols& in, const cache_info& info, const block& b, dtype t, std::byte* const* rows) const override {
@@ -127,7 +110,6 @@ class weighted_quant final : public stage_impl<quant::weighted, quant_stage> {
     const symbol_plane& p = inner_.checked(in, b, step, MAX);
     const bool dense = b.dense();
     const std::size_t D = static_cast<std::size_t>(b.head_dim), H = static_cast<std::size_t>(b.heads);
-    const std::size_t R = dense ? static_cast<std::size_t>(b.t1 - b.t0) : b.rows();
     const std::size_t C = dense ? H * D : D;
     const int Di = static_cast<int>(D);
 #if KVCODEC_X86_DISPATCH
@@ -161,7 +143,6 @@ class weighted_quant final : public stage_impl<quant::weighted, quant_stage> {
           }
         }
       }
-    (void)R;
     return true;
   }
 
@@ -194,6 +175,18 @@ class weighted_quant final : public stage_impl<quant::weighted, quant_stage> {
     const float* c;
     const float* s;
   };
+  /// Rotates every row of `b` in place by RoPE at its position (dir +1) or back (dir -1).
+  static void rotate_rows(block& b, const rope& r, double dir) {
+    const std::size_t D = static_cast<std::size_t>(b.head_dim);
+    thread_local std::vector<float> row;
+    row.resize(D);
+    for (std::size_t i = 0; i < b.rows(); ++i) {
+      const factors f = factors_at(r, b, i, D, dir);
+      float* x = b.data.data() + i * D;
+      std::copy_n(x, D, row.data());
+      for (std::size_t d = 0; d < D; ++d) x[d] = rope_rotated(row.data(), static_cast<int>(d), static_cast<int>(D), r.pairs, f.c, f.s);
+    }
+  }
   /// The factors of row i of `b` (position b.pos[i]): from a per-thread table of the positions of the
   /// current chunk, refilled when a block's positions leave it (every layer of a chunk shares it).
   static factors factors_at(const rope& r, const block& b, std::size_t i, std::size_t D, double dir) {
