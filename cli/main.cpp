@@ -19,6 +19,14 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", KVCODEC_VERSION_STRING);
   std::vector<command> cmds = {add_encode(app), add_decode(app), add_info(app), add_list(app),
                                add_eval(app),   add_compare(app), add_synth(app), add_plan(app), add_calibrate(app), add_verify(app), add_plan_verify(app), add_store(app)};
+  // Commands that encode or decode take KV profiles (`klt`'s per-model transforms, io/kv_profile.hpp).
+  std::vector<std::string> profiles;
+  for (auto& c : cmds) {
+    const std::string n = c.app->get_name();
+    if (n == "encode" || n == "decode" || n == "eval" || n == "compare" || n == "verify" || n == "plan")
+      c.app->add_option("--profile", profiles, "KV profile file(s) for the klt codec (from `kvcodec calibrate --profile-out`); repeatable")
+          ->allow_extra_args(false);
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -26,6 +34,7 @@ int main(int argc, char** argv) {
     return rc == 0 ? ok : usage;
   }
   try {
+    for (const auto& p : profiles) kvcodec::io::profile_registry::instance().load(p);
     for (auto& c : cmds)
       if (c.app->parsed()) return c.run();
   } catch (const kvcodec::error& e) {

@@ -17,6 +17,7 @@
 #include "kvcodec/core/simd.hpp"
 #include "kvcodec/core/weighted_quant.hpp"
 #include "kvcodec/cpu/cachegen.hpp"
+#include "kvcodec/cpu/rope_rows.hpp"
 #include "kvcodec/cpu/stage_impl.hpp"
 #include "kvcodec/cpu/x86/weighted_quant.hpp"
 #include "kvcodec/stage/weighted_quant.hpp"
@@ -33,7 +34,7 @@ class weighted_quant final : public stage_impl<quant::weighted, quant_stage> {
   bool fit_uses_blocks() const override { return false; }
   bool wants_query_energy() const override { return p_.kweight == "query"; }
   bytes fit(const std::vector<block>&, const cache_info& info) override {
-    if (p_.derope == "on") (void)rope_of(info, info.shape.head_dim);  // a cache without RoPE metadata fails before any block
+    if (p_.derope == "on") (void)rope_rows::rope_of(info, info.shape.head_dim, derope_param);  // a cache without RoPE metadata fails before any block
     for (const auto* m : {&kmul_, &vmul_})
       if (m->size() != 1 && m->size() != static_cast<std::size_t>(info.shape.layers))
         throw_usage(std::string("weighted-quant: parameter '") + (m == &kmul_ ? "klayer" : "vlayer") + "': expected 1 or " +
@@ -91,19 +92,19 @@ class weighted_quant final : public stage_impl<quant::weighted, quant_stage> {
     }
     thread_local block rb;
     rb = b;
-    rotate_rows(rb, rope_of(info, b.head_dim), -1.0);
+    rope_rows::rotate_rows(rb, rope_rows::rope_of(info, b.head_dim, derope_param), -1.0);
     cachegen_quant::quantize_with(rb, p_.bins, false, false, scales(rb, info), quant::weighted::name, out);
   }
 
   void decode(const symbols& in, const cache_info& info, block& b) const override {
     inner_.decode(in, info, b);
-    if (b.key && p_.derope == "on") rotate_rows(b, rope_of(info, b.head_dim), 1.0);
+    if (b.key && p_.derope == "on") rope_rows::rotate_rows(b, rope_rows::rope_of(info, b.head_dim, derope_param), 1.0);
   }
 
   bool decode_rows(const symbols& in, const cache_info& info, const block& b, dtype t, std::byte* const* rows) const override {
     if (!(b.key && p_.derope == "on")) return inner_.decode_rows(in, info, b, t, rows);
     if (t != dtype::f32 && t != dtype::f16 && t != dtype::bf16) return false;
-    const rope r = rope_of(info, b.head_dim);
+    const rope_rows::rope r = rope_rows::rope_of(info, b.head_dim, derope_param);
     // cachegen-quant's checks, then one pass per row: dequantize, rotate, convert, store.
     thread_local std::vector<float> step;
     int MAX = 0;
@@ -123,7 +124,7 @@ class weighted_quant final : public stage_impl<quant::weighted, quant_stage> {
         // block row i: dense = plane row k, columns h*D..; ragged = plane row i, columns 0..D
         const std::uint16_t* srow = p.sym.data() + (dense ? static_cast<std::size_t>(k) * C + h * D : i * D);
         const float* st = step.data() + h * D;
-        const factors f = factors_at(r, b, i, D, 1.0);
+        const rope_rows::factors f = rope_rows::factors_at(r, b, i, D, 1.0);
         std::size_t d0 = 0;
 #if KVCODEC_X86_DISPATCH
         if (vec) d0 = weighted_detail::dequant_rope_row_f16_f16c(srow, st, MAX, f.c, f.s, r.pairs == rope_pairs::interleaved, D,
@@ -147,76 +148,7 @@ class weighted_quant final : public stage_impl<quant::weighted, quant_stage> {
   }
 
  private:
-  struct rope {
-    rope_pairs pairs = rope_pairs::none;
-    double theta = 0;
-  };
-  /// The cache's RoPE (metadata `rope`, `rope_theta`); a usage error naming the parameter when absent.
-  static rope rope_of(const cache_info& info, int head_dim) {
-    const auto meta = [&](const char* k) {
-      const auto it = info.metadata.find(k);
-      return it == info.metadata.end() ? std::string() : it->second;
-    };
-    const std::string post = meta("post_rope");
-    if (post == "false" || post == "0" || post == "no")
-      throw_usage("weighted-quant: parameter 'derope': the cache metadata says post_rope=" + post + "; its keys carry no RoPE to undo");
-    rope r;
-    r.pairs = rope_pairs_of(meta("rope"), head_dim);
-    if (r.pairs == rope_pairs::none)
-      throw_usage("weighted-quant: parameter 'derope': expected cache metadata 'rope' = interleaved-pairs or rotate-half and an even head_dim, found '" +
-                  meta("rope") + "' with head_dim " + std::to_string(head_dim));
-    const std::string t = meta("rope_theta");
-    const auto res = std::from_chars(t.data(), t.data() + t.size(), r.theta);
-    if (t.empty() || res.ec != std::errc() || res.ptr != t.data() + t.size() || !(r.theta > 1) || !std::isfinite(r.theta))
-      throw_usage("weighted-quant: parameter 'derope': expected cache metadata 'rope_theta' > 1, found '" + t + "'");
-    return r;
-  }
-  struct factors {
-    const float* c;
-    const float* s;
-  };
-  /// Rotates every row of `b` in place by RoPE at its position (dir +1) or back (dir -1).
-  static void rotate_rows(block& b, const rope& r, double dir) {
-    const std::size_t D = static_cast<std::size_t>(b.head_dim);
-    thread_local std::vector<float> row;
-    row.resize(D);
-    for (std::size_t i = 0; i < b.rows(); ++i) {
-      const factors f = factors_at(r, b, i, D, dir);
-      float* x = b.data.data() + i * D;
-      std::copy_n(x, D, row.data());
-      for (std::size_t d = 0; d < D; ++d) x[d] = rope_rotated(row.data(), static_cast<int>(d), static_cast<int>(D), r.pairs, f.c, f.s);
-    }
-  }
-  /// The factors of row i of `b` (position b.pos[i]): from a per-thread table of the positions of the
-  /// current chunk, refilled when a block's positions leave it (every layer of a chunk shares it).
-  static factors factors_at(const rope& r, const block& b, std::size_t i, std::size_t D, double dir) {
-    struct table {
-      std::int64_t p0 = 0, n = 0;
-      std::size_t D = 0;
-      double theta = 0;
-      rope_pairs pairs = rope_pairs::none;
-      std::vector<float> c, s;
-    };
-    thread_local table tables[2];  // encode (dir -1) and decode (dir +1)
-    table& t = tables[dir > 0 ? 1 : 0];
-    const std::int64_t p = b.pos[i];
-    if (!(t.D == D && t.theta == r.theta && t.pairs == r.pairs && p >= t.p0 && p < t.p0 + t.n)) {
-      // cover this block's positions when they form a run (dense chunks), else this one position
-      const auto [lo, hi] = std::minmax_element(b.pos.begin(), b.pos.end());
-      const std::int64_t span = static_cast<std::int64_t>(*hi) - *lo + 1;
-      const bool run = span <= static_cast<std::int64_t>(4 * b.rows() + 64);
-      t.p0 = run ? *lo : p;
-      t.n = run ? span : 1;
-      t.D = D;
-      t.theta = r.theta;
-      t.pairs = r.pairs;
-      t.c.resize(static_cast<std::size_t>(t.n) * D);
-      t.s.resize(t.c.size());
-      rope_factors_run(t.p0, t.n, D, r.theta, r.pairs, dir, t.c.data(), t.s.data());
-    }
-    const std::size_t o = static_cast<std::size_t>(p - t.p0) * D;
-    return {t.c.data() + o, t.s.data() + o};
-  }
+  static constexpr std::string_view derope_param = "weighted-quant: parameter 'derope'";
   static quant::cachegen inner_params(const quant::weighted& w) {
     quant::cachegen c;
     c.kbins = c.vbins = std::to_string(w.bins);

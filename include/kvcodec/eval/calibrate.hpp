@@ -19,7 +19,10 @@
 #include <string>
 #include <vector>
 
+#include "kvcodec/core/klt.hpp"
+#include "kvcodec/core/weighted_quant.hpp"
 #include "kvcodec/eval/model_eval.hpp"
+#include "kvcodec/io/kv_profile.hpp"
 #include "kvcodec/registry/presets.hpp"
 
 namespace kvcodec::eval {
@@ -59,8 +62,10 @@ inline std::string multipliers_text(const std::vector<double>& m) {
 
 /// Measures the per-layer sensitivities on `dumps` (each with at least C + 1 tokens, token ids and
 /// RoPE metadata) and returns the multipliers and the calibrated kvw spec.
+/// With `klt_profile` (the hash of a loaded profile, io/kv_profile.hpp) the reference codec is `klt` with
+/// that profile instead of kvw, and the spec returned is klt's.
 inline calibration calibrate_layers(std::shared_ptr<const model::llama2c_model> m, const std::vector<const kv_cache*>& dumps, std::int64_t C,
-                                    double kstep = 0.2, double vstep = 0.3) {
+                                    double kstep = 0.2, double vstep = 0.3, const std::string& klt_profile = {}) {
   if (!m) throw_usage("calibrate: null model");
   if (dumps.empty()) throw_usage("calibrate: no dumps");
   calibration r;
@@ -70,11 +75,13 @@ inline calibration calibrate_layers(std::shared_ptr<const model::llama2c_model> 
   r.ksens.assign(L, 0.0);
   r.vsens.assign(L, 0.0);
   model::decoder dec(m);
-  const std::string ref = "kvw:kstep=" + kvcodec::detail::to_text(kstep) + ",vstep=" + kvcodec::detail::to_text(vstep);
+  const std::string steps = "kstep=" + kvcodec::detail::to_text(kstep) + ",vstep=" + kvcodec::detail::to_text(vstep);
+  const std::string ref = klt_profile.empty() ? "kvw:" + steps : "klt:profile=" + klt_profile + "," + steps;
+  const std::string tail = klt_profile.empty() ? "" : "|rans:lanes=0,tables=shared,ctx=auto,model=auto,prob_bits=10";
   for (const kv_cache* d : dumps) {
     detail::check_dump_for_model(*d, m->config, C, "calibrate: dump");
     const kv_cache ctx = slice_tokens(*d, C);
-    const kv_cache back = decode(encode(ref, ctx).data);
+    const kv_cache back = decode(encode(ref + tail, ctx).data);
     const model_eval_options o{.context_tokens = C, .generate_steps = 0};
     for (std::size_t l = 0; l < L; ++l)
       for (const bool key : {true, false}) {
@@ -90,8 +97,107 @@ inline calibration calibrate_layers(std::shared_ptr<const model::llama2c_model> 
   r.vmul.assign(mul.begin() + static_cast<std::ptrdiff_t>(L), mul.end());
   r.klayer = multipliers_text(r.kmul);
   r.vlayer = multipliers_text(r.vmul);
-  r.spec = ref + ",klayer=" + r.klayer + ",vlayer=" + r.vlayer;
+  r.spec = ref + ",klayer=" + r.klayer + ",vlayer=" + r.vlayer + tail;
   return r;
+}
+
+/// Fits the KV profile of `klt` (io/kv_profile.hpp, core/klt.hpp) on `dumps` of model `m` (every
+/// token of each; queries and RoPE metadata required): per layer and kv head, keys rotated back before
+/// RoPE and weighted by diag(1 / rel) (rel = weighted-quant's relative steps from the dumps' mean
+/// query energies), values weighted by the square root of sum_j W_o,j^T W_o,j over the query heads j
+/// of the group (scaled to trace D); the covariance of the weighted rows over every token gives the
+/// transform. `names` (e.g. the dump files) is recorded as metadata.
+inline io::kv_profile build_profile(const model::llama2c_model& m, const std::vector<const kv_cache*>& dumps, const std::string& names) {
+  if (dumps.empty()) throw_usage("calibrate: no dumps");
+  const auto& cfg = m.config;
+  const std::size_t L = static_cast<std::size_t>(cfg.n_layers), H = static_cast<std::size_t>(cfg.n_kv_heads),
+                    D = static_cast<std::size_t>(cfg.head_dim()), g = static_cast<std::size_t>(cfg.kv_group());
+  io::kv_profile p;
+  const auto meta = [&](const kv_cache& c, const char* k) {
+    const auto it = c.metadata.find(k);
+    return it == c.metadata.end() ? std::string() : it->second;
+  };
+  p.model = meta(*dumps.front(), "model");
+  p.rope = meta(*dumps.front(), "rope");
+  p.rope_theta = meta(*dumps.front(), "rope_theta");
+  p.dumps = names;
+  p.layers = cfg.n_layers;
+  p.kv_heads = cfg.n_kv_heads;
+  p.head_dim = cfg.head_dim();
+  const rope_pairs pairs = rope_pairs_of(p.rope, static_cast<int>(D));
+  double theta = 0;
+  if (!kvcodec::detail::from_text(p.rope_theta, theta) || !(theta > 1) || pairs == rope_pairs::none)
+    throw_bad_input("calibrate: dump", "metadata rope / rope_theta", "interleaved-pairs or rotate-half and a theta > 1",
+                    "'" + p.rope + "' / '" + p.rope_theta + "'");
+  std::vector<double> qe(L * H * D, 0.0);
+  std::vector<double> kcov(L * H * D * D, 0.0), vcov(L * H * D * D, 0.0);
+  std::vector<float> c(D), s(D), row(D);
+  for (const kv_cache* d : dumps) {
+    const kv_shape& sh = d->shape;
+    if (sh.layers != cfg.n_layers || sh.kv_heads != cfg.n_kv_heads || sh.head_dim != cfg.head_dim() || !d->has_queries())
+      throw_bad_input("calibrate: dump", "shape", "the model's layers, kv_heads and head_dim, with queries", "another shape or no queries");
+    if (meta(*d, "rope") != p.rope || meta(*d, "rope_theta") != p.rope_theta)
+      throw_bad_input("calibrate: dump", "metadata rope", "the same RoPE in every dump", meta(*d, "rope"));
+    const std::vector<float> e = query_energy(*d);
+    for (std::size_t i = 0; i < qe.size(); ++i) qe[i] += static_cast<double>(e[i]) / static_cast<double>(dumps.size());
+    const std::size_t T = static_cast<std::size_t>(sh.tokens);
+    for (std::size_t t = 0; t < T; ++t) {
+      const std::int64_t pos = d->positions.empty() ? static_cast<std::int64_t>(t) : d->positions[t];
+      rope_factors(pos, D, theta, pairs, -1.0, c.data(), s.data());
+      for (std::size_t l = 0; l < L; ++l)
+        for (std::size_t h = 0; h < H; ++h) {
+          const float* k = d->keys[l].data() + (h * T + t) * D;
+          for (std::size_t i = 0; i < D; ++i) row[i] = rope_rotated(k, static_cast<int>(i), static_cast<int>(D), pairs, c.data(), s.data());
+          const float* v = d->values[l].data() + (h * T + t) * D;
+          double* kc = kcov.data() + (l * H + h) * D * D;
+          double* vc = vcov.data() + (l * H + h) * D * D;
+          for (std::size_t i = 0; i < D; ++i)
+            for (std::size_t j = 0; j < D; ++j) {
+              kc[i * D + j] += static_cast<double>(row[i]) * row[j];
+              vc[i * D + j] += static_cast<double>(v[i]) * v[j];
+            }
+        }
+    }
+  }
+  const std::size_t M = D * D;
+  p.key_forward.resize(L * H * M);
+  p.key_inverse.resize(L * H * M);
+  p.value_forward.resize(L * H * M);
+  p.value_inverse.resize(L * H * M);
+  std::vector<float> rel(H * D), qf(H * D);
+  std::vector<double> S(M), Si(M), C(M);
+  for (std::size_t l = 0; l < L; ++l) {
+    for (std::size_t i = 0; i < H * D; ++i) qf[i] = static_cast<float>(qe[l * H * D + i]);
+    weighted_key_rel(qf.data(), static_cast<int>(H), static_cast<int>(D), pairs, rel.data());
+    const auto& wo = m.layers[l].wo;  // [dim, dim]: column block j*D.. is query head j's output
+    for (std::size_t h = 0; h < H; ++h) {
+      const std::size_t o = (l * H + h) * M;
+      std::fill(S.begin(), S.end(), 0.0);
+      std::fill(Si.begin(), Si.end(), 0.0);
+      for (std::size_t i = 0; i < D; ++i) {
+        S[i * D + i] = 1.0 / rel[h * D + i];
+        Si[i * D + i] = rel[h * D + i];
+      }
+      std::copy_n(kcov.data() + o, M, C.begin());
+      klt_from_covariance(C, S, Si, D, p.key_forward.data() + o, p.key_inverse.data() + o);
+      std::vector<double> W(M, 0.0);
+      for (std::size_t j = h * g; j < (h + 1) * g; ++j)
+        for (Eigen::Index r = 0; r < wo.rows(); ++r)
+          for (std::size_t a = 0; a < D; ++a) {
+            const double x = wo(r, static_cast<Eigen::Index>(j * D + a));
+            for (std::size_t b = 0; b < D; ++b) W[a * D + b] += x * wo(r, static_cast<Eigen::Index>(j * D + b));
+          }
+      double tr = 0;
+      for (std::size_t i = 0; i < D; ++i) tr += W[i * D + i];
+      if (!(tr > 0) || !std::isfinite(tr)) throw_bad_input("calibrate: model", "wo", "finite, nonzero output projections", "zero or non-finite");
+      for (auto& x : W) x *= static_cast<double>(D) / tr;
+      klt_sqrtm(W, D, S, Si);
+      std::copy_n(vcov.data() + o, M, C.begin());
+      klt_from_covariance(C, S, Si, D, p.value_forward.data() + o, p.value_inverse.data() + o);
+    }
+  }
+  p.hash = p.compute_hash();
+  return p;
 }
 
 }  // namespace kvcodec::eval
