@@ -97,4 +97,42 @@ TEST_CASE("kvw calibrated on kvlab-d1 gives kvlab-d0 a lower model KL at the sam
   CHECK(calibrated.bits_per_element < 1.02 * flat.bits_per_element);  // measured 4.14 vs 4.12 (context)
 }
 
+TEST_CASE("klt with a profile fitted on kvlab-d1 codes kvlab-d0 in fewer bits than kvw at no worse model KL") {
+  const auto model_file = test::shared_file("models/kvlab/kvlab.bin");
+  const kv_cache* d0 = test::shared_dump("kvlab-d0.safetensors");
+  const kv_cache* d1 = test::shared_dump("kvlab-d1.safetensors");
+  KVCODEC_REQUIRE_SHARED(model_file && d0 && d1);
+  const auto m = std::make_shared<const model::llama2c_model>(model::load_llama2c(model_file->string()));
+  auto& reg = io::profile_registry::instance();
+  reg.clear();
+  const io::kv_profile p = eval::build_profile(*m, {d1}, "kvlab-d1");
+  CHECK(p.model == "kvlab");
+  CHECK(p.layers == 4);
+  CHECK(p.head_dim == 64);
+  // the transforms invert each other
+  for (const bool key : {true, false}) {
+    const float* F = p.matrix(3, key, 1, true);
+    const float* Fi = p.matrix(3, key, 1, false);
+    double worst = 0;
+    for (int i = 0; i < 64; ++i)
+      for (int j = 0; j < 64; ++j) {
+        double s = 0;
+        for (int k = 0; k < 64; ++k) s += static_cast<double>(F[i * 64 + k]) * Fi[k * 64 + j];
+        worst = std::max(worst, std::fabs(s - (i == j ? 1.0 : 0.0)));
+      }
+    CHECK(worst < 1e-3);
+  }
+  reg.add(p);
+  const eval::calibration cal = eval::calibrate_layers(m, {d1}, 256, 0.2, 0.3, io::profile_hash_text(p.hash));
+  CHECK(cal.spec.rfind("klt:profile=" + io::profile_hash_text(p.hash) + ",kstep=0.2,vstep=0.3,klayer=", 0) == 0);
+  const eval::model_eval_options o{.context_tokens = 256, .generate_steps = 0};
+  const auto kvw = eval::evaluate_model(m, *d0, "kvw:kstep=0.2,vstep=0.3", o);
+  const auto klt = eval::evaluate_model(m, *d0, cal.spec, o);
+  MESSAGE("kvw " << kvw.bits_per_element << " b/e KL " << kvw.model.kl << "; klt (profile from d1) " << klt.bits_per_element << " b/e KL "
+                 << klt.model.kl);
+  CHECK(klt.bits_per_element < 0.85 * kvw.bits_per_element);  // measured 3.38 vs 4.12 b/e (context)
+  CHECK(klt.model.kl < 1.2 * kvw.model.kl);                   // measured 2.5e-5 vs 2.6e-5
+  reg.clear();
+}
+
 }  // namespace kvcodec_test_eval_calibrate

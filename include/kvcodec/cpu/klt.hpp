@@ -65,7 +65,7 @@ class klt_quant final : public stage_impl<quant::klt, quant_stage> {
     auto pr = io::profile_registry::instance().find(h);
     if (!pr)
       throw_usage("klt: this container was coded with KV profile " + io::profile_hash_text(h) +
-                  ", which is not loaded: pass the profile file it was encoded with (--profile FILE, or kvcodec.load_profile)");
+                  ", which is not loaded: pass the profile file it was encoded with (--profile FILE)");
     check_fits(*pr, info);
     prof_ = std::move(pr);
   }

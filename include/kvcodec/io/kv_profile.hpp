@@ -1,8 +1,8 @@
 // kvcodec/io/kv_profile.hpp — a model's KV profile: the per-(layer, kv head) transforms of `klt`
 // (core/klt.hpp), fitted once per model by `kvcodec calibrate --profile-out` on dumps of that model
 // and shared by its encoders and decoders, the way a zstd dictionary is: a container coded with `klt`
-// records the profile's 64-bit hash and decodes only where that profile is loaded (`--profile FILE`,
-// `kvcodec.load_profile`). At 256 tokens a transform per head costs as many numbers as a quarter of
+// records the profile's 64-bit hash and decodes only where that profile is loaded (`--profile FILE`;
+// C++: io::profile_registry::instance().load(path)). At 256 tokens a transform per head costs as many numbers as a quarter of
 // the cache it codes; per model it is paid once.
 //
 // File: safetensors with F32 tensors `key.forward`, `key.inverse`, `value.forward`, `value.inverse`,
