@@ -266,28 +266,28 @@ def measure(a):
         if f not in families:
             families.append(f)
 
-    # kvw calibrated: per-layer step multipliers measured by `kvcodec calibrate` on the NEXT dump of the same
+    # kvw calibrated: per-layer step multipliers measured by `kvcodec calibrate` on the OTHER dumps of the same
     # model (never on the dump it is scored on), then the same rate sweep of both steps
     cal_specs, calibrations, profiles = {d: [] for d in dumps}, {}, {}
     tmpdir = tempfile.mkdtemp(prefix="rd_curve.")
     atexit.register(shutil.rmtree, tmpdir, True)
     for d in ([] if a.no_default_specs else dumps):  # part of the default set
         m = model_of(d)
-        same = [x for x in DUMPS if model_of(x) == m]
-        other = same[(same.index(d) + 1) % len(same)] if d in same and len(same) > 1 else None
-        op = os.path.join(a.shared, "kv", (other or "") + ".safetensors")
-        if other is None or not os.path.isfile(op):
+        others = [x for x in DUMPS if model_of(x) == m and x != d]
+        ops = [os.path.join(a.shared, "kv", x + ".safetensors") for x in others]
+        if not others or not all(os.path.isfile(op) for op in ops):
             continue
+        other = "+".join(others)
         c = run_json([a.kvcodec, "calibrate", "--json", "--model", paths[d][1], "--context-tokens", str(a.context_tokens),
-                      "--kstep", "0.2", "--vstep", "0.3", op])
+                      "--kstep", "0.2", "--vstep", "0.3"] + ops)
         kl_txt, vl_txt = (c["spec"].split("klayer=")[1].split(",vlayer=")[0], c["spec"].split(",vlayer=")[1])
         calibrations[d] = {"on": other, "spec": c["spec"], "key_kl": c["key_kl"], "value_kl": c["value_kl"]}
         cal_specs[d] = ["kvw:kstep=%g,vstep=%g,klayer=%s,vlayer=%s" % (0.2 * f, 0.3 * f, kl_txt, vl_txt) for f in (0.5, 0.7, 1, 1.4, 2, 2.8)]
-        # klt: the model's KV profile (per-head transforms) fitted on the same other dump by
+        # klt: the model's KV profile (per-head transforms) fitted on the same other dumps by
         # `kvcodec calibrate --profile-out`, which then calibrates klt's per-layer multipliers with it
         prof = os.path.join(tmpdir, d + ".profile.safetensors")
         c = run_json([a.kvcodec, "calibrate", "--json", "--model", paths[d][1], "--context-tokens", str(a.context_tokens),
-                      "--kstep", "0.2", "--vstep", "0.3", "--profile-out", prof, "-f", op])
+                      "--kstep", "0.2", "--vstep", "0.3", "--profile-out", prof, "-f"] + ops)
         kl_txt, vl_txt = (c["spec"].split("klayer=")[1].split(",vlayer=")[0], c["spec"].split(",vlayer=")[1].split("|")[0])
         calibrations[d].update({"klt_spec": c["spec"], "profile_hash": c["profile_hash"]})
         profiles[d] = prof
@@ -408,7 +408,7 @@ def render(data, out):
     cal = data.get("calibrations") or {}
     if cal:
         L += ["", "`kvw calibrated`: per-layer step multipliers from `kvcodec calibrate --model M --context-tokens %d --kstep 0.2 "
-              "--vstep 0.3` run on another dump of the same model (never the one scored), then kstep = 0.2 f, vstep = 0.3 f for "
+              "--vstep 0.3` run on the other dumps of the same model (never the one scored), then kstep = 0.2 f, vstep = 0.3 f for "
               "f = 0.5, 0.7, 1, 1.4, 2, 2.8:" % C, ""]
         for d in dumps:
             if d in cal:
@@ -416,7 +416,7 @@ def render(data, out):
         if any("klt_spec" in cal[d] for d in cal):
             L += ["", "`klt calibrated`: the model's KV profile (per-head metric-weighted KLT, include/kvcodec/core/klt.hpp) fitted and "
                   "klt's multipliers calibrated by `kvcodec calibrate --model M --context-tokens %d --kstep 0.2 --vstep 0.3 "
-                  "--profile-out P` on the same other dump; then `kvcodec eval --profile P` with kstep = 0.2 f, vstep = 0.3 f for "
+                  "--profile-out P` on the same other dumps; then `kvcodec eval --profile P` with kstep = 0.2 f, vstep = 0.3 f for "
                   "f = 0.7 .. 2.2. The profile (%s per model) is not counted in the bits, as a zstd dictionary is not:" % (C, "one file"), ""]
             for d in dumps:
                 if "klt_spec" in cal.get(d, {}):

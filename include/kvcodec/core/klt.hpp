@@ -3,8 +3,8 @@
 // the rows (a Karhunen-Loeve transform), so that one uniform step per coefficient is near the
 // rate-distortion optimum (reverse water-filling: components below the step cost ~0 bits).
 //
-// With S the symmetric square root of the metric (keys: diag(1 / rel), rel = weighted-quant's relative
-// key steps from query energies; values: (W_o,h^T W_o,h)^(1/2), the output projection columns of the
+// With S the symmetric square root of the metric (keys: the pre-RoPE queries' covariance averaged over
+// the RoPE rotation of every causal query-key lag, eval/calibrate.hpp's add_lag_metric; values: (W_o,h^T W_o,h)^(1/2), the output projection columns of the
 // query heads that read kv head h, scaled to trace D) and C the covariance of the rows, the
 // eigenvectors U of S C S (descending eigenvalues) give forward = S U (y = x forward) and
 // inverse = U^T S^-1 (x = y inverse). Rows are row vectors; matrices are D x D row-major f32.
@@ -31,14 +31,19 @@ inline void klt_row(const float* x, const float* M, std::size_t D, float* y) {
 }
 
 /// Symmetric square root (and its inverse) of a symmetric positive semi-definite D x D matrix,
-/// eigenvalues floored at 1e-9 of the largest.
-inline void klt_sqrtm(const std::vector<double>& M, std::size_t D, std::vector<double>& root, std::vector<double>& inv_root) {
+/// eigenvalues floored at 1e-9 of the largest; with lo > 0, kept within [lo, hi] x their geometric mean.
+inline void klt_sqrtm(const std::vector<double>& M, std::size_t D, std::vector<double>& root, std::vector<double>& inv_root, double lo = 0,
+                      double hi = 0) {
   const Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> m(M.data(), static_cast<Eigen::Index>(D),
                                                                                                       static_cast<Eigen::Index>(D));
   const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(0.5 * (m + m.transpose()));
   Eigen::VectorXd ev = es.eigenvalues();
   const double floor = std::max(ev.maxCoeff(), 1e-300) * 1e-9;
   for (Eigen::Index i = 0; i < ev.size(); ++i) ev[i] = std::max(ev[i], floor);
+  if (lo > 0) {
+    const double gm = std::exp(ev.array().log().mean());
+    for (Eigen::Index i = 0; i < ev.size(); ++i) ev[i] = std::clamp(ev[i], lo * gm, hi * gm);
+  }
   const Eigen::MatrixXd Q = es.eigenvectors();
   const Eigen::MatrixXd r = Q * ev.cwiseSqrt().asDiagonal() * Q.transpose();
   const Eigen::MatrixXd ri = Q * ev.cwiseSqrt().cwiseInverse().asDiagonal() * Q.transpose();

@@ -101,12 +101,58 @@ inline calibration calibrate_layers(std::shared_ptr<const model::llama2c_model> 
   return r;
 }
 
+/// The metric of a pre-RoPE key error for one kv head: with q~ the pre-RoPE queries of its query heads,
+/// a logit is q~_m^T R(n - m) k~_n, so an error e on key n moves it by q~_m^T R(n - m) e and
+/// E[(q~^T R e)^2] = e^T M e with M = sum over causal pairs (m >= n) of R(m - n) q~_m q~_m^T R(m - n)^T,
+/// averaged. Grouped by lag: M = sum_lag R(lag) S_lag R(lag)^T, S_lag = sum_{m >= lag} q~_m q~_m^T
+/// (suffix sums over positions). Low-frequency RoPE pairs barely turn over a context, so the queries'
+/// covariance between them survives (the diagonal, pair-averaged weights of weighted-quant lose it).
+/// `q` holds the pre-RoPE query rows of every query head of the group, position-major per head
+/// ([g][T][D]); accumulates into M (D x D) and returns the number of pairs added.
+inline double add_lag_metric(const std::vector<float>& q, std::size_t g, std::size_t T, std::size_t D, double theta, rope_pairs pairs,
+                             std::vector<double>& M) {
+  std::vector<double> suf((T + 1) * D * D, 0.0);  // suf[k] = sum over m >= k of q q^T (all heads)
+  for (std::size_t t = T; t-- > 0;) {
+    double* dst = suf.data() + t * D * D;
+    const double* nxt = suf.data() + (t + 1) * D * D;
+    std::copy_n(nxt, D * D, dst);
+    for (std::size_t h = 0; h < g; ++h) {
+      const float* x = q.data() + (h * T + t) * D;
+      for (std::size_t i = 0; i < D; ++i)
+        for (std::size_t j = 0; j < D; ++j) dst[i * D + j] += static_cast<double>(x[i]) * x[j];
+    }
+  }
+  std::vector<float> c(D), s(D);
+  std::vector<double> t1(D * D), col(D), rot(D);
+  const auto rotate = [&](const double* x, double* y) {  // y = R(lag) x
+    for (std::size_t d = 0; d < D; ++d) {
+      const std::size_t p = static_cast<std::size_t>(rope_partner(static_cast<int>(d), static_cast<int>(D), pairs));
+      y[d] = x[d] * static_cast<double>(c[d]) + x[p] * static_cast<double>(s[d]);
+    }
+  };
+  for (std::size_t lag = 0; lag < T; ++lag) {
+    rope_factors(static_cast<std::int64_t>(lag), D, theta, pairs, 1.0, c.data(), s.data());
+    const double* S = suf.data() + lag * D * D;
+    for (std::size_t j = 0; j < D; ++j) {  // t1 = R S (each column rotated)
+      for (std::size_t i = 0; i < D; ++i) col[i] = S[i * D + j];
+      rotate(col.data(), rot.data());
+      for (std::size_t i = 0; i < D; ++i) t1[i * D + j] = rot[i];
+    }
+    for (std::size_t i = 0; i < D; ++i) {  // M += t1 R^T (each row rotated)
+      rotate(t1.data() + i * D, rot.data());
+      for (std::size_t j = 0; j < D; ++j) M[i * D + j] += rot[j];
+    }
+  }
+  return static_cast<double>(g) * static_cast<double>(T) * static_cast<double>(T + 1) / 2.0;
+}
+
 /// Fits the KV profile of `klt` (io/kv_profile.hpp, core/klt.hpp) on `dumps` of model `m` (every
 /// token of each; queries and RoPE metadata required): per layer and kv head, keys rotated back before
-/// RoPE and weighted by diag(1 / rel) (rel = weighted-quant's relative steps from the dumps' mean
-/// query energies), values weighted by the square root of sum_j W_o,j^T W_o,j over the query heads j
-/// of the group (scaled to trace D); the covariance of the weighted rows over every token gives the
-/// transform. `names` (e.g. the dump files) is recorded as metadata.
+/// RoPE and weighted by the root of add_lag_metric's query metric (scaled to a geometric-mean diagonal
+/// of 1, eigenvalues kept within 256x of their geometric mean: steps within 16x, as weighted-quant's),
+/// values by the root of sum_j W_o,j^T W_o,j over the query heads j of the group (scaled to trace D);
+/// the covariance of the weighted rows over every token gives the transform. `names` (e.g. the dump
+/// files) is recorded as metadata.
 inline io::kv_profile build_profile(const model::llama2c_model& m, const std::vector<const kv_cache*>& dumps, const std::string& names) {
   if (dumps.empty()) throw_usage("calibrate: no dumps");
   const auto& cfg = m.config;
@@ -129,28 +175,28 @@ inline io::kv_profile build_profile(const model::llama2c_model& m, const std::ve
   if (!kvcodec::detail::from_text(p.rope_theta, theta) || !(theta > 1) || pairs == rope_pairs::none)
     throw_bad_input("calibrate: dump", "metadata rope / rope_theta", "interleaved-pairs or rotate-half and a theta > 1",
                     "'" + p.rope + "' / '" + p.rope_theta + "'");
-  std::vector<double> qe(L * H * D, 0.0);
-  std::vector<double> kcov(L * H * D * D, 0.0), vcov(L * H * D * D, 0.0);
-  std::vector<float> c(D), s(D), row(D);
+  const std::size_t M2 = D * D;
+  std::vector<double> kmet(L * H * M2, 0.0), kcov(L * H * M2, 0.0), vcov(L * H * M2, 0.0);
+  double pairs_added = 0;
+  std::vector<float> c(D), s(D), row(D), qpre;
   for (const kv_cache* d : dumps) {
     const kv_shape& sh = d->shape;
-    if (sh.layers != cfg.n_layers || sh.kv_heads != cfg.n_kv_heads || sh.head_dim != cfg.head_dim() || !d->has_queries())
-      throw_bad_input("calibrate: dump", "shape", "the model's layers, kv_heads and head_dim, with queries", "another shape or no queries");
+    if (sh.layers != cfg.n_layers || sh.kv_heads != cfg.n_kv_heads || sh.head_dim != cfg.head_dim() || !d->has_queries() ||
+        sh.q_heads != cfg.n_heads)
+      throw_bad_input("calibrate: dump", "shape", "the model's layers, heads and head_dim, with queries", "another shape or no queries");
     if (meta(*d, "rope") != p.rope || meta(*d, "rope_theta") != p.rope_theta)
       throw_bad_input("calibrate: dump", "metadata rope", "the same RoPE in every dump", meta(*d, "rope"));
-    const std::vector<float> e = query_energy(*d);
-    for (std::size_t i = 0; i < qe.size(); ++i) qe[i] += static_cast<double>(e[i]) / static_cast<double>(dumps.size());
     const std::size_t T = static_cast<std::size_t>(sh.tokens);
+    const auto pos_of = [&](std::size_t t) { return d->positions.empty() ? static_cast<std::int64_t>(t) : static_cast<std::int64_t>(d->positions[t]); };
     for (std::size_t t = 0; t < T; ++t) {
-      const std::int64_t pos = d->positions.empty() ? static_cast<std::int64_t>(t) : d->positions[t];
-      rope_factors(pos, D, theta, pairs, -1.0, c.data(), s.data());
+      rope_factors(pos_of(t), D, theta, pairs, -1.0, c.data(), s.data());
       for (std::size_t l = 0; l < L; ++l)
         for (std::size_t h = 0; h < H; ++h) {
           const float* k = d->keys[l].data() + (h * T + t) * D;
           for (std::size_t i = 0; i < D; ++i) row[i] = rope_rotated(k, static_cast<int>(i), static_cast<int>(D), pairs, c.data(), s.data());
           const float* v = d->values[l].data() + (h * T + t) * D;
-          double* kc = kcov.data() + (l * H + h) * D * D;
-          double* vc = vcov.data() + (l * H + h) * D * D;
+          double* kc = kcov.data() + (l * H + h) * M2;
+          double* vc = vcov.data() + (l * H + h) * M2;
           for (std::size_t i = 0; i < D; ++i)
             for (std::size_t j = 0; j < D; ++j) {
               kc[i * D + j] += static_cast<double>(row[i]) * row[j];
@@ -158,29 +204,44 @@ inline io::kv_profile build_profile(const model::llama2c_model& m, const std::ve
             }
         }
     }
+    // pre-RoPE queries of each group, then the lag-averaged metric
+    qpre.resize(g * T * D);
+    for (std::size_t l = 0; l < L; ++l)
+      for (std::size_t h = 0; h < H; ++h) {
+        for (std::size_t j = 0; j < g; ++j)
+          for (std::size_t t = 0; t < T; ++t) {
+            rope_factors(pos_of(t), D, theta, pairs, -1.0, c.data(), s.data());
+            const float* q = d->queries[l].data() + ((h * g + j) * T + t) * D;
+            for (std::size_t i = 0; i < D; ++i) qpre[(j * T + t) * D + i] = rope_rotated(q, static_cast<int>(i), static_cast<int>(D), pairs, c.data(), s.data());
+          }
+        std::vector<double> Mk(M2, 0.0);
+        const double n = add_lag_metric(qpre, g, T, D, theta, pairs, Mk);
+        double* dst = kmet.data() + (l * H + h) * M2;
+        for (std::size_t i = 0; i < M2; ++i) dst[i] += Mk[i];
+        if (l == 0 && h == 0) pairs_added += n;
+      }
   }
-  const std::size_t M = D * D;
-  p.key_forward.resize(L * H * M);
-  p.key_inverse.resize(L * H * M);
-  p.value_forward.resize(L * H * M);
-  p.value_inverse.resize(L * H * M);
-  std::vector<float> rel(H * D), qf(H * D);
-  std::vector<double> S(M), Si(M), C(M);
+  p.key_forward.resize(L * H * M2);
+  p.key_inverse.resize(L * H * M2);
+  p.value_forward.resize(L * H * M2);
+  p.value_inverse.resize(L * H * M2);
+  std::vector<double> S(M2), Si(M2), C(M2);
   for (std::size_t l = 0; l < L; ++l) {
-    for (std::size_t i = 0; i < H * D; ++i) qf[i] = static_cast<float>(qe[l * H * D + i]);
-    weighted_key_rel(qf.data(), static_cast<int>(H), static_cast<int>(D), pairs, rel.data());
     const auto& wo = m.layers[l].wo;  // [dim, dim]: column block j*D.. is query head j's output
     for (std::size_t h = 0; h < H; ++h) {
-      const std::size_t o = (l * H + h) * M;
-      std::fill(S.begin(), S.end(), 0.0);
-      std::fill(Si.begin(), Si.end(), 0.0);
-      for (std::size_t i = 0; i < D; ++i) {
-        S[i * D + i] = 1.0 / rel[h * D + i];
-        Si[i * D + i] = rel[h * D + i];
-      }
-      std::copy_n(kcov.data() + o, M, C.begin());
+      const std::size_t o = (l * H + h) * M2;
+      // keys: the lag metric, scaled to a geometric-mean diagonal of 1, its spectrum clamped
+      std::vector<double> Mk(kmet.begin() + static_cast<std::ptrdiff_t>(o), kmet.begin() + static_cast<std::ptrdiff_t>(o + M2));
+      double lg = 0;
+      for (std::size_t i = 0; i < D; ++i) lg += std::log(std::max(Mk[i * D + i], 1e-300));
+      const double gm = std::exp(lg / static_cast<double>(D));
+      if (!(gm > 0) || !std::isfinite(gm) || pairs_added <= 0)
+        throw_bad_input("calibrate: dump", "queries", "finite, nonzero queries", "zero or non-finite (layer " + std::to_string(l) + ")");
+      for (auto& x : Mk) x /= gm;
+      klt_sqrtm(Mk, D, S, Si, 1.0 / 256, 256.0);
+      std::copy_n(kcov.data() + o, M2, C.begin());
       klt_from_covariance(C, S, Si, D, p.key_forward.data() + o, p.key_inverse.data() + o);
-      std::vector<double> W(M, 0.0);
+      std::vector<double> W(M2, 0.0);
       for (std::size_t j = h * g; j < (h + 1) * g; ++j)
         for (Eigen::Index r = 0; r < wo.rows(); ++r)
           for (std::size_t a = 0; a < D; ++a) {
@@ -192,7 +253,7 @@ inline io::kv_profile build_profile(const model::llama2c_model& m, const std::ve
       if (!(tr > 0) || !std::isfinite(tr)) throw_bad_input("calibrate: model", "wo", "finite, nonzero output projections", "zero or non-finite");
       for (auto& x : W) x *= static_cast<double>(D) / tr;
       klt_sqrtm(W, D, S, Si);
-      std::copy_n(vcov.data() + o, M, C.begin());
+      std::copy_n(vcov.data() + o, M2, C.begin());
       klt_from_covariance(C, S, Si, D, p.value_forward.data() + o, p.value_inverse.data() + o);
     }
   }
