@@ -22,7 +22,7 @@ from ._kvcodec import BadInputError, CorruptError, Error, IOError, UnsupportedEr
 
 __version__ = _C.__version__
 __all__ = [
-    "encode", "decode", "decode_into", "info", "list_codecs", "eval", "Encoder", "Decoder", "press", "Press", "PressedCache",
+    "encode", "decode", "decode_into", "info", "list_codecs", "load_profile", "unload_profiles", "eval", "Encoder", "Decoder", "press", "Press", "PressedCache",
     "LMCacheSerde", "lmcache_register", "Store", "Error", "BadInputError", "CorruptError", "UsageError", "UnsupportedError", "IOError",
 ]
 
@@ -407,6 +407,19 @@ def decode_into(data, kv, *, token_begin=0, token_end=None, threads=0, progress=
                   batch_index=batch_index, what="decode destination")
     return _C.decode_into(data, src.desc, token_begin=token_begin, token_end=-1 if token_end is None else token_end, threads=threads,
                           progress=progress)
+
+
+def load_profile(path):
+    """Loads a model's KV profile (the per-head transforms of the `klt` codec, written by
+    `kvcodec calibrate --model M --context-tokens C DUMP... --profile-out PATH`) into this process, where
+    encode ("klt:..." with profile=auto uses the only one loaded, or profile=<hash>) and decode (a container
+    records the hash of the profile it was coded with) find it. Returns its hash, model and shape."""
+    return _C.load_profile(str(path))
+
+
+def unload_profiles():
+    """Forgets every loaded KV profile."""
+    _C.unload_profiles()
 
 
 def list_codecs():

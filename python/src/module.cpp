@@ -20,6 +20,7 @@
 
 #include "kvcodec/eval/evaluate.hpp"
 #include "kvcodec/format/shape_json.hpp"
+#include "kvcodec/io/kv_profile.hpp"
 #include "kvcodec/kvcodec.hpp"
 #include "kvcodec/store/open.hpp"
 #include "kvcodec/store/store.hpp"
@@ -691,6 +692,22 @@ PYBIND11_MODULE(_kvcodec, m) {
     return out;
   });
 
+  m.def(
+      "load_profile",
+      [](const std::string& path) {
+        const auto p = io::profile_registry::instance().load(path);
+        py::dict d;
+        d["hash"] = io::profile_hash_text(p->hash);
+        d["model"] = p->model;
+        d["layers"] = p->layers;
+        d["kv_heads"] = p->kv_heads;
+        d["head_dim"] = p->head_dim;
+        d["rope"] = p->rope;
+        d["dumps"] = p->dumps;
+        return d;
+      },
+      py::arg("path"));
+  m.def("unload_profiles", [] { io::profile_registry::instance().clear(); });
   m.def(
       "canonical_spec", [](const std::string& spec) { return make_codec(spec).spec(); }, py::arg("spec"));
   m.def(

@@ -180,6 +180,16 @@ TEST_CASE("klt: fused f16 rows equal decode() converted - dense and ragged block
       }
       CHECK(same);
       CHECK(std::sqrt(e / n2) < 0.1);
+      // scales: one per block plus the raised ones; damaged side bytes are corrupt input, never a crash
+      CHECK(s.side.size() < 2 * H * D);
+      symbols bad = s;
+      bad.side.pop_back();
+      CHECK_THROWS_WITH_AS(st.decode(bad, info, d), doctest::Contains("bytes of scales"), error);
+      bad = s;
+      bad.side[2] = static_cast<std::uint8_t>(bad.side[2] ^ 1u);  // flag or unflag column 0's own scale
+      CHECK_THROWS_AS(st.decode(bad, info, d), error);
+      bad.side.resize(1);
+      CHECK_THROWS_AS(st.decode(bad, info, d), error);
     }
   // a decoder restores the profile from the state
   cpu::klt_quant other(p);

@@ -89,3 +89,36 @@ def test_kvw_reads_the_queries_and_matches_the_cli(tmp_path):
         f = tmp_path / "w.kvc"
         subprocess.run([cli, "encode", "-q", "-c", "kvw", path, str(f)], check=True, timeout=300)
         assert f.read_bytes() == with_q
+
+
+def test_klt_profile_from_the_cli_codes_in_python_as_in_the_cli(tmp_path):
+    # a KV profile fitted by `kvcodec calibrate --profile-out` on one dump, loaded in Python, codes
+    # another dump to the same bytes as the CLI; a decoder without it names the profile it needs
+    cli = os.environ.get("KVCODEC_CLI")
+    model = os.path.join(KV, "..", "models", "stories260K", "stories260K.bin")
+    if not cli or not os.path.exists(cli) or not os.path.exists(model):
+        pytest.skip("needs the kvcodec CLI (KVCODEC_CLI) and ../shared/models")
+    prof = tmp_path / "p.safetensors"
+    subprocess.run([cli, "calibrate", "--model", model, "--context-tokens", "256", "--profile-out", str(prof),
+                    os.path.join(KV, "stories260K-s1.safetensors")], check=True, timeout=300, stdout=subprocess.DEVNULL)
+    path = os.path.join(KV, "stories260K-s0.safetensors")
+    pkv, queries, meta = real_pkv(path)
+    from conftest import read_safetensors
+    tokens = read_safetensors(path)[0]["tokens"]
+    kvcodec.unload_profiles()
+    spec = "klt:kstep=0.3,vstep=0.4|rans"
+    with pytest.raises(kvcodec.UsageError, match="exactly one profile"):
+        kvcodec.encode(spec, pkv, queries=queries, tokens=tokens, metadata=meta)
+    p = kvcodec.load_profile(prof)
+    assert p["model"] == "stories260K" and p["layers"] == 5 and p["head_dim"] == 8 and len(p["hash"]) == 16
+    blob = kvcodec.encode(spec, pkv, queries=queries, tokens=tokens, metadata=meta)
+    out = kvcodec.decode(blob)
+    for (k, v), (k2, v2) in zip(pkv, out):
+        for a, b in ((k, k2), (v, v2)):
+            assert (a.float() - b.float()).norm() / a.float().norm() < 0.3
+    f = tmp_path / "k.kvc"
+    subprocess.run([cli, "encode", "-q", "--profile", str(prof), "-c", spec, path, str(f)], check=True, timeout=300)
+    assert f.read_bytes() == blob
+    kvcodec.unload_profiles()
+    with pytest.raises(kvcodec.Error, match=p["hash"]):
+        kvcodec.decode(blob)

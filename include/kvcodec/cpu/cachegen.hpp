@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <span>
 #include <string>
 
 #include "kvcodec/core/cachegen.hpp"
@@ -232,6 +233,12 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
   /// returns the plane, with `step` = each scale's step (scale / MAX) and `max` = MAX. For decoders
   /// that dequantize cachegen-quant's symbols their own way (weighted-quant rotating keys as it goes).
   const symbol_plane& checked(const symbols& in, const block& b, std::vector<float>& step, int& max) const {
+    return checked(in.planes, in.side, b, step, max);
+  }
+  /// checked() with the side bytes given apart from the planes (klt stores its scales compactly and
+  /// expands them to this layout before the checks).
+  const symbol_plane& checked(const std::vector<symbol_plane>& planes, std::span<const std::uint8_t> side, const block& b, std::vector<float>& step,
+                              int& max) const {
     const std::string where = std::string(label_) + " (layer " + std::to_string(b.layer) + (b.key ? " K)" : " V)");
     const int bins = p_.bins_for(b.layer, b.key);
     const int MAX = bins / 2 - 1;
@@ -242,16 +249,16 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     const std::size_t R = dense ? static_cast<std::size_t>(b.t1 - b.t0) : b.rows();
     const std::size_t C = dense ? H * D : D;
     const std::size_t nscales = by_token ? R : (dense ? C : H * D);
-    if (in.planes.size() != 1) throw_corrupt(where, "expected 1 symbol plane, found " + std::to_string(in.planes.size()));
-    const symbol_plane& p = in.planes[0];
+    if (planes.size() != 1) throw_corrupt(where, "expected 1 symbol plane, found " + std::to_string(planes.size()));
+    const symbol_plane& p = planes[0];
     if (p.rows != R || p.cols != C || p.sym.size() != R * C || p.alphabet != alphabet_for(bins))
       throw_corrupt(where, "plane " + std::to_string(p.rows) + "x" + std::to_string(p.cols) + " alphabet " + std::to_string(p.alphabet) +
                                ", expected " + std::to_string(R) + "x" + std::to_string(C) + " alphabet " + std::to_string(alphabet_for(bins)));
-    if (in.side.size() != 2 * nscales)
-      throw_corrupt(where, "expected " + std::to_string(2 * nscales) + " bytes of scales, found " + std::to_string(in.side.size()));
+    if (side.size() != 2 * nscales)
+      throw_corrupt(where, "expected " + std::to_string(2 * nscales) + " bytes of scales, found " + std::to_string(side.size()));
     step.resize(nscales);
     for (std::size_t i = 0; i < nscales; ++i) {
-      const std::uint16_t bits = kvcodec::detail::load_le16(in.side.data() + 2 * i);
+      const std::uint16_t bits = kvcodec::detail::load_le16(side.data() + 2 * i);
       const float s = cachegen_scale_value(bits, bf);
       if (!(s >= 0) || !std::isfinite(s)) throw_corrupt(where, "scale " + std::to_string(i) + " is negative or not finite");
       step[i] = MAX > 0 ? s / static_cast<float>(MAX) : 0.0f;

@@ -1,6 +1,7 @@
 // kvcodec/cpu/klt.hpp — stage `klt` (stage/klt.hpp): keys rotated back before RoPE, rows of K and V
-// transformed by the profile's per-(layer, kv head) forward matrix, quantized and stored as
-// cachegen-quant with one scale per coefficient per chunk; decoding dequantizes a row, applies the
+// transformed by the profile's per-(layer, kv head) forward matrix, quantized as cachegen-quant with
+// one scale per coefficient per chunk, stored with that scale once per block plus those of the
+// coefficients that would clamp (compact_side); decoding dequantizes a row, applies the
 // inverse matrix, rotates keys forward and writes the row in the asked dtype in one pass (decode()
 // runs the same pass into f32). Math: core/klt.hpp; profiles: io/kv_profile.hpp.
 #pragma once
@@ -96,12 +97,57 @@ class klt_quant final : public stage_impl<quant::klt, quant_stage> {
     const std::vector<double>& mul = b.key ? kmul_ : vmul_;
     const double base = (b.key ? p_.kstep : p_.vstep) * rms * (mul.size() == 1 ? mul[0] : mul[static_cast<std::size_t>(b.layer)]);
     const int MAX = p_.bins / 2 - 1;
+    // One scale (step x MAX) for the block, rounded to f16; a coefficient whose largest magnitude
+    // exceeds it gets its own (it would clamp).
+    const std::uint16_t base_bits = cachegen_scale_bits(static_cast<float>(base * MAX), false);
+    const float base_scale = cachegen_scale_value(base_bits, false);
     std::vector<float> m(H * D);
     for (std::size_t i = 0; i < H * D; ++i) {
-      m[i] = static_cast<float>(std::max(base * MAX, static_cast<double>(amax[i])));
+      m[i] = amax[i] > base_scale ? amax[i] : base_scale;
       if (!std::isfinite(rms)) m[i] = std::numeric_limits<float>::quiet_NaN();  // quantize_with reports NaN / inf input
     }
     cachegen_quant::quantize_with(rb, p_.bins, false, false, m, quant::klt::name, out);
+    compact_side(out.side, base_bits);
+  }
+
+  /// cachegen-quant's side bytes (one f16 scale per column) as klt stores them: u16 the block's scale,
+  /// a bitmap of the columns with a scale of their own (LSB first), then those scales (u16 each).
+  static void compact_side(bytes& side, std::uint16_t base_bits) {
+    const std::size_t n = side.size() / 2;
+    thread_local std::vector<std::uint16_t> own;
+    own.clear();
+    bytes c(2 + (n + 7) / 8, 0);
+    kvcodec::detail::store_le16(c.data(), base_bits);
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint16_t v = kvcodec::detail::load_le16(side.data() + 2 * i);
+      if (v != base_bits) {
+        c[2 + i / 8] = static_cast<std::uint8_t>(c[2 + i / 8] | (1u << (i % 8)));
+        own.push_back(v);
+      }
+    }
+    const std::size_t o = c.size();
+    c.resize(o + 2 * own.size());
+    for (std::size_t j = 0; j < own.size(); ++j) kvcodec::detail::store_le16(c.data() + o + 2 * j, own[j]);
+    side.swap(c);
+  }
+  /// The per-column side bytes back from compact_side's (n columns); corrupt when the sizes disagree.
+  static void expand_side(std::span<const std::uint8_t> c, std::size_t n, std::vector<std::uint8_t>& side, const block& b) {
+    const std::string where = "klt (layer " + std::to_string(b.layer) + (b.key ? " K)" : " V)");
+    const std::size_t head = 2 + (n + 7) / 8;
+    if (c.size() < head) throw_corrupt(where, "expected at least " + std::to_string(head) + " bytes of scales, found " + std::to_string(c.size()));
+    std::size_t own = 0;
+    for (std::size_t i = 0; i < n; ++i) own += (c[2 + i / 8] >> (i % 8)) & 1u;
+    if (c.size() != head + 2 * own)
+      throw_corrupt(where, "expected " + std::to_string(head + 2 * own) + " bytes of scales (" + std::to_string(own) + " own), found " +
+                               std::to_string(c.size()));
+    if (n % 8 != 0 && (c[head - 1] >> (n % 8)) != 0) throw_corrupt(where, "scale bitmap has bits past the last column");
+    side.resize(2 * n);
+    const std::uint16_t base = kvcodec::detail::load_le16(c.data());
+    std::size_t j = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const bool mine = (c[2 + i / 8] >> (i % 8)) & 1u;
+      kvcodec::detail::store_le16(side.data() + 2 * i, mine ? kvcodec::detail::load_le16(c.data() + head + 2 * j++) : base);
+    }
   }
 
   void decode(const symbols& in, const cache_info& info, block& b) const override {
@@ -116,7 +162,9 @@ class klt_quant final : public stage_impl<quant::klt, quant_stage> {
     const io::kv_profile& pr = profile();
     thread_local std::vector<float> step;
     int MAX = 0;
-    const symbol_plane& p = inner_.checked(in, b, step, MAX);
+    thread_local std::vector<std::uint8_t> side;
+    expand_side(in.side, static_cast<std::size_t>(b.heads) * static_cast<std::size_t>(b.head_dim), side, b);  // one scale per column
+    const symbol_plane& p = inner_.checked(in.planes, side, b, step, MAX);
     rope_rows::rope r;
     if (b.key) r = rope_rows::rope_of(info, b.head_dim, "klt");
     const bool dense = b.dense();

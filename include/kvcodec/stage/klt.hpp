@@ -1,17 +1,18 @@
 // kvcodec/stage/klt.hpp — `klt`: entropy-coded uniform quantization of K and V rows in a per-model
 // transform domain (issue 13). A profile (io/kv_profile.hpp, fitted by `kvcodec calibrate
 // --profile-out` on other dumps of the model) holds, per layer and kv head, a transform that whitens
-// the error metric the model applies (keys: the query energies, per RoPE pair, before RoPE; values:
-// W_o of the query heads that read the head) and then decorrelates the rows (the metric-weighted KLT,
-// core/klt.hpp). One step per block then spends bits where the model needs them and none on
+// the error metric the model applies (keys: the pre-RoPE queries' covariance averaged over the RoPE
+// rotation of every causal lag; values: W_o of the query heads that read the head) and then
+// decorrelates the rows (the metric-weighted KLT, core/klt.hpp). One step per block then spends bits where the model needs them and none on
 // directions the rows do not use: on kvlab's dumps it codes the context in ~20% fewer bits than
 // weighted-quant at the same model KL.
 //
 // Keys are rotated back before RoPE (cache metadata `rope`, `rope_theta`) and transformed; values are
 // transformed. The step of every coefficient of a block is kstep (vstep) x the block's RMS x the
 // layer's klayer (vlayer) multiplier, raised for a coefficient where it would clamp (|y| / step > MAX,
-// MAX = bins / 2 - 1). Stored as cachegen-quant's format over the coefficients (one f16 scale per
-// coefficient per chunk), so the entropy stage's columns are the KLT components. The container keeps
+// MAX = bins / 2 - 1). Symbols are cachegen-quant's over the coefficients (the entropy stage's columns
+// are the KLT components); the f16 scale is stored once per block, plus those of the coefficients
+// whose step was raised (cpu/klt.hpp compact_side). The container keeps
 // the profile's hash (stage state): decoding needs the same profile loaded, and says which one when
 // it is not.
 #pragma once
