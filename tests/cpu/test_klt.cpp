@@ -4,12 +4,14 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "kvcodec/core/half.hpp"
 #include "kvcodec/core/klt.hpp"
+#include "kvcodec/core/simd.hpp"
 #include "kvcodec/cpu/klt.hpp"
 #include "kvcodec/eval/synth.hpp"
 #include "kvcodec/io/kv_profile.hpp"
@@ -197,6 +199,22 @@ TEST_CASE("klt: fused f16 rows equal decode() converted - dense and ragged block
   const std::uint8_t short_state[3] = {1, 2, 3};
   CHECK_THROWS_AS(other.load_state(short_state, info), error);
   reg.clear();
+}
+
+TEST_CASE("klt: the AVX2 row product equals klt_row bit for bit") {
+#if KVCODEC_X86_DISPATCH
+  if (!simd::avx2()) return;
+  std::mt19937 rng(9);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  for (const std::size_t D : {8u, 16u, 40u, 64u, 128u}) {
+    std::vector<float> x(D), M(D * D), a(D), b(D);
+    for (auto& v : x) v = n(rng);
+    for (auto& v : M) v = n(rng);
+    klt_row(x.data(), M.data(), D, a.data());
+    cpu::klt_detail::row_avx2(x.data(), M.data(), D, b.data());
+    CHECK(std::memcmp(a.data(), b.data(), D * sizeof(float)) == 0);
+  }
+#endif
 }
 
 }  // namespace kvcodec_test_cpu_klt

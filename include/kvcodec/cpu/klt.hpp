@@ -17,9 +17,11 @@
 #include "kvcodec/core/cachegen.hpp"
 #include "kvcodec/core/half.hpp"
 #include "kvcodec/core/klt.hpp"
+#include "kvcodec/core/simd.hpp"
 #include "kvcodec/cpu/cachegen.hpp"
 #include "kvcodec/cpu/rope_rows.hpp"
 #include "kvcodec/cpu/stage_impl.hpp"
+#include "kvcodec/cpu/x86/klt.hpp"
 #include "kvcodec/io/kv_profile.hpp"
 #include "kvcodec/stage/klt.hpp"
 
@@ -90,7 +92,7 @@ class klt_quant final : public stage_impl<quant::klt, quant_stage> {
       for (std::uint32_t k = 0; k < b.count[h]; ++k, ++r) {
         float* row = rb.data.data() + r * D;
         std::copy_n(row, D, x.data());
-        klt_row(x.data(), F, D, row);
+        row_product(x.data(), F, D, row);
         for (std::size_t d = 0; d < D; ++d) am[d] = std::max(am[d], std::fabs(row[d]));
       }
     }
@@ -182,7 +184,7 @@ class klt_quant final : public stage_impl<quant::klt, quant_stage> {
         // block row i: dense = plane row k, columns h*D..; ragged = plane row i, columns 0..D
         const std::uint16_t* srow = p.sym.data() + (dense ? static_cast<std::size_t>(k) * C + h * D : i * D);
         for (std::size_t d = 0; d < D; ++d) y[d] = cachegen_dequantize(srow[d], st[d], MAX);
-        klt_row(y.data(), Finv, D, x.data());
+        row_product(y.data(), Finv, D, x.data());
         const float* v = x.data();
         if (b.key) {
           const rope_rows::factors f = rope_rows::factors_at(r, b, i, D, 1.0);
@@ -201,6 +203,16 @@ class klt_quant final : public stage_impl<quant::klt, quant_stage> {
   }
 
  private:
+  /// klt_row, 8-wide where the CPU has AVX2 (the same floats either way).
+  static void row_product(const float* x, const float* M, std::size_t D, float* y) {
+#if KVCODEC_X86_DISPATCH
+    if (D % 8 == 0 && simd::avx2()) {
+      klt_detail::row_avx2(x, M, D, y);
+      return;
+    }
+#endif
+    klt_row(x, M, D, y);
+  }
   const io::kv_profile& profile() const {
     if (!prof_) throw_usage("klt: no profile resolved (the encoder calls fit, the decoder load_state, before any block)");
     return *prof_;
