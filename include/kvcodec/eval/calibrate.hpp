@@ -105,23 +105,14 @@ inline calibration calibrate_layers(std::shared_ptr<const model::llama2c_model> 
 /// a logit is q~_m^T R(n - m) k~_n, so an error e on key n moves it by q~_m^T R(n - m) e and
 /// E[(q~^T R e)^2] = e^T M e with M = sum over causal pairs (m >= n) of R(m - n) q~_m q~_m^T R(m - n)^T,
 /// averaged. Grouped by lag: M = sum_lag R(lag) S_lag R(lag)^T, S_lag = sum_{m >= lag} q~_m q~_m^T
-/// (suffix sums over positions). Low-frequency RoPE pairs barely turn over a context, so the queries'
+/// (a running suffix sum: O(D^2) memory whatever T). Low-frequency RoPE pairs barely turn over a context, so the queries'
 /// covariance between them survives (the diagonal, pair-averaged weights of weighted-quant lose it).
 /// `q` holds the pre-RoPE query rows of every query head of the group, position-major per head
 /// ([g][T][D]); accumulates into M (D x D) and returns the number of pairs added.
 inline double add_lag_metric(const std::vector<float>& q, std::size_t g, std::size_t T, std::size_t D, double theta, rope_pairs pairs,
                              std::vector<double>& M) {
-  std::vector<double> suf((T + 1) * D * D, 0.0);  // suf[k] = sum over m >= k of q q^T (all heads)
-  for (std::size_t t = T; t-- > 0;) {
-    double* dst = suf.data() + t * D * D;
-    const double* nxt = suf.data() + (t + 1) * D * D;
-    std::copy_n(nxt, D * D, dst);
-    for (std::size_t h = 0; h < g; ++h) {
-      const float* x = q.data() + (h * T + t) * D;
-      for (std::size_t i = 0; i < D; ++i)
-        for (std::size_t j = 0; j < D; ++j) dst[i * D + j] += static_cast<double>(x[i]) * x[j];
-    }
-  }
+  // lags from T - 1 down to 0: S (the suffix sum over m >= lag) grows by position lag's queries
+  std::vector<double> S(D * D, 0.0);
   std::vector<float> c(D), s(D);
   std::vector<double> t1(D * D), col(D), rot(D);
   const auto rotate = [&](const double* x, double* y) {  // y = R(lag) x
@@ -130,9 +121,13 @@ inline double add_lag_metric(const std::vector<float>& q, std::size_t g, std::si
       y[d] = x[d] * static_cast<double>(c[d]) + x[p] * static_cast<double>(s[d]);
     }
   };
-  for (std::size_t lag = 0; lag < T; ++lag) {
+  for (std::size_t lag = T; lag-- > 0;) {
+    for (std::size_t h = 0; h < g; ++h) {
+      const float* x = q.data() + (h * T + lag) * D;
+      for (std::size_t i = 0; i < D; ++i)
+        for (std::size_t j = 0; j < D; ++j) S[i * D + j] += static_cast<double>(x[i]) * x[j];
+    }
     rope_factors(static_cast<std::int64_t>(lag), D, theta, pairs, 1.0, c.data(), s.data());
-    const double* S = suf.data() + lag * D * D;
     for (std::size_t j = 0; j < D; ++j) {  // t1 = R S (each column rotated)
       for (std::size_t i = 0; i < D; ++i) col[i] = S[i * D + j];
       rotate(col.data(), rot.data());
