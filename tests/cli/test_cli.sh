@@ -160,6 +160,7 @@ if [[ -n $SHARED && -f $SHARED/kv/stories260K-s0.safetensors ]]; then
   # klt: a profile fitted by calibrate on one dump codes another; decode needs it and names it otherwise
   S1=$SHARED/kv/stories260K-s1.safetensors
   expect 0 "profile: $T/p.kvp" -- "$K" calibrate --model "$M/stories260K.bin" --context-tokens 256 --profile-out "$T/p.kvp" "$S1"
+  has "spec: klt:profile="
   expect 1 "exists" -- "$K" calibrate --model "$M/stories260K.bin" --context-tokens 256 --profile-out "$T/p.kvp" "$S1"
   expect 0 "" -- "$K" encode -q --profile "$T/p.kvp" -c "klt:kstep=0.3,vstep=0.4|rans" "$S" "$T/klt.kvc"
   expect 2 "not loaded" -- "$K" decode "$T/klt.kvc" "$T/klt.safetensors"

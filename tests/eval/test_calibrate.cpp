@@ -145,15 +145,15 @@ TEST_CASE("klt with a profile fitted on kvlab-d1 and d2 codes kvlab-d0 in fewer 
     CHECK(worst < 1e-3);
   }
   reg.add(p);
-  const eval::calibration cal = eval::calibrate_layers(m, {d1, d2}, 256, 0.2, 0.3, io::profile_hash_text(p.hash));
-  CHECK(cal.spec.rfind("klt:profile=" + io::profile_hash_text(p.hash) + ",kstep=0.2,vstep=0.3,klayer=", 0) == 0);
+  // the same steps without per-layer multipliers (calibrate_layers with klt is the CLI test's and
+  // rd_curve's; sixteen model runs more here would be the slowest entry of the sanitizer suite)
   const eval::model_eval_options o{.context_tokens = 256, .generate_steps = 0};
   const auto kvw = eval::evaluate_model(m, *d0, "kvw:kstep=0.2,vstep=0.3", o);
-  const auto klt = eval::evaluate_model(m, *d0, cal.spec, o);
+  const auto klt = eval::evaluate_model(m, *d0, "klt:profile=" + io::profile_hash_text(p.hash) + ",kstep=0.2,vstep=0.3|rans", o);
   MESSAGE("kvw " << kvw.bits_per_element << " b/e KL " << kvw.model.kl << "; klt (profile from d1, d2) " << klt.bits_per_element << " b/e KL "
                  << klt.model.kl);
-  CHECK(klt.bits_per_element < 0.8 * kvw.bits_per_element);  // measured 2.97 vs 4.12 b/e (context)
-  CHECK(klt.model.kl < kvw.model.kl);                        // measured 1.1e-5 vs 2.6e-5
+  CHECK(klt.bits_per_element < 0.8 * kvw.bits_per_element);  // measured 2.92 vs 4.12 b/e (context)
+  CHECK(klt.model.kl < kvw.model.kl);                        // measured 1.9e-5 vs 2.6e-5
   reg.clear();
 }
 
