@@ -229,6 +229,17 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
   }
 
  public:
+  /// The parameters of cachegen-quant's format with one tier of `bins`, f16 scales and one scale per
+  /// channel per chunk for K and V: how weighted-quant and klt store their symbols and scales.
+  static quant::cachegen per_channel_params(int bins) {
+    quant::cachegen c;
+    c.kbins = c.vbins = std::to_string(bins);
+    c.klayers = c.vlayers = "-";
+    c.scale = "f16";
+    c.kaxis = c.vaxis = "channel";
+    return c;
+  }
+
   /// Checks the plane and side bytes of `in` against block `b` (decode's checks and errors) and
   /// returns the plane, with `step` = each scale's step (scale / MAX) and `max` = MAX. For decoders
   /// that dequantize cachegen-quant's symbols their own way (weighted-quant rotating keys as it goes).

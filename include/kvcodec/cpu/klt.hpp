@@ -29,7 +29,7 @@ namespace kvcodec::cpu {
 
 class klt_quant final : public stage_impl<quant::klt, quant_stage> {
  public:
-  explicit klt_quant(quant::klt p) : stage_impl(std::move(p)), inner_(inner_params(p_), quant::klt::name) {
+  explicit klt_quant(quant::klt p) : stage_impl(std::move(p)), inner_(cachegen_quant::per_channel_params(p_.bins), quant::klt::name) {
     quant::parse_multipliers(p_.klayer, kmul_);
     quant::parse_multipliers(p_.vlayer, vmul_);
   }
@@ -228,14 +228,6 @@ class klt_quant final : public stage_impl<quant::klt, quant_stage> {
     if (rope != pr.rope)
       throw_usage("klt: profile " + io::profile_hash_text(pr.hash) + " was fitted on keys with rope '" + pr.rope + "', the cache's metadata says '" + rope + "'");
     (void)rope_rows::rope_of(info, s.head_dim, "klt");  // a cache without usable RoPE metadata fails before any block
-  }
-  static quant::cachegen inner_params(const quant::klt& w) {
-    quant::cachegen c;
-    c.kbins = c.vbins = std::to_string(w.bins);
-    c.klayers = c.vlayers = "-";
-    c.scale = "f16";
-    c.kaxis = c.vaxis = "channel";
-    return c;
   }
   cachegen_quant inner_;
   std::vector<double> kmul_, vmul_;

@@ -26,7 +26,7 @@ namespace kvcodec::cpu {
 
 class weighted_quant final : public stage_impl<quant::weighted, quant_stage> {
  public:
-  explicit weighted_quant(quant::weighted p) : stage_impl(std::move(p)), inner_(inner_params(p_), quant::weighted::name) {
+  explicit weighted_quant(quant::weighted p) : stage_impl(std::move(p)), inner_(cachegen_quant::per_channel_params(p_.bins), quant::weighted::name) {
     quant::parse_multipliers(p_.klayer, kmul_);
     quant::parse_multipliers(p_.vlayer, vmul_);
   }
@@ -149,14 +149,6 @@ class weighted_quant final : public stage_impl<quant::weighted, quant_stage> {
 
  private:
   static constexpr std::string_view derope_param = "weighted-quant: parameter 'derope'";
-  static quant::cachegen inner_params(const quant::weighted& w) {
-    quant::cachegen c;
-    c.kbins = c.vbins = std::to_string(w.bins);
-    c.klayers = c.vlayers = "-";
-    c.scale = "f16";
-    c.kaxis = c.vaxis = "channel";
-    return c;
-  }
   cachegen_quant inner_;
   std::vector<double> kmul_, vmul_;
 };
