@@ -103,6 +103,8 @@ std::vector<uint8_t> rans_encode_impl(const Sym* sym, size_t n, size_t cols, con
       t_vec = n / N;  // every full step; a partial last step runs scalar first
     }
   }
+#else
+  (void)simd;
 #endif
   for (size_t t = steps; t-- > t_vec;) {
     const size_t base = t * N;
