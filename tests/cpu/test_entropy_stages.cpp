@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "kvcodec/cpu/rans.hpp"
 #include "kvcodec/kvcodec.hpp"
 
 // Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
@@ -116,6 +117,71 @@ TEST_CASE("rans:lanes=0 stores 64 lanes for long streams and 32 for short ones")
     fixed->encode(in, b, out2, cs2);
     CHECK(out.size() == out2.size() + 1);
     CHECK(cs.payload_bits == cs2.payload_bits);
+  }
+}
+
+TEST_CASE("rans plan: a block's streams batch-decoded by the CUDA lane logic's host emulation equal decode") {
+  cache_info info;
+  info.shape.layers = 2;
+  for (const std::string spec : {"rans:lanes=0", "rans:lanes=0,tables=shared", "rans:lanes=96,prob_bits=12", "rans:prob_bits=14"}) {
+    INFO(spec);
+    std::vector<symbols> blocks;
+    for (int j = 0; j < 4; ++j) {
+      symbols s = make_syms(j == 0 ? 600 : 40, 128, 32, 4, static_cast<std::uint32_t>(j));
+      s.planes.push_back(make_syms(7, 3, 5, 0, 99 + static_cast<std::uint32_t>(j)).planes[0]);  // a second, short plane
+      blocks.push_back(std::move(s));
+    }
+    std::vector<const symbols*> ptrs;
+    for (auto& b : blocks) ptrs.push_back(&b);
+    auto st = make_entropy(spec);
+    if (spec.find("shared") != std::string::npos) st->load_state(st->fit(ptrs, info), info);
+    const auto* rs = dynamic_cast<const cpu::rans_entropy*>(st.get());
+    REQUIRE(rs != nullptr);
+    std::vector<bytes> coded(blocks.size());
+    std::vector<cpu::rans_entropy::block_plan> plans;
+    rans_batch_builder<std::uint64_t> b;
+    std::map<const rans_ctx_decoder*, std::uint32_t> models;
+    std::vector<std::vector<std::uint64_t>> first;
+    for (std::size_t j = 0; j < blocks.size(); ++j) {
+      const block ctx = ctx_block(static_cast<int>((j / 2) % 2), j % 2 == 0, blocks[j].planes[0].rows, 128);
+      coder_stats cs;
+      st->encode(blocks[j], ctx, coded[j], cs);
+      plans.push_back(rs->plan(coded[j], ctx));
+    }
+    for (const auto& bp : plans) first.push_back(cpu::add_to_batch(bp, b, models));
+    std::vector<std::uint16_t> out(b.out_symbols);
+    std::vector<rans_batch_status> status(b.streams.size(), rans_batch_status::bad_size);
+    rans_decode_batch_emulated(b.host_args(out.data()), status.data());
+    for (auto v : status) CHECK(v == rans_batch_status::ok);
+    for (std::size_t j = 0; j < blocks.size(); ++j) {
+      CHECK(plans[j].headers.side == blocks[j].side);
+      REQUIRE(plans[j].streams.size() == blocks[j].planes.size());
+      for (std::size_t k = 0; k < plans[j].streams.size(); ++k) {
+        const auto& want = blocks[j].planes[plans[j].streams[k].plane].sym;
+        CHECK(std::equal(want.begin(), want.end(), out.begin() + static_cast<std::ptrdiff_t>(first[j][k])));
+      }
+    }
+    if (spec.find("prob_bits=14") != std::string::npos) {
+      rans_batch_builder<std::uint32_t> b32;
+      std::map<const rans_ctx_decoder*, std::uint32_t> m32;
+      CHECK_THROWS_AS(cpu::add_to_batch(plans[0], b32, m32), error);
+    }
+  }
+  // Planes with residual rows are restored on the CPU only: the plan refuses them by name.
+  auto pred = make_entropy("rans:pred=prev");
+  const symbols in = make_syms(40, 16, 32, 4, 3);
+  const block ctx = ctx_block(0, true, 40, 16);
+  bytes out;
+  coder_stats cs;
+  pred->encode(in, ctx, out, cs);
+  const auto* rp = dynamic_cast<const cpu::rans_entropy*>(pred.get());
+  REQUIRE(rp != nullptr);
+  try {
+    (void)rp->plan(out, ctx);
+    CHECK(false);
+  } catch (const error& e) {
+    CHECK(e.kind() == error_kind::usage);
+    CHECK(std::string(e.what()).find("pred=prev") != std::string::npos);
   }
 }
 

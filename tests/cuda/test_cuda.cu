@@ -5,14 +5,19 @@
 //    runs the same lane logic on the CPU in CI): lane counts 32..1024, 1..1024 columns, lengths around a
 //    step, mixed lane counts in one batch, compact and 64-bit entries, corrupt streams (the same status as
 //    the emulation, no read outside the stream: run under compute-sanitizer by scripts/gpu-check), and two
-//    batches queued on one CUDA stream before either is waited for.
+//    batches queued on one CUDA stream before either is waited for;
+//  - cuda::decode_into (the seam) against the CPU's decode_into: kvc levels, f16/bf16/f32, HF and
+//    paged device views, token ranges, and the usage error for a container outside its scope.
 #include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "kvcodec/cuda/decode.cuh"
 #include "kvcodec/cuda/kvcodec_cuda.cuh"
+#include "kvcodec/kvcodec.hpp"
 #include "kvcodec/tensor/dtype.hpp"
+#include "../support/random_cache.hpp"
 #include "../support/rans_batch_cases.hpp"
 
 namespace {
@@ -184,6 +189,99 @@ void test_rans_batch() {
   }
 }
 
+/// Device buffers for a view of `tokens` tokens: HF [H, T, D] per layer or a paged pool.
+struct device_dest {
+  std::vector<cuda::device_buffer<std::byte>> k, v;
+  kv_view view;
+  std::size_t per = 0;
+  device_dest(const kv_shape& s, std::int64_t tokens, dtype t, bool paged) {
+    const std::size_t es = dtype_size(t);
+    const std::int64_t bs = 16, nb = (tokens + bs - 1) / bs + 3;
+    per = paged ? static_cast<std::size_t>(nb * bs * s.kv_heads * s.head_dim) * es : static_cast<std::size_t>(tokens * s.kv_heads * s.head_dim) * es;
+    std::vector<std::byte*> kp, vp;
+    for (int l = 0; l < s.layers; ++l) {
+      k.emplace_back(per);
+      v.emplace_back(per);
+      cuda::check(cudaMemset(k.back().data(), 0x5a, per), "memset");
+      cuda::check(cudaMemset(v.back().data(), 0x5a, per), "memset");
+      kp.push_back(k.back().data());
+      vp.push_back(v.back().data());
+    }
+    if (paged) {
+      std::vector<std::int32_t> table;
+      for (std::int64_t i = 0; i < (tokens + bs - 1) / bs; ++i) table.push_back(static_cast<std::int32_t>((i * 5 + 2) % nb));
+      view = kv_view::paged_pool(kp, vp, t, s.kv_heads, s.head_dim, bs, nb, table, tokens);
+    } else {
+      view = kv_view::hf(kp, vp, t, s.kv_heads, tokens, s.head_dim);
+    }
+    view.space = memory_space::device;
+  }
+  /// The rows as bytes in (layer, K/V, head, token) order, read back from the device.
+  std::vector<std::byte> rows() const {
+    std::vector<std::vector<std::byte>> hk, hv;
+    for (const auto& b : k) hk.push_back(b.download());
+    for (const auto& b : v) hv.push_back(b.download());
+    std::vector<std::byte> out;
+    const std::size_t rb = static_cast<std::size_t>(view.head_dim) * view.elem_size();
+    for (int l = 0; l < view.layers; ++l)
+      for (int kv = 0; kv < 2; ++kv)
+        for (int h = 0; h < view.kv_heads; ++h)
+          for (std::int64_t t = 0; t < view.tokens; ++t) {
+            const std::byte* base = (kv == 0 ? hk : hv)[static_cast<std::size_t>(l)].data();
+            const std::byte* r = base + view.offset(h, t) * static_cast<std::int64_t>(view.elem_size());
+            out.insert(out.end(), r, r + rb);
+          }
+    return out;
+  }
+};
+
+std::vector<std::byte> host_rows(const kv_cache& c, dtype t, std::int64_t tb, std::int64_t te) {
+  std::vector<std::byte> out;
+  const std::size_t D = static_cast<std::size_t>(c.shape.head_dim), es = dtype_size(t);
+  std::vector<std::uint8_t> row(D * es);
+  for (int l = 0; l < c.shape.layers; ++l)
+    for (int kv = 0; kv < 2; ++kv)
+      for (int h = 0; h < c.shape.kv_heads; ++h)
+        for (std::int64_t tok = tb; tok < te; ++tok) {
+          const float* x = (kv == 0 ? c.keys : c.values)[static_cast<std::size_t>(l)].data() + (static_cast<std::size_t>(h) * static_cast<std::size_t>(c.shape.tokens) + static_cast<std::size_t>(tok)) * D;
+          encode_floats(x, D, t, row.data());
+          const std::byte* r = reinterpret_cast<const std::byte*>(row.data());
+          out.insert(out.end(), r, r + D * es);
+        }
+  return out;
+}
+
+void test_decode_into() {
+  const kv_cache kv = test::random_cache(3, 2, 600, 32, dtype::f16);
+  for (const std::string spec : {"kvc:level=5", "kvc:level=9", "cachegen-quant:kaxis=token,scale=bf16|rans:lanes=0"}) {
+    const encoded e = encode(spec, kv, encode_options{.chunk_tokens = 256});
+    for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
+      for (bool paged : {false, true})
+        for (auto [tb, te] : {std::pair<std::int64_t, std::int64_t>{0, 600}, {256, 512}, {100, 300}}) {
+          if (paged && tb % 16 != 0) continue;
+          decode_options opt;
+          opt.token_begin = tb;
+          opt.token_end = te;
+          const kv_cache want = decode(cpu::par, e.data, opt);
+          device_dest d(kv.shape, te - tb, t, paged);
+          cuda::decode_into(cuda::par, e.data, d.view, opt);
+          expect(d.rows() == host_rows(want, t, 0, te - tb), "decode_into " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf") + " tokens " +
+                                                              std::to_string(tb) + ".." + std::to_string(te));
+        }
+  }
+  {  // outside its scope: a usage error, nothing written
+    const encoded e = encode("kivi:bits=4|rans", kv);
+    device_dest d(kv.shape, 600, dtype::f16, false);
+    bool usage = false;
+    try {
+      cuda::decode_into(cuda::par, e.data, d.view);
+    } catch (const error& err) {
+      usage = err.kind() == error_kind::usage;
+    }
+    expect(usage, "decode_into kivi|rans: usage error");
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -194,6 +292,7 @@ int main() {
   try {
     test_conversions();
     test_rans_batch();
+    test_decode_into();
   } catch (const std::exception& e) {
     std::printf("FAIL: exception: %s\n", e.what());
     ++failures;

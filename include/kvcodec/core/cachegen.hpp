@@ -7,6 +7,7 @@
 
 #include "kvcodec/core/config.hpp"
 #include "kvcodec/core/half.hpp"
+#include "kvcodec/core/kv_address.hpp"
 
 namespace kvcodec {
 
@@ -39,6 +40,49 @@ KVCODEC_HD inline std::uint16_t cachegen_scale_bits(float m, bool bf16) {
 
 KVCODEC_HD inline float cachegen_scale_value(std::uint16_t bits, bool bf16) {
   return bf16 ? bf16_bits_to_f32(bits) : f16_bits_to_f32(bits);
+}
+
+/// One dense K or V block of cachegen-quant symbols for a batch decoder (the CUDA backend and its host
+/// emulation): R token rows x C = heads x head_dim columns, symbols in row-major order from sym_first of
+/// the batch's symbol array, steps (scale / MAX) per token or per column from step_first.
+struct cachegen_batch_block {
+  std::uint64_t sym_first = 0, step_first = 0;
+  std::uint32_t rows = 0, cols = 0;
+  std::int32_t layer = 0, max = 0;
+  std::uint32_t key = 1, by_token = 0;
+  std::int64_t t_first = 0;        ///< destination token of row 0 (may be negative: rows before the range)
+  std::int64_t t_end = 0;          ///< destination tokens: rows map into [0, t_end) are written, others skipped
+};
+
+/// Where a batch decoder writes: per-layer K and V bases and the layout of one sequence.
+struct cachegen_batch_dest {
+  void* const* k = nullptr;  ///< per layer (in the writer's memory space)
+  void* const* v = nullptr;
+  kv_layout_desc layout;
+  std::int32_t head_dim = 0;
+  std::uint32_t dtype_code = 1;  ///< 0 f32, 1 f16, 2 bf16 (tensor/dtype.hpp's codes)
+};
+
+/// Dequantizes element i of block b and stores it in the destination's dtype, exactly as the CPU stage
+/// does (f32 value, then f16/bf16 rounding to nearest even). Returns false (and writes nothing) for a
+/// symbol above 2*MAX; rows outside the destination's tokens are skipped.
+KVCODEC_HD inline bool cachegen_batch_store(const cachegen_batch_block& b, const std::uint16_t* sym, const float* steps, const cachegen_batch_dest& d,
+                                            std::uint64_t i) noexcept {
+  const std::uint64_t r = i / b.cols, c = i % b.cols;
+  const std::uint16_t s = sym[b.sym_first + i];
+  if (s > static_cast<std::uint32_t>(2 * b.max)) return false;
+  const std::int64_t t = b.t_first + static_cast<std::int64_t>(r);
+  if (t < 0 || t >= b.t_end) return true;
+  const std::uint64_t D = static_cast<std::uint64_t>(d.head_dim), h = c / D, ch = c % D;
+  const float v = cachegen_dequantize(s, steps[b.step_first + (b.by_token ? r : c)], b.max);
+  const std::int64_t off = kv_row_offset(d.layout, static_cast<std::int64_t>(h), t) + static_cast<std::int64_t>(ch) * d.layout.s_dim;
+  void* base = (b.key ? d.k : d.v)[b.layer];
+  if (d.dtype_code == 0) {
+    static_cast<float*>(base)[off] = v;
+  } else {
+    static_cast<std::uint16_t*>(base)[off] = d.dtype_code == 2 ? f32_to_bf16_bits(v) : f32_to_f16_bits(v);
+  }
+  return true;
 }
 
 }  // namespace kvcodec

@@ -250,6 +250,20 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
   /// expands them to this layout before the checks).
   const symbol_plane& checked(const std::vector<symbol_plane>& planes, std::span<const std::uint8_t> side, const block& b, std::vector<float>& step,
                               int& max) const {
+    return checked_impl(planes, side, b, step, max, true);
+  }
+  /// checked() for a plane whose symbols are not decoded yet (a batch decoder's plan: headers only):
+  /// shape, alphabet and scales; the decoder checks each symbol against 2*MAX as it dequantizes.
+  void checked_header(const std::vector<symbol_plane>& planes, std::span<const std::uint8_t> side, const block& b, std::vector<float>& step,
+                      int& max) const {
+    (void)checked_impl(planes, side, b, step, max, false);
+  }
+  /// Scales per token (else per column) for this block.
+  bool by_token(const block& b) const { return (b.key ? p_.kaxis : p_.vaxis) == "token"; }
+
+ private:
+  const symbol_plane& checked_impl(const std::vector<symbol_plane>& planes, std::span<const std::uint8_t> side, const block& b,
+                                   std::vector<float>& step, int& max, bool with_symbols) const {
     const std::string where = std::string(label_) + " (layer " + std::to_string(b.layer) + (b.key ? " K)" : " V)");
     const int bins = p_.bins_for(b.layer, b.key);
     const int MAX = bins / 2 - 1;
@@ -262,7 +276,7 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     const std::size_t nscales = by_token ? R : (dense ? C : H * D);
     if (planes.size() != 1) throw_corrupt(where, "expected 1 symbol plane, found " + std::to_string(planes.size()));
     const symbol_plane& p = planes[0];
-    if (p.rows != R || p.cols != C || p.sym.size() != R * C || p.alphabet != alphabet_for(bins))
+    if (p.rows != R || p.cols != C || (with_symbols && p.sym.size() != R * C) || p.alphabet != alphabet_for(bins))
       throw_corrupt(where, "plane " + std::to_string(p.rows) + "x" + std::to_string(p.cols) + " alphabet " + std::to_string(p.alphabet) +
                                ", expected " + std::to_string(R) + "x" + std::to_string(C) + " alphabet " + std::to_string(alphabet_for(bins)));
     if (side.size() != 2 * nscales)
@@ -275,7 +289,7 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
       step[i] = MAX > 0 ? s / static_cast<float>(MAX) : 0.0f;
     }
     // A bound the entropy stage vouches for (rANS: from its tables) makes the scan unnecessary.
-    const bool bounded = p.sym_bound != 0 && p.sym_bound <= static_cast<std::uint32_t>(2 * MAX) + 1;
+    const bool bounded = !with_symbols || (p.sym_bound != 0 && p.sym_bound <= static_cast<std::uint32_t>(2 * MAX) + 1);
     const std::uint32_t worst = bounded ? 0 : max_symbol(p.sym.data(), p.sym.size());
     if (!p.sym.empty() && worst > static_cast<std::uint32_t>(2 * MAX))
       throw_corrupt(where, "symbol " + std::to_string(worst) + " above 2*MAX = " + std::to_string(2 * MAX));
@@ -283,7 +297,6 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
     return p;
   }
 
- private:
   struct no_kernel {
     template <class T>
     std::size_t operator()(const std::uint16_t*, const float*, bool, int, T*, std::size_t) const {

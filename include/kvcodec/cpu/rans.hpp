@@ -28,6 +28,7 @@
 #include <string>
 #include <tuple>
 
+#include "kvcodec/core/rans_batch.hpp"
 #include "kvcodec/cpu/entropy_model.hpp"
 #include "kvcodec/cpu/rans_codec.hpp"
 #include "kvcodec/cpu/stage_impl.hpp"
@@ -342,10 +343,83 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
   }
 
   void decode_reusing(std::span<const std::uint8_t> in, const block& ctx, symbols& out) const override {
+    std::vector<std::uint16_t> sub[2];
+    bool direct = false, inplace = false;
+    std::size_t counts[2] = {0, 0};
+    walk(
+        in, ctx, out,
+        [&](std::size_t, symbol_plane& p, std::uint32_t na) {
+          counts[0] = static_cast<std::size_t>(na) * p.cols;
+          counts[1] = static_cast<std::size_t>(p.rows - na) * p.cols;
+          // Without prediction every row is an anchor row: decode straight into the plane. Row-sequential
+          // predictions also decode into the plane (anchor row first) and are restored in place.
+          direct = counts[1] == 0;
+          inplace = !direct && em::contiguous_pred(pk_);
+          if (direct || inplace) p.sym.resize(counts[0] + counts[1]);
+          p.sym_bound = 0;
+          if (!direct && !inplace)
+            for (int s = 0; s < 2; ++s) sub[s].resize(counts[s]);
+        },
+        [&](std::size_t, symbol_plane& p, int s, const rans_ctx_decoder& dec, int lanes, std::span<const std::uint8_t> stream,
+            std::unique_ptr<detail::ready_model>&) {
+          std::uint16_t* dst = direct ? p.sym.data() : inplace ? p.sym.data() + (s == 0 ? 0 : counts[0]) : sub[s].data();
+          rans_decode_ctx(stream.data(), stream.size(), dec, lanes, dst, counts[s]);
+          // Without prediction the plane is what the tables decoded: no symbol reaches their bound.
+          p.sym_bound = direct ? dec.sym_bound : 0;
+        },
+        [&](std::size_t, symbol_plane& p, const em::linear_coefs* lc) {
+          if (inplace)
+            em::restore_rows_inplace(p, pk_, lc);
+          else if (!direct)
+            em::merge_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1], lc);
+        });
+  }
+
+  /// One rANS stream of a block as a batch decoder (core/rans_batch.hpp, the CUDA backend) takes it.
+  struct stream_ref {
+    std::size_t plane = 0;
+    std::span<const std::uint8_t> bytes;
+    const rans_ctx_decoder* dec = nullptr;  ///< the model's decoder tables (owned by the stage or the plan)
+    int lanes = 32;
+    std::size_t n = 0;  ///< symbols (the whole plane: only prediction-free planes are planned)
+  };
+  /// A block's streams, parsed with decode_reusing's checks but not decoded: plane shapes (sym left
+  /// empty), side bytes, and one stream_ref per plane. Planes coded with prediction (residual rows)
+  /// are refused (usage: their rows are restored on the CPU only).
+  struct block_plan {
+    symbols headers;
+    std::vector<stream_ref> streams;
+    std::vector<std::unique_ptr<detail::ready_model>> owned;  ///< tables=chunk models
+  };
+  block_plan plan(std::span<const std::uint8_t> in, const block& ctx) const {
+    block_plan bp;
+    walk(
+        in, ctx, bp.headers,
+        [&](std::size_t pi, symbol_plane& p, std::uint32_t na) {
+          if (na != p.rows)
+            throw_usage("rans: plane " + std::to_string(pi) + " of layer " + std::to_string(ctx.layer) + " is coded with pred=" + p_.pred +
+                        " residual rows, which only the CPU decoder restores; batch decoding takes pred=none streams");
+        },
+        [&](std::size_t pi, symbol_plane& p, int, const rans_ctx_decoder& dec, int lanes, std::span<const std::uint8_t> stream,
+            std::unique_ptr<detail::ready_model>& local) {
+          if (local) bp.owned.push_back(std::move(local));  // a tables=chunk model: dec lives in it
+          bp.streams.push_back({pi, stream, &dec, lanes, static_cast<std::size_t>(p.rows) * p.cols});
+        },
+        [](std::size_t, symbol_plane&, const em::linear_coefs*) {});
+    return bp;
+  }
+
+ private:
+  /// Parses a block's stream with every check, calling on_plane(pi, plane, anchor rows) after a
+  /// plane's header, on_stream(pi, plane, sub, decoder, lanes, stream bytes, local model) for each
+  /// non-empty sub-plane (local holds a tables=chunk model, null for shared ones; the callee may keep
+  /// it), and plane_done(pi, plane, predictors); then reads the side bytes into out.side. A failure
+  /// inside on_stream is reported as a corrupt plane of this block.
+  template <class OnPlane, class OnStream, class PlaneDone>
+  void walk(std::span<const std::uint8_t> in, const block& ctx, symbols& out, OnPlane&& on_plane, OnStream&& on_stream, PlaneDone&& plane_done) const {
     byte_reader r(in, "rans stream (layer " + std::to_string(ctx.layer) + (ctx.key ? " K" : " V") + ")");
     const std::uint64_t max_sym = max_symbols_for(ctx);
     out.planes.resize(static_cast<std::size_t>(r.get_varint_max("plane count", 64)));
-    std::vector<std::uint16_t> sub[2];
     for (std::size_t pi = 0; pi < out.planes.size(); ++pi) {
       symbol_plane& p = out.planes[pi];
       p.alphabet = static_cast<std::uint32_t>(r.get_varint_max("alphabet", rans_max_alphabet));
@@ -369,49 +443,37 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
           lc = &local_lc;
         }
       }
+      on_plane(pi, p, na);
       const std::size_t counts[2] = {static_cast<std::size_t>(na) * p.cols, static_cast<std::size_t>(p.rows - na) * p.cols};
-      // Without prediction every row is an anchor row: decode straight into the plane. Row-sequential
-      // predictions also decode into the plane (anchor row first) and are restored in place.
-      const bool direct = counts[1] == 0;
-      const bool inplace = !direct && em::contiguous_pred(pk_);
-      if (direct || inplace) p.sym.resize(counts[0] + counts[1]);
-      p.sym_bound = 0;
       for (int s = 0; s < 2; ++s) {
-        if (!direct && !inplace) sub[s].resize(counts[s]);
         if (counts[s] == 0) continue;
-        detail::ready_model local;
+        std::unique_ptr<detail::ready_model> local;
         const detail::ready_model* rm = nullptr;
         if (p_.tables == "shared") {
           rm = find_shared(ctx, static_cast<int>(pi), s, p);
         } else {
-          local.m = em::parse_model(r, p.cols, p.alphabet, p_.prob_bits);
-          rm = &local;
+          local = std::make_unique<detail::ready_model>();
+          local->m = em::parse_model(r, p.cols, p.alphabet, p_.prob_bits);
+          rm = local.get();
         }
         int lanes = p_.lanes;
         if (lanes == 0) lanes = static_cast<int>(r.get_varint_max("lanes / 32", rans_max_lanes / rans_lane_multiple)) * rans_lane_multiple;
         if (lanes == 0) throw_corrupt(r.what(), "field 'lanes / 32': expected 1.." + std::to_string(rans_max_lanes / rans_lane_multiple) + ", found 0");
         const auto stream = r.get_blob("rANS stream");
         try {
-          std::uint16_t* dst = direct ? p.sym.data() : inplace ? p.sym.data() + (s == 0 ? 0 : counts[0]) : sub[s].data();
-          const rans_ctx_decoder& dec = rm->decoder(rm == &local ? nullptr : &arena_);
-          rans_decode_ctx(stream.data(), stream.size(), dec, lanes, dst, counts[s]);
-          // Without prediction the plane is what the tables decoded: no symbol reaches their bound.
-          p.sym_bound = direct ? dec.sym_bound : 0;
+          const rans_ctx_decoder& dec = rm->decoder(local ? nullptr : &arena_);
+          on_stream(pi, p, s, dec, lanes, std::span<const std::uint8_t>(stream.data(), stream.size()), local);
         } catch (const error& e) {
           throw_corrupt(r.what(), std::string("plane ") + std::to_string(pi) + ": " + e.what());
         }
       }
-      if (inplace)
-        em::restore_rows_inplace(p, pk_, lc);
-      else if (!direct)
-        em::merge_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1], lc);
+      plane_done(pi, p, lc);
     }
     const auto side = r.get_blob("side bytes");
     out.side.assign(side.begin(), side.end());
     r.expect_end();
   }
 
- private:
   /// lanes=0: 64 lanes for streams of at least 2^16 symbols (the AVX-512 decoder's best width),
   /// else 32 (the 4 bytes of final state per lane cost more than they save on short streams).
   static int auto_lanes(std::size_t n) { return n >= (std::size_t{1} << 16) ? 64 : 32; }
@@ -474,5 +536,36 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
   int stream_layers_ = 1;
   std::mutex stream_mutex_;
 };
+
+
+/// Adds a planned block's streams to a batch (core/rans_batch.hpp) for the batch decoder (the CUDA
+/// kernel or its host emulation). The builder copies the bytes and tables. Models are added once per
+/// decoder, remembered by address in `models` across blocks: keep the plans (and the stage) alive
+/// while `models` is in use. Returns each stream's first output symbol.
+/// Compact entries (Entry = uint32_t) need tables that fit them (prob_bits <= 12, alphabet <= 256).
+template <class Entry>
+std::vector<std::uint64_t> add_to_batch(const rans_entropy::block_plan& bp, rans_batch_builder<Entry>& b,
+                                        std::map<const rans_ctx_decoder*, std::uint32_t>& models) {
+  std::vector<std::uint64_t> first;
+  for (const auto& sr : bp.streams) {
+    const rans_ctx_decoder& d = *sr.dec;
+    auto it = models.find(&d);
+    if (it == models.end()) {
+      std::vector<Entry> e;
+      if constexpr (std::is_same_v<Entry, std::uint32_t>) {
+        if (d.entry32.empty()) throw_usage("rans: tables of prob_bits " + std::to_string(d.prob_bits) + " or alphabets over 256 need 64-bit batch entries");
+        e.assign(d.entry32.begin(), d.entry32.end());
+      } else if (!d.entry64.empty()) {
+        e.assign(d.entry64.begin(), d.entry64.end());
+      } else {
+        e.reserve(d.entry32.size());
+        for (std::uint32_t v : d.entry32) e.push_back(rans_dec_entry_pack(rans_dec32_symbol(v), rans_dec32_freq(v), rans_dec32_offset(v)));
+      }
+      it = models.emplace(&d, b.add_model(std::span<const Entry>(e), std::span<const std::uint32_t>(d.col_off.data(), d.cols), d.prob_bits)).first;
+    }
+    first.push_back(b.add_stream(sr.bytes, sr.n, sr.lanes, it->second, static_cast<std::uint32_t>(d.cols), d.prob_bits));
+  }
+  return first;
+}
 
 }  // namespace kvcodec::cpu

@@ -81,6 +81,21 @@ class segment_decoder {
 
   const kvc_header& header() const noexcept { return h_; }
   const codec& stages() const noexcept { return c_; }
+  const cache_info& info() const noexcept { return info_; }
+
+  /// A sparse container's segment starts with the kept-token masks: reads them from `r` and returns
+  /// the kept tokens (absolute) per kv head.
+  std::vector<std::vector<std::int32_t>> read_kept(byte_reader& r, const segment_entry& se) const {
+    const kv_shape& s = h_.shape;
+    const std::size_t span = static_cast<std::size_t>(se.t1 - se.t0), mb = (span + 7) / 8;
+    const auto masks = r.get_bytes(static_cast<std::size_t>(s.kv_heads) * mb, "kept-token masks");
+    std::vector<std::vector<std::int32_t>> kc(static_cast<std::size_t>(s.kv_heads));
+    for (int hh = 0; hh < s.kv_heads; ++hh)
+      for (std::size_t t = 0; t < span; ++t)
+        if (masks[static_cast<std::size_t>(hh) * mb + t / 8] & (1u << (t % 8)))
+          kc[static_cast<std::size_t>(hh)].push_back(static_cast<std::int32_t>(se.t0 + static_cast<std::int64_t>(t)));
+    return kc;
+  }
 
   /// Decodes one checked segment into `dst`, whose token i is cache token `base + i`, writing only the
   /// tokens in [tb, te) (which must lie within dst). Appends the segment's kept tokens in range
@@ -109,18 +124,11 @@ class segment_decoder {
     const kv_shape& s = h_.shape;
     byte_reader r(seg, where);
     std::vector<std::vector<std::int32_t>> kc;
-    const std::size_t span = static_cast<std::size_t>(se.t1 - se.t0);
     const std::int64_t lo = std::max(tb, se.t0), hi = std::min(te, se.t1);
     const std::size_t D = static_cast<std::size_t>(s.head_dim);
     const std::size_t row_bytes = D * dtype_size(dst.dt);
     if (h_.sparse) {
-      const std::size_t mb = (span + 7) / 8;
-      const auto masks = r.get_bytes(static_cast<std::size_t>(s.kv_heads) * mb, "kept-token masks");
-      kc.resize(static_cast<std::size_t>(s.kv_heads));
-      for (int hh = 0; hh < s.kv_heads; ++hh)
-        for (std::size_t t = 0; t < span; ++t)
-          if (masks[static_cast<std::size_t>(hh) * mb + t / 8] & (1u << (t % 8)))
-            kc[static_cast<std::size_t>(hh)].push_back(static_cast<std::int32_t>(se.t0 + static_cast<std::int64_t>(t)));
+      kc = read_kept(r, se);
       // Dropped tokens decode as zeros.
       for (int kvi = 0; kvi < 2; ++kvi)
         for (int hh = 0; hh < s.kv_heads; ++hh) {

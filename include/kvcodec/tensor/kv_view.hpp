@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "kvcodec/core/error.hpp"
+#include "kvcodec/core/kv_address.hpp"
 #include "kvcodec/tensor/dtype.hpp"
 #include "kvcodec/tensor/kv_cache.hpp"
 
@@ -56,13 +57,9 @@ struct basic_kv_view {
   bool rows_contiguous() const noexcept { return s_dim == 1; }
   Byte* base(int layer, bool key) const noexcept { return (key ? k : v)[static_cast<std::size_t>(layer)]; }
   /// Element offset of (h, t, 0) from the layer's base.
-  std::int64_t offset(int h, std::int64_t t) const noexcept {
-    if (block_size > 0) {
-      const std::int64_t b = block_table[static_cast<std::size_t>(t / block_size)];
-      return b * s_block + (t % block_size) * s_token + h * s_head;
-    }
-    return h * s_head + t * s_token;
-  }
+  std::int64_t offset(int h, std::int64_t t) const noexcept { return kv_row_offset(layout(), h, t); }
+  /// The flat address descriptor (core/kv_address.hpp); its block table points into this view's.
+  kv_layout_desc layout() const noexcept { return {s_head, s_token, s_dim, block_size, s_block, block_table.data()}; }
   /// Address of row (layer, K/V, head h, token t), channel 0.
   Byte* row(int layer, bool key, int h, std::int64_t t) const noexcept {
     return base(layer, key) + offset(h, t) * static_cast<std::int64_t>(elem_size());

@@ -1,0 +1,90 @@
+// bench_cuda: the CUDA backend on a synthetic f16 cache (Llama-8B-shaped, >= 1 GB by default), every
+// figure against a device-to-device cudaMemcpy of the same f16 bytes in the same run.
+//   bench_cuda [SIZE_MB=1024] [SPEC=kvc:level=5] [REPS=10]       (scripts/gpu-check runs it on a GPU)
+// What it times today: the rANS batch decode (cuda/rans.cuh) of every stream of SPEC's container, i.e.
+// the entropy stage alone, symbols out; the dequantize-and-scatter kernels that would make this a
+// decode into an f16 view are not built yet, so this is not the "decode into a device view"
+// figure. Throughput is given as GB/s of the f16 cache the symbols stand for (2 bytes per symbol), and
+// the GPU's symbols are checked against the CPU decoder's for every stream. Exits 77 without a GPU.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench_cuda.hpp"
+#include "kvcodec/eval/synth.hpp"
+#include "kvcodec/kvcodec.hpp"
+#include "kvcodec/pipeline/batch.hpp"
+
+using namespace kvcodec;
+
+int main(int argc, char** argv) {
+  const double size_mb = argc > 1 ? std::atof(argv[1]) : 1024.0;
+  const std::string spec = argc > 2 ? argv[2] : "kvc:level=5";
+  const int reps = argc > 3 ? std::max(1, std::atoi(argv[3])) : 10;
+  const std::string dev = kvcodec_bench_cuda::device_description();
+  if (dev.empty()) {
+    std::printf("SKIP: no CUDA device\n");
+    return 77;
+  }
+  try {
+    const int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    eval::synth_options o;
+    o.q_heads = 0;
+    o.dtype = dtype::f16;
+    o.tokens = std::max<std::int64_t>(1, static_cast<std::int64_t>(size_mb * 1e6 / (2.0 * o.layers * o.kv_heads * o.head_dim * 2) + 0.5));
+    const auto t0 = std::chrono::steady_clock::now();
+    const kv_cache kv = eval::synth_cache(o);
+    codec c = make_codec(spec);
+    const encoded e = encode(cpu::par(threads), c, kv);
+    const double f16_bytes = static_cast<double>(kv.shape.kv_elements()) * 2.0;
+    const kvc_view v = parse_kvc(e.data, "bench.kvc");
+    const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, "bench.kvc");
+    std::vector<std::size_t> all(v.header.segments.size());
+    for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+    const auto plan = plan_rans_batch<std::uint32_t>(dec, all, [&](std::size_t i) { return v.segment_bytes(i); });
+    const double prep_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const auto r = kvcodec_bench_cuda::time_rans_batch(plan.builder, static_cast<std::size_t>(f16_bytes), reps);
+    // the CPU decoder's symbols, block by block
+    std::size_t bad_streams = 0, streams = 0;
+    for (auto s : r.status) bad_streams += s != rans_batch_status::ok;
+    for (const auto& bb : plan.blocks) {
+      byte_reader rd(v.segment_bytes(bb.segment), "segment");
+      if (v.header.sparse) (void)dec.read_kept(rd, v.header.segments[bb.segment]);
+      const auto ks = rd.get_blob("K stream");
+      const auto vs = rd.get_blob("V stream");
+      const symbols want = dec.stages().entropy->decode(bb.key ? ks : vs, bb.skeleton);
+      for (std::size_t k = 0; k < bb.plane.size(); ++k, ++streams) {
+        const auto& w = want.planes[bb.plane[k]].sym;
+        if (!std::equal(w.begin(), w.end(), r.symbols.begin() + static_cast<std::ptrdiff_t>(bb.first[k]))) ++bad_streams;
+      }
+    }
+    auto ms = r.decode_ms;
+    std::sort(ms.begin(), ms.end());
+    const double best = ms.front(), median = ms[ms.size() / 2];
+    const double sym_bytes = 2.0 * static_cast<double>(plan.builder.out_symbols);
+    std::printf("device: %s\n", dev.c_str());
+    std::printf("cache: %d layers x %d kv heads x %lld tokens x %d head_dim, f16, %.1f MB; container %s: %.1f MB, %.3f bits/element, %zu segments "
+                "(prepared on the CPU in %.1f s: synth, encode with %d threads, plan)\n",
+                kv.shape.layers, kv.shape.kv_heads, static_cast<long long>(kv.shape.tokens), kv.shape.head_dim, f16_bytes / 1e6, spec.c_str(),
+                static_cast<double>(e.data.size()) / 1e6, 8.0 * static_cast<double>(e.data.size()) / static_cast<double>(kv.shape.kv_elements()),
+                v.header.segments.size(), prep_s, threads);
+    std::printf("rANS batch: %zu streams, %llu symbols, %zu tables' entries, max %u lanes\n", plan.builder.streams.size(),
+                static_cast<unsigned long long>(plan.builder.out_symbols), plan.builder.entries.size(), plan.builder.max_lanes);
+    std::printf("rANS batch decode (entropy stage only, symbols out), %d runs: best %.3f ms, median %.3f ms = %.1f GB/s of f16 (best), %.1f (median)\n", reps,
+                best, median, sym_bytes / best / 1e6, sym_bytes / median / 1e6);
+    std::printf("device memcpy D2D of the %.1f MB f16 cache: best %.3f ms = %.1f GB/s; rANS decode / memcpy speed: %.3fx\n", f16_bytes / 1e6, r.memcpy_ms,
+                f16_bytes / r.memcpy_ms / 1e6, r.memcpy_ms / best * sym_bytes / f16_bytes);
+    std::printf("H2D of the %.1f MB of streams (pinned): best %.3f ms = %.1f GB/s; H2D + decode: %.3f ms = %.1f GB/s of f16\n",
+                static_cast<double>(plan.builder.data.size()) / 1e6, r.h2d_ms, static_cast<double>(plan.builder.data.size()) / r.h2d_ms / 1e6,
+                r.h2d_ms + best, sym_bytes / (r.h2d_ms + best) / 1e6);
+    std::printf("GPU symbols vs the CPU decoder: %zu of %zu streams differ or failed\n", bad_streams, streams);
+    return bad_streams == 0 ? 0 : 1;
+  } catch (const std::exception& ex) {
+    std::printf("bench_cuda: %s\n", ex.what());
+    return 1;
+  }
+}

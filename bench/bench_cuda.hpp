@@ -1,0 +1,29 @@
+// bench/bench_cuda.hpp — the device half of bench_cuda (bench_cuda_kernels.cu, built by nvcc), called by
+// its host half (bench_cuda.cpp, built by the host compiler with the whole library).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kvcodec/core/rans_batch.hpp"
+
+namespace kvcodec_bench_cuda {
+
+/// Name, driver and runtime of device 0, or an empty string when there is no CUDA device.
+std::string device_description();
+
+struct rans_timing {
+  std::vector<double> decode_ms;  ///< each timed batch decode (CUDA events), after one warm-up
+  double memcpy_ms = 0;           ///< best device-to-device cudaMemcpy of `memcpy_bytes`
+  double h2d_ms = 0;              ///< best host-to-device copy of the batch's stream bytes (pinned)
+  std::vector<std::uint16_t> symbols;             ///< the decoded output
+  std::vector<kvcodec::rans_batch_status> status;  ///< per stream
+};
+
+/// Uploads the batch, decodes it `reps` times on the default stream, and times a device memcpy of
+/// `memcpy_bytes` (the f16 cache the symbols stand for) in the same run.
+rans_timing time_rans_batch(const kvcodec::rans_batch_builder<std::uint32_t>& b, std::size_t memcpy_bytes, int reps);
+
+}  // namespace kvcodec_bench_cuda

@@ -1,0 +1,89 @@
+// bench/bench_cuda_kernels.cu — the device half of bench_cuda (see bench_cuda.cpp): uploads, launches
+// and times with CUDA events.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "bench_cuda.hpp"
+#include "kvcodec/cuda/memory.cuh"
+#include "kvcodec/cuda/rans.cuh"
+
+namespace kvcodec_bench_cuda {
+
+using namespace kvcodec;
+
+std::string device_description() {
+  if (cuda::device_count() == 0) return {};
+  cudaDeviceProp p{};
+  cuda::check(cudaGetDeviceProperties(&p, 0), "cudaGetDeviceProperties");
+  int drv = 0, rt = 0;
+  cudaDriverGetVersion(&drv);
+  cudaRuntimeGetVersion(&rt);
+  return std::string(p.name) + ", sm_" + std::to_string(p.major) + std::to_string(p.minor) + ", " + std::to_string(p.multiProcessorCount) +
+         " SMs, driver CUDA " + std::to_string(drv / 1000) + "." + std::to_string(drv % 1000 / 10) + ", runtime " + std::to_string(rt / 1000) +
+         "." + std::to_string(rt % 1000 / 10) + ", nvcc " + std::to_string(__CUDACC_VER_MAJOR__) + "." + std::to_string(__CUDACC_VER_MINOR__);
+}
+
+namespace {
+struct events {
+  cudaEvent_t a{}, b{};
+  events() {
+    cuda::check(cudaEventCreate(&a), "cudaEventCreate");
+    cuda::check(cudaEventCreate(&b), "cudaEventCreate");
+  }
+  ~events() {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+  template <class F>
+  double time(F&& f) {
+    cuda::check(cudaEventRecord(a), "cudaEventRecord");
+    f();
+    cuda::check(cudaEventRecord(b), "cudaEventRecord");
+    cuda::check(cudaEventSynchronize(b), "cudaEventSynchronize");
+    float ms = 0;
+    cuda::check(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
+    return ms;
+  }
+};
+}  // namespace
+
+rans_timing time_rans_batch(const rans_batch_builder<std::uint32_t>& b, std::size_t memcpy_bytes, int reps) {
+  rans_timing r;
+  cuda::device_buffer<rans_batch_stream> streams{std::span<const rans_batch_stream>(b.streams)};
+  cuda::device_buffer<std::uint8_t> data(b.data.size());
+  cuda::device_buffer<std::uint32_t> entries{std::span<const std::uint32_t>(b.entries)};
+  cuda::device_buffer<std::uint32_t> col_off{std::span<const std::uint32_t>(b.col_off)};
+  cuda::device_buffer<std::uint16_t> out(b.out_symbols);
+  events ev;
+  {  // the stream bytes from pinned host memory, as a loader would
+    std::uint8_t* pinned = nullptr;
+    cuda::check(cudaMallocHost(reinterpret_cast<void**>(&pinned), std::max<std::size_t>(b.data.size(), 1)), "cudaMallocHost");
+    std::copy(b.data.begin(), b.data.end(), pinned);
+    r.h2d_ms = 1e30;
+    for (int i = 0; i < 3; ++i)
+      r.h2d_ms = std::min(r.h2d_ms, ev.time([&] { cuda::check(cudaMemcpy(data.data(), pinned, b.data.size(), cudaMemcpyHostToDevice), "H2D"); }));
+    cudaFreeHost(pinned);
+  }
+  const rans_batch_args<std::uint32_t> a{streams.data(), b.streams.size(), b.max_lanes, data.data(), entries.data(), col_off.data(), out.data()};
+  std::size_t temp_bytes = 0;
+  cuda::rans_decode_batch(nullptr, temp_bytes, a, cuda::par);
+  cuda::device_buffer<std::uint8_t> temp(temp_bytes);
+  cuda::rans_decode_batch(temp.data(), temp_bytes, a, cuda::par);  // warm-up
+  cuda::check(cudaDeviceSynchronize(), "warm-up decode");
+  for (int i = 0; i < reps; ++i) r.decode_ms.push_back(ev.time([&] { cuda::rans_decode_batch(temp.data(), temp_bytes, a, cuda::par); }));
+  r.status = cuda::rans_batch_statuses(temp.data(), b.streams.size(), cuda::par);
+  r.symbols = out.download();
+  {
+    cuda::device_buffer<std::uint8_t> src(memcpy_bytes), dst(memcpy_bytes);
+    cuda::check(cudaMemset(src.data(), 1, memcpy_bytes), "cudaMemset");
+    r.memcpy_ms = 1e30;
+    for (int i = 0; i < reps; ++i)
+      r.memcpy_ms = std::min(r.memcpy_ms, ev.time([&] { cuda::check(cudaMemcpy(dst.data(), src.data(), memcpy_bytes, cudaMemcpyDeviceToDevice), "D2D"); }));
+  }
+  return r;
+}
+
+}  // namespace kvcodec_bench_cuda

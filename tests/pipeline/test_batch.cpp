@@ -1,0 +1,207 @@
+// Tests of kvcodec/pipeline/batch.hpp: a container's rANS streams planned into one batch and decoded by
+// the CUDA kernel's lane logic (host emulation, core/rans_batch.hpp) give exactly the entropy stage's
+// symbols for every block: kvc levels (shared tables), per-chunk tables, sparse containers, a real dump.
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "kvcodec/io/kv_dump.hpp"
+#include "kvcodec/kvcodec.hpp"
+#include "kvcodec/pipeline/batch.hpp"
+#include "../support/random_cache.hpp"
+#include "../support/shared_data.hpp"
+
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_pipeline_batch {
+
+using namespace kvcodec;
+
+namespace {
+
+/// Plans every segment, runs the emulation, and compares each plane with the stage's own decode.
+/// Returns the number of streams checked.
+std::size_t check_container(const bytes& file, bool compact) {
+  const kvc_view v = parse_kvc(file, "test.kvc");
+  const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, "test.kvc");
+  std::vector<std::size_t> all(v.header.segments.size());
+  for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+  const auto bytes_of = [&](std::size_t i) { return v.segment_bytes(i); };
+  std::size_t streams = 0;
+  const auto run = [&](auto plan) {
+    std::vector<std::uint16_t> out(plan.builder.out_symbols);
+    std::vector<rans_batch_status> st(plan.builder.streams.size(), rans_batch_status::bad_size);
+    rans_decode_batch_emulated(plan.builder.host_args(out.data()), st.data());
+    for (auto s : st) CHECK(s == rans_batch_status::ok);
+    for (const auto& bb : plan.blocks) {
+      // the CPU stage's decode of the same block
+      byte_reader r(v.segment_bytes(bb.segment), "segment");
+      if (v.header.sparse) (void)dec.read_kept(r, v.header.segments[bb.segment]);
+      auto ks = r.get_blob("K stream");
+      auto vs = r.get_blob("V stream");
+      const symbols want = dec.stages().entropy->decode(bb.key ? ks : vs, bb.skeleton);
+      CHECK(want.side == bb.headers.side);
+      REQUIRE(bb.plane.size() == want.planes.size());
+      for (std::size_t k = 0; k < bb.plane.size(); ++k) {
+        const auto& w = want.planes[bb.plane[k]].sym;
+        CHECK(std::equal(w.begin(), w.end(), out.begin() + static_cast<std::ptrdiff_t>(bb.first[k])));
+        ++streams;
+      }
+    }
+  };
+  if (compact)
+    run(plan_rans_batch<std::uint32_t>(dec, all, bytes_of));
+  else
+    run(plan_rans_batch<std::uint64_t>(dec, all, bytes_of));
+  return streams;
+}
+
+}  // namespace
+
+TEST_CASE("batch plan: kvc levels, per-chunk tables and sparse containers decode exactly through the emulation") {
+  const kv_cache kv = test::random_cache(3, 2, 700, 32, dtype::f16);
+  for (const std::string spec : {"kvc:level=5", "kvc:level=9", "cachegen-quant|rans:lanes=0", "kivi:bits=2|rans:lanes=64,tables=shared"}) {
+    INFO(spec);
+    const encoded e = encode(spec, kv, encode_options{.chunk_tokens = 256});
+    CHECK(check_container(e.data, true) > 0);
+  }
+  {  // kvc:level=1 keeps 2^12 tables with alphabets over 256: the 64-bit entries
+    const encoded e = encode("kvc:level=1", kv, encode_options{.chunk_tokens = 256});
+    CHECK(check_container(e.data, false) > 0);
+  }
+  {  // sparse: the kept masks come first in each segment
+    const encoded e = encode("snapkv:keep=0.5|kivi:bits=4|rans", kv, encode_options{.chunk_tokens = 256});
+    CHECK(check_container(e.data, true) > 0);
+  }
+}
+
+TEST_CASE("batch plan: a real dump's kvc:level=5 container decodes exactly through the emulation") {
+  const kv_cache* kv = test::shared_dump("kvlab-d0.ctx256.safetensors");
+  KVCODEC_REQUIRE_SHARED(kv);
+  const encoded e = encode("kvc:level=5", *kv);
+  CHECK(check_container(e.data, true) > 0);
+}
+
+TEST_CASE("batch plan: entropy stages without a batch decoder and predicted planes are usage errors") {
+  const kv_cache kv = test::random_cache(2, 2, 300, 16, dtype::f16);
+  for (const std::string spec : {"kivi:bits=4|ac", "cachegen-quant|rans:pred=prev"}) {
+    INFO(spec);
+    const encoded e = encode(spec, kv);
+    const kvc_view v = parse_kvc(e.data, "x.kvc");
+    const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, "x.kvc");
+    const std::size_t seg0[] = {0};
+    try {
+      (void)plan_rans_batch<std::uint32_t>(dec, seg0, [&](std::size_t i) { return v.segment_bytes(i); });
+      CHECK(false);
+    } catch (const error& err) {
+      CHECK(err.kind() == error_kind::usage);
+    }
+  }
+}
+
+namespace {
+/// Owning buffers for a view of `tokens` tokens: HF [H, T, D] per layer, or a paged pool with a
+/// shuffled block table.
+struct dest {
+  std::vector<std::vector<std::byte>> k, v;
+  kv_view view;
+  dest(const kv_shape& s, std::int64_t tokens, dtype t, bool paged) {
+    const std::size_t es = dtype_size(t);
+    std::vector<std::byte*> kp, vp;
+    const std::int64_t bs = 16, nb = (tokens + bs - 1) / bs + 3;
+    const std::size_t per = paged ? static_cast<std::size_t>(nb * bs * s.kv_heads * s.head_dim) * es
+                                  : static_cast<std::size_t>(tokens * s.kv_heads * s.head_dim) * es;
+    for (int l = 0; l < s.layers; ++l) {
+      k.emplace_back(per, std::byte{0x5a});
+      v.emplace_back(per, std::byte{0x5a});
+      kp.push_back(k.back().data());
+      vp.push_back(v.back().data());
+    }
+    if (paged) {
+      std::vector<std::int32_t> table;
+      for (std::int64_t i = 0; i < (tokens + bs - 1) / bs; ++i) table.push_back(static_cast<std::int32_t>((i * 5 + 2) % nb));
+      view = kv_view::paged_pool(kp, vp, t, s.kv_heads, s.head_dim, bs, nb, table, tokens);
+    } else {
+      view = kv_view::hf(kp, vp, t, s.kv_heads, tokens, s.head_dim);
+    }
+  }
+  /// Every row of the view as bytes, in (layer, K/V, head, token) order.
+  std::vector<std::byte> rows() const {
+    std::vector<std::byte> out;
+    const std::size_t rb = static_cast<std::size_t>(view.head_dim) * view.elem_size();
+    for (int l = 0; l < view.layers; ++l)
+      for (int kv = 0; kv < 2; ++kv)
+        for (int h = 0; h < view.kv_heads; ++h)
+          for (std::int64_t t = 0; t < view.tokens; ++t) {
+            const std::byte* r = view.row(l, kv == 0, h, t);
+            out.insert(out.end(), r, r + rb);
+          }
+    return out;
+  }
+};
+
+/// The batch decode (emulated) of tokens [tb, te) equals the CPU decode_into of the same range.
+void check_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::int64_t te, bool compact) {
+  const kvc_view v = parse_kvc(file, "test.kvc");
+  const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, "test.kvc");
+  dest want(v.header.shape, te - tb, t, paged), got(v.header.shape, te - tb, t, paged);
+  decode_options opt;
+  opt.token_begin = tb;
+  opt.token_end = te;
+  decode_into(cpu::par, file, want.view, opt);
+  std::vector<std::size_t> segs;
+  for (std::size_t i = 0; i < v.header.segments.size(); ++i)
+    if (v.header.segments[i].t1 > tb && v.header.segments[i].t0 < te) segs.push_back(i);
+  const auto bytes_of = [&](std::size_t i) { return v.segment_bytes(i); };
+  if (compact)
+    decode_batch_emulated(plan_cachegen_batch<std::uint32_t>(dec, segs, bytes_of, tb, te - tb), got.view);
+  else
+    decode_batch_emulated(plan_cachegen_batch<std::uint64_t>(dec, segs, bytes_of, tb, te - tb), got.view);
+  CHECK(want.rows() == got.rows());
+}
+}  // namespace
+
+TEST_CASE("batch decode (emulated) equals decode_into: kvc levels, scale axes, dtypes, HF and paged views, token ranges") {
+  const kv_cache kv = test::random_cache(3, 2, 600, 32, dtype::f16);
+  for (const std::string spec : {"kvc:level=5", "kvc:level=9", "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|rans:lanes=0"}) {
+    INFO(spec);
+    const encoded e = encode(spec, kv, encode_options{.chunk_tokens = 256});
+    for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
+      for (bool paged : {false, true}) {
+        INFO("dtype " << dtype_name(t) << (paged ? " paged" : " hf"));
+        check_decode(e.data, t, paged, 0, 600, true);
+      }
+    check_decode(e.data, dtype::f16, true, 256, 512, true);
+    check_decode(e.data, dtype::f16, false, 100, 300, true);
+  }
+  const encoded l1 = encode("kvc:level=1", kv, encode_options{.chunk_tokens = 256});
+  check_decode(l1.data, dtype::f16, false, 0, 600, false);
+}
+
+TEST_CASE("batch decode: containers outside its scope are usage errors; a symbol above 2*MAX is corrupt") {
+  const kv_cache kv = test::random_cache(2, 2, 300, 16, dtype::f16);
+  for (const std::string spec : {"snapkv:keep=0.5|cachegen-quant|rans", "hadamard|cachegen-quant|rans", "kivi:bits=4|rans"}) {
+    INFO(spec);
+    const encoded e = encode(spec, kv);
+    const kvc_view v = parse_kvc(e.data, "x.kvc");
+    const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, "x.kvc");
+    const std::size_t seg0[] = {0};
+    try {
+      (void)plan_cachegen_batch<std::uint32_t>(dec, seg0, [&](std::size_t i) { return v.segment_bytes(i); }, 0, 300);
+      CHECK(false);
+    } catch (const error& err) {
+      CHECK(err.kind() == error_kind::usage);
+    }
+  }
+  // A plan whose symbols exceed the quantizer's range (a table that decodes symbol 63 under bins=32):
+  const encoded e = encode("kvc:level=5", kv);
+  const kvc_view v = parse_kvc(e.data, "x.kvc");
+  const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, "x.kvc");
+  const std::size_t seg0[] = {0};
+  auto plan = plan_cachegen_batch<std::uint32_t>(dec, seg0, [&](std::size_t i) { return v.segment_bytes(i); }, 0, 300);
+  plan.blocks[0].max = 0;  // every symbol above 0 is now out of range
+  dest d(v.header.shape, 300, dtype::f16, false);
+  CHECK_THROWS_AS(decode_batch_emulated(plan, d.view), error);
+}
+
+}  // namespace kvcodec_test_pipeline_batch
