@@ -36,7 +36,7 @@ bool cpu_refuses(const case_data& c, std::span<const std::uint8_t> bytes) {
 
 }  // namespace
 
-TEST_CASE("warp wrappers: lanemask_lt, rank_below and the host ballot follow CUDA's definitions") {
+TEST_CASE("warp wrappers: lanemask_lt - rank_below and the host ballot follow CUDA's definitions") {
   CHECK(warp::lanemask_lt(0) == 0u);
   CHECK(warp::lanemask_lt(1) == 1u);
   CHECK(warp::lanemask_lt(31) == 0x7fffffffu);
@@ -50,7 +50,7 @@ TEST_CASE("warp wrappers: lanemask_lt, rank_below and the host ballot follow CUD
   CHECK(warp::popc(b) == 3u);
 }
 
-TEST_CASE("batch emulation decodes the CPU encoder's bytes exactly: lanes, columns, lengths around a step") {
+TEST_CASE("batch emulation decodes the CPU encoder's bytes exactly: lanes - columns - lengths around a step") {
   for (int lanes : {32, 64, 96, 1024}) {
     for (std::size_t cols : {std::size_t{1}, std::size_t{3}, std::size_t{1024}}) {
       const std::size_t N = static_cast<std::size_t>(lanes);
@@ -106,7 +106,7 @@ TEST_CASE("batch emulation mixes lane counts in one batch (idle lanes of the wid
   }
 }
 
-TEST_CASE("batch emulation refuses what the CPU decoder refuses: cut, padded, bad states, odd sizes, flipped bytes") {
+TEST_CASE("batch emulation refuses what the CPU decoder refuses: cut - padded - bad states - odd sizes - flipped bytes") {
   const case_data c = make_case(3000, 1024, 8, 48, 10, 64, 77);
   std::vector<std::vector<std::uint8_t>> bad;
   std::vector<rans_batch_status> expect;
@@ -170,7 +170,7 @@ TEST_CASE("batch emulation refuses what the CPU decoder refuses: cut, padded, ba
   CHECK(threw);
 }
 
-TEST_CASE("batch builder refuses offsets outside the tables, bad lane counts and unknown columns") {
+TEST_CASE("batch builder refuses offsets outside the tables - bad lane counts and unknown columns") {
   rans_batch_builder<std::uint32_t> b;
   std::vector<std::uint32_t> tab(1024, rans_dec32_pack(0, 1024, 0));
   const std::uint32_t ok_off[] = {0};

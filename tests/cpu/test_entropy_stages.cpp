@@ -133,9 +133,10 @@ TEST_CASE("rans plan: a block's streams batch-decoded by the CUDA lane logic's h
     }
     std::vector<const symbols*> ptrs;
     for (auto& b : blocks) ptrs.push_back(&b);
-    auto st = make_entropy(spec);
-    if (spec.find("shared") != std::string::npos) st->load_state(st->fit(ptrs, info), info);
-    const auto* rs = dynamic_cast<const cpu::rans_entropy*>(st.get());
+    auto st = make_entropy(spec);   // encodes (fits the shared tables)
+    auto dst = make_entropy(spec);  // decodes (loads them), as a decoder of the container would
+    if (spec.find("shared") != std::string::npos) dst->load_state(st->fit(ptrs, info), info);
+    const auto* rs = dynamic_cast<const cpu::rans_entropy*>(dst.get());
     REQUIRE(rs != nullptr);
     std::vector<bytes> coded(blocks.size());
     std::vector<cpu::rans_entropy::block_plan> plans;

@@ -58,7 +58,7 @@ std::size_t check_container(const bytes& file, bool compact) {
 
 }  // namespace
 
-TEST_CASE("batch plan: kvc levels, per-chunk tables and sparse containers decode exactly through the emulation") {
+TEST_CASE("batch plan: kvc levels - per-chunk tables and sparse containers decode exactly through the emulation") {
   const kv_cache kv = test::random_cache(3, 2, 700, 32, dtype::f16);
   for (const std::string spec : {"kvc:level=5", "kvc:level=9", "cachegen-quant|rans:lanes=0", "kivi:bits=2|rans:lanes=64,tables=shared"}) {
     INFO(spec);
@@ -70,7 +70,7 @@ TEST_CASE("batch plan: kvc levels, per-chunk tables and sparse containers decode
     CHECK(check_container(e.data, false) > 0);
   }
   {  // sparse: the kept masks come first in each segment
-    const encoded e = encode("snapkv:keep=0.5|kivi:bits=4|rans", kv, encode_options{.chunk_tokens = 256});
+    const encoded e = encode("knorm:keep=0.5|kivi:bits=4|rans", kv, encode_options{.chunk_tokens = 256});
     CHECK(check_container(e.data, true) > 0);
   }
 }
@@ -161,7 +161,7 @@ void check_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::
 }
 }  // namespace
 
-TEST_CASE("batch decode (emulated) equals decode_into: kvc levels, scale axes, dtypes, HF and paged views, token ranges") {
+TEST_CASE("batch decode (emulated) equals decode_into: kvc levels - scale axes - dtypes - HF and paged views - token ranges") {
   const kv_cache kv = test::random_cache(3, 2, 600, 32, dtype::f16);
   for (const std::string spec : {"kvc:level=5", "kvc:level=9", "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|rans:lanes=0"}) {
     INFO(spec);
@@ -178,9 +178,9 @@ TEST_CASE("batch decode (emulated) equals decode_into: kvc levels, scale axes, d
   check_decode(l1.data, dtype::f16, false, 0, 600, false);
 }
 
-TEST_CASE("batch decode: containers outside its scope are usage errors; a symbol above 2*MAX is corrupt") {
+TEST_CASE("batch decode: containers outside its scope are usage errors - a symbol above 2 x MAX is corrupt") {
   const kv_cache kv = test::random_cache(2, 2, 300, 16, dtype::f16);
-  for (const std::string spec : {"snapkv:keep=0.5|cachegen-quant|rans", "hadamard|cachegen-quant|rans", "kivi:bits=4|rans"}) {
+  for (const std::string spec : {"knorm:keep=0.5|cachegen-quant|rans", "hadamard|cachegen-quant|rans", "kivi:bits=4|rans"}) {
     INFO(spec);
     const encoded e = encode(spec, kv);
     const kvc_view v = parse_kvc(e.data, "x.kvc");
