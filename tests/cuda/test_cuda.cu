@@ -19,6 +19,7 @@
 #include "kvcodec/tensor/dtype.hpp"
 #include "../support/random_cache.hpp"
 #include "../support/rans_batch_cases.hpp"
+#include "../support/test_views.hpp"
 
 namespace {
 
@@ -189,49 +190,28 @@ void test_rans_batch() {
   }
 }
 
-/// Device buffers for a view of `tokens` tokens: HF [H, T, D] per layer or a paged pool.
+/// Device buffers for a test view (tests/support/test_views.hpp), filled with 0x5a.
 struct device_dest {
   std::vector<cuda::device_buffer<std::byte>> k, v;
   kv_view view;
-  std::size_t per = 0;
   device_dest(const kv_shape& s, std::int64_t tokens, dtype t, bool paged) {
-    const std::size_t es = dtype_size(t);
-    const std::int64_t bs = 16, nb = (tokens + bs - 1) / bs + 3;
-    per = paged ? static_cast<std::size_t>(nb * bs * s.kv_heads * s.head_dim) * es : static_cast<std::size_t>(tokens * s.kv_heads * s.head_dim) * es;
+    const std::size_t per = test::test_view_bytes(s, tokens, t, paged);
     std::vector<std::byte*> kp, vp;
-    for (int l = 0; l < s.layers; ++l) {
-      k.emplace_back(per);
-      v.emplace_back(per);
-      cuda::check(cudaMemset(k.back().data(), 0x5a, per), "memset");
-      cuda::check(cudaMemset(v.back().data(), 0x5a, per), "memset");
-      kp.push_back(k.back().data());
-      vp.push_back(v.back().data());
-    }
-    if (paged) {
-      std::vector<std::int32_t> table;
-      for (std::int64_t i = 0; i < (tokens + bs - 1) / bs; ++i) table.push_back(static_cast<std::int32_t>((i * 5 + 2) % nb));
-      view = kv_view::paged_pool(kp, vp, t, s.kv_heads, s.head_dim, bs, nb, table, tokens);
-    } else {
-      view = kv_view::hf(kp, vp, t, s.kv_heads, tokens, s.head_dim);
-    }
+    for (int l = 0; l < s.layers; ++l)
+      for (auto* side : {&k, &v}) {
+        side->emplace_back(per);
+        cuda::check(cudaMemset(side->back().data(), 0x5a, per), "memset");
+        (side == &k ? kp : vp).push_back(side->back().data());
+      }
+    view = test::test_view(kp, vp, s, tokens, t, paged);
     view.space = memory_space::device;
   }
-  /// The rows as bytes in (layer, K/V, head, token) order, read back from the device.
+  /// The rows read back from the device.
   std::vector<std::byte> rows() const {
     std::vector<std::vector<std::byte>> hk, hv;
     for (const auto& b : k) hk.push_back(b.download());
     for (const auto& b : v) hv.push_back(b.download());
-    std::vector<std::byte> out;
-    const std::size_t rb = static_cast<std::size_t>(view.head_dim) * view.elem_size();
-    for (int l = 0; l < view.layers; ++l)
-      for (int kv = 0; kv < 2; ++kv)
-        for (int h = 0; h < view.kv_heads; ++h)
-          for (std::int64_t t = 0; t < view.tokens; ++t) {
-            const std::byte* base = (kv == 0 ? hk : hv)[static_cast<std::size_t>(l)].data();
-            const std::byte* r = base + view.offset(h, t) * static_cast<std::int64_t>(view.elem_size());
-            out.insert(out.end(), r, r + rb);
-          }
-    return out;
+    return test::view_rows(view, [&](int l, bool key) { return (key ? hk : hv)[static_cast<std::size_t>(l)].data(); });
   }
 };
 

@@ -11,6 +11,7 @@
 #include "kvcodec/pipeline/batch.hpp"
 #include "../support/random_cache.hpp"
 #include "../support/shared_data.hpp"
+#include "../support/test_views.hpp"
 
 // Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
 namespace kvcodec_test_pipeline_batch {
@@ -100,44 +101,19 @@ TEST_CASE("batch plan: entropy stages without a batch decoder and predicted plan
 }
 
 namespace {
-/// Owning buffers for a view of `tokens` tokens: HF [H, T, D] per layer, or a paged pool with a
-/// shuffled block table.
+/// Owning host buffers for a test view (tests/support/test_views.hpp).
 struct dest {
   std::vector<std::vector<std::byte>> k, v;
   kv_view view;
   dest(const kv_shape& s, std::int64_t tokens, dtype t, bool paged) {
-    const std::size_t es = dtype_size(t);
     std::vector<std::byte*> kp, vp;
-    const std::int64_t bs = 16, nb = (tokens + bs - 1) / bs + 3;
-    const std::size_t per = paged ? static_cast<std::size_t>(nb * bs * s.kv_heads * s.head_dim) * es
-                                  : static_cast<std::size_t>(tokens * s.kv_heads * s.head_dim) * es;
     for (int l = 0; l < s.layers; ++l) {
-      k.emplace_back(per, std::byte{0x5a});
-      v.emplace_back(per, std::byte{0x5a});
-      kp.push_back(k.back().data());
-      vp.push_back(v.back().data());
+      kp.push_back(k.emplace_back(test::test_view_bytes(s, tokens, t, paged), std::byte{0x5a}).data());
+      vp.push_back(v.emplace_back(test::test_view_bytes(s, tokens, t, paged), std::byte{0x5a}).data());
     }
-    if (paged) {
-      std::vector<std::int32_t> table;
-      for (std::int64_t i = 0; i < (tokens + bs - 1) / bs; ++i) table.push_back(static_cast<std::int32_t>((i * 5 + 2) % nb));
-      view = kv_view::paged_pool(kp, vp, t, s.kv_heads, s.head_dim, bs, nb, table, tokens);
-    } else {
-      view = kv_view::hf(kp, vp, t, s.kv_heads, tokens, s.head_dim);
-    }
+    view = test::test_view(kp, vp, s, tokens, t, paged);
   }
-  /// Every row of the view as bytes, in (layer, K/V, head, token) order.
-  std::vector<std::byte> rows() const {
-    std::vector<std::byte> out;
-    const std::size_t rb = static_cast<std::size_t>(view.head_dim) * view.elem_size();
-    for (int l = 0; l < view.layers; ++l)
-      for (int kv = 0; kv < 2; ++kv)
-        for (int h = 0; h < view.kv_heads; ++h)
-          for (std::int64_t t = 0; t < view.tokens; ++t) {
-            const std::byte* r = view.row(l, kv == 0, h, t);
-            out.insert(out.end(), r, r + rb);
-          }
-    return out;
-  }
+  std::vector<std::byte> rows() const { return test::view_rows(view, [&](int l, bool key) { return view.base(l, key); }); }
 };
 
 /// The batch decode (emulated) of tokens [tb, te) equals the CPU decode_into of the same range.

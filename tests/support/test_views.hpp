@@ -1,0 +1,48 @@
+// tests/support/test_views.hpp — destination views for decode tests, over per-layer buffers the test
+// owns (host vectors or device buffers): Hugging Face [H, T, D], or a vLLM-style paged pool with a
+// shuffled block table (16-token blocks, three spare blocks), and a view's rows read back in order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "kvcodec/tensor/kv_view.hpp"
+
+namespace kvcodec::test {
+
+inline constexpr std::int64_t test_block_size = 16;
+
+/// Bytes of one layer's K (or V) buffer for a test view of `tokens` tokens.
+inline std::size_t test_view_bytes(const kv_shape& s, std::int64_t tokens, dtype t, bool paged) {
+  const std::int64_t nb = (tokens + test_block_size - 1) / test_block_size + 3;
+  const std::int64_t elems = (paged ? nb * test_block_size : tokens) * s.kv_heads * s.head_dim;
+  return static_cast<std::size_t>(elems) * dtype_size(t);
+}
+
+/// The view over the per-layer buffers kp / vp (each test_view_bytes long).
+inline kv_view test_view(std::vector<std::byte*> kp, std::vector<std::byte*> vp, const kv_shape& s, std::int64_t tokens, dtype t, bool paged) {
+  if (!paged) return kv_view::hf(std::move(kp), std::move(vp), t, s.kv_heads, tokens, s.head_dim);
+  const std::int64_t nb = (tokens + test_block_size - 1) / test_block_size + 3;
+  std::vector<std::int32_t> table;
+  for (std::int64_t i = 0; i < (tokens + test_block_size - 1) / test_block_size; ++i) table.push_back(static_cast<std::int32_t>((i * 5 + 2) % nb));
+  return kv_view::paged_pool(std::move(kp), std::move(vp), t, s.kv_heads, s.head_dim, test_block_size, nb, std::move(table), tokens);
+}
+
+/// Every row of `view` as bytes in (layer, K/V, head, token) order, reading each layer from base(l, key)
+/// (a host copy of what view.base(l, key) points to).
+template <class Base>
+std::vector<std::byte> view_rows(const kv_view& view, Base&& base) {
+  std::vector<std::byte> out;
+  const std::size_t rb = static_cast<std::size_t>(view.head_dim) * view.elem_size();
+  for (int l = 0; l < view.layers; ++l)
+    for (int kv = 0; kv < 2; ++kv)
+      for (int h = 0; h < view.kv_heads; ++h)
+        for (std::int64_t t = 0; t < view.tokens; ++t) {
+          const std::byte* r = base(l, kv == 0) + view.offset(h, t) * static_cast<std::int64_t>(view.elem_size());
+          out.insert(out.end(), r, r + rb);
+        }
+  return out;
+}
+
+}  // namespace kvcodec::test
