@@ -60,6 +60,7 @@ int main(int argc, char** argv) {
       {"streamingllm", "streamingllm"},
       {"knorm", "knorm"},
       {"keydiff", "keydiff"},
+      {"lagkv (lag=32)", "lagkv:lag=32"},
       {"h2o", "h2o"},
       {"snapkv", "snapkv"},
       {"tova", "tova"},

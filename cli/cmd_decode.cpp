@@ -55,7 +55,10 @@ command add_decode(CLI::App& root) {
             if (!h.sparse && !o->compact && !o->rerotate && io::lower_extension(o->out) == ".safetensors") {
               // Streamed: only the needed segments are read, decoded into a buffer in the output dtype and
               // written to their place in the file.
-              const auto [tb, te] = detail::decode_range(h, dopt);
+              // plain variables, not a structured binding: the lambdas below capture them (clang 14
+              // cannot capture bindings)
+              const std::pair<std::int64_t, std::int64_t> range = detail::decode_range(h, dopt);
+              const std::int64_t tb = range.first, te = range.second;
               kv_shape s = h.shape;
               s.q_heads = 0;
               s.tokens = te - tb;

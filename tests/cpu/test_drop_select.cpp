@@ -49,7 +49,7 @@ std::int64_t total(const kept_sets& k, int l) {
 }
 
 const std::vector<std::string> uniform_methods = {"random", "streamingllm", "knorm", "keydiff", "h2o", "snapkv:window=8",
-                                                  "tova", "expected-attention:window=8"};
+                                                  "tova", "expected-attention:window=8", "lagkv:sink=2,lag=4"};
 
 std::string with(const std::string& spec, const std::string& extra) {
   return spec + (spec.find(':') == std::string::npos ? ":" : ",") + extra;
@@ -285,6 +285,44 @@ TEST_CASE("bad input: missing queries / budgets / windows and prefixes beyond th
   CHECK(select("random", one)[0][0] == std::vector<std::int32_t>{0});
   CHECK(select("tova", one)[0][0] == std::vector<std::int32_t>{0});
   CHECK(select("snapkv:window=1", one)[0][0] == std::vector<std::int32_t>{0});
+}
+
+TEST_CASE("lagkv keeps the sinks and the last partition - then the tokens that vary most against the next partition") {
+  kv_cache kv = small_cache(34, 3);  // sink 2, lag 8: partitions [2,10) [10,18) [18,26) scored, [26,34) protected
+  const std::size_t D = 8, T = 34;
+  for (int l = 0; l < 3; ++l)
+    for (int g = 0; g < 2; ++g)
+      for (auto* side : {&kv.keys, &kv.values}) {
+        float* base = (*side)[static_cast<std::size_t>(l)].data() + static_cast<std::size_t>(g) * T * D;
+        for (std::size_t d = 0; d < D; ++d) {
+          base[12 * D + d] = (d % 2 ? 40.0f : -40.0f);  // token 12 swings far outside its reference's range
+          base[13 * D + d] = base[13 * D];               // token 13: every channel equal, little spread
+        }
+      }
+  const auto k = select("lagkv:sink=2,lag=8,tokens=14", kv);
+  for (const auto& layer : k)
+    for (const auto& h : layer) {
+      REQUIRE(h.size() == 14u);
+      const std::set<std::int32_t> kept(h.begin(), h.end());
+      for (std::int32_t t : {0, 1, 26, 27, 28, 29, 30, 31, 32, 33}) CHECK(kept.count(t) == 1);
+      CHECK(kept.count(12) == 1);
+    }
+  CHECK_THROWS_AS(make_codec("lagkv:lag=1"), error);
+  CHECK_THROWS_AS(make_codec("lagkv:sink=-1"), error);
+}
+
+TEST_CASE("real dumps: lagkv beats random under the disjoint-window protocol") {
+  KVCODEC_REQUIRE_SHARED(test::shared_dump("stories260K-s0.safetensors"));
+  for (int s = 0; s < 3; ++s) {
+    const kv_cache* dump = test::shared_dump("stories260K-s" + std::to_string(s) + ".safetensors");
+    REQUIRE(dump);
+    eval::eval_options opt;
+    opt.repeats = 1;
+    opt.attn.query_begin = 384;
+    const auto rel = [&](const std::string& m) { return eval::evaluate(m + ",keep=0.3,obs_end=384|raw:dtype=f32", *dump, opt).attention->rel_error; };
+    CAPTURE(s);
+    CHECK(rel("lagkv:lag=32") < rel("random:seed=0"));
+  }
 }
 
 TEST_CASE("real dumps: query-aware methods beat random clearly under the disjoint-window protocol") {

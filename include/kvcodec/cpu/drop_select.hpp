@@ -1,6 +1,6 @@
 // kvcodec/cpu/drop_select.hpp — the kept sets of any token-dropping configuration: picks the method's
 // own selector, one file each under cpu/drop/ (random, streamingllm, knorm, keydiff, h2o, snapkv, tova,
-// expected_attention, pyramidkv, adakv), which share the budget and the choice of cpu/drop/select.hpp.
+// expected_attention, pyramidkv, adakv, lagkv), which share the budget and the choice of cpu/drop/select.hpp.
 #pragma once
 
 #include "kvcodec/core/error.hpp"
@@ -9,6 +9,7 @@
 #include "kvcodec/cpu/drop/h2o.hpp"
 #include "kvcodec/cpu/drop/keydiff.hpp"
 #include "kvcodec/cpu/drop/knorm.hpp"
+#include "kvcodec/cpu/drop/lagkv.hpp"
 #include "kvcodec/cpu/drop/pyramidkv.hpp"
 #include "kvcodec/cpu/drop/random.hpp"
 #include "kvcodec/cpu/drop/select.hpp"
@@ -34,6 +35,7 @@ inline kept_sets drop_select(const kv_cache& kv, const drop::config& c, int thre
     case method::expected_attention: return select_expected_attention(kv, c, threads);
     case method::pyramidkv: return select_pyramidkv(kv, c, threads);
     case method::adakv: return select_adakv(kv, c, threads);
+    case method::lagkv: return select_lagkv(kv, c, threads);
   }
   throw_usage(drop_detail::where_of(c) + ": unknown method");
 }

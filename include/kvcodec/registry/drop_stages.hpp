@@ -1,5 +1,5 @@
 // kvcodec/registry/drop_stages.hpp — registers the token-dropping stages (kvpress family): random,
-// streamingllm, knorm, keydiff, h2o, snapkv, tova, expected-attention, pyramidkv, adakv. Each one's CPU
+// streamingllm, knorm, keydiff, h2o, snapkv, tova, expected-attention, pyramidkv, adakv, lagkv. Each one's CPU
 // selector and scorer: cpu/drop/<name>.hpp.
 #pragma once
 
@@ -8,6 +8,7 @@
 #include "kvcodec/cpu/drop/h2o.hpp"
 #include "kvcodec/cpu/drop/keydiff.hpp"
 #include "kvcodec/cpu/drop/knorm.hpp"
+#include "kvcodec/cpu/drop/lagkv.hpp"
 #include "kvcodec/cpu/drop/pyramidkv.hpp"
 #include "kvcodec/cpu/drop/random.hpp"
 #include "kvcodec/cpu/drop/snapkv.hpp"
@@ -29,6 +30,7 @@ inline void register_drop_stages(registry& r) {
   r.add<drop::expected_attention, cpu::drop_impl<drop::expected_attention>>();
   r.add<drop::pyramidkv, cpu::drop_impl<drop::pyramidkv>>();
   r.add<drop::adakv, cpu::drop_impl<drop::adakv>>();
+  r.add<drop::lagkv, cpu::drop_impl<drop::lagkv>>();
 }
 
 }  // namespace kvcodec

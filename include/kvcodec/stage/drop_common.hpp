@@ -18,7 +18,7 @@
 
 namespace kvcodec::drop {
 
-enum class method : std::uint8_t { random, streamingllm, knorm, keydiff, h2o, snapkv, tova, expected_attention, pyramidkv, adakv };
+enum class method : std::uint8_t { random, streamingllm, knorm, keydiff, h2o, snapkv, tova, expected_attention, pyramidkv, adakv, lagkv };
 
 /// Everything a selector may need; each descriptor fills the fields it exposes, the rest keep defaults.
 struct config {
@@ -29,6 +29,7 @@ struct config {
   std::int64_t obs_end = -1;
   std::int64_t seed = 0;
   std::int64_t sink = 4;
+  std::int64_t lag = 128;
   std::int64_t window = 64;
   std::int64_t kernel = 5;
   double recent = 0.5;

@@ -108,7 +108,8 @@ inline kept_sets select_adakv(const kv_cache& kv, const drop::config& c, int thr
     case method::pyramidkv: return select_with<adakv_over<snapkv_scorer>>(kv, c, threads);
     case method::tova: return select_with<adakv_over<tova_scorer>>(kv, c, threads);
     case method::expected_attention: return select_with<adakv_over<expected_attention_scorer>>(kv, c, threads);
-    case method::adakv: break;
+    case method::adakv:
+    case method::lagkv: break;
   }
   throw_usage(where_of(c) + ": scorer must be one of " + std::string(drop::scorer_names));
 }

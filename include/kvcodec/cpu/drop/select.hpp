@@ -197,7 +197,7 @@ kept_sets select_with(const kv_cache& kv, const drop::config& c, int threads) {
     throw_bad_input(where, "queries",
                     "query tensors in the kv cache (q_heads > 0, e.g. a dump with queries.{layer}); " + c.name +
                         (c.m == method::adakv ? " with this scorer" : "") +
-                        " needs them; methods that work without queries: random, streamingllm, knorm, keydiff",
+                        " needs them; methods that work without queries: random, streamingllm, knorm, keydiff, lagkv",
                     "none");
   const std::int64_t T = kv.shape.tokens;
   if (c.obs_end > T)
