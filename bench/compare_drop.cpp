@@ -61,6 +61,7 @@ int main(int argc, char** argv) {
       {"knorm", "knorm"},
       {"keydiff", "keydiff"},
       {"lagkv (lag=32)", "lagkv:lag=32"},
+      {"chunkkv(snapkv)", "chunkkv:scorer=snapkv"},
       {"h2o", "h2o"},
       {"snapkv", "snapkv"},
       {"tova", "tova"},

@@ -49,7 +49,8 @@ std::int64_t total(const kept_sets& k, int l) {
 }
 
 const std::vector<std::string> uniform_methods = {"random", "streamingllm", "knorm", "keydiff", "h2o", "snapkv:window=8",
-                                                  "tova", "expected-attention:window=8", "lagkv:sink=2,lag=4"};
+                                                  "tova", "expected-attention:window=8", "lagkv:sink=2,lag=4",
+                                                  "chunkkv:window=8,chunk=4"};
 
 std::string with(const std::string& spec, const std::string& extra) {
   return spec + (spec.find(':') == std::string::npos ? ":" : ",") + extra;
@@ -322,6 +323,49 @@ TEST_CASE("real dumps: lagkv beats random under the disjoint-window protocol") {
     const auto rel = [&](const std::string& m) { return eval::evaluate(m + ",keep=0.3,obs_end=384|raw:dtype=f32", *dump, opt).attention->rel_error; };
     CAPTURE(s);
     CHECK(rel("lagkv:lag=32") < rel("random:seed=0"));
+  }
+}
+
+TEST_CASE("chunkkv keeps whole chunks by the scorer's mean - at most one chunk cut per head - the scorer's window stays") {
+  const kv_cache kv = small_cache(64, 5);
+  for (const std::string scorer : {"snapkv", "knorm", "lagkv"}) {
+    CAPTURE(scorer);
+    const auto k = select("chunkkv:scorer=" + scorer + ",chunk=5,window=8,sink=2,lag=8,tokens=26", kv);
+    for (std::size_t l = 0; l < k.size(); ++l)
+      for (const auto& h : k[l]) {
+        REQUIRE(h.size() == 26u);
+        std::set<std::int32_t> kept(h.begin(), h.end());
+        if (scorer == "snapkv")
+          for (std::int32_t t = 56; t < 64; ++t) CHECK(kept.count(t) == 1);  // the observation window is protected
+        // chunks are whole, except those holding protected tokens and at most one cut by the budget
+        int partial = 0;
+        for (std::int32_t c0 = 0; c0 < 64; c0 += 5) {
+          int in = 0, n = 0;
+          for (std::int32_t t = c0; t < std::min(64, c0 + 5); ++t, ++n) in += static_cast<int>(kept.count(t));
+          const bool has_protected = scorer == "snapkv" ? c0 + 5 > 56 : scorer == "lagkv" ? (c0 < 2 || c0 + 5 > 50) : false;
+          if (in != 0 && in != n && !has_protected) ++partial;
+        }
+        CHECK(partial <= 1);
+      }
+  }
+  CHECK_THROWS_AS(make_codec("chunkkv:scorer=adakv"), error);
+  CHECK_THROWS_AS(make_codec("chunkkv:chunk=0"), error);
+  const kv_cache noq = dense_copy_without_queries(small_cache());
+  CHECK_THROWS_AS(select("chunkkv:scorer=snapkv,window=8", noq), error);
+  CHECK_NOTHROW(select("chunkkv:scorer=knorm", noq));
+}
+
+TEST_CASE("real dumps: chunkkv beats random under the disjoint-window protocol") {
+  KVCODEC_REQUIRE_SHARED(test::shared_dump("stories260K-s0.safetensors"));
+  for (int s = 0; s < 3; ++s) {
+    const kv_cache* dump = test::shared_dump("stories260K-s" + std::to_string(s) + ".safetensors");
+    REQUIRE(dump);
+    eval::eval_options opt;
+    opt.repeats = 1;
+    opt.attn.query_begin = 384;
+    const auto rel = [&](const std::string& m) { return eval::evaluate(m + ",keep=0.3,obs_end=384|raw:dtype=f32", *dump, opt).attention->rel_error; };
+    CAPTURE(s);
+    CHECK(rel("chunkkv:scorer=snapkv") < rel("random:seed=0"));
   }
 }
 

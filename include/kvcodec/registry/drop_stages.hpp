@@ -1,9 +1,10 @@
 // kvcodec/registry/drop_stages.hpp — registers the token-dropping stages (kvpress family): random,
-// streamingllm, knorm, keydiff, h2o, snapkv, tova, expected-attention, pyramidkv, adakv, lagkv. Each one's CPU
+// streamingllm, knorm, keydiff, h2o, snapkv, tova, expected-attention, pyramidkv, adakv, lagkv, chunkkv. Each one's CPU
 // selector and scorer: cpu/drop/<name>.hpp.
 #pragma once
 
 #include "kvcodec/cpu/drop/adakv.hpp"
+#include "kvcodec/cpu/drop/chunkkv.hpp"
 #include "kvcodec/cpu/drop/expected_attention.hpp"
 #include "kvcodec/cpu/drop/h2o.hpp"
 #include "kvcodec/cpu/drop/keydiff.hpp"
@@ -31,6 +32,7 @@ inline void register_drop_stages(registry& r) {
   r.add<drop::pyramidkv, cpu::drop_impl<drop::pyramidkv>>();
   r.add<drop::adakv, cpu::drop_impl<drop::adakv>>();
   r.add<drop::lagkv, cpu::drop_impl<drop::lagkv>>();
+  r.add<drop::chunkkv, cpu::drop_impl<drop::chunkkv>>();
 }
 
 }  // namespace kvcodec

@@ -183,4 +183,43 @@ struct adakv : drop_budget {
   }
 };
 
+struct chunkkv : drop_budget {
+  static constexpr std::string_view name = "chunkkv";
+  static constexpr stage_kind kind = stage_kind::drop;
+  static constexpr std::string_view summary = "token dropping: a scorer's scores averaged over chunks, whole chunks kept (ChunkKV)";
+  std::string scorer = "snapkv";
+  std::int64_t chunk = 10;
+  std::int64_t window = 64;
+  std::int64_t kernel = 5;
+  std::int64_t sink = 16;
+  std::int64_t lag = 128;
+
+  template <class V> void visit(V& v) {
+    v("scorer", scorer, "scoring method: snapkv, h2o, tova, expected-attention, knorm, keydiff or lagkv");
+    visit_common(v, [&] {
+      v("chunk", chunk, "tokens per chunk: the unit kept or dropped");
+      v("window", window, "the scorer's observation window (snapkv, expected-attention, h2o)");
+      v("kernel", kernel, "the snapkv scorer's pooling kernel (odd)");
+      v("sink", sink, "the lagkv scorer's sinks");
+      v("lag", lag, "the lagkv scorer's partition size");
+    });
+  }
+  void validate() const {
+    method m{};
+    check_param(parse_chunk_scorer(scorer, m), name, "scorer", std::string(chunk_scorer_names), scorer);
+    validate_common(name);
+    check_param(chunk >= 1, name, "chunk", "a token count >= 1", chunk);
+    check_param(window >= 1, name, "window", "a query count >= 1", window);
+    check_param(kernel >= 1 && kernel % 2 == 1, name, "kernel", "an odd number >= 1", kernel);
+    check_param(sink >= 0, name, "sink", "a token count >= 0", sink);
+    check_param(lag >= 2, name, "lag", "a partition size >= 2", lag);
+  }
+  config cfg() const {
+    config c = common_cfg(method::chunkkv, name);
+    c.chunk = chunk, c.window = window, c.kernel = kernel, c.sink = sink, c.lag = lag;
+    parse_chunk_scorer(scorer, c.scorer);
+    return c;
+  }
+};
+
 }  // namespace kvcodec::drop

@@ -18,7 +18,7 @@
 
 namespace kvcodec::drop {
 
-enum class method : std::uint8_t { random, streamingllm, knorm, keydiff, h2o, snapkv, tova, expected_attention, pyramidkv, adakv, lagkv };
+enum class method : std::uint8_t { random, streamingllm, knorm, keydiff, h2o, snapkv, tova, expected_attention, pyramidkv, adakv, lagkv, chunkkv };
 
 /// Everything a selector may need; each descriptor fills the fields it exposes, the rest keep defaults.
 struct config {
@@ -30,6 +30,7 @@ struct config {
   std::int64_t seed = 0;
   std::int64_t sink = 4;
   std::int64_t lag = 128;
+  std::int64_t chunk = 10;
   std::int64_t window = 64;
   std::int64_t kernel = 5;
   double recent = 0.5;
@@ -53,6 +54,13 @@ inline bool parse_scorer(std::string_view s, method& out) {
 }
 
 inline constexpr std::string_view scorer_names = "snapkv, h2o, tova, expected-attention, knorm, keydiff";
+
+/// Scorers chunkkv accepts: adakv's and lagkv.
+inline bool parse_chunk_scorer(std::string_view s, method& out) {
+  if (s == "lagkv") return out = method::lagkv, true;
+  return parse_scorer(s, out);
+}
+inline constexpr std::string_view chunk_scorer_names = "snapkv, h2o, tova, expected-attention, knorm, keydiff, lagkv";
 
 inline constexpr std::string_view keep_help = "fraction of the compressed prefix kept per (layer, kv head), in (0, 1]";
 inline constexpr std::string_view tokens_help = "tokens kept per (layer, kv head) of the prefix; > 0 overrides keep";

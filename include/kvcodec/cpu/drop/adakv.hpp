@@ -109,7 +109,8 @@ inline kept_sets select_adakv(const kv_cache& kv, const drop::config& c, int thr
     case method::tova: return select_with<adakv_over<tova_scorer>>(kv, c, threads);
     case method::expected_attention: return select_with<adakv_over<expected_attention_scorer>>(kv, c, threads);
     case method::adakv:
-    case method::lagkv: break;
+    case method::lagkv:
+    case method::chunkkv: break;
   }
   throw_usage(where_of(c) + ": scorer must be one of " + std::string(drop::scorer_names));
 }

@@ -196,7 +196,7 @@ kept_sets select_with(const kv_cache& kv, const drop::config& c, int threads) {
   if (Scorer::needs_queries && (!kv.has_queries() || kv.shape.q_heads <= 0))
     throw_bad_input(where, "queries",
                     "query tensors in the kv cache (q_heads > 0, e.g. a dump with queries.{layer}); " + c.name +
-                        (c.m == method::adakv ? " with this scorer" : "") +
+                        (c.m == method::adakv || c.m == method::chunkkv ? " with this scorer" : "") +
                         " needs them; methods that work without queries: random, streamingllm, knorm, keydiff, lagkv",
                     "none");
   const std::int64_t T = kv.shape.tokens;
