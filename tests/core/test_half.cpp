@@ -63,7 +63,7 @@ TEST_CASE("dtype bulk: KVCODEC_NO_SIMD switches the vector paths off (what kerne
     CHECK_FALSE(simd::avx2());
   } else {
 #if KVCODEC_X86_DISPATCH
-    CHECK(simd::avx2() == (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+    CHECK(simd::avx2() == (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && simd::cpu_has_f16c() &&
                            __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt")));
 #else
     CHECK_FALSE(simd::avx2());

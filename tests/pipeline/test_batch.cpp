@@ -3,7 +3,10 @@
 // symbols for every block: kvc levels (shared tables), per-chunk tables, sparse containers, a real dump.
 #include <doctest/doctest.h>
 
+#include <functional>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kvcodec/io/kv_dump.hpp"
@@ -57,6 +60,34 @@ std::size_t check_container(const bytes& file, bool compact) {
   return streams;
 }
 
+/// A container (owned), parsed, and its decoder built (the name is "x.kvc").
+struct opened {
+  bytes file;
+  kvc_view v;
+  segment_decoder dec;
+  explicit opened(bytes f)
+      : file(std::move(f)), v(parse_kvc(file, "x.kvc")), dec(v.header, [this](std::size_t i) { return v.state_bytes(i); }, "x.kvc") {}
+  opened(const opened&) = delete;
+  opened& operator=(const opened&) = delete;
+  std::function<std::span<const std::uint8_t>(std::size_t)> bytes_of() const {
+    return [this](std::size_t i) { return v.segment_bytes(i); };
+  }
+};
+
+/// The kind of error planning segment 0 of `spec`'s container throws (rans only, or through cachegen).
+error_kind plan_error(const std::string& spec, const kv_cache& kv, bool cachegen) {
+  const opened o(encode(spec, kv).data);
+  const std::size_t seg0[] = {0};
+  try {
+    if (cachegen)
+      (void)plan_cachegen_batch<std::uint32_t>(o.dec, seg0, o.bytes_of(), 0, kv.shape.tokens);
+    else
+      (void)plan_rans_batch<std::uint32_t>(o.dec, seg0, o.bytes_of());
+  } catch (const error& err) {
+    return err.kind();
+  }
+  return error_kind::io;  // no error: the caller expects usage
+}
 }  // namespace
 
 TEST_CASE("batch plan: kvc levels - per-chunk tables and sparse containers decode exactly through the emulation") {
@@ -87,16 +118,7 @@ TEST_CASE("batch plan: entropy stages without a batch decoder and predicted plan
   const kv_cache kv = test::random_cache(2, 2, 300, 16, dtype::f16);
   for (const std::string spec : {"kivi:bits=4|ac", "cachegen-quant|rans:pred=prev"}) {
     INFO(spec);
-    const encoded e = encode(spec, kv);
-    const kvc_view v = parse_kvc(e.data, "x.kvc");
-    const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, "x.kvc");
-    const std::size_t seg0[] = {0};
-    try {
-      (void)plan_rans_batch<std::uint32_t>(dec, seg0, [&](std::size_t i) { return v.segment_bytes(i); });
-      CHECK(false);
-    } catch (const error& err) {
-      CHECK(err.kind() == error_kind::usage);
-    }
+    CHECK(plan_error(spec, kv, false) == error_kind::usage);
   }
 }
 
@@ -158,25 +180,14 @@ TEST_CASE("batch decode: containers outside its scope are usage errors - a symbo
   const kv_cache kv = test::random_cache(2, 2, 300, 16, dtype::f16);
   for (const std::string spec : {"knorm:keep=0.5|cachegen-quant|rans", "hadamard|cachegen-quant|rans", "kivi:bits=4|rans"}) {
     INFO(spec);
-    const encoded e = encode(spec, kv);
-    const kvc_view v = parse_kvc(e.data, "x.kvc");
-    const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, "x.kvc");
-    const std::size_t seg0[] = {0};
-    try {
-      (void)plan_cachegen_batch<std::uint32_t>(dec, seg0, [&](std::size_t i) { return v.segment_bytes(i); }, 0, 300);
-      CHECK(false);
-    } catch (const error& err) {
-      CHECK(err.kind() == error_kind::usage);
-    }
+    CHECK(plan_error(spec, kv, true) == error_kind::usage);
   }
-  // A plan whose symbols exceed the quantizer's range (a table that decodes symbol 63 under bins=32):
-  const encoded e = encode("kvc:level=5", kv);
-  const kvc_view v = parse_kvc(e.data, "x.kvc");
-  const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, "x.kvc");
+  // A plan whose symbols exceed the quantizer's range:
+  const opened o(encode("kvc:level=5", kv).data);
   const std::size_t seg0[] = {0};
-  auto plan = plan_cachegen_batch<std::uint32_t>(dec, seg0, [&](std::size_t i) { return v.segment_bytes(i); }, 0, 300);
+  auto plan = plan_cachegen_batch<std::uint32_t>(o.dec, seg0, o.bytes_of(), 0, 300);
   plan.blocks[0].max = 0;  // every symbol above 0 is now out of range
-  dest d(v.header.shape, 300, dtype::f16, false);
+  dest d(o.v.header.shape, 300, dtype::f16, false);
   CHECK_THROWS_AS(decode_batch_emulated(plan, d.view), error);
 }
 
