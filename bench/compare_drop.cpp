@@ -10,6 +10,7 @@
 // queries 448..511), to show how much that flatters query-aware methods.
 // Usage: compare_drop [shared_dir] [out_dir]   (defaults: $KVCODEC_SHARED or ../shared or /work/shared,
 // and bench/results). Writes drop_compare.csv, drop_compare.md and drop_compare.svg.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -28,6 +29,8 @@ namespace fs = std::filesystem;
 
 struct method_row {
   std::string label, spec;  // spec without keep / obs_end
+  std::string first = {};   // composed: a drop stage before it (with `first_keep`); spec then keeps K / first_keep of its survivors
+  double first_keep = 1.0;
 };
 
 struct point {
@@ -69,6 +72,10 @@ int main(int argc, char** argv) {
       {"pyramidkv", "pyramidkv"},
       {"adakv(snapkv)", "adakv:scorer=snapkv"},
       {"adakv(expected-attention)", "adakv:scorer=expected-attention"},
+      {"criticalkv(snapkv)", "criticalkv:scorer=snapkv"},
+      {"criticaladakv(snapkv)", "criticaladakv:scorer=snapkv"},
+      {"block(snapkv, block=64)", "block:scorer=snapkv,block=64"},
+      {"streamingllm(0.9) then snapkv", "snapkv", "streamingllm", 0.9},
   };
   const std::vector<double> keeps = {0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9};
   const std::int64_t obs_end = 384;
@@ -94,8 +101,15 @@ int main(int argc, char** argv) {
     for (std::size_t ki = 0; ki < keeps.size(); ++ki)
       for (std::size_t di = 0; di < dumps.size(); ++di) {
         std::ostringstream extra;
-        extra << "keep=" << keeps[ki] << ",obs_end=" << obs_end;
-        const std::string spec = with_params(m.spec, extra.str()) + "|raw:dtype=f32";
+        std::string spec;
+        if (m.first.empty()) {
+          extra << "keep=" << keeps[ki] << ",obs_end=" << obs_end;
+          spec = with_params(m.spec, extra.str()) + "|raw:dtype=f32";
+        } else {
+          extra << "keep=" << std::min(1.0, keeps[ki] / m.first_keep);
+          spec = with_params(m.first, "keep=" + std::to_string(m.first_keep) + ",obs_end=" + std::to_string(obs_end)) + "|" +
+                 with_params(m.spec, extra.str()) + "|raw:dtype=f32";
+        }
         kvcodec::eval::eval_options opt;
         opt.repeats = 1;
         opt.attn.query_begin = obs_end;

@@ -82,7 +82,9 @@ TEST_CASE("parameter errors are usage errors naming the stage and parameter") {
   usage("pyramidkv:beta=0.5", "beta");
   usage("tova:obs_end=0", "obs_end");
   usage("knorm:window=3", "unknown parameter");
-  usage("snapkv|tova", "cannot follow");
+  usage("kivi:bits=4|tova", "cannot follow");
+  usage("snapkv|tova:obs_end=5", "obs_end must be -1");
+  CHECK_NOTHROW(make_codec("snapkv|tova"));  // composed drop stages (tests/cpu/test_drop_presses.cpp)
   CHECK_NOTHROW(make_codec("random:keep=1"));
 }
 

@@ -1,11 +1,13 @@
 // kvcodec/cpu/drop_select.hpp — the kept sets of any token-dropping configuration: picks the method's
 // own selector, one file each under cpu/drop/ (random, streamingllm, knorm, keydiff, h2o, snapkv, tova,
-// expected_attention, pyramidkv, adakv, lagkv, chunkkv), which share the budget and the choice of cpu/drop/select.hpp.
+// expected_attention, pyramidkv, adakv, lagkv, chunkkv, criticalkv, block), which share the budget and the choice of cpu/drop/select.hpp.
 #pragma once
 
 #include "kvcodec/core/error.hpp"
 #include "kvcodec/cpu/drop/adakv.hpp"
+#include "kvcodec/cpu/drop/block.hpp"
 #include "kvcodec/cpu/drop/chunkkv.hpp"
+#include "kvcodec/cpu/drop/criticalkv.hpp"
 #include "kvcodec/cpu/drop/expected_attention.hpp"
 #include "kvcodec/cpu/drop/h2o.hpp"
 #include "kvcodec/cpu/drop/keydiff.hpp"
@@ -38,6 +40,9 @@ inline kept_sets drop_select(const kv_cache& kv, const drop::config& c, int thre
     case method::adakv: return select_adakv(kv, c, threads);
     case method::lagkv: return select_lagkv(kv, c, threads);
     case method::chunkkv: return select_chunkkv(kv, c, threads);
+    case method::criticalkv: return select_criticalkv(kv, c, threads);
+    case method::criticaladakv: return select_criticaladakv(kv, c, threads);
+    case method::block: return select_block(kv, c, threads);
   }
   throw_usage(drop_detail::where_of(c) + ": unknown method");
 }

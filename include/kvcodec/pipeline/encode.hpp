@@ -290,7 +290,7 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
   // 2. Fit: transforms and quantizer (on every block when they need to), then the entropy stage.
   std::vector<bytes> states;
   kvc_header h;
-  std::uint32_t stage_index = c.drop ? 1u : 0u;
+  std::uint32_t stage_index = static_cast<std::uint32_t>(c.drops().size());
   auto keep_state = [&](bytes st, std::uint32_t idx) {
     if (!st.empty()) {
       h.states.push_back(state_entry{idx, 0, 0, 0});

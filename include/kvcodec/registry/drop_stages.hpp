@@ -1,10 +1,13 @@
 // kvcodec/registry/drop_stages.hpp — registers the token-dropping stages (kvpress family): random,
-// streamingllm, knorm, keydiff, h2o, snapkv, tova, expected-attention, pyramidkv, adakv, lagkv, chunkkv. Each one's CPU
-// selector and scorer: cpu/drop/<name>.hpp.
+// streamingllm, knorm, keydiff, h2o, snapkv, tova, expected-attention, pyramidkv, adakv, lagkv,
+// chunkkv, criticalkv, criticaladakv, block. Each one's CPU selector and scorer: cpu/drop/<name>.hpp
+// (criticaladakv: criticalkv.hpp).
 #pragma once
 
 #include "kvcodec/cpu/drop/adakv.hpp"
+#include "kvcodec/cpu/drop/block.hpp"
 #include "kvcodec/cpu/drop/chunkkv.hpp"
+#include "kvcodec/cpu/drop/criticalkv.hpp"
 #include "kvcodec/cpu/drop/expected_attention.hpp"
 #include "kvcodec/cpu/drop/h2o.hpp"
 #include "kvcodec/cpu/drop/keydiff.hpp"
@@ -33,6 +36,9 @@ inline void register_drop_stages(registry& r) {
   r.add<drop::adakv, cpu::drop_impl<drop::adakv>>();
   r.add<drop::lagkv, cpu::drop_impl<drop::lagkv>>();
   r.add<drop::chunkkv, cpu::drop_impl<drop::chunkkv>>();
+  r.add<drop::criticalkv, cpu::drop_impl<drop::criticalkv>>();
+  r.add<drop::criticaladakv, cpu::drop_impl<drop::criticaladakv>>();
+  r.add<drop::block_press, cpu::drop_impl<drop::block_press>>();
 }
 
 }  // namespace kvcodec

@@ -1,5 +1,6 @@
 // kvcodec/stage/drop_attention.hpp — token-dropping stages that score keys with the cache's queries:
-// `h2o`, `snapkv`, `tova`, `expected-attention`, `pyramidkv`, `adakv`.
+// `h2o`, `snapkv`, `tova`, `expected-attention`, `pyramidkv`, and the presses that wrap any scorer:
+// `adakv`, `chunkkv`, `criticalkv`, `criticaladakv`, `block`.
 //
 //   h2o                 accumulated attention each key receives from the observed queries, divided
 //                       by how many of them could see it (kvpress ObservedAttentionPress), plus a
@@ -17,6 +18,14 @@
 //   adakv               head-wise budgets over any scorer: the layer's normalised scores pooled over
 //                       heads, top budget x heads kept, at least alpha of each head's share per head
 //                       (Ada-KV, Feng et al. 2024)
+//   chunkkv             the scorer's scores averaged over chunks of tokens, whole chunks kept (ChunkKV, Liu
+//                       et al. 2025)
+//   criticalkv          the scorer's top `first` share of each head's budget, then the rest by (score +
+//                       epsilon) x ||v||_1 (CriticalKV, Feng et al. 2025: ||W_o v||_1, with W_o, which a KV
+//                       cache does not carry, left out)
+//   criticaladakv       Ada-KV's head budgets, then criticalkv's two stages within each head's budget
+//   block               the scorer run over the kept tokens and the next `block` tokens, block after
+//                       block, keeping the budget each time (kvpress BlockPress, after KeyDiff, Park et al. 2025)
 // Invariant: the total kept per layer (pyramidkv: per cache) is the budget of drop_common.hpp.
 #pragma once
 
@@ -150,74 +159,118 @@ struct pyramidkv : drop_budget {
   }
 };
 
-struct adakv : drop_budget {
+struct adakv : scored_budget {
   static constexpr std::string_view name = "adakv";
   static constexpr stage_kind kind = stage_kind::drop;
   static constexpr std::string_view summary = "token dropping: head-wise budgets over a scorer's pooled scores (Ada-KV)";
-  std::string scorer = "snapkv";
   double alpha = 0.2;
-  std::int64_t window = 64;
-  std::int64_t kernel = 5;
 
   template <class V> void visit(V& v) {
-    v("scorer", scorer, "scoring method: snapkv, h2o, tova, expected-attention, knorm or keydiff");
-    visit_common(v, [&] {
-      v("alpha", alpha, "safeguard: each head keeps at least alpha of its uniform share, in [0, 1]");
-      v("window", window, "the scorer's observation window (snapkv, expected-attention, h2o)");
-      v("kernel", kernel, "the snapkv scorer's pooling kernel (odd)");
-    });
+    visit_scored(v, [&] { v("alpha", alpha, "safeguard: each head keeps at least alpha of its uniform share, in [0, 1]"); });
   }
   void validate() const {
-    method m{};
-    check_param(parse_scorer(scorer, m), name, "scorer", std::string(scorer_names), scorer);
-    validate_common(name);
+    validate_scored(name);
     check_param(alpha >= 0.0 && alpha <= 1.0, name, "alpha", "a fraction in [0, 1]", alpha);
-    check_param(window >= 1, name, "window", "a query count >= 1", window);
-    check_param(kernel >= 1 && kernel % 2 == 1, name, "kernel", "an odd number >= 1", kernel);
   }
   config cfg() const {
-    config c = common_cfg(method::adakv, name);
-    c.alpha = alpha, c.window = window, c.kernel = kernel;
-    parse_scorer(scorer, c.scorer);
+    config c = scored_cfg(method::adakv, name);
+    c.alpha = alpha;
     return c;
   }
 };
 
-struct chunkkv : drop_budget {
+struct chunkkv : scored_budget {
   static constexpr std::string_view name = "chunkkv";
   static constexpr stage_kind kind = stage_kind::drop;
   static constexpr std::string_view summary = "token dropping: a scorer's scores averaged over chunks, whole chunks kept (ChunkKV)";
-  std::string scorer = "snapkv";
   std::int64_t chunk = 10;
-  std::int64_t window = 64;
-  std::int64_t kernel = 5;
-  std::int64_t sink = 16;
-  std::int64_t lag = 128;
 
   template <class V> void visit(V& v) {
-    v("scorer", scorer, "scoring method: snapkv, h2o, tova, expected-attention, knorm, keydiff or lagkv");
-    visit_common(v, [&] {
-      v("chunk", chunk, "tokens per chunk: the unit kept or dropped");
-      v("window", window, "the scorer's observation window (snapkv, expected-attention, h2o)");
-      v("kernel", kernel, "the snapkv scorer's pooling kernel (odd)");
-      v("sink", sink, "the lagkv scorer's sinks");
-      v("lag", lag, "the lagkv scorer's partition size");
+    visit_scored(v, [&] { v("chunk", chunk, "tokens per chunk: the unit kept or dropped"); });
+  }
+  void validate() const {
+    validate_scored(name);
+    check_param(chunk >= 1, name, "chunk", "a token count >= 1", chunk);
+  }
+  config cfg() const {
+    config c = scored_cfg(method::chunkkv, name);
+    c.chunk = chunk;
+    return c;
+  }
+};
+
+inline constexpr std::string_view first_help = "share of each head's budget taken by the scorer alone before the value-norm correction, in [0, 1]";
+inline constexpr std::string_view epsilon_help = "added to the scores before they are multiplied by the value norm (> 0)";
+
+struct criticalkv : scored_budget {
+  static constexpr std::string_view name = "criticalkv";
+  static constexpr stage_kind kind = stage_kind::drop;
+  static constexpr std::string_view summary = "token dropping: a scorer's top share, then scores x value L1 norm (CriticalKV)";
+  double first = 0.5;
+  double epsilon = 1e-4;
+
+  template <class V> void visit(V& v) {
+    visit_scored(v, [&] {
+      v("first", first, first_help);
+      v("epsilon", epsilon, epsilon_help);
     });
   }
   void validate() const {
-    method m{};
-    check_param(parse_chunk_scorer(scorer, m), name, "scorer", std::string(chunk_scorer_names), scorer);
-    validate_common(name);
-    check_param(chunk >= 1, name, "chunk", "a token count >= 1", chunk);
-    check_param(window >= 1, name, "window", "a query count >= 1", window);
-    check_param(kernel >= 1 && kernel % 2 == 1, name, "kernel", "an odd number >= 1", kernel);
-    check_param(sink >= 0, name, "sink", "a token count >= 0", sink);
-    check_param(lag >= 2, name, "lag", "a partition size >= 2", lag);
+    validate_scored(name);
+    check_param(first >= 0.0 && first <= 1.0, name, "first", "a fraction in [0, 1]", first);
+    check_param(epsilon > 0.0, name, "epsilon", "a number > 0", epsilon);
   }
   config cfg() const {
-    config c = common_cfg(method::chunkkv, name);
-    c.chunk = chunk, c.window = window, c.kernel = kernel, c.sink = sink, c.lag = lag;
-    parse_chunk_scorer(scorer, c.scorer);
+    config c = scored_cfg(method::criticalkv, name);
+    c.first = first, c.epsilon = epsilon;
+    return c;
+  }
+};
+
+struct criticaladakv : scored_budget {
+  static constexpr std::string_view name = "criticaladakv";
+  static constexpr stage_kind kind = stage_kind::drop;
+  static constexpr std::string_view summary = "token dropping: Ada-KV's head budgets, CriticalKV's value-norm correction within each";
+  double alpha = 0.2;
+  double first = 0.5;
+  double epsilon = 1e-4;
+
+  template <class V> void visit(V& v) {
+    visit_scored(v, [&] {
+      v("alpha", alpha, "safeguard: each head keeps at least alpha of its uniform share, in [0, 1]");
+      v("first", first, first_help);
+      v("epsilon", epsilon, epsilon_help);
+    });
+  }
+  void validate() const {
+    validate_scored(name);
+    check_param(alpha >= 0.0 && alpha <= 1.0, name, "alpha", "a fraction in [0, 1]", alpha);
+    check_param(first >= 0.0 && first <= 1.0, name, "first", "a fraction in [0, 1]", first);
+    check_param(epsilon > 0.0, name, "epsilon", "a number > 0", epsilon);
+  }
+  config cfg() const {
+    config c = scored_cfg(method::criticaladakv, name);
+    c.alpha = alpha, c.first = first, c.epsilon = epsilon;
+    return c;
+  }
+};
+
+struct block_press : scored_budget {
+  static constexpr std::string_view name = "block";
+  static constexpr stage_kind kind = stage_kind::drop;
+  static constexpr std::string_view summary = "token dropping: a scorer run block by block over the kept tokens and the next block (KeyDiff's block prefill)";
+  std::int64_t block_size = 128;
+
+  template <class V> void visit(V& v) {
+    visit_scored(v, [&] { v("block", block_size, "tokens scored with the kept ones at each step"); });
+  }
+  void validate() const {
+    validate_scored(name);
+    check_param(block_size >= 1, name, "block", "a token count >= 1", block_size);
+  }
+  config cfg() const {
+    config c = scored_cfg(method::block, name);
+    c.block = block_size;
     return c;
   }
 };

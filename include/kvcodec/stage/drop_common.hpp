@@ -18,7 +18,10 @@
 
 namespace kvcodec::drop {
 
-enum class method : std::uint8_t { random, streamingllm, knorm, keydiff, h2o, snapkv, tova, expected_attention, pyramidkv, adakv, lagkv, chunkkv };
+enum class method : std::uint8_t {
+  random, streamingllm, knorm, keydiff, h2o, snapkv, tova, expected_attention, pyramidkv, adakv, lagkv, chunkkv,
+  criticalkv, criticaladakv, block
+};
 
 /// Everything a selector may need; each descriptor fills the fields it exposes, the rest keep defaults.
 struct config {
@@ -39,10 +42,13 @@ struct config {
   bool vnorm = true;
   double beta = 20.0;
   double alpha = 0.2;
+  double first = 0.5;
+  double epsilon = 1e-4;
+  std::int64_t block = 128;
   method scorer = method::snapkv;
 };
 
-/// Scorers adakv accepts, by stage name.
+/// Scorers the wrapping presses (adakv, chunkkv, criticalkv, criticaladakv, block) accept, by stage name.
 inline bool parse_scorer(std::string_view s, method& out) {
   if (s == "snapkv") return out = method::snapkv, true;
   if (s == "h2o") return out = method::h2o, true;
@@ -50,17 +56,11 @@ inline bool parse_scorer(std::string_view s, method& out) {
   if (s == "expected-attention") return out = method::expected_attention, true;
   if (s == "knorm") return out = method::knorm, true;
   if (s == "keydiff") return out = method::keydiff, true;
+  if (s == "lagkv") return out = method::lagkv, true;
   return false;
 }
 
-inline constexpr std::string_view scorer_names = "snapkv, h2o, tova, expected-attention, knorm, keydiff";
-
-/// Scorers chunkkv accepts: adakv's and lagkv.
-inline bool parse_chunk_scorer(std::string_view s, method& out) {
-  if (s == "lagkv") return out = method::lagkv, true;
-  return parse_scorer(s, out);
-}
-inline constexpr std::string_view chunk_scorer_names = "snapkv, h2o, tova, expected-attention, knorm, keydiff, lagkv";
+inline constexpr std::string_view scorer_names = "snapkv, h2o, tova, expected-attention, knorm, keydiff, lagkv";
 
 inline constexpr std::string_view keep_help = "fraction of the compressed prefix kept per (layer, kv head), in (0, 1]";
 inline constexpr std::string_view tokens_help = "tokens kept per (layer, kv head) of the prefix; > 0 overrides keep";
@@ -100,6 +100,44 @@ struct drop_budget {
     c.keep = keep;
     c.tokens = tokens;
     c.obs_end = obs_end;
+    return c;
+  }
+};
+
+/// A press that wraps a scorer (adakv, chunkkv, criticalkv, criticaladakv, block): the scorer's name
+/// and the parameters any scorer may read (window, kernel: snapkv, h2o, expected-attention; sink, lag:
+/// lagkv), after the budget. Visit order: scorer, keep, tokens, the press's own, window, kernel, sink,
+/// lag, obs_end.
+struct scored_budget : drop_budget {
+  std::string scorer = "snapkv";
+  std::int64_t window = 64;
+  std::int64_t kernel = 5;
+  std::int64_t sink = 16;
+  std::int64_t lag = 128;
+
+  template <class V, class F> void visit_scored(V& v, F&& own) {
+    v("scorer", scorer, "scoring method: snapkv, h2o, tova, expected-attention, knorm, keydiff or lagkv");
+    visit_common(v, [&] {
+      own();
+      v("window", window, "the scorer's observation window (snapkv, expected-attention, h2o)");
+      v("kernel", kernel, "the snapkv scorer's pooling kernel (odd)");
+      v("sink", sink, "first tokens the scorer always keeps (lagkv, expected-attention)");
+      v("lag", lag, "the lagkv scorer's partition size");
+    });
+  }
+  void validate_scored(std::string_view stage) const {
+    method m{};
+    check_param(parse_scorer(scorer, m), stage, "scorer", std::string(scorer_names), scorer);
+    validate_common(stage);
+    check_param(window >= 1, stage, "window", "a query count >= 1", window);
+    check_param(kernel >= 1 && kernel % 2 == 1, stage, "kernel", "an odd number >= 1", kernel);
+    check_param(sink >= 0, stage, "sink", "a token count >= 0", sink);
+    check_param(lag >= 2, stage, "lag", "a partition size >= 2", lag);
+  }
+  config scored_cfg(method m, std::string_view stage) const {
+    config c = common_cfg(m, stage);
+    c.window = window, c.kernel = kernel, c.sink = sink, c.lag = lag;
+    parse_scorer(scorer, c.scorer);
     return c;
   }
 };

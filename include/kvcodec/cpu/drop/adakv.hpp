@@ -1,5 +1,5 @@
 // kvcodec/cpu/drop/adakv.hpp — the `adakv` stage (Ada-KV, Feng et al. 2024): head-wise budgets over
-// any scorer. The scorer named by `scorer` (snapkv, h2o, tova, expected-attention, knorm, keydiff) scores
+// any scorer. The scorer named by `scorer` (snapkv, h2o, tova, expected-attention, knorm, keydiff, lagkv) scores
 // the layer; each head keeps its protected tokens and a safeguard of alpha of its uniform share, and
 // the rest of the layer's budget (heads x budget) goes to the best of the scores pooled over the heads,
 // each head's normalised to sum to one.
@@ -12,15 +12,8 @@
 #include <vector>
 
 #include "kvcodec/core/error.hpp"
-#include "kvcodec/cpu/drop/expected_attention.hpp"
-#include "kvcodec/cpu/drop/h2o.hpp"
-#include "kvcodec/cpu/drop/keydiff.hpp"
-#include "kvcodec/cpu/drop/knorm.hpp"
-#include "kvcodec/cpu/drop/random.hpp"
+#include "kvcodec/cpu/drop/scorers.hpp"
 #include "kvcodec/cpu/drop/select.hpp"
-#include "kvcodec/cpu/drop/snapkv.hpp"
-#include "kvcodec/cpu/drop/streamingllm.hpp"
-#include "kvcodec/cpu/drop/tova.hpp"
 
 namespace kvcodec::cpu {
 
@@ -87,32 +80,17 @@ template <class S>
 struct adakv_over : S {
   using S::S;
   static constexpr bool pooled = true;
-  static std::vector<std::vector<std::int32_t>> pick_pooled(const layer_scores& ls, int H, std::int64_t n, std::int64_t b, double alpha) {
-    return pick_adakv(ls, H, n, b, alpha);
+  std::vector<std::vector<std::int32_t>> pick_pooled(int, const layer_scores& ls, int H, std::int64_t n, std::int64_t b) const {
+    return pick_adakv(ls, H, n, b, this->c.alpha);
   }
 };
 
 }  // namespace drop_detail
 
 /// Kept sets of `kv` under an `adakv` configuration (cpu/drop/select.hpp), scored by c.scorer
-/// (pyramidkv as a scorer is snapkv's: adakv's budget is the same for every layer).
+/// (cpu/drop/scorers.hpp).
 inline kept_sets select_adakv(const kv_cache& kv, const drop::config& c, int threads = 0) {
-  using namespace drop_detail;
-  switch (c.scorer) {
-    case method::random: return select_with<adakv_over<random_scorer>>(kv, c, threads);
-    case method::streamingllm: return select_with<adakv_over<streamingllm_scorer>>(kv, c, threads);
-    case method::knorm: return select_with<adakv_over<knorm_scorer>>(kv, c, threads);
-    case method::keydiff: return select_with<adakv_over<keydiff_scorer>>(kv, c, threads);
-    case method::h2o: return select_with<adakv_over<h2o_scorer>>(kv, c, threads);
-    case method::snapkv:
-    case method::pyramidkv: return select_with<adakv_over<snapkv_scorer>>(kv, c, threads);
-    case method::tova: return select_with<adakv_over<tova_scorer>>(kv, c, threads);
-    case method::expected_attention: return select_with<adakv_over<expected_attention_scorer>>(kv, c, threads);
-    case method::adakv:
-    case method::lagkv:
-    case method::chunkkv: break;
-  }
-  throw_usage(where_of(c) + ": scorer must be one of " + std::string(drop::scorer_names));
+  return drop_detail::select_scored<drop_detail::adakv_over>(kv, c, threads);
 }
 
 }  // namespace kvcodec::cpu

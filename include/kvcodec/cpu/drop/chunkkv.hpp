@@ -12,14 +12,8 @@
 #include <string>
 
 #include "kvcodec/core/error.hpp"
-#include "kvcodec/cpu/drop/expected_attention.hpp"
-#include "kvcodec/cpu/drop/h2o.hpp"
-#include "kvcodec/cpu/drop/keydiff.hpp"
-#include "kvcodec/cpu/drop/knorm.hpp"
-#include "kvcodec/cpu/drop/lagkv.hpp"
+#include "kvcodec/cpu/drop/scorers.hpp"
 #include "kvcodec/cpu/drop/select.hpp"
-#include "kvcodec/cpu/drop/snapkv.hpp"
-#include "kvcodec/cpu/drop/tova.hpp"
 
 namespace kvcodec::cpu {
 
@@ -47,20 +41,10 @@ struct chunk_over : S {
 
 }  // namespace drop_detail
 
-/// Kept sets of `kv` under a `chunkkv` configuration (cpu/drop/select.hpp), scored by c.scorer.
+/// Kept sets of `kv` under a `chunkkv` configuration (cpu/drop/select.hpp), scored by c.scorer
+/// (cpu/drop/scorers.hpp).
 inline kept_sets select_chunkkv(const kv_cache& kv, const drop::config& c, int threads = 0) {
-  using namespace drop_detail;
-  switch (c.scorer) {
-    case method::knorm: return select_with<chunk_over<knorm_scorer>>(kv, c, threads);
-    case method::keydiff: return select_with<chunk_over<keydiff_scorer>>(kv, c, threads);
-    case method::h2o: return select_with<chunk_over<h2o_scorer>>(kv, c, threads);
-    case method::snapkv: return select_with<chunk_over<snapkv_scorer>>(kv, c, threads);
-    case method::tova: return select_with<chunk_over<tova_scorer>>(kv, c, threads);
-    case method::expected_attention: return select_with<chunk_over<expected_attention_scorer>>(kv, c, threads);
-    case method::lagkv: return select_with<chunk_over<lagkv_scorer>>(kv, c, threads);
-    default: break;
-  }
-  throw_usage(where_of(c) + ": scorer must be one of " + std::string(drop::chunk_scorer_names));
+  return drop_detail::select_scored<drop_detail::chunk_over>(kv, c, threads);
 }
 
 }  // namespace kvcodec::cpu

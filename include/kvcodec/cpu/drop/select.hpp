@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kvcodec/core/error.hpp"
@@ -31,6 +32,18 @@ namespace kvcodec::cpu::drop_detail {
 using drop::method;
 
 inline std::string where_of(const drop::config& c) { return "drop stage '" + c.name + "'"; }
+
+/// The stage name of a scoring method (a press that wraps a scorer runs it under its own name).
+inline std::string_view drop_method_name(method m) {
+  switch (m) {
+    case method::h2o: return "h2o";
+    case method::snapkv: return "snapkv";
+    case method::tova: return "tova";
+    case method::expected_attention: return "expected-attention";
+    case method::pyramidkv: return "pyramidkv";
+    default: return "";
+  }
+}
 
 
 /// Uniform budget per (layer, head) over a prefix of n tokens.
@@ -196,7 +209,7 @@ kept_sets select_with(const kv_cache& kv, const drop::config& c, int threads) {
   if (Scorer::needs_queries && (!kv.has_queries() || kv.shape.q_heads <= 0))
     throw_bad_input(where, "queries",
                     "query tensors in the kv cache (q_heads > 0, e.g. a dump with queries.{layer}); " + c.name +
-                        (c.m == method::adakv || c.m == method::chunkkv ? " with this scorer" : "") +
+                        (c.name != drop_method_name(c.m) ? " with this scorer" : "") +
                         " needs them; methods that work without queries: random, streamingllm, knorm, keydiff, lagkv",
                     "none");
   const std::int64_t T = kv.shape.tokens;
@@ -230,7 +243,7 @@ kept_sets select_with(const kv_cache& kv, const drop::config& c, int threads) {
     ls.prot.clear();
     score(l, bl, ls);
     if constexpr (Scorer::pooled) {
-      out[li] = Scorer::pick_pooled(ls, H, n, bl, c.alpha);
+      out[li] = score.pick_pooled(l, ls, H, n, bl);
     } else {
       pick_scratch& ps = w->ps;
       for (int h = 0; h < H; ++h) {
