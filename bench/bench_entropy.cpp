@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "kvcodec/eval/synth.hpp"
+#include "kvcodec/cpu/cachegen.hpp"
 #include "kvcodec/kvcodec.hpp"
 
 using namespace kvcodec;

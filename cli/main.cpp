@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "kvcodec/io/kv_profile.hpp"
 
 int main(int argc, char** argv) {
   using namespace kvcodec::cli;

@@ -14,6 +14,7 @@
 
 #include "kvcodec/cpu/drop_select.hpp"
 #include "kvcodec/eval/evaluate.hpp"
+#include "kvcodec/stage/drop_attention.hpp"
 #include "kvcodec/eval/synth.hpp"
 #include "kvcodec/io/kv_dump.hpp"
 #include "kvcodec/registry/builtin.hpp"

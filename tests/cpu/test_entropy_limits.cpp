@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "kvcodec/cpu/entropy_model.hpp"
 #include "kvcodec/kvcodec.hpp"
 #include "../support/io_helpers.hpp"
 

@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "kvcodec/cpu/rans.hpp"
+#include "kvcodec/cpu/ac.hpp"
+#include "kvcodec/cpu/cachegen.hpp"
 #include "kvcodec/kvcodec.hpp"
 
 // Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.

@@ -13,6 +13,7 @@
 #include "kvcodec/core/ggml_blocks.hpp"
 #include "kvcodec/core/rope.hpp"
 #include "kvcodec/cpu/quant_common.hpp"
+#include "kvcodec/cpu/codebook.hpp"
 #include "kvcodec/kvcodec.hpp"
 #include "../support/ggml_inputs.hpp"
 

@@ -12,6 +12,7 @@
 #include "kvcodec/eval/evaluate.hpp"
 #include "kvcodec/eval/synth.hpp"
 #include "kvcodec/io/kv_dump.hpp"
+#include "kvcodec/cpu/cachegen.hpp"
 #include "kvcodec/kvcodec.hpp"
 #include "kvcodec/pipeline/plan.hpp"
 #include "../support/shared_data.hpp"

@@ -223,6 +223,7 @@ struct criticalkv : scored_budget {
   config cfg() const {
     config c = scored_cfg(method::criticalkv, name);
     c.first = first, c.epsilon = epsilon;
+    c.vnorm = false;  // expected-attention's own value-norm factor: the second stage applies one
     return c;
   }
 };
@@ -251,6 +252,7 @@ struct criticaladakv : scored_budget {
   config cfg() const {
     config c = scored_cfg(method::criticaladakv, name);
     c.alpha = alpha, c.first = first, c.epsilon = epsilon;
+    c.vnorm = false;
     return c;
   }
 };

@@ -105,14 +105,14 @@ struct drop_budget {
 };
 
 /// A press that wraps a scorer (adakv, chunkkv, criticalkv, criticaladakv, block): the scorer's name
-/// and the parameters any scorer may read (window, kernel: snapkv, h2o, expected-attention; sink, lag:
-/// lagkv), after the budget. Visit order: scorer, keep, tokens, the press's own, window, kernel, sink,
+/// and the parameters any scorer may read (window, kernel: snapkv, h2o, expected-attention; sink:
+/// lagkv, expected-attention; lag: lagkv), after the budget. Visit order: scorer, keep, tokens, the press's own, window, kernel, sink,
 /// lag, obs_end.
 struct scored_budget : drop_budget {
   std::string scorer = "snapkv";
   std::int64_t window = 64;
   std::int64_t kernel = 5;
-  std::int64_t sink = 16;
+  std::int64_t sink = -1;
   std::int64_t lag = 128;
 
   template <class V, class F> void visit_scored(V& v, F&& own) {
@@ -121,7 +121,7 @@ struct scored_budget : drop_budget {
       own();
       v("window", window, "the scorer's observation window (snapkv, expected-attention, h2o)");
       v("kernel", kernel, "the snapkv scorer's pooling kernel (odd)");
-      v("sink", sink, "first tokens the scorer always keeps (lagkv, expected-attention)");
+      v("sink", sink, "first tokens the scorer always keeps (-1 = the scorer's default: lagkv 16, expected-attention 4)");
       v("lag", lag, "the lagkv scorer's partition size");
     });
   }
@@ -131,13 +131,14 @@ struct scored_budget : drop_budget {
     validate_common(stage);
     check_param(window >= 1, stage, "window", "a query count >= 1", window);
     check_param(kernel >= 1 && kernel % 2 == 1, stage, "kernel", "an odd number >= 1", kernel);
-    check_param(sink >= 0, stage, "sink", "a token count >= 0", sink);
+    check_param(sink >= -1, stage, "sink", "a token count >= 0, or -1 for the scorer's default", sink);
     check_param(lag >= 2, stage, "lag", "a partition size >= 2", lag);
   }
   config scored_cfg(method m, std::string_view stage) const {
     config c = common_cfg(m, stage);
-    c.window = window, c.kernel = kernel, c.sink = sink, c.lag = lag;
+    c.window = window, c.kernel = kernel, c.lag = lag;
     parse_scorer(scorer, c.scorer);
+    c.sink = sink >= 0 ? sink : c.scorer == method::lagkv ? 16 : 4;
     return c;
   }
 };
