@@ -7,6 +7,7 @@
 #include "common.hpp"
 #include "kvcodec/eval/model_eval.hpp"
 #include "kvcodec/model/tokenizer.hpp"
+#include "kvcodec/verify/decoding.hpp"
 #include "kvcodec/verify/llama2c_adapter.hpp"
 #include "kvcodec/verify/session.hpp"
 
@@ -15,9 +16,9 @@ namespace kvcodec::cli {
 command add_verify(CLI::App& root) {
   auto* app = root.add_subcommand("verify", "Draft with a compressed context, verify with the full one (output = full-cache decoding)");
   struct opts {
-    std::string model, tokenizer, spec, context, prompt, horizon = "auto", source = "memory", cost;
+    std::string model, tokenizer, spec, context, prompt, horizon = "auto", source = "memory", cost, decoding_spec;
     std::int64_t context_tokens = 0;
-    int tokens = 64, k_max = 32;
+    int tokens = 64, k_max = 32, decoding_every = 0;
     double temperature = 0, link_gbps = 16, link_latency_ms = 0.05;
     std::uint64_t seed = 0;
     bool json = false, check_exact = false;
@@ -41,6 +42,11 @@ command add_verify(CLI::App& root) {
       ->capture_default_str()->check(CLI::IsMember({"memory", "file", "link"}));
   app->add_option("--link-gbps", o->link_gbps, "Simulated link bandwidth, GB/s")->capture_default_str();
   app->add_option("--link-latency-ms", o->link_latency_ms, "Simulated link latency, ms")->capture_default_str();
+  app->add_option("--decoding-every", o->decoding_every,
+                  "Decoding compression: compress the drafter's generated rows every N adopted positions (0 = off)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
+  app->add_option("--decoding-codec", o->decoding_spec, "Codec spec of decoding compression (default: --codec)");
   app->add_flag("--check-exact", o->check_exact, "Replay each verified block token by token and count bitwise mismatches");
   app->add_flag("--json", o->json, "Print a JSON object");
   return {app, [o] {
@@ -103,9 +109,16 @@ command add_verify(CLI::App& root) {
             std::unique_ptr<acceptance_policy> pol;
             if (o->temperature > 0) pol = std::make_unique<rejection_sampling>(o->seed, o->temperature);
             else pol = std::make_unique<greedy_acceptance>();
-            decoder_verifier v(m, o->check_exact);
-            decoder_drafter d(m);
+            // Decoding compression scores generated rows with their queries: both decoders record them.
+            const model::decoder_options dopt{.record_queries = o->decoding_every > 0};
+            decoder_verifier v(m, o->check_exact, dopt);
+            decoder_drafter d(m, dopt);
             d.load(lossy, C);
+            std::shared_ptr<decoding_compressor> dc;
+            if (o->decoding_every > 0) {
+              dc = std::make_shared<decoding_compressor>(o->decoding_spec.empty() ? o->spec : o->decoding_spec, o->decoding_every, static_cast<int>(C));
+              d.set_after_adopt([dc](model::decoder& dec) { (*dc)(dec); });
+            }
             session_options so;
             so.max_length = m->config.seq_len;
             so.model = cm;
@@ -135,6 +148,12 @@ command add_verify(CLI::App& root) {
             j["acceptance"] = pol->name();
             j["source"] = src->describe();
             j["timings"]["full_cache_decode_s"] = plain_s;
+            if (dc) {
+              const decoding_stats& ds = dc->stats();
+              j["decoding"] = {{"codec", make_codec(dc->spec()).spec()}, {"every", dc->every()}, {"compressions", ds.compressions},
+                               {"positions", ds.positions}, {"rows_dropped", ds.rows_dropped}, {"rows", ds.rows},
+                               {"bits_per_element", ds.bits_per_element()}};
+            }
             if (o->json) {
               std::cout << j.dump(2) << "\n";
             } else {
@@ -142,6 +161,11 @@ command add_verify(CLI::App& root) {
               std::printf("codec %s (%.3f bits/element), context %lld tokens, %s acceptance, horizon %s\n", enc.report.spec.c_str(),
                           enc.report.bits_per_element, static_cast<long long>(C), pol->name().c_str(), o->horizon.c_str());
               std::printf("identical to full-cache decoding: %s\n", identical ? "yes" : "no");
+              if (dc)
+                std::printf("decoding compression every %d positions: %lld chunks, %lld positions, %.1f%% of rows dropped, %.3f bits/element\n",
+                            dc->every(), static_cast<long long>(dc->stats().compressions), static_cast<long long>(dc->stats().positions),
+                            dc->stats().rows > 0 ? 100.0 * static_cast<double>(dc->stats().rows_dropped) / static_cast<double>(dc->stats().rows) : 0.0,
+                            dc->stats().bits_per_element());
               std::printf("rounds %lld, mean accepted %.3f, acceptance rate %.3f\n", static_cast<long long>(r.stats.rounds),
                           r.stats.mean_accepted(), r.stats.acceptance_rate());
               std::printf("draft %.4f s, verify %.4f s, fetch %.4f s (exposed %.4f s, hidden %.4f s), total %.4f s; plain full-cache %.4f s\n",

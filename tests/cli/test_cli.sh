@@ -157,6 +157,8 @@ if [[ -n $SHARED && -f $SHARED/kv/stories260K-s0.safetensors ]]; then
   expect 0 '"asked_kl"' -- "$K" eval --json --model "$M/stories260K.bin" --context-tokens 256 -c kvc:target=0.01 "$S"
   expect 0 '"identical": true' -- "$K" verify --json --model "$M/stories260K.bin" --tokenizer "$M/tok512.bin" -c q4_0 --context "$S" --context-tokens 256 --tokens 32 --horizon auto
   expect 2 "nope.bin" -- "$K" verify --model "$T/nope.bin" --tokenizer "$M/tok512.bin" -c q4_0 --context "$S" --context-tokens 256 --tokens 8
+  expect 0 '"rows_dropped"' -- "$K" verify --json --model "$M/stories260K.bin" --tokenizer "$M/tok512.bin" -c q4_0 --context "$S" --context-tokens 256 --tokens 48 --horizon 4 --decoding-every 16 --decoding-codec "snapkv:keep=0.5,window=8|kivi:bits=4,residual=0"
+  expect 1 "decoding-every" -- "$K" verify --model "$M/stories260K.bin" --tokenizer "$M/tok512.bin" -c q4_0 --context "$S" --context-tokens 256 --tokens 8 --decoding-every -1
   # klt: a profile fitted by calibrate on one dump codes another; decode needs it and names it otherwise
   S1=$SHARED/kv/stories260K-s1.safetensors
   expect 0 "profile: $T/p.kvp" -- "$K" calibrate --model "$M/stories260K.bin" --context-tokens 256 --profile-out "$T/p.kvp" "$S1"

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kvcodec/io/kv_dump.hpp"
+#include "kvcodec/verify/decoding.hpp"
 #include "kvcodec/verify/llama2c_adapter.hpp"
 #include "kvcodec/verify/planner.hpp"
 #include "kvcodec/verify/session.hpp"
@@ -494,6 +495,51 @@ TEST_CASE("session on a synthetic model: greedy output identical under heavy rej
   CHECK(run_greedy(m, ctx, ctx, 3, 1, h0).tokens.size() == 1);
   const kv_cache full = model_context(m, 127);
   CHECK_THROWS_AS(run_greedy(m, full, full, 3, 5, h0), kvcodec::error);
+}
+
+TEST_CASE("decoding compression: the drafter's generated rows compressed every N positions - greedy output still identical") {
+  const auto m = synth_model();
+  const kv_cache ctx = model_context(m, 40);
+  const model::decoder_options rec{.record_queries = true};
+  decoder_verifier v(m, false, rec);
+  decoder_drafter d(m, rec);
+  d.load(ctx, 40);
+  const auto dc = std::make_shared<decoding_compressor>("snapkv:keep=0.5,window=4|kivi:bits=4,residual=0", 8, 40);
+  d.set_after_adopt([dc](model::decoder& x) { (*dc)(x); });
+  memory_source src(ctx, 40);
+  greedy_acceptance g;
+  fixed_horizon h(4);
+  session_options o;
+  o.max_length = m->config.seq_len;
+  const auto r = draft_and_verify(d, v, src, g, h, 3, 60, o);
+  decoder_verifier ref(m);
+  ref.install(src.fetch());
+  CHECK(r.tokens == reference_decode(ref, g, 3, 60));
+  const decoding_stats& st = dc->stats();
+  CHECK(st.compressions >= 5);
+  CHECK(st.positions >= 52);
+  CHECK(st.positions <= d.length() - 40);
+  // snapkv keeps round(keep x n) of each chunk per head: about half the rows
+  CHECK(st.rows_dropped > 0.4 * static_cast<double>(st.rows));
+  CHECK(st.rows_dropped < 0.6 * static_cast<double>(st.rows));
+  CHECK(st.bits_per_element() > 0);
+  CHECK(st.bits_per_element() < 8);  // f32 would be 16 at half the rows kept; 4-bit KIVI on chunks of 8 tokens pays its scales
+  // the context is as loaded (dense), the compressed rows are masked where dropped and lossy where kept
+  const model::kv_store& ds = d.decoder().cache();
+  const model::kv_store& vs = v.decoder().cache();
+  std::int64_t ctx_dropped = 0, gen_dropped = 0, gen_changed = 0;
+  for (int l = 0; l < ds.layers(); ++l)
+    for (int hh = 0; hh < ds.kv_heads(); ++hh)
+      for (int t = 0; t < 40 + static_cast<int>(st.positions); ++t) {
+        if (t < 40) ctx_dropped += ds.keep(l, hh)[t] ? 0 : 1;
+        else gen_dropped += ds.keep(l, hh)[t] ? 0 : 1;
+        if (t >= 40 && ds.keep(l, hh)[t] && !std::equal(ds.key(l, hh, t), ds.key(l, hh, t) + ds.head_dim(), vs.key(l, hh, t))) ++gen_changed;
+      }
+  CHECK(ctx_dropped == 0);
+  CHECK(gen_dropped == st.rows_dropped);
+  CHECK(gen_changed > 0);
+  CHECK_THROWS_AS(decoding_compressor("snapkv", 0, 40), kvcodec::error);
+  CHECK_THROWS_AS(decoding_compressor("no-such-stage", 8, 40), kvcodec::error);
 }
 
 TEST_CASE("rejection-sampling session: output distribution equals full-cache sampling (chi-square)") {

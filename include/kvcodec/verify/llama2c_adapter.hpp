@@ -5,13 +5,16 @@
 // one decoder::forward_batch. With check_exact it replays every scored block token by token on a
 // copy of the pre-batch cache and counts positions whose logits differ in any bit.
 // decoder_drafter: decodes with a compressed context (kept masks applied) and adopts verified rows
-// with decoder::copy_cache_rows.
+// with decoder::copy_cache_rows, then runs its after-adopt hook (decoding compression:
+// verify/decoding.hpp). Both take decoder_options: record_queries keeps every position's queries,
+// which a query-aware drop stage of decoding compression scores with.
 // Invariant: forward_batch == sequential forward bit for bit (model/decoder.hpp), so greedy
 // draft-and-verify with these adapters reproduces full-cache greedy decoding exactly.
 #pragma once
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,8 +28,8 @@ namespace kvcodec::verify {
 
 class decoder_verifier final : public verifier {
  public:
-  explicit decoder_verifier(std::shared_ptr<const model::llama2c_model> m, bool check_exact = false)
-      : dec_(m), check_(check_exact) {
+  explicit decoder_verifier(std::shared_ptr<const model::llama2c_model> m, bool check_exact = false, model::decoder_options opt = {})
+      : dec_(m, opt), check_(check_exact) {
     if (check_exact) ref_ = std::make_unique<model::decoder>(m);
   }
   const model::decoder& decoder() const noexcept { return dec_; }
@@ -82,7 +85,9 @@ class decoder_verifier final : public verifier {
 
 class decoder_drafter final : public drafter {
  public:
-  explicit decoder_drafter(std::shared_ptr<const model::llama2c_model> m) : dec_(std::move(m)) {}
+  explicit decoder_drafter(std::shared_ptr<const model::llama2c_model> m, model::decoder_options opt = {}) : dec_(std::move(m), opt) {}
+  /// Runs `f` on the drafter's decoder after every adopt (e.g. a verify::decoding_compressor).
+  void set_after_adopt(std::function<void(model::decoder&)> f) { after_adopt_ = std::move(f); }
   /// Positions [0, C) from a (decoded, possibly sparse) compressed context.
   void load(const kv_cache& compressed, std::int64_t C) {
     dec_.reset();
@@ -97,10 +102,12 @@ class decoder_drafter final : public drafter {
     const auto* dv = dynamic_cast<const decoder_verifier*>(&v);
     if (!dv) throw_usage("decoder_drafter adopt: the verifier is not a decoder_verifier");
     dec_.copy_cache_rows(dv->decoder(), a, b);
+    if (after_adopt_) after_adopt_(dec_);
   }
 
  private:
   model::decoder dec_;
+  std::function<void(model::decoder&)> after_adopt_;
 };
 
 }  // namespace kvcodec::verify
