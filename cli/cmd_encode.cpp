@@ -57,7 +57,7 @@ command add_encode(CLI::App& root) {
             // read the dump whole.
             std::optional<io::kv_dump_view> dv;
             if (!c.drop && !whole) dv = io::open_kv_dump_view(o->in);
-            if (dv && c.quant && c.quant->wants_query_energy()) dv->extras.query_energy = io::dump_query_energy(*dv, o->in);
+            if (dv && c.wants_query_energy()) dv->extras.query_energy = io::dump_query_energy(*dv, o->in);
             if (dv) {
               eo.layout = std::string(io::kv_layout_name(dv->layout));
               const const_kv_view& w = dv->view;

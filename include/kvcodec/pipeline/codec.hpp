@@ -91,6 +91,12 @@ class codec {
       v.push_back(drop.get());
     return v;
   }
+  /// True when a stage reads cache_info::query_energy (callers holding queries should supply them).
+  bool wants_query_energy() const {
+    for (const auto& t : transforms)
+      if (t->wants_query_energy()) return true;
+    return quant && quant->wants_query_energy();
+  }
   /// Every stage, in pipeline order.
   std::vector<stage*> all() const {
     std::vector<stage*> v;
@@ -138,6 +144,11 @@ inline codec make_codec(std::string_view spec_text, const registry& reg) {
       if (k == "obs_end" && v != "-1")
         throw_usage("codec spec '" + std::string(spec_text) + "': drop stage '" + std::string(drops[i]->name()) +
                     "' follows another drop stage, so it compresses what that one kept up to its obs_end; obs_end must be -1 there (found " + v + ")");
+  // think stores key rows narrower: a quantizer that reads per-channel cache statistics would index them wrongly.
+  for (const auto& t : c.transforms)
+    if (t->name() == "think" && c.quant && (c.quant->wants_query_energy() || c.quant->name() == "klt"))
+      throw_usage("codec spec '" + std::string(spec_text) + "': '" + std::string(c.quant->name()) +
+                  "' reads per-channel statistics of the whole head_dim, and 'think' before it removes key channels; put think with another quantizer");
   if (drops.size() == 1) c.drop = std::move(drops.front());
   if (drops.size() > 1) c.drop = std::make_unique<drop_chain>(std::move(drops));
   if (!c.quant) c.quant = detail::downcast<quant_stage>(reg.find("raw")->make(stage_spec{"raw", {}}));

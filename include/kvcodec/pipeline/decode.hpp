@@ -153,6 +153,8 @@ class segment_decoder {
     std::vector<std::byte*>& rows = scratch.rows;
     for (int kvi = 0; kvi < 2; ++kvi) {
       block b = detail::block_skeleton(s, se.layer, kvi == 0, se.t0, se.t1, h_.sparse ? &kc : nullptr);
+      for (const auto& t : c_.transforms) b.head_dim = t->coded_head_dim(b, info_);  // rows a transform stores narrower
+      const std::size_t W = static_cast<std::size_t>(b.head_dim);
       const auto stream = r.get_blob(kvi == 0 ? "K stream" : "V stream");
       symbols& sy = scratch.sy;
       c_.entropy->decode_reusing(stream, b, sy);
@@ -166,8 +168,9 @@ class segment_decoder {
         if (c_.quant->decode_rows(sy, info_, b, dst.dt, rows.data())) continue;
       }
       c_.quant->decode(sy, info_, b);
-      if (b.data.size() != b.rows() * D) throw_corrupt(where, "quantizer returned the wrong number of values");
+      if (b.data.size() != b.rows() * W) throw_corrupt(where, "quantizer returned the wrong number of values");
       for (auto it = c_.transforms.rbegin(); it != c_.transforms.rend(); ++it) (*it)->inverse(b, info_);
+      if (b.data.size() != b.rows() * D) throw_corrupt(where, "transforms returned the wrong number of values");
       std::size_t row = 0;
       for (int hh = 0; hh < s.kv_heads; ++hh)
         for (std::uint32_t k = 0; k < b.count[static_cast<std::size_t>(hh)]; ++k, ++row) {

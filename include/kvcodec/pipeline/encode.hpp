@@ -228,7 +228,7 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
   const std::size_t L = static_cast<std::size_t>(s.layers);
   const std::size_t nseg = static_cast<std::size_t>(chunks) * L;
   cache_info info{s, ex.source_dtype.value_or(kv.dt), ex.metadata, {}};
-  if (c.quant && c.quant->wants_query_energy()) {
+  if (c.wants_query_energy()) {
     info.query_energy = !ex.query_energy.empty() ? ex.query_energy : ex.cache ? query_energy(*ex.cache) : std::vector<float>{};
     const std::size_t want = static_cast<std::size_t>(s.layers) * static_cast<std::size_t>(s.kv_heads) * static_cast<std::size_t>(s.head_dim);
     if (!info.query_energy.empty() && info.query_energy.size() != want)

@@ -1,6 +1,6 @@
 // kvcodec/registry/quant_stages.hpp — registers the quantizers and transforms: uniform, kivi, fp8,
 // the llama.cpp block formats (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl), nf4, kmeans, and the transforms
-// hadamard and derope. Parameters and formats: docs/codecs/quant.md.
+// hadamard, derope and think. Parameters and formats: docs/codecs/quant.md.
 #pragma once
 
 #include "kvcodec/cpu/codebook.hpp"
@@ -8,6 +8,7 @@
 #include "kvcodec/cpu/fp8.hpp"
 #include "kvcodec/cpu/ggml.hpp"
 #include "kvcodec/cpu/hadamard.hpp"
+#include "kvcodec/cpu/think.hpp"
 #include "kvcodec/cpu/kivi.hpp"
 #include "kvcodec/cpu/uniform.hpp"
 #include "kvcodec/registry/registry.hpp"
@@ -28,6 +29,7 @@ inline void register_quant_stages(registry& r) {
   r.add<quant::kmeans, cpu::kmeans_quant>();
   r.add<transform::hadamard, cpu::hadamard_transform>();
   r.add<transform::derope, cpu::derope_transform>();
+  r.add<transform::think, cpu::think_transform>();
 }
 
 }  // namespace kvcodec

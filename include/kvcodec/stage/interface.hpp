@@ -137,6 +137,11 @@ class transform_stage : public stage {
   virtual bytes fit(const std::vector<block>&, const cache_info&) { return {}; }
   virtual void forward(block& b, const cache_info& info) const = 0;
   virtual void inverse(block& b, const cache_info& info) const = 0;
+  /// Row width of `b` after forward() (a transform that stores rows narrower, e.g. think, says how
+  /// narrow: the decoder codes the block at this width before inverse()). Default: unchanged.
+  virtual int coded_head_dim(const block& b, const cache_info&) const { return b.head_dim; }
+  /// True when fit() reads cache_info::query_energy.
+  virtual bool wants_query_energy() const { return false; }
 };
 
 class quant_stage : public stage {
