@@ -19,6 +19,7 @@
 #include "kvcodec/pipeline/encode.hpp"
 #include "kvcodec/registry/builtin.hpp"
 #include "../support/shared_data.hpp"
+#include "../support/small_synth.hpp"
 
 // Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
 namespace kvcodec_test_cpu_drop_presses {
@@ -28,17 +29,7 @@ using namespace kvcodec;
 namespace {
 
 kv_cache small_cache(std::int64_t tokens = 37, std::uint64_t seed = 1) {
-  eval::synth_options o;
-  o.layers = 3;
-  o.kv_heads = 2;
-  o.q_heads = 4;
-  o.head_dim = 8;
-  o.tokens = tokens;
-  o.dtype = dtype::f32;
-  o.seed = seed;
-  o.outliers = 2;
-  o.threads = 1;
-  return eval::synth_cache(o);
+  return test::small_synth({.layers = 3, .tokens = tokens, .seed = seed, .outliers = 2});
 }
 
 kept_sets select(const std::string& spec, const kv_cache& kv) { return make_codec(spec).drop->select(kv); }

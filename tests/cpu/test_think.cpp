@@ -16,6 +16,7 @@
 #include "kvcodec/format/container.hpp"
 #include "kvcodec/kvcodec.hpp"
 #include "../support/shared_data.hpp"
+#include "../support/small_synth.hpp"
 
 // Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
 namespace kvcodec_test_cpu_think {
@@ -24,18 +25,7 @@ using namespace kvcodec;
 
 namespace {
 
-kv_cache small_cache(std::int64_t tokens = 48) {
-  eval::synth_options o;
-  o.layers = 2;
-  o.kv_heads = 2;
-  o.q_heads = 4;
-  o.head_dim = 16;
-  o.tokens = tokens;
-  o.dtype = dtype::f32;
-  o.seed = 7;
-  o.threads = 1;
-  return eval::synth_cache(o);
-}
+kv_cache small_cache(std::int64_t tokens = 48) { return test::small_synth({.head_dim = 16, .tokens = tokens}); }
 
 const float* key_row(const kv_cache& c, int l, int h, std::int64_t t) {
   return c.keys[static_cast<std::size_t>(l)].data() +

@@ -59,3 +59,22 @@ def test_press_without_a_drop_stage_keeps_every_token():
     pkv = rand_pkv(tokens=64)
     p = kvcodec.press("kivi:bits=2,residual=0")(pkv)
     assert p.kept_tokens() == 2 * 2 * 64 and p.past_key_values[0][0].shape == pkv[0][0].shape
+
+
+def test_composed_and_wrapping_presses():
+    pkv = rand_pkv(layers=2, heads=2, tokens=200, dim=16, dtype=torch.float32)
+    q = tuple(torch.randn(1, 4, 200, 16, generator=torch.Generator().manual_seed(l)) for l in range(2))
+    # two drop stages in one spec: the second keeps half of the first's survivors
+    p = kvcodec.press("streamingllm:keep=0.5|snapkv:keep=0.5,window=16")(pkv, queries=q)
+    assert p.uniform() and p.kept_tokens() == 2 * 2 * 50
+    first = kvcodec.press("streamingllm:keep=0.5")(pkv)
+    for layer_both, layer_first in zip(p.kept, first.kept):
+        for both, one in zip(layer_both, layer_first):
+            assert set(both.tolist()) <= set(one.tolist())
+    for spec in ("criticalkv:scorer=snapkv,window=16,keep=0.25", "block:scorer=knorm,keep=0.25,block=32"):
+        p = kvcodec.press(spec)(pkv, queries=q)
+        assert p.uniform() and p.kept_tokens() == 2 * 2 * 50
+    # block with a per-token scorer keeps what the scorer keeps on the whole prefix
+    a = kvcodec.press("block:scorer=knorm,keep=0.25,block=16")(pkv)
+    b = kvcodec.press("knorm:keep=0.25")(pkv)
+    assert all((x == y).all() for la, lb in zip(a.kept, b.kept) for x, y in zip(la, lb))

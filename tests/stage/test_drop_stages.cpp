@@ -15,6 +15,7 @@
 #include "kvcodec/pipeline/encode.hpp"
 #include "kvcodec/registry/builtin.hpp"
 #include "../support/shared_data.hpp"
+#include "../support/small_synth.hpp"
 
 // Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
 namespace kvcodec_test_stage_drop_stages {
@@ -23,18 +24,7 @@ using namespace kvcodec;
 
 namespace {
 
-kv_cache small_cache(std::int64_t tokens = 40) {
-  eval::synth_options o;
-  o.layers = 2;
-  o.kv_heads = 2;
-  o.q_heads = 4;
-  o.head_dim = 8;
-  o.tokens = tokens;
-  o.dtype = dtype::f32;
-  o.seed = 7;
-  o.threads = 1;
-  return eval::synth_cache(o);
-}
+kv_cache small_cache(std::int64_t tokens = 40) { return test::small_synth({.tokens = tokens}); }
 
 }  // namespace
 
