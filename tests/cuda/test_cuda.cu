@@ -6,14 +6,18 @@
 //    step, mixed lane counts in one batch, compact and 64-bit entries, corrupt streams (the same status as
 //    the emulation, no read outside the stream: run under compute-sanitizer by scripts/gpu-check), and two
 //    batches queued on one CUDA stream before either is waited for;
-//  - cuda::decode_into (the seam) against the CPU's decode_into: kvc levels, f16/bf16/f32, HF and
-//    paged device views, token ranges, and the usage error for a container outside its scope.
+//  - kvcodec::cuda::decode_into (the seam) against the CPU's decode_into: kvc levels, f16/bf16/f32, HF and
+//    paged device views, token ranges, and the usage error for a container outside its scope;
+//  - kvcodec::cuda::knorm_select (the GPU knorm scorer and CUB top-k) against the CPU's select_knorm.
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "kvcodec/cpu/drop/knorm.hpp"
 #include "kvcodec/cuda/decode.cuh"
+#include "kvcodec/cuda/drop/knorm.cuh"
 #include "kvcodec/cuda/kvcodec_cuda.cuh"
 #include "kvcodec/kvcodec.hpp"
 #include "kvcodec/tensor/dtype.hpp"
@@ -41,10 +45,10 @@ void test_conversions() {
   std::vector<float> x(1 << 20);
   for (auto& v : x) v = std::bit_cast<float>(static_cast<std::uint32_t>(rng()));  // every bit pattern class
   for (dtype t : {dtype::f16, dtype::bf16}) {
-    cuda::device_buffer<float> d_x{std::span<const float>(x)}, d_back{x.size()};
-    cuda::device_buffer<std::uint16_t> d_h{x.size()};
-    cuda::encode_floats(cuda::par, d_x.data(), x.size(), t, d_h.data());
-    cuda::decode_floats(cuda::par, d_h.data(), x.size(), t, d_back.data());
+    kvcodec::cuda::device_buffer<float> d_x{std::span<const float>(x)}, d_back{x.size()};
+    kvcodec::cuda::device_buffer<std::uint16_t> d_h{x.size()};
+    kvcodec::cuda::encode_floats(kvcodec::cuda::par, d_x.data(), x.size(), t, d_h.data());
+    kvcodec::cuda::decode_floats(kvcodec::cuda::par, d_h.data(), x.size(), t, d_back.data());
     const auto h = d_h.download();
     const auto back = d_back.download();
     std::vector<std::uint8_t> cpu(x.size() * 2);
@@ -64,12 +68,12 @@ void test_conversions() {
 /// The builder's arrays on the device, decoded there: symbols and statuses.
 template <class Entry>
 struct device_batch {
-  cuda::device_buffer<rans_batch_stream> streams;
-  cuda::device_buffer<std::uint8_t> data;
-  cuda::device_buffer<Entry> entries;
-  cuda::device_buffer<std::uint32_t> col_off;
-  cuda::device_buffer<std::uint16_t> out;
-  cuda::device_buffer<std::uint8_t> temp;
+  kvcodec::cuda::device_buffer<rans_batch_stream> streams;
+  kvcodec::cuda::device_buffer<std::uint8_t> data;
+  kvcodec::cuda::device_buffer<Entry> entries;
+  kvcodec::cuda::device_buffer<std::uint32_t> col_off;
+  kvcodec::cuda::device_buffer<std::uint16_t> out;
+  kvcodec::cuda::device_buffer<std::uint8_t> temp;
   std::size_t count = 0;
 
   explicit device_batch(const rans_batch_builder<Entry>& b)
@@ -80,14 +84,14 @@ struct device_batch {
         out(b.out_symbols),
         count(b.streams.size()) {}
   /// Queues the decode on p (no wait).
-  void launch(const rans_batch_builder<Entry>& b, const cuda::par_t& p) {
+  void launch(const rans_batch_builder<Entry>& b, const kvcodec::cuda::par_t& p) {
     const rans_batch_args<Entry> a{streams.data(), count, b.max_lanes, data.data(), entries.data(), col_off.data(), out.data()};
     std::size_t bytes = 0;
-    cuda::rans_decode_batch(nullptr, bytes, a, p);
-    temp = cuda::device_buffer<std::uint8_t>(bytes);
-    cuda::rans_decode_batch(temp.data(), bytes, a, p);
+    kvcodec::cuda::rans_decode_batch(nullptr, bytes, a, p);
+    temp = kvcodec::cuda::device_buffer<std::uint8_t>(bytes);
+    kvcodec::cuda::rans_decode_batch(temp.data(), bytes, a, p);
   }
-  std::vector<rans_batch_status> statuses(const cuda::par_t& p) const { return cuda::rans_batch_statuses(temp.data(), count, p); }
+  std::vector<rans_batch_status> statuses(const kvcodec::cuda::par_t& p) const { return kvcodec::cuda::rans_batch_statuses(temp.data(), count, p); }
 };
 
 template <class Entry>
@@ -98,8 +102,8 @@ void check_batch(const std::vector<case_data>& cases, const std::vector<std::vec
   std::vector<rans_batch_status> emu_st(cases.size());
   rans_decode_batch_emulated(b.host_args(emu.data()), emu_st.data());
   device_batch<Entry> d(b);
-  d.launch(b, cuda::par);
-  const auto st = d.statuses(cuda::par);
+  d.launch(b, kvcodec::cuda::par);
+  const auto st = d.statuses(kvcodec::cuda::par);
   const auto out = d.out.download();
   std::size_t off = 0;
   for (std::size_t k = 0; k < cases.size(); ++k) {
@@ -173,11 +177,11 @@ void test_rans_batch() {
     for (const auto& c : a) add(ba, c, std::span<const std::uint8_t>(c.bytes));
     for (const auto& c : b) add(bb, c, std::span<const std::uint8_t>(c.bytes));
     cudaStream_t s;
-    cuda::check(cudaStreamCreate(&s), "cudaStreamCreate");
+    kvcodec::cuda::check(cudaStreamCreate(&s), "cudaStreamCreate");
     device_batch<std::uint32_t> da(ba), db(bb);
-    da.launch(ba, cuda::par.on(s));
-    db.launch(bb, cuda::par.on(s));
-    const auto sa = da.statuses(cuda::par.on(s)), sb = db.statuses(cuda::par.on(s));
+    da.launch(ba, kvcodec::cuda::par.on(s));
+    db.launch(bb, kvcodec::cuda::par.on(s));
+    const auto sa = da.statuses(kvcodec::cuda::par.on(s)), sb = db.statuses(kvcodec::cuda::par.on(s));
     const auto oa = da.out.download(), ob = db.out.download();
     std::vector<std::uint16_t> ea, eb;
     for (const auto& c : a) ea.insert(ea.end(), c.symbols.begin(), c.symbols.end());
@@ -186,13 +190,13 @@ void test_rans_batch() {
     for (auto v : sa) ok = ok && v == rans_batch_status::ok;
     for (auto v : sb) ok = ok && v == rans_batch_status::ok;
     expect(ok, "two batches queued on one stream");
-    cuda::check(cudaStreamDestroy(s), "cudaStreamDestroy");
+    kvcodec::cuda::check(cudaStreamDestroy(s), "cudaStreamDestroy");
   }
 }
 
 /// Device buffers for a test view (tests/support/test_views.hpp), filled with 0x5a.
 struct device_dest {
-  std::vector<cuda::device_buffer<std::byte>> k, v;
+  std::vector<kvcodec::cuda::device_buffer<std::byte>> k, v;
   kv_view view;
   device_dest(const kv_shape& s, std::int64_t tokens, dtype t, bool paged) {
     const std::size_t per = test::test_view_bytes(s, tokens, t, paged);
@@ -200,7 +204,7 @@ struct device_dest {
     for (int l = 0; l < s.layers; ++l)
       for (auto* side : {&k, &v}) {
         side->emplace_back(per);
-        cuda::check(cudaMemset(side->back().data(), 0x5a, per), "memset");
+        kvcodec::cuda::check(cudaMemset(side->back().data(), 0x5a, per), "memset");
         (side == &k ? kp : vp).push_back(side->back().data());
       }
     view = test::test_view(kp, vp, s, tokens, t, paged);
@@ -244,7 +248,7 @@ void test_decode_into() {
           opt.token_end = te;
           const kv_cache want = decode(cpu::par, e.data, opt);
           device_dest d(kv.shape, te - tb, t, paged);
-          cuda::decode_into(cuda::par, e.data, d.view, opt);
+          kvcodec::cuda::decode_into(kvcodec::cuda::par, e.data, d.view, opt);
           expect(d.rows() == host_rows(want, t, 0, te - tb), "decode_into " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf") + " tokens " +
                                                               std::to_string(tb) + ".." + std::to_string(te));
         }
@@ -254,12 +258,61 @@ void test_decode_into() {
     device_dest d(kv.shape, 600, dtype::f16, false);
     bool usage = false;
     try {
-      cuda::decode_into(cuda::par, e.data, d.view);
+      kvcodec::cuda::decode_into(kvcodec::cuda::par, e.data, d.view);
     } catch (const error& err) {
       usage = err.kind() == error_kind::usage;
     }
     expect(usage, "decode_into kivi|rans: usage error");
   }
+}
+
+/// kvcodec::cuda::knorm_select on f16 / bf16 / f32 device keys against the CPU's select_knorm and the host
+/// emulation: equal kept sets (ties and a NaN row included), sizes around a sort tile, two prefixes.
+void test_knorm_select() {
+  for (int T : {1, 37, 600, 2049})
+    for (std::uint32_t code : {0u, 1u, 2u}) {
+      kv_cache kv = test::random_cache(3, 2, T, 64, code == 0 ? dtype::f32 : code == 1 ? dtype::f16 : dtype::bf16, static_cast<unsigned>(T));
+      const std::size_t D = 64, TT = static_cast<std::size_t>(T);
+      if (T > 30)
+        for (auto& layer : kv.keys)
+          for (std::size_t h = 0; h < 2; ++h) {
+            for (std::size_t c = 0; c < D; ++c) layer[(h * TT + 11) * D + c] = layer[(h * TT + 10) * D + c];
+            layer[(h * TT + 20) * D + 5] = std::numeric_limits<float>::quiet_NaN();
+          }
+      std::vector<kvcodec::cuda::device_buffer<std::uint8_t>> layers;
+      std::vector<const void*> host_ptrs, dev_ptrs;
+      for (const auto& layer : kv.keys) {
+        std::vector<std::uint8_t> bytes(layer.size() * (code == 0 ? 4 : 2));
+        encode_floats(layer.data(), layer.size(), code == 0 ? dtype::f32 : code == 1 ? dtype::f16 : dtype::bf16, bytes.data());
+        layers.emplace_back(std::span<const std::uint8_t>(bytes));
+        dev_ptrs.push_back(layers.back().data());
+      }
+      kvcodec::cuda::device_buffer<const void*> d_ptrs{std::span<const void* const>(dev_ptrs)};
+      drop_source src;
+      src.k = d_ptrs.data();
+      src.head_dim = 64;
+      src.dtype_code = code;
+      src.layout.s_head = static_cast<std::int64_t>(TT * D);
+      src.layout.s_token = static_cast<std::int64_t>(D);
+      for (std::int64_t n : {static_cast<std::int64_t>(T), static_cast<std::int64_t>(T) * 3 / 4 + 1})
+        for (std::int64_t b : {std::int64_t{1}, n / 3 + 1, n}) {
+          std::size_t bytes = 0;
+          kvcodec::cuda::knorm_select(nullptr, bytes, src, 3, 2, n, b, nullptr, kvcodec::cuda::par);
+          kvcodec::cuda::device_buffer<std::uint8_t> temp(bytes);
+          kvcodec::cuda::device_buffer<std::int32_t> kept(static_cast<std::size_t>(6 * b));
+          kvcodec::cuda::knorm_select(temp.data(), bytes, src, 3, 2, n, b, kept.data(), kvcodec::cuda::par);
+          const auto got = kept.download();
+          drop::knorm d;
+          d.tokens = b;
+          d.obs_end = n == T ? -1 : n;
+          const kept_sets want = cpu::select_knorm(kv, d.cfg(), 1);
+          std::vector<std::int32_t> flat;
+          for (const auto& layer : want)
+            for (const auto& h : layer) flat.insert(flat.end(), h.begin(), h.begin() + b);
+          const std::string what = "knorm_select T " + std::to_string(T) + " dtype " + std::to_string(code) + " n " + std::to_string(n) + " b " + std::to_string(b);
+          expect(got == flat, what + ": kept sets differ from the CPU's");
+        }
+    }
 }
 
 }  // namespace
@@ -273,6 +326,7 @@ int main() {
     test_conversions();
     test_rans_batch();
     test_decode_into();
+    test_knorm_select();
   } catch (const std::exception& e) {
     std::printf("FAIL: exception: %s\n", e.what());
     ++failures;

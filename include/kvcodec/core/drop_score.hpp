@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "kvcodec/core/config.hpp"
 #include "kvcodec/core/rope.hpp"
@@ -40,6 +41,15 @@ KVCODEC_HD inline void drop_softmax_push(drop_softmax_state& st, double s) noexc
 /// log-sum-exp of the pushed scores; -inf when nothing (or only -inf) was pushed.
 KVCODEC_HD inline double drop_softmax_lse(const drop_softmax_state& st) noexcept {
   return st.z > 0.0 && st.m != -HUGE_VAL ? st.m + std::log(st.z) : -HUGE_VAL;
+}
+
+/// Order-preserving code of a score: NaN as -inf, -0 as +0; a larger score has a larger code (the
+/// CPU selector's ranking key, cpu/drop/select.hpp, and the GPU selection's sort key).
+KVCODEC_HD inline std::uint64_t drop_rank_code(double v) noexcept {
+  if (v != v) v = -HUGE_VAL;
+  std::uint64_t b = 0;
+  if (v != 0.0) std::memcpy(&b, &v, sizeof b);
+  return (b >> 63) ? ~b : b | (std::uint64_t{1} << 63);
 }
 
 /// L2 norm of n floats, accumulated in double.

@@ -22,6 +22,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kvcodec/core/drop_score.hpp"
 #include "kvcodec/core/error.hpp"
 #include "kvcodec/cpu/policy.hpp"
 #include "kvcodec/stage/drop_common.hpp"
@@ -99,11 +100,7 @@ struct pick_scratch {
 
 /// Order-preserving integer code of a ranking key (rank_less::key; -0 is coded as +0, so equal keys
 /// have equal codes and a larger key a larger code).
-inline std::uint64_t rank_code(double v) {
-  std::uint64_t b = 0;
-  if (v != 0.0) std::memcpy(&b, &v, sizeof b);
-  return (b >> 63) ? ~b : b | (std::uint64_t{1} << 63);
-}
+inline std::uint64_t rank_code(double v) { return drop_rank_code(v); }
 
 /// The k-th largest (1 <= k <= n) of a[0, n) (reordered): radix select on bytes from the top while
 /// more than 64 candidates remain, then nth_element.

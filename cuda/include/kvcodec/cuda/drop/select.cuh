@@ -1,0 +1,112 @@
+// kvcodec/cuda/drop/select.cuh — the GPU side of cpu/drop/select.hpp's choice: per (layer, kv head)
+// segment of n scores coded by drop_rank_code (core/drop_score.hpp), the b best tokens, ties to the
+// lower token, in increasing order. A CUB segmented radix sort of (code, token) pairs, descending and
+// stable (so equal codes keep the lower token first), its first b tokens per segment, then a second
+// segmented sort of those b ascending. The same rule as the CPU selector and the host emulation
+// (core/drop_topk.hpp), so kept sets are equal. Follows CUB's two-phase temp-storage convention.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cub/device/device_segmented_radix_sort.cuh>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "kvcodec/core/error.hpp"
+#include "kvcodec/cuda/policy.cuh"
+
+namespace kvcodec::cuda {
+
+namespace detail {
+
+inline std::size_t align256(std::size_t x) { return (x + 255) / 256 * 256; }
+
+__global__ void topk_offsets_kernel(std::int32_t* off_n, std::int32_t* off_b, std::int64_t segments, std::int64_t n, std::int64_t b) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i <= segments; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    off_n[i] = static_cast<std::int32_t>(i * n);
+    off_b[i] = static_cast<std::int32_t>(i * b);
+  }
+}
+
+__global__ void topk_first_kernel(const std::int32_t* sorted_tokens, std::int32_t* first, std::int64_t segments, std::int64_t n, std::int64_t b) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < segments * b; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    first[i] = sorted_tokens[(i / b) * n + i % b];
+}
+
+inline unsigned grid_for(std::int64_t items, unsigned threads) {
+  const std::int64_t g = (items + threads - 1) / threads;
+  return static_cast<unsigned>(g < 1 ? 1 : g > 65535 ? 65535 : g);
+}
+
+}  // namespace detail
+
+/// Scratch of topk_select: where each of its arrays starts in the caller's temp storage.
+struct topk_scratch {
+  std::size_t codes_out = 0, tokens_in = 0, tokens_out = 0, off_n = 0, off_b = 0, first = 0, cub = 0, cub_bytes = 0, total = 0;
+};
+
+/// The scratch layout for `segments` segments of n scores keeping b (the CUB sizes are asked here).
+inline topk_scratch topk_layout(std::int64_t segments, std::int64_t n, std::int64_t b, const par_t& p) {
+  if (segments < 1 || n < 1 || b < 1 || b > n || segments * n > INT32_MAX)
+    throw_usage("cuda topk_select: need 1 <= b <= n and segments x n < 2^31 (segments " + std::to_string(segments) + ", n " + std::to_string(n) + ", b " +
+                std::to_string(b) + ")");
+  topk_scratch s;
+  const std::size_t items = static_cast<std::size_t>(segments * n);
+  std::size_t a = 0, c = 0;
+  check(cub::DeviceSegmentedRadixSort::SortPairsDescending(nullptr, a, static_cast<const std::uint64_t*>(nullptr), static_cast<std::uint64_t*>(nullptr),
+                                                            static_cast<const std::int32_t*>(nullptr), static_cast<std::int32_t*>(nullptr), static_cast<int>(items),
+                                                            static_cast<int>(segments), static_cast<const std::int32_t*>(nullptr),
+                                                            static_cast<const std::int32_t*>(nullptr), 0, 64, p.stream),
+        "topk_select: size of the score sort");
+  check(cub::DeviceSegmentedRadixSort::SortKeys(nullptr, c, static_cast<const std::int32_t*>(nullptr), static_cast<std::int32_t*>(nullptr), static_cast<int>(segments * b),
+                                                static_cast<int>(segments), static_cast<const std::int32_t*>(nullptr), static_cast<const std::int32_t*>(nullptr), 0, 32,
+                                                p.stream),
+        "topk_select: size of the token sort");
+  using detail::align256;
+  s.codes_out = 0;
+  s.tokens_in = s.codes_out + align256(items * sizeof(std::uint64_t));
+  s.tokens_out = s.tokens_in + align256(items * sizeof(std::int32_t));
+  s.off_n = s.tokens_out + align256(items * sizeof(std::int32_t));
+  s.off_b = s.off_n + align256(static_cast<std::size_t>(segments + 1) * sizeof(std::int32_t));
+  s.first = s.off_b + align256(static_cast<std::size_t>(segments + 1) * sizeof(std::int32_t));
+  s.cub = s.first + align256(static_cast<std::size_t>(segments * b) * sizeof(std::int32_t));
+  s.cub_bytes = a > c ? a : c;
+  s.total = s.cub + align256(s.cub_bytes);
+  return s;
+}
+
+/// kept[seg * b + i] (device): segment seg's b best tokens in increasing order, from codes[seg * n + t]
+/// (device; token t's drop_rank_code) and tokens[seg * n + t] = t (device, filled by the caller's
+/// scoring kernel). temp == nullptr: sets temp_bytes and returns. Queued on p.stream.
+inline void topk_select(void* temp, std::size_t& temp_bytes, const std::uint64_t* codes, const std::int32_t* tokens, std::int64_t segments,
+                        std::int64_t n, std::int64_t b, std::int32_t* kept, const par_t& p) {
+  const topk_scratch s = topk_layout(segments, n, b, p);
+  if (temp == nullptr) {
+    temp_bytes = s.total;
+    return;
+  }
+  if (temp_bytes < s.total) throw_usage("cuda topk_select: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(s.total) + " needed");
+  auto* base = static_cast<std::uint8_t*>(temp);
+  auto* codes_out = reinterpret_cast<std::uint64_t*>(base + s.codes_out);
+  auto* tokens_out = reinterpret_cast<std::int32_t*>(base + s.tokens_out);
+  auto* off_n = reinterpret_cast<std::int32_t*>(base + s.off_n);
+  auto* off_b = reinterpret_cast<std::int32_t*>(base + s.off_b);
+  auto* first = reinterpret_cast<std::int32_t*>(base + s.first);
+  const unsigned threads = 256;
+  detail::topk_offsets_kernel<<<detail::grid_for(segments + 1, threads), threads, 0, p.stream>>>(off_n, off_b, segments, n, b);
+  check(cudaGetLastError(), "topk_offsets_kernel launch");
+  std::size_t cb = s.cub_bytes;
+  check(cub::DeviceSegmentedRadixSort::SortPairsDescending(base + s.cub, cb, codes, codes_out, tokens, tokens_out, static_cast<int>(segments * n), static_cast<int>(segments),
+                                                            off_n, off_n + 1, 0, 64, p.stream),
+        "topk_select: score sort");
+  detail::topk_first_kernel<<<detail::grid_for(segments * b, threads), threads, 0, p.stream>>>(tokens_out, first, segments, n, b);
+  check(cudaGetLastError(), "topk_first_kernel launch");
+  cb = s.cub_bytes;
+  check(cub::DeviceSegmentedRadixSort::SortKeys(base + s.cub, cb, first, kept, static_cast<int>(segments * b), static_cast<int>(segments), off_b, off_b + 1, 0, 32,
+                                                p.stream),
+        "topk_select: token sort");
+}
+
+}  // namespace kvcodec::cuda

@@ -1,0 +1,71 @@
+// kvcodec/core/drop_topk.hpp — the GPU token-dropping path's per-element logic, as host/device
+// functions over flat descriptors, so the CUDA kernels (cuda/drop/knorm.cuh) and their host emulation
+// (drop_knorm_select_emulated, run in CI) share every line that decides a kept set:
+//   - drop_source: where row (layer, kv head, token) of the keys lives (strided or paged, f32/f16/bf16),
+//     the read side of core/kv_address.hpp;
+//   - drop_rank_code (core/drop_score.hpp): the order-preserving 64-bit code of a score (NaN ranks
+//     last, -0 == +0), the one the CPU selector ranks by (cpu/drop/select.hpp);
+//   - drop_knorm_code: the knorm score -sqrt(drop_sumsq16(row)) of the CPU scorer, coded.
+// Selection: per (layer, head) the b largest codes, ties to the lower token (a stable sort by code,
+// descending), then the kept tokens in increasing order: the CPU's rule, so kept sets are equal.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+#include "kvcodec/core/config.hpp"
+#include "kvcodec/core/drop_score.hpp"
+#include "kvcodec/core/half.hpp"
+#include "kvcodec/core/kv_address.hpp"
+
+namespace kvcodec {
+
+/// The keys a GPU scorer reads: per-layer base pointers (in the reader's memory space) and the layout.
+struct drop_source {
+  const void* const* k = nullptr;
+  kv_layout_desc layout;
+  std::int32_t head_dim = 0;
+  std::uint32_t dtype_code = 0;  ///< 0 f32, 1 f16, 2 bf16 (tensor/dtype.hpp's codes)
+};
+
+/// Channel c of key row (l, h, t) as f32 (f16/bf16 widened exactly).
+KVCODEC_HD inline float drop_load(const drop_source& s, int l, std::int64_t h, std::int64_t t, std::int64_t c) noexcept {
+  const std::int64_t off = kv_row_offset(s.layout, h, t) + c * s.layout.s_dim;
+  if (s.dtype_code == 0) return static_cast<const float*>(s.k[l])[off];
+  const std::uint16_t bits = static_cast<const std::uint16_t*>(s.k[l])[off];
+  return s.dtype_code == 2 ? bf16_bits_to_f32(bits) : f16_bits_to_f32(bits);
+}
+
+/// Largest head_dim the GPU scorers handle (a row is widened into registers/local memory).
+inline constexpr int drop_max_head_dim = 512;
+
+/// The knorm code of key row (l, h, t): -sqrt of drop_sumsq16 of the f32 row, as the CPU scorer.
+KVCODEC_HD inline std::uint64_t drop_knorm_code(const drop_source& s, int l, std::int64_t h, std::int64_t t) noexcept {
+  float row[drop_max_head_dim];
+  const int D = s.head_dim < drop_max_head_dim ? s.head_dim : drop_max_head_dim;
+  for (int c = 0; c < D; ++c) row[c] = drop_load(s, l, h, t, c);
+  return drop_rank_code(-std::sqrt(static_cast<double>(drop_sumsq16(row, static_cast<std::size_t>(D)))));
+}
+
+/// Host emulation of the GPU knorm selection: kept[(l * heads + h) * b + i], each head's b best of
+/// tokens [0, n) in increasing order (the kernels' codes, then a stable descending sort per head).
+inline std::vector<std::int32_t> drop_knorm_select_emulated(const drop_source& s, int layers, int heads, std::int64_t n, std::int64_t b) {
+  std::vector<std::int32_t> kept(static_cast<std::size_t>(layers) * static_cast<std::size_t>(heads) * static_cast<std::size_t>(b));
+  std::vector<std::uint64_t> code(static_cast<std::size_t>(n));
+  std::vector<std::int32_t> idx(static_cast<std::size_t>(n));
+  for (int l = 0; l < layers; ++l)
+    for (int h = 0; h < heads; ++h) {
+      for (std::int64_t t = 0; t < n; ++t) code[static_cast<std::size_t>(t)] = drop_knorm_code(s, l, h, t);
+      std::iota(idx.begin(), idx.end(), 0);
+      std::stable_sort(idx.begin(), idx.end(), [&](std::int32_t a, std::int32_t c) { return code[static_cast<std::size_t>(a)] > code[static_cast<std::size_t>(c)]; });
+      auto* out = kept.data() + (static_cast<std::size_t>(l) * static_cast<std::size_t>(heads) + static_cast<std::size_t>(h)) * static_cast<std::size_t>(b);
+      std::copy_n(idx.begin(), b, out);
+      std::sort(out, out + b);
+    }
+  return kept;
+}
+
+}  // namespace kvcodec
