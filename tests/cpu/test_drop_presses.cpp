@@ -196,7 +196,9 @@ TEST_CASE("a container of composed drop stages and a fitted quantizer decodes - 
       {"streamingllm:keep=0.5|knorm:keep=0.5", "kivi:bits=4|rans"},
       {"knorm:keep=0.8|criticalkv:scorer=snapkv,window=8,keep=0.5", "kmeans:bits=3|rans"},
       {"block:scorer=keydiff,keep=0.4,block=8", "fp8"}};
-  for (const auto& [drops, rest] : cases) {
+  for (const auto& dr : cases) {
+    const std::string& drops = dr.first;  // plain names: clang 14 cannot capture structured bindings (CAPTURE is a lambda)
+    const std::string& rest = dr.second;
     CAPTURE(drops);
     const encoded e = encode(drops + "|" + rest, kv);
     const kv_cache back = decode(e.data);
