@@ -1,6 +1,6 @@
 // Tests of core/drop_topk.hpp, the GPU token-dropping path's shared logic: its host emulation keeps
 // exactly the CPU knorm selector's tokens, on f32, f16 and bf16 sources, strided and paged layouts,
-// with tied and NaN rows; drop_rank_code orders as the CPU selector does.
+// with tied and NaN rows; the random selection too; drop_rank_code orders as the CPU selector does.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -11,6 +11,7 @@
 #include "kvcodec/core/drop_topk.hpp"
 #include "kvcodec/core/half.hpp"
 #include "kvcodec/cpu/drop/knorm.hpp"
+#include "kvcodec/cpu/drop/random.hpp"
 #include "kvcodec/stage/drop_structural.hpp"
 #include "../support/small_synth.hpp"
 
@@ -112,6 +113,25 @@ TEST_CASE("GPU knorm selection (host emulation) keeps the CPU's tokens - f32 f16
           s.k = tk.ptr.data();
           CHECK(drop_knorm_select_emulated(s, 3, 2, n, b) == cpu_kept(r, n, b));
         }
+}
+
+TEST_CASE("GPU random selection (host emulation) keeps the CPU's tokens for every seed") {
+  const kv_cache kv = test::small_synth({.layers = 3, .tokens = 90});
+  for (std::int64_t seed : {0, 1, 77})
+    for (std::int64_t n : {std::int64_t{90}, std::int64_t{41}})
+      for (std::int64_t b : {std::int64_t{1}, std::int64_t{30}, n}) {
+        CAPTURE(seed);
+        CAPTURE(n);
+        CAPTURE(b);
+        drop::random d;
+        d.seed = seed;
+        d.tokens = b;
+        d.obs_end = n == 90 ? -1 : n;
+        std::vector<std::int32_t> want;
+        for (const auto& layer : cpu::select_random(kv, d.cfg(), 1))
+          for (const auto& h : layer) want.insert(want.end(), h.begin(), h.begin() + b);
+        CHECK(drop_select_emulated(drop_random_coder{static_cast<std::uint64_t>(seed)}, 3, 2, n, b) == want);
+      }
 }
 
 }  // namespace kvcodec_test_core_drop_topk

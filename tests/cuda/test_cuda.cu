@@ -17,7 +17,9 @@
 
 #include "kvcodec/cpu/drop/knorm.hpp"
 #include "kvcodec/cuda/decode.cuh"
+#include "kvcodec/cpu/drop/random.hpp"
 #include "kvcodec/cuda/drop/knorm.cuh"
+#include "kvcodec/cuda/drop/random.cuh"
 #include "kvcodec/cuda/kvcodec_cuda.cuh"
 #include "kvcodec/kvcodec.hpp"
 #include "kvcodec/tensor/dtype.hpp"
@@ -315,6 +317,26 @@ void test_knorm_select() {
     }
 }
 
+/// cuda::random_select against the CPU's select_random.
+void test_random_select() {
+  const kv_cache kv = test::random_cache(2, 4, 3000, 8);
+  for (std::uint64_t seed : {0u, 9u})
+    for (std::int64_t b : {std::int64_t{1}, std::int64_t{1000}, std::int64_t{3000}}) {
+      std::size_t bytes = 0;
+      kvcodec::cuda::random_select(nullptr, bytes, seed, 2, 4, 3000, b, nullptr, kvcodec::cuda::par);
+      kvcodec::cuda::device_buffer<std::uint8_t> temp(bytes);
+      kvcodec::cuda::device_buffer<std::int32_t> kept(static_cast<std::size_t>(8 * b));
+      kvcodec::cuda::random_select(temp.data(), bytes, seed, 2, 4, 3000, b, kept.data(), kvcodec::cuda::par);
+      drop::random d;
+      d.seed = static_cast<std::int64_t>(seed);
+      d.tokens = b;
+      std::vector<std::int32_t> flat;
+      for (const auto& layer : cpu::select_random(kv, d.cfg(), 1))
+        for (const auto& h : layer) flat.insert(flat.end(), h.begin(), h.begin() + b);
+      expect(kept.download() == flat, "random_select seed " + std::to_string(seed) + " b " + std::to_string(b) + ": kept sets differ from the CPU's");
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -327,6 +349,7 @@ int main() {
     test_rans_batch();
     test_decode_into();
     test_knorm_select();
+    test_random_select();
   } catch (const std::exception& e) {
     std::printf("FAIL: exception: %s\n", e.what());
     ++failures;

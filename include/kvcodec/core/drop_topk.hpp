@@ -5,7 +5,9 @@
 //     the read side of core/kv_address.hpp;
 //   - drop_rank_code (core/drop_score.hpp): the order-preserving 64-bit code of a score (NaN ranks
 //     last, -0 == +0), the one the CPU selector ranks by (cpu/drop/select.hpp);
-//   - drop_knorm_code: the knorm score -sqrt(drop_sumsq16(row)) of the CPU scorer, coded.
+//   - the scorers as coders, callables code(l, h, t) -> the token's code: drop_knorm_coder (the CPU knorm
+//     score -sqrt(drop_sumsq16(row))), drop_random_coder (the CPU random scorer's hash of (seed, layer,
+//     head, token)).
 // Selection: per (layer, head) the b largest codes, ties to the lower token (a stable sort by code,
 // descending), then the kept tokens in increasing order: the CPU's rule, so kept sets are equal.
 #pragma once
@@ -20,6 +22,7 @@
 #include "kvcodec/core/drop_score.hpp"
 #include "kvcodec/core/half.hpp"
 #include "kvcodec/core/kv_address.hpp"
+#include "kvcodec/core/random.hpp"
 
 namespace kvcodec {
 
@@ -50,15 +53,38 @@ KVCODEC_HD inline std::uint64_t drop_knorm_code(const drop_source& s, int l, std
   return drop_rank_code(-std::sqrt(static_cast<double>(drop_sumsq16(row, static_cast<std::size_t>(D)))));
 }
 
-/// Host emulation of the GPU knorm selection: kept[(l * heads + h) * b + i], each head's b best of
-/// tokens [0, n) in increasing order (the kernels' codes, then a stable descending sort per head).
-inline std::vector<std::int32_t> drop_knorm_select_emulated(const drop_source& s, int layers, int heads, std::int64_t n, std::int64_t b) {
+/// knorm as a coder: the code of key row (l, h, t).
+struct drop_knorm_coder {
+  drop_source src;
+  KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept { return drop_knorm_code(src, l, h, t); }
+};
+
+/// The random scorer's value of (seed, layer, head, token): uniform in [0, 1), two splitmix64 steps.
+KVCODEC_HD inline double drop_hash_uniform(std::uint64_t seed, std::uint64_t l, std::uint64_t h, std::uint64_t t) noexcept {
+  std::uint64_t x = seed * 0x9E3779B97F4A7C15ull ^ (l << 48) ^ (h << 32) ^ t;
+  for (int r = 0; r < 2; ++r) x = splitmix64_next(x);
+  return static_cast<double>(x >> 11) * 0x1.0p-53;
+}
+
+/// random as a coder.
+struct drop_random_coder {
+  std::uint64_t seed = 0;
+  KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept {
+    return drop_rank_code(drop_hash_uniform(seed, static_cast<std::uint64_t>(l), static_cast<std::uint64_t>(h), static_cast<std::uint64_t>(t)));
+  }
+};
+
+/// Host emulation of the GPU selection: kept[(l * heads + h) * b + i], each head's b best of tokens
+/// [0, n) by `coder`'s codes in increasing token order (the kernels' codes, a stable descending sort
+/// per head, its first b sorted).
+template <class Coder>
+std::vector<std::int32_t> drop_select_emulated(const Coder& coder, int layers, int heads, std::int64_t n, std::int64_t b) {
   std::vector<std::int32_t> kept(static_cast<std::size_t>(layers) * static_cast<std::size_t>(heads) * static_cast<std::size_t>(b));
   std::vector<std::uint64_t> code(static_cast<std::size_t>(n));
   std::vector<std::int32_t> idx(static_cast<std::size_t>(n));
   for (int l = 0; l < layers; ++l)
     for (int h = 0; h < heads; ++h) {
-      for (std::int64_t t = 0; t < n; ++t) code[static_cast<std::size_t>(t)] = drop_knorm_code(s, l, h, t);
+      for (std::int64_t t = 0; t < n; ++t) code[static_cast<std::size_t>(t)] = coder(l, h, t);
       std::iota(idx.begin(), idx.end(), 0);
       std::stable_sort(idx.begin(), idx.end(), [&](std::int32_t a, std::int32_t c) { return code[static_cast<std::size_t>(a)] > code[static_cast<std::size_t>(c)]; });
       auto* out = kept.data() + (static_cast<std::size_t>(l) * static_cast<std::size_t>(heads) + static_cast<std::size_t>(h)) * static_cast<std::size_t>(b);
@@ -66,6 +92,11 @@ inline std::vector<std::int32_t> drop_knorm_select_emulated(const drop_source& s
       std::sort(out, out + b);
     }
   return kept;
+}
+
+/// The GPU knorm selection, emulated on the host.
+inline std::vector<std::int32_t> drop_knorm_select_emulated(const drop_source& s, int layers, int heads, std::int64_t n, std::int64_t b) {
+  return drop_select_emulated(drop_knorm_coder{s}, layers, heads, n, b);
 }
 
 }  // namespace kvcodec

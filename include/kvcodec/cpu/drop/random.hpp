@@ -6,19 +6,16 @@
 #include <cstdint>
 #include <vector>
 
-#include "kvcodec/core/random.hpp"
+#include "kvcodec/core/drop_topk.hpp"
 #include "kvcodec/cpu/drop/select.hpp"
 
 namespace kvcodec::cpu {
 
 namespace drop_detail {
 
-/// Deterministic uniform value in [0, 1) of (seed, layer, head, token) (splitmix64 finaliser).
-inline double hash_uniform(std::uint64_t seed, std::uint64_t l, std::uint64_t h, std::uint64_t t) {
-  std::uint64_t x = seed * 0x9E3779B97F4A7C15ull ^ (l << 48) ^ (h << 32) ^ t;
-  for (int r = 0; r < 2; ++r) x = splitmix64_next(x);
-  return static_cast<double>(x >> 11) * 0x1.0p-53;
-}
+/// Deterministic uniform value in [0, 1) of (seed, layer, head, token) (core/drop_topk.hpp, shared
+/// with the GPU scorer).
+inline double hash_uniform(std::uint64_t seed, std::uint64_t l, std::uint64_t h, std::uint64_t t) { return drop_hash_uniform(seed, l, h, t); }
 
 struct random_scorer : scorer_base {
   using scorer_base::scorer_base;

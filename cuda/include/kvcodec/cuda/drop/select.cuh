@@ -109,4 +109,46 @@ inline void topk_select(void* temp, std::size_t& temp_bytes, const std::uint64_t
         "topk_select: token sort");
 }
 
+namespace detail {
+
+/// codes[i] = coder(l, h, t) and tokens[i] = t for item i = (l * heads + h) * n + t.
+template <class Coder>
+__global__ void codes_kernel(Coder coder, int heads, std::int64_t n, std::int64_t items, std::uint64_t* codes, std::int32_t* tokens) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < items; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t seg = i / n, t = i % n;
+    codes[i] = coder(static_cast<int>(seg / heads), seg % heads, t);
+    tokens[i] = static_cast<std::int32_t>(t);
+  }
+}
+
+}  // namespace detail
+
+/// kept[(l * heads + h) * b + i] (device): the b best tokens of [0, n) of every (layer, kv head) by
+/// `coder`'s codes (a core/drop_topk.hpp coder, passed by value to the kernel: its pointers must be
+/// device pointers), increasing. Two-phase: temp == nullptr sets temp_bytes. Queued on p.stream.
+template <class Coder>
+void select_by_codes(void* temp, std::size_t& temp_bytes, const Coder& coder, int layers, int heads, std::int64_t n, std::int64_t b, std::int32_t* kept,
+                     const par_t& p) {
+  if (layers < 1 || heads < 1) throw_usage("cuda drop selection: need layers >= 1 and heads >= 1");
+  const std::int64_t segments = static_cast<std::int64_t>(layers) * heads, items = segments * n;
+  std::size_t topk_bytes = 0;
+  topk_select(nullptr, topk_bytes, nullptr, nullptr, segments, n, b, nullptr, p);
+  const std::size_t codes_bytes = detail::align256(static_cast<std::size_t>(items) * sizeof(std::uint64_t));
+  const std::size_t tokens_bytes = detail::align256(static_cast<std::size_t>(items) * sizeof(std::int32_t));
+  if (temp == nullptr) {
+    temp_bytes = codes_bytes + tokens_bytes + topk_bytes;
+    return;
+  }
+  if (temp_bytes < codes_bytes + tokens_bytes + topk_bytes)
+    throw_usage("cuda drop selection: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(codes_bytes + tokens_bytes + topk_bytes) + " needed");
+  auto* base = static_cast<std::uint8_t*>(temp);
+  auto* codes = reinterpret_cast<std::uint64_t*>(base);
+  auto* tokens = reinterpret_cast<std::int32_t*>(base + codes_bytes);
+  const unsigned threads = 128;
+  detail::codes_kernel<<<detail::grid_for(items, threads), threads, 0, p.stream>>>(coder, heads, n, items, codes, tokens);
+  check(cudaGetLastError(), "drop codes_kernel launch");
+  std::size_t tb = topk_bytes;
+  topk_select(base + codes_bytes + tokens_bytes, tb, codes, tokens, segments, n, b, kept, p);
+}
+
 }  // namespace kvcodec::cuda
