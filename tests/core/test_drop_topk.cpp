@@ -12,6 +12,7 @@
 #include "kvcodec/core/half.hpp"
 #include "kvcodec/cpu/drop/knorm.hpp"
 #include "kvcodec/cpu/drop/random.hpp"
+#include "kvcodec/cpu/drop/streamingllm.hpp"
 #include "kvcodec/stage/drop_structural.hpp"
 #include "../support/small_synth.hpp"
 
@@ -132,6 +133,23 @@ TEST_CASE("GPU random selection (host emulation) keeps the CPU's tokens for ever
           for (const auto& h : layer) want.insert(want.end(), h.begin(), h.begin() + b);
         CHECK(drop_select_emulated(drop_random_coder{static_cast<std::uint64_t>(seed)}, 3, 2, n, b) == want);
       }
+}
+
+TEST_CASE("GPU streamingllm selection (host emulation) keeps the CPU's tokens - budgets below and above the sinks") {
+  const kv_cache kv = test::small_synth({.layers = 2, .tokens = 50});
+  for (std::int64_t sink : {0, 4, 60})
+    for (std::int64_t b : {std::int64_t{1}, std::int64_t{3}, std::int64_t{20}, std::int64_t{50}}) {
+      CAPTURE(sink);
+      CAPTURE(b);
+      drop::streamingllm d;
+      d.sink = sink;
+      d.tokens = b;
+      std::vector<std::int32_t> want;
+      for (const auto& layer : cpu::select_streamingllm(kv, d.cfg(), 1))
+        for (const auto& h : layer) want.insert(want.end(), h.begin(), h.begin() + b);
+      CHECK(drop_select_emulated(drop_streamingllm_coder{sink, 50}, 2, 2, 50, b) == want);
+    }
+  CHECK(drop_protected_code(0) > drop_rank_code(HUGE_VAL));
 }
 
 }  // namespace kvcodec_test_core_drop_topk

@@ -19,7 +19,9 @@
 #include "kvcodec/cuda/decode.cuh"
 #include "kvcodec/cpu/drop/random.hpp"
 #include "kvcodec/cuda/drop/knorm.cuh"
+#include "kvcodec/cpu/drop/streamingllm.hpp"
 #include "kvcodec/cuda/drop/random.cuh"
+#include "kvcodec/cuda/drop/streamingllm.cuh"
 #include "kvcodec/cuda/kvcodec_cuda.cuh"
 #include "kvcodec/kvcodec.hpp"
 #include "kvcodec/tensor/dtype.hpp"
@@ -337,6 +339,26 @@ void test_random_select() {
     }
 }
 
+/// cuda::streamingllm_select against the CPU's select_streamingllm.
+void test_streamingllm_select() {
+  const kv_cache kv = test::random_cache(2, 4, 700, 8);
+  for (std::int64_t sink : {0, 4})
+    for (std::int64_t b : {std::int64_t{2}, std::int64_t{300}}) {
+      std::size_t bytes = 0;
+      kvcodec::cuda::streamingllm_select(nullptr, bytes, sink, 2, 4, 700, b, nullptr, kvcodec::cuda::par);
+      kvcodec::cuda::device_buffer<std::uint8_t> temp(bytes);
+      kvcodec::cuda::device_buffer<std::int32_t> kept(static_cast<std::size_t>(8 * b));
+      kvcodec::cuda::streamingllm_select(temp.data(), bytes, sink, 2, 4, 700, b, kept.data(), kvcodec::cuda::par);
+      drop::streamingllm d;
+      d.sink = sink;
+      d.tokens = b;
+      std::vector<std::int32_t> flat;
+      for (const auto& layer : cpu::select_streamingllm(kv, d.cfg(), 1))
+        for (const auto& h : layer) flat.insert(flat.end(), h.begin(), h.begin() + b);
+      expect(kept.download() == flat, "streamingllm_select sink " + std::to_string(sink) + " b " + std::to_string(b) + ": kept sets differ from the CPU's");
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -350,6 +372,7 @@ int main() {
     test_decode_into();
     test_knorm_select();
     test_random_select();
+    test_streamingllm_select();
   } catch (const std::exception& e) {
     std::printf("FAIL: exception: %s\n", e.what());
     ++failures;

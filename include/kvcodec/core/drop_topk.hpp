@@ -7,7 +7,7 @@
 //     last, -0 == +0), the one the CPU selector ranks by (cpu/drop/select.hpp);
 //   - the scorers as coders, callables code(l, h, t) -> the token's code: drop_knorm_coder (the CPU knorm
 //     score -sqrt(drop_sumsq16(row))), drop_random_coder (the CPU random scorer's hash of (seed, layer,
-//     head, token)).
+//     head, token)), drop_streamingllm_coder (protected tokens only: drop_protected_code by priority).
 // Selection: per (layer, head) the b largest codes, ties to the lower token (a stable sort by code,
 // descending), then the kept tokens in increasing order: the CPU's rule, so kept sets are equal.
 #pragma once
@@ -71,6 +71,20 @@ struct drop_random_coder {
   std::uint64_t seed = 0;
   KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept {
     return drop_rank_code(drop_hash_uniform(seed, static_cast<std::uint64_t>(l), static_cast<std::uint64_t>(h), static_cast<std::uint64_t>(t)));
+  }
+};
+
+/// Code of a protected token of priority p (0 = kept first): above every score's code (the largest,
+/// +inf's, is 0xFFF0...0), so protected tokens are kept first, in priority order, as the CPU keeps them.
+KVCODEC_HD inline std::uint64_t drop_protected_code(std::uint64_t p) noexcept { return ~std::uint64_t{0} - p; }
+
+/// streamingllm as a coder: every token of the prefix [0, n) is protected, the first `sink` ones in
+/// order, then the most recent first (cpu/drop/streamingllm.hpp's priority).
+struct drop_streamingllm_coder {
+  std::int64_t sink = 4, n = 0;
+  KVCODEC_HD std::uint64_t operator()(int, std::int64_t, std::int64_t t) const noexcept {
+    const std::int64_t s = sink < n ? sink : n;
+    return drop_protected_code(static_cast<std::uint64_t>(t < s ? t : s + (n - 1 - t)));
   }
 };
 
