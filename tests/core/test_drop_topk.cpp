@@ -10,6 +10,7 @@
 
 #include "kvcodec/core/drop_topk.hpp"
 #include "kvcodec/core/half.hpp"
+#include "kvcodec/cpu/drop/keydiff.hpp"
 #include "kvcodec/cpu/drop/knorm.hpp"
 #include "kvcodec/cpu/drop/random.hpp"
 #include "kvcodec/cpu/drop/streamingllm.hpp"
@@ -114,6 +115,34 @@ TEST_CASE("GPU knorm selection (host emulation) keeps the CPU's tokens - f32 f16
           s.k = tk.ptr.data();
           CHECK(drop_knorm_select_emulated(s, 3, 2, n, b) == cpu_kept(r, n, b));
         }
+}
+
+TEST_CASE("GPU keydiff selection (host emulation) keeps the CPU's tokens - f32 f16 - zero rows - prefixes") {
+  kv_cache kv = test::small_synth({.layers = 2, .head_dim = 24, .tokens = 77, .seed = 5});
+  for (auto& layer : kv.keys)
+    for (std::size_t c = 0; c < 24; ++c) layer[(0 * 77 + 30) * 24 + c] = 0.0f;  // a zero row in head 0
+  for (std::uint32_t code : {0u, 1u})
+    for (std::int64_t n : {std::int64_t{77}, std::int64_t{45}, std::int64_t{8}})
+      for (std::int64_t b : {std::int64_t{1}, std::int64_t{5}, n}) {
+        CAPTURE(code);
+        CAPTURE(n);
+        CAPTURE(b);
+        const kv_cache r = rounded(kv, code);
+        typed_keys tk = keys_as(r, code);
+        drop_source s;
+        s.head_dim = 24;
+        s.dtype_code = code;
+        s.layout.s_head = 77 * 24;
+        s.layout.s_token = 24;
+        s.k = tk.ptr.data();
+        drop::keydiff d;
+        d.tokens = b;
+        d.obs_end = n == 77 ? -1 : n;
+        std::vector<std::int32_t> want;
+        for (const auto& layer : cpu::select_keydiff(r, d.cfg(), 1))
+          for (const auto& h : layer) want.insert(want.end(), h.begin(), h.begin() + b);
+        CHECK(drop_keydiff_select_emulated(s, 2, 2, n, b) == want);
+      }
 }
 
 TEST_CASE("GPU random selection (host emulation) keeps the CPU's tokens for every seed") {

@@ -15,9 +15,11 @@
 #include <string>
 #include <vector>
 
+#include "kvcodec/cpu/drop/keydiff.hpp"
 #include "kvcodec/cpu/drop/knorm.hpp"
 #include "kvcodec/cuda/decode.cuh"
 #include "kvcodec/cpu/drop/random.hpp"
+#include "kvcodec/cuda/drop/keydiff.cuh"
 #include "kvcodec/cuda/drop/knorm.cuh"
 #include "kvcodec/cpu/drop/streamingllm.hpp"
 #include "kvcodec/cuda/drop/random.cuh"
@@ -315,6 +317,17 @@ void test_knorm_select() {
             for (const auto& h : layer) flat.insert(flat.end(), h.begin(), h.begin() + b);
           const std::string what = "knorm_select T " + std::to_string(T) + " dtype " + std::to_string(code) + " n " + std::to_string(n) + " b " + std::to_string(b);
           expect(got == flat, what + ": kept sets differ from the CPU's");
+          drop::keydiff kd;
+          kd.tokens = b;
+          kd.obs_end = d.obs_end;
+          std::size_t kbytes = 0;
+          kvcodec::cuda::keydiff_select(nullptr, kbytes, src, 3, 2, n, b, nullptr, kvcodec::cuda::par);
+          kvcodec::cuda::device_buffer<std::uint8_t> ktemp(kbytes);
+          kvcodec::cuda::keydiff_select(ktemp.data(), kbytes, src, 3, 2, n, b, kept.data(), kvcodec::cuda::par);
+          std::vector<std::int32_t> kflat;
+          for (const auto& layer : cpu::select_keydiff(kv, kd.cfg(), 1))
+            for (const auto& h : layer) kflat.insert(kflat.end(), h.begin(), h.begin() + b);
+          expect(kept.download() == kflat, "keydiff_select" + what.substr(12) + ": kept sets differ from the CPU's");
         }
     }
 }

@@ -7,7 +7,8 @@
 //     last, -0 == +0), the one the CPU selector ranks by (cpu/drop/select.hpp);
 //   - the scorers as coders, callables code(l, h, t) -> the token's code: drop_knorm_coder (the CPU knorm
 //     score -sqrt(drop_sumsq16(row))), drop_random_coder (the CPU random scorer's hash of (seed, layer,
-//     head, token)), drop_streamingllm_coder (protected tokens only: drop_protected_code by priority).
+//     head, token)), drop_keydiff_coder (-cos(k, anchor) after three steps: inverse norms, the anchor
+//     per channel, its norm), drop_streamingllm_coder (protected tokens only: drop_protected_code by priority).
 // Selection: per (layer, head) the b largest codes, ties to the lower token (a stable sort by code,
 // descending), then the kept tokens in increasing order: the CPU's rule, so kept sets are equal.
 #pragma once
@@ -88,6 +89,56 @@ struct drop_streamingllm_coder {
   }
 };
 
+/// keydiff, step 1: the inverse norm of key row (l, h, t) (0 for a zero row), as the CPU's
+/// drop_inv_norm of drop_sumsq16.
+KVCODEC_HD inline float drop_keydiff_inv(const drop_source& s, int l, std::int64_t h, std::int64_t t) noexcept {
+  float row[drop_max_head_dim];
+  const int D = s.head_dim < drop_max_head_dim ? s.head_dim : drop_max_head_dim;
+  for (int c = 0; c < D; ++c) row[c] = drop_load(s, l, h, t, c);
+  return drop_inv_norm(static_cast<double>(drop_sumsq16(row, static_cast<std::size_t>(D))));
+}
+
+/// keydiff, step 2: channel a of the head's anchor, the mean normalised key: per block of 8 rows an fma
+/// chain of X[r][a] * inv[r] (rows with inv 0 skipped) added to the sum, then divided by n in float
+/// (cpu/drop/rows.hpp norm_anchor_rows and drop_anchor_block, the CPU's order). `inv`: the head's n.
+KVCODEC_HD inline float drop_keydiff_anchor(const drop_source& s, int l, std::int64_t h, std::int64_t n, std::int64_t a, const float* inv) noexcept {
+  float acc = 0.0f;
+  for (std::int64_t r0 = 0; r0 < n; r0 += 8) {
+    float t = 0.0f;
+    for (std::int64_t r = r0; r < r0 + 8 && r < n; ++r)
+      if (inv[r] != 0.0f) t = std::fma(drop_load(s, l, h, r, a), inv[r], t);
+    acc += t;
+  }
+  return acc / static_cast<float>(n);
+}
+
+/// keydiff, step 3: the anchor's squared norm in double, channels in order.
+KVCODEC_HD inline double drop_keydiff_yy(const float* anchor, int D) noexcept {
+  double yy = 0.0;
+  for (int a = 0; a < D; ++a) yy += static_cast<double>(anchor[a]) * anchor[a];
+  return yy;
+}
+
+/// keydiff as a coder: -cos(k, anchor) of the row (-0 for a zero row or anchor), the CPU scorer's
+/// (cpu/drop/keydiff.hpp). anchor[(l * heads + h) * head_dim + a] and yy[l * heads + h] from steps 2-3.
+struct drop_keydiff_coder {
+  drop_source src;
+  const float* anchor = nullptr;
+  const double* yy = nullptr;
+  int heads = 1;
+  KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept {
+    float row[drop_max_head_dim];
+    const int D = src.head_dim < drop_max_head_dim ? src.head_dim : drop_max_head_dim;
+    for (int c = 0; c < D; ++c) row[c] = drop_load(src, l, h, t, c);
+    const std::int64_t seg = static_cast<std::int64_t>(l) * heads + h;
+    const double y = yy[seg];
+    if (!(y > 0.0)) return drop_rank_code(-0.0);
+    const double ss = static_cast<double>(drop_sumsq16(row, static_cast<std::size_t>(D)));
+    const double xy = static_cast<double>(drop_dot16(row, anchor + seg * D, static_cast<std::size_t>(D)));
+    return drop_rank_code(ss > 0.0 ? -(xy / std::sqrt(ss * y)) : -0.0);
+  }
+};
+
 /// Host emulation of the GPU selection: kept[(l * heads + h) * b + i], each head's b best of tokens
 /// [0, n) by `coder`'s codes in increasing token order (the kernels' codes, a stable descending sort
 /// per head, its first b sorted).
@@ -106,6 +157,22 @@ std::vector<std::int32_t> drop_select_emulated(const Coder& coder, int layers, i
       std::sort(out, out + b);
     }
   return kept;
+}
+
+/// The GPU keydiff selection, emulated on the host (the kernels' three steps, then the selection).
+inline std::vector<std::int32_t> drop_keydiff_select_emulated(const drop_source& s, int layers, int heads, std::int64_t n, std::int64_t b) {
+  const std::size_t segs = static_cast<std::size_t>(layers) * static_cast<std::size_t>(heads), D = static_cast<std::size_t>(s.head_dim);
+  std::vector<float> inv(segs * static_cast<std::size_t>(n)), anchor(segs * D);
+  std::vector<double> yy(segs);
+  for (std::size_t g = 0; g < segs; ++g) {
+    const int l = static_cast<int>(g / static_cast<std::size_t>(heads));
+    const std::int64_t h = static_cast<std::int64_t>(g % static_cast<std::size_t>(heads));
+    float* iv = inv.data() + g * static_cast<std::size_t>(n);
+    for (std::int64_t t = 0; t < n; ++t) iv[t] = drop_keydiff_inv(s, l, h, t);
+    for (std::size_t a = 0; a < D; ++a) anchor[g * D + a] = drop_keydiff_anchor(s, l, h, n, static_cast<std::int64_t>(a), iv);
+    yy[g] = drop_keydiff_yy(anchor.data() + g * D, s.head_dim);
+  }
+  return drop_select_emulated(drop_keydiff_coder{s, anchor.data(), yy.data(), heads}, layers, heads, n, b);
 }
 
 /// The GPU knorm selection, emulated on the host.
