@@ -46,11 +46,17 @@ KVCODEC_HD inline float drop_load(const drop_source& s, int l, std::int64_t h, s
 /// Largest head_dim the GPU scorers handle (a row is widened into registers/local memory).
 inline constexpr int drop_max_head_dim = 512;
 
+/// Key row (l, h, t) widened to f32 into row[0, D); returns D (head_dim, at most drop_max_head_dim).
+KVCODEC_HD inline int drop_load_row(const drop_source& s, int l, std::int64_t h, std::int64_t t, float* row) noexcept {
+  const int D = s.head_dim < drop_max_head_dim ? s.head_dim : drop_max_head_dim;
+  for (int c = 0; c < D; ++c) row[c] = drop_load(s, l, h, t, c);
+  return D;
+}
+
 /// The knorm code of key row (l, h, t): -sqrt of drop_sumsq16 of the f32 row, as the CPU scorer.
 KVCODEC_HD inline std::uint64_t drop_knorm_code(const drop_source& s, int l, std::int64_t h, std::int64_t t) noexcept {
   float row[drop_max_head_dim];
-  const int D = s.head_dim < drop_max_head_dim ? s.head_dim : drop_max_head_dim;
-  for (int c = 0; c < D; ++c) row[c] = drop_load(s, l, h, t, c);
+  const int D = drop_load_row(s, l, h, t, row);
   return drop_rank_code(-std::sqrt(static_cast<double>(drop_sumsq16(row, static_cast<std::size_t>(D)))));
 }
 
@@ -93,8 +99,7 @@ struct drop_streamingllm_coder {
 /// drop_inv_norm of drop_sumsq16.
 KVCODEC_HD inline float drop_keydiff_inv(const drop_source& s, int l, std::int64_t h, std::int64_t t) noexcept {
   float row[drop_max_head_dim];
-  const int D = s.head_dim < drop_max_head_dim ? s.head_dim : drop_max_head_dim;
-  for (int c = 0; c < D; ++c) row[c] = drop_load(s, l, h, t, c);
+  const int D = drop_load_row(s, l, h, t, row);
   return drop_inv_norm(static_cast<double>(drop_sumsq16(row, static_cast<std::size_t>(D))));
 }
 
@@ -128,8 +133,7 @@ struct drop_keydiff_coder {
   int heads = 1;
   KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept {
     float row[drop_max_head_dim];
-    const int D = src.head_dim < drop_max_head_dim ? src.head_dim : drop_max_head_dim;
-    for (int c = 0; c < D; ++c) row[c] = drop_load(src, l, h, t, c);
+    const int D = drop_load_row(src, l, h, t, row);
     const std::int64_t seg = static_cast<std::int64_t>(l) * heads + h;
     const double y = yy[seg];
     if (!(y > 0.0)) return drop_rank_code(-0.0);
