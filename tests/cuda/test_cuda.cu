@@ -259,6 +259,29 @@ void test_decode_into() {
                                                               std::to_string(tb) + ".." + std::to_string(te));
         }
   }
+  // pack-coded: the ggml block formats, fp8, raw (head_dim 32, and 8 heads x head_dim 20 where ggml
+  // blocks span heads)
+  const kv_cache narrow = test::random_cache(2, 8, 300, 20, dtype::bf16);
+  for (const std::string spec : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "fp8", "fp8:format=e5m2,scale=head", "fp8:scale=token", "raw",
+                                 "raw:dtype=bf16", "raw:dtype=f32"})
+    for (const kv_cache* c : {&kv, &narrow}) {
+      const encoded e = encode(spec, *c, encode_options{.chunk_tokens = 128});
+      const std::int64_t T = c->shape.tokens;
+      for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
+        for (bool paged : {false, true})
+          for (auto [tb, te] : {std::pair<std::int64_t, std::int64_t>{0, T}, {128, 256}, {100, 290}}) {
+            if (paged && tb % 16 != 0) continue;
+            decode_options opt;
+            opt.token_begin = tb;
+            opt.token_end = te;
+            test::host_dest want(c->shape, te - tb, t, paged);
+            decode_into(cpu::par, e.data, want.view, opt);
+            device_dest d(c->shape, te - tb, t, paged);
+            kvcodec::cuda::decode_into(kvcodec::cuda::par, e.data, d.view, opt);
+            expect(d.rows() == want.rows(), "decode_into " + spec + " head_dim " + std::to_string(c->shape.head_dim) + " " + std::string(dtype_name(t)) +
+                                                (paged ? " paged" : " hf") + " tokens " + std::to_string(tb) + ".." + std::to_string(te));
+          }
+    }
   {  // outside its scope: a usage error, nothing written
     const encoded e = encode("kivi:bits=4|rans", kv);
     device_dest d(kv.shape, 600, dtype::f16, false);

@@ -1,6 +1,8 @@
 // Tests of kvcodec/pipeline/batch.hpp: a container's rANS streams planned into one batch and decoded by
 // the CUDA kernel's lane logic (host emulation, core/rans_batch.hpp) give exactly the entropy stage's
 // symbols for every block: kvc levels (shared tables), per-chunk tables, sparse containers, a real dump.
+// The element steps (cachegen, the ggml block formats, fp8, raw) decode into views exactly as
+// decode_into does.
 #include <doctest/doctest.h>
 
 #include <functional>
@@ -123,23 +125,11 @@ TEST_CASE("batch plan: entropy stages without a batch decoder and predicted plan
 }
 
 namespace {
-/// Owning host buffers for a test view (tests/support/test_views.hpp).
-struct dest {
-  std::vector<std::vector<std::byte>> k, v;
-  kv_view view;
-  dest(const kv_shape& s, std::int64_t tokens, dtype t, bool paged) {
-    std::vector<std::byte*> kp, vp;
-    for (int l = 0; l < s.layers; ++l) {
-      kp.push_back(k.emplace_back(test::test_view_bytes(s, tokens, t, paged), std::byte{0x5a}).data());
-      vp.push_back(v.emplace_back(test::test_view_bytes(s, tokens, t, paged), std::byte{0x5a}).data());
-    }
-    view = test::test_view(kp, vp, s, tokens, t, paged);
-  }
-  std::vector<std::byte> rows() const { return test::view_rows(view, [&](int l, bool key) { return view.base(l, key); }); }
-};
+using dest = test::host_dest;
 
-/// The batch decode (emulated) of tokens [tb, te) equals the CPU decode_into of the same range.
-void check_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::int64_t te, bool compact) {
+/// The batch decode (emulated) of tokens [tb, te) equals the CPU decode_into of the same range. `plan`
+/// picks the planner: 'c' cachegen (compact or 64-bit entries), 'g' ggml, 'f' fp8, 'r' raw.
+void check_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::int64_t te, bool compact, char plan = 'c') {
   const kvc_view v = parse_kvc(file, "test.kvc");
   const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, "test.kvc");
   dest want(v.header.shape, te - tb, t, paged), got(v.header.shape, te - tb, t, paged);
@@ -151,7 +141,13 @@ void check_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::
   for (std::size_t i = 0; i < v.header.segments.size(); ++i)
     if (v.header.segments[i].t1 > tb && v.header.segments[i].t0 < te) segs.push_back(i);
   const auto bytes_of = [&](std::size_t i) { return v.segment_bytes(i); };
-  if (compact)
+  if (plan == 'g')
+    decode_batch_emulated(plan_ggml_batch(dec, segs, bytes_of, tb, te - tb), got.view);
+  else if (plan == 'f')
+    decode_batch_emulated(plan_fp8_batch(dec, segs, bytes_of, tb, te - tb), got.view);
+  else if (plan == 'r')
+    decode_batch_emulated(plan_raw_batch(dec, segs, bytes_of, tb, te - tb), got.view);
+  else if (compact)
     decode_batch_emulated(plan_cachegen_batch<std::uint32_t>(dec, segs, bytes_of, tb, te - tb), got.view);
   else
     decode_batch_emulated(plan_cachegen_batch<std::uint64_t>(dec, segs, bytes_of, tb, te - tb), got.view);
@@ -189,6 +185,69 @@ TEST_CASE("batch decode: containers outside its scope are usage errors - a symbo
   plan.blocks[0].max = 0;  // every symbol above 0 is now out of range
   dest d(o.v.header.shape, 300, dtype::f16, false);
   CHECK_THROWS_AS(decode_batch_emulated(plan, d.view), error);
+}
+
+TEST_CASE("batch decode (emulated) equals decode_into: ggml block formats - fp8 - raw - dtypes - HF and paged views - token ranges") {
+  // head_dim 32: each ggml block is one head's row; 8 heads x head_dim 20: blocks span heads
+  const kv_cache a = test::random_cache(3, 2, 600, 32, dtype::f16);
+  const kv_cache b = test::random_cache(2, 8, 300, 20, dtype::bf16);
+  const std::pair<const char*, char> specs[] = {{"q8_0", 'g'}, {"q4_0", 'g'}, {"q4_1", 'g'}, {"q5_0", 'g'}, {"q5_1", 'g'}, {"iq4_nl", 'g'},
+                                                 {"fp8", 'f'}, {"fp8:format=e5m2,scale=head", 'f'}, {"fp8:scale=token", 'f'},
+                                                 {"raw", 'r'}, {"raw:dtype=f16", 'r'}, {"raw:dtype=bf16", 'r'}, {"raw:dtype=f32", 'r'}};
+  for (const auto& sp : specs) {
+    const std::string spec = sp.first;
+    const char kind = sp.second;
+    INFO(spec);
+    const encoded e = encode(spec, a, encode_options{.chunk_tokens = 256});
+    for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
+      for (bool paged : {false, true}) {
+        INFO("dtype " << dtype_name(t) << (paged ? " paged" : " hf"));
+        check_decode(e.data, t, paged, 0, 600, true, kind);
+      }
+    check_decode(e.data, dtype::f16, true, 256, 512, true, kind);
+    check_decode(e.data, dtype::bf16, false, 100, 300, true, kind);
+    const encoded eb = encode(spec, b, encode_options{.chunk_tokens = 128});
+    check_decode(eb.data, dtype::f16, false, 0, 300, true, kind);
+    check_decode(eb.data, dtype::f32, true, 128, 300, true, kind);
+  }
+}
+
+TEST_CASE("batch decode: pack containers outside its scope are usage errors - a cut pack stream is corrupt") {
+  const kv_cache kv = test::random_cache(2, 2, 300, 32, dtype::f16);
+  for (const std::string spec : {"q8_0|zstd", "hadamard|q8_0", "knorm:keep=0.5|q8_0"}) {
+    INFO(spec);
+    const opened o(encode(spec, kv).data);
+    const std::size_t seg0[] = {0};
+    bool usage = false;
+    try {
+      (void)plan_ggml_batch(o.dec, seg0, o.bytes_of(), 0, 300);
+    } catch (const error& err) {
+      usage = err.kind() == error_kind::usage;
+    }
+    CHECK(usage);
+  }
+  {  // the wrong planner for the quantizer
+    const opened o(encode("fp8", kv).data);
+    const std::size_t seg0[] = {0};
+    CHECK_THROWS_AS((void)plan_raw_batch(o.dec, seg0, o.bytes_of(), 0, 300), error);
+    CHECK_THROWS_AS((void)plan_ggml_batch(o.dec, seg0, o.bytes_of(), 0, 300), error);
+  }
+  for (const std::string spec : {"q4_0", "fp8:scale=token", "raw:dtype=f16"}) {
+    INFO(spec);
+    const opened o(encode(spec, kv).data);
+    const std::size_t seg0[] = {0};
+    const auto whole = o.v.segment_bytes(0);
+    for (std::size_t cut : {std::size_t{1}, whole.size() / 2, whole.size() - 1}) {
+      const auto cut_bytes = [&](std::size_t) { return whole.first(cut); };
+      error_kind k = error_kind::io;
+      try {
+        (void)plan_pack_batch(o.dec, seg0, cut_bytes);
+      } catch (const error& err) {
+        k = err.kind();
+      }
+      CHECK(k == error_kind::corrupt);
+    }
+  }
 }
 
 }  // namespace kvcodec_test_pipeline_batch

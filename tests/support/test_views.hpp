@@ -1,6 +1,7 @@
 // tests/support/test_views.hpp — destination views for decode tests, over per-layer buffers the test
 // owns (host vectors or device buffers): Hugging Face [H, T, D], or a vLLM-style paged pool with a
-// shuffled block table (16-token blocks, three spare blocks), and a view's rows read back in order.
+// shuffled block table (16-token blocks, three spare blocks), and a view's rows read back in order;
+// host_dest owns host buffers for such a view.
 #pragma once
 
 #include <cstddef>
@@ -44,5 +45,20 @@ std::vector<std::byte> view_rows(const kv_view& view, Base&& base) {
         }
   return out;
 }
+
+/// Owning host buffers (filled with 0x5a, so rows a decoder leaves unwritten show) and their test view.
+struct host_dest {
+  std::vector<std::vector<std::byte>> k, v;
+  kv_view view;
+  host_dest(const kv_shape& s, std::int64_t tokens, dtype t, bool paged) {
+    std::vector<std::byte*> kp, vp;
+    for (int l = 0; l < s.layers; ++l) {
+      kp.push_back(k.emplace_back(test_view_bytes(s, tokens, t, paged), std::byte{0x5a}).data());
+      vp.push_back(v.emplace_back(test_view_bytes(s, tokens, t, paged), std::byte{0x5a}).data());
+    }
+    view = test_view(kp, vp, s, tokens, t, paged);
+  }
+  std::vector<std::byte> rows() const { return view_rows(view, [&](int l, bool key) { return view.base(l, key); }); }
+};
 
 }  // namespace kvcodec::test

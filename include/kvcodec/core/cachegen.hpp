@@ -54,35 +54,30 @@ struct cachegen_batch_block {
   std::int64_t t_end = 0;          ///< destination tokens: rows map into [0, t_end) are written, others skipped
 };
 
-/// Where a batch decoder writes: per-layer K and V bases and the layout of one sequence.
-struct cachegen_batch_dest {
-  void* const* k = nullptr;  ///< per layer (in the writer's memory space)
-  void* const* v = nullptr;
-  kv_layout_desc layout;
-  std::int32_t head_dim = 0;
-  std::uint32_t dtype_code = 1;  ///< 0 f32, 1 f16, 2 bf16 (tensor/dtype.hpp's codes)
-};
-
 /// Dequantizes element i of block b and stores it in the destination's dtype, exactly as the CPU stage
 /// does (f32 value, then f16/bf16 rounding to nearest even). Returns false (and writes nothing) for a
 /// symbol above 2*MAX; rows outside the destination's tokens are skipped.
-KVCODEC_HD inline bool cachegen_batch_store(const cachegen_batch_block& b, const std::uint16_t* sym, const float* steps, const cachegen_batch_dest& d,
+KVCODEC_HD inline bool cachegen_batch_store(const cachegen_batch_block& b, const std::uint16_t* sym, const float* steps, const kv_batch_dest& d,
                                             std::uint64_t i) noexcept {
   const std::uint64_t r = i / b.cols, c = i % b.cols;
   const std::uint16_t s = sym[b.sym_first + i];
   if (s > static_cast<std::uint32_t>(2 * b.max)) return false;
   const std::int64_t t = b.t_first + static_cast<std::int64_t>(r);
   if (t < 0 || t >= b.t_end) return true;
-  const std::uint64_t D = static_cast<std::uint64_t>(d.head_dim), h = c / D, ch = c % D;
-  const float v = cachegen_dequantize(s, steps[b.step_first + (b.by_token ? r : c)], b.max);
-  const std::int64_t off = kv_row_offset(d.layout, static_cast<std::int64_t>(h), t) + static_cast<std::int64_t>(ch) * d.layout.s_dim;
-  void* base = (b.key ? d.k : d.v)[b.layer];
-  if (d.dtype_code == 0) {
-    static_cast<float*>(base)[off] = v;
-  } else {
-    static_cast<std::uint16_t*>(base)[off] = d.dtype_code == 2 ? f32_to_bf16_bits(v) : f32_to_f16_bits(v);
-  }
+  const std::uint64_t D = static_cast<std::uint64_t>(d.head_dim);
+  kv_batch_put(d, b.key != 0, b.layer, static_cast<std::int64_t>(c / D), t, static_cast<std::int64_t>(c % D),
+               cachegen_dequantize(s, steps[b.step_first + (b.by_token ? r : c)], b.max));
   return true;
 }
+
+/// cachegen_batch_store as the batch decoders' element step (cuda/batch.cuh, pipeline/batch.hpp):
+/// item i of a block is its element i; false for a symbol above 2*MAX.
+struct cachegen_batch_op {
+  const std::uint16_t* sym = nullptr;
+  const float* steps = nullptr;
+  kv_batch_dest d;
+  KVCODEC_HD std::uint64_t count(const cachegen_batch_block& b) const noexcept { return static_cast<std::uint64_t>(b.rows) * b.cols; }
+  KVCODEC_HD bool operator()(const cachegen_batch_block& b, std::uint64_t i) const noexcept { return cachegen_batch_store(b, sym, steps, d, i); }
+};
 
 }  // namespace kvcodec

@@ -1,14 +1,17 @@
 // kvcodec/core/fp8.hpp — 8-bit floating point e4m3 / e5m2: the per-value conversions and scale
 // helpers of core/scalar/fp8.hpp, and bulk kernels (finite_amax of core/floats.hpp, encode_fp8,
 // decode_fp8, decode_fp8_f16) that run the AVX2 code of core/x86/fp8.hpp when core/simd.hpp allows;
-// their output equals the per-value scalar references (detail::*_ref) bit for bit.
+// their output equals the per-value scalar references (detail::*_ref) bit for bit. fp8_batch_op is the
+// batch decoders' element step (cuda/fp8.cuh and its host emulation, pipeline/batch.hpp).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
 #include "kvcodec/core/config.hpp"
+#include "kvcodec/core/endian.hpp"
 #include "kvcodec/core/floats.hpp"
+#include "kvcodec/core/kv_address.hpp"
 #include "kvcodec/core/scalar/fp8.hpp"
 #include "kvcodec/core/simd.hpp"
 #include "kvcodec/core/x86/fp8.hpp"
@@ -62,5 +65,45 @@ inline void decode_fp8_f16(fp8_kind k, const std::uint8_t* in, std::size_t n, fl
 #endif
   detail::decode_fp8_f16_ref(k, in, n, scale, y);
 }
+
+}  // namespace kvcodec
+
+namespace kvcodec {
+
+/// One dense K or V block of an `fp8` container for a batch decoder (cpu/fp8.hpp's layout): heads x
+/// tokens rows of head_dim codes (a head's rows in token order) from byte `codes` of the batch's bytes;
+/// scale_mode 0 (tensor): `tensor_scale`; 1 (head): one little-endian f32 per head, 2 (token): one per
+/// row, from byte `scales`.
+struct fp8_batch_block {
+  std::uint64_t codes = 0, scales = 0;
+  std::uint32_t tokens = 0, heads = 0;
+  std::int32_t layer = 0;
+  std::uint32_t key = 1;
+  std::uint32_t kind = 0;        ///< fp8_kind
+  std::uint32_t scale_mode = 0;  ///< 0 tensor, 1 head, 2 token
+  float tensor_scale = 0.0f;
+  std::int64_t t_first = 0;      ///< destination token of a head's row 0
+  std::int64_t t_end = 0;        ///< rows landing outside [0, t_end) are skipped
+};
+
+/// Element step of the fp8 batch decoders: value i of block b is fp8_to_f32(code) * scale, the CPU
+/// stage's value (decode_fp8), stored through kv_batch_put. Never fails (every code decodes).
+struct fp8_batch_op {
+  const std::uint8_t* bytes = nullptr;
+  kv_batch_dest d;
+  KVCODEC_HD std::uint64_t count(const fp8_batch_block& b) const noexcept {
+    return static_cast<std::uint64_t>(b.heads) * b.tokens * static_cast<std::uint64_t>(d.head_dim);
+  }
+  KVCODEC_HD bool operator()(const fp8_batch_block& b, std::uint64_t i) const noexcept {
+    const std::uint64_t D = static_cast<std::uint64_t>(d.head_dim), r = i / D, h = r / b.tokens;
+    const std::int64_t t = b.t_first + static_cast<std::int64_t>(r % b.tokens);
+    if (t < 0 || t >= b.t_end) return true;
+    const float s = b.scale_mode == 0 ? b.tensor_scale
+                                      : bit_cast_hd<float>(kvcodec::detail::load_le32(bytes + b.scales + 4 * (b.scale_mode == 1 ? h : r)));
+    kv_batch_put(d, b.key != 0, b.layer, static_cast<std::int64_t>(h), t, static_cast<std::int64_t>(i % D),
+                 fp8_to_f32(static_cast<fp8_kind>(b.kind), bytes[b.codes + i]) * s);
+    return true;
+  }
+};
 
 }  // namespace kvcodec

@@ -4,12 +4,15 @@
 //
 // Row functions (quantize_row, dequantize_row, dequantize_row_f16) run the AVX2 kernels of
 // core/x86/ggml_blocks.hpp when core/simd.hpp allows and the scalar row loops otherwise; both write
-// exactly the bytes / values of the per-block scalar functions (the reference).
+// exactly the bytes / values of the per-block scalar functions (the reference). ggml_batch_op is the
+// batch decoders' element step (cuda/ggml.cuh and its host emulation, pipeline/batch.hpp): one ggml
+// block of a container's K/V block decoded by the per-block function into a view.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "kvcodec/core/kv_address.hpp"
 #include "kvcodec/core/scalar/ggml_blocks.hpp"
 #include "kvcodec/core/simd.hpp"
 #include "kvcodec/core/x86/ggml_blocks.hpp"
@@ -57,3 +60,43 @@ inline void dequantize_row_q5_1(const std::uint8_t* in, std::size_t n, float* y)
 inline void dequantize_row_iq4_nl(const std::uint8_t* in, std::size_t n, float* y) { dequantize_row(block_type::iq4_nl, in, n, y); }
 
 }  // namespace kvcodec::ggml
+
+namespace kvcodec {
+
+/// One dense K or V block of a `q8_0`..`iq4_nl` container for a batch decoder: `tokens` rows of `width`
+/// = kv_heads * head_dim values (head 0's channels first), ggml::row_bytes(type, width) bytes each, from
+/// byte `first` of the batch's bytes (cpu/ggml.hpp's layout).
+struct ggml_batch_block {
+  std::uint64_t first = 0;
+  std::uint32_t tokens = 0, width = 0;
+  std::int32_t layer = 0;
+  std::uint32_t key = 1;
+  std::uint32_t type = 0;    ///< ggml::block_type
+  std::int64_t t_first = 0;  ///< destination token of row 0 (negative: rows before the range)
+  std::int64_t t_end = 0;    ///< rows landing outside [0, t_end) are skipped
+};
+
+/// Element step of the ggml batch decoders: item i of block b is its ggml block i (32 values of row
+/// i / (width / 32)), decoded by ggml::dequantize_block (the CPU stage's values) and stored through
+/// kv_batch_put. Never fails (every byte pattern is a valid block).
+struct ggml_batch_op {
+  const std::uint8_t* bytes = nullptr;
+  kv_batch_dest d;
+  KVCODEC_HD std::uint64_t count(const ggml_batch_block& b) const noexcept { return static_cast<std::uint64_t>(b.tokens) * (b.width / ggml::qk); }
+  KVCODEC_HD bool operator()(const ggml_batch_block& b, std::uint64_t i) const noexcept {
+    const std::uint64_t per = b.width / ggml::qk, r = i / per, j = i % per;
+    const std::int64_t t = b.t_first + static_cast<std::int64_t>(r);
+    if (t < 0 || t >= b.t_end) return true;
+    const auto type = static_cast<ggml::block_type>(b.type);
+    float y[ggml::qk];
+    ggml::dequantize_block(type, bytes + b.first + (r * per + j) * ggml::block_bytes(type), y);
+    const std::uint64_t D = static_cast<std::uint64_t>(d.head_dim);
+    for (std::uint64_t k = 0; k < ggml::qk; ++k) {
+      const std::uint64_t v = j * ggml::qk + k;
+      kv_batch_put(d, b.key != 0, b.layer, static_cast<std::int64_t>(v / D), t, static_cast<std::int64_t>(v % D), y[k]);
+    }
+    return true;
+  }
+};
+
+}  // namespace kvcodec

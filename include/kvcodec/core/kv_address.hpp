@@ -1,6 +1,7 @@
 // kvcodec/core/kv_address.hpp — where row (head h, token t) of one layer's K or V lives in a strided or
 // paged (vLLM-style) layout: the address math of tensor/kv_view.hpp as a host/device function over a
-// flat, trivially copyable descriptor, so CPU code and GPU kernels address a view the same way.
+// flat, trivially copyable descriptor, so CPU code and GPU kernels address a view the same way; and
+// kv_batch_dest / kv_batch_put, where the batch decoders (pipeline/batch.hpp, cuda/) store one value.
 //   strided: h*s_head + t*s_token                 (element offsets from the layer's base)
 //   paged:   block_table[t / block_size]*s_block + (t % block_size)*s_token + h*s_head
 #pragma once
@@ -8,6 +9,7 @@
 #include <cstdint>
 
 #include "kvcodec/core/config.hpp"
+#include "kvcodec/core/scalar/half.hpp"
 
 namespace kvcodec {
 
@@ -22,6 +24,26 @@ struct kv_layout_desc {
 KVCODEC_HD inline std::int64_t kv_row_offset(const kv_layout_desc& L, std::int64_t h, std::int64_t t) noexcept {
   if (L.block_size > 0) return static_cast<std::int64_t>(L.block_table[t / L.block_size]) * L.s_block + (t % L.block_size) * L.s_token + h * L.s_head;
   return h * L.s_head + t * L.s_token;
+}
+
+/// Where a batch decoder writes: per-layer K and V bases and the layout of one sequence.
+struct kv_batch_dest {
+  void* const* k = nullptr;  ///< per layer (in the writer's memory space)
+  void* const* v = nullptr;
+  kv_layout_desc layout;
+  std::int32_t head_dim = 0;
+  std::uint32_t dtype_code = 1;  ///< 0 f32, 1 f16, 2 bf16 (tensor/dtype.hpp's codes)
+};
+
+/// Stores value x at (layer, K or V, head h, destination token t, channel ch) in the destination's
+/// dtype, rounding to nearest even as the CPU's conversions do.
+KVCODEC_HD inline void kv_batch_put(const kv_batch_dest& d, bool key, std::int32_t layer, std::int64_t h, std::int64_t t, std::int64_t ch, float x) noexcept {
+  const std::int64_t off = kv_row_offset(d.layout, h, t) + ch * d.layout.s_dim;
+  void* base = (key ? d.k : d.v)[layer];
+  if (d.dtype_code == 0)
+    static_cast<float*>(base)[off] = x;
+  else
+    static_cast<std::uint16_t*>(base)[off] = d.dtype_code == 2 ? f32_to_bf16_bits(x) : f32_to_f16_bits(x);
 }
 
 }  // namespace kvcodec

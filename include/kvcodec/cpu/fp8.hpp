@@ -23,6 +23,16 @@ class fp8_quant final : public stage_impl<quant::fp8, quant_stage> {
     kind_ = p_.format == "e5m2" ? fp8_kind::e5m2 : fp8_kind::e4m3;
   }
   bool lossless() const override { return false; }
+  /// The format, the scale granularity ("tensor", "head" or "token") and, for scale=tensor, the scale of
+  /// (layer, K or V) once fitted or loaded: what a batch decoder (pipeline/batch.hpp) needs.
+  fp8_kind format_kind() const noexcept { return kind_; }
+  const std::string& scale_mode() const noexcept { return p_.scale; }
+  float tensor_scale(int layer, bool key) const {
+    block b;
+    b.layer = layer;
+    b.key = key;
+    return tensor_scale(b);
+  }
 
   bytes fit(const std::vector<block>& blocks, const cache_info& info) override {
     if (p_.scale != "tensor") return {};

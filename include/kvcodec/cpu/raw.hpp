@@ -15,6 +15,8 @@ class raw_quant final : public stage_impl<quant::raw, quant_stage> {
   explicit raw_quant(quant::raw p) : stage_impl(std::move(p)) { lossless_ = p_.dtype == "auto" || p_.dtype == "f32"; }
   /// Lossless for the source dtype (known once bound to a cache; before that, only auto/f32 are).
   bool lossless() const override { return lossless_; }
+  /// The dtype the values are stored in (the source's for dtype=auto, once fitted or loaded).
+  dtype stored() const noexcept { return resolved_; }
   bool fit_uses_blocks() const override { return false; }  // fit reads the cache info only
   bytes fit(const std::vector<block>&, const cache_info& info) override {
     resolve(info);

@@ -9,6 +9,12 @@
 // without transforms or dropped tokens it adds each block's dequantization (core/cachegen.hpp's
 // cachegen_batch_block), so a batch decoder writes the values straight into a view;
 // decode_batch_emulated runs the whole batch on the CPU through the kernels' lane and element logic.
+//
+// Containers coded with `pack` (the llama.cpp block formats q8_0..iq4_nl, fp8, raw) need no entropy
+// decoder: plan_pack_batch finds where each block's packed plane and side bytes lie in the segments'
+// bytes (checked as the CPU stages check them), and plan_ggml_batch / plan_fp8_batch / plan_raw_batch
+// turn them into the element steps of core/ggml_blocks.hpp, core/fp8.hpp and core/raw.hpp, which the
+// CUDA kernels (cuda/ggml.cuh, fp8.cuh, raw.cuh) and decode_batch_emulated run.
 #pragma once
 
 #include <array>
@@ -22,8 +28,14 @@
 
 #include "kvcodec/core/rans_batch.hpp"
 #include "kvcodec/core/cachegen.hpp"
+#include "kvcodec/core/fp8.hpp"
+#include "kvcodec/core/ggml_blocks.hpp"
+#include "kvcodec/core/raw.hpp"
 #include "kvcodec/cpu/cachegen.hpp"
+#include "kvcodec/cpu/fp8.hpp"
+#include "kvcodec/cpu/pack.hpp"
 #include "kvcodec/cpu/rans.hpp"
+#include "kvcodec/cpu/raw.hpp"
 #include "kvcodec/pipeline/decode.hpp"
 
 namespace kvcodec {
@@ -132,12 +144,12 @@ cachegen_batch_plan<Entry> plan_cachegen_batch(const segment_decoder& dec, std::
 
 /// The destination descriptor of a view (host or device pointers, as the view holds them); `k` and `v`
 /// receive the per-layer bases the descriptor points to (keep them alive while it is used).
-inline cachegen_batch_dest batch_dest(const kv_view& dst, std::vector<void*>& k, std::vector<void*>& v) {
+inline kv_batch_dest batch_dest(const kv_view& dst, std::vector<void*>& k, std::vector<void*>& v) {
   if (dst.dt != dtype::f32 && dst.dt != dtype::f16 && dst.dt != dtype::bf16)
     throw_usage("batch decode: destination dtype " + std::string(dtype_name(dst.dt)) + " is not f32, f16 or bf16");
   k.assign(dst.k.begin(), dst.k.end());
   v.assign(dst.v.begin(), dst.v.end());
-  cachegen_batch_dest d;
+  kv_batch_dest d;
   d.k = k.data();
   d.v = v.data();
   d.layout = dst.layout();
@@ -146,9 +158,21 @@ inline cachegen_batch_dest batch_dest(const kv_view& dst, std::vector<void*>& k,
   return d;
 }
 
+/// Runs an element step (core/: cachegen_batch_op, ggml_batch_op, ...) over every item of every block,
+/// as the CUDA kernel of cuda/batch.cuh does; `fail(i)` is called (and must throw) for the first block i
+/// with an item the step rejects.
+template <class Block, class Op, class Fail>
+void run_batch_emulated(std::span<const Block> blocks, const Op& op, const Fail& fail) {
+  for (std::size_t bi = 0; bi < blocks.size(); ++bi) {
+    const std::uint64_t n = op.count(blocks[bi]);
+    for (std::uint64_t i = 0; i < n; ++i)
+      if (!op(blocks[bi], i)) fail(bi);
+  }
+}
+
 /// Runs a planned batch on the CPU through the CUDA kernels' lane logic (rans_decode_batch_emulated)
-/// and element logic (cachegen_batch_store), writing into the host view `dst`. Throws corrupt naming
-/// the first failed stream or block.
+/// and element logic (cachegen_batch_op), writing into the host view `dst`. Throws corrupt naming the
+/// first failed stream or block.
 template <class Entry>
 void decode_batch_emulated(const cachegen_batch_plan<Entry>& plan, const kv_view& dst) {
   if (dst.space != memory_space::host) throw_usage("decode_batch_emulated: the destination view is in device memory");
@@ -157,15 +181,233 @@ void decode_batch_emulated(const cachegen_batch_plan<Entry>& plan, const kv_view
   rans_decode_batch_emulated(plan.rans.builder.host_args(sym.data()), st.data());
   rans_batch_throw_failed(std::span<const rans_batch_status>(st), [](std::size_t i) { return "rANS stream " + std::to_string(i) + " of the batch"; });
   std::vector<void*> k, v;
-  const cachegen_batch_dest d = batch_dest(dst, k, v);
-  for (std::size_t bi = 0; bi < plan.blocks.size(); ++bi) {
+  const cachegen_batch_op op{sym.data(), plan.steps.data(), batch_dest(dst, k, v)};
+  run_batch_emulated(std::span<const cachegen_batch_block>(plan.blocks), op, [&](std::size_t bi) {
     const auto& g = plan.blocks[bi];
-    const std::uint64_t n = static_cast<std::uint64_t>(g.rows) * g.cols;
-    for (std::uint64_t i = 0; i < n; ++i)
-      if (!cachegen_batch_store(g, sym.data(), plan.steps.data(), d, i))
-        throw_corrupt("block " + std::to_string(bi) + " of the batch (layer " + std::to_string(g.layer) + (g.key ? " K" : " V") + ")",
-                      "a symbol above 2*MAX = " + std::to_string(2 * g.max));
+    throw_corrupt("block " + std::to_string(bi) + " of the batch (layer " + std::to_string(g.layer) + (g.key ? " K" : " V") + ")",
+                  "a symbol above 2*MAX = " + std::to_string(2 * g.max));
+  });
+}
+
+// ---- pack-coded containers: q8_0 .. iq4_nl, fp8, raw ----------------------------------------------
+
+/// The chosen segments' bytes as one array (what a GPU decoder uploads): piece k starts at first[k].
+struct batch_bytes {
+  std::vector<std::span<const std::uint8_t>> pieces;
+  std::vector<std::uint64_t> first;
+  std::uint64_t total = 0;
+  /// The pieces concatenated (the host emulation's copy).
+  std::vector<std::uint8_t> gather() const {
+    std::vector<std::uint8_t> out;
+    out.reserve(static_cast<std::size_t>(total));
+    for (const auto& p : pieces) out.insert(out.end(), p.begin(), p.end());
+    return out;
   }
+};
+
+/// A plane of a pack-coded block: its symbols, `bits` each (LSB first), from byte `first` of the batch.
+struct packed_plane {
+  std::uint32_t alphabet = 0, rows = 0, cols = 0, bits = 0;
+  std::uint64_t first = 0;
+};
+
+/// One K or V block of a pack-coded container: where its planes and side bytes lie in the batch bytes.
+struct packed_block {
+  std::size_t segment = 0;
+  bool key = true;
+  block skeleton;  ///< rows, heads, positions (no values)
+  std::vector<packed_plane> planes;
+  std::uint64_t side_first = 0, side_size = 0;
+  std::string where;  ///< "segment (layer L, tokens a..b) K" for errors
+};
+
+struct pack_batch_plan {
+  batch_bytes bytes;
+  std::vector<packed_block> blocks;
+};
+
+/// Plans the K and V blocks of `segments` of a container whose entropy stage is `pack`: the layout of
+/// every pack stream (cpu/pack.hpp: plane headers, packed symbols, side blob), with deserialize_symbols'
+/// bounds. Usage error for another entropy stage or dropped tokens; corrupt for a damaged stream.
+inline pack_batch_plan plan_pack_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
+                                       const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes) {
+  const codec& c = dec.stages();
+  if (dynamic_cast<const cpu::pack_entropy*>(c.entropy.get()) == nullptr)
+    throw_usage("batch decode: entropy stage '" + c.entropy->spec().name + "' has no batch decoder for quantizer '" + c.quant->spec().name + "' (pack has one)");
+  if (!c.transforms.empty()) throw_usage("batch decode: transforms (" + c.transforms.front()->spec().name + ") have no batch decoder");
+  const kvc_header& h = dec.header();
+  if (h.sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
+  pack_batch_plan plan;
+  for (const std::size_t i : segments) {
+    const segment_entry& se = h.segments.at(i);
+    const std::string where = "segment (layer " + std::to_string(se.layer) + ", tokens " + std::to_string(se.t0) + ".." + std::to_string(se.t1) + ")";
+    const auto seg = bytes(i);
+    const std::uint64_t base = plan.bytes.total;
+    plan.bytes.pieces.push_back(seg);
+    plan.bytes.first.push_back(base);
+    plan.bytes.total += seg.size();
+    byte_reader r(seg, where);
+    for (int kvi = 0; kvi < 2; ++kvi) {
+      packed_block pb;
+      pb.segment = i;
+      pb.key = kvi == 0;
+      pb.where = where + (pb.key ? " K" : " V");
+      pb.skeleton = detail::block_skeleton(h.shape, se.layer, pb.key, se.t0, se.t1, nullptr);
+      const auto stream = r.get_blob(kvi == 0 ? "K stream" : "V stream");
+      byte_reader sr(stream, "pack stream of " + pb.where);
+      const std::uint64_t max_symbols = cpu::max_symbols_for(pb.skeleton);
+      const auto np = sr.get_varint_max("plane count", 64);
+      for (std::uint64_t k = 0; k < np; ++k) {
+        packed_plane p;
+        p.alphabet = static_cast<std::uint32_t>(sr.get_varint_max("alphabet", 65536));
+        if (p.alphabet == 0) throw_corrupt(sr.what(), "field 'alphabet': expected >= 1, found 0");
+        p.rows = static_cast<std::uint32_t>(sr.get_varint_max("rows", max_symbols));
+        p.cols = static_cast<std::uint32_t>(sr.get_varint_max("cols", max_symbols));
+        const std::uint64_t n = static_cast<std::uint64_t>(p.rows) * p.cols;
+        if (n > max_symbols) throw_corrupt(sr.what(), "plane of " + std::to_string(n) + " symbols exceeds the block's " + std::to_string(max_symbols));
+        p.bits = cpu::symbol_bits(p.alphabet);
+        const auto packed = sr.get_bytes(static_cast<std::size_t>((n * p.bits + 7) / 8), "packed symbols");
+        p.first = base + static_cast<std::uint64_t>(packed.data() - seg.data());
+        pb.planes.push_back(p);
+      }
+      const auto side = sr.get_blob("side bytes");
+      sr.expect_end();
+      pb.side_first = base + static_cast<std::uint64_t>(side.data() - seg.data());
+      pb.side_size = side.size();
+      plan.blocks.push_back(std::move(pb));
+    }
+    r.expect_end();
+  }
+  return plan;
+}
+
+/// A batch of element-step blocks over the chosen segments' bytes (plan_ggml_batch, plan_fp8_batch,
+/// plan_raw_batch); max_items is the largest block's item count (the kernel's grid).
+template <class Block>
+struct store_batch_plan {
+  batch_bytes bytes;
+  std::vector<Block> blocks;
+  std::uint64_t max_items = 0;
+};
+
+namespace detail {
+inline const packed_plane* expect_planes(const packed_block& pb, std::size_t n) {
+  if (pb.planes.size() != n)
+    throw_corrupt(pb.where, "expected " + std::to_string(n) + " symbol plane" + (n == 1 ? "" : "s") + ", found " + std::to_string(pb.planes.size()));
+  return n ? &pb.planes[0] : nullptr;
+}
+inline void expect_side(const packed_block& pb, std::uint64_t n, const std::string& what) {
+  if (pb.side_size != n) throw_corrupt(pb.where, "expected " + std::to_string(n) + " bytes of " + what + ", found " + std::to_string(pb.side_size));
+}
+template <class Block>
+void set_rows(Block& g, const packed_block& pb, std::int64_t base, std::int64_t tokens) {
+  g.layer = pb.skeleton.layer;
+  g.key = pb.key ? 1u : 0u;
+  g.tokens = static_cast<std::uint32_t>(pb.skeleton.t1 - pb.skeleton.t0);
+  g.t_first = pb.skeleton.t0 - base;
+  g.t_end = tokens;
+}
+}  // namespace detail
+
+/// A `q8_0`..`iq4_nl` container's blocks for a batch decode into destination tokens [0, tokens),
+/// destination token 0 being cache token `base`.
+inline store_batch_plan<ggml_batch_block> plan_ggml_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
+                                                          const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
+                                                          std::int64_t tokens) {
+  const auto type = ggml::parse_block_type(dec.stages().quant->spec().name);
+  if (!type) throw_usage("batch decode: quantizer '" + dec.stages().quant->spec().name + "' is not a ggml block format");
+  pack_batch_plan pp = plan_pack_batch(dec, segments, bytes);
+  store_batch_plan<ggml_batch_block> plan;
+  const kv_shape& s = dec.header().shape;
+  const std::uint64_t width = static_cast<std::uint64_t>(s.kv_heads) * static_cast<std::uint64_t>(s.head_dim);
+  for (const auto& pb : pp.blocks) {
+    detail::expect_planes(pb, 0);
+    if (width == 0 || width % ggml::qk != 0)
+      throw_corrupt(pb.where, "kv_heads*head_dim = " + std::to_string(width) + " is not a multiple of 32 (a ggml container cannot hold it)");
+    ggml_batch_block g;
+    detail::set_rows(g, pb, base, tokens);
+    detail::expect_side(pb, g.tokens * ggml::row_bytes(*type, width), std::string(ggml::block_type_name(*type)) + " blocks");
+    g.first = pb.side_first;
+    g.width = static_cast<std::uint32_t>(width);
+    g.type = static_cast<std::uint32_t>(*type);
+    plan.max_items = std::max<std::uint64_t>(plan.max_items, static_cast<std::uint64_t>(g.tokens) * (width / ggml::qk));
+    plan.blocks.push_back(g);
+  }
+  plan.bytes = std::move(pp.bytes);
+  return plan;
+}
+
+/// An `fp8` container's blocks for a batch decode (as plan_ggml_batch).
+inline store_batch_plan<fp8_batch_block> plan_fp8_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
+                                                        const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
+                                                        std::int64_t tokens) {
+  const auto* q = dynamic_cast<const cpu::fp8_quant*>(dec.stages().quant.get());
+  if (q == nullptr) throw_usage("batch decode: quantizer '" + dec.stages().quant->spec().name + "' is not fp8");
+  pack_batch_plan pp = plan_pack_batch(dec, segments, bytes);
+  store_batch_plan<fp8_batch_block> plan;
+  const kv_shape& s = dec.header().shape;
+  const std::uint32_t mode = q->scale_mode() == "tensor" ? 0u : q->scale_mode() == "head" ? 1u : 2u;
+  for (const auto& pb : pp.blocks) {
+    fp8_batch_block g;
+    detail::set_rows(g, pb, base, tokens);
+    g.heads = static_cast<std::uint32_t>(s.kv_heads);
+    const packed_plane* p = detail::expect_planes(pb, 1);
+    const std::uint64_t rows = pb.skeleton.rows();
+    if (p->alphabet != 256 || p->rows != rows || p->cols != static_cast<std::uint32_t>(s.head_dim))
+      throw_corrupt(pb.where, "expected a plane of " + std::to_string(rows) + " x " + std::to_string(s.head_dim) + " fp8 codes (alphabet 256), found " +
+                                  std::to_string(p->rows) + " x " + std::to_string(p->cols) + " (alphabet " + std::to_string(p->alphabet) + ")");
+    detail::expect_side(pb, 4 * (mode == 0 ? 0 : mode == 1 ? static_cast<std::uint64_t>(s.kv_heads) : rows), "scales");
+    g.codes = p->first;
+    g.scales = pb.side_first;
+    g.kind = static_cast<std::uint32_t>(q->format_kind());
+    g.scale_mode = mode;
+    if (mode == 0) g.tensor_scale = q->tensor_scale(pb.skeleton.layer, pb.key);
+    plan.max_items = std::max<std::uint64_t>(plan.max_items, rows * static_cast<std::uint64_t>(s.head_dim));
+    plan.blocks.push_back(g);
+  }
+  plan.bytes = std::move(pp.bytes);
+  return plan;
+}
+
+/// A `raw` container's blocks for a batch decode (as plan_ggml_batch).
+inline store_batch_plan<raw_batch_block> plan_raw_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
+                                                        const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
+                                                        std::int64_t tokens) {
+  const auto* q = dynamic_cast<const cpu::raw_quant*>(dec.stages().quant.get());
+  if (q == nullptr) throw_usage("batch decode: quantizer '" + dec.stages().quant->spec().name + "' is not raw");
+  pack_batch_plan pp = plan_pack_batch(dec, segments, bytes);
+  store_batch_plan<raw_batch_block> plan;
+  const kv_shape& s = dec.header().shape;
+  for (const auto& pb : pp.blocks) {
+    raw_batch_block g;
+    detail::set_rows(g, pb, base, tokens);
+    g.heads = static_cast<std::uint32_t>(s.kv_heads);
+    detail::expect_planes(pb, 0);
+    const std::uint64_t n = pb.skeleton.rows() * static_cast<std::uint64_t>(s.head_dim);
+    detail::expect_side(pb, n * dtype_size(q->stored()), std::string(dtype_name(q->stored())) + " values");
+    g.first = pb.side_first;
+    g.stored = static_cast<std::uint32_t>(q->stored());
+    plan.max_items = std::max(plan.max_items, n);
+    plan.blocks.push_back(g);
+  }
+  plan.bytes = std::move(pp.bytes);
+  return plan;
+}
+
+template <class Block> struct batch_op_of;
+template <> struct batch_op_of<ggml_batch_block> { using type = ggml_batch_op; };
+template <> struct batch_op_of<fp8_batch_block> { using type = fp8_batch_op; };
+template <> struct batch_op_of<raw_batch_block> { using type = raw_batch_op; };
+
+/// Runs a planned ggml / fp8 / raw batch on the CPU through the CUDA kernel's element step, writing
+/// into the host view `dst`.
+template <class Block>
+void decode_batch_emulated(const store_batch_plan<Block>& plan, const kv_view& dst) {
+  if (dst.space != memory_space::host) throw_usage("decode_batch_emulated: the destination view is in device memory");
+  const std::vector<std::uint8_t> all = plan.bytes.gather();
+  std::vector<void*> k, v;
+  const typename batch_op_of<Block>::type op{all.data(), batch_dest(dst, k, v)};
+  run_batch_emulated(std::span<const Block>(plan.blocks), op, [](std::size_t) {});
 }
 
 }  // namespace kvcodec

@@ -1,0 +1,62 @@
+// kvcodec/core/raw.hpp — the `raw` stage's element step for the batch decoders (cuda/raw.cuh and its
+// host emulation, pipeline/batch.hpp): a stored f32/f16/bf16 value into a view. The stage: cpu/raw.hpp.
+#pragma once
+
+#include <cstdint>
+
+#include "kvcodec/core/config.hpp"
+#include "kvcodec/core/endian.hpp"
+#include "kvcodec/core/kv_address.hpp"
+#include "kvcodec/core/scalar/half.hpp"
+
+namespace kvcodec {
+
+/// One dense K or V block of a `raw` container for a batch decoder: heads x tokens rows of head_dim
+/// little-endian values of dtype `stored` (0 f32, 1 f16, 2 bf16; a head's rows in token order) from
+/// byte `first` of the batch's bytes.
+struct raw_batch_block {
+  std::uint64_t first = 0;
+  std::uint32_t tokens = 0, heads = 0;
+  std::int32_t layer = 0;
+  std::uint32_t key = 1;
+  std::uint32_t stored = 1;
+  std::int64_t t_first = 0;  ///< destination token of a head's row 0
+  std::int64_t t_end = 0;    ///< rows landing outside [0, t_end) are skipped
+};
+
+/// Element step of the raw batch decoders: value i of block b. The same dtype is copied bit for bit
+/// (as cpu/raw.hpp's decode_rows copies rows); another goes through f32 (exact) and rounds to nearest
+/// even. Never fails.
+struct raw_batch_op {
+  const std::uint8_t* bytes = nullptr;
+  kv_batch_dest d;
+  KVCODEC_HD std::uint64_t count(const raw_batch_block& b) const noexcept {
+    return static_cast<std::uint64_t>(b.heads) * b.tokens * static_cast<std::uint64_t>(d.head_dim);
+  }
+  KVCODEC_HD bool operator()(const raw_batch_block& b, std::uint64_t i) const noexcept {
+    const std::uint64_t D = static_cast<std::uint64_t>(d.head_dim), r = i / D;
+    const std::int64_t t = b.t_first + static_cast<std::int64_t>(r % b.tokens);
+    if (t < 0 || t >= b.t_end) return true;
+    const std::int64_t h = static_cast<std::int64_t>(r / b.tokens), ch = static_cast<std::int64_t>(i % D);
+    if (b.stored == 0) {
+      const std::uint32_t bits = kvcodec::detail::load_le32(bytes + b.first + 4 * i);
+      if (d.dtype_code == 0) {
+        const std::int64_t off = kv_row_offset(d.layout, h, t) + ch * d.layout.s_dim;
+        static_cast<std::uint32_t*>((b.key != 0 ? d.k : d.v)[b.layer])[off] = bits;
+      } else {
+        kv_batch_put(d, b.key != 0, b.layer, h, t, ch, bit_cast_hd<float>(bits));
+      }
+      return true;
+    }
+    const std::uint16_t bits = kvcodec::detail::load_le16(bytes + b.first + 2 * i);
+    if (d.dtype_code == b.stored) {
+      const std::int64_t off = kv_row_offset(d.layout, h, t) + ch * d.layout.s_dim;
+      static_cast<std::uint16_t*>((b.key != 0 ? d.k : d.v)[b.layer])[off] = bits;
+    } else {
+      kv_batch_put(d, b.key != 0, b.layer, h, t, ch, b.stored == 2 ? bf16_bits_to_f32(bits) : f16_bits_to_f32(bits));
+    }
+    return true;
+  }
+};
+
+}  // namespace kvcodec
