@@ -1,15 +1,17 @@
 // bench_cuda: the CUDA backend on a synthetic f16 cache (Llama-8B-shaped, >= 1 GB by default), every
 // figure against a device-to-device cudaMemcpy of the same f16 bytes in the same run.
 //   bench_cuda [SIZE_MB=1024] [SPEC=kvc:level=5] [REPS=10]       (scripts/gpu-check runs it on a GPU)
-// What it times today: the rANS batch decode (cuda/rans.cuh) of every stream of SPEC's container, i.e.
-// the entropy stage alone, symbols out; the dequantize-and-scatter kernels that would make this a
-// decode into an f16 view are not built yet, so this is not the "decode into a device view"
-// figure. Throughput is given as GB/s of the f16 cache the symbols stand for (2 bytes per symbol), and
-// the GPU's symbols are checked against the CPU decoder's for every stream. Exits 77 without a GPU.
+// What it times: for rANS containers, the rANS batch decode (cuda/rans.cuh) of every stream alone
+// (symbols out; GB/s of the f16 cache the symbols stand for, 2 bytes per symbol), its symbols checked
+// against the CPU decoder's for every stream; then, for every container cuda::decode_into takes (kvc
+// levels, cachegen-quant|rans, q8_0 .. iq4_nl, fp8, raw), the decode into an f16 device view: the
+// kernels alone (cuda::view_decoder::launch) and end to end from the host container (parse, plan, H2D,
+// kernels), the view checked byte for byte against the CPU's decode_into. Exits 77 without a GPU.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -43,45 +45,72 @@ int main(int argc, char** argv) {
     const double f16_bytes = static_cast<double>(kv.shape.kv_elements()) * 2.0;
     const kvc_view v = parse_kvc(e.data, "bench.kvc");
     const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, "bench.kvc");
-    std::vector<std::size_t> all(v.header.segments.size());
-    for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
-    const auto plan = plan_rans_batch<std::uint32_t>(dec, all, [&](std::size_t i) { return v.segment_bytes(i); });
     const double prep_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const auto r = kvcodec_bench_cuda::time_rans_batch(plan.builder, static_cast<std::size_t>(f16_bytes), reps);
-    // the CPU decoder's symbols, block by block
-    std::size_t bad_streams = 0, streams = 0;
-    for (auto s : r.status) bad_streams += s != rans_batch_status::ok;
-    for (const auto& bb : plan.blocks) {
-      byte_reader rd(v.segment_bytes(bb.segment), "segment");
-      if (v.header.sparse) (void)dec.read_kept(rd, v.header.segments[bb.segment]);
-      const auto ks = rd.get_blob("K stream");
-      const auto vs = rd.get_blob("V stream");
-      const symbols want = dec.stages().entropy->decode(bb.key ? ks : vs, bb.skeleton);
-      for (std::size_t k = 0; k < bb.plane.size(); ++k, ++streams) {
-        const auto& w = want.planes[bb.plane[k]].sym;
-        if (!std::equal(w.begin(), w.end(), r.symbols.begin() + static_cast<std::ptrdiff_t>(bb.first[k]))) ++bad_streams;
-      }
-    }
-    auto ms = r.decode_ms;
-    std::sort(ms.begin(), ms.end());
-    const double best = ms.front(), median = ms[ms.size() / 2];
-    const double sym_bytes = 2.0 * static_cast<double>(plan.builder.out_symbols);
     std::printf("device: %s\n", dev.c_str());
     std::printf("cache: %d layers x %d kv heads x %lld tokens x %d head_dim, f16, %.1f MB; container %s: %.1f MB, %.3f bits/element, %zu segments "
-                "(prepared on the CPU in %.1f s: synth, encode with %d threads, plan)\n",
+                "(prepared on the CPU in %.1f s: synth, encode with %d threads)\n",
                 kv.shape.layers, kv.shape.kv_heads, static_cast<long long>(kv.shape.tokens), kv.shape.head_dim, f16_bytes / 1e6, spec.c_str(),
                 static_cast<double>(e.data.size()) / 1e6, 8.0 * static_cast<double>(e.data.size()) / static_cast<double>(kv.shape.kv_elements()),
                 v.header.segments.size(), prep_s, threads);
-    std::printf("rANS batch: %zu streams, %llu symbols, %zu tables' entries, max %u lanes\n", plan.builder.streams.size(),
-                static_cast<unsigned long long>(plan.builder.out_symbols), plan.builder.entries.size(), plan.builder.max_lanes);
-    std::printf("rANS batch decode (entropy stage only, symbols out), %d runs: best %.3f ms, median %.3f ms = %.1f GB/s of f16 (best), %.1f (median)\n", reps,
-                best, median, sym_bytes / best / 1e6, sym_bytes / median / 1e6);
-    std::printf("device memcpy D2D of the %.1f MB f16 cache: best %.3f ms = %.1f GB/s; rANS decode / memcpy speed: %.3fx\n", f16_bytes / 1e6, r.memcpy_ms,
-                f16_bytes / r.memcpy_ms / 1e6, r.memcpy_ms / best * sym_bytes / f16_bytes);
-    std::printf("H2D of the %.1f MB of streams (pinned): best %.3f ms = %.1f GB/s; H2D + decode: %.3f ms = %.1f GB/s of f16\n",
-                static_cast<double>(plan.builder.data.size()) / 1e6, r.h2d_ms, static_cast<double>(plan.builder.data.size()) / r.h2d_ms / 1e6,
-                r.h2d_ms + best, sym_bytes / (r.h2d_ms + best) / 1e6);
-    std::printf("GPU symbols vs the CPU decoder: %zu of %zu streams differ or failed\n", bad_streams, streams);
+    std::size_t bad_streams = 0;
+    if (dynamic_cast<const cpu::rans_entropy*>(dec.stages().entropy.get()) != nullptr) {
+      std::vector<std::size_t> all(v.header.segments.size());
+      for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+      const auto plan = plan_rans_batch<std::uint32_t>(dec, all, [&](std::size_t i) { return v.segment_bytes(i); });
+      const auto r = kvcodec_bench_cuda::time_rans_batch(plan.builder, static_cast<std::size_t>(f16_bytes), reps);
+      // the CPU decoder's symbols, block by block
+      std::size_t streams = 0;
+      for (auto st : r.status) bad_streams += st != rans_batch_status::ok;
+      for (const auto& bb : plan.blocks) {
+        byte_reader rd(v.segment_bytes(bb.segment), "segment");
+        if (v.header.sparse) (void)dec.read_kept(rd, v.header.segments[bb.segment]);
+        const auto ks = rd.get_blob("K stream");
+        const auto vs = rd.get_blob("V stream");
+        const symbols want = dec.stages().entropy->decode(bb.key ? ks : vs, bb.skeleton);
+        for (std::size_t k = 0; k < bb.plane.size(); ++k, ++streams) {
+          const auto& w = want.planes[bb.plane[k]].sym;
+          if (!std::equal(w.begin(), w.end(), r.symbols.begin() + static_cast<std::ptrdiff_t>(bb.first[k]))) ++bad_streams;
+        }
+      }
+      auto ms = r.decode_ms;
+      std::sort(ms.begin(), ms.end());
+      const double best = ms.front(), median = ms[ms.size() / 2];
+      const double sym_bytes = 2.0 * static_cast<double>(plan.builder.out_symbols);
+      std::printf("rANS batch: %zu streams, %llu symbols, %zu tables' entries, max %u lanes\n", plan.builder.streams.size(),
+                  static_cast<unsigned long long>(plan.builder.out_symbols), plan.builder.entries.size(), plan.builder.max_lanes);
+      std::printf("rANS batch decode (entropy stage only, symbols out), %d runs: best %.3f ms, median %.3f ms = %.1f GB/s of f16 (best), %.1f (median)\n", reps,
+                  best, median, sym_bytes / best / 1e6, sym_bytes / median / 1e6);
+      std::printf("device memcpy D2D of the %.1f MB f16 cache: best %.3f ms = %.1f GB/s; rANS decode / memcpy speed: %.3fx\n", f16_bytes / 1e6, r.memcpy_ms,
+                  f16_bytes / r.memcpy_ms / 1e6, r.memcpy_ms / best * sym_bytes / f16_bytes);
+      std::printf("H2D of the %.1f MB of streams (pinned): best %.3f ms = %.1f GB/s; H2D + decode: %.3f ms = %.1f GB/s of f16\n",
+                  static_cast<double>(plan.builder.data.size()) / 1e6, r.h2d_ms, static_cast<double>(plan.builder.data.size()) / r.h2d_ms / 1e6,
+                  r.h2d_ms + best, sym_bytes / (r.h2d_ms + best) / 1e6);
+      std::printf("GPU symbols vs the CPU decoder: %zu of %zu streams differ or failed\n", bad_streams, streams);
+    }
+    // decode into an f16 device view (cuda::decode_into), against the CPU's decode_into
+    const auto vt = kvcodec_bench_cuda::time_view_decode(e.data, kv.shape.layers, kv.shape.kv_heads, kv.shape.tokens, kv.shape.head_dim, reps);
+    const std::size_t per = static_cast<std::size_t>(kv.shape.kv_heads) * static_cast<std::size_t>(kv.shape.tokens) * static_cast<std::size_t>(kv.shape.head_dim) * 2;
+    std::vector<std::vector<std::byte>> hk(static_cast<std::size_t>(kv.shape.layers), std::vector<std::byte>(per)), hv = hk;
+    std::vector<std::byte*> kp, vp;
+    for (int l = 0; l < kv.shape.layers; ++l) {
+      kp.push_back(hk[static_cast<std::size_t>(l)].data());
+      vp.push_back(hv[static_cast<std::size_t>(l)].data());
+    }
+    decode_into(cpu::par(threads), e.data, kv_view::hf(kp, vp, dtype::f16, kv.shape.kv_heads, kv.shape.tokens, kv.shape.head_dim));
+    int bad_layers = 0;
+    for (std::size_t l = 0; l < hk.size(); ++l)
+      bad_layers += std::memcmp(hk[l].data(), vt.k[l].data(), per) != 0 || std::memcmp(hv[l].data(), vt.v[l].data(), per) != 0;
+    auto km = vt.kernels_ms, em = vt.end_to_end_ms;
+    std::sort(km.begin(), km.end());
+    std::sort(em.begin(), em.end());
+    std::printf("decode into an f16 device view, kernels alone (cuda::view_decoder::launch), %d runs: best %.3f ms, median %.3f ms = %.1f GB/s of f16 "
+                "(best) = %.3fx device memcpy (bar for kvc:level=5: >= 300 GB/s and >= 0.1x; q8_0/q4_0/fp8: >= 0.5x)\n",
+                reps, km.front(), km[km.size() / 2], f16_bytes / km.front() / 1e6, vt.memcpy_ms / km.front());
+    std::printf("cuda::decode_into end to end from the host container (parse, plan, pageable H2D, kernels), best of %zu: %.1f ms = %.1f GB/s of f16\n",
+                em.size(), em.front(), f16_bytes / em.front() / 1e6);
+    std::printf("device memcpy D2D of the view's %.1f MB: best %.3f ms = %.1f GB/s\n", f16_bytes / 1e6, vt.memcpy_ms, f16_bytes / vt.memcpy_ms / 1e6);
+    std::printf("GPU view vs the CPU's decode_into: %d of %d layers differ\n", bad_layers, kv.shape.layers);
+    bad_streams += static_cast<std::size_t>(bad_layers);
     return bad_streams == 0 ? 0 : 1;
   } catch (const std::exception& ex) {
     std::printf("bench_cuda: %s\n", ex.what());

@@ -26,4 +26,15 @@ struct rans_timing {
 /// `memcpy_bytes` (the f16 cache the symbols stand for) in the same run.
 rans_timing time_rans_batch(const kvcodec::rans_batch_builder<std::uint32_t>& b, std::size_t memcpy_bytes, int reps);
 
+struct view_timing {
+  std::vector<double> kernels_ms;     ///< cuda::view_decoder::launch() alone (CUDA events), after one warm-up
+  std::vector<double> end_to_end_ms;  ///< cuda::decode_into from the host container (parse, plan, H2D, kernels), wall
+  double memcpy_ms = 0;               ///< best device-to-device cudaMemcpy of the view's f16 bytes
+  std::vector<std::vector<std::uint8_t>> k, v;  ///< the decoded f16 view, per layer [heads, tokens, head_dim]
+};
+
+/// Decodes `container` into an f16 device view (Hugging Face layout, one buffer per layer and K/V)
+/// `reps` times: the kernels alone and end to end, and a device memcpy of the view's bytes.
+view_timing time_view_decode(const std::vector<std::uint8_t>& container, int layers, int kv_heads, std::int64_t tokens, int head_dim, int reps);
+
 }  // namespace kvcodec_bench_cuda

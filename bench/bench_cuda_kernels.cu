@@ -1,12 +1,14 @@
 // bench/bench_cuda_kernels.cu — the device half of bench_cuda (see bench_cuda.cpp): uploads, launches
-// and times with CUDA events.
+// and times with CUDA events; decodes containers into a device view through cuda/decode.cuh.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <string>
 #include <vector>
 
 #include "bench_cuda.hpp"
+#include "kvcodec/cuda/decode.cuh"
 #include "kvcodec/cuda/memory.cuh"
 #include "kvcodec/cuda/rans.cuh"
 
@@ -82,6 +84,43 @@ rans_timing time_rans_batch(const rans_batch_builder<std::uint32_t>& b, std::siz
     r.memcpy_ms = 1e30;
     for (int i = 0; i < reps; ++i)
       r.memcpy_ms = std::min(r.memcpy_ms, ev.time([&] { cuda::check(cudaMemcpy(dst.data(), src.data(), memcpy_bytes, cudaMemcpyDeviceToDevice), "D2D"); }));
+  }
+  return r;
+}
+
+view_timing time_view_decode(const std::vector<std::uint8_t>& container, int layers, int kv_heads, std::int64_t tokens, int head_dim, int reps) {
+  view_timing r;
+  const std::size_t per = static_cast<std::size_t>(kv_heads) * static_cast<std::size_t>(tokens) * static_cast<std::size_t>(head_dim) * 2;
+  std::vector<cuda::device_buffer<std::uint8_t>> kb, vb;
+  std::vector<std::byte*> kp, vp;
+  for (int l = 0; l < layers; ++l) {
+    kp.push_back(reinterpret_cast<std::byte*>(kb.emplace_back(per).data()));
+    vp.push_back(reinterpret_cast<std::byte*>(vb.emplace_back(per).data()));
+  }
+  kv_view view = kv_view::hf(kp, vp, dtype::f16, kv_heads, tokens, head_dim);
+  view.space = memory_space::device;
+  events ev;
+  {
+    cuda::view_decoder d(cuda::par, container, view);
+    d.launch();  // warm-up
+    d.finish();
+    for (int i = 0; i < reps; ++i) r.kernels_ms.push_back(ev.time([&] { d.launch(); }));
+    d.finish();
+  }
+  for (int i = 0; i < std::min(reps, 3); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    cuda::decode_into(cuda::par, container, view);
+    r.end_to_end_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  for (const auto& b : kb) r.k.push_back(b.download());
+  for (const auto& b : vb) r.v.push_back(b.download());
+  {
+    const std::size_t n = per * 2 * static_cast<std::size_t>(layers);
+    cuda::device_buffer<std::uint8_t> src(n), dst(n);
+    cuda::check(cudaMemset(src.data(), 1, n), "cudaMemset");
+    r.memcpy_ms = 1e30;
+    for (int i = 0; i < reps; ++i)
+      r.memcpy_ms = std::min(r.memcpy_ms, ev.time([&] { cuda::check(cudaMemcpy(dst.data(), src.data(), n, cudaMemcpyDeviceToDevice), "D2D"); }));
   }
   return r;
 }

@@ -5,7 +5,8 @@
 //
 // The host parses the container and plans its blocks (pipeline/batch.hpp: checksums, stage state and
 // every header checked as the CPU decoder does), uploads the entropy streams, tables, steps and the
-// view's block table, then on the stream: the rANS batch kernel (cuda/rans.cuh) writes symbols, the
+// view's block table (view_decoder, whose phases a benchmark times apart), then on the stream: the
+// rANS batch kernel (cuda/rans.cuh) writes symbols, the
 // cachegen-quant kernel (cuda/cachegen.cuh) dequantizes them straight into the view (strided or
 // paged, f16/bf16/f32). It waits for the stream at the end and throws error_kind::corrupt naming the
 // first failed stream or block; on an exception the view's content is unspecified.
@@ -16,7 +17,9 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -50,71 +53,128 @@ struct device_dest {
   }
 };
 
-/// Uploads a pack-coded batch (the segments' bytes as they are, the blocks) and runs its element step.
+/// One planned, uploaded batch: launch() queues its kernels, finish() waits and reports.
+struct batch_job {
+  virtual ~batch_job() = default;
+  virtual void launch(const par_t& p) = 0;
+  virtual void finish(const par_t& p, const std::string& name) = 0;
+};
+
+/// A pack-coded batch (ggml, fp8, raw): the segments' bytes as they are and the blocks.
 template <class Block>
-void decode_store(const par_t& p, const store_batch_plan<Block>& plan, const kv_view& dst) {
-  device_buffer<std::uint8_t> bytes(static_cast<std::size_t>(plan.bytes.total));
-  for (std::size_t k = 0; k < plan.bytes.pieces.size(); ++k)
-    if (!plan.bytes.pieces[k].empty())
-      check(cudaMemcpy(bytes.data() + plan.bytes.first[k], plan.bytes.pieces[k].data(), plan.bytes.pieces[k].size(), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
-  device_buffer<Block> blocks{std::span<const Block>(plan.blocks)};
-  const device_dest dd(dst);
-  device_buffer<std::uint32_t> bad(plan.blocks.size() + 1);
-  run_batch(blocks.data(), plan.blocks.size(), plan.max_items, typename batch_op_of<Block>::type{bytes.data(), dd.d}, bad.data(), p);
-  check(cudaStreamSynchronize(p.stream), "cuda::decode_into");  // no step of these formats rejects a value
-}
+struct store_job final : batch_job {
+  device_buffer<std::uint8_t> bytes;
+  device_buffer<Block> blocks;
+  device_dest dd;
+  device_buffer<std::uint32_t> bad;
+  std::uint64_t max_items;
+  store_job(const store_batch_plan<Block>& plan, const kv_view& dst)
+      : bytes(static_cast<std::size_t>(plan.bytes.total)), blocks(std::span<const Block>(plan.blocks)), dd(dst), bad(plan.blocks.size() + 1),
+        max_items(plan.max_items) {
+    for (std::size_t k = 0; k < plan.bytes.pieces.size(); ++k)
+      if (!plan.bytes.pieces[k].empty())
+        check(cudaMemcpy(bytes.data() + plan.bytes.first[k], plan.bytes.pieces[k].data(), plan.bytes.pieces[k].size(), cudaMemcpyHostToDevice),
+              "cudaMemcpy H2D");
+  }
+  void launch(const par_t& p) override {
+    run_batch(blocks.data(), blocks.size(), max_items, typename batch_op_of<Block>::type{bytes.data(), dd.d}, bad.data(), p);
+  }
+  void finish(const par_t& p, const std::string& name) override { check(cudaStreamSynchronize(p.stream), name.c_str()); }  // no step rejects a value
+};
+
+/// A cachegen-quant|rans batch (the kvc levels): the rANS batch kernel, then dequantize + scatter.
+struct cachegen_job final : batch_job {
+  cachegen_batch_plan<std::uint32_t> plan;
+  device_buffer<rans_batch_stream> streams;
+  device_buffer<std::uint8_t> data;
+  device_buffer<std::uint32_t> entries, col_off;
+  device_buffer<std::uint16_t> sym;
+  device_buffer<cachegen_batch_block> blocks;
+  device_buffer<float> steps;
+  device_dest dd;
+  device_buffer<std::uint8_t> temp;
+  device_buffer<std::uint32_t> bad;
+  std::size_t temp_bytes = 0;
+  std::uint64_t max_elements = 0;
+  cachegen_job(cachegen_batch_plan<std::uint32_t> pl, const kv_view& dst, const par_t& p)
+      : plan(std::move(pl)), streams(std::span<const rans_batch_stream>(plan.rans.builder.streams)), data(std::span<const std::uint8_t>(plan.rans.builder.data)),
+        entries(std::span<const std::uint32_t>(plan.rans.builder.entries)), col_off(std::span<const std::uint32_t>(plan.rans.builder.col_off)),
+        sym(plan.rans.builder.out_symbols), blocks(std::span<const cachegen_batch_block>(plan.blocks)), steps(std::span<const float>(plan.steps)), dd(dst),
+        bad(plan.blocks.size() + 1) {
+    rans_decode_batch(nullptr, temp_bytes, args(), p);
+    temp = device_buffer<std::uint8_t>(temp_bytes);
+    for (const auto& g : plan.blocks) max_elements = std::max<std::uint64_t>(max_elements, static_cast<std::uint64_t>(g.rows) * g.cols);
+  }
+  rans_batch_args<std::uint32_t> args() {
+    const auto& b = plan.rans.builder;
+    return {streams.data(), b.streams.size(), b.max_lanes, data.data(), entries.data(), col_off.data(), sym.data()};
+  }
+  void launch(const par_t& p) override {
+    rans_decode_batch(temp.data(), temp_bytes, args(), p);
+    cachegen_store(blocks.data(), plan.blocks.size(), max_elements, sym.data(), steps.data(), dd.d, bad.data(), p);
+  }
+  void finish(const par_t& p, const std::string& name) override {
+    const auto st = rans_batch_statuses(temp.data(), plan.rans.builder.streams.size(), p);  // waits for p.stream
+    rans_batch_throw_failed(std::span<const rans_batch_status>(st), [&](std::size_t i) { return name + ": rANS stream " + std::to_string(i) + " of the batch"; });
+    const auto flags = bad.download();
+    for (std::size_t i = 0; i < plan.blocks.size(); ++i)
+      if (flags[i])
+        throw_corrupt(name + ": block " + std::to_string(i) + " (layer " + std::to_string(plan.blocks[i].layer) + (plan.blocks[i].key ? " K" : " V") + ")",
+                      "a symbol above 2*MAX = " + std::to_string(2 * plan.blocks[i].max));
+  }
+};
 
 }  // namespace detail
+
+/// A container's decode into a device view in its three phases, so a benchmark can time the kernels
+/// alone: the constructor parses, checks, plans and uploads (synchronous copies from pageable memory),
+/// launch() queues the kernels on p.stream (again and again if wanted: they rewrite the same view),
+/// finish() waits and throws error_kind::corrupt naming the first failed stream or block.
+class view_decoder {
+ public:
+  view_decoder(const par_t& p, std::span<const std::uint8_t> file, const kv_view& dst, const decode_options& opt = {}) : p_(p), name_(opt.name) {
+    const kvc_view v = parse_kvc(file, opt.name, opt.limits);
+    const auto [tb, te] = kvcodec::detail::decode_range(v.header, opt);
+    dst.validate("decode destination");
+    if (dst.space != memory_space::device) throw_usage("cuda::decode_into: the destination view is in host memory; use kvcodec::decode_into");
+    const kv_shape& s = v.header.shape;
+    if (dst.layers != s.layers || dst.kv_heads != s.kv_heads || dst.head_dim != s.head_dim || dst.tokens != te - tb)
+      throw_bad_input("decode destination for " + opt.name, "shape",
+                      std::to_string(s.layers) + " layers x " + std::to_string(s.kv_heads) + " kv heads x " + std::to_string(te - tb) + " tokens x head_dim " +
+                          std::to_string(s.head_dim),
+                      std::to_string(dst.layers) + " x " + std::to_string(dst.kv_heads) + " x " + std::to_string(dst.tokens) + " x " + std::to_string(dst.head_dim));
+    const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, opt.name);
+    const auto todo = kvcodec::detail::segments_in(v.header, tb, te);
+    const auto bytes_of = [&](std::size_t i) { return v.segment_bytes(i); };
+    if (dynamic_cast<const cpu::pack_entropy*>(dec.stages().entropy.get()) != nullptr) {
+      const std::string& q = dec.stages().quant->spec().name;
+      if (ggml::parse_block_type(q))
+        job_ = std::make_unique<detail::store_job<ggml_batch_block>>(plan_ggml_batch(dec, todo, bytes_of, tb, te - tb), dst);
+      else if (q == "fp8")
+        job_ = std::make_unique<detail::store_job<fp8_batch_block>>(plan_fp8_batch(dec, todo, bytes_of, tb, te - tb), dst);
+      else if (q == "raw")
+        job_ = std::make_unique<detail::store_job<raw_batch_block>>(plan_raw_batch(dec, todo, bytes_of, tb, te - tb), dst);
+      else
+        throw_usage("cuda::decode_into: quantizer '" + q + "' has no CUDA implementation (with pack: q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, fp8, raw); decode it on the CPU");
+    } else {
+      job_ = std::make_unique<detail::cachegen_job>(plan_cachegen_batch<std::uint32_t>(dec, todo, bytes_of, tb, te - tb), dst, p);
+    }
+  }
+  void launch() { job_->launch(p_); }
+  void finish() { job_->finish(p_, name_); }
+
+ private:
+  par_t p_;
+  std::string name_;
+  std::unique_ptr<detail::batch_job> job_;
+};
 
 /// Decodes the container `file` (host memory), all of it or the token range in `opt`, into the device
 /// view `dst`. Synchronous with respect to p.stream (it waits for the kernels to report).
 inline void decode_into(const par_t& p, std::span<const std::uint8_t> file, const kv_view& dst, const decode_options& opt = {}) {
-  const kvc_view v = parse_kvc(file, opt.name, opt.limits);
-  const auto [tb, te] = kvcodec::detail::decode_range(v.header, opt);
-  dst.validate("decode destination");
-  if (dst.space != memory_space::device) throw_usage("cuda::decode_into: the destination view is in host memory; use kvcodec::decode_into");
-  const kv_shape& s = v.header.shape;
-  if (dst.layers != s.layers || dst.kv_heads != s.kv_heads || dst.head_dim != s.head_dim || dst.tokens != te - tb)
-    throw_bad_input("decode destination for " + opt.name, "shape",
-                    std::to_string(s.layers) + " layers x " + std::to_string(s.kv_heads) + " kv heads x " + std::to_string(te - tb) + " tokens x head_dim " +
-                        std::to_string(s.head_dim),
-                    std::to_string(dst.layers) + " x " + std::to_string(dst.kv_heads) + " x " + std::to_string(dst.tokens) + " x " + std::to_string(dst.head_dim));
-  const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, opt.name);
-  const auto todo = kvcodec::detail::segments_in(v.header, tb, te);
-  const auto bytes_of = [&](std::size_t i) { return v.segment_bytes(i); };
-  if (dynamic_cast<const cpu::pack_entropy*>(dec.stages().entropy.get()) != nullptr) {
-    const std::string& q = dec.stages().quant->spec().name;
-    if (ggml::parse_block_type(q)) return detail::decode_store(p, plan_ggml_batch(dec, todo, bytes_of, tb, te - tb), dst);
-    if (q == "fp8") return detail::decode_store(p, plan_fp8_batch(dec, todo, bytes_of, tb, te - tb), dst);
-    if (q == "raw") return detail::decode_store(p, plan_raw_batch(dec, todo, bytes_of, tb, te - tb), dst);
-    throw_usage("cuda::decode_into: quantizer '" + q + "' has no CUDA implementation (with pack: q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, fp8, raw); decode it on the CPU");
-  }
-  const auto plan = plan_cachegen_batch<std::uint32_t>(dec, todo, bytes_of, tb, te - tb);
-  const auto& b = plan.rans.builder;
-  // uploads (synchronous copies from pageable memory; the kernels below are queued on p.stream)
-  device_buffer<rans_batch_stream> d_streams{std::span<const rans_batch_stream>(b.streams)};
-  device_buffer<std::uint8_t> d_data{std::span<const std::uint8_t>(b.data)};
-  device_buffer<std::uint32_t> d_entries{std::span<const std::uint32_t>(b.entries)};
-  device_buffer<std::uint32_t> d_col_off{std::span<const std::uint32_t>(b.col_off)};
-  device_buffer<std::uint16_t> d_sym(b.out_symbols);
-  device_buffer<cachegen_batch_block> d_blocks{std::span<const cachegen_batch_block>(plan.blocks)};
-  device_buffer<float> d_steps{std::span<const float>(plan.steps)};
-  const detail::device_dest dd(dst);
-  const rans_batch_args<std::uint32_t> a{d_streams.data(), b.streams.size(), b.max_lanes, d_data.data(), d_entries.data(), d_col_off.data(), d_sym.data()};
-  std::size_t temp_bytes = 0;
-  rans_decode_batch(nullptr, temp_bytes, a, p);
-  device_buffer<std::uint8_t> d_temp(temp_bytes);
-  device_buffer<std::uint32_t> d_bad(plan.blocks.size() + 1);
-  rans_decode_batch(d_temp.data(), temp_bytes, a, p);
-  std::uint64_t max_elements = 0;
-  for (const auto& g : plan.blocks) max_elements = std::max<std::uint64_t>(max_elements, static_cast<std::uint64_t>(g.rows) * g.cols);
-  cachegen_store(d_blocks.data(), plan.blocks.size(), max_elements, d_sym.data(), d_steps.data(), dd.d, d_bad.data(), p);
-  const auto st = rans_batch_statuses(d_temp.data(), b.streams.size(), p);  // waits for p.stream
-  rans_batch_throw_failed(std::span<const rans_batch_status>(st), [&](std::size_t i) { return opt.name + ": rANS stream " + std::to_string(i) + " of the batch"; });
-  const auto bad = d_bad.download();
-  for (std::size_t i = 0; i < plan.blocks.size(); ++i)
-    if (bad[i]) throw_corrupt(opt.name + ": block " + std::to_string(i) + " (layer " + std::to_string(plan.blocks[i].layer) + (plan.blocks[i].key ? " K" : " V") + ")",
-                              "a symbol above 2*MAX = " + std::to_string(2 * plan.blocks[i].max));
+  view_decoder d(p, file, dst, opt);
+  d.launch();
+  d.finish();
 }
 
 }  // namespace kvcodec::cuda
