@@ -88,7 +88,9 @@ int main(int argc, char** argv) {
       std::printf("GPU symbols vs the CPU decoder: %zu of %zu streams differ or failed\n", bad_streams, streams);
     }
     // decode into an f16 device view (cuda::decode_into), against the CPU's decode_into
-    const auto vt = kvcodec_bench_cuda::time_view_decode(e.data, kv.shape.layers, kv.shape.kv_heads, kv.shape.tokens, kv.shape.head_dim, reps);
+    const bool packed = dynamic_cast<const cpu::pack_entropy*>(dec.stages().entropy.get()) != nullptr;
+    const auto vt = kvcodec_bench_cuda::time_view_decode(e.data, kv.shape.layers, kv.shape.kv_heads, kv.shape.tokens, kv.shape.head_dim, reps,
+                                                         packed ? spec : std::string());
     const std::size_t per = static_cast<std::size_t>(kv.shape.kv_heads) * static_cast<std::size_t>(kv.shape.tokens) * static_cast<std::size_t>(kv.shape.head_dim) * 2;
     std::vector<std::vector<std::byte>> hk(static_cast<std::size_t>(kv.shape.layers), std::vector<std::byte>(per)), hv = hk;
     std::vector<std::byte*> kp, vp;
@@ -111,6 +113,17 @@ int main(int argc, char** argv) {
     std::printf("device memcpy D2D of the view's %.1f MB: best %.3f ms = %.1f GB/s\n", f16_bytes / 1e6, vt.memcpy_ms, f16_bytes / vt.memcpy_ms / 1e6);
     std::printf("GPU view vs the CPU's decode_into: %d of %d layers differ\n", bad_layers, kv.shape.layers);
     bad_streams += static_cast<std::size_t>(bad_layers);
+    if (!vt.encode_ms.empty()) {  // cuda::encode of the decoded f16 view, against the CPU's encode of the same values
+      auto en = vt.encode_ms;
+      std::sort(en.begin(), en.end());
+      codec cc = make_codec(spec);
+      const encoded want = encode(cpu::par(threads), cc, const_kv_view(kv_view::hf(kp, vp, dtype::f16, kv.shape.kv_heads, kv.shape.tokens, kv.shape.head_dim)));
+      const bool same = want.data == vt.encoded;
+      std::printf("cuda::encode of the f16 device view (kernels, D2H of the coded bytes, container written on the host), best of %zu: %.1f ms = %.1f GB/s "
+                  "of f16; container equals the CPU's encode of the same view: %s\n",
+                  en.size(), en.front(), f16_bytes / en.front() / 1e6, same ? "yes" : "NO");
+      bad_streams += same ? 0 : 1;
+    }
     return bad_streams == 0 ? 0 : 1;
   } catch (const std::exception& ex) {
     std::printf("bench_cuda: %s\n", ex.what());

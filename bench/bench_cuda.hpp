@@ -31,10 +31,14 @@ struct view_timing {
   std::vector<double> end_to_end_ms;  ///< cuda::decode_into from the host container (parse, plan, H2D, kernels), wall
   double memcpy_ms = 0;               ///< best device-to-device cudaMemcpy of the view's f16 bytes
   std::vector<std::vector<std::uint8_t>> k, v;  ///< the decoded f16 view, per layer [heads, tokens, head_dim]
+  std::vector<double> encode_ms;        ///< cuda::encode of the decoded view with `encode_spec`, wall (empty: not run)
+  std::vector<std::uint8_t> encoded;    ///< the last cuda::encode's container
 };
 
 /// Decodes `container` into an f16 device view (Hugging Face layout, one buffer per layer and K/V)
-/// `reps` times: the kernels alone and end to end, and a device memcpy of the view's bytes.
-view_timing time_view_decode(const std::vector<std::uint8_t>& container, int layers, int kv_heads, std::int64_t tokens, int head_dim, int reps);
+/// `reps` times: the kernels alone and end to end, and a device memcpy of the view's bytes; then, when
+/// `encode_spec` is not empty, encodes that view with cuda::encode (min(reps, 3) times).
+view_timing time_view_decode(const std::vector<std::uint8_t>& container, int layers, int kv_heads, std::int64_t tokens, int head_dim, int reps,
+                             const std::string& encode_spec = {});
 
 }  // namespace kvcodec_bench_cuda

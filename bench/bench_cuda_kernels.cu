@@ -9,6 +9,7 @@
 
 #include "bench_cuda.hpp"
 #include "kvcodec/cuda/decode.cuh"
+#include "kvcodec/cuda/encode.cuh"
 #include "kvcodec/cuda/memory.cuh"
 #include "kvcodec/cuda/rans.cuh"
 
@@ -88,7 +89,8 @@ rans_timing time_rans_batch(const rans_batch_builder<std::uint32_t>& b, std::siz
   return r;
 }
 
-view_timing time_view_decode(const std::vector<std::uint8_t>& container, int layers, int kv_heads, std::int64_t tokens, int head_dim, int reps) {
+view_timing time_view_decode(const std::vector<std::uint8_t>& container, int layers, int kv_heads, std::int64_t tokens, int head_dim, int reps,
+                             const std::string& encode_spec) {
   view_timing r;
   const std::size_t per = static_cast<std::size_t>(kv_heads) * static_cast<std::size_t>(tokens) * static_cast<std::size_t>(head_dim) * 2;
   std::vector<cuda::device_buffer<std::uint8_t>> kb, vb;
@@ -114,6 +116,14 @@ view_timing time_view_decode(const std::vector<std::uint8_t>& container, int lay
   }
   for (const auto& b : kb) r.k.push_back(b.download());
   for (const auto& b : vb) r.v.push_back(b.download());
+  if (!encode_spec.empty())
+    for (int i = 0; i < std::min(reps, 3); ++i) {
+      codec c = make_codec(encode_spec);
+      const auto t0 = std::chrono::steady_clock::now();
+      encoded e = cuda::encode(cuda::par, c, const_kv_view(view));
+      r.encode_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      r.encoded = std::move(e.data);
+    }
   {
     const std::size_t n = per * 2 * static_cast<std::size_t>(layers);
     cuda::device_buffer<std::uint8_t> src(n), dst(n);

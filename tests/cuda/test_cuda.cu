@@ -18,6 +18,7 @@
 #include "kvcodec/cpu/drop/keydiff.hpp"
 #include "kvcodec/cpu/drop/knorm.hpp"
 #include "kvcodec/cuda/decode.cuh"
+#include "kvcodec/cuda/encode.cuh"
 #include "kvcodec/cpu/drop/random.hpp"
 #include "kvcodec/cuda/drop/keydiff.cuh"
 #include "kvcodec/cuda/drop/knorm.cuh"
@@ -295,6 +296,33 @@ void test_decode_into() {
   }
 }
 
+/// kvcodec::cuda::encode from device views (f32/f16/bf16, HF and paged) writes the CPU encoder's
+/// container byte for byte: the ggml block formats, fp8, raw.
+void test_encode() {
+  const kv_cache a = test::random_cache(3, 2, 600, 32, dtype::f16);
+  const kv_cache b = test::random_cache(2, 8, 300, 20, dtype::bf16);
+  for (const std::string spec : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "fp8", "fp8:format=e5m2,scale=head", "fp8:scale=token", "raw",
+                                 "raw:dtype=f16", "raw:dtype=bf16", "raw:dtype=f32"})
+    for (const kv_cache* kv : {&a, &b})
+      for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
+        for (bool paged : {false, true}) {
+          const test::host_dest src = test::host_source(*kv, t, paged);
+          device_dest dsrc(kv->shape, kv->shape.tokens, t, paged);
+          for (std::size_t l = 0; l < src.k.size(); ++l) {
+            dsrc.k[l].upload(std::span<const std::byte>(src.k[l]));
+            dsrc.v[l].upload(std::span<const std::byte>(src.v[l]));
+          }
+          kv_extras ex = extras_of(*kv);
+          ex.cache = nullptr;
+          const encode_options opt{.chunk_tokens = kv->shape.head_dim == 32 ? 256 : 128};
+          codec c1 = make_codec(spec), c2 = make_codec(spec);
+          const encoded want = encode(cpu::par, c1, const_kv_view(src.view), opt, ex);
+          const encoded got = kvcodec::cuda::encode(kvcodec::cuda::par, c2, const_kv_view(dsrc.view), opt, ex);
+          expect(got.data == want.data, "encode " + spec + " head_dim " + std::to_string(kv->shape.head_dim) + " " + std::string(dtype_name(t)) +
+                                            (paged ? " paged" : " hf") + ": container differs from the CPU's");
+        }
+}
+
 /// kvcodec::cuda::knorm_select on f16 / bf16 / f32 device keys against the CPU's select_knorm and the host
 /// emulation: equal kept sets (ties and a NaN row included), sizes around a sort tile, two prefixes.
 void test_knorm_select() {
@@ -406,6 +434,7 @@ int main() {
     test_conversions();
     test_rans_batch();
     test_decode_into();
+    test_encode();
     test_knorm_select();
     test_random_select();
     test_streamingllm_select();

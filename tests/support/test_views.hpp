@@ -1,7 +1,7 @@
 // tests/support/test_views.hpp — destination views for decode tests, over per-layer buffers the test
 // owns (host vectors or device buffers): Hugging Face [H, T, D], or a vLLM-style paged pool with a
 // shuffled block table (16-token blocks, three spare blocks), and a view's rows read back in order;
-// host_dest owns host buffers for such a view.
+// host_dest owns host buffers for such a view; host_source fills one with a cache's values.
 #pragma once
 
 #include <cstddef>
@@ -60,5 +60,20 @@ struct host_dest {
   }
   std::vector<std::byte> rows() const { return view_rows(view, [&](int l, bool key) { return view.base(l, key); }); }
 };
+
+/// A cache's values in a test view of dtype t (HF or paged), over host buffers it owns: the input of
+/// encoders that read views.
+inline host_dest host_source(const kv_cache& kv, dtype t, bool paged) {
+  host_dest d(kv.shape, kv.shape.tokens, t, paged);
+  const std::size_t D = static_cast<std::size_t>(kv.shape.head_dim), T = static_cast<std::size_t>(kv.shape.tokens);
+  for (int l = 0; l < kv.shape.layers; ++l)
+    for (int kvi = 0; kvi < 2; ++kvi)
+      for (int h = 0; h < kv.shape.kv_heads; ++h)
+        for (std::size_t tok = 0; tok < T; ++tok) {
+          const float* x = (kvi == 0 ? kv.keys : kv.values)[static_cast<std::size_t>(l)].data() + (static_cast<std::size_t>(h) * T + tok) * D;
+          store_row(x, D, t, d.view.s_dim, d.view.row(l, kvi == 0, h, static_cast<std::int64_t>(tok)));
+        }
+  return d;
+}
 
 }  // namespace kvcodec::test

@@ -37,10 +37,7 @@ struct drop_source {
 
 /// Channel c of key row (l, h, t) as f32 (f16/bf16 widened exactly).
 KVCODEC_HD inline float drop_load(const drop_source& s, int l, std::int64_t h, std::int64_t t, std::int64_t c) noexcept {
-  const std::int64_t off = kv_row_offset(s.layout, h, t) + c * s.layout.s_dim;
-  if (s.dtype_code == 0) return static_cast<const float*>(s.k[l])[off];
-  const std::uint16_t bits = static_cast<const std::uint16_t*>(s.k[l])[off];
-  return s.dtype_code == 2 ? bf16_bits_to_f32(bits) : f16_bits_to_f32(bits);
+  return kv_load(s.k[l], s.layout, s.dtype_code, h, t, c);
 }
 
 /// Largest head_dim the GPU scorers handle (a row is widened into registers/local memory).

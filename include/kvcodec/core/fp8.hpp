@@ -2,7 +2,8 @@
 // helpers of core/scalar/fp8.hpp, and bulk kernels (finite_amax of core/floats.hpp, encode_fp8,
 // decode_fp8, decode_fp8_f16) that run the AVX2 code of core/x86/fp8.hpp when core/simd.hpp allows;
 // their output equals the per-value scalar references (detail::*_ref) bit for bit. fp8_batch_op is the
-// batch decoders' element step (cuda/fp8.cuh and its host emulation, pipeline/batch.hpp).
+// batch decoders' element step, fp8_amax_op and fp8_code_op the batch encoders' two (cuda/fp8.cuh and
+// the host emulations of pipeline/batch.hpp).
 #pragma once
 
 #include <cstddef>
@@ -82,7 +83,8 @@ struct fp8_batch_block {
   std::uint32_t kind = 0;        ///< fp8_kind
   std::uint32_t scale_mode = 0;  ///< 0 tensor, 1 head, 2 token
   float tensor_scale = 0.0f;
-  std::int64_t t_first = 0;      ///< destination token of a head's row 0
+  std::uint64_t row_first = 0;   ///< encoders: the block's first row in their per-row arrays
+  std::int64_t t_first = 0;      ///< destination (encoders: source) token of a head's row 0
   std::int64_t t_end = 0;        ///< rows landing outside [0, t_end) are skipped
 };
 
@@ -102,6 +104,43 @@ struct fp8_batch_op {
                                       : bit_cast_hd<float>(kvcodec::detail::load_le32(bytes + b.scales + 4 * (b.scale_mode == 1 ? h : r)));
     kv_batch_put(d, b.key != 0, b.layer, static_cast<std::int64_t>(h), t, static_cast<std::int64_t>(i % D),
                  fp8_to_f32(static_cast<fp8_kind>(b.kind), bytes[b.codes + i]) * s);
+    return true;
+  }
+};
+
+/// First step of the fp8 batch encoders: item r of block b (a row: heads x tokens, a head's rows in
+/// token order) writes the finite max-abs of its source row to amax[b.row_first + r]; the scales
+/// (fp8_scale of the max over a tensor, a head or the row, as cpu/fp8.hpp takes it) follow from them.
+struct fp8_amax_op {
+  kv_batch_src s;
+  float* amax = nullptr;
+  KVCODEC_HD std::uint64_t count(const fp8_batch_block& b) const noexcept { return static_cast<std::uint64_t>(b.heads) * b.tokens; }
+  KVCODEC_HD bool operator()(const fp8_batch_block& b, std::uint64_t r) const noexcept {
+    const std::int64_t h = static_cast<std::int64_t>(r / b.tokens), t = b.t_first + static_cast<std::int64_t>(r % b.tokens);
+    float a = 0.0f;
+    for (std::int64_t c = 0; c < s.head_dim; ++c) {
+      const float x = kv_batch_get(s, b.key != 0, b.layer, h, t, c);
+      const float m = kvcodec::detail::finite_amax_ref(&x, 1, 1);
+      a = m > a ? m : a;
+    }
+    amax[b.row_first + r] = a;
+    return true;
+  }
+};
+
+/// Second step of the fp8 batch encoders: value i of block b is coded as f32_to_fp8(x / scale) with its
+/// row's scale (scale[b.row_first + row]), the CPU's encode_fp8, into out[b.codes + i].
+struct fp8_code_op {
+  kv_batch_src s;
+  const float* scale = nullptr;
+  std::uint8_t* out = nullptr;
+  KVCODEC_HD std::uint64_t count(const fp8_batch_block& b) const noexcept {
+    return static_cast<std::uint64_t>(b.heads) * b.tokens * static_cast<std::uint64_t>(s.head_dim);
+  }
+  KVCODEC_HD bool operator()(const fp8_batch_block& b, std::uint64_t i) const noexcept {
+    const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), r = i / D;
+    const std::int64_t h = static_cast<std::int64_t>(r / b.tokens), t = b.t_first + static_cast<std::int64_t>(r % b.tokens);
+    out[b.codes + i] = f32_to_fp8(static_cast<fp8_kind>(b.kind), kv_batch_get(s, b.key != 0, b.layer, h, t, static_cast<std::int64_t>(i % D)) / scale[b.row_first + r]);
     return true;
   }
 };

@@ -4,9 +4,10 @@
 //
 // Row functions (quantize_row, dequantize_row, dequantize_row_f16) run the AVX2 kernels of
 // core/x86/ggml_blocks.hpp when core/simd.hpp allows and the scalar row loops otherwise; both write
-// exactly the bytes / values of the per-block scalar functions (the reference). ggml_batch_op is the
-// batch decoders' element step (cuda/ggml.cuh and its host emulation, pipeline/batch.hpp): one ggml
-// block of a container's K/V block decoded by the per-block function into a view.
+// exactly the bytes / values of the per-block scalar functions (the reference). ggml_batch_op and
+// ggml_encode_op are the batch decoders' and encoders' element steps (cuda/ggml.cuh and the host
+// emulations of pipeline/batch.hpp): one ggml block of a container's K/V block, decoded into a view
+// or quantized from one by the per-block functions.
 #pragma once
 
 #include <cstddef>
@@ -95,6 +96,27 @@ struct ggml_batch_op {
       const std::uint64_t v = j * ggml::qk + k;
       kv_batch_put(d, b.key != 0, b.layer, static_cast<std::int64_t>(v / D), t, static_cast<std::int64_t>(v % D), y[k]);
     }
+    return true;
+  }
+};
+
+/// Element step of the ggml batch encoders: item i of block b is its ggml block i, quantized by
+/// ggml::quantize_block (the CPU stage's bytes) from the source's values into out + b.first + ...;
+/// b.t_first is the source token of row 0 (b.t_end unused).
+struct ggml_encode_op {
+  kv_batch_src s;
+  std::uint8_t* out = nullptr;
+  KVCODEC_HD std::uint64_t count(const ggml_batch_block& b) const noexcept { return static_cast<std::uint64_t>(b.tokens) * (b.width / ggml::qk); }
+  KVCODEC_HD bool operator()(const ggml_batch_block& b, std::uint64_t i) const noexcept {
+    const std::uint64_t per = b.width / ggml::qk, r = i / per, j = i % per, D = static_cast<std::uint64_t>(s.head_dim);
+    const std::int64_t t = b.t_first + static_cast<std::int64_t>(r);
+    float x[ggml::qk];
+    for (std::uint64_t k = 0; k < ggml::qk; ++k) {
+      const std::uint64_t v = j * ggml::qk + k;
+      x[k] = kv_batch_get(s, b.key != 0, b.layer, static_cast<std::int64_t>(v / D), t, static_cast<std::int64_t>(v % D));
+    }
+    const auto type = static_cast<ggml::block_type>(b.type);
+    ggml::quantize_block(type, x, out + b.first + (r * per + j) * ggml::block_bytes(type));
     return true;
   }
 };

@@ -1,7 +1,8 @@
 // kvcodec/core/kv_address.hpp — where row (head h, token t) of one layer's K or V lives in a strided or
 // paged (vLLM-style) layout: the address math of tensor/kv_view.hpp as a host/device function over a
 // flat, trivially copyable descriptor, so CPU code and GPU kernels address a view the same way; and
-// kv_batch_dest / kv_batch_put, where the batch decoders (pipeline/batch.hpp, cuda/) store one value.
+// kv_batch_dest / kv_batch_put, where the batch decoders (pipeline/batch.hpp, cuda/) store one value,
+// and kv_batch_src / kv_load, where the batch encoders read one.
 //   strided: h*s_head + t*s_token                 (element offsets from the layer's base)
 //   paged:   block_table[t / block_size]*s_block + (t % block_size)*s_token + h*s_head
 #pragma once
@@ -24,6 +25,28 @@ struct kv_layout_desc {
 KVCODEC_HD inline std::int64_t kv_row_offset(const kv_layout_desc& L, std::int64_t h, std::int64_t t) noexcept {
   if (L.block_size > 0) return static_cast<std::int64_t>(L.block_table[t / L.block_size]) * L.s_block + (t % L.block_size) * L.s_token + h * L.s_head;
   return h * L.s_head + t * L.s_token;
+}
+
+/// Channel ch of row (h, t) of a layer based at `base` (dtype code 0 f32, 1 f16, 2 bf16) as f32 (f16
+/// and bf16 widen exactly, as the CPU encoder's blocks do).
+KVCODEC_HD inline float kv_load(const void* base, const kv_layout_desc& L, std::uint32_t dtype_code, std::int64_t h, std::int64_t t, std::int64_t ch) noexcept {
+  const std::int64_t off = kv_row_offset(L, h, t) + ch * L.s_dim;
+  if (dtype_code == 0) return static_cast<const float*>(base)[off];
+  const std::uint16_t bits = static_cast<const std::uint16_t*>(base)[off];
+  return dtype_code == 2 ? bf16_bits_to_f32(bits) : f16_bits_to_f32(bits);
+}
+
+/// What a batch encoder reads: per-layer K and V bases and the layout of one sequence.
+struct kv_batch_src {
+  const void* const* k = nullptr;  ///< per layer (in the reader's memory space)
+  const void* const* v = nullptr;
+  kv_layout_desc layout;
+  std::int32_t head_dim = 0;
+  std::uint32_t dtype_code = 1;  ///< 0 f32, 1 f16, 2 bf16
+};
+
+KVCODEC_HD inline float kv_batch_get(const kv_batch_src& s, bool key, std::int32_t layer, std::int64_t h, std::int64_t t, std::int64_t ch) noexcept {
+  return kv_load((key ? s.k : s.v)[layer], s.layout, s.dtype_code, h, t, ch);
 }
 
 /// Where a batch decoder writes: per-layer K and V bases and the layout of one sequence.

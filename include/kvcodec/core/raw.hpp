@@ -1,5 +1,6 @@
-// kvcodec/core/raw.hpp — the `raw` stage's element step for the batch decoders (cuda/raw.cuh and its
-// host emulation, pipeline/batch.hpp): a stored f32/f16/bf16 value into a view. The stage: cpu/raw.hpp.
+// kvcodec/core/raw.hpp — the `raw` stage's element steps for the batch decoders and encoders
+// (cuda/raw.cuh and the host emulations of pipeline/batch.hpp): a stored f32/f16/bf16 value into a
+// view, and a view's value into the stored dtype. The stage: cpu/raw.hpp.
 #pragma once
 
 #include <cstdint>
@@ -55,6 +56,27 @@ struct raw_batch_op {
     } else {
       kv_batch_put(d, b.key != 0, b.layer, h, t, ch, b.stored == 2 ? bf16_bits_to_f32(bits) : f16_bits_to_f32(bits));
     }
+    return true;
+  }
+};
+
+/// Element step of the raw batch encoders: value i of block b (b.first: where its bytes go in `out`,
+/// b.t_first: the source token of a head's row 0) in the stored dtype, little-endian, rounded to
+/// nearest even as the CPU's encode_floats.
+struct raw_encode_op {
+  kv_batch_src s;
+  std::uint8_t* out = nullptr;
+  KVCODEC_HD std::uint64_t count(const raw_batch_block& b) const noexcept {
+    return static_cast<std::uint64_t>(b.heads) * b.tokens * static_cast<std::uint64_t>(s.head_dim);
+  }
+  KVCODEC_HD bool operator()(const raw_batch_block& b, std::uint64_t i) const noexcept {
+    const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), r = i / D;
+    const std::int64_t h = static_cast<std::int64_t>(r / b.tokens), t = b.t_first + static_cast<std::int64_t>(r % b.tokens);
+    const float x = kv_batch_get(s, b.key != 0, b.layer, h, t, static_cast<std::int64_t>(i % D));
+    if (b.stored == 0)
+      kvcodec::detail::store_le32(out + b.first + 4 * i, bit_cast_hd<std::uint32_t>(x));
+    else
+      kvcodec::detail::store_le16(out + b.first + 2 * i, b.stored == 2 ? f32_to_bf16_bits(x) : f32_to_f16_bits(x));
     return true;
   }
 };

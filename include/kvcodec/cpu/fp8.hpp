@@ -42,6 +42,12 @@ class fp8_quant final : public stage_impl<quant::fp8, quant_stage> {
       float& a = amax[2 * static_cast<std::size_t>(b.layer) + (b.key ? 0u : 1u)];
       a = std::max(a, finite_amax(b.data.data(), b.data.size()));
     }
+    return fit_amax(amax);
+  }
+
+  /// scale=tensor's fit from the finite max-abs of each (layer, K/V) tensor (2 per layer, K first), as
+  /// an encoder that scans the cache itself (the CUDA backend) finds them; returns the stage state.
+  bytes fit_amax(const std::vector<float>& amax) {
     scales_.resize(amax.size());
     for (std::size_t i = 0; i < amax.size(); ++i) scales_[i] = fp8_scale(amax[i], kind_);
     bytes st(scales_.size() * 4);

@@ -201,6 +201,49 @@ inline void put_masks(const block& kb, bytes& out) {
 
 }  // namespace detail
 
+namespace detail {
+/// The shape an encoder stores for view `kv` with extras `ex` (q_heads from them), after checking the
+/// extras' ids, positions and kept sets against it.
+inline kv_shape checked_shape(const const_kv_view& kv, const kv_extras& ex) {
+  kv_shape s = kv.shape();
+  s.q_heads = ex.cache ? ex.cache->shape.q_heads : ex.q_heads;
+  kv_cache check;  // validates the side fields and kept sets against the shape
+  check.shape = s;
+  check.tokens = ex.tokens;
+  check.positions = ex.positions;
+  check.kept = ex.kept;
+  if (!ex.tokens.empty() && ex.tokens.size() != static_cast<std::size_t>(s.tokens))
+    throw_bad_input("encode input", "tokens", std::to_string(s.tokens) + " ids", std::to_string(ex.tokens.size()));
+  if (!ex.positions.empty() && ex.positions.size() != static_cast<std::size_t>(s.tokens))
+    throw_bad_input("encode input", "positions", std::to_string(s.tokens) + " positions", std::to_string(ex.positions.size()));
+  check.validate_kept("encode input");
+  return s;
+}
+
+/// The header fields every encoder writes the same way (the states are added by the caller).
+inline void fill_header(kvc_header& h, const codec& c, const cache_info& info, const kv_extras& ex, const encode_options& opt, bool sparse) {
+  h.codec = c.spec();
+  h.shape = info.shape;
+  h.source_dtype = info.source_dtype;
+  h.metadata = ex.metadata;
+  h.layout = opt.layout;
+  h.sparse = sparse;
+  h.chunk_tokens = opt.chunk_tokens;
+  h.tokens = ex.tokens;
+  h.positions = ex.positions;
+}
+/// Closes the container and completes the report's sizes.
+inline void finish_report(encode_report& rep, kvc_writer& w, const std::vector<bytes>& states, const kv_shape& s, std::size_t nseg) {
+  rep.container_bytes = static_cast<std::size_t>(w.finish());
+  rep.spec = w.header().codec;
+  for (const auto& st : states) rep.state_bytes += st.size();
+  rep.codec_bytes += rep.state_bytes;
+  rep.kv_elements = s.kv_elements();
+  rep.bits_per_element = static_cast<double>(rep.codec_bytes) * 8.0 / static_cast<double>(rep.kv_elements);
+  rep.segments = nseg;
+}
+}  // namespace detail
+
 /// Encodes the cache a view describes with codec `c` (fitted to this cache: use a fresh codec per
 /// cache) and streams the container into `sink`. Returns the report (sizes, bits per element).
 template <cpu::cpu_policy P>
@@ -210,20 +253,7 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
   if (kv.space != memory_space::host) throw_usage("encode: the CPU backend reads host memory; this view is in device memory (use the CUDA backend)");
   if (kv.tokens <= 0) throw_bad_input("encode input", "tokens", "> 0", std::to_string(kv.tokens));
   if (opt.chunk_tokens < 1) throw_usage("encode: chunk_tokens must be >= 1, found " + std::to_string(opt.chunk_tokens));
-  kv_shape s = kv.shape();
-  s.q_heads = ex.cache ? ex.cache->shape.q_heads : ex.q_heads;
-  {
-    kv_cache check;  // validates the side fields and kept sets against the shape
-    check.shape = s;
-    check.tokens = ex.tokens;
-    check.positions = ex.positions;
-    check.kept = ex.kept;
-    if (!ex.tokens.empty() && ex.tokens.size() != static_cast<std::size_t>(s.tokens))
-      throw_bad_input("encode input", "tokens", std::to_string(s.tokens) + " ids", std::to_string(ex.tokens.size()));
-    if (!ex.positions.empty() && ex.positions.size() != static_cast<std::size_t>(s.tokens))
-      throw_bad_input("encode input", "positions", std::to_string(s.tokens) + " positions", std::to_string(ex.positions.size()));
-    check.validate_kept("encode input");
-  }
+  const kv_shape s = detail::checked_shape(kv, ex);
   const std::int64_t chunks = (s.tokens + opt.chunk_tokens - 1) / opt.chunk_tokens;
   const std::size_t L = static_cast<std::size_t>(s.layers);
   const std::size_t nseg = static_cast<std::size_t>(chunks) * L;
@@ -353,15 +383,7 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
   released = 0;  // the coding pass reads the view again (unless every symbol is kept)
 
   // 3. Header, then segments a window at a time, written in order as they are ready.
-  h.codec = c.spec();
-  h.shape = s;
-  h.source_dtype = info.source_dtype;
-  h.metadata = ex.metadata;
-  h.layout = opt.layout;
-  h.sparse = sparse;
-  h.chunk_tokens = opt.chunk_tokens;
-  h.tokens = ex.tokens;
-  h.positions = ex.positions;
+  detail::fill_header(h, c, info, ex, opt, sparse);
   kvc_writer w(sink, std::move(h), states);
   encode_report rep;
   detail::progress_counter prog{&opt.progress, nseg};
@@ -409,13 +431,71 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
     }
     if (syms.empty()) release_upto(w0 + n);
   }
-  rep.container_bytes = static_cast<std::size_t>(w.finish());
-  rep.spec = w.header().codec;
-  for (const auto& st : states) rep.state_bytes += st.size();
-  rep.codec_bytes += rep.state_bytes;
-  rep.kv_elements = s.kv_elements();
-  rep.bits_per_element = static_cast<double>(rep.codec_bytes) * 8.0 / static_cast<double>(rep.kv_elements);
-  rep.segments = nseg;
+  detail::finish_report(rep, w, states, s, nseg);
+  return rep;
+}
+
+/// Writes a dense container whose blocks' symbols another encoder made (the CUDA backend quantizes
+/// on the GPU): `quant_state` is the quantizer's fitted state (empty when it has none), and
+/// symbols_of(i, sy) fills the symbols of block i (segment i / 2 in chunk-major order, (chunk, layer)
+/// = (i / 2 / layers, i / 2 % layers); K when i is even). The entropy stage codes them here; for the
+/// same symbols the container is encode_to's, byte for byte. Codecs with drop stages or transforms,
+/// and entropy stages that fit on the symbols (rans:tables=shared), are a usage error.
+template <cpu::cpu_policy P, class F>
+encode_report encode_symbols_to(const P& policy, codec& c, const cache_info& info, const bytes& quant_state, byte_sink& sink, const encode_options& opt,
+                                const kv_extras& ex, F&& symbols_of) {
+  if (!c.drops().empty() || !c.transforms.empty())
+    throw_usage("encode: codec '" + c.spec() + "' has drop or transform stages, which this encoder does not run");
+  if (c.entropy->fit_uses_symbols()) throw_usage("encode: entropy stage '" + c.entropy->spec().name + "' fits on the symbols, which this encoder does not");
+  if (opt.chunk_tokens < 1) throw_usage("encode: chunk_tokens must be >= 1, found " + std::to_string(opt.chunk_tokens));
+  const kv_shape& s = info.shape;
+  if (s.tokens <= 0) throw_bad_input("encode input", "tokens", "> 0", std::to_string(s.tokens));
+  const std::size_t L = static_cast<std::size_t>(s.layers);
+  const std::size_t nseg = static_cast<std::size_t>((s.tokens + opt.chunk_tokens - 1) / opt.chunk_tokens) * L;
+  kvc_header h;
+  std::vector<bytes> states;
+  if (!quant_state.empty()) {
+    h.states.push_back(state_entry{0, 0, 0, 0});
+    states.push_back(quant_state);
+  }
+  if (bytes st = c.entropy->fit({}, info); !st.empty()) {
+    h.states.push_back(state_entry{1, 0, 0, 0});
+    states.push_back(std::move(st));
+  }
+  detail::fill_header(h, c, info, ex, opt, false);
+  kvc_writer w(sink, std::move(h), states);
+  encode_report rep;
+  detail::progress_counter prog{&opt.progress, nseg};
+  const std::size_t window = static_cast<std::size_t>(std::max(4, 4 * policy.threads()));
+  std::vector<bytes> seg_bytes(std::min(window, nseg));
+  std::vector<coder_stats> seg_stats(seg_bytes.size());
+  for (std::size_t w0 = 0; w0 < nseg; w0 += window) {
+    const std::size_t n = std::min(window, nseg - w0);
+    cpu::parallel_for(policy, n, [&](std::size_t k) {
+      const std::size_t seg = w0 + k;
+      const std::int64_t t0 = static_cast<std::int64_t>(seg / L) * opt.chunk_tokens;
+      bytes& out = seg_bytes[k];
+      out.clear();
+      seg_stats[k] = {};
+      byte_writer bw(out);
+      for (int kvi = 0; kvi < 2; ++kvi) {
+        const block b = detail::block_skeleton(s, static_cast<int>(seg % L), kvi == 0, t0, std::min(s.tokens, t0 + opt.chunk_tokens), nullptr);
+        symbols sy;
+        symbols_of(2 * seg + static_cast<std::size_t>(kvi), sy);
+        bytes stream;
+        c.entropy->encode(sy, b, stream, seg_stats[k]);
+        bw.put_blob(stream);
+      }
+      prog.tick();
+    });
+    for (std::size_t k = 0; k < n; ++k) {
+      const std::int64_t t0 = static_cast<std::int64_t>((w0 + k) / L) * opt.chunk_tokens;
+      w.add_segment(static_cast<std::int32_t>((w0 + k) % L), t0, std::min(s.tokens, t0 + opt.chunk_tokens), seg_bytes[k]);
+      rep.codec_bytes += seg_bytes[k].size();
+      rep.stats += seg_stats[k];
+    }
+  }
+  detail::finish_report(rep, w, states, s, nseg);
   return rep;
 }
 

@@ -1,0 +1,85 @@
+// kvcodec/cuda/encode.cuh — encode a cache that lives in GPU memory: the CUDA backend's encode, the same
+// container and the same bytes as the CPU's (pipeline/encode.hpp).
+//
+//   kvcodec::encoded e = kvcodec::cuda::encode(kvcodec::cuda::par.on(stream), codec, device_view);
+//
+// The quantizer runs on the GPU, block-parallel over (layer, K/V, chunk), reading the engine's view in
+// place (strided or paged with a device block table; f32, f16 or bf16): pipeline/batch_encode.hpp
+// drives the element steps of core/ through device_batch_executor, the bytes come back to the host,
+// and the host codes and writes the container. Scope today: dense caches coded by the llama.cpp block
+// formats (q8_0 .. iq4_nl), fp8 and raw with `pack`; other codecs are a usage error naming the scope
+// (encode them on the CPU). Synchronous with respect to p.stream.
+// This header includes the CPU pipeline (host code): include it from .cu files that encode containers.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <span>
+#include <vector>
+
+#include "kvcodec/cuda/batch.cuh"
+#include "kvcodec/cuda/memory.cuh"
+#include "kvcodec/cuda/policy.cuh"
+#include "kvcodec/pipeline/batch_encode.hpp"
+
+namespace kvcodec::cuda {
+
+/// pipeline/batch_encode.hpp's executor on a GPU: memory is device memory, run() launches
+/// cuda/batch.cuh's kernel on p.stream and waits for it.
+class device_batch_executor {
+ public:
+  explicit device_batch_executor(const par_t& p) : p_(p) {}
+  kv_batch_src src(const const_kv_view& kv) {
+    if (kv.space != memory_space::device) throw_usage("cuda::encode: the view is in host memory; use kvcodec::encode");
+    auto& k = ptrs_.emplace_back(std::span<const void* const>(reinterpret_cast<const void* const*>(kv.k.data()), kv.k.size()));
+    auto& v = ptrs_.emplace_back(std::span<const void* const>(reinterpret_cast<const void* const*>(kv.v.data()), kv.v.size()));
+    kv_layout_desc layout = kv.layout();
+    if (kv.paged()) layout.block_table = tables_.emplace_back(std::span<const std::int32_t>(kv.block_table)).data();
+    return kv_batch_src{k.data(), v.data(), layout, kv.head_dim, static_cast<std::uint32_t>(kv.dt)};
+  }
+  std::uint8_t* bytes(std::size_t n) {
+    std::uint8_t* d = mem_.emplace_back(n).data();
+    if (n) check(cudaMemsetAsync(d, 0, n, p_.stream), "cudaMemsetAsync");
+    return d;
+  }
+  float* floats(std::size_t n) { return reinterpret_cast<float*>(bytes(n * sizeof(float))); }
+  template <class Block, class Op>
+  void run(const std::vector<Block>& blocks, std::uint64_t max_items, const Op& op) {
+    device_buffer<Block> d_blocks{std::span<const Block>(blocks)};
+    device_buffer<std::uint32_t> bad(blocks.size() + 1);
+    run_batch(d_blocks.data(), blocks.size(), max_items, op, bad.data(), p_);
+    check(cudaStreamSynchronize(p_.stream), "cuda::encode");  // no encoding step rejects a value
+  }
+  void get(void* dst, const void* src, std::size_t n) {
+    if (n) check(cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+  }
+  void put(void* dst, const void* src, std::size_t n) {
+    if (n) check(cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+  }
+
+ private:
+  par_t p_;
+  std::deque<device_buffer<const void*>> ptrs_;
+  std::deque<device_buffer<std::int32_t>> tables_;
+  std::deque<device_buffer<std::uint8_t>> mem_;
+};
+
+/// Encodes the dense cache in the device view `kv` with codec `c` (fitted to this cache: use a fresh
+/// codec per cache) into a container streamed to `sink`.
+inline encode_report encode_to(const par_t& p, codec& c, const const_kv_view& kv, byte_sink& sink, const encode_options& opt = {}, const kv_extras& ex = {}) {
+  device_batch_executor x(p);
+  return encode_pack_batch_to(x, kvcodec::cpu::par, c, kv, sink, opt, ex);
+}
+
+/// The same into a container in memory.
+inline encoded encode(const par_t& p, codec& c, const const_kv_view& kv, const encode_options& opt = {}, const kv_extras& ex = {}) {
+  encoded e;
+  memory_sink sink(e.data);
+  e.report = encode_to(p, c, kv, sink, opt, ex);
+  return e;
+}
+
+}  // namespace kvcodec::cuda

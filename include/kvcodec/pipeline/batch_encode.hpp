@@ -1,0 +1,228 @@
+// kvcodec/pipeline/batch_encode.hpp — encode with the quantizer run block-parallel elsewhere: the CUDA
+// backend's encoder (cuda/encode.cuh) and its host emulation (host_batch_executor, what CI runs).
+//
+// Scope: dense caches coded with `pack` by the llama.cpp block formats (q8_0 .. iq4_nl), fp8 (tensor,
+// head or token scales) and raw, without drop stages or transforms. The element steps of core/
+// (ggml_encode_op; fp8_amax_op then fp8_code_op, the scales found in between on the host as
+// cpu/fp8.hpp finds them; raw_encode_op) write every block's bytes into one buffer in the executor's
+// memory; the host copies it back, makes each block's symbols from it and writes the container with
+// encode_symbols_to. The container is the CPU encoder's, byte for byte (tests/pipeline/test_batch_encode.cpp).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kvcodec/core/fp8.hpp"
+#include "kvcodec/core/ggml_blocks.hpp"
+#include "kvcodec/core/raw.hpp"
+#include "kvcodec/cpu/fp8.hpp"
+#include "kvcodec/cpu/pack.hpp"
+#include "kvcodec/cpu/raw.hpp"
+#include "kvcodec/pipeline/batch.hpp"
+#include "kvcodec/pipeline/encode.hpp"
+
+namespace kvcodec {
+
+/// A batch encoder's memory and launches, on the host (the emulation of cuda/encode.cuh's executor):
+///   src(view)            a kv_batch_src over the view (pointer arrays owned by the executor)
+///   bytes(n), floats(n)  n zeroed elements in the executor's memory, owned by it
+///   run(blocks, max, op) op over every item of every block (blocks: a host vector)
+///   get(dst, src, n)     n bytes from the executor's memory to the host; put(dst, src, n) the reverse
+struct host_batch_executor {
+  kv_batch_src src(const const_kv_view& kv) {
+    if (kv.space != memory_space::host) throw_usage("encode: the host batch encoder reads host memory; this view is in device memory");
+    const void* const* k = ptrs_.emplace_back(kv.k.begin(), kv.k.end()).data();
+    const void* const* v = ptrs_.emplace_back(kv.v.begin(), kv.v.end()).data();  // inner buffers stay put
+    return kv_batch_src{k, v, kv.layout(), kv.head_dim, static_cast<std::uint32_t>(kv.dt)};
+  }
+  std::uint8_t* bytes(std::size_t n) { return mem_.emplace_back(n).data(); }
+  float* floats(std::size_t n) { return reinterpret_cast<float*>(fmem_.emplace_back(n).data()); }
+  template <class Block, class Op>
+  void run(const std::vector<Block>& blocks, std::uint64_t, const Op& op) {
+    run_batch_emulated(std::span<const Block>(blocks), op, [](std::size_t) {});
+  }
+  void get(void* dst, const void* src, std::size_t n) { if (n) std::memcpy(dst, src, n); }
+  void put(void* dst, const void* src, std::size_t n) { if (n) std::memcpy(dst, src, n); }
+
+ private:
+  std::vector<std::vector<const void*>> ptrs_;
+  std::vector<std::vector<std::uint8_t>> mem_;
+  std::vector<std::vector<float>> fmem_;
+};
+
+namespace detail {
+/// Block i of a dense cache in the encoders' order: segment i / 2 = (chunk, layer) chunk-major, K when even.
+struct batch_slot {
+  std::int32_t layer = 0;
+  bool key = true;
+  std::int64_t t0 = 0, t1 = 0;
+};
+inline batch_slot batch_slot_of(const kv_shape& s, std::int64_t chunk_tokens, std::size_t i) {
+  const std::size_t seg = i / 2, L = static_cast<std::size_t>(s.layers);
+  const std::int64_t t0 = static_cast<std::int64_t>(seg / L) * chunk_tokens;
+  return {static_cast<std::int32_t>(seg % L), i % 2 == 0, t0, std::min(s.tokens, t0 + chunk_tokens)};
+}
+}  // namespace detail
+
+/// Encodes the dense cache `kv` (in x's memory) with codec `c` through executor `x` (see the file
+/// comment) and streams the container into `sink`. Usage error for codecs outside the scope.
+template <class X, cpu::cpu_policy P>
+encode_report encode_pack_batch_to(X& x, const P& policy, codec& c, const const_kv_view& kv, byte_sink& sink, const encode_options& opt = {},
+                                   const kv_extras& ex = {}) {
+  kv.validate("encode input");
+  if (kv.tokens <= 0) throw_bad_input("encode input", "tokens", "> 0", std::to_string(kv.tokens));
+  if (opt.chunk_tokens < 1) throw_usage("encode: chunk_tokens must be >= 1, found " + std::to_string(opt.chunk_tokens));
+  if (kv.dt != dtype::f32 && kv.dt != dtype::f16 && kv.dt != dtype::bf16)
+    throw_usage("encode: the batch encoder reads f32, f16 or bf16 views, not " + std::string(dtype_name(kv.dt)));
+  if (opt.read_rows) throw_usage("encode: the batch encoder reads the view's memory; encode_options::read_rows is for the CPU encoder");
+  if (!ex.kept.empty()) throw_usage("encode: the batch encoder takes dense caches (the input has kept sets)");
+  if (!c.drops().empty() || !c.transforms.empty())
+    throw_usage("encode: codec '" + c.spec() + "': the batch encoder runs no drop stage or transform");
+  if (dynamic_cast<const cpu::pack_entropy*>(c.entropy.get()) == nullptr)
+    throw_usage("encode: codec '" + c.spec() + "': the batch encoder's entropy stage is pack, not '" + c.entropy->spec().name + "'");
+  const kv_shape s = detail::checked_shape(kv, ex);
+  const cache_info info{s, ex.source_dtype.value_or(kv.dt), ex.metadata, {}};
+  const std::string& qn = c.quant->spec().name;
+  const auto gtype = ggml::parse_block_type(qn);
+  auto* fq = dynamic_cast<cpu::fp8_quant*>(c.quant.get());
+  auto* rq = dynamic_cast<cpu::raw_quant*>(c.quant.get());
+  if (!gtype && !fq && !rq)
+    throw_usage("encode: quantizer '" + qn + "' has no batch encoder (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, fp8 and raw have one)");
+  const std::size_t nb = 2 * static_cast<std::size_t>((s.tokens + opt.chunk_tokens - 1) / opt.chunk_tokens) * static_cast<std::size_t>(s.layers);
+  const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), H = static_cast<std::uint64_t>(s.kv_heads);
+  const kv_batch_src src = x.src(kv);
+  std::vector<std::uint64_t> first(nb + 1, 0);  // block i's bytes: [first[i], first[i + 1]) of `out`
+  std::vector<std::uint8_t> out;
+  bytes state;
+  std::vector<std::vector<float>> side_scales(nb);  // fp8 head/token scales per block
+  if (gtype || rq) {
+    state = c.quant->fit({}, info);  // ggml: checks kv_heads*head_dim; raw: resolves the stored dtype
+    std::uint64_t max_items = 0;
+    if (gtype) {
+      std::vector<ggml_batch_block> blocks(nb);
+      const std::uint64_t rb = ggml::row_bytes(*gtype, H * D);
+      for (std::size_t i = 0; i < nb; ++i) {
+        const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
+        auto& g = blocks[i];
+        g.first = first[i];
+        g.tokens = static_cast<std::uint32_t>(sl.t1 - sl.t0);
+        g.width = static_cast<std::uint32_t>(H * D);
+        g.layer = sl.layer;
+        g.key = sl.key ? 1u : 0u;
+        g.type = static_cast<std::uint32_t>(*gtype);
+        g.t_first = sl.t0;
+        first[i + 1] = first[i] + g.tokens * rb;
+        max_items = std::max<std::uint64_t>(max_items, g.tokens * (H * D / ggml::qk));
+      }
+      std::uint8_t* buf = x.bytes(static_cast<std::size_t>(first[nb]));
+      x.run(blocks, max_items, ggml_encode_op{src, buf});
+      out.resize(static_cast<std::size_t>(first[nb]));
+      x.get(out.data(), buf, out.size());
+    } else {
+      std::vector<raw_batch_block> blocks(nb);
+      const std::uint64_t es = dtype_size(rq->stored());
+      for (std::size_t i = 0; i < nb; ++i) {
+        const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
+        auto& g = blocks[i];
+        g.first = first[i];
+        g.tokens = static_cast<std::uint32_t>(sl.t1 - sl.t0);
+        g.heads = static_cast<std::uint32_t>(H);
+        g.layer = sl.layer;
+        g.key = sl.key ? 1u : 0u;
+        g.stored = static_cast<std::uint32_t>(rq->stored());
+        g.t_first = sl.t0;
+        first[i + 1] = first[i] + H * g.tokens * D * es;
+        max_items = std::max<std::uint64_t>(max_items, H * g.tokens * D);
+      }
+      std::uint8_t* buf = x.bytes(static_cast<std::size_t>(first[nb]));
+      x.run(blocks, max_items, raw_encode_op{src, buf});
+      out.resize(static_cast<std::size_t>(first[nb]));
+      x.get(out.data(), buf, out.size());
+    }
+  } else {
+    std::vector<fp8_batch_block> blocks(nb);
+    std::uint64_t rows = 0, max_rows = 0;
+    for (std::size_t i = 0; i < nb; ++i) {
+      const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
+      auto& g = blocks[i];
+      g.tokens = static_cast<std::uint32_t>(sl.t1 - sl.t0);
+      g.heads = static_cast<std::uint32_t>(H);
+      g.layer = sl.layer;
+      g.key = sl.key ? 1u : 0u;
+      g.kind = static_cast<std::uint32_t>(fq->format_kind());
+      g.t_first = sl.t0;
+      g.row_first = rows;
+      g.codes = first[i];
+      rows += H * g.tokens;
+      first[i + 1] = first[i] + H * g.tokens * D;
+      max_rows = std::max<std::uint64_t>(max_rows, H * g.tokens);
+    }
+    float* amax_d = x.floats(static_cast<std::size_t>(rows));
+    x.run(blocks, max_rows, fp8_amax_op{src, amax_d});
+    std::vector<float> amax(static_cast<std::size_t>(rows)), scale(amax.size());
+    x.get(amax.data(), amax_d, amax.size() * sizeof(float));
+    const std::string& mode = fq->scale_mode();
+    const fp8_kind kind = fq->format_kind();
+    if (mode == "tensor") {
+      std::vector<float> tensor(2 * static_cast<std::size_t>(s.layers), 0.0f);
+      for (const auto& g : blocks) {
+        float& a = tensor[2 * static_cast<std::size_t>(g.layer) + (g.key ? 0u : 1u)];
+        for (std::uint64_t r = 0; r < H * g.tokens; ++r) a = std::max(a, amax[static_cast<std::size_t>(g.row_first + r)]);
+      }
+      state = fq->fit_amax(tensor);
+      for (const auto& g : blocks)
+        std::fill_n(scale.begin() + static_cast<std::ptrdiff_t>(g.row_first), H * g.tokens, fq->tensor_scale(g.layer, g.key != 0));
+    } else {
+      for (std::size_t i = 0; i < nb; ++i) {
+        const auto& g = blocks[i];
+        for (std::uint64_t h = 0; h < H; ++h) {
+          const std::size_t r0 = static_cast<std::size_t>(g.row_first + h * g.tokens);
+          if (mode == "head") {
+            const float a = *std::max_element(amax.begin() + static_cast<std::ptrdiff_t>(r0), amax.begin() + static_cast<std::ptrdiff_t>(r0 + g.tokens));
+            std::fill_n(scale.begin() + static_cast<std::ptrdiff_t>(r0), g.tokens, fp8_scale(a, kind));
+            side_scales[i].push_back(scale[r0]);
+          } else {
+            for (std::size_t r = r0; r < r0 + g.tokens; ++r) side_scales[i].push_back(scale[r] = fp8_scale(amax[r], kind));
+          }
+        }
+      }
+    }
+    float* scale_d = x.floats(scale.size());
+    x.put(scale_d, scale.data(), scale.size() * sizeof(float));
+    std::uint8_t* buf = x.bytes(static_cast<std::size_t>(first[nb]));
+    x.run(blocks, max_rows * D, fp8_code_op{src, scale_d, buf});
+    out.resize(static_cast<std::size_t>(first[nb]));
+    x.get(out.data(), buf, out.size());
+  }
+  return encode_symbols_to(policy, c, info, state, sink, opt, ex, [&](std::size_t i, symbols& sy) {
+    const std::uint8_t* p = out.data() + first[i];
+    const std::size_t n = static_cast<std::size_t>(first[i + 1] - first[i]);
+    sy.planes.clear();
+    if (!fq) {
+      sy.side.assign(p, p + n);
+      return;
+    }
+    symbol_plane& pl = sy.planes.emplace_back();
+    pl.alphabet = 256;
+    pl.cols = static_cast<std::uint32_t>(D);
+    pl.rows = static_cast<std::uint32_t>(n / D);
+    pl.sym.assign(p, p + n);
+    sy.side.resize(side_scales[i].size() * 4);
+    encode_floats(side_scales[i].data(), side_scales[i].size(), dtype::f32, sy.side.data());
+  });
+}
+
+/// The same into a container in memory.
+template <class X, cpu::cpu_policy P>
+encoded encode_pack_batch(X& x, const P& policy, codec& c, const const_kv_view& kv, const encode_options& opt = {}, const kv_extras& ex = {}) {
+  encoded e;
+  memory_sink sink(e.data);
+  e.report = encode_pack_batch_to(x, policy, c, kv, sink, opt, ex);
+  return e;
+}
+
+}  // namespace kvcodec

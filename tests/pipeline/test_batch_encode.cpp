@@ -1,0 +1,81 @@
+// Tests of kvcodec/pipeline/batch_encode.hpp: the batch encoder (the CUDA encoder's element steps, run
+// by the host executor) writes the CPU encoder's container byte for byte, for the llama.cpp block
+// formats, fp8 and raw, from f32 / f16 / bf16 views in HF and paged layouts; codecs and inputs
+// outside its scope are usage errors.
+#include <doctest/doctest.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kvcodec/kvcodec.hpp"
+#include "kvcodec/pipeline/batch_encode.hpp"
+#include "../support/random_cache.hpp"
+#include "../support/test_views.hpp"
+
+namespace kvcodec_test_pipeline_batch_encode {
+
+using namespace kvcodec;
+
+namespace {
+
+kv_extras extras(const kv_cache& kv) {
+  kv_extras ex = extras_of(kv);
+  ex.cache = nullptr;
+  return ex;
+}
+
+}  // namespace
+
+TEST_CASE("batch encode (emulated) writes the CPU encoder's container: ggml block formats - fp8 - raw - f32 f16 bf16 views - HF and paged") {
+  // head_dim 32 (ggml blocks within a head) and 8 heads x head_dim 20 (blocks span heads); 600 and
+  // 300 tokens with chunks of 256 and 128 (a short last chunk)
+  const kv_cache a = test::random_cache(3, 2, 600, 32, dtype::f16);
+  const kv_cache b = test::random_cache(2, 8, 300, 20, dtype::bf16);
+  for (const std::string spec : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "fp8", "fp8:format=e5m2,scale=head", "fp8:scale=token", "raw",
+                                 "raw:dtype=f16", "raw:dtype=bf16", "raw:dtype=f32"})
+    for (const kv_cache* kv : {&a, &b})
+      for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
+        for (bool paged : {false, true}) {
+          INFO(spec << " head_dim " << kv->shape.head_dim << " " << dtype_name(t) << (paged ? " paged" : " hf"));
+          const test::host_dest src = test::host_source(*kv, t, paged);
+          const encode_options opt{.chunk_tokens = kv->shape.head_dim == 32 ? 256 : 128};
+          codec c1 = make_codec(spec), c2 = make_codec(spec);
+          const encoded want = encode(cpu::par, c1, const_kv_view(src.view), opt, extras(*kv));
+          host_batch_executor x;
+          const encoded got = encode_pack_batch(x, cpu::par(2), c2, const_kv_view(src.view), opt, extras(*kv));
+          CHECK(got.data == want.data);
+          CHECK(got.report.bits_per_element == want.report.bits_per_element);
+        }
+}
+
+TEST_CASE("batch encode: codecs and inputs outside its scope are usage errors") {
+  const kv_cache kv = test::random_cache(2, 2, 300, 32, dtype::f16);
+  const test::host_dest src = test::host_source(kv, dtype::f16, false);
+  const auto kind = [&](const std::string& spec, const kv_extras& ex, const const_kv_view& v) {
+    codec c = make_codec(spec);
+    host_batch_executor x;
+    try {
+      (void)encode_pack_batch(x, cpu::par, c, v, {}, ex);
+    } catch (const error& e) {
+      return e.kind();
+    }
+    return error_kind::io;  // no error
+  };
+  for (const std::string spec : {"kvc:level=5", "kivi:bits=4|pack", "q8_0|zstd", "hadamard|q8_0", "knorm:keep=0.5|q8_0"}) {
+    INFO(spec);
+    CHECK(kind(spec, extras(kv), src.view) == error_kind::usage);
+  }
+  kv_extras dropped = extras(kv);
+  dropped.kept.assign(2, std::vector<std::vector<std::int32_t>>(2, std::vector<std::int32_t>{0, 1, 2}));
+  CHECK(kind("q8_0", dropped, src.view) == error_kind::usage);
+  const_kv_view dev = src.view;
+  dev.space = memory_space::device;
+  CHECK(kind("q8_0", extras(kv), dev) == error_kind::usage);
+  // a head width that is not a multiple of 32: the ggml formats' usage error, as on the CPU
+  const kv_cache odd = test::random_cache(1, 1, 40, 20, dtype::f16);
+  const test::host_dest osrc = test::host_source(odd, dtype::f16, false);
+  CHECK(kind("q8_0", extras(odd), osrc.view) == error_kind::usage);
+}
+
+}  // namespace kvcodec_test_pipeline_batch_encode
