@@ -417,7 +417,7 @@ std::uint32_t fbits(float f) {
 
 }  // namespace
 
-TEST_CASE("ggml blocks: row kernels equal the per-block scalar functions byte for byte") {
+TEST_CASE("ggml blocks: row kernels equal the per-block and per-value scalar functions byte for byte") {
   MESSAGE("simd::avx2() = " << simd::avx2());
   std::mt19937 rng(3);
   const std::size_t nb = 700, n = nb * qk;
@@ -438,6 +438,12 @@ TEST_CASE("ggml blocks: row kernels equal the per-block scalar functions byte fo
         dequantize_row(t, src->data(), n, ya.data());
         dequantize_row_f16(t, src->data(), n, ha.data());
         for (std::size_t b = 0; b < nb; ++b) dequantize_block(t, src->data() + b * bb, yr.data() + b * qk);
+        std::size_t bad_value = 0;  // the GPU's per-value decoder (dequantize_value) against the row kernel
+        for (std::size_t i = 0; i < n; ++i) {
+          const float v = dequantize_value(t, src->data() + i / qk * bb, i % qk);
+          bad_value += fbits(v) != fbits(ya[i]) && !(std::isnan(v) && std::isnan(ya[i]));
+        }
+        CHECK_MESSAGE(bad_value == 0, "dequantize_value " << block_type_name(t) << " mode " << mode);
         std::size_t bad = 0, bad16 = 0;
         for (std::size_t i = 0; i < n; ++i) {
           // The one allowed difference: a corrupt q4_1 / q5_1 block whose d and m are both NaN gives a

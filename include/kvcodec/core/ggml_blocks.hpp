@@ -77,25 +77,21 @@ struct ggml_batch_block {
   std::int64_t t_end = 0;    ///< rows landing outside [0, t_end) are skipped
 };
 
-/// Element step of the ggml batch decoders: item i of block b is its ggml block i (32 values of row
-/// i / (width / 32)), decoded by ggml::dequantize_block (the CPU stage's values) and stored through
-/// kv_batch_put. Never fails (every byte pattern is a valid block).
+/// Element step of the ggml batch decoders: item i of block b is value i % width of row i / width,
+/// ggml::dequantize_value of its 32-value block (the CPU stage's value), stored through kv_batch_put;
+/// consecutive items are consecutive channels, so a warp's stores are coalesced. Never fails (every
+/// byte pattern is a valid block).
 struct ggml_batch_op {
   const std::uint8_t* bytes = nullptr;
   kv_batch_dest d;
-  KVCODEC_HD std::uint64_t count(const ggml_batch_block& b) const noexcept { return static_cast<std::uint64_t>(b.tokens) * (b.width / ggml::qk); }
+  KVCODEC_HD std::uint64_t count(const ggml_batch_block& b) const noexcept { return static_cast<std::uint64_t>(b.tokens) * b.width; }
   KVCODEC_HD bool operator()(const ggml_batch_block& b, std::uint64_t i) const noexcept {
-    const std::uint64_t per = b.width / ggml::qk, r = i / per, j = i % per;
+    const std::uint64_t r = i / b.width, v = i % b.width, D = static_cast<std::uint64_t>(d.head_dim);
     const std::int64_t t = b.t_first + static_cast<std::int64_t>(r);
     if (t < 0 || t >= b.t_end) return true;
     const auto type = static_cast<ggml::block_type>(b.type);
-    float y[ggml::qk];
-    ggml::dequantize_block(type, bytes + b.first + (r * per + j) * ggml::block_bytes(type), y);
-    const std::uint64_t D = static_cast<std::uint64_t>(d.head_dim);
-    for (std::uint64_t k = 0; k < ggml::qk; ++k) {
-      const std::uint64_t v = j * ggml::qk + k;
-      kv_batch_put(d, b.key != 0, b.layer, static_cast<std::int64_t>(v / D), t, static_cast<std::int64_t>(v % D), y[k]);
-    }
+    const std::uint8_t* blk = bytes + b.first + (r * (b.width / ggml::qk) + v / ggml::qk) * ggml::block_bytes(type);
+    kv_batch_put(d, b.key != 0, b.layer, static_cast<std::int64_t>(v / D), t, static_cast<std::int64_t>(v % D), ggml::dequantize_value(type, blk, v % ggml::qk));
     return true;
   }
 };

@@ -330,7 +330,7 @@ inline store_batch_plan<ggml_batch_block> plan_ggml_batch(const segment_decoder&
     g.first = pb.side_first;
     g.width = static_cast<std::uint32_t>(width);
     g.type = static_cast<std::uint32_t>(*type);
-    plan.max_items = std::max<std::uint64_t>(plan.max_items, static_cast<std::uint64_t>(g.tokens) * (width / ggml::qk));
+    plan.max_items = std::max<std::uint64_t>(plan.max_items, static_cast<std::uint64_t>(g.tokens) * width);
     plan.blocks.push_back(g);
   }
   plan.bytes = std::move(pp.bytes);

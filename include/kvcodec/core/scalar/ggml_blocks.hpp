@@ -158,10 +158,13 @@ KVCODEC_HD inline void quantize_block_q8_0(const float* x, std::uint8_t* out) no
   }
 }
 
+/// Value k (0..31) of a q8_0 block (the per-block decoder is the loop over it; the GPU decodes one
+/// value per thread).
+KVCODEC_HD inline float dequantize_value_q8_0(const std::uint8_t* in, std::size_t k) noexcept {
+  return kvcodec::detail::mul_rn(static_cast<float>(static_cast<std::int8_t>(in[2 + k])), detail::get_f16(in));
+}
 KVCODEC_HD inline void dequantize_block_q8_0(const std::uint8_t* in, float* y) noexcept {
-  const float d = detail::get_f16(in);
-  for (std::size_t j = 0; j < qk; ++j)
-    y[j] = kvcodec::detail::mul_rn(static_cast<float>(static_cast<std::int8_t>(in[2 + j])), d);
+  for (std::size_t k = 0; k < qk; ++k) y[k] = dequantize_value_q8_0(in, k);
 }
 
 // ---- q4_0 ---------------------------------------------------------------------------------------
@@ -180,12 +183,18 @@ KVCODEC_HD inline void quantize_block_q4_0(const float* x, std::uint8_t* out) no
   }
 }
 
+namespace detail {
+/// Nibble of value k in the 16 bytes at q: byte k % 16, low nibble for k < 16.
+KVCODEC_HD inline int nibble(const std::uint8_t* q, std::size_t k) noexcept { return k < qk / 2 ? q[k] & 0x0f : q[k - qk / 2] >> 4; }
+/// Fifth bit of value k (q5_*): bit k of qh, as the value's 16.
+KVCODEC_HD inline int high_bit(std::uint32_t qh, std::size_t k) noexcept { return static_cast<int>((qh >> k) & 1u) << 4; }
+}  // namespace detail
+
+KVCODEC_HD inline float dequantize_value_q4_0(const std::uint8_t* in, std::size_t k) noexcept {
+  return kvcodec::detail::mul_rn(static_cast<float>(detail::nibble(in + 2, k) - 8), detail::get_f16(in));
+}
 KVCODEC_HD inline void dequantize_block_q4_0(const std::uint8_t* in, float* y) noexcept {
-  const float d = detail::get_f16(in);
-  for (std::size_t j = 0; j < qk / 2; ++j) {
-    y[j] = kvcodec::detail::mul_rn(static_cast<float>((in[2 + j] & 0x0f) - 8), d);
-    y[j + qk / 2] = kvcodec::detail::mul_rn(static_cast<float>((in[2 + j] >> 4) - 8), d);
-  }
+  for (std::size_t k = 0; k < qk; ++k) y[k] = dequantize_value_q4_0(in, k);
 }
 
 // ---- q4_1 ---------------------------------------------------------------------------------------
@@ -206,13 +215,11 @@ KVCODEC_HD inline void quantize_block_q4_1(const float* x, std::uint8_t* out) no
   }
 }
 
+KVCODEC_HD inline float dequantize_value_q4_1(const std::uint8_t* in, std::size_t k) noexcept {
+  return kvcodec::detail::add_rn(kvcodec::detail::mul_rn(static_cast<float>(detail::nibble(in + 4, k)), detail::get_f16(in)), detail::get_f16(in + 2));
+}
 KVCODEC_HD inline void dequantize_block_q4_1(const std::uint8_t* in, float* y) noexcept {
-  const float d = detail::get_f16(in);
-  const float m = detail::get_f16(in + 2);
-  for (std::size_t j = 0; j < qk / 2; ++j) {
-    y[j] = kvcodec::detail::add_rn(kvcodec::detail::mul_rn(static_cast<float>(in[4 + j] & 0x0f), d), m);
-    y[j + qk / 2] = kvcodec::detail::add_rn(kvcodec::detail::mul_rn(static_cast<float>(in[4 + j] >> 4), d), m);
-  }
+  for (std::size_t k = 0; k < qk; ++k) y[k] = dequantize_value_q4_1(in, k);
 }
 
 // ---- q5_0 ---------------------------------------------------------------------------------------
@@ -235,15 +242,12 @@ KVCODEC_HD inline void quantize_block_q5_0(const float* x, std::uint8_t* out) no
   kvcodec::detail::store_le32(out + 2, qh);
 }
 
+KVCODEC_HD inline float dequantize_value_q5_0(const std::uint8_t* in, std::size_t k) noexcept {
+  const int q = detail::nibble(in + 6, k) | detail::high_bit(kvcodec::detail::load_le32(in + 2), k);
+  return kvcodec::detail::mul_rn(static_cast<float>(q - 16), detail::get_f16(in));
+}
 KVCODEC_HD inline void dequantize_block_q5_0(const std::uint8_t* in, float* y) noexcept {
-  const float d = detail::get_f16(in);
-  const std::uint32_t qh = kvcodec::detail::load_le32(in + 2);
-  for (std::size_t j = 0; j < qk / 2; ++j) {
-    const int h0 = static_cast<int>((qh >> j) & 1u) << 4;
-    const int h1 = static_cast<int>((qh >> (j + qk / 2)) & 1u) << 4;
-    y[j] = kvcodec::detail::mul_rn(static_cast<float>(((in[6 + j] & 0x0f) | h0) - 16), d);
-    y[j + qk / 2] = kvcodec::detail::mul_rn(static_cast<float>(((in[6 + j] >> 4) | h1) - 16), d);
-  }
+  for (std::size_t k = 0; k < qk; ++k) y[k] = dequantize_value_q5_0(in, k);
 }
 
 // ---- q5_1 ---------------------------------------------------------------------------------------
@@ -268,17 +272,12 @@ KVCODEC_HD inline void quantize_block_q5_1(const float* x, std::uint8_t* out) no
   kvcodec::detail::store_le32(out + 4, qh);
 }
 
+KVCODEC_HD inline float dequantize_value_q5_1(const std::uint8_t* in, std::size_t k) noexcept {
+  const int q = detail::nibble(in + 8, k) | detail::high_bit(kvcodec::detail::load_le32(in + 4), k);
+  return kvcodec::detail::add_rn(kvcodec::detail::mul_rn(static_cast<float>(q), detail::get_f16(in)), detail::get_f16(in + 2));
+}
 KVCODEC_HD inline void dequantize_block_q5_1(const std::uint8_t* in, float* y) noexcept {
-  const float d = detail::get_f16(in);
-  const float m = detail::get_f16(in + 2);
-  const std::uint32_t qh = kvcodec::detail::load_le32(in + 4);
-  for (std::size_t j = 0; j < qk / 2; ++j) {
-    const int h0 = static_cast<int>((qh >> j) & 1u) << 4;
-    const int h1 = static_cast<int>((qh >> (j + qk / 2)) & 1u) << 4;
-    y[j] = kvcodec::detail::add_rn(kvcodec::detail::mul_rn(static_cast<float>((in[8 + j] & 0x0f) | h0), d), m);
-    y[j + qk / 2] =
-        kvcodec::detail::add_rn(kvcodec::detail::mul_rn(static_cast<float>((in[8 + j] >> 4) | h1), d), m);
-  }
+  for (std::size_t k = 0; k < qk; ++k) y[k] = dequantize_value_q5_1(in, k);
 }
 
 // ---- iq4_nl -------------------------------------------------------------------------------------
@@ -343,12 +342,11 @@ KVCODEC_HD inline void quantize_block_iq4_nl(const float* x, std::uint8_t* out) 
   quantize_block_iq4_nl_search(x, out, -1);
 }
 
+KVCODEC_HD inline float dequantize_value_iq4_nl(const std::uint8_t* in, std::size_t k) noexcept {
+  return kvcodec::detail::mul_rn(detail::get_f16(in), static_cast<float>(iq4nl_value(detail::nibble(in + 2, k))));
+}
 KVCODEC_HD inline void dequantize_block_iq4_nl(const std::uint8_t* in, float* y) noexcept {
-  const float d = detail::get_f16(in);
-  for (std::size_t j = 0; j < qk / 2; ++j) {
-    y[j] = kvcodec::detail::mul_rn(d, static_cast<float>(iq4nl_value(in[2 + j] & 0x0f)));
-    y[j + qk / 2] = kvcodec::detail::mul_rn(d, static_cast<float>(iq4nl_value(in[2 + j] >> 4)));
-  }
+  for (std::size_t k = 0; k < qk; ++k) y[k] = dequantize_value_iq4_nl(in, k);
 }
 
 // ---- dispatch and rows --------------------------------------------------------------------------
@@ -373,6 +371,19 @@ KVCODEC_HD inline void dequantize_block(block_type t, const std::uint8_t* in, fl
     case block_type::q5_1: dequantize_block_q5_1(in, y); break;
     case block_type::iq4_nl: dequantize_block_iq4_nl(in, y); break;
   }
+}
+
+/// Value k (0..31) of a block of type t: dequantize_block's y[k].
+KVCODEC_HD inline float dequantize_value(block_type t, const std::uint8_t* in, std::size_t k) noexcept {
+  switch (t) {
+    case block_type::q8_0: return dequantize_value_q8_0(in, k);
+    case block_type::q4_0: return dequantize_value_q4_0(in, k);
+    case block_type::q4_1: return dequantize_value_q4_1(in, k);
+    case block_type::q5_0: return dequantize_value_q5_0(in, k);
+    case block_type::q5_1: return dequantize_value_q5_1(in, k);
+    case block_type::iq4_nl: return dequantize_value_iq4_nl(in, k);
+  }
+  return 0.0f;
 }
 
 /// Throws a usage error unless n is a multiple of 32.
