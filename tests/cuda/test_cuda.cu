@@ -260,11 +260,12 @@ void test_decode_into() {
                                                               std::to_string(tb) + ".." + std::to_string(te));
         }
   }
-  // pack-coded: the ggml block formats, fp8, raw (head_dim 32, and 8 heads x head_dim 20 where ggml
-  // blocks span heads)
+  // pack-coded: the ggml block formats, fp8, raw; uniform and kivi with rans or pack (head_dim 32, and
+  // 8 heads x head_dim 20 where ggml blocks span heads)
   const kv_cache narrow = test::random_cache(2, 8, 300, 20, dtype::bf16);
   for (const std::string spec : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "fp8", "fp8:format=e5m2,scale=head", "fp8:scale=token", "raw",
-                                 "raw:dtype=bf16", "raw:dtype=f32"})
+                                 "raw:dtype=bf16", "raw:dtype=f32", "kivi:bits=4|rans", "kivi:bits=2,group=32,residual=200|pack",
+                                 "uniform:bits=3,mode=sym,kaxis=token,group=4|pack", "uniform:bits=8,kaxis=channel,vaxis=channel,group=10|rans"})
     for (const kv_cache* c : {&kv, &narrow}) {
       const encoded e = encode(spec, *c, encode_options{.chunk_tokens = 128});
       const std::int64_t T = c->shape.tokens;
@@ -284,7 +285,7 @@ void test_decode_into() {
           }
     }
   {  // outside its scope: a usage error, nothing written
-    const encoded e = encode("kivi:bits=4|rans", kv);
+    const encoded e = encode("nf4|rans", kv);
     device_dest d(kv.shape, 600, dtype::f16, false);
     bool usage = false;
     try {
@@ -292,7 +293,7 @@ void test_decode_into() {
     } catch (const error& err) {
       usage = err.kind() == error_kind::usage;
     }
-    expect(usage, "decode_into kivi|rans: usage error");
+    expect(usage, "decode_into nf4|rans: usage error");
   }
 }
 

@@ -128,7 +128,7 @@ namespace {
 using dest = test::host_dest;
 
 /// The batch decode (emulated) of tokens [tb, te) equals the CPU decode_into of the same range. `plan`
-/// picks the planner: 'c' cachegen (compact or 64-bit entries), 'g' ggml, 'f' fp8, 'r' raw.
+/// picks the planner: 'c' cachegen (compact or 64-bit entries), 'g' ggml, 'f' fp8, 'r' raw, 'a' uniform/kivi.
 void check_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::int64_t te, bool compact, char plan = 'c') {
   const kvc_view v = parse_kvc(file, "test.kvc");
   const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, "test.kvc");
@@ -147,6 +147,8 @@ void check_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::
     decode_batch_emulated(plan_fp8_batch(dec, segs, bytes_of, tb, te - tb), got.view);
   else if (plan == 'r')
     decode_batch_emulated(plan_raw_batch(dec, segs, bytes_of, tb, te - tb), got.view);
+  else if (plan == 'a')
+    decode_batch_emulated(plan_affine_batch(dec, segs, bytes_of, tb, te - tb), got.view);
   else if (compact)
     decode_batch_emulated(plan_cachegen_batch<std::uint32_t>(dec, segs, bytes_of, tb, te - tb), got.view);
   else
@@ -187,13 +189,16 @@ TEST_CASE("batch decode: containers outside its scope are usage errors - a symbo
   CHECK_THROWS_AS(decode_batch_emulated(plan, d.view), error);
 }
 
-TEST_CASE("batch decode (emulated) equals decode_into: ggml block formats - fp8 - raw - dtypes - HF and paged views - token ranges") {
+TEST_CASE("batch decode (emulated) equals decode_into: ggml block formats - fp8 - raw - uniform - kivi - dtypes - HF and paged views - token ranges") {
   // head_dim 32: each ggml block is one head's row; 8 heads x head_dim 20: blocks span heads
   const kv_cache a = test::random_cache(3, 2, 600, 32, dtype::f16);
   const kv_cache b = test::random_cache(2, 8, 300, 20, dtype::bf16);
   const std::pair<const char*, char> specs[] = {{"q8_0", 'g'}, {"q4_0", 'g'}, {"q4_1", 'g'}, {"q5_0", 'g'}, {"q5_1", 'g'}, {"iq4_nl", 'g'},
                                                  {"fp8", 'f'}, {"fp8:format=e5m2,scale=head", 'f'}, {"fp8:scale=token", 'f'},
-                                                 {"raw", 'r'}, {"raw:dtype=f16", 'r'}, {"raw:dtype=bf16", 'r'}, {"raw:dtype=f32", 'r'}};
+                                                 {"raw", 'r'}, {"raw:dtype=f16", 'r'}, {"raw:dtype=bf16", 'r'}, {"raw:dtype=f32", 'r'},
+                                                 {"kivi:bits=4|rans", 'a'}, {"kivi:bits=2,group=32,residual=200|pack", 'a'}, {"kivi:bits=3,residual=0|rans:lanes=0", 'a'},
+                                                 {"kivi:bits=4,scale=f32|pack", 'a'}, {"uniform|rans", 'a'}, {"uniform:bits=3,mode=sym,kaxis=token,group=4|pack", 'a'},
+                                                 {"uniform:bits=8,kaxis=channel,vaxis=channel,group=10|rans", 'a'}};
   for (const auto& sp : specs) {
     const std::string spec = sp.first;
     const char kind = sp.second;

@@ -6,14 +6,17 @@
 // quantize_groups / dequantize_groups for runs of contiguous groups, *_columns for strided groups,
 // *_packed with bit packing, pack_bits_fast / unpack_bits_fast. They run the AVX2 kernels of
 // core/x86/affine.hpp when core/simd.hpp allows and the scalar references (detail::*_ref) otherwise,
-// with the same bytes either way.
+// with the same bytes either way. affine_batch_op is the batch decoders' element step for the affine
+// quantizers `uniform` and `kivi` (cuda/affine.cuh and the host emulation of pipeline/batch.hpp).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "kvcodec/core/endian.hpp"
 #include "kvcodec/core/half.hpp"
+#include "kvcodec/core/kv_address.hpp"
 #include "kvcodec/core/scalar/affine.hpp"
 #include "kvcodec/core/simd.hpp"
 #include "kvcodec/core/x86/affine.hpp"
@@ -131,3 +134,69 @@ inline void dequantize_groups_packed_f16(const std::uint8_t* packed, const std::
 }
 
 }  // namespace kvcodec::affine
+
+namespace kvcodec {
+
+/// One dense K or V block of a `uniform` or `kivi` container for a batch decoder (cpu/uniform.hpp,
+/// cpu/kivi.hpp and qc::affine_encode's layout): each of the `heads` heads has `tokens` rows, of which
+/// the first `q` are quantized (rows heads x q in the symbol plane) and the rest (kivi's residual) are
+/// stored exactly. Symbols: u16 symbol `sym_first` on of the batch's symbols, or (packed != 0) `bits`-bit
+/// LSB-first codes from byte `sym_first` of the batch's bytes. Group parameters from byte `params`;
+/// per_channel: per head, ceil(q / G) groups of G rows, head_dim parameters each (G = group, or q when
+/// group is 0); else per row, head_dim / group groups of channels. Exact rows from byte `exact`, in
+/// dtype exact_dtype (0 f32, 1 f16, 2 bf16), heads in order.
+struct affine_batch_block {
+  std::uint64_t sym_first = 0, params = 0, exact = 0;
+  std::uint32_t tokens = 0, q = 0, heads = 0;
+  std::uint32_t bits = 4, group = 0, per_channel = 0, mode = 0, param_dtype = 0, exact_dtype = 0, packed = 0;
+  std::int32_t layer = 0;
+  std::uint32_t key = 1;
+  std::int64_t t_first = 0;  ///< destination token of a head's row 0
+  std::int64_t t_end = 0;    ///< rows landing outside [0, t_end) are skipped
+};
+
+/// Element step of the affine batch decoders: value i of block b (heads x tokens rows, a head's rows in
+/// token order) is affine::dequantize_value of its symbol with its group's parameters, or its exact
+/// value, stored through kv_batch_put. False (nothing written) for a symbol of 2^bits or more.
+struct affine_batch_op {
+  const std::uint16_t* sym = nullptr;  ///< the batch's u16 symbols (unpacked blocks)
+  const std::uint8_t* bytes = nullptr;
+  kv_batch_dest d;
+  KVCODEC_HD std::uint64_t count(const affine_batch_block& b) const noexcept {
+    return static_cast<std::uint64_t>(b.heads) * b.tokens * static_cast<std::uint64_t>(d.head_dim);
+  }
+  KVCODEC_HD bool operator()(const affine_batch_block& b, std::uint64_t i) const noexcept {
+    const std::uint64_t D = static_cast<std::uint64_t>(d.head_dim), c = i % D, row = i / D, h = row / b.tokens, r = row % b.tokens;
+    const std::int64_t t = b.t_first + static_cast<std::int64_t>(r);
+    float x = 0.0f;
+    if (r < b.q) {
+      const std::uint64_t k = (h * b.q + r) * D + c;  // the value's index in the symbol plane
+      std::uint32_t s = 0;
+      if (b.packed != 0) {
+        const std::uint64_t bit = k * b.bits;
+        const std::uint8_t* p = bytes + b.sym_first + bit / 8;
+        const std::uint32_t two = static_cast<std::uint32_t>(p[0]) | (bit % 8 + b.bits > 8 ? static_cast<std::uint32_t>(p[1]) << 8 : 0u);
+        s = (two >> (bit % 8)) & ((1u << b.bits) - 1u);
+      } else {
+        s = sym[b.sym_first + k];
+      }
+      if (s >> b.bits) return false;
+      const auto m = static_cast<affine::mode>(b.mode);
+      const auto pd = static_cast<affine::param_dtype>(b.param_dtype);
+      const std::uint64_t G = b.group > 0 ? b.group : (b.q > 0 ? b.q : 1);
+      const std::uint64_t g = b.per_channel != 0 ? h * ((b.q + G - 1) / G) * D + (r / G) * D + c : (h * b.q + r) * (D / G) + c / G;
+      x = affine::dequantize_value(s, affine::load_params(bytes + b.params + g * affine::param_bytes(m, pd), m, pd), static_cast<int>(b.bits), m);
+    } else {
+      const std::uint64_t k = (h * (b.tokens - b.q) + (r - b.q)) * D + c;
+      const std::uint8_t* p = bytes + b.exact;
+      x = b.exact_dtype == 0   ? bit_cast_hd<float>(kvcodec::detail::load_le32(p + 4 * k))
+          : b.exact_dtype == 2 ? bf16_bits_to_f32(kvcodec::detail::load_le16(p + 2 * k))
+                               : f16_bits_to_f32(kvcodec::detail::load_le16(p + 2 * k));
+    }
+    if (t < 0 || t >= b.t_end) return true;
+    kv_batch_put(d, b.key != 0, b.layer, static_cast<std::int64_t>(h), t, static_cast<std::int64_t>(c), x);
+    return true;
+  }
+};
+
+}  // namespace kvcodec

@@ -21,6 +21,11 @@ class kivi_quant final : public stage_impl<quant::kivi, quant_stage> {
  public:
   using stage_impl::stage_impl;
   bool lossless() const override { return false; }
+  /// What a batch decoder (pipeline/batch.hpp) needs: the affine configuration of K or V, the residual
+  /// tokens and the outlier percentage.
+  qc::affine_cfg affine_config(bool key, int head_dim) const { return cfg(key, head_dim); }
+  int residual() const noexcept { return p_.residual; }
+  double outliers() const noexcept { return p_.outliers; }
 
   bool fit_uses_blocks() const override { return false; }  // fit reads the cache info only
   bytes fit(const std::vector<block>&, const cache_info& info) override {

@@ -18,6 +18,10 @@ class uniform_quant final : public stage_impl<quant::uniform, quant_stage> {
  public:
   explicit uniform_quant(quant::uniform p) : stage_impl(std::move(p)), ks_(p_.k_schedule()), vs_(p_.v_schedule()) {}
   bool lossless() const override { return false; }
+  /// What a batch decoder (pipeline/batch.hpp) needs: the affine configuration of (layer, K or V) and
+  /// the outlier percentage.
+  qc::affine_cfg affine_config(bool key, int layer, int head_dim) const { return cfg(key, layer, head_dim); }
+  double outliers() const noexcept { return p_.outliers; }
 
   bool fit_uses_blocks() const override { return false; }  // fit reads the cache info only
   bytes fit(const std::vector<block>&, const cache_info& info) override {

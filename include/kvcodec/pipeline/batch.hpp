@@ -14,7 +14,9 @@
 // decoder: plan_pack_batch finds where each block's packed plane and side bytes lie in the segments'
 // bytes (checked as the CPU stages check them), and plan_ggml_batch / plan_fp8_batch / plan_raw_batch
 // turn them into the element steps of core/ggml_blocks.hpp, core/fp8.hpp and core/raw.hpp, which the
-// CUDA kernels (cuda/ggml.cuh, fp8.cuh, raw.cuh) and decode_batch_emulated run.
+// CUDA kernels (cuda/ggml.cuh, fp8.cuh, raw.cuh) and decode_batch_emulated run. plan_affine_batch does the
+// same for the affine quantizers `uniform` and `kivi`, coded with rans (symbols from the rANS batch) or
+// pack (codes unpacked in place).
 #pragma once
 
 #include <array>
@@ -27,15 +29,18 @@
 #include <vector>
 
 #include "kvcodec/core/rans_batch.hpp"
+#include "kvcodec/core/affine.hpp"
 #include "kvcodec/core/cachegen.hpp"
 #include "kvcodec/core/fp8.hpp"
 #include "kvcodec/core/ggml_blocks.hpp"
 #include "kvcodec/core/raw.hpp"
 #include "kvcodec/cpu/cachegen.hpp"
 #include "kvcodec/cpu/fp8.hpp"
+#include "kvcodec/cpu/kivi.hpp"
 #include "kvcodec/cpu/pack.hpp"
 #include "kvcodec/cpu/rans.hpp"
 #include "kvcodec/cpu/raw.hpp"
+#include "kvcodec/cpu/uniform.hpp"
 #include "kvcodec/pipeline/decode.hpp"
 
 namespace kvcodec {
@@ -392,6 +397,135 @@ inline store_batch_plan<raw_batch_block> plan_raw_batch(const segment_decoder& d
   }
   plan.bytes = std::move(pp.bytes);
   return plan;
+}
+
+/// A `uniform` or `kivi` container's blocks (outliers=0) for a batch decode: with rans, the rANS batch
+/// (its symbols are the op's `sym`) and every block's side bytes concatenated in `side`; with pack, the
+/// segments' bytes in `bytes`, the codes unpacked in place.
+struct affine_batch_plan {
+  bool packed = false;
+  rans_batch_plan<std::uint32_t> rans;  ///< !packed
+  std::vector<std::uint8_t> side;       ///< !packed: the op's bytes
+  batch_bytes bytes;                    ///< packed: the op's bytes
+  std::vector<affine_batch_block> blocks;
+  std::uint64_t max_items = 0;
+};
+
+/// Plans `segments` of a uniform or kivi container (as plan_ggml_batch). Usage error for outliers > 0,
+/// other quantizers or entropy stages; corrupt for blocks whose plane or side bytes do not fit.
+inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
+                                           const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
+                                           std::int64_t tokens) {
+  const codec& c = dec.stages();
+  const auto* kq = dynamic_cast<const cpu::kivi_quant*>(c.quant.get());
+  const auto* uq = dynamic_cast<const cpu::uniform_quant*>(c.quant.get());
+  if (!kq && !uq) throw_usage("batch decode: quantizer '" + c.quant->spec().name + "' is not uniform or kivi");
+  if ((kq ? kq->outliers() : uq->outliers()) > 0.0) throw_usage("batch decode: " + c.quant->spec().name + " with outliers > 0 has no batch decoder yet");
+  if (!c.transforms.empty()) throw_usage("batch decode: transforms (" + c.transforms.front()->spec().name + ") have no batch decoder");
+  if (dec.header().sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
+  const kv_shape& s = dec.header().shape;
+  const std::uint64_t H = static_cast<std::uint64_t>(s.kv_heads), D = static_cast<std::uint64_t>(s.head_dim);
+  affine_batch_plan plan;
+  plan.packed = dynamic_cast<const cpu::pack_entropy*>(c.entropy.get()) != nullptr;
+  // (block, its plane's alphabet/rows/cols, where its symbols start, its side bytes: offset into the op's bytes and size)
+  struct found {
+    const block* skeleton;
+    bool key;
+    std::uint32_t alphabet, rows, cols;
+    std::uint64_t sym_first, side_first, side_size;
+    std::string where;
+  };
+  std::vector<found> all;
+  pack_batch_plan pp;
+  if (plan.packed) {
+    pp = plan_pack_batch(dec, segments, bytes);
+    for (const auto& pb : pp.blocks) {
+      const packed_plane* p = detail::expect_planes(pb, 1);
+      all.push_back({&pb.skeleton, pb.key, p->alphabet, p->rows, p->cols, p->first, pb.side_first, pb.side_size, pb.where});
+    }
+  } else {
+    plan.rans = plan_rans_batch<std::uint32_t>(dec, segments, bytes);
+    for (const auto& bb : plan.rans.blocks) {
+      const auto& se = dec.header().segments[bb.segment];
+      const std::string where = "segment (layer " + std::to_string(se.layer) + ", tokens " + std::to_string(se.t0) + ".." + std::to_string(se.t1) + ")" + (bb.key ? " K" : " V");
+      if (bb.headers.planes.size() != 1) throw_corrupt(where, "expected 1 symbol plane, found " + std::to_string(bb.headers.planes.size()));
+      const auto& pl = bb.headers.planes[0];
+      const std::uint64_t sym_first = bb.first.empty() ? 0 : bb.first[0];  // an empty plane has no stream
+      all.push_back({&bb.skeleton, bb.key, pl.alphabet, pl.rows, pl.cols, sym_first, plan.side.size(), bb.headers.side.size(), where});
+      plan.side.insert(plan.side.end(), bb.headers.side.begin(), bb.headers.side.end());
+    }
+  }
+  for (const auto& f : all) {
+    const block& sk = *f.skeleton;
+    const cpu::qc::affine_cfg cfg = kq ? kq->affine_config(f.key, s.head_dim) : uq->affine_config(f.key, sk.layer, s.head_dim);
+    affine_batch_block g;
+    g.layer = sk.layer;
+    g.key = f.key ? 1u : 0u;
+    g.tokens = static_cast<std::uint32_t>(sk.t1 - sk.t0);
+    g.heads = static_cast<std::uint32_t>(H);
+    const std::int64_t first_residual = kq ? s.tokens - kq->residual() : s.tokens;
+    g.q = static_cast<std::uint32_t>(std::clamp<std::int64_t>(first_residual - sk.t0, 0, g.tokens));
+    g.bits = static_cast<std::uint32_t>(cfg.bits);
+    g.group = static_cast<std::uint32_t>(cfg.group);
+    g.per_channel = cfg.per_channel ? 1u : 0u;
+    g.mode = static_cast<std::uint32_t>(cfg.mode);
+    g.param_dtype = static_cast<std::uint32_t>(cfg.pd);
+    g.packed = plan.packed ? 1u : 0u;
+    g.sym_first = f.sym_first;
+    g.t_first = sk.t0 - base;
+    g.t_end = tokens;
+    if (f.alphabet != (1u << cfg.bits) || f.rows != H * g.q || f.cols != D)
+      throw_corrupt(f.where, "expected a plane of " + std::to_string(H * g.q) + " x " + std::to_string(D) + " symbols (alphabet " + std::to_string(1u << cfg.bits) +
+                                 "), found " + std::to_string(f.rows) + " x " + std::to_string(f.cols) + " (alphabet " + std::to_string(f.alphabet) + ")");
+    std::vector<std::uint32_t> qcount(static_cast<std::size_t>(H), g.q);
+    const std::uint64_t pbytes = cpu::qc::affine_side_bytes(cfg, qcount.data(), s.kv_heads, s.head_dim);
+    g.params = f.side_first;
+    const std::uint64_t exact_n = H * (g.tokens - g.q) * D;
+    if (exact_n == 0) {
+      if (f.side_size != pbytes) throw_corrupt(f.where, "expected " + std::to_string(pbytes) + " bytes of group parameters, found " + std::to_string(f.side_size));
+    } else {
+      if (f.side_size < pbytes + 1) throw_corrupt(f.where, "expected " + std::to_string(pbytes) + " bytes of group parameters and exact rows, found " + std::to_string(f.side_size));
+      const std::uint64_t at = f.side_first + pbytes;  // the exact rows' dtype tag (qc::put_exact)
+      std::uint8_t t = 0;
+      if (plan.packed) {
+        std::size_t k = 0;
+        while (k + 1 < pp.bytes.first.size() && pp.bytes.first[k + 1] <= at) ++k;
+        t = pp.bytes.pieces[k][static_cast<std::size_t>(at - pp.bytes.first[k])];
+      } else {
+        t = plan.side[static_cast<std::size_t>(at)];
+      }
+      if (t != static_cast<std::uint8_t>(dtype::f32) && t != static_cast<std::uint8_t>(dtype::f16) && t != static_cast<std::uint8_t>(dtype::bf16))
+        throw_corrupt(f.where, "field 'exact float dtype': expected f32, f16 or bf16, found tag " + std::to_string(t));
+      g.exact_dtype = t;
+      g.exact = f.side_first + pbytes + 1;
+      const std::uint64_t want = pbytes + 1 + exact_n * dtype_size(static_cast<dtype>(t));
+      if (f.side_size != want) throw_corrupt(f.where, "expected " + std::to_string(want) + " side bytes (group parameters and exact rows), found " + std::to_string(f.side_size));
+    }
+    plan.max_items = std::max<std::uint64_t>(plan.max_items, H * g.tokens * D);
+    plan.blocks.push_back(g);
+  }
+  if (plan.packed) plan.bytes = std::move(pp.bytes);
+  return plan;
+}
+
+/// Runs a planned uniform / kivi batch on the CPU through the CUDA kernels' logic (the rANS batch when
+/// there is one, then affine_batch_op), writing into the host view `dst`.
+inline void decode_batch_emulated(const affine_batch_plan& plan, const kv_view& dst) {
+  if (dst.space != memory_space::host) throw_usage("decode_batch_emulated: the destination view is in device memory");
+  std::vector<std::uint16_t> sym;
+  if (!plan.packed) {
+    sym.resize(plan.rans.builder.out_symbols);
+    std::vector<rans_batch_status> st(plan.rans.builder.streams.size());
+    rans_decode_batch_emulated(plan.rans.builder.host_args(sym.data()), st.data());
+    rans_batch_throw_failed(std::span<const rans_batch_status>(st), [](std::size_t i) { return "rANS stream " + std::to_string(i) + " of the batch"; });
+  }
+  const std::vector<std::uint8_t> all = plan.packed ? plan.bytes.gather() : plan.side;
+  std::vector<void*> k, v;
+  const affine_batch_op op{sym.data(), all.data(), batch_dest(dst, k, v)};
+  run_batch_emulated(std::span<const affine_batch_block>(plan.blocks), op, [&](std::size_t bi) {
+    throw_corrupt("block " + std::to_string(bi) + " of the batch (layer " + std::to_string(plan.blocks[bi].layer) + (plan.blocks[bi].key ? " K" : " V") + ")",
+                  "a symbol of 2^bits or more");
+  });
 }
 
 template <class Block> struct batch_op_of;

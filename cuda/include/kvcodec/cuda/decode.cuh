@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "kvcodec/cuda/affine.cuh"
 #include "kvcodec/cuda/cachegen.cuh"
 #include "kvcodec/cuda/fp8.cuh"
 #include "kvcodec/cuda/ggml.cuh"
@@ -124,6 +125,57 @@ struct cachegen_job final : batch_job {
   }
 };
 
+/// A uniform / kivi batch: the rANS batch kernel when the symbols are rANS-coded, then the affine step.
+struct affine_job final : batch_job {
+  affine_batch_plan plan;
+  device_buffer<rans_batch_stream> streams;
+  device_buffer<std::uint8_t> data, bytes, temp;
+  device_buffer<std::uint32_t> entries, col_off, bad;
+  device_buffer<std::uint16_t> sym;
+  device_buffer<affine_batch_block> blocks;
+  device_dest dd;
+  std::size_t temp_bytes = 0;
+  affine_job(affine_batch_plan pl, const kv_view& dst, const par_t& p)
+      : plan(std::move(pl)), bytes(static_cast<std::size_t>(plan.packed ? plan.bytes.total : plan.side.size())), bad(plan.blocks.size() + 1),
+        blocks(std::span<const affine_batch_block>(plan.blocks)), dd(dst) {
+    if (plan.packed) {
+      for (std::size_t k = 0; k < plan.bytes.pieces.size(); ++k)
+        if (!plan.bytes.pieces[k].empty())
+          check(cudaMemcpy(bytes.data() + plan.bytes.first[k], plan.bytes.pieces[k].data(), plan.bytes.pieces[k].size(), cudaMemcpyHostToDevice),
+                "cudaMemcpy H2D");
+      return;
+    }
+    bytes.upload(std::span<const std::uint8_t>(plan.side));
+    const auto& b = plan.rans.builder;
+    streams = device_buffer<rans_batch_stream>(std::span<const rans_batch_stream>(b.streams));
+    data = device_buffer<std::uint8_t>(std::span<const std::uint8_t>(b.data));
+    entries = device_buffer<std::uint32_t>(std::span<const std::uint32_t>(b.entries));
+    col_off = device_buffer<std::uint32_t>(std::span<const std::uint32_t>(b.col_off));
+    sym = device_buffer<std::uint16_t>(b.out_symbols);
+    rans_decode_batch(nullptr, temp_bytes, args(), p);
+    temp = device_buffer<std::uint8_t>(temp_bytes);
+  }
+  rans_batch_args<std::uint32_t> args() {
+    const auto& b = plan.rans.builder;
+    return {streams.data(), b.streams.size(), b.max_lanes, data.data(), entries.data(), col_off.data(), sym.data()};
+  }
+  void launch(const par_t& p) override {
+    if (!plan.packed) rans_decode_batch(temp.data(), temp_bytes, args(), p);
+    affine_store(blocks.data(), plan.blocks.size(), plan.max_items, sym.data(), bytes.data(), dd.d, bad.data(), p);
+  }
+  void finish(const par_t& p, const std::string& name) override {
+    if (!plan.packed) {
+      const auto st = rans_batch_statuses(temp.data(), plan.rans.builder.streams.size(), p);  // waits for p.stream
+      rans_batch_throw_failed(std::span<const rans_batch_status>(st), [&](std::size_t i) { return name + ": rANS stream " + std::to_string(i) + " of the batch"; });
+    }
+    const auto flags = bad.download();
+    for (std::size_t i = 0; i < plan.blocks.size(); ++i)
+      if (flags[i])
+        throw_corrupt(name + ": block " + std::to_string(i) + " (layer " + std::to_string(plan.blocks[i].layer) + (plan.blocks[i].key ? " K" : " V") + ")",
+                      "a symbol of 2^bits or more");
+  }
+};
+
 }  // namespace detail
 
 /// A container's decode into a device view in its three phases, so a benchmark can time the kernels
@@ -146,8 +198,10 @@ class view_decoder {
     const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, opt.name);
     const auto todo = kvcodec::detail::segments_in(v.header, tb, te);
     const auto bytes_of = [&](std::size_t i) { return v.segment_bytes(i); };
-    if (dynamic_cast<const cpu::pack_entropy*>(dec.stages().entropy.get()) != nullptr) {
-      const std::string& q = dec.stages().quant->spec().name;
+    const std::string& q = dec.stages().quant->spec().name;
+    if (q == "kivi" || q == "uniform") {
+      job_ = std::make_unique<detail::affine_job>(plan_affine_batch(dec, todo, bytes_of, tb, te - tb), dst, p);
+    } else if (dynamic_cast<const cpu::pack_entropy*>(dec.stages().entropy.get()) != nullptr) {
       if (ggml::parse_block_type(q))
         job_ = std::make_unique<detail::store_job<ggml_batch_block>>(plan_ggml_batch(dec, todo, bytes_of, tb, te - tb), dst);
       else if (q == "fp8")
@@ -155,7 +209,7 @@ class view_decoder {
       else if (q == "raw")
         job_ = std::make_unique<detail::store_job<raw_batch_block>>(plan_raw_batch(dec, todo, bytes_of, tb, te - tb), dst);
       else
-        throw_usage("cuda::decode_into: quantizer '" + q + "' has no CUDA implementation (with pack: q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, fp8, raw); decode it on the CPU");
+        throw_usage("cuda::decode_into: quantizer '" + q + "' has no CUDA implementation (with pack: q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, fp8, raw, uniform, kivi); decode it on the CPU");
     } else {
       job_ = std::make_unique<detail::cachegen_job>(plan_cachegen_batch<std::uint32_t>(dec, todo, bytes_of, tb, te - tb), dst, p);
     }
