@@ -88,9 +88,9 @@ int main(int argc, char** argv) {
       std::printf("GPU symbols vs the CPU decoder: %zu of %zu streams differ or failed\n", bad_streams, streams);
     }
     // decode into an f16 device view (cuda::decode_into), against the CPU's decode_into
-    const std::string& qn = dec.stages().quant->spec().name;  // cuda::encode's scope: the block formats, fp8, raw with pack
+    const std::string& qn = dec.stages().quant->spec().name;  // cuda::encode's scope: the block formats, fp8, raw, uniform, kivi with pack
     const bool packed = dynamic_cast<const cpu::pack_entropy*>(dec.stages().entropy.get()) != nullptr &&
-                        (ggml::parse_block_type(qn).has_value() || qn == "fp8" || qn == "raw");
+                        (ggml::parse_block_type(qn).has_value() || qn == "fp8" || qn == "raw" || qn == "uniform" || qn == "kivi");
     const auto vt = kvcodec_bench_cuda::time_view_decode(e.data, kv.shape.layers, kv.shape.kv_heads, kv.shape.tokens, kv.shape.head_dim, reps,
                                                          packed ? spec : std::string());
     const std::size_t per = static_cast<std::size_t>(kv.shape.kv_heads) * static_cast<std::size_t>(kv.shape.tokens) * static_cast<std::size_t>(kv.shape.head_dim) * 2;

@@ -7,7 +7,8 @@
 // *_packed with bit packing, pack_bits_fast / unpack_bits_fast. They run the AVX2 kernels of
 // core/x86/affine.hpp when core/simd.hpp allows and the scalar references (detail::*_ref) otherwise,
 // with the same bytes either way. affine_batch_op is the batch decoders' element step for the affine
-// quantizers `uniform` and `kivi` (cuda/affine.cuh and the host emulation of pipeline/batch.hpp).
+// quantizers `uniform` and `kivi`, affine_params_op, affine_code_op, affine_exact_check_op and
+// affine_exact_op the batch encoders' (cuda/affine.cuh and the host emulations of pipeline/).
 #pragma once
 
 #include <cstddef>
@@ -151,9 +152,22 @@ struct affine_batch_block {
   std::uint32_t bits = 4, group = 0, per_channel = 0, mode = 0, param_dtype = 0, exact_dtype = 0, packed = 0;
   std::int32_t layer = 0;
   std::uint32_t key = 1;
-  std::int64_t t_first = 0;  ///< destination token of a head's row 0
+  std::int64_t t_first = 0;  ///< destination (encoders: source) token of a head's row 0
   std::int64_t t_end = 0;    ///< rows landing outside [0, t_end) are skipped
+  std::uint64_t slot = 0;    ///< encoders: the block's index (its flag)
 };
+
+namespace detail {
+/// Group of quantized value (h, r, c) of block b and the group count (affine_encode's order).
+KVCODEC_HD inline std::uint64_t affine_group_of(const affine_batch_block& b, std::uint64_t D, std::uint64_t h, std::uint64_t r, std::uint64_t c) noexcept {
+  const std::uint64_t G = b.group > 0 ? b.group : (b.q > 0 ? b.q : 1);
+  return b.per_channel != 0 ? h * ((b.q + G - 1) / G) * D + (r / G) * D + c : (h * b.q + r) * (D / G) + c / G;
+}
+KVCODEC_HD inline std::uint64_t affine_groups_of(const affine_batch_block& b, std::uint64_t D) noexcept {
+  const std::uint64_t G = b.group > 0 ? b.group : (b.q > 0 ? b.q : 1);
+  return b.per_channel != 0 ? static_cast<std::uint64_t>(b.heads) * ((b.q + G - 1) / G) * D : static_cast<std::uint64_t>(b.heads) * b.q * (D / G);
+}
+}  // namespace detail
 
 /// Element step of the affine batch decoders: value i of block b (heads x tokens rows, a head's rows in
 /// token order) is affine::dequantize_value of its symbol with its group's parameters, or its exact
@@ -183,8 +197,7 @@ struct affine_batch_op {
       if (s >> b.bits) return false;
       const auto m = static_cast<affine::mode>(b.mode);
       const auto pd = static_cast<affine::param_dtype>(b.param_dtype);
-      const std::uint64_t G = b.group > 0 ? b.group : (b.q > 0 ? b.q : 1);
-      const std::uint64_t g = b.per_channel != 0 ? h * ((b.q + G - 1) / G) * D + (r / G) * D + c : (h * b.q + r) * (D / G) + c / G;
+      const std::uint64_t g = detail::affine_group_of(b, D, h, r, c);
       x = affine::dequantize_value(s, affine::load_params(bytes + b.params + g * affine::param_bytes(m, pd), m, pd), static_cast<int>(b.bits), m);
     } else {
       const std::uint64_t k = (h * (b.tokens - b.q) + (r - b.q)) * D + c;
@@ -195,6 +208,94 @@ struct affine_batch_op {
     }
     if (t < 0 || t >= b.t_end) return true;
     kv_batch_put(d, b.key != 0, b.layer, static_cast<std::int64_t>(h), t, static_cast<std::int64_t>(c), x);
+    return true;
+  }
+};
+
+/// First step of the affine batch encoders: item g of block b is its group g (affine_encode's order),
+/// whose parameters (affine::params_acc over the source's values, as compute_params) are stored at
+/// out + b.params + g * param_bytes.
+struct affine_params_op {
+  kv_batch_src s;
+  std::uint8_t* out = nullptr;
+  KVCODEC_HD std::uint64_t count(const affine_batch_block& b) const noexcept { return b.q > 0 ? detail::affine_groups_of(b, static_cast<std::uint64_t>(s.head_dim)) : 0; }
+  KVCODEC_HD bool operator()(const affine_batch_block& b, std::uint64_t g) const noexcept {
+    const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), G = b.group > 0 ? b.group : (b.q > 0 ? b.q : 1);
+    affine::params_acc a;
+    if (b.per_channel != 0) {  // G rows of one channel
+      const std::uint64_t per_head = (b.q + G - 1) / G * D, h = g / per_head, gi = g % per_head / D, c = g % D;
+      for (std::uint64_t r = gi * G; r < b.q && r < gi * G + G; ++r)
+        a.add(kv_batch_get(s, b.key != 0, b.layer, static_cast<std::int64_t>(h), b.t_first + static_cast<std::int64_t>(r), static_cast<std::int64_t>(c)));
+    } else {  // G channels of one row
+      const std::uint64_t row = g / (D / G), h = row / b.q, r = row % b.q, c0 = g % (D / G) * G;
+      for (std::uint64_t c = c0; c < c0 + G; ++c)
+        a.add(kv_batch_get(s, b.key != 0, b.layer, static_cast<std::int64_t>(h), b.t_first + static_cast<std::int64_t>(r), static_cast<std::int64_t>(c)));
+    }
+    const auto m = static_cast<affine::mode>(b.mode);
+    const auto pd = static_cast<affine::param_dtype>(b.param_dtype);
+    affine::store_params(a.finish(static_cast<int>(b.bits), m, pd), m, pd, out + b.params + g * affine::param_bytes(m, pd));
+    return true;
+  }
+};
+
+/// Second step of the affine batch encoders: quantized value k of block b (heads x q rows) is coded with
+/// its group's stored parameters (exact in their dtype) by affine::quantize_value into the byte
+/// out[b.sym_first + k].
+struct affine_code_op {
+  kv_batch_src s;
+  std::uint8_t* out = nullptr;
+  KVCODEC_HD std::uint64_t count(const affine_batch_block& b) const noexcept {
+    return static_cast<std::uint64_t>(b.heads) * b.q * static_cast<std::uint64_t>(s.head_dim);
+  }
+  KVCODEC_HD bool operator()(const affine_batch_block& b, std::uint64_t k) const noexcept {
+    const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), c = k % D, row = k / D, h = row / b.q, r = row % b.q;
+    const auto m = static_cast<affine::mode>(b.mode);
+    const auto pd = static_cast<affine::param_dtype>(b.param_dtype);
+    const affine::params p = affine::load_params(out + b.params + detail::affine_group_of(b, D, h, r, c) * affine::param_bytes(m, pd), m, pd);
+    const float x = kv_batch_get(s, b.key != 0, b.layer, static_cast<std::int64_t>(h), b.t_first + static_cast<std::int64_t>(r), static_cast<std::int64_t>(c));
+    out[b.sym_first + k] = static_cast<std::uint8_t>(affine::quantize_value(x, p, static_cast<int>(b.bits), m));
+    return true;
+  }
+};
+
+namespace detail {
+/// Exact row value k of block b (heads x (tokens - q) rows after the quantized ones) from the source.
+KVCODEC_HD inline float affine_exact_value(const kv_batch_src& s, const affine_batch_block& b, std::uint64_t k) noexcept {
+  const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), c = k % D, row = k / D, n = b.tokens - b.q, h = row / n, r = b.q + row % n;
+  return kv_batch_get(s, b.key != 0, b.layer, static_cast<std::int64_t>(h), b.t_first + static_cast<std::int64_t>(r), static_cast<std::int64_t>(c));
+}
+}  // namespace detail
+
+/// Third step (kivi's residual rows): flags[b.slot] = 1 when an exact value does not survive a round
+/// trip through dtype `dtype_code` (1 f16, 2 bf16), which then stores the block's rows in f32 (qc::put_exact).
+struct affine_exact_check_op {
+  kv_batch_src s;
+  std::uint8_t* flags = nullptr;
+  std::uint32_t dtype_code = 1;
+  KVCODEC_HD std::uint64_t count(const affine_batch_block& b) const noexcept {
+    return dtype_code == 0 ? 0 : static_cast<std::uint64_t>(b.heads) * (b.tokens - b.q) * static_cast<std::uint64_t>(s.head_dim);
+  }
+  KVCODEC_HD bool operator()(const affine_batch_block& b, std::uint64_t k) const noexcept {
+    const float x = detail::affine_exact_value(s, b, k);
+    const float y = dtype_code == 2 ? bf16_bits_to_f32(f32_to_bf16_bits(x)) : f16_bits_to_f32(f32_to_f16_bits(x));
+    if (bit_cast_hd<std::uint32_t>(x) != bit_cast_hd<std::uint32_t>(y)) flags[b.slot] = 1;
+    return true;
+  }
+};
+
+/// Last step: exact value k of block b in b.exact_dtype, little-endian, at out + b.exact.
+struct affine_exact_op {
+  kv_batch_src s;
+  std::uint8_t* out = nullptr;
+  KVCODEC_HD std::uint64_t count(const affine_batch_block& b) const noexcept {
+    return static_cast<std::uint64_t>(b.heads) * (b.tokens - b.q) * static_cast<std::uint64_t>(s.head_dim);
+  }
+  KVCODEC_HD bool operator()(const affine_batch_block& b, std::uint64_t k) const noexcept {
+    const float x = detail::affine_exact_value(s, b, k);
+    if (b.exact_dtype == 0)
+      kvcodec::detail::store_le32(out + b.exact + 4 * k, bit_cast_hd<std::uint32_t>(x));
+    else
+      kvcodec::detail::store_le16(out + b.exact + 2 * k, b.exact_dtype == 2 ? f32_to_bf16_bits(x) : f32_to_f16_bits(x));
     return true;
   }
 };

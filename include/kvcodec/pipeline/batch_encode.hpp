@@ -2,10 +2,11 @@
 // backend's encoder (cuda/encode.cuh) and its host emulation (host_batch_executor, what CI runs).
 //
 // Scope: dense caches coded with `pack` by the llama.cpp block formats (q8_0 .. iq4_nl), fp8 (tensor,
-// head or token scales) and raw, without drop stages or transforms. The element steps of core/
-// (ggml_encode_op; fp8_amax_op then fp8_code_op, the scales found in between on the host as
-// cpu/fp8.hpp finds them; raw_encode_op) write every block's bytes into one buffer in the executor's
-// memory; the host copies it back, makes each block's symbols from it and writes the container with
+// head or token scales), raw, uniform and kivi (outliers 0), without drop stages or transforms. The
+// element steps of core/ (ggml_encode_op; fp8_amax_op then fp8_code_op, the scales found in between on
+// the host as cpu/fp8.hpp finds them; raw_encode_op; affine_params_op, affine_code_op and, for kivi's
+// residual rows, affine_exact_check_op and affine_exact_op) write every block's bytes into one buffer
+// in the executor's memory; the host copies it back, makes each block's symbols from it and writes the container with
 // encode_symbols_to. The container is the CPU encoder's, byte for byte (tests/pipeline/test_batch_encode.cpp).
 #pragma once
 
@@ -16,12 +17,15 @@
 #include <string>
 #include <vector>
 
+#include "kvcodec/core/affine.hpp"
 #include "kvcodec/core/fp8.hpp"
 #include "kvcodec/core/ggml_blocks.hpp"
 #include "kvcodec/core/raw.hpp"
 #include "kvcodec/cpu/fp8.hpp"
+#include "kvcodec/cpu/kivi.hpp"
 #include "kvcodec/cpu/pack.hpp"
 #include "kvcodec/cpu/raw.hpp"
+#include "kvcodec/cpu/uniform.hpp"
 #include "kvcodec/pipeline/batch.hpp"
 #include "kvcodec/pipeline/encode.hpp"
 
@@ -90,8 +94,11 @@ encode_report encode_pack_batch_to(X& x, const P& policy, codec& c, const const_
   const auto gtype = ggml::parse_block_type(qn);
   auto* fq = dynamic_cast<cpu::fp8_quant*>(c.quant.get());
   auto* rq = dynamic_cast<cpu::raw_quant*>(c.quant.get());
-  if (!gtype && !fq && !rq)
-    throw_usage("encode: quantizer '" + qn + "' has no batch encoder (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, fp8 and raw have one)");
+  const auto* kq = dynamic_cast<const cpu::kivi_quant*>(c.quant.get());
+  const auto* uq = dynamic_cast<const cpu::uniform_quant*>(c.quant.get());
+  if (!gtype && !fq && !rq && !kq && !uq)
+    throw_usage("encode: quantizer '" + qn + "' has no batch encoder (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, fp8, raw, uniform and kivi have one)");
+  if ((kq && kq->outliers() > 0.0) || (uq && uq->outliers() > 0.0)) throw_usage("encode: " + qn + " with outliers > 0 has no batch encoder yet");
   const std::size_t nb = 2 * static_cast<std::size_t>((s.tokens + opt.chunk_tokens - 1) / opt.chunk_tokens) * static_cast<std::size_t>(s.layers);
   const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), H = static_cast<std::uint64_t>(s.kv_heads);
   const kv_batch_src src = x.src(kv);
@@ -99,7 +106,63 @@ encode_report encode_pack_batch_to(X& x, const P& policy, codec& c, const const_
   std::vector<std::uint8_t> out;
   bytes state;
   std::vector<std::vector<float>> side_scales(nb);  // fp8 head/token scales per block
-  if (gtype || rq) {
+  std::vector<affine_batch_block> ablocks;           // uniform / kivi
+  std::vector<std::uint64_t> side_end(nb);           // uniform / kivi: where block i's side bytes end in `out`
+  if (kq || uq) {
+    state = c.quant->fit({}, info);  // checks the groups against head_dim
+    ablocks.resize(nb);
+    std::uint64_t max_groups = 0, max_q = 0, max_exact = 0;
+    for (std::size_t i = 0; i < nb; ++i) {
+      const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
+      const cpu::qc::affine_cfg cfg = kq ? kq->affine_config(sl.key, s.head_dim) : uq->affine_config(sl.key, sl.layer, s.head_dim);
+      auto& g = ablocks[i];
+      g.layer = sl.layer;
+      g.key = sl.key ? 1u : 0u;
+      g.tokens = static_cast<std::uint32_t>(sl.t1 - sl.t0);
+      g.heads = static_cast<std::uint32_t>(H);
+      const std::int64_t first_residual = kq ? s.tokens - kq->residual() : s.tokens;
+      g.q = static_cast<std::uint32_t>(std::clamp<std::int64_t>(first_residual - sl.t0, 0, g.tokens));
+      g.bits = static_cast<std::uint32_t>(cfg.bits);
+      g.group = static_cast<std::uint32_t>(cfg.group);
+      g.per_channel = cfg.per_channel ? 1u : 0u;
+      g.mode = static_cast<std::uint32_t>(cfg.mode);
+      g.param_dtype = static_cast<std::uint32_t>(cfg.pd);
+      g.t_first = sl.t0;
+      g.slot = i;
+      const std::vector<std::uint32_t> qcount(static_cast<std::size_t>(H), g.q);
+      const std::uint64_t codes = H * g.q * D, exact = H * (g.tokens - g.q) * D;
+      // block i in `out`: codes (a byte each), parameters, then (residual rows) the dtype tag and the
+      // values, with room for f32
+      g.sym_first = first[i];
+      g.params = first[i] + codes;
+      g.exact = g.params + cpu::qc::affine_side_bytes(cfg, qcount.data(), s.kv_heads, s.head_dim) + 1;
+      first[i + 1] = g.exact + 4 * exact;
+      max_groups = std::max(max_groups, g.q > 0 ? detail::affine_groups_of(g, D) : 0);
+      max_q = std::max(max_q, codes);
+      max_exact = std::max(max_exact, exact);
+    }
+    std::uint8_t* buf = x.bytes(static_cast<std::size_t>(first[nb]));
+    x.run(ablocks, max_groups, affine_params_op{src, buf});
+    x.run(ablocks, max_q, affine_code_op{src, buf});
+    const auto exact_dt = static_cast<std::uint32_t>(info.source_dtype == dtype::f16 || info.source_dtype == dtype::bf16 ? info.source_dtype : dtype::f32);
+    std::vector<std::uint8_t> flags(nb, 0);
+    if (max_exact > 0 && exact_dt != 0) {
+      std::uint8_t* fl = x.bytes(nb);
+      x.run(ablocks, max_exact, affine_exact_check_op{src, fl, exact_dt});
+      x.get(flags.data(), fl, nb);
+    }
+    for (std::size_t i = 0; i < nb; ++i) {
+      auto& g = ablocks[i];
+      g.exact_dtype = flags[i] ? 0u : exact_dt;
+      const std::uint64_t exact = H * (g.tokens - g.q) * D;
+      side_end[i] = exact == 0 ? g.exact - 1 : g.exact + exact * dtype_size(static_cast<dtype>(g.exact_dtype));
+    }
+    if (max_exact > 0) x.run(ablocks, max_exact, affine_exact_op{src, buf});
+    out.resize(static_cast<std::size_t>(first[nb]));
+    x.get(out.data(), buf, out.size());
+    for (std::size_t i = 0; i < nb; ++i)
+      if (side_end[i] != ablocks[i].exact - 1) out[static_cast<std::size_t>(ablocks[i].exact - 1)] = static_cast<std::uint8_t>(ablocks[i].exact_dtype);  // the tag
+  } else if (gtype || rq) {
     state = c.quant->fit({}, info);  // ggml: checks kv_heads*head_dim; raw: resolves the stored dtype
     std::uint64_t max_items = 0;
     if (gtype) {
@@ -202,6 +265,16 @@ encode_report encode_pack_batch_to(X& x, const P& policy, codec& c, const const_
     const std::uint8_t* p = out.data() + first[i];
     const std::size_t n = static_cast<std::size_t>(first[i + 1] - first[i]);
     sy.planes.clear();
+    if (!ablocks.empty()) {
+      const affine_batch_block& g = ablocks[i];
+      symbol_plane& pl = sy.planes.emplace_back();
+      pl.alphabet = 1u << g.bits;
+      pl.rows = static_cast<std::uint32_t>(H * g.q);
+      pl.cols = static_cast<std::uint32_t>(D);
+      pl.sym.assign(p, p + (g.params - g.sym_first));
+      sy.side.assign(out.begin() + static_cast<std::ptrdiff_t>(g.params), out.begin() + static_cast<std::ptrdiff_t>(side_end[i]));
+      return;
+    }
     if (!fq) {
       sy.side.assign(p, p + n);
       return;

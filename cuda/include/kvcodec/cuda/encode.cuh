@@ -7,8 +7,8 @@
 // place (strided or paged with a device block table; f32, f16 or bf16): pipeline/batch_encode.hpp
 // drives the element steps of core/ through device_batch_executor, the bytes come back to the host,
 // and the host codes and writes the container. Scope today: dense caches coded by the llama.cpp block
-// formats (q8_0 .. iq4_nl), fp8 and raw with `pack`; other codecs are a usage error naming the scope
-// (encode them on the CPU). Synchronous with respect to p.stream.
+// formats (q8_0 .. iq4_nl), fp8, raw, uniform and kivi (outliers 0) with `pack`; other codecs are a
+// usage error naming the scope (encode them on the CPU). Synchronous with respect to p.stream.
 // This header includes the CPU pipeline (host code): include it from .cu files that encode containers.
 #pragma once
 

@@ -80,27 +80,36 @@ KVCODEC_HD inline params params_from_amax(float amax, int bits, param_dtype pd, 
   return p;
 }
 
+/// A group's parameters gathered one value at a time (what compute_params does over an array; the
+/// batch encoders read a group from a strided or paged view): the finite values' range (asymmetric)
+/// and max |x| (symmetric).
+struct params_acc {
+  float lo = 0.0f, hi = 0.0f, amax = 0.0f;
+  bool any = false;
+  KVCODEC_HD void add(float v) noexcept {
+    if (!kvcodec::detail::is_finite_f32(v)) return;
+    if (!any) {
+      lo = hi = v;
+      any = true;
+    } else {
+      lo = v < lo ? v : lo;
+      hi = v > hi ? v : hi;
+    }
+    const float a = bit_cast_hd<float>(bit_cast_hd<std::uint32_t>(v) & 0x7fffffffu);  // finite_amax_ref's |v|
+    amax = a > amax ? a : amax;
+  }
+  KVCODEC_HD params finish(int bits, mode m, param_dtype pd) const noexcept {
+    return m == mode::asymmetric ? params_from_range(lo, hi, bits, pd) : params_from_amax(amax, bits, pd);
+  }
+};
+
 /// Parameters of a group of n values x[0], x[stride], ..., already rounded to storage dtype `pd`.
 /// `bits` must be 1..8 (asymmetric) or 2..8 (symmetric): validate with check_spec on the host.
 KVCODEC_HD inline params compute_params(const float* x, std::size_t n, std::size_t stride, int bits, mode m,
                                         param_dtype pd) noexcept {
-  if (m == mode::asymmetric) {
-    float lo = 0.0f, hi = 0.0f;
-    bool any = false;
-    for (std::size_t i = 0; i < n; ++i) {
-      const float v = x[i * stride];
-      if (!kvcodec::detail::is_finite_f32(v)) continue;
-      if (!any) {
-        lo = hi = v;
-        any = true;
-      } else {
-        lo = v < lo ? v : lo;
-        hi = v > hi ? v : hi;
-      }
-    }
-    return params_from_range(lo, hi, bits, pd);
-  }
-  return params_from_amax(kvcodec::detail::finite_amax_ref(x, n, stride), bits, pd);
+  params_acc a;
+  for (std::size_t i = 0; i < n; ++i) a.add(x[i * stride]);
+  return a.finish(bits, m, pd);
 }
 
 /// The code of one value (round half up, clamped); see the header comment for non-finite values.
