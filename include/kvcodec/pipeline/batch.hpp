@@ -399,6 +399,31 @@ inline store_batch_plan<raw_batch_block> plan_raw_batch(const segment_decoder& d
   return plan;
 }
 
+namespace detail {
+/// The quantizer fields of the affine_batch_block of (layer, K or V, tokens [t0, t1)) for a kivi (kq)
+/// or uniform (uq) stage: heads, tokens, q (kivi: rows before the residual), bits, groups, mode and
+/// parameter dtype; `param_bytes` receives the size of its group parameters.
+inline affine_batch_block affine_block(const cpu::kivi_quant* kq, const cpu::uniform_quant* uq, const kv_shape& s, std::int32_t layer, bool key,
+                                       std::int64_t t0, std::int64_t t1, std::uint64_t& param_bytes) {
+  const cpu::qc::affine_cfg cfg = kq ? kq->affine_config(key, s.head_dim) : uq->affine_config(key, layer, s.head_dim);
+  affine_batch_block g;
+  g.layer = layer;
+  g.key = key ? 1u : 0u;
+  g.tokens = static_cast<std::uint32_t>(t1 - t0);
+  g.heads = static_cast<std::uint32_t>(s.kv_heads);
+  const std::int64_t first_residual = kq ? s.tokens - kq->residual() : s.tokens;
+  g.q = static_cast<std::uint32_t>(std::clamp<std::int64_t>(first_residual - t0, 0, g.tokens));
+  g.bits = static_cast<std::uint32_t>(cfg.bits);
+  g.group = static_cast<std::uint32_t>(cfg.group);
+  g.per_channel = cfg.per_channel ? 1u : 0u;
+  g.mode = static_cast<std::uint32_t>(cfg.mode);
+  g.param_dtype = static_cast<std::uint32_t>(cfg.pd);
+  const std::vector<std::uint32_t> qcount(static_cast<std::size_t>(s.kv_heads), g.q);
+  param_bytes = cpu::qc::affine_side_bytes(cfg, qcount.data(), s.kv_heads, s.head_dim);
+  return g;
+}
+}  // namespace detail
+
 /// A `uniform` or `kivi` container's blocks (outliers=0) for a batch decode: with rans, the rANS batch
 /// (its symbols are the op's `sym`) and every block's side bytes concatenated in `side`; with pack, the
 /// segments' bytes in `bytes`, the codes unpacked in place.
@@ -457,28 +482,15 @@ inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span
   }
   for (const auto& f : all) {
     const block& sk = *f.skeleton;
-    const cpu::qc::affine_cfg cfg = kq ? kq->affine_config(f.key, s.head_dim) : uq->affine_config(f.key, sk.layer, s.head_dim);
-    affine_batch_block g;
-    g.layer = sk.layer;
-    g.key = f.key ? 1u : 0u;
-    g.tokens = static_cast<std::uint32_t>(sk.t1 - sk.t0);
-    g.heads = static_cast<std::uint32_t>(H);
-    const std::int64_t first_residual = kq ? s.tokens - kq->residual() : s.tokens;
-    g.q = static_cast<std::uint32_t>(std::clamp<std::int64_t>(first_residual - sk.t0, 0, g.tokens));
-    g.bits = static_cast<std::uint32_t>(cfg.bits);
-    g.group = static_cast<std::uint32_t>(cfg.group);
-    g.per_channel = cfg.per_channel ? 1u : 0u;
-    g.mode = static_cast<std::uint32_t>(cfg.mode);
-    g.param_dtype = static_cast<std::uint32_t>(cfg.pd);
+    std::uint64_t pbytes = 0;
+    affine_batch_block g = detail::affine_block(kq, uq, s, sk.layer, f.key, sk.t0, sk.t1, pbytes);
     g.packed = plan.packed ? 1u : 0u;
     g.sym_first = f.sym_first;
     g.t_first = sk.t0 - base;
     g.t_end = tokens;
-    if (f.alphabet != (1u << cfg.bits) || f.rows != H * g.q || f.cols != D)
-      throw_corrupt(f.where, "expected a plane of " + std::to_string(H * g.q) + " x " + std::to_string(D) + " symbols (alphabet " + std::to_string(1u << cfg.bits) +
+    if (f.alphabet != (1u << g.bits) || f.rows != H * g.q || f.cols != D)
+      throw_corrupt(f.where, "expected a plane of " + std::to_string(H * g.q) + " x " + std::to_string(D) + " symbols (alphabet " + std::to_string(1u << g.bits) +
                                  "), found " + std::to_string(f.rows) + " x " + std::to_string(f.cols) + " (alphabet " + std::to_string(f.alphabet) + ")");
-    std::vector<std::uint32_t> qcount(static_cast<std::size_t>(H), g.q);
-    const std::uint64_t pbytes = cpu::qc::affine_side_bytes(cfg, qcount.data(), s.kv_heads, s.head_dim);
     g.params = f.side_first;
     const std::uint64_t exact_n = H * (g.tokens - g.q) * D;
     if (exact_n == 0) {

@@ -114,28 +114,17 @@ encode_report encode_pack_batch_to(X& x, const P& policy, codec& c, const const_
     std::uint64_t max_groups = 0, max_q = 0, max_exact = 0;
     for (std::size_t i = 0; i < nb; ++i) {
       const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
-      const cpu::qc::affine_cfg cfg = kq ? kq->affine_config(sl.key, s.head_dim) : uq->affine_config(sl.key, sl.layer, s.head_dim);
+      std::uint64_t pbytes = 0;
       auto& g = ablocks[i];
-      g.layer = sl.layer;
-      g.key = sl.key ? 1u : 0u;
-      g.tokens = static_cast<std::uint32_t>(sl.t1 - sl.t0);
-      g.heads = static_cast<std::uint32_t>(H);
-      const std::int64_t first_residual = kq ? s.tokens - kq->residual() : s.tokens;
-      g.q = static_cast<std::uint32_t>(std::clamp<std::int64_t>(first_residual - sl.t0, 0, g.tokens));
-      g.bits = static_cast<std::uint32_t>(cfg.bits);
-      g.group = static_cast<std::uint32_t>(cfg.group);
-      g.per_channel = cfg.per_channel ? 1u : 0u;
-      g.mode = static_cast<std::uint32_t>(cfg.mode);
-      g.param_dtype = static_cast<std::uint32_t>(cfg.pd);
+      g = detail::affine_block(kq, uq, s, sl.layer, sl.key, sl.t0, sl.t1, pbytes);
       g.t_first = sl.t0;
       g.slot = i;
-      const std::vector<std::uint32_t> qcount(static_cast<std::size_t>(H), g.q);
       const std::uint64_t codes = H * g.q * D, exact = H * (g.tokens - g.q) * D;
       // block i in `out`: codes (a byte each), parameters, then (residual rows) the dtype tag and the
       // values, with room for f32
       g.sym_first = first[i];
       g.params = first[i] + codes;
-      g.exact = g.params + cpu::qc::affine_side_bytes(cfg, qcount.data(), s.kv_heads, s.head_dim) + 1;
+      g.exact = g.params + pbytes + 1;
       first[i + 1] = g.exact + 4 * exact;
       max_groups = std::max(max_groups, g.q > 0 ? detail::affine_groups_of(g, D) : 0);
       max_q = std::max(max_q, codes);

@@ -54,6 +54,14 @@ struct device_dest {
   }
 };
 
+/// A device copy of a batch's segment bytes, piece by piece (no host-side concatenation).
+inline device_buffer<std::uint8_t> upload(const batch_bytes& b) {
+  device_buffer<std::uint8_t> d(static_cast<std::size_t>(b.total));
+  for (std::size_t k = 0; k < b.pieces.size(); ++k)
+    if (!b.pieces[k].empty()) check(cudaMemcpy(d.data() + b.first[k], b.pieces[k].data(), b.pieces[k].size(), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+  return d;
+}
+
 /// One planned, uploaded batch: launch() queues its kernels, finish() waits and reports.
 struct batch_job {
   virtual ~batch_job() = default;
@@ -70,109 +78,90 @@ struct store_job final : batch_job {
   device_buffer<std::uint32_t> bad;
   std::uint64_t max_items;
   store_job(const store_batch_plan<Block>& plan, const kv_view& dst)
-      : bytes(static_cast<std::size_t>(plan.bytes.total)), blocks(std::span<const Block>(plan.blocks)), dd(dst), bad(plan.blocks.size() + 1),
-        max_items(plan.max_items) {
-    for (std::size_t k = 0; k < plan.bytes.pieces.size(); ++k)
-      if (!plan.bytes.pieces[k].empty())
-        check(cudaMemcpy(bytes.data() + plan.bytes.first[k], plan.bytes.pieces[k].data(), plan.bytes.pieces[k].size(), cudaMemcpyHostToDevice),
-              "cudaMemcpy H2D");
-  }
+      : bytes(upload(plan.bytes)), blocks(std::span<const Block>(plan.blocks)), dd(dst), bad(plan.blocks.size() + 1), max_items(plan.max_items) {}
   void launch(const par_t& p) override {
     run_batch(blocks.data(), blocks.size(), max_items, typename batch_op_of<Block>::type{bytes.data(), dd.d}, bad.data(), p);
   }
   void finish(const par_t& p, const std::string& name) override { check(cudaStreamSynchronize(p.stream), name.c_str()); }  // no step rejects a value
 };
 
+/// A rANS batch on the device: its streams, tables and symbols, the kernel's temp storage, its launch
+/// and the check of its statuses (cuda/rans.cuh).
+struct rans_device {
+  device_buffer<rans_batch_stream> streams;
+  device_buffer<std::uint8_t> data, temp;
+  device_buffer<std::uint32_t> entries, col_off;
+  device_buffer<std::uint16_t> sym;
+  std::size_t count = 0, temp_bytes = 0;
+  std::uint32_t max_lanes = 0;
+  rans_device() = default;
+  rans_device(const rans_batch_builder<std::uint32_t>& b, const par_t& p)
+      : streams(std::span<const rans_batch_stream>(b.streams)), data(std::span<const std::uint8_t>(b.data)), entries(std::span<const std::uint32_t>(b.entries)),
+        col_off(std::span<const std::uint32_t>(b.col_off)), sym(b.out_symbols), count(b.streams.size()), max_lanes(b.max_lanes) {
+    rans_decode_batch(nullptr, temp_bytes, args(), p);
+    temp = device_buffer<std::uint8_t>(temp_bytes);
+  }
+  rans_batch_args<std::uint32_t> args() { return {streams.data(), count, max_lanes, data.data(), entries.data(), col_off.data(), sym.data()}; }
+  void launch(const par_t& p) { rans_decode_batch(temp.data(), temp_bytes, args(), p); }
+  /// Waits for p.stream; throws corrupt naming the first failed stream.
+  void check_streams(const par_t& p, const std::string& name) {
+    const auto st = rans_batch_statuses(temp.data(), count, p);
+    rans_batch_throw_failed(std::span<const rans_batch_status>(st), [&](std::size_t i) { return name + ": rANS stream " + std::to_string(i) + " of the batch"; });
+  }
+};
+
+/// Throws corrupt for the first flagged block (what(i) says why).
+template <class Block, class What>
+void throw_flagged(const device_buffer<std::uint32_t>& bad, const std::vector<Block>& blocks, const std::string& name, const What& what) {
+  const auto flags = bad.download();
+  for (std::size_t i = 0; i < blocks.size(); ++i)
+    if (flags[i]) throw_corrupt(name + ": block " + std::to_string(i) + " (layer " + std::to_string(blocks[i].layer) + (blocks[i].key ? " K" : " V") + ")", what(i));
+}
+
 /// A cachegen-quant|rans batch (the kvc levels): the rANS batch kernel, then dequantize + scatter.
 struct cachegen_job final : batch_job {
   cachegen_batch_plan<std::uint32_t> plan;
-  device_buffer<rans_batch_stream> streams;
-  device_buffer<std::uint8_t> data;
-  device_buffer<std::uint32_t> entries, col_off;
-  device_buffer<std::uint16_t> sym;
+  rans_device rans;
   device_buffer<cachegen_batch_block> blocks;
   device_buffer<float> steps;
   device_dest dd;
-  device_buffer<std::uint8_t> temp;
   device_buffer<std::uint32_t> bad;
-  std::size_t temp_bytes = 0;
   std::uint64_t max_elements = 0;
   cachegen_job(cachegen_batch_plan<std::uint32_t> pl, const kv_view& dst, const par_t& p)
-      : plan(std::move(pl)), streams(std::span<const rans_batch_stream>(plan.rans.builder.streams)), data(std::span<const std::uint8_t>(plan.rans.builder.data)),
-        entries(std::span<const std::uint32_t>(plan.rans.builder.entries)), col_off(std::span<const std::uint32_t>(plan.rans.builder.col_off)),
-        sym(plan.rans.builder.out_symbols), blocks(std::span<const cachegen_batch_block>(plan.blocks)), steps(std::span<const float>(plan.steps)), dd(dst),
-        bad(plan.blocks.size() + 1) {
-    rans_decode_batch(nullptr, temp_bytes, args(), p);
-    temp = device_buffer<std::uint8_t>(temp_bytes);
+      : plan(std::move(pl)), rans(plan.rans.builder, p), blocks(std::span<const cachegen_batch_block>(plan.blocks)), steps(std::span<const float>(plan.steps)),
+        dd(dst), bad(plan.blocks.size() + 1) {
     for (const auto& g : plan.blocks) max_elements = std::max<std::uint64_t>(max_elements, static_cast<std::uint64_t>(g.rows) * g.cols);
   }
-  rans_batch_args<std::uint32_t> args() {
-    const auto& b = plan.rans.builder;
-    return {streams.data(), b.streams.size(), b.max_lanes, data.data(), entries.data(), col_off.data(), sym.data()};
-  }
   void launch(const par_t& p) override {
-    rans_decode_batch(temp.data(), temp_bytes, args(), p);
-    cachegen_store(blocks.data(), plan.blocks.size(), max_elements, sym.data(), steps.data(), dd.d, bad.data(), p);
+    rans.launch(p);
+    cachegen_store(blocks.data(), plan.blocks.size(), max_elements, rans.sym.data(), steps.data(), dd.d, bad.data(), p);
   }
   void finish(const par_t& p, const std::string& name) override {
-    const auto st = rans_batch_statuses(temp.data(), plan.rans.builder.streams.size(), p);  // waits for p.stream
-    rans_batch_throw_failed(std::span<const rans_batch_status>(st), [&](std::size_t i) { return name + ": rANS stream " + std::to_string(i) + " of the batch"; });
-    const auto flags = bad.download();
-    for (std::size_t i = 0; i < plan.blocks.size(); ++i)
-      if (flags[i])
-        throw_corrupt(name + ": block " + std::to_string(i) + " (layer " + std::to_string(plan.blocks[i].layer) + (plan.blocks[i].key ? " K" : " V") + ")",
-                      "a symbol above 2*MAX = " + std::to_string(2 * plan.blocks[i].max));
+    rans.check_streams(p, name);
+    throw_flagged(bad, plan.blocks, name, [&](std::size_t i) { return "a symbol above 2*MAX = " + std::to_string(2 * plan.blocks[i].max); });
   }
 };
 
 /// A uniform / kivi batch: the rANS batch kernel when the symbols are rANS-coded, then the affine step.
 struct affine_job final : batch_job {
   affine_batch_plan plan;
-  device_buffer<rans_batch_stream> streams;
-  device_buffer<std::uint8_t> data, bytes, temp;
-  device_buffer<std::uint32_t> entries, col_off, bad;
-  device_buffer<std::uint16_t> sym;
+  rans_device rans;  ///< empty for pack planes
+  device_buffer<std::uint8_t> bytes;
+  device_buffer<std::uint32_t> bad;
   device_buffer<affine_batch_block> blocks;
   device_dest dd;
-  std::size_t temp_bytes = 0;
   affine_job(affine_batch_plan pl, const kv_view& dst, const par_t& p)
-      : plan(std::move(pl)), bytes(static_cast<std::size_t>(plan.packed ? plan.bytes.total : plan.side.size())), bad(plan.blocks.size() + 1),
+      : plan(std::move(pl)), bytes(plan.packed ? upload(plan.bytes) : device_buffer<std::uint8_t>(std::span<const std::uint8_t>(plan.side))), bad(plan.blocks.size() + 1),
         blocks(std::span<const affine_batch_block>(plan.blocks)), dd(dst) {
-    if (plan.packed) {
-      for (std::size_t k = 0; k < plan.bytes.pieces.size(); ++k)
-        if (!plan.bytes.pieces[k].empty())
-          check(cudaMemcpy(bytes.data() + plan.bytes.first[k], plan.bytes.pieces[k].data(), plan.bytes.pieces[k].size(), cudaMemcpyHostToDevice),
-                "cudaMemcpy H2D");
-      return;
-    }
-    bytes.upload(std::span<const std::uint8_t>(plan.side));
-    const auto& b = plan.rans.builder;
-    streams = device_buffer<rans_batch_stream>(std::span<const rans_batch_stream>(b.streams));
-    data = device_buffer<std::uint8_t>(std::span<const std::uint8_t>(b.data));
-    entries = device_buffer<std::uint32_t>(std::span<const std::uint32_t>(b.entries));
-    col_off = device_buffer<std::uint32_t>(std::span<const std::uint32_t>(b.col_off));
-    sym = device_buffer<std::uint16_t>(b.out_symbols);
-    rans_decode_batch(nullptr, temp_bytes, args(), p);
-    temp = device_buffer<std::uint8_t>(temp_bytes);
-  }
-  rans_batch_args<std::uint32_t> args() {
-    const auto& b = plan.rans.builder;
-    return {streams.data(), b.streams.size(), b.max_lanes, data.data(), entries.data(), col_off.data(), sym.data()};
+    if (!plan.packed) rans = rans_device(plan.rans.builder, p);
   }
   void launch(const par_t& p) override {
-    if (!plan.packed) rans_decode_batch(temp.data(), temp_bytes, args(), p);
-    affine_store(blocks.data(), plan.blocks.size(), plan.max_items, sym.data(), bytes.data(), dd.d, bad.data(), p);
+    if (!plan.packed) rans.launch(p);
+    affine_store(blocks.data(), plan.blocks.size(), plan.max_items, rans.sym.data(), bytes.data(), dd.d, bad.data(), p);
   }
   void finish(const par_t& p, const std::string& name) override {
-    if (!plan.packed) {
-      const auto st = rans_batch_statuses(temp.data(), plan.rans.builder.streams.size(), p);  // waits for p.stream
-      rans_batch_throw_failed(std::span<const rans_batch_status>(st), [&](std::size_t i) { return name + ": rANS stream " + std::to_string(i) + " of the batch"; });
-    }
-    const auto flags = bad.download();
-    for (std::size_t i = 0; i < plan.blocks.size(); ++i)
-      if (flags[i])
-        throw_corrupt(name + ": block " + std::to_string(i) + " (layer " + std::to_string(plan.blocks[i].layer) + (plan.blocks[i].key ? " K" : " V") + ")",
-                      "a symbol of 2^bits or more");
+    if (!plan.packed) rans.check_streams(p, name);
+    throw_flagged(bad, plan.blocks, name, [](std::size_t) { return std::string("a symbol of 2^bits or more"); });
   }
 };
 
