@@ -88,9 +88,9 @@ int main(int argc, char** argv) {
       std::printf("GPU symbols vs the CPU decoder: %zu of %zu streams differ or failed\n", bad_streams, streams);
     }
     // decode into an f16 device view (cuda::decode_into), against the CPU's decode_into
-    const std::string& qn = dec.stages().quant->spec().name;  // cuda::encode's scope: the block formats, fp8, raw, uniform, kivi with pack
-    const bool packed = dynamic_cast<const cpu::pack_entropy*>(dec.stages().entropy.get()) != nullptr &&
-                        (ggml::parse_block_type(qn).has_value() || qn == "fp8" || qn == "raw" || qn == "uniform" || qn == "kivi");
+    const std::string& qn = dec.stages().quant->spec().name;  // cuda::encode's scope (cuda/encode.cuh)
+    const bool packed = dec.stages().transforms.empty() && (qn == "cachegen-quant" || ggml::parse_block_type(qn).has_value() || qn == "fp8" ||
+                                                            qn == "raw" || qn == "uniform" || qn == "kivi");
     const auto vt = kvcodec_bench_cuda::time_view_decode(e.data, kv.shape.layers, kv.shape.kv_heads, kv.shape.tokens, kv.shape.head_dim, reps,
                                                          packed ? spec : std::string());
     const std::size_t per = static_cast<std::size_t>(kv.shape.kv_heads) * static_cast<std::size_t>(kv.shape.tokens) * static_cast<std::size_t>(kv.shape.head_dim) * 2;
@@ -121,7 +121,7 @@ int main(int argc, char** argv) {
       codec cc = make_codec(spec);
       const encoded want = encode(cpu::par(threads), cc, const_kv_view(kv_view::hf(kp, vp, dtype::f16, kv.shape.kv_heads, kv.shape.tokens, kv.shape.head_dim)));
       const bool same = want.data == vt.encoded;
-      std::printf("cuda::encode of the f16 device view (kernels, D2H of the coded bytes, container written on the host), best of %zu: %.1f ms = %.1f GB/s "
+      std::printf("cuda::encode of the f16 device view (quantizer kernels, D2H of the symbols, entropy stage and container on the host), best of %zu: %.1f ms = %.1f GB/s "
                   "of f16; container equals the CPU's encode of the same view: %s\n",
                   en.size(), en.front(), f16_bytes / en.front() / 1e6, same ? "yes" : "NO");
       bad_streams += same ? 0 : 1;

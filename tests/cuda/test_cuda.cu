@@ -298,13 +298,14 @@ void test_decode_into() {
 }
 
 /// kvcodec::cuda::encode from device views (f32/f16/bf16, HF and paged) writes the CPU encoder's
-/// container byte for byte: the ggml block formats, fp8, raw, uniform, kivi.
+/// container byte for byte: the kvc levels, cachegen, the ggml block formats, fp8, raw, uniform, kivi.
 void test_encode() {
   const kv_cache a = test::random_cache(3, 2, 600, 32, dtype::f16);
   const kv_cache b = test::random_cache(2, 8, 300, 20, dtype::bf16);
   for (const std::string spec : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "fp8", "fp8:format=e5m2,scale=head", "fp8:scale=token", "raw",
                                  "raw:dtype=f16", "raw:dtype=bf16", "raw:dtype=f32", "kivi:bits=2", "kivi:bits=4,group=32,residual=200,scale=f32",
-                                 "uniform", "uniform:bits=3,mode=sym,kaxis=token,group=4", "uniform:bits=8,kaxis=channel,vaxis=channel,group=10"})
+                                 "uniform", "uniform:bits=3,mode=sym,kaxis=token,group=4", "uniform:bits=8,kaxis=channel,vaxis=channel,group=10",
+                                 "kvc:level=5", "kvc:level=1", "cachegen", "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|rans:lanes=0", "kivi:bits=4|rans"})
     for (const kv_cache* kv : {&a, &b})
       for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
         for (bool paged : {false, true}) {

@@ -4,6 +4,7 @@
 // outside its scope are usage errors.
 #include <doctest/doctest.h>
 
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -27,7 +28,7 @@ kv_extras extras(const kv_cache& kv) {
 
 }  // namespace
 
-TEST_CASE("batch encode (emulated) writes the CPU encoder's container: ggml block formats - fp8 - raw - uniform - kivi - f32 f16 bf16 views - HF and paged") {
+TEST_CASE("batch encode (emulated) writes the CPU encoder's container: kvc levels - cachegen - ggml block formats - fp8 - raw - uniform - kivi - f32 f16 bf16 views - HF and paged") {
   // head_dim 32 (ggml blocks within a head) and 8 heads x head_dim 20 (blocks span heads); 600 and
   // 300 tokens with chunks of 256 and 128 (a short last chunk)
   const kv_cache a = test::random_cache(3, 2, 600, 32, dtype::f16);
@@ -35,7 +36,9 @@ TEST_CASE("batch encode (emulated) writes the CPU encoder's container: ggml bloc
   for (const std::string spec : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "fp8", "fp8:format=e5m2,scale=head", "fp8:scale=token", "raw",
                                  "raw:dtype=f16", "raw:dtype=bf16", "raw:dtype=f32", "kivi:bits=2", "kivi:bits=4,group=32,residual=200,scale=f32",
                                  "kivi:bits=3,residual=0", "uniform", "uniform:bits=3,mode=sym,kaxis=token,group=4",
-                                 "uniform:bits=8,kaxis=channel,vaxis=channel,group=10", "uniform:bits=2,kaxis=channel"})
+                                 "uniform:bits=8,kaxis=channel,vaxis=channel,group=10", "uniform:bits=2,kaxis=channel", "kvc:level=5", "kvc:level=1",
+                                 "cachegen", "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|rans:lanes=0", "cachegen-quant:kbins=600,klayers=-,vbins=300,vlayers=-|rans:prob_bits=14",
+                                 "q8_0|zstd", "kivi:bits=4|rans", "kvc:level=9,values=channel"})
     for (const kv_cache* kv : {&a, &b})
       for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
         for (bool paged : {false, true}) {
@@ -45,7 +48,7 @@ TEST_CASE("batch encode (emulated) writes the CPU encoder's container: ggml bloc
           codec c1 = make_codec(spec), c2 = make_codec(spec);
           const encoded want = encode(cpu::par, c1, const_kv_view(src.view), opt, extras(*kv));
           host_batch_executor x;
-          const encoded got = encode_pack_batch(x, cpu::par(2), c2, const_kv_view(src.view), opt, extras(*kv));
+          const encoded got = encode_batch(x, cpu::par(2), c2, const_kv_view(src.view), opt, extras(*kv));
           CHECK(got.data == want.data);
           CHECK(got.report.bits_per_element == want.report.bits_per_element);
         }
@@ -62,7 +65,31 @@ TEST_CASE("batch encode (emulated): kivi's residual rows fall back to f32 as on 
     codec c1 = make_codec(spec), c2 = make_codec(spec);
     const encoded want = encode(cpu::par, c1, const_kv_view(src.view), {}, ex);
     host_batch_executor x;
-    CHECK(encode_pack_batch(x, cpu::par, c2, const_kv_view(src.view), {}, ex).data == want.data);
+    CHECK(encode_batch(x, cpu::par, c2, const_kv_view(src.view), {}, ex).data == want.data);
+  }
+}
+
+TEST_CASE("batch encode (emulated): a NaN or an infinity is bad input for cachegen-quant as on the CPU") {
+  kv_cache kv = test::random_cache(2, 2, 300, 32, dtype::f32);
+  kv.values[1][4000] = std::numeric_limits<float>::infinity();
+  const test::host_dest src = test::host_source(kv, dtype::f32, false);
+  for (const std::string spec : {"kvc:level=5", "cachegen"}) {
+    INFO(spec);
+    codec c1 = make_codec(spec), c2 = make_codec(spec);
+    error_kind want = error_kind::io, got = error_kind::io;
+    try {
+      (void)encode(cpu::par, c1, const_kv_view(src.view), {}, extras(kv));
+    } catch (const error& e) {
+      want = e.kind();
+    }
+    host_batch_executor x;
+    try {
+      (void)encode_batch(x, cpu::par, c2, const_kv_view(src.view), {}, extras(kv));
+    } catch (const error& e) {
+      got = e.kind();
+    }
+    CHECK(want == error_kind::bad_input);
+    CHECK(got == want);
   }
 }
 
@@ -73,13 +100,13 @@ TEST_CASE("batch encode: codecs and inputs outside its scope are usage errors") 
     codec c = make_codec(spec);
     host_batch_executor x;
     try {
-      (void)encode_pack_batch(x, cpu::par, c, v, {}, ex);
+      (void)encode_batch(x, cpu::par, c, v, {}, ex);
     } catch (const error& e) {
       return e.kind();
     }
     return error_kind::io;  // no error
   };
-  for (const std::string spec : {"kvc:level=5", "kivi:bits=4|rans", "kivi:outliers=1", "nf4", "q8_0|zstd", "hadamard|q8_0", "knorm:keep=0.5|q8_0"}) {
+  for (const std::string spec : {"kivi:outliers=1", "nf4", "hadamard|q8_0", "knorm:keep=0.5|q8_0", "derope|kvc:level=5"}) {
     INFO(spec);
     CHECK(kind(spec, extras(kv), src.view) == error_kind::usage);
   }

@@ -1,6 +1,8 @@
 // kvcodec/core/cachegen.hpp — the per-element math of CacheGen's max-abs quantizer (LMCache's
 // torch_quant), host and device: a value's symbol for a stored scale, its value back, and the scale as
-// stored (f16 or bf16 bits of the max-abs, saturated to the finite range). The stage: cpu/cachegen.hpp.
+// stored (f16 or bf16 bits of the max-abs, saturated to the finite range); the batch decoders' element
+// step (cachegen_batch_op) and the batch encoders' two (cachegen_amax_op, cachegen_code_op). The stage:
+// cpu/cachegen.hpp.
 #pragma once
 
 #include <cstdint>
@@ -78,6 +80,74 @@ struct cachegen_batch_op {
   kv_batch_dest d;
   KVCODEC_HD std::uint64_t count(const cachegen_batch_block& b) const noexcept { return static_cast<std::uint64_t>(b.rows) * b.cols; }
   KVCODEC_HD bool operator()(const cachegen_batch_block& b, std::uint64_t i) const noexcept { return cachegen_batch_store(b, sym, steps, d, i); }
+};
+
+/// One dense K or V block for the cachegen-quant batch encoders (cpu/cachegen.hpp's layout): a plane of
+/// `tokens` rows x heads * head_dim columns, symbols from `sym_first` of the encoder's bytes (a byte each,
+/// or two little-endian when `wide`), one scale per row (by_token) or per column, from index
+/// `scale_first` of the encoder's per-scale arrays.
+struct cachegen_encode_block {
+  std::uint64_t sym_first = 0, scale_first = 0;
+  std::uint32_t tokens = 0, heads = 0;
+  std::int32_t max = 0;
+  std::uint32_t by_token = 0, wide = 0;
+  std::int32_t layer = 0;
+  std::uint32_t key = 1;
+  std::int64_t t_first = 0;  ///< the source token of row 0
+  std::uint64_t slot = 0;    ///< the block's index (its non-finite flag)
+};
+
+/// First step of the cachegen-quant batch encoders: item j of block b is its scale j (row j by_token,
+/// else column j = head * head_dim + channel), amax[b.scale_first + j] = max |x| over the values it
+/// scales; a non-finite value sets nonfinite[b.slot] (the CPU stage refuses the block then).
+struct cachegen_amax_op {
+  kv_batch_src s;
+  float* amax = nullptr;
+  std::uint8_t* nonfinite = nullptr;
+  KVCODEC_HD std::uint64_t count(const cachegen_encode_block& b) const noexcept {
+    return b.by_token != 0 ? b.tokens : static_cast<std::uint64_t>(b.heads) * static_cast<std::uint64_t>(s.head_dim);
+  }
+  KVCODEC_HD bool operator()(const cachegen_encode_block& b, std::uint64_t j) const noexcept {
+    const std::int64_t D = s.head_dim;
+    float m = 0.0f;
+    bool bad = false;
+    const auto take = [&](std::int64_t h, std::int64_t r, std::int64_t c) {
+      const float a = bit_cast_hd<float>(bit_cast_hd<std::uint32_t>(kv_batch_get(s, b.key != 0, b.layer, h, b.t_first + r, c)) & 0x7fffffffu);  // fabs
+      bad |= !(a <= 3.4028235e38f);
+      m = a > m ? a : m;
+    };
+    if (b.by_token != 0) {
+      for (std::int64_t h = 0; h < static_cast<std::int64_t>(b.heads); ++h)
+        for (std::int64_t c = 0; c < D; ++c) take(h, static_cast<std::int64_t>(j), c);
+    } else {
+      for (std::int64_t r = 0; r < static_cast<std::int64_t>(b.tokens); ++r) take(static_cast<std::int64_t>(j) / D, r, static_cast<std::int64_t>(j) % D);
+    }
+    amax[b.scale_first + j] = m;
+    if (bad) nonfinite[b.slot] = 1;
+    return true;
+  }
+};
+
+/// Second step: value k of block b (row k / C, column k % C, C = heads * head_dim) is coded by
+/// cachegen_quantize with its scale's inverse step (inv[b.scale_first + row or column], MAX / stored
+/// scale as the CPU computes it) into the encoder's bytes.
+struct cachegen_code_op {
+  kv_batch_src s;
+  const float* inv = nullptr;
+  std::uint8_t* out = nullptr;
+  KVCODEC_HD std::uint64_t count(const cachegen_encode_block& b) const noexcept {
+    return static_cast<std::uint64_t>(b.tokens) * b.heads * static_cast<std::uint64_t>(s.head_dim);
+  }
+  KVCODEC_HD bool operator()(const cachegen_encode_block& b, std::uint64_t k) const noexcept {
+    const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), C = b.heads * D, r = k / C, c = k % C;
+    const float x = kv_batch_get(s, b.key != 0, b.layer, static_cast<std::int64_t>(c / D), b.t_first + static_cast<std::int64_t>(r), static_cast<std::int64_t>(c % D));
+    const std::uint16_t q = cachegen_quantize(x, inv[b.scale_first + (b.by_token != 0 ? r : c)], b.max);
+    if (b.wide != 0)
+      kvcodec::detail::store_le16(out + b.sym_first + 2 * k, q);
+    else
+      out[b.sym_first + k] = static_cast<std::uint8_t>(q);
+    return true;
+  }
 };
 
 }  // namespace kvcodec

@@ -31,6 +31,11 @@ class cachegen_quant final : public stage_impl<quant::cachegen, quant_stage> {
   bool fit_uses_blocks() const override { return false; }
 
   static std::uint32_t alphabet_for(int bins) { return bins <= 32 ? 32u : static_cast<std::uint32_t>(bins - 1); }
+  /// What a batch encoder (pipeline/batch_encode.hpp) needs: the bins of (layer, K or V), whether its
+  /// scales are per token, whether they are stored as bf16.
+  int bins_for(int layer, bool key) const { return p_.bins_for(layer, key); }
+  bool token_axis(bool key) const { return (key ? p_.kaxis : p_.vaxis) == "token"; }
+  bool bf16_scales() const { return p_.scale == "bf16"; }
 
   /// Where element (r, c) of a block's symbol plane lives in the block's data (dense: rows are
   /// tokens, columns kv_heads x head_dim; ragged: rows are the block's rows, columns head_dim) and

@@ -1,9 +1,11 @@
 // kvcodec/pipeline/batch_encode.hpp — encode with the quantizer run block-parallel elsewhere: the CUDA
 // backend's encoder (cuda/encode.cuh) and its host emulation (host_batch_executor, what CI runs).
 //
-// Scope: dense caches coded with `pack` by the llama.cpp block formats (q8_0 .. iq4_nl), fp8 (tensor,
-// head or token scales), raw, uniform and kivi (outliers 0), without drop stages or transforms. The
-// element steps of core/ (ggml_encode_op; fp8_amax_op then fp8_code_op, the scales found in between on
+// Scope: dense caches quantized by cachegen-quant (the kvc levels), the llama.cpp block formats (q8_0
+// .. iq4_nl), fp8 (tensor, head or token scales), raw, uniform or kivi (outliers 0), with any entropy
+// stage (it runs on the host), without drop stages or transforms. The element steps of core/
+// (cachegen_amax_op then cachegen_code_op, the stored scales found in between as cpu/cachegen.hpp finds
+// them; ggml_encode_op; fp8_amax_op then fp8_code_op, the scales found in between on
 // the host as cpu/fp8.hpp finds them; raw_encode_op; affine_params_op, affine_code_op and, for kivi's
 // residual rows, affine_exact_check_op and affine_exact_op) write every block's bytes into one buffer
 // in the executor's memory; the host copies it back, makes each block's symbols from it and writes the container with
@@ -18,9 +20,11 @@
 #include <vector>
 
 #include "kvcodec/core/affine.hpp"
+#include "kvcodec/core/cachegen.hpp"
 #include "kvcodec/core/fp8.hpp"
 #include "kvcodec/core/ggml_blocks.hpp"
 #include "kvcodec/core/raw.hpp"
+#include "kvcodec/cpu/cachegen.hpp"
 #include "kvcodec/cpu/fp8.hpp"
 #include "kvcodec/cpu/kivi.hpp"
 #include "kvcodec/cpu/pack.hpp"
@@ -75,7 +79,7 @@ inline batch_slot batch_slot_of(const kv_shape& s, std::int64_t chunk_tokens, st
 /// Encodes the dense cache `kv` (in x's memory) with codec `c` through executor `x` (see the file
 /// comment) and streams the container into `sink`. Usage error for codecs outside the scope.
 template <class X, cpu::cpu_policy P>
-encode_report encode_pack_batch_to(X& x, const P& policy, codec& c, const const_kv_view& kv, byte_sink& sink, const encode_options& opt = {},
+encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_view& kv, byte_sink& sink, const encode_options& opt = {},
                                    const kv_extras& ex = {}) {
   kv.validate("encode input");
   if (kv.tokens <= 0) throw_bad_input("encode input", "tokens", "> 0", std::to_string(kv.tokens));
@@ -86,8 +90,6 @@ encode_report encode_pack_batch_to(X& x, const P& policy, codec& c, const const_
   if (!ex.kept.empty()) throw_usage("encode: the batch encoder takes dense caches (the input has kept sets)");
   if (!c.drops().empty() || !c.transforms.empty())
     throw_usage("encode: codec '" + c.spec() + "': the batch encoder runs no drop stage or transform");
-  if (dynamic_cast<const cpu::pack_entropy*>(c.entropy.get()) == nullptr)
-    throw_usage("encode: codec '" + c.spec() + "': the batch encoder's entropy stage is pack, not '" + c.entropy->spec().name + "'");
   const kv_shape s = detail::checked_shape(kv, ex);
   const cache_info info{s, ex.source_dtype.value_or(kv.dt), ex.metadata, {}};
   const std::string& qn = c.quant->spec().name;
@@ -96,8 +98,9 @@ encode_report encode_pack_batch_to(X& x, const P& policy, codec& c, const const_
   auto* rq = dynamic_cast<cpu::raw_quant*>(c.quant.get());
   const auto* kq = dynamic_cast<const cpu::kivi_quant*>(c.quant.get());
   const auto* uq = dynamic_cast<const cpu::uniform_quant*>(c.quant.get());
-  if (!gtype && !fq && !rq && !kq && !uq)
-    throw_usage("encode: quantizer '" + qn + "' has no batch encoder (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, fp8, raw, uniform and kivi have one)");
+  const auto* cq = qn == "cachegen-quant" ? dynamic_cast<const cpu::cachegen_quant*>(c.quant.get()) : nullptr;
+  if (!gtype && !fq && !rq && !kq && !uq && !cq)
+    throw_usage("encode: quantizer '" + qn + "' has no batch encoder (cachegen-quant and the kvc levels, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, fp8, raw, uniform and kivi have one)");
   if ((kq && kq->outliers() > 0.0) || (uq && uq->outliers() > 0.0)) throw_usage("encode: " + qn + " with outliers > 0 has no batch encoder yet");
   const std::size_t nb = 2 * static_cast<std::size_t>((s.tokens + opt.chunk_tokens - 1) / opt.chunk_tokens) * static_cast<std::size_t>(s.layers);
   const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), H = static_cast<std::uint64_t>(s.kv_heads);
@@ -108,7 +111,57 @@ encode_report encode_pack_batch_to(X& x, const P& policy, codec& c, const const_
   std::vector<std::vector<float>> side_scales(nb);  // fp8 head/token scales per block
   std::vector<affine_batch_block> ablocks;           // uniform / kivi
   std::vector<std::uint64_t> side_end(nb);           // uniform / kivi: where block i's side bytes end in `out`
-  if (kq || uq) {
+  std::vector<cachegen_encode_block> cblocks;        // cachegen-quant
+  std::vector<std::uint16_t> scale_bits;             // cachegen-quant: every block's stored scales
+  if (cq) {
+    state = c.quant->fit({}, info);
+    cblocks.resize(nb);
+    std::uint64_t scales = 0, max_scales = 0, max_items = 0;
+    for (std::size_t i = 0; i < nb; ++i) {
+      const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
+      auto& g = cblocks[i];
+      const int bins = cq->bins_for(sl.layer, sl.key);
+      g.layer = sl.layer;
+      g.key = sl.key ? 1u : 0u;
+      g.tokens = static_cast<std::uint32_t>(sl.t1 - sl.t0);
+      g.heads = static_cast<std::uint32_t>(H);
+      g.max = bins / 2 - 1;
+      g.by_token = cq->token_axis(sl.key) ? 1u : 0u;
+      g.wide = cpu::cachegen_quant::alphabet_for(bins) > 256 ? 1u : 0u;
+      g.t_first = sl.t0;
+      g.slot = i;
+      g.sym_first = first[i];
+      g.scale_first = scales;
+      const std::uint64_t n = g.tokens * H * D, ns = g.by_token != 0 ? g.tokens : H * D;
+      first[i + 1] = first[i] + n * (g.wide != 0 ? 2 : 1);
+      scales += ns;
+      max_scales = std::max(max_scales, ns);
+      max_items = std::max(max_items, n);
+    }
+    float* amax_d = x.floats(static_cast<std::size_t>(scales));
+    std::uint8_t* bad_d = x.bytes(nb);
+    x.run(cblocks, max_scales, cachegen_amax_op{src, amax_d, bad_d});
+    std::vector<float> amax(static_cast<std::size_t>(scales)), inv(amax.size());
+    std::vector<std::uint8_t> bad(nb);
+    x.get(amax.data(), amax_d, amax.size() * sizeof(float));
+    x.get(bad.data(), bad_d, nb);
+    for (std::size_t i = 0; i < nb; ++i)
+      if (bad[i]) throw_bad_input("cachegen-quant (layer " + std::to_string(cblocks[i].layer) + ")", "data", "finite values", "a NaN or infinity");
+    scale_bits.resize(amax.size());
+    const bool bf = cq->bf16_scales();
+    for (const auto& g : cblocks)
+      for (std::uint64_t j = g.scale_first; j < g.scale_first + (g.by_token != 0 ? g.tokens : H * D); ++j) {  // quantize_with's steps
+        scale_bits[j] = cachegen_scale_bits(amax[j], bf);
+        const float sv = cachegen_scale_value(scale_bits[j], bf);
+        inv[j] = sv > 0 ? static_cast<float>(g.max) / sv : 0.0f;
+      }
+    float* inv_d = x.floats(inv.size());
+    x.put(inv_d, inv.data(), inv.size() * sizeof(float));
+    std::uint8_t* buf = x.bytes(static_cast<std::size_t>(first[nb]));
+    x.run(cblocks, max_items, cachegen_code_op{src, inv_d, buf});
+    out.resize(static_cast<std::size_t>(first[nb]));
+    x.get(out.data(), buf, out.size());
+  } else if (kq || uq) {
     state = c.quant->fit({}, info);  // checks the groups against head_dim
     ablocks.resize(nb);
     std::uint64_t max_groups = 0, max_q = 0, max_exact = 0;
@@ -254,6 +307,19 @@ encode_report encode_pack_batch_to(X& x, const P& policy, codec& c, const const_
     const std::uint8_t* p = out.data() + first[i];
     const std::size_t n = static_cast<std::size_t>(first[i + 1] - first[i]);
     sy.planes.clear();
+    if (!cblocks.empty()) {
+      const cachegen_encode_block& g = cblocks[i];
+      symbol_plane& pl = sy.planes.emplace_back();
+      pl.alphabet = cpu::cachegen_quant::alphabet_for(cq->bins_for(g.layer, g.key != 0));
+      pl.rows = g.tokens;
+      pl.cols = static_cast<std::uint32_t>(H * D);
+      pl.sym.resize(static_cast<std::size_t>(pl.rows) * pl.cols);
+      for (std::size_t k = 0; k < pl.sym.size(); ++k) pl.sym[k] = g.wide != 0 ? kvcodec::detail::load_le16(p + 2 * k) : p[k];
+      const std::size_t ns = static_cast<std::size_t>(g.by_token != 0 ? g.tokens : H * D);
+      sy.side.resize(2 * ns);
+      for (std::size_t j = 0; j < ns; ++j) kvcodec::detail::store_le16(sy.side.data() + 2 * j, scale_bits[static_cast<std::size_t>(g.scale_first) + j]);
+      return;
+    }
     if (!ablocks.empty()) {
       const affine_batch_block& g = ablocks[i];
       symbol_plane& pl = sy.planes.emplace_back();
@@ -280,10 +346,10 @@ encode_report encode_pack_batch_to(X& x, const P& policy, codec& c, const const_
 
 /// The same into a container in memory.
 template <class X, cpu::cpu_policy P>
-encoded encode_pack_batch(X& x, const P& policy, codec& c, const const_kv_view& kv, const encode_options& opt = {}, const kv_extras& ex = {}) {
+encoded encode_batch(X& x, const P& policy, codec& c, const const_kv_view& kv, const encode_options& opt = {}, const kv_extras& ex = {}) {
   encoded e;
   memory_sink sink(e.data);
-  e.report = encode_pack_batch_to(x, policy, c, kv, sink, opt, ex);
+  e.report = encode_batch_to(x, policy, c, kv, sink, opt, ex);
   return e;
 }
 

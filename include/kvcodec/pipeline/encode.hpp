@@ -438,15 +438,15 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
 /// Writes a dense container whose blocks' symbols another encoder made (the CUDA backend quantizes
 /// on the GPU): `quant_state` is the quantizer's fitted state (empty when it has none), and
 /// symbols_of(i, sy) fills the symbols of block i (segment i / 2 in chunk-major order, (chunk, layer)
-/// = (i / 2 / layers, i / 2 % layers); K when i is even). The entropy stage codes them here; for the
-/// same symbols the container is encode_to's, byte for byte. Codecs with drop stages or transforms,
-/// and entropy stages that fit on the symbols (rans:tables=shared), are a usage error.
+/// = (i / 2 / layers, i / 2 % layers); K when i is even; it may be called more than once for a block,
+/// from several threads). The entropy stage is fitted (on the symbols when it fits on them: block by
+/// block where it can, else holding every block's symbols) and codes them here; for the same symbols
+/// the container is encode_to's, byte for byte. Codecs with drop stages or transforms are a usage error.
 template <cpu::cpu_policy P, class F>
 encode_report encode_symbols_to(const P& policy, codec& c, const cache_info& info, const bytes& quant_state, byte_sink& sink, const encode_options& opt,
                                 const kv_extras& ex, F&& symbols_of) {
   if (!c.drops().empty() || !c.transforms.empty())
     throw_usage("encode: codec '" + c.spec() + "' has drop or transform stages, which this encoder does not run");
-  if (c.entropy->fit_uses_symbols()) throw_usage("encode: entropy stage '" + c.entropy->spec().name + "' fits on the symbols, which this encoder does not");
   if (opt.chunk_tokens < 1) throw_usage("encode: chunk_tokens must be >= 1, found " + std::to_string(opt.chunk_tokens));
   const kv_shape& s = info.shape;
   if (s.tokens <= 0) throw_bad_input("encode input", "tokens", "> 0", std::to_string(s.tokens));
@@ -458,9 +458,27 @@ encode_report encode_symbols_to(const P& policy, codec& c, const cache_info& inf
     h.states.push_back(state_entry{0, 0, 0, 0});
     states.push_back(quant_state);
   }
-  if (bytes st = c.entropy->fit({}, info); !st.empty()) {
+  bytes est;
+  if (!c.entropy->fit_uses_symbols()) {
+    est = c.entropy->fit({}, info);
+  } else if (c.entropy->fit_streaming()) {
+    c.entropy->fit_begin(info);
+    cpu::parallel_for(policy, 2 * nseg, [&](std::size_t i) {
+      symbols sy;
+      symbols_of(i, sy);
+      c.entropy->fit_add(i, sy);
+    });
+    est = c.entropy->fit_end(info);
+  } else {
+    std::vector<symbols> all(2 * nseg);
+    cpu::parallel_for(policy, all.size(), [&](std::size_t i) { symbols_of(i, all[i]); });
+    std::vector<const symbols*> ptrs;
+    for (const auto& x : all) ptrs.push_back(&x);
+    est = c.entropy->fit(ptrs, info);
+  }
+  if (!est.empty()) {
     h.states.push_back(state_entry{1, 0, 0, 0});
-    states.push_back(std::move(st));
+    states.push_back(std::move(est));
   }
   detail::fill_header(h, c, info, ex, opt, false);
   kvc_writer w(sink, std::move(h), states);

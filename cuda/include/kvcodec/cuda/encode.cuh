@@ -6,9 +6,10 @@
 // The quantizer runs on the GPU, block-parallel over (layer, K/V, chunk), reading the engine's view in
 // place (strided or paged with a device block table; f32, f16 or bf16): pipeline/batch_encode.hpp
 // drives the element steps of core/ through device_batch_executor, the bytes come back to the host,
-// and the host codes and writes the container. Scope today: dense caches coded by the llama.cpp block
-// formats (q8_0 .. iq4_nl), fp8, raw, uniform and kivi (outliers 0) with `pack`; other codecs are a
-// usage error naming the scope (encode them on the CPU). Synchronous with respect to p.stream.
+// and the host fits and runs the entropy stage and writes the container. Scope today: dense caches
+// quantized by cachegen-quant (the kvc levels, cachegen), the llama.cpp block formats (q8_0 .. iq4_nl),
+// fp8, raw, uniform or kivi (outliers 0), with any entropy stage; other codecs are a usage error naming
+// the scope (encode them on the CPU). Synchronous with respect to p.stream.
 // This header includes the CPU pipeline (host code): include it from .cu files that encode containers.
 #pragma once
 
@@ -71,7 +72,7 @@ class device_batch_executor {
 /// codec per cache) into a container streamed to `sink`.
 inline encode_report encode_to(const par_t& p, codec& c, const const_kv_view& kv, byte_sink& sink, const encode_options& opt = {}, const kv_extras& ex = {}) {
   device_batch_executor x(p);
-  return encode_pack_batch_to(x, kvcodec::cpu::par, c, kv, sink, opt, ex);
+  return encode_batch_to(x, kvcodec::cpu::par, c, kv, sink, opt, ex);
 }
 
 /// The same into a container in memory.
