@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "kvcodec/core/config.hpp"
+#include "kvcodec/core/endian.hpp"
 #include "kvcodec/core/half.hpp"
 #include "kvcodec/core/kv_address.hpp"
 
