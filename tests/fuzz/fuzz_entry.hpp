@@ -21,6 +21,7 @@
 
 #include "kvcodec/io/kv_dump.hpp"
 #include "kvcodec/kvcodec.hpp"
+#include "kvcodec/pipeline/batch.hpp"
 
 namespace kvcodec::fuzz {
 
@@ -77,9 +78,44 @@ inline void check_cache(const kv_cache& c) {
     __builtin_trap();
   }
 }
+
+/// The batch decoders (the CUDA backend's element steps, run on the CPU) on a container the CPU decoder
+/// accepted as `want`: where one takes the container and does not refuse it, its values must be the
+/// CPU's, bit for bit (NaN matching any NaN).
+inline void check_batch_decode(std::span<const std::uint8_t> file, const kv_cache& want) {
+  const kvc_view v = parse_kvc(file, "fuzz.kvc");
+  const kv_shape& s = v.header.shape;
+  if (v.header.sparse || s.tokens <= 0) return;
+  const std::size_t per = static_cast<std::size_t>(s.kv_heads) * static_cast<std::size_t>(s.tokens) * static_cast<std::size_t>(s.head_dim);
+  std::vector<std::vector<float>> k(static_cast<std::size_t>(s.layers), std::vector<float>(per)), vv = k;
+  std::vector<std::byte*> kp, vp;
+  for (std::size_t l = 0; l < k.size(); ++l) {
+    kp.push_back(reinterpret_cast<std::byte*>(k[l].data()));
+    vp.push_back(reinterpret_cast<std::byte*>(vv[l].data()));
+  }
+  try {
+    const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, "fuzz.kvc");
+    std::vector<std::size_t> all(v.header.segments.size());
+    for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+    decode_batch_emulated(dec, all, [&](std::size_t i) { return v.segment_bytes(i); }, 0, s.tokens,
+                          kv_view::hf(kp, vp, dtype::f32, s.kv_heads, s.tokens, s.head_dim));
+  } catch (const error&) {
+    return;  // outside the batch decoders' scope, or refused
+  }
+  const auto same = [](float a, float b) {
+    std::uint32_t x = 0, y = 0;
+    std::memcpy(&x, &a, 4);
+    std::memcpy(&y, &b, 4);
+    return x == y || (a != a && b != b);
+  };
+  for (std::size_t l = 0; l < k.size(); ++l)
+    for (std::size_t i = 0; i < per; ++i)
+      if (!same(k[l][i], want.keys[l][i]) || !same(vv[l][i], want.values[l][i])) __builtin_trap();
+}
 }  // namespace detail
 
-/// (a) The whole decode of a .kvc container held in memory, checksums resealed first. Decoded caches
+/// (a) The whole decode of a .kvc container held in memory, checksums resealed first; then, where they
+/// take it, the batch decoders of the CUDA backend (emulated) must give the same values. Decoded caches
 /// are capped at 16 MiB (every seed is far below) so that one input costs milliseconds.
 inline void decode_kvc(const std::uint8_t* data, std::size_t size) {
   const std::vector<std::uint8_t> file = detail::reseal_kvc(std::span<const std::uint8_t>(data, size));
@@ -88,6 +124,7 @@ inline void decode_kvc(const std::uint8_t* data, std::size_t size) {
   opt.limits.max_decoded_bytes = std::uint64_t{16} << 20;
   const kv_cache c = decode(cpu::seq, file, opt);
   detail::check_cache(c);
+  detail::check_batch_decode(file, c);
 }
 
 /// (b) The dump readers from memory, each followed by the layout recogniser on what it accepted.

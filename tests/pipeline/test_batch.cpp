@@ -127,9 +127,9 @@ TEST_CASE("batch plan: entropy stages without a batch decoder and predicted plan
 namespace {
 using dest = test::host_dest;
 
-/// The batch decode (emulated) of tokens [tb, te) equals the CPU decode_into of the same range. `plan`
-/// picks the planner: 'c' cachegen (compact or 64-bit entries), 'g' ggml, 'f' fp8, 'r' raw, 'a' uniform/kivi.
-void check_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::int64_t te, bool compact, char plan = 'c') {
+/// The batch decode (emulated) of tokens [tb, te) equals the CPU decode_into of the same range: the
+/// decoder batch_kind_of picks, or (compact = false) cachegen with 64-bit table entries.
+void check_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::int64_t te, bool compact) {
   const kvc_view v = parse_kvc(file, "test.kvc");
   const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, "test.kvc");
   dest want(v.header.shape, te - tb, t, paged), got(v.header.shape, te - tb, t, paged);
@@ -141,16 +141,8 @@ void check_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::
   for (std::size_t i = 0; i < v.header.segments.size(); ++i)
     if (v.header.segments[i].t1 > tb && v.header.segments[i].t0 < te) segs.push_back(i);
   const auto bytes_of = [&](std::size_t i) { return v.segment_bytes(i); };
-  if (plan == 'g')
-    decode_batch_emulated(plan_ggml_batch(dec, segs, bytes_of, tb, te - tb), got.view);
-  else if (plan == 'f')
-    decode_batch_emulated(plan_fp8_batch(dec, segs, bytes_of, tb, te - tb), got.view);
-  else if (plan == 'r')
-    decode_batch_emulated(plan_raw_batch(dec, segs, bytes_of, tb, te - tb), got.view);
-  else if (plan == 'a')
-    decode_batch_emulated(plan_affine_batch(dec, segs, bytes_of, tb, te - tb), got.view);
-  else if (compact)
-    decode_batch_emulated(plan_cachegen_batch<std::uint32_t>(dec, segs, bytes_of, tb, te - tb), got.view);
+  if (compact)
+    decode_batch_emulated(dec, segs, bytes_of, tb, te - tb, got.view);
   else
     decode_batch_emulated(plan_cachegen_batch<std::uint64_t>(dec, segs, bytes_of, tb, te - tb), got.view);
   CHECK(want.rows() == got.rows());
@@ -193,27 +185,22 @@ TEST_CASE("batch decode (emulated) equals decode_into: ggml block formats - fp8 
   // head_dim 32: each ggml block is one head's row; 8 heads x head_dim 20: blocks span heads
   const kv_cache a = test::random_cache(3, 2, 600, 32, dtype::f16);
   const kv_cache b = test::random_cache(2, 8, 300, 20, dtype::bf16);
-  const std::pair<const char*, char> specs[] = {{"q8_0", 'g'}, {"q4_0", 'g'}, {"q4_1", 'g'}, {"q5_0", 'g'}, {"q5_1", 'g'}, {"iq4_nl", 'g'},
-                                                 {"fp8", 'f'}, {"fp8:format=e5m2,scale=head", 'f'}, {"fp8:scale=token", 'f'},
-                                                 {"raw", 'r'}, {"raw:dtype=f16", 'r'}, {"raw:dtype=bf16", 'r'}, {"raw:dtype=f32", 'r'},
-                                                 {"kivi:bits=4|rans", 'a'}, {"kivi:bits=2,group=32,residual=200|pack", 'a'}, {"kivi:bits=3,residual=0|rans:lanes=0", 'a'},
-                                                 {"kivi:bits=4,scale=f32|pack", 'a'}, {"uniform|rans", 'a'}, {"uniform:bits=3,mode=sym,kaxis=token,group=4|pack", 'a'},
-                                                 {"uniform:bits=8,kaxis=channel,vaxis=channel,group=10|rans", 'a'}};
-  for (const auto& sp : specs) {
-    const std::string spec = sp.first;
-    const char kind = sp.second;
+  for (const std::string spec : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "fp8", "fp8:format=e5m2,scale=head", "fp8:scale=token", "raw",
+                                 "raw:dtype=f16", "raw:dtype=bf16", "raw:dtype=f32", "kivi:bits=4|rans", "kivi:bits=2,group=32,residual=200|pack",
+                                 "kivi:bits=3,residual=0|rans:lanes=0", "kivi:bits=4,scale=f32|pack", "uniform|rans",
+                                 "uniform:bits=3,mode=sym,kaxis=token,group=4|pack", "uniform:bits=8,kaxis=channel,vaxis=channel,group=10|rans"}) {
     INFO(spec);
     const encoded e = encode(spec, a, encode_options{.chunk_tokens = 256});
     for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
       for (bool paged : {false, true}) {
         INFO("dtype " << dtype_name(t) << (paged ? " paged" : " hf"));
-        check_decode(e.data, t, paged, 0, 600, true, kind);
+        check_decode(e.data, t, paged, 0, 600, true);
       }
-    check_decode(e.data, dtype::f16, true, 256, 512, true, kind);
-    check_decode(e.data, dtype::bf16, false, 100, 300, true, kind);
+    check_decode(e.data, dtype::f16, true, 256, 512, true);
+    check_decode(e.data, dtype::bf16, false, 100, 300, true);
     const encoded eb = encode(spec, b, encode_options{.chunk_tokens = 128});
-    check_decode(eb.data, dtype::f16, false, 0, 300, true, kind);
-    check_decode(eb.data, dtype::f32, true, 128, 300, true, kind);
+    check_decode(eb.data, dtype::f16, false, 0, 300, true);
+    check_decode(eb.data, dtype::f32, true, 128, 300, true);
   }
 }
 

@@ -556,4 +556,34 @@ void decode_batch_emulated(const store_batch_plan<Block>& plan, const kv_view& d
   run_batch_emulated(std::span<const Block>(plan.blocks), op, [](std::size_t) {});
 }
 
+/// Which batch decoder takes a container's codec: cachegen (cachegen-quant|rans: the kvc levels),
+/// affine (uniform, kivi), or, with pack, ggml (q8_0 .. iq4_nl), fp8 or raw. Usage error naming the
+/// scope for any other codec (the planners then check the rest: transforms, dropped tokens, ...).
+enum class batch_kind { cachegen, affine, ggml, fp8, raw };
+inline batch_kind batch_kind_of(const codec& c) {
+  const std::string& q = c.quant->spec().name;
+  if (q == "kivi" || q == "uniform") return batch_kind::affine;
+  if (dynamic_cast<const cpu::pack_entropy*>(c.entropy.get()) != nullptr) {
+    if (ggml::parse_block_type(q)) return batch_kind::ggml;
+    if (q == "fp8") return batch_kind::fp8;
+    if (q == "raw") return batch_kind::raw;
+    throw_usage("batch decode: quantizer '" + q + "' has no batch decoder (with pack: q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, fp8, raw, uniform, kivi)");
+  }
+  return batch_kind::cachegen;  // plan_cachegen_batch names what it does not take
+}
+
+/// Plans `segments` with the decoder batch_kind_of picks and runs it on the CPU (the emulation of the
+/// CUDA seam) into the host view `dst` of destination tokens [0, tokens), token 0 being cache token `base`.
+inline void decode_batch_emulated(const segment_decoder& dec, std::span<const std::size_t> segments,
+                                  const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base, std::int64_t tokens,
+                                  const kv_view& dst) {
+  switch (batch_kind_of(dec.stages())) {
+    case batch_kind::affine: return decode_batch_emulated(plan_affine_batch(dec, segments, bytes, base, tokens), dst);
+    case batch_kind::ggml: return decode_batch_emulated(plan_ggml_batch(dec, segments, bytes, base, tokens), dst);
+    case batch_kind::fp8: return decode_batch_emulated(plan_fp8_batch(dec, segments, bytes, base, tokens), dst);
+    case batch_kind::raw: return decode_batch_emulated(plan_raw_batch(dec, segments, bytes, base, tokens), dst);
+    case batch_kind::cachegen: return decode_batch_emulated(plan_cachegen_batch<std::uint32_t>(dec, segments, bytes, base, tokens), dst);
+  }
+}
+
 }  // namespace kvcodec

@@ -187,20 +187,14 @@ class view_decoder {
     const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, opt.name);
     const auto todo = kvcodec::detail::segments_in(v.header, tb, te);
     const auto bytes_of = [&](std::size_t i) { return v.segment_bytes(i); };
-    const std::string& q = dec.stages().quant->spec().name;
-    if (q == "kivi" || q == "uniform") {
-      job_ = std::make_unique<detail::affine_job>(plan_affine_batch(dec, todo, bytes_of, tb, te - tb), dst, p);
-    } else if (dynamic_cast<const cpu::pack_entropy*>(dec.stages().entropy.get()) != nullptr) {
-      if (ggml::parse_block_type(q))
-        job_ = std::make_unique<detail::store_job<ggml_batch_block>>(plan_ggml_batch(dec, todo, bytes_of, tb, te - tb), dst);
-      else if (q == "fp8")
-        job_ = std::make_unique<detail::store_job<fp8_batch_block>>(plan_fp8_batch(dec, todo, bytes_of, tb, te - tb), dst);
-      else if (q == "raw")
-        job_ = std::make_unique<detail::store_job<raw_batch_block>>(plan_raw_batch(dec, todo, bytes_of, tb, te - tb), dst);
-      else
-        throw_usage("cuda::decode_into: quantizer '" + q + "' has no CUDA implementation (with pack: q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, fp8, raw, uniform, kivi); decode it on the CPU");
-    } else {
-      job_ = std::make_unique<detail::cachegen_job>(plan_cachegen_batch<std::uint32_t>(dec, todo, bytes_of, tb, te - tb), dst, p);
+    switch (batch_kind_of(dec.stages())) {
+      case batch_kind::affine: job_ = std::make_unique<detail::affine_job>(plan_affine_batch(dec, todo, bytes_of, tb, te - tb), dst, p); break;
+      case batch_kind::ggml: job_ = std::make_unique<detail::store_job<ggml_batch_block>>(plan_ggml_batch(dec, todo, bytes_of, tb, te - tb), dst); break;
+      case batch_kind::fp8: job_ = std::make_unique<detail::store_job<fp8_batch_block>>(plan_fp8_batch(dec, todo, bytes_of, tb, te - tb), dst); break;
+      case batch_kind::raw: job_ = std::make_unique<detail::store_job<raw_batch_block>>(plan_raw_batch(dec, todo, bytes_of, tb, te - tb), dst); break;
+      case batch_kind::cachegen:
+        job_ = std::make_unique<detail::cachegen_job>(plan_cachegen_batch<std::uint32_t>(dec, todo, bytes_of, tb, te - tb), dst, p);
+        break;
     }
   }
   void launch() { job_->launch(p_); }
