@@ -121,7 +121,7 @@ int main(int argc, char** argv) {
       codec cc = make_codec(spec);
       const encoded want = encode(cpu::par(threads), cc, const_kv_view(kv_view::hf(kp, vp, dtype::f16, kv.shape.kv_heads, kv.shape.tokens, kv.shape.head_dim)));
       const bool same = want.data == vt.encoded;
-      std::printf("cuda::encode of the f16 device view (quantizer kernels, D2H of the symbols, entropy stage and container on the host), best of %zu: %.1f ms = %.1f GB/s "
+      std::printf("cuda::encode of the f16 device view (quantizer kernels; rANS without prediction on the GPU too, else the symbols back to the host for the entropy stage; container written on the host), best of %zu: %.1f ms = %.1f GB/s "
                   "of f16; container equals the CPU's encode of the same view: %s\n",
                   en.size(), en.front(), f16_bytes / en.front() / 1e6, same ? "yes" : "NO");
       bad_streams += same ? 0 : 1;

@@ -14,7 +14,11 @@ command add_list(CLI::App& root) {
               for (const auto& e : r.stages()) {
                 nlohmann::json p = nlohmann::json::array();
                 for (const auto& x : e.params) p.push_back({{"key", x.key}, {"default", x.default_value}, {"help", x.help}});
-                j.push_back({{"name", e.name}, {"kind", std::string(stage_kind_name(e.kind))}, {"summary", e.summary}, {"params", p}});
+                j.push_back({{"name", e.name},
+                             {"kind", std::string(stage_kind_name(e.kind))},
+                             {"summary", e.summary},
+                             {"params", p},
+                             {"cuda", {{"decode", e.cuda.decode}, {"encode", e.cuda.encode}, {"header", e.cuda.header}, {"limits", e.cuda.limits}}}});
               }
               for (const auto& e : r.presets()) {
                 nlohmann::json p = nlohmann::json::array();
@@ -32,6 +36,14 @@ command add_list(CLI::App& root) {
                 if (e.kind != k) continue;
                 if (!header) std::printf("\n[%s]\n", std::string(stage_kind_name(k)).c_str()), header = true;
                 std::printf("  %-20s %s\n", e.name.c_str(), e.summary.c_str());
+                if (!e.cuda.header.empty()) {
+                  const std::string what = e.cuda.decode && e.cuda.encode ? "decode and encode"
+                                           : e.cuda.decode                ? "decode"
+                                           : e.cuda.encode                ? "encode"
+                                                                          : "kernels";
+                  std::printf("      [cuda: %s, cuda/include/kvcodec/cuda/%s%s%s]\n", what.c_str(), e.cuda.header.c_str(), e.cuda.limits.empty() ? "" : "; ",
+                              e.cuda.limits.c_str());
+                }
                 for (const auto& p : e.params)
                   std::printf("      %-16s = %-10s %s\n", p.key.c_str(), p.default_value.c_str(), p.help.c_str());
               }

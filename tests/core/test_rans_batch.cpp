@@ -170,6 +170,90 @@ TEST_CASE("batch emulation refuses what the CPU decoder refuses: cut - padded - 
   CHECK(threw);
 }
 
+TEST_CASE("batch encode emulation writes the CPU encoder's bytes: lanes - columns - lengths around a step - byte and 16-bit symbols") {
+  for (int lanes : {32, 64, 96, 1024}) {
+    for (std::size_t cols : {std::size_t{1}, std::size_t{3}, std::size_t{1024}}) {
+      const std::size_t N = static_cast<std::size_t>(lanes);
+      std::vector<case_data> cases;
+      std::uint64_t seed = 7 + 100 * static_cast<std::uint64_t>(lanes) + cols;
+      for (std::size_t n : {std::size_t{0}, std::size_t{1}, N - 1, N, N + 1, 5 * N + 7, 40 * N}) {
+        cases.push_back(make_case(n, cols, cols == 1 ? 1 : 4, 40, 10 + static_cast<int>(seed % 6), lanes, seed));
+        ++seed;
+      }
+      for (bool wide : {false, true}) {
+        const encode_layout L = make_encode_layout(cases, wide);
+        std::vector<std::uint16_t> w;
+        std::vector<std::uint32_t> st, bad;
+        std::vector<std::uint64_t> count;
+        rans_encode_batch_emulated(L.host_args(w, st, count, bad));
+        for (std::size_t k = 0; k < cases.size(); ++k) {
+          INFO("lanes " << lanes << ", cols " << cols << ", n " << cases[k].symbols.size() << (wide ? ", 16-bit" : ", bytes"));
+          CHECK(bad[k] == 0u);
+          CHECK(L.stream_bytes(k, w, st, count) == cases[k].bytes);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("batch encode emulation mixes lane counts in one batch and codes wide alphabets") {
+  std::vector<case_data> cases;
+  cases.push_back(make_case(3000, 7, 3, 1000, 15, 32, 11));
+  cases.push_back(make_case(70000, 128, 5, 4096, 15, 1024, 12));
+  cases.push_back(make_case(999, 2, 2, 300, 12, 64, 13));
+  const encode_layout L = make_encode_layout(cases, true);
+  std::vector<std::uint16_t> w;
+  std::vector<std::uint32_t> st, bad;
+  std::vector<std::uint64_t> count;
+  rans_encode_batch_emulated(L.host_args(w, st, count, bad));
+  for (std::size_t k = 0; k < cases.size(); ++k) {
+    INFO("stream " << k);
+    CHECK(bad[k] == 0u);
+    CHECK(L.stream_bytes(k, w, st, count) == cases[k].bytes);
+  }
+}
+
+TEST_CASE("batch encode emulation flags a symbol without a code - outside the alphabet or of zero frequency") {
+  std::vector<case_data> cases;
+  cases.push_back(make_case(500, 4, 2, 40, 10, 32, 21));
+  cases.push_back(make_case(500, 4, 2, 40, 10, 32, 22));
+  // a zero-frequency symbol: widen the first case's tables by a symbol that none of them codes
+  for (auto& t : cases[0].tabs) {
+    t.freq.push_back(0);
+    t.start.push_back(t.total());
+  }
+  cases[0].symbols[137] = 40;
+  cases[1].symbols[250] = 41;  // outside every table of the second case
+  const encode_layout L = make_encode_layout(cases, false);
+  std::vector<std::uint16_t> w;
+  std::vector<std::uint32_t> st, bad;
+  std::vector<std::uint64_t> count;
+  rans_encode_batch_emulated(L.host_args(w, st, count, bad));
+  CHECK(bad[0] == 1u);
+  CHECK(bad[1] == 1u);
+}
+
+TEST_CASE("histogram step counts every symbol in its column - refuses symbols outside the alphabet") {
+  std::vector<std::uint8_t> sym = {0, 1, 2, 1, 1, 2, 0, 0, 2, 7};
+  std::vector<std::uint32_t> hist(2 * 3 + 3, 0);
+  const rans_hist_op op{sym.data(), hist.data()};
+  const rans_hist_block b{0, 9, 0, 2, 3, 0};  // 9 symbols in 2 columns of alphabet 3
+  for (std::uint64_t i = 0; i < op.count(b); ++i) CHECK(op(b, i));
+  // column 0: symbols 0 2 1 0 2; column 1: 1 1 2 0
+  CHECK(hist == std::vector<std::uint32_t>{2, 1, 2, 1, 2, 1, 0, 0, 0});
+  const rans_hist_block one{9, 1, 6, 1, 3, 0};
+  CHECK_FALSE(op(one, 0));
+  CHECK(hist[6] + hist[7] + hist[8] == 0u);
+  std::vector<std::uint8_t> wide = {1, 1, 2, 0};  // 16-bit symbols 257 and 2
+  std::vector<std::uint32_t> wh(300, 0);
+  const rans_hist_op wop{wide.data(), wh.data()};
+  const rans_hist_block wb{0, 2, 0, 1, 300, 1};
+  CHECK(wop(wb, 0));
+  CHECK(wop(wb, 1));
+  CHECK(wh[257] == 1u);
+  CHECK(wh[2] == 1u);
+}
+
 TEST_CASE("batch builder refuses offsets outside the tables - bad lane counts and unknown columns") {
   rans_batch_builder<std::uint32_t> b;
   std::vector<std::uint32_t> tab(1024, rans_dec32_pack(0, 1024, 0));

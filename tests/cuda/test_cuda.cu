@@ -297,6 +297,65 @@ void test_decode_into() {
   }
 }
 
+/// cuda::rans_encode_batch writes the CPU encoder's streams (laid out by the host gather of
+/// tests/support): lanes 32..1024, 1..1024 columns, lengths around a step, bytes and 16-bit symbols,
+/// mixed lane counts in one batch; a symbol without a code is flagged as the emulation flags it.
+void test_rans_encode() {
+  std::uint64_t seed = 500;
+  std::vector<std::vector<case_data>> batches;
+  for (int lanes : {32, 64, 96, 1024}) {
+    const std::size_t N = static_cast<std::size_t>(lanes);
+    auto& cases = batches.emplace_back();
+    for (std::size_t cols : {std::size_t{1}, std::size_t{3}, std::size_t{1024}})
+      for (std::size_t n : {std::size_t{0}, std::size_t{1}, N - 1, N, N + 1, 5 * N + 7, 40 * N}) {
+        cases.push_back(make_case(n, cols, cols == 1 ? 1 : 16, 48, 10 + static_cast<int>(seed % 6), lanes, seed));
+        ++seed;
+      }
+  }
+  {
+    auto& cases = batches.emplace_back();
+    for (int lanes : {32, 1024, 64, 96}) cases.push_back(make_case(262144 + 13, 1024, 16, 300, 14, lanes, seed++));
+  }
+  {
+    auto& cases = batches.emplace_back();
+    cases.push_back(make_case(500, 4, 2, 40, 10, 32, seed++));
+    cases.push_back(make_case(500, 4, 2, 40, 10, 64, seed++));
+    cases[1].symbols[250] = 41;  // outside every table
+  }
+  for (std::size_t bi = 0; bi < batches.size(); ++bi)
+    for (bool wide : {false, true}) {
+      const auto& cases = batches[bi];
+      const encode_layout L = make_encode_layout(cases, wide);
+      std::vector<std::uint16_t> ew;
+      std::vector<std::uint32_t> es, ebad;
+      std::vector<std::uint64_t> ecount;
+      rans_encode_batch_emulated(L.host_args(ew, es, ecount, ebad));
+      using kvcodec::cuda::device_buffer;
+      device_buffer<rans_encode_stream> streams{std::span<const rans_encode_stream>(L.streams)};
+      device_buffer<std::uint8_t> sym{std::span<const std::uint8_t>(L.sym)};
+      device_buffer<rans_enc_symbol> tables{std::span<const rans_enc_symbol>(L.tables)};
+      device_buffer<std::uint32_t> col_tab{std::span<const std::uint32_t>(L.col_tab)}, col_alpha{std::span<const std::uint32_t>(L.col_alpha)};
+      device_buffer<std::uint16_t> words(static_cast<std::size_t>(L.words) + 1);
+      device_buffer<std::uint32_t> states(static_cast<std::size_t>(L.states)), bad(cases.size());
+      device_buffer<std::uint64_t> count(cases.size());
+      const rans_encode_args a{streams.data(), cases.size(), L.max_lanes, sym.data(), tables.data(), col_tab.data(), col_alpha.data(),
+                               words.data(), states.data(), count.data(), bad.data()};
+      kvcodec::cuda::rans_encode_batch(a, kvcodec::cuda::par);
+      kvcodec::cuda::check(cudaDeviceSynchronize(), "rans_encode_batch");
+      auto w = words.download();
+      w.resize(static_cast<std::size_t>(L.words));
+      const auto st = states.download();
+      const auto cnt = count.download();
+      const auto bd = bad.download();
+      for (std::size_t k = 0; k < cases.size(); ++k) {
+        const std::string what = "rans encode batch " + std::to_string(bi) + (wide ? " 16-bit" : " bytes") + " stream " + std::to_string(k) +
+                                 " (lanes " + std::to_string(cases[k].lanes) + ", n " + std::to_string(cases[k].symbols.size()) + ")";
+        expect(bd[k] == ebad[k], what + ": bad flag differs from the emulation's");
+        if (bd[k] == 0) expect(L.stream_bytes(k, w, st, cnt) == cases[k].bytes, what + ": bytes differ from the CPU encoder's");
+      }
+    }
+}
+
 /// kvcodec::cuda::encode from device views (f32/f16/bf16, HF and paged) writes the CPU encoder's
 /// container byte for byte: the kvc levels, cachegen, the ggml block formats, fp8, raw, uniform, kivi.
 void test_encode() {
@@ -305,7 +364,11 @@ void test_encode() {
   for (const std::string spec : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "fp8", "fp8:format=e5m2,scale=head", "fp8:scale=token", "raw",
                                  "raw:dtype=f16", "raw:dtype=bf16", "raw:dtype=f32", "kivi:bits=2", "kivi:bits=4,group=32,residual=200,scale=f32",
                                  "uniform", "uniform:bits=3,mode=sym,kaxis=token,group=4", "uniform:bits=8,kaxis=channel,vaxis=channel,group=10",
-                                 "kvc:level=5", "kvc:level=1", "cachegen", "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|rans:lanes=0", "kivi:bits=4|rans"})
+                                 "kvc:level=5", "kvc:level=1", "kvc:level=9,values=channel", "cachegen", "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|rans:lanes=0",
+                                 "cachegen-quant:kbins=600,klayers=-,vbins=300,vlayers=-|rans:prob_bits=14", "kivi:bits=4|rans", "fp8|rans",
+                                 "fp8:scale=token|rans:tables=shared,lanes=0", "kivi:bits=2|rans:tables=shared,lanes=0",
+                                 "uniform:bits=3|rans:ctx=auto,model=auto,lanes=96", "cachegen-quant|rans:tables=chunk,ctx=auto,prob_bits=12",
+                                 "cachegen-quant|rans:pred=prev"})
     for (const kv_cache* kv : {&a, &b})
       for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
         for (bool paged : {false, true}) {
@@ -436,6 +499,7 @@ int main() {
   try {
     test_conversions();
     test_rans_batch();
+    test_rans_encode();
     test_decode_into();
     test_encode();
     test_knorm_select();

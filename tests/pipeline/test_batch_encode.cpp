@@ -38,7 +38,9 @@ TEST_CASE("batch encode (emulated) writes the CPU encoder's container: kvc level
                                  "kivi:bits=3,residual=0", "uniform", "uniform:bits=3,mode=sym,kaxis=token,group=4",
                                  "uniform:bits=8,kaxis=channel,vaxis=channel,group=10", "uniform:bits=2,kaxis=channel", "kvc:level=5", "kvc:level=1",
                                  "cachegen", "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|rans:lanes=0", "cachegen-quant:kbins=600,klayers=-,vbins=300,vlayers=-|rans:prob_bits=14",
-                                 "q8_0|zstd", "kivi:bits=4|rans", "kvc:level=9,values=channel"})
+                                 "q8_0|zstd", "kivi:bits=4|rans", "kvc:level=9,values=channel", "fp8|rans", "fp8:scale=token|rans:tables=shared,lanes=0",
+                                 "kivi:bits=2|rans:tables=shared,lanes=0", "uniform:bits=3|rans:ctx=auto,model=auto,lanes=96",
+                                 "cachegen-quant|rans:tables=chunk,ctx=auto,prob_bits=12", "cachegen-quant|rans:pred=prev", "kivi:bits=4,residual=0|rans:tables=shared"})
     for (const kv_cache* kv : {&a, &b})
       for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
         for (bool paged : {false, true}) {
@@ -51,6 +53,9 @@ TEST_CASE("batch encode (emulated) writes the CPU encoder's container: kvc level
           const encoded got = encode_batch(x, cpu::par(2), c2, const_kv_view(src.view), opt, extras(*kv));
           CHECK(got.data == want.data);
           CHECK(got.report.bits_per_element == want.report.bits_per_element);
+          // rANS without prediction codes where the symbols are (the executor's kernel), anything else on the host
+          const bool here = spec.find("rans") != std::string::npos || spec.rfind("kvc", 0) == 0;
+          CHECK(x.rans_batches == (here && spec.find("pred=") == std::string::npos ? 1u : 0u));
         }
 }
 

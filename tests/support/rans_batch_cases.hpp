@@ -3,6 +3,7 @@
 // CUDA kernel (tests/cuda), which must both reproduce the symbols.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -47,6 +48,8 @@ struct case_data {
   std::vector<std::uint8_t> bytes;
   std::vector<std::uint16_t> symbols;
   rans_ctx_decoder dec;
+  std::vector<freq_table> tabs;    ///< the tables
+  std::vector<std::uint32_t> toc;  ///< the table of each column
   std::size_t cols = 1;
   int lanes = 32;
 };
@@ -62,6 +65,8 @@ inline case_data make_case(std::size_t n, std::size_t cols, std::size_t ntab, st
   c.symbols = draw(tabs, toc, n, rng);
   c.bytes = rans_encode_ctx(c.symbols.data(), n, cols, std::span<const freq_table>(tabs), std::span<const std::uint32_t>(toc), lanes);
   c.dec = make_rans_ctx_decoder(std::span<const freq_table>(tabs), std::span<const std::uint32_t>(toc));
+  c.tabs = tabs;
+  c.toc = toc;
   return c;
 }
 
@@ -78,6 +83,71 @@ void add(rans_batch_builder<Entry>& b, const case_data& c, std::span<const std::
   }
   const std::uint32_t base = b.add_model(std::span<const Entry>(e), std::span<const std::uint32_t>(c.dec.col_off.data(), c.cols), c.dec.prob_bits);
   b.add_stream(bytes, c.symbols.size(), c.lanes, base, static_cast<std::uint32_t>(c.cols), c.dec.prob_bits);
+}
+
+/// The cases as one encode batch (core/rans_batch.hpp), host arrays: symbols a byte each, or 16-bit
+/// when wide; each case's tables once, its columns mapped onto them.
+struct encode_layout {
+  std::vector<std::uint8_t> sym;
+  std::vector<rans_enc_symbol> tables;
+  std::vector<std::uint32_t> col_tab, col_alpha;
+  std::vector<rans_encode_stream> streams;
+  std::uint64_t words = 0, states = 0;
+  std::uint32_t max_lanes = 32;
+
+  /// Arguments over host arrays (for the emulation), writing into the given outputs.
+  rans_encode_args host_args(std::vector<std::uint16_t>& w, std::vector<std::uint32_t>& st, std::vector<std::uint64_t>& count, std::vector<std::uint32_t>& bad) const {
+    w.assign(static_cast<std::size_t>(words), 0);
+    st.assign(static_cast<std::size_t>(states), 0);
+    count.assign(streams.size(), 0);
+    bad.assign(streams.size(), 0);
+    return {streams.data(), streams.size(), max_lanes, sym.data(), tables.data(), col_tab.data(), col_alpha.data(), w.data(), st.data(), count.data(), bad.data()};
+  }
+  /// Stream k in core/rans.hpp's layout from the kernel's outputs, through rans_stream_gather_op.
+  std::vector<std::uint8_t> stream_bytes(std::size_t k, const std::vector<std::uint16_t>& w, const std::vector<std::uint32_t>& st,
+                                         const std::vector<std::uint64_t>& count) const {
+    const rans_encode_stream& s = streams[k];
+    const rans_gather_block g{s.state_offset, s.word_offset + s.n - count[k], count[k], 0, s.lanes};
+    std::vector<std::uint8_t> out(4 * s.lanes + 2 * count[k]);
+    const rans_stream_gather_op op{st.data(), w.data(), out.data()};
+    for (std::uint64_t i = 0; i < op.count(g); ++i) op(g, i);
+    return out;
+  }
+};
+
+inline encode_layout make_encode_layout(const std::vector<case_data>& cases, bool wide) {
+  encode_layout L;
+  for (const auto& c : cases) {
+    std::vector<std::uint32_t> first;
+    for (const auto& t : c.tabs) {
+      first.push_back(static_cast<std::uint32_t>(L.tables.size()));
+      const encode_table e = make_encode_table(t);
+      L.tables.insert(L.tables.end(), e.sym.begin(), e.sym.end());
+    }
+    const auto col_base = static_cast<std::uint32_t>(L.col_tab.size());
+    for (std::size_t cc = 0; cc < c.cols; ++cc) {
+      L.col_tab.push_back(first[c.toc[cc]]);
+      L.col_alpha.push_back(static_cast<std::uint32_t>(c.tabs[c.toc[cc]].freq.size()));
+    }
+    rans_encode_stream s;
+    s.sym_first = L.sym.size();
+    s.n = c.symbols.size();
+    s.word_offset = L.words;
+    s.state_offset = L.states;
+    s.lanes = static_cast<std::uint32_t>(c.lanes);
+    s.cols = static_cast<std::uint32_t>(c.cols);
+    s.col_base = col_base;
+    s.wide = wide ? 1 : 0;
+    for (std::uint16_t v : c.symbols) {
+      L.sym.push_back(static_cast<std::uint8_t>(v));
+      if (wide) L.sym.push_back(static_cast<std::uint8_t>(v >> 8));
+    }
+    L.streams.push_back(s);
+    L.words += s.n;
+    L.states += s.lanes;
+    L.max_lanes = std::max(L.max_lanes, s.lanes);
+  }
+  return L;
 }
 
 }  // namespace kvcodec::test_support

@@ -23,6 +23,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kvcodec/core/atomic.hpp"
 #include "kvcodec/core/config.hpp"
 #include "kvcodec/core/endian.hpp"
 #include "kvcodec/core/error.hpp"
@@ -236,6 +237,173 @@ struct rans_batch_builder {
   /// The arrays as host pointers (for the emulation), writing into `out` (out_symbols entries).
   rans_batch_args<Entry> host_args(std::uint16_t* out) const {
     return {streams.data(), streams.size(), max_lanes, data.data(), entries.data(), col_off.data(), out};
+  }
+};
+
+// ---- encode ---------------------------------------------------------------------------------------
+//
+// The mirror image of the decoder: one group of `lanes` threads per stream codes its steps from last to
+// first. In each step every active lane renormalises against its symbol's entry (emitting its state's
+// low word when the state is too large for the symbol) and codes the symbol; the emitting lanes' words
+// go below the words of the later steps, in lane order (a warp ballot ranks a lane among its warp's
+// emitting lanes, the warps' counts summed in warp order give each warp its first word). That is the
+// order the decoder reads them in, and the CPU encoder's (cpu/rans_codec.hpp), so the bytes are equal.
+// Words go to a scratch array (n per stream: a step emits at most one word per symbol), the lanes' final
+// states to a state array; rans_stream_gather_op then lays each stream out as core/rans.hpp's
+// [states][words] once the word counts are known.
+
+/// One stream of an encode batch. Offsets are into the batch's arrays.
+struct rans_encode_stream {
+  std::uint64_t sym_first = 0;     ///< the stream's first symbol byte in the batch's symbol bytes
+  std::uint64_t n = 0;             ///< symbols
+  std::uint64_t word_offset = 0;   ///< the stream's n scratch words start here
+  std::uint64_t state_offset = 0;  ///< the stream's `lanes` final states start here
+  std::uint32_t lanes = 32;        ///< a multiple of 32 in 32..1024
+  std::uint32_t cols = 1;          ///< symbol i uses column i % cols
+  std::uint32_t col_base = 0;      ///< this stream's columns: col_tab / col_alpha[col_base .. col_base + cols)
+  std::uint32_t wide = 0;          ///< 1: 16-bit little-endian symbols, 0: a byte each
+};
+
+/// The encode batch's arrays (device pointers for the kernel, host pointers for the emulation).
+struct rans_encode_args {
+  const rans_encode_stream* streams = nullptr;
+  std::size_t count = 0;
+  std::uint32_t max_lanes = 32;       ///< the largest `lanes` of the batch (the group size)
+  const std::uint8_t* sym = nullptr;  ///< symbols (a byte each or 16-bit, per stream)
+  const rans_enc_symbol* tables = nullptr;
+  const std::uint32_t* col_tab = nullptr;    ///< column c's table: tables + col_tab[c]
+  const std::uint32_t* col_alpha = nullptr;  ///< column c's alphabet
+  std::uint16_t* words = nullptr;            ///< scratch: stream s's words end at word_offset + n
+  std::uint32_t* states = nullptr;           ///< final lane states
+  std::uint64_t* word_count = nullptr;       ///< per stream: its words (the last word_count of its scratch)
+  std::uint32_t* bad = nullptr;              ///< per stream: 1 when one of its symbols has no code in its column's table
+};
+
+namespace detail {
+
+/// Symbol i of a stream (a byte, or 16 bits little-endian when wide).
+KVCODEC_HD inline std::uint32_t rans_enc_symbol_at(const std::uint8_t* sym, const rans_encode_stream& s, std::uint64_t i) noexcept {
+  return s.wide != 0 ? load_le16(sym + s.sym_first + 2 * i) : sym[s.sym_first + i];
+}
+
+/// Phase 1 of an encode step for one lane (steps run last to first): when active, renormalises
+/// against its symbol's entry and codes it. Returns 1 (with the word in `word`) when the lane emits a
+/// word; sets `bad` when the symbol has no code in its column's table. The lane's column moves back by
+/// `back` (= lanes mod cols) every step, active or not.
+KVCODEC_HD inline std::uint32_t rans_lane_encode(std::uint32_t& x, std::uint32_t& col, bool active, const rans_encode_args& a,
+                                                 const rans_encode_stream& s, std::uint64_t i, std::uint32_t back,
+                                                 std::uint16_t& word, bool& bad) noexcept {
+  std::uint32_t emit = 0;
+  if (active) {
+    const std::uint32_t c = s.col_base + col;
+    const std::uint32_t v = rans_enc_symbol_at(a.sym, s, i);
+    if (v >= a.col_alpha[c] || !rans_enc_symbol_codable(a.tables[a.col_tab[c] + v])) {
+      bad = true;
+    } else {
+      const rans_enc_symbol e = a.tables[a.col_tab[c] + v];
+      emit = rans_enc_renorm(x, e, &word);
+      x = rans_enc_put(x, e);
+    }
+  }
+  col = col >= back ? col - back : col + s.cols - back;
+  return emit;
+}
+
+/// The column of lane j in the last step of a stream (the steps then move back by lanes mod cols).
+KVCODEC_HD inline std::uint32_t rans_lane_last_col(const rans_encode_stream& s, std::uint64_t steps, std::uint32_t j) noexcept {
+  return static_cast<std::uint32_t>(((steps == 0 ? 0 : steps - 1) * s.lanes + j) % s.cols);
+}
+
+}  // namespace detail
+
+/// Host emulation of the encode kernel: the same phases in the same order, each warp's ballot computed
+/// from its 32 lanes (warp::ballot_host), the warps' counts summed in warp order.
+inline void rans_encode_batch_emulated(const rans_encode_args& a) {
+  std::vector<std::uint32_t> x(a.max_lanes), col(a.max_lanes), emit(a.max_lanes);
+  std::vector<std::uint16_t> word(a.max_lanes);
+  for (std::size_t b = 0; b < a.count; ++b) {
+    const rans_encode_stream s = a.streams[b];
+    const std::uint32_t N = s.lanes, groups = a.max_lanes;
+    const std::uint64_t steps = (s.n + N - 1) / N;
+    const std::uint32_t back = N % s.cols;
+    for (std::uint32_t j = 0; j < groups; ++j) x[j] = rans_l, col[j] = j < N ? detail::rans_lane_last_col(s, steps, j) : 0;
+    std::uint64_t w = s.word_offset + s.n;  // the words written so far start here
+    bool bad = false;
+    for (std::uint64_t t = steps; t-- > 0 && !bad;) {
+      for (std::uint32_t j = 0; j < groups; ++j) {
+        const bool active = j < N && t * N + j < s.n;
+        emit[j] = detail::rans_lane_encode(x[j], col[j], active, a, s, t * N + j, back, word[j], bad);
+      }
+      const std::uint32_t nw = groups / warp::size;
+      std::uint32_t total = 0;
+      for (std::uint32_t k = 0; k < nw; ++k) total += warp::popc(warp::ballot_host(emit.data() + k * warp::size));
+      w -= total;
+      std::uint32_t before = 0;
+      for (std::uint32_t k = 0; k < nw; ++k) {
+        const std::uint32_t ballot = warp::ballot_host(emit.data() + k * warp::size);
+        for (std::uint32_t l = 0; l < warp::size; ++l) {
+          const std::uint32_t j = k * warp::size + l;
+          if (emit[j]) a.words[w + before + warp::rank_below(ballot, l)] = word[j];
+        }
+        before += warp::popc(ballot);
+      }
+    }
+    for (std::uint32_t j = 0; j < N; ++j) a.states[s.state_offset + j] = x[j];
+    a.word_count[b] = s.word_offset + s.n - w;
+    a.bad[b] = bad ? 1u : 0u;
+  }
+}
+
+/// One encoded stream's layout step: block = a stream whose word count is known.
+struct rans_gather_block {
+  std::uint64_t state_offset = 0;  ///< its final states in the state array
+  std::uint64_t words_first = 0;   ///< its first word in the scratch array
+  std::uint64_t words = 0;         ///< its word count
+  std::uint64_t out_first = 0;     ///< its first byte in the output
+  std::uint32_t lanes = 32;
+};
+
+/// Element step: byte i of a stream in core/rans.hpp's layout (4 x lanes bytes of final states, then
+/// the words), little-endian, from the encode kernel's state and scratch arrays.
+struct rans_stream_gather_op {
+  const std::uint32_t* states = nullptr;
+  const std::uint16_t* words = nullptr;
+  std::uint8_t* out = nullptr;
+  KVCODEC_HD std::uint64_t count(const rans_gather_block& b) const noexcept { return 4ull * b.lanes + 2ull * b.words; }
+  KVCODEC_HD bool operator()(const rans_gather_block& b, std::uint64_t i) const noexcept {
+    const std::uint64_t sb = 4ull * b.lanes;
+    std::uint32_t v;
+    if (i < sb)
+      v = states[b.state_offset + i / 4] >> (8 * (i % 4));
+    else
+      v = static_cast<std::uint32_t>(words[b.words_first + (i - sb) / 2]) >> (8 * ((i - sb) % 2));
+    out[b.out_first + i] = static_cast<std::uint8_t>(v);
+    return true;
+  }
+};
+
+/// One block of symbols to count: n symbols (a byte each, or 16-bit when wide) from byte sym_first,
+/// symbol i in column i % cols, counted into hist[hist_first + column x alphabet + symbol].
+struct rans_hist_block {
+  std::uint64_t sym_first = 0;
+  std::uint64_t n = 0;
+  std::uint64_t hist_first = 0;
+  std::uint32_t cols = 1;
+  std::uint32_t alphabet = 1;
+  std::uint32_t wide = 0;
+};
+
+/// Element step: counts symbol i of a block into its column's histogram (an atomic add; the order of
+/// the adds does not change the counts). False for a symbol outside the alphabet (not counted).
+struct rans_hist_op {
+  const std::uint8_t* sym = nullptr;
+  std::uint32_t* hist = nullptr;
+  KVCODEC_HD std::uint64_t count(const rans_hist_block& b) const noexcept { return b.n; }
+  KVCODEC_HD bool operator()(const rans_hist_block& b, std::uint64_t i) const noexcept {
+    const std::uint32_t v = b.wide != 0 ? detail::load_le16(sym + b.sym_first + 2 * i) : sym[b.sym_first + i];
+    if (v >= b.alphabet) return false;
+    atomic_add(hist + b.hist_first + (i % b.cols) * b.alphabet + v, 1u);
+    return true;
   }
 };
 

@@ -81,4 +81,23 @@ struct raw_encode_op {
   }
 };
 
+/// One range of bytes to copy: n bytes from src_first to dst_first (the batch encoder gathers the
+/// blocks' side bytes from its device buffer this way, so that only they come back to the host).
+struct copy_block {
+  std::uint64_t src_first = 0;
+  std::uint64_t dst_first = 0;
+  std::uint64_t n = 0;
+};
+
+/// Element step: byte i of a copy_block.
+struct byte_copy_op {
+  const std::uint8_t* src = nullptr;
+  std::uint8_t* dst = nullptr;
+  KVCODEC_HD std::uint64_t count(const copy_block& b) const noexcept { return b.n; }
+  KVCODEC_HD bool operator()(const copy_block& b, std::uint64_t i) const noexcept {
+    dst[b.dst_first + i] = src[b.src_first + i];
+    return true;
+  }
+};
+
 }  // namespace kvcodec

@@ -336,6 +336,96 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
     st.entropy_bound_bits += bound;
   }
 
+  // ---- batch encoding (pipeline/batch_encode.hpp: the CUDA encoder and its host emulation) -------
+  // A batch encoder counts the histograms and codes the streams itself (core/rans_batch.hpp); the
+  // stage fits the models and writes the block bytes, so the bytes are encode()'s.
+
+  /// One block's model for a batch encoder: the shared one, or (tables=chunk) one fitted to the block.
+  struct batch_model {
+    const detail::ready_model* shared = nullptr;
+    std::unique_ptr<detail::ready_model> local;
+    bytes model_bytes;  ///< tables=chunk: the serialised model, written before the stream
+    double bound = 0;   ///< entropy bound of the block's symbols, as encode() reports it
+    int lanes = 32;
+    const detail::ready_model& model() const { return shared != nullptr ? *shared : *local; }
+  };
+  /// One (layer, K/V) context's column histograms (cols x alphabet, em::column_hist's layout).
+  struct batch_hist {
+    int layer = 0;
+    bool key = true;
+    std::uint32_t alphabet = 0, cols = 0;
+    std::vector<std::uint32_t> hist;
+  };
+
+  /// True when encode() codes every plane whole (no prediction): what a batch encoder can do.
+  bool batch_encodable() const { return pk_ == em::pred_kind::none; }
+  bool shared_tables() const { return p_.tables == "shared"; }
+  /// The checks encode() makes of a plane's shape (bad_input naming `where`).
+  void batch_check(std::uint32_t alphabet, std::uint32_t rows, std::uint32_t cols, const char* where) const {
+    check_shape(alphabet, rows, cols, where);
+  }
+  /// tables=shared: the stage state fitted from the contexts' histograms (of the blocks with symbols),
+  /// byte for byte what fit() makes from the symbols. Keeps the models for batch_model_of.
+  bytes batch_fit_shared(std::vector<batch_hist>& hists) {
+    clear_shared();
+    lin_.clear();
+    lin_alpha_.clear();
+    std::map<key_t, acc_t> acc;
+    for (auto& h : hists) {
+      auto& a = acc[key_t{h.layer, h.key, 0, 0}];
+      a.alphabet = h.alphabet;
+      a.cols = h.cols;
+      a.hist = std::move(h.hist);
+    }
+    return finish_fit(acc);
+  }
+  /// The model of a block's plane of n symbols: the shared one (after batch_fit_shared or
+  /// load_state), or fitted on `colh` (tables=chunk).
+  batch_model batch_model_of(const block& ctx, std::uint32_t alphabet, std::uint32_t cols, std::uint64_t n, const std::vector<std::uint32_t>& colh) const {
+    batch_model bm;
+    bm.lanes = p_.lanes > 0 ? p_.lanes : auto_lanes(static_cast<std::size_t>(n));
+    if (p_.tables == "shared") {
+      symbol_plane p;
+      p.alphabet = alphabet;
+      p.cols = cols;
+      bm.shared = find_shared(ctx, 0, 0, p);
+      bm.bound = bm.shared->bound_per_symbol * static_cast<double>(n);
+      return bm;
+    }
+    bm.local = std::make_unique<detail::ready_model>();
+    bm.local->m = em::fit_model(colh, cols, alphabet, mo_);
+    bm.local->build_encoder();
+    em::serialize_model(bm.local->m, bm.model_bytes);
+    const auto gh = em::group_hist(colh, alphabet, bm.local->m.group_of_col, bm.local->m.groups);
+    bm.bound = em::grouped_entropy(gh, alphabet, bm.local->m.groups);
+    return bm;
+  }
+  /// Writes a block as encode() does: at most one plane (alphabet, rows, cols; its model `m` and rANS
+  /// stream when it has symbols), then the side bytes.
+  void batch_write(bool plane, std::uint32_t alphabet, std::uint32_t rows, std::uint32_t cols, const batch_model* m, std::span<const std::uint8_t> stream,
+                   std::span<const std::uint8_t> side, bytes& out, coder_stats& st) const {
+    const std::size_t base = out.size();
+    byte_writer w(out);
+    w.put_varint(plane ? 1 : 0);
+    double payload = 0, bound = 0;
+    if (plane) {
+      w.put_varint(alphabet);
+      w.put_varint(rows);
+      w.put_varint(cols);
+      if (static_cast<std::uint64_t>(rows) * cols > 0) {
+        if (m == nullptr) throw_usage("rans batch_write: a plane with symbols needs its model");
+        out.insert(out.end(), m->model_bytes.begin(), m->model_bytes.end());
+        if (p_.lanes == 0) w.put_varint(static_cast<std::uint64_t>(m->lanes / rans_lane_multiple));
+        w.put_blob(stream);
+        payload = static_cast<double>(stream.size()) * 8.0;
+        bound = m->bound;
+      }
+    }
+    w.put_blob(side);
+    st.add_stream(static_cast<double>(out.size() - base) * 8.0, payload, static_cast<double>(side.size()) * 8.0);
+    st.entropy_bound_bits += bound;
+  }
+
   symbols decode(std::span<const std::uint8_t> in, const block& ctx) const override {
     symbols out;
     decode_reusing(in, ctx, out);
@@ -502,14 +592,18 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
     return it == lin_alpha_.end() ? 0 : it->second;
   }
 
-  void check_plane(const symbol_plane& p, const char* where) const {
-    if (p.alphabet == 0 || p.alphabet > rans_max_alphabet || p.alphabet > (1u << p_.prob_bits))
+  void check_shape(std::uint32_t alphabet, std::uint32_t rows, std::uint32_t cols, const char* where) const {
+    if (alphabet == 0 || alphabet > rans_max_alphabet || alphabet > (1u << p_.prob_bits))
       throw_bad_input(where, "alphabet", "1.." + std::to_string(std::min<std::uint32_t>(rans_max_alphabet, 1u << p_.prob_bits)) +
                                              " (rans:prob_bits=" + std::to_string(p_.prob_bits) + ")",
-                      std::to_string(p.alphabet));
+                      std::to_string(alphabet));
+    if (rows > 0 && cols == 0) throw_bad_input(where, "cols", ">= 1", "0");
+  }
+  void check_plane(const symbol_plane& p, const char* where) const {
+    if (p.alphabet == 0 || p.alphabet > rans_max_alphabet || p.alphabet > (1u << p_.prob_bits)) check_shape(p.alphabet, p.rows, p.cols, where);
     if (p.sym.size() != static_cast<std::size_t>(p.rows) * p.cols)
       throw_bad_input(where, "plane size", std::to_string(static_cast<std::size_t>(p.rows) * p.cols), std::to_string(p.sym.size()));
-    if (p.rows > 0 && p.cols == 0) throw_bad_input(where, "cols", ">= 1", "0");
+    check_shape(p.alphabet, p.rows, p.cols, where);
   }
 
   const detail::ready_model* find_shared(const block& ctx, int plane, int sub, const symbol_plane& p) const {

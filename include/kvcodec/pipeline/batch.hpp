@@ -68,7 +68,8 @@ rans_batch_plan<Entry> plan_rans_batch(const segment_decoder& dec, std::span<con
                                        const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes) {
   const auto* rs = dynamic_cast<const cpu::rans_entropy*>(dec.stages().entropy.get());
   if (rs == nullptr)
-    throw_usage("batch decode: entropy stage '" + dec.stages().entropy->spec().name + "' has no batch decoder (only rans has one)");
+    throw_usage("batch decode: entropy stage '" + dec.stages().entropy->spec().name + "' has no CUDA decode; the entropy stages with one: " +
+                builtin_registry().cuda_stages(stage_kind::entropy, false));
   const kvc_header& h = dec.header();
   rans_batch_plan<Entry> plan;
   std::map<const rans_ctx_decoder*, std::uint32_t> models;  // shared tables: added once
@@ -115,7 +116,9 @@ cachegen_batch_plan<Entry> plan_cachegen_batch(const segment_decoder& dec, std::
                                                std::int64_t tokens) {
   const codec& c = dec.stages();
   const auto* q = dynamic_cast<const cpu::cachegen_quant*>(c.quant.get());
-  if (q == nullptr) throw_usage("batch decode: quantizer '" + c.quant->spec().name + "' has no batch decoder (cachegen-quant and the kvc levels have one)");
+  if (q == nullptr)
+    throw_usage("batch decode: quantizer '" + c.quant->spec().name + "' has no CUDA decode; the quantizers with one: " +
+                builtin_registry().cuda_stages(stage_kind::quant, false));
   if (!c.transforms.empty()) throw_usage("batch decode: transforms (" + c.transforms.front()->spec().name + ") have no batch decoder");
   if (dec.header().sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
   cachegen_batch_plan<Entry> plan;
@@ -238,7 +241,8 @@ inline pack_batch_plan plan_pack_batch(const segment_decoder& dec, std::span<con
                                        const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes) {
   const codec& c = dec.stages();
   if (dynamic_cast<const cpu::pack_entropy*>(c.entropy.get()) == nullptr)
-    throw_usage("batch decode: entropy stage '" + c.entropy->spec().name + "' has no batch decoder for quantizer '" + c.quant->spec().name + "' (pack has one)");
+    throw_usage("batch decode: entropy stage '" + c.entropy->spec().name + "' has no CUDA decode after quantizer '" + c.quant->spec().name +
+                "' (pack has one); the quantizers and their limits: " + builtin_registry().cuda_stages(stage_kind::quant, false));
   if (!c.transforms.empty()) throw_usage("batch decode: transforms (" + c.transforms.front()->spec().name + ") have no batch decoder");
   const kvc_header& h = dec.header();
   if (h.sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
@@ -445,7 +449,9 @@ inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span
   const auto* kq = dynamic_cast<const cpu::kivi_quant*>(c.quant.get());
   const auto* uq = dynamic_cast<const cpu::uniform_quant*>(c.quant.get());
   if (!kq && !uq) throw_usage("batch decode: quantizer '" + c.quant->spec().name + "' is not uniform or kivi");
-  if ((kq ? kq->outliers() : uq->outliers()) > 0.0) throw_usage("batch decode: " + c.quant->spec().name + " with outliers > 0 has no batch decoder yet");
+  if ((kq ? kq->outliers() : uq->outliers()) > 0.0)
+    throw_usage("batch decode: " + c.quant->spec().name + " with outliers > 0 has no CUDA decode yet; the quantizers with one: " +
+                builtin_registry().cuda_stages(stage_kind::quant, false));
   if (!c.transforms.empty()) throw_usage("batch decode: transforms (" + c.transforms.front()->spec().name + ") have no batch decoder");
   if (dec.header().sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
   const kv_shape& s = dec.header().shape;
@@ -567,7 +573,8 @@ inline batch_kind batch_kind_of(const codec& c) {
     if (ggml::parse_block_type(q)) return batch_kind::ggml;
     if (q == "fp8") return batch_kind::fp8;
     if (q == "raw") return batch_kind::raw;
-    throw_usage("batch decode: quantizer '" + q + "' has no batch decoder (with pack: q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, fp8, raw, uniform, kivi)");
+    throw_usage("batch decode: quantizer '" + q + "' with pack has no CUDA decode; the quantizers with one: " +
+                builtin_registry().cuda_stages(stage_kind::quant, false));
   }
   return batch_kind::cachegen;  // plan_cachegen_batch names what it does not take
 }

@@ -24,10 +24,12 @@
 #include "kvcodec/core/fp8.hpp"
 #include "kvcodec/core/ggml_blocks.hpp"
 #include "kvcodec/core/raw.hpp"
+#include "kvcodec/core/rans_batch.hpp"
 #include "kvcodec/cpu/cachegen.hpp"
 #include "kvcodec/cpu/fp8.hpp"
 #include "kvcodec/cpu/kivi.hpp"
 #include "kvcodec/cpu/pack.hpp"
+#include "kvcodec/cpu/rans.hpp"
 #include "kvcodec/cpu/raw.hpp"
 #include "kvcodec/cpu/uniform.hpp"
 #include "kvcodec/pipeline/batch.hpp"
@@ -40,6 +42,7 @@ namespace kvcodec {
 ///   bytes(n), floats(n)  n zeroed elements in the executor's memory, owned by it
 ///   run(blocks, max, op) op over every item of every block (blocks: a host vector)
 ///   get(dst, src, n)     n bytes from the executor's memory to the host; put(dst, src, n) the reverse
+///   rans_encode(args)    the rANS encode kernel (core/rans_batch.hpp) over arrays in its memory
 struct host_batch_executor {
   kv_batch_src src(const const_kv_view& kv) {
     if (kv.space != memory_space::host) throw_usage("encode: the host batch encoder reads host memory; this view is in device memory");
@@ -55,6 +58,11 @@ struct host_batch_executor {
   }
   void get(void* dst, const void* src, std::size_t n) { if (n) std::memcpy(dst, src, n); }
   void put(void* dst, const void* src, std::size_t n) { if (n) std::memcpy(dst, src, n); }
+  void rans_encode(const rans_encode_args& a) {
+    rans_encode_batch_emulated(a);
+    ++rans_batches;
+  }
+  std::size_t rans_batches = 0;  ///< rANS encode batches run (the tests check which path a codec took)
 
  private:
   std::vector<std::vector<const void*>> ptrs_;
@@ -74,6 +82,186 @@ inline batch_slot batch_slot_of(const kv_shape& s, std::int64_t chunk_tokens, st
   const std::int64_t t0 = static_cast<std::int64_t>(seg / L) * chunk_tokens;
   return {static_cast<std::int32_t>(seg % L), i % 2 == 0, t0, std::min(s.tokens, t0 + chunk_tokens)};
 }
+}  // namespace detail
+
+namespace detail {
+
+/// Block i's one plane of symbols in the executor's buffer (a byte each, or 16-bit little-endian when wide).
+struct batch_plane {
+  std::uint64_t sym_first = 0;
+  std::uint32_t alphabet = 1, rows = 0, cols = 1;
+  std::uint32_t wide = 0;
+};
+
+/// Copies n elements of a host vector into new executor memory.
+template <class X, class T>
+T* upload(X& x, const std::vector<T>& v) {
+  T* d = reinterpret_cast<T*>(x.bytes(v.size() * sizeof(T)));
+  x.put(d, v.data(), v.size() * sizeof(T));
+  return d;
+}
+
+/// The rANS entropy stage run by the executor (no prediction): the blocks' column histograms
+/// (rans_hist_op), the models fitted from them on the host as the stage fits them (tables=shared: one
+/// per (layer, K/V) over every chunk; tables=chunk: one per block), the streams coded by x.rans_encode
+/// and laid out by rans_stream_gather_op; only the histograms and the coded streams come back to the
+/// host, which writes each block with the stage's batch_write. side_of(i, out) appends block i's side bytes.
+template <class X, cpu::cpu_policy P, class Side>
+encode_report encode_rans_batch_to(X& x, const P& policy, codec& c, cpu::rans_entropy& re, const cache_info& info, const bytes& qstate, byte_sink& sink,
+                                   const encode_options& opt, const kv_extras& ex, const std::uint8_t* sym_d, const std::vector<batch_plane>& planes,
+                                   const Side& side_of) {
+  const kv_shape& s = info.shape;
+  const std::size_t nb = planes.size();
+  const bool shared = re.shared_tables();
+  constexpr std::size_t none = ~std::size_t{0};
+  struct ctx_t {
+    std::int32_t layer = 0;
+    bool key = true;
+    std::uint32_t alphabet = 0, cols = 0;
+    std::uint64_t first = 0;
+  };
+  std::vector<ctx_t> ctxs;
+  std::vector<std::size_t> ctx_of(nb, none);
+  std::vector<rans_hist_block> hb;
+  std::uint64_t hist_total = 0, max_n = 0;
+  for (std::size_t i = 0; i < nb; ++i) {
+    const auto sl = batch_slot_of(s, opt.chunk_tokens, i);
+    const batch_plane& p = planes[i];
+    re.batch_check(p.alphabet, p.rows, p.cols, "rans encode");
+    const std::uint64_t n = static_cast<std::uint64_t>(p.rows) * p.cols;
+    if (n == 0) continue;
+    std::size_t k = ctxs.size();
+    if (shared)
+      for (std::size_t j = 0; j < ctxs.size(); ++j)
+        if (ctxs[j].layer == sl.layer && ctxs[j].key == sl.key) k = j;
+    if (k == ctxs.size()) {
+      ctxs.push_back({sl.layer, sl.key, p.alphabet, p.cols, hist_total});
+      hist_total += static_cast<std::uint64_t>(p.cols) * p.alphabet;
+    } else if (ctxs[k].alphabet != p.alphabet || ctxs[k].cols != p.cols) {
+      throw_usage("rans:tables=shared: plane 0 of layer " + std::to_string(sl.layer) + " changes shape between chunks; use tables=chunk");
+    }
+    ctx_of[i] = k;
+    hb.push_back({p.sym_first, n, ctxs[k].first, p.cols, p.alphabet, p.wide});
+    max_n = std::max(max_n, n);
+  }
+  // Histograms: every symbol counted in its context's column (atomic adds in the executor's memory).
+  std::vector<std::uint32_t> hist(static_cast<std::size_t>(hist_total));
+  if (!hb.empty()) {
+    std::uint32_t* hist_d = reinterpret_cast<std::uint32_t*>(x.bytes(hist.size() * sizeof(std::uint32_t)));
+    x.run(hb, max_n, rans_hist_op{sym_d, hist_d});
+    x.get(hist.data(), hist_d, hist.size() * sizeof(std::uint32_t));
+  }
+  const auto hist_of = [&](const ctx_t& k) {
+    const auto b = hist.begin() + static_cast<std::ptrdiff_t>(k.first);
+    return std::vector<std::uint32_t>(b, b + static_cast<std::ptrdiff_t>(static_cast<std::uint64_t>(k.cols) * k.alphabet));
+  };
+  bytes est;
+  if (shared) {
+    std::vector<cpu::rans_entropy::batch_hist> hs;
+    for (const auto& k : ctxs) hs.push_back({k.layer, k.key, k.alphabet, k.cols, hist_of(k)});
+    est = re.batch_fit_shared(hs);
+  } else {
+    est = re.fit({}, info);
+  }
+  // Models per block (fitted on the host, in parallel for tables=chunk), then one table array.
+  std::vector<cpu::rans_entropy::batch_model> models(nb);
+  cpu::parallel_for(policy, nb, [&](std::size_t i) {
+    if (ctx_of[i] == none) return;
+    const auto sl = batch_slot_of(s, opt.chunk_tokens, i);
+    const block b = block_skeleton(s, sl.layer, sl.key, sl.t0, sl.t1, nullptr);
+    const batch_plane& p = planes[i];
+    models[i] = re.batch_model_of(b, p.alphabet, p.cols, static_cast<std::uint64_t>(p.rows) * p.cols,
+                                  shared ? std::vector<std::uint32_t>{} : hist_of(ctxs[ctx_of[i]]));
+  });
+  std::vector<rans_enc_symbol> tables;
+  std::vector<std::uint32_t> col_tab, col_alpha;
+  std::vector<std::pair<const void*, std::uint32_t>> model_cols;  // model -> its col_base
+  std::vector<rans_encode_stream> streams;
+  std::vector<std::size_t> block_of;
+  std::uint64_t words = 0, states = 0;
+  std::uint32_t max_lanes = 32;
+  for (std::size_t i = 0; i < nb; ++i) {
+    if (ctx_of[i] == none) continue;
+    const auto& rm = models[i].model();
+    std::uint32_t col_base = 0;
+    bool found = false;
+    for (const auto& [m, cb] : model_cols)
+      if (m == &rm) col_base = cb, found = true;
+    if (!found) {
+      std::vector<std::uint32_t> first_of;
+      for (const auto& t : rm.enc) {
+        first_of.push_back(static_cast<std::uint32_t>(tables.size()));
+        tables.insert(tables.end(), t.sym.begin(), t.sym.end());
+      }
+      col_base = static_cast<std::uint32_t>(col_tab.size());
+      for (std::uint32_t cc = 0; cc < planes[i].cols; ++cc) {
+        const std::uint32_t g = rm.m.groups == 1 ? 0 : rm.m.group_of_col[cc];
+        col_tab.push_back(first_of[g]);
+        col_alpha.push_back(static_cast<std::uint32_t>(rm.enc[g].sym.size()));
+      }
+      model_cols.emplace_back(&rm, col_base);
+    }
+    const batch_plane& p = planes[i];
+    const std::uint64_t n = static_cast<std::uint64_t>(p.rows) * p.cols;
+    const auto lanes = static_cast<std::uint32_t>(models[i].lanes);
+    streams.push_back({p.sym_first, n, words, states, lanes, p.cols, col_base, p.wide});
+    block_of.push_back(i);
+    words += n;
+    states += lanes;
+    max_lanes = std::max(max_lanes, lanes);
+  }
+  // Code every stream, then lay them out back to back and bring them to the host.
+  std::vector<std::uint64_t> word_count(streams.size());
+  std::vector<std::uint32_t> bad(streams.size());
+  std::vector<std::uint8_t> coded;
+  std::vector<std::uint64_t> coded_first(streams.size() + 1, 0);
+  if (!streams.empty()) {
+    rans_encode_args a;
+    a.streams = upload(x, streams);
+    a.count = streams.size();
+    a.max_lanes = max_lanes;
+    a.sym = sym_d;
+    a.tables = upload(x, tables);
+    a.col_tab = upload(x, col_tab);
+    a.col_alpha = upload(x, col_alpha);
+    a.words = reinterpret_cast<std::uint16_t*>(x.bytes(static_cast<std::size_t>(words) * 2));
+    a.states = reinterpret_cast<std::uint32_t*>(x.bytes(static_cast<std::size_t>(states) * 4));
+    a.word_count = reinterpret_cast<std::uint64_t*>(x.bytes(streams.size() * 8));
+    a.bad = reinterpret_cast<std::uint32_t*>(x.bytes(streams.size() * 4));
+    x.rans_encode(a);
+    x.get(word_count.data(), a.word_count, word_count.size() * 8);
+    x.get(bad.data(), a.bad, bad.size() * 4);
+    std::vector<rans_gather_block> gb(streams.size());
+    std::uint64_t max_bytes = 0;
+    for (std::size_t k = 0; k < streams.size(); ++k) {
+      if (bad[k] != 0) {
+        const auto sl = batch_slot_of(s, opt.chunk_tokens, block_of[k]);
+        throw_bad_input("rans encode (layer " + std::to_string(sl.layer) + (sl.key ? " K" : " V") + ")", "symbol",
+                        "symbols with a nonzero frequency in their column's table", "a symbol without one");
+      }
+      const rans_encode_stream& st = streams[k];
+      gb[k] = {st.state_offset, st.word_offset + st.n - word_count[k], word_count[k], coded_first[k], st.lanes};
+      coded_first[k + 1] = coded_first[k] + 4ull * st.lanes + 2 * word_count[k];
+      max_bytes = std::max<std::uint64_t>(max_bytes, 4ull * st.lanes + 2 * word_count[k]);
+    }
+    std::uint8_t* coded_d = x.bytes(static_cast<std::size_t>(coded_first.back()));
+    x.run(gb, max_bytes, rans_stream_gather_op{a.states, a.words, coded_d});
+    coded.resize(static_cast<std::size_t>(coded_first.back()));
+    x.get(coded.data(), coded_d, coded.size());
+  }
+  std::vector<std::size_t> stream_of(nb, none);
+  for (std::size_t k = 0; k < block_of.size(); ++k) stream_of[block_of[k]] = k;
+  return encode_blocks_to(policy, c, info, qstate, std::move(est), sink, opt, ex, [&](std::size_t i, const block&, bytes& out, coder_stats& st) {
+    const batch_plane& p = planes[i];
+    bytes side;
+    side_of(i, side);
+    const std::size_t k = stream_of[i];
+    std::span<const std::uint8_t> stream;
+    if (k != none) stream = std::span<const std::uint8_t>(coded).subspan(static_cast<std::size_t>(coded_first[k]), static_cast<std::size_t>(coded_first[k + 1] - coded_first[k]));
+    re.batch_write(true, p.alphabet, p.rows, p.cols, k != none ? &models[i] : nullptr, stream, side, out, st);
+  });
+}
+
 }  // namespace detail
 
 /// Encodes the dense cache `kv` (in x's memory) with codec `c` through executor `x` (see the file
@@ -100,13 +288,15 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
   const auto* uq = dynamic_cast<const cpu::uniform_quant*>(c.quant.get());
   const auto* cq = qn == "cachegen-quant" ? dynamic_cast<const cpu::cachegen_quant*>(c.quant.get()) : nullptr;
   if (!gtype && !fq && !rq && !kq && !uq && !cq)
-    throw_usage("encode: quantizer '" + qn + "' has no batch encoder (cachegen-quant and the kvc levels, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, fp8, raw, uniform and kivi have one)");
-  if ((kq && kq->outliers() > 0.0) || (uq && uq->outliers() > 0.0)) throw_usage("encode: " + qn + " with outliers > 0 has no batch encoder yet");
+    throw_usage("encode: quantizer '" + qn + "' has no CUDA encode; the quantizers with one: " + builtin_registry().cuda_stages(stage_kind::quant, true));
+  if ((kq && kq->outliers() > 0.0) || (uq && uq->outliers() > 0.0))
+    throw_usage("encode: " + qn + " with outliers > 0 has no CUDA encode yet; the quantizers with one: " + builtin_registry().cuda_stages(stage_kind::quant, true));
   const std::size_t nb = 2 * static_cast<std::size_t>((s.tokens + opt.chunk_tokens - 1) / opt.chunk_tokens) * static_cast<std::size_t>(s.layers);
   const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), H = static_cast<std::uint64_t>(s.kv_heads);
   const kv_batch_src src = x.src(kv);
   std::vector<std::uint64_t> first(nb + 1, 0);  // block i's bytes: [first[i], first[i + 1]) of `out`
   std::vector<std::uint8_t> out;
+  std::uint8_t* buf = nullptr;  // every block's bytes, in x's memory
   bytes state;
   std::vector<std::vector<float>> side_scales(nb);  // fp8 head/token scales per block
   std::vector<affine_batch_block> ablocks;           // uniform / kivi
@@ -157,10 +347,8 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       }
     float* inv_d = x.floats(inv.size());
     x.put(inv_d, inv.data(), inv.size() * sizeof(float));
-    std::uint8_t* buf = x.bytes(static_cast<std::size_t>(first[nb]));
+    buf = x.bytes(static_cast<std::size_t>(first[nb]));
     x.run(cblocks, max_items, cachegen_code_op{src, inv_d, buf});
-    out.resize(static_cast<std::size_t>(first[nb]));
-    x.get(out.data(), buf, out.size());
   } else if (kq || uq) {
     state = c.quant->fit({}, info);  // checks the groups against head_dim
     ablocks.resize(nb);
@@ -183,7 +371,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       max_q = std::max(max_q, codes);
       max_exact = std::max(max_exact, exact);
     }
-    std::uint8_t* buf = x.bytes(static_cast<std::size_t>(first[nb]));
+    buf = x.bytes(static_cast<std::size_t>(first[nb]));
     x.run(ablocks, max_groups, affine_params_op{src, buf});
     x.run(ablocks, max_q, affine_code_op{src, buf});
     const auto exact_dt = static_cast<std::uint32_t>(info.source_dtype == dtype::f16 || info.source_dtype == dtype::bf16 ? info.source_dtype : dtype::f32);
@@ -200,10 +388,6 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       side_end[i] = exact == 0 ? g.exact - 1 : g.exact + exact * dtype_size(static_cast<dtype>(g.exact_dtype));
     }
     if (max_exact > 0) x.run(ablocks, max_exact, affine_exact_op{src, buf});
-    out.resize(static_cast<std::size_t>(first[nb]));
-    x.get(out.data(), buf, out.size());
-    for (std::size_t i = 0; i < nb; ++i)
-      if (side_end[i] != ablocks[i].exact - 1) out[static_cast<std::size_t>(ablocks[i].exact - 1)] = static_cast<std::uint8_t>(ablocks[i].exact_dtype);  // the tag
   } else if (gtype || rq) {
     state = c.quant->fit({}, info);  // ggml: checks kv_heads*head_dim; raw: resolves the stored dtype
     std::uint64_t max_items = 0;
@@ -223,10 +407,8 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
         first[i + 1] = first[i] + g.tokens * rb;
         max_items = std::max<std::uint64_t>(max_items, g.tokens * (H * D / ggml::qk));
       }
-      std::uint8_t* buf = x.bytes(static_cast<std::size_t>(first[nb]));
+      buf = x.bytes(static_cast<std::size_t>(first[nb]));
       x.run(blocks, max_items, ggml_encode_op{src, buf});
-      out.resize(static_cast<std::size_t>(first[nb]));
-      x.get(out.data(), buf, out.size());
     } else {
       std::vector<raw_batch_block> blocks(nb);
       const std::uint64_t es = dtype_size(rq->stored());
@@ -243,10 +425,8 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
         first[i + 1] = first[i] + H * g.tokens * D * es;
         max_items = std::max<std::uint64_t>(max_items, H * g.tokens * D);
       }
-      std::uint8_t* buf = x.bytes(static_cast<std::size_t>(first[nb]));
+      buf = x.bytes(static_cast<std::size_t>(first[nb]));
       x.run(blocks, max_items, raw_encode_op{src, buf});
-      out.resize(static_cast<std::size_t>(first[nb]));
-      x.get(out.data(), buf, out.size());
     }
   } else {
     std::vector<fp8_batch_block> blocks(nb);
@@ -298,11 +478,59 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     }
     float* scale_d = x.floats(scale.size());
     x.put(scale_d, scale.data(), scale.size() * sizeof(float));
-    std::uint8_t* buf = x.bytes(static_cast<std::size_t>(first[nb]));
+    buf = x.bytes(static_cast<std::size_t>(first[nb]));
     x.run(blocks, max_rows * D, fp8_code_op{src, scale_d, buf});
-    out.resize(static_cast<std::size_t>(first[nb]));
-    x.get(out.data(), buf, out.size());
   }
+  // The rANS stage (without prediction) runs where the symbols are: they never come back to the host.
+  if (auto* re = dynamic_cast<cpu::rans_entropy*>(c.entropy.get()); re != nullptr && re->batch_encodable() && (cq || kq || uq || fq)) {
+    std::vector<detail::batch_plane> planes(nb);
+    std::vector<std::uint8_t> aside;  // uniform / kivi: every block's side bytes, gathered
+    std::vector<std::uint64_t> aside_first(nb + 1, 0);
+    for (std::size_t i = 0; i < nb; ++i) {
+      detail::batch_plane& pl = planes[i];
+      if (cq) {
+        const cachegen_encode_block& g = cblocks[i];
+        pl = {first[i], cpu::cachegen_quant::alphabet_for(cq->bins_for(g.layer, g.key != 0)), g.tokens, static_cast<std::uint32_t>(H * D), g.wide};
+      } else if (fq) {
+        pl = {first[i], 256, static_cast<std::uint32_t>((first[i + 1] - first[i]) / D), static_cast<std::uint32_t>(D), 0};
+      } else {
+        const affine_batch_block& g = ablocks[i];
+        pl = {g.sym_first, 1u << g.bits, static_cast<std::uint32_t>(H * g.q), static_cast<std::uint32_t>(D), 0};
+        aside_first[i + 1] = aside_first[i] + (side_end[i] - g.params);
+      }
+    }
+    if (!ablocks.empty()) {
+      std::vector<copy_block> cb(nb);
+      std::uint64_t max_side = 0;
+      for (std::size_t i = 0; i < nb; ++i) {
+        cb[i] = {ablocks[i].params, aside_first[i], aside_first[i + 1] - aside_first[i]};
+        max_side = std::max(max_side, cb[i].n);
+      }
+      std::uint8_t* side_d = x.bytes(static_cast<std::size_t>(aside_first[nb]));
+      x.run(cb, max_side, byte_copy_op{buf, side_d});
+      aside.resize(static_cast<std::size_t>(aside_first[nb]));
+      x.get(aside.data(), side_d, aside.size());
+      for (std::size_t i = 0; i < nb; ++i)
+        if (side_end[i] != ablocks[i].exact - 1) aside[static_cast<std::size_t>(aside_first[i] + (ablocks[i].exact - 1 - ablocks[i].params))] = static_cast<std::uint8_t>(ablocks[i].exact_dtype);  // the tag
+    }
+    return detail::encode_rans_batch_to(x, policy, c, *re, info, state, sink, opt, ex, buf, planes, [&](std::size_t i, bytes& side) {
+      if (cq) {
+        const cachegen_encode_block& g = cblocks[i];
+        const std::size_t ns = static_cast<std::size_t>(g.by_token != 0 ? g.tokens : H * D);
+        side.resize(2 * ns);
+        for (std::size_t j = 0; j < ns; ++j) kvcodec::detail::store_le16(side.data() + 2 * j, scale_bits[static_cast<std::size_t>(g.scale_first) + j]);
+      } else if (fq) {
+        side.resize(side_scales[i].size() * 4);
+        encode_floats(side_scales[i].data(), side_scales[i].size(), dtype::f32, side.data());
+      } else {
+        side.assign(aside.begin() + static_cast<std::ptrdiff_t>(aside_first[i]), aside.begin() + static_cast<std::ptrdiff_t>(aside_first[i + 1]));
+      }
+    });
+  }
+  out.resize(static_cast<std::size_t>(first[nb]));
+  x.get(out.data(), buf, out.size());
+  for (std::size_t i = 0; i < ablocks.size(); ++i)
+    if (side_end[i] != ablocks[i].exact - 1) out[static_cast<std::size_t>(ablocks[i].exact - 1)] = static_cast<std::uint8_t>(ablocks[i].exact_dtype);  // the tag
   return encode_symbols_to(policy, c, info, state, sink, opt, ex, [&](std::size_t i, symbols& sy) {
     const std::uint8_t* p = out.data() + first[i];
     const std::size_t n = static_cast<std::size_t>(first[i + 1] - first[i]);

@@ -435,16 +435,14 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
   return rep;
 }
 
-/// Writes a dense container whose blocks' symbols another encoder made (the CUDA backend quantizes
-/// on the GPU): `quant_state` is the quantizer's fitted state (empty when it has none), and
-/// symbols_of(i, sy) fills the symbols of block i (segment i / 2 in chunk-major order, (chunk, layer)
-/// = (i / 2 / layers, i / 2 % layers); K when i is even; it may be called more than once for a block,
-/// from several threads). The entropy stage is fitted (on the symbols when it fits on them: block by
-/// block where it can, else holding every block's symbols) and codes them here; for the same symbols
-/// the container is encode_to's, byte for byte. Codecs with drop stages or transforms are a usage error.
+/// Writes a dense container whose blocks' entropy-stage bytes another encoder made: `quant_state` and
+/// `entropy_state` are the stages' fitted states (empty when a stage has none), and
+/// block_bytes(i, b, out, stats) appends block i's bytes to `out` (segment i / 2 in chunk-major order,
+/// (chunk, layer) = (i / 2 / layers, i / 2 % layers); K when i is even; b its block skeleton; called
+/// from several threads). Codecs with drop stages or transforms are a usage error.
 template <cpu::cpu_policy P, class F>
-encode_report encode_symbols_to(const P& policy, codec& c, const cache_info& info, const bytes& quant_state, byte_sink& sink, const encode_options& opt,
-                                const kv_extras& ex, F&& symbols_of) {
+encode_report encode_blocks_to(const P& policy, codec& c, const cache_info& info, const bytes& quant_state, bytes entropy_state, byte_sink& sink,
+                               const encode_options& opt, const kv_extras& ex, F&& block_bytes) {
   if (!c.drops().empty() || !c.transforms.empty())
     throw_usage("encode: codec '" + c.spec() + "' has drop or transform stages, which this encoder does not run");
   if (opt.chunk_tokens < 1) throw_usage("encode: chunk_tokens must be >= 1, found " + std::to_string(opt.chunk_tokens));
@@ -458,27 +456,9 @@ encode_report encode_symbols_to(const P& policy, codec& c, const cache_info& inf
     h.states.push_back(state_entry{0, 0, 0, 0});
     states.push_back(quant_state);
   }
-  bytes est;
-  if (!c.entropy->fit_uses_symbols()) {
-    est = c.entropy->fit({}, info);
-  } else if (c.entropy->fit_streaming()) {
-    c.entropy->fit_begin(info);
-    cpu::parallel_for(policy, 2 * nseg, [&](std::size_t i) {
-      symbols sy;
-      symbols_of(i, sy);
-      c.entropy->fit_add(i, sy);
-    });
-    est = c.entropy->fit_end(info);
-  } else {
-    std::vector<symbols> all(2 * nseg);
-    cpu::parallel_for(policy, all.size(), [&](std::size_t i) { symbols_of(i, all[i]); });
-    std::vector<const symbols*> ptrs;
-    for (const auto& x : all) ptrs.push_back(&x);
-    est = c.entropy->fit(ptrs, info);
-  }
-  if (!est.empty()) {
+  if (!entropy_state.empty()) {
     h.states.push_back(state_entry{1, 0, 0, 0});
-    states.push_back(std::move(est));
+    states.push_back(std::move(entropy_state));
   }
   detail::fill_header(h, c, info, ex, opt, false);
   kvc_writer w(sink, std::move(h), states);
@@ -498,10 +478,8 @@ encode_report encode_symbols_to(const P& policy, codec& c, const cache_info& inf
       byte_writer bw(out);
       for (int kvi = 0; kvi < 2; ++kvi) {
         const block b = detail::block_skeleton(s, static_cast<int>(seg % L), kvi == 0, t0, std::min(s.tokens, t0 + opt.chunk_tokens), nullptr);
-        symbols sy;
-        symbols_of(2 * seg + static_cast<std::size_t>(kvi), sy);
         bytes stream;
-        c.entropy->encode(sy, b, stream, seg_stats[k]);
+        block_bytes(2 * seg + static_cast<std::size_t>(kvi), b, stream, seg_stats[k]);
         bw.put_blob(stream);
       }
       prog.tick();
@@ -515,6 +493,47 @@ encode_report encode_symbols_to(const P& policy, codec& c, const cache_info& inf
   }
   detail::finish_report(rep, w, states, s, nseg);
   return rep;
+}
+
+/// Writes a dense container whose blocks' symbols another encoder made (the CUDA backend quantizes
+/// on the GPU): `quant_state` is the quantizer's fitted state (empty when it has none), and
+/// symbols_of(i, sy) fills the symbols of block i (numbered as in encode_blocks_to; it may be called
+/// more than once for a block, from several threads). The entropy stage is fitted (on the symbols when
+/// it fits on them: block by block where it can, else holding every block's symbols) and codes them
+/// here; for the same symbols the container is encode_to's, byte for byte. Codecs with drop stages or
+/// transforms are a usage error.
+template <cpu::cpu_policy P, class F>
+encode_report encode_symbols_to(const P& policy, codec& c, const cache_info& info, const bytes& quant_state, byte_sink& sink, const encode_options& opt,
+                                const kv_extras& ex, F&& symbols_of) {
+  if (!c.drops().empty() || !c.transforms.empty())
+    throw_usage("encode: codec '" + c.spec() + "' has drop or transform stages, which this encoder does not run");
+  if (opt.chunk_tokens < 1) throw_usage("encode: chunk_tokens must be >= 1, found " + std::to_string(opt.chunk_tokens));
+  const kv_shape& s = info.shape;
+  if (s.tokens <= 0) throw_bad_input("encode input", "tokens", "> 0", std::to_string(s.tokens));
+  const std::size_t nseg = static_cast<std::size_t>((s.tokens + opt.chunk_tokens - 1) / opt.chunk_tokens) * static_cast<std::size_t>(s.layers);
+  bytes est;
+  if (!c.entropy->fit_uses_symbols()) {
+    est = c.entropy->fit({}, info);
+  } else if (c.entropy->fit_streaming()) {
+    c.entropy->fit_begin(info);
+    cpu::parallel_for(policy, 2 * nseg, [&](std::size_t i) {
+      symbols sy;
+      symbols_of(i, sy);
+      c.entropy->fit_add(i, sy);
+    });
+    est = c.entropy->fit_end(info);
+  } else {
+    std::vector<symbols> all(2 * nseg);
+    cpu::parallel_for(policy, all.size(), [&](std::size_t i) { symbols_of(i, all[i]); });
+    std::vector<const symbols*> ptrs;
+    for (const auto& x : all) ptrs.push_back(&x);
+    est = c.entropy->fit(ptrs, info);
+  }
+  return encode_blocks_to(policy, c, info, quant_state, std::move(est), sink, opt, ex, [&](std::size_t i, const block& b, bytes& out, coder_stats& st) {
+    symbols sy;
+    symbols_of(i, sy);
+    c.entropy->encode(sy, b, out, st);
+  });
 }
 
 /// Encodes a view into a container in memory.

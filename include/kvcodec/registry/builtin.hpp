@@ -25,6 +25,7 @@
 #include "kvcodec/cpu/pack.hpp"
 #include "kvcodec/cpu/raw.hpp"
 #include "kvcodec/cpu/zstd.hpp"
+#include "kvcodec/registry/cuda_rows.hpp"
 #include "kvcodec/registry/drop_stages.hpp"
 #include "kvcodec/registry/entropy_stages.hpp"
 #include "kvcodec/registry/presets.hpp"
@@ -46,6 +47,7 @@ KVCODEC_REGISTRY_LINKAGE registry make_builtin_registry() {
   register_entropy_stages(r);  // rans, ac, cachegen-quant, delta
   register_drop_stages(r);     // token dropping (kvpress family)
   register_presets(r);         // cachegen, cachegen-paper, kvc
+  register_cuda_rows(r);       // which stages have a CUDA implementation
   return r;
 }
 

@@ -16,12 +16,25 @@
 
 namespace kvcodec {
 
+/// A stage's CUDA implementation (cuda/include/kvcodec/cuda/), as its registry row declares it.
+/// decode: cuda::decode_into takes containers made with the stage (a quantizer or entropy stage).
+/// encode: cuda::encode runs the stage on the GPU. A quantizer without it is a usage error there;
+/// an entropy stage without it runs on the host over the symbols copied back.
+/// tests/registry/test_cuda_rows.cpp checks every row against what the seams do.
+struct cuda_support {
+  bool decode = false;
+  bool encode = false;
+  std::string header;  ///< its CUDA code, relative to cuda/include/kvcodec/cuda/ (empty: none)
+  std::string limits;  ///< what the CUDA path does not take, in spec terms (empty: nothing)
+};
+
 struct stage_entry {
   std::string name;
   stage_kind kind{};
   std::string summary;
   std::vector<param_info> params;
   std::function<std::unique_ptr<stage>(const stage_spec&)> make;
+  cuda_support cuda;
 };
 
 struct preset_entry {
@@ -61,6 +74,28 @@ class registry {
                                       q.validate();
                                       return expand(q);
                                     }});
+  }
+
+  /// Declares the CUDA implementation of a registered stage (usage error for an unknown name).
+  void set_cuda(std::string_view name, cuda_support c) {
+    for (auto& e : stages_)
+      if (e.name == name) {
+        e.cuda = std::move(c);
+        return;
+      }
+    throw_usage("registry::set_cuda: no stage named '" + std::string(name) + "'");
+  }
+  /// The stages of kind k whose row declares CUDA decode (or encode), each with its limits in
+  /// parentheses: "cachegen-quant (with rans), uniform (outliers=0), ...". For error messages.
+  std::string cuda_stages(stage_kind k, bool encode) const {
+    std::string out;
+    for (const auto& e : stages_)
+      if (e.kind == k && (encode ? e.cuda.encode : e.cuda.decode)) {
+        if (!out.empty()) out += ", ";
+        out += e.name;
+        if (!e.cuda.limits.empty()) out += " (" + e.cuda.limits + ")";
+      }
+    return out.empty() ? "none" : out;
   }
 
   const stage_entry* find(std::string_view name) const {

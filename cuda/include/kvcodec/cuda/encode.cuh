@@ -5,8 +5,11 @@
 //
 // The quantizer runs on the GPU, block-parallel over (layer, K/V, chunk), reading the engine's view in
 // place (strided or paged with a device block table; f32, f16 or bf16): pipeline/batch_encode.hpp
-// drives the element steps of core/ through device_batch_executor, the bytes come back to the host,
-// and the host fits and runs the entropy stage and writes the container. Scope today: dense caches
+// drives the element steps of core/ through device_batch_executor. The rANS stage without prediction
+// (the kvc levels, `kivi|rans`, `fp8|rans` ...) runs on the GPU too: column histograms (rans_hist_op),
+// the models fitted from them on the host, the streams coded by cuda/rans.cuh's encode kernel and laid
+// out by rans_stream_gather_op; only the histograms and the coded bytes come back. Other entropy stages
+// run on the host over the symbols copied back. The host writes the container. Scope today: dense caches
 // quantized by cachegen-quant (the kvc levels, cachegen), the llama.cpp block formats (q8_0 .. iq4_nl),
 // fp8, raw, uniform or kivi (outliers 0), with any entropy stage; other codecs are a usage error naming
 // the scope (encode them on the CPU). Synchronous with respect to p.stream.
@@ -24,6 +27,7 @@
 #include "kvcodec/cuda/batch.cuh"
 #include "kvcodec/cuda/memory.cuh"
 #include "kvcodec/cuda/policy.cuh"
+#include "kvcodec/cuda/rans.cuh"
 #include "kvcodec/pipeline/batch_encode.hpp"
 
 namespace kvcodec::cuda {
@@ -59,6 +63,10 @@ class device_batch_executor {
   }
   void put(void* dst, const void* src, std::size_t n) {
     if (n) check(cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+  }
+  void rans_encode(const rans_encode_args& a) {
+    rans_encode_batch(a, p_);
+    check(cudaStreamSynchronize(p_.stream), "cuda::encode (rANS)");
   }
 
  private:

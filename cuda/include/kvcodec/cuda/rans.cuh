@@ -1,4 +1,4 @@
-// kvcodec/cuda/rans.cuh — interleaved rANS decode on the GPU, mirroring cpu/rans.hpp's decoder:
+// kvcodec/cuda/rans.cuh — interleaved rANS decode and encode on the GPU, mirroring cpu/rans.hpp:
 // a batch of CPU-encoded streams (core/rans.hpp layout, bytes unchanged), one CUDA block per
 // stream and one thread per lane, the lane logic of core/rans_batch.hpp (whose host emulation the
 // CPU tests compare with the CPU decoder byte for byte).
@@ -85,6 +85,49 @@ __global__ void __launch_bounds__(1024) rans_decode_batch_kernel(rans_batch_args
   if (j == 0) status[blockIdx.x] = static_cast<rans_batch_status>(fail);
 }
 
+
+/// The encode kernel: one block per stream, one thread per lane, steps from last to first (the lane
+/// logic of core/rans_batch.hpp; rans_encode_batch_emulated is its host form).
+__global__ void __launch_bounds__(1024) rans_encode_batch_kernel(rans_encode_args a) {
+  __shared__ std::uint32_t warp_count[32];
+  __shared__ std::uint32_t any_bad;
+  const rans_encode_stream s = a.streams[blockIdx.x];
+  const std::uint32_t j = threadIdx.x, w = j / warp::size, l = warp::lane_id(), nw = blockDim.x / warp::size;
+  const std::uint32_t N = s.lanes;
+  const std::uint64_t steps = (s.n + N - 1) / N;
+  const std::uint32_t back = N % s.cols;
+  std::uint32_t x = rans_l, col = j < N ? kvcodec::detail::rans_lane_last_col(s, steps, j) : 0;
+  if (j == 0) any_bad = 0;
+  __syncthreads();
+  std::uint64_t wp = s.word_offset + s.n;
+  bool bad = false;
+  for (std::uint64_t t = steps; t-- > 0;) {
+    const bool active = j < N && t * N + j < s.n;
+    std::uint16_t word = 0;
+    const std::uint32_t emit = kvcodec::detail::rans_lane_encode(x, col, active, a, s, t * N + j, back, word, bad);
+    const std::uint32_t ballot = warp::ballot(emit != 0);
+    if (l == 0) warp_count[w] = warp::popc(ballot);
+    if (bad) any_bad = 1;
+    __syncthreads();
+    std::uint32_t before = 0, total = 0;
+    for (std::uint32_t k = 0; k < nw; ++k) {
+      const std::uint32_t c = warp_count[k];
+      before += k < w ? c : 0u;
+      total += c;
+    }
+    wp -= total;
+    if (emit) a.words[wp + before + warp::rank_below(ballot, l)] = word;
+    const bool stop = any_bad != 0;  // uniform: set before the barrier above
+    __syncthreads();
+    if (stop) break;
+  }
+  if (j < N) a.states[s.state_offset + j] = x;
+  if (j == 0) {
+    a.word_count[blockIdx.x] = s.word_offset + s.n - wp;
+    a.bad[blockIdx.x] = any_bad;
+  }
+}
+
 }  // namespace detail
 
 /// Decodes every stream of `a` (device pointers) on p.stream; temp storage: one status per stream.
@@ -102,6 +145,18 @@ inline void rans_decode_batch(void* d_temp, std::size_t& temp_bytes, const rans_
   if (a.count > 0x7fffffffu) throw_bad_input("cuda::rans_decode_batch", "count", "< 2^31 streams", std::to_string(a.count));
   detail::rans_decode_batch_kernel<Entry><<<static_cast<unsigned>(a.count), a.max_lanes, 0, p.stream>>>(a, static_cast<rans_batch_status*>(d_temp));
   check(cudaGetLastError(), "rans_decode_batch_kernel launch");
+}
+
+/// Encodes every stream of `a` (device pointers) on p.stream: final states, scratch words, word counts
+/// and the bad flags as core/rans_batch.hpp describes them. The caller then lays the streams out with
+/// rans_stream_gather_op once it has the word counts. No temp storage: the arrays are the caller's.
+inline void rans_encode_batch(const rans_encode_args& a, const par_t& p) {
+  if (a.max_lanes < rans_lane_multiple || a.max_lanes > rans_max_lanes || a.max_lanes % rans_lane_multiple != 0)
+    throw_bad_input("cuda::rans_encode_batch", "max_lanes", "a multiple of 32 in 32..1024", std::to_string(a.max_lanes));
+  if (a.count == 0) return;
+  if (a.count > 0x7fffffffu) throw_bad_input("cuda::rans_encode_batch", "count", "< 2^31 streams", std::to_string(a.count));
+  detail::rans_encode_batch_kernel<<<static_cast<unsigned>(a.count), a.max_lanes, 0, p.stream>>>(a);
+  check(cudaGetLastError(), "rans_encode_batch_kernel launch");
 }
 
 /// The per-stream statuses of a finished rans_decode_batch (waits for p.stream).
