@@ -37,8 +37,10 @@ struct view_timing {
 
 /// Decodes `container` into an f16 device view (Hugging Face layout, one buffer per layer and K/V)
 /// `reps` times: the kernels alone and end to end, and a device memcpy of the view's bytes; then, when
-/// `encode_spec` is not empty, encodes that view with cuda::encode (min(reps, 3) times).
+/// `encode_spec` is not empty, encodes that view with cuda::encode (min(reps, 3) times). ac_rows: decode
+/// a cachegen-quant|ac container with the one-thread-per-row kernel (LMCache's design) instead of the
+/// fused tiled one.
 view_timing time_view_decode(const std::vector<std::uint8_t>& container, int layers, int kv_heads, std::int64_t tokens, int head_dim, int reps,
-                             const std::string& encode_spec = {});
+                             const std::string& encode_spec = {}, bool ac_rows = false);
 
 }  // namespace kvcodec_bench_cuda

@@ -284,6 +284,31 @@ void test_decode_into() {
                                                 (paged ? " paged" : " hf") + " tokens " + std::to_string(tb) + ".." + std::to_string(te));
           }
     }
+  // cachegen-quant|ac (the cachegen preset): the fused tiled kernel and the rows kernel, each against the CPU
+  for (const std::string spec : {"cachegen", "cachegen-quant|ac:ctx=pooled", "cachegen-quant|ac:streams=block",
+                                 "cachegen-quant:kbins=600,klayers=-,vbins=300,vlayers=-|ac", "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|ac"})
+    for (const kv_cache* c : {&kv, &narrow}) {
+      const encoded e = encode(spec, *c, encode_options{.chunk_tokens = 128});
+      const std::int64_t T = c->shape.tokens;
+      for (auto variant : {kvcodec::cuda::batch_variant::best, kvcodec::cuda::batch_variant::ac_rows})
+        for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
+          for (bool paged : {false, true})
+            for (auto [tb, te] : {std::pair<std::int64_t, std::int64_t>{0, T}, {128, 256}, {100, 290}}) {
+              if (paged && tb % 16 != 0) continue;
+              decode_options opt;
+              opt.token_begin = tb;
+              opt.token_end = te;
+              test::host_dest want(c->shape, te - tb, t, paged);
+              decode_into(cpu::par, e.data, want.view, opt);
+              device_dest d(c->shape, te - tb, t, paged);
+              kvcodec::cuda::view_decoder vd(kvcodec::cuda::par, e.data, d.view, opt, variant);
+              vd.launch();
+              vd.finish();
+              expect(d.rows() == want.rows(), "decode_into " + spec + (variant == kvcodec::cuda::batch_variant::best ? " (best)" : " (rows kernel)") +
+                                                  " head_dim " + std::to_string(c->shape.head_dim) + " " + std::string(dtype_name(t)) +
+                                                  (paged ? " paged" : " hf") + " tokens " + std::to_string(tb) + ".." + std::to_string(te));
+            }
+    }
   {  // outside its scope: a usage error, nothing written
     const encoded e = encode("nf4|rans", kv);
     device_dest d(kv.shape, 600, dtype::f16, false);

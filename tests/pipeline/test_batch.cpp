@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <span>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -179,6 +180,98 @@ TEST_CASE("batch decode: containers outside its scope are usage errors - a symbo
   plan.blocks[0].max = 0;  // every symbol above 0 is now out of range
   dest d(o.v.header.shape, 300, dtype::f16, false);
   CHECK_THROWS_AS(decode_batch_emulated(plan, d.view), error);
+}
+
+namespace {
+/// The cachegen-quant|ac batch (tiled kernel when `tiled` and it can run, else the rows kernel) of
+/// tokens [tb, te) equals the CPU decode_into of the same range.
+void check_ac_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::int64_t te, bool tiled) {
+  const opened o(file);
+  dest want(o.v.header.shape, te - tb, t, paged), got(o.v.header.shape, te - tb, t, paged);
+  decode_options opt;
+  opt.token_begin = tb;
+  opt.token_end = te;
+  decode_into(cpu::par, file, want.view, opt);
+  std::vector<std::size_t> segs;
+  for (std::size_t i = 0; i < o.v.header.segments.size(); ++i)
+    if (o.v.header.segments[i].t1 > tb && o.v.header.segments[i].t0 < te) segs.push_back(i);
+  decode_batch_emulated(plan_cachegen_ac_batch(o.dec, segs, o.bytes_of(), tb, te - tb), got.view, tiled);
+  CHECK(want.rows() == got.rows());
+}
+}  // namespace
+
+TEST_CASE("batch decode (emulated) equals decode_into: cachegen-quant with ac - tiled and rows kernels - contexts - stream layouts - dtypes - views - token ranges") {
+  // 2 heads x head_dim 32 = 64 columns (two tiles of 32) and 8 x 20 = 160 (a short last tile); 150 and
+  // 300 tokens in chunks of 128 (groups of 64 rows and a short one)
+  const kv_cache a = test::random_cache(3, 2, 150, 32, dtype::f16);
+  const kv_cache b = test::random_cache(2, 8, 300, 20, dtype::bf16);
+  for (const std::string spec : {"cachegen", "cachegen-quant|ac:ctx=pooled", "cachegen-quant|ac:streams=block", "cachegen-paper:level=2",
+                                 "cachegen-quant:kbins=600,klayers=-,vbins=300,vlayers=-|ac", "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|ac"}) {
+    const bool predicted = spec.rfind("cachegen-paper", 0) == 0;  // anchor-group prediction: only the CPU restores it
+    for (const kv_cache* kv : {&a, &b}) {
+      INFO(spec << " columns " << kv->shape.kv_heads * kv->shape.head_dim);
+      const encoded e = encode(spec, *kv, encode_options{.chunk_tokens = 128});
+      const opened o(e.data);
+      std::vector<std::size_t> all(o.v.header.segments.size());
+      for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+      if (predicted) {
+        CHECK_THROWS_AS(plan_cachegen_ac_batch(o.dec, all, o.bytes_of(), 0, kv->shape.tokens), error);
+        continue;
+      }
+      const auto plan = plan_cachegen_ac_batch(o.dec, all, o.bytes_of(), 0, kv->shape.tokens);
+      CHECK(plan.groups.empty() == (spec.find("streams=block") != std::string::npos));
+      const std::int64_t T = kv->shape.tokens;
+      for (bool tiled : {true, false})
+        for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
+          for (bool paged : {false, true}) {
+            INFO((tiled ? "tiled " : "rows ") << dtype_name(t) << (paged ? " paged" : " hf"));
+            check_ac_decode(e.data, t, paged, 0, T, tiled);
+          }
+      check_ac_decode(e.data, dtype::f16, true, 37, T - 20, true);
+      check_ac_decode(e.data, dtype::bf16, false, 128, T, false);
+    }
+  }
+  CHECK(ac_tile_width(63) == 32u);
+  CHECK(ac_tile_width(599) == 13u);
+  CHECK(ac_tile_width(9000) == 0u);
+}
+
+TEST_CASE("batch decode of cachegen-quant with ac: on damaged streams the tiled and rows kernels agree - refused or the same values") {
+  // The container's checksums stop a damaged file before any decoder; here the planned streams' bytes
+  // are damaged after the checks, so the kernels' own stream checks (rc_dec_ok) are what is tested.
+  const kv_cache kv = test::random_cache(2, 2, 200, 32, dtype::f16);
+  const opened o(encode("cachegen", kv, encode_options{.chunk_tokens = 128}).data);
+  std::vector<std::size_t> all(o.v.header.segments.size());
+  for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+  const auto plan = plan_cachegen_ac_batch(o.dec, all, o.bytes_of(), 0, 200);
+  REQUIRE_FALSE(plan.groups.empty());
+  std::mt19937_64 rng(9);
+  int refused = 0;
+  for (int k = 0; k < 200; ++k) {
+    auto bad = plan;
+    const std::size_t at = static_cast<std::size_t>(rng() % bad.data.size());
+    bad.data[at] = static_cast<std::uint8_t>(bad.data[at] ^ (1u + rng() % 255));
+    if (k % 5 == 0) bad.streams[rng() % bad.streams.size()].size -= 1;  // a cut stream
+    INFO("byte " << at);
+    dest tiled(kv.shape, 200, dtype::f16, false), rows(kv.shape, 200, dtype::f16, false);
+    bool tiled_ok = true, rows_ok = true;
+    try {
+      decode_batch_emulated(bad, tiled.view, true);
+    } catch (const error& e) {
+      tiled_ok = false;
+      CHECK(e.kind() == error_kind::corrupt);
+    }
+    try {
+      decode_batch_emulated(bad, rows.view, false);
+    } catch (const error& e) {
+      rows_ok = false;
+      CHECK(e.kind() == error_kind::corrupt);
+    }
+    CHECK(tiled_ok == rows_ok);
+    if (tiled_ok && rows_ok) CHECK(tiled.rows() == rows.rows());
+    refused += tiled_ok ? 0 : 1;
+  }
+  CHECK(refused > 0);
 }
 
 TEST_CASE("batch decode (emulated) equals decode_into: ggml block formats - fp8 - raw - uniform - kivi - dtypes - HF and paged views - token ranges") {

@@ -30,7 +30,7 @@ kv_extras extras(const kv_cache& kv) {
 std::string spec_for(const stage_entry& e) {
   switch (e.kind) {
     case stage_kind::quant: return e.cuda.limits.find("with rans") != std::string::npos ? e.name + "|rans" : e.name;
-    case stage_kind::entropy: return "uniform|" + e.name;
+    case stage_kind::entropy: return (e.cuda.limits.find("after cachegen-quant") != std::string::npos ? "cachegen-quant|" : "uniform|") + e.name;
     default: return e.name + "|q8_0";
   }
 }
@@ -138,7 +138,7 @@ TEST_CASE("CUDA rows: every quantizer's and entropy stage's row says what the CU
       CHECK(got.find("CUDA decode") != std::string::npos);
     }
   }
-  CHECK(claimed >= 12);  // the quantizers above, rans and pack
+  CHECK(claimed >= 13);  // the quantizers above, rans, ac and pack
 }
 
 TEST_CASE("CUDA rows: transforms and drop stages - which neither seam runs - are refused with a usage error") {

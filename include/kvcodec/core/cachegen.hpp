@@ -57,20 +57,24 @@ struct cachegen_batch_block {
   std::int64_t t_end = 0;          ///< destination tokens: rows map into [0, t_end) are written, others skipped
 };
 
-/// Dequantizes element i of block b and stores it in the destination's dtype, exactly as the CPU stage
-/// does (f32 value, then f16/bf16 rounding to nearest even). Returns false (and writes nothing) for a
-/// symbol above 2*MAX; rows outside the destination's tokens are skipped.
-KVCODEC_HD inline bool cachegen_batch_store(const cachegen_batch_block& b, const std::uint16_t* sym, const float* steps, const kv_batch_dest& d,
-                                            std::uint64_t i) noexcept {
-  const std::uint64_t r = i / b.cols, c = i % b.cols;
-  const std::uint16_t s = sym[b.sym_first + i];
+/// Dequantizes symbol s of row r, column c of block b and stores it in the destination's dtype, exactly
+/// as the CPU stage does (f32 value, then f16/bf16 rounding to nearest even). Returns false (and writes
+/// nothing) for a symbol above 2*MAX; rows outside the destination's tokens are skipped.
+KVCODEC_HD inline bool cachegen_batch_put(const cachegen_batch_block& b, std::uint32_t s, const float* steps, const kv_batch_dest& d, std::uint64_t r,
+                                          std::uint64_t c) noexcept {
   if (s > static_cast<std::uint32_t>(2 * b.max)) return false;
   const std::int64_t t = b.t_first + static_cast<std::int64_t>(r);
   if (t < 0 || t >= b.t_end) return true;
   const std::uint64_t D = static_cast<std::uint64_t>(d.head_dim);
   kv_batch_put(d, b.key != 0, b.layer, static_cast<std::int64_t>(c / D), t, static_cast<std::int64_t>(c % D),
-               cachegen_dequantize(s, steps[b.step_first + (b.by_token ? r : c)], b.max));
+               cachegen_dequantize(static_cast<std::uint16_t>(s), steps[b.step_first + (b.by_token ? r : c)], b.max));
   return true;
+}
+
+/// The same for element i of block b, its symbol read from `sym` (the rANS batch's output).
+KVCODEC_HD inline bool cachegen_batch_store(const cachegen_batch_block& b, const std::uint16_t* sym, const float* steps, const kv_batch_dest& d,
+                                            std::uint64_t i) noexcept {
+  return cachegen_batch_put(b, sym[b.sym_first + i], steps, d, i / b.cols, i % b.cols);
 }
 
 /// cachegen_batch_store as the batch decoders' element step (cuda/batch.cuh, pipeline/batch.hpp):

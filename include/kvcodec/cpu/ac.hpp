@@ -109,11 +109,78 @@ class ac_entropy final : public stage_impl<entropy::ac, entropy_stage> {
   }
 
   symbols decode(std::span<const std::uint8_t> in, const block& ctx) const override {
+    symbols out;
+    std::vector<std::uint16_t> sub[2];
+    walk(in, ctx, out, [&](std::size_t pi, symbol_plane& p, std::uint32_t na) {
+      sub[0].assign(static_cast<std::size_t>(na) * p.cols, 0);
+      sub[1].assign(static_cast<std::size_t>(p.rows - na) * p.cols, 0);
+      (void)pi;
+    }, [&](const stream_ref& sr) {
+      rc_decoder d;
+      rc_dec_init(d, sr.bytes.data(), sr.bytes.size());
+      std::uint16_t* o = sub[sr.sub].data() + sr.first;
+      std::uint32_t c = 0;
+      for (std::size_t i = 0; i < sr.n; ++i) {
+        o[i] = static_cast<std::uint16_t>(ac_decode_symbol(d, sr.cdfs + static_cast<std::size_t>(sr.pooled ? 0 : c) * (sr.alphabet + 1), sr.alphabet));
+        c = c + 1 == sr.cols ? 0 : c + 1;
+      }
+      if (!rc_dec_ok(d)) throw_corrupt(sr.where, "plane " + std::to_string(sr.plane) + " stream " + std::to_string(sr.index) + " does not decode exactly");
+    }, [&](std::size_t, symbol_plane& p) { em::merge_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1]); });
+    return out;
+  }
+
+  // ---- batch decoding (pipeline/batch.hpp: the CUDA decoder and its host emulation) ---------------
+
+  /// One range-coded stream of a block: n symbols of sub-plane `sub` of plane `plane` from symbol
+  /// `first`, symbol i with the CDF of context (pooled ? 0 : i % cols), CDFs of alphabet + 1 entries.
+  struct stream_ref {
+    std::size_t plane = 0, sub = 0, index = 0;
+    std::span<const std::uint8_t> bytes;
+    std::size_t first = 0, n = 0;
+    std::uint32_t cols = 1, alphabet = 1;
+    bool pooled = false;
+    const std::uint32_t* cdfs = nullptr;  ///< into block_plan::cdfs (or the decoder's own copy)
+    std::string where;
+  };
+  /// A block parsed and checked as decode() checks it, for a batch decoder: the planes' shapes and
+  /// the side bytes (headers, sym empty), the CDFs and the streams. Planes coded with prediction are a
+  /// usage error (only the CPU decoder restores them).
+  struct block_plan {
+    symbols headers;
+    std::vector<stream_ref> streams;
+    std::vector<std::vector<std::uint32_t>> cdfs;  ///< per sub-plane with symbols
+  };
+  block_plan plan(std::span<const std::uint8_t> in, const block& ctx) const {
+    block_plan bp;
+    walk(in, ctx, bp.headers, [&](std::size_t pi, symbol_plane& p, std::uint32_t na) {
+      if (na != p.rows)
+        throw_usage("ac: plane " + std::to_string(pi) + " of layer " + std::to_string(ctx.layer) + " is coded with pred=" + p_.pred +
+                    " residual rows, which only the CPU decoder restores; batch decoding takes pred=none streams");
+    }, [&](const stream_ref& sr) { bp.streams.push_back(sr); }, [](std::size_t, symbol_plane&) {}, &bp.cdfs);
+    return bp;
+  }
+
+ private:
+  /// Decodes one symbol with a CDF of A + 1 entries.
+  static std::uint32_t ac_decode_symbol(rc_decoder& d, const std::uint32_t* cdf, std::uint32_t A) {
+    std::uint32_t rr;
+    const std::uint32_t t = rc_decode_target(d, rr);
+    const std::uint32_t sym = rc_cdf_find(cdf, A, t);
+    rc_decode_update(d, rr, cdf[sym], cdf[sym + 1] - cdf[sym]);
+    return sym;
+  }
+
+  /// Parses a block's stream with every check: on_plane(pi, plane, anchor rows) after a plane's
+  /// header, on_stream(stream_ref) for each range-coded stream, plane_done(pi, plane) after a plane.
+  /// The CDFs live in `keep` when given (one vector per sub-plane with symbols), else only while
+  /// their sub-plane's streams are handed over.
+  template <class OnPlane, class OnStream, class Done>
+  void walk(std::span<const std::uint8_t> in, const block& ctx, symbols& out, const OnPlane& on_plane, const OnStream& on_stream, const Done& plane_done,
+            std::vector<std::vector<std::uint32_t>>* keep = nullptr) const {
     byte_reader r(in, "ac stream (layer " + std::to_string(ctx.layer) + (ctx.key ? " K" : " V") + ")");
     const std::uint64_t max_sym = max_symbols_for(ctx);
-    symbols out;
     out.planes.resize(static_cast<std::size_t>(r.get_varint_max("plane count", 64)));
-    std::vector<std::uint16_t> sub[2];
+    if (keep) keep->reserve(2 * out.planes.size());  // pointers into it stay valid
     for (std::size_t pi = 0; pi < out.planes.size(); ++pi) {
       symbol_plane& p = out.planes[pi];
       p.alphabet = static_cast<std::uint32_t>(r.get_varint_max("alphabet", (1u << rc_prob_bits) - 1));
@@ -125,10 +192,10 @@ class ac_entropy final : public stage_impl<entropy::ac, entropy_stage> {
       const std::uint32_t A = p.alphabet, C = p.cols;
       const std::uint32_t na = em::anchor_rows(pk_, static_cast<std::uint32_t>(p_.group), p.rows);
       const std::size_t rows_of[2] = {na, static_cast<std::size_t>(p.rows - na)};
+      on_plane(pi, p, na);
       for (int s = 0; s < 2; ++s) {
         // The sub-plane is bounded by the block (max_sym); everything sized by the stream itself is
         // checked against the bytes that back it before it is allocated.
-        sub[s].assign(rows_of[s] * C, 0);
         if (rows_of[s] == 0) continue;
         const bool pooled = p_.ctx == "pooled";
         const std::uint32_t nctx = pooled ? 1 : C;
@@ -137,7 +204,9 @@ class ac_entropy final : public stage_impl<entropy::ac, entropy_stage> {
           throw_corrupt(r.what(), "plane " + std::to_string(pi) + ": " + std::to_string(nctx) + " CDFs of " + std::to_string(A + 1) +
                                       " entries need " + std::to_string(cdf_entries * 2) + " bytes, only " +
                                       std::to_string(r.remaining()) + " bytes left");
-        std::vector<std::uint32_t> cdfs(static_cast<std::size_t>(cdf_entries));
+        std::vector<std::uint32_t> local;
+        std::vector<std::uint32_t>& cdfs = keep ? keep->emplace_back() : local;
+        cdfs.resize(static_cast<std::size_t>(cdf_entries));
         for (std::uint32_t g = 0; g < nctx; ++g) {
           std::uint32_t* cdf = cdfs.data() + static_cast<std::size_t>(g) * (A + 1);
           for (std::uint32_t k = 0; k <= A; ++k) cdf[k] = r.get<std::uint16_t>("cdf");
@@ -159,30 +228,26 @@ class ac_entropy final : public stage_impl<entropy::ac, entropy_stage> {
         else
           lens[0] = static_cast<std::uint32_t>(r.get_varint_max("stream length", r.remaining()));
         for (std::size_t k = 0; k < nstreams; ++k) {
-          const auto bytes_k = r.get_bytes(lens[k], "range-coded stream");
-          rc_decoder d;
-          rc_dec_init(d, bytes_k.data(), bytes_k.size());
-          std::uint16_t* o = sub[s].data() + k * per;
-          std::uint32_t c = 0;
-          for (std::size_t i = 0; i < per; ++i) {
-            const std::uint32_t* cdf = cdfs.data() + static_cast<std::size_t>(pooled ? 0 : c) * (A + 1);
-            std::uint32_t rr;
-            const std::uint32_t t = rc_decode_target(d, rr);
-            const std::uint32_t sym = rc_cdf_find(cdf, A, t);
-            rc_decode_update(d, rr, cdf[sym], cdf[sym + 1] - cdf[sym]);
-            o[i] = static_cast<std::uint16_t>(sym);
-            c = c + 1 == C ? 0 : c + 1;
-          }
-          if (!rc_dec_ok(d))
-            throw_corrupt(r.what(), "plane " + std::to_string(pi) + " stream " + std::to_string(k) + " does not decode exactly");
+          stream_ref sr;
+          sr.plane = pi;
+          sr.sub = static_cast<std::size_t>(s);
+          sr.index = k;
+          sr.bytes = r.get_bytes(lens[k], "range-coded stream");
+          sr.first = k * per;
+          sr.n = per;
+          sr.cols = C;
+          sr.alphabet = A;
+          sr.pooled = pooled;
+          sr.cdfs = cdfs.data();
+          sr.where = r.what();
+          on_stream(sr);
         }
       }
-      em::merge_plane(p, pk_, static_cast<std::uint32_t>(p_.group), sub[0], sub[1]);
+      plane_done(pi, p);
     }
     const auto side = r.get_blob("side bytes");
     out.side.assign(side.begin(), side.end());
     r.expect_end();
-    return out;
   }
 
  private:

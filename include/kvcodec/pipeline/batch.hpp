@@ -28,12 +28,14 @@
 #include <string>
 #include <vector>
 
+#include "kvcodec/core/ac_batch.hpp"
 #include "kvcodec/core/rans_batch.hpp"
 #include "kvcodec/core/affine.hpp"
 #include "kvcodec/core/cachegen.hpp"
 #include "kvcodec/core/fp8.hpp"
 #include "kvcodec/core/ggml_blocks.hpp"
 #include "kvcodec/core/raw.hpp"
+#include "kvcodec/cpu/ac.hpp"
 #include "kvcodec/cpu/cachegen.hpp"
 #include "kvcodec/cpu/fp8.hpp"
 #include "kvcodec/cpu/kivi.hpp"
@@ -195,6 +197,142 @@ void decode_batch_emulated(const cachegen_batch_plan<Entry>& plan, const kv_view
     throw_corrupt("block " + std::to_string(bi) + " of the batch (layer " + std::to_string(g.layer) + (g.key ? " K" : " V") + ")",
                   "a symbol above 2*MAX = " + std::to_string(2 * g.max));
   });
+}
+
+// ---- cachegen-quant|ac (the cachegen preset): range-coded streams -------------------------------
+
+/// A cachegen-quant|ac container's blocks planned for a batch decoder (core/ac_batch.hpp): every
+/// stream's bytes, the CDFs, one cachegen_batch_block per K/V block and the steps they read; and, when
+/// every block has one stream per row (streams=row) and the CDFs fit the tile, the tiled kernel's groups.
+struct cachegen_ac_plan {
+  std::vector<std::uint8_t> data;
+  std::vector<std::uint32_t> cdfs;
+  std::vector<ac_batch_stream> streams;
+  std::vector<cachegen_batch_block> blocks;
+  std::vector<float> steps;
+  std::vector<ac_tile_group> groups;  ///< empty: only the rows kernel can decode this batch
+  std::uint32_t tile = 0;             ///< the tiled kernel's tile width (columns)
+  std::uint32_t max_alphabet = 1;
+  std::uint64_t out_symbols = 0;      ///< the rows kernel's symbol array
+  std::uint64_t max_elements = 0;
+};
+
+/// Plans `segments` of a cachegen-quant|ac container for a batch decode into destination tokens
+/// [0, tokens), destination token 0 being cache token `base`: parsed and checked as the CPU decoder
+/// does (cpu/ac.hpp's plan, the quantizer's checked_header). Usage error outside its scope (another
+/// quantizer or entropy stage, transforms, dropped tokens, planes coded with prediction).
+inline cachegen_ac_plan plan_cachegen_ac_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
+                                               const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
+                                               std::int64_t tokens) {
+  const codec& c = dec.stages();
+  const auto* q = dynamic_cast<const cpu::cachegen_quant*>(c.quant.get());
+  const auto* ac = dynamic_cast<const cpu::ac_entropy*>(c.entropy.get());
+  if (q == nullptr || ac == nullptr)
+    throw_usage("batch decode: codec '" + c.spec() + "' is not cachegen-quant|ac; the quantizers with a CUDA decode: " +
+                builtin_registry().cuda_stages(stage_kind::quant, false));
+  if (!c.transforms.empty()) throw_usage("batch decode: transforms (" + c.transforms.front()->spec().name + ") have no batch decoder");
+  const kvc_header& h = dec.header();
+  if (h.sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
+  cachegen_ac_plan plan;
+  bool per_row = true;
+  std::vector<float> step;
+  for (const std::size_t i : segments) {
+    const segment_entry& se = h.segments.at(i);
+    const std::string where = "segment (layer " + std::to_string(se.layer) + ", tokens " + std::to_string(se.t0) + ".." + std::to_string(se.t1) + ")";
+    byte_reader r(bytes(i), where);
+    for (int kvi = 0; kvi < 2; ++kvi) {
+      const block skeleton = detail::block_skeleton(h.shape, se.layer, kvi == 0, se.t0, se.t1, nullptr);
+      const auto stream = r.get_blob(kvi == 0 ? "K stream" : "V stream");
+      const auto bp = ac->plan(stream, skeleton);
+      int max = 0;
+      try {
+        q->checked_header(bp.headers.planes, bp.headers.side, skeleton, step, max);
+      } catch (const error& e) {
+        throw_corrupt(where, e.what());
+      }
+      cachegen_batch_block g;
+      g.sym_first = plan.out_symbols;
+      g.step_first = plan.steps.size();
+      g.rows = bp.headers.planes[0].rows;
+      g.cols = bp.headers.planes[0].cols;
+      g.layer = skeleton.layer;
+      g.max = max;
+      g.key = kvi == 0 ? 1u : 0u;
+      g.by_token = q->by_token(skeleton) ? 1u : 0u;
+      g.t_first = skeleton.t0 - base;
+      g.t_end = tokens;
+      plan.steps.insert(plan.steps.end(), step.begin(), step.end());
+      const std::uint64_t n = static_cast<std::uint64_t>(g.rows) * g.cols;
+      plan.out_symbols += n;
+      plan.max_elements = std::max(plan.max_elements, n);
+      const auto bi = static_cast<std::uint32_t>(plan.blocks.size());
+      plan.blocks.push_back(g);
+      std::vector<std::pair<const std::uint32_t*, std::uint64_t>> cdf_at;  // the block's CDF arrays, appended once
+      const std::uint64_t s_first = plan.streams.size();
+      for (const auto& sr : bp.streams) {
+        std::uint64_t at = plan.cdfs.size();
+        bool found = false;
+        for (const auto& [ptr, off] : cdf_at)
+          if (ptr == sr.cdfs) at = off, found = true;
+        if (!found) {
+          const std::size_t nc = static_cast<std::size_t>(sr.pooled ? 1 : sr.cols) * (sr.alphabet + 1);
+          plan.cdfs.insert(plan.cdfs.end(), sr.cdfs, sr.cdfs + nc);
+          cdf_at.emplace_back(sr.cdfs, at);
+        }
+        ac_batch_stream as;
+        as.data = plan.data.size();
+        as.size = sr.bytes.size();
+        as.out = g.sym_first + sr.first;
+        as.cdf = at;
+        as.n = static_cast<std::uint32_t>(sr.n);
+        as.cols = sr.cols;
+        as.alphabet = sr.alphabet;
+        as.pooled = sr.pooled ? 1u : 0u;
+        plan.data.insert(plan.data.end(), sr.bytes.begin(), sr.bytes.end());
+        plan.streams.push_back(as);
+        plan.max_alphabet = std::max(plan.max_alphabet, sr.alphabet);
+      }
+      if (bp.streams.size() != g.rows || (g.rows > 0 && bp.streams.front().n != g.cols)) {
+        per_row = false;
+        continue;
+      }
+      for (std::uint32_t r0 = 0; r0 < g.rows; r0 += ac_tile_rows)
+        plan.groups.push_back({s_first + r0, std::min<std::uint32_t>(ac_tile_rows, g.rows - r0), bi, r0});
+    }
+    r.expect_end();
+  }
+  plan.tile = ac_tile_width(plan.max_alphabet);
+  if (!per_row || plan.tile == 0) plan.groups.clear();
+  return plan;
+}
+
+/// Runs a cachegen-quant|ac plan on the CPU through the CUDA kernels' logic into the host view `dst`:
+/// the tiled kernel when the plan has groups and `tiled` is set, else the rows kernel and then
+/// cachegen_batch_op. Throws corrupt naming the first failed stream or block.
+inline void decode_batch_emulated(const cachegen_ac_plan& plan, const kv_view& dst, bool tiled = true) {
+  if (dst.space != memory_space::host) throw_usage("decode_batch_emulated: the destination view is in device memory");
+  std::vector<std::uint32_t> st(plan.streams.size(), 0), bad(plan.blocks.size(), 0);
+  const ac_batch_args a{plan.streams.data(), plan.streams.size(), plan.data.data(), plan.cdfs.data(), st.data()};
+  std::vector<void*> k, v;
+  const kv_batch_dest d = batch_dest(dst, k, v);
+  std::vector<std::uint16_t> sym;
+  const bool fused = tiled && !plan.groups.empty();
+  if (fused) {
+    ac_decode_tiled_emulated(a, plan.groups.data(), plan.groups.size(), plan.tile, plan.blocks.data(), plan.steps.data(), d, bad.data());
+  } else {
+    sym.resize(static_cast<std::size_t>(plan.out_symbols));
+    ac_decode_rows_emulated(a, sym.data());
+  }
+  for (std::size_t i = 0; i < st.size(); ++i)
+    if (st[i] != 0) throw_corrupt("range-coded stream " + std::to_string(i) + " of the batch", "does not decode exactly");
+  if (!fused) {
+    const cachegen_batch_op op{sym.data(), plan.steps.data(), d};
+    run_batch_emulated(std::span<const cachegen_batch_block>(plan.blocks), op, [&](std::size_t bi) { bad[bi] = 1; });
+  }
+  for (std::size_t bi = 0; bi < bad.size(); ++bi)
+    if (bad[bi] != 0)
+      throw_corrupt("block " + std::to_string(bi) + " of the batch (layer " + std::to_string(plan.blocks[bi].layer) + (plan.blocks[bi].key ? " K" : " V") + ")",
+                    "a symbol above 2*MAX = " + std::to_string(2 * plan.blocks[bi].max));
 }
 
 // ---- pack-coded containers: q8_0 .. iq4_nl, fp8, raw ----------------------------------------------
@@ -563,12 +701,13 @@ void decode_batch_emulated(const store_batch_plan<Block>& plan, const kv_view& d
 }
 
 /// Which batch decoder takes a container's codec: cachegen (cachegen-quant|rans: the kvc levels),
-/// affine (uniform, kivi), or, with pack, ggml (q8_0 .. iq4_nl), fp8 or raw. Usage error naming the
+/// cachegen_ac (cachegen-quant|ac: the cachegen preset), affine (uniform, kivi), or, with pack, ggml (q8_0 .. iq4_nl), fp8 or raw. Usage error naming the
 /// scope for any other codec (the planners then check the rest: transforms, dropped tokens, ...).
-enum class batch_kind { cachegen, affine, ggml, fp8, raw };
+enum class batch_kind { cachegen, cachegen_ac, affine, ggml, fp8, raw };
 inline batch_kind batch_kind_of(const codec& c) {
   const std::string& q = c.quant->spec().name;
   if (q == "kivi" || q == "uniform") return batch_kind::affine;
+  if (q == "cachegen-quant" && dynamic_cast<const cpu::ac_entropy*>(c.entropy.get()) != nullptr) return batch_kind::cachegen_ac;
   if (dynamic_cast<const cpu::pack_entropy*>(c.entropy.get()) != nullptr) {
     if (ggml::parse_block_type(q)) return batch_kind::ggml;
     if (q == "fp8") return batch_kind::fp8;
@@ -590,6 +729,7 @@ inline void decode_batch_emulated(const segment_decoder& dec, std::span<const st
     case batch_kind::fp8: return decode_batch_emulated(plan_fp8_batch(dec, segments, bytes, base, tokens), dst);
     case batch_kind::raw: return decode_batch_emulated(plan_raw_batch(dec, segments, bytes, base, tokens), dst);
     case batch_kind::cachegen: return decode_batch_emulated(plan_cachegen_batch<std::uint32_t>(dec, segments, bytes, base, tokens), dst);
+    case batch_kind::cachegen_ac: return decode_batch_emulated(plan_cachegen_ac_batch(dec, segments, bytes, base, tokens), dst);
   }
 }
 

@@ -11,13 +11,15 @@ namespace kvcodec {
 inline void register_cuda_rows(registry& r) {
   // quantizers: decode into a device view and encode from one (cuda/encode.cuh)
   r.set_cuda("raw", {true, true, "raw.cuh", "decode: with pack"});
-  r.set_cuda("cachegen-quant", {true, true, "cachegen.cuh", "decode: with rans, pred=none"});
+  r.set_cuda("cachegen-quant", {true, true, "cachegen.cuh", "decode: with rans or ac, pred=none"});
   for (const char* q : {"uniform", "kivi"}) r.set_cuda(q, {true, true, "affine.cuh", "outliers=0; decode: with pack or rans, pred=none"});
   r.set_cuda("fp8", {true, true, "fp8.cuh", "decode: with pack"});
   for (const char* q : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"}) r.set_cuda(q, {true, true, "ggml.cuh", "decode: with pack"});
-  // entropy stages: rans decodes and encodes on the GPU; pack is read in place by the quantizers'
-  // decode kernels; any other entropy stage runs on the host in cuda::encode
+  // entropy stages: rans decodes and encodes on the GPU, ac decodes (CacheGen's range coder); pack is
+  // read in place by the quantizers' decode kernels; any other entropy stage runs on the host in
+  // cuda::encode
   r.set_cuda("rans", {true, true, "rans.cuh", "pred=none"});
+  r.set_cuda("ac", {true, false, "ac.cuh", "pred=none; decode: after cachegen-quant"});
   r.set_cuda("pack", {true, false, "ggml.cuh fp8.cuh raw.cuh affine.cuh", "decode: after raw, uniform, kivi, fp8 or a block format"});
   // drop stages: the scorers and the selection run on device views; cuda::encode runs no drop stage yet
   for (const char* d : {"knorm", "keydiff", "random", "streamingllm"})

@@ -10,8 +10,11 @@
 // cachegen-quant kernel (cuda/cachegen.cuh) dequantizes them straight into the view (strided or
 // paged, f16/bf16/f32). It waits for the stream at the end and throws error_kind::corrupt naming the
 // first failed stream or block; on an exception the view's content is unspecified.
-// Scope today: kvc levels and `cachegen-quant|rans` without prediction, transforms or dropped tokens;
-// other containers are a usage error naming what has no CUDA implementation (decode them on the CPU).
+// `cachegen-quant|ac` (the cachegen preset) decodes with cuda/ac.cuh's fused tiled kernel (range decode
+// and dequantize in one, symbols kept in shared memory) where it can, else its rows kernel and then the
+// cachegen-quant kernel. Scope today: the kvc levels, `cachegen-quant|rans|ac`, `uniform`, `kivi`, the
+// block formats, `fp8` and `raw`, without prediction, transforms or dropped tokens; other containers
+// are a usage error naming the stages that have a CUDA decode (registry/cuda_rows.hpp).
 // This header includes the CPU pipeline (host code): include it from .cu files that decode containers.
 #pragma once
 
@@ -24,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "kvcodec/cuda/ac.cuh"
 #include "kvcodec/cuda/affine.cuh"
 #include "kvcodec/cuda/cachegen.cuh"
 #include "kvcodec/cuda/fp8.cuh"
@@ -35,6 +39,10 @@
 #include "kvcodec/pipeline/batch.hpp"
 
 namespace kvcodec::cuda {
+
+/// Which kernels decode a batch: the best this container allows, or (for a benchmark's baseline)
+/// cachegen-quant|ac's one-thread-per-row kernel even where the fused tiled kernel could run.
+enum class batch_variant { best, ac_rows };
 
 namespace detail {
 
@@ -142,6 +150,43 @@ struct cachegen_job final : batch_job {
   }
 };
 
+/// A cachegen-quant|ac batch (the cachegen preset): the fused tiled kernel, or the rows kernel and
+/// then dequantize + scatter.
+struct cachegen_ac_job final : batch_job {
+  cachegen_ac_plan plan;
+  bool tiled = false;
+  device_buffer<ac_batch_stream> streams;
+  device_buffer<std::uint8_t> data;
+  device_buffer<std::uint32_t> cdfs, status, bad;
+  device_buffer<ac_tile_group> groups;
+  device_buffer<cachegen_batch_block> blocks;
+  device_buffer<float> steps;
+  device_buffer<std::uint16_t> sym;
+  device_dest dd;
+  cachegen_ac_job(cachegen_ac_plan pl, const kv_view& dst, batch_variant v)
+      : plan(std::move(pl)), tiled(v == batch_variant::best && !plan.groups.empty()), streams(std::span<const ac_batch_stream>(plan.streams)),
+        data(std::span<const std::uint8_t>(plan.data)), cdfs(std::span<const std::uint32_t>(plan.cdfs)), status(plan.streams.size() + 1),
+        bad(plan.blocks.size() + 1), groups(std::span<const ac_tile_group>(plan.groups)), blocks(std::span<const cachegen_batch_block>(plan.blocks)),
+        steps(std::span<const float>(plan.steps)), sym(tiled ? 0 : static_cast<std::size_t>(plan.out_symbols)), dd(dst) {}
+  ac_batch_args args() { return {streams.data(), plan.streams.size(), data.data(), cdfs.data(), status.data()}; }
+  void launch(const par_t& p) override {
+    if (tiled) {
+      check(cudaMemsetAsync(bad.data(), 0, bad.size() * sizeof(std::uint32_t), p.stream), "ac flags");
+      ac_decode_tiled(args(), groups.data(), plan.groups.size(), plan.tile, plan.max_alphabet, blocks.data(), steps.data(), dd.d, bad.data(), p);
+    } else {
+      ac_decode_rows(args(), sym.data(), p);
+      cachegen_store(blocks.data(), plan.blocks.size(), plan.max_elements, sym.data(), steps.data(), dd.d, bad.data(), p);
+    }
+  }
+  void finish(const par_t& p, const std::string& name) override {
+    check(cudaStreamSynchronize(p.stream), name.c_str());
+    const auto st = status.download();
+    for (std::size_t i = 0; i < plan.streams.size(); ++i)
+      if (st[i] != 0) throw_corrupt(name + ": range-coded stream " + std::to_string(i) + " of the batch", "does not decode exactly");
+    throw_flagged(bad, plan.blocks, name, [&](std::size_t i) { return "a symbol above 2*MAX = " + std::to_string(2 * plan.blocks[i].max); });
+  }
+};
+
 /// A uniform / kivi batch: the rANS batch kernel when the symbols are rANS-coded, then the affine step.
 struct affine_job final : batch_job {
   affine_batch_plan plan;
@@ -173,7 +218,9 @@ struct affine_job final : batch_job {
 /// finish() waits and throws error_kind::corrupt naming the first failed stream or block.
 class view_decoder {
  public:
-  view_decoder(const par_t& p, std::span<const std::uint8_t> file, const kv_view& dst, const decode_options& opt = {}) : p_(p), name_(opt.name) {
+  view_decoder(const par_t& p, std::span<const std::uint8_t> file, const kv_view& dst, const decode_options& opt = {},
+               batch_variant variant = batch_variant::best)
+      : p_(p), name_(opt.name) {
     const kvc_view v = parse_kvc(file, opt.name, opt.limits);
     const auto [tb, te] = kvcodec::detail::decode_range(v.header, opt);
     dst.validate("decode destination");
@@ -194,6 +241,9 @@ class view_decoder {
       case batch_kind::raw: job_ = std::make_unique<detail::store_job<raw_batch_block>>(plan_raw_batch(dec, todo, bytes_of, tb, te - tb), dst); break;
       case batch_kind::cachegen:
         job_ = std::make_unique<detail::cachegen_job>(plan_cachegen_batch<std::uint32_t>(dec, todo, bytes_of, tb, te - tb), dst, p);
+        break;
+      case batch_kind::cachegen_ac:
+        job_ = std::make_unique<detail::cachegen_ac_job>(plan_cachegen_ac_batch(dec, todo, bytes_of, tb, te - tb), dst, variant);
         break;
     }
   }
