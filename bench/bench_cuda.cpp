@@ -115,16 +115,19 @@ int main(int argc, char** argv) {
     std::printf("device memcpy D2D of the view's %.1f MB: best %.3f ms = %.1f GB/s\n", f16_bytes / 1e6, vt.memcpy_ms, f16_bytes / vt.memcpy_ms / 1e6);
     std::printf("GPU view vs the CPU's decode_into: %d of %d layers differ\n", bad_layers, kv.shape.layers);
     bad_streams += static_cast<std::size_t>(bad_layers);
-    if (batch_kind_of(dec.stages()) == batch_kind::cachegen_ac) {  // the same container with LMCache's one-thread-per-row design
+    if (const auto kind = batch_kind_of(dec.stages()); kind == batch_kind::cachegen_ac || kind == batch_kind::cachegen) {
+      // the same container unfused: symbols in memory, then dequantize (for ac: LMCache's one thread per row)
       const auto rt = kvcodec_bench_cuda::time_view_decode(e.data, kv.shape.layers, kv.shape.kv_heads, kv.shape.tokens, kv.shape.head_dim, reps, {}, true);
       int bad_rows = 0;
       for (std::size_t l = 0; l < hk.size(); ++l)
         bad_rows += std::memcmp(hk[l].data(), rt.k[l].data(), per) != 0 || std::memcmp(hv[l].data(), rt.v[l].data(), per) != 0;
       auto rm = rt.kernels_ms;
       std::sort(rm.begin(), rm.end());
-      std::printf("ac decode with one thread per row (LMCache's design: rows kernel, CDFs from global memory, then dequantize), %d runs: best %.3f ms = "
-                  "%.1f GB/s of f16; the fused tiled kernel above is %.2fx faster (bar: > 1x); its view vs the CPU's: %d of %d layers differ\n",
-                  reps, rm.front(), f16_bytes / rm.front() / 1e6, rm.front() / km.front(), bad_rows, kv.shape.layers);
+      std::printf("%s, %d runs: best %.3f ms = %.1f GB/s of f16; the fused kernel above is %.2fx faster%s; its view vs the CPU's: %d of %d layers differ\n",
+                  kind == batch_kind::cachegen_ac ? "ac decode with one thread per row (LMCache's design: rows kernel, CDFs from global memory, then dequantize)"
+                                                  : "rANS decode unfused (symbols to memory, then the dequantize kernel)",
+                  reps, rm.front(), f16_bytes / rm.front() / 1e6, rm.front() / km.front(), kind == batch_kind::cachegen_ac ? " (bar: > 1x)" : "", bad_rows,
+                  kv.shape.layers);
       bad_streams += static_cast<std::size_t>(bad_rows);
     }
     if (!vt.encode_ms.empty()) {  // cuda::encode of the decoded f16 view, against the CPU's encode of the same values

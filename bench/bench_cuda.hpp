@@ -37,10 +37,10 @@ struct view_timing {
 
 /// Decodes `container` into an f16 device view (Hugging Face layout, one buffer per layer and K/V)
 /// `reps` times: the kernels alone and end to end, and a device memcpy of the view's bytes; then, when
-/// `encode_spec` is not empty, encodes that view with cuda::encode (min(reps, 3) times). ac_rows: decode
-/// a cachegen-quant|ac container with the one-thread-per-row kernel (LMCache's design) instead of the
-/// fused tiled one.
+/// `encode_spec` is not empty, encodes that view with cuda::encode (min(reps, 3) times). unfused: decode
+/// with the symbols in memory between the entropy and the dequantize kernels (for cachegen-quant|ac:
+/// the one-thread-per-row kernel, LMCache's design) instead of the fused kernels.
 view_timing time_view_decode(const std::vector<std::uint8_t>& container, int layers, int kv_heads, std::int64_t tokens, int head_dim, int reps,
-                             const std::string& encode_spec = {}, bool ac_rows = false);
+                             const std::string& encode_spec = {}, bool unfused = false);
 
 }  // namespace kvcodec_bench_cuda

@@ -90,7 +90,7 @@ rans_timing time_rans_batch(const rans_batch_builder<std::uint32_t>& b, std::siz
 }
 
 view_timing time_view_decode(const std::vector<std::uint8_t>& container, int layers, int kv_heads, std::int64_t tokens, int head_dim, int reps,
-                             const std::string& encode_spec, bool ac_rows) {
+                             const std::string& encode_spec, bool unfused) {
   view_timing r;
   const std::size_t per = static_cast<std::size_t>(kv_heads) * static_cast<std::size_t>(tokens) * static_cast<std::size_t>(head_dim) * 2;
   std::vector<cuda::device_buffer<std::uint8_t>> kb, vb;
@@ -103,7 +103,7 @@ view_timing time_view_decode(const std::vector<std::uint8_t>& container, int lay
   view.space = memory_space::device;
   events ev;
   {
-    cuda::view_decoder d(cuda::par, container, view, {}, ac_rows ? cuda::batch_variant::ac_rows : cuda::batch_variant::best);
+    cuda::view_decoder d(cuda::par, container, view, {}, unfused ? cuda::batch_variant::unfused : cuda::batch_variant::best);
     d.launch();  // warm-up
     d.finish();
     for (int i = 0; i < reps; ++i) r.kernels_ms.push_back(ev.time([&] { d.launch(); }));

@@ -254,10 +254,15 @@ void test_decode_into() {
           opt.token_begin = tb;
           opt.token_end = te;
           const kv_cache want = decode(cpu::par, e.data, opt);
-          device_dest d(kv.shape, te - tb, t, paged);
-          kvcodec::cuda::decode_into(kvcodec::cuda::par, e.data, d.view, opt);
-          expect(d.rows() == host_rows(want, t, 0, te - tb), "decode_into " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf") + " tokens " +
-                                                              std::to_string(tb) + ".." + std::to_string(te));
+          for (auto variant : {kvcodec::cuda::batch_variant::best, kvcodec::cuda::batch_variant::unfused}) {
+            device_dest d(kv.shape, te - tb, t, paged);
+            kvcodec::cuda::view_decoder vd(kvcodec::cuda::par, e.data, d.view, opt, variant);
+            vd.launch();
+            vd.finish();
+            expect(d.rows() == host_rows(want, t, 0, te - tb), "decode_into " + spec + (variant == kvcodec::cuda::batch_variant::best ? " (fused) " : " (unfused) ") +
+                                                                std::string(dtype_name(t)) + (paged ? " paged" : " hf") + " tokens " + std::to_string(tb) +
+                                                                ".." + std::to_string(te));
+          }
         }
   }
   // pack-coded: the ggml block formats, fp8, raw; uniform and kivi with rans or pack (head_dim 32, and
@@ -290,7 +295,7 @@ void test_decode_into() {
     for (const kv_cache* c : {&kv, &narrow}) {
       const encoded e = encode(spec, *c, encode_options{.chunk_tokens = 128});
       const std::int64_t T = c->shape.tokens;
-      for (auto variant : {kvcodec::cuda::batch_variant::best, kvcodec::cuda::batch_variant::ac_rows})
+      for (auto variant : {kvcodec::cuda::batch_variant::best, kvcodec::cuda::batch_variant::unfused})
         for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
           for (bool paged : {false, true})
             for (auto [tb, te] : {std::pair<std::int64_t, std::int64_t>{0, T}, {128, 256}, {100, 290}}) {
@@ -304,7 +309,7 @@ void test_decode_into() {
               kvcodec::cuda::view_decoder vd(kvcodec::cuda::par, e.data, d.view, opt, variant);
               vd.launch();
               vd.finish();
-              expect(d.rows() == want.rows(), "decode_into " + spec + (variant == kvcodec::cuda::batch_variant::best ? " (best)" : " (rows kernel)") +
+              expect(d.rows() == want.rows(), "decode_into " + spec + (variant == kvcodec::cuda::batch_variant::best ? " (fused)" : " (unfused)") +
                                                   " head_dim " + std::to_string(c->shape.head_dim) + " " + std::string(dtype_name(t)) +
                                                   (paged ? " paged" : " hf") + " tokens " + std::to_string(tb) + ".." + std::to_string(te));
             }

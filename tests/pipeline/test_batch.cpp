@@ -147,6 +147,11 @@ void check_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::
   else
     decode_batch_emulated(plan_cachegen_batch<std::uint64_t>(dec, segs, bytes_of, tb, te - tb), got.view);
   CHECK(want.rows() == got.rows());
+  if (batch_kind_of(dec.stages()) == batch_kind::cachegen) {  // the unfused form too: symbols in memory, then the element step
+    dest unfused(v.header.shape, te - tb, t, paged);
+    decode_batch_emulated(plan_cachegen_batch<std::uint32_t>(dec, segs, bytes_of, tb, te - tb), unfused.view, false);
+    CHECK(want.rows() == unfused.rows());
+  }
 }
 }  // namespace
 
@@ -179,7 +184,15 @@ TEST_CASE("batch decode: containers outside its scope are usage errors - a symbo
   auto plan = plan_cachegen_batch<std::uint32_t>(o.dec, seg0, o.bytes_of(), 0, 300);
   plan.blocks[0].max = 0;  // every symbol above 0 is now out of range
   dest d(o.v.header.shape, 300, dtype::f16, false);
-  CHECK_THROWS_AS(decode_batch_emulated(plan, d.view), error);
+  for (bool fused : {true, false}) {
+    try {
+      decode_batch_emulated(plan, d.view, fused);
+      CHECK(false);
+    } catch (const error& e) {
+      CHECK(e.kind() == error_kind::corrupt);
+      CHECK(std::string(e.what()).find(fused ? "outside the quantizer's range" : "above 2*MAX") != std::string::npos);
+    }
+  }
 }
 
 namespace {

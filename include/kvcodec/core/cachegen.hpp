@@ -77,6 +77,22 @@ KVCODEC_HD inline bool cachegen_batch_store(const cachegen_batch_block& b, const
   return cachegen_batch_put(b, sym[b.sym_first + i], steps, d, i / b.cols, i % b.cols);
 }
 
+/// The fused form for the rANS batch decoder (core/rans_batch.hpp's sinks): symbol i of stream `stream`
+/// is dequantized straight into the view, so no symbol goes through memory. block_of[stream] is the
+/// stream's block; its symbols start at the block's sym_first. False for a symbol above 2*MAX.
+struct cachegen_rans_sink {
+  const cachegen_batch_block* blocks = nullptr;
+  const std::uint32_t* block_of = nullptr;
+  const float* steps = nullptr;
+  kv_batch_dest d;
+  template <class Stream>
+  KVCODEC_HD bool operator()(std::size_t stream, const Stream& s, std::uint64_t i, std::uint16_t sym) const noexcept {
+    const cachegen_batch_block& b = blocks[block_of[stream]];
+    const std::uint64_t k = s.out_offset - b.sym_first + i;
+    return cachegen_batch_put(b, sym, steps, d, k / b.cols, k % b.cols);
+  }
+};
+
 /// cachegen_batch_store as the batch decoders' element step (cuda/batch.cuh, pipeline/batch.hpp):
 /// item i of a block is its element i; false for a symbol above 2*MAX.
 struct cachegen_batch_op {

@@ -64,6 +64,7 @@ enum class rans_batch_status : std::uint32_t {
   words_short = 3,  ///< the stream ends before every symbol is decoded
   words_left = 4,   ///< words remain after the last symbol
   bad_final = 5,    ///< a lane does not end in the initial state 2^16
+  bad_symbol = 6,   ///< a decoded symbol the sink refused (a fused dequantizer: outside the quantizer's range)
 };
 
 inline const char* rans_batch_status_text(rans_batch_status s) noexcept {
@@ -74,6 +75,7 @@ inline const char* rans_batch_status_text(rans_batch_status s) noexcept {
     case rans_batch_status::words_short: return "the stream ends before every symbol is decoded";
     case rans_batch_status::words_left: return "words left unread after the last symbol";
     case rans_batch_status::bad_final: return "a lane does not end in the initial state 65536";
+    case rans_batch_status::bad_symbol: return "a decoded symbol outside the quantizer's range";
   }
   return "unknown status";
 }
@@ -125,11 +127,22 @@ KVCODEC_HD inline rans_batch_status rans_stream_check_size(const rans_batch_stre
 
 }  // namespace detail
 
+/// Where the batch decoder puts symbol i of stream `stream` (s its descriptor): into a symbol array at
+/// s.out_offset + i. A fused decoder passes a sink that dequantizes the symbol straight into a view
+/// (core/cachegen.hpp's cachegen_rans_sink); a sink returns false to refuse a symbol (bad_symbol).
+struct rans_symbol_sink {
+  std::uint16_t* out = nullptr;
+  KVCODEC_HD bool operator()(std::size_t, const rans_batch_stream& s, std::uint64_t i, std::uint16_t sym) const noexcept {
+    out[s.out_offset + i] = sym;
+    return true;
+  }
+};
+
 /// Host emulation of the batch kernel: the same phases in the same order, each warp's ballot computed
 /// from its 32 lanes (warp::ballot_host), the warps' word counts summed in warp order. status gets
-/// one entry per stream. Output symbols of a failed stream are unspecified.
-template <class Entry>
-inline void rans_decode_batch_emulated(const rans_batch_args<Entry>& a, rans_batch_status* status) {
+/// one entry per stream; symbols go to `sink`. Output symbols of a failed stream are unspecified.
+template <class Entry, class Sink>
+inline void rans_decode_batch_emulated(const rans_batch_args<Entry>& a, rans_batch_status* status, const Sink& sink) {
   std::vector<std::uint32_t> x(a.max_lanes), col(a.max_lanes), need(a.max_lanes);
   std::vector<std::uint32_t> warp_count(a.max_lanes / warp::size + 1);
   for (std::size_t b = 0; b < a.count; ++b) {
@@ -156,7 +169,7 @@ inline void rans_decode_batch_emulated(const rans_batch_args<Entry>& a, rans_bat
         const bool active = j < N && t * N + j < s.n;
         std::uint16_t sym = 0;
         need[j] = detail::rans_lane_decode(x[j], col[j], active, a.entries, a.col_off + s.col_base, s.cols, adv, s.prob_bits, sym);
-        if (active) a.out[s.out_offset + t * N + j] = sym;
+        if (active && !sink(b, s, t * N + j, sym) && st == rans_batch_status::ok) st = rans_batch_status::bad_symbol;
       }
       const std::uint32_t nw = groups / warp::size;
       std::uint32_t total = 0;
@@ -177,6 +190,12 @@ inline void rans_decode_batch_emulated(const rans_batch_args<Entry>& a, rans_bat
       if (x[j] != rans_l) st = rans_batch_status::bad_final;
     status[b] = st;
   }
+}
+
+/// The same, symbols into a.out.
+template <class Entry>
+inline void rans_decode_batch_emulated(const rans_batch_args<Entry>& a, rans_batch_status* status) {
+  rans_decode_batch_emulated(a, status, rans_symbol_sink{a.out});
 }
 
 /// Host-side layout of a batch: models (tables + column map) and streams appended in any order;

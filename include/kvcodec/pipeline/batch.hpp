@@ -106,6 +106,7 @@ template <class Entry>
 struct cachegen_batch_plan {
   rans_batch_plan<Entry> rans;
   std::vector<cachegen_batch_block> blocks;
+  std::vector<std::uint32_t> block_of_stream;  ///< the block of each rANS stream (the fused decoder's map)
   std::vector<float> steps;
   std::uint64_t elements = 0;
 };
@@ -147,6 +148,7 @@ cachegen_batch_plan<Entry> plan_cachegen_batch(const segment_decoder& dec, std::
     g.t_end = tokens;
     plan.steps.insert(plan.steps.end(), step.begin(), step.end());
     plan.elements += static_cast<std::uint64_t>(g.rows) * g.cols;
+    plan.block_of_stream.insert(plan.block_of_stream.end(), bb.first.size(), static_cast<std::uint32_t>(plan.blocks.size()));
     plan.blocks.push_back(g);
   }
   return plan;
@@ -180,18 +182,27 @@ void run_batch_emulated(std::span<const Block> blocks, const Op& op, const Fail&
   }
 }
 
-/// Runs a planned batch on the CPU through the CUDA kernels' lane logic (rans_decode_batch_emulated)
-/// and element logic (cachegen_batch_op), writing into the host view `dst`. Throws corrupt naming the
-/// first failed stream or block.
+/// Runs a planned batch on the CPU through the CUDA kernels' lane logic (rans_decode_batch_emulated),
+/// writing into the host view `dst`: fused (each symbol dequantized as it is decoded, cachegen_rans_sink),
+/// or with the symbols in memory and then the element step (cachegen_batch_op). Throws corrupt naming
+/// the first failed stream or block.
 template <class Entry>
-void decode_batch_emulated(const cachegen_batch_plan<Entry>& plan, const kv_view& dst) {
+void decode_batch_emulated(const cachegen_batch_plan<Entry>& plan, const kv_view& dst, bool fused = true) {
   if (dst.space != memory_space::host) throw_usage("decode_batch_emulated: the destination view is in device memory");
-  std::vector<std::uint16_t> sym(plan.rans.builder.out_symbols);
   std::vector<rans_batch_status> st(plan.rans.builder.streams.size());
-  rans_decode_batch_emulated(plan.rans.builder.host_args(sym.data()), st.data());
-  rans_batch_throw_failed(std::span<const rans_batch_status>(st), [](std::size_t i) { return "rANS stream " + std::to_string(i) + " of the batch"; });
   std::vector<void*> k, v;
-  const cachegen_batch_op op{sym.data(), plan.steps.data(), batch_dest(dst, k, v)};
+  const kv_batch_dest d = batch_dest(dst, k, v);
+  const auto name = [](std::size_t i) { return "rANS stream " + std::to_string(i) + " of the batch"; };
+  if (fused) {
+    rans_decode_batch_emulated(plan.rans.builder.host_args(nullptr), st.data(),
+                               cachegen_rans_sink{plan.blocks.data(), plan.block_of_stream.data(), plan.steps.data(), d});
+    rans_batch_throw_failed(std::span<const rans_batch_status>(st), name);
+    return;
+  }
+  std::vector<std::uint16_t> sym(plan.rans.builder.out_symbols);
+  rans_decode_batch_emulated(plan.rans.builder.host_args(sym.data()), st.data());
+  rans_batch_throw_failed(std::span<const rans_batch_status>(st), name);
+  const cachegen_batch_op op{sym.data(), plan.steps.data(), d};
   run_batch_emulated(std::span<const cachegen_batch_block>(plan.blocks), op, [&](std::size_t bi) {
     const auto& g = plan.blocks[bi];
     throw_corrupt("block " + std::to_string(bi) + " of the batch (layer " + std::to_string(g.layer) + (g.key ? " K" : " V") + ")",

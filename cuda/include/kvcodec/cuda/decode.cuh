@@ -5,10 +5,10 @@
 //
 // The host parses the container and plans its blocks (pipeline/batch.hpp: checksums, stage state and
 // every header checked as the CPU decoder does), uploads the entropy streams, tables, steps and the
-// view's block table (view_decoder, whose phases a benchmark times apart), then on the stream: the
-// rANS batch kernel (cuda/rans.cuh) writes symbols, the
-// cachegen-quant kernel (cuda/cachegen.cuh) dequantizes them straight into the view (strided or
-// paged, f16/bf16/f32). It waits for the stream at the end and throws error_kind::corrupt naming the
+// view's block table (view_decoder, whose phases a benchmark times apart), then on the stream: for the
+// kvc levels, the rANS batch kernel (cuda/rans.cuh) decodes and dequantizes each symbol straight into
+// the view (strided or paged, f16/bf16/f32) in one kernel (batch_variant::unfused: symbols to memory,
+// then the cachegen-quant kernel of cuda/cachegen.cuh). It waits for the stream at the end and throws error_kind::corrupt naming the
 // first failed stream or block; on an exception the view's content is unspecified.
 // `cachegen-quant|ac` (the cachegen preset) decodes with cuda/ac.cuh's fused tiled kernel (range decode
 // and dequantize in one, symbols kept in shared memory) where it can, else its rows kernel and then the
@@ -40,9 +40,10 @@
 
 namespace kvcodec::cuda {
 
-/// Which kernels decode a batch: the best this container allows, or (for a benchmark's baseline)
-/// cachegen-quant|ac's one-thread-per-row kernel even where the fused tiled kernel could run.
-enum class batch_variant { best, ac_rows };
+/// Which kernels decode a batch: the best this container allows (fused: entropy decode and dequantize in
+/// one kernel, no symbol in memory), or (a benchmark's baseline) unfused: symbols to memory, then the
+/// quantizer's kernel; for cachegen-quant|ac that is LMCache's one-thread-per-row design.
+enum class batch_variant { best, unfused };
 
 namespace detail {
 
@@ -103,9 +104,10 @@ struct rans_device {
   std::size_t count = 0, temp_bytes = 0;
   std::uint32_t max_lanes = 0;
   rans_device() = default;
-  rans_device(const rans_batch_builder<std::uint32_t>& b, const par_t& p)
+  /// `symbols`: the symbol array's size (0 for a fused decode, whose sink writes elsewhere).
+  rans_device(const rans_batch_builder<std::uint32_t>& b, const par_t& p, std::uint64_t symbols)
       : streams(std::span<const rans_batch_stream>(b.streams)), data(std::span<const std::uint8_t>(b.data)), entries(std::span<const std::uint32_t>(b.entries)),
-        col_off(std::span<const std::uint32_t>(b.col_off)), sym(b.out_symbols), count(b.streams.size()), max_lanes(b.max_lanes) {
+        col_off(std::span<const std::uint32_t>(b.col_off)), sym(static_cast<std::size_t>(symbols)), count(b.streams.size()), max_lanes(b.max_lanes) {
     rans_decode_batch(nullptr, temp_bytes, args(), p);
     temp = device_buffer<std::uint8_t>(temp_bytes);
   }
@@ -126,27 +128,36 @@ void throw_flagged(const device_buffer<std::uint32_t>& bad, const std::vector<Bl
     if (flags[i]) throw_corrupt(name + ": block " + std::to_string(i) + " (layer " + std::to_string(blocks[i].layer) + (blocks[i].key ? " K" : " V") + ")", what(i));
 }
 
-/// A cachegen-quant|rans batch (the kvc levels): the rANS batch kernel, then dequantize + scatter.
+/// A cachegen-quant|rans batch (the kvc levels): fused, the rANS batch kernel dequantizes each symbol
+/// straight into the view (cachegen_rans_sink); unfused, it writes the symbols and the cachegen-quant
+/// kernel dequantizes them.
 struct cachegen_job final : batch_job {
   cachegen_batch_plan<std::uint32_t> plan;
+  bool fused = true;
   rans_device rans;
   device_buffer<cachegen_batch_block> blocks;
+  device_buffer<std::uint32_t> block_of;
   device_buffer<float> steps;
   device_dest dd;
   device_buffer<std::uint32_t> bad;
   std::uint64_t max_elements = 0;
-  cachegen_job(cachegen_batch_plan<std::uint32_t> pl, const kv_view& dst, const par_t& p)
-      : plan(std::move(pl)), rans(plan.rans.builder, p), blocks(std::span<const cachegen_batch_block>(plan.blocks)), steps(std::span<const float>(plan.steps)),
-        dd(dst), bad(plan.blocks.size() + 1) {
+  cachegen_job(cachegen_batch_plan<std::uint32_t> pl, const kv_view& dst, const par_t& p, batch_variant v)
+      : plan(std::move(pl)), fused(v == batch_variant::best), rans(plan.rans.builder, p, fused ? 0 : plan.rans.builder.out_symbols),
+        blocks(std::span<const cachegen_batch_block>(plan.blocks)), block_of(std::span<const std::uint32_t>(plan.block_of_stream)),
+        steps(std::span<const float>(plan.steps)), dd(dst), bad(plan.blocks.size() + 1) {
     for (const auto& g : plan.blocks) max_elements = std::max<std::uint64_t>(max_elements, static_cast<std::uint64_t>(g.rows) * g.cols);
   }
   void launch(const par_t& p) override {
+    if (fused) {
+      rans_decode_batch(rans.temp.data(), rans.temp_bytes, rans.args(), p, cachegen_rans_sink{blocks.data(), block_of.data(), steps.data(), dd.d});
+      return;
+    }
     rans.launch(p);
     cachegen_store(blocks.data(), plan.blocks.size(), max_elements, rans.sym.data(), steps.data(), dd.d, bad.data(), p);
   }
   void finish(const par_t& p, const std::string& name) override {
     rans.check_streams(p, name);
-    throw_flagged(bad, plan.blocks, name, [&](std::size_t i) { return "a symbol above 2*MAX = " + std::to_string(2 * plan.blocks[i].max); });
+    if (!fused) throw_flagged(bad, plan.blocks, name, [&](std::size_t i) { return "a symbol above 2*MAX = " + std::to_string(2 * plan.blocks[i].max); });
   }
 };
 
@@ -198,7 +209,7 @@ struct affine_job final : batch_job {
   affine_job(affine_batch_plan pl, const kv_view& dst, const par_t& p)
       : plan(std::move(pl)), bytes(plan.packed ? upload(plan.bytes) : device_buffer<std::uint8_t>(std::span<const std::uint8_t>(plan.side))), bad(plan.blocks.size() + 1),
         blocks(std::span<const affine_batch_block>(plan.blocks)), dd(dst) {
-    if (!plan.packed) rans = rans_device(plan.rans.builder, p);
+    if (!plan.packed) rans = rans_device(plan.rans.builder, p, plan.rans.builder.out_symbols);
   }
   void launch(const par_t& p) override {
     if (!plan.packed) rans.launch(p);
@@ -240,7 +251,7 @@ class view_decoder {
       case batch_kind::fp8: job_ = std::make_unique<detail::store_job<fp8_batch_block>>(plan_fp8_batch(dec, todo, bytes_of, tb, te - tb), dst); break;
       case batch_kind::raw: job_ = std::make_unique<detail::store_job<raw_batch_block>>(plan_raw_batch(dec, todo, bytes_of, tb, te - tb), dst); break;
       case batch_kind::cachegen:
-        job_ = std::make_unique<detail::cachegen_job>(plan_cachegen_batch<std::uint32_t>(dec, todo, bytes_of, tb, te - tb), dst, p);
+        job_ = std::make_unique<detail::cachegen_job>(plan_cachegen_batch<std::uint32_t>(dec, todo, bytes_of, tb, te - tb), dst, p, variant);
         break;
       case batch_kind::cachegen_ac:
         job_ = std::make_unique<detail::cachegen_ac_job>(plan_cachegen_ac_batch(dec, todo, bytes_of, tb, te - tb), dst, variant);

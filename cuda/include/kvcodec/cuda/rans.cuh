@@ -3,7 +3,8 @@
 // stream and one thread per lane, the lane logic of core/rans_batch.hpp (whose host emulation the
 // CPU tests compare with the CPU decoder byte for byte).
 //
-// Per step every thread decodes its lane's symbol (table entry through the read-only cache), then a
+// Per step every thread decodes its lane's symbol (table entry through the read-only cache) and hands
+// it to a sink (a symbol array, or a fused dequantizer that stores it into a view), then a
 // warp ballot ranks the lanes that need a word and the warps' counts, exchanged in shared memory,
 // give each warp its first word: the CPU form of this is the sequential loop over lanes.
 //
@@ -18,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kvcodec/core/rans_batch.hpp"
@@ -32,8 +34,8 @@ namespace kvcodec::cuda {
 
 namespace detail {
 
-template <class Entry>
-__global__ void __launch_bounds__(1024) rans_decode_batch_kernel(rans_batch_args<Entry> a, rans_batch_status* status) {
+template <class Entry, class Sink>
+__global__ void __launch_bounds__(1024) rans_decode_batch_kernel(rans_batch_args<Entry> a, rans_batch_status* status, Sink sink) {
   __shared__ std::uint32_t warp_count[32];
   __shared__ std::uint32_t fail;
   const rans_batch_stream s = a.streams[blockIdx.x];
@@ -56,14 +58,13 @@ __global__ void __launch_bounds__(1024) rans_decode_batch_kernel(rans_batch_args
   const std::uint32_t adv = N % s.cols;
   const std::uint32_t* col_off = a.col_off + s.col_base;
   const std::uint64_t steps = (s.n + N - 1) / N;
-  std::uint16_t* out = a.out + s.out_offset;
   std::uint64_t base = 0;
   for (std::uint64_t t = 0; t < steps; ++t) {
     if (fail != 0) break;  // uniform: set before the last barrier
     const bool active = lane && t * N + j < s.n;
     std::uint16_t sym = 0;
     const std::uint32_t need = kvcodec::detail::rans_lane_decode(x, col, active, a.entries, col_off, s.cols, adv, M, sym);
-    if (active) out[t * N + j] = sym;
+    if (active && !sink(blockIdx.x, s, t * N + j, sym)) atomicCAS(&fail, 0u, static_cast<std::uint32_t>(rans_batch_status::bad_symbol));
     const std::uint32_t ballot = warp::ballot(need != 0);
     if (l == 0) warp_count[w] = warp::popc(ballot);
     __syncthreads();
@@ -130,9 +131,11 @@ __global__ void __launch_bounds__(1024) rans_encode_batch_kernel(rans_encode_arg
 
 }  // namespace detail
 
-/// Decodes every stream of `a` (device pointers) on p.stream; temp storage: one status per stream.
-template <class Entry>
-inline void rans_decode_batch(void* d_temp, std::size_t& temp_bytes, const rans_batch_args<Entry>& a, const par_t& p) {
+/// Decodes every stream of `a` (device pointers) on p.stream, each symbol handed to `sink` (by default
+/// written to a.out; core/cachegen.hpp's cachegen_rans_sink dequantizes it into a view instead); temp
+/// storage: one status per stream.
+template <class Entry, class Sink = rans_symbol_sink>
+inline void rans_decode_batch(void* d_temp, std::size_t& temp_bytes, const rans_batch_args<Entry>& a, const par_t& p, Sink sink = Sink{}) {
   const std::size_t need = (a.count ? a.count : 1) * sizeof(rans_batch_status);
   if (d_temp == nullptr) {
     temp_bytes = need;
@@ -143,7 +146,9 @@ inline void rans_decode_batch(void* d_temp, std::size_t& temp_bytes, const rans_
     throw_bad_input("cuda::rans_decode_batch", "max_lanes", "a multiple of 32 in 32..1024", std::to_string(a.max_lanes));
   if (a.count == 0) return;
   if (a.count > 0x7fffffffu) throw_bad_input("cuda::rans_decode_batch", "count", "< 2^31 streams", std::to_string(a.count));
-  detail::rans_decode_batch_kernel<Entry><<<static_cast<unsigned>(a.count), a.max_lanes, 0, p.stream>>>(a, static_cast<rans_batch_status*>(d_temp));
+  if constexpr (std::is_same_v<Sink, rans_symbol_sink>)
+    if (sink.out == nullptr) sink.out = a.out;
+  detail::rans_decode_batch_kernel<Entry, Sink><<<static_cast<unsigned>(a.count), a.max_lanes, 0, p.stream>>>(a, static_cast<rans_batch_status*>(d_temp), sink);
   check(cudaGetLastError(), "rans_decode_batch_kernel launch");
 }
 
