@@ -270,7 +270,8 @@ void test_decode_into() {
   const kv_cache narrow = test::random_cache(2, 8, 300, 20, dtype::bf16);
   for (const std::string spec : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "fp8", "fp8:format=e5m2,scale=head", "fp8:scale=token", "raw",
                                  "raw:dtype=bf16", "raw:dtype=f32", "kivi:bits=4|rans", "kivi:bits=2,group=32,residual=200|pack",
-                                 "uniform:bits=3,mode=sym,kaxis=token,group=4|pack", "uniform:bits=8,kaxis=channel,vaxis=channel,group=10|rans"})
+                                 "uniform:bits=3,mode=sym,kaxis=token,group=4|pack", "uniform:bits=8,kaxis=channel,vaxis=channel,group=10|rans",
+                                 "nf4", "nf4:group=4,scale=f32|rans", "kmeans", "kmeans:bits=3|rans", "kmeans:bits=8|pack"})
     for (const kv_cache* c : {&kv, &narrow}) {
       const encoded e = encode(spec, *c, encode_options{.chunk_tokens = 128});
       const std::int64_t T = c->shape.tokens;
@@ -315,7 +316,7 @@ void test_decode_into() {
             }
     }
   {  // outside its scope: a usage error, nothing written
-    const encoded e = encode("nf4|rans", kv);
+    const encoded e = encode("hadamard|q8_0", kv);
     device_dest d(kv.shape, 600, dtype::f16, false);
     bool usage = false;
     try {
@@ -323,7 +324,7 @@ void test_decode_into() {
     } catch (const error& err) {
       usage = err.kind() == error_kind::usage;
     }
-    expect(usage, "decode_into nf4|rans: usage error");
+    expect(usage, "decode_into hadamard|q8_0: usage error");
   }
 }
 
@@ -398,7 +399,7 @@ void test_encode() {
                                  "cachegen-quant:kbins=600,klayers=-,vbins=300,vlayers=-|rans:prob_bits=14", "kivi:bits=4|rans", "fp8|rans",
                                  "fp8:scale=token|rans:tables=shared,lanes=0", "kivi:bits=2|rans:tables=shared,lanes=0",
                                  "uniform:bits=3|rans:ctx=auto,model=auto,lanes=96", "cachegen-quant|rans:tables=chunk,ctx=auto,prob_bits=12",
-                                 "cachegen-quant|rans:pred=prev"})
+                                 "cachegen-quant|rans:pred=prev", "nf4", "nf4:group=4,scale=f32", "nf4|rans", "nf4:group=4|rans:tables=shared,lanes=0"})
     for (const kv_cache* kv : {&a, &b})
       for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
         for (bool paged : {false, true}) {

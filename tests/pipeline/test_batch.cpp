@@ -294,7 +294,8 @@ TEST_CASE("batch decode (emulated) equals decode_into: ggml block formats - fp8 
   for (const std::string spec : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "fp8", "fp8:format=e5m2,scale=head", "fp8:scale=token", "raw",
                                  "raw:dtype=f16", "raw:dtype=bf16", "raw:dtype=f32", "kivi:bits=4|rans", "kivi:bits=2,group=32,residual=200|pack",
                                  "kivi:bits=3,residual=0|rans:lanes=0", "kivi:bits=4,scale=f32|pack", "uniform|rans",
-                                 "uniform:bits=3,mode=sym,kaxis=token,group=4|pack", "uniform:bits=8,kaxis=channel,vaxis=channel,group=10|rans"}) {
+                                 "uniform:bits=3,mode=sym,kaxis=token,group=4|pack", "uniform:bits=8,kaxis=channel,vaxis=channel,group=10|rans",
+                                 "nf4", "nf4:group=4,scale=f32|rans", "nf4:group=4|pack", "kmeans", "kmeans:bits=3|rans", "kmeans:bits=8|pack"}) {
     INFO(spec);
     const encoded e = encode(spec, a, encode_options{.chunk_tokens = 256});
     for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})

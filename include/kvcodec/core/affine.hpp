@@ -158,6 +158,14 @@ struct affine_batch_block {
 };
 
 namespace detail {
+/// Code k of a plane of `bits`-bit LSB-first codes starting at `base` (pack's layout, bits 1..8).
+KVCODEC_HD inline std::uint32_t packed_code(const std::uint8_t* base, std::uint64_t k, std::uint32_t bits) noexcept {
+  const std::uint64_t bit = k * bits;
+  const std::uint8_t* p = base + bit / 8;
+  const std::uint32_t two = static_cast<std::uint32_t>(p[0]) | (bit % 8 + bits > 8 ? static_cast<std::uint32_t>(p[1]) << 8 : 0u);
+  return (two >> (bit % 8)) & ((1u << bits) - 1u);
+}
+
 /// Group of quantized value (h, r, c) of block b and the group count (affine_encode's order).
 KVCODEC_HD inline std::uint64_t affine_group_of(const affine_batch_block& b, std::uint64_t D, std::uint64_t h, std::uint64_t r, std::uint64_t c) noexcept {
   const std::uint64_t G = b.group > 0 ? b.group : (b.q > 0 ? b.q : 1);
@@ -185,15 +193,7 @@ struct affine_batch_op {
     float x = 0.0f;
     if (r < b.q) {
       const std::uint64_t k = (h * b.q + r) * D + c;  // the value's index in the symbol plane
-      std::uint32_t s = 0;
-      if (b.packed != 0) {
-        const std::uint64_t bit = k * b.bits;
-        const std::uint8_t* p = bytes + b.sym_first + bit / 8;
-        const std::uint32_t two = static_cast<std::uint32_t>(p[0]) | (bit % 8 + b.bits > 8 ? static_cast<std::uint32_t>(p[1]) << 8 : 0u);
-        s = (two >> (bit % 8)) & ((1u << b.bits) - 1u);
-      } else {
-        s = sym[b.sym_first + k];
-      }
+      const std::uint32_t s = b.packed != 0 ? detail::packed_code(bytes + b.sym_first, k, b.bits) : sym[b.sym_first + k];
       if (s >> b.bits) return false;
       const auto m = static_cast<affine::mode>(b.mode);
       const auto pd = static_cast<affine::param_dtype>(b.param_dtype);

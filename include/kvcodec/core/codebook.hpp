@@ -19,8 +19,10 @@
 #include <string>
 #include <vector>
 
+#include "kvcodec/core/affine.hpp"
 #include "kvcodec/core/config.hpp"
 #include "kvcodec/core/error.hpp"
+#include "kvcodec/core/kv_address.hpp"
 #include "kvcodec/core/scalar/floats.hpp"
 
 namespace kvcodec::codebook {
@@ -173,3 +175,95 @@ inline double codebook_mse(const std::vector<float>& cb, const float* x, std::si
 }
 
 }  // namespace kvcodec::codebook
+
+// ---- batch steps: the CUDA backend's decode and encode (cuda/codebook.cuh; host emulation: ----------
+// pipeline/batch.hpp and pipeline/batch_encode.hpp), the CPU stages' values bit for bit
+
+namespace kvcodec {
+
+/// One dense K or V block of an `nf4` or `kmeans` container (cpu/codebook.hpp's layout): a plane of
+/// heads x tokens rows (a head's rows in token order) x head_dim symbols, from u16 symbol `sym_first` of
+/// the batch's symbols or (packed) `bits`-bit LSB-first codes from byte `sym_first` of its bytes.
+/// nf4 (nf4 = 1): value i is in absmax group i / group, the group's absmax at byte side + g x param
+/// bytes (param_dtype: 0 f32, 1 f16, affine::param_dtype). kmeans: codeword s is books[book + s].
+struct codebook_batch_block {
+  std::uint64_t sym_first = 0, side = 0, book = 0;
+  std::uint32_t tokens = 0, heads = 0, bits = 4, group = 1, packed = 0, nf4 = 1, param_dtype = 0;
+  std::int32_t layer = 0;
+  std::uint32_t key = 1;
+  std::int64_t t_first = 0;  ///< destination (encoders: source) token of a head's row 0
+  std::int64_t t_end = 0;    ///< rows landing outside [0, t_end) are skipped
+};
+
+namespace detail {
+KVCODEC_HD inline std::uint64_t codebook_values(const codebook_batch_block& b, std::uint64_t D) noexcept {
+  return static_cast<std::uint64_t>(b.heads) * b.tokens * D;
+}
+/// nf4: the stored absmax of group g.
+KVCODEC_HD inline float nf4_group_absmax(const codebook_batch_block& b, const std::uint8_t* bytes, std::uint64_t g) noexcept {
+  const auto pd = static_cast<affine::param_dtype>(b.param_dtype);
+  return affine::load_params(bytes + b.side + g * affine::param_bytes(affine::mode::symmetric, pd), affine::mode::symmetric, pd).scale;
+}
+}  // namespace detail
+
+/// Decode step: value i of block b (plane order) dequantized (nf4_decode with its group's absmax, or
+/// its codeword) and stored through kv_batch_put. False for a symbol of 2^bits or more.
+struct codebook_batch_op {
+  const std::uint16_t* sym = nullptr;  ///< the batch's u16 symbols (unpacked blocks)
+  const std::uint8_t* bytes = nullptr;
+  const float* books = nullptr;
+  kv_batch_dest d;
+  KVCODEC_HD std::uint64_t count(const codebook_batch_block& b) const noexcept { return detail::codebook_values(b, static_cast<std::uint64_t>(d.head_dim)); }
+  KVCODEC_HD bool operator()(const codebook_batch_block& b, std::uint64_t i) const noexcept {
+    const std::uint64_t D = static_cast<std::uint64_t>(d.head_dim), c = i % D, row = i / D, h = row / b.tokens, r = row % b.tokens;
+    const std::uint32_t s = b.packed != 0 ? detail::packed_code(bytes + b.sym_first, i, b.bits) : sym[b.sym_first + i];
+    if (s >> b.bits) return false;
+    const float x = b.nf4 != 0 ? codebook::nf4_decode(static_cast<std::uint8_t>(s), detail::nf4_group_absmax(b, bytes, i / b.group)) : books[b.book + s];
+    const std::int64_t t = b.t_first + static_cast<std::int64_t>(r);
+    if (t < 0 || t >= b.t_end) return true;
+    kv_batch_put(d, b.key != 0, b.layer, static_cast<std::int64_t>(h), t, static_cast<std::int64_t>(c), x);
+    return true;
+  }
+};
+
+/// nf4 encode, first step: item g of block b is absmax group g, whose finite absmax (non-finite values
+/// left out, as codebook::absmax), rounded to its storage dtype, is stored at out + b.side + g x param bytes.
+struct nf4_absmax_op {
+  kv_batch_src s;
+  std::uint8_t* out = nullptr;
+  KVCODEC_HD std::uint64_t count(const codebook_batch_block& b) const noexcept {
+    return detail::codebook_values(b, static_cast<std::uint64_t>(s.head_dim)) / b.group;
+  }
+  KVCODEC_HD bool operator()(const codebook_batch_block& b, std::uint64_t g) const noexcept {
+    const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim);
+    float a = 0.0f;
+    for (std::uint64_t i = g * b.group; i < (g + 1) * b.group; ++i) {
+      const std::uint64_t row = i / D, h = row / b.tokens, r = row % b.tokens;
+      const float v = kv_batch_get(s, b.key != 0, b.layer, static_cast<std::int64_t>(h), b.t_first + static_cast<std::int64_t>(r), static_cast<std::int64_t>(i % D));
+      const std::uint32_t bits = bit_cast_hd<std::uint32_t>(v) & 0x7fffffffu;
+      if (bits >= 0x7f800000u) continue;
+      const float m = bit_cast_hd<float>(bits);
+      a = m > a ? m : a;
+    }
+    const auto pd = static_cast<affine::param_dtype>(b.param_dtype);
+    affine::store_params(affine::params{affine::round_param(a, pd), 0.0f}, affine::mode::symmetric, pd,
+                         out + b.side + g * affine::param_bytes(affine::mode::symmetric, pd));
+    return true;
+  }
+};
+
+/// nf4 encode, second step: item i of block b is value i, its code (nf4_encode with the stored absmax
+/// of its group) written as a byte at out + b.sym_first + i.
+struct nf4_code_op {
+  kv_batch_src s;
+  std::uint8_t* out = nullptr;
+  KVCODEC_HD std::uint64_t count(const codebook_batch_block& b) const noexcept { return detail::codebook_values(b, static_cast<std::uint64_t>(s.head_dim)); }
+  KVCODEC_HD bool operator()(const codebook_batch_block& b, std::uint64_t i) const noexcept {
+    const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), row = i / D, h = row / b.tokens, r = row % b.tokens;
+    const float v = kv_batch_get(s, b.key != 0, b.layer, static_cast<std::int64_t>(h), b.t_first + static_cast<std::int64_t>(r), static_cast<std::int64_t>(i % D));
+    out[b.sym_first + i] = codebook::nf4_encode(v, detail::nf4_group_absmax(b, out, i / b.group));
+    return true;
+  }
+};
+
+}  // namespace kvcodec

@@ -60,8 +60,9 @@ class nf4_quant final : public stage_impl<quant::nf4, quant_stage> {
     }
   }
 
- private:
+  // The batch decoders' and encoders' view of the stage (pipeline/batch.hpp, pipeline/batch_encode.hpp).
   affine::param_dtype pd() const { return p_.scale == "f32" ? affine::param_dtype::f32 : affine::param_dtype::f16; }
+  /// The absmax group for this head_dim (usage error when it does not divide it).
   std::size_t group_of(int head_dim) const {
     const int g = p_.group == 0 ? head_dim : p_.group;
     qc::check_channel_group(name(), "group", g, head_dim);
@@ -129,8 +130,13 @@ class kmeans_quant final : public stage_impl<quant::kmeans, quant_stage> {
     codebook::decode(cb, pl.sym.data(), pl.sym.size(), b.data.data());
   }
 
- private:
+  // The batch decoders' view of the stage (pipeline/batch.hpp): 2^bits codewords, and every layer's K
+  // then V codebook (fitted or loaded).
   std::size_t levels() const { return std::size_t{1} << p_.bits; }
+  int bits() const { return p_.bits; }
+  const std::vector<float>& codebooks() const { return cb_; }
+
+ private:
   const float* book(const block& b) const {
     const std::size_t i = 2 * static_cast<std::size_t>(b.layer) + (b.key ? 0u : 1u);
     if (b.layer < 0 || (i + 1) * levels() > cb_.size())

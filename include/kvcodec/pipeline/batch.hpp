@@ -32,11 +32,13 @@
 #include "kvcodec/core/rans_batch.hpp"
 #include "kvcodec/core/affine.hpp"
 #include "kvcodec/core/cachegen.hpp"
+#include "kvcodec/core/codebook.hpp"
 #include "kvcodec/core/fp8.hpp"
 #include "kvcodec/core/ggml_blocks.hpp"
 #include "kvcodec/core/raw.hpp"
 #include "kvcodec/cpu/ac.hpp"
 #include "kvcodec/cpu/cachegen.hpp"
+#include "kvcodec/cpu/codebook.hpp"
 #include "kvcodec/cpu/fp8.hpp"
 #include "kvcodec/cpu/kivi.hpp"
 #include "kvcodec/cpu/pack.hpp"
@@ -695,6 +697,122 @@ inline void decode_batch_emulated(const affine_batch_plan& plan, const kv_view& 
   });
 }
 
+// ---- nf4, kmeans (codebook quantizers) ------------------------------------------------------------
+
+/// An `nf4` or `kmeans` container's blocks for a batch decode (core/codebook.hpp's codebook_batch_op):
+/// with rans, the rANS batch (the op's symbols) and the blocks' side bytes in `side`; with pack, the
+/// segments' bytes in `bytes`, codes unpacked in place; kmeans' codebooks (the stage state) in `books`.
+struct codebook_batch_plan {
+  bool packed = false;
+  rans_batch_plan<std::uint32_t> rans;  ///< !packed
+  std::vector<std::uint8_t> side;       ///< !packed: the op's bytes
+  batch_bytes bytes;                    ///< packed: the op's bytes
+  std::vector<float> books;
+  std::vector<codebook_batch_block> blocks;
+  std::uint64_t max_items = 0;
+};
+
+/// Plans `segments` of an nf4 or kmeans container (as plan_affine_batch). Usage error for other
+/// quantizers or entropy stages; corrupt for blocks whose plane or side bytes do not fit.
+inline codebook_batch_plan plan_codebook_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
+                                               const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
+                                               std::int64_t tokens) {
+  const codec& c = dec.stages();
+  const auto* nq = dynamic_cast<const cpu::nf4_quant*>(c.quant.get());
+  const auto* kq = dynamic_cast<const cpu::kmeans_quant*>(c.quant.get());
+  if (!nq && !kq) throw_usage("batch decode: quantizer '" + c.quant->spec().name + "' is not nf4 or kmeans");
+  if (!c.transforms.empty()) throw_usage("batch decode: transforms (" + c.transforms.front()->spec().name + ") have no batch decoder");
+  if (dec.header().sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
+  const kv_shape& s = dec.header().shape;
+  const std::uint64_t H = static_cast<std::uint64_t>(s.kv_heads), D = static_cast<std::uint64_t>(s.head_dim);
+  codebook_batch_plan plan;
+  plan.packed = dynamic_cast<const cpu::pack_entropy*>(c.entropy.get()) != nullptr;
+  const std::uint32_t bits = nq ? 4u : static_cast<std::uint32_t>(kq->bits());
+  const std::uint64_t G = nq ? nq->group_of(s.head_dim) : 1;
+  const std::uint64_t pb = nq ? affine::param_bytes(affine::mode::symmetric, nq->pd()) : 0;
+  if (kq) {
+    plan.books = kq->codebooks();
+    if (plan.books.size() != 2 * static_cast<std::size_t>(s.layers) * kq->levels())
+      throw_usage("batch decode: kmeans has no codebooks for this cache (load the container's stage state first)");
+  }
+  struct found {
+    const block* skeleton;
+    bool key;
+    std::uint32_t alphabet, rows, cols, pack_bits;
+    std::uint64_t sym_first, side_first, side_size;
+    std::string where;
+  };
+  std::vector<found> all;
+  pack_batch_plan pp;
+  if (plan.packed) {
+    pp = plan_pack_batch(dec, segments, bytes);
+    for (const auto& pbk : pp.blocks) {
+      const packed_plane* p = detail::expect_planes(pbk, 1);
+      all.push_back({&pbk.skeleton, pbk.key, p->alphabet, p->rows, p->cols, p->bits, p->first, pbk.side_first, pbk.side_size, pbk.where});
+    }
+  } else {
+    plan.rans = plan_rans_batch<std::uint32_t>(dec, segments, bytes);
+    for (const auto& bb : plan.rans.blocks) {
+      const auto& se = dec.header().segments[bb.segment];
+      const std::string where = "segment (layer " + std::to_string(se.layer) + ", tokens " + std::to_string(se.t0) + ".." + std::to_string(se.t1) + ")" + (bb.key ? " K" : " V");
+      if (bb.headers.planes.size() != 1) throw_corrupt(where, "expected 1 symbol plane, found " + std::to_string(bb.headers.planes.size()));
+      const auto& pl = bb.headers.planes[0];
+      const std::uint64_t sym_first = bb.first.empty() ? 0 : bb.first[0];
+      all.push_back({&bb.skeleton, bb.key, pl.alphabet, pl.rows, pl.cols, bits, sym_first, plan.side.size(), bb.headers.side.size(), where});
+      plan.side.insert(plan.side.end(), bb.headers.side.begin(), bb.headers.side.end());
+    }
+  }
+  for (const auto& f : all) {
+    const block& sk = *f.skeleton;
+    codebook_batch_block g;
+    g.layer = sk.layer;
+    g.key = f.key ? 1u : 0u;
+    g.tokens = static_cast<std::uint32_t>(sk.t1 - sk.t0);
+    g.heads = static_cast<std::uint32_t>(H);
+    g.bits = bits;
+    g.group = static_cast<std::uint32_t>(G);
+    g.packed = plan.packed ? 1u : 0u;
+    g.nf4 = nq ? 1u : 0u;
+    g.param_dtype = nq ? static_cast<std::uint32_t>(nq->pd()) : 0u;
+    g.sym_first = f.sym_first;
+    g.side = f.side_first;
+    g.book = kq ? (2 * static_cast<std::uint64_t>(sk.layer) + (f.key ? 0u : 1u)) * kq->levels() : 0;
+    g.t_first = sk.t0 - base;
+    g.t_end = tokens;
+    const std::uint64_t rows = H * g.tokens;
+    if (f.alphabet != (1u << bits) || f.rows != rows || f.cols != D || f.pack_bits != bits)
+      throw_corrupt(f.where, "expected a plane of " + std::to_string(rows) + " x " + std::to_string(D) + " symbols (alphabet " + std::to_string(1u << bits) +
+                                 "), found " + std::to_string(f.rows) + " x " + std::to_string(f.cols) + " (alphabet " + std::to_string(f.alphabet) + ")");
+    const std::uint64_t want = nq ? rows * D / G * pb : 0;
+    if (f.side_size != want)
+      throw_corrupt(f.where, "expected " + std::to_string(want) + (nq ? " bytes of absmax scales" : " side bytes") + ", found " + std::to_string(f.side_size));
+    plan.max_items = std::max<std::uint64_t>(plan.max_items, rows * D);
+    plan.blocks.push_back(g);
+  }
+  if (plan.packed) plan.bytes = std::move(pp.bytes);
+  return plan;
+}
+
+/// Runs a planned nf4 / kmeans batch on the CPU through the CUDA kernels' logic (the rANS batch when
+/// there is one, then codebook_batch_op), writing into the host view `dst`.
+inline void decode_batch_emulated(const codebook_batch_plan& plan, const kv_view& dst) {
+  if (dst.space != memory_space::host) throw_usage("decode_batch_emulated: the destination view is in device memory");
+  std::vector<std::uint16_t> sym;
+  if (!plan.packed) {
+    sym.resize(plan.rans.builder.out_symbols);
+    std::vector<rans_batch_status> st(plan.rans.builder.streams.size());
+    rans_decode_batch_emulated(plan.rans.builder.host_args(sym.data()), st.data());
+    rans_batch_throw_failed(std::span<const rans_batch_status>(st), [](std::size_t i) { return "rANS stream " + std::to_string(i) + " of the batch"; });
+  }
+  const std::vector<std::uint8_t> all = plan.packed ? plan.bytes.gather() : plan.side;
+  std::vector<void*> k, v;
+  const codebook_batch_op op{sym.data(), all.data(), plan.books.data(), batch_dest(dst, k, v)};
+  run_batch_emulated(std::span<const codebook_batch_block>(plan.blocks), op, [&](std::size_t bi) {
+    throw_corrupt("block " + std::to_string(bi) + " of the batch (layer " + std::to_string(plan.blocks[bi].layer) + (plan.blocks[bi].key ? " K" : " V") + ")",
+                  "a symbol of 2^bits or more");
+  });
+}
+
 template <class Block> struct batch_op_of;
 template <> struct batch_op_of<ggml_batch_block> { using type = ggml_batch_op; };
 template <> struct batch_op_of<fp8_batch_block> { using type = fp8_batch_op; };
@@ -712,12 +830,13 @@ void decode_batch_emulated(const store_batch_plan<Block>& plan, const kv_view& d
 }
 
 /// Which batch decoder takes a container's codec: cachegen (cachegen-quant|rans: the kvc levels),
-/// cachegen_ac (cachegen-quant|ac: the cachegen preset), affine (uniform, kivi), or, with pack, ggml (q8_0 .. iq4_nl), fp8 or raw. Usage error naming the
+/// cachegen_ac (cachegen-quant|ac: the cachegen preset), codebook (nf4, kmeans), affine (uniform, kivi), or, with pack, ggml (q8_0 .. iq4_nl), fp8 or raw. Usage error naming the
 /// scope for any other codec (the planners then check the rest: transforms, dropped tokens, ...).
-enum class batch_kind { cachegen, cachegen_ac, affine, ggml, fp8, raw };
+enum class batch_kind { cachegen, cachegen_ac, affine, codebook, ggml, fp8, raw };
 inline batch_kind batch_kind_of(const codec& c) {
   const std::string& q = c.quant->spec().name;
   if (q == "kivi" || q == "uniform") return batch_kind::affine;
+  if (q == "nf4" || q == "kmeans") return batch_kind::codebook;
   if (q == "cachegen-quant" && dynamic_cast<const cpu::ac_entropy*>(c.entropy.get()) != nullptr) return batch_kind::cachegen_ac;
   if (dynamic_cast<const cpu::pack_entropy*>(c.entropy.get()) != nullptr) {
     if (ggml::parse_block_type(q)) return batch_kind::ggml;
@@ -736,6 +855,7 @@ inline void decode_batch_emulated(const segment_decoder& dec, std::span<const st
                                   const kv_view& dst) {
   switch (batch_kind_of(dec.stages())) {
     case batch_kind::affine: return decode_batch_emulated(plan_affine_batch(dec, segments, bytes, base, tokens), dst);
+    case batch_kind::codebook: return decode_batch_emulated(plan_codebook_batch(dec, segments, bytes, base, tokens), dst);
     case batch_kind::ggml: return decode_batch_emulated(plan_ggml_batch(dec, segments, bytes, base, tokens), dst);
     case batch_kind::fp8: return decode_batch_emulated(plan_fp8_batch(dec, segments, bytes, base, tokens), dst);
     case batch_kind::raw: return decode_batch_emulated(plan_raw_batch(dec, segments, bytes, base, tokens), dst);

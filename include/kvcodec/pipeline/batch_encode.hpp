@@ -2,7 +2,7 @@
 // backend's encoder (cuda/encode.cuh) and its host emulation (host_batch_executor, what CI runs).
 //
 // Scope: dense caches quantized by cachegen-quant (the kvc levels), the llama.cpp block formats (q8_0
-// .. iq4_nl), fp8 (tensor, head or token scales), raw, uniform or kivi (outliers 0), with any entropy
+// .. iq4_nl), fp8 (tensor, head or token scales), raw, uniform or kivi (outliers 0), nf4, with any entropy
 // stage (it runs on the host), without drop stages or transforms. The element steps of core/
 // (cachegen_amax_op then cachegen_code_op, the stored scales found in between as cpu/cachegen.hpp finds
 // them; ggml_encode_op; fp8_amax_op then fp8_code_op, the scales found in between on
@@ -21,11 +21,13 @@
 
 #include "kvcodec/core/affine.hpp"
 #include "kvcodec/core/cachegen.hpp"
+#include "kvcodec/core/codebook.hpp"
 #include "kvcodec/core/fp8.hpp"
 #include "kvcodec/core/ggml_blocks.hpp"
 #include "kvcodec/core/raw.hpp"
 #include "kvcodec/core/rans_batch.hpp"
 #include "kvcodec/cpu/cachegen.hpp"
+#include "kvcodec/cpu/codebook.hpp"
 #include "kvcodec/cpu/fp8.hpp"
 #include "kvcodec/cpu/kivi.hpp"
 #include "kvcodec/cpu/pack.hpp"
@@ -287,7 +289,8 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
   const auto* kq = dynamic_cast<const cpu::kivi_quant*>(c.quant.get());
   const auto* uq = dynamic_cast<const cpu::uniform_quant*>(c.quant.get());
   const auto* cq = qn == "cachegen-quant" ? dynamic_cast<const cpu::cachegen_quant*>(c.quant.get()) : nullptr;
-  if (!gtype && !fq && !rq && !kq && !uq && !cq)
+  const auto* nq = dynamic_cast<const cpu::nf4_quant*>(c.quant.get());
+  if (!gtype && !fq && !rq && !kq && !uq && !cq && !nq)
     throw_usage("encode: quantizer '" + qn + "' has no CUDA encode; the quantizers with one: " + builtin_registry().cuda_stages(stage_kind::quant, true));
   if ((kq && kq->outliers() > 0.0) || (uq && uq->outliers() > 0.0))
     throw_usage("encode: " + qn + " with outliers > 0 has no CUDA encode yet; the quantizers with one: " + builtin_registry().cuda_stages(stage_kind::quant, true));
@@ -302,6 +305,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
   std::vector<affine_batch_block> ablocks;           // uniform / kivi
   std::vector<std::uint64_t> side_end(nb);           // uniform / kivi: where block i's side bytes end in `out`
   std::vector<cachegen_encode_block> cblocks;        // cachegen-quant
+  std::vector<codebook_batch_block> nblocks;         // nf4
   std::vector<std::uint16_t> scale_bits;             // cachegen-quant: every block's stored scales
   if (cq) {
     state = c.quant->fit({}, info);
@@ -349,6 +353,30 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     x.put(inv_d, inv.data(), inv.size() * sizeof(float));
     buf = x.bytes(static_cast<std::size_t>(first[nb]));
     x.run(cblocks, max_items, cachegen_code_op{src, inv_d, buf});
+  } else if (nq) {
+    state = c.quant->fit({}, info);  // checks the group against head_dim
+    const std::uint64_t G = nq->group_of(s.head_dim), pb = affine::param_bytes(affine::mode::symmetric, nq->pd());
+    nblocks.resize(nb);
+    std::uint64_t max_items = 0;
+    for (std::size_t i = 0; i < nb; ++i) {
+      const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
+      auto& g = nblocks[i];
+      g.layer = sl.layer;
+      g.key = sl.key ? 1u : 0u;
+      g.tokens = static_cast<std::uint32_t>(sl.t1 - sl.t0);
+      g.heads = static_cast<std::uint32_t>(H);
+      g.group = static_cast<std::uint32_t>(G);
+      g.param_dtype = static_cast<std::uint32_t>(nq->pd());
+      g.t_first = sl.t0;
+      const std::uint64_t n = H * g.tokens * D;
+      g.sym_first = first[i];  // codes (a byte each), then the groups' absmax
+      g.side = first[i] + n;
+      first[i + 1] = g.side + n / G * pb;
+      max_items = std::max(max_items, n);
+    }
+    buf = x.bytes(static_cast<std::size_t>(first[nb]));
+    x.run(nblocks, max_items / G, nf4_absmax_op{src, buf});
+    x.run(nblocks, max_items, nf4_code_op{src, buf});
   } else if (kq || uq) {
     state = c.quant->fit({}, info);  // checks the groups against head_dim
     ablocks.resize(nb);
@@ -482,7 +510,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     x.run(blocks, max_rows * D, fp8_code_op{src, scale_d, buf});
   }
   // The rANS stage (without prediction) runs where the symbols are: they never come back to the host.
-  if (auto* re = dynamic_cast<cpu::rans_entropy*>(c.entropy.get()); re != nullptr && re->batch_encodable() && (cq || kq || uq || fq)) {
+  if (auto* re = dynamic_cast<cpu::rans_entropy*>(c.entropy.get()); re != nullptr && re->batch_encodable() && (cq || kq || uq || fq || nq)) {
     std::vector<detail::batch_plane> planes(nb);
     std::vector<std::uint8_t> aside;  // uniform / kivi: every block's side bytes, gathered
     std::vector<std::uint64_t> aside_first(nb + 1, 0);
@@ -493,24 +521,28 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
         pl = {first[i], cpu::cachegen_quant::alphabet_for(cq->bins_for(g.layer, g.key != 0)), g.tokens, static_cast<std::uint32_t>(H * D), g.wide};
       } else if (fq) {
         pl = {first[i], 256, static_cast<std::uint32_t>((first[i + 1] - first[i]) / D), static_cast<std::uint32_t>(D), 0};
+      } else if (nq) {
+        const codebook_batch_block& g = nblocks[i];
+        pl = {g.sym_first, 16, static_cast<std::uint32_t>(H * g.tokens), static_cast<std::uint32_t>(D), 0};
+        aside_first[i + 1] = aside_first[i] + (first[i + 1] - g.side);
       } else {
         const affine_batch_block& g = ablocks[i];
         pl = {g.sym_first, 1u << g.bits, static_cast<std::uint32_t>(H * g.q), static_cast<std::uint32_t>(D), 0};
         aside_first[i + 1] = aside_first[i] + (side_end[i] - g.params);
       }
     }
-    if (!ablocks.empty()) {
+    if (!ablocks.empty() || !nblocks.empty()) {
       std::vector<copy_block> cb(nb);
       std::uint64_t max_side = 0;
       for (std::size_t i = 0; i < nb; ++i) {
-        cb[i] = {ablocks[i].params, aside_first[i], aside_first[i + 1] - aside_first[i]};
+        cb[i] = {!nblocks.empty() ? nblocks[i].side : ablocks[i].params, aside_first[i], aside_first[i + 1] - aside_first[i]};
         max_side = std::max(max_side, cb[i].n);
       }
       std::uint8_t* side_d = x.bytes(static_cast<std::size_t>(aside_first[nb]));
       x.run(cb, max_side, byte_copy_op{buf, side_d});
       aside.resize(static_cast<std::size_t>(aside_first[nb]));
       x.get(aside.data(), side_d, aside.size());
-      for (std::size_t i = 0; i < nb; ++i)
+      for (std::size_t i = 0; i < ablocks.size(); ++i)
         if (side_end[i] != ablocks[i].exact - 1) aside[static_cast<std::size_t>(aside_first[i] + (ablocks[i].exact - 1 - ablocks[i].params))] = static_cast<std::uint8_t>(ablocks[i].exact_dtype);  // the tag
     }
     return detail::encode_rans_batch_to(x, policy, c, *re, info, state, sink, opt, ex, buf, planes, [&](std::size_t i, bytes& side) {
@@ -546,6 +578,16 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       const std::size_t ns = static_cast<std::size_t>(g.by_token != 0 ? g.tokens : H * D);
       sy.side.resize(2 * ns);
       for (std::size_t j = 0; j < ns; ++j) kvcodec::detail::store_le16(sy.side.data() + 2 * j, scale_bits[static_cast<std::size_t>(g.scale_first) + j]);
+      return;
+    }
+    if (!nblocks.empty()) {
+      const codebook_batch_block& g = nblocks[i];
+      symbol_plane& pl = sy.planes.emplace_back();
+      pl.alphabet = 16;
+      pl.rows = static_cast<std::uint32_t>(H * g.tokens);
+      pl.cols = static_cast<std::uint32_t>(D);
+      pl.sym.assign(p, p + (g.side - g.sym_first));
+      sy.side.assign(out.begin() + static_cast<std::ptrdiff_t>(g.side), out.begin() + static_cast<std::ptrdiff_t>(first[i + 1]));
       return;
     }
     if (!ablocks.empty()) {

@@ -12,8 +12,8 @@
 // first failed stream or block; on an exception the view's content is unspecified.
 // `cachegen-quant|ac` (the cachegen preset) decodes with cuda/ac.cuh's fused tiled kernel (range decode
 // and dequantize in one, symbols kept in shared memory) where it can, else its rows kernel and then the
-// cachegen-quant kernel. Scope today: the kvc levels, `cachegen-quant|rans|ac`, `uniform`, `kivi`, the
-// block formats, `fp8` and `raw`, without prediction, transforms or dropped tokens; other containers
+// cachegen-quant kernel. Scope today: the kvc levels, `cachegen-quant|rans|ac`, `uniform`, `kivi`,
+// `nf4`, `kmeans`, the block formats, `fp8` and `raw`, without prediction, transforms or dropped tokens; other containers
 // are a usage error naming the stages that have a CUDA decode (registry/cuda_rows.hpp).
 // This header includes the CPU pipeline (host code): include it from .cu files that decode containers.
 #pragma once
@@ -30,6 +30,7 @@
 #include "kvcodec/cuda/ac.cuh"
 #include "kvcodec/cuda/affine.cuh"
 #include "kvcodec/cuda/cachegen.cuh"
+#include "kvcodec/cuda/codebook.cuh"
 #include "kvcodec/cuda/fp8.cuh"
 #include "kvcodec/cuda/ggml.cuh"
 #include "kvcodec/cuda/memory.cuh"
@@ -221,6 +222,32 @@ struct affine_job final : batch_job {
   }
 };
 
+/// An nf4 / kmeans batch: the rANS batch kernel when the symbols are rANS-coded, then the codebook step
+/// (core/codebook.hpp's codebook_batch_op on cuda/batch.cuh's kernel).
+struct codebook_job final : batch_job {
+  codebook_batch_plan plan;
+  rans_device rans;  ///< empty for pack planes
+  device_buffer<std::uint8_t> bytes;
+  device_buffer<float> books;
+  device_buffer<std::uint32_t> bad;
+  device_buffer<codebook_batch_block> blocks;
+  device_dest dd;
+  codebook_job(codebook_batch_plan pl, const kv_view& dst, const par_t& p)
+      : plan(std::move(pl)), bytes(plan.packed ? upload(plan.bytes) : device_buffer<std::uint8_t>(std::span<const std::uint8_t>(plan.side))),
+        books(std::span<const float>(plan.books)), bad(plan.blocks.size() + 1), blocks(std::span<const codebook_batch_block>(plan.blocks)), dd(dst) {
+    if (!plan.packed) rans = rans_device(plan.rans.builder, p, plan.rans.builder.out_symbols);
+  }
+  void launch(const par_t& p) override {
+    if (!plan.packed) rans.launch(p);
+    codebook_store(blocks.data(), plan.blocks.size(), plan.max_items, rans.sym.data(), bytes.data(), books.data(), dd.d, bad.data(), p);
+  }
+  void finish(const par_t& p, const std::string& name) override {
+    if (!plan.packed) rans.check_streams(p, name);
+    check(cudaStreamSynchronize(p.stream), name.c_str());
+    throw_flagged(bad, plan.blocks, name, [](std::size_t) { return std::string("a symbol of 2^bits or more"); });
+  }
+};
+
 }  // namespace detail
 
 /// A container's decode into a device view in its three phases, so a benchmark can time the kernels
@@ -247,6 +274,7 @@ class view_decoder {
     const auto bytes_of = [&](std::size_t i) { return v.segment_bytes(i); };
     switch (batch_kind_of(dec.stages())) {
       case batch_kind::affine: job_ = std::make_unique<detail::affine_job>(plan_affine_batch(dec, todo, bytes_of, tb, te - tb), dst, p); break;
+      case batch_kind::codebook: job_ = std::make_unique<detail::codebook_job>(plan_codebook_batch(dec, todo, bytes_of, tb, te - tb), dst, p); break;
       case batch_kind::ggml: job_ = std::make_unique<detail::store_job<ggml_batch_block>>(plan_ggml_batch(dec, todo, bytes_of, tb, te - tb), dst); break;
       case batch_kind::fp8: job_ = std::make_unique<detail::store_job<fp8_batch_block>>(plan_fp8_batch(dec, todo, bytes_of, tb, te - tb), dst); break;
       case batch_kind::raw: job_ = std::make_unique<detail::store_job<raw_batch_block>>(plan_raw_batch(dec, todo, bytes_of, tb, te - tb), dst); break;
