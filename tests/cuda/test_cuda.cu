@@ -399,7 +399,8 @@ void test_encode() {
                                  "cachegen-quant:kbins=600,klayers=-,vbins=300,vlayers=-|rans:prob_bits=14", "kivi:bits=4|rans", "fp8|rans",
                                  "fp8:scale=token|rans:tables=shared,lanes=0", "kivi:bits=2|rans:tables=shared,lanes=0",
                                  "uniform:bits=3|rans:ctx=auto,model=auto,lanes=96", "cachegen-quant|rans:tables=chunk,ctx=auto,prob_bits=12",
-                                 "cachegen-quant|rans:pred=prev", "nf4", "nf4:group=4,scale=f32", "nf4|rans", "nf4:group=4|rans:tables=shared,lanes=0"})
+                                 "cachegen-quant|rans:pred=prev", "nf4", "nf4:group=4,scale=f32", "nf4|rans", "nf4:group=4|rans:tables=shared,lanes=0",
+                                 "kmeans", "kmeans:bits=3,sample=1000|rans"})
     for (const kv_cache* kv : {&a, &b})
       for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
         for (bool paged : {false, true}) {

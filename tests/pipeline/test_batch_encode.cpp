@@ -41,7 +41,8 @@ TEST_CASE("batch encode (emulated) writes the CPU encoder's container: kvc level
                                  "q8_0|zstd", "kivi:bits=4|rans", "kvc:level=9,values=channel", "fp8|rans", "fp8:scale=token|rans:tables=shared,lanes=0",
                                  "kivi:bits=2|rans:tables=shared,lanes=0", "uniform:bits=3|rans:ctx=auto,model=auto,lanes=96",
                                  "cachegen-quant|rans:tables=chunk,ctx=auto,prob_bits=12", "cachegen-quant|rans:pred=prev", "kivi:bits=4,residual=0|rans:tables=shared",
-                                 "nf4", "nf4:group=4,scale=f32", "nf4|rans", "nf4:group=4|rans:tables=shared,lanes=0"})
+                                 "nf4", "nf4:group=4,scale=f32", "nf4|rans", "nf4:group=4|rans:tables=shared,lanes=0", "kmeans",
+                                 "kmeans:bits=3,sample=1000|rans", "kmeans:bits=8,iters=5|rans:tables=shared,lanes=0"})
     for (const kv_cache* kv : {&a, &b})
       for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
         for (bool paged : {false, true}) {
@@ -112,7 +113,7 @@ TEST_CASE("batch encode: codecs and inputs outside its scope are usage errors") 
     }
     return error_kind::io;  // no error
   };
-  for (const std::string spec : {"kivi:outliers=1", "kmeans", "hadamard|q8_0", "knorm:keep=0.5|q8_0", "derope|kvc:level=5"}) {
+  for (const std::string spec : {"kivi:outliers=1", "hadamard|q8_0", "knorm:keep=0.5|q8_0", "derope|kvc:level=5"}) {
     INFO(spec);
     CHECK(kind(spec, extras(kv), src.view) == error_kind::usage);
   }

@@ -159,8 +159,8 @@ TEST_CASE("CUDA rows: the list names each stage with its limits - and set_cuda r
   const registry& r = builtin_registry();
   const std::string enc = r.cuda_stages(stage_kind::quant, true);
   CHECK(enc.find("kivi (outliers=0") != std::string::npos);
-  CHECK(enc.find("kmeans") == std::string::npos);  // its codebook fit runs on the CPU
-  CHECK(r.cuda_stages(stage_kind::quant, false).find("kmeans") != std::string::npos);
+  CHECK(enc.find("nf4") != std::string::npos);
+  CHECK(enc.find("klt") == std::string::npos);
   CHECK(r.cuda_stages(stage_kind::entropy, false).find("rans (pred=none)") != std::string::npos);
   CHECK(r.cuda_stages(stage_kind::transform, false) == "none");
   registry mine = make_builtin_registry();

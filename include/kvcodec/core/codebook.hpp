@@ -266,4 +266,46 @@ struct nf4_code_op {
   }
 };
 
+/// kmeans encode, first step: one block per (layer, K/V), item j is sample j, the value at position
+/// j x stride of that context's values in the CPU encoder's order (chunks of chunk_tokens tokens in
+/// order, each head-major: head, token, channel), written to out[first + j]. These are the values
+/// kmeans_quant::fit samples.
+struct kmeans_sample_block {
+  std::uint64_t first = 0, count = 0, stride = 1;
+  std::int64_t tokens = 0;  ///< the cache's tokens
+  std::uint32_t chunk_tokens = 1, heads = 0;
+  std::int32_t layer = 0;
+  std::uint32_t key = 1;
+};
+struct kmeans_sample_op {
+  kv_batch_src s;
+  float* out = nullptr;
+  KVCODEC_HD std::uint64_t count(const kmeans_sample_block& b) const noexcept { return b.count; }
+  KVCODEC_HD bool operator()(const kmeans_sample_block& b, std::uint64_t j) const noexcept {
+    const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), p = j * b.stride;
+    const std::uint64_t full = static_cast<std::uint64_t>(b.heads) * b.chunk_tokens * D;  // the values of a full chunk
+    const std::uint64_t chunk = p / full, rem = p - chunk * full;
+    const std::int64_t t0 = static_cast<std::int64_t>(chunk * b.chunk_tokens);
+    const std::uint64_t tc = static_cast<std::uint64_t>(b.tokens - t0 < static_cast<std::int64_t>(b.chunk_tokens) ? b.tokens - t0 : b.chunk_tokens);
+    const std::uint64_t h = rem / (tc * D), r = rem / D % tc, c = rem % D;
+    out[b.first + j] = kv_batch_get(s, b.key != 0, b.layer, static_cast<std::int64_t>(h), t0 + static_cast<std::int64_t>(r), static_cast<std::int64_t>(c));
+    return true;
+  }
+};
+
+/// kmeans encode, second step: item i of block b is value i, its code (the nearest codeword of the
+/// block's codebook, codebook::nearest_code) written as a byte at out + b.sym_first + i.
+struct kmeans_code_op {
+  kv_batch_src s;
+  const float* books = nullptr;
+  std::uint8_t* out = nullptr;
+  KVCODEC_HD std::uint64_t count(const codebook_batch_block& b) const noexcept { return detail::codebook_values(b, static_cast<std::uint64_t>(s.head_dim)); }
+  KVCODEC_HD bool operator()(const codebook_batch_block& b, std::uint64_t i) const noexcept {
+    const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), row = i / D, h = row / b.tokens, r = row % b.tokens;
+    const float v = kv_batch_get(s, b.key != 0, b.layer, static_cast<std::int64_t>(h), b.t_first + static_cast<std::int64_t>(r), static_cast<std::int64_t>(i % D));
+    out[b.sym_first + i] = static_cast<std::uint8_t>(codebook::nearest_code(books + b.book, 1 << b.bits, v));
+    return true;
+  }
+};
+
 }  // namespace kvcodec

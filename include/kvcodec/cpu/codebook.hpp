@@ -76,7 +76,7 @@ class kmeans_quant final : public stage_impl<quant::kmeans, quant_stage> {
   bool lossless() const override { return false; }
 
   bytes fit(const std::vector<block>& blocks, const cache_info& info) override {
-    const std::size_t L = static_cast<std::size_t>(std::max(info.shape.layers, 0)), k = levels();
+    const std::size_t L = static_cast<std::size_t>(std::max(info.shape.layers, 0));
     std::vector<std::size_t> total(2 * L, 0);
     for (const auto& b : blocks) {
       if (b.layer < 0 || static_cast<std::size_t>(b.layer) >= L) throw_usage(qc::where(name(), b) + ": layer outside the cache's layers");
@@ -86,19 +86,31 @@ class kmeans_quant final : public stage_impl<quant::kmeans, quant_stage> {
     std::vector<std::size_t> seen(2 * L, 0);
     for (const auto& b : blocks) {
       const std::size_t i = 2 * static_cast<std::size_t>(b.layer) + (b.key ? 0u : 1u);
-      const std::size_t stride = (total[i] + static_cast<std::size_t>(p_.sample) - 1) / static_cast<std::size_t>(p_.sample);
+      const std::size_t stride = sample_stride(total[i]);
       for (float v : b.data) {
         if (seen[i]++ % stride == 0) sample[i].push_back(v);
       }
     }
-    cb_.assign(2 * L * k, 0.0f);
-    for (std::size_t i = 0; i < 2 * L; ++i) {
+    return fit_samples(sample);
+  }
+
+  /// The fit from each (layer, K/V)'s sample (index 2 x layer + (V ? 1 : 0)): the values at positions
+  /// 0, s, 2s, ... (s = ceil(values / sample)) of its blocks' values in encode order (chunks in order,
+  /// each block head-major), as fit() takes them. The batch encoder gathers them on the GPU.
+  bytes fit_samples(const std::vector<std::vector<float>>& sample) {
+    const std::size_t k = levels();
+    cb_.assign(sample.size() * k, 0.0f);
+    for (std::size_t i = 0; i < sample.size(); ++i) {
       const auto cb = codebook::fit_codebook(sample[i].data(), sample[i].size(), static_cast<int>(k), p_.iters);
       std::copy(cb.begin(), cb.end(), cb_.begin() + static_cast<std::ptrdiff_t>(i * k));
     }
     bytes st(cb_.size() * 4);
     encode_floats(cb_.data(), cb_.size(), dtype::f32, st.data());
     return st;
+  }
+  /// The sample stride for a (layer, K/V) of `values` values.
+  std::size_t sample_stride(std::size_t values) const {
+    return (values + static_cast<std::size_t>(p_.sample) - 1) / static_cast<std::size_t>(p_.sample);
   }
 
   void load_state(std::span<const std::uint8_t> state, const cache_info& info) override {

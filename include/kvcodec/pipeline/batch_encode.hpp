@@ -2,7 +2,7 @@
 // backend's encoder (cuda/encode.cuh) and its host emulation (host_batch_executor, what CI runs).
 //
 // Scope: dense caches quantized by cachegen-quant (the kvc levels), the llama.cpp block formats (q8_0
-// .. iq4_nl), fp8 (tensor, head or token scales), raw, uniform or kivi (outliers 0), nf4, with any entropy
+// .. iq4_nl), fp8 (tensor, head or token scales), raw, uniform or kivi (outliers 0), nf4, kmeans, with any entropy
 // stage (it runs on the host), without drop stages or transforms. The element steps of core/
 // (cachegen_amax_op then cachegen_code_op, the stored scales found in between as cpu/cachegen.hpp finds
 // them; ggml_encode_op; fp8_amax_op then fp8_code_op, the scales found in between on
@@ -290,7 +290,8 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
   const auto* uq = dynamic_cast<const cpu::uniform_quant*>(c.quant.get());
   const auto* cq = qn == "cachegen-quant" ? dynamic_cast<const cpu::cachegen_quant*>(c.quant.get()) : nullptr;
   const auto* nq = dynamic_cast<const cpu::nf4_quant*>(c.quant.get());
-  if (!gtype && !fq && !rq && !kq && !uq && !cq && !nq)
+  auto* mq = dynamic_cast<cpu::kmeans_quant*>(c.quant.get());
+  if (!gtype && !fq && !rq && !kq && !uq && !cq && !nq && !mq)
     throw_usage("encode: quantizer '" + qn + "' has no CUDA encode; the quantizers with one: " + builtin_registry().cuda_stages(stage_kind::quant, true));
   if ((kq && kq->outliers() > 0.0) || (uq && uq->outliers() > 0.0))
     throw_usage("encode: " + qn + " with outliers > 0 has no CUDA encode yet; the quantizers with one: " + builtin_registry().cuda_stages(stage_kind::quant, true));
@@ -353,6 +354,46 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     x.put(inv_d, inv.data(), inv.size() * sizeof(float));
     buf = x.bytes(static_cast<std::size_t>(first[nb]));
     x.run(cblocks, max_items, cachegen_code_op{src, inv_d, buf});
+  } else if (mq) {
+    // The codebooks: each (layer, K/V)'s strided sample gathered on the device, the Lloyd fit on the host
+    // (kmeans_quant::fit_samples, as its fit()), then the codes on the device.
+    const std::uint64_t total = H * static_cast<std::uint64_t>(s.tokens) * D, stride = mq->sample_stride(static_cast<std::size_t>(total));
+    const std::uint64_t per = (total + stride - 1) / stride;
+    std::vector<kmeans_sample_block> sb(2 * static_cast<std::size_t>(s.layers));
+    for (std::size_t i = 0; i < sb.size(); ++i)
+      sb[i] = {i * per, per, stride, s.tokens, static_cast<std::uint32_t>(opt.chunk_tokens), static_cast<std::uint32_t>(H), static_cast<std::int32_t>(i / 2),
+               i % 2 == 0 ? 1u : 0u};
+    float* sample_d = x.floats(static_cast<std::size_t>(per * sb.size()));
+    x.run(sb, per, kmeans_sample_op{src, sample_d});
+    std::vector<float> flat(static_cast<std::size_t>(per * sb.size()));
+    x.get(flat.data(), sample_d, flat.size() * sizeof(float));
+    std::vector<std::vector<float>> sample(sb.size());
+    for (std::size_t i = 0; i < sb.size(); ++i)
+      sample[i].assign(flat.begin() + static_cast<std::ptrdiff_t>(i * per), flat.begin() + static_cast<std::ptrdiff_t>((i + 1) * per));
+    state = mq->fit_samples(sample);
+    float* books_d = x.floats(mq->codebooks().size());
+    x.put(books_d, mq->codebooks().data(), mq->codebooks().size() * sizeof(float));
+    nblocks.resize(nb);
+    std::uint64_t max_items = 0;
+    for (std::size_t i = 0; i < nb; ++i) {
+      const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
+      auto& g = nblocks[i];
+      g.layer = sl.layer;
+      g.key = sl.key ? 1u : 0u;
+      g.tokens = static_cast<std::uint32_t>(sl.t1 - sl.t0);
+      g.heads = static_cast<std::uint32_t>(H);
+      g.bits = static_cast<std::uint32_t>(mq->bits());
+      g.nf4 = 0;
+      g.book = (2 * static_cast<std::uint64_t>(sl.layer) + (sl.key ? 0u : 1u)) * mq->levels();
+      g.t_first = sl.t0;
+      const std::uint64_t n = H * g.tokens * D;
+      g.sym_first = first[i];  // codes, a byte each; no side bytes
+      g.side = first[i] + n;
+      first[i + 1] = g.side;
+      max_items = std::max(max_items, n);
+    }
+    buf = x.bytes(static_cast<std::size_t>(first[nb]));
+    x.run(nblocks, max_items, kmeans_code_op{src, books_d, buf});
   } else if (nq) {
     state = c.quant->fit({}, info);  // checks the group against head_dim
     const std::uint64_t G = nq->group_of(s.head_dim), pb = affine::param_bytes(affine::mode::symmetric, nq->pd());
@@ -510,7 +551,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     x.run(blocks, max_rows * D, fp8_code_op{src, scale_d, buf});
   }
   // The rANS stage (without prediction) runs where the symbols are: they never come back to the host.
-  if (auto* re = dynamic_cast<cpu::rans_entropy*>(c.entropy.get()); re != nullptr && re->batch_encodable() && (cq || kq || uq || fq || nq)) {
+  if (auto* re = dynamic_cast<cpu::rans_entropy*>(c.entropy.get()); re != nullptr && re->batch_encodable() && (cq || kq || uq || fq || nq || mq)) {
     std::vector<detail::batch_plane> planes(nb);
     std::vector<std::uint8_t> aside;  // uniform / kivi: every block's side bytes, gathered
     std::vector<std::uint64_t> aside_first(nb + 1, 0);
@@ -521,9 +562,9 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
         pl = {first[i], cpu::cachegen_quant::alphabet_for(cq->bins_for(g.layer, g.key != 0)), g.tokens, static_cast<std::uint32_t>(H * D), g.wide};
       } else if (fq) {
         pl = {first[i], 256, static_cast<std::uint32_t>((first[i + 1] - first[i]) / D), static_cast<std::uint32_t>(D), 0};
-      } else if (nq) {
+      } else if (nq || mq) {
         const codebook_batch_block& g = nblocks[i];
-        pl = {g.sym_first, 16, static_cast<std::uint32_t>(H * g.tokens), static_cast<std::uint32_t>(D), 0};
+        pl = {g.sym_first, nq ? 16u : 1u << g.bits, static_cast<std::uint32_t>(H * g.tokens), static_cast<std::uint32_t>(D), 0};
         aside_first[i + 1] = aside_first[i] + (first[i + 1] - g.side);
       } else {
         const affine_batch_block& g = ablocks[i];
@@ -583,7 +624,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     if (!nblocks.empty()) {
       const codebook_batch_block& g = nblocks[i];
       symbol_plane& pl = sy.planes.emplace_back();
-      pl.alphabet = 16;
+      pl.alphabet = nq ? 16u : 1u << g.bits;
       pl.rows = static_cast<std::uint32_t>(H * g.tokens);
       pl.cols = static_cast<std::uint32_t>(D);
       pl.sym.assign(p, p + (g.side - g.sym_first));

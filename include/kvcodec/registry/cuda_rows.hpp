@@ -15,7 +15,7 @@ inline void register_cuda_rows(registry& r) {
   for (const char* q : {"uniform", "kivi"}) r.set_cuda(q, {true, true, "affine.cuh", "outliers=0; decode: with pack or rans, pred=none"});
   r.set_cuda("fp8", {true, true, "fp8.cuh", "decode: with pack"});
   r.set_cuda("nf4", {true, true, "codebook.cuh", "decode: with pack or rans, pred=none"});
-  r.set_cuda("kmeans", {true, false, "codebook.cuh", "decode: with pack or rans, pred=none; its codebook fit runs on the CPU"});
+  r.set_cuda("kmeans", {true, true, "codebook.cuh", "decode: with pack or rans, pred=none; encode: its Lloyd fit runs on the host"});
   for (const char* q : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"}) r.set_cuda(q, {true, true, "ggml.cuh", "decode: with pack"});
   // entropy stages: rans decodes and encodes on the GPU, ac decodes (CacheGen's range coder); pack is
   // read in place by the quantizers' decode kernels; any other entropy stage runs on the host in

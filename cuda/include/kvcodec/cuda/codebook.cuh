@@ -2,8 +2,9 @@
 // cpu/codebook.hpp. Decode: one thread per value runs core/codebook.hpp's codebook_batch_op (nf4's code
 // times its group's stored absmax, or kmeans' codeword) into the view; the symbols come from the rANS
 // batch kernel (cuda/rans.cuh) or are unpacked in place from a pack plane (pipeline/batch.hpp's
-// plan_codebook_batch). Encode (nf4): nf4_absmax_op per group, then nf4_code_op per value, driven by
-// pipeline/batch_encode.hpp through cuda/encode.cuh. kmeans encodes on the CPU (its codebook fit).
+// plan_codebook_batch). Encode, driven by pipeline/batch_encode.hpp through cuda/encode.cuh: nf4 runs
+// nf4_absmax_op per group, then nf4_code_op per value; kmeans gathers each (layer, K/V)'s strided sample
+// (kmeans_sample_op), fits the codebooks on the host (kmeans_quant::fit_samples), then kmeans_code_op.
 #pragma once
 
 #include <cstddef>
