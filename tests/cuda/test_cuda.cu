@@ -10,6 +10,7 @@
 //    paged device views, token ranges, and the usage error for a container outside its scope;
 //  - kvcodec::cuda::knorm_select (the GPU knorm scorer and CUB top-k) against the CPU's select_knorm.
 #include <cstdio>
+#include <initializer_list>
 #include <limits>
 #include <random>
 #include <string>
@@ -268,53 +269,43 @@ void test_decode_into() {
   // pack-coded: the ggml block formats, fp8, raw; uniform and kivi with rans or pack (head_dim 32, and
   // 8 heads x head_dim 20 where ggml blocks span heads)
   const kv_cache narrow = test::random_cache(2, 8, 300, 20, dtype::bf16);
-  for (const std::string spec : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "fp8", "fp8:format=e5m2,scale=head", "fp8:scale=token", "raw",
-                                 "raw:dtype=bf16", "raw:dtype=f32", "kivi:bits=4|rans", "kivi:bits=2,group=32,residual=200|pack",
-                                 "uniform:bits=3,mode=sym,kaxis=token,group=4|pack", "uniform:bits=8,kaxis=channel,vaxis=channel,group=10|rans",
-                                 "nf4", "nf4:group=4,scale=f32|rans", "kmeans", "kmeans:bits=3|rans", "kmeans:bits=8|pack"})
-    for (const kv_cache* c : {&kv, &narrow}) {
-      const encoded e = encode(spec, *c, encode_options{.chunk_tokens = 128});
-      const std::int64_t T = c->shape.tokens;
-      for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
-        for (bool paged : {false, true})
-          for (auto [tb, te] : {std::pair<std::int64_t, std::int64_t>{0, T}, {128, 256}, {100, 290}}) {
-            if (paged && tb % 16 != 0) continue;
-            decode_options opt;
-            opt.token_begin = tb;
-            opt.token_end = te;
-            test::host_dest want(c->shape, te - tb, t, paged);
-            decode_into(cpu::par, e.data, want.view, opt);
-            device_dest d(c->shape, te - tb, t, paged);
-            kvcodec::cuda::decode_into(kvcodec::cuda::par, e.data, d.view, opt);
-            expect(d.rows() == want.rows(), "decode_into " + spec + " head_dim " + std::to_string(c->shape.head_dim) + " " + std::string(dtype_name(t)) +
-                                                (paged ? " paged" : " hf") + " tokens " + std::to_string(tb) + ".." + std::to_string(te));
-          }
-    }
-  // cachegen-quant|ac (the cachegen preset): the fused tiled kernel and the rows kernel, each against the CPU
-  for (const std::string spec : {"cachegen", "cachegen-quant|ac:ctx=pooled", "cachegen-quant|ac:streams=block",
-                                 "cachegen-quant:kbins=600,klayers=-,vbins=300,vlayers=-|ac", "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|ac"})
-    for (const kv_cache* c : {&kv, &narrow}) {
-      const encoded e = encode(spec, *c, encode_options{.chunk_tokens = 128});
-      const std::int64_t T = c->shape.tokens;
-      for (auto variant : {kvcodec::cuda::batch_variant::best, kvcodec::cuda::batch_variant::unfused})
-        for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
-          for (bool paged : {false, true})
-            for (auto [tb, te] : {std::pair<std::int64_t, std::int64_t>{0, T}, {128, 256}, {100, 290}}) {
-              if (paged && tb % 16 != 0) continue;
-              decode_options opt;
-              opt.token_begin = tb;
-              opt.token_end = te;
-              test::host_dest want(c->shape, te - tb, t, paged);
-              decode_into(cpu::par, e.data, want.view, opt);
-              device_dest d(c->shape, te - tb, t, paged);
-              kvcodec::cuda::view_decoder vd(kvcodec::cuda::par, e.data, d.view, opt, variant);
-              vd.launch();
-              vd.finish();
-              expect(d.rows() == want.rows(), "decode_into " + spec + (variant == kvcodec::cuda::batch_variant::best ? " (fused)" : " (unfused)") +
-                                                  " head_dim " + std::to_string(c->shape.head_dim) + " " + std::string(dtype_name(t)) +
-                                                  (paged ? " paged" : " hf") + " tokens " + std::to_string(tb) + ".." + std::to_string(te));
-            }
-    }
+  using kvcodec::cuda::batch_variant;
+  // Each spec on both caches (chunks of 128 tokens), every dtype, HF and paged, three token ranges, with
+  // the given kernel variants, against the CPU's decode_into.
+  const auto check_specs = [&](std::initializer_list<const char*> specs, std::initializer_list<batch_variant> variants) {
+    for (const std::string spec : specs)
+      for (const kv_cache* c : {&kv, &narrow}) {
+        const encoded e = encode(spec, *c, encode_options{.chunk_tokens = 128});
+        const std::int64_t T = c->shape.tokens;
+        for (const batch_variant variant : variants)
+          for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
+            for (bool paged : {false, true})
+              for (auto [tb, te] : {std::pair<std::int64_t, std::int64_t>{0, T}, {128, 256}, {100, 290}}) {
+                if (paged && tb % 16 != 0) continue;
+                decode_options opt;
+                opt.token_begin = tb;
+                opt.token_end = te;
+                test::host_dest want(c->shape, te - tb, t, paged);
+                decode_into(cpu::par, e.data, want.view, opt);
+                device_dest d(c->shape, te - tb, t, paged);
+                kvcodec::cuda::view_decoder vd(kvcodec::cuda::par, e.data, d.view, opt, variant);
+                vd.launch();
+                vd.finish();
+                expect(d.rows() == want.rows(), "decode_into " + spec + (variant == batch_variant::best ? " (best)" : " (unfused)") + " head_dim " +
+                                                    std::to_string(c->shape.head_dim) + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf") +
+                                                    " tokens " + std::to_string(tb) + ".." + std::to_string(te));
+              }
+      }
+  };
+  check_specs({"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "fp8", "fp8:format=e5m2,scale=head", "fp8:scale=token", "raw", "raw:dtype=bf16",
+               "raw:dtype=f32", "kivi:bits=4|rans", "kivi:bits=2,group=32,residual=200|pack", "uniform:bits=3,mode=sym,kaxis=token,group=4|pack",
+               "uniform:bits=8,kaxis=channel,vaxis=channel,group=10|rans", "nf4", "nf4:group=4,scale=f32|rans", "kmeans", "kmeans:bits=3|rans",
+               "kmeans:bits=8|pack"},
+              {batch_variant::best});
+  // cachegen-quant|ac (the cachegen preset): the fused tiled kernel and LMCache's rows kernel
+  check_specs({"cachegen", "cachegen-quant|ac:ctx=pooled", "cachegen-quant|ac:streams=block", "cachegen-quant:kbins=600,klayers=-,vbins=300,vlayers=-|ac",
+               "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|ac"},
+              {batch_variant::best, batch_variant::unfused});
   {  // outside its scope: a usage error, nothing written
     const encoded e = encode("hadamard|q8_0", kv);
     device_dest d(kv.shape, 600, dtype::f16, false);

@@ -579,17 +579,83 @@ inline affine_batch_block affine_block(const cpu::kivi_quant* kq, const cpu::uni
 }
 }  // namespace detail
 
-/// A `uniform` or `kivi` container's blocks (outliers=0) for a batch decode: with rans, the rANS batch
-/// (its symbols are the op's `sym`) and every block's side bytes concatenated in `side`; with pack, the
-/// segments' bytes in `bytes`, the codes unpacked in place.
-struct affine_batch_plan {
+namespace detail {
+/// One K or V block with a single symbol plane, wherever its entropy stage put the plane and the side
+/// bytes: with pack, in the segments' bytes (codes unpacked in place, `pack_bits` each); with rans, the
+/// rANS batch's symbols from sym_first and the side bytes from side_first of the appended side array.
+struct plane_source {
+  const block* skeleton = nullptr;
+  bool key = true;
+  std::uint32_t alphabet = 0, rows = 0, cols = 0, pack_bits = 0;
+  std::uint64_t sym_first = 0, side_first = 0, side_size = 0;
+  std::string where;
+};
+/// The blocks of `segments` planned with pack (into `pp`) or rans (into `rans`, side bytes appended to
+/// `side`); corrupt for a block without exactly one plane. The sources point into pp or rans.
+inline std::vector<plane_source> single_planes(const segment_decoder& dec, std::span<const std::size_t> segments,
+                                               const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, bool packed,
+                                               pack_batch_plan& pp, rans_batch_plan<std::uint32_t>& rans, std::vector<std::uint8_t>& side) {
+  std::vector<plane_source> all;
+  if (packed) {
+    pp = plan_pack_batch(dec, segments, bytes);
+    for (const auto& pb : pp.blocks) {
+      const packed_plane* p = expect_planes(pb, 1);
+      all.push_back({&pb.skeleton, pb.key, p->alphabet, p->rows, p->cols, p->bits, p->first, pb.side_first, pb.side_size, pb.where});
+    }
+    return all;
+  }
+  rans = plan_rans_batch<std::uint32_t>(dec, segments, bytes);
+  for (const auto& bb : rans.blocks) {
+    const auto& se = dec.header().segments[bb.segment];
+    const std::string where = "segment (layer " + std::to_string(se.layer) + ", tokens " + std::to_string(se.t0) + ".." + std::to_string(se.t1) + ")" + (bb.key ? " K" : " V");
+    if (bb.headers.planes.size() != 1) throw_corrupt(where, "expected 1 symbol plane, found " + std::to_string(bb.headers.planes.size()));
+    const auto& pl = bb.headers.planes[0];
+    const std::uint64_t sym_first = bb.first.empty() ? 0 : bb.first[0];  // an empty plane has no stream
+    all.push_back({&bb.skeleton, bb.key, pl.alphabet, pl.rows, pl.cols, 0, sym_first, side.size(), bb.headers.side.size(), where});
+    side.insert(side.end(), bb.headers.side.begin(), bb.headers.side.end());
+  }
+  return all;
+}
+}  // namespace detail
+
+/// The blocks of a container with one symbol plane per block (uniform, kivi, nf4, kmeans) for a batch
+/// decode: with rans, the rANS batch (its symbols are the op's `sym`) and every block's side bytes
+/// concatenated in `side`; with pack, the segments' bytes in `bytes`, the codes unpacked in place.
+template <class Block>
+struct plane_batch_plan {
   bool packed = false;
   rans_batch_plan<std::uint32_t> rans;  ///< !packed
   std::vector<std::uint8_t> side;       ///< !packed: the op's bytes
   batch_bytes bytes;                    ///< packed: the op's bytes
-  std::vector<affine_batch_block> blocks;
+  std::vector<Block> blocks;
   std::uint64_t max_items = 0;
 };
+
+namespace detail {
+/// The emulated form of a plane_batch_plan's first kernel: the rANS batch's symbols (none for pack),
+/// and the op's bytes. Throws corrupt naming the first failed stream.
+template <class Block>
+std::vector<std::uint8_t> plane_symbols(const plane_batch_plan<Block>& plan, std::vector<std::uint16_t>& sym) {
+  if (!plan.packed) {
+    sym.resize(plan.rans.builder.out_symbols);
+    std::vector<rans_batch_status> st(plan.rans.builder.streams.size());
+    rans_decode_batch_emulated(plan.rans.builder.host_args(sym.data()), st.data());
+    rans_batch_throw_failed(std::span<const rans_batch_status>(st), [](std::size_t i) { return "rANS stream " + std::to_string(i) + " of the batch"; });
+  }
+  return plan.packed ? plan.bytes.gather() : plan.side;
+}
+/// Runs `op` over a plan's blocks on the CPU; corrupt for the first block with a symbol of 2^bits or more.
+template <class Block, class Op>
+void run_plane_op(const plane_batch_plan<Block>& plan, const Op& op) {
+  run_batch_emulated(std::span<const Block>(plan.blocks), op, [&](std::size_t bi) {
+    throw_corrupt("block " + std::to_string(bi) + " of the batch (layer " + std::to_string(plan.blocks[bi].layer) + (plan.blocks[bi].key ? " K" : " V") + ")",
+                  "a symbol of 2^bits or more");
+  });
+}
+}  // namespace detail
+
+/// A `uniform` or `kivi` container's blocks (outliers=0) for a batch decode.
+using affine_batch_plan = plane_batch_plan<affine_batch_block>;
 
 /// Plans `segments` of a uniform or kivi container (as plan_ggml_batch). Usage error for outliers > 0,
 /// other quantizers or entropy stages; corrupt for blocks whose plane or side bytes do not fit.
@@ -609,34 +675,8 @@ inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span
   const std::uint64_t H = static_cast<std::uint64_t>(s.kv_heads), D = static_cast<std::uint64_t>(s.head_dim);
   affine_batch_plan plan;
   plan.packed = dynamic_cast<const cpu::pack_entropy*>(c.entropy.get()) != nullptr;
-  // (block, its plane's alphabet/rows/cols, where its symbols start, its side bytes: offset into the op's bytes and size)
-  struct found {
-    const block* skeleton;
-    bool key;
-    std::uint32_t alphabet, rows, cols;
-    std::uint64_t sym_first, side_first, side_size;
-    std::string where;
-  };
-  std::vector<found> all;
   pack_batch_plan pp;
-  if (plan.packed) {
-    pp = plan_pack_batch(dec, segments, bytes);
-    for (const auto& pb : pp.blocks) {
-      const packed_plane* p = detail::expect_planes(pb, 1);
-      all.push_back({&pb.skeleton, pb.key, p->alphabet, p->rows, p->cols, p->first, pb.side_first, pb.side_size, pb.where});
-    }
-  } else {
-    plan.rans = plan_rans_batch<std::uint32_t>(dec, segments, bytes);
-    for (const auto& bb : plan.rans.blocks) {
-      const auto& se = dec.header().segments[bb.segment];
-      const std::string where = "segment (layer " + std::to_string(se.layer) + ", tokens " + std::to_string(se.t0) + ".." + std::to_string(se.t1) + ")" + (bb.key ? " K" : " V");
-      if (bb.headers.planes.size() != 1) throw_corrupt(where, "expected 1 symbol plane, found " + std::to_string(bb.headers.planes.size()));
-      const auto& pl = bb.headers.planes[0];
-      const std::uint64_t sym_first = bb.first.empty() ? 0 : bb.first[0];  // an empty plane has no stream
-      all.push_back({&bb.skeleton, bb.key, pl.alphabet, pl.rows, pl.cols, sym_first, plan.side.size(), bb.headers.side.size(), where});
-      plan.side.insert(plan.side.end(), bb.headers.side.begin(), bb.headers.side.end());
-    }
-  }
+  const std::vector<detail::plane_source> all = detail::single_planes(dec, segments, bytes, plan.packed, pp, plan.rans, plan.side);
   for (const auto& f : all) {
     const block& sk = *f.skeleton;
     std::uint64_t pbytes = 0;
@@ -682,19 +722,9 @@ inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span
 inline void decode_batch_emulated(const affine_batch_plan& plan, const kv_view& dst) {
   if (dst.space != memory_space::host) throw_usage("decode_batch_emulated: the destination view is in device memory");
   std::vector<std::uint16_t> sym;
-  if (!plan.packed) {
-    sym.resize(plan.rans.builder.out_symbols);
-    std::vector<rans_batch_status> st(plan.rans.builder.streams.size());
-    rans_decode_batch_emulated(plan.rans.builder.host_args(sym.data()), st.data());
-    rans_batch_throw_failed(std::span<const rans_batch_status>(st), [](std::size_t i) { return "rANS stream " + std::to_string(i) + " of the batch"; });
-  }
-  const std::vector<std::uint8_t> all = plan.packed ? plan.bytes.gather() : plan.side;
+  const std::vector<std::uint8_t> all = detail::plane_symbols(plan, sym);
   std::vector<void*> k, v;
-  const affine_batch_op op{sym.data(), all.data(), batch_dest(dst, k, v)};
-  run_batch_emulated(std::span<const affine_batch_block>(plan.blocks), op, [&](std::size_t bi) {
-    throw_corrupt("block " + std::to_string(bi) + " of the batch (layer " + std::to_string(plan.blocks[bi].layer) + (plan.blocks[bi].key ? " K" : " V") + ")",
-                  "a symbol of 2^bits or more");
-  });
+  detail::run_plane_op(plan, affine_batch_op{sym.data(), all.data(), batch_dest(dst, k, v)});
 }
 
 // ---- nf4, kmeans (codebook quantizers) ------------------------------------------------------------
@@ -702,14 +732,8 @@ inline void decode_batch_emulated(const affine_batch_plan& plan, const kv_view& 
 /// An `nf4` or `kmeans` container's blocks for a batch decode (core/codebook.hpp's codebook_batch_op):
 /// with rans, the rANS batch (the op's symbols) and the blocks' side bytes in `side`; with pack, the
 /// segments' bytes in `bytes`, codes unpacked in place; kmeans' codebooks (the stage state) in `books`.
-struct codebook_batch_plan {
-  bool packed = false;
-  rans_batch_plan<std::uint32_t> rans;  ///< !packed
-  std::vector<std::uint8_t> side;       ///< !packed: the op's bytes
-  batch_bytes bytes;                    ///< packed: the op's bytes
+struct codebook_batch_plan : plane_batch_plan<codebook_batch_block> {
   std::vector<float> books;
-  std::vector<codebook_batch_block> blocks;
-  std::uint64_t max_items = 0;
 };
 
 /// Plans `segments` of an nf4 or kmeans container (as plan_affine_batch). Usage error for other
@@ -735,33 +759,8 @@ inline codebook_batch_plan plan_codebook_batch(const segment_decoder& dec, std::
     if (plan.books.size() != 2 * static_cast<std::size_t>(s.layers) * kq->levels())
       throw_usage("batch decode: kmeans has no codebooks for this cache (load the container's stage state first)");
   }
-  struct found {
-    const block* skeleton;
-    bool key;
-    std::uint32_t alphabet, rows, cols, pack_bits;
-    std::uint64_t sym_first, side_first, side_size;
-    std::string where;
-  };
-  std::vector<found> all;
   pack_batch_plan pp;
-  if (plan.packed) {
-    pp = plan_pack_batch(dec, segments, bytes);
-    for (const auto& pbk : pp.blocks) {
-      const packed_plane* p = detail::expect_planes(pbk, 1);
-      all.push_back({&pbk.skeleton, pbk.key, p->alphabet, p->rows, p->cols, p->bits, p->first, pbk.side_first, pbk.side_size, pbk.where});
-    }
-  } else {
-    plan.rans = plan_rans_batch<std::uint32_t>(dec, segments, bytes);
-    for (const auto& bb : plan.rans.blocks) {
-      const auto& se = dec.header().segments[bb.segment];
-      const std::string where = "segment (layer " + std::to_string(se.layer) + ", tokens " + std::to_string(se.t0) + ".." + std::to_string(se.t1) + ")" + (bb.key ? " K" : " V");
-      if (bb.headers.planes.size() != 1) throw_corrupt(where, "expected 1 symbol plane, found " + std::to_string(bb.headers.planes.size()));
-      const auto& pl = bb.headers.planes[0];
-      const std::uint64_t sym_first = bb.first.empty() ? 0 : bb.first[0];
-      all.push_back({&bb.skeleton, bb.key, pl.alphabet, pl.rows, pl.cols, bits, sym_first, plan.side.size(), bb.headers.side.size(), where});
-      plan.side.insert(plan.side.end(), bb.headers.side.begin(), bb.headers.side.end());
-    }
-  }
+  const std::vector<detail::plane_source> all = detail::single_planes(dec, segments, bytes, plan.packed, pp, plan.rans, plan.side);
   for (const auto& f : all) {
     const block& sk = *f.skeleton;
     codebook_batch_block g;
@@ -780,7 +779,7 @@ inline codebook_batch_plan plan_codebook_batch(const segment_decoder& dec, std::
     g.t_first = sk.t0 - base;
     g.t_end = tokens;
     const std::uint64_t rows = H * g.tokens;
-    if (f.alphabet != (1u << bits) || f.rows != rows || f.cols != D || f.pack_bits != bits)
+    if (f.alphabet != (1u << bits) || f.rows != rows || f.cols != D || (plan.packed && f.pack_bits != bits))
       throw_corrupt(f.where, "expected a plane of " + std::to_string(rows) + " x " + std::to_string(D) + " symbols (alphabet " + std::to_string(1u << bits) +
                                  "), found " + std::to_string(f.rows) + " x " + std::to_string(f.cols) + " (alphabet " + std::to_string(f.alphabet) + ")");
     const std::uint64_t want = nq ? rows * D / G * pb : 0;
@@ -798,19 +797,9 @@ inline codebook_batch_plan plan_codebook_batch(const segment_decoder& dec, std::
 inline void decode_batch_emulated(const codebook_batch_plan& plan, const kv_view& dst) {
   if (dst.space != memory_space::host) throw_usage("decode_batch_emulated: the destination view is in device memory");
   std::vector<std::uint16_t> sym;
-  if (!plan.packed) {
-    sym.resize(plan.rans.builder.out_symbols);
-    std::vector<rans_batch_status> st(plan.rans.builder.streams.size());
-    rans_decode_batch_emulated(plan.rans.builder.host_args(sym.data()), st.data());
-    rans_batch_throw_failed(std::span<const rans_batch_status>(st), [](std::size_t i) { return "rANS stream " + std::to_string(i) + " of the batch"; });
-  }
-  const std::vector<std::uint8_t> all = plan.packed ? plan.bytes.gather() : plan.side;
+  const std::vector<std::uint8_t> all = detail::plane_symbols(plan, sym);
   std::vector<void*> k, v;
-  const codebook_batch_op op{sym.data(), all.data(), plan.books.data(), batch_dest(dst, k, v)};
-  run_batch_emulated(std::span<const codebook_batch_block>(plan.blocks), op, [&](std::size_t bi) {
-    throw_corrupt("block " + std::to_string(bi) + " of the batch (layer " + std::to_string(plan.blocks[bi].layer) + (plan.blocks[bi].key ? " K" : " V") + ")",
-                  "a symbol of 2^bits or more");
-  });
+  detail::run_plane_op(plan, codebook_batch_op{sym.data(), all.data(), plan.books.data(), batch_dest(dst, k, v)});
 }
 
 template <class Block> struct batch_op_of;

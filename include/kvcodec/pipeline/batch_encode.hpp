@@ -354,70 +354,66 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     x.put(inv_d, inv.data(), inv.size() * sizeof(float));
     buf = x.bytes(static_cast<std::size_t>(first[nb]));
     x.run(cblocks, max_items, cachegen_code_op{src, inv_d, buf});
-  } else if (mq) {
-    // The codebooks: each (layer, K/V)'s strided sample gathered on the device, the Lloyd fit on the host
-    // (kmeans_quant::fit_samples, as its fit()), then the codes on the device.
-    const std::uint64_t total = H * static_cast<std::uint64_t>(s.tokens) * D, stride = mq->sample_stride(static_cast<std::size_t>(total));
-    const std::uint64_t per = (total + stride - 1) / stride;
-    std::vector<kmeans_sample_block> sb(2 * static_cast<std::size_t>(s.layers));
-    for (std::size_t i = 0; i < sb.size(); ++i)
-      sb[i] = {i * per, per, stride, s.tokens, static_cast<std::uint32_t>(opt.chunk_tokens), static_cast<std::uint32_t>(H), static_cast<std::int32_t>(i / 2),
-               i % 2 == 0 ? 1u : 0u};
-    float* sample_d = x.floats(static_cast<std::size_t>(per * sb.size()));
-    x.run(sb, per, kmeans_sample_op{src, sample_d});
-    std::vector<float> flat(static_cast<std::size_t>(per * sb.size()));
-    x.get(flat.data(), sample_d, flat.size() * sizeof(float));
-    std::vector<std::vector<float>> sample(sb.size());
-    for (std::size_t i = 0; i < sb.size(); ++i)
-      sample[i].assign(flat.begin() + static_cast<std::ptrdiff_t>(i * per), flat.begin() + static_cast<std::ptrdiff_t>((i + 1) * per));
-    state = mq->fit_samples(sample);
-    float* books_d = x.floats(mq->codebooks().size());
-    x.put(books_d, mq->codebooks().data(), mq->codebooks().size() * sizeof(float));
-    nblocks.resize(nb);
-    std::uint64_t max_items = 0;
-    for (std::size_t i = 0; i < nb; ++i) {
-      const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
-      auto& g = nblocks[i];
-      g.layer = sl.layer;
-      g.key = sl.key ? 1u : 0u;
-      g.tokens = static_cast<std::uint32_t>(sl.t1 - sl.t0);
-      g.heads = static_cast<std::uint32_t>(H);
-      g.bits = static_cast<std::uint32_t>(mq->bits());
-      g.nf4 = 0;
-      g.book = (2 * static_cast<std::uint64_t>(sl.layer) + (sl.key ? 0u : 1u)) * mq->levels();
-      g.t_first = sl.t0;
-      const std::uint64_t n = H * g.tokens * D;
-      g.sym_first = first[i];  // codes, a byte each; no side bytes
-      g.side = first[i] + n;
-      first[i + 1] = g.side;
-      max_items = std::max(max_items, n);
+  } else if (mq || nq) {
+    // nf4 / kmeans blocks: codes (a byte each) from first[i], then (nf4) the groups' absmax from side;
+    // set(g) fills the quantizer's fields. Returns the largest block's values.
+    const auto codebook_blocks = [&](std::uint64_t G, std::uint64_t pb, const auto& set) {
+      nblocks.resize(nb);
+      std::uint64_t max_items = 0;
+      for (std::size_t i = 0; i < nb; ++i) {
+        const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
+        auto& g = nblocks[i];
+        g.layer = sl.layer;
+        g.key = sl.key ? 1u : 0u;
+        g.tokens = static_cast<std::uint32_t>(sl.t1 - sl.t0);
+        g.heads = static_cast<std::uint32_t>(H);
+        g.t_first = sl.t0;
+        set(g);
+        const std::uint64_t n = H * g.tokens * D;
+        g.sym_first = first[i];
+        g.side = first[i] + n;
+        first[i + 1] = g.side + (G > 0 ? n / G * pb : 0);
+        max_items = std::max(max_items, n);
+      }
+      return max_items;
+    };
+    if (mq) {
+      // The codebooks: each (layer, K/V)'s strided sample gathered on the device, the Lloyd fit on the host
+      // (kmeans_quant::fit_samples, as its fit()), then the codes on the device.
+      const std::uint64_t total = H * static_cast<std::uint64_t>(s.tokens) * D, stride = mq->sample_stride(static_cast<std::size_t>(total));
+      const std::uint64_t per = (total + stride - 1) / stride;
+      std::vector<kmeans_sample_block> sb(2 * static_cast<std::size_t>(s.layers));
+      for (std::size_t i = 0; i < sb.size(); ++i)
+        sb[i] = {i * per, per, stride, s.tokens, static_cast<std::uint32_t>(opt.chunk_tokens), static_cast<std::uint32_t>(H), static_cast<std::int32_t>(i / 2),
+                 i % 2 == 0 ? 1u : 0u};
+      float* sample_d = x.floats(static_cast<std::size_t>(per * sb.size()));
+      x.run(sb, per, kmeans_sample_op{src, sample_d});
+      std::vector<float> flat(static_cast<std::size_t>(per * sb.size()));
+      x.get(flat.data(), sample_d, flat.size() * sizeof(float));
+      std::vector<std::vector<float>> sample(sb.size());
+      for (std::size_t i = 0; i < sb.size(); ++i)
+        sample[i].assign(flat.begin() + static_cast<std::ptrdiff_t>(i * per), flat.begin() + static_cast<std::ptrdiff_t>((i + 1) * per));
+      state = mq->fit_samples(sample);
+      float* books_d = x.floats(mq->codebooks().size());
+      x.put(books_d, mq->codebooks().data(), mq->codebooks().size() * sizeof(float));
+      const std::uint64_t max_items = codebook_blocks(0, 0, [&](codebook_batch_block& g) {
+        g.bits = static_cast<std::uint32_t>(mq->bits());
+        g.nf4 = 0;
+        g.book = (2 * static_cast<std::uint64_t>(g.layer) + (g.key != 0 ? 0u : 1u)) * mq->levels();
+      });
+      buf = x.bytes(static_cast<std::size_t>(first[nb]));
+      x.run(nblocks, max_items, kmeans_code_op{src, books_d, buf});
+    } else {
+      state = c.quant->fit({}, info);  // checks the group against head_dim
+      const std::uint64_t G = nq->group_of(s.head_dim), pb = affine::param_bytes(affine::mode::symmetric, nq->pd());
+      const std::uint64_t max_items = codebook_blocks(G, pb, [&](codebook_batch_block& g) {
+        g.group = static_cast<std::uint32_t>(G);
+        g.param_dtype = static_cast<std::uint32_t>(nq->pd());
+      });
+      buf = x.bytes(static_cast<std::size_t>(first[nb]));
+      x.run(nblocks, max_items / G, nf4_absmax_op{src, buf});
+      x.run(nblocks, max_items, nf4_code_op{src, buf});
     }
-    buf = x.bytes(static_cast<std::size_t>(first[nb]));
-    x.run(nblocks, max_items, kmeans_code_op{src, books_d, buf});
-  } else if (nq) {
-    state = c.quant->fit({}, info);  // checks the group against head_dim
-    const std::uint64_t G = nq->group_of(s.head_dim), pb = affine::param_bytes(affine::mode::symmetric, nq->pd());
-    nblocks.resize(nb);
-    std::uint64_t max_items = 0;
-    for (std::size_t i = 0; i < nb; ++i) {
-      const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
-      auto& g = nblocks[i];
-      g.layer = sl.layer;
-      g.key = sl.key ? 1u : 0u;
-      g.tokens = static_cast<std::uint32_t>(sl.t1 - sl.t0);
-      g.heads = static_cast<std::uint32_t>(H);
-      g.group = static_cast<std::uint32_t>(G);
-      g.param_dtype = static_cast<std::uint32_t>(nq->pd());
-      g.t_first = sl.t0;
-      const std::uint64_t n = H * g.tokens * D;
-      g.sym_first = first[i];  // codes (a byte each), then the groups' absmax
-      g.side = first[i] + n;
-      first[i + 1] = g.side + n / G * pb;
-      max_items = std::max(max_items, n);
-    }
-    buf = x.bytes(static_cast<std::size_t>(first[nb]));
-    x.run(nblocks, max_items / G, nf4_absmax_op{src, buf});
-    x.run(nblocks, max_items, nf4_code_op{src, buf});
   } else if (kq || uq) {
     state = c.quant->fit({}, info);  // checks the groups against head_dim
     ablocks.resize(nb);
