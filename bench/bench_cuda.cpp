@@ -33,6 +33,21 @@ int main(int argc, char** argv) {
     return 77;
   }
   try {
+    if (spec.rfind("drop:", 0) == 0) {  // a GPU drop selection: scoring + top-k against a memcpy of the keys
+      const std::string method = spec.substr(5);
+      const int layers = 32, kv_heads = 8, q_heads = 32, head_dim = 128;
+      const std::int64_t tokens = std::max<std::int64_t>(128, static_cast<std::int64_t>(size_mb * 1e6 / (2.0 * layers * kv_heads * head_dim) + 0.5));
+      const auto r = kvcodec_bench_cuda::time_drop_select(method, layers, kv_heads, q_heads, tokens, head_dim, 64, 0.5, reps);
+      auto ms = r.ms;
+      std::sort(ms.begin(), ms.end());
+      std::printf("device: %s\n", dev.c_str());
+      std::printf("drop %s: %d layers x %d kv heads (%d query heads) x %lld tokens x %d head_dim, f16 keys %.1f MB, window 64, keep 0.5\n", method.c_str(), layers,
+                  kv_heads, q_heads, static_cast<long long>(tokens), head_dim, static_cast<double>(r.key_bytes) / 1e6);
+      std::printf("scoring + selection, %d runs: best %.3f ms, median %.3f ms; device memcpy D2D of the keys: best %.3f ms = %.1f GB/s; "
+                  "ratio %.2fx the memcpy (bar for snapkv/pyramidkv/adakv/h2o: <= 2x)\n",
+                  reps, ms.front(), ms[ms.size() / 2], r.memcpy_ms, static_cast<double>(r.key_bytes) / r.memcpy_ms / 1e6, ms.front() / r.memcpy_ms);
+      return 0;
+    }
     const int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     eval::synth_options o;
     o.q_heads = 0;

@@ -43,4 +43,18 @@ struct view_timing {
 view_timing time_view_decode(const std::vector<std::uint8_t>& container, int layers, int kv_heads, std::int64_t tokens, int head_dim, int reps,
                              const std::string& encode_spec = {}, bool unfused = false);
 
+struct drop_timing {
+  std::vector<double> ms;   ///< each timed scoring + selection (CUDA events), after one warm-up
+  double memcpy_ms = 0;     ///< best device-to-device cudaMemcpy of the keys
+  std::size_t key_bytes = 0;
+  std::size_t kept = 0;     ///< tokens kept in all
+};
+
+/// Times a GPU drop selection (method: snapkv, pyramidkv, h2o, tova, knorm) on device f16 keys and
+/// queries (layers x kv_heads x tokens x head_dim; q_heads query heads; random normal values with
+/// per-channel scales) keeping `keep` of the tokens, window `window`, and a device memcpy of the keys
+/// in the same run.
+drop_timing time_drop_select(const std::string& method, int layers, int kv_heads, int q_heads, std::int64_t tokens, int head_dim, std::int64_t window,
+                             double keep, int reps);
+
 }  // namespace kvcodec_bench_cuda

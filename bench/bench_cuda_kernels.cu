@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -12,10 +13,18 @@
 #include "kvcodec/cuda/encode.cuh"
 #include "kvcodec/cuda/memory.cuh"
 #include "kvcodec/cuda/rans.cuh"
+#include "kvcodec/cuda/drop/h2o.cuh"
+#include "kvcodec/cuda/drop/knorm.cuh"
+#include "kvcodec/cuda/drop/pyramidkv.cuh"
+#include "kvcodec/cuda/drop/snapkv.cuh"
+#include "kvcodec/cuda/drop/tova.cuh"
+#include "kvcodec/core/half.hpp"
+#include "kvcodec/core/random.hpp"
 
 namespace kvcodec_bench_cuda {
 
 using namespace kvcodec;
+namespace cuda = kvcodec::cuda;  // CUB (drop/*.cuh) declares a top-level namespace cuda too
 
 std::string device_description() {
   if (cuda::device_count() == 0) return {};
@@ -132,6 +141,65 @@ view_timing time_view_decode(const std::vector<std::uint8_t>& container, int lay
     for (int i = 0; i < reps; ++i)
       r.memcpy_ms = std::min(r.memcpy_ms, ev.time([&] { cuda::check(cudaMemcpy(dst.data(), src.data(), n, cudaMemcpyDeviceToDevice), "D2D"); }));
   }
+  return r;
+}
+
+drop_timing time_drop_select(const std::string& method, int layers, int kv_heads, int q_heads, std::int64_t tokens, int head_dim, std::int64_t window,
+                             double keep, int reps) {
+  drop_timing r;
+  const std::size_t per_k = static_cast<std::size_t>(kv_heads) * static_cast<std::size_t>(tokens) * static_cast<std::size_t>(head_dim);
+  const std::size_t per_q = static_cast<std::size_t>(q_heads) * static_cast<std::size_t>(tokens) * static_cast<std::size_t>(head_dim);
+  r.key_bytes = per_k * 2 * static_cast<std::size_t>(layers);
+  // f16 keys and queries: a normal value per element (splitmix64 + Box-Muller) times a per-channel scale
+  std::vector<cuda::device_buffer<std::uint16_t>> kb, qb;
+  std::vector<const void*> kp, qp;
+  std::uint64_t state = 12345;
+  const auto fill = [&](std::size_t count) {
+    std::vector<std::uint16_t> h(count);
+    for (std::size_t i = 0; i < count; i += 2) {
+      const double u1 = (static_cast<double>(splitmix64_next(state) >> 11) + 0.5) * 0x1.0p-53, u2 = static_cast<double>(splitmix64_next(state) >> 11) * 0x1.0p-53;
+      const double rad = std::sqrt(-2.0 * std::log(u1)), c = 1.0 + static_cast<double>(i % static_cast<std::size_t>(head_dim)) / head_dim;
+      h[i] = f32_to_f16_bits(static_cast<float>(rad * std::cos(6.283185307179586 * u2) * c));
+      if (i + 1 < count) h[i + 1] = f32_to_f16_bits(static_cast<float>(rad * std::sin(6.283185307179586 * u2) * c));
+    }
+    return h;
+  };
+  for (int l = 0; l < layers; ++l) {
+    kb.emplace_back(std::span<const std::uint16_t>(fill(per_k)));
+    qb.emplace_back(std::span<const std::uint16_t>(fill(per_q)));
+    kp.push_back(kb.back().data());
+    qp.push_back(qb.back().data());
+  }
+  cuda::device_buffer<const void*> dk{std::span<const void* const>(kp)}, dq{std::span<const void* const>(qp)};
+  drop_window_source src;
+  src.k.k = dk.data(), src.q.k = dq.data();
+  for (drop_source* d : {&src.k, &src.q}) {
+    d->head_dim = head_dim, d->dtype_code = 1;
+    d->layout.s_head = tokens * head_dim, d->layout.s_token = head_dim;
+  }
+  src.layers = layers, src.heads = kv_heads, src.group = q_heads / kv_heads, src.n = tokens;
+  const std::int64_t b = std::max<std::int64_t>(1, std::llround(keep * static_cast<double>(tokens)));
+  r.kept = static_cast<std::size_t>(b) * static_cast<std::size_t>(layers) * static_cast<std::size_t>(kv_heads);
+  const auto run = [&](void* temp, std::size_t& bytes, std::int32_t* kept) {
+    if (method == "snapkv") cuda::snapkv_select(temp, bytes, src, window, 5, b, kept, cuda::par);
+    else if (method == "pyramidkv") cuda::pyramidkv_select(temp, bytes, src, window, 5, 20.0, b, kept, cuda::par);
+    else if (method == "h2o") cuda::h2o_select(temp, bytes, src, window, 0.5, b, kept, cuda::par);
+    else if (method == "tova") cuda::tova_select(temp, bytes, src, b, kept, cuda::par);
+    else if (method == "knorm") cuda::knorm_select(temp, bytes, src.k, layers, kv_heads, tokens, b, kept, cuda::par);
+    else throw_usage("bench_cuda drop: unknown method '" + method + "' (snapkv, pyramidkv, h2o, tova, knorm)");
+  };
+  std::size_t bytes = 0;
+  run(nullptr, bytes, nullptr);
+  cuda::device_buffer<std::uint8_t> temp(bytes);
+  cuda::device_buffer<std::int32_t> kept(r.kept);
+  events ev;
+  run(temp.data(), bytes, kept.data());
+  cuda::check(cudaDeviceSynchronize(), "drop warm-up");
+  for (int i = 0; i < reps; ++i) r.ms.push_back(ev.time([&] { run(temp.data(), bytes, kept.data()); }));
+  cuda::device_buffer<std::uint8_t> a(r.key_bytes), c(r.key_bytes);
+  r.memcpy_ms = 1e30;
+  for (int i = 0; i < 5; ++i)
+    r.memcpy_ms = std::min(r.memcpy_ms, ev.time([&] { cuda::check(cudaMemcpy(c.data(), a.data(), r.key_bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy"); }));
   return r;
 }
 

@@ -8,7 +8,9 @@
 //    batches queued on one CUDA stream before either is waited for;
 //  - kvcodec::cuda::decode_into (the seam) against the CPU's decode_into: kvc levels, f16/bf16/f32, HF and
 //    paged device views, token ranges, and the usage error for a container outside its scope;
-//  - kvcodec::cuda::knorm_select (the GPU knorm scorer and CUB top-k) against the CPU's select_knorm.
+//  - kvcodec::cuda::knorm_select (the GPU knorm scorer and CUB top-k) against the CPU's select_knorm;
+//  - the window scorers (snapkv, pyramidkv, h2o, tova) against the CPU's kept sets (equal but for
+//    near-ties, tests/support/window_cases.hpp).
 #include <cstdio>
 #include <initializer_list>
 #include <limits>
@@ -26,12 +28,18 @@
 #include "kvcodec/cpu/drop/streamingllm.hpp"
 #include "kvcodec/cuda/drop/random.cuh"
 #include "kvcodec/cuda/drop/streamingllm.cuh"
+#include "kvcodec/cuda/drop/h2o.cuh"
+#include "kvcodec/cuda/drop/pyramidkv.cuh"
+#include "kvcodec/cuda/drop/snapkv.cuh"
+#include "kvcodec/cuda/drop/tova.cuh"
 #include "kvcodec/cuda/kvcodec_cuda.cuh"
 #include "kvcodec/kvcodec.hpp"
 #include "kvcodec/tensor/dtype.hpp"
 #include "../support/random_cache.hpp"
 #include "../support/rans_batch_cases.hpp"
 #include "../support/test_views.hpp"
+#include "../support/small_synth.hpp"
+#include "../support/window_cases.hpp"
 
 namespace {
 
@@ -512,6 +520,78 @@ void test_streamingllm_select() {
     }
 }
 
+/// Per-layer device copies of [head][token][dim] tensors in dtype `code`, and the device array of their bases.
+struct device_layers {
+  std::vector<kvcodec::cuda::device_buffer<std::uint8_t>> layers;
+  std::vector<const void*> ptrs;
+  kvcodec::cuda::device_buffer<const void*> d_ptrs;
+};
+
+void upload_layers(const std::vector<std::vector<float>>& src, std::uint32_t code, device_layers& out) {
+  for (const auto& layer : src) {
+    std::vector<std::uint8_t> bytes(layer.size() * (code == 0 ? 4 : 2));
+    encode_floats(layer.data(), layer.size(), code == 0 ? dtype::f32 : code == 1 ? dtype::f16 : dtype::bf16, bytes.data());
+    out.layers.emplace_back(std::span<const std::uint8_t>(bytes));
+    out.ptrs.push_back(out.layers.back().data());
+  }
+  out.d_ptrs = kvcodec::cuda::device_buffer<const void*>{std::span<const void* const>(out.ptrs)};
+}
+
+/// The window scorers' kernels (snapkv, pyramidkv, h2o, tova through their cuda/drop/<name>.cuh entry
+/// points) against the CPU's kept sets: equal but for near-ties; several row and key tiles, GQA and MHA,
+/// f32 and f16, a prefix shorter than the cache, and two selections queued on one stream.
+void test_window_select() {
+  struct shape_case {
+    int kv_heads, q_heads, head_dim;
+    std::int64_t tokens, window;
+  };
+  for (const shape_case sh : {shape_case{2, 8, 64, 300, 64}, shape_case{3, 3, 128, 1000, 32}, shape_case{1, 2, 40, 70, 65}})
+    for (std::uint32_t code : {0u, 1u})
+      for (std::int64_t obs_end : {std::int64_t{-1}, sh.tokens - 3}) {
+        const kv_cache kv = test::rounded(test::small_synth({.layers = 2, .kv_heads = sh.kv_heads, .q_heads = sh.q_heads, .head_dim = sh.head_dim, .tokens = sh.tokens, .seed = 5}), code);
+        device_layers k, q;
+        upload_layers(kv.keys, code, k);
+        upload_layers(kv.queries, code, q);
+        const std::int64_t n = obs_end < 0 ? sh.tokens : obs_end;
+        drop_window_source src;
+        src.k.k = k.d_ptrs.data();
+        src.q.k = q.d_ptrs.data();
+        for (drop_source* d : {&src.k, &src.q}) {
+          d->head_dim = sh.head_dim;
+          d->dtype_code = code;
+          d->layout.s_head = sh.tokens * sh.head_dim;
+          d->layout.s_token = sh.head_dim;
+        }
+        src.layers = 2, src.heads = sh.kv_heads, src.group = sh.q_heads / sh.kv_heads, src.n = n;
+        for (const auto& m : test::methods(n / 3 + 1, obs_end, std::min(sh.window, n))) {
+          const drop_window_plan plan = test::window_plan(m, src);
+          const auto run = [&](void* temp, std::size_t& bytes, std::int32_t* kept) {
+            const auto& c = m.cfg;
+            switch (m.kind) {
+              case wattn_score::h2o: kvcodec::cuda::h2o_select(temp, bytes, src, c.window, c.recent, c.tokens, kept, kvcodec::cuda::par); break;
+              case wattn_score::tova: kvcodec::cuda::tova_select(temp, bytes, src, c.tokens, kept, kvcodec::cuda::par); break;
+              default:
+                if (m.pyramid) kvcodec::cuda::pyramidkv_select(temp, bytes, src, c.window, c.kernel, c.beta, c.tokens, kept, kvcodec::cuda::par);
+                else kvcodec::cuda::snapkv_select(temp, bytes, src, c.window, c.kernel, c.tokens, kept, kvcodec::cuda::par);
+            }
+          };
+          std::size_t bytes = 0;
+          run(nullptr, bytes, nullptr);
+          kvcodec::cuda::device_buffer<std::uint8_t> temp(bytes), temp2(bytes);
+          kvcodec::cuda::device_buffer<std::int32_t> kept(drop_window_kept_size(plan)), kept2(drop_window_kept_size(plan));
+          run(temp.data(), bytes, kept.data());
+          run(temp2.data(), bytes, kept2.data());  // queued behind the first before either is read
+          const auto got = kept.download();
+          const std::string what = m.name + " heads " + std::to_string(sh.kv_heads) + "/" + std::to_string(sh.q_heads) + " D " + std::to_string(sh.head_dim) +
+                                   " T " + std::to_string(sh.tokens) + " n " + std::to_string(n) + " dtype " + std::to_string(code);
+          const test::kept_diff d = test::window_kept_diff(m, kv, plan, got);
+          expect(d.bad.empty(), what + ": " + d.bad);
+          expect(got == kept2.download(), what + ": two runs on one stream differ");
+          if (d.tokens > 0) std::printf("note: %s: %zu tokens differ from the CPU (near-ties)\n", what.c_str(), d.tokens);
+        }
+      }
+}
+
 }  // namespace
 
 int main() {
@@ -528,6 +608,7 @@ int main() {
     test_knorm_select();
     test_random_select();
     test_streamingllm_select();
+    test_window_select();
   } catch (const std::exception& e) {
     std::printf("FAIL: exception: %s\n", e.what());
     ++failures;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kvcodec/core/window_attention.hpp"
 #include "kvcodec/cpu/drop/snapkv.hpp"
 #include "kvcodec/cpu/drop/select.hpp"
 
@@ -15,31 +16,7 @@ namespace kvcodec::cpu {
 
 namespace drop_detail {
 
-/// Per-layer budgets of PyramidKV: arithmetic from 2b - b/beta (layer 0) down to b/beta (last),
-/// the top clipped at n (the bottom then rises to keep the mean), summing to layers x b exactly.
-inline std::vector<std::int64_t> pyramid_budgets(std::int64_t b, std::int64_t n, int layers, double beta) {
-  std::vector<std::int64_t> out(static_cast<std::size_t>(layers), b);
-  if (layers <= 1) return out;
-  double mn = static_cast<double>(b) / beta, mx = 2.0 * static_cast<double>(b) - mn;
-  if (mx > static_cast<double>(n)) {
-    mx = static_cast<double>(n);
-    mn = 2.0 * static_cast<double>(b) - mx;
-  }
-  const double step = (mx - mn) / static_cast<double>(layers - 1);
-  std::int64_t sum = 0;
-  for (int l = 0; l < layers; ++l) {
-    out[static_cast<std::size_t>(l)] = std::clamp<std::int64_t>(std::llround(mx - l * step), 1, n);
-    sum += out[static_cast<std::size_t>(l)];
-  }
-  std::int64_t diff = static_cast<std::int64_t>(layers) * b - sum;
-  for (int pass = 0; diff != 0 && pass < 2 * layers + 2; ++pass)
-    for (int l = 0; l < layers && diff != 0; ++l) {
-      auto& x = out[static_cast<std::size_t>(diff > 0 ? l : layers - 1 - l)];
-      if (diff > 0 && x < n) ++x, --diff;
-      else if (diff < 0 && x > 1) --x, ++diff;
-    }
-  return out;
-}
+using kvcodec::pyramid_budgets;  // core/window_attention.hpp (the GPU selection uses it too)
 
 struct pyramidkv_scorer : snapkv_scorer {
   using snapkv_scorer::snapkv_scorer;
