@@ -2,7 +2,8 @@
 // emulation of the kernels' tiles, snapkv, pyramidkv, h2o and tova score every token as the CPU
 // scorers do (within float rounding: the two sum in other orders) and keep the CPU's tokens, except
 // where two tokens' CPU scores are equal within that rounding. Caches that span several 64-row and
-// 64-key tiles and a partial channel chunk, f32 and f16, strided and paged, a prefix shorter than the
+// 64-key tiles and a partial channel chunk, f32 (the fma path), f16 and bf16 (the tensor-core path in its
+// host form), strided and paged, a prefix shorter than the
 // cache, GQA groups of 1 to 3, and a NaN query row (adds nothing on both sides).
 #include <doctest/doctest.h>
 
@@ -88,9 +89,9 @@ TEST_CASE("GPU window scorers (host emulation) - one tile - every method keeps t
   }
 }
 
-TEST_CASE("GPU window scorers (host emulation) - several tiles - f32 f16 - strided and paged - a shorter prefix") {
+TEST_CASE("GPU window scorers (host emulation) - several tiles - f32 f16 bf16 - strided and paged - a shorter prefix") {
   const kv_cache kv = test::small_synth({.layers = 2, .kv_heads = 2, .q_heads = 6, .head_dim = 40, .tokens = 150, .seed = 4});
-  for (std::uint32_t code : {0u, 1u})
+  for (std::uint32_t code : {0u, 1u, 2u})
     for (bool paged : {false, true})
       for (std::int64_t obs_end : {std::int64_t{-1}, std::int64_t{131}}) {
         const kv_cache r = test::rounded(kv, code);
@@ -146,6 +147,18 @@ TEST_CASE("window attention stats - a row's maximum and sum match a double refer
   }
   for (float x : acc) total += x;
   CHECK(total == doctest::Approx(140.0).epsilon(1e-5));  // every row's probabilities sum to 1
+}
+
+TEST_CASE("GPU window scorers take the tensor-core path for f16 or bf16 keys and queries alike") {
+  wattn_args a;
+  a.k.dtype_code = 1, a.q.dtype_code = 1;
+  CHECK(wattn_tensor(a));
+  a.q.dtype_code = 2;
+  CHECK_FALSE(wattn_tensor(a));  // mixed: the fma path on widened values
+  a.k.dtype_code = 2;
+  CHECK(wattn_tensor(a));
+  a.k.dtype_code = 0, a.q.dtype_code = 0;
+  CHECK_FALSE(wattn_tensor(a));
 }
 
 TEST_CASE("GPU window scorers refuse a window - kernel or budget the CPU stage refuses") {

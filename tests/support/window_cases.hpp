@@ -22,9 +22,11 @@
 
 namespace kvcodec::test {
 
-inline float round_to(float x, std::uint32_t code) { return code == 0 ? x : f16_bits_to_f32(f32_to_f16_bits(x)); }
+inline float round_to(float x, std::uint32_t code) {
+  return code == 0 ? x : code == 2 ? bf16_bits_to_f32(f32_to_bf16_bits(x)) : f16_bits_to_f32(f32_to_f16_bits(x));
+}
 
-/// A layer tensor ([head][token][dim]) in dtype code 0 (f32) or 1 (f16).
+/// A layer tensor ([head][token][dim]) in dtype code 0 (f32), 1 (f16) or 2 (bf16).
 struct typed {
   std::vector<std::vector<float>> f;
   std::vector<std::vector<std::uint16_t>> h;
@@ -39,7 +41,7 @@ inline typed as_dtype(const std::vector<std::vector<float>>& layers, std::uint32
       continue;
     }
     std::vector<std::uint16_t> bits(layer.size());
-    for (std::size_t i = 0; i < layer.size(); ++i) bits[i] = f32_to_f16_bits(layer[i]);
+    for (std::size_t i = 0; i < layer.size(); ++i) bits[i] = code == 2 ? f32_to_bf16_bits(layer[i]) : f32_to_f16_bits(layer[i]);
     t.h.push_back(std::move(bits));
   }
   for (const auto& v : t.f) t.ptr.push_back(v.data());

@@ -36,6 +36,7 @@
 #include "kvcodec/core/drop_score.hpp"
 #include "kvcodec/core/drop_topk.hpp"
 #include "kvcodec/core/error.hpp"
+#include "kvcodec/core/half.hpp"
 
 namespace kvcodec {
 
@@ -60,11 +61,22 @@ KVCODEC_HD inline std::int64_t wattn_rows(const wattn_args& a) noexcept { return
 /// Position of stacked row r.
 KVCODEC_HD inline std::int64_t wattn_pos(const wattn_args& a, std::int64_t r) noexcept { return a.qb + r % (a.n - a.qb); }
 
-/// The tile's shared memory (33 and 65 floats a row: conflict-free columns).
+/// The tile's shared memory. The staged chunk is f32 (33 floats a row: conflict-free columns) for the
+/// fma path, or the source's 16-bit values (40 a row: WMMA's leading dimension, 32-byte aligned
+/// fragments) for the tensor-core path; the score tile's rows are 68 floats (WMMA stores need a
+/// multiple of 4).
 struct wattn_smem {
-  float q[wattn_tile][wattn_chunk + 1];
-  float k[wattn_tile][wattn_chunk + 1];
-  float s[wattn_tile][wattn_tile + 1];
+  union {
+    struct {
+      float q[wattn_tile][wattn_chunk + 1];
+      float k[wattn_tile][wattn_chunk + 1];
+    } f;
+    struct {
+      alignas(32) std::uint16_t q[wattn_tile][wattn_chunk + 8];
+      alignas(32) std::uint16_t k[wattn_tile][wattn_chunk + 8];
+    } h;
+  } in;
+  alignas(32) float s[wattn_tile][wattn_tile + 4];
   float rm[wattn_tile];         ///< columns pass: the tile's row maxima
   float rinv[wattn_tile];       ///< columns pass: 1 / z
   std::int64_t ri[wattn_tile];  ///< columns pass: row position, -1 for a row that adds nothing
@@ -89,19 +101,41 @@ KVCODEC_HD inline void wattn_stage(const wattn_args& a, int l, int g, std::int64
       const std::int64_t w = a.n - a.qb;
       v = kv_load(a.q.k[l], a.q.layout, a.q.dtype_code, static_cast<std::int64_t>(g) * a.group + r / w, a.qb + r % w, d0 + d);
     }
-    sm.q[x][d] = v;
+    sm.in.f.q[x][d] = v;
   } else {
     const std::int64_t j = j0 + x;
-    sm.k[x][d] = j < a.n && in_d ? drop_load(a.k, l, g, j, d0 + d) : 0.0f;
+    sm.in.f.k[x][d] = j < a.n && in_d ? drop_load(a.k, l, g, j, d0 + d) : 0.0f;
   }
 }
+
+/// The 16-bit value of channel ch of row (h, t) of a layer based at `base` (f16 or bf16), as stored.
+KVCODEC_HD inline std::uint16_t wattn_bits(const void* base, const kv_layout_desc& L, std::int64_t h, std::int64_t t, std::int64_t ch) noexcept {
+  return static_cast<const std::uint16_t*>(base)[kv_row_offset(L, h, t) + ch * L.s_dim];
+}
+
+/// Staging item of the tensor-core path: the same elements as wattn_stage, as their 16-bit values.
+KVCODEC_HD inline void wattn_stage_bits(const wattn_args& a, int l, int g, std::int64_t r0, std::int64_t j0, int d0, int item, wattn_smem& sm) noexcept {
+  const int e = item % (wattn_tile * wattn_chunk), x = e / wattn_chunk, d = e % wattn_chunk;
+  const bool in_d = d0 + d < a.k.head_dim;
+  if (item < wattn_tile * wattn_chunk) {
+    const std::int64_t r = r0 + x, w = a.n - a.qb;
+    sm.in.h.q[x][d] = r < wattn_rows(a) && in_d ? wattn_bits(a.q.k[l], a.q.layout, static_cast<std::int64_t>(g) * a.group + r / w, a.qb + r % w, d0 + d) : 0;
+  } else {
+    const std::int64_t j = j0 + x;
+    sm.in.h.k[x][d] = j < a.n && in_d ? wattn_bits(a.k.k[l], a.k.layout, g, j, d0 + d) : 0;
+  }
+}
+
+/// Whether the tensor-core path computes a's scores: keys and queries both f16, or both bf16 (their
+/// products are exact in f32, so only the summation order differs from the fma path and the CPU).
+KVCODEC_HD inline bool wattn_tensor(const wattn_args& a) noexcept { return a.k.dtype_code != 0 && a.k.dtype_code == a.q.dtype_code; }
 
 /// Thread tid's fma chains over the staged chunk.
 KVCODEC_HD inline void wattn_fma(const wattn_smem& sm, int tid, wattn_lane& L) noexcept {
   const int ty = tid / 16, tx = tid % 16;
   for (int d = 0; d < wattn_chunk; ++d) {
     float qa[4], kb[4];
-    for (int i = 0; i < 4; ++i) qa[i] = sm.q[ty + 16 * i][d], kb[i] = sm.k[tx + 16 * i][d];
+    for (int i = 0; i < 4; ++i) qa[i] = sm.in.f.q[ty + 16 * i][d], kb[i] = sm.in.f.k[tx + 16 * i][d];
     for (int i = 0; i < 4; ++i)
       for (int j = 0; j < 4; ++j) L.c[i][j] = std::fma(qa[i], kb[j], L.c[i][j]);
   }
@@ -112,6 +146,35 @@ KVCODEC_HD inline void wattn_store(wattn_smem& sm, int tid, wattn_lane& L) noexc
   const int ty = tid / 16, tx = tid % 16;
   for (int i = 0; i < 4; ++i)
     for (int j = 0; j < 4; ++j) sm.s[ty + 16 * i][tx + 16 * j] = L.c[i][j], L.c[i][j] = 0.0f;
+}
+
+/// Tensor-core path: warp w (of 8) computes the 16 x 32 block of scores rows 16 (w / 2), keys
+/// 32 (w % 2) of the tile, as two 16 x 16 x 16 WMMA products per 16 channels (f32 accumulators).
+inline constexpr int wattn_warps = wattn_threads / 32;
+
+/// The host form of a warp's accumulators and its steps (the device form is in
+/// cuda/drop/window_attention.cuh): acc[c][i * 16 + j] for key block c, fma chains over the channels.
+struct wattn_warp_acc {
+  float c[2][256] = {};
+};
+
+inline void wattn_mma_host(const wattn_smem& sm, std::uint32_t dtype_code, int w, wattn_warp_acc& acc) noexcept {
+  const int fr = w / 2, fc = (w % 2) * 2;
+  const auto widen = [&](std::uint16_t b) { return dtype_code == 2 ? bf16_bits_to_f32(b) : f16_bits_to_f32(b); };
+  for (int c = 0; c < 2; ++c)
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < 16; ++j) {
+        float x = acc.c[c][i * 16 + j];
+        for (int d = 0; d < wattn_chunk; ++d) x = std::fma(widen(sm.in.h.q[fr * 16 + i][d]), widen(sm.in.h.k[(fc + c) * 16 + j][d]), x);
+        acc.c[c][i * 16 + j] = x;
+      }
+}
+
+inline void wattn_mma_store_host(wattn_smem& sm, int w, wattn_warp_acc& acc) noexcept {
+  const int fr = w / 2, fc = (w % 2) * 2;
+  for (int c = 0; c < 2; ++c)
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < 16; ++j) sm.s[fr * 16 + i][(fc + c) * 16 + j] = acc.c[c][i * 16 + j], acc.c[c][i * 16 + j] = 0.0f;
 }
 
 /// A quiet NaN (host and device).
@@ -174,6 +237,15 @@ namespace detail {
 
 /// One score tile (rows r0.., keys j0..) through the staging, fma and store phases, every thread in turn.
 inline void wattn_tile_emulated(const wattn_args& a, int l, int g, std::int64_t r0, std::int64_t j0, wattn_smem& sm, std::vector<wattn_lane>& lanes) {
+  if (wattn_tensor(a)) {
+    wattn_warp_acc acc[wattn_warps];
+    for (int d0 = 0; d0 < a.k.head_dim; d0 += wattn_chunk) {
+      for (int item = 0; item < wattn_stage_items; ++item) wattn_stage_bits(a, l, g, r0, j0, d0, item, sm);
+      for (int w = 0; w < wattn_warps; ++w) wattn_mma_host(sm, a.k.dtype_code, w, acc[w]);
+    }
+    for (int w = 0; w < wattn_warps; ++w) wattn_mma_store_host(sm, w, acc[w]);
+    return;
+  }
   for (int d0 = 0; d0 < a.k.head_dim; d0 += wattn_chunk) {
     for (int item = 0; item < wattn_stage_items; ++item) wattn_stage(a, l, g, r0, j0, d0, item, sm);
     for (int tid = 0; tid < wattn_threads; ++tid) wattn_fma(sm, tid, lanes[static_cast<std::size_t>(tid)]);

@@ -12,7 +12,10 @@
 // except between tokens whose scores are equal within float rounding.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -26,8 +29,44 @@ namespace kvcodec::cuda {
 
 namespace detail {
 
-/// One score tile (rows r0.., keys j0..) into sm.s: every thread stages, chains its fmas, stores.
+/// The tensor-core tile: warp w's two 16 x 16 score blocks (core/window_attention.hpp's wattn_mma_host is
+/// its host form) from the staged 16-bit chunk, WMMA m16n16k16 with f32 accumulators (sm_80 and later).
+template <class Half>
+__device__ inline void wattn_tile_tensor(const wattn_args& a, int l, int g, std::int64_t r0, std::int64_t j0, wattn_smem& sm) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
+  const int tid = static_cast<int>(threadIdx.x), w = tid / 32, fr = w / 2, fc = (w % 2) * 2;
+  constexpr int ld = wattn_chunk + 8;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+  for (int d0 = 0; d0 < a.k.head_dim; d0 += wattn_chunk) {
+    for (int item = tid; item < wattn_stage_items; item += wattn_threads) wattn_stage_bits(a, l, g, r0, j0, d0, item, sm);
+    __syncthreads();
+    for (int ks = 0; ks < wattn_chunk; ks += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, Half, wmma::row_major> qa;
+      wmma::load_matrix_sync(qa, reinterpret_cast<const Half*>(&sm.in.h.q[fr * 16][ks]), ld);
+      for (int c = 0; c < 2; ++c) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, Half, wmma::col_major> kb;  // K^T: key j's channels are column j
+        wmma::load_matrix_sync(kb, reinterpret_cast<const Half*>(&sm.in.h.k[(fc + c) * 16][ks]), ld);
+        wmma::mma_sync(acc[c], qa, kb, acc[c]);
+      }
+    }
+    __syncthreads();
+  }
+  for (int c = 0; c < 2; ++c) wmma::store_matrix_sync(&sm.s[fr * 16][(fc + c) * 16], acc[c], wattn_tile + 4, wmma::mem_row_major);
+  __syncthreads();
+#else
+  (void)a, (void)l, (void)g, (void)r0, (void)j0, (void)sm;
+  __trap();  // the build targets sm_80 and sm_90; window_attention() refuses older devices
+#endif
+}
+
+/// One score tile (rows r0.., keys j0..) into sm.s: every thread stages, chains its fmas, stores; or
+/// the tensor-core tile when keys and queries are both f16 or both bf16.
 __device__ inline void wattn_tile_device(const wattn_args& a, int l, int g, std::int64_t r0, std::int64_t j0, wattn_smem& sm) {
+  if (a.k.dtype_code == 1 && a.q.dtype_code == 1) return wattn_tile_tensor<__half>(a, l, g, r0, j0, sm);
+  if (a.k.dtype_code == 2 && a.q.dtype_code == 2) return wattn_tile_tensor<__nv_bfloat16>(a, l, g, r0, j0, sm);
   const int tid = static_cast<int>(threadIdx.x);
   wattn_lane L;
   for (int d0 = 0; d0 < a.k.head_dim; d0 += wattn_chunk) {
@@ -86,6 +125,10 @@ inline unsigned tiles_grid(std::int64_t items) {
 inline void window_attention(const wattn_args& a, const par_t& p) {
   const std::int64_t segments = static_cast<std::int64_t>(a.layers) * a.heads;
   if (segments < 1 || segments > 65535) throw_usage("cuda window_attention: layers x heads must be in 1..65535, got " + std::to_string(segments));
+  int dev = 0, major = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+  if (major < 8) throw_usage("cuda window_attention: needs compute capability 8.0 or later (sm_80, sm_90), this device has " + std::to_string(major) + ".x");
   const dim3 stats(detail::tiles_grid(wattn_rows(a)), static_cast<unsigned>(segments)), cols(detail::tiles_grid(a.n), static_cast<unsigned>(segments));
   detail::wattn_stats_kernel<<<stats, wattn_threads, 0, p.stream>>>(a);
   check(cudaGetLastError(), "wattn_stats_kernel launch");
