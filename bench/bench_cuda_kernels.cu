@@ -13,6 +13,7 @@
 #include "kvcodec/cuda/encode.cuh"
 #include "kvcodec/cuda/memory.cuh"
 #include "kvcodec/cuda/rans.cuh"
+#include "kvcodec/cuda/drop/adakv.cuh"
 #include "kvcodec/cuda/drop/h2o.cuh"
 #include "kvcodec/cuda/drop/knorm.cuh"
 #include "kvcodec/cuda/drop/pyramidkv.cuh"
@@ -180,13 +181,18 @@ drop_timing time_drop_select(const std::string& method, int layers, int kv_heads
   src.layers = layers, src.heads = kv_heads, src.group = q_heads / kv_heads, src.n = tokens;
   const std::int64_t b = std::max<std::int64_t>(1, std::llround(keep * static_cast<double>(tokens)));
   r.kept = static_cast<std::size_t>(b) * static_cast<std::size_t>(layers) * static_cast<std::size_t>(kv_heads);
+  cuda::device_buffer<std::uint8_t> mask(method == "adakv" ? static_cast<std::size_t>(layers * kv_heads * tokens) : 1);
+  drop_window_params wp;
+  wp.b = b, wp.window = window;
+  const drop_window_plan ada = plan_drop_window(src, wp);
   const auto run = [&](void* temp, std::size_t& bytes, std::int32_t* kept) {
-    if (method == "snapkv") cuda::snapkv_select(temp, bytes, src, window, 5, b, kept, cuda::par);
+    if (method == "adakv") cuda::adakv_select(temp, bytes, ada, 0.2, mask.data(), cuda::par);
+    else if (method == "snapkv") cuda::snapkv_select(temp, bytes, src, window, 5, b, kept, cuda::par);
     else if (method == "pyramidkv") cuda::pyramidkv_select(temp, bytes, src, window, 5, 20.0, b, kept, cuda::par);
     else if (method == "h2o") cuda::h2o_select(temp, bytes, src, window, 0.5, b, kept, cuda::par);
     else if (method == "tova") cuda::tova_select(temp, bytes, src, b, kept, cuda::par);
     else if (method == "knorm") cuda::knorm_select(temp, bytes, src.k, layers, kv_heads, tokens, b, kept, cuda::par);
-    else throw_usage("bench_cuda drop: unknown method '" + method + "' (snapkv, pyramidkv, h2o, tova, knorm)");
+    else throw_usage("bench_cuda drop: unknown method '" + method + "' (snapkv, pyramidkv, adakv, h2o, tova, knorm)");
   };
   std::size_t bytes = 0;
   run(nullptr, bytes, nullptr);

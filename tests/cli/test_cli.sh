@@ -48,6 +48,13 @@ expect 0 "" -- "$K" encode -q -c raw "$T/back.safetensors" "$T/back.kvc"
 expect 0 "" -- cmp <("$K" info --json "$T/s.kvc" | grep -v '"file"') <("$K" info --json "$T/s.kvc" | grep -v '"file"')
 expect 0 '"bits_per_element"' -- "$K" eval --json -c raw -c zstd "$T/s.safetensors"
 expect 0 '"attention"' -- "$K" eval --json -c raw:dtype=bf16 "$T/s.safetensors"
+# where the attention metrics run: cpu forced; cuda refused without a GPU (or a CUDA build); a bad value
+expect 0 '"device": "cpu"' -- "$K" eval --json --attention-device cpu -c q8_0 "$T/s.safetensors"
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
+  expect 1 "attention-device cuda" -- "$K" eval --attention-device cuda -c q8_0 "$T/s.safetensors"
+  expect 0 '"device": "cpu"' -- "$K" eval --json -c q8_0 "$T/s.safetensors"  # auto falls back to the CPU
+fi
+expect 1 "attention-device" -- "$K" eval --attention-device tpu -c q8_0 "$T/s.safetensors"
 # quality targets: kvc:target=KL / encode --max-kl choose the bins on the dump (its queries), and say how
 expect 0 '"asked_kl": 0.01' -- "$K" eval --json -c kvc:target=0.01 "$T/s.safetensors"
 expect 0 "kvc target: attention KL <= 0.01" -- "$K" encode --max-kl 0.01 "$T/s.safetensors" "$T/t.kvc"

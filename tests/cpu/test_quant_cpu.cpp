@@ -14,6 +14,7 @@
 #include "kvcodec/core/rope.hpp"
 #include "kvcodec/cpu/quant_common.hpp"
 #include "kvcodec/cpu/codebook.hpp"
+#include "kvcodec/cpu/pack.hpp"
 #include "kvcodec/kvcodec.hpp"
 #include "../support/ggml_inputs.hpp"
 

@@ -9,8 +9,9 @@
 //  - kvcodec::cuda::decode_into (the seam) against the CPU's decode_into: kvc levels, f16/bf16/f32, HF and
 //    paged device views, token ranges, and the usage error for a container outside its scope;
 //  - kvcodec::cuda::knorm_select (the GPU knorm scorer and CUB top-k) against the CPU's select_knorm;
-//  - the window scorers (snapkv, pyramidkv, h2o, tova) against the CPU's kept sets (equal but for
-//    near-ties, tests/support/window_cases.hpp).
+//  - the window scorers (snapkv, pyramidkv, h2o, tova) and adakv over them against the CPU's kept sets
+//    (equal but for near-ties, tests/support/window_cases.hpp);
+//  - cuda::compare_attention (the eval metrics on the GPU) against eval::compare_attention.
 #include <cstdio>
 #include <initializer_list>
 #include <limits>
@@ -28,7 +29,10 @@
 #include "kvcodec/cpu/drop/streamingllm.hpp"
 #include "kvcodec/cuda/drop/random.cuh"
 #include "kvcodec/cuda/drop/streamingllm.cuh"
+#include "kvcodec/cpu/drop/adakv.hpp"
+#include "kvcodec/cuda/drop/adakv.cuh"
 #include "kvcodec/cuda/drop/h2o.cuh"
+#include "kvcodec/cuda/eval/attention.cuh"
 #include "kvcodec/cuda/drop/pyramidkv.cuh"
 #include "kvcodec/cuda/drop/snapkv.cuh"
 #include "kvcodec/cuda/drop/tova.cuh"
@@ -589,7 +593,71 @@ void test_window_select() {
           expect(got == kept2.download(), what + ": two runs on one stream differ");
           if (d.tokens > 0) std::printf("note: %s: %zu tokens differ from the CPU (near-ties)\n", what.c_str(), d.tokens);
         }
+        // adakv over each window scorer: the mask against the CPU's select_adakv
+        for (const char* scorer : {"snapkv", "h2o", "tova"}) {
+          drop::adakv ad;
+          ad.tokens = n / 3 + 1, ad.alpha = 0.2, ad.scorer = scorer, ad.obs_end = obs_end, ad.window = std::min(sh.window, n);
+          const test::method_case m{std::string("adakv:") + scorer, ad.cfg(),
+                                    ad.scorer == "h2o" ? wattn_score::h2o : ad.scorer == "tova" ? wattn_score::tova : wattn_score::snapkv};
+          const drop_window_plan plan = test::window_plan(m, src);
+          std::size_t bytes = 0;
+          kvcodec::cuda::adakv_select(nullptr, bytes, plan, ad.alpha, nullptr, kvcodec::cuda::par);
+          kvcodec::cuda::device_buffer<std::uint8_t> temp(bytes), mask(static_cast<std::size_t>(2 * sh.kv_heads * n));
+          kvcodec::cuda::adakv_select(temp.data(), bytes, plan, ad.alpha, mask.data(), kvcodec::cuda::par);
+          const auto got = mask.download();
+          std::size_t diff = 0, seg = 0;
+          for (const auto& layer : cpu::select_adakv(kv, ad.cfg(), 1))
+            for (const auto& h : layer) {
+              std::vector<std::uint8_t> w(static_cast<std::size_t>(n), 0);
+              for (auto t : h)
+                if (t < n) w[static_cast<std::size_t>(t)] = 1;
+              for (std::int64_t t = 0; t < n; ++t) diff += w[static_cast<std::size_t>(t)] != got[seg * static_cast<std::size_t>(n) + static_cast<std::size_t>(t)];
+              ++seg;
+            }
+          expect(diff <= 2, m.name + " D " + std::to_string(sh.head_dim) + " T " + std::to_string(sh.tokens) + " n " + std::to_string(n) + " dtype " +
+                                std::to_string(code) + ": " + std::to_string(diff) + " tokens differ from the CPU's select_adakv");
+        }
       }
+}
+
+/// cuda::compare_attention against the CPU's eval::compare_attention: a lossy reconstruction (several
+/// row and key tiles, head widths across chunks, GQA), windows and row sampling, a token-dropped one,
+/// and an exact one (error and KL exactly 0).
+void test_compare_attention() {
+  struct shape_case {
+    int kv_heads, q_heads, head_dim;
+    std::int64_t tokens;
+  };
+  for (const shape_case sh : {shape_case{2, 8, 128, 700}, shape_case{1, 3, 40, 150}}) {
+    const kv_cache kv = test::small_synth({.layers = 2, .kv_heads = sh.kv_heads, .q_heads = sh.q_heads, .head_dim = sh.head_dim, .tokens = sh.tokens, .seed = 3});
+    kv_cache rec = kv;
+    std::uint64_t st = 5;
+    for (auto* t : {&rec.keys, &rec.values})
+      for (auto& layer : *t)
+        for (auto& x : layer) x = static_cast<float>(x * (1.0 + 0.03 * (static_cast<double>(splitmix64_next(st) >> 11) * 0x1.0p-53 - 0.5)));
+    kv_cache dropped = rec;
+    dropped.kept.assign(2, std::vector<std::vector<std::int32_t>>(static_cast<std::size_t>(sh.kv_heads)));
+    for (auto& layer : dropped.kept)
+      for (std::size_t g = 0; g < layer.size(); ++g)
+        for (std::int32_t t = 0; t < sh.tokens; ++t)
+          if ((t + static_cast<std::int32_t>(g)) % 3 != 0) layer[g].push_back(t);
+    for (const kv_cache* r : std::initializer_list<const kv_cache*>{&rec, &dropped, &kv})
+      for (std::int64_t max_rows : {std::int64_t{0}, std::int64_t{100}}) {
+        eval::attention_options o;
+        o.max_rows = max_rows;
+        o.query_begin = max_rows == 0 ? 0 : sh.tokens / 2;
+        const auto want = eval::compare_attention(kv, *r, o);
+        const auto got = kvcodec::cuda::compare_attention(kvcodec::cuda::par, kv, *r, o);
+        const std::string what = "compare_attention D " + std::to_string(sh.head_dim) + " T " + std::to_string(sh.tokens) + (r == &kv ? " exact" : r == &rec ? " lossy" : " dropped") +
+                                 " max_rows " + std::to_string(max_rows);
+        const auto close = [](double x, double y, double tol) { return std::abs(x - y) <= tol * std::max(std::abs(y), 1e-300) || x == y; };
+        expect(got.rows == want.rows && got.empty_rows == want.empty_rows, what + ": row counts differ");
+        expect(close(got.rel_error, want.rel_error, 1e-9), what + ": rel_error " + std::to_string(got.rel_error) + " vs the CPU's " + std::to_string(want.rel_error));
+        expect(close(got.kl, want.kl, 1e-7), what + ": kl " + std::to_string(got.kl) + " vs the CPU's " + std::to_string(want.kl));
+        expect(close(got.dropped_mass, want.dropped_mass, 1e-9), what + ": dropped_mass differs");
+        if (r == &kv) expect(got.rel_error == 0.0 && got.kl == 0.0, what + ": not exactly 0");
+      }
+  }
 }
 
 }  // namespace
@@ -609,6 +677,7 @@ int main() {
     test_random_select();
     test_streamingllm_select();
     test_window_select();
+    test_compare_attention();
   } catch (const std::exception& e) {
     std::printf("FAIL: exception: %s\n", e.what());
     ++failures;

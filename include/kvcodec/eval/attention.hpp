@@ -33,6 +33,7 @@
 
 #include "kvcodec/core/config.hpp"
 #include "kvcodec/core/error.hpp"
+#include "kvcodec/core/eval_attention.hpp"
 #include "kvcodec/eval/metrics.hpp"
 #include "kvcodec/tensor/kv_cache.hpp"
 
@@ -86,10 +87,6 @@ KVCODEC_HD inline void axpy_f32(double w, const float* v, double* out, std::int6
 
 namespace detail {
 
-struct attention_sums {
-  double out_sq = 0.0, err_sq = 0.0, kl = 0.0, dropped = 0.0;
-  std::int64_t rows = 0, empty = 0;
-};
 
 inline void check_finite(const std::vector<std::vector<float>>& t, const std::string& field) {
   for (std::size_t l = 0; l < t.size(); ++l)
@@ -101,11 +98,15 @@ inline void check_finite(const std::vector<std::vector<float>>& t, const std::st
 
 }  // namespace detail
 
-/// Attention fidelity of `reconstructed` against `original` (see the header comment for definitions).
-/// Throws bad_input if the original has no queries, kept sets or non-finite values, or the shapes
-/// differ; throws usage for an empty or out-of-range query window or a negative max_rows.
-inline attention_metrics compare_attention(const kv_cache& original, const kv_cache& reconstructed,
-                                           attention_options opt = {}) {
+/// What compare_attention evaluates: the query window [qb, qb + nq), per rows of each of `tasks`
+/// (layer, query head) pairs (attention_row_pos), scores scaled by `scale`.
+struct attention_plan {
+  std::int64_t qb = 0, nq = 0, per = 0, tasks = 0;
+  double scale = 1.0;
+};
+
+/// Checks the two caches and the options as compare_attention does (its throws) and plans the rows.
+inline attention_plan plan_attention(const kv_cache& original, const kv_cache& reconstructed, const attention_options& opt) {
   original.validate("compare_attention original");
   reconstructed.validate("compare_attention reconstructed");
   if (!original.has_queries() || original.shape.q_heads <= 0)
@@ -121,7 +122,7 @@ inline attention_metrics compare_attention(const kv_cache& original, const kv_ca
   if (a.layers != b.layers || a.kv_heads != b.kv_heads || a.head_dim != b.head_dim || a.tokens != b.tokens)
     throw_bad_input("compare_attention reconstructed", "shape (layers x kv_heads x tokens x head_dim)", dims(a),
                     dims(b));
-  const std::int64_t T = a.tokens, D = a.head_dim;
+  const std::int64_t T = a.tokens;
   const std::int64_t qb = opt.query_begin, qe = opt.query_end < 0 ? T : opt.query_end;
   if (qb < 0 || qb >= qe || qe > T)
     throw_usage("compare_attention: query window [" + std::to_string(qb) + ", " + std::to_string(qe) +
@@ -130,15 +131,48 @@ inline attention_metrics compare_attention(const kv_cache& original, const kv_ca
   detail::check_finite(original.keys, "keys");
   detail::check_finite(original.values, "values");
   detail::check_finite(original.queries, "queries");
+  attention_plan p;
+  p.qb = qb, p.nq = qe - qb, p.tasks = static_cast<std::int64_t>(a.layers) * a.q_heads, p.per = p.nq;
+  if (opt.max_rows > 0) p.per = std::clamp<std::int64_t>((opt.max_rows + p.tasks - 1) / p.tasks, 1, p.nq);
+  p.scale = 1.0 / std::sqrt(static_cast<double>(a.head_dim));
+  return p;
+}
 
-  const int L = a.layers, HQ = a.q_heads, group = a.q_heads / a.kv_heads;
-  const std::int64_t nq = qe - qb;
-  const std::int64_t tasks = static_cast<std::int64_t>(L) * HQ;
-  std::int64_t per = nq;
-  if (opt.max_rows > 0) per = std::clamp<std::int64_t>((opt.max_rows + tasks - 1) / tasks, 1, nq);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+/// The metrics of the tasks' sums, combined in task order.
+inline attention_metrics metrics_of(const std::vector<attention_sums>& sums) {
+  attention_sums tot;
+  for (const auto& x : sums) {
+    tot.out_sq += x.out_sq;
+    tot.err_sq += x.err_sq;
+    tot.kl += x.kl;
+    tot.dropped += x.dropped;
+    tot.rows += x.rows;
+    tot.empty += x.empty;
+  }
+  attention_metrics m;
+  m.rows = tot.rows;
+  m.empty_rows = tot.empty;
+  if (tot.err_sq == 0.0) m.rel_error = 0.0;
+  else if (tot.out_sq == 0.0) m.rel_error = std::numeric_limits<double>::infinity();
+  else m.rel_error = std::sqrt(tot.err_sq) / std::sqrt(tot.out_sq);
+  m.kl = tot.rows > tot.empty ? tot.kl / static_cast<double>(tot.rows - tot.empty) : 0.0;
+  m.dropped_mass = tot.rows > 0 ? tot.dropped / static_cast<double>(tot.rows) : 0.0;
+  return m;
+}
 
-  std::vector<detail::attention_sums> sums(static_cast<std::size_t>(tasks));
+/// Attention fidelity of `reconstructed` against `original` (see the header comment for definitions).
+/// Throws bad_input if the original has no queries, kept sets or non-finite values, or the shapes
+/// differ; throws usage for an empty or out-of-range query window or a negative max_rows.
+inline attention_metrics compare_attention(const kv_cache& original, const kv_cache& reconstructed,
+                                           attention_options opt = {}) {
+  const attention_plan plan = plan_attention(original, reconstructed, opt);
+  const kv_shape& a = original.shape;
+  const std::int64_t T = a.tokens, D = a.head_dim;
+  const int HQ = a.q_heads, group = a.q_heads / a.kv_heads;
+  const std::int64_t qb = plan.qb, nq = plan.nq, tasks = plan.tasks, per = plan.per;
+  const double scale = plan.scale;
+
+  std::vector<attention_sums> sums(static_cast<std::size_t>(tasks));
   detail::run_tasks(tasks, opt.threads, [&](std::int64_t task) {
     const int l = static_cast<int>(task / HQ), h = static_cast<int>(task % HQ), g = h / group;
     const auto ls = static_cast<std::size_t>(l);
@@ -154,11 +188,9 @@ inline attention_metrics compare_attention(const kv_cache& original, const kv_ca
     for (std::size_t j = 0; j < mask.size(); ++j) dropped[j] = mask[j] ? 0 : 1;
     std::vector<double> s(static_cast<std::size_t>(T)), sr(static_cast<std::size_t>(T), 0.0);
     std::vector<double> o(static_cast<std::size_t>(D)), orec(static_cast<std::size_t>(D));
-    const std::int64_t phase =
-        per < nq ? static_cast<std::int64_t>((static_cast<std::uint64_t>(task) * 0x9E3779B97F4A7C15ull) % static_cast<std::uint64_t>(nq)) : 0;
-    detail::attention_sums acc;
+    attention_sums acc;
     for (std::int64_t k = 0; k < per; ++k) {
-      const std::int64_t i = per < nq ? qb + (k * nq + phase) / per : qb + k;
+      const std::int64_t i = attention_row_pos(task, k, qb, nq, per);
       const std::int64_t n = i + 1;
       const float* q = Q + i * D;
       for (std::int64_t j = 0; j < n; ++j) {
@@ -181,40 +213,71 @@ inline attention_metrics compare_attention(const kv_cache& original, const kv_ca
           kl += std::exp(lp) * (lp - lq);
         }
       }
+      double err_sq = 0.0, out_sq = 0.0;
       for (std::int64_t c = 0; c < D; ++c) {
         const double e = o[static_cast<std::size_t>(c)] - orec[static_cast<std::size_t>(c)];
-        acc.err_sq += e * e;
-        acc.out_sq += o[static_cast<std::size_t>(c)] * o[static_cast<std::size_t>(c)];
+        err_sq += e * e;
+        out_sq += o[static_cast<std::size_t>(c)] * o[static_cast<std::size_t>(c)];
       }
-      if (lse_kept == -HUGE_VAL) {
-        ++acc.empty;
-      } else {
-        acc.kl += kl > 0.0 || std::isnan(kl) ? kl : 0.0;
-      }
-      acc.dropped += lse_drop == -HUGE_VAL ? 0.0 : std::exp(lse_drop - lse);
-      ++acc.rows;
+      attention_sums_add(acc, err_sq, out_sq, kl, lse, lse_kept, lse_drop);
     }
     sums[static_cast<std::size_t>(task)] = acc;
   });
+  return metrics_of(sums);
+}
 
-  detail::attention_sums tot;
-  for (const auto& x : sums) {
-    tot.out_sq += x.out_sq;
-    tot.err_sq += x.err_sq;
-    tot.kl += x.kl;
-    tot.dropped += x.dropped;
-    tot.rows += x.rows;
-    tot.empty += x.empty;
+/// Host copies of what the GPU form of compare_attention reads (core/eval_attention.hpp): the caches'
+/// per-layer bases (f32, [head][token][dim]), the reconstruction's kept mask per (layer, kv head) and
+/// room for the rows. `a` points into this object (its pointers are host pointers).
+struct attention_tiles {
+  eattn_args a;
+  std::vector<const void*> k, v, kr, vr, q;
+  std::vector<std::uint8_t> kept;  ///< empty for a dense reconstruction
+  std::vector<eattn_row> rows;
+};
+
+/// Fills t for the planned comparison (plan_attention) of two host caches.
+inline void attention_tiles_of(const kv_cache& original, const kv_cache& reconstructed, const attention_plan& p, attention_tiles& t) {
+  const kv_shape& s = original.shape;
+  const auto bases = [](const std::vector<std::vector<float>>& layers, std::vector<const void*>& out) {
+    out.clear();
+    for (const auto& l : layers) out.push_back(l.data());
+  };
+  bases(original.keys, t.k), bases(original.values, t.v), bases(reconstructed.keys, t.kr), bases(reconstructed.values, t.vr), bases(original.queries, t.q);
+  t.kept.clear();
+  if (!reconstructed.kept.empty()) {
+    std::vector<std::uint8_t> m;
+    for (int l = 0; l < s.layers; ++l)
+      for (int g = 0; g < s.kv_heads; ++g) {
+        detail::kept_mask(reconstructed, l, g, m);
+        t.kept.insert(t.kept.end(), m.begin(), m.end());
+      }
   }
-  attention_metrics m;
-  m.rows = tot.rows;
-  m.empty_rows = tot.empty;
-  if (tot.err_sq == 0.0) m.rel_error = 0.0;
-  else if (tot.out_sq == 0.0) m.rel_error = std::numeric_limits<double>::infinity();
-  else m.rel_error = std::sqrt(tot.err_sq) / std::sqrt(tot.out_sq);
-  m.kl = tot.rows > tot.empty ? tot.kl / static_cast<double>(tot.rows - tot.empty) : 0.0;
-  m.dropped_mass = tot.rows > 0 ? tot.dropped / static_cast<double>(tot.rows) : 0.0;
-  return m;
+  t.rows.assign(static_cast<std::size_t>(p.tasks * p.per), eattn_row{});
+  eattn_args& a = t.a;
+  const auto src = [&](const std::vector<const void*>& base) {
+    drop_source d;
+    d.k = base.data(), d.head_dim = s.head_dim, d.dtype_code = 0;
+    d.layout.s_head = s.tokens * s.head_dim, d.layout.s_token = s.head_dim;
+    return d;
+  };
+  a.k = src(t.k), a.v = src(t.v), a.kr = src(t.kr), a.vr = src(t.vr), a.q = src(t.q);
+  a.kept = t.kept.empty() ? nullptr : t.kept.data();
+  a.layers = s.layers, a.kv_heads = s.kv_heads, a.q_heads = s.q_heads;
+  a.tokens = s.tokens, a.qb = p.qb, a.nq = p.nq, a.per = p.per, a.scale = p.scale;
+  a.rows = t.rows.data();
+}
+
+/// compare_attention through the GPU kernels' tile phases, run on the host (attention_rows_emulated,
+/// then a task's rows summed in order): what cuda::compare_attention computes, within rounding of the CPU.
+inline attention_metrics compare_attention_emulated(const kv_cache& original, const kv_cache& reconstructed, const attention_options& opt = {}) {
+  const attention_plan p = plan_attention(original, reconstructed, opt);
+  attention_tiles t;
+  attention_tiles_of(original, reconstructed, p, t);
+  attention_rows_emulated(t.a);
+  std::vector<attention_sums> sums(static_cast<std::size_t>(p.tasks));
+  for (std::int64_t task = 0; task < p.tasks; ++task) sums[static_cast<std::size_t>(task)] = eattn_task_sums(t.a, task);
+  return metrics_of(sums);
 }
 
 }  // namespace kvcodec::eval

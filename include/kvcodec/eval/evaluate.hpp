@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -21,12 +22,18 @@
 
 namespace kvcodec::eval {
 
+/// Computes the attention metrics (compare_attention's arguments and result): cuda::compare_attention
+/// on a GPU, for instance (the kvcodec command's --attention-device).
+using attention_backend = std::function<attention_metrics(const kv_cache&, const kv_cache&, const attention_options&)>;
+
 struct eval_options {
   encode_options encode;
   int threads = 0;            ///< 0 = all hardware threads
   int repeats = 0;            ///< 0 = repeat until ~0.3 s or 5 runs, keep the best time
   bool attention = true;      ///< attention fidelity when the cache has queries
   attention_options attn;
+  attention_backend attention_on;          ///< empty: compare_attention on the CPU
+  std::string attention_device = "cpu";    ///< what attention_on runs on, reported with the metrics
   registry const* reg = nullptr;
 };
 
@@ -41,6 +48,7 @@ struct eval_result {
   std::optional<target_choice> target;  ///< how a `kvc:target=KL` spec was resolved on this cache
   kv_metrics metrics;
   std::optional<attention_metrics> attention;
+  std::string attention_device;  ///< "cpu", or the backend's device ("cuda: NVIDIA H100 ...")
   kv_cache decoded;  ///< the reconstruction (kept for callers that evaluate further)
 };
 
@@ -84,7 +92,10 @@ inline eval_result evaluate(const std::string& spec, const kv_cache& kv, const e
   r.encode_mb_s = mb / std::max(best_enc, 1e-9);
   r.decode_mb_s = mb / std::max(best_dec, 1e-9);
   r.metrics = compare_kv(kv, r.decoded, static_cast<unsigned>(std::max(opt.threads, 0)));
-  if (opt.attention && kv.has_queries()) r.attention = compare_attention(kv, r.decoded, opt.attn);
+  if (opt.attention && kv.has_queries()) {
+    r.attention = opt.attention_on ? opt.attention_on(kv, r.decoded, opt.attn) : compare_attention(kv, r.decoded, opt.attn);
+    r.attention_device = opt.attention_on ? opt.attention_device : "cpu";
+  }
   return r;
 }
 
@@ -125,7 +136,7 @@ inline nlohmann::json to_json(const eval_result& r) {
   if (r.attention) {
     const auto& a = *r.attention;
     j["attention"] = {{"rel_error", detail::num(a.rel_error)}, {"kl", detail::num(a.kl)}, {"dropped_mass", detail::num(a.dropped_mass)},
-                      {"rows", a.rows}, {"empty_rows", a.empty_rows}};
+                      {"rows", a.rows}, {"empty_rows", a.empty_rows}, {"device", r.attention_device}};
   } else {
     j["attention"] = nullptr;
   }

@@ -1,0 +1,124 @@
+// kvcodec/core/adakv.hpp — Ada-KV's head-wise budgets (cpu/drop/adakv.hpp) as host/device steps over a
+// window scorer's coder (core/window_attention.hpp), shared by the CUDA selection (cuda/drop/adakv.cuh)
+// and its host emulation (drop_adakv_select_emulated, run in CI). Per layer, with b the uniform budget:
+//   1. the protected tokens (t >= protect_from): the newest P = min(b, n - protect_from) are kept in every
+//      head, the others are no candidates; r = b - P, safe = floor(alpha r);
+//   2. each head's candidates t < protect_from: its minimum key (NaN as -inf) and the sum of key + shift
+//      in token order (shift = -min when min < 0), one thread per head as the CPU loops (adakv_stat);
+//   3. each head's safeguard: its `safe` best candidates (adakv_safe_coder, ties to the lower token);
+//   4. the pool: every other candidate of every head with value (key + shift) / sum (1 / count when the
+//      sum is not finite and positive), the layer's best heads x (r - safe), ties to the lower head, then
+//      the lower token (adakv_pool_code).
+// Kept sets are a mask [layer][head][token < n]; tokens from n on are kept by the caller.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+#include "kvcodec/core/config.hpp"
+#include "kvcodec/core/drop_score.hpp"
+#include "kvcodec/core/drop_topk.hpp"
+#include "kvcodec/core/window_attention.hpp"
+
+namespace kvcodec {
+
+/// A head's normalisation of its candidates' scores.
+struct adakv_head_stat {
+  double shift = 0.0, sum = 0.0;
+  std::int64_t count = 0;
+  std::uint32_t finite = 0;  ///< sum finite and > 0
+};
+
+/// The ranking key of a score: NaN as -inf (cpu/drop/select.hpp rank_less::key).
+KVCODEC_HD inline double adakv_key(double v) noexcept { return v != v ? -HUGE_VAL : v; }
+
+/// Step 2 for head (l, h): candidates t < protect_from, in token order as the CPU.
+KVCODEC_HD inline adakv_head_stat adakv_stat(const drop_window_coder& c, int l, std::int64_t h) noexcept {
+  adakv_head_stat st;
+  double mn = HUGE_VAL;
+  for (std::int64_t t = 0; t < c.protect_from; ++t) {
+    const double v = adakv_key(c.score(l, h, t));
+    mn = v < mn ? v : mn;
+  }
+  st.shift = mn < 0 ? -mn : 0.0;
+  for (std::int64_t t = 0; t < c.protect_from; ++t) st.sum += adakv_key(c.score(l, h, t)) + st.shift;
+  st.count = c.protect_from;
+  st.finite = st.sum - st.sum == 0.0 && st.sum > 0.0 ? 1u : 0u;
+  return st;
+}
+
+/// Step 3's coder: a candidate's score code; protected tokens code 0, below every candidate.
+struct adakv_safe_coder {
+  drop_window_coder c;
+  KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept { return t < c.protect_from ? drop_rank_code(c.score(l, h, t)) : 0; }
+};
+
+/// Step 4: the pool code of token t of head (l, h), or 0 when it is no pool candidate (protected, or
+/// already in the mask as a safeguard). mask: [l][h][t], nonzero = kept.
+KVCODEC_HD inline std::uint64_t adakv_pool_code(const drop_window_coder& c, const adakv_head_stat* stats, const std::uint8_t* mask, int l, std::int64_t h,
+                                                std::int64_t t) noexcept {
+  const std::int64_t seg = static_cast<std::int64_t>(l) * c.heads + h;
+  if (t >= c.protect_from || mask[seg * c.n + t] != 0) return 0;
+  const adakv_head_stat& st = stats[seg];
+  const double v = st.finite != 0 ? (adakv_key(c.score(l, h, t)) + st.shift) / st.sum : 1.0 / static_cast<double>(st.count);
+  return drop_rank_code(v);
+}
+
+/// The budgets of one layer: P protected kept, the safeguard per head, the pool's size.
+struct adakv_budget {
+  std::int64_t protected_kept = 0, safe = 0, pool = 0;
+};
+
+KVCODEC_HD inline adakv_budget adakv_budget_of(const drop_window_coder& c, std::int64_t b, double alpha) noexcept {
+  adakv_budget out;
+  const std::int64_t prot = c.n - c.protect_from;
+  out.protected_kept = b < prot ? b : prot;
+  const std::int64_t r = b - out.protected_kept;
+  out.safe = static_cast<std::int64_t>(std::floor(alpha * static_cast<double>(r)));
+  const std::int64_t want = static_cast<std::int64_t>(c.heads) * (r - out.safe), avail = static_cast<std::int64_t>(c.heads) * (c.protect_from - out.safe);
+  out.pool = want < 0 ? 0 : want < avail ? want : avail;
+  return out;
+}
+
+/// Mask item i of [layers][heads][n]: 1 for the protected tokens every head keeps (the newest P).
+KVCODEC_HD inline std::uint8_t adakv_protected_mark(const drop_window_coder& c, const adakv_budget& bud, std::int64_t i) noexcept {
+  return i % c.n >= c.n - bud.protected_kept ? 1 : 0;
+}
+
+/// Ada-KV over a window scorer, emulated on the host as the GPU runs it: the mask [l][h][t < n].
+inline std::vector<std::uint8_t> drop_adakv_select_emulated(drop_window_plan p, double alpha) {
+  const std::size_t segs = static_cast<std::size_t>(p.a.layers) * static_cast<std::size_t>(p.a.heads), n = static_cast<std::size_t>(p.a.n);
+  std::vector<float> m(segs * static_cast<std::size_t>(wattn_rows(p.a))), z(m.size()), acc(segs * n);
+  p.a.m = m.data(), p.a.z = z.data(), p.a.acc = acc.data();
+  window_attention_emulated(p.a);
+  p.coder.acc = acc.data();
+  const drop_window_coder& c = p.coder;
+  const adakv_budget bud = adakv_budget_of(c, p.budgets[0], alpha);
+  std::vector<adakv_head_stat> stats(segs);
+  for (std::size_t s = 0; s < segs; ++s) stats[s] = adakv_stat(c, static_cast<int>(s / static_cast<std::size_t>(p.a.heads)), static_cast<std::int64_t>(s % static_cast<std::size_t>(p.a.heads)));
+  std::vector<std::uint8_t> mask(segs * n);
+  for (std::size_t i = 0; i < mask.size(); ++i) mask[i] = adakv_protected_mark(c, bud, static_cast<std::int64_t>(i));
+  if (bud.safe > 0) {
+    const auto safe = drop_select_emulated(adakv_safe_coder{c}, p.a.layers, p.a.heads, p.a.n, bud.safe);
+    for (std::size_t i = 0; i < safe.size(); ++i) mask[i / static_cast<std::size_t>(bud.safe) * n + static_cast<std::size_t>(safe[i])] = 1;
+  }
+  if (bud.pool > 0) {
+    const std::size_t items = static_cast<std::size_t>(p.a.heads) * n;
+    std::vector<std::uint64_t> code(items);
+    std::vector<std::int32_t> idx(items);
+    for (int l = 0; l < p.a.layers; ++l) {
+      for (std::size_t i = 0; i < items; ++i)
+        code[i] = adakv_pool_code(c, stats.data(), mask.data(), l, static_cast<std::int64_t>(i / n), static_cast<std::int64_t>(i % n));
+      std::iota(idx.begin(), idx.end(), 0);
+      std::stable_sort(idx.begin(), idx.end(), [&](std::int32_t x, std::int32_t y) { return code[static_cast<std::size_t>(x)] > code[static_cast<std::size_t>(y)]; });
+      for (std::int64_t k = 0; k < bud.pool; ++k) mask[static_cast<std::size_t>(l) * items + static_cast<std::size_t>(idx[static_cast<std::size_t>(k)])] = 1;
+    }
+  }
+  return mask;
+}
+
+}  // namespace kvcodec
