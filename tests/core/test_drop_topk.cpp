@@ -16,6 +16,7 @@
 #include "kvcodec/cpu/drop/streamingllm.hpp"
 #include "kvcodec/stage/drop_structural.hpp"
 #include "../support/small_synth.hpp"
+#include "../support/typed_layers.hpp"
 
 // Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
 namespace kvcodec_test_core_drop_topk {
@@ -35,29 +36,6 @@ std::vector<std::int32_t> cpu_kept(const kv_cache& kv, std::int64_t n, std::int6
     for (const auto& h : layer)
       for (std::int64_t i = 0; i < b; ++i) out.push_back(h[static_cast<std::size_t>(i)]);
   return out;
-}
-
-/// The keys of `kv` in dtype `code` (0 f32, 1 f16, 2 bf16): per-layer buffers in the cache's [head][token][dim] order.
-struct typed_keys {
-  std::vector<std::vector<float>> f;
-  std::vector<std::vector<std::uint16_t>> h;
-  std::vector<const void*> ptr;
-};
-
-typed_keys keys_as(const kv_cache& kv, std::uint32_t code) {
-  typed_keys t;
-  for (const auto& layer : kv.keys) {
-    if (code == 0) {
-      t.f.push_back(layer);
-    } else {
-      std::vector<std::uint16_t> bits(layer.size());
-      for (std::size_t i = 0; i < layer.size(); ++i) bits[i] = code == 2 ? f32_to_bf16_bits(layer[i]) : f32_to_f16_bits(layer[i]);
-      t.h.push_back(std::move(bits));
-    }
-  }
-  for (const auto& v : t.f) t.ptr.push_back(v.data());
-  for (const auto& v : t.h) t.ptr.push_back(v.data());
-  return t;
 }
 
 /// The cache with its keys rounded to dtype `code` (what the CPU scores when the engine holds f16/bf16).
@@ -97,7 +75,7 @@ TEST_CASE("GPU knorm selection (host emulation) keeps the CPU's tokens - f32 f16
           CAPTURE(n);
           CAPTURE(b);
           const kv_cache r = rounded(kv, code);
-          typed_keys tk = keys_as(r, code);
+          const test::typed tk = test::as_dtype(r.keys, code);
           drop_source s;
           s.head_dim = 16;
           s.dtype_code = code;
@@ -128,7 +106,7 @@ TEST_CASE("GPU keydiff selection (host emulation) keeps the CPU's tokens - f32 f
         CAPTURE(n);
         CAPTURE(b);
         const kv_cache r = rounded(kv, code);
-        typed_keys tk = keys_as(r, code);
+        const test::typed tk = test::as_dtype(r.keys, code);
         drop_source s;
         s.head_dim = 24;
         s.dtype_code = code;

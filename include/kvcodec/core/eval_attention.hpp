@@ -8,7 +8,7 @@
 // sample with a per-task phase, as the CPU). A CUDA block of 256 threads takes 64 rows of a task:
 //   pass 1 (stats): over the key tiles its rows see, the 64 x 64 score tiles s = q.k and sr = q.k^ (double
 //     fma chains of f32 values: the CPU's dot_f32 sums the same exact products in another order), and
-//     each row's four log-sum-exps online: over all keys j <= i, over the kept ones, of the
+//     each row's four log-sum-exps online (drop_softmax_state): over all keys j <= i, over the kept ones, of the
 //     reconstruction's scores over the kept ones, and over the dropped ones;
 //   pass 2 (outputs), for each 32-channel chunk of the values: the tiles again, the probabilities
 //     p = exp(s - lse) and p^ = exp(sr - lse_rec) (kept keys), each row's KL (first chunk), and the
@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "kvcodec/core/config.hpp"
+#include "kvcodec/core/drop_score.hpp"
 #include "kvcodec/core/drop_topk.hpp"
 
 namespace kvcodec {
@@ -144,33 +145,17 @@ KVCODEC_HD inline void eattn_store(const eattn_args& a, double (*out)[eattn_tile
     for (int j = 0; j < 4; ++j) out[ty + 16 * i][tx + 16 * j] = L.c[i][j] * a.scale, L.c[i][j] = 0.0;
 }
 
-/// Online log-sum-exp state.
-struct eattn_lse {
-  double m = -HUGE_VAL, z = 0.0;
-};
-
-KVCODEC_HD inline void eattn_lse_push(eattn_lse& st, double s) noexcept {
-  if (s > st.m) {
-    st.z = st.z * std::exp(st.m - s) + 1.0;
-    st.m = s;
-  } else {
-    st.z += std::exp(s - st.m);
-  }
-}
-
-KVCODEC_HD inline double eattn_lse_value(const eattn_lse& st) noexcept { return st.m == -HUGE_VAL ? -HUGE_VAL : st.m + std::log(st.z); }
-
 /// Pass 1, lane rr after key tile j0's two score tiles: its row's four states (all, kept, rec, drop).
-KVCODEC_HD inline void eattn_row_stats(const eattn_args& a, const eattn_smem& sm, int l, int g, std::int64_t j0, int rr, eattn_lse* st) noexcept {
+KVCODEC_HD inline void eattn_row_stats(const eattn_args& a, const eattn_smem& sm, int l, int g, std::int64_t j0, int rr, drop_softmax_state* st) noexcept {
   const std::int64_t i = sm.pos[rr];
   for (int jj = 0; jj < eattn_tile && j0 + jj <= i; ++jj) {
     const double s = sm.s[rr][jj];
-    eattn_lse_push(st[0], s);
+    drop_softmax_push(st[0], s);
     if (eattn_kept(a, l, g, j0 + jj)) {
-      eattn_lse_push(st[1], s);
-      eattn_lse_push(st[2], sm.sr[rr][jj]);
+      drop_softmax_push(st[1], s);
+      drop_softmax_push(st[2], sm.sr[rr][jj]);
     } else {
-      eattn_lse_push(st[3], s);
+      drop_softmax_push(st[3], s);
     }
   }
 }
@@ -271,14 +256,14 @@ inline void attention_rows_emulated(const eattn_args& a) {
     for (std::int64_t k0 = 0; k0 < a.per; k0 += eattn_tile) {
       for (int rr = 0; rr < eattn_tile; ++rr) eattn_stage_row(a, task, k0, rr, false, sm);
       const std::int64_t end = eattn_key_end(sm);
-      eattn_lse st[eattn_tile][4];
+      drop_softmax_state st[eattn_tile][4];
       for (std::int64_t j0 = 0; j0 < end; j0 += eattn_tile) {
         detail::eattn_scores_emulated(a, l, h, j0, sm, lanes);
         for (int rr = 0; rr < eattn_tile; ++rr) eattn_row_stats(a, sm, l, g, j0, rr, st[rr]);
       }
       for (int rr = 0; rr < eattn_tile && k0 + rr < a.per; ++rr) {
         eattn_row& r = a.rows[task * a.per + k0 + rr];
-        r.lse = eattn_lse_value(st[rr][0]), r.lse_kept = eattn_lse_value(st[rr][1]), r.lse_rec = eattn_lse_value(st[rr][2]), r.lse_drop = eattn_lse_value(st[rr][3]);
+        r.lse = drop_softmax_lse(st[rr][0]), r.lse_kept = drop_softmax_lse(st[rr][1]), r.lse_rec = drop_softmax_lse(st[rr][2]), r.lse_drop = drop_softmax_lse(st[rr][3]);
       }
       for (int rr = 0; rr < eattn_tile; ++rr) eattn_stage_row(a, task, k0, rr, true, sm);
       double kl[eattn_tile] = {}, err[eattn_tile] = {}, out[eattn_tile] = {};

@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(eattn_threads) eattn_rows_kernel(eattn_args a)
     if (tid < eattn_tile) eattn_stage_row(a, task, k0, tid, false, sm);
     __syncthreads();
     const std::int64_t end = eattn_key_end(sm);
-    eattn_lse st[4];
+    drop_softmax_state st[4];
     for (std::int64_t j0 = 0; j0 < end; j0 += eattn_tile) {
       eattn_scores_device(a, l, h, j0, sm);
       if (tid < eattn_tile) eattn_row_stats(a, sm, l, g, j0, tid, st);
@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(eattn_threads) eattn_rows_kernel(eattn_args a)
     }
     if (tid < eattn_tile && k0 + tid < a.per) {
       eattn_row& r = a.rows[task * a.per + k0 + tid];
-      r.lse = eattn_lse_value(st[0]), r.lse_kept = eattn_lse_value(st[1]), r.lse_rec = eattn_lse_value(st[2]), r.lse_drop = eattn_lse_value(st[3]);
+      r.lse = drop_softmax_lse(st[0]), r.lse_kept = drop_softmax_lse(st[1]), r.lse_rec = drop_softmax_lse(st[2]), r.lse_drop = drop_softmax_lse(st[3]);
       eattn_stage_row(a, task, k0, tid, true, sm);  // the same thread wrote the row just above
     }
     __syncthreads();
