@@ -32,6 +32,8 @@
 #include "kvcodec/cpu/drop/adakv.hpp"
 #include "kvcodec/cuda/drop/adakv.cuh"
 #include "kvcodec/cuda/drop/h2o.cuh"
+#include "kvcodec/cpu/drop/lagkv.hpp"
+#include "kvcodec/cuda/drop/lagkv.cuh"
 #include "kvcodec/cuda/eval/attention.cuh"
 #include "kvcodec/cuda/drop/pyramidkv.cuh"
 #include "kvcodec/cuda/drop/snapkv.cuh"
@@ -620,6 +622,38 @@ void test_window_select() {
       }
 }
 
+/// cuda::lagkv_select against the CPU's select_lagkv: equal kept sets (bit-exact scores), f16 and f32,
+/// partition lengths around the prefix.
+void test_lagkv_select() {
+  for (std::uint32_t code : {0u, 1u}) {
+    const dtype dt = code == 0 ? dtype::f32 : dtype::f16;
+    const kv_cache kv = test::random_cache(3, 4, 1500, 64, dt, 11);
+    device_layers k, v;
+    upload_layers(kv.keys, code, k);
+    upload_layers(kv.values, code, v);
+    for (std::int64_t lag : {std::int64_t{2}, std::int64_t{128}, std::int64_t{700}})
+      for (std::int64_t b : {std::int64_t{5}, std::int64_t{500}}) {
+        lagkv_args a;
+        a.k.k = k.d_ptrs.data();
+        a.v = v.d_ptrs.data();
+        a.k.head_dim = 64, a.k.dtype_code = code, a.k.layout.s_head = 1500 * 64, a.k.layout.s_token = 64;
+        a.layers = 3, a.heads = 4, a.n = 1500, a.sink = 16, a.lag = lag;
+        std::size_t bytes = 0;
+        kvcodec::cuda::lagkv_select(nullptr, bytes, a, b, nullptr, kvcodec::cuda::par);
+        kvcodec::cuda::device_buffer<std::uint8_t> temp(bytes);
+        kvcodec::cuda::device_buffer<std::int32_t> kept(static_cast<std::size_t>(12 * b));
+        kvcodec::cuda::lagkv_select(temp.data(), bytes, a, b, kept.data(), kvcodec::cuda::par);
+        drop::lagkv d;
+        d.sink = 16, d.lag = lag, d.tokens = b;
+        std::vector<std::int32_t> flat;
+        for (const auto& layer : cpu::select_lagkv(kv, d.cfg(), 1))
+          for (const auto& h : layer) flat.insert(flat.end(), h.begin(), h.begin() + b);
+        expect(kept.download() == flat, "lagkv_select dtype " + std::to_string(code) + " lag " + std::to_string(lag) + " b " + std::to_string(b) +
+                                            ": kept sets differ from the CPU's");
+      }
+  }
+}
+
 /// cuda::compare_attention against the CPU's eval::compare_attention: a lossy reconstruction (several
 /// row and key tiles, head widths across chunks, GQA), windows and row sampling, a token-dropped one,
 /// and an exact one (error and KL exactly 0).
@@ -677,6 +711,7 @@ int main() {
     test_random_select();
     test_streamingllm_select();
     test_window_select();
+    test_lagkv_select();
     test_compare_attention();
   } catch (const std::exception& e) {
     std::printf("FAIL: exception: %s\n", e.what());

@@ -1,0 +1,71 @@
+// kvcodec/cuda/drop/lagkv.cuh — the `lagkv` stage on the GPU, mirroring cpu/drop/lagkv.hpp (no queries):
+// core/lagkv.hpp's three steps as kernels (a thread per channel range, per token, per partition), then
+// drop_lagkv_coder and the selection of cuda/drop/select.cuh. The steps repeat the CPU's arithmetic in
+// its order, so kept sets equal the CPU's select_lagkv bit for bit (the host emulation,
+// drop_lagkv_select_emulated, is checked against it in CI).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "kvcodec/core/lagkv.hpp"
+#include "kvcodec/cuda/drop/select.cuh"
+#include "kvcodec/cuda/policy.cuh"
+
+namespace kvcodec::cuda {
+
+namespace detail {
+
+template <int Step>
+__global__ void lagkv_step_kernel(lagkv_args a, std::int64_t items) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < items; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    if constexpr (Step == 0) lagkv_range(a, i);
+    else if constexpr (Step == 1) lagkv_sd(a, i);
+    else lagkv_softmax(a, i);
+  }
+}
+
+}  // namespace detail
+
+/// kept[(l * heads + h) * b + i] (device): each (layer, kv head)'s b tokens of [0, a.n), increasing, under
+/// LagKV with a.sink sinks and partitions of a.lag tokens. a.k and a.v hold device pointers (values in
+/// the keys' layout and dtype); a's arrays are ignored (they live in temp). Two-phase: temp == nullptr
+/// sets temp_bytes. Queued on p.stream.
+inline void lagkv_select(void* temp, std::size_t& temp_bytes, lagkv_args a, std::int64_t b, std::int32_t* kept, const par_t& p) {
+  if (a.k.head_dim < 1 || a.layers < 1 || a.heads < 1 || a.n < 1) throw_usage("cuda lagkv_select: need head_dim, layers, heads and n >= 1");
+  if (a.lag < 2 || a.sink < 0) throw_usage("cuda lagkv_select: need lag >= 2 and sink >= 0 (lag " + std::to_string(a.lag) + ", sink " + std::to_string(a.sink) + ")");
+  const lagkv_sizes sz = lagkv_sizes_of(a);
+  const std::size_t range_bytes = detail::align256(sz.range * sizeof(double)), z_bytes = detail::align256(sz.z * sizeof(double)),
+                    total_bytes = detail::align256(sz.total * sizeof(double));
+  const std::size_t own = 2 * range_bytes + z_bytes + total_bytes;
+  auto* base = static_cast<std::uint8_t*>(temp);
+  a.lo = reinterpret_cast<double*>(base);
+  a.inv = reinterpret_cast<double*>(base + range_bytes);
+  a.z = reinterpret_cast<double*>(base + 2 * range_bytes);
+  a.total = reinterpret_cast<double*>(base + 2 * range_bytes + z_bytes);
+  std::size_t select_bytes = 0;
+  select_by_codes(nullptr, select_bytes, drop_lagkv_coder{a}, a.layers, a.heads, a.n, b, nullptr, p);
+  if (temp == nullptr) {
+    temp_bytes = own + select_bytes;
+    return;
+  }
+  if (temp_bytes < own + select_bytes)
+    throw_usage("cuda lagkv_select: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(own + select_bytes) + " needed");
+  const lagkv_items c = lagkv_counts(a);
+  const unsigned threads = 128;
+  if (c.range > 0) {
+    detail::lagkv_step_kernel<0><<<detail::grid_for(c.range, threads), threads, 0, p.stream>>>(a, c.range);
+    check(cudaGetLastError(), "lagkv range kernel launch");
+    detail::lagkv_step_kernel<1><<<detail::grid_for(c.sd, threads), threads, 0, p.stream>>>(a, c.sd);
+    check(cudaGetLastError(), "lagkv sd kernel launch");
+    detail::lagkv_step_kernel<2><<<detail::grid_for(c.softmax, threads), threads, 0, p.stream>>>(a, c.softmax);
+    check(cudaGetLastError(), "lagkv softmax kernel launch");
+  }
+  std::size_t sb = select_bytes;
+  select_by_codes(base + own, sb, drop_lagkv_coder{a}, a.layers, a.heads, a.n, b, kept, p);
+}
+
+}  // namespace kvcodec::cuda
