@@ -33,6 +33,8 @@
 #include "kvcodec/cuda/drop/adakv.cuh"
 #include "kvcodec/cuda/drop/h2o.cuh"
 #include "kvcodec/cpu/drop/lagkv.hpp"
+#include "kvcodec/cpu/drop/expected_attention.hpp"
+#include "kvcodec/cuda/drop/expected_attention.cuh"
 #include "kvcodec/cuda/drop/lagkv.cuh"
 #include "kvcodec/cuda/eval/attention.cuh"
 #include "kvcodec/cuda/drop/pyramidkv.cuh"
@@ -654,6 +656,43 @@ void test_lagkv_select() {
   }
 }
 
+/// cuda::expected_attention_select against the CPU's select_expected_attention: equal kept sets (bit-exact
+/// scores), with and without RoPE (interleaved pairs, rotate-half) and the covariance term, f32 and f16, GQA.
+void test_expected_attention_select() {
+  for (std::uint32_t code : {0u, 1u})
+    for (const char* rope : {"", "interleaved-pairs", "rotate-half"})
+      for (bool cov : {false, true}) {
+        kv_cache kv = test::rounded(test::small_synth({.layers = 2, .kv_heads = 2, .q_heads = 8, .head_dim = 64, .tokens = 900, .seed = 13}), code);
+        for (auto& layer : kv.values)
+          for (auto& x : layer) x = test::round_to(x, code);
+        kv.metadata.erase("rope");
+        if (*rope) kv.metadata["rope"] = rope, kv.metadata["rope_theta"] = "10000";
+        device_layers k, v, q;
+        upload_layers(kv.keys, code, k);
+        upload_layers(kv.values, code, v);
+        upload_layers(kv.queries, code, q);
+        expected_args a;
+        a.k.k = k.d_ptrs.data(), a.v = v.d_ptrs.data(), a.q.k = q.d_ptrs.data();
+        for (drop_source* s : {&a.k, &a.q}) s->head_dim = 64, s->dtype_code = code, s->layout.s_head = 900 * 64, s->layout.s_token = 64;
+        a.layers = 2, a.heads = 2, a.group = 4, a.n = 900, a.window = 64, a.sink = 4, a.cov = cov, a.vnorm = true, a.rope = *rope != 0;
+        a.style = std::string(rope) == "rotate-half" ? rope_style::rotate_half : rope_style::interleaved_pairs;
+        const expected_prep ep = expected_tables(64, 900, 64, 32, a.rope, 10000.0, kv.positions);
+        const std::int64_t b = 300;
+        std::size_t bytes = 0;
+        kvcodec::cuda::expected_attention_select(nullptr, bytes, a, ep, b, nullptr, kvcodec::cuda::par);
+        kvcodec::cuda::device_buffer<std::uint8_t> temp(bytes);
+        kvcodec::cuda::device_buffer<std::int32_t> kept(static_cast<std::size_t>(4 * b));
+        kvcodec::cuda::expected_attention_select(temp.data(), bytes, a, ep, b, kept.data(), kvcodec::cuda::par);
+        drop::expected_attention d;
+        d.tokens = b, d.window = 64, d.sink = 4, d.future = 32, d.cov = cov;
+        std::vector<std::int32_t> flat;
+        for (const auto& layer : cpu::select_expected_attention(kv, d.cfg(), 1))
+          for (const auto& h : layer) flat.insert(flat.end(), h.begin(), h.begin() + b);
+        expect(kept.download() == flat, std::string("expected_attention_select rope '") + rope + "' cov " + std::to_string(cov) + " dtype " +
+                                            std::to_string(code) + ": kept sets differ from the CPU's");
+      }
+}
+
 /// cuda::compare_attention against the CPU's eval::compare_attention: a lossy reconstruction (several
 /// row and key tiles, head widths across chunks, GQA), windows and row sampling, a token-dropped one,
 /// and an exact one (error and KL exactly 0).
@@ -712,6 +751,7 @@ int main() {
     test_streamingllm_select();
     test_window_select();
     test_lagkv_select();
+    test_expected_attention_select();
     test_compare_attention();
   } catch (const std::exception& e) {
     std::printf("FAIL: exception: %s\n", e.what());

@@ -15,6 +15,7 @@
 
 #include "kvcodec/core/drop_score.hpp"
 #include "kvcodec/core/error.hpp"
+#include "kvcodec/core/expected_attention.hpp"
 #include "kvcodec/core/rope.hpp"
 #include "kvcodec/cpu/drop/rows.hpp"
 #include "kvcodec/stage/params.hpp"
@@ -51,56 +52,11 @@ inline std::optional<rope_meta> rope_of(const kv_cache& kv, const std::string& w
   return r;
 }
 
-inline std::int64_t position_of(const kv_cache& kv, std::int64_t t) {
-  return kv.positions.empty() ? t : kv.positions[static_cast<std::size_t>(t)];
-}
 
-/// RoPE tables of expected-attention, the same for every layer: the average rotation over the
-/// `future` positions after the prefix (cbar, sbar; D/2 each) and cos/sin of every window query's
-/// own angles (qc, qs; window x D/2), so un-rotating a query costs no transcendental calls.
-struct expected_prep {
-  std::vector<double> cbar, sbar, qc, qs;
-};
-
+/// RoPE tables of expected-attention (core/expected_attention.hpp's expected_tables, which the GPU path
+/// uses too).
 inline expected_prep prepare_expected(const kv_cache& kv, const drop::config& c, std::int64_t n, const std::optional<rope_meta>& rope) {
-  const std::size_t D = static_cast<std::size_t>(kv.shape.head_dim), half = D / 2;
-  expected_prep ep;
-  ep.cbar.assign(half, 1.0);
-  ep.sbar.assign(half, 0.0);
-  if (!rope) return ep;
-  const std::int64_t p0 = position_of(kv, n - 1) + 1;
-  for (std::size_t i = 0; i < half; ++i) {
-    double cs = 0, sn = 0;
-    for (std::int64_t p = p0; p < p0 + c.future; ++p) {
-      const double a = rope_angle(p, i, D, rope->theta);
-      cs += std::cos(a);
-      sn += std::sin(a);
-    }
-    ep.cbar[i] = cs / static_cast<double>(c.future);
-    ep.sbar[i] = sn / static_cast<double>(c.future);
-  }
-  const std::int64_t w = std::min(c.window, n);
-  ep.qc.resize(static_cast<std::size_t>(w) * half);
-  ep.qs.resize(static_cast<std::size_t>(w) * half);
-  for (std::int64_t i = 0; i < w; ++i)
-    for (std::size_t k = 0; k < half; ++k) {
-      const double a = -1.0 * rope_angle(position_of(kv, n - w + i), k, D, rope->theta);
-      ep.qc[static_cast<std::size_t>(i) * half + k] = std::cos(a);
-      ep.qs[static_cast<std::size_t>(i) * half + k] = std::sin(a);
-    }
-  return ep;
-}
-
-/// rope_undo with precomputed cos/sin (same arithmetic, so the same floats).
-inline void rope_undo_table(float* x, std::size_t D, const double* cs, const double* sn, rope_style style) {
-  const std::size_t half = D / 2;
-  for (std::size_t i = 0; i < half; ++i) {
-    const std::size_t i0 = style == rope_style::interleaved_pairs ? 2 * i : i;
-    const std::size_t i1 = style == rope_style::interleaved_pairs ? 2 * i + 1 : i + half;
-    const double x0 = x[i0], x1 = x[i1], c = cs[i], s = sn[i];
-    x[i0] = static_cast<float>(x0 * c - x1 * s);
-    x[i1] = static_cast<float>(x0 * s + x1 * c);
-  }
+  return expected_tables(static_cast<std::size_t>(kv.shape.head_dim), n, c.window, c.future, rope.has_value(), rope ? rope->theta : 10000.0, kv.positions);
 }
 
 /// Expected attention (kvpress ExpectedAttentionPress), on post-RoPE queries: the last `window`

@@ -1,0 +1,92 @@
+// kvcodec/cuda/drop/expected_attention.cuh — the `expected-attention` stage on the GPU, mirroring
+// cpu/drop/expected_attention.hpp (kvpress ExpectedAttentionPress): core/expected_attention.hpp's four
+// steps as kernels (a thread per query head for the window statistics and the softmax, a thread per
+// (query head, key) for the logits, per (kv head, key) for the scores), then drop_expected_coder and the
+// selection of cuda/drop/select.cuh. The steps are the CPU scorer's arithmetic in its order, so kept sets
+// equal the CPU's bit for bit (the host emulation, drop_expected_select_emulated, is checked in CI).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "kvcodec/core/expected_attention.hpp"
+#include "kvcodec/cuda/drop/select.cuh"
+#include "kvcodec/cuda/policy.cuh"
+
+namespace kvcodec::cuda {
+
+namespace detail {
+
+template <int Step>
+__global__ void expected_step_kernel(expected_args a, std::int64_t items) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < items; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    if constexpr (Step == 0) expected_stats(a, i);
+    else if constexpr (Step == 1) expected_logit(a, i);
+    else if constexpr (Step == 2) expected_softmax(a, i);
+    else expected_score(a, i);
+  }
+}
+
+}  // namespace detail
+
+/// kept[(l * heads + h) * b + i] (device): each (layer, kv head)'s b tokens of [0, a.n), increasing, under
+/// expected attention. a.k, a.v and a.q hold device pointers (values in the keys' layout and dtype); `ep`
+/// is expected_tables of a's parameters (host: copied into temp on p.stream, so it must live until the
+/// work is done); a's arrays are ignored (they live in temp). Two-phase: temp == nullptr sets temp_bytes.
+inline void expected_attention_select(void* temp, std::size_t& temp_bytes, expected_args a, const expected_prep& ep, std::int64_t b, std::int32_t* kept,
+                                      const par_t& p) {
+  if (a.k.head_dim < 1 || a.k.head_dim > drop_max_head_dim || a.q.head_dim != a.k.head_dim)
+    throw_usage("cuda expected_attention_select: head_dim " + std::to_string(a.k.head_dim) + " outside 1.." + std::to_string(drop_max_head_dim) +
+                " or unlike the queries'");
+  if (a.layers < 1 || a.heads < 1 || a.group < 1 || a.n < 1) throw_usage("cuda expected_attention_select: need layers, heads, group and n >= 1");
+  if (a.window < 1 || a.window > a.n) throw_usage("cuda expected_attention_select: window " + std::to_string(a.window) + " outside 1.." + std::to_string(a.n));
+  if (a.rope && (a.k.head_dim % 2 != 0 || ep.qc.size() != static_cast<std::size_t>(a.window * (a.k.head_dim / 2))))
+    throw_usage("cuda expected_attention_select: RoPE needs an even head_dim and the tables of this window (expected_tables)");
+  const expected_sizes sz = expected_sizes_of(a);
+  const std::size_t half = static_cast<std::size_t>(a.k.head_dim / 2);
+  const std::size_t sizes[] = {detail::align256(half * sizeof(double)), detail::align256(half * sizeof(double)), detail::align256(ep.qc.size() * sizeof(double)),
+                               detail::align256(ep.qs.size() * sizeof(double)), detail::align256(sz.mu * sizeof(double)), detail::align256(sz.mu * sizeof(float)),
+                               detail::align256(sz.cov * sizeof(double)), detail::align256(sz.logit * sizeof(double)), detail::align256(sz.coef * sizeof(double)),
+                               detail::align256(sz.score * sizeof(double))};
+  std::size_t own = 0;
+  for (const std::size_t s : sizes) own += s;
+  const drop_expected_coder probe{nullptr, a.heads, a.n, expected_sinks(a)};
+  std::size_t select_bytes = 0;
+  select_by_codes(nullptr, select_bytes, probe, a.layers, a.heads, a.n, b, nullptr, p);
+  if (temp == nullptr) {
+    temp_bytes = own + select_bytes;
+    return;
+  }
+  if (temp_bytes < own + select_bytes)
+    throw_usage("cuda expected_attention_select: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(own + select_bytes) + " needed");
+  auto* at = static_cast<std::uint8_t*>(temp);
+  std::uint8_t* part[10];
+  for (int i = 0; i < 10; ++i) part[i] = at, at += sizes[i];
+  const auto copy = [&](std::uint8_t* dst, const std::vector<double>& src) {
+    if (!src.empty()) check(cudaMemcpyAsync(dst, src.data(), src.size() * sizeof(double), cudaMemcpyHostToDevice, p.stream), "expected-attention tables");
+  };
+  copy(part[0], ep.cbar), copy(part[1], ep.sbar), copy(part[2], ep.qc), copy(part[3], ep.qs);
+  a.cbar = reinterpret_cast<const double*>(part[0]), a.sbar = reinterpret_cast<const double*>(part[1]);
+  a.qc = reinterpret_cast<const double*>(part[2]), a.qs = reinterpret_cast<const double*>(part[3]);
+  a.mu = reinterpret_cast<double*>(part[4]), a.muf = reinterpret_cast<float*>(part[5]), a.covm = reinterpret_cast<double*>(part[6]);
+  a.logit = reinterpret_cast<double*>(part[7]), a.coef = reinterpret_cast<double*>(part[8]), a.score = reinterpret_cast<double*>(part[9]);
+  const std::int64_t lh = static_cast<std::int64_t>(sz.coef), m = expected_keys(a), scored = static_cast<std::int64_t>(a.layers) * a.heads * m;
+  const unsigned threads = 128;
+  detail::expected_step_kernel<0><<<detail::grid_for(lh, 32), 32, 0, p.stream>>>(a, lh);
+  check(cudaGetLastError(), "expected-attention stats kernel launch");
+  if (m > 0) {
+    detail::expected_step_kernel<1><<<detail::grid_for(lh * m, threads), threads, 0, p.stream>>>(a, lh * m);
+    check(cudaGetLastError(), "expected-attention logit kernel launch");
+    detail::expected_step_kernel<2><<<detail::grid_for(lh, 32), 32, 0, p.stream>>>(a, lh);
+    check(cudaGetLastError(), "expected-attention softmax kernel launch");
+    detail::expected_step_kernel<3><<<detail::grid_for(scored, threads), threads, 0, p.stream>>>(a, scored);
+    check(cudaGetLastError(), "expected-attention score kernel launch");
+  }
+  std::size_t sb = select_bytes;
+  select_by_codes(at, sb, drop_expected_coder{a.score, a.heads, a.n, expected_sinks(a)}, a.layers, a.heads, a.n, b, kept, p);
+}
+
+}  // namespace kvcodec::cuda
