@@ -50,7 +50,8 @@ struct drop_timing {
   std::size_t kept = 0;     ///< tokens kept in all
 };
 
-/// Times a GPU drop selection (method: snapkv, pyramidkv, adakv over snapkv, h2o, tova, knorm) on device f16 keys and
+/// Times a GPU drop selection (method: snapkv, pyramidkv, adakv over snapkv, h2o, tova, knorm, lagkv,
+/// expected-attention; the last two read f16 values too) on device f16 keys and
 /// queries (layers x kv_heads x tokens x head_dim; q_heads query heads; random normal values with
 /// per-channel scales) keeping `keep` of the tokens, window `window`, and a device memcpy of the keys
 /// in the same run.

@@ -14,7 +14,9 @@
 #include "kvcodec/cuda/memory.cuh"
 #include "kvcodec/cuda/rans.cuh"
 #include "kvcodec/cuda/drop/adakv.cuh"
+#include "kvcodec/cuda/drop/expected_attention.cuh"
 #include "kvcodec/cuda/drop/h2o.cuh"
+#include "kvcodec/cuda/drop/lagkv.cuh"
 #include "kvcodec/cuda/drop/knorm.cuh"
 #include "kvcodec/cuda/drop/pyramidkv.cuh"
 #include "kvcodec/cuda/drop/snapkv.cuh"
@@ -152,8 +154,8 @@ drop_timing time_drop_select(const std::string& method, int layers, int kv_heads
   const std::size_t per_q = static_cast<std::size_t>(q_heads) * static_cast<std::size_t>(tokens) * static_cast<std::size_t>(head_dim);
   r.key_bytes = per_k * 2 * static_cast<std::size_t>(layers);
   // f16 keys and queries: a normal value per element (splitmix64 + Box-Muller) times a per-channel scale
-  std::vector<cuda::device_buffer<std::uint16_t>> kb, qb;
-  std::vector<const void*> kp, qp;
+  std::vector<cuda::device_buffer<std::uint16_t>> kb, qb, vb;
+  std::vector<const void*> kp, qp, vp;
   std::uint64_t state = 12345;
   const auto fill = [&](std::size_t count) {
     std::vector<std::uint16_t> h(count);
@@ -170,8 +172,13 @@ drop_timing time_drop_select(const std::string& method, int layers, int kv_heads
     qb.emplace_back(std::span<const std::uint16_t>(fill(per_q)));
     kp.push_back(kb.back().data());
     qp.push_back(qb.back().data());
+    if (method == "lagkv" || method == "expected-attention") {
+      vb.emplace_back(std::span<const std::uint16_t>(fill(per_k)));
+      vp.push_back(vb.back().data());
+    }
   }
   cuda::device_buffer<const void*> dk{std::span<const void* const>(kp)}, dq{std::span<const void* const>(qp)};
+  cuda::device_buffer<const void*> dv{std::span<const void* const>(vp.empty() ? kp : vp)};
   drop_window_source src;
   src.k.k = dk.data(), src.q.k = dq.data();
   for (drop_source* d : {&src.k, &src.q}) {
@@ -185,14 +192,22 @@ drop_timing time_drop_select(const std::string& method, int layers, int kv_heads
   drop_window_params wp;
   wp.b = b, wp.window = window;
   const drop_window_plan ada = plan_drop_window(src, wp);
+  lagkv_args lag;
+  lag.k = src.k, lag.v = dv.data(), lag.layers = layers, lag.heads = kv_heads, lag.n = tokens, lag.sink = 16, lag.lag = 128;
+  expected_args ea;
+  ea.k = src.k, ea.q = src.q, ea.v = dv.data(), ea.layers = layers, ea.heads = kv_heads, ea.group = q_heads / kv_heads, ea.n = tokens;
+  ea.window = window, ea.sink = 4, ea.rope = true;
+  const expected_prep ep = expected_tables(static_cast<std::size_t>(head_dim), tokens, window, 64, true, 10000.0, {});
   const auto run = [&](void* temp, std::size_t& bytes, std::int32_t* kept) {
-    if (method == "adakv") cuda::adakv_select(temp, bytes, ada, 0.2, mask.data(), cuda::par);
+    if (method == "lagkv") cuda::lagkv_select(temp, bytes, lag, b, kept, cuda::par);
+    else if (method == "expected-attention") cuda::expected_attention_select(temp, bytes, ea, ep, b, kept, cuda::par);
+    else if (method == "adakv") cuda::adakv_select(temp, bytes, ada, 0.2, mask.data(), cuda::par);
     else if (method == "snapkv") cuda::snapkv_select(temp, bytes, src, window, 5, b, kept, cuda::par);
     else if (method == "pyramidkv") cuda::pyramidkv_select(temp, bytes, src, window, 5, 20.0, b, kept, cuda::par);
     else if (method == "h2o") cuda::h2o_select(temp, bytes, src, window, 0.5, b, kept, cuda::par);
     else if (method == "tova") cuda::tova_select(temp, bytes, src, b, kept, cuda::par);
     else if (method == "knorm") cuda::knorm_select(temp, bytes, src.k, layers, kv_heads, tokens, b, kept, cuda::par);
-    else throw_usage("bench_cuda drop: unknown method '" + method + "' (snapkv, pyramidkv, adakv, h2o, tova, knorm)");
+    else throw_usage("bench_cuda drop: unknown method '" + method + "' (snapkv, pyramidkv, adakv, h2o, tova, knorm, lagkv, expected-attention)");
   };
   std::size_t bytes = 0;
   run(nullptr, bytes, nullptr);
