@@ -18,20 +18,6 @@
 
 namespace kvcodec::cuda {
 
-namespace detail {
-
-template <int Step>
-__global__ void expected_step_kernel(expected_args a, std::int64_t items) {
-  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < items; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    if constexpr (Step == 0) expected_stats(a, i);
-    else if constexpr (Step == 1) expected_logit(a, i);
-    else if constexpr (Step == 2) expected_softmax(a, i);
-    else expected_score(a, i);
-  }
-}
-
-}  // namespace detail
-
 /// kept[(l * heads + h) * b + i] (device): each (layer, kv head)'s b tokens of [0, a.n), increasing, under
 /// expected attention. a.k, a.v and a.q hold device pointers (values in the keys' layout and dtype); `ep`
 /// is expected_tables of a's parameters (host: copied into temp on p.stream, so it must live until the
@@ -74,16 +60,11 @@ inline void expected_attention_select(void* temp, std::size_t& temp_bytes, expec
   a.mu = reinterpret_cast<double*>(part[4]), a.muf = reinterpret_cast<float*>(part[5]), a.covm = reinterpret_cast<double*>(part[6]);
   a.logit = reinterpret_cast<double*>(part[7]), a.coef = reinterpret_cast<double*>(part[8]), a.score = reinterpret_cast<double*>(part[9]);
   const std::int64_t lh = static_cast<std::int64_t>(sz.coef), m = expected_keys(a), scored = static_cast<std::int64_t>(a.layers) * a.heads * m;
-  const unsigned threads = 128;
-  detail::expected_step_kernel<0><<<detail::grid_for(lh, 32), 32, 0, p.stream>>>(a, lh);
-  check(cudaGetLastError(), "expected-attention stats kernel launch");
+  detail::launch_step<expected_args, expected_stats>(a, lh, 32, p, "expected-attention stats kernel launch");
   if (m > 0) {
-    detail::expected_step_kernel<1><<<detail::grid_for(lh * m, threads), threads, 0, p.stream>>>(a, lh * m);
-    check(cudaGetLastError(), "expected-attention logit kernel launch");
-    detail::expected_step_kernel<2><<<detail::grid_for(lh, 32), 32, 0, p.stream>>>(a, lh);
-    check(cudaGetLastError(), "expected-attention softmax kernel launch");
-    detail::expected_step_kernel<3><<<detail::grid_for(scored, threads), threads, 0, p.stream>>>(a, scored);
-    check(cudaGetLastError(), "expected-attention score kernel launch");
+    detail::launch_step<expected_args, expected_logit>(a, lh * m, 128, p, "expected-attention logit kernel launch");
+    detail::launch_step<expected_args, expected_softmax>(a, lh, 32, p, "expected-attention softmax kernel launch");
+    detail::launch_step<expected_args, expected_score>(a, scored, 128, p, "expected-attention score kernel launch");
   }
   std::size_t sb = select_bytes;
   select_by_codes(at, sb, drop_expected_coder{a.score, a.heads, a.n, expected_sinks(a)}, a.layers, a.heads, a.n, b, kept, p);

@@ -17,19 +17,6 @@
 
 namespace kvcodec::cuda {
 
-namespace detail {
-
-template <int Step>
-__global__ void lagkv_step_kernel(lagkv_args a, std::int64_t items) {
-  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < items; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    if constexpr (Step == 0) lagkv_range(a, i);
-    else if constexpr (Step == 1) lagkv_sd(a, i);
-    else lagkv_softmax(a, i);
-  }
-}
-
-}  // namespace detail
-
 /// kept[(l * heads + h) * b + i] (device): each (layer, kv head)'s b tokens of [0, a.n), increasing, under
 /// LagKV with a.sink sinks and partitions of a.lag tokens. a.k and a.v hold device pointers (values in
 /// the keys' layout and dtype); a's arrays are ignored (they live in temp). Two-phase: temp == nullptr
@@ -55,15 +42,9 @@ inline void lagkv_select(void* temp, std::size_t& temp_bytes, lagkv_args a, std:
   if (temp_bytes < own + select_bytes)
     throw_usage("cuda lagkv_select: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(own + select_bytes) + " needed");
   const lagkv_items c = lagkv_counts(a);
-  const unsigned threads = 128;
-  if (c.range > 0) {
-    detail::lagkv_step_kernel<0><<<detail::grid_for(c.range, threads), threads, 0, p.stream>>>(a, c.range);
-    check(cudaGetLastError(), "lagkv range kernel launch");
-    detail::lagkv_step_kernel<1><<<detail::grid_for(c.sd, threads), threads, 0, p.stream>>>(a, c.sd);
-    check(cudaGetLastError(), "lagkv sd kernel launch");
-    detail::lagkv_step_kernel<2><<<detail::grid_for(c.softmax, threads), threads, 0, p.stream>>>(a, c.softmax);
-    check(cudaGetLastError(), "lagkv softmax kernel launch");
-  }
+  detail::launch_step<lagkv_args, lagkv_range>(a, c.range, 128, p, "lagkv range kernel launch");
+  detail::launch_step<lagkv_args, lagkv_sd>(a, c.sd, 128, p, "lagkv sd kernel launch");
+  detail::launch_step<lagkv_args, lagkv_softmax>(a, c.softmax, 32, p, "lagkv softmax kernel launch");
   std::size_t sb = select_bytes;
   select_by_codes(base + own, sb, drop_lagkv_coder{a}, a.layers, a.heads, a.n, b, kept, p);
 }

@@ -40,6 +40,20 @@ inline unsigned grid_for(std::int64_t items, unsigned threads) {
   return static_cast<unsigned>(g < 1 ? 1 : g > 65535 ? 65535 : g);
 }
 
+/// A core/ step F(a, i) over items i < count, one thread an item (grid-stride).
+template <class Args, void (*F)(const Args&, std::int64_t) noexcept>
+__global__ void step_kernel(Args a, std::int64_t count) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) F(a, i);
+}
+
+/// Queues step_kernel<Args, F> over `count` items (nothing when there are none).
+template <class Args, void (*F)(const Args&, std::int64_t) noexcept>
+void launch_step(const Args& a, std::int64_t count, unsigned threads, const par_t& p, const char* what) {
+  if (count <= 0) return;
+  step_kernel<Args, F><<<grid_for(count, threads), threads, 0, p.stream>>>(a, count);
+  check(cudaGetLastError(), what);
+}
+
 }  // namespace detail
 
 /// Scratch of topk_select: where each of its arrays starts in the caller's temp storage.
