@@ -44,8 +44,9 @@ void check_case(kv_cache kv, const params& p, std::int64_t b) {
       for (auto& x : layer) x = test::round_to(x, p.code);
   drop::expected_attention d;
   d.tokens = b, d.sink = p.sink, d.window = p.window, d.cov = p.cov, d.vnorm = p.vnorm, d.future = 32, d.obs_end = p.n;
+  const drop::config cfg = d.cfg();  // a scorer keeps a reference to its configuration
   std::vector<std::int32_t> want;
-  for (const auto& layer : cpu::select_expected_attention(kv, d.cfg(), 1))
+  for (const auto& layer : cpu::select_expected_attention(kv, cfg, 1))
     for (const auto& h : layer) want.insert(want.end(), h.begin(), h.begin() + b);
   const test::typed tk = test::as_dtype(kv.keys, p.code), tv = test::as_dtype(kv.values, p.code), tq = test::as_dtype(kv.queries, p.code);
   expected_args a;
@@ -58,7 +59,7 @@ void check_case(kv_cache kv, const params& p, std::int64_t b) {
   std::vector<double> scores;
   CHECK(drop_expected_select_emulated(a, ep, b, &scores) == want);
   // and the scores themselves, bit for bit, against the CPU scorer's
-  const cpu::drop_detail::expected_attention_scorer sc(kv, d.cfg(), n);
+  const cpu::drop_detail::expected_attention_scorer sc(kv, cfg, n);
   const std::int64_t s0 = std::min(p.sink, n);
   std::size_t differ = 0;
   for (int l = 0; l < kv.shape.layers; ++l) {

@@ -35,6 +35,8 @@
 #include "kvcodec/cpu/drop/lagkv.hpp"
 #include "kvcodec/cpu/drop/expected_attention.hpp"
 #include "kvcodec/cuda/drop/expected_attention.cuh"
+#include "kvcodec/cpu/drop/chunkkv.hpp"
+#include "kvcodec/cuda/drop/chunkkv.cuh"
 #include "kvcodec/cuda/drop/lagkv.cuh"
 #include "kvcodec/cuda/eval/attention.cuh"
 #include "kvcodec/cuda/drop/pyramidkv.cuh"
@@ -693,6 +695,51 @@ void test_expected_attention_select() {
       }
 }
 
+/// cuda::chunkkv_select over lagkv (equal kept sets) and over snapkv (equal but for near-ties) against
+/// the CPU's select_chunkkv.
+void test_chunkkv_select() {
+  const kv_cache kv = test::small_synth({.layers = 2, .kv_heads = 2, .q_heads = 4, .head_dim = 64, .tokens = 700, .seed = 19});
+  device_layers k, v, q;
+  upload_layers(kv.keys, 0, k);
+  upload_layers(kv.values, 0, v);
+  upload_layers(kv.queries, 0, q);
+  for (const char* scorer : {"lagkv", "snapkv"})
+    for (std::int64_t chunk : {std::int64_t{1}, std::int64_t{10}}) {
+      drop::chunkkv d;
+      d.scorer = scorer, d.chunk = chunk, d.tokens = 250, d.window = 64, d.lag = 64;
+      const drop::config c = d.cfg();
+      std::size_t bytes = 0;
+      kvcodec::cuda::device_buffer<std::int32_t> kept(static_cast<std::size_t>(4 * 250));
+      const auto run = [&](void* temp, std::int32_t* out) {
+        if (std::string(scorer) == "lagkv") {
+          lagkv_args a;
+          a.k.k = k.d_ptrs.data(), a.v = v.d_ptrs.data(), a.k.head_dim = 64, a.k.dtype_code = 0, a.k.layout.s_head = 700 * 64, a.k.layout.s_token = 64;
+          a.layers = 2, a.heads = 2, a.n = 700, a.sink = c.sink, a.lag = c.lag;
+          kvcodec::cuda::chunkkv_select(temp, bytes, a, 250, chunk, out, kvcodec::cuda::par);
+        } else {
+          drop_window_source src;
+          src.k.k = k.d_ptrs.data(), src.q.k = q.d_ptrs.data();
+          for (drop_source* s : {&src.k, &src.q}) s->head_dim = 64, s->dtype_code = 0, s->layout.s_head = 700 * 64, s->layout.s_token = 64;
+          src.layers = 2, src.heads = 2, src.group = 2, src.n = 700;
+          drop_window_params wp;
+          wp.b = 250, wp.window = 64, wp.kernel = c.kernel;
+          kvcodec::cuda::chunkkv_select(temp, bytes, plan_drop_window(src, wp), chunk, out, kvcodec::cuda::par);
+        }
+      };
+      run(nullptr, nullptr);
+      kvcodec::cuda::device_buffer<std::uint8_t> temp(bytes);
+      run(temp.data(), kept.data());
+      std::vector<std::int32_t> flat;
+      for (const auto& layer : cpu::select_chunkkv(kv, c, 1))
+        for (const auto& h : layer) flat.insert(flat.end(), h.begin(), h.begin() + 250);
+      const auto got = kept.download();
+      std::size_t diff = 0;
+      for (std::size_t i = 0; i < flat.size(); ++i) diff += got[i] != flat[i];
+      expect(std::string(scorer) == "lagkv" ? diff == 0 : diff <= static_cast<std::size_t>(2 * chunk),
+             std::string("chunkkv_select over ") + scorer + " chunk " + std::to_string(chunk) + ": " + std::to_string(diff) + " kept tokens differ from the CPU's");
+    }
+}
+
 /// cuda::compare_attention against the CPU's eval::compare_attention: a lossy reconstruction (several
 /// row and key tiles, head widths across chunks, GQA), windows and row sampling, a token-dropped one,
 /// and an exact one (error and KL exactly 0).
@@ -752,6 +799,7 @@ int main() {
     test_window_select();
     test_lagkv_select();
     test_expected_attention_select();
+    test_chunkkv_select();
     test_compare_attention();
   } catch (const std::exception& e) {
     std::printf("FAIL: exception: %s\n", e.what());

@@ -140,6 +140,15 @@ struct drop_keydiff_coder {
   }
 };
 
+/// The identity on coders: the selections' default for a press that wraps a scorer's coder (chunkkv's
+/// drop_chunk_coder is another).
+struct drop_same_coder {
+  template <class Coder>
+  Coder operator()(const Coder& c) const {
+    return c;
+  }
+};
+
 /// Host emulation of the GPU selection: kept[(l * heads + h) * b + i], each head's b best of tokens
 /// [0, n) by `coder`'s codes in increasing token order (the kernels' codes, a stable descending sort
 /// per head, its first b sorted).

@@ -205,8 +205,12 @@ struct drop_expected_coder {
   const double* score = nullptr;
   int heads = 1;
   std::int64_t n = 0, sinks = 0;
+  /// Priority of a protected token (0 kept first), -1 for a scored one.
+  KVCODEC_HD std::int64_t priority(std::int64_t t) const noexcept { return t < sinks ? t : -1; }
+  /// The CPU scorer's value of token t (0 for the sinks).
+  KVCODEC_HD double raw(int l, std::int64_t h, std::int64_t t) const noexcept { return t < sinks ? 0.0 : score[(static_cast<std::int64_t>(l) * heads + h) * n + t]; }
   KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept {
-    return t < sinks ? drop_protected_code(static_cast<std::uint64_t>(t)) : drop_rank_code(score[(static_cast<std::int64_t>(l) * heads + h) * n + t]);
+    return t < sinks ? drop_protected_code(static_cast<std::uint64_t>(t)) : drop_rank_code(raw(l, h, t));
   }
 };
 
@@ -222,9 +226,11 @@ inline expected_sizes expected_sizes_of(const expected_args& a) {
 }
 
 /// The GPU expected-attention selection emulated on the host: the four steps item by item, then each
-/// head's b best. `ep`: expected_tables of the same parameters; `scores` (optional) receives the score
-/// array ([(l * heads + g) * n + t], tokens from the sinks on).
-inline std::vector<std::int32_t> drop_expected_select_emulated(expected_args a, const expected_prep& ep, std::int64_t b, std::vector<double>* scores = nullptr) {
+/// head's b best by drop_expected_coder (or by wrap(coder)). `ep`: expected_tables of the same
+/// parameters; `scores` (optional) receives the score array ([(l * heads + g) * n + t], from the sinks on).
+template <class Wrap = drop_same_coder>
+std::vector<std::int32_t> drop_expected_select_emulated(expected_args a, const expected_prep& ep, std::int64_t b, std::vector<double>* scores = nullptr,
+                                                        const Wrap& wrap = {}) {
   const expected_sizes sz = expected_sizes_of(a);
   std::vector<double> mu(sz.mu), cov(sz.cov), logit(sz.logit), coef(sz.coef), score(sz.score, 0.0);
   std::vector<float> muf(sz.mu);
@@ -235,7 +241,7 @@ inline std::vector<std::int32_t> drop_expected_select_emulated(expected_args a, 
   for (std::int64_t i = 0; i < lh * m; ++i) expected_logit(a, i);
   for (std::int64_t i = 0; i < lh; ++i) expected_softmax(a, i);
   for (std::int64_t i = 0; i < static_cast<std::int64_t>(a.layers) * a.heads * m; ++i) expected_score(a, i);
-  auto kept = drop_select_emulated(drop_expected_coder{score.data(), a.heads, a.n, expected_sinks(a)}, a.layers, a.heads, a.n, b);
+  auto kept = drop_select_emulated(wrap(drop_expected_coder{score.data(), a.heads, a.n, expected_sinks(a)}), a.layers, a.heads, a.n, b);
   if (scores) *scores = std::move(score);
   return kept;
 }

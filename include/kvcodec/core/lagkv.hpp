@@ -105,14 +105,22 @@ KVCODEC_HD inline void lagkv_softmax(const lagkv_args& a, std::int64_t i) noexce
 /// The scores as a coder: the sinks first, then the newest tokens from the tail on, then the scores.
 struct drop_lagkv_coder {
   lagkv_args a;
-  KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept {
-    const std::int64_t s0 = lagkv_sinks(a), tail = lagkv_tail(a);
-    if (t < s0) return drop_protected_code(static_cast<std::uint64_t>(t));
-    if (t >= tail) return drop_protected_code(static_cast<std::uint64_t>(s0 + (a.n - 1 - t)));
-    const std::int64_t P = lagkv_scored(a), p = (t - s0) / a.lag, seg = static_cast<std::int64_t>(l) * a.heads + h;
+  /// Priority of a protected token (0 kept first), -1 for a scored one.
+  KVCODEC_HD std::int64_t priority(std::int64_t t) const noexcept {
+    const std::int64_t s0 = lagkv_sinks(a);
+    return t < s0 ? t : t >= lagkv_tail(a) ? s0 + (a.n - 1 - t) : -1;
+  }
+  /// The CPU scorer's value of token t (0 for the protected ones).
+  KVCODEC_HD double raw(int l, std::int64_t h, std::int64_t t) const noexcept {
+    if (priority(t) >= 0) return 0.0;
+    const std::int64_t P = lagkv_scored(a), p = (t - lagkv_sinks(a)) / a.lag, seg = static_cast<std::int64_t>(l) * a.heads + h;
     double s = 0.0;
     for (int side = 0; side < 2; ++side) s += a.z[(seg * 2 + side) * a.n + t] / a.total[(seg * 2 + side) * P + p];
-    return drop_rank_code(s);
+    return s;
+  }
+  KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept {
+    const std::int64_t p = priority(t);
+    return p >= 0 ? drop_protected_code(static_cast<std::uint64_t>(p)) : drop_rank_code(raw(l, h, t));
   }
 };
 
@@ -136,8 +144,10 @@ inline lagkv_sizes lagkv_sizes_of(const lagkv_args& a) {
   return {segs * 2 * P * static_cast<std::size_t>(a.k.head_dim), segs * 2 * static_cast<std::size_t>(a.n), segs * 2 * P};
 }
 
-/// The GPU lagkv selection emulated on the host: the three steps item by item, then each head's b best.
-inline std::vector<std::int32_t> drop_lagkv_select_emulated(lagkv_args a, std::int64_t b) {
+/// The GPU lagkv selection emulated on the host: the three steps item by item, then each head's b best
+/// by drop_lagkv_coder (or by wrap(coder)).
+template <class Wrap = drop_same_coder>
+std::vector<std::int32_t> drop_lagkv_select_emulated(lagkv_args a, std::int64_t b, const Wrap& wrap = {}) {
   const lagkv_sizes sz = lagkv_sizes_of(a);
   std::vector<double> lo(sz.range), inv(sz.range), z(sz.z, 0.0), total(sz.total);
   a.lo = lo.data(), a.inv = inv.data(), a.z = z.data(), a.total = total.data();
@@ -145,7 +155,7 @@ inline std::vector<std::int32_t> drop_lagkv_select_emulated(lagkv_args a, std::i
   for (std::int64_t i = 0; i < c.range; ++i) lagkv_range(a, i);
   for (std::int64_t i = 0; i < c.sd; ++i) lagkv_sd(a, i);
   for (std::int64_t i = 0; i < c.softmax; ++i) lagkv_softmax(a, i);
-  return drop_select_emulated(drop_lagkv_coder{a}, a.layers, a.heads, a.n, b);
+  return drop_select_emulated(wrap(drop_lagkv_coder{a}), a.layers, a.heads, a.n, b);
 }
 
 }  // namespace kvcodec

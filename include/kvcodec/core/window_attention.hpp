@@ -312,8 +312,13 @@ struct drop_window_coder {
       if (u >= 0 && u < qb) s += static_cast<double>(col[u]);
     return s / static_cast<double>(kernel) / static_cast<double>(w) / group;
   }
+  /// The CPU scorer's value of token t (0 where it writes none: snapkv's window).
+  KVCODEC_HD double raw(int l, std::int64_t h, std::int64_t t) const noexcept { return kind == wattn_score::snapkv && t >= qb ? 0.0 : score(l, h, t); }
+  /// Priority of a protected token (0 kept first), -1 for a scored one.
+  KVCODEC_HD std::int64_t priority(std::int64_t t) const noexcept { return t >= protect_from ? n - 1 - t : -1; }
   KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept {
-    return t >= protect_from ? drop_protected_code(static_cast<std::uint64_t>(n - 1 - t)) : drop_rank_code(score(l, h, t));
+    const std::int64_t p = priority(t);
+    return p >= 0 ? drop_protected_code(static_cast<std::uint64_t>(p)) : drop_rank_code(score(l, h, t));
   }
 };
 
@@ -407,8 +412,10 @@ inline std::size_t drop_window_kept_size(const drop_window_plan& p) {
 }
 
 /// A window scorer's GPU selection emulated on the host: the two passes, then per layer the b_l best of
-/// every head by drop_window_coder, concatenated layer after layer (drop_window_kept_size tokens).
-inline std::vector<std::int32_t> drop_window_select_emulated(drop_window_plan p) {
+/// every head by drop_window_coder (or by wrap(coder): chunkkv's chunk means), concatenated layer after
+/// layer (drop_window_kept_size tokens).
+template <class Wrap = drop_same_coder>
+std::vector<std::int32_t> drop_window_select_emulated(drop_window_plan p, const Wrap& wrap = {}) {
   const std::size_t segs = static_cast<std::size_t>(p.a.layers) * static_cast<std::size_t>(p.a.heads);
   std::vector<float> m(segs * static_cast<std::size_t>(wattn_rows(p.a))), z(m.size()), acc(segs * static_cast<std::size_t>(p.a.n));
   p.a.m = m.data(), p.a.z = z.data(), p.a.acc = acc.data();
@@ -416,7 +423,7 @@ inline std::vector<std::int32_t> drop_window_select_emulated(drop_window_plan p)
   p.coder.acc = acc.data();
   std::vector<std::int32_t> kept;
   for (int l = 0; l < p.a.layers; ++l) {
-    const auto one = drop_select_emulated(drop_layer_shift<drop_window_coder>{p.coder, l}, 1, p.a.heads, p.a.n, p.budgets[static_cast<std::size_t>(l)]);
+    const auto one = drop_select_emulated(drop_layer_shift<decltype(wrap(p.coder))>{wrap(p.coder), l}, 1, p.a.heads, p.a.n, p.budgets[static_cast<std::size_t>(l)]);
     kept.insert(kept.end(), one.begin(), one.end());
   }
   return kept;

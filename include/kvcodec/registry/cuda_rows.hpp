@@ -26,6 +26,7 @@ inline void register_cuda_rows(registry& r) {
   // drop stages: the scorers and the selection run on device views; cuda::encode runs no drop stage yet
   for (const char* d : {"knorm", "keydiff", "random", "streamingllm", "lagkv", "snapkv", "pyramidkv", "h2o", "tova"})
     r.set_cuda(d, {false, false, std::string("drop/") + d + ".cuh", "scorer and selection only (cuda::" + std::string(d) + "_select); not in cuda::encode"});
+  r.set_cuda("chunkkv", {false, false, "drop/chunkkv.cuh", "scorer=snapkv, h2o, tova, lagkv or expected-attention; scorer and selection only (cuda::chunkkv_select); not in cuda::encode"});
   r.set_cuda("adakv", {false, false, "drop/adakv.cuh", "scorer=snapkv, h2o or tova; scorer and selection only, kept sets as a mask (cuda::adakv_select); not in cuda::encode"});
 }
 

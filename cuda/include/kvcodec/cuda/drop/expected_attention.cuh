@@ -21,9 +21,11 @@ namespace kvcodec::cuda {
 /// kept[(l * heads + h) * b + i] (device): each (layer, kv head)'s b tokens of [0, a.n), increasing, under
 /// expected attention. a.k, a.v and a.q hold device pointers (values in the keys' layout and dtype); `ep`
 /// is expected_tables of a's parameters (host: copied into temp on p.stream, so it must live until the
-/// work is done); a's arrays are ignored (they live in temp). Two-phase: temp == nullptr sets temp_bytes.
-inline void expected_attention_select(void* temp, std::size_t& temp_bytes, expected_args a, const expected_prep& ep, std::int64_t b, std::int32_t* kept,
-                                      const par_t& p) {
+/// work is done); a's arrays are ignored (they live in temp). Ranked by drop_expected_coder, or by
+/// wrap(coder) (chunkkv). Two-phase: temp == nullptr sets temp_bytes.
+template <class Wrap = drop_same_coder>
+void expected_attention_select(void* temp, std::size_t& temp_bytes, expected_args a, const expected_prep& ep, std::int64_t b, std::int32_t* kept,
+                               const par_t& p, const Wrap& wrap = {}) {
   if (a.k.head_dim < 1 || a.k.head_dim > drop_max_head_dim || a.q.head_dim != a.k.head_dim)
     throw_usage("cuda expected_attention_select: head_dim " + std::to_string(a.k.head_dim) + " outside 1.." + std::to_string(drop_max_head_dim) +
                 " or unlike the queries'");
@@ -41,7 +43,7 @@ inline void expected_attention_select(void* temp, std::size_t& temp_bytes, expec
   for (const std::size_t s : sizes) own += s;
   const drop_expected_coder probe{nullptr, a.heads, a.n, expected_sinks(a)};
   std::size_t select_bytes = 0;
-  select_by_codes(nullptr, select_bytes, probe, a.layers, a.heads, a.n, b, nullptr, p);
+  select_by_codes(nullptr, select_bytes, wrap(probe), a.layers, a.heads, a.n, b, nullptr, p);
   if (temp == nullptr) {
     temp_bytes = own + select_bytes;
     return;
@@ -67,7 +69,7 @@ inline void expected_attention_select(void* temp, std::size_t& temp_bytes, expec
     detail::launch_step<expected_args, expected_score>(a, scored, 128, p, "expected-attention score kernel launch");
   }
   std::size_t sb = select_bytes;
-  select_by_codes(at, sb, drop_expected_coder{a.score, a.heads, a.n, expected_sinks(a)}, a.layers, a.heads, a.n, b, kept, p);
+  select_by_codes(at, sb, wrap(drop_expected_coder{a.score, a.heads, a.n, expected_sinks(a)}), a.layers, a.heads, a.n, b, kept, p);
 }
 
 }  // namespace kvcodec::cuda

@@ -137,9 +137,11 @@ inline void window_attention(const wattn_args& a, const par_t& p) {
 }
 
 /// kept (device, drop_window_kept_size(plan) tokens): per layer l, every head's b_l best tokens of
-/// [0, n), increasing, head after head; the layers one after another. plan's sources hold device
-/// pointers (plan_drop_window). Two-phase: temp == nullptr sets temp_bytes. Queued on p.stream.
-inline void window_select(void* temp, std::size_t& temp_bytes, const drop_window_plan& plan, std::int32_t* kept, const par_t& p) {
+/// [0, n), increasing, head after head; the layers one after another; ranked by drop_window_coder, or by
+/// wrap(coder) (chunkkv's chunk means, cuda/drop/chunkkv.cuh). plan's sources hold device pointers
+/// (plan_drop_window). Two-phase: temp == nullptr sets temp_bytes. Queued on p.stream.
+template <class Wrap = drop_same_coder>
+void window_select(void* temp, std::size_t& temp_bytes, const drop_window_plan& plan, std::int32_t* kept, const par_t& p, const Wrap& wrap = {}) {
   wattn_args a = plan.a;
   const std::size_t segs = static_cast<std::size_t>(a.layers) * static_cast<std::size_t>(a.heads);
   const std::size_t rows_bytes = detail::align256(segs * static_cast<std::size_t>(wattn_rows(a)) * sizeof(float));
@@ -148,7 +150,7 @@ inline void window_select(void* temp, std::size_t& temp_bytes, const drop_window
   std::size_t select_bytes = 0;
   for (const std::int64_t b : plan.budgets) {
     std::size_t one = 0;
-    select_by_codes(nullptr, one, plan.coder, 1, a.heads, a.n, b, nullptr, p);
+    select_by_codes(nullptr, one, wrap(plan.coder), 1, a.heads, a.n, b, nullptr, p);
     select_bytes = one > select_bytes ? one : select_bytes;
   }
   if (temp == nullptr) {
@@ -168,7 +170,7 @@ inline void window_select(void* temp, std::size_t& temp_bytes, const drop_window
   for (int l = 0; l < a.layers; ++l) {
     const std::int64_t b = plan.budgets[static_cast<std::size_t>(l)];
     std::size_t sb = select_bytes;
-    select_by_codes(base + own, sb, drop_layer_shift<drop_window_coder>{coder, l}, 1, a.heads, a.n, b, kept + at, p);
+    select_by_codes(base + own, sb, drop_layer_shift<decltype(wrap(coder))>{wrap(coder), l}, 1, a.heads, a.n, b, kept + at, p);
     at += static_cast<std::size_t>(b) * static_cast<std::size_t>(a.heads);
   }
 }
