@@ -1,10 +1,12 @@
 // Tests of kvcodec/pipeline/batch_encode.hpp: the batch encoder (the CUDA encoder's element steps, run
 // by the host executor) writes the CPU encoder's container byte for byte, for the llama.cpp block
-// formats, fp8 and raw, from f32 / f16 / bf16 views in HF and paged layouts; codecs and inputs
-// outside its scope are usage errors.
+// formats, fp8 and raw, from f32 / f16 / bf16 views in HF and paged layouts, and token-dropped (drop
+// stages or given kept sets) with raw, fp8, uniform, kivi and nf4; codecs and inputs outside its scope
+// are usage errors.
 #include <doctest/doctest.h>
 
 #include <limits>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -100,6 +102,63 @@ TEST_CASE("batch encode (emulated): a NaN or an infinity is bad input for cacheg
   }
 }
 
+/// A random cache with queries (q_heads = 2 per kv head), for the query-aware drop stages.
+kv_cache cache_with_queries(int layers, int heads, int T, int D, dtype dt) {
+  kv_cache kv = test::random_cache(layers, heads, T, D, dt);
+  kv.shape.q_heads = 2 * heads;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> n(0.f, 1.f);
+  kv.queries.assign(static_cast<std::size_t>(layers), std::vector<float>(static_cast<std::size_t>(2 * heads) * static_cast<std::size_t>(T) * static_cast<std::size_t>(D)));
+  for (auto& l : kv.queries)
+    for (auto& x : l) x = n(rng);
+  return kv;
+}
+
+TEST_CASE("batch encode (emulated) of a token-dropped cache writes the CPU encoder's container: drop stages and given kept sets - raw fp8 uniform kivi nf4 - with and without rans") {
+  // 4 kv heads whose kept tokens differ per chunk (the parts are ragged); chunks of 96 tokens over 300
+  const kv_cache kv = cache_with_queries(2, 4, 300, 16, dtype::f16);
+  const std::vector<std::string> quants = {"raw", "raw:dtype=f32", "fp8", "fp8:scale=head", "fp8:scale=token|rans", "uniform:bits=3",
+                                           "uniform:bits=4,kaxis=channel,group=8|rans", "kivi:bits=2", "kivi:bits=4,group=16,residual=40",
+                                           "kivi:bits=2,residual=64|rans:tables=shared,lanes=0", "kivi:bits=4|rans", "nf4:group=4", "nf4|rans"};
+  for (const std::string drop : {"knorm:keep=0.4", "snapkv:keep=0.5,window=16", "streamingllm:keep=0.3,sink=4", "h2o:keep=0.25,window=16|random:keep=0.8",
+                                 "keydiff:tokens=50,obs_end=280"})
+    for (const std::string& q : quants)
+      for (dtype t : {dtype::f16, dtype::f32})
+        for (bool paged : {false, true}) {
+          const std::string spec = drop + "|" + q;
+          INFO(spec << " " << dtype_name(t) << (paged ? " paged" : " hf"));
+          const test::host_dest src = test::host_source(kv, t, paged);
+          kv_extras ex = extras(kv);
+          ex.cache = &kv;  // the drop stages score it (with its queries) on both paths
+          const encode_options opt{.chunk_tokens = 96};
+          codec c1 = make_codec(spec), c2 = make_codec(spec);
+          const encoded want = encode(cpu::par, c1, const_kv_view(src.view), opt, ex);
+          host_batch_executor x;
+          const encoded got = encode_batch(x, cpu::par(2), c2, const_kv_view(src.view), opt, ex);
+          CHECK(got.data == want.data);
+          CHECK(got.report.mask_bytes == want.report.mask_bytes);
+          CHECK(got.report.mask_bytes > 0);
+          CHECK(x.rans_batches == (q.find("rans") != std::string::npos ? 1u : 0u));
+        }
+  // kept sets given with the input (no drop stage): every head keeps a different subset, one head
+  // keeps nothing in a chunk
+  kv_extras ex = extras(kv);
+  ex.kept.assign(2, std::vector<std::vector<std::int32_t>>(4));
+  for (int l = 0; l < 2; ++l)
+    for (int h = 0; h < 4; ++h)
+      for (int t = 0; t < 300; ++t)
+        if ((t * (h + 2) + l) % 5 < 2 + h % 2 && !(h == 3 && t >= 96 && t < 192)) ex.kept[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)].push_back(t);
+  for (const std::string& q : quants) {
+    INFO(q << " (given kept sets)");
+    const test::host_dest src = test::host_source(kv, dtype::bf16, false);
+    const encode_options opt{.chunk_tokens = 96};
+    codec c1 = make_codec(q), c2 = make_codec(q);
+    const encoded want = encode(cpu::par, c1, const_kv_view(src.view), opt, ex);
+    host_batch_executor x;
+    CHECK(encode_batch(x, cpu::par, c2, const_kv_view(src.view), opt, ex).data == want.data);
+  }
+}
+
 TEST_CASE("batch encode: codecs and inputs outside its scope are usage errors") {
   const kv_cache kv = test::random_cache(2, 2, 300, 32, dtype::f16);
   const test::host_dest src = test::host_source(kv, dtype::f16, false);
@@ -113,13 +172,18 @@ TEST_CASE("batch encode: codecs and inputs outside its scope are usage errors") 
     }
     return error_kind::io;  // no error
   };
-  for (const std::string spec : {"kivi:outliers=1", "hadamard|q8_0", "knorm:keep=0.5|q8_0", "derope|kvc:level=5"}) {
+  // quantizers whose rows span the heads (the ggml formats) or that fit on samples of the dense
+  // cache (kmeans, cachegen-quant's kvc levels) are not batch-encoded token-dropped
+  for (const std::string spec : {"kivi:outliers=1", "hadamard|q8_0", "knorm:keep=0.5|q8_0", "derope|kvc:level=5", "knorm:keep=0.5|kvc:level=5",
+                                 "knorm:keep=0.5|kmeans"}) {
     INFO(spec);
     CHECK(kind(spec, extras(kv), src.view) == error_kind::usage);
   }
   kv_extras dropped = extras(kv);
   dropped.kept.assign(2, std::vector<std::vector<std::int32_t>>(2, std::vector<std::int32_t>{0, 1, 2}));
   CHECK(kind("q8_0", dropped, src.view) == error_kind::usage);
+  CHECK(kind("kvc:level=5", dropped, src.view) == error_kind::usage);
+  CHECK(kind("raw", dropped, src.view) == error_kind::io);  // in scope: no error
   const_kv_view dev = src.view;
   dev.space = memory_space::device;
   CHECK(kind("q8_0", extras(kv), dev) == error_kind::usage);

@@ -69,4 +69,34 @@ KVCODEC_HD inline void kv_batch_put(const kv_batch_dest& d, bool key, std::int32
     static_cast<std::uint16_t*>(base)[off] = d.dtype_code == 2 ? f32_to_bf16_bits(x) : f32_to_f16_bits(x);
 }
 
+/// One (layer, K or V) of a token-dropped cache gathered into a compact buffer: its `rows` kept rows
+/// (entries [entry_first, entry_first + rows) of kv_gather_op's head/token lists) land as rows
+/// [out_row, out_row + rows) of `head_dim` elements. The batch encoder quantizes the compact buffer, so
+/// that every element step reads kept rows as a dense range.
+struct kv_gather_block {
+  std::uint64_t entry_first = 0, rows = 0, out_row = 0;
+  std::int32_t layer = 0;
+  std::uint32_t key = 1;
+};
+
+/// Element step: element i (row i / head_dim, channel i % head_dim) of a kv_gather_block, copied bit
+/// for bit (f32: 4 bytes, f16/bf16: 2) from the source view into `out`, whose element type is the
+/// source's.
+struct kv_gather_op {
+  kv_batch_src s;
+  const std::int32_t* head = nullptr;   ///< per entry
+  const std::int32_t* token = nullptr;  ///< per entry
+  void* out = nullptr;
+  KVCODEC_HD std::uint64_t count(const kv_gather_block& b) const noexcept { return b.rows * static_cast<std::uint64_t>(s.head_dim); }
+  KVCODEC_HD bool operator()(const kv_gather_block& b, std::uint64_t i) const noexcept {
+    const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), r = i / D, e = b.entry_first + r;
+    const std::int64_t off = kv_row_offset(s.layout, head[e], token[e]) + static_cast<std::int64_t>(i % D) * s.layout.s_dim;
+    const void* base = (b.key != 0 ? s.k : s.v)[b.layer];
+    const std::uint64_t at = (b.out_row + r) * D + i % D;
+    if (s.dtype_code == 0) static_cast<std::uint32_t*>(out)[at] = static_cast<const std::uint32_t*>(base)[off];
+    else static_cast<std::uint16_t*>(out)[at] = static_cast<const std::uint16_t*>(base)[off];
+    return true;
+  }
+};
+
 }  // namespace kvcodec

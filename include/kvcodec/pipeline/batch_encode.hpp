@@ -3,7 +3,10 @@
 //
 // Scope: dense caches quantized by cachegen-quant (the kvc levels), the llama.cpp block formats (q8_0
 // .. iq4_nl), fp8 (tensor, head or token scales), raw, uniform or kivi (outliers 0), nf4, kmeans, with any entropy
-// stage (it runs on the host), without drop stages or transforms. The element steps of core/
+// stage (it runs on the host), without transforms. Token-dropped caches (drop stages, whose kept sets
+// the executor chooses, or kept sets in the input) with raw, fp8, uniform, kivi or nf4: the kept rows
+// are gathered into a compact buffer first (kv_gather_op) and each block is coded as one part per head
+// (a head's kept rows are a dense range there), laid out as the CPU codes a block with ragged heads. The element steps of core/
 // (cachegen_amax_op then cachegen_code_op, the stored scales found in between as cpu/cachegen.hpp finds
 // them; ggml_encode_op; fp8_amax_op then fp8_code_op, the scales found in between on
 // the host as cpu/fp8.hpp finds them; raw_encode_op; affine_params_op, affine_code_op and, for kivi's
@@ -45,7 +48,11 @@ namespace kvcodec {
 ///   run(blocks, max, op) op over every item of every block (blocks: a host vector)
 ///   get(dst, src, n)     n bytes from the executor's memory to the host; put(dst, src, n) the reverse
 ///   rans_encode(args)    the rANS encode kernel (core/rans_batch.hpp) over arrays in its memory
+///   select(c, kv, ex, s, dt)  the kept sets of codec c's drop stages over the view (here: the CPU stages)
 struct host_batch_executor {
+  kept_sets select(const codec& c, const const_kv_view& kv, const kv_extras& ex, const kv_shape& s, dtype source_dtype) {
+    return detail::run_drops(c, kv, ex, s, source_dtype);
+  }
   kv_batch_src src(const const_kv_view& kv) {
     if (kv.space != memory_space::host) throw_usage("encode: the host batch encoder reads host memory; this view is in device memory");
     const void* const* k = ptrs_.emplace_back(kv.k.begin(), kv.k.end()).data();
@@ -170,7 +177,7 @@ encode_report encode_rans_batch_to(X& x, const P& policy, codec& c, cpu::rans_en
   cpu::parallel_for(policy, nb, [&](std::size_t i) {
     if (ctx_of[i] == none) return;
     const auto sl = batch_slot_of(s, opt.chunk_tokens, i);
-    const block b = block_skeleton(s, sl.layer, sl.key, sl.t0, sl.t1, nullptr);
+    const block b = kvcodec::detail::kept_skeleton(s, ex.kept, sl.layer, sl.key, sl.t0, sl.t1);
     const batch_plane& p = planes[i];
     models[i] = re.batch_model_of(b, p.alphabet, p.cols, static_cast<std::uint64_t>(p.rows) * p.cols,
                                   shared ? std::vector<std::uint32_t>{} : hist_of(ctxs[ctx_of[i]]));
@@ -266,22 +273,119 @@ encode_report encode_rans_batch_to(X& x, const P& policy, codec& c, cpu::rans_en
 
 }  // namespace detail
 
+namespace detail {
+
+/// The rows of one block the element steps code together: `heads` heads of `tokens` rows each, head
+/// h's row r read at source token t_first + r of head h (dense: the view; token-dropped: the compact
+/// buffer, one part per head), of which the first `q` per head are quantized (kivi keeps the rest exact).
+struct batch_part {
+  std::uint32_t heads = 0, tokens = 0, q = 0;
+  std::int64_t t_first = 0;
+};
+/// Every block's parts: block i's are parts[first[i] .. first[i + 1]).
+struct batch_parts {
+  std::vector<batch_part> parts;
+  std::vector<std::size_t> first;
+  std::span<const batch_part> of(std::size_t i) const { return std::span<const batch_part>(parts).subspan(first[i], first[i + 1] - first[i]); }
+};
+
+/// One part per block of a dense cache; returns `src`.
+inline kv_batch_src dense_parts(const kv_batch_src& src, const kv_shape& s, std::int64_t chunk_tokens, std::int64_t first_residual, batch_parts& out) {
+  const std::size_t nb = 2 * static_cast<std::size_t>((s.tokens + chunk_tokens - 1) / chunk_tokens) * static_cast<std::size_t>(s.layers);
+  out.first.assign(1, 0);
+  for (std::size_t i = 0; i < nb; ++i) {
+    const auto sl = batch_slot_of(s, chunk_tokens, i);
+    const auto tokens = static_cast<std::uint32_t>(sl.t1 - sl.t0);
+    out.parts.push_back({static_cast<std::uint32_t>(s.kv_heads), tokens, static_cast<std::uint32_t>(std::clamp<std::int64_t>(first_residual - sl.t0, 0, tokens)), sl.t0});
+    out.first.push_back(out.parts.size());
+  }
+  return src;
+}
+
+/// Gathers the kept rows of `kv` (kept sets `kept`) into a compact buffer in x's memory, in the view's
+/// dtype, bit for bit: per (layer, K or V) the kept rows of head 0, then head 1, ... each in token
+/// order; fills one part per (block, head); returns the buffer as a source (head always 0).
+template <class X>
+kv_batch_src gather_kept(X& x, const const_kv_view& kv, const kept_sets& kept, const kv_shape& s, std::int64_t chunk_tokens, std::int64_t first_residual,
+                         batch_parts& out) {
+  const std::size_t L = static_cast<std::size_t>(s.layers), H = static_cast<std::size_t>(s.kv_heads);
+  const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), es = dtype_size(kv.dt);
+  std::vector<std::int32_t> head, token;
+  std::vector<std::uint64_t> layer_first(L + 1, 0), head_first(L * H);  // head_first: the head's first row within its layer
+  for (std::size_t l = 0; l < L; ++l) {
+    for (std::size_t h = 0; h < H; ++h) {
+      head_first[l * H + h] = head.size() - layer_first[l];
+      head.insert(head.end(), kept[l][h].size(), static_cast<std::int32_t>(h));
+      token.insert(token.end(), kept[l][h].begin(), kept[l][h].end());
+    }
+    layer_first[l + 1] = head.size();
+  }
+  const std::uint64_t E = head.size();
+  std::vector<kv_gather_block> gb;
+  std::uint64_t max_rows = 0;
+  for (std::size_t l = 0; l < L; ++l)
+    for (std::uint32_t key = 0; key < 2; ++key) {
+      const std::uint64_t rows = layer_first[l + 1] - layer_first[l];
+      gb.push_back({layer_first[l], rows, (key != 0 ? 0 : E) + layer_first[l], static_cast<std::int32_t>(l), key});
+      max_rows = std::max(max_rows, rows);
+    }
+  std::uint8_t* compact = x.bytes(static_cast<std::size_t>(2 * E * D * es));
+  x.run(gb, max_rows * D, kv_gather_op{x.src(kv), upload(x, head), upload(x, token), compact});
+  std::vector<const void*> kp(L), vp(L);
+  for (std::size_t l = 0; l < L; ++l) {
+    kp[l] = compact + layer_first[l] * D * es;
+    vp[l] = compact + (E + layer_first[l]) * D * es;
+  }
+  kv_batch_src src;
+  src.k = upload(x, kp);
+  src.v = upload(x, vp);
+  src.layout.s_head = 0;
+  src.layout.s_token = static_cast<std::int64_t>(D);
+  src.layout.s_dim = 1;
+  src.head_dim = s.head_dim;
+  src.dtype_code = static_cast<std::uint32_t>(kv.dt);
+  const std::size_t nb = 2 * static_cast<std::size_t>((s.tokens + chunk_tokens - 1) / chunk_tokens) * L;
+  out.first.assign(1, 0);
+  for (std::size_t i = 0; i < nb; ++i) {
+    const auto sl = batch_slot_of(s, chunk_tokens, i);
+    const std::size_t l = static_cast<std::size_t>(sl.layer);
+    for (std::size_t h = 0; h < H; ++h) {
+      const auto& ks = kept[l][h];
+      const auto lo = std::lower_bound(ks.begin(), ks.end(), static_cast<std::int32_t>(sl.t0));
+      const auto hi = std::lower_bound(lo, ks.end(), static_cast<std::int32_t>(sl.t1));
+      const auto qe = std::lower_bound(lo, hi, static_cast<std::int32_t>(std::clamp<std::int64_t>(first_residual, sl.t0, sl.t1)));
+      out.parts.push_back({1u, static_cast<std::uint32_t>(hi - lo), static_cast<std::uint32_t>(qe - lo),
+                           static_cast<std::int64_t>(head_first[l * H + h]) + (lo - ks.begin())});
+    }
+    out.first.push_back(out.parts.size());
+  }
+  return src;
+}
+
+}  // namespace detail
+
 /// Encodes the dense cache `kv` (in x's memory) with codec `c` through executor `x` (see the file
 /// comment) and streams the container into `sink`. Usage error for codecs outside the scope.
 template <class X, cpu::cpu_policy P>
 encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_view& kv, byte_sink& sink, const encode_options& opt = {},
-                                   const kv_extras& ex = {}) {
+                                   const kv_extras& ex_in = {}) {
   kv.validate("encode input");
   if (kv.tokens <= 0) throw_bad_input("encode input", "tokens", "> 0", std::to_string(kv.tokens));
   if (opt.chunk_tokens < 1) throw_usage("encode: chunk_tokens must be >= 1, found " + std::to_string(opt.chunk_tokens));
   if (kv.dt != dtype::f32 && kv.dt != dtype::f16 && kv.dt != dtype::bf16)
     throw_usage("encode: the batch encoder reads f32, f16 or bf16 views, not " + std::string(dtype_name(kv.dt)));
   if (opt.read_rows) throw_usage("encode: the batch encoder reads the view's memory; encode_options::read_rows is for the CPU encoder");
-  if (!ex.kept.empty()) throw_usage("encode: the batch encoder takes dense caches (the input has kept sets)");
-  if (!c.drops().empty() || !c.transforms.empty())
-    throw_usage("encode: codec '" + c.spec() + "': the batch encoder runs no drop stage or transform");
-  const kv_shape s = detail::checked_shape(kv, ex);
-  const cache_info info{s, ex.source_dtype.value_or(kv.dt), ex.metadata, {}};
+  if (!c.transforms.empty()) throw_usage("encode: codec '" + c.spec() + "': the batch encoder runs no transform");
+  const kv_shape s = detail::checked_shape(kv, ex_in);
+  const cache_info info{s, ex_in.source_dtype.value_or(kv.dt), ex_in.metadata, {}};
+  // Token dropping: the drop stages' kept sets (chosen by the executor), or the input's.
+  kv_extras ex_kept;
+  if (c.drop) {
+    ex_kept = ex_in;
+    ex_kept.kept = x.select(c, kv, ex_in, s, info.source_dtype);
+  }
+  const kv_extras& ex = c.drop ? ex_kept : ex_in;
+  const bool sparse = !ex.kept.empty();
   const std::string& qn = c.quant->spec().name;
   const auto gtype = ggml::parse_block_type(qn);
   auto* fq = dynamic_cast<cpu::fp8_quant*>(c.quant.get());
@@ -295,18 +399,38 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     throw_usage("encode: quantizer '" + qn + "' has no CUDA encode; the quantizers with one: " + builtin_registry().cuda_stages(stage_kind::quant, true));
   if ((kq && kq->outliers() > 0.0) || (uq && uq->outliers() > 0.0))
     throw_usage("encode: " + qn + " with outliers > 0 has no CUDA encode yet; the quantizers with one: " + builtin_registry().cuda_stages(stage_kind::quant, true));
+  if (sparse && !fq && !rq && !kq && !uq && !nq)
+    throw_usage("encode: " + qn + " on a token-dropped cache has no CUDA encode (its rows span the heads, whose kept tokens differ); with token dropping the "
+                "batch encoder quantizes with raw, fp8, uniform, kivi or nf4; encode this codec on the CPU");
   const std::size_t nb = 2 * static_cast<std::size_t>((s.tokens + opt.chunk_tokens - 1) / opt.chunk_tokens) * static_cast<std::size_t>(s.layers);
   const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), H = static_cast<std::uint64_t>(s.kv_heads);
-  const kv_batch_src src = x.src(kv);
+  // The element steps read `src`; a token-dropped cache's kept rows are gathered first into a compact
+  // buffer (detail::gather_kept), and each block is cut into one part per head.
+  const std::int64_t first_residual = kq ? s.tokens - kq->residual() : s.tokens;
+  detail::batch_parts parts;
+  const kv_batch_src src = sparse ? detail::gather_kept(x, kv, ex.kept, s, opt.chunk_tokens, first_residual, parts)
+                                  : detail::dense_parts(x.src(kv), s, opt.chunk_tokens, first_residual, parts);
   std::vector<std::uint64_t> first(nb + 1, 0);  // block i's bytes: [first[i], first[i + 1]) of `out`
   std::vector<std::uint8_t> out;
   std::uint8_t* buf = nullptr;  // every block's bytes, in x's memory
   bytes state;
   std::vector<std::vector<float>> side_scales(nb);  // fp8 head/token scales per block
-  std::vector<affine_batch_block> ablocks;           // uniform / kivi
+  // uniform / kivi: every block's parts, and per block where its codes, parameters and exact rows are
+  struct affine_region {
+    std::uint64_t sym_first = 0, params = 0, exact = 0, q_rows = 0, exact_rows = 0;
+    std::uint32_t bits = 0, exact_dtype = 0;
+  };
+  std::vector<affine_batch_block> ablocks;
+  std::vector<affine_region> aregions;
   std::vector<std::uint64_t> side_end(nb);           // uniform / kivi: where block i's side bytes end in `out`
   std::vector<cachegen_encode_block> cblocks;        // cachegen-quant
-  std::vector<codebook_batch_block> nblocks;         // nf4
+  // nf4 / kmeans: every block's parts, and per block where its codes and side bytes are
+  struct codebook_region {
+    std::uint64_t sym_first = 0, side = 0, rows = 0;
+    std::uint32_t bits = 0;
+  };
+  std::vector<codebook_batch_block> nblocks;
+  std::vector<codebook_region> nregions;
   std::vector<std::uint16_t> scale_bits;             // cachegen-quant: every block's stored scales
   if (cq) {
     state = c.quant->fit({}, info);
@@ -358,22 +482,31 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     // nf4 / kmeans blocks: codes (a byte each) from first[i], then (nf4) the groups' absmax from side;
     // set(g) fills the quantizer's fields. Returns the largest block's values.
     const auto codebook_blocks = [&](std::uint64_t G, std::uint64_t pb, const auto& set) {
-      nblocks.resize(nb);
+      nregions.resize(nb);
       std::uint64_t max_items = 0;
       for (std::size_t i = 0; i < nb; ++i) {
         const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
-        auto& g = nblocks[i];
-        g.layer = sl.layer;
-        g.key = sl.key ? 1u : 0u;
-        g.tokens = static_cast<std::uint32_t>(sl.t1 - sl.t0);
-        g.heads = static_cast<std::uint32_t>(H);
-        g.t_first = sl.t0;
-        set(g);
-        const std::uint64_t n = H * g.tokens * D;
-        g.sym_first = first[i];
-        g.side = first[i] + n;
-        first[i + 1] = g.side + (G > 0 ? n / G * pb : 0);
-        max_items = std::max(max_items, n);
+        codebook_region& rg = nregions[i];
+        for (const detail::batch_part& pt : parts.of(i)) rg.rows += static_cast<std::uint64_t>(pt.heads) * pt.tokens;
+        rg.sym_first = first[i];
+        rg.side = first[i] + rg.rows * D;
+        first[i + 1] = rg.side + (G > 0 ? rg.rows * D / G * pb : 0);
+        std::uint64_t rows_at = 0;
+        for (const detail::batch_part& pt : parts.of(i)) {
+          auto& g = nblocks.emplace_back();
+          g.layer = sl.layer;
+          g.key = sl.key ? 1u : 0u;
+          g.tokens = pt.tokens;
+          g.heads = pt.heads;
+          g.t_first = pt.t_first;
+          set(g);
+          rg.bits = g.bits;
+          const std::uint64_t n = static_cast<std::uint64_t>(pt.heads) * pt.tokens * D;
+          g.sym_first = rg.sym_first + rows_at * D;
+          g.side = rg.side + (G > 0 ? rows_at * D / G * pb : 0);
+          rows_at += static_cast<std::uint64_t>(pt.heads) * pt.tokens;
+          max_items = std::max(max_items, n);
+        }
       }
       return max_items;
     };
@@ -416,25 +549,53 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     }
   } else if (kq || uq) {
     state = c.quant->fit({}, info);  // checks the groups against head_dim
-    ablocks.resize(nb);
+    aregions.resize(nb);
+    std::vector<std::uint64_t> exact_before;  // per part: the exact rows of its block's earlier parts
     std::uint64_t max_groups = 0, max_q = 0, max_exact = 0;
     for (std::size_t i = 0; i < nb; ++i) {
       const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
       std::uint64_t pbytes = 0;
-      auto& g = ablocks[i];
-      g = detail::affine_block(kq, uq, s, sl.layer, sl.key, sl.t0, sl.t1, pbytes);
-      g.t_first = sl.t0;
-      g.slot = i;
-      const std::uint64_t codes = H * g.q * D, exact = H * (g.tokens - g.q) * D;
+      affine_batch_block proto = detail::affine_block(kq, uq, s, sl.layer, sl.key, sl.t0, sl.t1, pbytes);
+      proto.slot = i;
+      const std::uint64_t pb = affine::param_bytes(static_cast<affine::mode>(proto.mode), static_cast<affine::param_dtype>(proto.param_dtype));
+      const auto part_of = [&](const detail::batch_part& pt) {
+        affine_batch_block g = proto;
+        g.heads = pt.heads;
+        g.tokens = pt.tokens;
+        g.q = pt.q;
+        g.t_first = pt.t_first;
+        return g;
+      };
       // block i in `out`: codes (a byte each), parameters, then (residual rows) the dtype tag and the
-      // values, with room for f32
-      g.sym_first = first[i];
-      g.params = first[i] + codes;
-      g.exact = g.params + pbytes + 1;
-      first[i + 1] = g.exact + 4 * exact;
-      max_groups = std::max(max_groups, g.q > 0 ? detail::affine_groups_of(g, D) : 0);
-      max_q = std::max(max_q, codes);
-      max_exact = std::max(max_exact, exact);
+      // values, with room for f32; each part's share of each, in order
+      affine_region& rg = aregions[i];
+      rg.bits = proto.bits;
+      std::uint64_t groups = 0;
+      for (const detail::batch_part& pt : parts.of(i)) {
+        const affine_batch_block g = part_of(pt);
+        rg.q_rows += static_cast<std::uint64_t>(g.heads) * g.q;
+        rg.exact_rows += static_cast<std::uint64_t>(g.heads) * (g.tokens - g.q);
+        groups += g.q > 0 ? detail::affine_groups_of(g, D) : 0;
+      }
+      rg.sym_first = first[i];
+      rg.params = first[i] + rg.q_rows * D;
+      rg.exact = rg.params + groups * pb + 1;
+      first[i + 1] = rg.exact + 4 * rg.exact_rows * D;
+      std::uint64_t q_at = 0, exact_at = 0, groups_at = 0;
+      for (const detail::batch_part& pt : parts.of(i)) {
+        affine_batch_block& g = ablocks.emplace_back(part_of(pt));
+        g.sym_first = rg.sym_first + q_at * D;
+        g.params = rg.params + groups_at * pb;
+        exact_before.push_back(exact_at);
+        const std::uint64_t nq = static_cast<std::uint64_t>(g.heads) * g.q, nx = static_cast<std::uint64_t>(g.heads) * (g.tokens - g.q);
+        const std::uint64_t ng = g.q > 0 ? detail::affine_groups_of(g, D) : 0;
+        q_at += nq;
+        exact_at += nx;
+        groups_at += ng;
+        max_groups = std::max(max_groups, ng);
+        max_q = std::max(max_q, nq * D);
+        max_exact = std::max(max_exact, nx * D);
+      }
     }
     buf = x.bytes(static_cast<std::size_t>(first[nb]));
     x.run(ablocks, max_groups, affine_params_op{src, buf});
@@ -443,14 +604,19 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     std::vector<std::uint8_t> flags(nb, 0);
     if (max_exact > 0 && exact_dt != 0) {
       std::uint8_t* fl = x.bytes(nb);
-      x.run(ablocks, max_exact, affine_exact_check_op{src, fl, exact_dt});
+      x.run(ablocks, max_exact, affine_exact_check_op{src, fl, exact_dt});  // flags per block (slot)
       x.get(flags.data(), fl, nb);
     }
     for (std::size_t i = 0; i < nb; ++i) {
-      auto& g = ablocks[i];
-      g.exact_dtype = flags[i] ? 0u : exact_dt;
-      const std::uint64_t exact = H * (g.tokens - g.q) * D;
-      side_end[i] = exact == 0 ? g.exact - 1 : g.exact + exact * dtype_size(static_cast<dtype>(g.exact_dtype));
+      affine_region& rg = aregions[i];
+      rg.exact_dtype = flags[i] ? 0u : exact_dt;
+      side_end[i] = rg.exact_rows == 0 ? rg.exact - 1 : rg.exact + rg.exact_rows * D * dtype_size(static_cast<dtype>(rg.exact_dtype));
+    }
+    for (std::size_t j = 0; j < ablocks.size(); ++j) {
+      affine_batch_block& g = ablocks[j];
+      const affine_region& rg = aregions[static_cast<std::size_t>(g.slot)];
+      g.exact_dtype = rg.exact_dtype;
+      g.exact = rg.exact + exact_before[j] * D * dtype_size(static_cast<dtype>(rg.exact_dtype));
     }
     if (max_exact > 0) x.run(ablocks, max_exact, affine_exact_op{src, buf});
   } else if (gtype || rq) {
@@ -475,41 +641,48 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       buf = x.bytes(static_cast<std::size_t>(first[nb]));
       x.run(blocks, max_items, ggml_encode_op{src, buf});
     } else {
-      std::vector<raw_batch_block> blocks(nb);
+      std::vector<raw_batch_block> blocks;
       const std::uint64_t es = dtype_size(rq->stored());
       for (std::size_t i = 0; i < nb; ++i) {
         const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
-        auto& g = blocks[i];
-        g.first = first[i];
-        g.tokens = static_cast<std::uint32_t>(sl.t1 - sl.t0);
-        g.heads = static_cast<std::uint32_t>(H);
-        g.layer = sl.layer;
-        g.key = sl.key ? 1u : 0u;
-        g.stored = static_cast<std::uint32_t>(rq->stored());
-        g.t_first = sl.t0;
-        first[i + 1] = first[i] + H * g.tokens * D * es;
-        max_items = std::max<std::uint64_t>(max_items, H * g.tokens * D);
+        first[i + 1] = first[i];
+        for (const detail::batch_part& pt : parts.of(i)) {
+          auto& g = blocks.emplace_back();
+          g.first = first[i + 1];
+          g.tokens = pt.tokens;
+          g.heads = pt.heads;
+          g.layer = sl.layer;
+          g.key = sl.key ? 1u : 0u;
+          g.stored = static_cast<std::uint32_t>(rq->stored());
+          g.t_first = pt.t_first;
+          first[i + 1] += static_cast<std::uint64_t>(pt.heads) * pt.tokens * D * es;
+          max_items = std::max<std::uint64_t>(max_items, static_cast<std::uint64_t>(pt.heads) * pt.tokens * D);
+        }
       }
       buf = x.bytes(static_cast<std::size_t>(first[nb]));
       x.run(blocks, max_items, raw_encode_op{src, buf});
     }
   } else {
-    std::vector<fp8_batch_block> blocks(nb);
+    std::vector<fp8_batch_block> blocks;  // the parts of every block, in order
     std::uint64_t rows = 0, max_rows = 0;
     for (std::size_t i = 0; i < nb; ++i) {
       const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
-      auto& g = blocks[i];
-      g.tokens = static_cast<std::uint32_t>(sl.t1 - sl.t0);
-      g.heads = static_cast<std::uint32_t>(H);
-      g.layer = sl.layer;
-      g.key = sl.key ? 1u : 0u;
-      g.kind = static_cast<std::uint32_t>(fq->format_kind());
-      g.t_first = sl.t0;
-      g.row_first = rows;
-      g.codes = first[i];
-      rows += H * g.tokens;
-      first[i + 1] = first[i] + H * g.tokens * D;
-      max_rows = std::max<std::uint64_t>(max_rows, H * g.tokens);
+      first[i + 1] = first[i];
+      for (const detail::batch_part& pt : parts.of(i)) {
+        auto& g = blocks.emplace_back();
+        g.tokens = pt.tokens;
+        g.heads = pt.heads;
+        g.layer = sl.layer;
+        g.key = sl.key ? 1u : 0u;
+        g.kind = static_cast<std::uint32_t>(fq->format_kind());
+        g.t_first = pt.t_first;
+        g.row_first = rows;
+        g.codes = first[i + 1];
+        const std::uint64_t n = static_cast<std::uint64_t>(pt.heads) * pt.tokens;
+        rows += n;
+        first[i + 1] += n * D;
+        max_rows = std::max<std::uint64_t>(max_rows, n);
+      }
     }
     float* amax_d = x.floats(static_cast<std::size_t>(rows));
     x.run(blocks, max_rows, fp8_amax_op{src, amax_d});
@@ -521,25 +694,26 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       std::vector<float> tensor(2 * static_cast<std::size_t>(s.layers), 0.0f);
       for (const auto& g : blocks) {
         float& a = tensor[2 * static_cast<std::size_t>(g.layer) + (g.key ? 0u : 1u)];
-        for (std::uint64_t r = 0; r < H * g.tokens; ++r) a = std::max(a, amax[static_cast<std::size_t>(g.row_first + r)]);
+        for (std::uint64_t r = 0; r < static_cast<std::uint64_t>(g.heads) * g.tokens; ++r) a = std::max(a, amax[static_cast<std::size_t>(g.row_first + r)]);
       }
       state = fq->fit_amax(tensor);
       for (const auto& g : blocks)
-        std::fill_n(scale.begin() + static_cast<std::ptrdiff_t>(g.row_first), H * g.tokens, fq->tensor_scale(g.layer, g.key != 0));
+        std::fill_n(scale.begin() + static_cast<std::ptrdiff_t>(g.row_first), static_cast<std::uint64_t>(g.heads) * g.tokens, fq->tensor_scale(g.layer, g.key != 0));
     } else {
-      for (std::size_t i = 0; i < nb; ++i) {
-        const auto& g = blocks[i];
-        for (std::uint64_t h = 0; h < H; ++h) {
-          const std::size_t r0 = static_cast<std::size_t>(g.row_first + h * g.tokens);
-          if (mode == "head") {
-            const float a = *std::max_element(amax.begin() + static_cast<std::ptrdiff_t>(r0), amax.begin() + static_cast<std::ptrdiff_t>(r0 + g.tokens));
-            std::fill_n(scale.begin() + static_cast<std::ptrdiff_t>(r0), g.tokens, fp8_scale(a, kind));
-            side_scales[i].push_back(scale[r0]);
-          } else {
-            for (std::size_t r = r0; r < r0 + g.tokens; ++r) side_scales[i].push_back(scale[r] = fp8_scale(amax[r], kind));
+      for (std::size_t i = 0; i < nb; ++i)
+        for (std::size_t j = parts.first[i]; j < parts.first[i + 1]; ++j) {
+          const auto& g = blocks[j];
+          for (std::uint64_t h = 0; h < g.heads; ++h) {
+            const std::size_t r0 = static_cast<std::size_t>(g.row_first + h * g.tokens);
+            if (mode == "head") {  // a head without rows (token dropping) has amax 0, as on the CPU
+              const float a = g.tokens == 0 ? 0.0f : *std::max_element(amax.begin() + static_cast<std::ptrdiff_t>(r0), amax.begin() + static_cast<std::ptrdiff_t>(r0 + g.tokens));
+              std::fill_n(scale.begin() + static_cast<std::ptrdiff_t>(r0), g.tokens, fp8_scale(a, kind));
+              side_scales[i].push_back(fp8_scale(a, kind));
+            } else {
+              for (std::size_t r = r0; r < r0 + g.tokens; ++r) side_scales[i].push_back(scale[r] = fp8_scale(amax[r], kind));
+            }
           }
         }
-      }
     }
     float* scale_d = x.floats(scale.size());
     x.put(scale_d, scale.data(), scale.size() * sizeof(float));
@@ -559,28 +733,28 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       } else if (fq) {
         pl = {first[i], 256, static_cast<std::uint32_t>((first[i + 1] - first[i]) / D), static_cast<std::uint32_t>(D), 0};
       } else if (nq || mq) {
-        const codebook_batch_block& g = nblocks[i];
-        pl = {g.sym_first, nq ? 16u : 1u << g.bits, static_cast<std::uint32_t>(H * g.tokens), static_cast<std::uint32_t>(D), 0};
+        const codebook_region& g = nregions[i];
+        pl = {g.sym_first, nq ? 16u : 1u << g.bits, static_cast<std::uint32_t>(g.rows), static_cast<std::uint32_t>(D), 0};
         aside_first[i + 1] = aside_first[i] + (first[i + 1] - g.side);
       } else {
-        const affine_batch_block& g = ablocks[i];
-        pl = {g.sym_first, 1u << g.bits, static_cast<std::uint32_t>(H * g.q), static_cast<std::uint32_t>(D), 0};
+        const affine_region& g = aregions[i];
+        pl = {g.sym_first, 1u << g.bits, static_cast<std::uint32_t>(g.q_rows), static_cast<std::uint32_t>(D), 0};
         aside_first[i + 1] = aside_first[i] + (side_end[i] - g.params);
       }
     }
-    if (!ablocks.empty() || !nblocks.empty()) {
+    if (!aregions.empty() || !nregions.empty()) {
       std::vector<copy_block> cb(nb);
       std::uint64_t max_side = 0;
       for (std::size_t i = 0; i < nb; ++i) {
-        cb[i] = {!nblocks.empty() ? nblocks[i].side : ablocks[i].params, aside_first[i], aside_first[i + 1] - aside_first[i]};
+        cb[i] = {!nregions.empty() ? nregions[i].side : aregions[i].params, aside_first[i], aside_first[i + 1] - aside_first[i]};
         max_side = std::max(max_side, cb[i].n);
       }
       std::uint8_t* side_d = x.bytes(static_cast<std::size_t>(aside_first[nb]));
       x.run(cb, max_side, byte_copy_op{buf, side_d});
       aside.resize(static_cast<std::size_t>(aside_first[nb]));
       x.get(aside.data(), side_d, aside.size());
-      for (std::size_t i = 0; i < ablocks.size(); ++i)
-        if (side_end[i] != ablocks[i].exact - 1) aside[static_cast<std::size_t>(aside_first[i] + (ablocks[i].exact - 1 - ablocks[i].params))] = static_cast<std::uint8_t>(ablocks[i].exact_dtype);  // the tag
+      for (std::size_t i = 0; i < aregions.size(); ++i)
+        if (side_end[i] != aregions[i].exact - 1) aside[static_cast<std::size_t>(aside_first[i] + (aregions[i].exact - 1 - aregions[i].params))] = static_cast<std::uint8_t>(aregions[i].exact_dtype);  // the tag
     }
     return detail::encode_rans_batch_to(x, policy, c, *re, info, state, sink, opt, ex, buf, planes, [&](std::size_t i, bytes& side) {
       if (cq) {
@@ -598,8 +772,8 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
   }
   out.resize(static_cast<std::size_t>(first[nb]));
   x.get(out.data(), buf, out.size());
-  for (std::size_t i = 0; i < ablocks.size(); ++i)
-    if (side_end[i] != ablocks[i].exact - 1) out[static_cast<std::size_t>(ablocks[i].exact - 1)] = static_cast<std::uint8_t>(ablocks[i].exact_dtype);  // the tag
+  for (std::size_t i = 0; i < aregions.size(); ++i)
+    if (side_end[i] != aregions[i].exact - 1) out[static_cast<std::size_t>(aregions[i].exact - 1)] = static_cast<std::uint8_t>(aregions[i].exact_dtype);  // the tag
   return encode_symbols_to(policy, c, info, state, sink, opt, ex, [&](std::size_t i, symbols& sy) {
     const std::uint8_t* p = out.data() + first[i];
     const std::size_t n = static_cast<std::size_t>(first[i + 1] - first[i]);
@@ -617,21 +791,21 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       for (std::size_t j = 0; j < ns; ++j) kvcodec::detail::store_le16(sy.side.data() + 2 * j, scale_bits[static_cast<std::size_t>(g.scale_first) + j]);
       return;
     }
-    if (!nblocks.empty()) {
-      const codebook_batch_block& g = nblocks[i];
+    if (!nregions.empty()) {
+      const codebook_region& g = nregions[i];
       symbol_plane& pl = sy.planes.emplace_back();
       pl.alphabet = nq ? 16u : 1u << g.bits;
-      pl.rows = static_cast<std::uint32_t>(H * g.tokens);
+      pl.rows = static_cast<std::uint32_t>(g.rows);
       pl.cols = static_cast<std::uint32_t>(D);
       pl.sym.assign(p, p + (g.side - g.sym_first));
       sy.side.assign(out.begin() + static_cast<std::ptrdiff_t>(g.side), out.begin() + static_cast<std::ptrdiff_t>(first[i + 1]));
       return;
     }
-    if (!ablocks.empty()) {
-      const affine_batch_block& g = ablocks[i];
+    if (!aregions.empty()) {
+      const affine_region& g = aregions[i];
       symbol_plane& pl = sy.planes.emplace_back();
       pl.alphabet = 1u << g.bits;
-      pl.rows = static_cast<std::uint32_t>(H * g.q);
+      pl.rows = static_cast<std::uint32_t>(g.q_rows);
       pl.cols = static_cast<std::uint32_t>(D);
       pl.sym.assign(p, p + (g.params - g.sym_first));
       sy.side.assign(out.begin() + static_cast<std::ptrdiff_t>(g.params), out.begin() + static_cast<std::ptrdiff_t>(side_end[i]));

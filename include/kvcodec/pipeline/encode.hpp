@@ -184,6 +184,19 @@ inline block block_skeleton(const kv_shape& s, int layer, bool key, std::int64_t
   return b;
 }
 
+/// The skeleton of block (layer, K or V, tokens [t0, t1)) holding the rows of `kept` (all rows when
+/// it is empty).
+inline block kept_skeleton(const kv_shape& s, const kept_sets& kept, int layer, bool key, std::int64_t t0, std::int64_t t1) {
+  if (kept.empty()) return block_skeleton(s, layer, key, t0, t1, nullptr);
+  std::vector<std::vector<std::int32_t>> in(static_cast<std::size_t>(s.kv_heads));
+  for (int h = 0; h < s.kv_heads; ++h) {
+    const auto& ks = kept[static_cast<std::size_t>(layer)][static_cast<std::size_t>(h)];
+    const auto lo = std::lower_bound(ks.begin(), ks.end(), static_cast<std::int32_t>(t0));
+    in[static_cast<std::size_t>(h)].assign(lo, std::lower_bound(lo, ks.end(), static_cast<std::int32_t>(t1)));
+  }
+  return block_skeleton(s, layer, key, t0, t1, &in);
+}
+
 /// The kept-token masks of a segment: per head, ceil((t1-t0)/8) bytes, bit t-t0 LSB first.
 inline void put_masks(const block& kb, bytes& out) {
   const std::size_t span = static_cast<std::size_t>(kb.t1 - kb.t0);
@@ -244,6 +257,30 @@ inline void finish_report(encode_report& rep, kvc_writer& w, const std::vector<b
 }
 }  // namespace detail
 
+namespace detail {
+/// The kept sets of codec c's drop stages (c.drop must be set) over the cache a view describes, on
+/// the CPU: they score ex.cache when given (with its queries), else an f32 copy of the view; checked
+/// against shape `s`.
+inline kept_sets run_drops(const codec& c, const const_kv_view& kv, const kv_extras& ex, const kv_shape& s, dtype source_dtype) {
+  kv_cache copy;
+  const kv_cache* full = ex.cache;
+  if (!full) {
+    copy = to_cache(kv);
+    copy.source_dtype = source_dtype;
+    copy.positions = ex.positions;
+    copy.tokens = ex.tokens;
+    copy.metadata = ex.metadata;
+    full = &copy;
+  }
+  kept_sets dropped = c.drop->select(*full);
+  kv_cache check;
+  check.shape = s;
+  check.kept = dropped;
+  check.validate_kept("drop stage '" + std::string(c.drop->name()) + "' output");
+  return dropped;
+}
+}  // namespace detail
+
 /// Encodes the cache a view describes with codec `c` (fitted to this cache: use a fresh codec per
 /// cache) and streams the container into `sink`. Returns the report (sizes, bits per element).
 template <cpu::cpu_policy P>
@@ -267,24 +304,7 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
   }
 
   // 1. Token dropping: the kept sets become part of the data.
-  kept_sets dropped;
-  if (c.drop) {
-    kv_cache copy;
-    const kv_cache* full = ex.cache;
-    if (!full) {
-      copy = to_cache(kv);
-      copy.source_dtype = info.source_dtype;
-      copy.positions = ex.positions;
-      copy.tokens = ex.tokens;
-      copy.metadata = ex.metadata;
-      full = &copy;
-    }
-    dropped = c.drop->select(*full);
-    kv_cache check;
-    check.shape = s;
-    check.kept = dropped;
-    check.validate_kept("drop stage '" + std::string(c.drop->name()) + "' output");
-  }
+  const kept_sets dropped = c.drop ? detail::run_drops(c, kv, ex, s, info.source_dtype) : kept_sets{};
   const kept_sets& kept = c.drop ? dropped : ex.kept;
   const bool sparse = !kept.empty();
   auto seg_range = [&](std::size_t seg) {
@@ -435,38 +455,51 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
   return rep;
 }
 
-/// Writes a dense container whose blocks' entropy-stage bytes another encoder made: `quant_state` and
+namespace detail {
+/// encode_blocks_to's scope: no transforms; drop stages only with their kept sets in ex.kept.
+inline void check_blocks_codec(const codec& c, const kv_extras& ex) {
+  if (!c.transforms.empty()) throw_usage("encode: codec '" + c.spec() + "' has transform stages, which this encoder does not run");
+  if (!c.drops().empty() && ex.kept.empty())
+    throw_usage("encode: codec '" + c.spec() + "' has drop stages, and their kept sets were not given (kv_extras::kept)");
+}
+}  // namespace detail
+
+/// Writes a container whose blocks' entropy-stage bytes another encoder made: `quant_state` and
 /// `entropy_state` are the stages' fitted states (empty when a stage has none), and
 /// block_bytes(i, b, out, stats) appends block i's bytes to `out` (segment i / 2 in chunk-major order,
 /// (chunk, layer) = (i / 2 / layers, i / 2 % layers); K when i is even; b its block skeleton; called
-/// from several threads). Codecs with drop stages or transforms are a usage error.
+/// from several threads). The container is sparse when ex.kept is not empty: b then holds the kept
+/// rows only, and each segment starts with their masks. A codec's drop stages must have run already
+/// (their kept sets in ex.kept); transforms are a usage error.
 template <cpu::cpu_policy P, class F>
 encode_report encode_blocks_to(const P& policy, codec& c, const cache_info& info, const bytes& quant_state, bytes entropy_state, byte_sink& sink,
                                const encode_options& opt, const kv_extras& ex, F&& block_bytes) {
-  if (!c.drops().empty() || !c.transforms.empty())
-    throw_usage("encode: codec '" + c.spec() + "' has drop or transform stages, which this encoder does not run");
+  detail::check_blocks_codec(c, ex);
   if (opt.chunk_tokens < 1) throw_usage("encode: chunk_tokens must be >= 1, found " + std::to_string(opt.chunk_tokens));
   const kv_shape& s = info.shape;
   if (s.tokens <= 0) throw_bad_input("encode input", "tokens", "> 0", std::to_string(s.tokens));
   const std::size_t L = static_cast<std::size_t>(s.layers);
   const std::size_t nseg = static_cast<std::size_t>((s.tokens + opt.chunk_tokens - 1) / opt.chunk_tokens) * L;
+  const bool sparse = !ex.kept.empty();
   kvc_header h;
   std::vector<bytes> states;
+  const auto first_state = static_cast<std::uint32_t>(c.drops().size());  // the drop stages keep none
   if (!quant_state.empty()) {
-    h.states.push_back(state_entry{0, 0, 0, 0});
+    h.states.push_back(state_entry{first_state, 0, 0, 0});
     states.push_back(quant_state);
   }
   if (!entropy_state.empty()) {
-    h.states.push_back(state_entry{1, 0, 0, 0});
+    h.states.push_back(state_entry{first_state + 1, 0, 0, 0});
     states.push_back(std::move(entropy_state));
   }
-  detail::fill_header(h, c, info, ex, opt, false);
+  detail::fill_header(h, c, info, ex, opt, sparse);
   kvc_writer w(sink, std::move(h), states);
   encode_report rep;
   detail::progress_counter prog{&opt.progress, nseg};
   const std::size_t window = static_cast<std::size_t>(std::max(4, 4 * policy.threads()));
   std::vector<bytes> seg_bytes(std::min(window, nseg));
   std::vector<coder_stats> seg_stats(seg_bytes.size());
+  std::vector<std::size_t> seg_mask(seg_bytes.size());
   for (std::size_t w0 = 0; w0 < nseg; w0 += window) {
     const std::size_t n = std::min(window, nseg - w0);
     cpu::parallel_for(policy, n, [&](std::size_t k) {
@@ -475,9 +508,13 @@ encode_report encode_blocks_to(const P& policy, codec& c, const cache_info& info
       bytes& out = seg_bytes[k];
       out.clear();
       seg_stats[k] = {};
+      // K and V share the kept rows (and so a skeleton, but for the K/V flag)
+      block b = detail::kept_skeleton(s, ex.kept, static_cast<int>(seg % L), true, t0, std::min(s.tokens, t0 + opt.chunk_tokens));
+      if (sparse) detail::put_masks(b, out);
+      seg_mask[k] = out.size();
       byte_writer bw(out);
       for (int kvi = 0; kvi < 2; ++kvi) {
-        const block b = detail::block_skeleton(s, static_cast<int>(seg % L), kvi == 0, t0, std::min(s.tokens, t0 + opt.chunk_tokens), nullptr);
+        b.key = kvi == 0;
         bytes stream;
         block_bytes(2 * seg + static_cast<std::size_t>(kvi), b, stream, seg_stats[k]);
         bw.put_blob(stream);
@@ -488,6 +525,7 @@ encode_report encode_blocks_to(const P& policy, codec& c, const cache_info& info
       const std::int64_t t0 = static_cast<std::int64_t>((w0 + k) / L) * opt.chunk_tokens;
       w.add_segment(static_cast<std::int32_t>((w0 + k) % L), t0, std::min(s.tokens, t0 + opt.chunk_tokens), seg_bytes[k]);
       rep.codec_bytes += seg_bytes[k].size();
+      rep.mask_bytes += seg_mask[k];
       rep.stats += seg_stats[k];
     }
   }
@@ -495,18 +533,17 @@ encode_report encode_blocks_to(const P& policy, codec& c, const cache_info& info
   return rep;
 }
 
-/// Writes a dense container whose blocks' symbols another encoder made (the CUDA backend quantizes
-/// on the GPU): `quant_state` is the quantizer's fitted state (empty when it has none), and
-/// symbols_of(i, sy) fills the symbols of block i (numbered as in encode_blocks_to; it may be called
-/// more than once for a block, from several threads). The entropy stage is fitted (on the symbols when
-/// it fits on them: block by block where it can, else holding every block's symbols) and codes them
-/// here; for the same symbols the container is encode_to's, byte for byte. Codecs with drop stages or
-/// transforms are a usage error.
+/// Writes a container whose blocks' symbols another encoder made (the CUDA backend quantizes on the
+/// GPU): `quant_state` is the quantizer's fitted state (empty when it has none), and symbols_of(i, sy)
+/// fills the symbols of block i (numbered as in encode_blocks_to; it may be called more than once for
+/// a block, from several threads). The entropy stage is fitted (on the symbols when it fits on them:
+/// block by block where it can, else holding every block's symbols) and codes them here; for the same
+/// symbols the container is encode_to's, byte for byte. Sparse when ex.kept is not empty, as
+/// encode_blocks_to.
 template <cpu::cpu_policy P, class F>
 encode_report encode_symbols_to(const P& policy, codec& c, const cache_info& info, const bytes& quant_state, byte_sink& sink, const encode_options& opt,
                                 const kv_extras& ex, F&& symbols_of) {
-  if (!c.drops().empty() || !c.transforms.empty())
-    throw_usage("encode: codec '" + c.spec() + "' has drop or transform stages, which this encoder does not run");
+  detail::check_blocks_codec(c, ex);
   if (opt.chunk_tokens < 1) throw_usage("encode: chunk_tokens must be >= 1, found " + std::to_string(opt.chunk_tokens));
   const kv_shape& s = info.shape;
   if (s.tokens <= 0) throw_bad_input("encode input", "tokens", "> 0", std::to_string(s.tokens));
