@@ -1,6 +1,8 @@
 // bench_cuda: the CUDA backend on a synthetic f16 cache (Llama-8B-shaped, >= 1 GB by default), every
 // figure against a device-to-device cudaMemcpy of the same f16 bytes in the same run.
 //   bench_cuda [SIZE_MB=1024] [SPEC=kvc:level=5] [REPS=10]       (scripts/gpu-check runs it on a GPU)
+//   bench_cuda SIZE_MB drop:METHOD [REPS]     a GPU drop selection against a memcpy of the keys
+//   bench_cuda SIZE_MB encode:SPEC [REPS]     cuda::encode end to end (drop stages on the GPU, queries given)
 // What it times: for rANS containers, the rANS batch decode (cuda/rans.cuh) of every stream alone
 // (symbols out; GB/s of the f16 cache the symbols stand for, 2 bytes per symbol), its symbols checked
 // against the CPU decoder's for every stream; then, for every container cuda::decode_into takes (kvc
@@ -46,6 +48,24 @@ int main(int argc, char** argv) {
       std::printf("scoring + selection, %d runs: best %.3f ms, median %.3f ms; device memcpy D2D of the keys: best %.3f ms = %.1f GB/s; "
                   "ratio %.2fx the memcpy (bar for snapkv/pyramidkv/adakv/h2o: <= 2x)\n",
                   reps, ms.front(), ms[ms.size() / 2], r.memcpy_ms, static_cast<double>(r.key_bytes) / r.memcpy_ms / 1e6, ms.front() / r.memcpy_ms);
+      return 0;
+    }
+    if (spec.rfind("encode:", 0) == 0) {  // cuda::encode end to end, drop stages selecting on the GPU
+      const std::string es = spec.substr(7);
+      const int layers = 32, kv_heads = 8, q_heads = 32, head_dim = 128;
+      const std::int64_t tokens = std::max<std::int64_t>(128, static_cast<std::int64_t>(size_mb * 1e6 / (4.0 * layers * kv_heads * head_dim) + 0.5));
+      const auto r = kvcodec_bench_cuda::time_encode(es, layers, kv_heads, q_heads, tokens, head_dim, reps);
+      auto ms = r.ms;
+      std::sort(ms.begin(), ms.end());
+      const double kv_bytes = static_cast<double>(r.cache_bytes);
+      std::printf("device: %s\n", dev.c_str());
+      std::printf("cuda::encode %s: %d layers x %d kv heads (%d query heads) x %lld tokens x %d head_dim, f16 K+V %.1f MB (HF layout, device)\n", es.c_str(),
+                  layers, kv_heads, q_heads, static_cast<long long>(tokens), head_dim, kv_bytes / 1e6);
+      std::printf("container %.1f MB (%.3f bits per cache element; masks %.1f MB)\n", static_cast<double>(r.container_bytes) / 1e6,
+                  8.0 * static_cast<double>(r.container_bytes) / (kv_bytes / 2.0), static_cast<double>(r.mask_bytes) / 1e6);
+      std::printf("cuda::encode end to end (drop selection, gather, quantize, rANS on the GPU; container written on the host), %zu runs: best %.1f ms, "
+                  "median %.1f ms = %.1f GB/s of f16 (best); device memcpy D2D of K+V: best %.3f ms = %.1f GB/s; ratio %.1fx the memcpy\n",
+                  ms.size(), ms.front(), ms[ms.size() / 2], kv_bytes / ms.front() / 1e6, r.memcpy_ms, kv_bytes / r.memcpy_ms / 1e6, ms.front() / r.memcpy_ms);
       return 0;
     }
     const int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -58,4 +58,16 @@ struct drop_timing {
 drop_timing time_drop_select(const std::string& method, int layers, int kv_heads, int q_heads, std::int64_t tokens, int head_dim, std::int64_t window,
                              double keep, int reps);
 
+struct encode_timing {
+  std::vector<double> ms;        ///< each timed cuda::encode, wall (after one warm-up run)
+  double memcpy_ms = 0;          ///< best device-to-device cudaMemcpy of the f16 K and V
+  std::size_t cache_bytes = 0;   ///< the f16 K and V
+  std::size_t container_bytes = 0, mask_bytes = 0;
+};
+
+/// Times cuda::encode with `spec` (drop stages select on the GPU) of device f16 keys and values, with
+/// device f16 queries (q_heads heads) for the query-aware drop stages, in the Hugging Face layout
+/// (values as time_drop_select's), and a device memcpy of the K and V bytes in the same run.
+encode_timing time_encode(const std::string& spec, int layers, int kv_heads, int q_heads, std::int64_t tokens, int head_dim, int reps);
+
 }  // namespace kvcodec_bench_cuda

@@ -11,7 +11,9 @@
 //  - kvcodec::cuda::knorm_select (the GPU knorm scorer and CUB top-k) against the CPU's select_knorm;
 //  - the window scorers (snapkv, pyramidkv, h2o, tova) and adakv over them against the CPU's kept sets
 //    (equal but for near-ties, tests/support/window_cases.hpp);
-//  - cuda::compare_attention (the eval metrics on the GPU) against eval::compare_attention.
+//  - cuda::compare_attention (the eval metrics on the GPU) against eval::compare_attention;
+//  - cuda::encode of token-dropped caches (drop stage on the GPU, kept rows gathered and quantized
+//    there) and with the transforms hadamard and derope, against the CPU encoder's container.
 #include <cstdio>
 #include <initializer_list>
 #include <limits>
@@ -23,6 +25,7 @@
 #include "kvcodec/cpu/drop/knorm.hpp"
 #include "kvcodec/cuda/decode.cuh"
 #include "kvcodec/cuda/encode.cuh"
+#include "kvcodec/cuda/drop_select.cuh"
 #include "kvcodec/cpu/drop/random.hpp"
 #include "kvcodec/cuda/drop/keydiff.cuh"
 #include "kvcodec/cuda/drop/knorm.cuh"
@@ -430,6 +433,103 @@ void test_encode() {
         }
 }
 
+/// A kv_cache's K/V (or, with queries = true, its queries as the K side) in device memory.
+struct device_cache {
+  device_dest d;
+  device_cache(const kv_cache& kv, dtype t, bool paged, bool queries = false) : d(shape_of(kv, queries), kv.shape.tokens, t, paged) {
+    kv_cache src = kv;
+    if (queries) {
+      src.shape.kv_heads = kv.shape.q_heads;
+      src.keys = kv.queries;
+      src.values = kv.queries;
+      src.queries.clear();
+      src.shape.q_heads = 0;
+    }
+    const test::host_dest h = test::host_source(src, t, paged);
+    for (std::size_t l = 0; l < h.k.size(); ++l) {
+      d.k[l].upload(std::span<const std::byte>(h.k[l]));
+      d.v[l].upload(std::span<const std::byte>(h.v[l]));
+    }
+  }
+  static kv_shape shape_of(const kv_cache& kv, bool queries) {
+    kv_shape s = kv.shape;
+    if (queries) s.kv_heads = kv.shape.q_heads, s.q_heads = 0;
+    return s;
+  }
+};
+
+/// cuda::encode of token-dropped caches (the drop stage selecting on the GPU, cuda/drop_select.cuh;
+/// the kept rows gathered and quantized there): byte for byte the CPU encoder's container for the
+/// methods whose GPU kept sets are the CPU's exactly (knorm, keydiff, random, streamingllm, lagkv,
+/// expected-attention); for the window scorers (snapkv, pyramidkv, h2o, tova, adakv) the kept sets may
+/// differ on near-ties: equal containers when the kept sets are equal, else a container that decodes
+/// to the GPU's kept sets. Composed drop stages and a query-aware stage without queries are refused.
+void test_encode_dropped() {
+  for (std::uint32_t code : {0u, 1u}) {
+    const dtype t = code == 0 ? dtype::f32 : dtype::f16;
+    kv_cache kv = test::rounded(test::small_synth({.layers = 2, .kv_heads = 2, .q_heads = 8, .head_dim = 64, .tokens = 700, .seed = 21}), code);
+    for (auto& layer : kv.values)
+      for (auto& x : layer) x = test::round_to(x, code);
+    for (bool paged : {false, true}) {
+      const device_cache dkv(kv, t, paged), dq(kv, t, false, true);
+      const const_kv_view view(dkv.d.view), qview(dq.d.view);
+      kv_extras ex = extras_of(kv);
+      ex.cache = &kv;  // the CPU stage scores it (with its queries)
+      const encode_options opt{.chunk_tokens = 256};
+      for (const std::string drop : {"knorm:keep=0.4", "keydiff:keep=0.3", "random:keep=0.5,seed=3", "streamingllm:keep=0.3", "lagkv:keep=0.5,lag=64",
+                                     "expected-attention:keep=0.4,window=32", "snapkv:keep=0.5,window=32", "pyramidkv:keep=0.4,window=32",
+                                     "h2o:keep=0.3,window=32", "tova:keep=0.3,obs_end=650", "adakv:keep=0.4,window=32"})
+        for (const std::string quant : {"kivi:bits=4|rans", "fp8:scale=head", "raw", "uniform:bits=3", "nf4|rans", "derope|hadamard|kivi:bits=2"}) {
+          const std::string spec = drop + "|" + quant, what = "encode " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf");
+          codec c1 = make_codec(spec), c2 = make_codec(spec);
+          const encoded want = encode(cpu::par, c1, const_kv_view(test::host_source(kv, t, paged).view), opt, ex);
+          const encoded got = kvcodec::cuda::encode(kvcodec::cuda::par, c2, view, opt, ex, &qview);
+          const bool exact = drop.rfind("snapkv", 0) != 0 && drop.rfind("pyramidkv", 0) != 0 && drop.rfind("h2o", 0) != 0 && drop.rfind("tova", 0) != 0 &&
+                             drop.rfind("adakv", 0) != 0;
+          const auto* stage = dynamic_cast<const cpu::configured_drop*>(c2.drop.get());
+          const kept_sets gpu = kvcodec::cuda::drop_select(stage->cfg(), view, &qview, kv.metadata, kv.positions, kvcodec::cuda::par);
+          const kept_sets cpu_kept = c1.drop->select(kv);
+          if (exact || gpu == cpu_kept) {
+            expect(gpu == cpu_kept, what + ": GPU kept sets differ from the CPU's");
+            expect(got.data == want.data, what + ": container differs from the CPU's");
+          } else {
+            std::size_t diff = 0;
+            for (std::size_t l = 0; l < gpu.size(); ++l)
+              for (std::size_t h = 0; h < gpu[l].size(); ++h) {
+                std::vector<std::int32_t> d;
+                std::set_symmetric_difference(gpu[l][h].begin(), gpu[l][h].end(), cpu_kept[l][h].begin(), cpu_kept[l][h].end(), std::back_inserter(d));
+                diff += d.size();
+              }
+            std::printf("note: %s: %zu kept tokens differ from the CPU (near-ties)\n", what.c_str(), diff);
+            expect(diff <= 8, what + ": " + std::to_string(diff) + " kept tokens differ from the CPU's");
+            expect(decode(cpu::par, got.data).kept == gpu, what + ": the container's kept sets are not the GPU's");
+          }
+        }
+      // the transforms on dense caches (derope from the cache's RoPE metadata)
+      for (const std::string spec : {"hadamard|q8_0", "derope|kvc:level=5", "derope|hadamard:target=v|fp8:scale=token|rans", "hadamard:seed=9|kmeans:bits=3"}) {
+        codec c1 = make_codec(spec), c2 = make_codec(spec);
+        const encoded want = encode(cpu::par, c1, const_kv_view(test::host_source(kv, t, paged).view), opt, ex);
+        const encoded got = kvcodec::cuda::encode(kvcodec::cuda::par, c2, view, opt, ex);
+        expect(got.data == want.data, "encode " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf") + ": container differs from the CPU's");
+      }
+      // outside the GPU scope: composed drop stages, a query-aware stage without queries
+      const auto kind = [&](const std::string& spec, const const_kv_view* q) {
+        codec c = make_codec(spec);
+        try {
+          (void)kvcodec::cuda::encode(kvcodec::cuda::par, c, view, opt, ex, q);
+        } catch (const error& e) {
+          return e.kind();
+        }
+        return error_kind::io;
+      };
+      expect(kind("streamingllm:keep=0.5|knorm:keep=0.5|raw", &qview) == error_kind::usage, "composed drop stages: usage error");
+      expect(kind("chunkkv:keep=0.5|raw", &qview) == error_kind::usage, "chunkkv: usage error");
+      expect(kind("snapkv:keep=0.5|raw", nullptr) == error_kind::bad_input, "snapkv without queries: bad input");
+      expect(kind("knorm:keep=0.5|q8_0", nullptr) == error_kind::usage, "knorm|q8_0: usage error");
+    }
+  }
+}
+
 /// kvcodec::cuda::knorm_select on f16 / bf16 / f32 device keys against the CPU's select_knorm and the host
 /// emulation: equal kept sets (ties and a NaN row included), sizes around a sort tile, two prefixes.
 void test_knorm_select() {
@@ -793,6 +893,7 @@ int main() {
     test_rans_encode();
     test_decode_into();
     test_encode();
+    test_encode_dropped();
     test_knorm_select();
     test_random_select();
     test_streamingllm_select();

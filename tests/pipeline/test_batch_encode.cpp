@@ -159,6 +159,28 @@ TEST_CASE("batch encode (emulated) of a token-dropped cache writes the CPU encod
   }
 }
 
+TEST_CASE("batch encode (emulated) runs the transforms hadamard and derope as the CPU encoder: dense and token-dropped - every quantizer family - f32 f16 bf16 - HF and paged") {
+  kv_cache kv = cache_with_queries(2, 4, 300, 32, dtype::bf16);
+  kv.metadata["rope"] = "interleaved-pairs";
+  kv.metadata["rope_theta"] = "500000";
+  for (const std::string spec : {"hadamard|kivi:bits=4|rans", "hadamard:target=k,seed=5|q8_0", "derope|kvc:level=5", "derope|hadamard:target=v|fp8:scale=head",
+                                 "hadamard|nf4|rans", "hadamard:seed=2|kmeans:bits=3", "derope:style=rotate-half,theta=10000|uniform:bits=3",
+                                 "derope|cachegen", "knorm:keep=0.5|derope|kivi:bits=4|rans", "snapkv:keep=0.4,window=16|hadamard|fp8",
+                                 "streamingllm:keep=0.3|derope|hadamard|raw:dtype=f32"})
+    for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
+      for (bool paged : {false, true}) {
+        INFO(spec << " " << dtype_name(t) << (paged ? " paged" : " hf"));
+        const test::host_dest src = test::host_source(kv, t, paged);
+        kv_extras ex = extras(kv);
+        ex.cache = &kv;
+        const encode_options opt{.chunk_tokens = 128};
+        codec c1 = make_codec(spec), c2 = make_codec(spec);
+        const encoded want = encode(cpu::par, c1, const_kv_view(src.view), opt, ex);
+        host_batch_executor x;
+        CHECK(encode_batch(x, cpu::par(2), c2, const_kv_view(src.view), opt, ex).data == want.data);
+      }
+}
+
 TEST_CASE("batch encode: codecs and inputs outside its scope are usage errors") {
   const kv_cache kv = test::random_cache(2, 2, 300, 32, dtype::f16);
   const test::host_dest src = test::host_source(kv, dtype::f16, false);
@@ -174,8 +196,8 @@ TEST_CASE("batch encode: codecs and inputs outside its scope are usage errors") 
   };
   // quantizers whose rows span the heads (the ggml formats) or that fit on samples of the dense
   // cache (kmeans, cachegen-quant's kvc levels) are not batch-encoded token-dropped
-  for (const std::string spec : {"kivi:outliers=1", "hadamard|q8_0", "knorm:keep=0.5|q8_0", "derope|kvc:level=5", "knorm:keep=0.5|kvc:level=5",
-                                 "knorm:keep=0.5|kmeans"}) {
+  for (const std::string spec : {"kivi:outliers=1", "think|q8_0", "knorm:keep=0.5|q8_0", "derope|kvc:level=5", "knorm:keep=0.5|kvc:level=5",
+                                 "knorm:keep=0.5|kmeans", "hadamard|hadamard|hadamard|hadamard|hadamard|q8_0"}) {
     INFO(spec);
     CHECK(kind(spec, extras(kv), src.view) == error_kind::usage);
   }

@@ -141,18 +141,47 @@ TEST_CASE("CUDA rows: every quantizer's and entropy stage's row says what the CU
   CHECK(claimed >= 13);  // the quantizers above, rans, ac and pack
 }
 
-TEST_CASE("CUDA rows: transforms and drop stages - which neither seam runs - are refused with a usage error") {
-  const kv_cache kv = test::random_cache(2, 2, 150, 32, dtype::f16);
+TEST_CASE("CUDA rows: transforms - the encode seam runs those its rows claim (hadamard and derope) - the decode seam none") {
+  kv_cache kv = test::random_cache(2, 2, 150, 32, dtype::f16);
+  kv.metadata["rope"] = "rotate-half";  // derope's RoPE
+  kv.metadata["rope_theta"] = "10000";
+  std::size_t claimed = 0;
   for (const auto& e : builtin_registry().stages()) {
-    if (e.kind != stage_kind::transform && e.kind != stage_kind::drop) continue;
-    const std::string spec = spec_for(e);
+    if (e.kind != stage_kind::transform) continue;
+    const std::string spec = e.name + "|kivi";
     INFO(e.name << " (" << spec << ")");
+    CHECK_FALSE(e.cuda.decode);
+    std::size_t rans = 0;
+    const auto file = cpu_container(spec, kv);
+    const std::string got = try_encode(spec, kv, rans);
+    if (e.cuda.encode && file) {
+      CHECK(got == "same");
+      ++claimed;
+    } else {
+      CHECK(got.rfind("usage: ", 0) == 0);  // refused before it reads the cache
+    }
+    if (file) CHECK(try_decode(*file).rfind("usage: ", 0) == 0);
+  }
+  CHECK(claimed == 2);
+}
+
+TEST_CASE("CUDA rows: drop stages - the encode seam runs them before the quantizers that code ragged heads - the decode seam refuses their containers") {
+  const kv_cache kv = test::random_cache(2, 2, 150, 32, dtype::f16);
+  std::size_t ran = 0;
+  for (const auto& e : builtin_registry().stages()) {
+    if (e.kind != stage_kind::drop) continue;
+    INFO(e.name);
     CHECK_FALSE(e.cuda.decode);
     CHECK_FALSE(e.cuda.encode);
     std::size_t rans = 0;
-    CHECK(try_encode(spec, kv, rans).rfind("usage: ", 0) == 0);  // refused before it reads the cache
-    if (const auto file = cpu_container(spec, kv)) CHECK(try_decode(*file).rfind("usage: ", 0) == 0);
+    CHECK(try_encode(e.name + "|q8_0", kv, rans).rfind("usage: ", 0) == 0);  // the block formats span the heads: refused before any selection
+    if (const auto file = cpu_container(e.name + "|kivi", kv)) {  // the stages that need no queries (this cache has none)
+      CHECK(try_encode(e.name + "|kivi", kv, rans) == "same");    // the host executor selects with the CPU stage
+      CHECK(try_decode(*file).rfind("usage: ", 0) == 0);
+      ++ran;
+    }
   }
+  CHECK(ran >= 5);  // random, streamingllm, knorm, keydiff, lagkv
 }
 
 TEST_CASE("CUDA rows: the list names each stage with its limits - and set_cuda refuses an unknown stage") {

@@ -29,11 +29,15 @@ class derope_transform final : public stage_impl<transform::derope, transform_st
   void forward(block& b, const cache_info& info) const override { rotate(b, info, false); }
   void inverse(block& b, const cache_info& info) const override { rotate(b, info, true); }
 
- private:
   struct rope_cfg {
     rope_style style;
     double theta;
   };
+  /// The RoPE style and theta for a cache (parameters, else its metadata; usage error when neither
+  /// names them): what the batch encoder's derope step runs (core/transform_rows.hpp).
+  rope_cfg resolved(const cache_info& info) const { return resolve(info, static_cast<std::size_t>(info.shape.head_dim)); }
+
+ private:
   rope_cfg resolve(const cache_info& info, std::size_t head_dim) const {
     const auto meta = [&](const char* k) -> std::string {
       auto it = info.metadata.find(k);

@@ -13,10 +13,18 @@
 
 namespace kvcodec::cpu {
 
-template <class D>
-class drop_impl : public stage_impl<D, drop_stage> {
+/// A drop stage that is one configured method (every built-in stage): other selectors than the CPU's
+/// (cuda/drop_select.cuh) run its configuration.
+class configured_drop : public drop_stage {
  public:
-  using stage_impl<D, drop_stage>::stage_impl;
+  virtual drop::config cfg() const = 0;
+};
+
+template <class D>
+class drop_impl : public stage_impl<D, configured_drop> {
+ public:
+  using stage_impl<D, configured_drop>::stage_impl;
+  drop::config cfg() const override { return this->p_.cfg(); }
   kept_sets select(const kv_cache& kv) const override { return drop_select(kv, this->p_.cfg()); }
 };
 

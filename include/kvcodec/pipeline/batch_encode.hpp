@@ -29,9 +29,12 @@
 #include "kvcodec/core/ggml_blocks.hpp"
 #include "kvcodec/core/raw.hpp"
 #include "kvcodec/core/rans_batch.hpp"
+#include "kvcodec/core/transform_rows.hpp"
 #include "kvcodec/cpu/cachegen.hpp"
 #include "kvcodec/cpu/codebook.hpp"
+#include "kvcodec/cpu/derope.hpp"
 #include "kvcodec/cpu/fp8.hpp"
+#include "kvcodec/cpu/hadamard.hpp"
 #include "kvcodec/cpu/kivi.hpp"
 #include "kvcodec/cpu/pack.hpp"
 #include "kvcodec/cpu/rans.hpp"
@@ -307,7 +310,7 @@ inline kv_batch_src dense_parts(const kv_batch_src& src, const kv_shape& s, std:
 /// order; fills one part per (block, head); returns the buffer as a source (head always 0).
 template <class X>
 kv_batch_src gather_kept(X& x, const const_kv_view& kv, const kept_sets& kept, const kv_shape& s, std::int64_t chunk_tokens, std::int64_t first_residual,
-                         batch_parts& out) {
+                         batch_parts& out, const row_transforms& rts) {
   const std::size_t L = static_cast<std::size_t>(s.layers), H = static_cast<std::size_t>(s.kv_heads);
   const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), es = dtype_size(kv.dt);
   std::vector<std::int32_t> head, token;
@@ -329,12 +332,14 @@ kv_batch_src gather_kept(X& x, const const_kv_view& kv, const kept_sets& kept, c
       gb.push_back({layer_first[l], rows, (key != 0 ? 0 : E) + layer_first[l], static_cast<std::int32_t>(l), key});
       max_rows = std::max(max_rows, rows);
     }
-  std::uint8_t* compact = x.bytes(static_cast<std::size_t>(2 * E * D * es));
-  x.run(gb, max_rows * D, kv_gather_op{x.src(kv), upload(x, head), upload(x, token), compact});
+  const std::uint64_t cs = rts.n > 0 ? 4 : es;  // transformed rows are f32
+  std::uint8_t* compact = x.bytes(static_cast<std::size_t>(2 * E * D * cs));
+  if (rts.n > 0) x.run(gb, max_rows, kv_prepare_op{x.src(kv), upload(x, head), upload(x, token), 0, rts, reinterpret_cast<float*>(compact)});
+  else x.run(gb, max_rows * D, kv_gather_op{x.src(kv), upload(x, head), upload(x, token), compact});
   std::vector<const void*> kp(L), vp(L);
   for (std::size_t l = 0; l < L; ++l) {
-    kp[l] = compact + layer_first[l] * D * es;
-    vp[l] = compact + (E + layer_first[l]) * D * es;
+    kp[l] = compact + layer_first[l] * D * cs;
+    vp[l] = compact + (E + layer_first[l]) * D * cs;
   }
   kv_batch_src src;
   src.k = upload(x, kp);
@@ -343,7 +348,7 @@ kv_batch_src gather_kept(X& x, const const_kv_view& kv, const kept_sets& kept, c
   src.layout.s_token = static_cast<std::int64_t>(D);
   src.layout.s_dim = 1;
   src.head_dim = s.head_dim;
-  src.dtype_code = static_cast<std::uint32_t>(kv.dt);
+  src.dtype_code = rts.n > 0 ? 0u : static_cast<std::uint32_t>(kv.dt);
   const std::size_t nb = 2 * static_cast<std::size_t>((s.tokens + chunk_tokens - 1) / chunk_tokens) * L;
   out.first.assign(1, 0);
   for (std::size_t i = 0; i < nb; ++i) {
@@ -362,6 +367,77 @@ kv_batch_src gather_kept(X& x, const const_kv_view& kv, const kept_sets& kept, c
   return src;
 }
 
+/// The codec's transforms as row steps (core/transform_rows.hpp): hadamard and derope, each fitted on
+/// the host as the CPU encoder fits it (their states, empty, go to `states`); derope's cos/sin tables
+/// (every token position x head_dim / 2, the CPU stage's expression) uploaded to x's memory. Usage
+/// error for other transforms, more than row_transforms::max, or rows wider than transform_max_head_dim.
+template <class X>
+row_transforms row_transforms_of(X& x, codec& c, const cache_info& info, std::vector<bytes>& states) {
+  row_transforms out;
+  if (c.transforms.empty()) return out;
+  const kv_shape& s = info.shape;
+  if (c.transforms.size() > row_transforms::max)
+    throw_usage("encode: codec '" + c.spec() + "': the batch encoder runs at most " + std::to_string(row_transforms::max) + " transforms");
+  if (s.head_dim > transform_max_head_dim)
+    throw_usage("encode: codec '" + c.spec() + "': the batch encoder transforms rows of at most " + std::to_string(transform_max_head_dim) + " values, not " +
+                std::to_string(s.head_dim));
+  for (auto& t : c.transforms) {
+    row_transform& r = out.t[out.n++];
+    if (const auto* hd = dynamic_cast<const cpu::hadamard_transform*>(t.get())) {
+      r.kind = 0;
+      r.seed = static_cast<std::uint64_t>(hd->params().seed);
+      r.keys = hd->params().target != "v" ? 1u : 0u;
+      r.values = hd->params().target != "k" ? 1u : 0u;
+    } else if (const auto* dr = dynamic_cast<const cpu::derope_transform*>(t.get())) {
+      const auto rc = dr->resolved(info);
+      r.kind = 1;
+      r.keys = 1, r.values = 0;
+      r.interleaved = rc.style == rope_style::interleaved_pairs ? 1u : 0u;
+      const std::size_t half = static_cast<std::size_t>(s.head_dim) / 2;
+      std::vector<double> cs(static_cast<std::size_t>(s.tokens) * half), sn(cs.size());
+      for (std::int64_t p = 0; p < s.tokens; ++p)
+        for (std::size_t i = 0; i < half; ++i) {  // cpu/derope.hpp's trig table, dir = -1 (undo)
+          const double a = -1.0 * rope_angle(p, i, static_cast<std::size_t>(s.head_dim), rc.theta);
+          cs[static_cast<std::size_t>(p) * half + i] = std::cos(a);
+          sn[static_cast<std::size_t>(p) * half + i] = std::sin(a);
+        }
+      r.cs = upload(x, cs);
+      r.sn = upload(x, sn);
+    } else {
+      throw_usage("encode: transform '" + std::string(t->name()) + "' has no batch (CUDA) encode; the transforms with one: hadamard, derope");
+    }
+    states.push_back(t->fit({}, info));  // validates as the CPU encoder does (derope: the RoPE metadata)
+  }
+  return out;
+}
+
+/// Every row of the dense view `kv`, transformed (rts) into an f32 buffer in x's memory: per (layer,
+/// K or V) head after head, each head's tokens in order; returns it as a source (the view's shape).
+template <class X>
+kv_batch_src prepare_rows(X& x, const const_kv_view& kv, const kv_shape& s, const row_transforms& rts) {
+  const std::size_t L = static_cast<std::size_t>(s.layers);
+  const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), rows = static_cast<std::uint64_t>(s.kv_heads) * static_cast<std::uint64_t>(s.tokens);
+  float* buf = x.floats(static_cast<std::size_t>(2 * L * rows * D));
+  std::vector<kv_gather_block> gb;
+  std::vector<const void*> kp(L), vp(L);
+  for (std::size_t l = 0; l < L; ++l)
+    for (std::uint32_t key = 0; key < 2; ++key) {
+      const std::uint64_t at = ((key != 0 ? 0 : L) + l) * rows;
+      gb.push_back({0, rows, at, static_cast<std::int32_t>(l), key});
+      (key != 0 ? kp : vp)[l] = buf + at * D;
+    }
+  x.run(gb, rows, kv_prepare_op{x.src(kv), nullptr, nullptr, s.tokens, rts, buf});
+  kv_batch_src src;
+  src.k = upload(x, kp);
+  src.v = upload(x, vp);
+  src.layout.s_head = static_cast<std::int64_t>(s.tokens * s.head_dim);
+  src.layout.s_token = s.head_dim;
+  src.layout.s_dim = 1;
+  src.head_dim = s.head_dim;
+  src.dtype_code = 0;
+  return src;
+}
+
 }  // namespace detail
 
 /// Encodes the dense cache `kv` (in x's memory) with codec `c` through executor `x` (see the file
@@ -375,17 +451,8 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
   if (kv.dt != dtype::f32 && kv.dt != dtype::f16 && kv.dt != dtype::bf16)
     throw_usage("encode: the batch encoder reads f32, f16 or bf16 views, not " + std::string(dtype_name(kv.dt)));
   if (opt.read_rows) throw_usage("encode: the batch encoder reads the view's memory; encode_options::read_rows is for the CPU encoder");
-  if (!c.transforms.empty()) throw_usage("encode: codec '" + c.spec() + "': the batch encoder runs no transform");
   const kv_shape s = detail::checked_shape(kv, ex_in);
   const cache_info info{s, ex_in.source_dtype.value_or(kv.dt), ex_in.metadata, {}};
-  // Token dropping: the drop stages' kept sets (chosen by the executor), or the input's.
-  kv_extras ex_kept;
-  if (c.drop) {
-    ex_kept = ex_in;
-    ex_kept.kept = x.select(c, kv, ex_in, s, info.source_dtype);
-  }
-  const kv_extras& ex = c.drop ? ex_kept : ex_in;
-  const bool sparse = !ex.kept.empty();
   const std::string& qn = c.quant->spec().name;
   const auto gtype = ggml::parse_block_type(qn);
   auto* fq = dynamic_cast<cpu::fp8_quant*>(c.quant.get());
@@ -399,7 +466,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     throw_usage("encode: quantizer '" + qn + "' has no CUDA encode; the quantizers with one: " + builtin_registry().cuda_stages(stage_kind::quant, true));
   if ((kq && kq->outliers() > 0.0) || (uq && uq->outliers() > 0.0))
     throw_usage("encode: " + qn + " with outliers > 0 has no CUDA encode yet; the quantizers with one: " + builtin_registry().cuda_stages(stage_kind::quant, true));
-  if (sparse && !fq && !rq && !kq && !uq && !nq)
+  if ((c.drop || !ex_in.kept.empty()) && !fq && !rq && !kq && !uq && !nq)
     throw_usage("encode: " + qn + " on a token-dropped cache has no CUDA encode (its rows span the heads, whose kept tokens differ); with token dropping the "
                 "batch encoder quantizes with raw, fp8, uniform, kivi or nf4; encode this codec on the CPU");
   const std::size_t nb = 2 * static_cast<std::size_t>((s.tokens + opt.chunk_tokens - 1) / opt.chunk_tokens) * static_cast<std::size_t>(s.layers);
@@ -407,9 +474,23 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
   // The element steps read `src`; a token-dropped cache's kept rows are gathered first into a compact
   // buffer (detail::gather_kept), and each block is cut into one part per head.
   const std::int64_t first_residual = kq ? s.tokens - kq->residual() : s.tokens;
+  // Transforms (hadamard, derope) run on every row first, into an f32 buffer (detail::prepare_rows).
+  std::vector<bytes> transform_states;
+  const row_transforms rts = detail::row_transforms_of(x, c, info, transform_states);
+  for (const bytes& st : transform_states)
+    if (!st.empty()) throw_usage("encode: codec '" + c.spec() + "': a transform with fitted state has no batch encode");
+  // Token dropping: the drop stages' kept sets (chosen by the executor), or the input's.
+  kv_extras ex_kept;
+  if (c.drop) {
+    ex_kept = ex_in;
+    ex_kept.kept = x.select(c, kv, ex_in, s, info.source_dtype);
+  }
+  const kv_extras& ex = c.drop ? ex_kept : ex_in;
+  const bool sparse = !ex.kept.empty();
   detail::batch_parts parts;
-  const kv_batch_src src = sparse ? detail::gather_kept(x, kv, ex.kept, s, opt.chunk_tokens, first_residual, parts)
-                                  : detail::dense_parts(x.src(kv), s, opt.chunk_tokens, first_residual, parts);
+  const kv_batch_src src = sparse ? detail::gather_kept(x, kv, ex.kept, s, opt.chunk_tokens, first_residual, parts, rts)
+                           : rts.n > 0 ? detail::dense_parts(detail::prepare_rows(x, kv, s, rts), s, opt.chunk_tokens, first_residual, parts)
+                                       : detail::dense_parts(x.src(kv), s, opt.chunk_tokens, first_residual, parts);
   std::vector<std::uint64_t> first(nb + 1, 0);  // block i's bytes: [first[i], first[i + 1]) of `out`
   std::vector<std::uint8_t> out;
   std::uint8_t* buf = nullptr;  // every block's bytes, in x's memory

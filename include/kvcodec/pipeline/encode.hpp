@@ -456,9 +456,9 @@ encode_report encode_to(const P& policy, codec& c, const const_kv_view& kv, byte
 }
 
 namespace detail {
-/// encode_blocks_to's scope: no transforms; drop stages only with their kept sets in ex.kept.
+/// encode_blocks_to's scope: transforms without state (the caller ran them); drop stages only with
+/// their kept sets in ex.kept.
 inline void check_blocks_codec(const codec& c, const kv_extras& ex) {
-  if (!c.transforms.empty()) throw_usage("encode: codec '" + c.spec() + "' has transform stages, which this encoder does not run");
   if (!c.drops().empty() && ex.kept.empty())
     throw_usage("encode: codec '" + c.spec() + "' has drop stages, and their kept sets were not given (kv_extras::kept)");
 }
@@ -470,7 +470,7 @@ inline void check_blocks_codec(const codec& c, const kv_extras& ex) {
 /// (chunk, layer) = (i / 2 / layers, i / 2 % layers); K when i is even; b its block skeleton; called
 /// from several threads). The container is sparse when ex.kept is not empty: b then holds the kept
 /// rows only, and each segment starts with their masks. A codec's drop stages must have run already
-/// (their kept sets in ex.kept); transforms are a usage error.
+/// (their kept sets in ex.kept), and its transforms too (the caller's: they must keep no state).
 template <cpu::cpu_policy P, class F>
 encode_report encode_blocks_to(const P& policy, codec& c, const cache_info& info, const bytes& quant_state, bytes entropy_state, byte_sink& sink,
                                const encode_options& opt, const kv_extras& ex, F&& block_bytes) {
@@ -483,7 +483,7 @@ encode_report encode_blocks_to(const P& policy, codec& c, const cache_info& info
   const bool sparse = !ex.kept.empty();
   kvc_header h;
   std::vector<bytes> states;
-  const auto first_state = static_cast<std::uint32_t>(c.drops().size());  // the drop stages keep none
+  const auto first_state = static_cast<std::uint32_t>(c.drops().size() + c.transforms.size());  // the drop stages and these transforms keep none
   if (!quant_state.empty()) {
     h.states.push_back(state_entry{first_state, 0, 0, 0});
     states.push_back(quant_state);

@@ -23,11 +23,19 @@ inline void register_cuda_rows(registry& r) {
   r.set_cuda("rans", {true, true, "rans.cuh", "pred=none"});
   r.set_cuda("ac", {true, false, "ac.cuh", "pred=none; decode: after cachegen-quant"});
   r.set_cuda("pack", {true, false, "ggml.cuh fp8.cuh raw.cuh affine.cuh", "decode: after raw, uniform, kivi, fp8 or a block format"});
-  // drop stages: the scorers and the selection run on device views; cuda::encode runs no drop stage yet
+  // transforms: cuda::encode runs hadamard and derope on every row before the quantizer (an f32 copy of
+  // the rows in device memory, core/transform_rows.hpp); cuda::decode_into runs no transform
+  r.set_cuda("hadamard", {false, true, "encode.cuh (core/transform_rows.hpp)", "encode only: rows of at most 512 values"});
+  r.set_cuda("derope", {false, true, "encode.cuh (core/transform_rows.hpp)", "encode only: rows of at most 512 values; cos/sin tables from the host"});
+  // drop stages: the scorers and the selection run on device views; cuda::encode runs one drop stage
+  // (cuda/drop_select.cuh) before raw, fp8, uniform, kivi or nf4; containers with dropped tokens decode
+  // on the CPU
+  const std::string in_encode = "in cuda::encode (one drop stage, before raw, fp8, uniform, kivi or nf4); decode: not";
   for (const char* d : {"knorm", "keydiff", "random", "streamingllm", "lagkv", "snapkv", "pyramidkv", "h2o", "tova"})
-    r.set_cuda(d, {false, false, std::string("drop/") + d + ".cuh", "scorer and selection only (cuda::" + std::string(d) + "_select); not in cuda::encode"});
+    r.set_cuda(d, {false, false, std::string("drop/") + d + ".cuh", "cuda::" + std::string(d) + "_select; " + in_encode});
+  r.set_cuda("expected-attention", {false, false, "drop/expected_attention.cuh", "cuda::expected_attention_select; " + in_encode});
+  r.set_cuda("adakv", {false, false, "drop/adakv.cuh", "scorer=snapkv, h2o or tova; cuda::adakv_select, kept sets as a mask; " + in_encode});
   r.set_cuda("chunkkv", {false, false, "drop/chunkkv.cuh", "scorer=snapkv, h2o, tova, lagkv or expected-attention; scorer and selection only (cuda::chunkkv_select); not in cuda::encode"});
-  r.set_cuda("adakv", {false, false, "drop/adakv.cuh", "scorer=snapkv, h2o or tova; scorer and selection only, kept sets as a mask (cuda::adakv_select); not in cuda::encode"});
 }
 
 }  // namespace kvcodec

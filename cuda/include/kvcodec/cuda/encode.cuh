@@ -12,7 +12,10 @@
 // run on the host over the symbols copied back. The host writes the container. Scope today: dense caches
 // quantized by cachegen-quant (the kvc levels, cachegen), the llama.cpp block formats (q8_0 .. iq4_nl),
 // fp8, raw, uniform or kivi (outliers 0), with any entropy stage; other codecs are a usage error naming
-// the scope (encode them on the CPU). Synchronous with respect to p.stream.
+// the scope (encode them on the CPU). Token dropping: a drop stage selects on the GPU
+// (cuda/drop_select.cuh: only the kept token indices come back), the kept rows are gathered on the GPU
+// and coded by raw, fp8, uniform, kivi or nf4 (`snapkv:keep=0.5|kivi:bits=4|rans` runs end to end on
+// device views); composed drop stages select on the CPU. Synchronous with respect to p.stream.
 // This header includes the CPU pipeline (host code): include it from .cu files that encode containers.
 #pragma once
 
@@ -24,7 +27,9 @@
 #include <span>
 #include <vector>
 
+#include "kvcodec/cpu/drop_stages.hpp"
 #include "kvcodec/cuda/batch.cuh"
+#include "kvcodec/cuda/drop_select.cuh"
 #include "kvcodec/cuda/memory.cuh"
 #include "kvcodec/cuda/policy.cuh"
 #include "kvcodec/cuda/rans.cuh"
@@ -36,7 +41,20 @@ namespace kvcodec::cuda {
 /// cuda/batch.cuh's kernel on p.stream and waits for it.
 class device_batch_executor {
  public:
-  explicit device_batch_executor(const par_t& p) : p_(p) {}
+  /// queries: for the query-aware drop stages (the K side of a device view; nullptr when none).
+  explicit device_batch_executor(const par_t& p, const const_kv_view* queries = nullptr) : p_(p), q_(queries) {}
+  /// The kept sets of codec c's drop stage, chosen on the GPU (cuda/drop_select.cuh).
+  kept_sets select(const codec& c, const const_kv_view& kv, const kv_extras& ex, const kv_shape& s, dtype) {
+    const auto* d = dynamic_cast<const kvcodec::cpu::configured_drop*>(c.drop.get());
+    if (d == nullptr)
+      throw_usage("cuda::encode: codec '" + c.spec() + "': composed drop stages ('" + std::string(c.drop->name()) +
+                  "') select on the CPU (kvcodec::encode); cuda::encode runs one drop stage: " + gpu_drop_methods);
+    kv_cache check;
+    check.shape = s;
+    check.kept = drop_select(d->cfg(), kv, q_, ex.metadata, ex.positions, p_);
+    check.validate_kept("drop stage '" + std::string(c.drop->name()) + "' output (GPU)");
+    return std::move(check.kept);
+  }
   kv_batch_src src(const const_kv_view& kv) {
     if (kv.space != memory_space::device) throw_usage("cuda::encode: the view is in host memory; use kvcodec::encode");
     auto& k = ptrs_.emplace_back(std::span<const void* const>(reinterpret_cast<const void* const*>(kv.k.data()), kv.k.size()));
@@ -71,23 +89,28 @@ class device_batch_executor {
 
  private:
   par_t p_;
+  const const_kv_view* q_ = nullptr;
   std::deque<device_buffer<const void*>> ptrs_;
   std::deque<device_buffer<std::int32_t>> tables_;
   std::deque<device_buffer<std::uint8_t>> mem_;
 };
 
-/// Encodes the dense cache in the device view `kv` with codec `c` (fitted to this cache: use a fresh
-/// codec per cache) into a container streamed to `sink`.
-inline encode_report encode_to(const par_t& p, codec& c, const const_kv_view& kv, byte_sink& sink, const encode_options& opt = {}, const kv_extras& ex = {}) {
-  device_batch_executor x(p);
+/// Encodes the cache in the device view `kv` with codec `c` (fitted to this cache: use a fresh codec
+/// per cache) into a container streamed to `sink`. A drop stage selects on the GPU
+/// (cuda/drop_select.cuh); the query-aware ones read `queries` (the K side of a device view with
+/// q_heads heads; nullptr when none).
+inline encode_report encode_to(const par_t& p, codec& c, const const_kv_view& kv, byte_sink& sink, const encode_options& opt = {}, const kv_extras& ex = {},
+                               const const_kv_view* queries = nullptr) {
+  device_batch_executor x(p, queries);
   return encode_batch_to(x, kvcodec::cpu::par, c, kv, sink, opt, ex);
 }
 
 /// The same into a container in memory.
-inline encoded encode(const par_t& p, codec& c, const const_kv_view& kv, const encode_options& opt = {}, const kv_extras& ex = {}) {
+inline encoded encode(const par_t& p, codec& c, const const_kv_view& kv, const encode_options& opt = {}, const kv_extras& ex = {},
+                      const const_kv_view* queries = nullptr) {
   encoded e;
   memory_sink sink(e.data);
-  e.report = encode_to(p, c, kv, sink, opt, ex);
+  e.report = encode_to(p, c, kv, sink, opt, ex, queries);
   return e;
 }
 

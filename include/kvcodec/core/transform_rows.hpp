@@ -1,0 +1,91 @@
+// kvcodec/core/transform_rows.hpp — the row transforms `hadamard` and `derope` as host/device steps over
+// one head row, for the batch encoder's source preparation (pipeline/batch_encode.hpp; cuda/encode.cuh
+// runs it on the GPU): kv_prepare_op reads a row of the view (or a kept row of a token-dropped cache),
+// widens it to f32 as the CPU encoder's blocks do, runs the codec's transforms in order and writes it
+// to a compact f32 buffer the quantizer's element steps read. The arithmetic is the CPU stages':
+// core/hadamard.hpp's rotation (float, the same bits on both sides) and derope's rotation from cos/sin
+// tables the host computes with the CPU stage's expression (cpu/derope.hpp's trig table: double
+// cos/sin of -rope_angle(p, i)), so the GPU's libm never enters and the rows are the CPU's bit for bit.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kvcodec/core/config.hpp"
+#include "kvcodec/core/hadamard.hpp"
+#include "kvcodec/core/kv_address.hpp"
+
+namespace kvcodec {
+
+/// The widest head row the prepared path transforms (a row is widened into registers/local memory).
+inline constexpr int transform_max_head_dim = 512;
+
+/// One transform of a codec, as its step over a row.
+struct row_transform {
+  std::uint32_t kind = 0;                   ///< 0 hadamard, 1 derope
+  std::uint32_t keys = 1, values = 1;       ///< the tensors it changes
+  std::uint64_t seed = 0;                   ///< hadamard's signs
+  std::uint32_t interleaved = 1;            ///< derope: interleaved pairs (1) or rotate-half (0)
+  const double* cs = nullptr;               ///< derope: cos of (position p, pair i) at [p * (head_dim / 2) + i]
+  const double* sn = nullptr;               ///< derope: sin, the same shape
+};
+
+/// A codec's transforms in order (the batch encoder takes at most four).
+struct row_transforms {
+  static constexpr std::uint32_t max = 4;
+  row_transform t[max];
+  std::uint32_t n = 0;
+};
+
+/// Runs the transforms on row x (D values) of a key (or value) row at token position `pos`.
+KVCODEC_HD inline void apply_row_transforms(const row_transforms& ts, bool key, float* x, std::int64_t D, std::int64_t pos) noexcept {
+  for (std::uint32_t k = 0; k < ts.n; ++k) {
+    const row_transform& t = ts.t[k];
+    if ((key ? t.keys : t.values) == 0) continue;
+    if (t.kind == 0) {
+      hadamard_forward(x, static_cast<std::size_t>(D), t.seed);
+    } else if (D >= 2) {
+      const std::int64_t half = D / 2;
+      const double* cs = t.cs + pos * half;
+      const double* sn = t.sn + pos * half;
+      for (std::int64_t i = 0; i < half; ++i) {
+        const std::int64_t i0 = t.interleaved != 0 ? 2 * i : i, i1 = t.interleaved != 0 ? 2 * i + 1 : i + half;
+        const double x0 = x[i0], x1 = x[i1];
+        x[i0] = static_cast<float>(x0 * cs[i] - x1 * sn[i]);
+        x[i1] = static_cast<float>(x0 * sn[i] + x1 * cs[i]);
+      }
+    }
+  }
+}
+
+/// Element step of the source preparation: row r of a kv_gather_block (entry entry_first + r: head
+/// head[e] at token token[e], or, when head is null, head r / tokens at token r % tokens of a dense
+/// layer) read from `s`, widened to f32, transformed, written as row out_row + r of `out` (f32).
+struct kv_prepare_op {
+  kv_batch_src s;
+  const std::int32_t* head = nullptr;   ///< per entry (null: dense)
+  const std::int32_t* token = nullptr;  ///< per entry
+  std::int64_t tokens = 0;              ///< dense: tokens per head
+  row_transforms ts;
+  float* out = nullptr;
+  KVCODEC_HD std::uint64_t count(const kv_gather_block& b) const noexcept { return b.rows; }
+  KVCODEC_HD bool operator()(const kv_gather_block& b, std::uint64_t r) const noexcept {
+    const std::int64_t D = s.head_dim;
+    std::int64_t h = 0, t = 0;
+    if (head != nullptr) {
+      h = head[b.entry_first + r];
+      t = token[b.entry_first + r];
+    } else {
+      h = static_cast<std::int64_t>(r) / tokens;
+      t = static_cast<std::int64_t>(r) % tokens;
+    }
+    float x[transform_max_head_dim];
+    for (std::int64_t c = 0; c < D; ++c) x[c] = kv_batch_get(s, b.key != 0, b.layer, h, t, c);
+    apply_row_transforms(ts, b.key != 0, x, D, t);
+    float* o = out + (b.out_row + r) * static_cast<std::uint64_t>(D);
+    for (std::int64_t c = 0; c < D; ++c) o[c] = x[c];
+    return true;
+  }
+};
+
+}  // namespace kvcodec
