@@ -265,7 +265,8 @@ std::vector<std::byte> host_rows(const kv_cache& c, dtype t, std::int64_t tb, st
 }
 
 void test_decode_into() {
-  const kv_cache kv = test::random_cache(3, 2, 600, 32, dtype::f16);
+  kv_cache kv = test::random_cache(3, 2, 600, 32, dtype::f16);
+  kv.metadata["rope"] = "rotate-half", kv.metadata["rope_theta"] = "500000";  // for derope
   for (const std::string spec : {"kvc:level=5", "kvc:level=9", "cachegen-quant:kaxis=token,scale=bf16|rans:lanes=0"}) {
     const encoded e = encode(spec, kv, encode_options{.chunk_tokens = 256});
     for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
@@ -289,7 +290,8 @@ void test_decode_into() {
   }
   // pack-coded: the ggml block formats, fp8, raw; uniform and kivi with rans or pack (head_dim 32, and
   // 8 heads x head_dim 20 where ggml blocks span heads)
-  const kv_cache narrow = test::random_cache(2, 8, 300, 20, dtype::bf16);
+  kv_cache narrow = test::random_cache(2, 8, 300, 20, dtype::bf16);
+  narrow.metadata["rope"] = "interleaved-pairs", narrow.metadata["rope_theta"] = "10000";  // for derope
   using kvcodec::cuda::batch_variant;
   // Each spec on both caches (chunks of 128 tokens), every dtype, HF and paged, three token ranges, with
   // the given kernel variants, against the CPU's decode_into.
@@ -327,8 +329,12 @@ void test_decode_into() {
   check_specs({"cachegen", "cachegen-quant|ac:ctx=pooled", "cachegen-quant|ac:streams=block", "cachegen-quant:kbins=600,klayers=-,vbins=300,vlayers=-|ac",
                "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|ac"},
               {batch_variant::best, batch_variant::unfused});
-  {  // outside its scope: a usage error, nothing written
-    const encoded e = encode("hadamard|q8_0", kv);
+  // the transforms hadamard and derope: decoded into an f32 scratch view, then inverted into the view
+  check_specs({"hadamard|q8_0", "derope|kvc:level=5", "derope|hadamard:target=v|cachegen", "hadamard:seed=4|kivi:bits=4|rans", "derope|fp8:scale=head",
+               "hadamard|nf4|rans", "derope|raw"},
+              {batch_variant::best});
+  {  // outside its scope (dropped tokens): a usage error, nothing written
+    const encoded e = encode("knorm:keep=0.5|q8_0", kv);
     device_dest d(kv.shape, 600, dtype::f16, false);
     bool usage = false;
     try {
@@ -336,7 +342,7 @@ void test_decode_into() {
     } catch (const error& err) {
       usage = err.kind() == error_kind::usage;
     }
-    expect(usage, "decode_into hadamard|q8_0: usage error");
+    expect(usage, "decode_into knorm:keep=0.5|q8_0: usage error");
   }
 }
 

@@ -147,7 +147,7 @@ void check_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::
   else
     decode_batch_emulated(plan_cachegen_batch<std::uint64_t>(dec, segs, bytes_of, tb, te - tb), got.view);
   CHECK(want.rows() == got.rows());
-  if (batch_kind_of(dec.stages()) == batch_kind::cachegen) {  // the unfused form too: symbols in memory, then the element step
+  if (batch_kind_of(dec.stages()) == batch_kind::cachegen && dec.stages().transforms.empty()) {  // the unfused form too: symbols in memory, then the element step
     dest unfused(v.header.shape, te - tb, t, paged);
     decode_batch_emulated(plan_cachegen_batch<std::uint32_t>(dec, segs, bytes_of, tb, te - tb), unfused.view, false);
     CHECK(want.rows() == unfused.rows());
@@ -308,6 +308,39 @@ TEST_CASE("batch decode (emulated) equals decode_into: ggml block formats - fp8 
     const encoded eb = encode(spec, b, encode_options{.chunk_tokens = 128});
     check_decode(eb.data, dtype::f16, false, 0, 300, true);
     check_decode(eb.data, dtype::f32, true, 128, 300, true);
+  }
+}
+
+TEST_CASE("batch decode (emulated) equals decode_into after the transforms hadamard and derope: every quantizer family - dtypes - HF and paged views - token ranges") {
+  kv_cache a = test::random_cache(3, 2, 600, 32, dtype::f16);
+  a.metadata["rope"] = "rotate-half";
+  a.metadata["rope_theta"] = "10000";
+  for (const std::string spec : {"hadamard|kvc:level=5", "derope|kvc:level=5", "derope|hadamard|cachegen-quant|ac", "hadamard:target=k|q8_0", "derope|fp8:scale=head",
+                                 "hadamard:seed=3|raw", "derope|kivi:bits=4|rans", "hadamard|uniform:bits=3|pack", "derope|nf4|rans", "hadamard:target=v|kmeans:bits=3"}) {
+    INFO(spec);
+    const encoded e = encode(spec, a, encode_options{.chunk_tokens = 256});
+    for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
+      for (bool paged : {false, true}) {
+        INFO("dtype " << dtype_name(t) << (paged ? " paged" : " hf"));
+        check_decode(e.data, t, paged, 0, 600, true);
+      }
+    check_decode(e.data, dtype::f16, true, 256, 512, true);
+    check_decode(e.data, dtype::bf16, false, 100, 300, true);
+  }
+  // a planner called alone still refuses transforms (its caller would not invert them)
+  const opened o(encode("hadamard|q8_0", a).data);
+  const std::size_t seg0[] = {0};
+  CHECK_THROWS_AS((void)plan_ggml_batch(o.dec, seg0, o.bytes_of(), 0, 600), error);
+  // transforms without a batch decoder: a usage error
+  const opened t(encode("delta|kvc:level=5", a).data);
+  std::vector<std::size_t> all(t.v.header.segments.size());
+  for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+  dest d(t.v.header.shape, 600, dtype::f16, false);
+  try {
+    decode_batch_emulated(t.dec, all, t.bytes_of(), 0, 600, d.view);
+    CHECK(false);
+  } catch (const error& e) {
+    CHECK(e.kind() == error_kind::usage);
   }
 }
 

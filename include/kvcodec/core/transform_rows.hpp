@@ -1,6 +1,7 @@
 // kvcodec/core/transform_rows.hpp — the row transforms `hadamard` and `derope` as host/device steps over
 // one head row, for the batch encoder's source preparation (pipeline/batch_encode.hpp; cuda/encode.cuh
-// runs it on the GPU): kv_prepare_op reads a row of the view (or a kept row of a token-dropped cache),
+// runs it on the GPU) and the batch decoder's last step (kv_finish_op: pipeline/batch.hpp,
+// cuda/decode.cuh): kv_prepare_op reads a row of the view (or a kept row of a token-dropped cache),
 // widens it to f32 as the CPU encoder's blocks do, runs the codec's transforms in order and writes it
 // to a compact f32 buffer the quantizer's element steps read. The arithmetic is the CPU stages':
 // core/hadamard.hpp's rotation (float, the same bits on both sides) and derope's rotation from cos/sin
@@ -37,13 +38,16 @@ struct row_transforms {
   std::uint32_t n = 0;
 };
 
-/// Runs the transforms on row x (D values) of a key (or value) row at token position `pos`.
-KVCODEC_HD inline void apply_row_transforms(const row_transforms& ts, bool key, float* x, std::int64_t D, std::int64_t pos) noexcept {
-  for (std::uint32_t k = 0; k < ts.n; ++k) {
-    const row_transform& t = ts.t[k];
+/// Runs the transforms on row x (D values) of a key (or value) row at token position `pos`: in order
+/// (encode), or inverted in reverse order (decode: hadamard_inverse, and derope's tables then hold the
+/// angles of rope_apply).
+KVCODEC_HD inline void apply_row_transforms(const row_transforms& ts, bool key, float* x, std::int64_t D, std::int64_t pos, bool inverse = false) noexcept {
+  for (std::uint32_t j = 0; j < ts.n; ++j) {
+    const row_transform& t = ts.t[inverse ? ts.n - 1 - j : j];
     if ((key ? t.keys : t.values) == 0) continue;
     if (t.kind == 0) {
-      hadamard_forward(x, static_cast<std::size_t>(D), t.seed);
+      if (inverse) hadamard_inverse(x, static_cast<std::size_t>(D), t.seed);
+      else hadamard_forward(x, static_cast<std::size_t>(D), t.seed);
     } else if (D >= 2) {
       const std::int64_t half = D / 2;
       const double* cs = t.cs + pos * half;
@@ -84,6 +88,26 @@ struct kv_prepare_op {
     apply_row_transforms(ts, b.key != 0, x, D, t);
     float* o = out + (b.out_row + r) * static_cast<std::uint64_t>(D);
     for (std::int64_t c = 0; c < D; ++c) o[c] = x[c];
+    return true;
+  }
+};
+
+/// Decode side: row r of a kv_gather_block (head r / tokens, destination token r % tokens) of an f32
+/// scratch `s` (dense: what the quantizer's batch decoder wrote) with the transforms inverted (token
+/// position base + the destination token), stored into the destination through kv_batch_put (rounded
+/// to its dtype as the CPU decoder converts).
+struct kv_finish_op {
+  kv_batch_src s;
+  kv_batch_dest d;
+  std::int64_t tokens = 0, base = 0;
+  row_transforms ts;
+  KVCODEC_HD std::uint64_t count(const kv_gather_block& b) const noexcept { return b.rows; }
+  KVCODEC_HD bool operator()(const kv_gather_block& b, std::uint64_t r) const noexcept {
+    const std::int64_t D = s.head_dim, h = static_cast<std::int64_t>(r) / tokens, t = static_cast<std::int64_t>(r) % tokens;
+    float x[transform_max_head_dim];
+    for (std::int64_t c = 0; c < D; ++c) x[c] = kv_batch_get(s, b.key != 0, b.layer, h, t, c);
+    apply_row_transforms(ts, b.key != 0, x, D, base + t, true);
+    for (std::int64_t c = 0; c < D; ++c) kv_batch_put(d, b.key != 0, b.layer, h, t, c, x[c]);
     return true;
   }
 };

@@ -21,6 +21,7 @@
 
 #include <array>
 #include <cstddef>
+#include <deque>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -36,10 +37,13 @@
 #include "kvcodec/core/fp8.hpp"
 #include "kvcodec/core/ggml_blocks.hpp"
 #include "kvcodec/core/raw.hpp"
+#include "kvcodec/core/transform_rows.hpp"
 #include "kvcodec/cpu/ac.hpp"
 #include "kvcodec/cpu/cachegen.hpp"
 #include "kvcodec/cpu/codebook.hpp"
+#include "kvcodec/cpu/derope.hpp"
 #include "kvcodec/cpu/fp8.hpp"
+#include "kvcodec/cpu/hadamard.hpp"
 #include "kvcodec/cpu/kivi.hpp"
 #include "kvcodec/cpu/pack.hpp"
 #include "kvcodec/cpu/rans.hpp"
@@ -58,6 +62,61 @@ struct batch_block {
   std::vector<std::size_t> plane;      ///< per stream: its plane
   std::vector<std::uint64_t> first;    ///< per stream: its first symbol in the batch output
 };
+
+namespace detail {
+/// A planner's check of the codec's transforms: none, unless the caller inverts them (transforms_ok:
+/// decode_batch_emulated and cuda::decode_into, with batch_row_transforms and kv_finish_op).
+inline void check_plan_transforms(const codec& c, bool transforms_ok) {
+  if (!c.transforms.empty() && !transforms_ok)
+    throw_usage("batch decode: transforms (" + c.transforms.front()->spec().name + ") are inverted by the batch decoder's last step, which this planner's caller does not run");
+}
+}  // namespace detail
+
+/// A codec's transforms as row steps (core/transform_rows.hpp) for the batch encoder (inverse = false)
+/// or decoder (inverse = true): hadamard and derope, derope's cos/sin tables (every token position of
+/// the cache x head_dim / 2, the CPU stage's expression: cos/sin of -+rope_angle) handed to
+/// upload(table) -> a pointer in the executor's memory. Usage error for other transforms, more than
+/// row_transforms::max, or rows wider than transform_max_head_dim.
+template <class Upload>
+row_transforms batch_row_transforms(const codec& c, const cache_info& info, bool inverse, Upload&& upload) {
+  row_transforms out;
+  if (c.transforms.empty()) return out;
+  const kv_shape& s = info.shape;
+  const std::string side = inverse ? "decode" : "encode";
+  if (c.transforms.size() > row_transforms::max)
+    throw_usage("batch " + side + ": codec '" + c.spec() + "': at most " + std::to_string(row_transforms::max) + " transforms");
+  if (s.head_dim > transform_max_head_dim)
+    throw_usage("batch " + side + ": codec '" + c.spec() + "': transforms of rows of at most " + std::to_string(transform_max_head_dim) + " values, not " +
+                std::to_string(s.head_dim));
+  for (const auto& t : c.transforms) {
+    row_transform& r = out.t[out.n++];
+    if (const auto* hd = dynamic_cast<const cpu::hadamard_transform*>(t.get())) {
+      r.kind = 0;
+      r.seed = static_cast<std::uint64_t>(hd->params().seed);
+      r.keys = hd->params().target != "v" ? 1u : 0u;
+      r.values = hd->params().target != "k" ? 1u : 0u;
+    } else if (const auto* dr = dynamic_cast<const cpu::derope_transform*>(t.get())) {
+      const auto rc = dr->resolved(info);
+      r.kind = 1;
+      r.keys = 1, r.values = 0;
+      r.interleaved = rc.style == rope_style::interleaved_pairs ? 1u : 0u;
+      const std::size_t half = static_cast<std::size_t>(s.head_dim) / 2;
+      const double dir = inverse ? 1.0 : -1.0;
+      std::vector<double> cs(static_cast<std::size_t>(s.tokens) * half), sn(cs.size());
+      for (std::int64_t p = 0; p < s.tokens; ++p)
+        for (std::size_t i = 0; i < half; ++i) {  // cpu/derope.hpp's trig table
+          const double a = dir * rope_angle(p, i, static_cast<std::size_t>(s.head_dim), rc.theta);
+          cs[static_cast<std::size_t>(p) * half + i] = std::cos(a);
+          sn[static_cast<std::size_t>(p) * half + i] = std::sin(a);
+        }
+      r.cs = upload(cs);
+      r.sn = upload(sn);
+    } else {
+      throw_usage("batch " + side + ": transform '" + std::string(t->name()) + "' has no CUDA " + side + "; the transforms with one: hadamard, derope");
+    }
+  }
+  return out;
+}
 
 template <class Entry>
 struct rans_batch_plan {
@@ -118,13 +177,13 @@ struct cachegen_batch_plan {
 template <class Entry>
 cachegen_batch_plan<Entry> plan_cachegen_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                                const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
-                                               std::int64_t tokens) {
+                                               std::int64_t tokens, bool transforms_ok = false) {
   const codec& c = dec.stages();
   const auto* q = dynamic_cast<const cpu::cachegen_quant*>(c.quant.get());
   if (q == nullptr)
     throw_usage("batch decode: quantizer '" + c.quant->spec().name + "' has no CUDA decode; the quantizers with one: " +
                 builtin_registry().cuda_stages(stage_kind::quant, false));
-  if (!c.transforms.empty()) throw_usage("batch decode: transforms (" + c.transforms.front()->spec().name + ") have no batch decoder");
+  detail::check_plan_transforms(c, transforms_ok);
   if (dec.header().sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
   cachegen_batch_plan<Entry> plan;
   plan.rans = plan_rans_batch<Entry>(dec, segments, bytes);
@@ -236,14 +295,14 @@ struct cachegen_ac_plan {
 /// quantizer or entropy stage, transforms, dropped tokens, planes coded with prediction).
 inline cachegen_ac_plan plan_cachegen_ac_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                                const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
-                                               std::int64_t tokens) {
+                                               std::int64_t tokens, bool transforms_ok = false) {
   const codec& c = dec.stages();
   const auto* q = dynamic_cast<const cpu::cachegen_quant*>(c.quant.get());
   const auto* ac = dynamic_cast<const cpu::ac_entropy*>(c.entropy.get());
   if (q == nullptr || ac == nullptr)
     throw_usage("batch decode: codec '" + c.spec() + "' is not cachegen-quant|ac; the quantizers with a CUDA decode: " +
                 builtin_registry().cuda_stages(stage_kind::quant, false));
-  if (!c.transforms.empty()) throw_usage("batch decode: transforms (" + c.transforms.front()->spec().name + ") have no batch decoder");
+  detail::check_plan_transforms(c, transforms_ok);
   const kvc_header& h = dec.header();
   if (h.sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
   cachegen_ac_plan plan;
@@ -389,12 +448,12 @@ struct pack_batch_plan {
 /// every pack stream (cpu/pack.hpp: plane headers, packed symbols, side blob), with deserialize_symbols'
 /// bounds. Usage error for another entropy stage or dropped tokens; corrupt for a damaged stream.
 inline pack_batch_plan plan_pack_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
-                                       const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes) {
+                                       const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, bool transforms_ok = false) {
   const codec& c = dec.stages();
   if (dynamic_cast<const cpu::pack_entropy*>(c.entropy.get()) == nullptr)
     throw_usage("batch decode: entropy stage '" + c.entropy->spec().name + "' has no CUDA decode after quantizer '" + c.quant->spec().name +
                 "' (pack has one); the quantizers and their limits: " + builtin_registry().cuda_stages(stage_kind::quant, false));
-  if (!c.transforms.empty()) throw_usage("batch decode: transforms (" + c.transforms.front()->spec().name + ") have no batch decoder");
+  detail::check_plan_transforms(c, transforms_ok);
   const kvc_header& h = dec.header();
   if (h.sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
   pack_batch_plan plan;
@@ -473,10 +532,10 @@ void set_rows(Block& g, const packed_block& pb, std::int64_t base, std::int64_t 
 /// destination token 0 being cache token `base`.
 inline store_batch_plan<ggml_batch_block> plan_ggml_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                                           const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
-                                                          std::int64_t tokens) {
+                                                          std::int64_t tokens, bool transforms_ok = false) {
   const auto type = ggml::parse_block_type(dec.stages().quant->spec().name);
   if (!type) throw_usage("batch decode: quantizer '" + dec.stages().quant->spec().name + "' is not a ggml block format");
-  pack_batch_plan pp = plan_pack_batch(dec, segments, bytes);
+  pack_batch_plan pp = plan_pack_batch(dec, segments, bytes, transforms_ok);
   store_batch_plan<ggml_batch_block> plan;
   const kv_shape& s = dec.header().shape;
   const std::uint64_t width = static_cast<std::uint64_t>(s.kv_heads) * static_cast<std::uint64_t>(s.head_dim);
@@ -500,10 +559,10 @@ inline store_batch_plan<ggml_batch_block> plan_ggml_batch(const segment_decoder&
 /// An `fp8` container's blocks for a batch decode (as plan_ggml_batch).
 inline store_batch_plan<fp8_batch_block> plan_fp8_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                                         const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
-                                                        std::int64_t tokens) {
+                                                        std::int64_t tokens, bool transforms_ok = false) {
   const auto* q = dynamic_cast<const cpu::fp8_quant*>(dec.stages().quant.get());
   if (q == nullptr) throw_usage("batch decode: quantizer '" + dec.stages().quant->spec().name + "' is not fp8");
-  pack_batch_plan pp = plan_pack_batch(dec, segments, bytes);
+  pack_batch_plan pp = plan_pack_batch(dec, segments, bytes, transforms_ok);
   store_batch_plan<fp8_batch_block> plan;
   const kv_shape& s = dec.header().shape;
   const std::uint32_t mode = q->scale_mode() == "tensor" ? 0u : q->scale_mode() == "head" ? 1u : 2u;
@@ -532,10 +591,10 @@ inline store_batch_plan<fp8_batch_block> plan_fp8_batch(const segment_decoder& d
 /// A `raw` container's blocks for a batch decode (as plan_ggml_batch).
 inline store_batch_plan<raw_batch_block> plan_raw_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                                         const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
-                                                        std::int64_t tokens) {
+                                                        std::int64_t tokens, bool transforms_ok = false) {
   const auto* q = dynamic_cast<const cpu::raw_quant*>(dec.stages().quant.get());
   if (q == nullptr) throw_usage("batch decode: quantizer '" + dec.stages().quant->spec().name + "' is not raw");
-  pack_batch_plan pp = plan_pack_batch(dec, segments, bytes);
+  pack_batch_plan pp = plan_pack_batch(dec, segments, bytes, transforms_ok);
   store_batch_plan<raw_batch_block> plan;
   const kv_shape& s = dec.header().shape;
   for (const auto& pb : pp.blocks) {
@@ -597,7 +656,7 @@ inline std::vector<plane_source> single_planes(const segment_decoder& dec, std::
                                                pack_batch_plan& pp, rans_batch_plan<std::uint32_t>& rans, std::vector<std::uint8_t>& side) {
   std::vector<plane_source> all;
   if (packed) {
-    pp = plan_pack_batch(dec, segments, bytes);
+    pp = plan_pack_batch(dec, segments, bytes, true);  // the caller checked the transforms
     for (const auto& pb : pp.blocks) {
       const packed_plane* p = expect_planes(pb, 1);
       all.push_back({&pb.skeleton, pb.key, p->alphabet, p->rows, p->cols, p->bits, p->first, pb.side_first, pb.side_size, pb.where});
@@ -661,7 +720,7 @@ using affine_batch_plan = plane_batch_plan<affine_batch_block>;
 /// other quantizers or entropy stages; corrupt for blocks whose plane or side bytes do not fit.
 inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                            const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
-                                           std::int64_t tokens) {
+                                           std::int64_t tokens, bool transforms_ok = false) {
   const codec& c = dec.stages();
   const auto* kq = dynamic_cast<const cpu::kivi_quant*>(c.quant.get());
   const auto* uq = dynamic_cast<const cpu::uniform_quant*>(c.quant.get());
@@ -669,7 +728,7 @@ inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span
   if ((kq ? kq->outliers() : uq->outliers()) > 0.0)
     throw_usage("batch decode: " + c.quant->spec().name + " with outliers > 0 has no CUDA decode yet; the quantizers with one: " +
                 builtin_registry().cuda_stages(stage_kind::quant, false));
-  if (!c.transforms.empty()) throw_usage("batch decode: transforms (" + c.transforms.front()->spec().name + ") have no batch decoder");
+  detail::check_plan_transforms(c, transforms_ok);
   if (dec.header().sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
   const kv_shape& s = dec.header().shape;
   const std::uint64_t H = static_cast<std::uint64_t>(s.kv_heads), D = static_cast<std::uint64_t>(s.head_dim);
@@ -740,12 +799,12 @@ struct codebook_batch_plan : plane_batch_plan<codebook_batch_block> {
 /// quantizers or entropy stages; corrupt for blocks whose plane or side bytes do not fit.
 inline codebook_batch_plan plan_codebook_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                                const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
-                                               std::int64_t tokens) {
+                                               std::int64_t tokens, bool transforms_ok = false) {
   const codec& c = dec.stages();
   const auto* nq = dynamic_cast<const cpu::nf4_quant*>(c.quant.get());
   const auto* kq = dynamic_cast<const cpu::kmeans_quant*>(c.quant.get());
   if (!nq && !kq) throw_usage("batch decode: quantizer '" + c.quant->spec().name + "' is not nf4 or kmeans");
-  if (!c.transforms.empty()) throw_usage("batch decode: transforms (" + c.transforms.front()->spec().name + ") have no batch decoder");
+  detail::check_plan_transforms(c, transforms_ok);
   if (dec.header().sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
   const kv_shape& s = dec.header().shape;
   const std::uint64_t H = static_cast<std::uint64_t>(s.kv_heads), D = static_cast<std::uint64_t>(s.head_dim);
@@ -839,18 +898,53 @@ inline batch_kind batch_kind_of(const codec& c) {
 
 /// Plans `segments` with the decoder batch_kind_of picks and runs it on the CPU (the emulation of the
 /// CUDA seam) into the host view `dst` of destination tokens [0, tokens), token 0 being cache token `base`.
+/// With transforms (hadamard, derope) the quantizer's values go to an f32 scratch view first, then
+/// kv_finish_op inverts the transforms into `dst`.
 inline void decode_batch_emulated(const segment_decoder& dec, std::span<const std::size_t> segments,
                                   const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base, std::int64_t tokens,
                                   const kv_view& dst) {
-  switch (batch_kind_of(dec.stages())) {
-    case batch_kind::affine: return decode_batch_emulated(plan_affine_batch(dec, segments, bytes, base, tokens), dst);
-    case batch_kind::codebook: return decode_batch_emulated(plan_codebook_batch(dec, segments, bytes, base, tokens), dst);
-    case batch_kind::ggml: return decode_batch_emulated(plan_ggml_batch(dec, segments, bytes, base, tokens), dst);
-    case batch_kind::fp8: return decode_batch_emulated(plan_fp8_batch(dec, segments, bytes, base, tokens), dst);
-    case batch_kind::raw: return decode_batch_emulated(plan_raw_batch(dec, segments, bytes, base, tokens), dst);
-    case batch_kind::cachegen: return decode_batch_emulated(plan_cachegen_batch<std::uint32_t>(dec, segments, bytes, base, tokens), dst);
-    case batch_kind::cachegen_ac: return decode_batch_emulated(plan_cachegen_ac_batch(dec, segments, bytes, base, tokens), dst);
+  const codec& c = dec.stages();
+  const batch_kind kind = batch_kind_of(c);
+  std::deque<std::vector<double>> tables;
+  const kvc_header& h = dec.header();
+  const row_transforms ts = batch_row_transforms(c, cache_info{h.shape, h.source_dtype, h.metadata, {}}, true, [&](std::vector<double>& v) {
+    return tables.emplace_back(std::move(v)).data();
+  });
+  const bool tr = ts.n > 0;
+  const kv_shape& s = h.shape;
+  const std::size_t per = static_cast<std::size_t>(s.kv_heads) * static_cast<std::size_t>(tokens) * static_cast<std::size_t>(s.head_dim);
+  std::vector<std::vector<float>> scratch(tr ? 2 * static_cast<std::size_t>(s.layers) : 0, std::vector<float>(per));
+  kv_view into = dst;
+  if (tr) {
+    std::vector<std::byte*> kp, vp;
+    for (std::size_t l = 0; l < static_cast<std::size_t>(s.layers); ++l) {
+      kp.push_back(reinterpret_cast<std::byte*>(scratch[2 * l].data()));
+      vp.push_back(reinterpret_cast<std::byte*>(scratch[2 * l + 1].data()));
+    }
+    into = kv_view::hf(kp, vp, dtype::f32, s.kv_heads, tokens, s.head_dim);
   }
+  switch (kind) {
+    case batch_kind::affine: decode_batch_emulated(plan_affine_batch(dec, segments, bytes, base, tokens, tr), into); break;
+    case batch_kind::codebook: decode_batch_emulated(plan_codebook_batch(dec, segments, bytes, base, tokens, tr), into); break;
+    case batch_kind::ggml: decode_batch_emulated(plan_ggml_batch(dec, segments, bytes, base, tokens, tr), into); break;
+    case batch_kind::fp8: decode_batch_emulated(plan_fp8_batch(dec, segments, bytes, base, tokens, tr), into); break;
+    case batch_kind::raw: decode_batch_emulated(plan_raw_batch(dec, segments, bytes, base, tokens, tr), into); break;
+    case batch_kind::cachegen: decode_batch_emulated(plan_cachegen_batch<std::uint32_t>(dec, segments, bytes, base, tokens, tr), into); break;
+    case batch_kind::cachegen_ac: decode_batch_emulated(plan_cachegen_ac_batch(dec, segments, bytes, base, tokens, tr), into); break;
+  }
+  if (!tr) return;
+  std::vector<void*> sk, sv, dk, dv;
+  const kv_batch_dest sd = batch_dest(into, sk, sv);
+  kv_batch_src src;
+  src.k = sd.k;
+  src.v = sd.v;
+  src.layout = sd.layout;
+  src.head_dim = sd.head_dim;
+  src.dtype_code = 0;
+  std::vector<kv_gather_block> fb;
+  for (std::int32_t l = 0; l < s.layers; ++l)
+    for (std::uint32_t key = 0; key < 2; ++key) fb.push_back({0, static_cast<std::uint64_t>(s.kv_heads) * static_cast<std::uint64_t>(tokens), 0, l, key});
+  run_batch_emulated(std::span<const kv_gather_block>(fb), kv_finish_op{src, batch_dest(dst, dk, dv), tokens, base, ts}, [](std::size_t) {});
 }
 
 }  // namespace kvcodec

@@ -367,47 +367,12 @@ kv_batch_src gather_kept(X& x, const const_kv_view& kv, const kept_sets& kept, c
   return src;
 }
 
-/// The codec's transforms as row steps (core/transform_rows.hpp): hadamard and derope, each fitted on
-/// the host as the CPU encoder fits it (their states, empty, go to `states`); derope's cos/sin tables
-/// (every token position x head_dim / 2, the CPU stage's expression) uploaded to x's memory. Usage
-/// error for other transforms, more than row_transforms::max, or rows wider than transform_max_head_dim.
+/// The codec's transforms as row steps (batch_row_transforms, tables in x's memory), each fitted on the
+/// host as the CPU encoder fits it (their states, empty for these, go to `states`).
 template <class X>
 row_transforms row_transforms_of(X& x, codec& c, const cache_info& info, std::vector<bytes>& states) {
-  row_transforms out;
-  if (c.transforms.empty()) return out;
-  const kv_shape& s = info.shape;
-  if (c.transforms.size() > row_transforms::max)
-    throw_usage("encode: codec '" + c.spec() + "': the batch encoder runs at most " + std::to_string(row_transforms::max) + " transforms");
-  if (s.head_dim > transform_max_head_dim)
-    throw_usage("encode: codec '" + c.spec() + "': the batch encoder transforms rows of at most " + std::to_string(transform_max_head_dim) + " values, not " +
-                std::to_string(s.head_dim));
-  for (auto& t : c.transforms) {
-    row_transform& r = out.t[out.n++];
-    if (const auto* hd = dynamic_cast<const cpu::hadamard_transform*>(t.get())) {
-      r.kind = 0;
-      r.seed = static_cast<std::uint64_t>(hd->params().seed);
-      r.keys = hd->params().target != "v" ? 1u : 0u;
-      r.values = hd->params().target != "k" ? 1u : 0u;
-    } else if (const auto* dr = dynamic_cast<const cpu::derope_transform*>(t.get())) {
-      const auto rc = dr->resolved(info);
-      r.kind = 1;
-      r.keys = 1, r.values = 0;
-      r.interleaved = rc.style == rope_style::interleaved_pairs ? 1u : 0u;
-      const std::size_t half = static_cast<std::size_t>(s.head_dim) / 2;
-      std::vector<double> cs(static_cast<std::size_t>(s.tokens) * half), sn(cs.size());
-      for (std::int64_t p = 0; p < s.tokens; ++p)
-        for (std::size_t i = 0; i < half; ++i) {  // cpu/derope.hpp's trig table, dir = -1 (undo)
-          const double a = -1.0 * rope_angle(p, i, static_cast<std::size_t>(s.head_dim), rc.theta);
-          cs[static_cast<std::size_t>(p) * half + i] = std::cos(a);
-          sn[static_cast<std::size_t>(p) * half + i] = std::sin(a);
-        }
-      r.cs = upload(x, cs);
-      r.sn = upload(x, sn);
-    } else {
-      throw_usage("encode: transform '" + std::string(t->name()) + "' has no batch (CUDA) encode; the transforms with one: hadamard, derope");
-    }
-    states.push_back(t->fit({}, info));  // validates as the CPU encoder does (derope: the RoPE metadata)
-  }
+  const row_transforms out = batch_row_transforms(c, info, false, [&](const std::vector<double>& v) { return static_cast<const double*>(upload(x, v)); });
+  for (auto& t : c.transforms) states.push_back(t->fit({}, info));  // validates as the CPU encoder does (derope: the RoPE metadata)
   return out;
 }
 

@@ -23,10 +23,10 @@ inline void register_cuda_rows(registry& r) {
   r.set_cuda("rans", {true, true, "rans.cuh", "pred=none"});
   r.set_cuda("ac", {true, false, "ac.cuh", "pred=none; decode: after cachegen-quant"});
   r.set_cuda("pack", {true, false, "ggml.cuh fp8.cuh raw.cuh affine.cuh", "decode: after raw, uniform, kivi, fp8 or a block format"});
-  // transforms: cuda::encode runs hadamard and derope on every row before the quantizer (an f32 copy of
-  // the rows in device memory, core/transform_rows.hpp); cuda::decode_into runs no transform
-  r.set_cuda("hadamard", {false, true, "encode.cuh (core/transform_rows.hpp)", "encode only: rows of at most 512 values"});
-  r.set_cuda("derope", {false, true, "encode.cuh (core/transform_rows.hpp)", "encode only: rows of at most 512 values; cos/sin tables from the host"});
+  // transforms: cuda::encode runs hadamard and derope on every row before the quantizer, cuda::decode_into
+  // inverts them after it (an f32 copy of the rows in device memory, core/transform_rows.hpp)
+  r.set_cuda("hadamard", {true, true, "encode.cuh decode.cuh (core/transform_rows.hpp)", "rows of at most 512 values"});
+  r.set_cuda("derope", {true, true, "encode.cuh decode.cuh (core/transform_rows.hpp)", "rows of at most 512 values; cos/sin tables from the host"});
   // drop stages: the scorers and the selection run on device views; cuda::encode runs one drop stage
   // (cuda/drop_select.cuh) before raw, fp8, uniform, kivi or nf4; containers with dropped tokens decode
   // on the CPU

@@ -13,7 +13,9 @@
 // `cachegen-quant|ac` (the cachegen preset) decodes with cuda/ac.cuh's fused tiled kernel (range decode
 // and dequantize in one, symbols kept in shared memory) where it can, else its rows kernel and then the
 // cachegen-quant kernel. Scope today: the kvc levels, `cachegen-quant|rans|ac`, `uniform`, `kivi`,
-// `nf4`, `kmeans`, the block formats, `fp8` and `raw`, without prediction, transforms or dropped tokens; other containers
+// `nf4`, `kmeans`, the block formats, `fp8` and `raw`, without prediction or dropped tokens, after the
+// transforms `hadamard` and `derope` (decoded into an f32 scratch view, then inverted into dst by
+// kv_finish_op, core/transform_rows.hpp) or none; other containers
 // are a usage error naming the stages that have a CUDA decode (registry/cuda_rows.hpp).
 // This header includes the CPU pipeline (host code): include it from .cu files that decode containers.
 #pragma once
@@ -22,6 +24,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <span>
 #include <string>
@@ -29,6 +32,7 @@
 
 #include "kvcodec/cuda/ac.cuh"
 #include "kvcodec/cuda/affine.cuh"
+#include "kvcodec/cuda/batch.cuh"
 #include "kvcodec/cuda/cachegen.cuh"
 #include "kvcodec/cuda/codebook.cuh"
 #include "kvcodec/cuda/fp8.cuh"
@@ -272,27 +276,71 @@ class view_decoder {
     const segment_decoder dec(v.header, [&](std::size_t i) { return v.state_bytes(i); }, opt.name);
     const auto todo = kvcodec::detail::segments_in(v.header, tb, te);
     const auto bytes_of = [&](std::size_t i) { return v.segment_bytes(i); };
-    switch (batch_kind_of(dec.stages())) {
-      case batch_kind::affine: job_ = std::make_unique<detail::affine_job>(plan_affine_batch(dec, todo, bytes_of, tb, te - tb), dst, p); break;
-      case batch_kind::codebook: job_ = std::make_unique<detail::codebook_job>(plan_codebook_batch(dec, todo, bytes_of, tb, te - tb), dst, p); break;
-      case batch_kind::ggml: job_ = std::make_unique<detail::store_job<ggml_batch_block>>(plan_ggml_batch(dec, todo, bytes_of, tb, te - tb), dst); break;
-      case batch_kind::fp8: job_ = std::make_unique<detail::store_job<fp8_batch_block>>(plan_fp8_batch(dec, todo, bytes_of, tb, te - tb), dst); break;
-      case batch_kind::raw: job_ = std::make_unique<detail::store_job<raw_batch_block>>(plan_raw_batch(dec, todo, bytes_of, tb, te - tb), dst); break;
+    const batch_kind kind = batch_kind_of(dec.stages());
+    // Transforms (hadamard, derope): the quantizer's kernels write an f32 scratch view, then
+    // kv_finish_op (core/transform_rows.hpp) inverts the transforms into dst.
+    const row_transforms ts = batch_row_transforms(dec.stages(), cache_info{s, v.header.source_dtype, v.header.metadata, {}}, true,
+                                                   [&](const std::vector<double>& t) { return tables_.emplace_back(std::span<const double>(t)).data(); });
+    const bool tr = ts.n > 0;
+    const std::int64_t tokens = te - tb;
+    kv_view into = dst;
+    if (tr) {
+      const std::size_t per = static_cast<std::size_t>(s.kv_heads) * static_cast<std::size_t>(tokens) * static_cast<std::size_t>(s.head_dim);
+      std::vector<std::byte*> kp, vp;
+      for (int l = 0; l < s.layers; ++l) {
+        kp.push_back(reinterpret_cast<std::byte*>(scratch_.emplace_back(per).data()));
+        vp.push_back(reinterpret_cast<std::byte*>(scratch_.emplace_back(per).data()));
+      }
+      into = kv_view::hf(kp, vp, dtype::f32, s.kv_heads, tokens, s.head_dim);
+      into.space = memory_space::device;
+      scratch_dest_ = std::make_unique<detail::device_dest>(into);
+      final_dest_ = std::make_unique<detail::device_dest>(dst);
+      kv_batch_src src;
+      src.k = scratch_dest_->d.k;
+      src.v = scratch_dest_->d.v;
+      src.layout = scratch_dest_->d.layout;
+      src.head_dim = s.head_dim;
+      src.dtype_code = 0;
+      finish_op_ = kv_finish_op{src, final_dest_->d, tokens, tb, ts};
+      std::vector<kv_gather_block> fb;
+      finish_rows_ = static_cast<std::uint64_t>(s.kv_heads) * static_cast<std::uint64_t>(tokens);
+      for (std::int32_t l = 0; l < s.layers; ++l)
+        for (std::uint32_t key = 0; key < 2; ++key) fb.push_back({0, finish_rows_, 0, l, key});
+      finish_blocks_ = device_buffer<kv_gather_block>(std::span<const kv_gather_block>(fb));
+      finish_bad_ = device_buffer<std::uint32_t>(fb.size() + 1);
+    }
+    switch (kind) {
+      case batch_kind::affine: job_ = std::make_unique<detail::affine_job>(plan_affine_batch(dec, todo, bytes_of, tb, tokens, tr), into, p); break;
+      case batch_kind::codebook: job_ = std::make_unique<detail::codebook_job>(plan_codebook_batch(dec, todo, bytes_of, tb, tokens, tr), into, p); break;
+      case batch_kind::ggml: job_ = std::make_unique<detail::store_job<ggml_batch_block>>(plan_ggml_batch(dec, todo, bytes_of, tb, tokens, tr), into); break;
+      case batch_kind::fp8: job_ = std::make_unique<detail::store_job<fp8_batch_block>>(plan_fp8_batch(dec, todo, bytes_of, tb, tokens, tr), into); break;
+      case batch_kind::raw: job_ = std::make_unique<detail::store_job<raw_batch_block>>(plan_raw_batch(dec, todo, bytes_of, tb, tokens, tr), into); break;
       case batch_kind::cachegen:
-        job_ = std::make_unique<detail::cachegen_job>(plan_cachegen_batch<std::uint32_t>(dec, todo, bytes_of, tb, te - tb), dst, p, variant);
+        job_ = std::make_unique<detail::cachegen_job>(plan_cachegen_batch<std::uint32_t>(dec, todo, bytes_of, tb, tokens, tr), into, p, variant);
         break;
       case batch_kind::cachegen_ac:
-        job_ = std::make_unique<detail::cachegen_ac_job>(plan_cachegen_ac_batch(dec, todo, bytes_of, tb, te - tb), dst, variant);
+        job_ = std::make_unique<detail::cachegen_ac_job>(plan_cachegen_ac_batch(dec, todo, bytes_of, tb, tokens, tr), into, variant);
         break;
     }
   }
-  void launch() { job_->launch(p_); }
-  void finish() { job_->finish(p_, name_); }
+  void launch() {
+    job_->launch(p_);
+    if (scratch_dest_) run_batch(finish_blocks_.data(), finish_blocks_.size(), finish_rows_, finish_op_, finish_bad_.data(), p_);
+  }
+  void finish() { job_->finish(p_, name_); }  // waits for the stream: the finishing kernel too (it rejects nothing)
 
  private:
   par_t p_;
   std::string name_;
   std::unique_ptr<detail::batch_job> job_;
+  // transforms: the f32 scratch view, derope's tables, the finishing step
+  std::deque<device_buffer<double>> tables_;
+  std::deque<device_buffer<float>> scratch_;
+  std::unique_ptr<detail::device_dest> scratch_dest_, final_dest_;
+  kv_finish_op finish_op_;
+  device_buffer<kv_gather_block> finish_blocks_;
+  device_buffer<std::uint32_t> finish_bad_;
+  std::uint64_t finish_rows_ = 0;
 };
 
 /// Decodes the container `file` (host memory), all of it or the token range in `opt`, into the device
