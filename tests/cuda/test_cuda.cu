@@ -469,7 +469,8 @@ struct device_cache {
 /// methods whose GPU kept sets are the CPU's exactly (knorm, keydiff, random, streamingllm, lagkv,
 /// expected-attention); for the window scorers (snapkv, pyramidkv, h2o, tova, adakv) the kept sets may
 /// differ on near-ties: equal containers when the kept sets are equal, else a container that decodes
-/// to the GPU's kept sets. Composed drop stages and a query-aware stage without queries are refused.
+/// to the GPU's kept sets. The block press and composed specs (stages after the first on a gathered
+/// device sub-cache) too. A stage after adakv and a query-aware stage without queries are refused.
 void test_encode_dropped() {
   for (std::uint32_t code : {0u, 1u}) {
     const dtype t = code == 0 ? dtype::f32 : dtype::f16;
@@ -483,17 +484,18 @@ void test_encode_dropped() {
       ex.cache = &kv;  // the CPU stage scores it (with its queries)
       const encode_options opt{.chunk_tokens = 256};
       for (const std::string drop : {"knorm:keep=0.4", "keydiff:keep=0.3", "random:keep=0.5,seed=3", "streamingllm:keep=0.3", "lagkv:keep=0.5,lag=64",
-                                     "expected-attention:keep=0.4,window=32", "snapkv:keep=0.5,window=32", "pyramidkv:keep=0.4,window=32",
-                                     "h2o:keep=0.3,window=32", "tova:keep=0.3,obs_end=650", "adakv:keep=0.4,window=32"})
+                                     "expected-attention:keep=0.4,window=32", "block:scorer=knorm,keep=0.3,block=100", "block:scorer=lagkv,keep=0.5,lag=32",
+                                     "streamingllm:keep=0.6,obs_end=680|knorm:keep=0.5|random:keep=0.9", "snapkv:keep=0.5,window=32",
+                                     "pyramidkv:keep=0.4,window=32", "h2o:keep=0.3,window=32", "tova:keep=0.3,obs_end=650", "adakv:keep=0.4,window=32",
+                                     "block:scorer=snapkv,keep=0.4,window=16,block=128", "knorm:keep=0.6|h2o:keep=0.5,window=16"})
         for (const std::string quant : {"kivi:bits=4|rans", "fp8:scale=head", "raw", "uniform:bits=3", "nf4|rans", "derope|hadamard|kivi:bits=2"}) {
           const std::string spec = drop + "|" + quant, what = "encode " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf");
           codec c1 = make_codec(spec), c2 = make_codec(spec);
           const encoded want = encode(cpu::par, c1, const_kv_view(test::host_source(kv, t, paged).view), opt, ex);
           const encoded got = kvcodec::cuda::encode(kvcodec::cuda::par, c2, view, opt, ex, &qview);
-          const bool exact = drop.rfind("snapkv", 0) != 0 && drop.rfind("pyramidkv", 0) != 0 && drop.rfind("h2o", 0) != 0 && drop.rfind("tova", 0) != 0 &&
-                             drop.rfind("adakv", 0) != 0;
-          const auto* stage = dynamic_cast<const cpu::configured_drop*>(c2.drop.get());
-          const kept_sets gpu = kvcodec::cuda::drop_select(stage->cfg(), view, &qview, kv.metadata, kv.positions, kvcodec::cuda::par);
+          const bool exact = drop.find("snapkv") == std::string::npos && drop.find("pyramidkv") == std::string::npos && drop.find("h2o") == std::string::npos &&
+                             drop.find("tova") == std::string::npos && drop.find("adakv") == std::string::npos;
+          const kept_sets gpu = kvcodec::cuda::drop_stage_select(*c2.drop, view, &qview, kv.metadata, kv.positions, kvcodec::cuda::par);
           const kept_sets cpu_kept = c1.drop->select(kv);
           if (exact || gpu == cpu_kept) {
             expect(gpu == cpu_kept, what + ": GPU kept sets differ from the CPU's");
@@ -528,7 +530,7 @@ void test_encode_dropped() {
         }
         return error_kind::io;
       };
-      expect(kind("streamingllm:keep=0.5|knorm:keep=0.5|raw", &qview) == error_kind::usage, "composed drop stages: usage error");
+      expect(kind("adakv:keep=0.5,window=32|knorm:keep=0.5|raw", &qview) == error_kind::usage, "a stage after adakv (ragged counts): usage error");
       expect(kind("chunkkv:keep=0.5|raw", &qview) == error_kind::usage, "chunkkv: usage error");
       expect(kind("snapkv:keep=0.5|raw", nullptr) == error_kind::bad_input, "snapkv without queries: bad input");
       expect(kind("knorm:keep=0.5|q8_0", nullptr) == error_kind::usage, "knorm|q8_0: usage error");

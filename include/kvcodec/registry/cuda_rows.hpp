@@ -27,14 +27,15 @@ inline void register_cuda_rows(registry& r) {
   // inverts them after it (an f32 copy of the rows in device memory, core/transform_rows.hpp)
   r.set_cuda("hadamard", {true, true, "encode.cuh decode.cuh (core/transform_rows.hpp)", "rows of at most 512 values"});
   r.set_cuda("derope", {true, true, "encode.cuh decode.cuh (core/transform_rows.hpp)", "rows of at most 512 values; cos/sin tables from the host"});
-  // drop stages: the scorers and the selection run on device views; cuda::encode runs one drop stage
-  // (cuda/drop_select.cuh) before raw, fp8, uniform, kivi or nf4; containers with dropped tokens decode
-  // on the CPU
-  const std::string in_encode = "in cuda::encode (one drop stage, before raw, fp8, uniform, kivi or nf4); decode: not";
+  // drop stages: the scorers and the selection run on device views; cuda::encode runs them
+  // (cuda/drop_select.cuh, composed stages in order) before raw, fp8, uniform, kivi or nf4; containers
+  // with dropped tokens decode on the CPU
+  const std::string in_encode = "in cuda::encode (before raw, fp8, uniform, kivi or nf4); decode: not";
   for (const char* d : {"knorm", "keydiff", "random", "streamingllm", "lagkv", "snapkv", "pyramidkv", "h2o", "tova"})
     r.set_cuda(d, {false, false, std::string("drop/") + d + ".cuh", "cuda::" + std::string(d) + "_select; " + in_encode});
   r.set_cuda("expected-attention", {false, false, "drop/expected_attention.cuh", "cuda::expected_attention_select; " + in_encode});
   r.set_cuda("adakv", {false, false, "drop/adakv.cuh", "scorer=snapkv, h2o or tova; cuda::adakv_select, kept sets as a mask; " + in_encode});
+  r.set_cuda("block", {false, false, "drop/block.cuh", "any scorer; each step on a gathered device sub-cache (drop/gather.cuh); " + in_encode});
   r.set_cuda("chunkkv", {false, false, "drop/chunkkv.cuh", "scorer=snapkv, h2o, tova, lagkv or expected-attention; scorer and selection only (cuda::chunkkv_select); not in cuda::encode"});
 }
 

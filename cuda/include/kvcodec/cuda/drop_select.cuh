@@ -4,14 +4,15 @@
 //   kept_sets k = kvcodec::cuda::drop_select(cfg, device_view, &queries, metadata, positions, par);
 //
 // Dispatches to the method's selector under cuda/drop/ (random, streamingllm, knorm, keydiff, snapkv,
-// pyramidkv, h2o, tova, lagkv, expected-attention, and adakv over snapkv, h2o or tova), with the CPU
+// pyramidkv, h2o, tova, lagkv, expected-attention, adakv over snapkv, h2o or tova, and block over any
+// scorer); drop_stage_select runs a composed spec's stages in order (drop_chain), with the CPU
 // stage's prefix, budget and checks (cpu/drop/select.hpp: budget_of, check_window; the same bad-input
 // errors for missing queries or a prefix, budget or window larger than the cache). The selectors read
 // the view's keys (and values, queries) in place; only the kept token indices come back to the host
 // (4 bytes per kept row), as kept_sets, the tokens at or after the prefix appended as on the CPU.
 // Kept sets equal the CPU's where scores are equal within float rounding (docs/CUDA.md: the tie rule;
 // the window scorers may differ on near-ties). Other methods (chunkkv, criticalkv, criticaladakv,
-// block, adakv over other scorers) are a usage error naming these. Synchronous with respect to p.stream.
+// adakv over other scorers) are a usage error naming these. Synchronous with respect to p.stream.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -26,8 +27,12 @@
 #include "kvcodec/core/error.hpp"
 #include "kvcodec/cpu/drop/expected_attention.hpp"
 #include "kvcodec/cpu/drop/select.hpp"
+#include "kvcodec/cpu/drop/gather.hpp"
+#include "kvcodec/cpu/drop_stages.hpp"
 #include "kvcodec/cuda/drop/adakv.cuh"
+#include "kvcodec/cuda/drop/block.cuh"
 #include "kvcodec/cuda/drop/expected_attention.cuh"
+#include "kvcodec/cuda/drop/gather.cuh"
 #include "kvcodec/cuda/drop/h2o.cuh"
 #include "kvcodec/cuda/drop/keydiff.cuh"
 #include "kvcodec/cuda/drop/knorm.cuh"
@@ -39,13 +44,15 @@
 #include "kvcodec/cuda/drop/tova.cuh"
 #include "kvcodec/cuda/memory.cuh"
 #include "kvcodec/cuda/policy.cuh"
+#include "kvcodec/pipeline/codec.hpp"
 #include "kvcodec/stage/drop_common.hpp"
 #include "kvcodec/tensor/kv_view.hpp"
 
 namespace kvcodec::cuda {
 
 /// The methods drop_select runs on the GPU.
-inline constexpr const char* gpu_drop_methods = "random, streamingllm, knorm, keydiff, snapkv, pyramidkv, h2o, tova, lagkv, expected-attention, adakv (scorer snapkv, h2o or tova)";
+inline constexpr const char* gpu_drop_methods =
+    "random, streamingllm, knorm, keydiff, snapkv, pyramidkv, h2o, tova, lagkv, expected-attention, adakv (scorer snapkv, h2o or tova), block (any scorer)";
 
 /// Whether drop_select runs configuration c on the GPU.
 inline bool gpu_drop_method(const drop::config& c) {
@@ -55,6 +62,7 @@ inline bool gpu_drop_method(const drop::config& c) {
     case method::h2o: case method::tova: case method::lagkv: case method::expected_attention:
       return true;
     case method::adakv: return c.scorer == method::snapkv || c.scorer == method::h2o || c.scorer == method::tova;
+    case method::block: return true;  // every scorer has a GPU selection
     default: return false;
   }
 }
@@ -92,6 +100,7 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
   using drop::method;
   const std::string where = cpu::drop_detail::where_of(c);
   if (kv.space != memory_space::device) throw_usage(where + " on the GPU: the view is in host memory");
+  if (c.m == method::block) return block_select(c, kv, q, metadata, positions, p);  // its scorer's selection, step by step
   if (!gpu_drop_method(c)) throw_usage(where + " has no GPU selection; the methods with one: " + std::string(gpu_drop_methods) + " (select on the CPU: kvcodec::encode)");
   if (kv.dt != dtype::f32 && kv.dt != dtype::f16 && kv.dt != dtype::bf16) throw_usage(where + " on the GPU reads f32, f16 or bf16 views");
   const int L = kv.layers, H = kv.kv_heads;
@@ -189,6 +198,39 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
     for (auto& kh : layer)
       for (std::int64_t t = n; t < T; ++t) kh.push_back(static_cast<std::int32_t>(t));
   return out;
+}
+
+/// The kept sets of drop stage `d` on the GPU: one configured stage (drop_select), or a composed spec's
+/// stages in order (pipeline/codec.hpp's drop_chain): the first selects on the cache; each later one
+/// on the survivors of the compressed prefix, gathered into a device sub-cache per head
+/// (cuda/drop/gather.cuh), its kept sets mapped back; tokens at or after the first stage's obs_end are
+/// kept throughout. As drop_chain::select, on the GPU.
+inline kept_sets drop_stage_select(const drop_stage& d, const const_kv_view& kv, const const_kv_view* q, const std::map<std::string, std::string>& metadata,
+                                   const std::vector<std::int32_t>& positions, const par_t& p) {
+  if (const auto* chain = dynamic_cast<const drop_chain*>(&d)) {
+    const auto& parts = chain->parts();
+    kept_sets kept = drop_stage_select(*parts.front(), kv, q, metadata, positions, p);
+    std::int64_t obs_end = -1;
+    for (const auto& [k, v] : parts.front()->spec().params)
+      if (k == "obs_end") obs_end = std::stoll(v);
+    const std::int64_t T = kv.tokens, n = obs_end < 0 ? T : obs_end;
+    for (std::size_t i = 1; i < parts.size(); ++i) {
+      kept_sets prefix = kept;  // the survivors before n, the only ones a later stage may drop
+      for (auto& layer : prefix)
+        for (auto& h : layer) h.erase(std::lower_bound(h.begin(), h.end(), static_cast<std::int32_t>(n)), h.end());
+      const std::string where = "drop stage '" + std::string(parts[i]->name()) + "' after '" + std::string(parts[i - 1]->name()) + "'";
+      const device_subcache sub = gather_tokens(kv, q, prefix, positions, where, p);
+      const const_kv_view sv(sub.view), sq(sub.qview);
+      kept = cpu::drop_detail::ungather(drop_stage_select(*parts[i], sv, sub.has_queries ? &sq : nullptr, metadata, sub.positions, p), prefix);
+      for (auto& layer : kept)
+        for (auto& h : layer)
+          for (std::int64_t t = n; t < T; ++t) h.push_back(static_cast<std::int32_t>(t));
+    }
+    return kept;
+  }
+  const auto* cd = dynamic_cast<const cpu::configured_drop*>(&d);
+  if (cd == nullptr) throw_usage("drop stage '" + std::string(d.name()) + "' has no GPU selection (it is not a built-in stage)");
+  return drop_select(cd->cfg(), kv, q, metadata, positions, p);
 }
 
 }  // namespace kvcodec::cuda

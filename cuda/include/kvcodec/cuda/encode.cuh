@@ -15,7 +15,7 @@
 // the scope (encode them on the CPU). Token dropping: a drop stage selects on the GPU
 // (cuda/drop_select.cuh: only the kept token indices come back), the kept rows are gathered on the GPU
 // and coded by raw, fp8, uniform, kivi or nf4 (`snapkv:keep=0.5|kivi:bits=4|rans` runs end to end on
-// device views); composed drop stages select on the CPU. Synchronous with respect to p.stream.
+// device views; composed drop stages too, `streamingllm|snapkv`). Synchronous with respect to p.stream.
 // This header includes the CPU pipeline (host code): include it from .cu files that encode containers.
 #pragma once
 
@@ -45,13 +45,9 @@ class device_batch_executor {
   explicit device_batch_executor(const par_t& p, const const_kv_view* queries = nullptr) : p_(p), q_(queries) {}
   /// The kept sets of codec c's drop stage, chosen on the GPU (cuda/drop_select.cuh).
   kept_sets select(const codec& c, const const_kv_view& kv, const kv_extras& ex, const kv_shape& s, dtype) {
-    const auto* d = dynamic_cast<const kvcodec::cpu::configured_drop*>(c.drop.get());
-    if (d == nullptr)
-      throw_usage("cuda::encode: codec '" + c.spec() + "': composed drop stages ('" + std::string(c.drop->name()) +
-                  "') select on the CPU (kvcodec::encode); cuda::encode runs one drop stage: " + gpu_drop_methods);
     kv_cache check;
     check.shape = s;
-    check.kept = drop_select(d->cfg(), kv, q_, ex.metadata, ex.positions, p_);
+    check.kept = drop_stage_select(*c.drop, kv, q_, ex.metadata, ex.positions, p_);
     check.validate_kept("drop stage '" + std::string(c.drop->name()) + "' output (GPU)");
     return std::move(check.kept);
   }
@@ -97,7 +93,7 @@ class device_batch_executor {
 
 /// Encodes the cache in the device view `kv` with codec `c` (fitted to this cache: use a fresh codec
 /// per cache) into a container streamed to `sink`. A drop stage selects on the GPU
-/// (cuda/drop_select.cuh); the query-aware ones read `queries` (the K side of a device view with
+/// (cuda/drop_select.cuh; composed stages in order); the query-aware ones read `queries` (the K side of a device view with
 /// q_heads heads; nullptr when none).
 inline encode_report encode_to(const par_t& p, codec& c, const const_kv_view& kv, byte_sink& sink, const encode_options& opt = {}, const kv_extras& ex = {},
                                const const_kv_view* queries = nullptr) {
