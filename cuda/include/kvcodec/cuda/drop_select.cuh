@@ -4,15 +4,15 @@
 //   kept_sets k = kvcodec::cuda::drop_select(cfg, device_view, &queries, metadata, positions, par);
 //
 // Dispatches to the method's selector under cuda/drop/ (random, streamingllm, knorm, keydiff, snapkv,
-// pyramidkv, h2o, tova, lagkv, expected-attention, adakv over snapkv, h2o or tova, and block over any
-// scorer); drop_stage_select runs a composed spec's stages in order (drop_chain), with the CPU
+// pyramidkv, h2o, tova, lagkv, expected-attention, adakv and criticalkv over snapkv, h2o or tova, and
+// block over any scorer); drop_stage_select runs a composed spec's stages in order (drop_chain), with the CPU
 // stage's prefix, budget and checks (cpu/drop/select.hpp: budget_of, check_window; the same bad-input
 // errors for missing queries or a prefix, budget or window larger than the cache). The selectors read
 // the view's keys (and values, queries) in place; only the kept token indices come back to the host
 // (4 bytes per kept row), as kept_sets, the tokens at or after the prefix appended as on the CPU.
 // Kept sets equal the CPU's where scores are equal within float rounding (docs/CUDA.md: the tie rule;
-// the window scorers may differ on near-ties). Other methods (chunkkv, criticalkv, criticaladakv,
-// adakv over other scorers) are a usage error naming these. Synchronous with respect to p.stream.
+// the window scorers may differ on near-ties). Other methods (chunkkv, criticaladakv, adakv and
+// criticalkv over other scorers) are a usage error naming these. Synchronous with respect to p.stream.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -31,6 +31,7 @@
 #include "kvcodec/cpu/drop_stages.hpp"
 #include "kvcodec/cuda/drop/adakv.cuh"
 #include "kvcodec/cuda/drop/block.cuh"
+#include "kvcodec/cuda/drop/criticalkv.cuh"
 #include "kvcodec/cuda/drop/expected_attention.cuh"
 #include "kvcodec/cuda/drop/gather.cuh"
 #include "kvcodec/cuda/drop/h2o.cuh"
@@ -52,7 +53,8 @@ namespace kvcodec::cuda {
 
 /// The methods drop_select runs on the GPU.
 inline constexpr const char* gpu_drop_methods =
-    "random, streamingllm, knorm, keydiff, snapkv, pyramidkv, h2o, tova, lagkv, expected-attention, adakv (scorer snapkv, h2o or tova), block (any scorer)";
+    "random, streamingllm, knorm, keydiff, snapkv, pyramidkv, h2o, tova, lagkv, expected-attention, adakv and criticalkv (scorer snapkv, h2o or tova), "
+    "block (any scorer)";
 
 /// Whether drop_select runs configuration c on the GPU.
 inline bool gpu_drop_method(const drop::config& c) {
@@ -61,7 +63,7 @@ inline bool gpu_drop_method(const drop::config& c) {
     case method::random: case method::streamingllm: case method::knorm: case method::keydiff: case method::snapkv: case method::pyramidkv:
     case method::h2o: case method::tova: case method::lagkv: case method::expected_attention:
       return true;
-    case method::adakv: return c.scorer == method::snapkv || c.scorer == method::h2o || c.scorer == method::tova;
+    case method::adakv: case method::criticalkv: return c.scorer == method::snapkv || c.scorer == method::h2o || c.scorer == method::tova;
     case method::block: return true;  // every scorer has a GPU selection
     default: return false;
   }
@@ -108,7 +110,7 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
   if (c.obs_end > T) throw_bad_input(where, "obs_end", "a prefix end <= the cache's " + std::to_string(T) + " tokens", std::to_string(c.obs_end));
   const std::int64_t n = c.obs_end < 0 ? T : c.obs_end;
   const std::int64_t b = cpu::drop_detail::budget_of(c, n);
-  const method scorer = c.m == method::adakv ? c.scorer : c.m;
+  const method scorer = c.m == method::adakv || c.m == method::criticalkv ? c.scorer : c.m;
   const bool needs_q = scorer == method::snapkv || scorer == method::pyramidkv || scorer == method::h2o || scorer == method::tova ||
                        scorer == method::expected_attention;
   if (needs_q && q == nullptr)
@@ -125,7 +127,7 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
     cpu::drop_detail::check_window(c, c.window, n);
   detail::device_side ks, vs, qs;
   detail::side_of(kv, true, ks);
-  const bool needs_v = c.m == method::lagkv || c.m == method::expected_attention;
+  const bool needs_v = c.m == method::lagkv || c.m == method::expected_attention || c.m == method::criticalkv;
   if (needs_v) detail::side_of(kv, false, vs);
   if (needs_q) detail::side_of(*q, true, qs);
   drop_window_source ws;
@@ -153,6 +155,7 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
     ep = expected_tables(static_cast<std::size_t>(kv.head_dim), n, c.window, c.future, rope.has_value(), rope ? rope->theta : 10000.0, positions);
   }
   // Every method but adakv: b_l tokens per (layer, head), layer after layer (pyramidkv: b_l per layer).
+  // criticalkv: its plan's budgets are uniform.
   const std::vector<std::int64_t> budgets = plan ? plan->budgets : std::vector<std::int64_t>(static_cast<std::size_t>(L), b);
   std::size_t kept_n = 0;
   for (auto bl : budgets) kept_n += static_cast<std::size_t>(bl) * static_cast<std::size_t>(H);
@@ -166,6 +169,7 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
       case method::lagkv: lagkv_select(temp, bytes, lag, b, kept, p); break;
       case method::expected_attention: expected_attention_select(temp, bytes, ea, ep, b, kept, p); break;
       case method::adakv: adakv_select(temp, bytes, *plan, c.alpha, mask, p); break;
+      case method::criticalkv: criticalkv_select(temp, bytes, *plan, c.first, c.epsilon, vs.src, kept, p); break;
       default: window_select(temp, bytes, *plan, kept, p); break;  // snapkv, pyramidkv, h2o, tova
     }
   };

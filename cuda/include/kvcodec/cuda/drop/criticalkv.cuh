@@ -1,0 +1,90 @@
+// kvcodec/cuda/drop/criticalkv.cuh — the `criticalkv` stage on the GPU over a window scorer (snapkv, h2o
+// or tova), mirroring cpu/drop/criticalkv.hpp: the steps of core/criticalkv.hpp. Window attention
+// (cuda/drop/window_attention.cuh); stage 1, the candidates' best floor(first x b) - taken by the
+// scorer's value (the selection of cuda/drop/select.cuh), marked; a thread per head for the shift (in
+// token order, as the CPU); the final codes, the others' value rescaled by their value row's L1 norm,
+// and the b best. The host emulation of the same steps (drop_criticalkv_select_emulated) is checked
+// against the CPU's select_criticalkv in CI. criticaladakv (Ada-KV's head budgets first) selects on the
+// CPU.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "kvcodec/core/criticalkv.hpp"
+#include "kvcodec/cuda/drop/adakv.cuh"
+#include "kvcodec/cuda/drop/select.cuh"
+#include "kvcodec/cuda/drop/window_attention.cuh"
+#include "kvcodec/cuda/policy.cuh"
+
+namespace kvcodec::cuda {
+
+namespace detail {
+__global__ void critical_shift_kernel(drop_window_coder c, std::int64_t segments, double* shift) {
+  for (std::int64_t s = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; s < segments; s += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    shift[s] = critical_shift(c, static_cast<int>(s / c.heads), s % c.heads);
+}
+}  // namespace detail
+
+/// kept[(l * heads + h) * b + i] (device): each (layer, kv head)'s b tokens of [0, n) under CriticalKV
+/// with stage-1 share `first` and `epsilon` over plan's window scorer (plan_drop_window, one budget for
+/// every layer; device pointers); v: the cache's values (device pointers). Two-phase: temp == nullptr
+/// sets temp_bytes. Queued on p.stream.
+inline void criticalkv_select(void* temp, std::size_t& temp_bytes, const drop_window_plan& plan, double first, double epsilon, const drop_source& v,
+                              std::int32_t* kept, const par_t& p) {
+  if (plan.budgets.empty() || plan.budgets.front() != plan.budgets.back()) throw_usage("cuda criticalkv_select: needs one budget for every layer");
+  if (!(first >= 0.0 && first <= 1.0)) throw_usage("cuda criticalkv_select: first must be in [0, 1]");
+  if (v.head_dim != plan.a.k.head_dim) throw_usage("cuda criticalkv_select: values and keys need one head_dim");
+  wattn_args a = plan.a;
+  const std::int64_t segments = static_cast<std::int64_t>(a.layers) * a.heads, n = a.n, items = segments * n;
+  const critical_budget bud = critical_budget_of(plan.coder, plan.budgets.front(), first);
+  // temp: row stats, column sums, stage-1 marks, shifts, stage-1 kept, then the selections' scratch
+  const std::size_t rows_bytes = detail::align256(static_cast<std::size_t>(segments * wattn_rows(a)) * sizeof(float));
+  const std::size_t acc_bytes = detail::align256(static_cast<std::size_t>(items) * sizeof(float));
+  const std::size_t mark_bytes = detail::align256(static_cast<std::size_t>(items));
+  const std::size_t shift_bytes = detail::align256(static_cast<std::size_t>(segments) * sizeof(double));
+  const std::size_t kept1_bytes = detail::align256(static_cast<std::size_t>(segments * bud.k1) * sizeof(std::int32_t));
+  const std::size_t own = 2 * rows_bytes + acc_bytes + mark_bytes + shift_bytes + kept1_bytes;
+  drop_window_coder c = plan.coder;
+  std::size_t s1 = 0, s2 = 0;
+  if (bud.k1 > 0) select_by_codes(nullptr, s1, critical_stage1_coder{c}, a.layers, a.heads, n, bud.k1, nullptr, p);
+  select_by_codes(nullptr, s2, critical_final_coder{c, v, nullptr, nullptr, epsilon}, a.layers, a.heads, n, bud.b, nullptr, p);
+  const std::size_t scratch = s1 > s2 ? s1 : s2;
+  if (temp == nullptr) {
+    temp_bytes = own + scratch;
+    return;
+  }
+  if (temp_bytes < own + scratch)
+    throw_usage("cuda criticalkv_select: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(own + scratch) + " needed");
+  auto* at = static_cast<std::uint8_t*>(temp);
+  const auto take = [&](std::size_t bytes) {
+    std::uint8_t* x = at;
+    at += bytes;
+    return x;
+  };
+  a.m = reinterpret_cast<float*>(take(rows_bytes));
+  a.z = reinterpret_cast<float*>(take(rows_bytes));
+  a.acc = reinterpret_cast<float*>(take(acc_bytes));
+  auto* stage1 = take(mark_bytes);
+  auto* shift = reinterpret_cast<double*>(take(shift_bytes));
+  auto* kept1 = reinterpret_cast<std::int32_t*>(take(kept1_bytes));
+  window_attention(a, p);
+  c.acc = a.acc;
+  const unsigned threads = 128;
+  check(cudaMemsetAsync(stage1, 0, static_cast<std::size_t>(items), p.stream), "criticalkv stage-1 marks");
+  if (bud.k1 > 0) {
+    std::size_t sb = scratch;
+    select_by_codes(at, sb, critical_stage1_coder{c}, a.layers, a.heads, n, bud.k1, kept1, p);
+    detail::adakv_mark_kernel<<<detail::grid_for(segments * bud.k1, threads), threads, 0, p.stream>>>(kept1, segments * bud.k1, bud.k1, n, stage1);
+    check(cudaGetLastError(), "criticalkv mark launch");
+  }
+  detail::critical_shift_kernel<<<detail::grid_for(segments, 32), 32, 0, p.stream>>>(c, segments, shift);
+  check(cudaGetLastError(), "critical_shift_kernel launch");
+  std::size_t sb = scratch;
+  select_by_codes(at, sb, critical_final_coder{c, v, stage1, shift, epsilon}, a.layers, a.heads, n, bud.b, kept, p);
+}
+
+}  // namespace kvcodec::cuda

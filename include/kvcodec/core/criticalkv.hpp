@@ -1,0 +1,102 @@
+// kvcodec/core/criticalkv.hpp — CriticalKV's two stages (cpu/drop/criticalkv.hpp) as host/device steps
+// over a window scorer's coder (core/window_attention.hpp: snapkv, h2o, tova), shared by the CUDA
+// selection (cuda/drop/criticalkv.cuh) and its host emulation (drop_criticalkv_select_emulated, run in
+// CI). Per (layer, head), with b the uniform budget and the protected tokens t >= protect_from (the CPU
+// scorer's protected list, every one of them out of the candidates, the newest min(b, P) kept):
+//   1. stage 1: the candidates' (t < protect_from) best k = min(max(0, floor(first x b) - taken),
+//      protect_from) by the scorer's value, ties to the lower token (critical_stage1_coder, the
+//      selection of cuda/drop/select.cuh), marked;
+//   2. shift = -(the lowest finite candidate value) when it is negative, else 0 (critical_shift, a
+//      thread per head in token order as the CPU);
+//   3. the final code of every token (critical_final_coder): protected by priority, stage-1 tokens
+//      +inf, NaN as NaN, the others (value + shift + epsilon) x ||v_t||_1 (the value row's L1 norm,
+//      in double in channel order as the CPU); then the b best, ties to the lower token.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "kvcodec/core/config.hpp"
+#include "kvcodec/core/drop_score.hpp"
+#include "kvcodec/core/drop_topk.hpp"
+#include "kvcodec/core/window_attention.hpp"
+
+namespace kvcodec {
+
+/// The budgets of one criticalkv selection: protected tokens kept (taken), stage 1's size per head.
+struct critical_budget {
+  std::int64_t b = 0, taken = 0, k1 = 0;
+};
+
+KVCODEC_HD inline critical_budget critical_budget_of(const drop_window_coder& c, std::int64_t b, double first) noexcept {
+  critical_budget out;
+  out.b = b;
+  const std::int64_t prot = c.n - c.protect_from;
+  out.taken = b < prot ? b : prot;
+  std::int64_t k = static_cast<std::int64_t>(floor(first * static_cast<double>(b))) - out.taken;
+  k = k < 0 ? 0 : k;
+  out.k1 = k < c.protect_from ? k : c.protect_from;
+  return out;
+}
+
+/// Stage 1's coder: a candidate's value code; protected tokens 0, below every candidate.
+struct critical_stage1_coder {
+  drop_window_coder c;
+  KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept { return t < c.protect_from ? drop_rank_code(c.raw(l, h, t)) : 0; }
+};
+
+/// Step 2 for head (l, h): the shift of its candidates' values (NaN as -inf, infinities skipped).
+KVCODEC_HD inline double critical_shift(const drop_window_coder& c, int l, std::int64_t h) noexcept {
+  double mn = HUGE_VAL;
+  for (std::int64_t t = 0; t < c.protect_from; ++t) {
+    const double x = c.raw(l, h, t);
+    if (x == x && x - x == 0.0 && x < mn) mn = x;
+  }
+  return mn < 0 ? -mn : 0.0;
+}
+
+/// Step 3's coder: see the file comment. v: the value rows (drop_source over the cache's values);
+/// stage1: [l][h][t < n] marks of stage 1; shift: [l][h].
+struct critical_final_coder {
+  drop_window_coder c;
+  drop_source v;
+  const std::uint8_t* stage1 = nullptr;
+  const double* shift = nullptr;
+  double epsilon = 1e-4;
+  KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept {
+    const std::int64_t p = c.priority(t);
+    if (p >= 0) return drop_protected_code(static_cast<std::uint64_t>(p));
+    const std::int64_t seg = static_cast<std::int64_t>(l) * c.heads + h;
+    if (stage1[seg * c.n + t] != 0) return drop_rank_code(HUGE_VAL);
+    const double x = c.raw(l, h, t);
+    if (x != x) return drop_rank_code(x);
+    double l1 = 0.0;
+    for (std::int64_t d = 0; d < v.head_dim; ++d) l1 += fabs(static_cast<double>(drop_load(v, l, h, t, d)));
+    return drop_rank_code((x + shift[seg] + epsilon) * l1);
+  }
+};
+
+/// CriticalKV over a window scorer, emulated on the host as the GPU runs it: b kept tokens per (layer,
+/// head), head after head, each increasing (the protected ones among them).
+inline std::vector<std::int32_t> drop_criticalkv_select_emulated(drop_window_plan p, double first, double epsilon, const drop_source& v) {
+  const std::size_t segs = static_cast<std::size_t>(p.a.layers) * static_cast<std::size_t>(p.a.heads), n = static_cast<std::size_t>(p.a.n);
+  std::vector<float> m(segs * static_cast<std::size_t>(wattn_rows(p.a))), z(m.size()), acc(segs * n);
+  p.a.m = m.data(), p.a.z = z.data(), p.a.acc = acc.data();
+  window_attention_emulated(p.a);
+  p.coder.acc = acc.data();
+  const drop_window_coder& c = p.coder;
+  const critical_budget bud = critical_budget_of(c, p.budgets[0], first);
+  std::vector<std::uint8_t> stage1(segs * n, 0);
+  if (bud.k1 > 0) {
+    const auto kept = drop_select_emulated(critical_stage1_coder{c}, p.a.layers, p.a.heads, p.a.n, bud.k1);
+    for (std::size_t i = 0; i < kept.size(); ++i) stage1[i / static_cast<std::size_t>(bud.k1) * n + static_cast<std::size_t>(kept[i])] = 1;
+  }
+  std::vector<double> shift(segs);
+  for (std::size_t s = 0; s < segs; ++s)
+    shift[s] = critical_shift(c, static_cast<int>(s / static_cast<std::size_t>(p.a.heads)), static_cast<std::int64_t>(s % static_cast<std::size_t>(p.a.heads)));
+  return drop_select_emulated(critical_final_coder{c, v, stage1.data(), shift.data(), epsilon}, p.a.layers, p.a.heads, p.a.n, bud.b);
+}
+
+}  // namespace kvcodec

@@ -1,0 +1,93 @@
+// Tests of core/criticalkv.hpp, CriticalKV's steps on the GPU path: the host emulation keeps the CPU's
+// select_criticalkv tokens over the window scorers (snapkv, h2o, tova), for stage-1 shares 0, part and
+// all of the budget, budgets below and above the protected window, f32 and f16/bf16 (the tensor-core
+// path), a shorter prefix; and the budget arithmetic.
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kvcodec/core/criticalkv.hpp"
+#include "kvcodec/cpu/drop/criticalkv.hpp"
+#include "../support/small_synth.hpp"
+#include "../support/window_cases.hpp"
+
+// Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
+namespace kvcodec_test_core_criticalkv {
+
+using namespace kvcodec;
+
+namespace {
+
+/// Emulated criticalkv over `scorer` against the CPU's select_criticalkv; returns the tokens only one
+/// side keeps.
+std::size_t run_case(const kv_cache& kv, std::uint32_t code, const std::string& scorer, std::int64_t b, double first, std::int64_t obs_end, std::int64_t window) {
+  drop::criticalkv d;
+  d.tokens = b, d.first = first, d.scorer = scorer, d.obs_end = obs_end, d.window = window;
+  const drop::config c = d.cfg();
+  const std::int64_t T = kv.shape.tokens, n = obs_end < 0 ? T : obs_end;
+  const test::typed tk = test::as_dtype(kv.keys, code), tq = test::as_dtype(kv.queries, code), tv = test::as_dtype(kv.values, code);
+  const std::vector<std::int32_t> table;
+  drop_window_source src;
+  src.k = test::source_of(tk, T, kv.shape.head_dim, code, false, table);
+  src.q = test::source_of(tq, T, kv.shape.head_dim, code, false, table);
+  src.layers = kv.shape.layers, src.heads = kv.shape.kv_heads, src.group = kv.shape.q_heads / kv.shape.kv_heads, src.n = n;
+  const drop_source v = test::source_of(tv, T, kv.shape.head_dim, code, false, table);
+  test::method_case m{scorer, c, scorer == "h2o" ? wattn_score::h2o : scorer == "tova" ? wattn_score::tova : wattn_score::snapkv};
+  const drop_window_plan plan = test::window_plan(m, src);
+  const std::vector<std::int32_t> got = drop_criticalkv_select_emulated(plan, first, c.epsilon, v);
+  REQUIRE(got.size() == static_cast<std::size_t>(kv.shape.layers * kv.shape.kv_heads * b));
+  const kept_sets want = cpu::select_criticalkv(kv, c, 1);
+  std::size_t diff = 0, at = 0;
+  for (const auto& layer : want)
+    for (const auto& h : layer) {
+      const std::vector<std::int32_t> w(h.begin(), h.begin() + b), g(got.begin() + static_cast<std::ptrdiff_t>(at), got.begin() + static_cast<std::ptrdiff_t>(at + static_cast<std::size_t>(b)));
+      std::vector<std::int32_t> x;
+      std::set_symmetric_difference(w.begin(), w.end(), g.begin(), g.end(), std::back_inserter(x));
+      diff += x.size();
+      at += static_cast<std::size_t>(b);
+    }
+  return diff;
+}
+
+}  // namespace
+
+TEST_CASE("GPU criticalkv (host emulation) keeps the CPU's tokens - snapkv h2o tova - stage-1 shares 0 to 1") {
+  const kv_cache kv = test::small_synth({.layers = 2, .kv_heads = 3, .q_heads = 6, .head_dim = 24, .tokens = 140, .seed = 23});
+  for (const char* scorer : {"snapkv", "h2o", "tova"})
+    for (double first : {0.0, 0.5, 1.0})
+      for (std::int64_t b : {std::int64_t{5}, std::int64_t{40}, std::int64_t{139}}) {
+        CAPTURE(scorer);
+        CAPTURE(first);
+        CAPTURE(b);
+        CHECK(run_case(kv, 0, scorer, b, first, -1, 20) == 0);
+      }
+}
+
+TEST_CASE("GPU criticalkv (host emulation) - f16 and bf16 on the tensor-core path - a shorter prefix") {
+  const kv_cache kv = test::small_synth({.layers = 1, .kv_heads = 2, .q_heads = 4, .head_dim = 40, .tokens = 200, .seed = 9});
+  for (std::uint32_t code : {1u, 2u}) {
+    CAPTURE(code);
+    kv_cache r = test::rounded(kv, code);
+    for (auto& layer : r.values)
+      for (auto& x : layer) x = test::round_to(x, code);
+    CHECK(run_case(r, code, "snapkv", 60, 0.5, 170, 64) <= 2);  // near-ties aside
+    CHECK(run_case(r, code, "h2o", 30, 0.3, -1, 32) <= 2);
+  }
+}
+
+TEST_CASE("criticalkv budgets - protected share - stage 1 within the candidates") {
+  drop_window_coder c;
+  c.heads = 4, c.n = 100, c.protect_from = 90;  // 10 protected tokens
+  const critical_budget a = critical_budget_of(c, 31, 0.5);
+  CHECK(a.taken == 10);
+  CHECK(a.k1 == 5);  // floor(0.5 x 31) - 10
+  CHECK(critical_budget_of(c, 31, 0.2).k1 == 0);  // floor(6.2) - 10 < 0
+  CHECK(critical_budget_of(c, 6, 1.0).taken == 6);
+  CHECK(critical_budget_of(c, 6, 1.0).k1 == 0);
+  c.protect_from = 3;
+  CHECK(critical_budget_of(c, 100, 1.0).k1 == 3);  // at most the candidates
+}
+
+}  // namespace kvcodec_test_core_criticalkv
