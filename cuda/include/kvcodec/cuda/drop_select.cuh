@@ -4,15 +4,15 @@
 //   kept_sets k = kvcodec::cuda::drop_select(cfg, device_view, &queries, metadata, positions, par);
 //
 // Dispatches to the method's selector under cuda/drop/ (random, streamingllm, knorm, keydiff, snapkv,
-// pyramidkv, h2o, tova, lagkv, expected-attention, adakv and criticalkv over snapkv, h2o or tova, and
-// block over any scorer); drop_stage_select runs a composed spec's stages in order (drop_chain), with the CPU
+// pyramidkv, h2o, tova, lagkv, expected-attention, adakv and criticalkv over snapkv, h2o or tova,
+// chunkkv over those and lagkv or expected-attention, and block over any scorer); drop_stage_select runs a composed spec's stages in order (drop_chain), with the CPU
 // stage's prefix, budget and checks (cpu/drop/select.hpp: budget_of, check_window; the same bad-input
 // errors for missing queries or a prefix, budget or window larger than the cache). The selectors read
 // the view's keys (and values, queries) in place; only the kept token indices come back to the host
 // (4 bytes per kept row), as kept_sets, the tokens at or after the prefix appended as on the CPU.
 // Kept sets equal the CPU's where scores are equal within float rounding (docs/CUDA.md: the tie rule;
-// the window scorers may differ on near-ties). Other methods (chunkkv, criticaladakv, adakv and
-// criticalkv over other scorers) are a usage error naming these. Synchronous with respect to p.stream.
+// the window scorers may differ on near-ties). Other methods (criticaladakv; adakv, criticalkv and
+// chunkkv over other scorers) are a usage error naming these. Synchronous with respect to p.stream.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -31,6 +31,7 @@
 #include "kvcodec/cpu/drop_stages.hpp"
 #include "kvcodec/cuda/drop/adakv.cuh"
 #include "kvcodec/cuda/drop/block.cuh"
+#include "kvcodec/cuda/drop/chunkkv.cuh"
 #include "kvcodec/cuda/drop/criticalkv.cuh"
 #include "kvcodec/cuda/drop/expected_attention.cuh"
 #include "kvcodec/cuda/drop/gather.cuh"
@@ -54,7 +55,7 @@ namespace kvcodec::cuda {
 /// The methods drop_select runs on the GPU.
 inline constexpr const char* gpu_drop_methods =
     "random, streamingllm, knorm, keydiff, snapkv, pyramidkv, h2o, tova, lagkv, expected-attention, adakv and criticalkv (scorer snapkv, h2o or tova), "
-    "block (any scorer)";
+    "chunkkv (scorer snapkv, h2o, tova, lagkv or expected-attention), block (any scorer)";
 
 /// Whether drop_select runs configuration c on the GPU.
 inline bool gpu_drop_method(const drop::config& c) {
@@ -64,6 +65,8 @@ inline bool gpu_drop_method(const drop::config& c) {
     case method::h2o: case method::tova: case method::lagkv: case method::expected_attention:
       return true;
     case method::adakv: case method::criticalkv: return c.scorer == method::snapkv || c.scorer == method::h2o || c.scorer == method::tova;
+    case method::chunkkv:
+      return c.scorer == method::snapkv || c.scorer == method::h2o || c.scorer == method::tova || c.scorer == method::lagkv || c.scorer == method::expected_attention;
     case method::block: return true;  // every scorer has a GPU selection
     default: return false;
   }
@@ -110,7 +113,7 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
   if (c.obs_end > T) throw_bad_input(where, "obs_end", "a prefix end <= the cache's " + std::to_string(T) + " tokens", std::to_string(c.obs_end));
   const std::int64_t n = c.obs_end < 0 ? T : c.obs_end;
   const std::int64_t b = cpu::drop_detail::budget_of(c, n);
-  const method scorer = c.m == method::adakv || c.m == method::criticalkv ? c.scorer : c.m;
+  const method scorer = c.m == method::adakv || c.m == method::criticalkv || c.m == method::chunkkv ? c.scorer : c.m;
   const bool needs_q = scorer == method::snapkv || scorer == method::pyramidkv || scorer == method::h2o || scorer == method::tova ||
                        scorer == method::expected_attention;
   if (needs_q && q == nullptr)
@@ -127,7 +130,7 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
     cpu::drop_detail::check_window(c, c.window, n);
   detail::device_side ks, vs, qs;
   detail::side_of(kv, true, ks);
-  const bool needs_v = c.m == method::lagkv || c.m == method::expected_attention || c.m == method::criticalkv;
+  const bool needs_v = scorer == method::lagkv || scorer == method::expected_attention || c.m == method::criticalkv;
   if (needs_v) detail::side_of(kv, false, vs);
   if (needs_q) detail::side_of(*q, true, qs);
   drop_window_source ws;
@@ -143,9 +146,9 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
   lagkv_args lag;
   expected_args ea;
   expected_prep ep;
-  if (c.m == method::lagkv) {
+  if (scorer == method::lagkv) {
     lag.k = ks.src, lag.v = vs.src.k, lag.layers = L, lag.heads = H, lag.n = n, lag.sink = c.sink, lag.lag = c.lag;
-  } else if (c.m == method::expected_attention) {
+  } else if (scorer == method::expected_attention) {
     kv_cache meta;  // rope_of reads the metadata only
     meta.metadata = metadata;
     const auto rope = cpu::drop_detail::rope_of(meta, where);
@@ -170,6 +173,11 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
       case method::expected_attention: expected_attention_select(temp, bytes, ea, ep, b, kept, p); break;
       case method::adakv: adakv_select(temp, bytes, *plan, c.alpha, mask, p); break;
       case method::criticalkv: criticalkv_select(temp, bytes, *plan, c.first, c.epsilon, vs.src, kept, p); break;
+      case method::chunkkv:
+        if (scorer == method::lagkv) chunkkv_select(temp, bytes, lag, b, c.chunk, kept, p);
+        else if (scorer == method::expected_attention) chunkkv_select(temp, bytes, ea, ep, b, c.chunk, kept, p);
+        else chunkkv_select(temp, bytes, *plan, c.chunk, kept, p);
+        break;
       default: window_select(temp, bytes, *plan, kept, p); break;  // snapkv, pyramidkv, h2o, tova
     }
   };
