@@ -1,7 +1,8 @@
 // Tests of core/criticalkv.hpp, CriticalKV's steps on the GPU path: the host emulation keeps the CPU's
 // select_criticalkv tokens over the window scorers (snapkv, h2o, tova), for stage-1 shares 0, part and
 // all of the budget, budgets below and above the protected window, f32 and f16/bf16 (the tensor-core
-// path), a shorter prefix; and the budget arithmetic.
+// path), a shorter prefix; criticaladakv's emulation against select_criticaladakv; and the budget
+// arithmetic.
 #include <doctest/doctest.h>
 
 #include <cstdint>
@@ -75,6 +76,43 @@ TEST_CASE("GPU criticalkv (host emulation) - f16 and bf16 on the tensor-core pat
     CHECK(run_case(r, code, "snapkv", 60, 0.5, 170, 64) <= 2);  // near-ties aside
     CHECK(run_case(r, code, "h2o", 30, 0.3, -1, 32) <= 2);
   }
+}
+
+TEST_CASE("GPU criticaladakv (host emulation) keeps the CPU's tokens - snapkv h2o tova - safeguards and stage-1 shares") {
+  const kv_cache kv = test::small_synth({.layers = 2, .kv_heads = 3, .q_heads = 6, .head_dim = 24, .tokens = 140, .seed = 29});
+  const std::int64_t T = 140;
+  const test::typed tk = test::as_dtype(kv.keys, 0), tq = test::as_dtype(kv.queries, 0), tv = test::as_dtype(kv.values, 0);
+  const std::vector<std::int32_t> table;
+  drop_window_source src;
+  src.k = test::source_of(tk, T, 24, 0, false, table);
+  src.q = test::source_of(tq, T, 24, 0, false, table);
+  src.layers = 2, src.heads = 3, src.group = 2, src.n = T;
+  const drop_source v = test::source_of(tv, T, 24, 0, false, table);
+  for (const char* scorer : {"snapkv", "h2o", "tova"})
+    for (double alpha : {0.0, 0.3})
+      for (double first : {0.2, 0.7})
+        for (std::int64_t b : {std::int64_t{10}, std::int64_t{60}}) {
+          CAPTURE(scorer);
+          CAPTURE(alpha);
+          CAPTURE(first);
+          CAPTURE(b);
+          drop::criticaladakv d;
+          d.tokens = b, d.alpha = alpha, d.first = first, d.scorer = scorer, d.window = 20;
+          const drop::config c = d.cfg();
+          const test::method_case m{scorer, c, std::string(scorer) == "h2o" ? wattn_score::h2o : std::string(scorer) == "tova" ? wattn_score::tova : wattn_score::snapkv};
+          const std::vector<std::uint8_t> got = drop_criticaladakv_select_emulated(test::window_plan(m, src), alpha, first, c.epsilon, v);
+          std::vector<std::uint8_t> want(got.size(), 0);
+          std::size_t seg = 0;
+          for (const auto& layer : cpu::select_criticaladakv(kv, c, 1))
+            for (const auto& h : layer) {
+              for (auto t : h) want[seg * static_cast<std::size_t>(T) + static_cast<std::size_t>(t)] = 1;
+              ++seg;
+            }
+          CHECK(got == want);
+          std::size_t kept = 0;
+          for (auto x : got) kept += x;
+          CHECK(kept == static_cast<std::size_t>(2 * 3 * b));  // every layer keeps heads x b
+        }
 }
 
 TEST_CASE("criticalkv budgets - protected share - stage 1 within the candidates") {

@@ -490,7 +490,8 @@ void test_encode_dropped() {
                                      "pyramidkv:keep=0.4,window=32", "h2o:keep=0.3,window=32", "tova:keep=0.3,obs_end=650", "adakv:keep=0.4,window=32",
                                      "block:scorer=snapkv,keep=0.4,window=16,block=128", "knorm:keep=0.6|h2o:keep=0.5,window=16",
                                      "criticalkv:keep=0.4,window=32", "criticalkv:scorer=h2o,keep=0.3,window=32,first=0.8",
-                                     "chunkkv:scorer=lagkv,keep=0.5,chunk=16,lag=64", "chunkkv:keep=0.4,window=32,chunk=8"})
+                                     "chunkkv:scorer=lagkv,keep=0.5,chunk=16,lag=64", "chunkkv:keep=0.4,window=32,chunk=8",
+                                     "criticaladakv:keep=0.4,window=32,alpha=0.3"})
         for (const std::string quant : {"kivi:bits=4|rans", "fp8:scale=head", "raw", "uniform:bits=3", "nf4|rans", "derope|hadamard|kivi:bits=2"}) {
           const std::string spec = drop + "|" + quant, what = "encode " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf");
           codec c1 = make_codec(spec), c2 = make_codec(spec);
@@ -498,7 +499,7 @@ void test_encode_dropped() {
           const encoded got = kvcodec::cuda::encode(kvcodec::cuda::par, c2, view, opt, ex, &qview);
           const bool exact = drop.find("snapkv") == std::string::npos && drop.find("pyramidkv") == std::string::npos && drop.find("h2o") == std::string::npos &&
                              drop.find("tova") == std::string::npos && drop.find("adakv") == std::string::npos && drop.find("criticalkv") == std::string::npos &&
-                             drop != "chunkkv:keep=0.4,window=32,chunk=8";
+                             drop != "chunkkv:keep=0.4,window=32,chunk=8";  // criticaladakv: found by "adakv"
           const kept_sets gpu = kvcodec::cuda::drop_stage_select(*c2.drop, view, &qview, kv.metadata, kv.positions, kvcodec::cuda::par);
           const kept_sets cpu_kept = c1.drop->select(kv);
           if (exact || gpu == cpu_kept) {
@@ -535,7 +536,7 @@ void test_encode_dropped() {
         return error_kind::io;
       };
       expect(kind("adakv:keep=0.5,window=32|knorm:keep=0.5|raw", &qview) == error_kind::usage, "a stage after adakv (ragged counts): usage error");
-      expect(kind("criticaladakv:keep=0.5|raw", &qview) == error_kind::usage, "criticaladakv: usage error");
+      expect(kind("criticaladakv:scorer=knorm,keep=0.5|raw", &qview) == error_kind::usage, "criticaladakv over knorm: usage error");
       expect(kind("snapkv:keep=0.5|raw", nullptr) == error_kind::bad_input, "snapkv without queries: bad input");
       expect(kind("knorm:keep=0.5|q8_0", nullptr) == error_kind::usage, "knorm|q8_0: usage error");
     }

@@ -11,13 +11,17 @@
 //   3. the final code of every token (critical_final_coder): protected by priority, stage-1 tokens
 //      +inf, NaN as NaN, the others (value + shift + epsilon) x ||v_t||_1 (the value row's L1 norm,
 //      in double in channel order as the CPU); then the b best, ties to the lower token.
+// criticaladakv: Ada-KV's mask (core/adakv.hpp) gives each head its budget b_h first; both stages
+// then run within b_h (per-head sizes: the selection with a budget per segment, select_ragged).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "kvcodec/core/adakv.hpp"
 #include "kvcodec/core/config.hpp"
 #include "kvcodec/core/drop_score.hpp"
 #include "kvcodec/core/drop_topk.hpp"
@@ -97,6 +101,52 @@ inline std::vector<std::int32_t> drop_criticalkv_select_emulated(drop_window_pla
   for (std::size_t s = 0; s < segs; ++s)
     shift[s] = critical_shift(c, static_cast<int>(s / static_cast<std::size_t>(p.a.heads)), static_cast<std::int64_t>(s % static_cast<std::size_t>(p.a.heads)));
   return drop_select_emulated(critical_final_coder{c, v, stage1.data(), shift.data(), epsilon}, p.a.layers, p.a.heads, p.a.n, bud.b);
+}
+
+/// criticaladakv's per-head budgets: each head's Ada-KV budget (its kept tokens in the adakv mask),
+/// then stage 1's size within it (critical_budget_of with that budget).
+KVCODEC_HD inline void critical_ada_budgets(const drop_window_coder& c, const std::uint8_t* ada_mask, double first, std::int64_t seg, std::int64_t* budget,
+                                            std::int64_t* k1) noexcept {
+  std::int64_t bh = 0;
+  for (std::int64_t t = 0; t < c.n; ++t) bh += ada_mask[seg * c.n + t] != 0 ? 1 : 0;
+  budget[seg] = bh;
+  k1[seg] = critical_budget_of(c, bh, first).k1;
+}
+
+/// The host emulation of select_ragged (cuda/drop/select.cuh): mask [seg][t < n] of each segment's
+/// budget[seg] best tokens by coder's codes, ties to the lower token.
+template <class Coder>
+std::vector<std::uint8_t> drop_select_ragged_emulated(const Coder& coder, int layers, int heads, std::int64_t n, const std::vector<std::int64_t>& budget) {
+  const std::size_t N = static_cast<std::size_t>(n);
+  std::vector<std::uint8_t> mask(static_cast<std::size_t>(layers) * static_cast<std::size_t>(heads) * N, 0);
+  std::vector<std::uint64_t> code(N);
+  std::vector<std::int32_t> idx(N);
+  for (std::size_t seg = 0; seg < budget.size(); ++seg) {
+    for (std::size_t t = 0; t < N; ++t) code[t] = coder(static_cast<int>(seg / static_cast<std::size_t>(heads)), static_cast<std::int64_t>(seg % static_cast<std::size_t>(heads)), static_cast<std::int64_t>(t));
+    for (std::size_t t = 0; t < N; ++t) idx[t] = static_cast<std::int32_t>(t);
+    std::stable_sort(idx.begin(), idx.end(), [&](std::int32_t x, std::int32_t y) { return code[static_cast<std::size_t>(x)] > code[static_cast<std::size_t>(y)]; });
+    for (std::int64_t k = 0; k < budget[seg]; ++k) mask[seg * N + static_cast<std::size_t>(idx[static_cast<std::size_t>(k)])] = 1;
+  }
+  return mask;
+}
+
+/// criticaladakv over a window scorer, emulated on the host as the GPU runs it: Ada-KV's mask (safeguard
+/// alpha) gives each head its budget b_h; then CriticalKV's two stages within b_h. The mask [l][h][t < n].
+inline std::vector<std::uint8_t> drop_criticaladakv_select_emulated(drop_window_plan p, double alpha, double first, double epsilon, const drop_source& v) {
+  const std::vector<std::uint8_t> ada = drop_adakv_select_emulated(p, alpha);
+  const std::size_t segs = static_cast<std::size_t>(p.a.layers) * static_cast<std::size_t>(p.a.heads), n = static_cast<std::size_t>(p.a.n);
+  std::vector<float> m(segs * static_cast<std::size_t>(wattn_rows(p.a))), z(m.size()), acc(segs * n);
+  p.a.m = m.data(), p.a.z = z.data(), p.a.acc = acc.data();
+  window_attention_emulated(p.a);
+  p.coder.acc = acc.data();
+  const drop_window_coder& c = p.coder;
+  std::vector<std::int64_t> budget(segs), k1(segs);
+  for (std::size_t s = 0; s < segs; ++s) critical_ada_budgets(c, ada.data(), first, static_cast<std::int64_t>(s), budget.data(), k1.data());
+  const std::vector<std::uint8_t> stage1 = drop_select_ragged_emulated(critical_stage1_coder{c}, p.a.layers, p.a.heads, p.a.n, k1);
+  std::vector<double> shift(segs);
+  for (std::size_t s = 0; s < segs; ++s)
+    shift[s] = critical_shift(c, static_cast<int>(s / static_cast<std::size_t>(p.a.heads)), static_cast<std::int64_t>(s % static_cast<std::size_t>(p.a.heads)));
+  return drop_select_ragged_emulated(critical_final_coder{c, v, stage1.data(), shift.data(), epsilon}, p.a.layers, p.a.heads, p.a.n, budget);
 }
 
 }  // namespace kvcodec

@@ -36,6 +36,7 @@ inline void register_cuda_rows(registry& r) {
   r.set_cuda("expected-attention", {false, false, "drop/expected_attention.cuh", "cuda::expected_attention_select; " + in_encode});
   r.set_cuda("adakv", {false, false, "drop/adakv.cuh", "scorer=snapkv, h2o or tova; cuda::adakv_select, kept sets as a mask; " + in_encode});
   r.set_cuda("criticalkv", {false, false, "drop/criticalkv.cuh", "scorer=snapkv, h2o or tova; cuda::criticalkv_select; " + in_encode});
+  r.set_cuda("criticaladakv", {false, false, "drop/criticalkv.cuh", "scorer=snapkv, h2o or tova; cuda::criticaladakv_select, kept sets as a mask; " + in_encode});
   r.set_cuda("block", {false, false, "drop/block.cuh", "any scorer; each step on a gathered device sub-cache (drop/gather.cuh); " + in_encode});
   r.set_cuda("chunkkv", {false, false, "drop/chunkkv.cuh", "scorer=snapkv, h2o, tova, lagkv or expected-attention; cuda::chunkkv_select; " + in_encode});
 }

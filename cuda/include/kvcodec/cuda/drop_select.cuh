@@ -4,14 +4,14 @@
 //   kept_sets k = kvcodec::cuda::drop_select(cfg, device_view, &queries, metadata, positions, par);
 //
 // Dispatches to the method's selector under cuda/drop/ (random, streamingllm, knorm, keydiff, snapkv,
-// pyramidkv, h2o, tova, lagkv, expected-attention, adakv and criticalkv over snapkv, h2o or tova,
+// pyramidkv, h2o, tova, lagkv, expected-attention, adakv, criticalkv and criticaladakv over snapkv, h2o or tova,
 // chunkkv over those and lagkv or expected-attention, and block over any scorer); drop_stage_select runs a composed spec's stages in order (drop_chain), with the CPU
 // stage's prefix, budget and checks (cpu/drop/select.hpp: budget_of, check_window; the same bad-input
 // errors for missing queries or a prefix, budget or window larger than the cache). The selectors read
 // the view's keys (and values, queries) in place; only the kept token indices come back to the host
 // (4 bytes per kept row), as kept_sets, the tokens at or after the prefix appended as on the CPU.
 // Kept sets equal the CPU's where scores are equal within float rounding (docs/CUDA.md: the tie rule;
-// the window scorers may differ on near-ties). Other methods (criticaladakv; adakv, criticalkv and
+// the window scorers may differ on near-ties). Other methods (adakv, criticalkv, criticaladakv and
 // chunkkv over other scorers) are a usage error naming these. Synchronous with respect to p.stream.
 #pragma once
 
@@ -54,7 +54,7 @@ namespace kvcodec::cuda {
 
 /// The methods drop_select runs on the GPU.
 inline constexpr const char* gpu_drop_methods =
-    "random, streamingllm, knorm, keydiff, snapkv, pyramidkv, h2o, tova, lagkv, expected-attention, adakv and criticalkv (scorer snapkv, h2o or tova), "
+    "random, streamingllm, knorm, keydiff, snapkv, pyramidkv, h2o, tova, lagkv, expected-attention, adakv, criticalkv and criticaladakv (scorer snapkv, h2o or tova), "
     "chunkkv (scorer snapkv, h2o, tova, lagkv or expected-attention), block (any scorer)";
 
 /// Whether drop_select runs configuration c on the GPU.
@@ -64,7 +64,8 @@ inline bool gpu_drop_method(const drop::config& c) {
     case method::random: case method::streamingllm: case method::knorm: case method::keydiff: case method::snapkv: case method::pyramidkv:
     case method::h2o: case method::tova: case method::lagkv: case method::expected_attention:
       return true;
-    case method::adakv: case method::criticalkv: return c.scorer == method::snapkv || c.scorer == method::h2o || c.scorer == method::tova;
+    case method::adakv: case method::criticalkv: case method::criticaladakv:
+      return c.scorer == method::snapkv || c.scorer == method::h2o || c.scorer == method::tova;
     case method::chunkkv:
       return c.scorer == method::snapkv || c.scorer == method::h2o || c.scorer == method::tova || c.scorer == method::lagkv || c.scorer == method::expected_attention;
     case method::block: return true;  // every scorer has a GPU selection
@@ -113,7 +114,7 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
   if (c.obs_end > T) throw_bad_input(where, "obs_end", "a prefix end <= the cache's " + std::to_string(T) + " tokens", std::to_string(c.obs_end));
   const std::int64_t n = c.obs_end < 0 ? T : c.obs_end;
   const std::int64_t b = cpu::drop_detail::budget_of(c, n);
-  const method scorer = c.m == method::adakv || c.m == method::criticalkv || c.m == method::chunkkv ? c.scorer : c.m;
+  const method scorer = c.m == method::adakv || c.m == method::criticalkv || c.m == method::criticaladakv || c.m == method::chunkkv ? c.scorer : c.m;
   const bool needs_q = scorer == method::snapkv || scorer == method::pyramidkv || scorer == method::h2o || scorer == method::tova ||
                        scorer == method::expected_attention;
   if (needs_q && q == nullptr)
@@ -130,7 +131,7 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
     cpu::drop_detail::check_window(c, c.window, n);
   detail::device_side ks, vs, qs;
   detail::side_of(kv, true, ks);
-  const bool needs_v = scorer == method::lagkv || scorer == method::expected_attention || c.m == method::criticalkv;
+  const bool needs_v = scorer == method::lagkv || scorer == method::expected_attention || c.m == method::criticalkv || c.m == method::criticaladakv;
   if (needs_v) detail::side_of(kv, false, vs);
   if (needs_q) detail::side_of(*q, true, qs);
   drop_window_source ws;
@@ -162,7 +163,7 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
   const std::vector<std::int64_t> budgets = plan ? plan->budgets : std::vector<std::int64_t>(static_cast<std::size_t>(L), b);
   std::size_t kept_n = 0;
   for (auto bl : budgets) kept_n += static_cast<std::size_t>(bl) * static_cast<std::size_t>(H);
-  const bool ada = c.m == method::adakv;
+  const bool ada = c.m == method::adakv || c.m == method::criticaladakv;  // kept sets as a mask
   const auto run = [&](void* temp, std::size_t& bytes, std::int32_t* kept, std::uint8_t* mask) {
     switch (c.m) {
       case method::random: random_select(temp, bytes, static_cast<std::uint64_t>(c.seed), L, H, n, b, kept, p); break;
@@ -173,6 +174,7 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
       case method::expected_attention: expected_attention_select(temp, bytes, ea, ep, b, kept, p); break;
       case method::adakv: adakv_select(temp, bytes, *plan, c.alpha, mask, p); break;
       case method::criticalkv: criticalkv_select(temp, bytes, *plan, c.first, c.epsilon, vs.src, kept, p); break;
+      case method::criticaladakv: criticaladakv_select(temp, bytes, *plan, c.alpha, c.first, c.epsilon, vs.src, mask, p); break;
       case method::chunkkv:
         if (scorer == method::lagkv) chunkkv_select(temp, bytes, lag, b, c.chunk, kept, p);
         else if (scorer == method::expected_attention) chunkkv_select(temp, bytes, ea, ep, b, c.chunk, kept, p);

@@ -4,8 +4,8 @@
 // scorer's value (the selection of cuda/drop/select.cuh), marked; a thread per head for the shift (in
 // token order, as the CPU); the final codes, the others' value rescaled by their value row's L1 norm,
 // and the b best. The host emulation of the same steps (drop_criticalkv_select_emulated) is checked
-// against the CPU's select_criticalkv in CI. criticaladakv (Ada-KV's head budgets first) selects on the
-// CPU.
+// against the CPU's select_criticalkv in CI. criticaladakv_select: Ada-KV's mask (cuda/drop/adakv.cuh)
+// gives each head its budget, then both stages run within it (select_ragged: a budget per head).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -85,6 +85,68 @@ inline void criticalkv_select(void* temp, std::size_t& temp_bytes, const drop_wi
   check(cudaGetLastError(), "critical_shift_kernel launch");
   std::size_t sb = scratch;
   select_by_codes(at, sb, critical_final_coder{c, v, stage1, shift, epsilon}, a.layers, a.heads, n, bud.b, kept, p);
+}
+
+namespace detail {
+__global__ void critical_ada_budget_kernel(drop_window_coder c, const std::uint8_t* ada_mask, double first, std::int64_t segments, std::int64_t* budget,
+                                           std::int64_t* k1) {
+  for (std::int64_t s = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; s < segments; s += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    critical_ada_budgets(c, ada_mask, first, s, budget, k1);
+}
+}  // namespace detail
+
+/// mask[(l * heads + h) * n + t] (device): 1 where head (l, h) keeps token t < n under criticaladakv
+/// (Ada-KV's head budgets with safeguard `alpha`, then CriticalKV's stages within each) over plan's
+/// window scorer (uniform budget); v: the cache's values. Two-phase: temp == nullptr sets temp_bytes.
+/// Queued on p.stream.
+inline void criticaladakv_select(void* temp, std::size_t& temp_bytes, const drop_window_plan& plan, double alpha, double first, double epsilon,
+                                 const drop_source& v, std::uint8_t* mask, const par_t& p) {
+  if (!(first >= 0.0 && first <= 1.0)) throw_usage("cuda criticaladakv_select: first must be in [0, 1]");
+  if (v.head_dim != plan.a.k.head_dim) throw_usage("cuda criticaladakv_select: values and keys need one head_dim");
+  wattn_args a = plan.a;
+  const std::int64_t segments = static_cast<std::int64_t>(a.layers) * a.heads, n = a.n, items = segments * n;
+  std::size_t ada_temp = 0, ragged = 0;
+  adakv_select(nullptr, ada_temp, plan, alpha, nullptr, p);
+  drop_window_coder c = plan.coder;
+  select_ragged(nullptr, ragged, critical_stage1_coder{c}, a.layers, a.heads, n, nullptr, nullptr, p);
+  // temp: adakv's scratch, its mask, row stats, column sums, budgets, stage-1 sizes and marks, shifts, the selection's scratch
+  const std::size_t mask_bytes = detail::align256(static_cast<std::size_t>(items));
+  const std::size_t rows_bytes = detail::align256(static_cast<std::size_t>(segments * wattn_rows(a)) * sizeof(float));
+  const std::size_t acc_bytes = detail::align256(static_cast<std::size_t>(items) * sizeof(float));
+  const std::size_t seg_bytes = detail::align256(static_cast<std::size_t>(segments) * sizeof(std::int64_t));
+  const std::size_t total = detail::align256(ada_temp) + 2 * mask_bytes + 2 * rows_bytes + acc_bytes + 3 * seg_bytes + ragged;
+  if (temp == nullptr) {
+    temp_bytes = total;
+    return;
+  }
+  if (temp_bytes < total) throw_usage("cuda criticaladakv_select: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(total) + " needed");
+  auto* at = static_cast<std::uint8_t*>(temp);
+  const auto take = [&](std::size_t bytes) {
+    std::uint8_t* x = at;
+    at += bytes;
+    return x;
+  };
+  void* ada_scratch = take(detail::align256(ada_temp));
+  auto* ada_mask = take(mask_bytes);
+  auto* stage1 = take(mask_bytes);
+  a.m = reinterpret_cast<float*>(take(rows_bytes));
+  a.z = reinterpret_cast<float*>(take(rows_bytes));
+  a.acc = reinterpret_cast<float*>(take(acc_bytes));
+  auto* budget = reinterpret_cast<std::int64_t*>(take(seg_bytes));
+  auto* k1 = reinterpret_cast<std::int64_t*>(take(seg_bytes));
+  auto* shift = reinterpret_cast<double*>(take(seg_bytes));
+  std::size_t ab = ada_temp;
+  adakv_select(ada_scratch, ab, plan, alpha, ada_mask, p);
+  window_attention(a, p);  // the scores again, for the codes (adakv's are in its scratch)
+  c.acc = a.acc;
+  detail::critical_ada_budget_kernel<<<detail::grid_for(segments, 32), 32, 0, p.stream>>>(c, ada_mask, first, segments, budget, k1);
+  check(cudaGetLastError(), "critical_ada_budget_kernel launch");
+  std::size_t rb = ragged;
+  select_ragged(at, rb, critical_stage1_coder{c}, a.layers, a.heads, n, k1, stage1, p);
+  detail::critical_shift_kernel<<<detail::grid_for(segments, 32), 32, 0, p.stream>>>(c, segments, shift);
+  check(cudaGetLastError(), "critical_shift_kernel launch");
+  rb = ragged;
+  select_ragged(at, rb, critical_final_coder{c, v, stage1, shift, epsilon}, a.layers, a.heads, n, budget, mask, p);
 }
 
 }  // namespace kvcodec::cuda

@@ -165,4 +165,60 @@ void select_by_codes(void* temp, std::size_t& temp_bytes, const Coder& coder, in
   topk_select(base + codes_bytes + tokens_bytes, tb, codes, tokens, segments, n, b, kept, p);
 }
 
+namespace detail {
+/// mask[seg * n + token] = 1 for the first budget[seg] tokens of each segment in rank order
+/// (tokens_out: every segment's tokens sorted by code, descending, stable).
+__global__ void ragged_mark_kernel(const std::int32_t* tokens_out, const std::int64_t* budget, std::int64_t segments, std::int64_t n, std::uint8_t* mask) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < segments * n; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    if (i % n < budget[i / n]) mask[i / n * n + tokens_out[i]] = 1;
+}
+}  // namespace detail
+
+/// mask[(l * heads + h) * n + t] (device, zeroed here): 1 for the budget[l * heads + h] (device) best
+/// tokens of every (layer, kv head) by `coder`'s codes, ties to the lower token: the selection of
+/// select_by_codes with a budget per segment (a full stable segmented sort, then the first budget of
+/// each). Two-phase: temp == nullptr sets temp_bytes. Queued on p.stream.
+template <class Coder>
+void select_ragged(void* temp, std::size_t& temp_bytes, const Coder& coder, int layers, int heads, std::int64_t n, const std::int64_t* budget, std::uint8_t* mask,
+                   const par_t& p) {
+  if (layers < 1 || heads < 1 || n < 1) throw_usage("cuda drop selection: need layers, heads and n >= 1");
+  const std::int64_t segments = static_cast<std::int64_t>(layers) * heads, items = segments * n;
+  if (items > INT32_MAX) throw_usage("cuda drop selection: segments x n must be < 2^31");
+  std::size_t cub_bytes = 0;
+  check(cub::DeviceSegmentedRadixSort::SortPairsDescending(nullptr, cub_bytes, static_cast<const std::uint64_t*>(nullptr), static_cast<std::uint64_t*>(nullptr),
+                                                            static_cast<const std::int32_t*>(nullptr), static_cast<std::int32_t*>(nullptr), static_cast<int>(items),
+                                                            static_cast<int>(segments), static_cast<const std::int32_t*>(nullptr),
+                                                            static_cast<const std::int32_t*>(nullptr), 0, 64, p.stream),
+        "select_ragged: size of the sort");
+  using detail::align256;
+  const std::size_t codes_bytes = align256(static_cast<std::size_t>(items) * sizeof(std::uint64_t)), tok_bytes = align256(static_cast<std::size_t>(items) * sizeof(std::int32_t));
+  const std::size_t off_bytes = align256(static_cast<std::size_t>(segments + 1) * sizeof(std::int32_t));
+  const std::size_t total = 2 * codes_bytes + 2 * tok_bytes + 2 * off_bytes + align256(cub_bytes);
+  if (temp == nullptr) {
+    temp_bytes = total;
+    return;
+  }
+  if (temp_bytes < total) throw_usage("cuda select_ragged: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(total) + " needed");
+  auto* at = static_cast<std::uint8_t*>(temp);
+  auto* codes = reinterpret_cast<std::uint64_t*>(at);
+  auto* codes_out = reinterpret_cast<std::uint64_t*>(at + codes_bytes);
+  auto* tokens = reinterpret_cast<std::int32_t*>(at + 2 * codes_bytes);
+  auto* tokens_out = reinterpret_cast<std::int32_t*>(at + 2 * codes_bytes + tok_bytes);
+  auto* off_n = reinterpret_cast<std::int32_t*>(at + 2 * codes_bytes + 2 * tok_bytes);
+  auto* off_unused = reinterpret_cast<std::int32_t*>(at + 2 * codes_bytes + 2 * tok_bytes + off_bytes);
+  std::uint8_t* cub_temp = at + 2 * codes_bytes + 2 * tok_bytes + 2 * off_bytes;
+  const unsigned threads = 256;
+  check(cudaMemsetAsync(mask, 0, static_cast<std::size_t>(items), p.stream), "select_ragged mask");
+  detail::codes_kernel<<<detail::grid_for(items, threads), threads, 0, p.stream>>>(coder, heads, n, items, codes, tokens);
+  check(cudaGetLastError(), "drop codes_kernel launch");
+  detail::topk_offsets_kernel<<<detail::grid_for(segments + 1, threads), threads, 0, p.stream>>>(off_n, off_unused, segments, n, 0);
+  check(cudaGetLastError(), "topk_offsets_kernel launch");
+  std::size_t cb = cub_bytes;
+  check(cub::DeviceSegmentedRadixSort::SortPairsDescending(cub_temp, cb, codes, codes_out, tokens, tokens_out, static_cast<int>(items), static_cast<int>(segments),
+                                                            off_n, off_n + 1, 0, 64, p.stream),
+        "select_ragged: score sort");
+  detail::ragged_mark_kernel<<<detail::grid_for(items, threads), threads, 0, p.stream>>>(tokens_out, budget, segments, n, mask);
+  check(cudaGetLastError(), "ragged_mark_kernel launch");
+}
+
 }  // namespace kvcodec::cuda
