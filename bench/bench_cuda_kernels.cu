@@ -147,26 +147,30 @@ view_timing time_view_decode(const std::vector<std::uint8_t>& container, int lay
   return r;
 }
 
+/// `count` f16 values: a normal value per element (splitmix64 + Box-Muller) times a per-channel scale
+/// 1 + c / head_dim, the synthetic keys, values and queries of the drop and encode timings.
+std::vector<std::uint16_t> normal_f16(std::size_t count, int head_dim, std::uint64_t& state) {
+  std::vector<std::uint16_t> h(count);
+  for (std::size_t i = 0; i < count; i += 2) {
+    const double u1 = (static_cast<double>(splitmix64_next(state) >> 11) + 0.5) * 0x1.0p-53, u2 = static_cast<double>(splitmix64_next(state) >> 11) * 0x1.0p-53;
+    const double rad = std::sqrt(-2.0 * std::log(u1)), c = 1.0 + static_cast<double>(i % static_cast<std::size_t>(head_dim)) / head_dim;
+    h[i] = f32_to_f16_bits(static_cast<float>(rad * std::cos(6.283185307179586 * u2) * c));
+    if (i + 1 < count) h[i + 1] = f32_to_f16_bits(static_cast<float>(rad * std::sin(6.283185307179586 * u2) * c));
+  }
+  return h;
+}
+
 drop_timing time_drop_select(const std::string& method, int layers, int kv_heads, int q_heads, std::int64_t tokens, int head_dim, std::int64_t window,
                              double keep, int reps) {
   drop_timing r;
   const std::size_t per_k = static_cast<std::size_t>(kv_heads) * static_cast<std::size_t>(tokens) * static_cast<std::size_t>(head_dim);
   const std::size_t per_q = static_cast<std::size_t>(q_heads) * static_cast<std::size_t>(tokens) * static_cast<std::size_t>(head_dim);
   r.key_bytes = per_k * 2 * static_cast<std::size_t>(layers);
-  // f16 keys and queries: a normal value per element (splitmix64 + Box-Muller) times a per-channel scale
+  // f16 keys and queries (normal_f16)
   std::vector<cuda::device_buffer<std::uint16_t>> kb, qb, vb;
   std::vector<const void*> kp, qp, vp;
   std::uint64_t state = 12345;
-  const auto fill = [&](std::size_t count) {
-    std::vector<std::uint16_t> h(count);
-    for (std::size_t i = 0; i < count; i += 2) {
-      const double u1 = (static_cast<double>(splitmix64_next(state) >> 11) + 0.5) * 0x1.0p-53, u2 = static_cast<double>(splitmix64_next(state) >> 11) * 0x1.0p-53;
-      const double rad = std::sqrt(-2.0 * std::log(u1)), c = 1.0 + static_cast<double>(i % static_cast<std::size_t>(head_dim)) / head_dim;
-      h[i] = f32_to_f16_bits(static_cast<float>(rad * std::cos(6.283185307179586 * u2) * c));
-      if (i + 1 < count) h[i + 1] = f32_to_f16_bits(static_cast<float>(rad * std::sin(6.283185307179586 * u2) * c));
-    }
-    return h;
-  };
+  const auto fill = [&](std::size_t count) { return normal_f16(count, head_dim, state); };
   for (int l = 0; l < layers; ++l) {
     kb.emplace_back(std::span<const std::uint16_t>(fill(per_k)));
     qb.emplace_back(std::span<const std::uint16_t>(fill(per_q)));
@@ -229,18 +233,9 @@ encode_timing time_encode(const std::string& spec, int layers, int kv_heads, int
   const std::size_t per_k = static_cast<std::size_t>(kv_heads) * static_cast<std::size_t>(tokens) * static_cast<std::size_t>(head_dim);
   const std::size_t per_q = static_cast<std::size_t>(q_heads) * static_cast<std::size_t>(tokens) * static_cast<std::size_t>(head_dim);
   r.cache_bytes = per_k * 2 * 2 * static_cast<std::size_t>(layers);
-  // f16 keys, values and queries: a normal value per element times a per-channel scale (as time_drop_select)
+  // f16 keys, values and queries (normal_f16)
   std::uint64_t state = 777;
-  const auto fill = [&](std::size_t count) {
-    std::vector<std::uint16_t> h(count);
-    for (std::size_t i = 0; i < count; i += 2) {
-      const double u1 = (static_cast<double>(splitmix64_next(state) >> 11) + 0.5) * 0x1.0p-53, u2 = static_cast<double>(splitmix64_next(state) >> 11) * 0x1.0p-53;
-      const double rad = std::sqrt(-2.0 * std::log(u1)), c = 1.0 + static_cast<double>(i % static_cast<std::size_t>(head_dim)) / head_dim;
-      h[i] = f32_to_f16_bits(static_cast<float>(rad * std::cos(6.283185307179586 * u2) * c));
-      if (i + 1 < count) h[i + 1] = f32_to_f16_bits(static_cast<float>(rad * std::sin(6.283185307179586 * u2) * c));
-    }
-    return h;
-  };
+  const auto fill = [&](std::size_t count) { return normal_f16(count, head_dim, state); };
   std::vector<cuda::device_buffer<std::uint16_t>> kb, vb, qb;
   std::vector<std::byte*> kp, vp, qp;
   for (int l = 0; l < layers; ++l) {

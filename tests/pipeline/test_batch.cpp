@@ -155,18 +155,25 @@ void check_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::
 }
 }  // namespace
 
+namespace {
+/// check_decode of a 600-token container into every dtype, HF and paged, then two token ranges (the
+/// second into a view of dtype `range_dtype`).
+void check_views(const bytes& file, dtype range_dtype) {
+  for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
+    for (bool paged : {false, true}) {
+      INFO("dtype " << dtype_name(t) << (paged ? " paged" : " hf"));
+      check_decode(file, t, paged, 0, 600, true);
+    }
+  check_decode(file, dtype::f16, true, 256, 512, true);
+  check_decode(file, range_dtype, false, 100, 300, true);
+}
+}  // namespace
+
 TEST_CASE("batch decode (emulated) equals decode_into: kvc levels - scale axes - dtypes - HF and paged views - token ranges") {
   const kv_cache kv = test::random_cache(3, 2, 600, 32, dtype::f16);
   for (const std::string spec : {"kvc:level=5", "kvc:level=9", "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|rans:lanes=0"}) {
     INFO(spec);
-    const encoded e = encode(spec, kv, encode_options{.chunk_tokens = 256});
-    for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
-      for (bool paged : {false, true}) {
-        INFO("dtype " << dtype_name(t) << (paged ? " paged" : " hf"));
-        check_decode(e.data, t, paged, 0, 600, true);
-      }
-    check_decode(e.data, dtype::f16, true, 256, 512, true);
-    check_decode(e.data, dtype::f16, false, 100, 300, true);
+    check_views(encode(spec, kv, encode_options{.chunk_tokens = 256}).data, dtype::f16);
   }
   const encoded l1 = encode("kvc:level=1", kv, encode_options{.chunk_tokens = 256});
   check_decode(l1.data, dtype::f16, false, 0, 600, false);
@@ -297,14 +304,7 @@ TEST_CASE("batch decode (emulated) equals decode_into: ggml block formats - fp8 
                                  "uniform:bits=3,mode=sym,kaxis=token,group=4|pack", "uniform:bits=8,kaxis=channel,vaxis=channel,group=10|rans",
                                  "nf4", "nf4:group=4,scale=f32|rans", "nf4:group=4|pack", "kmeans", "kmeans:bits=3|rans", "kmeans:bits=8|pack"}) {
     INFO(spec);
-    const encoded e = encode(spec, a, encode_options{.chunk_tokens = 256});
-    for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
-      for (bool paged : {false, true}) {
-        INFO("dtype " << dtype_name(t) << (paged ? " paged" : " hf"));
-        check_decode(e.data, t, paged, 0, 600, true);
-      }
-    check_decode(e.data, dtype::f16, true, 256, 512, true);
-    check_decode(e.data, dtype::bf16, false, 100, 300, true);
+    check_views(encode(spec, a, encode_options{.chunk_tokens = 256}).data, dtype::bf16);
     const encoded eb = encode(spec, b, encode_options{.chunk_tokens = 128});
     check_decode(eb.data, dtype::f16, false, 0, 300, true);
     check_decode(eb.data, dtype::f32, true, 128, 300, true);
@@ -318,14 +318,7 @@ TEST_CASE("batch decode (emulated) equals decode_into after the transforms hadam
   for (const std::string spec : {"hadamard|kvc:level=5", "derope|kvc:level=5", "derope|hadamard|cachegen-quant|ac", "hadamard:target=k|q8_0", "derope|fp8:scale=head",
                                  "hadamard:seed=3|raw", "derope|kivi:bits=4|rans", "hadamard|uniform:bits=3|pack", "derope|nf4|rans", "hadamard:target=v|kmeans:bits=3"}) {
     INFO(spec);
-    const encoded e = encode(spec, a, encode_options{.chunk_tokens = 256});
-    for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
-      for (bool paged : {false, true}) {
-        INFO("dtype " << dtype_name(t) << (paged ? " paged" : " hf"));
-        check_decode(e.data, t, paged, 0, 600, true);
-      }
-    check_decode(e.data, dtype::f16, true, 256, 512, true);
-    check_decode(e.data, dtype::bf16, false, 100, 300, true);
+    check_views(encode(spec, a, encode_options{.chunk_tokens = 256}).data, dtype::bf16);
   }
   // a planner called alone still refuses transforms (its caller would not invert them)
   const opened o(encode("hadamard|q8_0", a).data);

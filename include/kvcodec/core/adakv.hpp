@@ -89,28 +89,24 @@ KVCODEC_HD inline std::uint8_t adakv_protected_mark(const drop_window_coder& c, 
   return i % c.n >= c.n - bud.protected_kept ? 1 : 0;
 }
 
-/// Ada-KV over a window scorer, emulated on the host as the GPU runs it: the mask [l][h][t < n].
-inline std::vector<std::uint8_t> drop_adakv_select_emulated(drop_window_plan p, double alpha) {
-  const std::size_t segs = static_cast<std::size_t>(p.a.layers) * static_cast<std::size_t>(p.a.heads), n = static_cast<std::size_t>(p.a.n);
-  std::vector<float> m(segs * static_cast<std::size_t>(wattn_rows(p.a))), z(m.size()), acc(segs * n);
-  p.a.m = m.data(), p.a.z = z.data(), p.a.acc = acc.data();
-  window_attention_emulated(p.a);
-  p.coder.acc = acc.data();
-  const drop_window_coder& c = p.coder;
-  const adakv_budget bud = adakv_budget_of(c, p.budgets[0], alpha);
+/// Ada-KV over a window scorer's coder (scores computed: window_scores_emulated), emulated on the host as
+/// the GPU runs it with uniform budget b: the mask [l][h][t < n].
+inline std::vector<std::uint8_t> drop_adakv_mask_emulated(const drop_window_coder& c, int layers, std::int64_t b, double alpha) {
+  const std::size_t segs = static_cast<std::size_t>(layers) * static_cast<std::size_t>(c.heads), n = static_cast<std::size_t>(c.n);
+  const adakv_budget bud = adakv_budget_of(c, b, alpha);
   std::vector<adakv_head_stat> stats(segs);
-  for (std::size_t s = 0; s < segs; ++s) stats[s] = adakv_stat(c, static_cast<int>(s / static_cast<std::size_t>(p.a.heads)), static_cast<std::int64_t>(s % static_cast<std::size_t>(p.a.heads)));
+  for (std::size_t s = 0; s < segs; ++s) stats[s] = adakv_stat(c, static_cast<int>(s / static_cast<std::size_t>(c.heads)), static_cast<std::int64_t>(s % static_cast<std::size_t>(c.heads)));
   std::vector<std::uint8_t> mask(segs * n);
   for (std::size_t i = 0; i < mask.size(); ++i) mask[i] = adakv_protected_mark(c, bud, static_cast<std::int64_t>(i));
   if (bud.safe > 0) {
-    const auto safe = drop_select_emulated(adakv_safe_coder{c}, p.a.layers, p.a.heads, p.a.n, bud.safe);
+    const auto safe = drop_select_emulated(adakv_safe_coder{c}, layers, c.heads, c.n, bud.safe);
     for (std::size_t i = 0; i < safe.size(); ++i) mask[i / static_cast<std::size_t>(bud.safe) * n + static_cast<std::size_t>(safe[i])] = 1;
   }
   if (bud.pool > 0) {
-    const std::size_t items = static_cast<std::size_t>(p.a.heads) * n;
+    const std::size_t items = static_cast<std::size_t>(c.heads) * n;
     std::vector<std::uint64_t> code(items);
     std::vector<std::int32_t> idx(items);
-    for (int l = 0; l < p.a.layers; ++l) {
+    for (int l = 0; l < layers; ++l) {
       for (std::size_t i = 0; i < items; ++i)
         code[i] = adakv_pool_code(c, stats.data(), mask.data(), l, static_cast<std::int64_t>(i / n), static_cast<std::int64_t>(i % n));
       std::iota(idx.begin(), idx.end(), 0);
@@ -119,6 +115,12 @@ inline std::vector<std::uint8_t> drop_adakv_select_emulated(drop_window_plan p, 
     }
   }
   return mask;
+}
+
+/// Ada-KV over a window scorer, emulated on the host as the GPU runs it: the mask [l][h][t < n].
+inline std::vector<std::uint8_t> drop_adakv_select_emulated(const drop_window_plan& p, double alpha) {
+  const window_scores_emulated ws(p);
+  return drop_adakv_mask_emulated(ws.coder, p.a.layers, p.budgets[0], alpha);
 }
 
 }  // namespace kvcodec

@@ -84,13 +84,10 @@ struct critical_final_coder {
 
 /// CriticalKV over a window scorer, emulated on the host as the GPU runs it: b kept tokens per (layer,
 /// head), head after head, each increasing (the protected ones among them).
-inline std::vector<std::int32_t> drop_criticalkv_select_emulated(drop_window_plan p, double first, double epsilon, const drop_source& v) {
+inline std::vector<std::int32_t> drop_criticalkv_select_emulated(const drop_window_plan& p, double first, double epsilon, const drop_source& v) {
   const std::size_t segs = static_cast<std::size_t>(p.a.layers) * static_cast<std::size_t>(p.a.heads), n = static_cast<std::size_t>(p.a.n);
-  std::vector<float> m(segs * static_cast<std::size_t>(wattn_rows(p.a))), z(m.size()), acc(segs * n);
-  p.a.m = m.data(), p.a.z = z.data(), p.a.acc = acc.data();
-  window_attention_emulated(p.a);
-  p.coder.acc = acc.data();
-  const drop_window_coder& c = p.coder;
+  const window_scores_emulated ws(p);
+  const drop_window_coder& c = ws.coder;
   const critical_budget bud = critical_budget_of(c, p.budgets[0], first);
   std::vector<std::uint8_t> stage1(segs * n, 0);
   if (bud.k1 > 0) {
@@ -132,14 +129,11 @@ std::vector<std::uint8_t> drop_select_ragged_emulated(const Coder& coder, int la
 
 /// criticaladakv over a window scorer, emulated on the host as the GPU runs it: Ada-KV's mask (safeguard
 /// alpha) gives each head its budget b_h; then CriticalKV's two stages within b_h. The mask [l][h][t < n].
-inline std::vector<std::uint8_t> drop_criticaladakv_select_emulated(drop_window_plan p, double alpha, double first, double epsilon, const drop_source& v) {
-  const std::vector<std::uint8_t> ada = drop_adakv_select_emulated(p, alpha);
-  const std::size_t segs = static_cast<std::size_t>(p.a.layers) * static_cast<std::size_t>(p.a.heads), n = static_cast<std::size_t>(p.a.n);
-  std::vector<float> m(segs * static_cast<std::size_t>(wattn_rows(p.a))), z(m.size()), acc(segs * n);
-  p.a.m = m.data(), p.a.z = z.data(), p.a.acc = acc.data();
-  window_attention_emulated(p.a);
-  p.coder.acc = acc.data();
-  const drop_window_coder& c = p.coder;
+inline std::vector<std::uint8_t> drop_criticaladakv_select_emulated(const drop_window_plan& p, double alpha, double first, double epsilon, const drop_source& v) {
+  const std::size_t segs = static_cast<std::size_t>(p.a.layers) * static_cast<std::size_t>(p.a.heads);
+  const window_scores_emulated ws(p);
+  const drop_window_coder& c = ws.coder;
+  const std::vector<std::uint8_t> ada = drop_adakv_mask_emulated(c, p.a.layers, p.budgets[0], alpha);
   std::vector<std::int64_t> budget(segs), k1(segs);
   for (std::size_t s = 0; s < segs; ++s) critical_ada_budgets(c, ada.data(), first, static_cast<std::int64_t>(s), budget.data(), k1.data());
   const std::vector<std::uint8_t> stage1 = drop_select_ragged_emulated(critical_stage1_coder{c}, p.a.layers, p.a.heads, p.a.n, k1);

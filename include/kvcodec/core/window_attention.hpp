@@ -411,19 +411,35 @@ inline std::size_t drop_window_kept_size(const drop_window_plan& p) {
   return k;
 }
 
+/// A window scorer's column sums computed on the host as the GPU computes them (the two passes), and
+/// its coder reading them: what every emulated selection over a window scorer starts from. Not
+/// copyable (the coder points into acc).
+struct window_scores_emulated {
+  std::vector<float> m, z, acc;
+  drop_window_coder coder;
+  explicit window_scores_emulated(drop_window_plan p) {
+    const std::size_t segs = static_cast<std::size_t>(p.a.layers) * static_cast<std::size_t>(p.a.heads);
+    m.resize(segs * static_cast<std::size_t>(wattn_rows(p.a)));
+    z.resize(m.size());
+    acc.resize(segs * static_cast<std::size_t>(p.a.n));
+    p.a.m = m.data(), p.a.z = z.data(), p.a.acc = acc.data();
+    window_attention_emulated(p.a);
+    coder = p.coder;
+    coder.acc = acc.data();
+  }
+  window_scores_emulated(const window_scores_emulated&) = delete;
+  window_scores_emulated& operator=(const window_scores_emulated&) = delete;
+};
+
 /// A window scorer's GPU selection emulated on the host: the two passes, then per layer the b_l best of
 /// every head by drop_window_coder (or by wrap(coder): chunkkv's chunk means), concatenated layer after
 /// layer (drop_window_kept_size tokens).
 template <class Wrap = drop_same_coder>
-std::vector<std::int32_t> drop_window_select_emulated(drop_window_plan p, const Wrap& wrap = {}) {
-  const std::size_t segs = static_cast<std::size_t>(p.a.layers) * static_cast<std::size_t>(p.a.heads);
-  std::vector<float> m(segs * static_cast<std::size_t>(wattn_rows(p.a))), z(m.size()), acc(segs * static_cast<std::size_t>(p.a.n));
-  p.a.m = m.data(), p.a.z = z.data(), p.a.acc = acc.data();
-  window_attention_emulated(p.a);
-  p.coder.acc = acc.data();
+std::vector<std::int32_t> drop_window_select_emulated(const drop_window_plan& p, const Wrap& wrap = {}) {
+  const window_scores_emulated ws(p);
   std::vector<std::int32_t> kept;
   for (int l = 0; l < p.a.layers; ++l) {
-    const auto one = drop_select_emulated(drop_layer_shift<decltype(wrap(p.coder))>{wrap(p.coder), l}, 1, p.a.heads, p.a.n, p.budgets[static_cast<std::size_t>(l)]);
+    const auto one = drop_select_emulated(drop_layer_shift<decltype(wrap(ws.coder))>{wrap(ws.coder), l}, 1, p.a.heads, p.a.n, p.budgets[static_cast<std::size_t>(l)]);
     kept.insert(kept.end(), one.begin(), one.end());
   }
   return kept;

@@ -30,18 +30,19 @@ struct as_is : S {
 
 }  // namespace drop_detail
 
-/// Kept sets of `kv` under a `block` configuration (see the header comment), scored by c.scorer.
-inline kept_sets select_block(const kv_cache& kv, const drop::config& c, int threads = 0) {
-  using namespace drop_detail;
+namespace drop_detail {
+
+/// The `block` press's steps over a cache of T tokens and L x H heads (see the header comment), shared
+/// by the CPU and GPU (cuda/drop/block.cuh) selections: step(idx, ci) scores the sub-cache of tokens
+/// idx with configuration ci (the scorer's, budget b, window clipped to the step) and returns its kept
+/// sets in sub-cache indices.
+template <class Step>
+kept_sets block_steps(const drop::config& c, std::int64_t T, std::size_t L, std::size_t H, Step&& step) {
   const std::string where = where_of(c);
-  kv.validate(where + " input");
-  if (!kv.kept.empty()) throw_bad_input(where, "kept", "a dense cache (no kept sets)", "a cache that is already token-dropped");
-  const std::int64_t T = kv.shape.tokens;
   if (c.obs_end > T)
     throw_bad_input(where, "obs_end", "a prefix end <= the cache's " + std::to_string(T) + " tokens", std::to_string(c.obs_end));
   const std::int64_t n = c.obs_end < 0 ? T : c.obs_end;
   const std::int64_t b = budget_of(c, n);
-  const std::size_t L = static_cast<std::size_t>(kv.shape.layers), H = static_cast<std::size_t>(kv.shape.kv_heads);
   std::vector<std::int32_t> start(static_cast<std::size_t>(b));
   std::iota(start.begin(), start.end(), 0);
   kept_sets kept(L, std::vector<std::vector<std::int32_t>>(H, start));
@@ -55,14 +56,25 @@ inline kept_sets select_block(const kv_cache& kv, const drop::config& c, int thr
     for (auto& layer : idx)
       for (auto& h : layer)
         for (std::int64_t t = i; t < end; ++t) h.push_back(static_cast<std::int32_t>(t));
-    const kv_cache sub = gather_tokens(kv, idx, where);
-    ci.window = std::min(c.window, sub.shape.tokens);
-    kept = ungather(select_scored<as_is>(sub, ci, threads), idx);
+    ci.window = std::min<std::int64_t>(c.window, static_cast<std::int64_t>(idx[0][0].size()));
+    kept = ungather(step(static_cast<const kept_sets&>(idx), static_cast<const drop::config&>(ci)), idx);
   }
   for (auto& layer : kept)
     for (auto& h : layer)
       for (std::int64_t t = n; t < T; ++t) h.push_back(static_cast<std::int32_t>(t));
   return kept;
+}
+
+}  // namespace drop_detail
+
+/// Kept sets of `kv` under a `block` configuration (see the header comment), scored by c.scorer.
+inline kept_sets select_block(const kv_cache& kv, const drop::config& c, int threads = 0) {
+  using namespace drop_detail;
+  const std::string where = where_of(c);
+  kv.validate(where + " input");
+  if (!kv.kept.empty()) throw_bad_input(where, "kept", "a dense cache (no kept sets)", "a cache that is already token-dropped");
+  return block_steps(c, kv.shape.tokens, static_cast<std::size_t>(kv.shape.layers), static_cast<std::size_t>(kv.shape.kv_heads),
+                     [&](const kept_sets& idx, const drop::config& ci) { return select_scored<as_is>(gather_tokens(kv, idx, where), ci, threads); });
 }
 
 }  // namespace kvcodec::cpu

@@ -18,12 +18,9 @@
 
 namespace kvcodec::cpu::drop_detail {
 
-/// The sub-cache of `kv` holding tokens idx[l][h] (see the header comment). Throws usage when the
+/// The number m of tokens every (layer, head) of idx chooses (L layers x H heads). Throws usage when the
 /// counts differ between (layer, head) pairs (`where` names the caller).
-inline kv_cache gather_tokens(const kv_cache& kv, const kept_sets& idx, const std::string& where) {
-  const kv_shape& s = kv.shape;
-  const std::size_t L = static_cast<std::size_t>(s.layers), H = static_cast<std::size_t>(s.kv_heads), D = static_cast<std::size_t>(s.head_dim),
-                    T = static_cast<std::size_t>(s.tokens);
+inline std::size_t gather_count(const kept_sets& idx, std::size_t L, std::size_t H, const std::string& where) {
   if (idx.size() != L || idx[0].size() != H) throw_usage(where + ": token lists for " + std::to_string(L) + " layers x " + std::to_string(H) + " heads");
   const std::size_t m = idx[0][0].size();
   for (const auto& layer : idx)
@@ -31,15 +28,31 @@ inline kv_cache gather_tokens(const kv_cache& kv, const kept_sets& idx, const st
       if (h.size() != m)
         throw_usage(where + ": every (layer, kv head) must keep the same number of tokens to be scored again (" + std::to_string(m) + " and " +
                     std::to_string(h.size()) + " found); put a stage with per-head or per-layer budgets (adakv, criticaladakv, pyramidkv) last");
+  return m;
+}
+
+/// The sub-cache's token positions: kv head 0's tokens', through the cache's positions when it has some.
+inline std::vector<std::int32_t> gather_positions(const kept_sets& idx, const std::vector<std::int32_t>& positions) {
+  const auto& first = idx[0][0];
+  std::vector<std::int32_t> out(first.size());
+  for (std::size_t i = 0; i < first.size(); ++i) out[i] = positions.empty() ? first[i] : positions[static_cast<std::size_t>(first[i])];
+  return out;
+}
+
+/// The sub-cache of `kv` holding tokens idx[l][h] (see the header comment). Throws usage when the
+/// counts differ between (layer, head) pairs (`where` names the caller).
+inline kv_cache gather_tokens(const kv_cache& kv, const kept_sets& idx, const std::string& where) {
+  const kv_shape& s = kv.shape;
+  const std::size_t L = static_cast<std::size_t>(s.layers), H = static_cast<std::size_t>(s.kv_heads), D = static_cast<std::size_t>(s.head_dim),
+                    T = static_cast<std::size_t>(s.tokens);
+  const std::size_t m = gather_count(idx, L, H, where);
   kv_cache out;
   out.shape = s;
   out.shape.tokens = static_cast<std::int64_t>(m);
   out.source_dtype = kv.source_dtype;
   out.metadata = kv.metadata;
   const auto& first = idx[0][0];
-  out.positions.resize(m);
-  for (std::size_t i = 0; i < m; ++i)
-    out.positions[i] = kv.positions.empty() ? first[i] : kv.positions[static_cast<std::size_t>(first[i])];
+  out.positions = gather_positions(idx, kv.positions);
   if (!kv.tokens.empty()) {
     out.tokens.resize(m);
     for (std::size_t i = 0; i < m; ++i) out.tokens[i] = kv.tokens[static_cast<std::size_t>(first[i])];

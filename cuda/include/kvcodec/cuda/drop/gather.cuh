@@ -18,6 +18,7 @@
 
 #include "kvcodec/core/error.hpp"
 #include "kvcodec/core/kv_address.hpp"
+#include "kvcodec/cpu/drop/gather.hpp"
 #include "kvcodec/cuda/batch.cuh"
 #include "kvcodec/cuda/memory.cuh"
 #include "kvcodec/cuda/policy.cuh"
@@ -67,17 +68,9 @@ struct device_subcache {
 inline device_subcache gather_tokens(const const_kv_view& kv, const const_kv_view* q, const kept_sets& idx, const std::vector<std::int32_t>& positions,
                                      const std::string& where, const par_t& p) {
   const std::size_t L = static_cast<std::size_t>(kv.layers), H = static_cast<std::size_t>(kv.kv_heads), D = static_cast<std::size_t>(kv.head_dim);
-  if (idx.size() != L || idx[0].size() != H) throw_usage(where + ": token lists for " + std::to_string(L) + " layers x " + std::to_string(H) + " heads");
-  const std::size_t m = idx[0][0].size();
-  for (const auto& layer : idx)
-    for (const auto& h : layer)
-      if (h.size() != m)
-        throw_usage(where + ": every (layer, kv head) must keep the same number of tokens to be scored again (" + std::to_string(m) + " and " +
-                    std::to_string(h.size()) + " found); put a stage with per-head or per-layer budgets (adakv, criticaladakv, pyramidkv) last");
+  const std::size_t m = cpu::drop_detail::gather_count(idx, L, H, where);
   device_subcache out;
-  const auto& first = idx[0][0];
-  out.positions.resize(m);
-  for (std::size_t i = 0; i < m; ++i) out.positions[i] = positions.empty() ? first[i] : positions[static_cast<std::size_t>(first[i])];
+  out.positions = cpu::drop_detail::gather_positions(idx, positions);
   const std::size_t es = dtype_size(kv.dt);
   // one gather over (layer, K/V) blocks of H x m rows each, K of every layer first, then V
   const auto gather = [&](const const_kv_view& src, std::size_t heads, std::size_t group, std::vector<kv_gather_block>& blocks, bool both,
