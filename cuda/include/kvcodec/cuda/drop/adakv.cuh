@@ -73,26 +73,16 @@ inline void adakv_select(void* temp, std::size_t& temp_bytes, const drop_window_
   if (bud.safe > 0) select_by_codes(nullptr, safe_temp, adakv_safe_coder{c}, a.layers, a.heads, n, bud.safe, nullptr, p);
   if (bud.pool > 0) topk_select(nullptr, pool_temp, nullptr, nullptr, a.layers, a.heads * n, bud.pool, nullptr, p);
   const std::size_t scratch = safe_temp > pool_temp ? safe_temp : pool_temp;
-  if (temp == nullptr) {
-    temp_bytes = own + scratch;
-    return;
-  }
-  if (temp_bytes < own + scratch)
-    throw_usage("cuda adakv_select: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(own + scratch) + " needed");
-  auto* at = static_cast<std::uint8_t*>(temp);
-  const auto take = [&](std::size_t bytes) {
-    std::uint8_t* x = at;
-    at += bytes;
-    return x;
-  };
-  a.m = reinterpret_cast<float*>(take(rows_bytes));
-  a.z = reinterpret_cast<float*>(take(rows_bytes));
-  a.acc = reinterpret_cast<float*>(take(acc_bytes));
-  auto* stats = reinterpret_cast<adakv_head_stat*>(take(stat_bytes));
-  auto* safe_kept = reinterpret_cast<std::int32_t*>(take(safe_bytes));
-  auto* codes = reinterpret_cast<std::uint64_t*>(take(codes_bytes));
-  auto* idx = reinterpret_cast<std::int32_t*>(take(idx_bytes));
-  auto* pool_kept = reinterpret_cast<std::int32_t*>(take(pool_kept_bytes));
+  if (detail::size_only(temp, temp_bytes, own + scratch, "cuda adakv_select")) return;
+  detail::temp_cursor cur{static_cast<std::uint8_t*>(temp)};
+  a.m = reinterpret_cast<float*>(cur.take(rows_bytes));
+  a.z = reinterpret_cast<float*>(cur.take(rows_bytes));
+  a.acc = reinterpret_cast<float*>(cur.take(acc_bytes));
+  auto* stats = reinterpret_cast<adakv_head_stat*>(cur.take(stat_bytes));
+  auto* safe_kept = reinterpret_cast<std::int32_t*>(cur.take(safe_bytes));
+  auto* codes = reinterpret_cast<std::uint64_t*>(cur.take(codes_bytes));
+  auto* idx = reinterpret_cast<std::int32_t*>(cur.take(idx_bytes));
+  auto* pool_kept = reinterpret_cast<std::int32_t*>(cur.take(pool_kept_bytes));
   window_attention(a, p);
   c.acc = a.acc;
   const unsigned threads = 128;
@@ -102,7 +92,7 @@ inline void adakv_select(void* temp, std::size_t& temp_bytes, const drop_window_
   check(cudaGetLastError(), "adakv_protected_kernel launch");
   if (bud.safe > 0) {
     std::size_t sb = scratch;
-    select_by_codes(at, sb, adakv_safe_coder{c}, a.layers, a.heads, n, bud.safe, safe_kept, p);
+    select_by_codes(cur.at, sb, adakv_safe_coder{c}, a.layers, a.heads, n, bud.safe, safe_kept, p);
     detail::adakv_mark_kernel<<<detail::grid_for(segments * bud.safe, threads), threads, 0, p.stream>>>(safe_kept, segments * bud.safe, bud.safe, n, mask);
     check(cudaGetLastError(), "adakv_mark_kernel launch");
   }
@@ -110,7 +100,7 @@ inline void adakv_select(void* temp, std::size_t& temp_bytes, const drop_window_
     detail::adakv_pool_codes_kernel<<<detail::grid_for(items, threads), threads, 0, p.stream>>>(c, stats, mask, items, codes, idx);
     check(cudaGetLastError(), "adakv_pool_codes_kernel launch");
     std::size_t pb = scratch;
-    topk_select(at, pb, codes, idx, a.layers, a.heads * n, bud.pool, pool_kept, p);
+    topk_select(cur.at, pb, codes, idx, a.layers, a.heads * n, bud.pool, pool_kept, p);
     // pool_kept holds per layer the items h * n + t: as a segment of heads x n, mark_kernel's arithmetic
     detail::adakv_mark_kernel<<<detail::grid_for(a.layers * bud.pool, threads), threads, 0, p.stream>>>(pool_kept, a.layers * bud.pool, bud.pool, a.heads * n, mask);
     check(cudaGetLastError(), "adakv_mark_kernel launch");

@@ -53,38 +53,28 @@ inline void criticalkv_select(void* temp, std::size_t& temp_bytes, const drop_wi
   if (bud.k1 > 0) select_by_codes(nullptr, s1, critical_stage1_coder{c}, a.layers, a.heads, n, bud.k1, nullptr, p);
   select_by_codes(nullptr, s2, critical_final_coder{c, v, nullptr, nullptr, epsilon}, a.layers, a.heads, n, bud.b, nullptr, p);
   const std::size_t scratch = s1 > s2 ? s1 : s2;
-  if (temp == nullptr) {
-    temp_bytes = own + scratch;
-    return;
-  }
-  if (temp_bytes < own + scratch)
-    throw_usage("cuda criticalkv_select: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(own + scratch) + " needed");
-  auto* at = static_cast<std::uint8_t*>(temp);
-  const auto take = [&](std::size_t bytes) {
-    std::uint8_t* x = at;
-    at += bytes;
-    return x;
-  };
-  a.m = reinterpret_cast<float*>(take(rows_bytes));
-  a.z = reinterpret_cast<float*>(take(rows_bytes));
-  a.acc = reinterpret_cast<float*>(take(acc_bytes));
-  auto* stage1 = take(mark_bytes);
-  auto* shift = reinterpret_cast<double*>(take(shift_bytes));
-  auto* kept1 = reinterpret_cast<std::int32_t*>(take(kept1_bytes));
+  if (detail::size_only(temp, temp_bytes, own + scratch, "cuda criticalkv_select")) return;
+  detail::temp_cursor cur{static_cast<std::uint8_t*>(temp)};
+  a.m = reinterpret_cast<float*>(cur.take(rows_bytes));
+  a.z = reinterpret_cast<float*>(cur.take(rows_bytes));
+  a.acc = reinterpret_cast<float*>(cur.take(acc_bytes));
+  auto* stage1 = cur.take(mark_bytes);
+  auto* shift = reinterpret_cast<double*>(cur.take(shift_bytes));
+  auto* kept1 = reinterpret_cast<std::int32_t*>(cur.take(kept1_bytes));
   window_attention(a, p);
   c.acc = a.acc;
   const unsigned threads = 128;
   check(cudaMemsetAsync(stage1, 0, static_cast<std::size_t>(items), p.stream), "criticalkv stage-1 marks");
   if (bud.k1 > 0) {
     std::size_t sb = scratch;
-    select_by_codes(at, sb, critical_stage1_coder{c}, a.layers, a.heads, n, bud.k1, kept1, p);
+    select_by_codes(cur.at, sb, critical_stage1_coder{c}, a.layers, a.heads, n, bud.k1, kept1, p);
     detail::adakv_mark_kernel<<<detail::grid_for(segments * bud.k1, threads), threads, 0, p.stream>>>(kept1, segments * bud.k1, bud.k1, n, stage1);
     check(cudaGetLastError(), "criticalkv mark launch");
   }
   detail::critical_shift_kernel<<<detail::grid_for(segments, 32), 32, 0, p.stream>>>(c, segments, shift);
   check(cudaGetLastError(), "critical_shift_kernel launch");
   std::size_t sb = scratch;
-  select_by_codes(at, sb, critical_final_coder{c, v, stage1, shift, epsilon}, a.layers, a.heads, n, bud.b, kept, p);
+  select_by_codes(cur.at, sb, critical_final_coder{c, v, stage1, shift, epsilon}, a.layers, a.heads, n, bud.b, kept, p);
 }
 
 namespace detail {
@@ -115,26 +105,17 @@ inline void criticaladakv_select(void* temp, std::size_t& temp_bytes, const drop
   const std::size_t acc_bytes = detail::align256(static_cast<std::size_t>(items) * sizeof(float));
   const std::size_t seg_bytes = detail::align256(static_cast<std::size_t>(segments) * sizeof(std::int64_t));
   const std::size_t total = detail::align256(ada_temp) + 2 * mask_bytes + 2 * rows_bytes + acc_bytes + 3 * seg_bytes + ragged;
-  if (temp == nullptr) {
-    temp_bytes = total;
-    return;
-  }
-  if (temp_bytes < total) throw_usage("cuda criticaladakv_select: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(total) + " needed");
-  auto* at = static_cast<std::uint8_t*>(temp);
-  const auto take = [&](std::size_t bytes) {
-    std::uint8_t* x = at;
-    at += bytes;
-    return x;
-  };
-  void* ada_scratch = take(detail::align256(ada_temp));
-  auto* ada_mask = take(mask_bytes);
-  auto* stage1 = take(mask_bytes);
-  a.m = reinterpret_cast<float*>(take(rows_bytes));
-  a.z = reinterpret_cast<float*>(take(rows_bytes));
-  a.acc = reinterpret_cast<float*>(take(acc_bytes));
-  auto* budget = reinterpret_cast<std::int64_t*>(take(seg_bytes));
-  auto* k1 = reinterpret_cast<std::int64_t*>(take(seg_bytes));
-  auto* shift = reinterpret_cast<double*>(take(seg_bytes));
+  if (detail::size_only(temp, temp_bytes, total, "cuda criticaladakv_select")) return;
+  detail::temp_cursor cur{static_cast<std::uint8_t*>(temp)};
+  void* ada_scratch = cur.take(detail::align256(ada_temp));
+  auto* ada_mask = cur.take(mask_bytes);
+  auto* stage1 = cur.take(mask_bytes);
+  a.m = reinterpret_cast<float*>(cur.take(rows_bytes));
+  a.z = reinterpret_cast<float*>(cur.take(rows_bytes));
+  a.acc = reinterpret_cast<float*>(cur.take(acc_bytes));
+  auto* budget = reinterpret_cast<std::int64_t*>(cur.take(seg_bytes));
+  auto* k1 = reinterpret_cast<std::int64_t*>(cur.take(seg_bytes));
+  auto* shift = reinterpret_cast<double*>(cur.take(seg_bytes));
   std::size_t ab = ada_temp;
   adakv_select(ada_scratch, ab, plan, alpha, ada_mask, p);
   window_attention(a, p);  // the scores again, for the codes (adakv's are in its scratch)
@@ -142,11 +123,11 @@ inline void criticaladakv_select(void* temp, std::size_t& temp_bytes, const drop
   detail::critical_ada_budget_kernel<<<detail::grid_for(segments, 32), 32, 0, p.stream>>>(c, ada_mask, first, segments, budget, k1);
   check(cudaGetLastError(), "critical_ada_budget_kernel launch");
   std::size_t rb = ragged;
-  select_ragged(at, rb, critical_stage1_coder{c}, a.layers, a.heads, n, k1, stage1, p);
+  select_ragged(cur.at, rb, critical_stage1_coder{c}, a.layers, a.heads, n, k1, stage1, p);
   detail::critical_shift_kernel<<<detail::grid_for(segments, 32), 32, 0, p.stream>>>(c, segments, shift);
   check(cudaGetLastError(), "critical_shift_kernel launch");
   rb = ragged;
-  select_ragged(at, rb, critical_final_coder{c, v, stage1, shift, epsilon}, a.layers, a.heads, n, budget, mask, p);
+  select_ragged(cur.at, rb, critical_final_coder{c, v, stage1, shift, epsilon}, a.layers, a.heads, n, budget, mask, p);
 }
 
 }  // namespace kvcodec::cuda

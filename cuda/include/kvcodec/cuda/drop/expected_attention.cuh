@@ -44,12 +44,7 @@ void expected_attention_select(void* temp, std::size_t& temp_bytes, expected_arg
   const drop_expected_coder probe{nullptr, a.heads, a.n, expected_sinks(a)};
   std::size_t select_bytes = 0;
   select_by_codes(nullptr, select_bytes, wrap(probe), a.layers, a.heads, a.n, b, nullptr, p);
-  if (temp == nullptr) {
-    temp_bytes = own + select_bytes;
-    return;
-  }
-  if (temp_bytes < own + select_bytes)
-    throw_usage("cuda expected_attention_select: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(own + select_bytes) + " needed");
+  if (detail::size_only(temp, temp_bytes, own + select_bytes, "cuda expected_attention_select")) return;
   auto* at = static_cast<std::uint8_t*>(temp);
   std::uint8_t* part[10];
   for (int i = 0; i < 10; ++i) part[i] = at, at += sizes[i];

@@ -61,12 +61,7 @@ inline void keydiff_select(void* temp, std::size_t& temp_bytes, const drop_sourc
   const drop_keydiff_coder coder{src, anchor, yy, heads};
   std::size_t select_bytes = 0;
   select_by_codes(nullptr, select_bytes, coder, layers, heads, n, b, nullptr, p);
-  if (temp == nullptr) {
-    temp_bytes = own + select_bytes;
-    return;
-  }
-  if (temp_bytes < own + select_bytes)
-    throw_usage("cuda keydiff_select: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(own + select_bytes) + " needed");
+  if (detail::size_only(temp, temp_bytes, own + select_bytes, "cuda keydiff_select")) return;
   auto* inv = reinterpret_cast<float*>(base);
   const unsigned threads = 128;
   detail::keydiff_inv_kernel<<<detail::grid_for(segments * n, threads), threads, 0, p.stream>>>(src, heads, n, segments * n, inv);

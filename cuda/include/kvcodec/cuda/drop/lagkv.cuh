@@ -36,12 +36,7 @@ void lagkv_select(void* temp, std::size_t& temp_bytes, lagkv_args a, std::int64_
   a.total = reinterpret_cast<double*>(base + 2 * range_bytes + z_bytes);
   std::size_t select_bytes = 0;
   select_by_codes(nullptr, select_bytes, wrap(drop_lagkv_coder{a}), a.layers, a.heads, a.n, b, nullptr, p);
-  if (temp == nullptr) {
-    temp_bytes = own + select_bytes;
-    return;
-  }
-  if (temp_bytes < own + select_bytes)
-    throw_usage("cuda lagkv_select: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(own + select_bytes) + " needed");
+  if (detail::size_only(temp, temp_bytes, own + select_bytes, "cuda lagkv_select")) return;
   const lagkv_items c = lagkv_counts(a);
   detail::launch_step<lagkv_args, lagkv_range>(a, c.range, 128, p, "lagkv range kernel launch");
   detail::launch_step<lagkv_args, lagkv_sd>(a, c.sd, 128, p, "lagkv sd kernel launch");

@@ -23,6 +23,28 @@ namespace detail {
 
 inline std::size_t align256(std::size_t x) { return (x + 255) / 256 * 256; }
 
+/// CUB's two-phase temp-storage convention for an entry point `what` needing `need` bytes: true (and
+/// temp_bytes = need) when temp is null, the caller only asking the size; a usage error when the given
+/// storage is smaller; false when the entry point may run.
+inline bool size_only(const void* temp, std::size_t& temp_bytes, std::size_t need, const char* what) {
+  if (temp == nullptr) {
+    temp_bytes = need;
+    return true;
+  }
+  if (temp_bytes < need) throw_usage(std::string(what) + ": temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(need) + " needed");
+  return false;
+}
+
+/// Consecutive pieces of an entry point's temp storage, in the order its layout lists them.
+struct temp_cursor {
+  std::uint8_t* at;
+  std::uint8_t* take(std::size_t bytes) {
+    std::uint8_t* x = at;
+    at += bytes;
+    return x;
+  }
+};
+
 __global__ void topk_offsets_kernel(std::int32_t* off_n, std::int32_t* off_b, std::int64_t segments, std::int64_t n, std::int64_t b) {
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i <= segments; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     off_n[i] = static_cast<std::int32_t>(i * n);
@@ -97,11 +119,7 @@ inline topk_scratch topk_layout(std::int64_t segments, std::int64_t n, std::int6
 inline void topk_select(void* temp, std::size_t& temp_bytes, const std::uint64_t* codes, const std::int32_t* tokens, std::int64_t segments,
                         std::int64_t n, std::int64_t b, std::int32_t* kept, const par_t& p) {
   const topk_scratch s = topk_layout(segments, n, b, p);
-  if (temp == nullptr) {
-    temp_bytes = s.total;
-    return;
-  }
-  if (temp_bytes < s.total) throw_usage("cuda topk_select: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(s.total) + " needed");
+  if (detail::size_only(temp, temp_bytes, s.total, "cuda topk_select")) return;
   auto* base = static_cast<std::uint8_t*>(temp);
   auto* codes_out = reinterpret_cast<std::uint64_t*>(base + s.codes_out);
   auto* tokens_out = reinterpret_cast<std::int32_t*>(base + s.tokens_out);
@@ -149,12 +167,7 @@ void select_by_codes(void* temp, std::size_t& temp_bytes, const Coder& coder, in
   topk_select(nullptr, topk_bytes, nullptr, nullptr, segments, n, b, nullptr, p);
   const std::size_t codes_bytes = detail::align256(static_cast<std::size_t>(items) * sizeof(std::uint64_t));
   const std::size_t tokens_bytes = detail::align256(static_cast<std::size_t>(items) * sizeof(std::int32_t));
-  if (temp == nullptr) {
-    temp_bytes = codes_bytes + tokens_bytes + topk_bytes;
-    return;
-  }
-  if (temp_bytes < codes_bytes + tokens_bytes + topk_bytes)
-    throw_usage("cuda drop selection: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(codes_bytes + tokens_bytes + topk_bytes) + " needed");
+  if (detail::size_only(temp, temp_bytes, codes_bytes + tokens_bytes + topk_bytes, "cuda drop selection")) return;
   auto* base = static_cast<std::uint8_t*>(temp);
   auto* codes = reinterpret_cast<std::uint64_t*>(base);
   auto* tokens = reinterpret_cast<std::int32_t*>(base + codes_bytes);
@@ -194,11 +207,7 @@ void select_ragged(void* temp, std::size_t& temp_bytes, const Coder& coder, int 
   const std::size_t codes_bytes = align256(static_cast<std::size_t>(items) * sizeof(std::uint64_t)), tok_bytes = align256(static_cast<std::size_t>(items) * sizeof(std::int32_t));
   const std::size_t off_bytes = align256(static_cast<std::size_t>(segments + 1) * sizeof(std::int32_t));
   const std::size_t total = 2 * codes_bytes + 2 * tok_bytes + 2 * off_bytes + align256(cub_bytes);
-  if (temp == nullptr) {
-    temp_bytes = total;
-    return;
-  }
-  if (temp_bytes < total) throw_usage("cuda select_ragged: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(total) + " needed");
+  if (detail::size_only(temp, temp_bytes, total, "cuda select_ragged")) return;
   auto* at = static_cast<std::uint8_t*>(temp);
   auto* codes = reinterpret_cast<std::uint64_t*>(at);
   auto* codes_out = reinterpret_cast<std::uint64_t*>(at + codes_bytes);

@@ -153,12 +153,7 @@ void window_select(void* temp, std::size_t& temp_bytes, const drop_window_plan& 
     select_by_codes(nullptr, one, wrap(plan.coder), 1, a.heads, a.n, b, nullptr, p);
     select_bytes = one > select_bytes ? one : select_bytes;
   }
-  if (temp == nullptr) {
-    temp_bytes = own + select_bytes;
-    return;
-  }
-  if (temp_bytes < own + select_bytes)
-    throw_usage("cuda window_select: temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(own + select_bytes) + " needed");
+  if (detail::size_only(temp, temp_bytes, own + select_bytes, "cuda window_select")) return;
   auto* base = static_cast<std::uint8_t*>(temp);
   a.m = reinterpret_cast<float*>(base);
   a.z = reinterpret_cast<float*>(base + rows_bytes);
