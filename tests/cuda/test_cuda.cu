@@ -13,7 +13,9 @@
 //    (equal but for near-ties, tests/support/window_cases.hpp);
 //  - cuda::compare_attention (the eval metrics on the GPU) against eval::compare_attention;
 //  - cuda::encode of token-dropped caches (drop stage on the GPU, kept rows gathered and quantized
-//    there) and with the transforms hadamard and derope, against the CPU encoder's container.
+//    there) and with the transforms hadamard and derope, against the CPU encoder's container;
+//  - cuda::decode_into of token-dropped containers (ragged kept sets, a head keeping nothing in a chunk,
+//    a fully kept chunk), CPU-encoded and GPU-encoded, against the CPU's decode_into and kept sets.
 #include <cstdio>
 #include <initializer_list>
 #include <limits>
@@ -335,7 +337,7 @@ void test_decode_into() {
   check_specs({"hadamard|q8_0", "derope|kvc:level=5", "derope|hadamard:target=v|cachegen", "hadamard:seed=4|kivi:bits=4|rans", "derope|fp8:scale=head",
                "hadamard|nf4|rans", "derope|raw"},
               {batch_variant::best});
-  {  // outside its scope (dropped tokens): a usage error, nothing written
+  {  // outside its scope (a block format on a token-dropped container): a usage error
     const encoded e = encode("knorm:keep=0.5|q8_0", kv);
     device_dest d(kv.shape, 600, dtype::f16, false);
     bool usage = false;
@@ -345,6 +347,42 @@ void test_decode_into() {
       usage = err.kind() == error_kind::usage;
     }
     expect(usage, "decode_into knorm:keep=0.5|q8_0: usage error");
+  }
+}
+
+/// cuda::decode_into of token-dropped containers: the CPU encoder's containers over ragged kept sets
+/// (tests/support/random_cache.hpp), every quantizer family with a CUDA decode but the block formats,
+/// the transforms, every dtype, HF and paged, token ranges; equal to the CPU's decode_into, dropped
+/// tokens written as zeros, the same kept sets reported.
+void test_decode_dropped() {
+  kv_cache kv = test::random_cache(2, 4, 300, 16, dtype::f16);
+  kv.metadata["rope"] = "rotate-half", kv.metadata["rope_theta"] = "10000";
+  kv_extras ex = extras_of(kv);
+  ex.cache = nullptr;
+  ex.kept = test::ragged_kept(2);
+  const test::host_dest src = test::host_source(kv, dtype::f16, false);
+  for (const std::string spec : {"cachegen-quant:kbins=32,klayers=-,kaxis=channel|rans:tables=chunk", "cachegen-quant:kaxis=token,vaxis=channel|rans:lanes=0",
+                                 "cachegen", "raw", "raw:dtype=f32", "fp8", "fp8:scale=head", "fp8:scale=token", "uniform:bits=3",
+                                 "uniform:bits=4,kaxis=channel,group=8|rans", "kivi:bits=2", "kivi:bits=4,group=16,residual=40|rans", "nf4:group=4", "nf4|rans",
+                                 "kmeans:bits=3", "derope|kivi:bits=4|rans", "hadamard|cachegen-quant|rans:tables=chunk", "derope|cachegen"}) {
+    codec c = make_codec(spec);
+    const encoded e = encode(cpu::par, c, const_kv_view(src.view), encode_options{.chunk_tokens = 96}, ex);
+    for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
+      for (bool paged : {false, true})
+        for (auto [tb, te] : {std::pair<std::int64_t, std::int64_t>{0, 300}, {96, 256}, {100, 290}}) {
+          if ((paged && tb % 16 != 0) || (quick && (t != dtype::f16 || paged))) continue;
+          decode_options opt;
+          opt.token_begin = tb;
+          opt.token_end = te;
+          test::host_dest want(kv.shape, te - tb, t, paged);
+          const decode_result wr = decode_into(cpu::par, e.data, want.view, opt);
+          device_dest d(kv.shape, te - tb, t, paged);
+          const decode_result gr = kvcodec::cuda::decode_into(kvcodec::cuda::par, e.data, d.view, opt);
+          const std::string what = "decode_into (token-dropped) " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf") + " tokens " +
+                                   std::to_string(tb) + ".." + std::to_string(te);
+          expect(d.rows() == want.rows(), what);
+          expect(gr.kept == wr.kept, what + ": kept sets");
+        }
   }
 }
 
@@ -522,6 +560,13 @@ void test_encode_dropped() {
           const std::string spec = drop + "|" + quant, what = "encode " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf");
           codec c1 = make_codec(spec), c2 = make_codec(spec);
           const encoded got = kvcodec::cuda::encode(kvcodec::cuda::par, c2, view, opt, ex, &qview);
+          if (full) {  // and back on the GPU: the CPU's decode of the GPU's container
+            test::host_dest want(kv.shape, kv.shape.tokens, t, paged);
+            (void)decode_into(cpu::par, got.data, want.view);
+            device_dest d(kv.shape, kv.shape.tokens, t, paged);
+            (void)kvcodec::cuda::decode_into(kvcodec::cuda::par, got.data, d.view);
+            expect(d.rows() == want.rows(), what + ": GPU decode differs from the CPU's");
+          }
           if (gpu == cpu_kept) {
             const encoded want = encode(cpu::par, c1, const_kv_view(test::host_source(kv, t, paged).view), opt, ex);
             expect(got.data == want.data, what + ": container differs from the CPU's");
@@ -920,6 +965,7 @@ int main(int argc, char** argv) {
     test_decode_into();
     test_encode();
     test_encode_dropped();
+    test_decode_dropped();
     test_knorm_select();
     test_random_select();
     test_streamingllm_select();

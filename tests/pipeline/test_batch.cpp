@@ -147,7 +147,7 @@ void check_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::
   else
     decode_batch_emulated(plan_cachegen_batch<std::uint64_t>(dec, segs, bytes_of, tb, te - tb), got.view);
   CHECK(want.rows() == got.rows());
-  if (batch_kind_of(dec.stages()) == batch_kind::cachegen && dec.stages().transforms.empty()) {  // the unfused form too: symbols in memory, then the element step
+  if (batch_kind_of(dec.stages()) == batch_kind::cachegen && dec.stages().transforms.empty() && !v.header.sparse) {  // the unfused form too: symbols in memory, then the element step
     dest unfused(v.header.shape, te - tb, t, paged);
     decode_batch_emulated(plan_cachegen_batch<std::uint32_t>(dec, segs, bytes_of, tb, te - tb), unfused.view, false);
     CHECK(want.rows() == unfused.rows());
@@ -372,6 +372,68 @@ TEST_CASE("batch decode: pack containers outside its scope are usage errors - a 
       }
       CHECK(k == error_kind::corrupt);
     }
+  }
+}
+
+TEST_CASE("batch decode (emulated) of token-dropped containers equals decode_into: ragged kept sets - every quantizer but the block formats - transforms - dtypes - views - token ranges") {
+  kv_cache kv = test::random_cache(2, 4, 300, 16, dtype::f16);
+  kv.metadata["rope"] = "rotate-half";
+  kv.metadata["rope_theta"] = "10000";
+  kv_extras ex = extras_of(kv);
+  ex.cache = nullptr;
+  ex.kept = test::ragged_kept(2);
+  const test::host_dest src = test::host_source(kv, dtype::f16, false);
+  for (const std::string spec : {"cachegen-quant:kbins=32,klayers=-,kaxis=channel|rans:tables=chunk", "cachegen-quant:kaxis=token,vaxis=channel|rans:lanes=0", "cachegen", "raw", "raw:dtype=f32", "fp8", "fp8:scale=head",
+                                 "fp8:scale=token", "uniform:bits=3", "uniform:bits=4,kaxis=channel,group=8|rans", "kivi:bits=2", "kivi:bits=4,group=16,residual=40|rans",
+                                 "kivi:bits=3,residual=64", "nf4:group=4", "nf4|rans", "kmeans:bits=3", "derope|kivi:bits=4|rans", "hadamard|cachegen-quant|rans:tables=chunk", "derope|cachegen"}) {
+    INFO(spec);
+    codec c = make_codec(spec);
+    const encoded e = encode(cpu::par, c, const_kv_view(src.view), encode_options{.chunk_tokens = 96}, ex);
+    for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
+      for (bool paged : {false, true}) {
+        INFO("dtype " << dtype_name(t) << (paged ? " paged" : " hf"));
+        check_decode(e.data, t, paged, 0, 300, true);
+      }
+    check_decode(e.data, dtype::f16, true, 100, 250, true);
+    check_decode(e.data, dtype::f32, false, 190, 300, true);
+  }
+  // drop stages: the kept sets they choose
+  for (const std::string spec : {"knorm:keep=0.4|cachegen-quant|rans:tables=chunk,lanes=0", "streamingllm:keep=0.3,sink=4|cachegen", "knorm:keep=0.5|nf4|rans"}) {
+    INFO(spec);
+    const encoded e = encode(spec, kv, encode_options{.chunk_tokens = 96});
+    check_decode(e.data, dtype::bf16, true, 0, 300, true);
+  }
+  // the kept tokens the plan reports are decode_into's
+  codec c = make_codec("kivi:bits=4|rans");
+  const encoded e = encode(cpu::par, c, const_kv_view(src.view), encode_options{.chunk_tokens = 96}, ex);
+  const opened o(e.data);
+  std::vector<std::size_t> segs;
+  for (std::size_t i = 0; i < o.v.header.segments.size(); ++i)
+    if (o.v.header.segments[i].t1 > 50 && o.v.header.segments[i].t0 < 260) segs.push_back(i);
+  const kept_rows_plan kp = plan_kept_rows(o.dec, segs, o.bytes_of(), 50, 210);
+  dest d(o.v.header.shape, 210, dtype::f16, false);
+  decode_options opt;
+  opt.token_begin = 50;
+  opt.token_end = 260;
+  CHECK(decode_into(cpu::par, e.data, d.view, opt).kept == kp.kept);
+  // a planner without the kept rows' layout, and a block format: usage errors
+  CHECK_THROWS_AS((void)plan_affine_batch(o.dec, segs, o.bytes_of(), 50, 210), error);
+  codec g = make_codec("q8_0");
+  kv_cache wide = test::random_cache(2, 4, 300, 32, dtype::f16);
+  const test::host_dest wsrc = test::host_source(wide, dtype::f16, false);
+  kv_extras wex = extras_of(wide);
+  wex.cache = nullptr;
+  wex.kept = test::ragged_kept(2);
+  const opened q(encode(cpu::par, g, const_kv_view(wsrc.view), encode_options{.chunk_tokens = 96}, wex).data);
+  dest w(q.v.header.shape, 300, dtype::f16, false);
+  std::vector<std::size_t> all(q.v.header.segments.size());
+  for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+  try {
+    decode_batch_emulated(q.dec, all, q.bytes_of(), 0, 300, w.view);
+    CHECK(false);
+  } catch (const error& err) {
+    CHECK(err.kind() == error_kind::usage);
+    CHECK(std::string(err.what()).find("token-dropped") != std::string::npos);
   }
 }
 

@@ -20,4 +20,18 @@ inline kv_cache random_cache(int layers, int heads, int T, int D, dtype src = dt
   return kv;
 }
 
+/// Ragged kept sets for chunks of 96 tokens (4 kv heads, 300 tokens): every head keeps a different
+/// subset, head 3 keeps nothing in tokens 96..191, and in layer 0 every head keeps all of tokens
+/// 192..287 (a block whose planes are dense inside a token-dropped container).
+inline kept_sets ragged_kept(int layers) {
+  kept_sets k(static_cast<std::size_t>(layers), std::vector<std::vector<std::int32_t>>(4));
+  for (int l = 0; l < layers; ++l)
+    for (int h = 0; h < 4; ++h)
+      for (int t = 0; t < 300; ++t) {
+        const bool all = l == 0 && t >= 192 && t < 288;
+        if (all || ((t * (h + 2) + l) % 5 < 2 + h % 2 && !(h == 3 && t >= 96 && t < 192))) k[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)].push_back(t);
+      }
+  return k;
+}
+
 }  // namespace kvcodec::test

@@ -155,6 +155,7 @@ struct affine_batch_block {
   std::int64_t t_first = 0;  ///< destination (encoders: source) token of a head's row 0
   std::int64_t t_end = 0;    ///< rows landing outside [0, t_end) are skipped
   std::uint64_t slot = 0;    ///< encoders: the block's index (its flag)
+  std::uint64_t sym_off = 0; ///< decoders: the block's first symbol within the plane at sym_first (a head's part of a token-dropped block)
 };
 
 namespace detail {
@@ -192,7 +193,7 @@ struct affine_batch_op {
     const std::int64_t t = b.t_first + static_cast<std::int64_t>(r);
     float x = 0.0f;
     if (r < b.q) {
-      const std::uint64_t k = (h * b.q + r) * D + c;  // the value's index in the symbol plane
+      const std::uint64_t k = b.sym_off + (h * b.q + r) * D + c;  // the value's index in the symbol plane
       const std::uint32_t s = b.packed != 0 ? detail::packed_code(bytes + b.sym_first, k, b.bits) : sym[b.sym_first + k];
       if (s >> b.bits) return false;
       const auto m = static_cast<affine::mode>(b.mode);

@@ -55,6 +55,7 @@ struct cachegen_batch_block {
   std::uint32_t key = 1, by_token = 0;
   std::int64_t t_first = 0;        ///< destination token of row 0 (may be negative: rows before the range)
   std::int64_t t_end = 0;          ///< destination tokens: rows map into [0, t_end) are written, others skipped
+  std::uint32_t stride = 0;        ///< symbols from one row to the next (0: cols); a head's part of a dense plane has cols < stride
 };
 
 /// Dequantizes symbol s of row r, column c of block b and stores it in the destination's dtype, exactly
@@ -74,7 +75,8 @@ KVCODEC_HD inline bool cachegen_batch_put(const cachegen_batch_block& b, std::ui
 /// The same for element i of block b, its symbol read from `sym` (the rANS batch's output).
 KVCODEC_HD inline bool cachegen_batch_store(const cachegen_batch_block& b, const std::uint16_t* sym, const float* steps, const kv_batch_dest& d,
                                             std::uint64_t i) noexcept {
-  return cachegen_batch_put(b, sym[b.sym_first + i], steps, d, i / b.cols, i % b.cols);
+  const std::uint64_t r = i / b.cols, c = i % b.cols;
+  return cachegen_batch_put(b, sym[b.sym_first + r * (b.stride != 0 ? b.stride : b.cols) + c], steps, d, r, c);
 }
 
 /// The fused form for the rANS batch decoder (core/rans_batch.hpp's sinks): symbol i of stream `stream`

@@ -193,6 +193,7 @@ struct codebook_batch_block {
   std::uint32_t key = 1;
   std::int64_t t_first = 0;  ///< destination (encoders: source) token of a head's row 0
   std::int64_t t_end = 0;    ///< rows landing outside [0, t_end) are skipped
+  std::uint64_t sym_off = 0; ///< decoders: the block's first symbol within the plane at sym_first (a head's part of a token-dropped block)
 };
 
 namespace detail {
@@ -216,7 +217,7 @@ struct codebook_batch_op {
   KVCODEC_HD std::uint64_t count(const codebook_batch_block& b) const noexcept { return detail::codebook_values(b, static_cast<std::uint64_t>(d.head_dim)); }
   KVCODEC_HD bool operator()(const codebook_batch_block& b, std::uint64_t i) const noexcept {
     const std::uint64_t D = static_cast<std::uint64_t>(d.head_dim), c = i % D, row = i / D, h = row / b.tokens, r = row % b.tokens;
-    const std::uint32_t s = b.packed != 0 ? detail::packed_code(bytes + b.sym_first, i, b.bits) : sym[b.sym_first + i];
+    const std::uint32_t s = b.packed != 0 ? detail::packed_code(bytes + b.sym_first, b.sym_off + i, b.bits) : sym[b.sym_first + b.sym_off + i];
     if (s >> b.bits) return false;
     const float x = b.nf4 != 0 ? codebook::nf4_decode(static_cast<std::uint8_t>(s), detail::nf4_group_absmax(b, bytes, i / b.group)) : books[b.book + s];
     const std::int64_t t = b.t_first + static_cast<std::int64_t>(r);

@@ -95,17 +95,33 @@ struct kv_prepare_op {
 /// Decode side: row r of a kv_gather_block (head r / tokens, destination token r % tokens) of an f32
 /// scratch `s` (dense: what the quantizer's batch decoder wrote) with the transforms inverted (token
 /// position base + the destination token), stored into the destination through kv_batch_put (rounded
-/// to its dtype as the CPU decoder converts).
+/// to its dtype as the CPU decoder converts). Token-dropped containers (row_of set): the row is read
+/// from row row_of[layer x rows + r] of the compact buffer `s` (head 0), or, where that is -1 (a
+/// dropped token), written as zeros without transforms, as the CPU decoder writes dropped tokens.
 struct kv_finish_op {
   kv_batch_src s;
   kv_batch_dest d;
   std::int64_t tokens = 0, base = 0;
   row_transforms ts;
+  const std::int64_t* row_of = nullptr;  ///< token-dropped: per (layer, head, destination token), its compact row or -1
   KVCODEC_HD std::uint64_t count(const kv_gather_block& b) const noexcept { return b.rows; }
   KVCODEC_HD bool operator()(const kv_gather_block& b, std::uint64_t r) const noexcept {
     const std::int64_t D = s.head_dim, h = static_cast<std::int64_t>(r) / tokens, t = static_cast<std::int64_t>(r) % tokens;
+    std::int64_t sh = h, st = t;
+    if (row_of != nullptr) {
+      sh = 0;
+      st = row_of[static_cast<std::uint64_t>(b.layer) * b.rows + r];
+      if (st < 0) {
+        for (std::int64_t c = 0; c < D; ++c) kv_batch_put(d, b.key != 0, b.layer, h, t, c, 0.0f);
+        return true;
+      }
+    }
+    if (ts.n == 0) {  // a token-dropped container's rows, moved (any head_dim)
+      for (std::int64_t c = 0; c < D; ++c) kv_batch_put(d, b.key != 0, b.layer, h, t, c, kv_batch_get(s, b.key != 0, b.layer, sh, st, c));
+      return true;
+    }
     float x[transform_max_head_dim];
-    for (std::int64_t c = 0; c < D; ++c) x[c] = kv_batch_get(s, b.key != 0, b.layer, h, t, c);
+    for (std::int64_t c = 0; c < D; ++c) x[c] = kv_batch_get(s, b.key != 0, b.layer, sh, st, c);
     apply_row_transforms(ts, b.key != 0, x, D, base + t, true);
     for (std::int64_t c = 0; c < D; ++c) kv_batch_put(d, b.key != 0, b.layer, h, t, c, x[c]);
     return true;

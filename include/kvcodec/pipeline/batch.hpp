@@ -10,6 +10,12 @@
 // cachegen_batch_block), so a batch decoder writes the values straight into a view;
 // decode_batch_emulated runs the whole batch on the CPU through the kernels' lane and element logic.
 //
+// Token-dropped containers: each block is planned as one part per head (the quantizer's per-head
+// share of its codes, parameters and exact rows, as the CPU stage lays out a block whose heads keep
+// different rows), written into a compact buffer of kept rows (kept_rows_plan); kv_finish_op then
+// moves every kept row into the view (inverting the transforms) and writes the dropped tokens as
+// zeros, as decode_into does. Not for the llama.cpp block formats (their dense rows span the heads).
+//
 // Containers coded with `pack` (the llama.cpp block formats q8_0..iq4_nl, fp8, raw) need no entropy
 // decoder: plan_pack_batch finds where each block's packed plane and side bytes lie in the segments'
 // bytes (checked as the CPU stages check them), and plan_ggml_batch / plan_fp8_batch / plan_raw_batch
@@ -62,6 +68,117 @@ struct batch_block {
   std::vector<std::size_t> plane;      ///< per stream: its plane
   std::vector<std::uint64_t> first;    ///< per stream: its first symbol in the batch output
 };
+
+/// Where a token-dropped container's kept rows land in a batch decode: the planners' parts decode
+/// them into a compact buffer of 2 x total rows of head_dim values; layer l's K rows are rows
+/// [layer_first[l], layer_first[l + 1]), its V rows the same plus `total`; within a layer, segment
+/// after segment (in the order planned), head after head, each head's kept rows in token order.
+/// kv_finish_op (row_of) then moves them into the view and writes the dropped tokens as zeros.
+struct kept_rows_plan {
+  std::vector<std::uint64_t> layer_first;              ///< layers + 1
+  std::vector<std::vector<std::uint64_t>> head_first;  ///< per header segment (empty: not planned): each head's first row within its layer
+  std::vector<std::int64_t> row_of;                    ///< per (layer, head, destination token): its row within its layer, or -1 (dropped)
+  std::uint64_t total = 0, max_layer = 0;
+  kept_sets kept;  ///< the kept destination tokens per (layer, head), as decode_into reports them
+  /// The compact buffer at `base` (2 x total x head_dim values of `t`) as the one-head view the parts
+  /// write (layer l's rows from its first; tokens: the largest layer's rows, at least 1).
+  kv_view view(std::byte* base, dtype t, std::int32_t head_dim, memory_space space) const {
+    const std::uint64_t rb = static_cast<std::uint64_t>(head_dim) * dtype_size(t);
+    std::vector<std::byte*> k, v;
+    for (std::size_t l = 0; l + 1 < layer_first.size(); ++l) {
+      k.push_back(base + layer_first[l] * rb);
+      v.push_back(base + (total + layer_first[l]) * rb);
+    }
+    kv_view w = kv_view::hf(std::move(k), std::move(v), t, 1, static_cast<std::int64_t>(std::max<std::uint64_t>(max_layer, 1)), head_dim);
+    w.space = space;
+    return w;
+  }
+};
+
+/// The compact layout of the kept rows of `segments` (bytes(i): segment i's checked bytes) of a
+/// token-dropped container, for a batch decode into destination tokens [0, tokens), destination token 0
+/// being cache token `base`.
+inline kept_rows_plan plan_kept_rows(const segment_decoder& dec, std::span<const std::size_t> segments,
+                                     const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base, std::int64_t tokens) {
+  const kvc_header& h = dec.header();
+  if (!h.sparse) throw_usage("plan_kept_rows: the container keeps every token");
+  const std::size_t L = static_cast<std::size_t>(h.shape.layers), H = static_cast<std::size_t>(h.shape.kv_heads);
+  const std::size_t T = static_cast<std::size_t>(tokens);
+  kept_rows_plan p;
+  p.head_first.resize(h.segments.size());
+  p.row_of.assign(L * H * T, -1);
+  p.kept.assign(L, std::vector<std::vector<std::int32_t>>(H));
+  std::vector<std::uint64_t> rows(L, 0);
+  for (const std::size_t i : segments) {
+    const segment_entry& se = h.segments.at(i);
+    byte_reader r(bytes(i), "segment (layer " + std::to_string(se.layer) + ", tokens " + std::to_string(se.t0) + ".." + std::to_string(se.t1) + ")");
+    const auto kc = dec.read_kept(r, se);
+    const std::size_t l = static_cast<std::size_t>(se.layer);
+    for (std::size_t hh = 0; hh < H; ++hh) {
+      p.head_first[i].push_back(rows[l]);
+      for (std::size_t k = 0; k < kc[hh].size(); ++k) {
+        const std::int64_t t = kc[hh][k] - base;
+        if (t < 0 || t >= tokens) continue;
+        p.row_of[(l * H + hh) * T + static_cast<std::size_t>(t)] = static_cast<std::int64_t>(rows[l] + k);
+        p.kept[l][hh].push_back(static_cast<std::int32_t>(t));
+      }
+      rows[l] += kc[hh].size();
+    }
+  }
+  p.layer_first.assign(L + 1, 0);
+  for (std::size_t l = 0; l < L; ++l) {
+    p.layer_first[l + 1] = p.layer_first[l] + rows[l];
+    p.max_layer = std::max(p.max_layer, rows[l]);
+  }
+  p.total = p.layer_first[L];
+  return p;
+}
+
+namespace detail {
+/// One head's rows of a token-dropped container's block: `rows` rows from block row `row` on, decoded
+/// into compact rows [dest, dest + rows) (kept_rows_plan's view, head 0).
+struct head_part {
+  std::uint32_t head = 0, rows = 0;
+  std::uint64_t row = 0;
+  std::int64_t dest = 0;
+};
+inline std::vector<head_part> head_parts(const block& sk, const kept_rows_plan& kp, std::size_t segment) {
+  std::vector<head_part> out;
+  std::uint64_t row = 0;
+  const auto& first = kp.head_first.at(segment);
+  if (first.size() != sk.count.size()) throw_usage("batch decode: the kept-rows plan does not hold this segment (plan it with the same segments)");
+  for (std::size_t h = 0; h < sk.count.size(); ++h) {
+    out.push_back({static_cast<std::uint32_t>(h), sk.count[h], row, static_cast<std::int64_t>(first[h])});
+    row += sk.count[h];
+  }
+  return out;
+}
+/// Parts write compact rows: nothing past the end to skip.
+inline constexpr std::int64_t all_tokens = INT64_MAX;
+/// A planner's check that a token-dropped container comes with its compact layout (plan_kept_rows).
+inline void check_kept(const kvc_header& h, const kept_rows_plan* kept) {
+  if (h.sparse && kept == nullptr)
+    throw_usage("batch decode: a container with dropped tokens decodes its kept rows into a compact buffer: pass plan_kept_rows' layout to the planner");
+}
+/// The per-head parts of a cachegen-quant block `g` (its plane: dense, tokens x heads*head_dim, or
+/// ragged, rows x head_dim; scales per row or per (head, channel), cpu/cachegen.hpp's plane_map).
+inline void add_cachegen_parts(const cachegen_batch_block& g, const block& sk, const kept_rows_plan& kp, std::size_t segment, std::vector<cachegen_batch_block>& out) {
+  const bool dense = sk.dense();
+  const std::uint32_t D = static_cast<std::uint32_t>(sk.head_dim);
+  for (const head_part& p : head_parts(sk, kp, segment)) {
+    if (p.rows == 0) continue;
+    cachegen_batch_block q = g;
+    q.rows = p.rows;
+    q.cols = D;
+    q.stride = dense ? g.cols : D;
+    q.sym_first = g.sym_first + (dense ? static_cast<std::uint64_t>(p.head) * D : p.row * D);
+    q.step_first = g.step_first + (g.by_token != 0 ? (dense ? 0 : p.row) : static_cast<std::uint64_t>(p.head) * D);
+    q.t_first = p.dest;
+    q.t_end = all_tokens;
+    out.push_back(q);
+  }
+}
+}  // namespace detail
 
 namespace detail {
 /// A planner's check of the codec's transforms: none, unless the caller inverts them (transforms_ok:
@@ -170,22 +287,25 @@ struct cachegen_batch_plan {
   std::vector<std::uint32_t> block_of_stream;  ///< the block of each rANS stream (the fused decoder's map)
   std::vector<float> steps;
   std::uint64_t elements = 0;
+  bool ragged = false;  ///< token-dropped: parts per head, decoded unfused (symbols in memory, then the element step)
 };
 
 /// Plans `segments` of the container for a batch decode into destination tokens [0, tokens), where
-/// destination token 0 is cache token `base`. Usage error for containers outside its scope.
+/// destination token 0 is cache token `base` (token-dropped: into the compact rows of `kept`). Usage
+/// error for containers outside its scope.
 template <class Entry>
 cachegen_batch_plan<Entry> plan_cachegen_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                                const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
-                                               std::int64_t tokens, bool transforms_ok = false) {
+                                               std::int64_t tokens, bool transforms_ok = false, const kept_rows_plan* kept = nullptr) {
   const codec& c = dec.stages();
   const auto* q = dynamic_cast<const cpu::cachegen_quant*>(c.quant.get());
   if (q == nullptr)
     throw_usage("batch decode: quantizer '" + c.quant->spec().name + "' has no CUDA decode; the quantizers with one: " +
                 builtin_registry().cuda_stages(stage_kind::quant, false));
   detail::check_plan_transforms(c, transforms_ok);
-  if (dec.header().sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
+  detail::check_kept(dec.header(), kept);
   cachegen_batch_plan<Entry> plan;
+  plan.ragged = dec.header().sparse;
   plan.rans = plan_rans_batch<Entry>(dec, segments, bytes);
   std::vector<float> step;
   for (const auto& bb : plan.rans.blocks) {
@@ -197,7 +317,7 @@ cachegen_batch_plan<Entry> plan_cachegen_batch(const segment_decoder& dec, std::
       throw_corrupt("segment (layer " + std::to_string(se.layer) + ", tokens " + std::to_string(se.t0) + ".." + std::to_string(se.t1) + ")", e.what());
     }
     cachegen_batch_block g;
-    g.sym_first = bb.first.at(0);
+    g.sym_first = bb.first.empty() ? 0 : bb.first[0];  // a token-dropped block may keep no row (no stream)
     g.step_first = plan.steps.size();
     g.rows = bb.headers.planes[0].rows;
     g.cols = bb.headers.planes[0].cols;
@@ -209,6 +329,10 @@ cachegen_batch_plan<Entry> plan_cachegen_batch(const segment_decoder& dec, std::
     g.t_end = tokens;
     plan.steps.insert(plan.steps.end(), step.begin(), step.end());
     plan.elements += static_cast<std::uint64_t>(g.rows) * g.cols;
+    if (plan.ragged) {
+      detail::add_cachegen_parts(g, bb.skeleton, *kept, bb.segment, plan.blocks);
+      continue;
+    }
     plan.block_of_stream.insert(plan.block_of_stream.end(), bb.first.size(), static_cast<std::uint32_t>(plan.blocks.size()));
     plan.blocks.push_back(g);
   }
@@ -254,7 +378,7 @@ void decode_batch_emulated(const cachegen_batch_plan<Entry>& plan, const kv_view
   std::vector<void*> k, v;
   const kv_batch_dest d = batch_dest(dst, k, v);
   const auto name = [](std::size_t i) { return "rANS stream " + std::to_string(i) + " of the batch"; };
-  if (fused) {
+  if (fused && !plan.ragged) {
     rans_decode_batch_emulated(plan.rans.builder.host_args(nullptr), st.data(),
                                cachegen_rans_sink{plan.blocks.data(), plan.block_of_stream.data(), plan.steps.data(), d});
     rans_batch_throw_failed(std::span<const rans_batch_status>(st), name);
@@ -295,7 +419,7 @@ struct cachegen_ac_plan {
 /// quantizer or entropy stage, transforms, dropped tokens, planes coded with prediction).
 inline cachegen_ac_plan plan_cachegen_ac_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                                const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
-                                               std::int64_t tokens, bool transforms_ok = false) {
+                                               std::int64_t tokens, bool transforms_ok = false, const kept_rows_plan* kept = nullptr) {
   const codec& c = dec.stages();
   const auto* q = dynamic_cast<const cpu::cachegen_quant*>(c.quant.get());
   const auto* ac = dynamic_cast<const cpu::ac_entropy*>(c.entropy.get());
@@ -304,16 +428,18 @@ inline cachegen_ac_plan plan_cachegen_ac_batch(const segment_decoder& dec, std::
                 builtin_registry().cuda_stages(stage_kind::quant, false));
   detail::check_plan_transforms(c, transforms_ok);
   const kvc_header& h = dec.header();
-  if (h.sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
+  detail::check_kept(h, kept);
   cachegen_ac_plan plan;
-  bool per_row = true;
+  bool per_row = !h.sparse;  // token-dropped: parts per head, the rows kernel
   std::vector<float> step;
   for (const std::size_t i : segments) {
     const segment_entry& se = h.segments.at(i);
     const std::string where = "segment (layer " + std::to_string(se.layer) + ", tokens " + std::to_string(se.t0) + ".." + std::to_string(se.t1) + ")";
     byte_reader r(bytes(i), where);
+    std::vector<std::vector<std::int32_t>> kc;
+    if (h.sparse) kc = dec.read_kept(r, se);
     for (int kvi = 0; kvi < 2; ++kvi) {
-      const block skeleton = detail::block_skeleton(h.shape, se.layer, kvi == 0, se.t0, se.t1, nullptr);
+      const block skeleton = detail::block_skeleton(h.shape, se.layer, kvi == 0, se.t0, se.t1, h.sparse ? &kc : nullptr);
       const auto stream = r.get_blob(kvi == 0 ? "K stream" : "V stream");
       const auto bp = ac->plan(stream, skeleton);
       int max = 0;
@@ -338,7 +464,8 @@ inline cachegen_ac_plan plan_cachegen_ac_batch(const segment_decoder& dec, std::
       plan.out_symbols += n;
       plan.max_elements = std::max(plan.max_elements, n);
       const auto bi = static_cast<std::uint32_t>(plan.blocks.size());
-      plan.blocks.push_back(g);
+      if (h.sparse) detail::add_cachegen_parts(g, skeleton, *kept, i, plan.blocks);
+      else plan.blocks.push_back(g);
       std::vector<std::pair<const std::uint32_t*, std::uint64_t>> cdf_at;  // the block's CDF arrays, appended once
       const std::uint64_t s_first = plan.streams.size();
       for (const auto& sr : bp.streams) {
@@ -446,7 +573,8 @@ struct pack_batch_plan {
 
 /// Plans the K and V blocks of `segments` of a container whose entropy stage is `pack`: the layout of
 /// every pack stream (cpu/pack.hpp: plane headers, packed symbols, side blob), with deserialize_symbols'
-/// bounds. Usage error for another entropy stage or dropped tokens; corrupt for a damaged stream.
+/// bounds (token-dropped containers: the blocks' kept rows). Usage error for another entropy stage;
+/// corrupt for a damaged stream.
 inline pack_batch_plan plan_pack_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                        const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, bool transforms_ok = false) {
   const codec& c = dec.stages();
@@ -455,7 +583,6 @@ inline pack_batch_plan plan_pack_batch(const segment_decoder& dec, std::span<con
                 "' (pack has one); the quantizers and their limits: " + builtin_registry().cuda_stages(stage_kind::quant, false));
   detail::check_plan_transforms(c, transforms_ok);
   const kvc_header& h = dec.header();
-  if (h.sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
   pack_batch_plan plan;
   for (const std::size_t i : segments) {
     const segment_entry& se = h.segments.at(i);
@@ -466,12 +593,14 @@ inline pack_batch_plan plan_pack_batch(const segment_decoder& dec, std::span<con
     plan.bytes.first.push_back(base);
     plan.bytes.total += seg.size();
     byte_reader r(seg, where);
+    std::vector<std::vector<std::int32_t>> kc;
+    if (h.sparse) kc = dec.read_kept(r, se);
     for (int kvi = 0; kvi < 2; ++kvi) {
       packed_block pb;
       pb.segment = i;
       pb.key = kvi == 0;
       pb.where = where + (pb.key ? " K" : " V");
-      pb.skeleton = detail::block_skeleton(h.shape, se.layer, pb.key, se.t0, se.t1, nullptr);
+      pb.skeleton = detail::block_skeleton(h.shape, se.layer, pb.key, se.t0, se.t1, h.sparse ? &kc : nullptr);
       const auto stream = r.get_blob(kvi == 0 ? "K stream" : "V stream");
       byte_reader sr(stream, "pack stream of " + pb.where);
       const std::uint64_t max_symbols = cpu::max_symbols_for(pb.skeleton);
@@ -535,6 +664,9 @@ inline store_batch_plan<ggml_batch_block> plan_ggml_batch(const segment_decoder&
                                                           std::int64_t tokens, bool transforms_ok = false) {
   const auto type = ggml::parse_block_type(dec.stages().quant->spec().name);
   if (!type) throw_usage("batch decode: quantizer '" + dec.stages().quant->spec().name + "' is not a ggml block format");
+  if (dec.header().sparse)
+    throw_usage("batch decode: " + dec.stages().quant->spec().name + " on a token-dropped container has no CUDA decode (its dense rows span the heads, "
+                "whose kept tokens differ); decode it on the CPU");
   pack_batch_plan pp = plan_pack_batch(dec, segments, bytes, transforms_ok);
   store_batch_plan<ggml_batch_block> plan;
   const kv_shape& s = dec.header().shape;
@@ -559,9 +691,10 @@ inline store_batch_plan<ggml_batch_block> plan_ggml_batch(const segment_decoder&
 /// An `fp8` container's blocks for a batch decode (as plan_ggml_batch).
 inline store_batch_plan<fp8_batch_block> plan_fp8_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                                         const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
-                                                        std::int64_t tokens, bool transforms_ok = false) {
+                                                        std::int64_t tokens, bool transforms_ok = false, const kept_rows_plan* kept = nullptr) {
   const auto* q = dynamic_cast<const cpu::fp8_quant*>(dec.stages().quant.get());
   if (q == nullptr) throw_usage("batch decode: quantizer '" + dec.stages().quant->spec().name + "' is not fp8");
+  detail::check_kept(dec.header(), kept);
   pack_batch_plan pp = plan_pack_batch(dec, segments, bytes, transforms_ok);
   store_batch_plan<fp8_batch_block> plan;
   const kv_shape& s = dec.header().shape;
@@ -582,7 +715,21 @@ inline store_batch_plan<fp8_batch_block> plan_fp8_batch(const segment_decoder& d
     g.scale_mode = mode;
     if (mode == 0) g.tensor_scale = q->tensor_scale(pb.skeleton.layer, pb.key);
     plan.max_items = std::max<std::uint64_t>(plan.max_items, rows * static_cast<std::uint64_t>(s.head_dim));
-    plan.blocks.push_back(g);
+    if (kept == nullptr) {
+      plan.blocks.push_back(g);
+      continue;
+    }
+    for (const detail::head_part& hp : detail::head_parts(pb.skeleton, *kept, pb.segment)) {  // codes and scales in head order
+      if (hp.rows == 0) continue;
+      fp8_batch_block part = g;
+      part.heads = 1;
+      part.tokens = hp.rows;
+      part.codes = g.codes + hp.row * static_cast<std::uint64_t>(s.head_dim);
+      part.scales = g.scales + 4 * (mode == 1 ? hp.head : hp.row);
+      part.t_first = hp.dest;
+      part.t_end = detail::all_tokens;
+      plan.blocks.push_back(part);
+    }
   }
   plan.bytes = std::move(pp.bytes);
   return plan;
@@ -591,9 +738,10 @@ inline store_batch_plan<fp8_batch_block> plan_fp8_batch(const segment_decoder& d
 /// A `raw` container's blocks for a batch decode (as plan_ggml_batch).
 inline store_batch_plan<raw_batch_block> plan_raw_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                                         const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
-                                                        std::int64_t tokens, bool transforms_ok = false) {
+                                                        std::int64_t tokens, bool transforms_ok = false, const kept_rows_plan* kept = nullptr) {
   const auto* q = dynamic_cast<const cpu::raw_quant*>(dec.stages().quant.get());
   if (q == nullptr) throw_usage("batch decode: quantizer '" + dec.stages().quant->spec().name + "' is not raw");
+  detail::check_kept(dec.header(), kept);
   pack_batch_plan pp = plan_pack_batch(dec, segments, bytes, transforms_ok);
   store_batch_plan<raw_batch_block> plan;
   const kv_shape& s = dec.header().shape;
@@ -607,7 +755,20 @@ inline store_batch_plan<raw_batch_block> plan_raw_batch(const segment_decoder& d
     g.first = pb.side_first;
     g.stored = static_cast<std::uint32_t>(q->stored());
     plan.max_items = std::max(plan.max_items, n);
-    plan.blocks.push_back(g);
+    if (kept == nullptr) {
+      plan.blocks.push_back(g);
+      continue;
+    }
+    for (const detail::head_part& hp : detail::head_parts(pb.skeleton, *kept, pb.segment)) {
+      if (hp.rows == 0) continue;
+      raw_batch_block part = g;
+      part.heads = 1;
+      part.tokens = hp.rows;
+      part.first = g.first + hp.row * static_cast<std::uint64_t>(s.head_dim) * dtype_size(q->stored());
+      part.t_first = hp.dest;
+      part.t_end = detail::all_tokens;
+      plan.blocks.push_back(part);
+    }
   }
   plan.bytes = std::move(pp.bytes);
   return plan;
@@ -645,6 +806,7 @@ namespace detail {
 struct plane_source {
   const block* skeleton = nullptr;
   bool key = true;
+  std::size_t segment = 0;
   std::uint32_t alphabet = 0, rows = 0, cols = 0, pack_bits = 0;
   std::uint64_t sym_first = 0, side_first = 0, side_size = 0;
   std::string where;
@@ -659,7 +821,7 @@ inline std::vector<plane_source> single_planes(const segment_decoder& dec, std::
     pp = plan_pack_batch(dec, segments, bytes, true);  // the caller checked the transforms
     for (const auto& pb : pp.blocks) {
       const packed_plane* p = expect_planes(pb, 1);
-      all.push_back({&pb.skeleton, pb.key, p->alphabet, p->rows, p->cols, p->bits, p->first, pb.side_first, pb.side_size, pb.where});
+      all.push_back({&pb.skeleton, pb.key, pb.segment, p->alphabet, p->rows, p->cols, p->bits, p->first, pb.side_first, pb.side_size, pb.where});
     }
     return all;
   }
@@ -670,7 +832,7 @@ inline std::vector<plane_source> single_planes(const segment_decoder& dec, std::
     if (bb.headers.planes.size() != 1) throw_corrupt(where, "expected 1 symbol plane, found " + std::to_string(bb.headers.planes.size()));
     const auto& pl = bb.headers.planes[0];
     const std::uint64_t sym_first = bb.first.empty() ? 0 : bb.first[0];  // an empty plane has no stream
-    all.push_back({&bb.skeleton, bb.key, pl.alphabet, pl.rows, pl.cols, 0, sym_first, side.size(), bb.headers.side.size(), where});
+    all.push_back({&bb.skeleton, bb.key, bb.segment, pl.alphabet, pl.rows, pl.cols, 0, sym_first, side.size(), bb.headers.side.size(), where});
     side.insert(side.end(), bb.headers.side.begin(), bb.headers.side.end());
   }
   return all;
@@ -720,7 +882,7 @@ using affine_batch_plan = plane_batch_plan<affine_batch_block>;
 /// other quantizers or entropy stages; corrupt for blocks whose plane or side bytes do not fit.
 inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                            const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
-                                           std::int64_t tokens, bool transforms_ok = false) {
+                                           std::int64_t tokens, bool transforms_ok = false, const kept_rows_plan* kept = nullptr) {
   const codec& c = dec.stages();
   const auto* kq = dynamic_cast<const cpu::kivi_quant*>(c.quant.get());
   const auto* uq = dynamic_cast<const cpu::uniform_quant*>(c.quant.get());
@@ -729,9 +891,10 @@ inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span
     throw_usage("batch decode: " + c.quant->spec().name + " with outliers > 0 has no CUDA decode yet; the quantizers with one: " +
                 builtin_registry().cuda_stages(stage_kind::quant, false));
   detail::check_plan_transforms(c, transforms_ok);
-  if (dec.header().sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
+  detail::check_kept(dec.header(), kept);
   const kv_shape& s = dec.header().shape;
   const std::uint64_t H = static_cast<std::uint64_t>(s.kv_heads), D = static_cast<std::uint64_t>(s.head_dim);
+  const std::int64_t first_residual = kq ? s.tokens - kq->residual() : s.tokens;
   affine_batch_plan plan;
   plan.packed = dynamic_cast<const cpu::pack_entropy*>(c.entropy.get()) != nullptr;
   pack_batch_plan pp;
@@ -744,11 +907,36 @@ inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span
     g.sym_first = f.sym_first;
     g.t_first = sk.t0 - base;
     g.t_end = tokens;
-    if (f.alphabet != (1u << g.bits) || f.rows != H * g.q || f.cols != D)
-      throw_corrupt(f.where, "expected a plane of " + std::to_string(H * g.q) + " x " + std::to_string(D) + " symbols (alphabet " + std::to_string(1u << g.bits) +
+    // Token-dropped: one part per head, its quantized rows a prefix of its kept rows (kivi: those before
+    // the residual window), as the CPU stage splits them; the block's codes, parameters and exact rows
+    // are the parts' in head order.
+    std::vector<affine_batch_block> parts;
+    std::uint64_t q_rows = H * g.q, exact_rows = H * (g.tokens - g.q);
+    if (kept != nullptr) {
+      const std::uint64_t pb = affine::param_bytes(static_cast<affine::mode>(g.mode), static_cast<affine::param_dtype>(g.param_dtype));
+      q_rows = exact_rows = pbytes = 0;
+      for (const detail::head_part& hp : detail::head_parts(sk, *kept, f.segment)) {
+        affine_batch_block part = g;
+        part.heads = 1;
+        part.tokens = hp.rows;
+        part.q = 0;
+        while (part.q < hp.rows && sk.pos[hp.row + part.q] < first_residual) ++part.q;
+        part.sym_off = q_rows * D;
+        part.params = pbytes;  // relative until the side bytes are found
+        part.exact = exact_rows;  // rows, relative
+        part.t_first = hp.dest;
+        part.t_end = detail::all_tokens;
+        q_rows += part.q;
+        exact_rows += hp.rows - part.q;
+        pbytes += part.q > 0 ? detail::affine_groups_of(part, D) * pb : 0;
+        if (hp.rows > 0) parts.push_back(part);
+      }
+    }
+    if (f.alphabet != (1u << g.bits) || f.rows != q_rows || f.cols != D)
+      throw_corrupt(f.where, "expected a plane of " + std::to_string(q_rows) + " x " + std::to_string(D) + " symbols (alphabet " + std::to_string(1u << g.bits) +
                                  "), found " + std::to_string(f.rows) + " x " + std::to_string(f.cols) + " (alphabet " + std::to_string(f.alphabet) + ")");
     g.params = f.side_first;
-    const std::uint64_t exact_n = H * (g.tokens - g.q) * D;
+    const std::uint64_t exact_n = exact_rows * D;
     if (exact_n == 0) {
       if (f.side_size != pbytes) throw_corrupt(f.where, "expected " + std::to_string(pbytes) + " bytes of group parameters, found " + std::to_string(f.side_size));
     } else {
@@ -770,7 +958,16 @@ inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span
       if (f.side_size != want) throw_corrupt(f.where, "expected " + std::to_string(want) + " side bytes (group parameters and exact rows), found " + std::to_string(f.side_size));
     }
     plan.max_items = std::max<std::uint64_t>(plan.max_items, H * g.tokens * D);
-    plan.blocks.push_back(g);
+    if (kept == nullptr) {
+      plan.blocks.push_back(g);
+      continue;
+    }
+    for (affine_batch_block& part : parts) {
+      part.params += g.params;
+      part.exact = g.exact + part.exact * D * dtype_size(static_cast<dtype>(g.exact_dtype));
+      part.exact_dtype = g.exact_dtype;
+      plan.blocks.push_back(part);
+    }
   }
   if (plan.packed) plan.bytes = std::move(pp.bytes);
   return plan;
@@ -799,13 +996,13 @@ struct codebook_batch_plan : plane_batch_plan<codebook_batch_block> {
 /// quantizers or entropy stages; corrupt for blocks whose plane or side bytes do not fit.
 inline codebook_batch_plan plan_codebook_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                                const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
-                                               std::int64_t tokens, bool transforms_ok = false) {
+                                               std::int64_t tokens, bool transforms_ok = false, const kept_rows_plan* kept = nullptr) {
   const codec& c = dec.stages();
   const auto* nq = dynamic_cast<const cpu::nf4_quant*>(c.quant.get());
   const auto* kq = dynamic_cast<const cpu::kmeans_quant*>(c.quant.get());
   if (!nq && !kq) throw_usage("batch decode: quantizer '" + c.quant->spec().name + "' is not nf4 or kmeans");
   detail::check_plan_transforms(c, transforms_ok);
-  if (dec.header().sparse) throw_usage("batch decode: containers with dropped tokens have no batch decoder yet");
+  detail::check_kept(dec.header(), kept);
   const kv_shape& s = dec.header().shape;
   const std::uint64_t H = static_cast<std::uint64_t>(s.kv_heads), D = static_cast<std::uint64_t>(s.head_dim);
   codebook_batch_plan plan;
@@ -837,7 +1034,7 @@ inline codebook_batch_plan plan_codebook_batch(const segment_decoder& dec, std::
     g.book = kq ? (2 * static_cast<std::uint64_t>(sk.layer) + (f.key ? 0u : 1u)) * kq->levels() : 0;
     g.t_first = sk.t0 - base;
     g.t_end = tokens;
-    const std::uint64_t rows = H * g.tokens;
+    const std::uint64_t rows = sk.rows();  // H x tokens, or a token-dropped block's kept rows
     if (f.alphabet != (1u << bits) || f.rows != rows || f.cols != D || (plan.packed && f.pack_bits != bits))
       throw_corrupt(f.where, "expected a plane of " + std::to_string(rows) + " x " + std::to_string(D) + " symbols (alphabet " + std::to_string(1u << bits) +
                                  "), found " + std::to_string(f.rows) + " x " + std::to_string(f.cols) + " (alphabet " + std::to_string(f.alphabet) + ")");
@@ -845,7 +1042,21 @@ inline codebook_batch_plan plan_codebook_batch(const segment_decoder& dec, std::
     if (f.side_size != want)
       throw_corrupt(f.where, "expected " + std::to_string(want) + (nq ? " bytes of absmax scales" : " side bytes") + ", found " + std::to_string(f.side_size));
     plan.max_items = std::max<std::uint64_t>(plan.max_items, rows * D);
-    plan.blocks.push_back(g);
+    if (kept == nullptr) {
+      plan.blocks.push_back(g);
+      continue;
+    }
+    for (const detail::head_part& hp : detail::head_parts(sk, *kept, f.segment)) {  // codes and absmax in head order
+      if (hp.rows == 0) continue;
+      codebook_batch_block part = g;
+      part.heads = 1;
+      part.tokens = hp.rows;
+      part.sym_off = hp.row * D;
+      part.side = g.side + (nq ? hp.row * D / G * pb : 0);
+      part.t_first = hp.dest;
+      part.t_end = detail::all_tokens;
+      plan.blocks.push_back(part);
+    }
   }
   if (plan.packed) plan.bytes = std::move(pp.bytes);
   return plan;
@@ -899,7 +1110,9 @@ inline batch_kind batch_kind_of(const codec& c) {
 /// Plans `segments` with the decoder batch_kind_of picks and runs it on the CPU (the emulation of the
 /// CUDA seam) into the host view `dst` of destination tokens [0, tokens), token 0 being cache token `base`.
 /// With transforms (hadamard, derope) the quantizer's values go to an f32 scratch view first, then
-/// kv_finish_op inverts the transforms into `dst`.
+/// kv_finish_op inverts the transforms into `dst`. A token-dropped container's kept rows go to a compact
+/// buffer (kept_rows_plan: f32 with transforms, else dst's dtype), then kv_finish_op moves them into
+/// `dst` and writes the dropped tokens as zeros.
 inline void decode_batch_emulated(const segment_decoder& dec, std::span<const std::size_t> segments,
                                   const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base, std::int64_t tokens,
                                   const kv_view& dst) {
@@ -912,27 +1125,37 @@ inline void decode_batch_emulated(const segment_decoder& dec, std::span<const st
   });
   const bool tr = ts.n > 0;
   const kv_shape& s = h.shape;
-  const std::size_t per = static_cast<std::size_t>(s.kv_heads) * static_cast<std::size_t>(tokens) * static_cast<std::size_t>(s.head_dim);
-  std::vector<std::vector<float>> scratch(tr ? 2 * static_cast<std::size_t>(s.layers) : 0, std::vector<float>(per));
+  kept_rows_plan kp;
+  const kept_rows_plan* kept = nullptr;
+  std::vector<std::vector<float>> scratch;
+  std::vector<std::byte> compact;
   kv_view into = dst;
-  if (tr) {
-    std::vector<std::byte*> kp, vp;
+  if (h.sparse) {
+    kp = plan_kept_rows(dec, segments, bytes, base, tokens);
+    kept = &kp;
+    const dtype ct = tr ? dtype::f32 : dst.dt;
+    compact.resize(static_cast<std::size_t>(2 * kp.total * static_cast<std::uint64_t>(s.head_dim)) * dtype_size(ct));
+    into = kp.view(compact.data(), ct, s.head_dim, memory_space::host);
+  } else if (tr) {
+    const std::size_t per = static_cast<std::size_t>(s.kv_heads) * static_cast<std::size_t>(tokens) * static_cast<std::size_t>(s.head_dim);
+    scratch.assign(2 * static_cast<std::size_t>(s.layers), std::vector<float>(per));
+    std::vector<std::byte*> kp2, vp;
     for (std::size_t l = 0; l < static_cast<std::size_t>(s.layers); ++l) {
-      kp.push_back(reinterpret_cast<std::byte*>(scratch[2 * l].data()));
+      kp2.push_back(reinterpret_cast<std::byte*>(scratch[2 * l].data()));
       vp.push_back(reinterpret_cast<std::byte*>(scratch[2 * l + 1].data()));
     }
-    into = kv_view::hf(kp, vp, dtype::f32, s.kv_heads, tokens, s.head_dim);
+    into = kv_view::hf(kp2, vp, dtype::f32, s.kv_heads, tokens, s.head_dim);
   }
   switch (kind) {
-    case batch_kind::affine: decode_batch_emulated(plan_affine_batch(dec, segments, bytes, base, tokens, tr), into); break;
-    case batch_kind::codebook: decode_batch_emulated(plan_codebook_batch(dec, segments, bytes, base, tokens, tr), into); break;
+    case batch_kind::affine: decode_batch_emulated(plan_affine_batch(dec, segments, bytes, base, tokens, tr, kept), into); break;
+    case batch_kind::codebook: decode_batch_emulated(plan_codebook_batch(dec, segments, bytes, base, tokens, tr, kept), into); break;
     case batch_kind::ggml: decode_batch_emulated(plan_ggml_batch(dec, segments, bytes, base, tokens, tr), into); break;
-    case batch_kind::fp8: decode_batch_emulated(plan_fp8_batch(dec, segments, bytes, base, tokens, tr), into); break;
-    case batch_kind::raw: decode_batch_emulated(plan_raw_batch(dec, segments, bytes, base, tokens, tr), into); break;
-    case batch_kind::cachegen: decode_batch_emulated(plan_cachegen_batch<std::uint32_t>(dec, segments, bytes, base, tokens, tr), into); break;
-    case batch_kind::cachegen_ac: decode_batch_emulated(plan_cachegen_ac_batch(dec, segments, bytes, base, tokens, tr), into); break;
+    case batch_kind::fp8: decode_batch_emulated(plan_fp8_batch(dec, segments, bytes, base, tokens, tr, kept), into); break;
+    case batch_kind::raw: decode_batch_emulated(plan_raw_batch(dec, segments, bytes, base, tokens, tr, kept), into); break;
+    case batch_kind::cachegen: decode_batch_emulated(plan_cachegen_batch<std::uint32_t>(dec, segments, bytes, base, tokens, tr, kept), into); break;
+    case batch_kind::cachegen_ac: decode_batch_emulated(plan_cachegen_ac_batch(dec, segments, bytes, base, tokens, tr, kept), into); break;
   }
-  if (!tr) return;
+  if (!tr && !h.sparse) return;
   std::vector<void*> sk, sv, dk, dv;
   const kv_batch_dest sd = batch_dest(into, sk, sv);
   kv_batch_src src;
@@ -940,11 +1163,12 @@ inline void decode_batch_emulated(const segment_decoder& dec, std::span<const st
   src.v = sd.v;
   src.layout = sd.layout;
   src.head_dim = sd.head_dim;
-  src.dtype_code = 0;
+  src.dtype_code = sd.dtype_code;
   std::vector<kv_gather_block> fb;
   for (std::int32_t l = 0; l < s.layers; ++l)
     for (std::uint32_t key = 0; key < 2; ++key) fb.push_back({0, static_cast<std::uint64_t>(s.kv_heads) * static_cast<std::uint64_t>(tokens), 0, l, key});
-  run_batch_emulated(std::span<const kv_gather_block>(fb), kv_finish_op{src, batch_dest(dst, dk, dv), tokens, base, ts}, [](std::size_t) {});
+  run_batch_emulated(std::span<const kv_gather_block>(fb), kv_finish_op{src, batch_dest(dst, dk, dv), tokens, base, ts, kept ? kp.row_of.data() : nullptr},
+                     [](std::size_t) {});
 }
 
 }  // namespace kvcodec

@@ -28,17 +28,19 @@ inline void register_cuda_rows(registry& r) {
   r.set_cuda("hadamard", {true, true, "encode.cuh decode.cuh (core/transform_rows.hpp)", "rows of at most 512 values"});
   r.set_cuda("derope", {true, true, "encode.cuh decode.cuh (core/transform_rows.hpp)", "rows of at most 512 values; cos/sin tables from the host"});
   // drop stages: the scorers and the selection run on device views; cuda::encode runs them
-  // (cuda/drop_select.cuh, composed stages in order) before raw, fp8, uniform, kivi or nf4; containers
-  // with dropped tokens decode on the CPU
-  const std::string in_encode = "in cuda::encode (before raw, fp8, uniform, kivi or nf4); decode: not";
+  // (cuda/drop_select.cuh, composed stages in order) before raw, fp8, uniform, kivi or nf4;
+  // cuda::decode_into takes their containers (kept rows decoded compact, then moved into the view, the
+  // dropped tokens written as zeros) with every quantizer it decodes but the block formats
+  const std::string in_encode =
+      "in cuda::encode (before raw, fp8, uniform, kivi or nf4); decode: after raw, fp8, uniform, kivi, nf4, kmeans or cachegen-quant (not the block formats)";
   for (const char* d : {"knorm", "keydiff", "random", "streamingllm", "lagkv", "snapkv", "pyramidkv", "h2o", "tova"})
-    r.set_cuda(d, {false, false, std::string("drop/") + d + ".cuh", "cuda::" + std::string(d) + "_select; " + in_encode});
-  r.set_cuda("expected-attention", {false, false, "drop/expected_attention.cuh", "cuda::expected_attention_select; " + in_encode});
-  r.set_cuda("adakv", {false, false, "drop/adakv.cuh", "scorer=snapkv, h2o or tova; cuda::adakv_select, kept sets as a mask; " + in_encode});
-  r.set_cuda("criticalkv", {false, false, "drop/criticalkv.cuh", "scorer=snapkv, h2o or tova; cuda::criticalkv_select; " + in_encode});
-  r.set_cuda("criticaladakv", {false, false, "drop/criticalkv.cuh", "scorer=snapkv, h2o or tova; cuda::criticaladakv_select, kept sets as a mask; " + in_encode});
-  r.set_cuda("block", {false, false, "drop/block.cuh", "any scorer; each step on a gathered device sub-cache (drop/gather.cuh); " + in_encode});
-  r.set_cuda("chunkkv", {false, false, "drop/chunkkv.cuh", "scorer=snapkv, h2o, tova, lagkv or expected-attention; cuda::chunkkv_select; " + in_encode});
+    r.set_cuda(d, {true, false, std::string("drop/") + d + ".cuh", "cuda::" + std::string(d) + "_select; " + in_encode});
+  r.set_cuda("expected-attention", {true, false, "drop/expected_attention.cuh", "cuda::expected_attention_select; " + in_encode});
+  r.set_cuda("adakv", {true, false, "drop/adakv.cuh", "scorer=snapkv, h2o or tova; cuda::adakv_select, kept sets as a mask; " + in_encode});
+  r.set_cuda("criticalkv", {true, false, "drop/criticalkv.cuh", "scorer=snapkv, h2o or tova; cuda::criticalkv_select; " + in_encode});
+  r.set_cuda("criticaladakv", {true, false, "drop/criticalkv.cuh", "scorer=snapkv, h2o or tova; cuda::criticaladakv_select, kept sets as a mask; " + in_encode});
+  r.set_cuda("block", {true, false, "drop/block.cuh", "any scorer; each step on a gathered device sub-cache (drop/gather.cuh); " + in_encode});
+  r.set_cuda("chunkkv", {true, false, "drop/chunkkv.cuh", "scorer=snapkv, h2o, tova, lagkv or expected-attention; cuda::chunkkv_select; " + in_encode});
 }
 
 }  // namespace kvcodec

@@ -17,7 +17,8 @@
 namespace kvcodec {
 
 /// A stage's CUDA implementation (cuda/include/kvcodec/cuda/), as its registry row declares it.
-/// decode: cuda::decode_into takes containers made with the stage (a quantizer or entropy stage).
+/// decode: cuda::decode_into takes containers made with the stage (a quantizer or entropy stage; a
+/// transform it inverts; a drop stage: its token-dropped containers, with the quantizers its limits name).
 /// encode: cuda::encode runs the stage on the GPU. A quantizer without it is a usage error there;
 /// an entropy stage without it runs on the host over the symbols copied back.
 /// tests/registry/test_cuda_rows.cpp checks every row against what the seams do.

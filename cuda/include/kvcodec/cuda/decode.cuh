@@ -13,10 +13,13 @@
 // `cachegen-quant|ac` (the cachegen preset) decodes with cuda/ac.cuh's fused tiled kernel (range decode
 // and dequantize in one, symbols kept in shared memory) where it can, else its rows kernel and then the
 // cachegen-quant kernel. Scope today: the kvc levels, `cachegen-quant|rans|ac`, `uniform`, `kivi`,
-// `nf4`, `kmeans`, the block formats, `fp8` and `raw`, without prediction or dropped tokens, after the
-// transforms `hadamard` and `derope` (decoded into an f32 scratch view, then inverted into dst by
-// kv_finish_op, core/transform_rows.hpp) or none; other containers
-// are a usage error naming the stages that have a CUDA decode (registry/cuda_rows.hpp).
+// `nf4`, `kmeans`, the block formats, `fp8` and `raw`, without prediction, after the transforms
+// `hadamard` and `derope` (decoded into an f32 scratch view, then inverted into dst by kv_finish_op,
+// core/transform_rows.hpp) or none. Token-dropped containers (every quantizer above but the block
+// formats): the kept rows decode into a compact device buffer, one part per head (pipeline/batch.hpp's
+// kept_rows_plan), then kv_finish_op moves them into dst and writes the dropped tokens as zeros, as
+// the CPU's decode_into does. Other containers are a usage error naming the stages that have a CUDA
+// decode (registry/cuda_rows.hpp).
 // This header includes the CPU pipeline (host code): include it from .cu files that decode containers.
 #pragma once
 
@@ -147,7 +150,7 @@ struct cachegen_job final : batch_job {
   device_buffer<std::uint32_t> bad;
   std::uint64_t max_elements = 0;
   cachegen_job(cachegen_batch_plan<std::uint32_t> pl, const kv_view& dst, const par_t& p, batch_variant v)
-      : plan(std::move(pl)), fused(v == batch_variant::best), rans(plan.rans.builder, p, fused ? 0 : plan.rans.builder.out_symbols),
+      : plan(std::move(pl)), fused(v == batch_variant::best && !plan.ragged), rans(plan.rans.builder, p, fused ? 0 : plan.rans.builder.out_symbols),
         blocks(std::span<const cachegen_batch_block>(plan.blocks)), block_of(std::span<const std::uint32_t>(plan.block_of_stream)),
         steps(std::span<const float>(plan.steps)), dd(dst), bad(plan.blocks.size() + 1) {
     for (const auto& g : plan.blocks) max_elements = std::max<std::uint64_t>(max_elements, static_cast<std::uint64_t>(g.rows) * g.cols);
@@ -283,8 +286,20 @@ class view_decoder {
                                                    [&](const std::vector<double>& t) { return tables_.emplace_back(std::span<const double>(t)).data(); });
     const bool tr = ts.n > 0;
     const std::int64_t tokens = te - tb;
+    const bool sparse = v.header.sparse;
+    const kept_rows_plan* kept = nullptr;
+    result_.token_begin = tb;
+    result_.token_end = te;
     kv_view into = dst;
-    if (tr) {
+    if (sparse) {  // the kept rows: a compact buffer (f32 under transforms, else dst's dtype)
+      kept_ = plan_kept_rows(dec, todo, bytes_of, tb, tokens);
+      kept = &kept_;
+      const dtype ct = tr ? dtype::f32 : dst.dt;
+      compact_ = device_buffer<std::uint8_t>(static_cast<std::size_t>(2 * kept_.total * static_cast<std::uint64_t>(s.head_dim)) * dtype_size(ct));
+      into = kept_.view(reinterpret_cast<std::byte*>(compact_.data()), ct, s.head_dim, memory_space::device);
+      row_of_ = device_buffer<std::int64_t>(std::span<const std::int64_t>(kept_.row_of));
+      result_.kept = kept_.kept;
+    } else if (tr) {
       const std::size_t per = static_cast<std::size_t>(s.kv_heads) * static_cast<std::size_t>(tokens) * static_cast<std::size_t>(s.head_dim);
       std::vector<std::byte*> kp, vp;
       for (int l = 0; l < s.layers; ++l) {
@@ -293,6 +308,8 @@ class view_decoder {
       }
       into = kv_view::hf(kp, vp, dtype::f32, s.kv_heads, tokens, s.head_dim);
       into.space = memory_space::device;
+    }
+    if (sparse || tr) {  // the finishing step: into -> dst
       scratch_dest_ = std::make_unique<detail::device_dest>(into);
       final_dest_ = std::make_unique<detail::device_dest>(dst);
       kv_batch_src src;
@@ -300,8 +317,8 @@ class view_decoder {
       src.v = scratch_dest_->d.v;
       src.layout = scratch_dest_->d.layout;
       src.head_dim = s.head_dim;
-      src.dtype_code = 0;
-      finish_op_ = kv_finish_op{src, final_dest_->d, tokens, tb, ts};
+      src.dtype_code = scratch_dest_->d.dtype_code;
+      finish_op_ = kv_finish_op{src, final_dest_->d, tokens, tb, ts, sparse ? row_of_.data() : nullptr};
       std::vector<kv_gather_block> fb;
       finish_rows_ = static_cast<std::uint64_t>(s.kv_heads) * static_cast<std::uint64_t>(tokens);
       for (std::int32_t l = 0; l < s.layers; ++l)
@@ -310,16 +327,16 @@ class view_decoder {
       finish_bad_ = device_buffer<std::uint32_t>(fb.size() + 1);
     }
     switch (kind) {
-      case batch_kind::affine: job_ = std::make_unique<detail::affine_job>(plan_affine_batch(dec, todo, bytes_of, tb, tokens, tr), into, p); break;
-      case batch_kind::codebook: job_ = std::make_unique<detail::codebook_job>(plan_codebook_batch(dec, todo, bytes_of, tb, tokens, tr), into, p); break;
+      case batch_kind::affine: job_ = std::make_unique<detail::affine_job>(plan_affine_batch(dec, todo, bytes_of, tb, tokens, tr, kept), into, p); break;
+      case batch_kind::codebook: job_ = std::make_unique<detail::codebook_job>(plan_codebook_batch(dec, todo, bytes_of, tb, tokens, tr, kept), into, p); break;
       case batch_kind::ggml: job_ = std::make_unique<detail::store_job<ggml_batch_block>>(plan_ggml_batch(dec, todo, bytes_of, tb, tokens, tr), into); break;
-      case batch_kind::fp8: job_ = std::make_unique<detail::store_job<fp8_batch_block>>(plan_fp8_batch(dec, todo, bytes_of, tb, tokens, tr), into); break;
-      case batch_kind::raw: job_ = std::make_unique<detail::store_job<raw_batch_block>>(plan_raw_batch(dec, todo, bytes_of, tb, tokens, tr), into); break;
+      case batch_kind::fp8: job_ = std::make_unique<detail::store_job<fp8_batch_block>>(plan_fp8_batch(dec, todo, bytes_of, tb, tokens, tr, kept), into); break;
+      case batch_kind::raw: job_ = std::make_unique<detail::store_job<raw_batch_block>>(plan_raw_batch(dec, todo, bytes_of, tb, tokens, tr, kept), into); break;
       case batch_kind::cachegen:
-        job_ = std::make_unique<detail::cachegen_job>(plan_cachegen_batch<std::uint32_t>(dec, todo, bytes_of, tb, tokens, tr), into, p, variant);
+        job_ = std::make_unique<detail::cachegen_job>(plan_cachegen_batch<std::uint32_t>(dec, todo, bytes_of, tb, tokens, tr, kept), into, p, variant);
         break;
       case batch_kind::cachegen_ac:
-        job_ = std::make_unique<detail::cachegen_ac_job>(plan_cachegen_ac_batch(dec, todo, bytes_of, tb, tokens, tr), into, variant);
+        job_ = std::make_unique<detail::cachegen_ac_job>(plan_cachegen_ac_batch(dec, todo, bytes_of, tb, tokens, tr, kept), into, variant);
         break;
     }
   }
@@ -328,27 +345,37 @@ class view_decoder {
     if (scratch_dest_) run_batch(finish_blocks_.data(), finish_blocks_.size(), finish_rows_, finish_op_, finish_bad_.data(), p_);
   }
   void finish() { job_->finish(p_, name_); }  // waits for the stream: the finishing kernel too (it rejects nothing)
+  /// The decoded range and, for a token-dropped container, its kept tokens: what decode_into reports.
+  const decode_result& result() const noexcept { return result_; }
 
  private:
   par_t p_;
   std::string name_;
   std::unique_ptr<detail::batch_job> job_;
-  // transforms: the f32 scratch view, derope's tables, the finishing step
+  // transforms: the f32 scratch view, derope's tables, the finishing step; token-dropped containers:
+  // the compact kept rows and where each destination row finds its own
   std::deque<device_buffer<double>> tables_;
   std::deque<device_buffer<float>> scratch_;
+  kept_rows_plan kept_;
+  device_buffer<std::uint8_t> compact_;
+  device_buffer<std::int64_t> row_of_;
   std::unique_ptr<detail::device_dest> scratch_dest_, final_dest_;
   kv_finish_op finish_op_;
   device_buffer<kv_gather_block> finish_blocks_;
   device_buffer<std::uint32_t> finish_bad_;
   std::uint64_t finish_rows_ = 0;
+  decode_result result_;
 };
 
 /// Decodes the container `file` (host memory), all of it or the token range in `opt`, into the device
-/// view `dst`. Synchronous with respect to p.stream (it waits for the kernels to report).
-inline void decode_into(const par_t& p, std::span<const std::uint8_t> file, const kv_view& dst, const decode_options& opt = {}) {
+/// view `dst`; returns the range and (token-dropped containers, whose dropped tokens are written as
+/// zeros) the kept tokens, as kvcodec::decode_into does. Synchronous with respect to p.stream (it waits
+/// for the kernels to report).
+inline decode_result decode_into(const par_t& p, std::span<const std::uint8_t> file, const kv_view& dst, const decode_options& opt = {}) {
   view_decoder d(p, file, dst, opt);
   d.launch();
   d.finish();
+  return d.result();
 }
 
 }  // namespace kvcodec::cuda
