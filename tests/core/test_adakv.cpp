@@ -13,6 +13,7 @@
 #include "kvcodec/core/adakv.hpp"
 #include "kvcodec/cpu/drop/adakv.hpp"
 #include "../support/small_synth.hpp"
+#include "../support/scorer_coders.hpp"
 #include "../support/window_cases.hpp"
 
 // Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
@@ -107,6 +108,27 @@ TEST_CASE("adakv budgets - protected share - safeguard floor - pool") {
   CHECK(small.pool == 0);
   CHECK(adakv_protected_mark(c, a, 95) == 1);
   CHECK(adakv_protected_mark(c, a, 100 + 89) == 0);
+}
+
+TEST_CASE("GPU adakv (host emulation) over knorm keydiff lagkv expected-attention keeps the CPU's tokens - sinks and newest protected - safeguards") {
+  const kv_cache kv = test::small_synth({.layers = 2, .kv_heads = 3, .q_heads = 6, .head_dim = 16, .tokens = 130, .seed = 41});
+  for (const char* scorer : {"knorm", "keydiff", "lagkv", "expected-attention"})
+    for (double alpha : {0.0, 0.3, 1.0})
+      for (auto [b, obs_end] : {std::pair<std::int64_t, std::int64_t>{3, -1}, {20, -1}, {70, -1}, {40, 111}}) {
+        CAPTURE(scorer);
+        CAPTURE(alpha);
+        CAPTURE(b);
+        CAPTURE(obs_end);
+        drop::adakv d;
+        d.tokens = b, d.alpha = alpha, d.scorer = scorer, d.obs_end = obs_end, d.window = 16, d.lag = 20, d.sink = 4;
+        const drop::config c = d.cfg();
+        const std::int64_t n = obs_end < 0 ? 130 : obs_end;
+        const auto mask = test::with_scorer_coder(kv, c, n, [&](const auto& sc) { return drop_adakv_mask_emulated(sc, 2, b, alpha); });
+        CHECK(differing(cpu::select_adakv(kv, c, 1), mask, n) == 0);
+        std::size_t kept = 0;
+        for (auto x : mask) kept += x;
+        CHECK(kept == static_cast<std::size_t>(2 * 3 * b));
+      }
 }
 
 }  // namespace kvcodec_test_core_adakv

@@ -1,6 +1,6 @@
 // Tests of core/chunkkv.hpp, ChunkKV on the GPU path: the host emulation of each scorer's selection with
 // drop_chunk_coder keeps the CPU's select_chunkkv tokens: over snapkv, h2o and tova (the window scorers:
-// equal on these caches), lagkv and expected-attention (equal bit for bit by construction); chunk sizes
+// equal on these caches), lagkv, expected-attention, knorm and keydiff (equal bit for bit by construction); chunk sizes
 // 1, 7 and 40, budgets that cut a chunk, a prefix.
 #include <doctest/doctest.h>
 
@@ -38,6 +38,8 @@ std::vector<std::int32_t> emulated(const kv_cache& kv, const drop::config& c, st
   const test::typed tk = test::as_dtype(kv.keys, 0), tv = test::as_dtype(kv.values, 0), tq = test::as_dtype(kv.queries, 0);
   const std::vector<std::int32_t> table;
   const drop_chunk_wrap wrap{c.chunk, n};
+  if (c.scorer == drop::method::knorm) return drop_knorm_select_emulated(test::source_of(tk, T, D, 0, false, table), kv.shape.layers, kv.shape.kv_heads, n, b, wrap);
+  if (c.scorer == drop::method::keydiff) return drop_keydiff_select_emulated(test::source_of(tk, T, D, 0, false, table), kv.shape.layers, kv.shape.kv_heads, n, b, wrap);
   if (c.scorer == drop::method::lagkv) {
     lagkv_args a;
     a.k = test::source_of(tk, T, D, 0, false, table), a.v = tv.ptr.data();
@@ -63,9 +65,9 @@ std::vector<std::int32_t> emulated(const kv_cache& kv, const drop::config& c, st
 
 }  // namespace
 
-TEST_CASE("GPU chunkkv (host emulation) keeps the CPU's tokens - over snapkv h2o tova lagkv expected-attention - chunk sizes") {
+TEST_CASE("GPU chunkkv (host emulation) keeps the CPU's tokens - over snapkv h2o tova lagkv expected-attention knorm keydiff - chunk sizes") {
   const kv_cache kv = test::small_synth({.layers = 2, .kv_heads = 2, .q_heads = 4, .head_dim = 16, .tokens = 130, .seed = 31});
-  for (const char* scorer : {"snapkv", "h2o", "tova", "lagkv", "expected-attention"})
+  for (const char* scorer : {"snapkv", "h2o", "tova", "lagkv", "expected-attention", "knorm", "keydiff"})
     for (std::int64_t chunk : {std::int64_t{1}, std::int64_t{7}, std::int64_t{40}})
       for (std::int64_t obs_end : {std::int64_t{-1}, std::int64_t{111}})
         for (std::int64_t b : {std::int64_t{9}, std::int64_t{50}}) {

@@ -12,6 +12,7 @@
 #include "kvcodec/core/criticalkv.hpp"
 #include "kvcodec/cpu/drop/criticalkv.hpp"
 #include "../support/small_synth.hpp"
+#include "../support/scorer_coders.hpp"
 #include "../support/window_cases.hpp"
 
 // Unity builds (tests/CMakeLists.txt) compile several suites as one file: each keeps its names to itself.
@@ -126,6 +127,43 @@ TEST_CASE("criticalkv budgets - protected share - stage 1 within the candidates"
   CHECK(critical_budget_of(c, 6, 1.0).k1 == 0);
   c.protect_from = 3;
   CHECK(critical_budget_of(c, 100, 1.0).k1 == 3);  // at most the candidates
+}
+
+TEST_CASE("GPU criticalkv and criticaladakv (host emulation) over knorm keydiff lagkv expected-attention keep the CPU's tokens") {
+  const kv_cache kv = test::small_synth({.layers = 2, .kv_heads = 3, .q_heads = 6, .head_dim = 16, .tokens = 130, .seed = 43});
+  const test::typed tv = test::as_dtype(kv.values, 0);
+  const std::vector<std::int32_t> table;
+  const drop_source v = test::source_of(tv, 130, 16, 0, false, table);
+  for (const char* scorer : {"knorm", "keydiff", "lagkv", "expected-attention"})
+    for (double first : {0.2, 0.7})
+      for (auto [b, obs_end] : {std::pair<std::int64_t, std::int64_t>{10, -1}, {60, -1}, {40, 111}}) {
+        CAPTURE(scorer);
+        CAPTURE(first);
+        CAPTURE(b);
+        CAPTURE(obs_end);
+        const std::int64_t n = obs_end < 0 ? 130 : obs_end;
+        drop::criticalkv d;
+        d.tokens = b, d.first = first, d.scorer = scorer, d.obs_end = obs_end, d.window = 16, d.lag = 20, d.sink = 4;
+        const drop::config c = d.cfg();
+        const auto got = test::with_scorer_coder(kv, c, n, [&](const auto& sc) { return drop_criticalkv_emulated(sc, 2, b, first, c.epsilon, v); });
+        std::vector<std::int32_t> want;
+        for (const auto& layer : cpu::select_criticalkv(kv, c, 1))
+          for (const auto& h : layer) want.insert(want.end(), h.begin(), h.begin() + b);
+        CHECK(got == want);
+        drop::criticaladakv a;
+        a.tokens = b, a.alpha = 0.3, a.first = first, a.scorer = scorer, a.obs_end = obs_end, a.window = 16, a.lag = 20, a.sink = 4;
+        const drop::config ca = a.cfg();
+        const auto mask = test::with_scorer_coder(kv, ca, n, [&](const auto& sc) { return drop_criticaladakv_emulated(sc, 2, b, 0.3, first, ca.epsilon, v); });
+        std::vector<std::uint8_t> wm(mask.size(), 0);
+        std::size_t seg = 0;
+        for (const auto& layer : cpu::select_criticaladakv(kv, ca, 1))
+          for (const auto& h : layer) {
+            for (auto t : h)
+              if (t < n) wm[seg * static_cast<std::size_t>(n) + static_cast<std::size_t>(t)] = 1;
+            ++seg;
+          }
+        CHECK(mask == wm);
+      }
 }
 
 }  // namespace kvcodec_test_core_criticalkv

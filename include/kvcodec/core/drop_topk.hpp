@@ -50,16 +50,23 @@ KVCODEC_HD inline int drop_load_row(const drop_source& s, int l, std::int64_t h,
   return D;
 }
 
-/// The knorm code of key row (l, h, t): -sqrt of drop_sumsq16 of the f32 row, as the CPU scorer.
-KVCODEC_HD inline std::uint64_t drop_knorm_code(const drop_source& s, int l, std::int64_t h, std::int64_t t) noexcept {
+/// The knorm score of key row (l, h, t): -sqrt of drop_sumsq16 of the f32 row, as the CPU scorer.
+KVCODEC_HD inline double drop_knorm_value(const drop_source& s, int l, std::int64_t h, std::int64_t t) noexcept {
   float row[drop_max_head_dim];
   const int D = drop_load_row(s, l, h, t, row);
-  return drop_rank_code(-std::sqrt(static_cast<double>(drop_sumsq16(row, static_cast<std::size_t>(D)))));
+  return -std::sqrt(static_cast<double>(drop_sumsq16(row, static_cast<std::size_t>(D))));
+}
+/// Its code.
+KVCODEC_HD inline std::uint64_t drop_knorm_code(const drop_source& s, int l, std::int64_t h, std::int64_t t) noexcept {
+  return drop_rank_code(drop_knorm_value(s, l, h, t));
 }
 
 /// knorm as a coder: the code of key row (l, h, t).
 struct drop_knorm_coder {
   drop_source src;
+  /// No protected tokens; the CPU scorer's value (the presses over a scorer read these: core/chunkkv.hpp, core/adakv.hpp).
+  KVCODEC_HD std::int64_t priority(std::int64_t) const noexcept { return -1; }
+  KVCODEC_HD double raw(int l, std::int64_t h, std::int64_t t) const noexcept { return drop_knorm_value(src, l, h, t); }
   KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept { return drop_knorm_code(src, l, h, t); }
 };
 
@@ -128,16 +135,19 @@ struct drop_keydiff_coder {
   const float* anchor = nullptr;
   const double* yy = nullptr;
   int heads = 1;
-  KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept {
+  /// No protected tokens; the CPU scorer's value (the presses over a scorer read these).
+  KVCODEC_HD std::int64_t priority(std::int64_t) const noexcept { return -1; }
+  KVCODEC_HD double raw(int l, std::int64_t h, std::int64_t t) const noexcept {
     float row[drop_max_head_dim];
     const int D = drop_load_row(src, l, h, t, row);
     const std::int64_t seg = static_cast<std::int64_t>(l) * heads + h;
     const double y = yy[seg];
-    if (!(y > 0.0)) return drop_rank_code(-0.0);
+    if (!(y > 0.0)) return -0.0;
     const double ss = static_cast<double>(drop_sumsq16(row, static_cast<std::size_t>(D)));
     const double xy = static_cast<double>(drop_dot16(row, anchor + seg * D, static_cast<std::size_t>(D)));
-    return drop_rank_code(ss > 0.0 ? -(xy / std::sqrt(ss * y)) : -0.0);
+    return ss > 0.0 ? -(xy / std::sqrt(ss * y)) : -0.0;
   }
+  KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept { return drop_rank_code(raw(l, h, t)); }
 };
 
 /// The identity on coders: the selections' default for a press that wraps a scorer's coder (chunkkv's
@@ -169,8 +179,10 @@ std::vector<std::int32_t> drop_select_emulated(const Coder& coder, int layers, i
   return kept;
 }
 
-/// The GPU keydiff selection, emulated on the host (the kernels' three steps, then the selection).
-inline std::vector<std::int32_t> drop_keydiff_select_emulated(const drop_source& s, int layers, int heads, std::int64_t n, std::int64_t b) {
+/// The GPU keydiff steps emulated on the host (the kernels' three steps); returns then(coder), the
+/// coder valid during the call (its arrays live here).
+template <class Then>
+auto drop_keydiff_emulated_with(const drop_source& s, int layers, int heads, std::int64_t n, const Then& then) {
   const std::size_t segs = static_cast<std::size_t>(layers) * static_cast<std::size_t>(heads), D = static_cast<std::size_t>(s.head_dim);
   std::vector<float> inv(segs * static_cast<std::size_t>(n)), anchor(segs * D);
   std::vector<double> yy(segs);
@@ -182,12 +194,20 @@ inline std::vector<std::int32_t> drop_keydiff_select_emulated(const drop_source&
     for (std::size_t a = 0; a < D; ++a) anchor[g * D + a] = drop_keydiff_anchor(s, l, h, n, static_cast<std::int64_t>(a), iv);
     yy[g] = drop_keydiff_yy(anchor.data() + g * D, s.head_dim);
   }
-  return drop_select_emulated(drop_keydiff_coder{s, anchor.data(), yy.data(), heads}, layers, heads, n, b);
+  return then(drop_keydiff_coder{s, anchor.data(), yy.data(), heads});
+}
+
+/// The GPU keydiff selection, emulated on the host (the kernels' three steps, then the selection of
+/// wrap(coder): chunkkv wraps it).
+template <class Wrap = drop_same_coder>
+std::vector<std::int32_t> drop_keydiff_select_emulated(const drop_source& s, int layers, int heads, std::int64_t n, std::int64_t b, const Wrap& wrap = {}) {
+  return drop_keydiff_emulated_with(s, layers, heads, n, [&](const drop_keydiff_coder& c) { return drop_select_emulated(wrap(c), layers, heads, n, b); });
 }
 
 /// The GPU knorm selection, emulated on the host.
-inline std::vector<std::int32_t> drop_knorm_select_emulated(const drop_source& s, int layers, int heads, std::int64_t n, std::int64_t b) {
-  return drop_select_emulated(drop_knorm_coder{s}, layers, heads, n, b);
+template <class Wrap = drop_same_coder>
+std::vector<std::int32_t> drop_knorm_select_emulated(const drop_source& s, int layers, int heads, std::int64_t n, std::int64_t b, const Wrap& wrap = {}) {
+  return drop_select_emulated(wrap(drop_knorm_coder{s}), layers, heads, n, b);
 }
 
 }  // namespace kvcodec

@@ -225,12 +225,11 @@ inline expected_sizes expected_sizes_of(const expected_args& a) {
           static_cast<std::size_t>(a.layers) * static_cast<std::size_t>(a.heads) * static_cast<std::size_t>(a.n)};
 }
 
-/// The GPU expected-attention selection emulated on the host: the four steps item by item, then each
-/// head's b best by drop_expected_coder (or by wrap(coder)). `ep`: expected_tables of the same
-/// parameters; `scores` (optional) receives the score array ([(l * heads + g) * n + t], from the sinks on).
-template <class Wrap = drop_same_coder>
-std::vector<std::int32_t> drop_expected_select_emulated(expected_args a, const expected_prep& ep, std::int64_t b, std::vector<double>* scores = nullptr,
-                                                        const Wrap& wrap = {}) {
+/// The GPU expected-attention steps emulated on the host, item by item (`ep`: expected_tables of the
+/// same parameters); returns then(coder), the coder valid during the call; `scores` (optional) receives
+/// the score array ([(l * heads + g) * n + t], from the sinks on).
+template <class Then>
+auto drop_expected_emulated_with(expected_args a, const expected_prep& ep, const Then& then, std::vector<double>* scores = nullptr) {
   const expected_sizes sz = expected_sizes_of(a);
   std::vector<double> mu(sz.mu), cov(sz.cov), logit(sz.logit), coef(sz.coef), score(sz.score, 0.0);
   std::vector<float> muf(sz.mu);
@@ -241,9 +240,18 @@ std::vector<std::int32_t> drop_expected_select_emulated(expected_args a, const e
   for (std::int64_t i = 0; i < lh * m; ++i) expected_logit(a, i);
   for (std::int64_t i = 0; i < lh; ++i) expected_softmax(a, i);
   for (std::int64_t i = 0; i < static_cast<std::int64_t>(a.layers) * a.heads * m; ++i) expected_score(a, i);
-  auto kept = drop_select_emulated(wrap(drop_expected_coder{score.data(), a.heads, a.n, expected_sinks(a)}), a.layers, a.heads, a.n, b);
+  auto out = then(drop_expected_coder{score.data(), a.heads, a.n, expected_sinks(a)});
   if (scores) *scores = std::move(score);
-  return kept;
+  return out;
+}
+
+/// The GPU expected-attention selection emulated on the host: the four steps, then each head's b best
+/// by drop_expected_coder (or by wrap(coder)).
+template <class Wrap = drop_same_coder>
+std::vector<std::int32_t> drop_expected_select_emulated(const expected_args& a, const expected_prep& ep, std::int64_t b, std::vector<double>* scores = nullptr,
+                                                        const Wrap& wrap = {}) {
+  return drop_expected_emulated_with(
+      a, ep, [&](const drop_expected_coder& c) { return drop_select_emulated(wrap(c), a.layers, a.heads, a.n, b); }, scores);
 }
 
 }  // namespace kvcodec

@@ -144,10 +144,13 @@ inline lagkv_sizes lagkv_sizes_of(const lagkv_args& a) {
   return {segs * 2 * P * static_cast<std::size_t>(a.k.head_dim), segs * 2 * static_cast<std::size_t>(a.n), segs * 2 * P};
 }
 
-/// The GPU lagkv selection emulated on the host: the three steps item by item, then each head's b best
-/// by drop_lagkv_coder (or by wrap(coder)).
-template <class Wrap = drop_same_coder>
-std::vector<std::int32_t> drop_lagkv_select_emulated(lagkv_args a, std::int64_t b, const Wrap& wrap = {}) {
+/// How many tokens lagkv protects: the sinks and the newest from the tail on.
+KVCODEC_HD inline std::int64_t lagkv_protected(const lagkv_args& a) noexcept { return lagkv_sinks(a) + (a.n - lagkv_tail(a)); }
+
+/// The GPU lagkv steps emulated on the host, item by item; returns then(coder), the coder valid during
+/// the call (its arrays live here).
+template <class Then>
+auto drop_lagkv_emulated_with(lagkv_args a, const Then& then) {
   const lagkv_sizes sz = lagkv_sizes_of(a);
   std::vector<double> lo(sz.range), inv(sz.range), z(sz.z, 0.0), total(sz.total);
   a.lo = lo.data(), a.inv = inv.data(), a.z = z.data(), a.total = total.data();
@@ -155,7 +158,14 @@ std::vector<std::int32_t> drop_lagkv_select_emulated(lagkv_args a, std::int64_t 
   for (std::int64_t i = 0; i < c.range; ++i) lagkv_range(a, i);
   for (std::int64_t i = 0; i < c.sd; ++i) lagkv_sd(a, i);
   for (std::int64_t i = 0; i < c.softmax; ++i) lagkv_softmax(a, i);
-  return drop_select_emulated(wrap(drop_lagkv_coder{a}), a.layers, a.heads, a.n, b);
+  return then(drop_lagkv_coder{a});
+}
+
+/// The GPU lagkv selection emulated on the host: the three steps, then each head's b best by
+/// drop_lagkv_coder (or by wrap(coder)).
+template <class Wrap = drop_same_coder>
+std::vector<std::int32_t> drop_lagkv_select_emulated(const lagkv_args& a, std::int64_t b, const Wrap& wrap = {}) {
+  return drop_lagkv_emulated_with(a, [&](const drop_lagkv_coder& c) { return drop_select_emulated(wrap(c), a.layers, a.heads, a.n, b); });
 }
 
 }  // namespace kvcodec

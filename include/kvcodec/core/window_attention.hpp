@@ -316,6 +316,8 @@ struct drop_window_coder {
   KVCODEC_HD double raw(int l, std::int64_t h, std::int64_t t) const noexcept { return kind == wattn_score::snapkv && t >= qb ? 0.0 : score(l, h, t); }
   /// Priority of a protected token (0 kept first), -1 for a scored one.
   KVCODEC_HD std::int64_t priority(std::int64_t t) const noexcept { return t >= protect_from ? n - 1 - t : -1; }
+  /// How many tokens are protected (the newest from protect_from on).
+  KVCODEC_HD std::int64_t protected_count() const noexcept { return n - protect_from; }
   KVCODEC_HD std::uint64_t operator()(int l, std::int64_t h, std::int64_t t) const noexcept {
     const std::int64_t p = priority(t);
     return p >= 0 ? drop_protected_code(static_cast<std::uint64_t>(p)) : drop_rank_code(score(l, h, t));

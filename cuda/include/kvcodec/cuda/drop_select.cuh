@@ -4,15 +4,16 @@
 //   kept_sets k = kvcodec::cuda::drop_select(cfg, device_view, &queries, metadata, positions, par);
 //
 // Dispatches to the method's selector under cuda/drop/ (random, streamingllm, knorm, keydiff, snapkv,
-// pyramidkv, h2o, tova, lagkv, expected-attention, adakv, criticalkv and criticaladakv over snapkv, h2o or tova,
-// chunkkv over those and lagkv or expected-attention, and block over any scorer); drop_stage_select runs a composed spec's stages in order (drop_chain), with the CPU
+// pyramidkv, h2o, tova, lagkv, expected-attention, and the presses adakv, criticalkv, criticaladakv,
+// chunkkv and block over any scorer: over the window scorers their window entry points, over the others
+// the scorer's steps then the press over its coder); drop_stage_select runs a composed spec's stages in order (drop_chain), with the CPU
 // stage's prefix, budget and checks (cpu/drop/select.hpp: budget_of, check_window; the same bad-input
 // errors for missing queries or a prefix, budget or window larger than the cache). The selectors read
 // the view's keys (and values, queries) in place; only the kept token indices come back to the host
 // (4 bytes per kept row), as kept_sets, the tokens at or after the prefix appended as on the CPU.
 // Kept sets equal the CPU's where scores are equal within float rounding (docs/CUDA.md: the tie rule;
-// the window scorers may differ on near-ties). Other methods (adakv, criticalkv, criticaladakv and
-// chunkkv over other scorers) are a usage error naming these. Synchronous with respect to p.stream.
+// the window scorers may differ on near-ties). Other methods (a stage that is not built in) are a usage
+// error naming these. Synchronous with respect to p.stream.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -22,6 +23,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kvcodec/core/error.hpp"
@@ -54,8 +56,8 @@ namespace kvcodec::cuda {
 
 /// The methods drop_select runs on the GPU.
 inline constexpr const char* gpu_drop_methods =
-    "random, streamingllm, knorm, keydiff, snapkv, pyramidkv, h2o, tova, lagkv, expected-attention, adakv, criticalkv and criticaladakv (scorer snapkv, h2o or tova), "
-    "chunkkv (scorer snapkv, h2o, tova, lagkv or expected-attention), block (any scorer)";
+    "random, streamingllm, knorm, keydiff, snapkv, pyramidkv, h2o, tova, lagkv, expected-attention, and adakv, criticalkv, criticaladakv, chunkkv and block "
+    "over any of the scorers snapkv, h2o, tova, knorm, keydiff, lagkv and expected-attention";
 
 /// Whether drop_select runs configuration c on the GPU.
 inline bool gpu_drop_method(const drop::config& c) {
@@ -64,10 +66,9 @@ inline bool gpu_drop_method(const drop::config& c) {
     case method::random: case method::streamingllm: case method::knorm: case method::keydiff: case method::snapkv: case method::pyramidkv:
     case method::h2o: case method::tova: case method::lagkv: case method::expected_attention:
       return true;
-    case method::adakv: case method::criticalkv: case method::criticaladakv:
-      return c.scorer == method::snapkv || c.scorer == method::h2o || c.scorer == method::tova;
-    case method::chunkkv:
-      return c.scorer == method::snapkv || c.scorer == method::h2o || c.scorer == method::tova || c.scorer == method::lagkv || c.scorer == method::expected_attention;
+    case method::adakv: case method::criticalkv: case method::criticaladakv: case method::chunkkv:
+      return c.scorer == method::snapkv || c.scorer == method::h2o || c.scorer == method::tova || c.scorer == method::knorm || c.scorer == method::keydiff ||
+             c.scorer == method::lagkv || c.scorer == method::expected_attention;
     case method::block: return true;  // every scorer has a GPU selection
     default: return false;
   }
@@ -164,7 +165,29 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
   std::size_t kept_n = 0;
   for (auto bl : budgets) kept_n += static_cast<std::size_t>(bl) * static_cast<std::size_t>(H);
   const bool ada = c.m == method::adakv || c.m == method::criticaladakv;  // kept sets as a mask
+  // adakv, criticalkv and criticaladakv over a scorer without window attention (knorm, keydiff, lagkv,
+  // expected-attention): the scorer's steps, then the press's steps over its coder (drop_scored: its
+  // values, and its protected tokens by priority: lagkv's sinks and newest, expected-attention's sinks).
+  const bool pressed = (c.m == method::adakv || c.m == method::criticalkv || c.m == method::criticaladakv) && !plan;
+  const std::int64_t prot = scorer == method::lagkv ? lagkv_protected(lag) : scorer == method::expected_attention ? expected_sinks(ea) : 0;
+  const auto press = [&](std::int32_t* kept, std::uint8_t* mask) {
+    return [&, kept, mask](void* t, std::size_t& tb, const auto& coder) {
+      const drop_scored<std::decay_t<decltype(coder)>> sc{coder, H, n, prot};
+      if (c.m == method::adakv) adakv_over(t, tb, sc, L, b, c.alpha, mask, p);
+      else if (c.m == method::criticalkv) criticalkv_over(t, tb, sc, L, b, c.first, c.epsilon, vs.src, kept, p);
+      else criticaladakv_over(t, tb, sc, L, b, c.alpha, c.first, c.epsilon, vs.src, mask, p);
+    };
+  };
   const auto run = [&](void* temp, std::size_t& bytes, std::int32_t* kept, std::uint8_t* mask) {
+    if (pressed) {
+      switch (scorer) {
+        case method::knorm: knorm_run(temp, bytes, ks.src, press(kept, mask)); break;
+        case method::keydiff: keydiff_run(temp, bytes, ks.src, L, H, n, press(kept, mask), p); break;
+        case method::lagkv: lagkv_run(temp, bytes, lag, press(kept, mask), p); break;
+        default: expected_attention_run(temp, bytes, ea, ep, press(kept, mask), p); break;
+      }
+      return;
+    }
     switch (c.m) {
       case method::random: random_select(temp, bytes, static_cast<std::uint64_t>(c.seed), L, H, n, b, kept, p); break;
       case method::streamingllm: streamingllm_select(temp, bytes, c.sink, L, H, n, b, kept, p); break;
@@ -178,6 +201,7 @@ inline kept_sets drop_select(const drop::config& c, const const_kv_view& kv, con
       case method::chunkkv:
         if (scorer == method::lagkv) chunkkv_select(temp, bytes, lag, b, c.chunk, kept, p);
         else if (scorer == method::expected_attention) chunkkv_select(temp, bytes, ea, ep, b, c.chunk, kept, p);
+        else if (scorer == method::knorm || scorer == method::keydiff) chunkkv_select(temp, bytes, scorer == method::keydiff, ks.src, L, H, n, b, c.chunk, kept, p);
         else chunkkv_select(temp, bytes, *plan, c.chunk, kept, p);
         break;
       default: window_select(temp, bytes, *plan, kept, p); break;  // snapkv, pyramidkv, h2o, tova

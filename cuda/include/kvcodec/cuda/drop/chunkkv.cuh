@@ -1,8 +1,8 @@
 // kvcodec/cuda/drop/chunkkv.cuh — the `chunkkv` stage on the GPU, mirroring cpu/drop/chunkkv.hpp: a
 // scorer's selection with its coder wrapped by core/chunkkv.hpp's drop_chunk_coder, so every token
 // carries its chunk's mean score and whole chunks are kept or dropped together. Over the window scorers
-// (snapkv, h2o, tova: kept sets equal the CPU's but for near-ties), lagkv and expected-attention (equal
-// bit for bit).
+// (snapkv, h2o, tova: kept sets equal the CPU's but for near-ties), lagkv, expected-attention, knorm and
+// keydiff (equal bit for bit).
 #pragma once
 
 #include <cstddef>
@@ -11,6 +11,8 @@
 
 #include "kvcodec/core/chunkkv.hpp"
 #include "kvcodec/cuda/drop/expected_attention.cuh"
+#include "kvcodec/cuda/drop/keydiff.cuh"
+#include "kvcodec/cuda/drop/knorm.cuh"
 #include "kvcodec/cuda/drop/lagkv.cuh"
 #include "kvcodec/cuda/drop/window_attention.cuh"
 #include "kvcodec/cuda/policy.cuh"
@@ -33,6 +35,13 @@ inline void chunkkv_select(void* temp, std::size_t& temp_bytes, const drop_windo
 /// chunkkv over lagkv: lagkv_select's kept sets with chunks of `chunk` tokens.
 inline void chunkkv_select(void* temp, std::size_t& temp_bytes, const lagkv_args& a, std::int64_t b, std::int64_t chunk, std::int32_t* kept, const par_t& p) {
   lagkv_select(temp, temp_bytes, a, b, kept, p, detail::chunk_wrap(chunk, a.n));
+}
+
+/// chunkkv over knorm (keydiff false) or keydiff: their selection's kept sets with chunks of `chunk` tokens.
+inline void chunkkv_select(void* temp, std::size_t& temp_bytes, bool keydiff, const drop_source& src, int layers, int heads, std::int64_t n, std::int64_t b,
+                           std::int64_t chunk, std::int32_t* kept, const par_t& p) {
+  if (keydiff) keydiff_select(temp, temp_bytes, src, layers, heads, n, b, kept, p, detail::chunk_wrap(chunk, n));
+  else knorm_select(temp, temp_bytes, src, layers, heads, n, b, kept, p, detail::chunk_wrap(chunk, n));
 }
 
 /// chunkkv over expected-attention: expected_attention_select's kept sets with chunks of `chunk` tokens.

@@ -18,14 +18,10 @@
 
 namespace kvcodec::cuda {
 
-/// kept[(l * heads + h) * b + i] (device): each (layer, kv head)'s b tokens of [0, a.n), increasing, under
-/// expected attention. a.k, a.v and a.q hold device pointers (values in the keys' layout and dtype); `ep`
-/// is expected_tables of a's parameters (host: copied into temp on p.stream, so it must live until the
-/// work is done); a's arrays are ignored (they live in temp). Ranked by drop_expected_coder, or by
-/// wrap(coder) (chunkkv). Two-phase: temp == nullptr sets temp_bytes.
-template <class Wrap = drop_same_coder>
-void expected_attention_select(void* temp, std::size_t& temp_bytes, expected_args a, const expected_prep& ep, std::int64_t b, std::int32_t* kept,
-                               const par_t& p, const Wrap& wrap = {}) {
+/// Expected attention's four steps, then its coder handed to then(temp, temp_bytes, coder), a selection
+/// over it with CUB's two-phase convention (the presses over a scorer take it this way). Two-phase itself.
+template <class Then>
+void expected_attention_run(void* temp, std::size_t& temp_bytes, expected_args a, const expected_prep& ep, const Then& then, const par_t& p) {
   if (a.k.head_dim < 1 || a.k.head_dim > drop_max_head_dim || a.q.head_dim != a.k.head_dim)
     throw_usage("cuda expected_attention_select: head_dim " + std::to_string(a.k.head_dim) + " outside 1.." + std::to_string(drop_max_head_dim) +
                 " or unlike the queries'");
@@ -43,7 +39,7 @@ void expected_attention_select(void* temp, std::size_t& temp_bytes, expected_arg
   for (const std::size_t s : sizes) own += s;
   const drop_expected_coder probe{nullptr, a.heads, a.n, expected_sinks(a)};
   std::size_t select_bytes = 0;
-  select_by_codes(nullptr, select_bytes, wrap(probe), a.layers, a.heads, a.n, b, nullptr, p);
+  then(nullptr, select_bytes, probe);
   if (detail::size_only(temp, temp_bytes, own + select_bytes, "cuda expected_attention_select")) return;
   auto* at = static_cast<std::uint8_t*>(temp);
   std::uint8_t* part[10];
@@ -64,7 +60,20 @@ void expected_attention_select(void* temp, std::size_t& temp_bytes, expected_arg
     detail::launch_step<expected_args, expected_score>(a, scored, 128, p, "expected-attention score kernel launch");
   }
   std::size_t sb = select_bytes;
-  select_by_codes(at, sb, wrap(drop_expected_coder{a.score, a.heads, a.n, expected_sinks(a)}), a.layers, a.heads, a.n, b, kept, p);
+  then(at, sb, drop_expected_coder{a.score, a.heads, a.n, expected_sinks(a)});
+}
+
+/// kept[(l * heads + h) * b + i] (device): each (layer, kv head)'s b tokens of [0, a.n), increasing, under
+/// expected attention. a.k, a.v and a.q hold device pointers (values in the keys' layout and dtype); `ep`
+/// is expected_tables of a's parameters (host: copied into temp on p.stream, so it must live until the
+/// work is done); a's arrays are ignored (they live in temp). Ranked by drop_expected_coder, or by
+/// wrap(coder) (chunkkv). Two-phase: temp == nullptr sets temp_bytes.
+template <class Wrap = drop_same_coder>
+void expected_attention_select(void* temp, std::size_t& temp_bytes, const expected_args& a, const expected_prep& ep, std::int64_t b, std::int32_t* kept,
+                               const par_t& p, const Wrap& wrap = {}) {
+  expected_attention_run(
+      temp, temp_bytes, a, ep,
+      [&](void* t, std::size_t& tb, const drop_expected_coder& c) { select_by_codes(t, tb, wrap(c), a.layers, a.heads, a.n, b, kept, p); }, p);
 }
 
 }  // namespace kvcodec::cuda

@@ -42,11 +42,10 @@ __global__ void keydiff_yy_kernel(const float* anchor, int D, std::int64_t segme
 
 }  // namespace detail
 
-/// kept[(l * heads + h) * b + i] (device): each head's b keys least similar to its mean normalised key
-/// among tokens [0, n), increasing. `src.k` is a device array of per-layer device pointers. Two-phase:
-/// temp == nullptr sets temp_bytes. Queued on p.stream.
-inline void keydiff_select(void* temp, std::size_t& temp_bytes, const drop_source& src, int layers, int heads, std::int64_t n, std::int64_t b, std::int32_t* kept,
-                           const par_t& p) {
+/// keydiff's three steps, then its coder handed to then(temp, temp_bytes, coder), a selection over it
+/// with CUB's two-phase convention (the presses over a scorer take it this way). Two-phase itself.
+template <class Then>
+void keydiff_run(void* temp, std::size_t& temp_bytes, const drop_source& src, int layers, int heads, std::int64_t n, const Then& then, const par_t& p) {
   if (src.head_dim < 1 || src.head_dim > drop_max_head_dim)
     throw_usage("cuda keydiff_select: head_dim " + std::to_string(src.head_dim) + " outside 1.." + std::to_string(drop_max_head_dim));
   if (layers < 1 || heads < 1 || n < 1) throw_usage("cuda keydiff_select: need layers, heads and n >= 1");
@@ -60,7 +59,7 @@ inline void keydiff_select(void* temp, std::size_t& temp_bytes, const drop_sourc
   auto* yy = reinterpret_cast<double*>(base + inv_bytes + anchor_bytes);
   const drop_keydiff_coder coder{src, anchor, yy, heads};
   std::size_t select_bytes = 0;
-  select_by_codes(nullptr, select_bytes, coder, layers, heads, n, b, nullptr, p);
+  then(nullptr, select_bytes, coder);
   if (detail::size_only(temp, temp_bytes, own + select_bytes, "cuda keydiff_select")) return;
   auto* inv = reinterpret_cast<float*>(base);
   const unsigned threads = 128;
@@ -71,7 +70,18 @@ inline void keydiff_select(void* temp, std::size_t& temp_bytes, const drop_sourc
   detail::keydiff_yy_kernel<<<detail::grid_for(segments, threads), threads, 0, p.stream>>>(anchor, static_cast<int>(D), segments, yy);
   check(cudaGetLastError(), "keydiff_yy_kernel launch");
   std::size_t sb = select_bytes;
-  select_by_codes(base + own, sb, coder, layers, heads, n, b, kept, p);
+  then(base + own, sb, coder);
+}
+
+/// kept[(l * heads + h) * b + i] (device): each head's b keys least similar to its mean normalised key
+/// among tokens [0, n), increasing (ranked by wrap(coder): chunkkv). `src.k` is a device array of
+/// per-layer device pointers. Two-phase: temp == nullptr sets temp_bytes. Queued on p.stream.
+template <class Wrap = drop_same_coder>
+void keydiff_select(void* temp, std::size_t& temp_bytes, const drop_source& src, int layers, int heads, std::int64_t n, std::int64_t b, std::int32_t* kept,
+                    const par_t& p, const Wrap& wrap = {}) {
+  keydiff_run(
+      temp, temp_bytes, src, layers, heads, n,
+      [&](void* t, std::size_t& tb, const drop_keydiff_coder& c) { select_by_codes(t, tb, wrap(c), layers, heads, n, b, kept, p); }, p);
 }
 
 }  // namespace kvcodec::cuda

@@ -18,14 +18,22 @@
 
 namespace kvcodec::cuda {
 
-/// kept[(l * heads + h) * b + i] (device): the b lowest-norm keys of tokens [0, n) of every (layer,
-/// kv head), increasing. `src.k` is a device array of per-layer device pointers. Two-phase: temp ==
-/// nullptr sets temp_bytes. Queued on p.stream.
-inline void knorm_select(void* temp, std::size_t& temp_bytes, const drop_source& src, int layers, int heads, std::int64_t n, std::int64_t b, std::int32_t* kept,
-                         const par_t& p) {
+/// knorm's coder handed to then(temp, temp_bytes, coder), a selection over it with CUB's two-phase
+/// convention (knorm has no steps before its codes; the presses over a scorer take it this way).
+template <class Then>
+void knorm_run(void* temp, std::size_t& temp_bytes, const drop_source& src, const Then& then) {
   if (src.head_dim < 1 || src.head_dim > drop_max_head_dim)
     throw_usage("cuda knorm_select: head_dim " + std::to_string(src.head_dim) + " outside 1.." + std::to_string(drop_max_head_dim));
-  select_by_codes(temp, temp_bytes, drop_knorm_coder{src}, layers, heads, n, b, kept, p);
+  then(temp, temp_bytes, drop_knorm_coder{src});
+}
+
+/// kept[(l * heads + h) * b + i] (device): the b lowest-norm keys of tokens [0, n) of every (layer,
+/// kv head), increasing (ranked by wrap(coder): chunkkv). `src.k` is a device array of per-layer device
+/// pointers. Two-phase: temp == nullptr sets temp_bytes. Queued on p.stream.
+template <class Wrap = drop_same_coder>
+void knorm_select(void* temp, std::size_t& temp_bytes, const drop_source& src, int layers, int heads, std::int64_t n, std::int64_t b, std::int32_t* kept,
+                  const par_t& p, const Wrap& wrap = {}) {
+  knorm_run(temp, temp_bytes, src, [&](void* t, std::size_t& tb, const drop_knorm_coder& c) { select_by_codes(t, tb, wrap(c), layers, heads, n, b, kept, p); });
 }
 
 }  // namespace kvcodec::cuda
