@@ -327,7 +327,7 @@ void test_decode_into() {
   check_specs({"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "fp8", "fp8:format=e5m2,scale=head", "fp8:scale=token", "raw", "raw:dtype=bf16",
                "raw:dtype=f32", "kivi:bits=4|rans", "kivi:bits=2,group=32,residual=200|pack", "uniform:bits=3,mode=sym,kaxis=token,group=4|pack",
                "uniform:bits=8,kaxis=channel,vaxis=channel,group=10|rans", "nf4", "nf4:group=4,scale=f32|rans", "kmeans", "kmeans:bits=3|rans",
-               "kmeans:bits=8|pack"},
+               "kmeans:bits=8|pack", "kivi:bits=2,outliers=1|rans", "uniform:bits=3,outliers=2,kaxis=channel,group=4"},
               {batch_variant::best});
   // cachegen-quant|ac (the cachegen preset): the fused tiled kernel and LMCache's rows kernel
   check_specs({"cachegen", "cachegen-quant|ac:ctx=pooled", "cachegen-quant|ac:streams=block", "cachegen-quant:kbins=600,klayers=-,vbins=300,vlayers=-|ac",
@@ -364,7 +364,8 @@ void test_decode_dropped() {
   for (const std::string spec : {"cachegen-quant:kbins=32,klayers=-,kaxis=channel|rans:tables=chunk", "cachegen-quant:kaxis=token,vaxis=channel|rans:lanes=0",
                                  "cachegen", "raw", "raw:dtype=f32", "fp8", "fp8:scale=head", "fp8:scale=token", "uniform:bits=3",
                                  "uniform:bits=4,kaxis=channel,group=8|rans", "kivi:bits=2", "kivi:bits=4,group=16,residual=40|rans", "nf4:group=4", "nf4|rans",
-                                 "kmeans:bits=3", "derope|kivi:bits=4|rans", "hadamard|cachegen-quant|rans:tables=chunk", "derope|cachegen"}) {
+                                 "kmeans:bits=3", "derope|kivi:bits=4|rans", "hadamard|cachegen-quant|rans:tables=chunk", "derope|cachegen",
+                                 "kivi:bits=2,outliers=2,residual=40|rans", "uniform:bits=3,outliers=1"}) {
     codec c = make_codec(spec);
     const encoded e = encode(cpu::par, c, const_kv_view(src.view), encode_options{.chunk_tokens = 96}, ex);
     for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
@@ -531,16 +532,21 @@ void test_encode_dropped() {
                                      "block:scorer=snapkv,keep=0.4,window=16,block=128", "knorm:keep=0.6|h2o:keep=0.5,window=16",
                                      "criticalkv:keep=0.4,window=32", "criticalkv:scorer=h2o,keep=0.3,window=32,first=0.8",
                                      "chunkkv:scorer=lagkv,keep=0.5,chunk=16,lag=64", "chunkkv:keep=0.4,window=32,chunk=8",
-                                     "criticaladakv:keep=0.4,window=32,alpha=0.3"})
+                                     "criticaladakv:keep=0.4,window=32,alpha=0.3", "adakv:scorer=knorm,keep=0.4,alpha=0.2",
+                                     "adakv:scorer=lagkv,keep=0.5,lag=64", "criticalkv:scorer=keydiff,keep=0.4", "criticalkv:scorer=lagkv,keep=0.3,lag=64,first=0.7",
+                                     "criticaladakv:scorer=expected-attention,keep=0.4,window=32", "criticaladakv:scorer=knorm,keep=0.5",
+                                     "chunkkv:scorer=knorm,keep=0.4,chunk=16", "chunkkv:scorer=keydiff,keep=0.5,chunk=8"})
       {
         // the kept sets once per drop spec, then the containers: every quantizer for f16 HF views, two elsewhere
         const codec c0 = make_codec(drop + "|raw");
         const kept_sets gpu = kvcodec::cuda::drop_stage_select(*c0.drop, view, &qview, kv.metadata, kv.positions, kvcodec::cuda::par);
         const kept_sets cpu_kept = c0.drop->select(kv);
         const std::string where = drop + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf");
-        const bool exact = drop.find("snapkv") == std::string::npos && drop.find("pyramidkv") == std::string::npos && drop.find("h2o") == std::string::npos &&
-                           drop.find("tova") == std::string::npos && drop.find("adakv") == std::string::npos && drop.find("criticalkv") == std::string::npos &&
-                           drop != "chunkkv:keep=0.4,window=32,chunk=8";  // criticaladakv: found by "adakv"
+        const bool other_scorer = drop.find("scorer=knorm") != std::string::npos || drop.find("scorer=keydiff") != std::string::npos ||
+                                  drop.find("scorer=lagkv") != std::string::npos || drop.find("scorer=expected-attention") != std::string::npos;
+        const bool exact = other_scorer || (drop.find("snapkv") == std::string::npos && drop.find("pyramidkv") == std::string::npos && drop.find("h2o") == std::string::npos &&
+                                            drop.find("tova") == std::string::npos && drop.find("adakv") == std::string::npos && drop.find("criticalkv") == std::string::npos &&
+                                            drop != "chunkkv:keep=0.4,window=32,chunk=8");  // criticaladakv: found by "adakv"
         if (exact || gpu == cpu_kept) {
           expect(gpu == cpu_kept, where + ": GPU kept sets differ from the CPU's");
         } else {
@@ -582,7 +588,7 @@ void test_encode_dropped() {
         const encoded got = kvcodec::cuda::encode(kvcodec::cuda::par, c2, view, opt, ex);
         expect(got.data == want.data, "encode " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf") + ": container differs from the CPU's");
       }
-      // outside the GPU scope: composed drop stages, a query-aware stage without queries
+      // outside the GPU scope: a stage after adakv, a query-aware stage without queries, a block format
       const auto kind = [&](const std::string& spec, const const_kv_view* q) {
         codec c = make_codec(spec);
         try {
@@ -593,7 +599,6 @@ void test_encode_dropped() {
         return error_kind::io;
       };
       expect(kind("adakv:keep=0.5,window=32|knorm:keep=0.5|raw", &qview) == error_kind::usage, "a stage after adakv (ragged counts): usage error");
-      expect(kind("criticaladakv:scorer=knorm,keep=0.5|raw", &qview) == error_kind::usage, "criticaladakv over knorm: usage error");
       expect(kind("snapkv:keep=0.5|raw", nullptr) == error_kind::bad_input, "snapkv without queries: bad input");
       expect(kind("knorm:keep=0.5|q8_0", nullptr) == error_kind::usage, "knorm|q8_0: usage error");
     }

@@ -294,7 +294,7 @@ TEST_CASE("batch decode of cachegen-quant with ac: on damaged streams the tiled 
   CHECK(refused > 0);
 }
 
-TEST_CASE("batch decode (emulated) equals decode_into: ggml block formats - fp8 - raw - uniform - kivi - dtypes - HF and paged views - token ranges") {
+TEST_CASE("batch decode (emulated) equals decode_into: ggml block formats - fp8 - raw - uniform - kivi (outliers too) - dtypes - HF and paged views - token ranges") {
   // head_dim 32: each ggml block is one head's row; 8 heads x head_dim 20: blocks span heads
   const kv_cache a = test::random_cache(3, 2, 600, 32, dtype::f16);
   const kv_cache b = test::random_cache(2, 8, 300, 20, dtype::bf16);
@@ -302,7 +302,9 @@ TEST_CASE("batch decode (emulated) equals decode_into: ggml block formats - fp8 
                                  "raw:dtype=f16", "raw:dtype=bf16", "raw:dtype=f32", "kivi:bits=4|rans", "kivi:bits=2,group=32,residual=200|pack",
                                  "kivi:bits=3,residual=0|rans:lanes=0", "kivi:bits=4,scale=f32|pack", "uniform|rans",
                                  "uniform:bits=3,mode=sym,kaxis=token,group=4|pack", "uniform:bits=8,kaxis=channel,vaxis=channel,group=10|rans",
-                                 "nf4", "nf4:group=4,scale=f32|rans", "nf4:group=4|pack", "kmeans", "kmeans:bits=3|rans", "kmeans:bits=8|pack"}) {
+                                 "nf4", "nf4:group=4,scale=f32|rans", "nf4:group=4|pack", "kmeans", "kmeans:bits=3|rans", "kmeans:bits=8|pack",
+                                 "kivi:bits=2,outliers=1|rans", "kivi:bits=4,outliers=3,residual=200|pack", "kivi:bits=3,outliers=1,residual=0",
+                                 "uniform:bits=3,outliers=0.5|rans", "uniform:bits=4,kaxis=channel,group=4,outliers=2"}) {
     INFO(spec);
     check_views(encode(spec, a, encode_options{.chunk_tokens = 256}).data, dtype::bf16);
     const encoded eb = encode(spec, b, encode_options{.chunk_tokens = 128});
@@ -385,7 +387,8 @@ TEST_CASE("batch decode (emulated) of token-dropped containers equals decode_int
   const test::host_dest src = test::host_source(kv, dtype::f16, false);
   for (const std::string spec : {"cachegen-quant:kbins=32,klayers=-,kaxis=channel|rans:tables=chunk", "cachegen-quant:kaxis=token,vaxis=channel|rans:lanes=0", "cachegen", "raw", "raw:dtype=f32", "fp8", "fp8:scale=head",
                                  "fp8:scale=token", "uniform:bits=3", "uniform:bits=4,kaxis=channel,group=8|rans", "kivi:bits=2", "kivi:bits=4,group=16,residual=40|rans",
-                                 "kivi:bits=3,residual=64", "nf4:group=4", "nf4|rans", "kmeans:bits=3", "derope|kivi:bits=4|rans", "hadamard|cachegen-quant|rans:tables=chunk", "derope|cachegen"}) {
+                                 "kivi:bits=3,residual=64", "nf4:group=4", "nf4|rans", "kmeans:bits=3", "derope|kivi:bits=4|rans", "hadamard|cachegen-quant|rans:tables=chunk", "derope|cachegen",
+                                 "kivi:bits=2,outliers=2,residual=40|rans", "uniform:bits=3,outliers=1"}) {
     INFO(spec);
     codec c = make_codec(spec);
     const encoded e = encode(cpu::par, c, const_kv_view(src.view), encode_options{.chunk_tokens = 96}, ex);

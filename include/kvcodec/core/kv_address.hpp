@@ -99,4 +99,30 @@ struct kv_gather_op {
   }
 };
 
+/// One value a batch decoder writes after a block's element step, at (layer, K or V, head h, destination
+/// token t, channel ch): an outlier's exact value (uniform and kivi with outliers > 0), resolved on the host.
+struct kv_put_entry {
+  float x = 0.0f;
+  std::int32_t layer = 0, h = 0, ch = 0;
+  std::uint32_t key = 1;
+  std::int64_t t = 0;
+};
+/// A run of kv_put_entry: entries [first, first + count).
+struct kv_put_block {
+  std::uint64_t first = 0, count = 0;
+  std::int32_t layer = 0;
+  std::uint32_t key = 1;
+};
+/// Element step: entry i of a kv_put_block stored through kv_batch_put (rounded to the destination's dtype).
+struct kv_put_op {
+  const kv_put_entry* e = nullptr;
+  kv_batch_dest d;
+  KVCODEC_HD std::uint64_t count(const kv_put_block& b) const noexcept { return b.count; }
+  KVCODEC_HD bool operator()(const kv_put_block& b, std::uint64_t i) const noexcept {
+    const kv_put_entry& x = e[b.first + i];
+    kv_batch_put(d, x.key != 0, x.layer, x.h, x.t, x.ch, x.x);
+    return true;
+  }
+};
+
 }  // namespace kvcodec

@@ -130,10 +130,10 @@ inline void take_outliers(float* x, std::size_t n, double percent, dtype src, by
   put_exact(vals.data(), vals.size(), src, side);
 }
 
-/// Reads an outlier list and writes its values into y[0..n).
-inline void put_outliers_back(byte_reader& r, float* y, std::size_t n) {
+/// Reads an outlier list over n values: its indices (increasing, each < n) and their exact values.
+inline void read_outliers(byte_reader& r, std::size_t n, std::vector<std::uint32_t>& idx, std::vector<float>& vals) {
   const std::uint64_t k = r.get_varint_max("outlier count", n);
-  std::vector<std::uint32_t> idx(static_cast<std::size_t>(k));
+  idx.resize(static_cast<std::size_t>(k));
   std::uint64_t pos = 0;
   for (std::size_t j = 0; j < idx.size(); ++j) {
     const std::uint64_t d = r.get_varint_max("outlier index delta", n);
@@ -141,8 +141,15 @@ inline void put_outliers_back(byte_reader& r, float* y, std::size_t n) {
     if (pos >= n) throw_corrupt(r.what(), "outlier index " + std::to_string(pos) + " outside the block's " + std::to_string(n) + " values");
     idx[j] = static_cast<std::uint32_t>(pos);
   }
-  std::vector<float> vals(idx.size());
+  vals.resize(idx.size());
   get_exact(r, vals.size(), vals.data());
+}
+
+/// Reads an outlier list and writes its values into y[0..n).
+inline void put_outliers_back(byte_reader& r, float* y, std::size_t n) {
+  std::vector<std::uint32_t> idx;
+  std::vector<float> vals;
+  read_outliers(r, n, idx, vals);
   for (std::size_t j = 0; j < idx.size(); ++j) y[idx[j]] = vals[j];
 }
 

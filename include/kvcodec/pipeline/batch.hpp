@@ -875,11 +875,14 @@ void run_plane_op(const plane_batch_plan<Block>& plan, const Op& op) {
 }
 }  // namespace detail
 
-/// A `uniform` or `kivi` container's blocks (outliers=0) for a batch decode.
-using affine_batch_plan = plane_batch_plan<affine_batch_block>;
+/// A `uniform` or `kivi` container's blocks for a batch decode; with outliers > 0, every outlier's exact
+/// value and destination (read from the blocks' side bytes on the host), written after the blocks.
+struct affine_batch_plan : plane_batch_plan<affine_batch_block> {
+  std::vector<kv_put_entry> outliers;
+};
 
-/// Plans `segments` of a uniform or kivi container (as plan_ggml_batch). Usage error for outliers > 0,
-/// other quantizers or entropy stages; corrupt for blocks whose plane or side bytes do not fit.
+/// Plans `segments` of a uniform or kivi container (as plan_ggml_batch). Usage error for other
+/// quantizers or entropy stages; corrupt for blocks whose plane or side bytes do not fit.
 inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                            const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
                                            std::int64_t tokens, bool transforms_ok = false, const kept_rows_plan* kept = nullptr) {
@@ -887,9 +890,7 @@ inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span
   const auto* kq = dynamic_cast<const cpu::kivi_quant*>(c.quant.get());
   const auto* uq = dynamic_cast<const cpu::uniform_quant*>(c.quant.get());
   if (!kq && !uq) throw_usage("batch decode: quantizer '" + c.quant->spec().name + "' is not uniform or kivi");
-  if ((kq ? kq->outliers() : uq->outliers()) > 0.0)
-    throw_usage("batch decode: " + c.quant->spec().name + " with outliers > 0 has no CUDA decode yet; the quantizers with one: " +
-                builtin_registry().cuda_stages(stage_kind::quant, false));
+  const bool outl = (kq ? kq->outliers() : uq->outliers()) > 0.0;
   detail::check_plan_transforms(c, transforms_ok);
   detail::check_kept(dec.header(), kept);
   const kv_shape& s = dec.header().shape;
@@ -899,6 +900,14 @@ inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span
   plan.packed = dynamic_cast<const cpu::pack_entropy*>(c.entropy.get()) != nullptr;
   pack_batch_plan pp;
   const std::vector<detail::plane_source> all = detail::single_planes(dec, segments, bytes, plan.packed, pp, plan.rans, plan.side);
+  const auto side_of = [&](const detail::plane_source& f) {  // a block's side bytes, on the host
+    if (!plan.packed) return std::span<const std::uint8_t>(plan.side).subspan(static_cast<std::size_t>(f.side_first), static_cast<std::size_t>(f.side_size));
+    std::size_t k = 0;
+    while (k + 1 < pp.bytes.first.size() && pp.bytes.first[k + 1] <= f.side_first) ++k;
+    return pp.bytes.pieces[k].subspan(static_cast<std::size_t>(f.side_first - pp.bytes.first[k]), static_cast<std::size_t>(f.side_size));
+  };
+  std::vector<std::uint32_t> oidx;
+  std::vector<float> oval;
   for (const auto& f : all) {
     const block& sk = *f.skeleton;
     std::uint64_t pbytes = 0;
@@ -936,25 +945,48 @@ inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span
       throw_corrupt(f.where, "expected a plane of " + std::to_string(q_rows) + " x " + std::to_string(D) + " symbols (alphabet " + std::to_string(1u << g.bits) +
                                  "), found " + std::to_string(f.rows) + " x " + std::to_string(f.cols) + " (alphabet " + std::to_string(f.alphabet) + ")");
     g.params = f.side_first;
-    const std::uint64_t exact_n = exact_rows * D;
-    if (exact_n == 0) {
-      if (f.side_size != pbytes) throw_corrupt(f.where, "expected " + std::to_string(pbytes) + " bytes of group parameters, found " + std::to_string(f.side_size));
-    } else {
-      if (f.side_size < pbytes + 1) throw_corrupt(f.where, "expected " + std::to_string(pbytes) + " bytes of group parameters and exact rows, found " + std::to_string(f.side_size));
-      const std::uint64_t at = f.side_first + pbytes;  // the exact rows' dtype tag (qc::put_exact)
-      std::uint8_t t = 0;
-      if (plan.packed) {
-        std::size_t k = 0;
-        while (k + 1 < pp.bytes.first.size() && pp.bytes.first[k + 1] <= at) ++k;
-        t = pp.bytes.pieces[k][static_cast<std::size_t>(at - pp.bytes.first[k])];
-      } else {
-        t = plan.side[static_cast<std::size_t>(at)];
+    const std::span<const std::uint8_t> side = side_of(f);
+    // outliers > 0: the outlier list follows the parameters (cpu/quant_common.hpp's take_outliers, over
+    // the block's quantized values); each outlier's destination resolved here
+    std::uint64_t list = 0;
+    if (outl) {
+      if (f.side_size < pbytes)
+        throw_corrupt(f.where, "expected at least " + std::to_string(pbytes) + " bytes of group parameters, found " + std::to_string(f.side_size));
+      byte_reader r(side.subspan(static_cast<std::size_t>(pbytes)), f.where + " outliers");
+      cpu::qc::read_outliers(r, static_cast<std::size_t>(q_rows * D), oidx, oval);
+      list = r.position();
+      std::size_t pi = 0;
+      for (std::size_t j = 0; j < oidx.size(); ++j) {
+        const std::uint64_t row = oidx[j] / D;
+        kv_put_entry e;
+        e.x = oval[j];
+        e.layer = sk.layer;
+        e.key = f.key ? 1u : 0u;
+        e.ch = static_cast<std::int32_t>(oidx[j] % D);
+        if (kept == nullptr) {  // quantized rows head after head, g.q each
+          e.h = static_cast<std::int32_t>(row / g.q);
+          e.t = g.t_first + static_cast<std::int64_t>(row % g.q);
+          if (e.t < 0 || e.t >= tokens) continue;
+        } else {  // the part holding quantized row `row` (parts in head order, their quantized rows consecutive)
+          while (pi + 1 < parts.size() && parts[pi].sym_off / D + parts[pi].q <= row) ++pi;
+          e.h = 0;
+          e.t = parts[pi].t_first + static_cast<std::int64_t>(row - parts[pi].sym_off / D);
+        }
+        plan.outliers.push_back(e);
       }
+    }
+    const std::uint64_t exact_n = exact_rows * D, head = pbytes + list;  // the bytes before the exact rows
+    if (exact_n == 0) {
+      if (f.side_size != head)
+        throw_corrupt(f.where, "expected " + std::to_string(head) + " bytes of group parameters" + (outl ? " and outliers" : "") + ", found " + std::to_string(f.side_size));
+    } else {
+      if (f.side_size < head + 1) throw_corrupt(f.where, "expected " + std::to_string(head) + " bytes of group parameters and exact rows, found " + std::to_string(f.side_size));
+      const std::uint8_t t = side[static_cast<std::size_t>(head)];  // the exact rows' dtype tag (qc::put_exact)
       if (t != static_cast<std::uint8_t>(dtype::f32) && t != static_cast<std::uint8_t>(dtype::f16) && t != static_cast<std::uint8_t>(dtype::bf16))
         throw_corrupt(f.where, "field 'exact float dtype': expected f32, f16 or bf16, found tag " + std::to_string(t));
       g.exact_dtype = t;
-      g.exact = f.side_first + pbytes + 1;
-      const std::uint64_t want = pbytes + 1 + exact_n * dtype_size(static_cast<dtype>(t));
+      g.exact = f.side_first + head + 1;
+      const std::uint64_t want = head + 1 + exact_n * dtype_size(static_cast<dtype>(t));
       if (f.side_size != want) throw_corrupt(f.where, "expected " + std::to_string(want) + " side bytes (group parameters and exact rows), found " + std::to_string(f.side_size));
     }
     plan.max_items = std::max<std::uint64_t>(plan.max_items, H * g.tokens * D);
@@ -974,13 +1006,16 @@ inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span
 }
 
 /// Runs a planned uniform / kivi batch on the CPU through the CUDA kernels' logic (the rANS batch when
-/// there is one, then affine_batch_op), writing into the host view `dst`.
+/// there is one, then affine_batch_op, then the outliers' kv_put_op), writing into the host view `dst`.
 inline void decode_batch_emulated(const affine_batch_plan& plan, const kv_view& dst) {
   if (dst.space != memory_space::host) throw_usage("decode_batch_emulated: the destination view is in device memory");
   std::vector<std::uint16_t> sym;
   const std::vector<std::uint8_t> all = detail::plane_symbols(plan, sym);
   std::vector<void*> k, v;
-  detail::run_plane_op(plan, affine_batch_op{sym.data(), all.data(), batch_dest(dst, k, v)});
+  const kv_batch_dest d = batch_dest(dst, k, v);
+  detail::run_plane_op(plan, affine_batch_op{sym.data(), all.data(), d});
+  const kv_put_block ob{0, plan.outliers.size(), 0, 1};
+  run_batch_emulated(std::span<const kv_put_block>(&ob, 1), kv_put_op{plan.outliers.data(), d}, [](std::size_t) {});
 }
 
 // ---- nf4, kmeans (codebook quantizers) ------------------------------------------------------------

@@ -12,7 +12,7 @@ inline void register_cuda_rows(registry& r) {
   // quantizers: decode into a device view and encode from one (cuda/encode.cuh)
   r.set_cuda("raw", {true, true, "raw.cuh", "decode: with pack"});
   r.set_cuda("cachegen-quant", {true, true, "cachegen.cuh", "decode: with rans or ac, pred=none"});
-  for (const char* q : {"uniform", "kivi"}) r.set_cuda(q, {true, true, "affine.cuh", "outliers=0; decode: with pack or rans, pred=none"});
+  for (const char* q : {"uniform", "kivi"}) r.set_cuda(q, {true, true, "affine.cuh", "encode: outliers=0; decode: with pack or rans, pred=none"});
   r.set_cuda("fp8", {true, true, "fp8.cuh", "decode: with pack"});
   r.set_cuda("nf4", {true, true, "codebook.cuh", "decode: with pack or rans, pred=none"});
   r.set_cuda("kmeans", {true, true, "codebook.cuh", "decode: with pack or rans, pred=none; encode: its Lloyd fit runs on the host"});
@@ -36,11 +36,12 @@ inline void register_cuda_rows(registry& r) {
   for (const char* d : {"knorm", "keydiff", "random", "streamingllm", "lagkv", "snapkv", "pyramidkv", "h2o", "tova"})
     r.set_cuda(d, {true, false, std::string("drop/") + d + ".cuh", "cuda::" + std::string(d) + "_select; " + in_encode});
   r.set_cuda("expected-attention", {true, false, "drop/expected_attention.cuh", "cuda::expected_attention_select; " + in_encode});
-  r.set_cuda("adakv", {true, false, "drop/adakv.cuh", "scorer=snapkv, h2o or tova; cuda::adakv_select, kept sets as a mask; " + in_encode});
-  r.set_cuda("criticalkv", {true, false, "drop/criticalkv.cuh", "scorer=snapkv, h2o or tova; cuda::criticalkv_select; " + in_encode});
-  r.set_cuda("criticaladakv", {true, false, "drop/criticalkv.cuh", "scorer=snapkv, h2o or tova; cuda::criticaladakv_select, kept sets as a mask; " + in_encode});
+  r.set_cuda("adakv", {true, false, "drop/adakv.cuh", "any scorer; cuda::adakv_select (window scorers) or adakv_over a scorer's coder, kept sets as a mask; " + in_encode});
+  r.set_cuda("criticalkv", {true, false, "drop/criticalkv.cuh", "any scorer; cuda::criticalkv_select (window scorers) or criticalkv_over a scorer's coder; " + in_encode});
+  r.set_cuda("criticaladakv", {true, false, "drop/criticalkv.cuh",
+                               "any scorer; cuda::criticaladakv_select (window scorers) or criticaladakv_over a scorer's coder, kept sets as a mask; " + in_encode});
   r.set_cuda("block", {true, false, "drop/block.cuh", "any scorer; each step on a gathered device sub-cache (drop/gather.cuh); " + in_encode});
-  r.set_cuda("chunkkv", {true, false, "drop/chunkkv.cuh", "scorer=snapkv, h2o, tova, lagkv or expected-attention; cuda::chunkkv_select; " + in_encode});
+  r.set_cuda("chunkkv", {true, false, "drop/chunkkv.cuh", "any scorer; cuda::chunkkv_select; " + in_encode});
 }
 
 }  // namespace kvcodec

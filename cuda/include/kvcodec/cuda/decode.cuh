@@ -206,22 +206,28 @@ struct cachegen_ac_job final : batch_job {
   }
 };
 
-/// A uniform / kivi batch: the rANS batch kernel when the symbols are rANS-coded, then the affine step.
+/// A uniform / kivi batch: the rANS batch kernel when the symbols are rANS-coded, then the affine step,
+/// then (outliers > 0) the outliers' exact values written over theirs.
 struct affine_job final : batch_job {
   affine_batch_plan plan;
   rans_device rans;  ///< empty for pack planes
   device_buffer<std::uint8_t> bytes;
-  device_buffer<std::uint32_t> bad;
+  device_buffer<std::uint32_t> bad, put_bad;
   device_buffer<affine_batch_block> blocks;
+  device_buffer<kv_put_entry> outliers;
+  device_buffer<kv_put_block> put_block;
   device_dest dd;
   affine_job(affine_batch_plan pl, const kv_view& dst, const par_t& p)
       : plan(std::move(pl)), bytes(plan.packed ? upload(plan.bytes) : device_buffer<std::uint8_t>(std::span<const std::uint8_t>(plan.side))), bad(plan.blocks.size() + 1),
-        blocks(std::span<const affine_batch_block>(plan.blocks)), dd(dst) {
+        put_bad(1), blocks(std::span<const affine_batch_block>(plan.blocks)), outliers(std::span<const kv_put_entry>(plan.outliers)), dd(dst) {
     if (!plan.packed) rans = rans_device(plan.rans.builder, p, plan.rans.builder.out_symbols);
+    const kv_put_block ob{0, plan.outliers.size(), 0, 1};
+    put_block = device_buffer<kv_put_block>(std::span<const kv_put_block>(&ob, 1));
   }
   void launch(const par_t& p) override {
     if (!plan.packed) rans.launch(p);
     affine_store(blocks.data(), plan.blocks.size(), plan.max_items, rans.sym.data(), bytes.data(), dd.d, bad.data(), p);
+    if (!plan.outliers.empty()) run_batch(put_block.data(), 1, plan.outliers.size(), kv_put_op{outliers.data(), dd.d}, put_bad.data(), p);
   }
   void finish(const par_t& p, const std::string& name) override {
     if (!plan.packed) rans.check_streams(p, name);
