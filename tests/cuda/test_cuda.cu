@@ -335,7 +335,7 @@ void test_decode_into() {
               {batch_variant::best, batch_variant::unfused});
   // the transforms hadamard and derope: decoded into an f32 scratch view, then inverted into the view
   check_specs({"hadamard|q8_0", "derope|kvc:level=5", "derope|hadamard:target=v|cachegen", "hadamard:seed=4|kivi:bits=4|rans", "derope|fp8:scale=head",
-               "hadamard|nf4|rans", "derope|raw"},
+               "hadamard|nf4|rans", "derope|raw", "kvw", "weighted-quant:derope=off|rans"},
               {batch_variant::best});
   {  // outside its scope (a block format on a token-dropped container): a usage error
     const encoded e = encode("knorm:keep=0.5|q8_0", kv);

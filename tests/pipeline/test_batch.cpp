@@ -147,7 +147,7 @@ void check_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, std::
   else
     decode_batch_emulated(plan_cachegen_batch<std::uint64_t>(dec, segs, bytes_of, tb, te - tb), got.view);
   CHECK(want.rows() == got.rows());
-  if (batch_kind_of(dec.stages()) == batch_kind::cachegen && dec.stages().transforms.empty() && !v.header.sparse) {  // the unfused form too: symbols in memory, then the element step
+  if (dec.stages().quant->spec().name == "cachegen-quant" && batch_kind_of(dec.stages()) == batch_kind::cachegen && dec.stages().transforms.empty() && !v.header.sparse) {  // the unfused form too: symbols in memory, then the element step
     dest unfused(v.header.shape, te - tb, t, paged);
     decode_batch_emulated(plan_cachegen_batch<std::uint32_t>(dec, segs, bytes_of, tb, te - tb), unfused.view, false);
     CHECK(want.rows() == unfused.rows());
@@ -313,14 +313,27 @@ TEST_CASE("batch decode (emulated) equals decode_into: ggml block formats - fp8 
   }
 }
 
-TEST_CASE("batch decode (emulated) equals decode_into after the transforms hadamard and derope: every quantizer family - dtypes - HF and paged views - token ranges") {
+TEST_CASE("batch decode (emulated) equals decode_into after the transforms hadamard and derope and weighted-quant's key rotation: every quantizer family - dtypes - HF and paged views - token ranges") {
   kv_cache a = test::random_cache(3, 2, 600, 32, dtype::f16);
   a.metadata["rope"] = "rotate-half";
   a.metadata["rope_theta"] = "10000";
   for (const std::string spec : {"hadamard|kvc:level=5", "derope|kvc:level=5", "derope|hadamard|cachegen-quant|ac", "hadamard:target=k|q8_0", "derope|fp8:scale=head",
-                                 "hadamard:seed=3|raw", "derope|kivi:bits=4|rans", "hadamard|uniform:bits=3|pack", "derope|nf4|rans", "hadamard:target=v|kmeans:bits=3"}) {
+                                 "hadamard:seed=3|raw", "derope|kivi:bits=4|rans", "hadamard|uniform:bits=3|pack", "derope|nf4|rans", "hadamard:target=v|kmeans:bits=3",
+                                 "kvw", "kvw:kstep=0.05,vstep=0.1", "weighted-quant:bins=64,derope=off|rans", "hadamard|weighted-quant|rans:lanes=0"}) {
     INFO(spec);
     check_views(encode(spec, a, encode_options{.chunk_tokens = 256}).data, dtype::bf16);
+  }
+  {  // weighted-quant's key rotation with interleaved pairs, and chunks whose tables start mid-run (100 tokens)
+    kv_cache ip = a;
+    ip.metadata["rope"] = "interleaved-pairs";
+    ip.metadata["rope_theta"] = "500000";
+    const encoded e = encode("kvw", ip, encode_options{.chunk_tokens = 100});
+    check_decode(e.data, dtype::f16, false, 0, 600, true);
+    check_decode(e.data, dtype::f32, true, 96, 401, true);
+    // the planner alone refuses it (its caller would not rotate the keys)
+    const opened o(e.data);
+    const std::size_t seg0[] = {0};
+    CHECK_THROWS_AS((void)plan_cachegen_batch<std::uint32_t>(o.dec, seg0, o.bytes_of(), 0, 600), error);
   }
   // a planner called alone still refuses transforms (its caller would not invert them)
   const opened o(encode("hadamard|q8_0", a).data);

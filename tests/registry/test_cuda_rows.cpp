@@ -84,7 +84,9 @@ std::string try_decode(const bytes& file) {
 }  // namespace
 
 TEST_CASE("CUDA rows: every quantizer's and entropy stage's row says what the CUDA encode seam does") {
-  const kv_cache kv = test::random_cache(2, 2, 150, 32, dtype::f16);
+  kv_cache kv = test::random_cache(2, 2, 150, 32, dtype::f16);
+  kv.metadata["rope"] = "rotate-half";  // weighted-quant's derope
+  kv.metadata["rope_theta"] = "10000";
   const registry& r = builtin_registry();
   int claimed = 0;
   for (const auto& e : r.stages()) {
@@ -117,7 +119,9 @@ TEST_CASE("CUDA rows: every quantizer's and entropy stage's row says what the CU
 }
 
 TEST_CASE("CUDA rows: every quantizer's and entropy stage's row says what the CUDA decode seam does") {
-  const kv_cache kv = test::random_cache(2, 2, 150, 32, dtype::f16);
+  kv_cache kv = test::random_cache(2, 2, 150, 32, dtype::f16);
+  kv.metadata["rope"] = "rotate-half";  // weighted-quant's derope
+  kv.metadata["rope_theta"] = "10000";
   const registry& r = builtin_registry();
   int claimed = 0;
   for (const auto& e : r.stages()) {
@@ -138,7 +142,7 @@ TEST_CASE("CUDA rows: every quantizer's and entropy stage's row says what the CU
       CHECK(got.find("CUDA decode") != std::string::npos);
     }
   }
-  CHECK(claimed >= 13);  // the quantizers above, rans, ac and pack
+  CHECK(claimed >= 14);  // the quantizers above, weighted-quant, rans, ac and pack
 }
 
 TEST_CASE("CUDA rows: transforms - both seams run those their rows claim (hadamard and derope) - the others are refused") {

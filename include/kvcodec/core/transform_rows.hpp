@@ -23,12 +23,12 @@ inline constexpr int transform_max_head_dim = 512;
 
 /// One transform of a codec, as its step over a row.
 struct row_transform {
-  std::uint32_t kind = 0;                   ///< 0 hadamard, 1 derope
+  std::uint32_t kind = 0;                   ///< 0 hadamard, 1 derope, 2 a quantizer's RoPE on its decoded keys (decode only)
   std::uint32_t keys = 1, values = 1;       ///< the tensors it changes
   std::uint64_t seed = 0;                   ///< hadamard's signs
-  std::uint32_t interleaved = 1;            ///< derope: interleaved pairs (1) or rotate-half (0)
-  const double* cs = nullptr;               ///< derope: cos of (position p, pair i) at [p * (head_dim / 2) + i]
-  const double* sn = nullptr;               ///< derope: sin, the same shape
+  std::uint32_t interleaved = 1;            ///< derope, kind 2: interleaved pairs (1) or rotate-half (0)
+  const double* cs = nullptr;               ///< derope: cos of (position p, pair i) at [p * (head_dim / 2) + i]; kind 2: the f32 factor c of (p, channel d) at [p * head_dim + d]
+  const double* sn = nullptr;               ///< derope: sin, the same shape; kind 2: the factor s
 };
 
 /// A codec's transforms in order (the batch encoder takes at most four).
@@ -48,6 +48,19 @@ KVCODEC_HD inline void apply_row_transforms(const row_transforms& ts, bool key, 
     if (t.kind == 0) {
       if (inverse) hadamard_inverse(x, static_cast<std::size_t>(D), t.seed);
       else hadamard_forward(x, static_cast<std::size_t>(D), t.seed);
+    } else if (t.kind == 2) {
+      // weighted-quant derope=on: its decoded keys rotated forward by rope_factors_run's f32 factors
+      // (held as doubles, exactly): core/weighted_quant.hpp's rope_rotated, two products and one sum
+      float y[transform_max_head_dim];
+      const double* c = t.cs + pos * D;
+      const double* s = t.sn + pos * D;
+      for (std::int64_t d = 0; d < D; ++d) {
+        const std::int64_t q = t.interleaved != 0 ? (d ^ 1) : (d < D / 2 ? d + D / 2 : d - D / 2);
+        const float a = x[d] * static_cast<float>(c[d]);
+        const float b = x[q] * static_cast<float>(s[d]);
+        y[d] = a + b;
+      }
+      for (std::int64_t d = 0; d < D; ++d) x[d] = y[d];
     } else if (D >= 2) {
       const std::int64_t half = D / 2;
       const double* cs = t.cs + pos * half;

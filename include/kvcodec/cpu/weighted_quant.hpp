@@ -32,6 +32,11 @@ class weighted_quant final : public stage_impl<quant::weighted, quant_stage> {
   }
   bool lossless() const override { return false; }
   bool fit_uses_blocks() const override { return false; }
+  /// The cachegen-quant it stores and decodes with (the batch decoders plan with it).
+  const cachegen_quant& inner() const noexcept { return inner_; }
+  /// Whether keys are quantized before RoPE (derope=on), and this cache's RoPE for rotating them back.
+  bool rotates_keys() const noexcept { return p_.derope == "on"; }
+  rope_rows::rope key_rope(const cache_info& info) const { return rope_rows::rope_of(info, info.shape.head_dim, derope_param); }
   bool wants_query_energy() const override { return p_.kweight == "query"; }
   bytes fit(const std::vector<block>&, const cache_info& info) override {
     if (p_.derope == "on") (void)rope_rows::rope_of(info, info.shape.head_dim, derope_param);  // a cache without RoPE metadata fails before any block

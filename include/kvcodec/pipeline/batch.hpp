@@ -55,6 +55,7 @@
 #include "kvcodec/cpu/rans.hpp"
 #include "kvcodec/cpu/raw.hpp"
 #include "kvcodec/cpu/uniform.hpp"
+#include "kvcodec/cpu/weighted_quant.hpp"
 #include "kvcodec/pipeline/decode.hpp"
 
 namespace kvcodec {
@@ -192,15 +193,19 @@ inline void check_plan_transforms(const codec& c, bool transforms_ok) {
 /// A codec's transforms as row steps (core/transform_rows.hpp) for the batch encoder (inverse = false)
 /// or decoder (inverse = true): hadamard and derope, derope's cos/sin tables (every token position of
 /// the cache x head_dim / 2, the CPU stage's expression: cos/sin of -+rope_angle) handed to
-/// upload(table) -> a pointer in the executor's memory. Usage error for other transforms, more than
-/// row_transforms::max, or rows wider than transform_max_head_dim.
+/// upload(table) -> a pointer in the executor's memory. Decoding weighted-quant with derope=on adds its
+/// key rotation, applied first (kind 2: rope_factors_run's f32 factors chunk by chunk, as the CPU
+/// stage's per-chunk tables, over the container's `segments`). Usage error for other transforms, more
+/// than row_transforms::max, or rows wider than transform_max_head_dim.
 template <class Upload>
-row_transforms batch_row_transforms(const codec& c, const cache_info& info, bool inverse, Upload&& upload) {
+row_transforms batch_row_transforms(const codec& c, const cache_info& info, bool inverse, Upload&& upload, std::span<const segment_entry> segments = {}) {
   row_transforms out;
-  if (c.transforms.empty()) return out;
+  const auto* wq = inverse ? dynamic_cast<const cpu::weighted_quant*>(c.quant.get()) : nullptr;
+  const bool rotate = wq != nullptr && wq->rotates_keys();
+  if (c.transforms.empty() && !rotate) return out;
   const kv_shape& s = info.shape;
   const std::string side = inverse ? "decode" : "encode";
-  if (c.transforms.size() > row_transforms::max)
+  if (c.transforms.size() + (rotate ? 1 : 0) > row_transforms::max)
     throw_usage("batch " + side + ": codec '" + c.spec() + "': at most " + std::to_string(row_transforms::max) + " transforms");
   if (s.head_dim > transform_max_head_dim)
     throw_usage("batch " + side + ": codec '" + c.spec() + "': transforms of rows of at most " + std::to_string(transform_max_head_dim) + " values, not " +
@@ -231,6 +236,24 @@ row_transforms batch_row_transforms(const codec& c, const cache_info& info, bool
     } else {
       throw_usage("batch " + side + ": transform '" + std::string(t->name()) + "' has no CUDA " + side + "; the transforms with one: hadamard, derope");
     }
+  }
+  if (rotate) {  // last in the list: the inverse order applies it first, right after dequantization
+    const cpu::rope_rows::rope rr = wq->key_rope(info);
+    row_transform& r = out.t[out.n++];
+    r.kind = 2;
+    r.keys = 1, r.values = 0;
+    r.interleaved = rr.pairs == rope_pairs::interleaved ? 1u : 0u;
+    const std::size_t D = static_cast<std::size_t>(s.head_dim), T = static_cast<std::size_t>(s.tokens);
+    std::vector<float> fc(T * D), fs(T * D);
+    std::vector<std::uint8_t> done(T, 0);
+    for (const segment_entry& se : segments) {  // each chunk once, from its first position (cpu/rope_rows.hpp's factors_at)
+      if (se.t0 < 0 || se.t1 > s.tokens || se.t0 >= se.t1 || done[static_cast<std::size_t>(se.t0)]) continue;
+      done[static_cast<std::size_t>(se.t0)] = 1;
+      rope_factors_run(se.t0, se.t1 - se.t0, D, rr.theta, rr.pairs, 1.0, fc.data() + static_cast<std::size_t>(se.t0) * D, fs.data() + static_cast<std::size_t>(se.t0) * D);
+    }
+    std::vector<double> cs(fc.begin(), fc.end()), sn(fs.begin(), fs.end());
+    r.cs = upload(cs);
+    r.sn = upload(sn);
   }
   return out;
 }
@@ -298,11 +321,21 @@ cachegen_batch_plan<Entry> plan_cachegen_batch(const segment_decoder& dec, std::
                                                const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
                                                std::int64_t tokens, bool transforms_ok = false, const kept_rows_plan* kept = nullptr) {
   const codec& c = dec.stages();
-  const auto* q = dynamic_cast<const cpu::cachegen_quant*>(c.quant.get());
+  // weighted-quant stores and decodes as cachegen-quant with per-channel scales (its keys, with
+  // derope=on, then rotated by the caller's last step: batch_row_transforms' kind 2)
+  const auto* wq = dynamic_cast<const cpu::weighted_quant*>(c.quant.get());
+  const auto* q = wq != nullptr ? &wq->inner() : dynamic_cast<const cpu::cachegen_quant*>(c.quant.get());
   if (q == nullptr)
     throw_usage("batch decode: quantizer '" + c.quant->spec().name + "' has no CUDA decode; the quantizers with one: " +
                 builtin_registry().cuda_stages(stage_kind::quant, false));
   detail::check_plan_transforms(c, transforms_ok);
+  if (wq != nullptr && wq->rotates_keys()) {
+    if (!transforms_ok)
+      throw_usage("batch decode: weighted-quant with derope=on rotates its keys in the batch decoder's last step, which this planner's caller does not run");
+    if (dec.header().sparse)
+      throw_usage("batch decode: weighted-quant with derope=on on a token-dropped container has no CUDA decode (its RoPE tables follow each block's "
+                  "kept positions); decode it on the CPU");
+  }
   detail::check_kept(dec.header(), kept);
   cachegen_batch_plan<Entry> plan;
   plan.ragged = dec.header().sparse;
@@ -1155,9 +1188,9 @@ inline void decode_batch_emulated(const segment_decoder& dec, std::span<const st
   const batch_kind kind = batch_kind_of(c);
   std::deque<std::vector<double>> tables;
   const kvc_header& h = dec.header();
-  const row_transforms ts = batch_row_transforms(c, cache_info{h.shape, h.source_dtype, h.metadata, {}}, true, [&](std::vector<double>& v) {
-    return tables.emplace_back(std::move(v)).data();
-  });
+  const row_transforms ts = batch_row_transforms(
+      c, cache_info{h.shape, h.source_dtype, h.metadata, {}}, true, [&](std::vector<double>& v) { return tables.emplace_back(std::move(v)).data(); },
+      h.segments);
   const bool tr = ts.n > 0;
   const kv_shape& s = h.shape;
   kept_rows_plan kp;

@@ -12,6 +12,8 @@ inline void register_cuda_rows(registry& r) {
   // quantizers: decode into a device view and encode from one (cuda/encode.cuh)
   r.set_cuda("raw", {true, true, "raw.cuh", "decode: with pack"});
   r.set_cuda("cachegen-quant", {true, true, "cachegen.cuh", "decode: with rans or ac, pred=none"});
+  r.set_cuda("weighted-quant", {true, false, "cachegen.cuh (core/transform_rows.hpp)",
+                                "decode: with rans, pred=none; derope=on: dense caches, keys rotated in the decoder's last step"});
   for (const char* q : {"uniform", "kivi"}) r.set_cuda(q, {true, true, "affine.cuh", "encode: outliers=0; decode: with pack or rans, pred=none"});
   r.set_cuda("fp8", {true, true, "fp8.cuh", "decode: with pack"});
   r.set_cuda("nf4", {true, true, "codebook.cuh", "decode: with pack or rans, pred=none"});

@@ -288,8 +288,9 @@ class view_decoder {
     const batch_kind kind = batch_kind_of(dec.stages());
     // Transforms (hadamard, derope): the quantizer's kernels write an f32 scratch view, then
     // kv_finish_op (core/transform_rows.hpp) inverts the transforms into dst.
-    const row_transforms ts = batch_row_transforms(dec.stages(), cache_info{s, v.header.source_dtype, v.header.metadata, {}}, true,
-                                                   [&](const std::vector<double>& t) { return tables_.emplace_back(std::span<const double>(t)).data(); });
+    const row_transforms ts = batch_row_transforms(
+        dec.stages(), cache_info{s, v.header.source_dtype, v.header.metadata, {}}, true,
+        [&](const std::vector<double>& t) { return tables_.emplace_back(std::span<const double>(t)).data(); }, v.header.segments);
     const bool tr = ts.n > 0;
     const std::int64_t tokens = te - tb;
     const bool sparse = v.header.sparse;
