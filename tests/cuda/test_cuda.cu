@@ -331,6 +331,7 @@ void test_decode_into() {
               {batch_variant::best});
   // cachegen-quant|ac (the cachegen preset): the fused tiled kernel and LMCache's rows kernel
   check_specs({"cachegen", "cachegen-quant|ac:ctx=pooled", "cachegen-quant|ac:streams=block", "cachegen-quant:kbins=600,klayers=-,vbins=300,vlayers=-|ac",
+               "cachegen-paper", "cachegen-quant|ac:pred=prev,group=5",
                "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|ac"},
               {batch_variant::best, batch_variant::unfused});
   // the transforms hadamard and derope: decoded into an f32 scratch view, then inverted into the view

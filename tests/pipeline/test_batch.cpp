@@ -220,26 +220,25 @@ void check_ac_decode(const bytes& file, dtype t, bool paged, std::int64_t tb, st
 }
 }  // namespace
 
-TEST_CASE("batch decode (emulated) equals decode_into: cachegen-quant with ac - tiled and rows kernels - contexts - stream layouts - dtypes - views - token ranges") {
+TEST_CASE("batch decode (emulated) equals decode_into: cachegen-quant with ac - tiled and rows kernels - contexts - stream layouts - predicted planes - dtypes - views - token ranges") {
   // 2 heads x head_dim 32 = 64 columns (two tiles of 32) and 8 x 20 = 160 (a short last tile); 150 and
   // 300 tokens in chunks of 128 (groups of 64 rows and a short one)
   const kv_cache a = test::random_cache(3, 2, 150, 32, dtype::f16);
   const kv_cache b = test::random_cache(2, 8, 300, 20, dtype::bf16);
-  for (const std::string spec : {"cachegen", "cachegen-quant|ac:ctx=pooled", "cachegen-quant|ac:streams=block", "cachegen-paper:level=2",
+  for (const std::string spec : {"cachegen", "cachegen-quant|ac:ctx=pooled", "cachegen-quant|ac:streams=block", "cachegen-paper:level=2", "cachegen-paper",
+                                 "cachegen-quant|ac:pred=prev", "cachegen-quant|ac:pred=anchor,group=7,streams=block", "cachegen-quant|ac:pred=prev,ctx=pooled",
                                  "cachegen-quant:kbins=600,klayers=-,vbins=300,vlayers=-|ac", "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|ac"}) {
-    const bool predicted = spec.rfind("cachegen-paper", 0) == 0;  // anchor-group prediction: only the CPU restores it
+    // prediction (cachegen-paper: anchor groups of 10): the rows kernel, then the planes restored
+    const bool predicted = spec.rfind("cachegen-paper", 0) == 0 || spec.find("pred=") != std::string::npos;
     for (const kv_cache* kv : {&a, &b}) {
       INFO(spec << " columns " << kv->shape.kv_heads * kv->shape.head_dim);
       const encoded e = encode(spec, *kv, encode_options{.chunk_tokens = 128});
       const opened o(e.data);
       std::vector<std::size_t> all(o.v.header.segments.size());
       for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
-      if (predicted) {
-        CHECK_THROWS_AS(plan_cachegen_ac_batch(o.dec, all, o.bytes_of(), 0, kv->shape.tokens), error);
-        continue;
-      }
       const auto plan = plan_cachegen_ac_batch(o.dec, all, o.bytes_of(), 0, kv->shape.tokens);
-      CHECK(plan.groups.empty() == (spec.find("streams=block") != std::string::npos));
+      CHECK(plan.groups.empty() == (predicted || spec.find("streams=block") != std::string::npos));
+      CHECK(plan.restore.empty() == !predicted);
       const std::int64_t T = kv->shape.tokens;
       for (bool tiled : {true, false})
         for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
@@ -401,7 +400,7 @@ TEST_CASE("batch decode (emulated) of token-dropped containers equals decode_int
   for (const std::string spec : {"cachegen-quant:kbins=32,klayers=-,kaxis=channel|rans:tables=chunk", "cachegen-quant:kaxis=token,vaxis=channel|rans:lanes=0", "cachegen", "raw", "raw:dtype=f32", "fp8", "fp8:scale=head",
                                  "fp8:scale=token", "uniform:bits=3", "uniform:bits=4,kaxis=channel,group=8|rans", "kivi:bits=2", "kivi:bits=4,group=16,residual=40|rans",
                                  "kivi:bits=3,residual=64", "nf4:group=4", "nf4|rans", "kmeans:bits=3", "derope|kivi:bits=4|rans", "hadamard|cachegen-quant|rans:tables=chunk", "derope|cachegen",
-                                 "kivi:bits=2,outliers=2,residual=40|rans", "uniform:bits=3,outliers=1"}) {
+                                 "kivi:bits=2,outliers=2,residual=40|rans", "uniform:bits=3,outliers=1", "cachegen-paper", "cachegen-quant|ac:pred=prev"}) {
     INFO(spec);
     codec c = make_codec(spec);
     const encoded e = encode(cpu::par, c, const_kv_view(src.view), encode_options{.chunk_tokens = 96}, ex);

@@ -149,16 +149,23 @@ class ac_entropy final : public stage_impl<entropy::ac, entropy_stage> {
     symbols headers;
     std::vector<stream_ref> streams;
     std::vector<std::vector<std::uint32_t>> cdfs;  ///< per sub-plane with symbols
+    std::vector<std::uint32_t> anchors;            ///< per plane: its anchor rows (all its rows without prediction)
   };
-  block_plan plan(std::span<const std::uint8_t> in, const block& ctx) const {
+  /// `predicted`: whether the caller restores planes coded with prediction (core/pred.hpp's restore
+  /// step over the sub-planes, anchor rows then residual rows); without it they are a usage error.
+  block_plan plan(std::span<const std::uint8_t> in, const block& ctx, bool predicted = false) const {
     block_plan bp;
     walk(in, ctx, bp.headers, [&](std::size_t pi, symbol_plane& p, std::uint32_t na) {
-      if (na != p.rows)
+      if (na != p.rows && !predicted)
         throw_usage("ac: plane " + std::to_string(pi) + " of layer " + std::to_string(ctx.layer) + " is coded with pred=" + p_.pred +
-                    " residual rows, which only the CPU decoder restores; batch decoding takes pred=none streams");
+                    " residual rows, which this batch decoder does not restore; it takes pred=none streams");
+      bp.anchors.push_back(na);
     }, [&](const stream_ref& sr) { bp.streams.push_back(sr); }, [](std::size_t, symbol_plane&) {}, &bp.cdfs);
     return bp;
   }
+  /// The prediction (core/pred.hpp's kinds: 0 none, 1 prev, 2 anchor) and its group.
+  std::uint32_t pred_code() const noexcept { return static_cast<std::uint32_t>(pk_); }
+  std::uint32_t pred_group() const noexcept { return static_cast<std::uint32_t>(p_.group); }
 
  private:
   /// Decodes one symbol with a CDF of A + 1 entries.

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "kvcodec/core/freq_table.hpp"
+#include "kvcodec/core/pred.hpp"
 #include "kvcodec/core/simd.hpp"
 #include "kvcodec/cpu/pack.hpp"
 #include "kvcodec/format/bytes.hpp"
@@ -72,12 +73,8 @@ inline bool is_anchor_row(pred_kind p, std::uint32_t group, std::uint32_t r) {
   return r % group == 0;
 }
 
-KVCODEC_HD inline std::uint16_t pred_residual(std::uint32_t s, std::uint32_t ref, std::uint32_t A) {
-  return static_cast<std::uint16_t>((s + A + A / 2 - ref) % A);
-}
-KVCODEC_HD inline std::uint16_t pred_restore(std::uint32_t r, std::uint32_t ref, std::uint32_t A) {
-  return static_cast<std::uint16_t>((r + ref + A - A / 2) % A);
-}
+using kvcodec::pred_residual;  // core/pred.hpp: shared with the batch decoders' restore step
+using kvcodec::pred_restore;
 
 /// Per-column linear predictors of one plane (pred=linear): centre[c], coef[c] in 0..16.
 struct linear_coefs {
@@ -85,12 +82,7 @@ struct linear_coefs {
   std::vector<std::uint8_t> coef;
 };
 
-/// ref = clamp(m + floor((k (prev - m) + 8) / 16), 0, A - 1), integer only.
-KVCODEC_HD inline std::uint32_t linear_ref(std::uint32_t prev, std::uint32_t m, std::uint32_t k, std::uint32_t A) {
-  const std::int32_t d = static_cast<std::int32_t>(k) * (static_cast<std::int32_t>(prev) - static_cast<std::int32_t>(m)) + 8;
-  const std::int32_t r = static_cast<std::int32_t>(m) + (d >> 4);  // C++20: arithmetic shift = floor(d / 16)
-  return static_cast<std::uint32_t>(r < 0 ? 0 : r >= static_cast<std::int32_t>(A) ? static_cast<std::int32_t>(A) - 1 : r);
-}
+using kvcodec::linear_ref;  // ref = clamp(m + floor((k (prev - m) + 8) / 16), 0, A - 1) (core/pred.hpp)
 
 /// Least-squares sums of (previous row, row) pairs per column, accumulated over planes.
 struct linear_sums {

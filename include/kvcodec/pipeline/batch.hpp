@@ -42,6 +42,7 @@
 #include "kvcodec/core/codebook.hpp"
 #include "kvcodec/core/fp8.hpp"
 #include "kvcodec/core/ggml_blocks.hpp"
+#include "kvcodec/core/pred.hpp"
 #include "kvcodec/core/raw.hpp"
 #include "kvcodec/core/transform_rows.hpp"
 #include "kvcodec/cpu/ac.hpp"
@@ -444,12 +445,18 @@ struct cachegen_ac_plan {
   std::uint32_t max_alphabet = 1;
   std::uint64_t out_symbols = 0;      ///< the rows kernel's symbol array
   std::uint64_t max_elements = 0;
+  /// pred=prev|anchor: each block's plane restored from its sub-planes (core/pred.hpp) between the rows
+  /// kernel and the dequantize step; max_restore is the largest block's items.
+  std::vector<pred_batch_block> restore;
+  std::uint64_t max_restore = 0;
 };
 
 /// Plans `segments` of a cachegen-quant|ac container for a batch decode into destination tokens
 /// [0, tokens), destination token 0 being cache token `base`: parsed and checked as the CPU decoder
-/// does (cpu/ac.hpp's plan, the quantizer's checked_header). Usage error outside its scope (another
-/// quantizer or entropy stage, transforms, dropped tokens, planes coded with prediction).
+/// does (cpu/ac.hpp's plan, the quantizer's checked_header). Planes coded with prediction (the
+/// cachegen-paper preset's pred=anchor, or prev) decode their sub-planes into their own symbols, then
+/// the restore step writes the plane. Usage error outside its scope (another quantizer or entropy stage,
+/// transforms the caller does not invert).
 inline cachegen_ac_plan plan_cachegen_ac_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
                                                const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, std::int64_t base,
                                                std::int64_t tokens, bool transforms_ok = false, const kept_rows_plan* kept = nullptr) {
@@ -474,7 +481,7 @@ inline cachegen_ac_plan plan_cachegen_ac_batch(const segment_decoder& dec, std::
     for (int kvi = 0; kvi < 2; ++kvi) {
       const block skeleton = detail::block_skeleton(h.shape, se.layer, kvi == 0, se.t0, se.t1, h.sparse ? &kc : nullptr);
       const auto stream = r.get_blob(kvi == 0 ? "K stream" : "V stream");
-      const auto bp = ac->plan(stream, skeleton);
+      const auto bp = ac->plan(stream, skeleton, true);
       int max = 0;
       try {
         q->checked_header(bp.headers.planes, bp.headers.side, skeleton, step, max);
@@ -482,10 +489,22 @@ inline cachegen_ac_plan plan_cachegen_ac_batch(const segment_decoder& dec, std::
         throw_corrupt(where, e.what());
       }
       cachegen_batch_block g;
-      g.sym_first = plan.out_symbols;
-      g.step_first = plan.steps.size();
       g.rows = bp.headers.planes[0].rows;
       g.cols = bp.headers.planes[0].cols;
+      const std::uint64_t n = static_cast<std::uint64_t>(g.rows) * g.cols;
+      // with prediction the streams decode the sub-planes into symbols [raw, raw + n) and the restore
+      // step writes the plane after them
+      const bool predicted = bp.anchors.at(0) != g.rows;
+      const std::uint64_t raw = plan.out_symbols;
+      if (predicted) {
+        plan.restore.push_back({raw, raw + n, 0, g.rows, g.cols, bp.headers.planes[0].alphabet, bp.anchors[0], ac->pred_group(), ac->pred_code(),
+                                skeleton.layer, kvi == 0 ? 1u : 0u});
+        plan.max_restore = std::max(plan.max_restore, ac->pred_code() == 2 ? n : static_cast<std::uint64_t>(g.cols));
+        plan.out_symbols += n;
+        per_row = false;  // the tiled kernel dequantizes as it decodes: no restore in between
+      }
+      g.sym_first = plan.out_symbols;
+      g.step_first = plan.steps.size();
       g.layer = skeleton.layer;
       g.max = max;
       g.key = kvi == 0 ? 1u : 0u;
@@ -493,7 +512,6 @@ inline cachegen_ac_plan plan_cachegen_ac_batch(const segment_decoder& dec, std::
       g.t_first = skeleton.t0 - base;
       g.t_end = tokens;
       plan.steps.insert(plan.steps.end(), step.begin(), step.end());
-      const std::uint64_t n = static_cast<std::uint64_t>(g.rows) * g.cols;
       plan.out_symbols += n;
       plan.max_elements = std::max(plan.max_elements, n);
       const auto bi = static_cast<std::uint32_t>(plan.blocks.size());
@@ -514,7 +532,7 @@ inline cachegen_ac_plan plan_cachegen_ac_batch(const segment_decoder& dec, std::
         ac_batch_stream as;
         as.data = plan.data.size();
         as.size = sr.bytes.size();
-        as.out = g.sym_first + sr.first;
+        as.out = predicted ? raw + (sr.sub != 0 ? static_cast<std::uint64_t>(bp.anchors[0]) * g.cols : 0) + sr.first : g.sym_first + sr.first;
         as.cdf = at;
         as.n = static_cast<std::uint32_t>(sr.n);
         as.cols = sr.cols;
@@ -554,6 +572,7 @@ inline void decode_batch_emulated(const cachegen_ac_plan& plan, const kv_view& d
   } else {
     sym.resize(static_cast<std::size_t>(plan.out_symbols));
     ac_decode_rows_emulated(a, sym.data());
+    run_batch_emulated(std::span<const pred_batch_block>(plan.restore), pred_restore_op{sym.data()}, [](std::size_t) {});
   }
   for (std::size_t i = 0; i < st.size(); ++i)
     if (st[i] != 0) throw_corrupt("range-coded stream " + std::to_string(i) + " of the batch", "does not decode exactly");

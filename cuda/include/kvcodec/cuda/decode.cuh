@@ -181,12 +181,15 @@ struct cachegen_ac_job final : batch_job {
   device_buffer<cachegen_batch_block> blocks;
   device_buffer<float> steps;
   device_buffer<std::uint16_t> sym;
+  device_buffer<pred_batch_block> restore;  ///< pred=prev|anchor: the planes restored between decode and dequantize
+  device_buffer<std::uint32_t> restore_bad;
   device_dest dd;
   cachegen_ac_job(cachegen_ac_plan pl, const kv_view& dst, batch_variant v)
       : plan(std::move(pl)), tiled(v == batch_variant::best && !plan.groups.empty()), streams(std::span<const ac_batch_stream>(plan.streams)),
         data(std::span<const std::uint8_t>(plan.data)), cdfs(std::span<const std::uint32_t>(plan.cdfs)), status(plan.streams.size() + 1),
         bad(plan.blocks.size() + 1), groups(std::span<const ac_tile_group>(plan.groups)), blocks(std::span<const cachegen_batch_block>(plan.blocks)),
-        steps(std::span<const float>(plan.steps)), sym(tiled ? 0 : static_cast<std::size_t>(plan.out_symbols)), dd(dst) {}
+        steps(std::span<const float>(plan.steps)), sym(tiled ? 0 : static_cast<std::size_t>(plan.out_symbols)),
+        restore(std::span<const pred_batch_block>(plan.restore)), restore_bad(plan.restore.size() + 1), dd(dst) {}
   ac_batch_args args() { return {streams.data(), plan.streams.size(), data.data(), cdfs.data(), status.data()}; }
   void launch(const par_t& p) override {
     if (tiled) {
@@ -194,6 +197,7 @@ struct cachegen_ac_job final : batch_job {
       ac_decode_tiled(args(), groups.data(), plan.groups.size(), plan.tile, plan.max_alphabet, blocks.data(), steps.data(), dd.d, bad.data(), p);
     } else {
       ac_decode_rows(args(), sym.data(), p);
+      run_batch(restore.data(), plan.restore.size(), plan.max_restore, pred_restore_op{sym.data()}, restore_bad.data(), p);
       cachegen_store(blocks.data(), plan.blocks.size(), plan.max_elements, sym.data(), steps.data(), dd.d, bad.data(), p);
     }
   }
