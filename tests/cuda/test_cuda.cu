@@ -327,7 +327,8 @@ void test_decode_into() {
   check_specs({"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "fp8", "fp8:format=e5m2,scale=head", "fp8:scale=token", "raw", "raw:dtype=bf16",
                "raw:dtype=f32", "kivi:bits=4|rans", "kivi:bits=2,group=32,residual=200|pack", "uniform:bits=3,mode=sym,kaxis=token,group=4|pack",
                "uniform:bits=8,kaxis=channel,vaxis=channel,group=10|rans", "nf4", "nf4:group=4,scale=f32|rans", "kmeans", "kmeans:bits=3|rans",
-               "kmeans:bits=8|pack", "kivi:bits=2,outliers=1|rans", "uniform:bits=3,outliers=2,kaxis=channel,group=4"},
+               "kmeans:bits=8|pack", "kivi:bits=2,outliers=1|rans", "uniform:bits=3,outliers=2,kaxis=channel,group=4", "kivi:bits=4|rans:pred=prev",
+               "nf4|rans:pred=linear,tables=chunk", "cachegen-quant|rans:pred=anchor,group=10", "cachegen-quant|rans:pred=linear"},
               {batch_variant::best});
   // cachegen-quant|ac (the cachegen preset): the fused tiled kernel and LMCache's rows kernel
   check_specs({"cachegen", "cachegen-quant|ac:ctx=pooled", "cachegen-quant|ac:streams=block", "cachegen-quant:kbins=600,klayers=-,vbins=300,vlayers=-|ac",

@@ -169,9 +169,11 @@ void check_views(const bytes& file, dtype range_dtype) {
 }
 }  // namespace
 
-TEST_CASE("batch decode (emulated) equals decode_into: kvc levels - scale axes - dtypes - HF and paged views - token ranges") {
+TEST_CASE("batch decode (emulated) equals decode_into: kvc levels - scale axes - planes coded with prediction - dtypes - HF and paged views - token ranges") {
   const kv_cache kv = test::random_cache(3, 2, 600, 32, dtype::f16);
-  for (const std::string spec : {"kvc:level=5", "kvc:level=9", "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|rans:lanes=0"}) {
+  for (const std::string spec : {"kvc:level=5", "kvc:level=9", "cachegen-quant:kaxis=token,vaxis=channel,scale=bf16|rans:lanes=0", "cachegen-quant|rans:pred=prev",
+                                 "cachegen-quant|rans:pred=anchor,group=10,lanes=0", "cachegen-quant:kbins=64,klayers=-,vbins=64,vlayers=-|rans:pred=linear",
+                                 "cachegen-quant|rans:pred=linear,tables=chunk,ctx=pooled"}) {
     INFO(spec);
     check_views(encode(spec, kv, encode_options{.chunk_tokens = 256}).data, dtype::f16);
   }
@@ -303,7 +305,9 @@ TEST_CASE("batch decode (emulated) equals decode_into: ggml block formats - fp8 
                                  "uniform:bits=3,mode=sym,kaxis=token,group=4|pack", "uniform:bits=8,kaxis=channel,vaxis=channel,group=10|rans",
                                  "nf4", "nf4:group=4,scale=f32|rans", "nf4:group=4|pack", "kmeans", "kmeans:bits=3|rans", "kmeans:bits=8|pack",
                                  "kivi:bits=2,outliers=1|rans", "kivi:bits=4,outliers=3,residual=200|pack", "kivi:bits=3,outliers=1,residual=0",
-                                 "uniform:bits=3,outliers=0.5|rans", "uniform:bits=4,kaxis=channel,group=4,outliers=2"}) {
+                                 "uniform:bits=3,outliers=0.5|rans", "uniform:bits=4,kaxis=channel,group=4,outliers=2",
+                                 "kivi:bits=4|rans:pred=prev", "uniform:bits=3|rans:pred=anchor,group=5,tables=chunk", "nf4|rans:pred=linear",
+                                 "kmeans:bits=3|rans:pred=linear,tables=chunk"}) {
     INFO(spec);
     check_views(encode(spec, a, encode_options{.chunk_tokens = 256}).data, dtype::bf16);
     const encoded eb = encode(spec, b, encode_options{.chunk_tokens = 128});
@@ -400,7 +404,8 @@ TEST_CASE("batch decode (emulated) of token-dropped containers equals decode_int
   for (const std::string spec : {"cachegen-quant:kbins=32,klayers=-,kaxis=channel|rans:tables=chunk", "cachegen-quant:kaxis=token,vaxis=channel|rans:lanes=0", "cachegen", "raw", "raw:dtype=f32", "fp8", "fp8:scale=head",
                                  "fp8:scale=token", "uniform:bits=3", "uniform:bits=4,kaxis=channel,group=8|rans", "kivi:bits=2", "kivi:bits=4,group=16,residual=40|rans",
                                  "kivi:bits=3,residual=64", "nf4:group=4", "nf4|rans", "kmeans:bits=3", "derope|kivi:bits=4|rans", "hadamard|cachegen-quant|rans:tables=chunk", "derope|cachegen",
-                                 "kivi:bits=2,outliers=2,residual=40|rans", "uniform:bits=3,outliers=1", "cachegen-paper", "cachegen-quant|ac:pred=prev"}) {
+                                 "kivi:bits=2,outliers=2,residual=40|rans", "uniform:bits=3,outliers=1", "cachegen-paper", "cachegen-quant|ac:pred=prev",
+                                 "cachegen-quant|rans:pred=linear,tables=chunk", "kivi:bits=4|rans:pred=anchor"}) {
     INFO(spec);
     codec c = make_codec(spec);
     const encoded e = encode(cpu::par, c, const_kv_view(src.view), encode_options{.chunk_tokens = 96}, ex);

@@ -195,7 +195,7 @@ TEST_CASE("CUDA rows: the list names each stage with its limits - and set_cuda r
   CHECK(enc.find("kivi (encode: outliers=0") != std::string::npos);
   CHECK(enc.find("nf4") != std::string::npos);
   CHECK(enc.find("klt") == std::string::npos);
-  CHECK(r.cuda_stages(stage_kind::entropy, false).find("rans (pred=none)") != std::string::npos);
+  CHECK(r.cuda_stages(stage_kind::entropy, false).find("rans (encode: pred=none") != std::string::npos);
   CHECK(r.cuda_stages(stage_kind::transform, false).find("hadamard") != std::string::npos);
   CHECK(r.cuda_stages(stage_kind::transform, false).find("think") == std::string::npos);
   registry mine = make_builtin_registry();

@@ -471,33 +471,42 @@ class rans_entropy final : public stage_impl<entropy::rans, entropy_stage> {
     std::span<const std::uint8_t> bytes;
     const rans_ctx_decoder* dec = nullptr;  ///< the model's decoder tables (owned by the stage or the plan)
     int lanes = 32;
-    std::size_t n = 0;  ///< symbols (the whole plane: only prediction-free planes are planned)
+    std::size_t n = 0;  ///< symbols: the whole plane, or with prediction its sub-plane
+    int sub = 0;        ///< with prediction: 0 the anchor rows, 1 the residual rows
   };
   /// A block's streams, parsed with decode_reusing's checks but not decoded: plane shapes (sym left
-  /// empty), side bytes, and one stream_ref per plane. Planes coded with prediction (residual rows)
-  /// are refused (usage: their rows are restored on the CPU only).
+  /// empty), side bytes, one stream_ref per non-empty sub-plane, and per plane its anchor rows (all
+  /// its rows without prediction) and pred=linear's predictors. Planes coded with prediction (residual
+  /// rows) are a usage error unless the caller restores them (`predicted`: core/pred.hpp's step).
   struct block_plan {
     symbols headers;
     std::vector<stream_ref> streams;
     std::vector<std::unique_ptr<detail::ready_model>> owned;  ///< tables=chunk models
+    std::vector<std::uint32_t> anchors;
+    std::vector<em::linear_coefs> linear;  ///< per plane (empty without pred=linear)
   };
-  block_plan plan(std::span<const std::uint8_t> in, const block& ctx) const {
+  block_plan plan(std::span<const std::uint8_t> in, const block& ctx, bool predicted = false) const {
     block_plan bp;
     walk(
         in, ctx, bp.headers,
         [&](std::size_t pi, symbol_plane& p, std::uint32_t na) {
-          if (na != p.rows)
+          if (na != p.rows && !predicted)
             throw_usage("rans: plane " + std::to_string(pi) + " of layer " + std::to_string(ctx.layer) + " is coded with pred=" + p_.pred +
-                        " residual rows, which only the CPU decoder restores; batch decoding takes pred=none streams");
+                        " residual rows, which this batch decoder does not restore; it takes pred=none streams");
+          bp.anchors.push_back(na);
         },
-        [&](std::size_t pi, symbol_plane& p, int, const rans_ctx_decoder& dec, int lanes, std::span<const std::uint8_t> stream,
+        [&](std::size_t pi, symbol_plane& p, int sub, const rans_ctx_decoder& dec, int lanes, std::span<const std::uint8_t> stream,
             std::unique_ptr<detail::ready_model>& local) {
           if (local) bp.owned.push_back(std::move(local));  // a tables=chunk model: dec lives in it
-          bp.streams.push_back({pi, stream, &dec, lanes, static_cast<std::size_t>(p.rows) * p.cols});
+          const std::size_t na = bp.anchors.back();
+          bp.streams.push_back({pi, stream, &dec, lanes, static_cast<std::size_t>(sub == 0 ? na : p.rows - na) * p.cols, sub});
         },
-        [](std::size_t, symbol_plane&, const em::linear_coefs*) {});
+        [&](std::size_t, symbol_plane&, const em::linear_coefs* lc) { bp.linear.push_back(lc != nullptr ? *lc : em::linear_coefs{}); });
     return bp;
   }
+  /// The prediction (core/pred.hpp's kinds: 0 none, 1 prev, 2 anchor, 3 linear) and its group.
+  std::uint32_t pred_code() const noexcept { return static_cast<std::uint32_t>(pk_); }
+  std::uint32_t pred_group() const noexcept { return static_cast<std::uint32_t>(p_.group); }
 
  private:
   /// Parses a block's stream with every check, calling on_plane(pi, plane, anchor rows) after a

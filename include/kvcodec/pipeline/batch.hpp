@@ -69,6 +69,7 @@ struct batch_block {
   symbols headers;                     ///< plane shapes (sym empty) and the side bytes
   std::vector<std::size_t> plane;      ///< per stream: its plane
   std::vector<std::uint64_t> first;    ///< per stream: its first symbol in the batch output
+  std::vector<std::uint64_t> plane_first;  ///< per plane: its symbols' first (restored from its sub-planes when predicted)
 };
 
 /// Where a token-dropped container's kept rows land in a batch decode: the planners' parts decode
@@ -263,13 +264,23 @@ template <class Entry>
 struct rans_batch_plan {
   rans_batch_builder<Entry> builder;
   std::vector<batch_block> blocks;
+  /// Planes coded with prediction: restored from their sub-planes after the rANS batch (core/pred.hpp's
+  /// pred_restore_op over `restore`, pred=linear's predictors in centre/coefs); max_restore: the largest
+  /// block's items.
+  std::vector<pred_batch_block> restore;
+  std::vector<std::uint16_t> centre;
+  std::vector<std::uint8_t> coefs;
+  std::uint64_t max_restore = 0;
+  pred_restore_op op(std::uint16_t* sym) const { return {sym, centre.data(), coefs.data()}; }
 };
 
 /// Plans the K and V blocks of `segments` (indices into the header's segment table; bytes(i) returns
-/// segment i's checked bytes) of the container that `dec` decodes.
+/// segment i's checked bytes) of the container that `dec` decodes. Planes coded with prediction are a
+/// usage error unless `predicted` (the caller runs plan.restore after the rANS batch): their
+/// sub-planes decode into their own symbols and the restored plane follows every stream's output.
 template <class Entry>
 rans_batch_plan<Entry> plan_rans_batch(const segment_decoder& dec, std::span<const std::size_t> segments,
-                                       const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes) {
+                                       const std::function<std::span<const std::uint8_t>(std::size_t)>& bytes, bool predicted = false) {
   const auto* rs = dynamic_cast<const cpu::rans_entropy*>(dec.stages().entropy.get());
   if (rs == nullptr)
     throw_usage("batch decode: entropy stage '" + dec.stages().entropy->spec().name + "' has no CUDA decode; the entropy stages with one: " +
@@ -289,11 +300,33 @@ rans_batch_plan<Entry> plan_rans_batch(const segment_decoder& dec, std::span<con
       bb.key = kvi == 0;
       bb.skeleton = detail::block_skeleton(h.shape, se.layer, bb.key, se.t0, se.t1, h.sparse ? &kc : nullptr);
       const auto stream = r.get_blob(kvi == 0 ? "K stream" : "V stream");
-      auto bp = rs->plan(stream, bb.skeleton);
+      auto bp = rs->plan(stream, bb.skeleton, predicted);
       // tables=chunk models live in the block plan only while it is added: forget their addresses after.
       std::map<const rans_ctx_decoder*, std::uint32_t> local;
       bb.first = cpu::add_to_batch(bp, plan.builder, bp.owned.empty() ? models : local);
       for (const auto& sr : bp.streams) bb.plane.push_back(sr.plane);
+      bb.plane_first.assign(bp.headers.planes.size(), 0);
+      for (std::size_t k = bp.streams.size(); k-- > 0;)  // a plane's first stream (its anchors, or the whole plane)
+        bb.plane_first[bp.streams[k].plane] = bb.first[k];
+      for (std::size_t pi = 0; pi < bp.headers.planes.size(); ++pi) {
+        const symbol_plane& p = bp.headers.planes[pi];
+        if (bp.anchors[pi] == p.rows) continue;
+        // predicted: the sub-planes' symbols (anchor rows, then residual rows) are consecutive from the
+        // plane's first stream; the restored plane gets its own symbols after every stream's
+        const std::uint64_t n = static_cast<std::uint64_t>(p.rows) * p.cols;
+        pred_batch_block pb{bb.plane_first[pi], plan.builder.out_symbols, plan.centre.size(), p.rows, p.cols, p.alphabet, bp.anchors[pi],
+                            rs->pred_group(), rs->pred_code(), bb.skeleton.layer, bb.key ? 1u : 0u};
+        if (pb.kind == 3) {
+          const auto& lc = bp.linear.at(pi);
+          if (lc.centre.size() != p.cols) throw_corrupt(where, "plane " + std::to_string(pi) + ": pred=linear without its predictors");
+          plan.centre.insert(plan.centre.end(), lc.centre.begin(), lc.centre.end());
+          plan.coefs.insert(plan.coefs.end(), lc.coef.begin(), lc.coef.end());
+        }
+        plan.builder.out_symbols += n;
+        bb.plane_first[pi] = pb.out;
+        plan.max_restore = std::max<std::uint64_t>(plan.max_restore, pb.kind == 2 ? n : p.cols);
+        plan.restore.push_back(pb);
+      }
       bb.headers = std::move(bp.headers);
       plan.blocks.push_back(std::move(bb));
     }
@@ -311,7 +344,7 @@ struct cachegen_batch_plan {
   std::vector<std::uint32_t> block_of_stream;  ///< the block of each rANS stream (the fused decoder's map)
   std::vector<float> steps;
   std::uint64_t elements = 0;
-  bool ragged = false;  ///< token-dropped: parts per head, decoded unfused (symbols in memory, then the element step)
+  bool ragged = false;  ///< token-dropped (parts per head) or planes to restore: decoded unfused (symbols in memory, then the element step)
 };
 
 /// Plans `segments` of the container for a batch decode into destination tokens [0, tokens), where
@@ -339,8 +372,8 @@ cachegen_batch_plan<Entry> plan_cachegen_batch(const segment_decoder& dec, std::
   }
   detail::check_kept(dec.header(), kept);
   cachegen_batch_plan<Entry> plan;
-  plan.ragged = dec.header().sparse;
-  plan.rans = plan_rans_batch<Entry>(dec, segments, bytes);
+  plan.rans = plan_rans_batch<Entry>(dec, segments, bytes, true);
+  plan.ragged = dec.header().sparse || !plan.rans.restore.empty();  // parts, or planes restored: decoded unfused
   std::vector<float> step;
   for (const auto& bb : plan.rans.blocks) {
     int max = 0;
@@ -351,7 +384,7 @@ cachegen_batch_plan<Entry> plan_cachegen_batch(const segment_decoder& dec, std::
       throw_corrupt("segment (layer " + std::to_string(se.layer) + ", tokens " + std::to_string(se.t0) + ".." + std::to_string(se.t1) + ")", e.what());
     }
     cachegen_batch_block g;
-    g.sym_first = bb.first.empty() ? 0 : bb.first[0];  // a token-dropped block may keep no row (no stream)
+    g.sym_first = bb.plane_first.at(0);  // restored when predicted (a token-dropped block may keep no row: no stream)
     g.step_first = plan.steps.size();
     g.rows = bb.headers.planes[0].rows;
     g.cols = bb.headers.planes[0].cols;
@@ -363,7 +396,7 @@ cachegen_batch_plan<Entry> plan_cachegen_batch(const segment_decoder& dec, std::
     g.t_end = tokens;
     plan.steps.insert(plan.steps.end(), step.begin(), step.end());
     plan.elements += static_cast<std::uint64_t>(g.rows) * g.cols;
-    if (plan.ragged) {
+    if (kept != nullptr) {
       detail::add_cachegen_parts(g, bb.skeleton, *kept, bb.segment, plan.blocks);
       continue;
     }
@@ -421,6 +454,7 @@ void decode_batch_emulated(const cachegen_batch_plan<Entry>& plan, const kv_view
   std::vector<std::uint16_t> sym(plan.rans.builder.out_symbols);
   rans_decode_batch_emulated(plan.rans.builder.host_args(sym.data()), st.data());
   rans_batch_throw_failed(std::span<const rans_batch_status>(st), name);
+  run_batch_emulated(std::span<const pred_batch_block>(plan.rans.restore), plan.rans.op(sym.data()), [](std::size_t) {});
   const cachegen_batch_op op{sym.data(), plan.steps.data(), d};
   run_batch_emulated(std::span<const cachegen_batch_block>(plan.blocks), op, [&](std::size_t bi) {
     const auto& g = plan.blocks[bi];
@@ -877,13 +911,13 @@ inline std::vector<plane_source> single_planes(const segment_decoder& dec, std::
     }
     return all;
   }
-  rans = plan_rans_batch<std::uint32_t>(dec, segments, bytes);
+  rans = plan_rans_batch<std::uint32_t>(dec, segments, bytes, true);
   for (const auto& bb : rans.blocks) {
     const auto& se = dec.header().segments[bb.segment];
     const std::string where = "segment (layer " + std::to_string(se.layer) + ", tokens " + std::to_string(se.t0) + ".." + std::to_string(se.t1) + ")" + (bb.key ? " K" : " V");
     if (bb.headers.planes.size() != 1) throw_corrupt(where, "expected 1 symbol plane, found " + std::to_string(bb.headers.planes.size()));
     const auto& pl = bb.headers.planes[0];
-    const std::uint64_t sym_first = bb.first.empty() ? 0 : bb.first[0];  // an empty plane has no stream
+    const std::uint64_t sym_first = bb.plane_first.at(0);  // restored when predicted (an empty plane has no stream: 0)
     all.push_back({&bb.skeleton, bb.key, bb.segment, pl.alphabet, pl.rows, pl.cols, 0, sym_first, side.size(), bb.headers.side.size(), where});
     side.insert(side.end(), bb.headers.side.begin(), bb.headers.side.end());
   }
@@ -914,6 +948,7 @@ std::vector<std::uint8_t> plane_symbols(const plane_batch_plan<Block>& plan, std
     std::vector<rans_batch_status> st(plan.rans.builder.streams.size());
     rans_decode_batch_emulated(plan.rans.builder.host_args(sym.data()), st.data());
     rans_batch_throw_failed(std::span<const rans_batch_status>(st), [](std::size_t i) { return "rANS stream " + std::to_string(i) + " of the batch"; });
+    run_batch_emulated(std::span<const pred_batch_block>(plan.rans.restore), plan.rans.op(sym.data()), [](std::size_t) {});
   }
   return plan.packed ? plan.bytes.gather() : plan.side;
 }

@@ -11,18 +11,18 @@ namespace kvcodec {
 inline void register_cuda_rows(registry& r) {
   // quantizers: decode into a device view and encode from one (cuda/encode.cuh)
   r.set_cuda("raw", {true, true, "raw.cuh", "decode: with pack"});
-  r.set_cuda("cachegen-quant", {true, true, "cachegen.cuh", "decode: with rans (pred=none) or ac"});
+  r.set_cuda("cachegen-quant", {true, true, "cachegen.cuh", "decode: with rans or ac"});
   r.set_cuda("weighted-quant", {true, false, "cachegen.cuh (core/transform_rows.hpp)",
-                                "decode: with rans, pred=none; derope=on: dense caches, keys rotated in the decoder's last step"});
-  for (const char* q : {"uniform", "kivi"}) r.set_cuda(q, {true, true, "affine.cuh", "encode: outliers=0; decode: with pack or rans, pred=none"});
+                                "decode: with rans; derope=on: dense caches, keys rotated in the decoder's last step"});
+  for (const char* q : {"uniform", "kivi"}) r.set_cuda(q, {true, true, "affine.cuh", "encode: outliers=0; decode: with pack or rans"});
   r.set_cuda("fp8", {true, true, "fp8.cuh", "decode: with pack"});
-  r.set_cuda("nf4", {true, true, "codebook.cuh", "decode: with pack or rans, pred=none"});
-  r.set_cuda("kmeans", {true, true, "codebook.cuh", "decode: with pack or rans, pred=none; encode: its Lloyd fit runs on the host"});
+  r.set_cuda("nf4", {true, true, "codebook.cuh", "decode: with pack or rans"});
+  r.set_cuda("kmeans", {true, true, "codebook.cuh", "decode: with pack or rans; encode: its Lloyd fit runs on the host"});
   for (const char* q : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"}) r.set_cuda(q, {true, true, "ggml.cuh", "decode: with pack"});
   // entropy stages: rans decodes and encodes on the GPU, ac decodes (CacheGen's range coder); pack is
   // read in place by the quantizers' decode kernels; any other entropy stage runs on the host in
   // cuda::encode
-  r.set_cuda("rans", {true, true, "rans.cuh", "pred=none"});
+  r.set_cuda("rans", {true, true, "rans.cuh", "encode: pred=none; decode: planes coded with prediction restored after the batch (core/pred.hpp)"});
   r.set_cuda("ac", {true, false, "ac.cuh", "decode: after cachegen-quant, pred=none, prev or anchor (planes restored between decode and dequantize)"});
   r.set_cuda("pack", {true, false, "ggml.cuh fp8.cuh raw.cuh affine.cuh", "decode: after raw, uniform, kivi, fp8 or a block format"});
   // transforms: cuda::encode runs hadamard and derope on every row before the quantizer, cuda::decode_into

@@ -109,18 +109,31 @@ struct rans_device {
   device_buffer<std::uint8_t> data, temp;
   device_buffer<std::uint32_t> entries, col_off;
   device_buffer<std::uint16_t> sym;
+  // planes coded with prediction: restored after the batch (core/pred.hpp)
+  device_buffer<pred_batch_block> restore;
+  device_buffer<std::uint16_t> centre;
+  device_buffer<std::uint8_t> coefs;
+  device_buffer<std::uint32_t> restore_bad;
+  std::uint64_t max_restore = 0;
   std::size_t count = 0, temp_bytes = 0;
   std::uint32_t max_lanes = 0;
   rans_device() = default;
-  /// `symbols`: the symbol array's size (0 for a fused decode, whose sink writes elsewhere).
-  rans_device(const rans_batch_builder<std::uint32_t>& b, const par_t& p, std::uint64_t symbols)
-      : streams(std::span<const rans_batch_stream>(b.streams)), data(std::span<const std::uint8_t>(b.data)), entries(std::span<const std::uint32_t>(b.entries)),
-        col_off(std::span<const std::uint32_t>(b.col_off)), sym(static_cast<std::size_t>(symbols)), count(b.streams.size()), max_lanes(b.max_lanes) {
+  /// `symbols`: the symbol array's size (0 for a fused decode, whose sink writes elsewhere, and which
+  /// a plan with planes to restore never takes).
+  rans_device(const rans_batch_plan<std::uint32_t>& plan, const par_t& p, std::uint64_t symbols)
+      : streams(std::span<const rans_batch_stream>(plan.builder.streams)), data(std::span<const std::uint8_t>(plan.builder.data)),
+        entries(std::span<const std::uint32_t>(plan.builder.entries)), col_off(std::span<const std::uint32_t>(plan.builder.col_off)),
+        sym(static_cast<std::size_t>(symbols)), restore(std::span<const pred_batch_block>(plan.restore)), centre(std::span<const std::uint16_t>(plan.centre)),
+        coefs(std::span<const std::uint8_t>(plan.coefs)), restore_bad(plan.restore.size() + 1), max_restore(plan.max_restore),
+        count(plan.builder.streams.size()), max_lanes(plan.builder.max_lanes) {
     rans_decode_batch(nullptr, temp_bytes, args(), p);
     temp = device_buffer<std::uint8_t>(temp_bytes);
   }
   rans_batch_args<std::uint32_t> args() { return {streams.data(), count, max_lanes, data.data(), entries.data(), col_off.data(), sym.data()}; }
-  void launch(const par_t& p) { rans_decode_batch(temp.data(), temp_bytes, args(), p); }
+  void launch(const par_t& p) {
+    rans_decode_batch(temp.data(), temp_bytes, args(), p);
+    run_batch(restore.data(), restore.size(), max_restore, pred_restore_op{sym.data(), centre.data(), coefs.data()}, restore_bad.data(), p);
+  }
   /// Waits for p.stream; throws corrupt naming the first failed stream.
   void check_streams(const par_t& p, const std::string& name) {
     const auto st = rans_batch_statuses(temp.data(), count, p);
@@ -150,7 +163,7 @@ struct cachegen_job final : batch_job {
   device_buffer<std::uint32_t> bad;
   std::uint64_t max_elements = 0;
   cachegen_job(cachegen_batch_plan<std::uint32_t> pl, const kv_view& dst, const par_t& p, batch_variant v)
-      : plan(std::move(pl)), fused(v == batch_variant::best && !plan.ragged), rans(plan.rans.builder, p, fused ? 0 : plan.rans.builder.out_symbols),
+      : plan(std::move(pl)), fused(v == batch_variant::best && !plan.ragged), rans(plan.rans, p, fused ? 0 : plan.rans.builder.out_symbols),
         blocks(std::span<const cachegen_batch_block>(plan.blocks)), block_of(std::span<const std::uint32_t>(plan.block_of_stream)),
         steps(std::span<const float>(plan.steps)), dd(dst), bad(plan.blocks.size() + 1) {
     for (const auto& g : plan.blocks) max_elements = std::max<std::uint64_t>(max_elements, static_cast<std::uint64_t>(g.rows) * g.cols);
@@ -224,7 +237,7 @@ struct affine_job final : batch_job {
   affine_job(affine_batch_plan pl, const kv_view& dst, const par_t& p)
       : plan(std::move(pl)), bytes(plan.packed ? upload(plan.bytes) : device_buffer<std::uint8_t>(std::span<const std::uint8_t>(plan.side))), bad(plan.blocks.size() + 1),
         put_bad(1), blocks(std::span<const affine_batch_block>(plan.blocks)), outliers(std::span<const kv_put_entry>(plan.outliers)), dd(dst) {
-    if (!plan.packed) rans = rans_device(plan.rans.builder, p, plan.rans.builder.out_symbols);
+    if (!plan.packed) rans = rans_device(plan.rans, p, plan.rans.builder.out_symbols);
     const kv_put_block ob{0, plan.outliers.size(), 0, 1};
     put_block = device_buffer<kv_put_block>(std::span<const kv_put_block>(&ob, 1));
   }
@@ -252,7 +265,7 @@ struct codebook_job final : batch_job {
   codebook_job(codebook_batch_plan pl, const kv_view& dst, const par_t& p)
       : plan(std::move(pl)), bytes(plan.packed ? upload(plan.bytes) : device_buffer<std::uint8_t>(std::span<const std::uint8_t>(plan.side))),
         books(std::span<const float>(plan.books)), bad(plan.blocks.size() + 1), blocks(std::span<const codebook_batch_block>(plan.blocks)), dd(dst) {
-    if (!plan.packed) rans = rans_device(plan.rans.builder, p, plan.rans.builder.out_symbols);
+    if (!plan.packed) rans = rans_device(plan.rans, p, plan.rans.builder.out_symbols);
   }
   void launch(const par_t& p) override {
     if (!plan.packed) rans.launch(p);
