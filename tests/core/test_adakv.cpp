@@ -114,7 +114,8 @@ TEST_CASE("GPU adakv (host emulation) over knorm keydiff lagkv expected-attentio
   const kv_cache kv = test::small_synth({.layers = 2, .kv_heads = 3, .q_heads = 6, .head_dim = 16, .tokens = 130, .seed = 41});
   for (const char* scorer : {"knorm", "keydiff", "lagkv", "expected-attention"})
     for (double alpha : {0.0, 0.3, 1.0})
-      for (auto [b, obs_end] : {std::pair<std::int64_t, std::int64_t>{3, -1}, {20, -1}, {70, -1}, {40, 111}}) {
+      for (const auto& bo : {std::pair<std::int64_t, std::int64_t>{3, -1}, {20, -1}, {70, -1}, {40, 111}}) {
+        const std::int64_t b = bo.first, obs_end = bo.second;  // (clang 14 captures no structured binding)
         CAPTURE(scorer);
         CAPTURE(alpha);
         CAPTURE(b);

@@ -136,7 +136,8 @@ TEST_CASE("GPU criticalkv and criticaladakv (host emulation) over knorm keydiff 
   const drop_source v = test::source_of(tv, 130, 16, 0, false, table);
   for (const char* scorer : {"knorm", "keydiff", "lagkv", "expected-attention"})
     for (double first : {0.2, 0.7})
-      for (auto [b, obs_end] : {std::pair<std::int64_t, std::int64_t>{10, -1}, {60, -1}, {40, 111}}) {
+      for (const auto& bo : {std::pair<std::int64_t, std::int64_t>{10, -1}, {60, -1}, {40, 111}}) {
+        const std::int64_t b = bo.first, obs_end = bo.second;  // (clang 14 captures no structured binding)
         CAPTURE(scorer);
         CAPTURE(first);
         CAPTURE(b);
