@@ -344,7 +344,7 @@ struct cachegen_batch_plan {
   std::vector<std::uint32_t> block_of_stream;  ///< the block of each rANS stream (the fused decoder's map)
   std::vector<float> steps;
   std::uint64_t elements = 0;
-  bool ragged = false;  ///< token-dropped (parts per head) or planes to restore: decoded unfused (symbols in memory, then the element step)
+  bool unfused = false;  ///< token-dropped (parts per head) or planes to restore: the fused sink cannot run (symbols in memory, then the element step)
 };
 
 /// Plans `segments` of the container for a batch decode into destination tokens [0, tokens), where
@@ -373,7 +373,7 @@ cachegen_batch_plan<Entry> plan_cachegen_batch(const segment_decoder& dec, std::
   detail::check_kept(dec.header(), kept);
   cachegen_batch_plan<Entry> plan;
   plan.rans = plan_rans_batch<Entry>(dec, segments, bytes, true);
-  plan.ragged = dec.header().sparse || !plan.rans.restore.empty();  // parts, or planes restored: decoded unfused
+  plan.unfused = dec.header().sparse || !plan.rans.restore.empty();  // parts, or planes restored: decoded unfused
   std::vector<float> step;
   for (const auto& bb : plan.rans.blocks) {
     int max = 0;
@@ -445,7 +445,7 @@ void decode_batch_emulated(const cachegen_batch_plan<Entry>& plan, const kv_view
   std::vector<void*> k, v;
   const kv_batch_dest d = batch_dest(dst, k, v);
   const auto name = [](std::size_t i) { return "rANS stream " + std::to_string(i) + " of the batch"; };
-  if (fused && !plan.ragged) {
+  if (fused && !plan.unfused) {
     rans_decode_batch_emulated(plan.rans.builder.host_args(nullptr), st.data(),
                                cachegen_rans_sink{plan.blocks.data(), plan.block_of_stream.data(), plan.steps.data(), d});
     rans_batch_throw_failed(std::span<const rans_batch_status>(st), name);

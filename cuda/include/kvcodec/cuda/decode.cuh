@@ -163,7 +163,7 @@ struct cachegen_job final : batch_job {
   device_buffer<std::uint32_t> bad;
   std::uint64_t max_elements = 0;
   cachegen_job(cachegen_batch_plan<std::uint32_t> pl, const kv_view& dst, const par_t& p, batch_variant v)
-      : plan(std::move(pl)), fused(v == batch_variant::best && !plan.ragged), rans(plan.rans, p, fused ? 0 : plan.rans.builder.out_symbols),
+      : plan(std::move(pl)), fused(v == batch_variant::best && !plan.unfused), rans(plan.rans, p, fused ? 0 : plan.rans.builder.out_symbols),
         blocks(std::span<const cachegen_batch_block>(plan.blocks)), block_of(std::span<const std::uint32_t>(plan.block_of_stream)),
         steps(std::span<const float>(plan.steps)), dd(dst), bad(plan.blocks.size() + 1) {
     for (const auto& g : plan.blocks) max_elements = std::max<std::uint64_t>(max_elements, static_cast<std::uint64_t>(g.rows) * g.cols);
