@@ -16,6 +16,7 @@
 //    there) and with the transforms hadamard and derope, against the CPU encoder's container;
 //  - cuda::decode_into of token-dropped containers (ragged kept sets, a head keeping nothing in a chunk,
 //    a fully kept chunk), CPU-encoded and GPU-encoded, against the CPU's decode_into and kept sets.
+#include <cmath>
 #include <cstdio>
 #include <initializer_list>
 #include <limits>
@@ -461,7 +462,8 @@ void test_encode() {
                                  "fp8:scale=token|rans:tables=shared,lanes=0", "kivi:bits=2|rans:tables=shared,lanes=0",
                                  "uniform:bits=3|rans:ctx=auto,model=auto,lanes=96", "cachegen-quant|rans:tables=chunk,ctx=auto,prob_bits=12",
                                  "cachegen-quant|rans:pred=prev", "nf4", "nf4:group=4,scale=f32", "nf4|rans", "nf4:group=4|rans:tables=shared,lanes=0",
-                                 "kmeans", "kmeans:bits=3,sample=1000|rans"})
+                                 "kmeans", "kmeans:bits=3,sample=1000|rans", "kivi:bits=2,outliers=1", "kivi:bits=4,outliers=2.5,residual=200|rans",
+                                 "uniform:bits=3,outliers=1,kaxis=channel,group=4", "uniform:bits=4,mode=sym,outliers=0.5|rans:tables=shared,lanes=0"})
     for (const kv_cache* kv : {&a, &b})
       for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
         for (bool paged : {false, true}) {
@@ -480,6 +482,65 @@ void test_encode() {
           expect(got.data == want.data, "encode " + spec + " head_dim " + std::to_string(kv->shape.head_dim) + " " + std::string(dtype_name(t)) +
                                             (paged ? " paged" : " hf") + ": container differs from the CPU's");
         }
+}
+
+/// uniform / kivi outliers chosen on the GPU (cuda::affine_outlier_select) as the CPU chooses them: values
+/// on a coarse grid (equal magnitudes of both signs: ties to the lower index), NaN and infinities
+/// (always outliers), a head of -0 only; and the selection itself against its host emulation over
+/// segments with ties, an empty one and budgets of 0 and of the whole segment.
+void test_encode_outliers() {
+  kv_cache kv = test::random_cache(2, 3, 300, 16, dtype::f32);
+  for (auto* side : {&kv.keys, &kv.values})
+    for (auto& layer : *side)
+      for (std::size_t i = 0; i < layer.size(); ++i) {
+        layer[i] = std::round(layer[i] * 2.0f) / 2.0f;
+        if (i % 997 == 13) layer[i] = std::numeric_limits<float>::quiet_NaN();
+        if (i % 1451 == 7) layer[i] = i % 2 ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity();
+        if (i < 300 * 16) layer[i] = -0.0f;
+      }
+  for (const std::string spec : {"kivi:bits=2,outliers=3", "kivi:bits=4,outliers=40,residual=70|rans", "uniform:bits=3,outliers=1,kaxis=channel",
+                                 "uniform:bits=2,mode=sym,outliers=100", "uniform:bits=4,outliers=0.01"})
+    for (dtype t : {dtype::f32, dtype::f16})
+      for (bool paged : {false, true}) {
+        const test::host_dest src = test::host_source(kv, t, paged);
+        device_dest dsrc(kv.shape, kv.shape.tokens, t, paged);
+        for (std::size_t l = 0; l < src.k.size(); ++l) {
+          dsrc.k[l].upload(std::span<const std::byte>(src.k[l]));
+          dsrc.v[l].upload(std::span<const std::byte>(src.v[l]));
+        }
+        kv_extras ex = extras_of(kv);
+        ex.cache = nullptr;
+        const encode_options opt{.chunk_tokens = 64};
+        codec c1 = make_codec(spec), c2 = make_codec(spec);
+        const encoded want = encode(cpu::par, c1, const_kv_view(src.view), opt, ex);
+        const encoded got = kvcodec::cuda::encode(kvcodec::cuda::par, c2, const_kv_view(dsrc.view), opt, ex);
+        expect(got.data == want.data, "encode " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf") + " (outliers): container differs from the CPU's");
+      }
+  // the selection alone: random keys from a small range (many ties), segments of 0 .. 5000 entries
+  std::mt19937 rng(5);
+  std::vector<std::uint32_t> key, pos;
+  std::vector<std::int64_t> seg(1, 0), take(1, 0);
+  for (int i = 0; i < 40; ++i) {
+    const std::int64_t n = i == 3 ? 0 : static_cast<std::int64_t>(rng() % 5000);
+    for (std::int64_t j = 0; j < n; ++j) {
+      key.push_back(i % 2 ? rng() % 7 : (rng() % 50 == 0 ? 0xffffffffu : rng()));
+      pos.push_back(static_cast<std::uint32_t>(j));
+    }
+    seg.push_back(seg.back() + n);
+    take.push_back(take.back() + (i == 5 ? 0 : i == 6 ? n : static_cast<std::int64_t>(rng() % (n + 1))));
+  }
+  std::vector<std::uint32_t> want(static_cast<std::size_t>(take.back()));
+  affine_outlier_select_emulated(key.data(), pos.data(), seg, take, want.data());
+  kvcodec::cuda::device_batch_executor x(kvcodec::cuda::par);
+  auto* dk = reinterpret_cast<std::uint32_t*>(x.bytes(key.size() * 4));
+  auto* dp = reinterpret_cast<std::uint32_t*>(x.bytes(pos.size() * 4));
+  auto* ds = reinterpret_cast<std::uint32_t*>(x.bytes(want.size() * 4));
+  x.put(dk, key.data(), key.size() * 4);
+  x.put(dp, pos.data(), pos.size() * 4);
+  x.outlier_select(dk, dp, seg, take, ds);
+  std::vector<std::uint32_t> got(want.size());
+  x.get(got.data(), ds, got.size() * 4);
+  expect(got == want, "affine_outlier_select: the chosen indices differ from the host emulation's");
 }
 
 /// A kv_cache's K/V (or, with queries = true, its queries as the K side) in device memory.
@@ -563,7 +624,8 @@ void test_encode_dropped() {
           expect(diff <= 8, where + ": " + std::to_string(diff) + " kept tokens differ from the CPU's");
         }
         const bool full = code == 1 && !paged;
-        for (const std::string quant : {"kivi:bits=4|rans", "fp8:scale=head", "raw", "uniform:bits=3", "nf4|rans", "derope|hadamard|kivi:bits=2"}) {
+        for (const std::string quant : {"kivi:bits=4|rans", "fp8:scale=head", "raw", "uniform:bits=3", "nf4|rans", "derope|hadamard|kivi:bits=2",
+                                        "kivi:bits=2,outliers=2,residual=40|rans", "uniform:bits=3,outliers=1"}) {
           if (!full && quant != "kivi:bits=4|rans" && quant != "fp8:scale=head") continue;
           const std::string spec = drop + "|" + quant, what = "encode " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf");
           codec c1 = make_codec(spec), c2 = make_codec(spec);
@@ -971,6 +1033,7 @@ int main(int argc, char** argv) {
     test_rans_encode();
     test_decode_into();
     test_encode();
+    test_encode_outliers();
     test_encode_dropped();
     test_decode_dropped();
     test_knorm_select();

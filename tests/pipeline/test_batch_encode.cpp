@@ -5,6 +5,7 @@
 // are usage errors.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <limits>
 #include <random>
 #include <string>
@@ -44,7 +45,9 @@ TEST_CASE("batch encode (emulated) writes the CPU encoder's container: kvc level
                                  "kivi:bits=2|rans:tables=shared,lanes=0", "uniform:bits=3|rans:ctx=auto,model=auto,lanes=96",
                                  "cachegen-quant|rans:tables=chunk,ctx=auto,prob_bits=12", "cachegen-quant|rans:pred=prev", "kivi:bits=4,residual=0|rans:tables=shared",
                                  "nf4", "nf4:group=4,scale=f32", "nf4|rans", "nf4:group=4|rans:tables=shared,lanes=0", "kmeans",
-                                 "kmeans:bits=3,sample=1000|rans", "kmeans:bits=8,iters=5|rans:tables=shared,lanes=0"})
+                                 "kmeans:bits=3,sample=1000|rans", "kmeans:bits=8,iters=5|rans:tables=shared,lanes=0", "kivi:bits=2,outliers=1",
+                                 "kivi:bits=4,outliers=2.5,residual=200|rans", "uniform:bits=3,outliers=1,kaxis=channel,group=4",
+                                 "uniform:bits=4,mode=sym,outliers=0.5|rans:tables=shared,lanes=0"})
     for (const kv_cache* kv : {&a, &b})
       for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
         for (bool paged : {false, true}) {
@@ -76,6 +79,83 @@ TEST_CASE("batch encode (emulated): kivi's residual rows fall back to f32 as on 
     host_batch_executor x;
     CHECK(encode_batch(x, cpu::par, c2, const_kv_view(src.view), {}, ex).data == want.data);
   }
+}
+
+TEST_CASE("batch encode (emulated) selects uniform and kivi outliers as the CPU: non-finite values always - ties to the lower index - budgets over several selection batches") {
+  // values on a coarse grid (many equal magnitudes, of both signs, and zeros), NaN and infinities here
+  // and there, a head that is all one value
+  kv_cache kv = test::random_cache(2, 3, 300, 16, dtype::f32);
+  for (auto* side : {&kv.keys, &kv.values})
+    for (auto& layer : *side)
+      for (std::size_t i = 0; i < layer.size(); ++i) {
+        layer[i] = std::round(layer[i] * 2.0f) / 2.0f;
+        if (i % 997 == 13) layer[i] = std::numeric_limits<float>::quiet_NaN();
+        if (i % 1451 == 7) layer[i] = i % 2 ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity();
+        if (i < 300 * 16) layer[i] = -0.0f;  // head 0 of every layer
+      }
+  for (const std::string spec : {"kivi:bits=2,outliers=3", "kivi:bits=4,outliers=40,residual=70|rans", "uniform:bits=3,outliers=1,kaxis=channel",
+                                 "uniform:bits=2,mode=sym,outliers=100", "uniform:bits=4,outliers=0.01"})
+    for (dtype t : {dtype::f32, dtype::f16}) {
+      INFO(spec << " " << dtype_name(t));
+      const test::host_dest src = test::host_source(kv, t, false);
+      const encode_options opt{.chunk_tokens = 64};
+      codec c1 = make_codec(spec), c2 = make_codec(spec);
+      const encoded want = encode(cpu::par, c1, const_kv_view(src.view), opt, extras(kv));
+      host_batch_executor x;
+      CHECK(encode_batch(x, cpu::par, c2, const_kv_view(src.view), opt, extras(kv)).data == want.data);
+    }
+}
+
+TEST_CASE("batch encode (emulated): the outlier selection's segments - stable ties - budgets of 0 and of the whole segment") {
+  const std::vector<std::uint32_t> key = {5, 9, 5, 0xffffffffu, 9, 1, /* segment 1 */ 3, 3, 3, /* segment 2 (empty) */ /* segment 3 */ 7};
+  const std::vector<std::uint32_t> pos = {0, 1, 2, 3, 4, 5, 0, 1, 2, 0};
+  const std::vector<std::int64_t> seg = {0, 6, 9, 9, 10}, take = {0, 4, 6, 6, 6};
+  std::vector<std::uint32_t> sel(6, 99);
+  affine_outlier_select_emulated(key.data(), pos.data(), seg, take, sel.data());
+  CHECK(sel == std::vector<std::uint32_t>{0, 1, 3, 4, 0, 1});  // 0xffffffff, 9, 9, then the first 5; two of the three 3s
+  CHECK(cpu::qc::outlier_budget(100, 3, 2.0) == 5);
+  CHECK(cpu::qc::outlier_budget(10, 9, 50.0) == 10);  // fewer finite values than the budget
+  CHECK(cpu::qc::outlier_budget(0, 0, 5.0) == 0);
+}
+
+TEST_CASE("batch encode (emulated): outliers selected over several batches of blocks are those of one batch") {
+  // 3 layers x K/V of 2 heads x 40 tokens x 8 channels in f32, blocks of 20 tokens (the parts of one head each)
+  const int L = 3, H = 2, T = 40, D = 8;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<std::vector<float>> rows(2 * L, std::vector<float>(static_cast<std::size_t>(H * T * D)));
+  for (auto& r : rows)
+    for (auto& v : r) v = std::round(nd(rng) * 4.0f) / 4.0f;
+  const auto run = [&](std::uint64_t batch, std::vector<std::vector<float>>& data) {
+    data = rows;
+    std::vector<const void*> kp, vp;
+    for (int l = 0; l < L; ++l) {
+      kp.push_back(data[static_cast<std::size_t>(2 * l)].data());
+      vp.push_back(data[static_cast<std::size_t>(2 * l + 1)].data());
+    }
+    kv_batch_src src{kp.data(), vp.data(), {T * D, D, 1}, D, 0};
+    std::vector<std::vector<affine_outlier_part>> blocks;
+    for (int t0 = 0; t0 < T; t0 += 20)
+      for (int l = 0; l < L; ++l)
+        for (std::uint32_t key : {1u, 0u}) {
+          auto& b = blocks.emplace_back();
+          for (int h = 0; h < H; ++h) b.push_back({l, key, 1, 20u - static_cast<std::uint32_t>(h) * 5u, static_cast<std::int64_t>(h) * T + t0});
+        }
+    host_batch_executor x;
+    return detail::take_batch_outliers(x, src, blocks, 7.0, dtype::f32, batch);
+  };
+  std::vector<std::vector<float>> one, many;
+  const auto want = run(detail::outlier_batch_values, one);
+  for (std::uint64_t batch : {1u, 200u, 700u}) {
+    INFO("batch " << batch);
+    CHECK(run(batch, many) == want);
+    bool same = true;
+    for (std::size_t i = 0; i < one.size(); ++i)
+      for (std::size_t j = 0; j < one[i].size(); ++j) same &= std::isnan(one[i][j]) == std::isnan(many[i][j]);
+    CHECK(same);
+  }
+  CHECK(want.size() == 12);
+  CHECK(want[0][0] == (20 * 8 + 15 * 8) * 7 / 100);  // the count, a one-byte varint
 }
 
 TEST_CASE("batch encode (emulated): a NaN or an infinity is bad input for cachegen-quant as on the CPU") {
@@ -119,7 +199,8 @@ TEST_CASE("batch encode (emulated) of a token-dropped cache writes the CPU encod
   const kv_cache kv = cache_with_queries(2, 4, 300, 16, dtype::f16);
   const std::vector<std::string> quants = {"raw", "raw:dtype=f32", "fp8", "fp8:scale=head", "fp8:scale=token|rans", "uniform:bits=3",
                                            "uniform:bits=4,kaxis=channel,group=8|rans", "kivi:bits=2", "kivi:bits=4,group=16,residual=40",
-                                           "kivi:bits=2,residual=64|rans:tables=shared,lanes=0", "kivi:bits=4|rans", "nf4:group=4", "nf4|rans"};
+                                           "kivi:bits=2,residual=64|rans:tables=shared,lanes=0", "kivi:bits=4|rans", "nf4:group=4", "nf4|rans",
+                                           "kivi:bits=2,outliers=2,residual=40|rans", "uniform:bits=3,outliers=1"};
   for (const std::string drop : {"knorm:keep=0.4", "snapkv:keep=0.5,window=16", "streamingllm:keep=0.3,sink=4", "h2o:keep=0.25,window=16|random:keep=0.8",
                                  "keydiff:tokens=50,obs_end=280"})
     for (const std::string& q : quants)
@@ -196,7 +277,7 @@ TEST_CASE("batch encode: codecs and inputs outside its scope are usage errors") 
   };
   // quantizers whose rows span the heads (the ggml formats) or that fit on samples of the dense
   // cache (kmeans, cachegen-quant's kvc levels) are not batch-encoded token-dropped
-  for (const std::string spec : {"kivi:outliers=1", "think|q8_0", "knorm:keep=0.5|q8_0", "derope|kvc:level=5", "knorm:keep=0.5|kvc:level=5",
+  for (const std::string spec : {"think|q8_0", "knorm:keep=0.5|q8_0", "derope|kvc:level=5", "knorm:keep=0.5|kvc:level=5",
                                  "knorm:keep=0.5|kmeans", "hadamard|hadamard|hadamard|hadamard|hadamard|q8_0"}) {
     INFO(spec);
     CHECK(kind(spec, extras(kv), src.view) == error_kind::usage);

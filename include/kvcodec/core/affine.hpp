@@ -8,13 +8,18 @@
 // core/x86/affine.hpp when core/simd.hpp allows and the scalar references (detail::*_ref) otherwise,
 // with the same bytes either way. affine_batch_op is the batch decoders' element step for the affine
 // quantizers `uniform` and `kivi`, affine_params_op, affine_code_op, affine_exact_check_op and
-// affine_exact_op the batch encoders' (cuda/affine.cuh and the host emulations of pipeline/).
+// affine_exact_op the batch encoders' (cuda/affine.cuh and the host emulations of pipeline/), with,
+// for outliers > 0, affine_outlier_key_op, the selection (cuda::affine_outlier_select on a GPU,
+// affine_outlier_select_emulated here) and affine_outlier_take_op.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <numeric>
 #include <vector>
 
+#include "kvcodec/core/atomic.hpp"
 #include "kvcodec/core/endian.hpp"
 #include "kvcodec/core/half.hpp"
 #include "kvcodec/core/kv_address.hpp"
@@ -300,5 +305,96 @@ struct affine_exact_op {
     return true;
   }
 };
+
+// ---- outliers in the batch encoders (cpu/quant_common.hpp's take_outliers) ---------------------------
+//
+// A block's quantized values (its parts in order, each heads x q rows of head_dim) are numbered as the
+// CPU numbers them. affine_outlier_key_op gives each its rank key: |x|'s bits for a finite value (the
+// order of |x|, -0 == +0), 0xffffffff for a non-finite one, and counts the non-finite ones. The
+// selection keeps, per block, the qc::outlier_budget largest keys, equal keys to the lower index (a
+// stable descending sort), in increasing index order: every non-finite value and the largest finite
+// |x|, as take_outliers. affine_outlier_take_op then reads each selected value and leaves a NaN in its
+// place in the encoder's f32 copy, which the affine steps leave out of the range and code as the zero point.
+
+/// One part of a block for the outlier steps.
+struct affine_outlier_part {
+  std::int32_t layer = 0;
+  std::uint32_t key = 1, heads = 0, q = 0;
+  std::int64_t t_first = 0;     ///< source token of a head's row 0
+  std::uint64_t at = 0;         ///< its first value's index among its block's quantized values
+  std::uint64_t seg_first = 0;  ///< its block's first entry in the key and position arrays
+  std::uint64_t slot = 0;       ///< its block's non-finite counter
+};
+
+/// The rank key of a value: |x|'s bits when finite, else above every finite one.
+KVCODEC_HD inline std::uint32_t affine_outlier_key(float x) noexcept {
+  return kvcodec::detail::is_finite_f32(x) ? bit_cast_hd<std::uint32_t>(x) & 0x7fffffffu : 0xffffffffu;
+}
+
+/// Value k of part b: its key and its index in the block (key[e], pos[e] with e = seg_first + at + k).
+struct affine_outlier_key_op {
+  kv_batch_src s;
+  std::uint32_t* key = nullptr;
+  std::uint32_t* pos = nullptr;
+  std::uint32_t* nonfinite = nullptr;
+  KVCODEC_HD std::uint64_t count(const affine_outlier_part& b) const noexcept {
+    return static_cast<std::uint64_t>(b.heads) * b.q * static_cast<std::uint64_t>(s.head_dim);
+  }
+  KVCODEC_HD bool operator()(const affine_outlier_part& b, std::uint64_t k) const noexcept {
+    const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), c = k % D, row = k / D, h = row / b.q, r = row % b.q;
+    const float x = kv_batch_get(s, b.key != 0, b.layer, static_cast<std::int64_t>(h), b.t_first + static_cast<std::int64_t>(r), static_cast<std::int64_t>(c));
+    const std::uint32_t kk = affine_outlier_key(x);
+    key[b.seg_first + b.at + k] = kk;
+    pos[b.seg_first + b.at + k] = static_cast<std::uint32_t>(b.at + k);
+    if (kk == 0xffffffffu) atomic_add(nonfinite + b.slot, 1u);
+    return true;
+  }
+};
+
+/// A block's selected outliers: sel[sel_first .. sel_first + count) (increasing indices), and its
+/// parts parts[part_first .. part_first + parts).
+struct affine_outlier_block {
+  std::uint64_t sel_first = 0, count = 0, part_first = 0, parts = 0;
+};
+
+/// Outlier j of block b: its value into vals[sel_first + j], a NaN in its place in `s` (the encoder's
+/// own f32 copy, written through the source's pointers).
+struct affine_outlier_take_op {
+  kv_batch_src s;
+  const affine_outlier_part* part = nullptr;
+  const std::uint32_t* sel = nullptr;
+  float* vals = nullptr;
+  KVCODEC_HD std::uint64_t count(const affine_outlier_block& b) const noexcept { return b.count; }
+  KVCODEC_HD bool operator()(const affine_outlier_block& b, std::uint64_t j) const noexcept {
+    const std::uint64_t idx = sel[b.sel_first + j], D = static_cast<std::uint64_t>(s.head_dim);
+    std::uint64_t p = b.part_first;
+    while (p + 1 < b.part_first + b.parts && part[p + 1].at <= idx) ++p;
+    const affine_outlier_part& g = part[p];
+    const std::uint64_t k = idx - g.at, c = k % D, row = k / D, h = row / g.q, r = row % g.q;
+    const std::int64_t off = kv_row_offset(s.layout, static_cast<std::int64_t>(h), g.t_first + static_cast<std::int64_t>(r)) + static_cast<std::int64_t>(c) * s.layout.s_dim;
+    float* at = const_cast<float*>(static_cast<const float*>((g.key != 0 ? s.k : s.v)[g.layer])) + off;
+    vals[b.sel_first + j] = *at;
+    *at = bit_cast_hd<float>(0x7fc00000u);
+    return true;
+  }
+};
+
+/// The selection on the host (the emulation of cuda::affine_outlier_select): for segment i, entries
+/// [seg[i], seg[i + 1]) of key and pos, the take[i + 1] - take[i] largest keys (equal keys: the earlier
+/// entry), their positions in increasing order into sel[take[i] ..).
+inline void affine_outlier_select_emulated(const std::uint32_t* key, const std::uint32_t* pos, const std::vector<std::int64_t>& seg,
+                                           const std::vector<std::int64_t>& take, std::uint32_t* sel) {
+  std::vector<std::uint32_t> order;
+  for (std::size_t i = 0; i + 1 < seg.size(); ++i) {
+    const auto n = static_cast<std::size_t>(seg[i + 1] - seg[i]), t = static_cast<std::size_t>(take[i + 1] - take[i]);
+    const std::uint32_t* kk = key + seg[i];
+    order.resize(n);
+    std::iota(order.begin(), order.end(), 0u);
+    std::stable_sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) { return kk[a] > kk[b]; });
+    std::uint32_t* o = sel + take[i];
+    for (std::size_t j = 0; j < t; ++j) o[j] = pos[seg[i] + order[j]];
+    std::sort(o, o + t);
+  }
+}
 
 }  // namespace kvcodec

@@ -96,10 +96,14 @@ struct kv_prepare_op {
       h = static_cast<std::int64_t>(r) / tokens;
       t = static_cast<std::int64_t>(r) % tokens;
     }
+    float* o = out + (b.out_row + r) * static_cast<std::uint64_t>(D);
+    if (ts.n == 0) {  // widened only (the outlier encoders' f32 copy): rows of any width
+      for (std::int64_t c = 0; c < D; ++c) o[c] = kv_batch_get(s, b.key != 0, b.layer, h, t, c);
+      return true;
+    }
     float x[transform_max_head_dim];
     for (std::int64_t c = 0; c < D; ++c) x[c] = kv_batch_get(s, b.key != 0, b.layer, h, t, c);
     apply_row_transforms(ts, b.key != 0, x, D, t);
-    float* o = out + (b.out_row + r) * static_cast<std::uint64_t>(D);
     for (std::int64_t c = 0; c < D; ++c) o[c] = x[c];
     return true;
   }

@@ -96,7 +96,23 @@ inline void get_exact(byte_reader& r, std::size_t n, float* y) {
 
 // ---- dense-and-sparse outliers -------------------------------------------------------------------
 
-/// Moves the outliers of x[0..n) (see header) into `side` and replaces them by NaN in x.
+/// How many values of a block of n, `nonfinite` of them non-finite, are outliers: every non-finite one
+/// plus floor(n·percent/100) finite ones (fewer when the block has fewer finite values).
+inline std::size_t outlier_budget(std::size_t n, std::size_t nonfinite, double percent) {
+  return nonfinite + std::min(n - nonfinite, static_cast<std::size_t>(std::floor(static_cast<double>(n) * percent / 100.0)));
+}
+
+/// Writes an outlier list: the count, the increasing indices idx[0..k) as gaps (varints), then their
+/// values vals[0..k) exactly (put_exact). read_outliers reads it.
+inline void put_outliers(const std::uint32_t* idx, const float* vals, std::size_t k, dtype src, bytes& side) {
+  byte_writer w(side);
+  w.put_varint(k);
+  for (std::size_t j = 0; j < k; ++j) w.put_varint(j == 0 ? idx[j] : idx[j] - idx[j - 1] - 1u);
+  put_exact(vals, k, src, side);
+}
+
+/// Moves the outliers of x[0..n) (see header) into `side` and replaces them by NaN in x: the largest
+/// finite |x| first, equal magnitudes to the lower index (the batch encoders' rule too).
 inline void take_outliers(float* x, std::size_t n, double percent, dtype src, bytes& side) {
   std::vector<std::uint32_t> idx;
   std::vector<std::uint32_t> finite;
@@ -107,7 +123,7 @@ inline void take_outliers(float* x, std::size_t n, double percent, dtype src, by
     else
       idx.push_back(static_cast<std::uint32_t>(i));
   }
-  const std::size_t k = std::min(finite.size(), static_cast<std::size_t>(std::floor(static_cast<double>(n) * percent / 100.0)));
+  const std::size_t k = outlier_budget(n, idx.size(), percent) - idx.size();
   if (k > 0) {
     auto mag_greater = [&](std::uint32_t a, std::uint32_t b) {
       const float fa = std::fabs(x[a]), fb = std::fabs(x[b]);
@@ -117,17 +133,12 @@ inline void take_outliers(float* x, std::size_t n, double percent, dtype src, by
     idx.insert(idx.end(), finite.begin(), finite.begin() + static_cast<std::ptrdiff_t>(k));
   }
   std::sort(idx.begin(), idx.end());
-  byte_writer w(side);
-  w.put_varint(idx.size());
-  std::uint32_t prev = 0;
   std::vector<float> vals(idx.size());
   for (std::size_t j = 0; j < idx.size(); ++j) {
-    w.put_varint(j == 0 ? idx[j] : idx[j] - prev - 1u);
-    prev = idx[j];
     vals[j] = x[idx[j]];
     x[idx[j]] = std::numeric_limits<float>::quiet_NaN();
   }
-  put_exact(vals.data(), vals.size(), src, side);
+  put_outliers(idx.data(), vals.data(), idx.size(), src, side);
 }
 
 /// Reads an outlier list over n values: its indices (increasing, each < n) and their exact values.

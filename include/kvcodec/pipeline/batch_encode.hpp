@@ -2,7 +2,8 @@
 // backend's encoder (cuda/encode.cuh) and its host emulation (host_batch_executor, what CI runs).
 //
 // Scope: dense caches quantized by cachegen-quant (the kvc levels), the llama.cpp block formats (q8_0
-// .. iq4_nl), fp8 (tensor, head or token scales), raw, uniform or kivi (outliers 0), nf4, kmeans, with any entropy
+// .. iq4_nl), fp8 (tensor, head or token scales), raw, uniform or kivi (with outliers: selected by the
+// executor, detail::take_batch_outliers), nf4, kmeans, with any entropy
 // stage (it runs on the host), without transforms. Token-dropped caches (drop stages, whose kept sets
 // the executor chooses, or kept sets in the input) with raw, fp8, uniform, kivi or nf4: the kept rows
 // are gathered into a compact buffer first (kv_gather_op) and each block is coded as one part per head
@@ -52,6 +53,8 @@ namespace kvcodec {
 ///   get(dst, src, n)     n bytes from the executor's memory to the host; put(dst, src, n) the reverse
 ///   rans_encode(args)    the rANS encode kernel (core/rans_batch.hpp) over arrays in its memory
 ///   select(c, kv, ex, s, dt)  the kept sets of codec c's drop stages over the view (here: the CPU stages)
+///   outlier_select(key, pos, seg, take, sel)  the outliers' selection (core/affine.hpp) over arrays in its
+///                        memory, segment offsets seg and take (host vectors, segments + 1 each)
 struct host_batch_executor {
   kept_sets select(const codec& c, const const_kv_view& kv, const kv_extras& ex, const kv_shape& s, dtype source_dtype) {
     return detail::run_drops(c, kv, ex, s, source_dtype);
@@ -73,6 +76,10 @@ struct host_batch_executor {
   void rans_encode(const rans_encode_args& a) {
     rans_encode_batch_emulated(a);
     ++rans_batches;
+  }
+  void outlier_select(const std::uint32_t* key, const std::uint32_t* pos, const std::vector<std::int64_t>& seg, const std::vector<std::int64_t>& take,
+                      std::uint32_t* sel) {
+    affine_outlier_select_emulated(key, pos, seg, take, sel);
   }
   std::size_t rans_batches = 0;  ///< rANS encode batches run (the tests check which path a codec took)
 
@@ -307,10 +314,11 @@ inline kv_batch_src dense_parts(const kv_batch_src& src, const kv_shape& s, std:
 
 /// Gathers the kept rows of `kv` (kept sets `kept`) into a compact buffer in x's memory, in the view's
 /// dtype, bit for bit: per (layer, K or V) the kept rows of head 0, then head 1, ... each in token
-/// order; fills one part per (block, head); returns the buffer as a source (head always 0).
+/// order (f32 instead with transforms, or when f32 is set); fills one part per (block, head); returns the
+/// buffer as a source (head always 0).
 template <class X>
 kv_batch_src gather_kept(X& x, const const_kv_view& kv, const kept_sets& kept, const kv_shape& s, std::int64_t chunk_tokens, std::int64_t first_residual,
-                         batch_parts& out, const row_transforms& rts) {
+                         batch_parts& out, const row_transforms& rts, bool f32 = false) {
   const std::size_t L = static_cast<std::size_t>(s.layers), H = static_cast<std::size_t>(s.kv_heads);
   const std::uint64_t D = static_cast<std::uint64_t>(s.head_dim), es = dtype_size(kv.dt);
   std::vector<std::int32_t> head, token;
@@ -332,9 +340,10 @@ kv_batch_src gather_kept(X& x, const const_kv_view& kv, const kept_sets& kept, c
       gb.push_back({layer_first[l], rows, (key != 0 ? 0 : E) + layer_first[l], static_cast<std::int32_t>(l), key});
       max_rows = std::max(max_rows, rows);
     }
-  const std::uint64_t cs = rts.n > 0 ? 4 : es;  // transformed rows are f32
+  const bool wide = rts.n > 0 || f32;  // transformed rows (and, with f32, every row) are f32
+  const std::uint64_t cs = wide ? 4 : es;
   std::uint8_t* compact = x.bytes(static_cast<std::size_t>(2 * E * D * cs));
-  if (rts.n > 0) x.run(gb, max_rows, kv_prepare_op{x.src(kv), upload(x, head), upload(x, token), 0, rts, reinterpret_cast<float*>(compact)});
+  if (wide) x.run(gb, max_rows, kv_prepare_op{x.src(kv), upload(x, head), upload(x, token), 0, rts, reinterpret_cast<float*>(compact)});
   else x.run(gb, max_rows * D, kv_gather_op{x.src(kv), upload(x, head), upload(x, token), compact});
   std::vector<const void*> kp(L), vp(L);
   for (std::size_t l = 0; l < L; ++l) {
@@ -348,7 +357,7 @@ kv_batch_src gather_kept(X& x, const const_kv_view& kv, const kept_sets& kept, c
   src.layout.s_token = static_cast<std::int64_t>(D);
   src.layout.s_dim = 1;
   src.head_dim = s.head_dim;
-  src.dtype_code = rts.n > 0 ? 0u : static_cast<std::uint32_t>(kv.dt);
+  src.dtype_code = wide ? 0u : static_cast<std::uint32_t>(kv.dt);
   const std::size_t nb = 2 * static_cast<std::size_t>((s.tokens + chunk_tokens - 1) / chunk_tokens) * L;
   out.first.assign(1, 0);
   for (std::size_t i = 0; i < nb; ++i) {
@@ -403,6 +412,88 @@ kv_batch_src prepare_rows(X& x, const const_kv_view& kv, const kv_shape& s, cons
   return src;
 }
 
+/// Values per selection batch of take_batch_outliers: its key and position arrays take 8 bytes each, the
+/// sort as much again.
+inline constexpr std::uint64_t outlier_batch_values = std::uint64_t{1} << 26;
+
+/// The outliers of every block of a uniform or kivi codec with outliers > 0 (cpu/quant_common.hpp's
+/// take_outliers, over each block's quantized values in the CPU's order): blocks[i] are block i's parts,
+/// src the encoder's own f32 copy of the rows. Selected by x over batches of whole blocks of at most
+/// batch_values values (or one block) (core/affine.hpp's steps); each selected value is read and a NaN is
+/// left in its place in src. Returns each block's outlier list as the CPU writes it.
+template <class X>
+std::vector<bytes> take_batch_outliers(X& x, const kv_batch_src& src, const std::vector<std::vector<affine_outlier_part>>& blocks, double percent,
+                                       dtype source, std::uint64_t batch_values = outlier_batch_values) {
+  const std::size_t nb = blocks.size();
+  const std::uint64_t D = static_cast<std::uint64_t>(src.head_dim);
+  std::vector<std::uint64_t> n(nb, 0);  // block i's quantized values
+  std::uint64_t widest = 0;
+  for (std::size_t i = 0; i < nb; ++i) {
+    for (const affine_outlier_part& g : blocks[i]) n[i] += static_cast<std::uint64_t>(g.heads) * g.q * D;
+    if (n[i] > std::uint64_t{INT32_MAX})
+      throw_usage("encode: a block of " + std::to_string(n[i]) + " quantized values: the batch encoder selects outliers in blocks under 2^31 values; lower chunk_tokens");
+    widest = std::max(widest, n[i]);
+  }
+  const std::uint64_t cap = std::max(widest, batch_values);
+  std::uint64_t room = 0;
+  for (std::size_t i = 0, used = 0; i < nb; ++i) {  // the largest batch, for one pair of arrays
+    used = used + n[i] > cap ? n[i] : used + n[i];
+    room = std::max<std::uint64_t>(room, used);
+  }
+  auto* key = reinterpret_cast<std::uint32_t*>(x.bytes(static_cast<std::size_t>(4 * room)));
+  auto* pos = reinterpret_cast<std::uint32_t*>(x.bytes(static_cast<std::size_t>(4 * room)));
+  auto* nonfinite = reinterpret_cast<std::uint32_t*>(x.bytes(4 * nb));
+  std::vector<bytes> lists(nb);
+  for (std::size_t b0 = 0; b0 < nb;) {
+    std::size_t b1 = b0;
+    std::uint64_t values = 0;
+    while (b1 < nb && (b1 == b0 || values + n[b1] <= cap)) values += n[b1++];
+    std::vector<affine_outlier_part> parts;
+    std::vector<std::int64_t> seg(1, 0);
+    std::uint64_t max_items = 0;
+    for (std::size_t i = b0; i < b1; ++i) {
+      std::uint64_t at = 0;
+      for (affine_outlier_part g : blocks[i]) {
+        g.at = at;
+        g.seg_first = static_cast<std::uint64_t>(seg.back());
+        g.slot = i;
+        const std::uint64_t k = static_cast<std::uint64_t>(g.heads) * g.q * D;
+        at += k;
+        max_items = std::max(max_items, k);
+        parts.push_back(g);
+      }
+      seg.push_back(seg.back() + static_cast<std::int64_t>(n[i]));
+    }
+    x.run(parts, max_items, affine_outlier_key_op{src, key, pos, nonfinite});
+    std::vector<std::uint32_t> nf(b1 - b0);
+    x.get(nf.data(), nonfinite + b0, nf.size() * 4);
+    std::vector<std::int64_t> take(1, 0);
+    std::vector<affine_outlier_block> ob;
+    std::uint64_t max_take = 0;
+    for (std::size_t i = b0, p0 = 0; i < b1; p0 += blocks[i].size(), ++i) {
+      const std::uint64_t k = cpu::qc::outlier_budget(static_cast<std::size_t>(n[i]), nf[i - b0], percent);
+      ob.push_back({static_cast<std::uint64_t>(take.back()), k, p0, blocks[i].size()});
+      take.push_back(take.back() + static_cast<std::int64_t>(k));
+      max_take = std::max(max_take, k);
+    }
+    const auto taken = static_cast<std::size_t>(take.back());
+    auto* sel = reinterpret_cast<std::uint32_t*>(x.bytes(4 * taken));
+    float* vals = x.floats(taken);
+    x.outlier_select(key, pos, seg, take, sel);
+    x.run(ob, max_take, affine_outlier_take_op{src, upload(x, parts), sel, vals});
+    std::vector<std::uint32_t> hsel(taken);
+    std::vector<float> hvals(taken);
+    x.get(hsel.data(), sel, 4 * taken);
+    x.get(hvals.data(), vals, 4 * taken);
+    for (std::size_t i = b0; i < b1; ++i) {
+      const affine_outlier_block& g = ob[i - b0];
+      cpu::qc::put_outliers(hsel.data() + g.sel_first, hvals.data() + g.sel_first, static_cast<std::size_t>(g.count), source, lists[i]);
+    }
+    b0 = b1;
+  }
+  return lists;
+}
+
 }  // namespace detail
 
 /// Encodes the dense cache `kv` (in x's memory) with codec `c` through executor `x` (see the file
@@ -429,8 +520,6 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
   auto* mq = dynamic_cast<cpu::kmeans_quant*>(c.quant.get());
   if (!gtype && !fq && !rq && !kq && !uq && !cq && !nq && !mq)
     throw_usage("encode: quantizer '" + qn + "' has no CUDA encode; the quantizers with one: " + builtin_registry().cuda_stages(stage_kind::quant, true));
-  if ((kq && kq->outliers() > 0.0) || (uq && uq->outliers() > 0.0))
-    throw_usage("encode: " + qn + " with outliers > 0 has no CUDA encode yet; the quantizers with one: " + builtin_registry().cuda_stages(stage_kind::quant, true));
   if ((c.drop || !ex_in.kept.empty()) && !fq && !rq && !kq && !uq && !nq)
     throw_usage("encode: " + qn + " on a token-dropped cache has no CUDA encode (its rows span the heads, whose kept tokens differ); with token dropping the "
                 "batch encoder quantizes with raw, fp8, uniform, kivi or nf4; encode this codec on the CPU");
@@ -453,9 +542,11 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
   const kv_extras& ex = c.drop ? ex_kept : ex_in;
   const bool sparse = !ex.kept.empty();
   detail::batch_parts parts;
-  const kv_batch_src src = sparse ? detail::gather_kept(x, kv, ex.kept, s, opt.chunk_tokens, first_residual, parts, rts)
-                           : rts.n > 0 ? detail::dense_parts(detail::prepare_rows(x, kv, s, rts), s, opt.chunk_tokens, first_residual, parts)
-                                       : detail::dense_parts(x.src(kv), s, opt.chunk_tokens, first_residual, parts);
+  // uniform / kivi with outliers leave NaN marks in their source: an f32 copy of their own
+  const double outliers = kq ? kq->outliers() : uq ? uq->outliers() : 0.0;
+  const kv_batch_src src = sparse ? detail::gather_kept(x, kv, ex.kept, s, opt.chunk_tokens, first_residual, parts, rts, outliers > 0.0)
+                           : rts.n > 0 || outliers > 0.0 ? detail::dense_parts(detail::prepare_rows(x, kv, s, rts), s, opt.chunk_tokens, first_residual, parts)
+                                                         : detail::dense_parts(x.src(kv), s, opt.chunk_tokens, first_residual, parts);
   std::vector<std::uint64_t> first(nb + 1, 0);  // block i's bytes: [first[i], first[i + 1]) of `out`
   std::vector<std::uint8_t> out;
   std::uint8_t* buf = nullptr;  // every block's bytes, in x's memory
@@ -596,6 +687,18 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
   } else if (kq || uq) {
     state = c.quant->fit({}, info);  // checks the groups against head_dim
     aregions.resize(nb);
+    // outliers first: each block's list is written after its parameters, and its NaN marks keep the
+    // outliers out of the parameters
+    std::vector<bytes> lists(nb);
+    std::vector<copy_block> list_at(nb);  // where each list goes in `buf`
+    if (outliers > 0.0) {
+      std::vector<std::vector<affine_outlier_part>> oparts(nb);
+      for (std::size_t i = 0; i < nb; ++i) {
+        const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
+        for (const detail::batch_part& pt : parts.of(i)) oparts[i].push_back({sl.layer, sl.key ? 1u : 0u, pt.heads, pt.q, pt.t_first});
+      }
+      lists = detail::take_batch_outliers(x, src, oparts, outliers, info.source_dtype);
+    }
     std::vector<std::uint64_t> exact_before;  // per part: the exact rows of its block's earlier parts
     std::uint64_t max_groups = 0, max_q = 0, max_exact = 0;
     for (std::size_t i = 0; i < nb; ++i) {
@@ -625,7 +728,8 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       }
       rg.sym_first = first[i];
       rg.params = first[i] + rg.q_rows * D;
-      rg.exact = rg.params + groups * pb + 1;
+      list_at[i] = {i == 0 ? 0 : list_at[i - 1].src_first + list_at[i - 1].n, rg.params + groups * pb, lists[i].size()};
+      rg.exact = rg.params + groups * pb + lists[i].size() + 1;
       first[i + 1] = rg.exact + 4 * rg.exact_rows * D;
       std::uint64_t q_at = 0, exact_at = 0, groups_at = 0;
       for (const detail::batch_part& pt : parts.of(i)) {
@@ -644,6 +748,15 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       }
     }
     buf = x.bytes(static_cast<std::size_t>(first[nb]));
+    if (outliers > 0.0) {
+      std::vector<std::uint8_t> all;
+      std::uint64_t max_list = 0;
+      for (const bytes& l : lists) {
+        all.insert(all.end(), l.begin(), l.end());
+        max_list = std::max<std::uint64_t>(max_list, l.size());
+      }
+      x.run(list_at, max_list, byte_copy_op{detail::upload(x, all), buf});
+    }
     x.run(ablocks, max_groups, affine_params_op{src, buf});
     x.run(ablocks, max_q, affine_code_op{src, buf});
     const auto exact_dt = static_cast<std::uint32_t>(info.source_dtype == dtype::f16 || info.source_dtype == dtype::bf16 ? info.source_dtype : dtype::f32);

@@ -14,7 +14,7 @@ inline void register_cuda_rows(registry& r) {
   r.set_cuda("cachegen-quant", {true, true, "cachegen.cuh", "decode: with rans or ac"});
   r.set_cuda("weighted-quant", {true, false, "cachegen.cuh (core/transform_rows.hpp)",
                                 "decode: with rans; derope=on: dense caches, keys rotated in the decoder's last step"});
-  for (const char* q : {"uniform", "kivi"}) r.set_cuda(q, {true, true, "affine.cuh", "encode: outliers=0; decode: with pack or rans"});
+  for (const char* q : {"uniform", "kivi"}) r.set_cuda(q, {true, true, "affine.cuh", "decode: with pack or rans; outliers: selected per block on the GPU (CUB segmented sorts)"});
   r.set_cuda("fp8", {true, true, "fp8.cuh", "decode: with pack"});
   r.set_cuda("nf4", {true, true, "codebook.cuh", "decode: with pack or rans"});
   r.set_cuda("kmeans", {true, true, "codebook.cuh", "decode: with pack or rans; encode: its Lloyd fit runs on the host"});

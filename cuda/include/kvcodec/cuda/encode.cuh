@@ -11,7 +11,7 @@
 // out by rans_stream_gather_op; only the histograms and the coded bytes come back. Other entropy stages
 // run on the host over the symbols copied back. The host writes the container. Scope today: dense caches
 // quantized by cachegen-quant (the kvc levels, cachegen), the llama.cpp block formats (q8_0 .. iq4_nl),
-// fp8, raw, uniform or kivi (outliers 0), with any entropy stage; other codecs are a usage error naming
+// fp8, raw, uniform or kivi (outliers selected per block on the GPU: cuda/affine.cuh), nf4, kmeans, with any entropy stage; other codecs are a usage error naming
 // the scope (encode them on the CPU). Token dropping: a drop stage selects on the GPU
 // (cuda/drop_select.cuh: only the kept token indices come back), the kept rows are gathered on the GPU
 // and coded by raw, fp8, uniform, kivi or nf4 (`snapkv:keep=0.5|kivi:bits=4|rans` runs end to end on
@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "kvcodec/cpu/drop_stages.hpp"
+#include "kvcodec/cuda/affine.cuh"
 #include "kvcodec/cuda/batch.cuh"
 #include "kvcodec/cuda/drop_select.cuh"
 #include "kvcodec/cuda/memory.cuh"
@@ -81,6 +82,17 @@ class device_batch_executor {
   void rans_encode(const rans_encode_args& a) {
     rans_encode_batch(a, p_);
     check(cudaStreamSynchronize(p_.stream), "cuda::encode (rANS)");
+  }
+  void outlier_select(const std::uint32_t* key, const std::uint32_t* pos, const std::vector<std::int64_t>& seg, const std::vector<std::int64_t>& take,
+                      std::uint32_t* sel) {
+    const std::vector<std::int32_t> seg32(seg.begin(), seg.end()), take32(take.begin(), take.end());  // the encoder keeps them below 2^31
+    device_buffer<std::int32_t> d_seg{std::span<const std::int32_t>(seg32)}, d_take{std::span<const std::int32_t>(take32)};
+    const auto segments = static_cast<std::int64_t>(seg.size()) - 1;
+    std::size_t bytes = 0;
+    affine_outlier_select(nullptr, bytes, key, pos, d_seg.data(), d_take.data(), segments, seg.back(), take.back(), sel, p_);
+    device_buffer<std::uint8_t> temp(bytes);
+    affine_outlier_select(temp.data(), bytes, key, pos, d_seg.data(), d_take.data(), segments, seg.back(), take.back(), sel, p_);
+    check(cudaStreamSynchronize(p_.stream), "cuda::encode (outliers)");
   }
 
  private:

@@ -1,11 +1,14 @@
 // kvcodec/cuda/memory.cuh — owning device buffers (cudaMalloc / cudaFree) with host copies in and out,
-// for the backend's entry points and its tests.
+// for the backend's entry points and its tests, and the pieces of CUB's two-phase temp-storage
+// convention that the entry points share (size_only, temp_cursor).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -59,5 +62,33 @@ class device_buffer {
   T* p_ = nullptr;
   std::size_t n_ = 0;
 };
+
+namespace detail {
+
+inline std::size_t align256(std::size_t x) { return (x + 255) / 256 * 256; }
+
+/// CUB's two-phase temp-storage convention for an entry point `what` needing `need` bytes: true (and
+/// temp_bytes = need) when temp is null, the caller only asking the size; a usage error when the given
+/// storage is smaller; false when the entry point may run.
+inline bool size_only(const void* temp, std::size_t& temp_bytes, std::size_t need, const char* what) {
+  if (temp == nullptr) {
+    temp_bytes = need;
+    return true;
+  }
+  if (temp_bytes < need) throw_usage(std::string(what) + ": temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(need) + " needed");
+  return false;
+}
+
+/// Consecutive pieces of an entry point's temp storage, in the order its layout lists them.
+struct temp_cursor {
+  std::uint8_t* at;
+  std::uint8_t* take(std::size_t bytes) {
+    std::uint8_t* x = at;
+    at += bytes;
+    return x;
+  }
+};
+
+}  // namespace detail
 
 }  // namespace kvcodec::cuda

@@ -15,35 +15,12 @@
 #include <string>
 
 #include "kvcodec/core/error.hpp"
+#include "kvcodec/cuda/memory.cuh"
 #include "kvcodec/cuda/policy.cuh"
 
 namespace kvcodec::cuda {
 
 namespace detail {
-
-inline std::size_t align256(std::size_t x) { return (x + 255) / 256 * 256; }
-
-/// CUB's two-phase temp-storage convention for an entry point `what` needing `need` bytes: true (and
-/// temp_bytes = need) when temp is null, the caller only asking the size; a usage error when the given
-/// storage is smaller; false when the entry point may run.
-inline bool size_only(const void* temp, std::size_t& temp_bytes, std::size_t need, const char* what) {
-  if (temp == nullptr) {
-    temp_bytes = need;
-    return true;
-  }
-  if (temp_bytes < need) throw_usage(std::string(what) + ": temp storage of " + std::to_string(temp_bytes) + " bytes, " + std::to_string(need) + " needed");
-  return false;
-}
-
-/// Consecutive pieces of an entry point's temp storage, in the order its layout lists them.
-struct temp_cursor {
-  std::uint8_t* at;
-  std::uint8_t* take(std::size_t bytes) {
-    std::uint8_t* x = at;
-    at += bytes;
-    return x;
-  }
-};
 
 __global__ void topk_offsets_kernel(std::int32_t* off_n, std::int32_t* off_b, std::int64_t segments, std::int64_t n, std::int64_t b) {
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i <= segments; i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
