@@ -46,6 +46,7 @@
 #include "kvcodec/cuda/drop/chunkkv.cuh"
 #include "kvcodec/cuda/drop/lagkv.cuh"
 #include "kvcodec/cuda/eval/attention.cuh"
+#include "kvcodec/cuda/think.cuh"
 #include "kvcodec/cuda/drop/pyramidkv.cuh"
 #include "kvcodec/cuda/drop/snapkv.cuh"
 #include "kvcodec/cuda/drop/tova.cuh"
@@ -936,6 +937,39 @@ void test_expected_attention_select() {
 
 /// cuda::chunkkv_select over lagkv (equal kept sets) and over snapkv (equal but for near-ties) against
 /// the CPU's select_chunkkv.
+/// kvcodec::cuda::think_fit from device keys and queries (f32/f16/bf16, HF and paged): the CPU stage's
+/// state bit for bit, over every token and over a drop stage's kept rows; a host view is refused.
+void test_think_fit() {
+  kv_cache base = test::small_synth({.layers = 2, .kv_heads = 2, .q_heads = 8, .head_dim = 64, .tokens = 300, .seed = 5});
+  for (std::size_t t = 0; t < 300; ++t) base.keys[0][(300 + t) * 64 + 9] = base.keys[0][(300 + t) * 64 + 4];  // equal key energies
+  for (std::uint32_t code : {0u, 1u, 2u})
+    for (bool paged : {false, true}) {
+      const dtype t = code == 0 ? dtype::f32 : code == 1 ? dtype::f16 : dtype::bf16;
+      const kv_cache kv = test::rounded(base, code);
+      const device_cache dkv(kv, t, paged), dq(kv, t, paged, true);
+      for (const std::string spec : {"think:prune=0.5|raw", "think:prune=0.25|kivi:bits=4", "knorm:keep=0.4|think:prune=0.5|raw"}) {
+        codec c = make_codec(spec);
+        const encoded e = encode(cpu::par, c, view_of(kv), {}, extras_of(kv));
+        const kept_sets kept = decode(cpu::par, e.data).kept;
+        const cpu::think_transform* th = nullptr;
+        for (const auto& s : c.transforms)
+          if (!th) th = dynamic_cast<const cpu::think_transform*>(s.get());
+        const double prune = std::stod(spec.substr(spec.find("prune=") + 6));
+        const bytes want = cpu::think_transform::state_of(th->masks(), 64, th->kept_width(64));
+        const bytes got = kvcodec::cuda::think_fit(kvcodec::cuda::par, prune, const_kv_view(dkv.d.view), const_kv_view(dq.d.view), kept.empty() ? nullptr : &kept);
+        expect(got == want, "think_fit " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf") + ": state differs from the CPU stage's");
+      }
+    }
+  const test::host_dest host = test::host_source(base, dtype::f32, false);
+  bool refused = false;
+  try {
+    (void)kvcodec::cuda::think_fit(kvcodec::cuda::par, 0.5, const_kv_view(host.view), const_kv_view(host.view));
+  } catch (const error& e) {
+    refused = e.kind() == error_kind::usage;
+  }
+  expect(refused, "think_fit of a host view: usage error");
+}
+
 void test_chunkkv_select() {
   const kv_cache kv = test::small_synth({.layers = 2, .kv_heads = 2, .q_heads = 4, .head_dim = 64, .tokens = 700, .seed = 19});
   device_layers k, v, q;
@@ -1043,6 +1077,7 @@ int main(int argc, char** argv) {
     test_lagkv_select();
     test_expected_attention_select();
     test_chunkkv_select();
+    test_think_fit();
     test_compare_attention();
   } catch (const std::exception& e) {
     std::printf("FAIL: exception: %s\n", e.what());

@@ -1,7 +1,7 @@
 // kvcodec/cpu/think.hpp — transform stage `think` (stage/think.hpp) on the CPU.
 //
 // fit: for every (layer l, kv head h, channel c) the score is q_energy[l][h][c] x mean over the
-// prefix's tokens of k[c]^2 (kvpress ThinKPress: mean squared query of the head's group times mean
+// prefix's tokens of k[c]^2 (core/think.hpp's steps, shared with the GPU's fit; kvpress ThinKPress: mean squared query of the head's group times mean
 // squared key). q_energy is cache_info::query_energy, the mean squared query over the group's query
 // heads and every observed query (ThinK and kvpress take the last 32 queries; a cache dump has them
 // all, and the channel statistics of all are the steadier). Each head keeps its head_dim - floor(prune
@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kvcodec/core/error.hpp"
+#include "kvcodec/core/think.hpp"
 #include "kvcodec/cpu/quant_common.hpp"
 #include "kvcodec/cpu/stage_impl.hpp"
 #include "kvcodec/format/bytes.hpp"
@@ -57,32 +58,38 @@ class think_transform final : public stage_impl<transform::think, transform_stag
         rows[at] += b.count[static_cast<std::size_t>(hh)];
       }
     }
-    const std::size_t W = kept_width(D), mb = (D + 7) / 8;
+    const std::size_t W = kept_width(D);
     d_ = D;
     masks_.assign(L * H * D, 0);
+    std::vector<double> score(D);
+    for (std::size_t at = 0; at < L * H; ++at) {  // core/think.hpp's steps, as the GPU's fit (cuda/think.cuh)
+      for (std::size_t c = 0; c < D; ++c) score[c] = think_score({k2[at * D + c], rows[at]}, info.query_energy[at * D + c]);
+      for (std::size_t c = 0; c < D; ++c)
+        masks_[at * D + c] = think_keeps(score.data(), static_cast<std::int64_t>(D), static_cast<std::int64_t>(W), static_cast<std::int64_t>(c)) ? 1 : 0;
+    }
+    index();
+    return state_of(masks_, D, W);
+  }
+
+  /// The stage state of masks ([layer][kv head][channel], 1 = kept, W per head of D): head_dim and W as
+  /// varints, then one bit mask per (layer, kv head), channel c at bit c % 8 of byte c / 8.
+  static bytes state_of(const std::vector<std::uint8_t>& masks, std::size_t D, std::size_t W) {
     bytes out;
     byte_writer w(out);
     w.put_varint(D);
     w.put_varint(W);
-    std::vector<std::size_t> order(D);
-    std::vector<double> score(D);
-    for (std::size_t at = 0; at < L * H; ++at) {
-      for (std::size_t c = 0; c < D; ++c) {
-        const double e = static_cast<double>(info.query_energy[at * D + c]);
-        const double v = (rows[at] > 0 ? k2[at * D + c] / static_cast<double>(rows[at]) : 0.0) * e;
-        score[c] = v == v ? v : -1.0;  // NaN ranks last
-      }
-      std::iota(order.begin(), order.end(), std::size_t{0});
-      std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return score[a] > score[b]; });
-      for (std::size_t i = 0; i < W; ++i) masks_[at * D + order[i]] = 1;
+    const std::size_t mb = (D + 7) / 8;
+    for (std::size_t at = 0; D > 0 && at < masks.size() / D; ++at) {
       std::vector<std::uint8_t> bits(mb, 0);
       for (std::size_t c = 0; c < D; ++c)
-        if (masks_[at * D + c]) bits[c / 8] = static_cast<std::uint8_t>(bits[c / 8] | (1u << (c % 8)));
+        if (masks[at * D + c]) bits[c / 8] = static_cast<std::uint8_t>(bits[c / 8] | (1u << (c % 8)));
       w.put_bytes(bits.data(), bits.size());
     }
-    index();
     return out;
   }
+
+  /// The fitted masks ([layer][kv head][channel], 1 = kept).
+  const std::vector<std::uint8_t>& masks() const noexcept { return masks_; }
 
   void load_state(std::span<const std::uint8_t> state, const cache_info& info) override {
     const kv_shape& s = info.shape;
