@@ -647,10 +647,13 @@ void test_encode_dropped() {
         }
       }
       // the transforms on dense caches (derope from the cache's RoPE metadata)
-      for (const std::string spec : {"hadamard|q8_0", "derope|kvc:level=5", "derope|hadamard:target=v|fp8:scale=token|rans", "hadamard:seed=9|kmeans:bits=3"}) {
+      // and think (its masks from the queries view on the GPU, the key rows compacted before the quantizer)
+      for (const std::string spec : {"hadamard|q8_0", "derope|kvc:level=5", "derope|hadamard:target=v|fp8:scale=token|rans", "hadamard:seed=9|kmeans:bits=3",
+                                     "think:prune=0.5|kivi:bits=4|rans", "think|kvc:level=5", "think:prune=0.25|uniform:bits=3,outliers=1|rans",
+                                     "knorm:keep=0.4|think:prune=0.5|fp8:scale=head", "think:prune=0.75|nf4|rans"}) {
         codec c1 = make_codec(spec), c2 = make_codec(spec);
         const encoded want = encode(cpu::par, c1, const_kv_view(test::host_source(kv, t, paged).view), opt, ex);
-        const encoded got = kvcodec::cuda::encode(kvcodec::cuda::par, c2, view, opt, ex);
+        const encoded got = kvcodec::cuda::encode(kvcodec::cuda::par, c2, view, opt, ex, &qview);
         expect(got.data == want.data, "encode " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf") + ": container differs from the CPU's");
       }
       // outside the GPU scope: a stage after adakv, a query-aware stage without queries, a block format
@@ -666,6 +669,8 @@ void test_encode_dropped() {
       expect(kind("adakv:keep=0.5,window=32|knorm:keep=0.5|raw", &qview) == error_kind::usage, "a stage after adakv (ragged counts): usage error");
       expect(kind("snapkv:keep=0.5|raw", nullptr) == error_kind::bad_input, "snapkv without queries: bad input");
       expect(kind("knorm:keep=0.5|q8_0", nullptr) == error_kind::usage, "knorm|q8_0: usage error");
+      expect(kind("think|kivi", nullptr) == error_kind::bad_input, "think without queries: bad input");
+      expect(kind("think|q8_0", &qview) == error_kind::usage, "think|q8_0: usage error");
     }
   }
 }

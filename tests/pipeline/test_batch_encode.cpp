@@ -142,7 +142,7 @@ TEST_CASE("batch encode (emulated): outliers selected over several batches of bl
           for (int h = 0; h < H; ++h) b.push_back({l, key, 1, 20u - static_cast<std::uint32_t>(h) * 5u, static_cast<std::int64_t>(h) * T + t0});
         }
     host_batch_executor x;
-    return detail::take_batch_outliers(x, src, blocks, 7.0, dtype::f32, batch);
+    return detail::take_batch_outliers(x, src, src, blocks, 7.0, dtype::f32, batch);
   };
   std::vector<std::vector<float>> one, many;
   const auto want = run(detail::outlier_batch_values, one);
@@ -260,6 +260,47 @@ TEST_CASE("batch encode (emulated) runs the transforms hadamard and derope as th
         host_batch_executor x;
         CHECK(encode_batch(x, cpu::par(2), c2, const_kv_view(src.view), opt, ex).data == want.data);
       }
+}
+
+TEST_CASE("batch encode (emulated) runs think as the CPU encoder: masks from the queries - narrower key rows - dense and token-dropped - f32 f16 bf16 - HF and paged") {
+  const kv_cache kv = cache_with_queries(2, 4, 300, 32, dtype::bf16);
+  for (const std::string spec : {"think:prune=0.5|raw", "think:prune=0.25|kivi:bits=4|rans", "think:prune=0.5|kvc:level=5", "think|fp8:scale=token|rans",
+                                 "think:prune=0.25|uniform:bits=3,outliers=1", "think:prune=0.5|nf4|rans", "think:prune=0.25|cachegen",
+                                 "knorm:keep=0.5|think|kivi:bits=4,residual=40|rans", "snapkv:keep=0.4,window=16|think:prune=0.25|fp8",
+                                 "streamingllm:keep=0.5|think:prune=0.75|kivi:bits=2,outliers=2"})
+    for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
+      for (bool paged : {false, true}) {
+        INFO(spec << " " << dtype_name(t) << (paged ? " paged" : " hf"));
+        const test::host_dest src = test::host_source(kv, t, paged);
+        kv_extras ex = extras(kv);
+        ex.cache = &kv;
+        const encode_options opt{.chunk_tokens = 128};
+        codec c1 = make_codec(spec), c2 = make_codec(spec);
+        const encoded want = encode(cpu::par, c1, const_kv_view(src.view), opt, ex);
+        host_batch_executor x;
+        const encoded got = encode_batch(x, cpu::par(2), c2, const_kv_view(src.view), opt, ex);
+        CHECK(got.data == want.data);
+        CHECK(got.report.bits_per_element == want.report.bits_per_element);
+      }
+  // think needs the queries, and is batch-encoded as the only transform, before the quantizers that take its rows
+  const test::host_dest src = test::host_source(kv, dtype::f16, false);
+  const auto kind = [&](const std::string& spec, const kv_extras& ex) {
+    codec c = make_codec(spec);
+    host_batch_executor x;
+    try {
+      (void)encode_batch(x, cpu::par, c, const_kv_view(src.view), {}, ex);
+    } catch (const error& e) {
+      return e.kind();
+    }
+    return error_kind::io;
+  };
+  kv_extras with = extras(kv);
+  with.cache = &kv;
+  CHECK(kind("think|kivi", extras(kv)) == error_kind::bad_input);
+  CHECK(kind("think|q8_0", with) == error_kind::usage);
+  CHECK(kind("think|kmeans", with) == error_kind::usage);
+  CHECK(kind("hadamard|think|kivi", with) == error_kind::usage);
+  CHECK(kind("think|kivi", with) == error_kind::io);
 }
 
 TEST_CASE("batch encode: codecs and inputs outside its scope are usage errors") {

@@ -20,9 +20,9 @@ using namespace kvcodec;
 
 namespace {
 
-kv_extras extras(const kv_cache& kv) {
+kv_extras extras(const kv_cache& kv, bool with_cache = false) {
   kv_extras ex = extras_of(kv);
-  ex.cache = nullptr;
+  if (!with_cache) ex.cache = nullptr;  // with it: the queries, for think
   return ex;
 }
 
@@ -37,19 +37,19 @@ std::string spec_for(const stage_entry& e) {
 
 /// What the emulated CUDA encode did with `spec`: "same" (the CPU's container), "usage: <message>",
 /// or "differs". rans_batches: the rANS batches it ran.
-std::string try_encode(const std::string& spec, const kv_cache& kv, std::size_t& rans_batches) {
+std::string try_encode(const std::string& spec, const kv_cache& kv, std::size_t& rans_batches, bool with_cache = false) {
   const test::host_dest src = test::host_source(kv, dtype::f16, false);
   codec c1 = make_codec(spec), c2 = make_codec(spec);
   host_batch_executor x;
   encoded got;
   try {
-    got = encode_batch(x, cpu::par, c2, const_kv_view(src.view), {.chunk_tokens = 64}, extras(kv));
+    got = encode_batch(x, cpu::par, c2, const_kv_view(src.view), {.chunk_tokens = 64}, extras(kv, with_cache));
   } catch (const error& e) {
     if (e.kind() == error_kind::usage) return std::string("usage: ") + e.what();
     throw;
   }
   rans_batches = x.rans_batches;
-  const encoded want = encode(cpu::par, c1, const_kv_view(src.view), {.chunk_tokens = 64}, extras(kv));
+  const encoded want = encode(cpu::par, c1, const_kv_view(src.view), {.chunk_tokens = 64}, extras(kv, with_cache));
   return got.data == want.data ? "same" : "differs";
 }
 
@@ -145,19 +145,21 @@ TEST_CASE("CUDA rows: every quantizer's and entropy stage's row says what the CU
   CHECK(claimed >= 14);  // the quantizers above, weighted-quant, rans, ac and pack
 }
 
-TEST_CASE("CUDA rows: transforms - both seams run those their rows claim (hadamard and derope) - the others are refused") {
+TEST_CASE("CUDA rows: transforms - the seams run those their rows claim (hadamard and derope both ways - think in encode) - the others are refused") {
   kv_cache kv = test::random_cache(2, 2, 150, 32, dtype::f16);
   kv.metadata["rope"] = "rotate-half";  // derope's RoPE
   kv.metadata["rope_theta"] = "10000";
+  kv.shape.q_heads = 4;  // think's queries
+  const kv_cache q = test::random_cache(2, 4, 150, 32, dtype::f16, 9);
+  kv.queries = q.keys;
   std::size_t claimed = 0;
   for (const auto& e : builtin_registry().stages()) {
     if (e.kind != stage_kind::transform) continue;
     const std::string spec = e.name + "|kivi";
     INFO(e.name << " (" << spec << ")");
-    CHECK(e.cuda.decode == e.cuda.encode);
     std::size_t rans = 0;
     const auto file = cpu_container(spec, kv);
-    const std::string got = try_encode(spec, kv, rans);
+    const std::string got = try_encode(spec, kv, rans, true);
     if (e.cuda.encode && file) {
       CHECK(got == "same");
       ++claimed;
@@ -166,7 +168,7 @@ TEST_CASE("CUDA rows: transforms - both seams run those their rows claim (hadama
     }
     if (file) CHECK((e.cuda.decode ? try_decode(*file) == "same" : try_decode(*file).rfind("usage: ", 0) == 0));
   }
-  CHECK(claimed == 2);
+  CHECK(claimed == 3);
 }
 
 TEST_CASE("CUDA rows: drop stages - the encode seam runs them before the quantizers that code ragged heads - the decode seam takes their containers but for the block formats") {
@@ -197,7 +199,8 @@ TEST_CASE("CUDA rows: the list names each stage with its limits - and set_cuda r
   CHECK(enc.find("klt") == std::string::npos);
   CHECK(r.cuda_stages(stage_kind::entropy, false).find("rans (encode: pred=none") != std::string::npos);
   CHECK(r.cuda_stages(stage_kind::transform, false).find("hadamard") != std::string::npos);
-  CHECK(r.cuda_stages(stage_kind::transform, false).find("think") == std::string::npos);
+  CHECK(r.cuda_stages(stage_kind::transform, false).find("think") == std::string::npos);  // no decode row
+  CHECK(r.cuda_stages(stage_kind::transform, true).find("think (encode: the codec's only transform") != std::string::npos);
   registry mine = make_builtin_registry();
   CHECK_THROWS_AS(mine.set_cuda("no-such-stage", {true, true, "x.cuh", ""}), error);
 }

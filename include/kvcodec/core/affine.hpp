@@ -355,6 +355,7 @@ struct affine_outlier_key_op {
 /// parts parts[part_first .. part_first + parts).
 struct affine_outlier_block {
   std::uint64_t sel_first = 0, count = 0, part_first = 0, parts = 0;
+  std::uint32_t key = 1;  ///< its side (the source the step reads)
 };
 
 /// Outlier j of block b: its value into vals[sel_first + j], a NaN in its place in `s` (the encoder's

@@ -31,11 +31,17 @@ struct row_transform {
   const double* sn = nullptr;               ///< derope: sin, the same shape; kind 2: the factor s
 };
 
-/// A codec's transforms in order (the batch encoder takes at most four).
+/// A codec's transforms in order (the batch encoder takes at most four), and, for `think` (the codec's only
+/// transform), its kept key channels: a key row of (layer, head) becomes channels[(layer x heads + head)
+/// x width + i] for i < width (increasing channels), zeros after them; the row keeps its stride, and the
+/// quantizer's steps read the first `width` values.
 struct row_transforms {
   static constexpr std::uint32_t max = 4;
   row_transform t[max];
   std::uint32_t n = 0;
+  const std::int32_t* channels = nullptr;
+  std::int32_t width = 0, heads = 0;
+  bool any() const noexcept { return n > 0 || channels != nullptr; }
 };
 
 /// Runs the transforms on row x (D values) of a key (or value) row at token position `pos`: in order
@@ -97,7 +103,12 @@ struct kv_prepare_op {
       t = static_cast<std::int64_t>(r) % tokens;
     }
     float* o = out + (b.out_row + r) * static_cast<std::uint64_t>(D);
-    if (ts.n == 0) {  // widened only (the outlier encoders' f32 copy): rows of any width
+    if (ts.channels != nullptr && b.key != 0) {  // think: the kept channels of the head, in order
+      const std::int32_t* ch = ts.channels + (static_cast<std::int64_t>(b.layer) * ts.heads + h) * ts.width;
+      for (std::int64_t i = 0; i < D; ++i) o[i] = i < ts.width ? kv_batch_get(s, true, b.layer, h, t, ch[i]) : 0.0f;
+      return true;
+    }
+    if (ts.n == 0) {  // widened only (the outlier encoders' f32 copy, think's values): rows of any width
       for (std::int64_t c = 0; c < D; ++c) o[c] = kv_batch_get(s, b.key != 0, b.layer, h, t, c);
       return true;
     }

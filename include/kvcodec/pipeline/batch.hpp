@@ -55,6 +55,7 @@
 #include "kvcodec/cpu/pack.hpp"
 #include "kvcodec/cpu/rans.hpp"
 #include "kvcodec/cpu/raw.hpp"
+#include "kvcodec/cpu/think.hpp"
 #include "kvcodec/cpu/uniform.hpp"
 #include "kvcodec/cpu/weighted_quant.hpp"
 #include "kvcodec/pipeline/decode.hpp"
@@ -207,6 +208,13 @@ row_transforms batch_row_transforms(const codec& c, const cache_info& info, bool
   if (c.transforms.empty() && !rotate) return out;
   const kv_shape& s = info.shape;
   const std::string side = inverse ? "decode" : "encode";
+  for (const auto& t : c.transforms)
+    if (dynamic_cast<const cpu::think_transform*>(t.get()) != nullptr) {
+      if (inverse) throw_usage("batch decode: transform 'think' has no CUDA decode yet (decode this container on the CPU); the transforms with one: hadamard, derope");
+      if (c.transforms.size() != 1)
+        throw_usage("batch encode: codec '" + c.spec() + "': think is batch-encoded as a codec's only transform (encode this codec on the CPU)");
+      return out;  // the encoder fits it, then sets out.channels
+    }
   if (c.transforms.size() + (rotate ? 1 : 0) > row_transforms::max)
     throw_usage("batch " + side + ": codec '" + c.spec() + "': at most " + std::to_string(row_transforms::max) + " transforms");
   if (s.head_dim > transform_max_head_dim)
@@ -236,7 +244,8 @@ row_transforms batch_row_transforms(const codec& c, const cache_info& info, bool
       r.cs = upload(cs);
       r.sn = upload(sn);
     } else {
-      throw_usage("batch " + side + ": transform '" + std::string(t->name()) + "' has no CUDA " + side + "; the transforms with one: hadamard, derope");
+      throw_usage("batch " + side + ": transform '" + std::string(t->name()) + "' has no CUDA " + side + "; the transforms with one: hadamard, derope" +
+                  (inverse ? "" : ", think (as the only transform)"));
     }
   }
   if (rotate) {  // last in the list: the inverse order applies it first, right after dequantization

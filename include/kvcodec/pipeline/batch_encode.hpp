@@ -4,7 +4,9 @@
 // Scope: dense caches quantized by cachegen-quant (the kvc levels), the llama.cpp block formats (q8_0
 // .. iq4_nl), fp8 (tensor, head or token scales), raw, uniform or kivi (with outliers: selected by the
 // executor, detail::take_batch_outliers), nf4, kmeans, with any entropy
-// stage (it runs on the host), without transforms. Token-dropped caches (drop stages, whose kept sets
+// stage (it runs on the host); the transforms hadamard and derope, and think as a codec's only
+// transform (its masks from the executor's think_masks, the key rows compacted to the kept channels
+// and the key blocks' steps run with that width: run_sides). Token-dropped caches (drop stages, whose kept sets
 // the executor chooses, or kept sets in the input) with raw, fp8, uniform, kivi or nf4: the kept rows
 // are gathered into a compact buffer first (kv_gather_op) and each block is coded as one part per head
 // (a head's kept rows are a dense range there), laid out as the CPU codes a block with ragged heads. The element steps of core/
@@ -21,6 +23,7 @@
 #include <cstring>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kvcodec/core/affine.hpp"
@@ -30,6 +33,7 @@
 #include "kvcodec/core/ggml_blocks.hpp"
 #include "kvcodec/core/raw.hpp"
 #include "kvcodec/core/rans_batch.hpp"
+#include "kvcodec/core/think.hpp"
 #include "kvcodec/core/transform_rows.hpp"
 #include "kvcodec/cpu/cachegen.hpp"
 #include "kvcodec/cpu/codebook.hpp"
@@ -39,6 +43,7 @@
 #include "kvcodec/cpu/kivi.hpp"
 #include "kvcodec/cpu/pack.hpp"
 #include "kvcodec/cpu/rans.hpp"
+#include "kvcodec/cpu/think.hpp"
 #include "kvcodec/cpu/raw.hpp"
 #include "kvcodec/cpu/uniform.hpp"
 #include "kvcodec/pipeline/batch.hpp"
@@ -55,6 +60,8 @@ namespace kvcodec {
 ///   select(c, kv, ex, s, dt)  the kept sets of codec c's drop stages over the view (here: the CPU stages)
 ///   outlier_select(key, pos, seg, take, sel)  the outliers' selection (core/affine.hpp) over arrays in its
 ///                        memory, segment offsets seg and take (host vectors, segments + 1 each)
+///   think_masks(kv, ex, kept, width)  think's kept channels (core/think.hpp) over the view's keys and the
+///                        queries (here: ex.cache's; on a GPU: the queries view)
 struct host_batch_executor {
   kept_sets select(const codec& c, const const_kv_view& kv, const kv_extras& ex, const kv_shape& s, dtype source_dtype) {
     return detail::run_drops(c, kv, ex, s, source_dtype);
@@ -80,6 +87,41 @@ struct host_batch_executor {
   void outlier_select(const std::uint32_t* key, const std::uint32_t* pos, const std::vector<std::int64_t>& seg, const std::vector<std::int64_t>& take,
                       std::uint32_t* sel) {
     affine_outlier_select_emulated(key, pos, seg, take, sel);
+  }
+  /// think's masks ([layer][kv head][channel], `width` kept per head) over the view's keys (the rows in
+  /// `kept` when not empty) and the queries of ex.cache, by core/think.hpp's steps.
+  std::vector<std::uint8_t> think_masks(const const_kv_view& kv, const kv_extras& ex, const kept_sets& kept, std::int64_t width) {
+    if (ex.cache == nullptr || !ex.cache->has_queries() || ex.cache->shape.q_heads % kv.kv_heads != 0)
+      throw_bad_input("think stage input", "queries", "the cache's queries (kv_extras::cache with q_heads > 0): ThinK weighs key channels by the queries' energy", "none");
+    const kv_cache& qc = *ex.cache;
+    think_source s;
+    s.keys.k = ptrs_.emplace_back(kv.k.begin(), kv.k.end()).data();
+    s.keys.layout = kv.layout();
+    s.keys.head_dim = kv.head_dim;
+    s.keys.dtype_code = static_cast<std::uint32_t>(kv.dt);
+    std::vector<const void*>& q = ptrs_.emplace_back();
+    for (const auto& l : qc.queries) q.push_back(l.data());
+    s.queries.k = q.data();
+    s.queries.layout.s_head = qc.shape.tokens * qc.shape.head_dim;
+    s.queries.layout.s_token = qc.shape.head_dim;
+    s.queries.head_dim = qc.shape.head_dim;
+    s.queries.dtype_code = 0;
+    s.kv_heads = kv.kv_heads;
+    s.group = qc.shape.q_heads / kv.kv_heads;
+    s.head_dim = kv.head_dim;
+    s.tokens = kv.tokens;
+    std::vector<std::int64_t> first(1, 0);
+    std::vector<std::int32_t> tokens;
+    if (!kept.empty()) {
+      for (const auto& layer : kept)
+        for (const auto& head : layer) {
+          tokens.insert(tokens.end(), head.begin(), head.end());
+          first.push_back(static_cast<std::int64_t>(tokens.size()));
+        }
+      s.kept_first = first.data();
+      s.kept_tokens = tokens.data();
+    }
+    return think_fit_emulated(s, kv.layers, width);
   }
   std::size_t rans_batches = 0;  ///< rANS encode batches run (the tests check which path a codec took)
 
@@ -128,7 +170,7 @@ T* upload(X& x, const std::vector<T>& v) {
 template <class X, cpu::cpu_policy P, class Side>
 encode_report encode_rans_batch_to(X& x, const P& policy, codec& c, cpu::rans_entropy& re, const cache_info& info, const bytes& qstate, byte_sink& sink,
                                    const encode_options& opt, const kv_extras& ex, const std::uint8_t* sym_d, const std::vector<batch_plane>& planes,
-                                   const Side& side_of) {
+                                   const Side& side_of, const std::vector<bytes>& transform_states = {}) {
   const kv_shape& s = info.shape;
   const std::size_t nb = planes.size();
   const bool shared = re.shared_tables();
@@ -278,7 +320,7 @@ encode_report encode_rans_batch_to(X& x, const P& policy, codec& c, cpu::rans_en
     std::span<const std::uint8_t> stream;
     if (k != none) stream = std::span<const std::uint8_t>(coded).subspan(static_cast<std::size_t>(coded_first[k]), static_cast<std::size_t>(coded_first[k + 1] - coded_first[k]));
     re.batch_write(true, p.alphabet, p.rows, p.cols, k != none ? &models[i] : nullptr, stream, side, out, st);
-  });
+  }, transform_states);
 }
 
 }  // namespace detail
@@ -340,7 +382,7 @@ kv_batch_src gather_kept(X& x, const const_kv_view& kv, const kept_sets& kept, c
       gb.push_back({layer_first[l], rows, (key != 0 ? 0 : E) + layer_first[l], static_cast<std::int32_t>(l), key});
       max_rows = std::max(max_rows, rows);
     }
-  const bool wide = rts.n > 0 || f32;  // transformed rows (and, with f32, every row) are f32
+  const bool wide = rts.any() || f32;  // transformed rows (and, with f32, every row) are f32
   const std::uint64_t cs = wide ? 4 : es;
   std::uint8_t* compact = x.bytes(static_cast<std::size_t>(2 * E * D * cs));
   if (wide) x.run(gb, max_rows, kv_prepare_op{x.src(kv), upload(x, head), upload(x, token), 0, rts, reinterpret_cast<float*>(compact)});
@@ -381,7 +423,8 @@ kv_batch_src gather_kept(X& x, const const_kv_view& kv, const kept_sets& kept, c
 template <class X>
 row_transforms row_transforms_of(X& x, codec& c, const cache_info& info, std::vector<bytes>& states) {
   const row_transforms out = batch_row_transforms(c, info, false, [&](const std::vector<double>& v) { return static_cast<const double*>(upload(x, v)); });
-  for (auto& t : c.transforms) states.push_back(t->fit({}, info));  // validates as the CPU encoder does (derope: the RoPE metadata)
+  for (auto& t : c.transforms)  // validates as the CPU encoder does (derope: the RoPE metadata); think is fitted later, on the kept rows
+    states.push_back(dynamic_cast<const cpu::think_transform*>(t.get()) != nullptr ? bytes{} : t->fit({}, info));
   return out;
 }
 
@@ -418,25 +461,32 @@ inline constexpr std::uint64_t outlier_batch_values = std::uint64_t{1} << 26;
 
 /// The outliers of every block of a uniform or kivi codec with outliers > 0 (cpu/quant_common.hpp's
 /// take_outliers, over each block's quantized values in the CPU's order): blocks[i] are block i's parts,
-/// src the encoder's own f32 copy of the rows. Selected by x over batches of whole blocks of at most
+/// src_k and src_v the encoder's own f32 copy of the rows, as key and value parts read them. Selected by x over batches of whole blocks of at most
 /// batch_values values (or one block) (core/affine.hpp's steps); each selected value is read and a NaN is
 /// left in its place in src. Returns each block's outlier list as the CPU writes it.
 template <class X>
-std::vector<bytes> take_batch_outliers(X& x, const kv_batch_src& src, const std::vector<std::vector<affine_outlier_part>>& blocks, double percent,
-                                       dtype source, std::uint64_t batch_values = outlier_batch_values) {
+std::vector<bytes> take_batch_outliers(X& x, const kv_batch_src& src_k, const kv_batch_src& src_v, const std::vector<std::vector<affine_outlier_part>>& blocks,
+                                       double percent, dtype source, std::uint64_t batch_values = outlier_batch_values) {
   const std::size_t nb = blocks.size();
-  const std::uint64_t D = static_cast<std::uint64_t>(src.head_dim);
+  const auto width = [&](std::uint32_t key) { return static_cast<std::uint64_t>((key != 0 ? src_k : src_v).head_dim); };
+  // the steps over key parts read src_k, over value parts src_v (think: narrower key rows)
+  const auto run_sides = [&](const auto& items, std::uint64_t max_items, const auto& make_op) {
+    std::remove_cvref_t<decltype(items)> kb, vb;
+    for (const auto& b : items) (b.key != 0 ? kb : vb).push_back(b);
+    x.run(kb, max_items, make_op(src_k));
+    x.run(vb, max_items, make_op(src_v));
+  };
   std::vector<std::uint64_t> n(nb, 0);  // block i's quantized values
   std::uint64_t widest = 0;
   for (std::size_t i = 0; i < nb; ++i) {
-    for (const affine_outlier_part& g : blocks[i]) n[i] += static_cast<std::uint64_t>(g.heads) * g.q * D;
+    for (const affine_outlier_part& g : blocks[i]) n[i] += static_cast<std::uint64_t>(g.heads) * g.q * width(g.key);
     if (n[i] > std::uint64_t{INT32_MAX})
       throw_usage("encode: a block of " + std::to_string(n[i]) + " quantized values: the batch encoder selects outliers in blocks under 2^31 values; lower chunk_tokens");
     widest = std::max(widest, n[i]);
   }
   const std::uint64_t cap = std::max(widest, batch_values);
   std::uint64_t room = 0;
-  for (std::size_t i = 0, used = 0; i < nb; ++i) {  // the largest batch, for one pair of arrays
+  for (std::uint64_t i = 0, used = 0; i < nb; ++i) {  // the largest batch, for one pair of arrays
     used = used + n[i] > cap ? n[i] : used + n[i];
     room = std::max<std::uint64_t>(room, used);
   }
@@ -457,14 +507,14 @@ std::vector<bytes> take_batch_outliers(X& x, const kv_batch_src& src, const std:
         g.at = at;
         g.seg_first = static_cast<std::uint64_t>(seg.back());
         g.slot = i;
-        const std::uint64_t k = static_cast<std::uint64_t>(g.heads) * g.q * D;
+        const std::uint64_t k = static_cast<std::uint64_t>(g.heads) * g.q * width(g.key);
         at += k;
         max_items = std::max(max_items, k);
         parts.push_back(g);
       }
       seg.push_back(seg.back() + static_cast<std::int64_t>(n[i]));
     }
-    x.run(parts, max_items, affine_outlier_key_op{src, key, pos, nonfinite});
+    run_sides(parts, max_items, [&](const kv_batch_src& sr) { return affine_outlier_key_op{sr, key, pos, nonfinite}; });
     std::vector<std::uint32_t> nf(b1 - b0);
     x.get(nf.data(), nonfinite + b0, nf.size() * 4);
     std::vector<std::int64_t> take(1, 0);
@@ -472,7 +522,7 @@ std::vector<bytes> take_batch_outliers(X& x, const kv_batch_src& src, const std:
     std::uint64_t max_take = 0;
     for (std::size_t i = b0, p0 = 0; i < b1; p0 += blocks[i].size(), ++i) {
       const std::uint64_t k = cpu::qc::outlier_budget(static_cast<std::size_t>(n[i]), nf[i - b0], percent);
-      ob.push_back({static_cast<std::uint64_t>(take.back()), k, p0, blocks[i].size()});
+      ob.push_back({static_cast<std::uint64_t>(take.back()), k, p0, blocks[i].size(), blocks[i].empty() ? 1u : blocks[i][0].key});
       take.push_back(take.back() + static_cast<std::int64_t>(k));
       max_take = std::max(max_take, k);
     }
@@ -480,7 +530,8 @@ std::vector<bytes> take_batch_outliers(X& x, const kv_batch_src& src, const std:
     auto* sel = reinterpret_cast<std::uint32_t*>(x.bytes(4 * taken));
     float* vals = x.floats(taken);
     x.outlier_select(key, pos, seg, take, sel);
-    x.run(ob, max_take, affine_outlier_take_op{src, upload(x, parts), sel, vals});
+    const affine_outlier_part* parts_d = upload(x, parts);
+    run_sides(ob, max_take, [&](const kv_batch_src& sr) { return affine_outlier_take_op{sr, parts_d, sel, vals}; });
     std::vector<std::uint32_t> hsel(taken);
     std::vector<float> hvals(taken);
     x.get(hsel.data(), sel, 4 * taken);
@@ -530,9 +581,16 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
   const std::int64_t first_residual = kq ? s.tokens - kq->residual() : s.tokens;
   // Transforms (hadamard, derope) run on every row first, into an f32 buffer (detail::prepare_rows).
   std::vector<bytes> transform_states;
-  const row_transforms rts = detail::row_transforms_of(x, c, info, transform_states);
+  row_transforms rts = detail::row_transforms_of(x, c, info, transform_states);
   for (const bytes& st : transform_states)
     if (!st.empty()) throw_usage("encode: codec '" + c.spec() + "': a transform with fitted state has no batch encode");
+  // think (the codec's only transform here): its masks fitted by the executor on the kept rows, the key
+  // rows compacted to the kept channels (W of D) as the quantizer's steps read them
+  cpu::think_transform* th = c.transforms.empty() ? nullptr : dynamic_cast<cpu::think_transform*>(c.transforms[0].get());
+  if (th && (gtype || mq))
+    throw_usage("encode: think before " + qn + " has no batch encode (the quantizers that take think's narrower key rows here: cachegen-quant, raw, fp8, uniform, "
+                "kivi, nf4); encode this codec on the CPU");
+  const std::uint64_t W = th ? th->kept_width(static_cast<std::size_t>(D)) : D;
   // Token dropping: the drop stages' kept sets (chosen by the executor), or the input's.
   kv_extras ex_kept;
   if (c.drop) {
@@ -541,12 +599,35 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
   }
   const kv_extras& ex = c.drop ? ex_kept : ex_in;
   const bool sparse = !ex.kept.empty();
+  if (th) {
+    const std::vector<std::uint8_t> masks = x.think_masks(kv, ex_in, ex.kept, static_cast<std::int64_t>(W));
+    transform_states[0] = cpu::think_transform::state_of(masks, static_cast<std::size_t>(D), static_cast<std::size_t>(W));
+    th->load_state(transform_states[0], info);
+    std::vector<std::int32_t> ch;
+    for (std::size_t i = 0; i < masks.size(); ++i)
+      if (masks[i]) ch.push_back(static_cast<std::int32_t>(i % D));
+    rts.channels = detail::upload(x, ch);
+    rts.width = static_cast<std::int32_t>(W);
+    rts.heads = static_cast<std::int32_t>(H);
+  }
   detail::batch_parts parts;
   // uniform / kivi with outliers leave NaN marks in their source: an f32 copy of their own
   const double outliers = kq ? kq->outliers() : uq ? uq->outliers() : 0.0;
   const kv_batch_src src = sparse ? detail::gather_kept(x, kv, ex.kept, s, opt.chunk_tokens, first_residual, parts, rts, outliers > 0.0)
-                           : rts.n > 0 || outliers > 0.0 ? detail::dense_parts(detail::prepare_rows(x, kv, s, rts), s, opt.chunk_tokens, first_residual, parts)
+                           : rts.any() || outliers > 0.0 ? detail::dense_parts(detail::prepare_rows(x, kv, s, rts), s, opt.chunk_tokens, first_residual, parts)
                                                          : detail::dense_parts(x.src(kv), s, opt.chunk_tokens, first_residual, parts);
+  // With think, a key row is W wide (the first W values of its stride): the steps over key blocks read
+  // src_k. Dw(key): a block's row width.
+  kv_batch_src src_k = src;
+  src_k.head_dim = static_cast<std::int32_t>(W);
+  const auto Dw = [&](bool key) -> std::uint64_t { return key ? W : D; };
+  const auto run_sides = [&](const auto& blocks, std::uint64_t max_items, const auto& make_op) {
+    if (!th) return x.run(blocks, max_items, make_op(src));
+    std::remove_cvref_t<decltype(blocks)> kb, vb;
+    for (const auto& b : blocks) (b.key != 0 ? kb : vb).push_back(b);
+    x.run(kb, max_items, make_op(src_k));
+    x.run(vb, max_items, make_op(src));
+  };
   std::vector<std::uint64_t> first(nb + 1, 0);  // block i's bytes: [first[i], first[i + 1]) of `out`
   std::vector<std::uint8_t> out;
   std::uint8_t* buf = nullptr;  // every block's bytes, in x's memory
@@ -588,7 +669,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       g.slot = i;
       g.sym_first = first[i];
       g.scale_first = scales;
-      const std::uint64_t n = g.tokens * H * D, ns = g.by_token != 0 ? g.tokens : H * D;
+      const std::uint64_t n = g.tokens * H * Dw(sl.key), ns = g.by_token != 0 ? g.tokens : H * Dw(sl.key);
       first[i + 1] = first[i] + n * (g.wide != 0 ? 2 : 1);
       scales += ns;
       max_scales = std::max(max_scales, ns);
@@ -596,7 +677,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     }
     float* amax_d = x.floats(static_cast<std::size_t>(scales));
     std::uint8_t* bad_d = x.bytes(nb);
-    x.run(cblocks, max_scales, cachegen_amax_op{src, amax_d, bad_d});
+    run_sides(cblocks, max_scales, [&](const kv_batch_src& sr) { return cachegen_amax_op{sr, amax_d, bad_d}; });
     std::vector<float> amax(static_cast<std::size_t>(scales)), inv(amax.size());
     std::vector<std::uint8_t> bad(nb);
     x.get(amax.data(), amax_d, amax.size() * sizeof(float));
@@ -606,7 +687,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     scale_bits.resize(amax.size());
     const bool bf = cq->bf16_scales();
     for (const auto& g : cblocks)
-      for (std::uint64_t j = g.scale_first; j < g.scale_first + (g.by_token != 0 ? g.tokens : H * D); ++j) {  // quantize_with's steps
+      for (std::uint64_t j = g.scale_first; j < g.scale_first + (g.by_token != 0 ? g.tokens : H * Dw(g.key != 0)); ++j) {  // quantize_with's steps
         scale_bits[j] = cachegen_scale_bits(amax[j], bf);
         const float sv = cachegen_scale_value(scale_bits[j], bf);
         inv[j] = sv > 0 ? static_cast<float>(g.max) / sv : 0.0f;
@@ -614,15 +695,16 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     float* inv_d = x.floats(inv.size());
     x.put(inv_d, inv.data(), inv.size() * sizeof(float));
     buf = x.bytes(static_cast<std::size_t>(first[nb]));
-    x.run(cblocks, max_items, cachegen_code_op{src, inv_d, buf});
+    run_sides(cblocks, max_items, [&](const kv_batch_src& sr) { return cachegen_code_op{sr, inv_d, buf}; });
   } else if (mq || nq) {
     // nf4 / kmeans blocks: codes (a byte each) from first[i], then (nf4) the groups' absmax from side;
     // set(g) fills the quantizer's fields. Returns the largest block's values.
-    const auto codebook_blocks = [&](std::uint64_t G, std::uint64_t pb, const auto& set) {
+    const auto codebook_blocks = [&](const auto& G_of, std::uint64_t pb, const auto& set) {
       nregions.resize(nb);
       std::uint64_t max_items = 0;
       for (std::size_t i = 0; i < nb; ++i) {
         const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
+        const std::uint64_t D = Dw(sl.key), G = G_of(sl.key);
         codebook_region& rg = nregions[i];
         for (const detail::batch_part& pt : parts.of(i)) rg.rows += static_cast<std::uint64_t>(pt.heads) * pt.tokens;
         rg.sym_first = first[i];
@@ -666,7 +748,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       state = mq->fit_samples(sample);
       float* books_d = x.floats(mq->codebooks().size());
       x.put(books_d, mq->codebooks().data(), mq->codebooks().size() * sizeof(float));
-      const std::uint64_t max_items = codebook_blocks(0, 0, [&](codebook_batch_block& g) {
+      const std::uint64_t max_items = codebook_blocks([](bool) { return std::uint64_t{0}; }, 0, [&](codebook_batch_block& g) {
         g.bits = static_cast<std::uint32_t>(mq->bits());
         g.nf4 = 0;
         g.book = (2 * static_cast<std::uint64_t>(g.layer) + (g.key != 0 ? 0u : 1u)) * mq->levels();
@@ -675,14 +757,15 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       x.run(nblocks, max_items, kmeans_code_op{src, books_d, buf});
     } else {
       state = c.quant->fit({}, info);  // checks the group against head_dim
-      const std::uint64_t G = nq->group_of(s.head_dim), pb = affine::param_bytes(affine::mode::symmetric, nq->pd());
-      const std::uint64_t max_items = codebook_blocks(G, pb, [&](codebook_batch_block& g) {
-        g.group = static_cast<std::uint32_t>(G);
+      const auto G_of = [&](bool key) { return static_cast<std::uint64_t>(nq->group_of(static_cast<int>(Dw(key)))); };
+      const std::uint64_t pb = affine::param_bytes(affine::mode::symmetric, nq->pd());
+      const std::uint64_t max_items = codebook_blocks(G_of, pb, [&](codebook_batch_block& g) {
+        g.group = static_cast<std::uint32_t>(G_of(g.key != 0));
         g.param_dtype = static_cast<std::uint32_t>(nq->pd());
       });
       buf = x.bytes(static_cast<std::size_t>(first[nb]));
-      x.run(nblocks, max_items / G, nf4_absmax_op{src, buf});
-      x.run(nblocks, max_items, nf4_code_op{src, buf});
+      run_sides(nblocks, max_items / std::min(G_of(true), G_of(false)), [&](const kv_batch_src& sr) { return nf4_absmax_op{sr, buf}; });
+      run_sides(nblocks, max_items, [&](const kv_batch_src& sr) { return nf4_code_op{sr, buf}; });
     }
   } else if (kq || uq) {
     state = c.quant->fit({}, info);  // checks the groups against head_dim
@@ -697,14 +780,17 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
         const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
         for (const detail::batch_part& pt : parts.of(i)) oparts[i].push_back({sl.layer, sl.key ? 1u : 0u, pt.heads, pt.q, pt.t_first});
       }
-      lists = detail::take_batch_outliers(x, src, oparts, outliers, info.source_dtype);
+      lists = detail::take_batch_outliers(x, src_k, src, oparts, outliers, info.source_dtype);
     }
     std::vector<std::uint64_t> exact_before;  // per part: the exact rows of its block's earlier parts
     std::uint64_t max_groups = 0, max_q = 0, max_exact = 0;
     for (std::size_t i = 0; i < nb; ++i) {
       const auto sl = detail::batch_slot_of(s, opt.chunk_tokens, i);
+      const std::uint64_t D = Dw(sl.key);  // the block's row width
+      kv_shape sw = s;
+      sw.head_dim = static_cast<std::int32_t>(D);
       std::uint64_t pbytes = 0;
-      affine_batch_block proto = detail::affine_block(kq, uq, s, sl.layer, sl.key, sl.t0, sl.t1, pbytes);
+      affine_batch_block proto = detail::affine_block(kq, uq, sw, sl.layer, sl.key, sl.t0, sl.t1, pbytes);
       proto.slot = i;
       const std::uint64_t pb = affine::param_bytes(static_cast<affine::mode>(proto.mode), static_cast<affine::param_dtype>(proto.param_dtype));
       const auto part_of = [&](const detail::batch_part& pt) {
@@ -757,27 +843,27 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       }
       x.run(list_at, max_list, byte_copy_op{detail::upload(x, all), buf});
     }
-    x.run(ablocks, max_groups, affine_params_op{src, buf});
-    x.run(ablocks, max_q, affine_code_op{src, buf});
+    run_sides(ablocks, max_groups, [&](const kv_batch_src& sr) { return affine_params_op{sr, buf}; });
+    run_sides(ablocks, max_q, [&](const kv_batch_src& sr) { return affine_code_op{sr, buf}; });
     const auto exact_dt = static_cast<std::uint32_t>(info.source_dtype == dtype::f16 || info.source_dtype == dtype::bf16 ? info.source_dtype : dtype::f32);
     std::vector<std::uint8_t> flags(nb, 0);
     if (max_exact > 0 && exact_dt != 0) {
       std::uint8_t* fl = x.bytes(nb);
-      x.run(ablocks, max_exact, affine_exact_check_op{src, fl, exact_dt});  // flags per block (slot)
+      run_sides(ablocks, max_exact, [&](const kv_batch_src& sr) { return affine_exact_check_op{sr, fl, exact_dt}; });  // flags per block (slot)
       x.get(flags.data(), fl, nb);
     }
     for (std::size_t i = 0; i < nb; ++i) {
       affine_region& rg = aregions[i];
       rg.exact_dtype = flags[i] ? 0u : exact_dt;
-      side_end[i] = rg.exact_rows == 0 ? rg.exact - 1 : rg.exact + rg.exact_rows * D * dtype_size(static_cast<dtype>(rg.exact_dtype));
+      side_end[i] = rg.exact_rows == 0 ? rg.exact - 1 : rg.exact + rg.exact_rows * Dw(i % 2 == 0) * dtype_size(static_cast<dtype>(rg.exact_dtype));
     }
     for (std::size_t j = 0; j < ablocks.size(); ++j) {
       affine_batch_block& g = ablocks[j];
       const affine_region& rg = aregions[static_cast<std::size_t>(g.slot)];
       g.exact_dtype = rg.exact_dtype;
-      g.exact = rg.exact + exact_before[j] * D * dtype_size(static_cast<dtype>(rg.exact_dtype));
+      g.exact = rg.exact + exact_before[j] * Dw(g.key != 0) * dtype_size(static_cast<dtype>(rg.exact_dtype));
     }
-    if (max_exact > 0) x.run(ablocks, max_exact, affine_exact_op{src, buf});
+    if (max_exact > 0) run_sides(ablocks, max_exact, [&](const kv_batch_src& sr) { return affine_exact_op{sr, buf}; });
   } else if (gtype || rq) {
     state = c.quant->fit({}, info);  // ggml: checks kv_heads*head_dim; raw: resolves the stored dtype
     std::uint64_t max_items = 0;
@@ -814,12 +900,12 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
           g.key = sl.key ? 1u : 0u;
           g.stored = static_cast<std::uint32_t>(rq->stored());
           g.t_first = pt.t_first;
-          first[i + 1] += static_cast<std::uint64_t>(pt.heads) * pt.tokens * D * es;
-          max_items = std::max<std::uint64_t>(max_items, static_cast<std::uint64_t>(pt.heads) * pt.tokens * D);
+          first[i + 1] += static_cast<std::uint64_t>(pt.heads) * pt.tokens * Dw(sl.key) * es;
+          max_items = std::max<std::uint64_t>(max_items, static_cast<std::uint64_t>(pt.heads) * pt.tokens * Dw(sl.key));
         }
       }
       buf = x.bytes(static_cast<std::size_t>(first[nb]));
-      x.run(blocks, max_items, raw_encode_op{src, buf});
+      run_sides(blocks, max_items, [&](const kv_batch_src& sr) { return raw_encode_op{sr, buf}; });
     }
   } else {
     std::vector<fp8_batch_block> blocks;  // the parts of every block, in order
@@ -839,12 +925,12 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
         g.codes = first[i + 1];
         const std::uint64_t n = static_cast<std::uint64_t>(pt.heads) * pt.tokens;
         rows += n;
-        first[i + 1] += n * D;
+        first[i + 1] += n * Dw(sl.key);
         max_rows = std::max<std::uint64_t>(max_rows, n);
       }
     }
     float* amax_d = x.floats(static_cast<std::size_t>(rows));
-    x.run(blocks, max_rows, fp8_amax_op{src, amax_d});
+    run_sides(blocks, max_rows, [&](const kv_batch_src& sr) { return fp8_amax_op{sr, amax_d}; });
     std::vector<float> amax(static_cast<std::size_t>(rows)), scale(amax.size());
     x.get(amax.data(), amax_d, amax.size() * sizeof(float));
     const std::string& mode = fq->scale_mode();
@@ -877,7 +963,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     float* scale_d = x.floats(scale.size());
     x.put(scale_d, scale.data(), scale.size() * sizeof(float));
     buf = x.bytes(static_cast<std::size_t>(first[nb]));
-    x.run(blocks, max_rows * D, fp8_code_op{src, scale_d, buf});
+    run_sides(blocks, max_rows * D, [&](const kv_batch_src& sr) { return fp8_code_op{sr, scale_d, buf}; });
   }
   // The rANS stage (without prediction) runs where the symbols are: they never come back to the host.
   if (auto* re = dynamic_cast<cpu::rans_entropy*>(c.entropy.get()); re != nullptr && re->batch_encodable() && (cq || kq || uq || fq || nq || mq)) {
@@ -888,16 +974,16 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       detail::batch_plane& pl = planes[i];
       if (cq) {
         const cachegen_encode_block& g = cblocks[i];
-        pl = {first[i], cpu::cachegen_quant::alphabet_for(cq->bins_for(g.layer, g.key != 0)), g.tokens, static_cast<std::uint32_t>(H * D), g.wide};
+        pl = {first[i], cpu::cachegen_quant::alphabet_for(cq->bins_for(g.layer, g.key != 0)), g.tokens, static_cast<std::uint32_t>(H * Dw(g.key != 0)), g.wide};
       } else if (fq) {
-        pl = {first[i], 256, static_cast<std::uint32_t>((first[i + 1] - first[i]) / D), static_cast<std::uint32_t>(D), 0};
+        pl = {first[i], 256, static_cast<std::uint32_t>((first[i + 1] - first[i]) / Dw(i % 2 == 0)), static_cast<std::uint32_t>(Dw(i % 2 == 0)), 0};
       } else if (nq || mq) {
         const codebook_region& g = nregions[i];
-        pl = {g.sym_first, nq ? 16u : 1u << g.bits, static_cast<std::uint32_t>(g.rows), static_cast<std::uint32_t>(D), 0};
+        pl = {g.sym_first, nq ? 16u : 1u << g.bits, static_cast<std::uint32_t>(g.rows), static_cast<std::uint32_t>(Dw(i % 2 == 0)), 0};
         aside_first[i + 1] = aside_first[i] + (first[i + 1] - g.side);
       } else {
         const affine_region& g = aregions[i];
-        pl = {g.sym_first, 1u << g.bits, static_cast<std::uint32_t>(g.q_rows), static_cast<std::uint32_t>(D), 0};
+        pl = {g.sym_first, 1u << g.bits, static_cast<std::uint32_t>(g.q_rows), static_cast<std::uint32_t>(Dw(i % 2 == 0)), 0};
         aside_first[i + 1] = aside_first[i] + (side_end[i] - g.params);
       }
     }
@@ -918,7 +1004,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     return detail::encode_rans_batch_to(x, policy, c, *re, info, state, sink, opt, ex, buf, planes, [&](std::size_t i, bytes& side) {
       if (cq) {
         const cachegen_encode_block& g = cblocks[i];
-        const std::size_t ns = static_cast<std::size_t>(g.by_token != 0 ? g.tokens : H * D);
+        const std::size_t ns = static_cast<std::size_t>(g.by_token != 0 ? g.tokens : H * Dw(g.key != 0));
         side.resize(2 * ns);
         for (std::size_t j = 0; j < ns; ++j) kvcodec::detail::store_le16(side.data() + 2 * j, scale_bits[static_cast<std::size_t>(g.scale_first) + j]);
       } else if (fq) {
@@ -927,7 +1013,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       } else {
         side.assign(aside.begin() + static_cast<std::ptrdiff_t>(aside_first[i]), aside.begin() + static_cast<std::ptrdiff_t>(aside_first[i + 1]));
       }
-    });
+    }, transform_states);
   }
   out.resize(static_cast<std::size_t>(first[nb]));
   x.get(out.data(), buf, out.size());
@@ -942,10 +1028,10 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       symbol_plane& pl = sy.planes.emplace_back();
       pl.alphabet = cpu::cachegen_quant::alphabet_for(cq->bins_for(g.layer, g.key != 0));
       pl.rows = g.tokens;
-      pl.cols = static_cast<std::uint32_t>(H * D);
+      pl.cols = static_cast<std::uint32_t>(H * Dw(g.key != 0));
       pl.sym.resize(static_cast<std::size_t>(pl.rows) * pl.cols);
       for (std::size_t k = 0; k < pl.sym.size(); ++k) pl.sym[k] = g.wide != 0 ? kvcodec::detail::load_le16(p + 2 * k) : p[k];
-      const std::size_t ns = static_cast<std::size_t>(g.by_token != 0 ? g.tokens : H * D);
+      const std::size_t ns = static_cast<std::size_t>(g.by_token != 0 ? g.tokens : H * Dw(g.key != 0));
       sy.side.resize(2 * ns);
       for (std::size_t j = 0; j < ns; ++j) kvcodec::detail::store_le16(sy.side.data() + 2 * j, scale_bits[static_cast<std::size_t>(g.scale_first) + j]);
       return;
@@ -955,7 +1041,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       symbol_plane& pl = sy.planes.emplace_back();
       pl.alphabet = nq ? 16u : 1u << g.bits;
       pl.rows = static_cast<std::uint32_t>(g.rows);
-      pl.cols = static_cast<std::uint32_t>(D);
+      pl.cols = static_cast<std::uint32_t>(Dw(i % 2 == 0));
       pl.sym.assign(p, p + (g.side - g.sym_first));
       sy.side.assign(out.begin() + static_cast<std::ptrdiff_t>(g.side), out.begin() + static_cast<std::ptrdiff_t>(first[i + 1]));
       return;
@@ -965,7 +1051,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
       symbol_plane& pl = sy.planes.emplace_back();
       pl.alphabet = 1u << g.bits;
       pl.rows = static_cast<std::uint32_t>(g.q_rows);
-      pl.cols = static_cast<std::uint32_t>(D);
+      pl.cols = static_cast<std::uint32_t>(Dw(i % 2 == 0));
       pl.sym.assign(p, p + (g.params - g.sym_first));
       sy.side.assign(out.begin() + static_cast<std::ptrdiff_t>(g.params), out.begin() + static_cast<std::ptrdiff_t>(side_end[i]));
       return;
@@ -976,12 +1062,12 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     }
     symbol_plane& pl = sy.planes.emplace_back();
     pl.alphabet = 256;
-    pl.cols = static_cast<std::uint32_t>(D);
-    pl.rows = static_cast<std::uint32_t>(n / D);
+    pl.cols = static_cast<std::uint32_t>(Dw(i % 2 == 0));
+    pl.rows = static_cast<std::uint32_t>(n / Dw(i % 2 == 0));
     pl.sym.assign(p, p + n);
     sy.side.resize(side_scales[i].size() * 4);
     encode_floats(side_scales[i].data(), side_scales[i].size(), dtype::f32, sy.side.data());
-  });
+  }, transform_states);
 }
 
 /// The same into a container in memory.

@@ -470,10 +470,12 @@ inline void check_blocks_codec(const codec& c, const kv_extras& ex) {
 /// (chunk, layer) = (i / 2 / layers, i / 2 % layers); K when i is even; b its block skeleton; called
 /// from several threads). The container is sparse when ex.kept is not empty: b then holds the kept
 /// rows only, and each segment starts with their masks. A codec's drop stages must have run already
-/// (their kept sets in ex.kept), and its transforms too (the caller's: they must keep no state).
+/// (their kept sets in ex.kept), and its transforms too (the caller's): transform_states[t] is transform
+/// t's fitted state (none when empty or missing); b's head_dim is the rows' coded width (think's
+/// narrower key rows).
 template <cpu::cpu_policy P, class F>
 encode_report encode_blocks_to(const P& policy, codec& c, const cache_info& info, const bytes& quant_state, bytes entropy_state, byte_sink& sink,
-                               const encode_options& opt, const kv_extras& ex, F&& block_bytes) {
+                               const encode_options& opt, const kv_extras& ex, F&& block_bytes, const std::vector<bytes>& transform_states = {}) {
   detail::check_blocks_codec(c, ex);
   if (opt.chunk_tokens < 1) throw_usage("encode: chunk_tokens must be >= 1, found " + std::to_string(opt.chunk_tokens));
   const kv_shape& s = info.shape;
@@ -483,7 +485,12 @@ encode_report encode_blocks_to(const P& policy, codec& c, const cache_info& info
   const bool sparse = !ex.kept.empty();
   kvc_header h;
   std::vector<bytes> states;
-  const auto first_state = static_cast<std::uint32_t>(c.drops().size() + c.transforms.size());  // the drop stages and these transforms keep none
+  const auto first_state = static_cast<std::uint32_t>(c.drops().size() + c.transforms.size());  // the drop stages keep none
+  for (std::size_t t = 0; t < transform_states.size() && t < c.transforms.size(); ++t)
+    if (!transform_states[t].empty()) {
+      h.states.push_back(state_entry{static_cast<std::uint32_t>(c.drops().size() + t), 0, 0, 0});
+      states.push_back(transform_states[t]);
+    }
   if (!quant_state.empty()) {
     h.states.push_back(state_entry{first_state, 0, 0, 0});
     states.push_back(quant_state);
@@ -515,6 +522,8 @@ encode_report encode_blocks_to(const P& policy, codec& c, const cache_info& info
       byte_writer bw(out);
       for (int kvi = 0; kvi < 2; ++kvi) {
         b.key = kvi == 0;
+        b.head_dim = s.head_dim;
+        for (const auto& t : c.transforms) b.head_dim = t->coded_head_dim(b, info);  // rows a transform stores narrower
         bytes stream;
         block_bytes(2 * seg + static_cast<std::size_t>(kvi), b, stream, seg_stats[k]);
         bw.put_blob(stream);
@@ -539,10 +548,10 @@ encode_report encode_blocks_to(const P& policy, codec& c, const cache_info& info
 /// a block, from several threads). The entropy stage is fitted (on the symbols when it fits on them:
 /// block by block where it can, else holding every block's symbols) and codes them here; for the same
 /// symbols the container is encode_to's, byte for byte. Sparse when ex.kept is not empty, as
-/// encode_blocks_to.
+/// encode_blocks_to (transform_states as there).
 template <cpu::cpu_policy P, class F>
 encode_report encode_symbols_to(const P& policy, codec& c, const cache_info& info, const bytes& quant_state, byte_sink& sink, const encode_options& opt,
-                                const kv_extras& ex, F&& symbols_of) {
+                                const kv_extras& ex, F&& symbols_of, const std::vector<bytes>& transform_states = {}) {
   detail::check_blocks_codec(c, ex);
   if (opt.chunk_tokens < 1) throw_usage("encode: chunk_tokens must be >= 1, found " + std::to_string(opt.chunk_tokens));
   const kv_shape& s = info.shape;
@@ -566,11 +575,14 @@ encode_report encode_symbols_to(const P& policy, codec& c, const cache_info& inf
     for (const auto& x : all) ptrs.push_back(&x);
     est = c.entropy->fit(ptrs, info);
   }
-  return encode_blocks_to(policy, c, info, quant_state, std::move(est), sink, opt, ex, [&](std::size_t i, const block& b, bytes& out, coder_stats& st) {
-    symbols sy;
-    symbols_of(i, sy);
-    c.entropy->encode(sy, b, out, st);
-  });
+  return encode_blocks_to(
+      policy, c, info, quant_state, std::move(est), sink, opt, ex,
+      [&](std::size_t i, const block& b, bytes& out, coder_stats& st) {
+        symbols sy;
+        symbols_of(i, sy);
+        c.entropy->encode(sy, b, out, st);
+      },
+      transform_states);
 }
 
 /// Encodes a view into a container in memory.

@@ -15,7 +15,9 @@
 // the scope (encode them on the CPU). Token dropping: a drop stage selects on the GPU
 // (cuda/drop_select.cuh: only the kept token indices come back), the kept rows are gathered on the GPU
 // and coded by raw, fp8, uniform, kivi or nf4 (`snapkv:keep=0.5|kivi:bits=4|rans` runs end to end on
-// device views; composed drop stages too, `streamingllm|snapkv`). Synchronous with respect to p.stream.
+// device views; composed drop stages too, `streamingllm|snapkv`). Transforms: hadamard and derope on
+// every row first; think (the codec's only transform) fits its masks on the GPU from the queries view
+// (cuda/think.cuh) and the key rows are coded at the kept width. Synchronous with respect to p.stream.
 // This header includes the CPU pipeline (host code): include it from .cu files that encode containers.
 #pragma once
 
@@ -34,6 +36,7 @@
 #include "kvcodec/cuda/memory.cuh"
 #include "kvcodec/cuda/policy.cuh"
 #include "kvcodec/cuda/rans.cuh"
+#include "kvcodec/cuda/think.cuh"
 #include "kvcodec/pipeline/batch_encode.hpp"
 
 namespace kvcodec::cuda {
@@ -93,6 +96,11 @@ class device_batch_executor {
     device_buffer<std::uint8_t> temp(bytes);
     affine_outlier_select(temp.data(), bytes, key, pos, d_seg.data(), d_take.data(), segments, seg.back(), take.back(), sel, p_);
     check(cudaStreamSynchronize(p_.stream), "cuda::encode (outliers)");
+  }
+  std::vector<std::uint8_t> think_masks(const const_kv_view& kv, const kv_extras&, const kept_sets& kept, std::int64_t width) {
+    if (q_ == nullptr)
+      throw_bad_input("think stage input", "queries", "query tensors in device memory (cuda::encode's queries view): ThinK weighs key channels by the queries' energy", "none");
+    return cuda::think_masks(p_, kv, *q_, kept.empty() ? nullptr : &kept, width);
   }
 
  private:

@@ -6,13 +6,15 @@
 //
 //   bytes state = kvcodec::cuda::think_fit(kvcodec::cuda::par.on(s), prune, device_kv, device_queries);
 //
-// The state loads into the CPU stage (load_state), which codes the narrower key rows; the batch seams
-// (cuda::encode, cuda::decode_into) do not take `think` yet: its rows are narrower than the values'.
+// cuda::encode runs it for a codec whose only transform is `think` (think_masks, then the key rows
+// compacted to the kept channels as the quantizer reads them); cuda::decode_into does not take `think`
+// containers yet (decode them on the CPU).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -50,16 +52,12 @@ inline void think_fit(void* temp, std::size_t& temp_bytes, const think_source& s
   detail::think_launch(think_mask_op{score, mask, s.head_dim, kept}, n, p, "think mask kernel launch");
 }
 
-/// The `think:prune=...` stage state for the cache in device view `kv` (its K side is read) with queries
-/// in the K side of device view `q` (q_heads heads, a multiple of kv's), over the rows `kept` keeps (null:
-/// every token; a token-dropped cache's kept sets): what cpu::think_transform::fit writes for the same
-/// cache when `think` is the codec's first transform. Synchronous.
-inline bytes think_fit(const par_t& p, double prune, const const_kv_view& kv, const const_kv_view& q, const kept_sets* kept = nullptr) {
+/// think's masks ([layer][kv head][channel], 1 = kept, `width` per head) for the cache in device view `kv`
+/// (its K side is read) with queries in the K side of device view `q` (q_heads heads, a multiple of
+/// kv's), over the rows `kept` keeps (null: every token; a token-dropped cache's kept sets). Synchronous.
+inline std::vector<std::uint8_t> think_masks(const par_t& p, const const_kv_view& kv, const const_kv_view& q, const kept_sets* kept, std::int64_t width) {
   kv.validate("think input");
   q.validate("think queries");
-  transform::think cfg;
-  cfg.prune = prune;
-  cfg.validate();
   if (kv.space != memory_space::device || q.space != memory_space::device) throw_usage("cuda::think_fit: the views are in host memory; use the CPU stage");
   if (kv.dt != dtype::f32 && kv.dt != dtype::f16 && kv.dt != dtype::bf16) throw_usage("cuda::think_fit reads f32, f16 or bf16 views");
   if (q.layers != kv.layers || q.tokens != kv.tokens || q.head_dim != kv.head_dim || q.dt != kv.dt || q.kv_heads < kv.kv_heads || q.kv_heads % kv.kv_heads != 0)
@@ -69,8 +67,7 @@ inline bytes think_fit(const par_t& p, double prune, const const_kv_view& kv, co
                     std::to_string(q.layers) + " layers of " + std::to_string(q.kv_heads) + " heads x " + std::to_string(q.tokens) + " x " + std::to_string(q.head_dim) +
                         " in " + std::string(dtype_name(q.dt)));
   const std::size_t L = static_cast<std::size_t>(kv.layers), H = static_cast<std::size_t>(kv.kv_heads), D = static_cast<std::size_t>(kv.head_dim);
-  cpu::think_transform stage(cfg);
-  const auto W = static_cast<std::int64_t>(stage.kept_width(D));
+  if (width < 0 || width > kv.head_dim) throw_usage("cuda::think_masks: width " + std::to_string(width) + " outside 0.." + std::to_string(kv.head_dim));
   detail::device_side ks, qs;
   detail::side_of(kv, true, ks);
   detail::side_of(q, true, qs);
@@ -100,11 +97,22 @@ inline bytes think_fit(const par_t& p, double prune, const const_kv_view& kv, co
   }
   std::size_t bytes_needed = 0;
   device_buffer<std::uint8_t> mask(L * H * D);
-  think_fit(nullptr, bytes_needed, s, kv.layers, W, mask.data(), p);
+  think_fit(nullptr, bytes_needed, s, kv.layers, width, mask.data(), p);
   device_buffer<std::uint8_t> temp(bytes_needed);
-  think_fit(temp.data(), bytes_needed, s, kv.layers, W, mask.data(), p);
-  check(cudaStreamSynchronize(p.stream), "cuda::think_fit");
-  return cpu::think_transform::state_of(mask.download(), D, static_cast<std::size_t>(W));
+  think_fit(temp.data(), bytes_needed, s, kv.layers, width, mask.data(), p);
+  check(cudaStreamSynchronize(p.stream), "cuda::think_masks");
+  return mask.download();
+}
+
+/// The `think:prune=...` stage state for that cache: what cpu::think_transform::fit writes for the same
+/// cache when `think` is the codec's first transform. Synchronous.
+inline bytes think_fit(const par_t& p, double prune, const const_kv_view& kv, const const_kv_view& q, const kept_sets* kept = nullptr) {
+  transform::think cfg;
+  cfg.prune = prune;
+  cfg.validate();
+  const cpu::think_transform stage(cfg);
+  const std::size_t D = static_cast<std::size_t>(std::max(kv.head_dim, 0)), W = stage.kept_width(D);
+  return cpu::think_transform::state_of(think_masks(p, kv, q, kept, static_cast<std::int64_t>(W)), D, W);
 }
 
 }  // namespace kvcodec::cuda
