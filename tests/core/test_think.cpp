@@ -75,16 +75,10 @@ TEST_CASE("think on the GPU's steps (emulated) keeps the CPU stage's channels: f
         std::iota(table.begin(), table.end(), 0);
         think_source s{test::source_of(ks, 64, 24, code, paged, table), test::source_of(qs, 64, 24, code, paged, table), 2, 3, 24, 64};
         s.queries.layout.s_head = static_cast<std::int64_t>(T * D);
-        std::vector<std::int64_t> first(1, 0);
-        std::vector<std::int32_t> tokens;
+        const think_rows rows = think_rows_of(kept);
         if (!kept.empty()) {
-          for (const auto& layer : kept)
-            for (const auto& head : layer) {
-              tokens.insert(tokens.end(), head.begin(), head.end());
-              first.push_back(static_cast<std::int64_t>(tokens.size()));
-            }
-          s.kept_first = first.data();
-          s.kept_tokens = tokens.data();
+          s.kept_first = rows.first.data();
+          s.kept_tokens = rows.tokens.data();
         }
         const auto prune = std::stod(spec.substr(spec.find("prune=") + 6));
         const auto W = static_cast<std::int64_t>(D - static_cast<std::size_t>(prune * static_cast<double>(D)));

@@ -490,15 +490,7 @@ void test_encode() {
 /// (always outliers), a head of -0 only; and the selection itself against its host emulation over
 /// segments with ties, an empty one and budgets of 0 and of the whole segment.
 void test_encode_outliers() {
-  kv_cache kv = test::random_cache(2, 3, 300, 16, dtype::f32);
-  for (auto* side : {&kv.keys, &kv.values})
-    for (auto& layer : *side)
-      for (std::size_t i = 0; i < layer.size(); ++i) {
-        layer[i] = std::round(layer[i] * 2.0f) / 2.0f;
-        if (i % 997 == 13) layer[i] = std::numeric_limits<float>::quiet_NaN();
-        if (i % 1451 == 7) layer[i] = i % 2 ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity();
-        if (i < 300 * 16) layer[i] = -0.0f;
-      }
+  const kv_cache kv = test::outlier_cache();
   for (const std::string spec : {"kivi:bits=2,outliers=3", "kivi:bits=4,outliers=40,residual=70|rans", "uniform:bits=3,outliers=1,kaxis=channel",
                                  "uniform:bits=2,mode=sym,outliers=100", "uniform:bits=4,outliers=0.01"})
     for (dtype t : {dtype::f32, dtype::f16})

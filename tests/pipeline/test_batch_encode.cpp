@@ -29,6 +29,18 @@ kv_extras extras(const kv_cache& kv) {
   return ex;
 }
 
+/// The kind of error the batch encoder gives for `spec` over view v (io: none).
+error_kind batch_encode_kind(const std::string& spec, const kv_extras& ex, const const_kv_view& v) {
+  codec c = make_codec(spec);
+  host_batch_executor x;
+  try {
+    (void)encode_batch(x, cpu::par, c, v, {}, ex);
+  } catch (const error& e) {
+    return e.kind();
+  }
+  return error_kind::io;
+}
+
 }  // namespace
 
 TEST_CASE("batch encode (emulated) writes the CPU encoder's container: kvc levels - cachegen - ggml block formats - fp8 - raw - uniform - kivi - f32 f16 bf16 views - HF and paged") {
@@ -82,17 +94,7 @@ TEST_CASE("batch encode (emulated): kivi's residual rows fall back to f32 as on 
 }
 
 TEST_CASE("batch encode (emulated) selects uniform and kivi outliers as the CPU: non-finite values always - ties to the lower index - budgets over several selection batches") {
-  // values on a coarse grid (many equal magnitudes, of both signs, and zeros), NaN and infinities here
-  // and there, a head that is all one value
-  kv_cache kv = test::random_cache(2, 3, 300, 16, dtype::f32);
-  for (auto* side : {&kv.keys, &kv.values})
-    for (auto& layer : *side)
-      for (std::size_t i = 0; i < layer.size(); ++i) {
-        layer[i] = std::round(layer[i] * 2.0f) / 2.0f;
-        if (i % 997 == 13) layer[i] = std::numeric_limits<float>::quiet_NaN();
-        if (i % 1451 == 7) layer[i] = i % 2 ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity();
-        if (i < 300 * 16) layer[i] = -0.0f;  // head 0 of every layer
-      }
+  const kv_cache kv = test::outlier_cache();
   for (const std::string spec : {"kivi:bits=2,outliers=3", "kivi:bits=4,outliers=40,residual=70|rans", "uniform:bits=3,outliers=1,kaxis=channel",
                                  "uniform:bits=2,mode=sym,outliers=100", "uniform:bits=4,outliers=0.01"})
     for (dtype t : {dtype::f32, dtype::f16}) {
@@ -240,14 +242,19 @@ TEST_CASE("batch encode (emulated) of a token-dropped cache writes the CPU encod
   }
 }
 
-TEST_CASE("batch encode (emulated) runs the transforms hadamard and derope as the CPU encoder: dense and token-dropped - every quantizer family - f32 f16 bf16 - HF and paged") {
+TEST_CASE("batch encode (emulated) runs the transforms hadamard - derope - think as the CPU encoder: dense and token-dropped - every quantizer family - f32 f16 bf16 - HF and paged") {
   kv_cache kv = cache_with_queries(2, 4, 300, 32, dtype::bf16);
   kv.metadata["rope"] = "interleaved-pairs";
   kv.metadata["rope_theta"] = "500000";
   for (const std::string spec : {"hadamard|kivi:bits=4|rans", "hadamard:target=k,seed=5|q8_0", "derope|kvc:level=5", "derope|hadamard:target=v|fp8:scale=head",
                                  "hadamard|nf4|rans", "hadamard:seed=2|kmeans:bits=3", "derope:style=rotate-half,theta=10000|uniform:bits=3",
                                  "derope|cachegen", "knorm:keep=0.5|derope|kivi:bits=4|rans", "snapkv:keep=0.4,window=16|hadamard|fp8",
-                                 "streamingllm:keep=0.3|derope|hadamard|raw:dtype=f32"})
+                                 "streamingllm:keep=0.3|derope|hadamard|raw:dtype=f32",
+                                 // think: masks from the queries, key rows narrower
+                                 "think:prune=0.5|raw", "think:prune=0.25|kivi:bits=4|rans", "think:prune=0.5|kvc:level=5", "think|fp8:scale=token|rans",
+                                 "think:prune=0.25|uniform:bits=3,outliers=1", "think:prune=0.5|nf4|rans", "think:prune=0.25|cachegen",
+                                 "knorm:keep=0.5|think|kivi:bits=4,residual=40|rans", "snapkv:keep=0.4,window=16|think:prune=0.25|fp8",
+                                 "streamingllm:keep=0.5|think:prune=0.75|kivi:bits=2,outliers=2"})
     for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
       for (bool paged : {false, true}) {
         INFO(spec << " " << dtype_name(t) << (paged ? " paged" : " hf"));
@@ -262,38 +269,10 @@ TEST_CASE("batch encode (emulated) runs the transforms hadamard and derope as th
       }
 }
 
-TEST_CASE("batch encode (emulated) runs think as the CPU encoder: masks from the queries - narrower key rows - dense and token-dropped - f32 f16 bf16 - HF and paged") {
+TEST_CASE("batch encode: think needs the queries - and is batch-encoded as the only transform before the quantizers that take its rows") {
   const kv_cache kv = cache_with_queries(2, 4, 300, 32, dtype::bf16);
-  for (const std::string spec : {"think:prune=0.5|raw", "think:prune=0.25|kivi:bits=4|rans", "think:prune=0.5|kvc:level=5", "think|fp8:scale=token|rans",
-                                 "think:prune=0.25|uniform:bits=3,outliers=1", "think:prune=0.5|nf4|rans", "think:prune=0.25|cachegen",
-                                 "knorm:keep=0.5|think|kivi:bits=4,residual=40|rans", "snapkv:keep=0.4,window=16|think:prune=0.25|fp8",
-                                 "streamingllm:keep=0.5|think:prune=0.75|kivi:bits=2,outliers=2"})
-    for (dtype t : {dtype::f32, dtype::f16, dtype::bf16})
-      for (bool paged : {false, true}) {
-        INFO(spec << " " << dtype_name(t) << (paged ? " paged" : " hf"));
-        const test::host_dest src = test::host_source(kv, t, paged);
-        kv_extras ex = extras(kv);
-        ex.cache = &kv;
-        const encode_options opt{.chunk_tokens = 128};
-        codec c1 = make_codec(spec), c2 = make_codec(spec);
-        const encoded want = encode(cpu::par, c1, const_kv_view(src.view), opt, ex);
-        host_batch_executor x;
-        const encoded got = encode_batch(x, cpu::par(2), c2, const_kv_view(src.view), opt, ex);
-        CHECK(got.data == want.data);
-        CHECK(got.report.bits_per_element == want.report.bits_per_element);
-      }
-  // think needs the queries, and is batch-encoded as the only transform, before the quantizers that take its rows
   const test::host_dest src = test::host_source(kv, dtype::f16, false);
-  const auto kind = [&](const std::string& spec, const kv_extras& ex) {
-    codec c = make_codec(spec);
-    host_batch_executor x;
-    try {
-      (void)encode_batch(x, cpu::par, c, const_kv_view(src.view), {}, ex);
-    } catch (const error& e) {
-      return e.kind();
-    }
-    return error_kind::io;
-  };
+  const auto kind = [&](const std::string& spec, const kv_extras& ex) { return batch_encode_kind(spec, ex, src.view); };
   kv_extras with = extras(kv);
   with.cache = &kv;
   CHECK(kind("think|kivi", extras(kv)) == error_kind::bad_input);
@@ -306,16 +285,7 @@ TEST_CASE("batch encode (emulated) runs think as the CPU encoder: masks from the
 TEST_CASE("batch encode: codecs and inputs outside its scope are usage errors") {
   const kv_cache kv = test::random_cache(2, 2, 300, 32, dtype::f16);
   const test::host_dest src = test::host_source(kv, dtype::f16, false);
-  const auto kind = [&](const std::string& spec, const kv_extras& ex, const const_kv_view& v) {
-    codec c = make_codec(spec);
-    host_batch_executor x;
-    try {
-      (void)encode_batch(x, cpu::par, c, v, {}, ex);
-    } catch (const error& e) {
-      return e.kind();
-    }
-    return error_kind::io;  // no error
-  };
+  const auto kind = [](const std::string& spec, const kv_extras& ex, const const_kv_view& v) { return batch_encode_kind(spec, ex, v); };
   // quantizers whose rows span the heads (the ggml formats) or that fit on samples of the dense
   // cache (kmeans, cachegen-quant's kvc levels) are not batch-encoded token-dropped
   for (const std::string spec : {"think|q8_0", "knorm:keep=0.5|q8_0", "derope|kvc:level=5", "knorm:keep=0.5|kvc:level=5",

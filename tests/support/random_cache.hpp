@@ -2,6 +2,8 @@
 // metadata, shared by the pipeline suites.
 #pragma once
 
+#include <cmath>
+#include <limits>
 #include <random>
 
 #include "kvcodec/tensor/kv_cache.hpp"
@@ -17,6 +19,22 @@ inline kv_cache random_cache(int layers, int heads, int T, int D, dtype src = dt
       for (auto& x : l) x = round_to_dtype(n(rng), src);
   kv.metadata["model"] = "test";
   for (int t = 0; t < T; ++t) kv.tokens.push_back(t * 7 % 100);
+  return kv;
+}
+
+/// A cache that stresses the outlier selection (2 layers x 3 heads x 300 tokens x 16, f32): values on a
+/// 0.5 grid (many equal magnitudes of both signs, and zeros), NaN and ±inf scattered, head 0 of every
+/// layer all -0.
+inline kv_cache outlier_cache() {
+  kv_cache kv = random_cache(2, 3, 300, 16, dtype::f32);
+  for (auto* side : {&kv.keys, &kv.values})
+    for (auto& layer : *side)
+      for (std::size_t i = 0; i < layer.size(); ++i) {
+        layer[i] = std::round(layer[i] * 2.0f) / 2.0f;
+        if (i % 997 == 13) layer[i] = std::numeric_limits<float>::quiet_NaN();
+        if (i % 1451 == 7) layer[i] = i % 2 ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity();
+        if (i < 300 * 16) layer[i] = -0.0f;
+      }
   return kv;
 }
 

@@ -31,6 +31,22 @@ struct think_source {
   const std::int32_t* kept_tokens = nullptr;
 };
 
+/// Kept sets ([layer][kv head] -> increasing tokens) as think_source's row lists: first (one more entry
+/// than there are heads, layer-major) and tokens.
+struct think_rows {
+  std::vector<std::int64_t> first{0};
+  std::vector<std::int32_t> tokens;
+};
+inline think_rows think_rows_of(const std::vector<std::vector<std::vector<std::int32_t>>>& kept) {
+  think_rows r;
+  for (const auto& layer : kept)
+    for (const auto& head : layer) {
+      r.tokens.insert(r.tokens.end(), head.begin(), head.end());
+      r.first.push_back(static_cast<std::int64_t>(r.tokens.size()));
+    }
+  return r;
+}
+
 /// Mean squared query of (layer l, kv head h, channel c), as f32 (0 without a finite query).
 KVCODEC_HD inline float think_query_energy(const think_source& s, int l, std::int64_t h, std::int64_t c) noexcept {
   double acc = 0.0;

@@ -110,16 +110,10 @@ struct host_batch_executor {
     s.group = qc.shape.q_heads / kv.kv_heads;
     s.head_dim = kv.head_dim;
     s.tokens = kv.tokens;
-    std::vector<std::int64_t> first(1, 0);
-    std::vector<std::int32_t> tokens;
+    const think_rows rows = think_rows_of(kept);
     if (!kept.empty()) {
-      for (const auto& layer : kept)
-        for (const auto& head : layer) {
-          tokens.insert(tokens.end(), head.begin(), head.end());
-          first.push_back(static_cast<std::int64_t>(tokens.size()));
-        }
-      s.kept_first = first.data();
-      s.kept_tokens = tokens.data();
+      s.kept_first = rows.first.data();
+      s.kept_tokens = rows.tokens.data();
     }
     return think_fit_emulated(s, kv.layers, width);
   }

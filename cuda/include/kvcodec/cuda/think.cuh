@@ -82,16 +82,10 @@ inline std::vector<std::uint8_t> think_masks(const par_t& p, const const_kv_view
     check.shape.head_dim = kv.head_dim;
     check.kept = *kept;
     check.validate_kept("cuda::think_fit kept sets");
-    std::vector<std::int64_t> f(1, 0);
-    std::vector<std::int32_t> t;
-    for (const auto& layer : *kept)
-      for (const auto& head : layer) {
-        t.insert(t.end(), head.begin(), head.end());
-        f.push_back(static_cast<std::int64_t>(t.size()));
-      }
-    first = device_buffer<std::int64_t>{std::span<const std::int64_t>(f)};
-    tokens = device_buffer<std::int32_t>(t.size());
-    tokens.upload(std::span<const std::int32_t>(t));
+    const think_rows rows = think_rows_of(*kept);
+    first = device_buffer<std::int64_t>{std::span<const std::int64_t>(rows.first)};
+    tokens = device_buffer<std::int32_t>(rows.tokens.size());
+    tokens.upload(std::span<const std::int32_t>(rows.tokens));
     s.kept_first = first.data();
     s.kept_tokens = tokens.data();
   }
