@@ -511,7 +511,8 @@ void test_encode_outliers() {
       }
   // the selection alone: random keys from a small range (many ties), segments of 0 .. 5000 entries
   std::mt19937 rng(5);
-  std::vector<std::uint32_t> key, pos;
+  std::vector<std::uint64_t> key;
+  std::vector<std::uint32_t> pos;
   std::vector<std::int64_t> seg(1, 0), take(1, 0);
   for (int i = 0; i < 40; ++i) {
     const std::int64_t n = i == 3 ? 0 : static_cast<std::int64_t>(rng() % 5000);
@@ -525,10 +526,10 @@ void test_encode_outliers() {
   std::vector<std::uint32_t> want(static_cast<std::size_t>(take.back()));
   affine_outlier_select_emulated(key.data(), pos.data(), seg, take, want.data());
   kvcodec::cuda::device_batch_executor x(kvcodec::cuda::par);
-  auto* dk = reinterpret_cast<std::uint32_t*>(x.bytes(key.size() * 4));
+  auto* dk = reinterpret_cast<std::uint64_t*>(x.bytes(key.size() * 8));
   auto* dp = reinterpret_cast<std::uint32_t*>(x.bytes(pos.size() * 4));
   auto* ds = reinterpret_cast<std::uint32_t*>(x.bytes(want.size() * 4));
-  x.put(dk, key.data(), key.size() * 4);
+  x.put(dk, key.data(), key.size() * 8);
   x.put(dp, pos.data(), pos.size() * 4);
   x.outlier_select(dk, dp, seg, take, ds);
   std::vector<std::uint32_t> got(want.size());

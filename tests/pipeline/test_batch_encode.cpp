@@ -109,7 +109,7 @@ TEST_CASE("batch encode (emulated) selects uniform and kivi outliers as the CPU:
 }
 
 TEST_CASE("batch encode (emulated): the outlier selection's segments - stable ties - budgets of 0 and of the whole segment") {
-  const std::vector<std::uint32_t> key = {5, 9, 5, 0xffffffffu, 9, 1, /* segment 1 */ 3, 3, 3, /* segment 2 (empty) */ /* segment 3 */ 7};
+  const std::vector<std::uint64_t> key = {5, 9, 5, 0xffffffffu, 9, 1, /* segment 1 */ 3, 3, 3, /* segment 2 (empty) */ /* segment 3 */ 7};
   const std::vector<std::uint32_t> pos = {0, 1, 2, 3, 4, 5, 0, 1, 2, 0};
   const std::vector<std::int64_t> seg = {0, 6, 9, 9, 10}, take = {0, 4, 6, 6, 6};
   std::vector<std::uint32_t> sel(6, 99);

@@ -334,7 +334,7 @@ KVCODEC_HD inline std::uint32_t affine_outlier_key(float x) noexcept {
 /// Value k of part b: its key and its index in the block (key[e], pos[e] with e = seg_first + at + k).
 struct affine_outlier_key_op {
   kv_batch_src s;
-  std::uint32_t* key = nullptr;
+  std::uint64_t* key = nullptr;  ///< 64-bit (below 2^32): the GPU sort then shares the drop selection's CUB instantiation
   std::uint32_t* pos = nullptr;
   std::uint32_t* nonfinite = nullptr;
   KVCODEC_HD std::uint64_t count(const affine_outlier_part& b) const noexcept {
@@ -383,12 +383,12 @@ struct affine_outlier_take_op {
 /// The selection on the host (the emulation of cuda::affine_outlier_select): for segment i, entries
 /// [seg[i], seg[i + 1]) of key and pos, the take[i + 1] - take[i] largest keys (equal keys: the earlier
 /// entry), their positions in increasing order into sel[take[i] ..).
-inline void affine_outlier_select_emulated(const std::uint32_t* key, const std::uint32_t* pos, const std::vector<std::int64_t>& seg,
+inline void affine_outlier_select_emulated(const std::uint64_t* key, const std::uint32_t* pos, const std::vector<std::int64_t>& seg,
                                            const std::vector<std::int64_t>& take, std::uint32_t* sel) {
   std::vector<std::uint32_t> order;
   for (std::size_t i = 0; i + 1 < seg.size(); ++i) {
     const auto n = static_cast<std::size_t>(seg[i + 1] - seg[i]), t = static_cast<std::size_t>(take[i + 1] - take[i]);
-    const std::uint32_t* kk = key + seg[i];
+    const std::uint64_t* kk = key + seg[i];
     order.resize(n);
     std::iota(order.begin(), order.end(), 0u);
     std::stable_sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) { return kk[a] > kk[b]; });

@@ -84,7 +84,7 @@ struct host_batch_executor {
     rans_encode_batch_emulated(a);
     ++rans_batches;
   }
-  void outlier_select(const std::uint32_t* key, const std::uint32_t* pos, const std::vector<std::int64_t>& seg, const std::vector<std::int64_t>& take,
+  void outlier_select(const std::uint64_t* key, const std::uint32_t* pos, const std::vector<std::int64_t>& seg, const std::vector<std::int64_t>& take,
                       std::uint32_t* sel) {
     affine_outlier_select_emulated(key, pos, seg, take, sel);
   }
@@ -449,8 +449,8 @@ kv_batch_src prepare_rows(X& x, const const_kv_view& kv, const kv_shape& s, cons
   return src;
 }
 
-/// Values per selection batch of take_batch_outliers: its key and position arrays take 8 bytes each, the
-/// sort as much again.
+/// Values per selection batch of take_batch_outliers: its key and position arrays take 12 bytes a value,
+/// the sort as much again.
 inline constexpr std::uint64_t outlier_batch_values = std::uint64_t{1} << 26;
 
 /// The outliers of every block of a uniform or kivi codec with outliers > 0 (cpu/quant_common.hpp's
@@ -484,7 +484,7 @@ std::vector<bytes> take_batch_outliers(X& x, const kv_batch_src& src_k, const kv
     used = used + n[i] > cap ? n[i] : used + n[i];
     room = std::max<std::uint64_t>(room, used);
   }
-  auto* key = reinterpret_cast<std::uint32_t*>(x.bytes(static_cast<std::size_t>(4 * room)));
+  auto* key = reinterpret_cast<std::uint64_t*>(x.bytes(static_cast<std::size_t>(8 * room)));
   auto* pos = reinterpret_cast<std::uint32_t*>(x.bytes(static_cast<std::size_t>(4 * room)));
   auto* nonfinite = reinterpret_cast<std::uint32_t*>(x.bytes(4 * nb));
   std::vector<bytes> lists(nb);

@@ -86,7 +86,7 @@ class device_batch_executor {
     rans_encode_batch(a, p_);
     check(cudaStreamSynchronize(p_.stream), "cuda::encode (rANS)");
   }
-  void outlier_select(const std::uint32_t* key, const std::uint32_t* pos, const std::vector<std::int64_t>& seg, const std::vector<std::int64_t>& take,
+  void outlier_select(const std::uint64_t* key, const std::uint32_t* pos, const std::vector<std::int64_t>& seg, const std::vector<std::int64_t>& take,
                       std::uint32_t* sel) {
     const std::vector<std::int32_t> seg32(seg.begin(), seg.end()), take32(take.begin(), take.end());  // the encoder keeps them below 2^31
     device_buffer<std::int32_t> d_seg{std::span<const std::int32_t>(seg32)}, d_take{std::span<const std::int32_t>(take32)};
