@@ -449,6 +449,17 @@ kv_batch_src prepare_rows(X& x, const const_kv_view& kv, const kv_shape& s, cons
   return src;
 }
 
+/// Runs make_op(src) over every item of `items` on x, where src is src_k for key items and src_v for
+/// value items (think: narrower key rows); one launch when both read rows of the same width.
+template <class X, class Items, class MakeOp>
+void run_by_side(X& x, const Items& items, std::uint64_t max_items, const kv_batch_src& src_k, const kv_batch_src& src_v, const MakeOp& make_op) {
+  if (src_k.head_dim == src_v.head_dim) return x.run(items, max_items, make_op(src_v));
+  Items kb, vb;
+  for (const auto& b : items) (b.key != 0 ? kb : vb).push_back(b);
+  x.run(kb, max_items, make_op(src_k));
+  x.run(vb, max_items, make_op(src_v));
+}
+
 /// Values per selection batch of take_batch_outliers: its key and position arrays take 12 bytes a value,
 /// the sort as much again.
 inline constexpr std::uint64_t outlier_batch_values = std::uint64_t{1} << 26;
@@ -464,12 +475,7 @@ std::vector<bytes> take_batch_outliers(X& x, const kv_batch_src& src_k, const kv
   const std::size_t nb = blocks.size();
   const auto width = [&](std::uint32_t key) { return static_cast<std::uint64_t>((key != 0 ? src_k : src_v).head_dim); };
   // the steps over key parts read src_k, over value parts src_v (think: narrower key rows)
-  const auto run_sides = [&](const auto& items, std::uint64_t max_items, const auto& make_op) {
-    std::remove_cvref_t<decltype(items)> kb, vb;
-    for (const auto& b : items) (b.key != 0 ? kb : vb).push_back(b);
-    x.run(kb, max_items, make_op(src_k));
-    x.run(vb, max_items, make_op(src_v));
-  };
+  const auto run_sides = [&](const auto& items, std::uint64_t max_items, const auto& make_op) { run_by_side(x, items, max_items, src_k, src_v, make_op); };
   std::vector<std::uint64_t> n(nb, 0);  // block i's quantized values
   std::uint64_t widest = 0;
   for (std::size_t i = 0; i < nb; ++i) {
@@ -615,13 +621,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
   kv_batch_src src_k = src;
   src_k.head_dim = static_cast<std::int32_t>(W);
   const auto Dw = [&](bool key) -> std::uint64_t { return key ? W : D; };
-  const auto run_sides = [&](const auto& blocks, std::uint64_t max_items, const auto& make_op) {
-    if (!th) return x.run(blocks, max_items, make_op(src));
-    std::remove_cvref_t<decltype(blocks)> kb, vb;
-    for (const auto& b : blocks) (b.key != 0 ? kb : vb).push_back(b);
-    x.run(kb, max_items, make_op(src_k));
-    x.run(vb, max_items, make_op(src));
-  };
+  const auto run_sides = [&](const auto& blocks, std::uint64_t max_items, const auto& make_op) { detail::run_by_side(x, blocks, max_items, src_k, src, make_op); };
   std::vector<std::uint64_t> first(nb + 1, 0);  // block i's bytes: [first[i], first[i + 1]) of `out`
   std::vector<std::uint8_t> out;
   std::uint8_t* buf = nullptr;  // every block's bytes, in x's memory
