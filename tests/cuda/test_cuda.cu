@@ -15,7 +15,9 @@
 //  - cuda::encode of token-dropped caches (drop stage on the GPU, kept rows gathered and quantized
 //    there) and with the transforms hadamard and derope, against the CPU encoder's container;
 //  - cuda::decode_into of token-dropped containers (ragged kept sets, a head keeping nothing in a chunk,
-//    a fully kept chunk), CPU-encoded and GPU-encoded, against the CPU's decode_into and kept sets.
+//    a fully kept chunk), CPU-encoded and GPU-encoded, against the CPU's decode_into and kept sets;
+//  - cuda::decode_into of think containers (key rows at their coded width, the kept channels put back),
+//    dense and token-dropped, both kernel variants, and GPU-encoded think containers decoded on the GPU.
 #include <cmath>
 #include <cstdio>
 #include <initializer_list>
@@ -391,6 +393,50 @@ void test_decode_dropped() {
   }
 }
 
+/// cuda::decode_into of think containers (CPU-encoded, dense and token-dropped): the key rows decode at
+/// their coded width and go back to their kept channels, zeros in the pruned ones; every quantizer family
+/// with a CUDA decode but the block formats, both kernel variants, every dtype, HF and paged, token
+/// ranges; equal to the CPU's decode_into. think before a block format: a usage error.
+void test_decode_think() {
+  const kv_cache kv = test::query_cache(2, 4, 300, 32, dtype::bf16);
+  using kvcodec::cuda::batch_variant;
+  for (const std::string spec : {"think:prune=0.5|raw", "think:prune=0.25|raw:dtype=f32", "think|fp8:scale=token", "think:prune=0.25|kivi:bits=4|rans",
+                                 "think:prune=0.5|kivi:bits=2,residual=40", "think:prune=0.25|uniform:bits=3,outliers=1", "think:prune=0.5|nf4|rans",
+                                 "think|kmeans:bits=3", "think:prune=0.5|kvc:level=5", "think:prune=0.25|cachegen", "think|cachegen-quant|ac:pred=prev",
+                                 "knorm:keep=0.5|think|kivi:bits=4,residual=40|rans", "snapkv:keep=0.4,window=16|think:prune=0.25|fp8",
+                                 "knorm:keep=0.4|think|cachegen-quant|rans:tables=chunk", "h2o:keep=0.5,window=16|think:prune=0.5|nf4|rans"}) {
+    const encoded e = encode(spec, kv, encode_options{.chunk_tokens = 96});
+    for (const batch_variant variant : {batch_variant::best, batch_variant::unfused})
+      for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
+        for (bool paged : {false, true})
+          for (auto [tb, te] : {std::pair<std::int64_t, std::int64_t>{0, 300}, {96, 256}, {100, 290}}) {
+            if ((paged && tb % 16 != 0) || (quick && (t != dtype::f16 || paged || variant != batch_variant::best))) continue;
+            decode_options opt;
+            opt.token_begin = tb;
+            opt.token_end = te;
+            test::host_dest want(kv.shape, te - tb, t, paged);
+            const decode_result wr = decode_into(cpu::par, e.data, want.view, opt);
+            device_dest d(kv.shape, te - tb, t, paged);
+            kvcodec::cuda::view_decoder vd(kvcodec::cuda::par, e.data, d.view, opt, variant);
+            vd.launch();
+            vd.finish();
+            const std::string what = "decode_into (think) " + spec + (variant == batch_variant::best ? " (best) " : " (unfused) ") + std::string(dtype_name(t)) +
+                                     (paged ? " paged" : " hf") + " tokens " + std::to_string(tb) + ".." + std::to_string(te);
+            expect(d.rows() == want.rows(), what);
+            expect(vd.result().kept == wr.kept, what + ": kept sets");
+          }
+  }
+  const encoded e = encode("think|q8_0", kv);
+  device_dest d(kv.shape, 300, dtype::f16, false);
+  bool usage = false;
+  try {
+    kvcodec::cuda::decode_into(kvcodec::cuda::par, e.data, d.view);
+  } catch (const error& err) {
+    usage = err.kind() == error_kind::usage;
+  }
+  expect(usage, "decode_into think|q8_0: usage error");
+}
+
 /// cuda::rans_encode_batch writes the CPU encoder's streams (laid out by the host gather of
 /// tests/support): lanes 32..1024, 1..1024 columns, lengths around a step, bytes and 16-bit symbols,
 /// mixed lane counts in one batch; a symbol without a code is flagged as the emulation flags it.
@@ -648,6 +694,13 @@ void test_encode_dropped() {
         const encoded want = encode(cpu::par, c1, const_kv_view(test::host_source(kv, t, paged).view), opt, ex);
         const encoded got = kvcodec::cuda::encode(kvcodec::cuda::par, c2, view, opt, ex, &qview);
         expect(got.data == want.data, "encode " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf") + ": container differs from the CPU's");
+        if (spec.find("think") != std::string::npos) {  // and back on the GPU: the key channels in place again
+          test::host_dest back(kv.shape, kv.shape.tokens, t, paged);
+          (void)decode_into(cpu::par, want.data, back.view);
+          device_dest d(kv.shape, kv.shape.tokens, t, paged);
+          (void)kvcodec::cuda::decode_into(kvcodec::cuda::par, got.data, d.view);
+          expect(d.rows() == back.rows(), "decode " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf") + ": GPU decode differs from the CPU's");
+        }
       }
       // outside the GPU scope: a stage after adakv, a query-aware stage without queries, a block format
       const auto kind = [&](const std::string& spec, const const_kv_view* q) {
@@ -1068,6 +1121,7 @@ int main(int argc, char** argv) {
     test_encode_outliers();
     test_encode_dropped();
     test_decode_dropped();
+    test_decode_think();
     test_knorm_select();
     test_random_select();
     test_streamingllm_select();

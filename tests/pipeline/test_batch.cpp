@@ -393,6 +393,44 @@ TEST_CASE("batch decode: pack containers outside its scope are usage errors - a 
   }
 }
 
+TEST_CASE("batch decode (emulated) of think containers equals decode_into: key rows at their coded width - every quantizer family but the block formats - dense and token-dropped - dtypes - views - token ranges") {
+  const kv_cache kv = test::query_cache(2, 4, 300, 32, dtype::bf16);
+  for (const std::string spec : {"think:prune=0.5|raw", "think:prune=0.25|raw:dtype=f32", "think|fp8:scale=token", "think:prune=0.5|fp8:scale=head",
+                                 "think:prune=0.25|kivi:bits=4|rans", "think:prune=0.5|kivi:bits=2,residual=40", "think:prune=0.25|uniform:bits=3,outliers=1",
+                                 "think:prune=0.25|uniform:bits=4,kaxis=channel,group=8|rans", "think:prune=0.5|nf4|rans", "think:prune=0.25|nf4:group=4",
+                                 "think|kmeans:bits=3", "think:prune=0.5|kvc:level=5", "think:prune=0.25|cachegen", "think|cachegen-quant|rans:pred=linear,tables=chunk",
+                                 "think|cachegen-quant|ac:pred=prev",
+                                 // token-dropped: the compact kept rows are coded narrower too
+                                 "knorm:keep=0.5|think|kivi:bits=4,residual=40|rans", "snapkv:keep=0.4,window=16|think:prune=0.25|fp8",
+                                 "streamingllm:keep=0.5|think:prune=0.75|kivi:bits=2,outliers=2", "knorm:keep=0.4|think|cachegen-quant|rans:tables=chunk",
+                                 "h2o:keep=0.5,window=16|think:prune=0.5|nf4|rans", "keydiff:keep=0.5|think:prune=0.25|cachegen"}) {
+    INFO(spec);
+    const encoded e = encode(spec, kv, encode_options{.chunk_tokens = 96});
+    for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
+      for (bool paged : {false, true}) {
+        INFO("dtype " << dtype_name(t) << (paged ? " paged" : " hf"));
+        check_decode(e.data, t, paged, 0, 300, true);
+      }
+    check_decode(e.data, dtype::f16, true, 100, 250, true);
+    check_decode(e.data, dtype::f32, false, 190, 300, true);
+  }
+  // the block formats' rows span the heads: a usage error that says so; so is think with another transform
+  for (const std::string spec : {"think|q8_0", "think:prune=0.5|iq4_nl", "think|hadamard|kivi"}) {
+    INFO(spec);
+    const opened o(encode(spec, kv, encode_options{.chunk_tokens = 96}).data);
+    std::vector<std::size_t> all(o.v.header.segments.size());
+    for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+    dest d(o.v.header.shape, 300, dtype::f16, false);
+    try {
+      decode_batch_emulated(o.dec, all, o.bytes_of(), 0, 300, d.view);
+      CHECK(false);
+    } catch (const error& err) {
+      CHECK(err.kind() == error_kind::usage);
+      CHECK(std::string(err.what()).find("think") != std::string::npos);
+    }
+  }
+}
+
 TEST_CASE("batch decode (emulated) of token-dropped containers equals decode_into: ragged kept sets - every quantizer but the block formats - transforms - dtypes - views - token ranges") {
   kv_cache kv = test::random_cache(2, 4, 300, 16, dtype::f16);
   kv.metadata["rope"] = "rotate-half";

@@ -184,21 +184,9 @@ TEST_CASE("batch encode (emulated): a NaN or an infinity is bad input for cacheg
   }
 }
 
-/// A random cache with queries (q_heads = 2 per kv head), for the query-aware drop stages.
-kv_cache cache_with_queries(int layers, int heads, int T, int D, dtype dt) {
-  kv_cache kv = test::random_cache(layers, heads, T, D, dt);
-  kv.shape.q_heads = 2 * heads;
-  std::mt19937 rng(7);
-  std::normal_distribution<float> n(0.f, 1.f);
-  kv.queries.assign(static_cast<std::size_t>(layers), std::vector<float>(static_cast<std::size_t>(2 * heads) * static_cast<std::size_t>(T) * static_cast<std::size_t>(D)));
-  for (auto& l : kv.queries)
-    for (auto& x : l) x = n(rng);
-  return kv;
-}
-
 TEST_CASE("batch encode (emulated) of a token-dropped cache writes the CPU encoder's container: drop stages and given kept sets - raw fp8 uniform kivi nf4 - with and without rans") {
   // 4 kv heads whose kept tokens differ per chunk (the parts are ragged); chunks of 96 tokens over 300
-  const kv_cache kv = cache_with_queries(2, 4, 300, 16, dtype::f16);
+  const kv_cache kv = test::query_cache(2, 4, 300, 16, dtype::f16);
   const std::vector<std::string> quants = {"raw", "raw:dtype=f32", "fp8", "fp8:scale=head", "fp8:scale=token|rans", "uniform:bits=3",
                                            "uniform:bits=4,kaxis=channel,group=8|rans", "kivi:bits=2", "kivi:bits=4,group=16,residual=40",
                                            "kivi:bits=2,residual=64|rans:tables=shared,lanes=0", "kivi:bits=4|rans", "nf4:group=4", "nf4|rans",
@@ -243,7 +231,7 @@ TEST_CASE("batch encode (emulated) of a token-dropped cache writes the CPU encod
 }
 
 TEST_CASE("batch encode (emulated) runs the transforms hadamard - derope - think as the CPU encoder: dense and token-dropped - every quantizer family - f32 f16 bf16 - HF and paged") {
-  kv_cache kv = cache_with_queries(2, 4, 300, 32, dtype::bf16);
+  kv_cache kv = test::query_cache(2, 4, 300, 32, dtype::bf16);
   kv.metadata["rope"] = "interleaved-pairs";
   kv.metadata["rope_theta"] = "500000";
   for (const std::string spec : {"hadamard|kivi:bits=4|rans", "hadamard:target=k,seed=5|q8_0", "derope|kvc:level=5", "derope|hadamard:target=v|fp8:scale=head",
@@ -270,7 +258,7 @@ TEST_CASE("batch encode (emulated) runs the transforms hadamard - derope - think
 }
 
 TEST_CASE("batch encode: think needs the queries - and is batch-encoded as the only transform before the quantizers that take its rows") {
-  const kv_cache kv = cache_with_queries(2, 4, 300, 32, dtype::bf16);
+  const kv_cache kv = test::query_cache(2, 4, 300, 32, dtype::bf16);
   const test::host_dest src = test::host_source(kv, dtype::f16, false);
   const auto kind = [&](const std::string& spec, const kv_extras& ex) { return batch_encode_kind(spec, ex, src.view); };
   kv_extras with = extras(kv);

@@ -22,6 +22,18 @@ inline kv_cache random_cache(int layers, int heads, int T, int D, dtype src = dt
   return kv;
 }
 
+/// random_cache with 2 x heads query heads of N(0, 1) values (think's and the query-aware scorers' input).
+inline kv_cache query_cache(int layers, int heads, int T, int D, dtype src) {
+  kv_cache kv = random_cache(layers, heads, T, D, src);
+  kv.shape.q_heads = 2 * heads;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> n(0.f, 1.f);
+  kv.queries.assign(static_cast<std::size_t>(layers), std::vector<float>(static_cast<std::size_t>(2 * heads) * static_cast<std::size_t>(T) * static_cast<std::size_t>(D)));
+  for (auto& l : kv.queries)
+    for (auto& x : l) x = n(rng);
+  return kv;
+}
+
 /// A cache that stresses the outlier selection (2 layers x 3 heads x 300 tokens x 16, f32): values on a
 /// 0.5 grid (many equal magnitudes of both signs, and zeros), NaN and ±inf scattered, head 0 of every
 /// layer all -0.

@@ -191,10 +191,10 @@ struct affine_batch_op {
   const std::uint8_t* bytes = nullptr;
   kv_batch_dest d;
   KVCODEC_HD std::uint64_t count(const affine_batch_block& b) const noexcept {
-    return static_cast<std::uint64_t>(b.heads) * b.tokens * static_cast<std::uint64_t>(d.head_dim);
+    return static_cast<std::uint64_t>(b.heads) * b.tokens * kv_batch_width(d, b.key != 0);
   }
   KVCODEC_HD bool operator()(const affine_batch_block& b, std::uint64_t i) const noexcept {
-    const std::uint64_t D = static_cast<std::uint64_t>(d.head_dim), c = i % D, row = i / D, h = row / b.tokens, r = row % b.tokens;
+    const std::uint64_t D = kv_batch_width(d, b.key != 0), c = i % D, row = i / D, h = row / b.tokens, r = row % b.tokens;
     const std::int64_t t = b.t_first + static_cast<std::int64_t>(r);
     float x = 0.0f;
     if (r < b.q) {

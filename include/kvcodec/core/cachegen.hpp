@@ -66,7 +66,7 @@ KVCODEC_HD inline bool cachegen_batch_put(const cachegen_batch_block& b, std::ui
   if (s > static_cast<std::uint32_t>(2 * b.max)) return false;
   const std::int64_t t = b.t_first + static_cast<std::int64_t>(r);
   if (t < 0 || t >= b.t_end) return true;
-  const std::uint64_t D = static_cast<std::uint64_t>(d.head_dim);
+  const std::uint64_t D = kv_batch_width(d, b.key != 0);
   kv_batch_put(d, b.key != 0, b.layer, static_cast<std::int64_t>(c / D), t, static_cast<std::int64_t>(c % D),
                cachegen_dequantize(static_cast<std::uint16_t>(s), steps[b.step_first + (b.by_token ? r : c)], b.max));
   return true;

@@ -214,9 +214,9 @@ struct codebook_batch_op {
   const std::uint8_t* bytes = nullptr;
   const float* books = nullptr;
   kv_batch_dest d;
-  KVCODEC_HD std::uint64_t count(const codebook_batch_block& b) const noexcept { return detail::codebook_values(b, static_cast<std::uint64_t>(d.head_dim)); }
+  KVCODEC_HD std::uint64_t count(const codebook_batch_block& b) const noexcept { return detail::codebook_values(b, kv_batch_width(d, b.key != 0)); }
   KVCODEC_HD bool operator()(const codebook_batch_block& b, std::uint64_t i) const noexcept {
-    const std::uint64_t D = static_cast<std::uint64_t>(d.head_dim), c = i % D, row = i / D, h = row / b.tokens, r = row % b.tokens;
+    const std::uint64_t D = kv_batch_width(d, b.key != 0), c = i % D, row = i / D, h = row / b.tokens, r = row % b.tokens;
     const std::uint32_t s = b.packed != 0 ? detail::packed_code(bytes + b.sym_first, b.sym_off + i, b.bits) : sym[b.sym_first + b.sym_off + i];
     if (s >> b.bits) return false;
     const float x = b.nf4 != 0 ? codebook::nf4_decode(static_cast<std::uint8_t>(s), detail::nf4_group_absmax(b, bytes, i / b.group)) : books[b.book + s];

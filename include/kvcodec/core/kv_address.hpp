@@ -56,7 +56,14 @@ struct kv_batch_dest {
   kv_layout_desc layout;
   std::int32_t head_dim = 0;
   std::uint32_t dtype_code = 1;  ///< 0 f32, 1 f16, 2 bf16 (tensor/dtype.hpp's codes)
+  std::int32_t key_head_dim = 0;  ///< think's containers: the key rows' coded width (their first channels; the stride stays head_dim); 0 = head_dim
 };
+
+/// The width of the rows a batch decoder's element steps write: key rows of a think container are
+/// narrower (kv_finish_op puts their channels back in place).
+KVCODEC_HD inline std::uint64_t kv_batch_width(const kv_batch_dest& d, bool key) noexcept {
+  return static_cast<std::uint64_t>(key && d.key_head_dim > 0 ? d.key_head_dim : d.head_dim);
+}
 
 /// Stores value x at (layer, K or V, head h, destination token t, channel ch) in the destination's
 /// dtype, rounding to nearest even as the CPU's conversions do.

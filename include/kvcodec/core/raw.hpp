@@ -32,10 +32,10 @@ struct raw_batch_op {
   const std::uint8_t* bytes = nullptr;
   kv_batch_dest d;
   KVCODEC_HD std::uint64_t count(const raw_batch_block& b) const noexcept {
-    return static_cast<std::uint64_t>(b.heads) * b.tokens * static_cast<std::uint64_t>(d.head_dim);
+    return static_cast<std::uint64_t>(b.heads) * b.tokens * kv_batch_width(d, b.key != 0);
   }
   KVCODEC_HD bool operator()(const raw_batch_block& b, std::uint64_t i) const noexcept {
-    const std::uint64_t D = static_cast<std::uint64_t>(d.head_dim), r = i / D;
+    const std::uint64_t D = kv_batch_width(d, b.key != 0), r = i / D;
     const std::int64_t t = b.t_first + static_cast<std::int64_t>(r % b.tokens);
     if (t < 0 || t >= b.t_end) return true;
     const std::int64_t h = static_cast<std::int64_t>(r / b.tokens), ch = static_cast<std::int64_t>(i % D);

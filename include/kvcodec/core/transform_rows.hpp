@@ -34,7 +34,7 @@ struct row_transform {
 /// A codec's transforms in order (the batch encoder takes at most four), and, for `think` (the codec's only
 /// transform), its kept key channels: a key row of (layer, head) becomes channels[(layer x heads + head)
 /// x width + i] for i < width (increasing channels), zeros after them; the row keeps its stride, and the
-/// quantizer's steps read the first `width` values.
+/// quantizer's steps read the first `width` values (decode: kv_finish_op puts them back in place).
 struct row_transforms {
   static constexpr std::uint32_t max = 4;
   row_transform t[max];
@@ -126,6 +126,8 @@ struct kv_prepare_op {
 /// to its dtype as the CPU decoder converts). Token-dropped containers (row_of set): the row is read
 /// from row row_of[layer x rows + r] of the compact buffer `s` (head 0), or, where that is -1 (a
 /// dropped token), written as zeros without transforms, as the CPU decoder writes dropped tokens.
+/// think (ts.channels set): a key row's first ts.width values go to its head's kept channels, the
+/// others are written as zeros (cpu/think.hpp's inverse).
 struct kv_finish_op {
   kv_batch_src s;
   kv_batch_dest d;
@@ -144,7 +146,17 @@ struct kv_finish_op {
         return true;
       }
     }
-    if (ts.n == 0) {  // a token-dropped container's rows, moved (any head_dim)
+    if (ts.channels != nullptr && b.key != 0) {  // think: the row's first `width` values back to the head's kept channels, zeros elsewhere
+      const std::int32_t* ch = ts.channels + (static_cast<std::int64_t>(b.layer) * ts.heads + h) * ts.width;
+      std::int64_t c = 0;
+      for (std::int64_t i = 0; i < ts.width; ++i, ++c) {
+        for (; c < ch[i]; ++c) kv_batch_put(d, true, b.layer, h, t, c, 0.0f);
+        kv_batch_put(d, true, b.layer, h, t, c, kv_batch_get(s, true, b.layer, sh, st, i));
+      }
+      for (; c < D; ++c) kv_batch_put(d, true, b.layer, h, t, c, 0.0f);
+      return true;
+    }
+    if (ts.n == 0) {  // a token-dropped container's rows, moved (any head_dim); think's value rows
       for (std::int64_t c = 0; c < D; ++c) kv_batch_put(d, b.key != 0, b.layer, h, t, c, kv_batch_get(s, b.key != 0, b.layer, sh, st, c));
       return true;
     }

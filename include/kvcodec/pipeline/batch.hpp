@@ -210,10 +210,10 @@ row_transforms batch_row_transforms(const codec& c, const cache_info& info, bool
   const std::string side = inverse ? "decode" : "encode";
   for (const auto& t : c.transforms)
     if (dynamic_cast<const cpu::think_transform*>(t.get()) != nullptr) {
-      if (inverse) throw_usage("batch decode: transform 'think' has no CUDA decode yet (decode this container on the CPU); the transforms with one: hadamard, derope");
-      if (c.transforms.size() != 1)
-        throw_usage("batch encode: codec '" + c.spec() + "': think is batch-encoded as a codec's only transform (encode this codec on the CPU)");
-      return out;  // the encoder fits it, then sets out.channels
+      if (c.transforms.size() != 1 || rotate)
+        throw_usage("batch " + side + ": codec '" + c.spec() + "': think is batch-" + side + "d as a codec's only transform, before a quantizer that keeps its keys' " +
+                    "channels in place (" + side + " this codec on the CPU)");
+      return out;  // add_think_channels sets out.channels (the encoder once it has fitted the masks)
     }
   if (c.transforms.size() + (rotate ? 1 : 0) > row_transforms::max)
     throw_usage("batch " + side + ": codec '" + c.spec() + "': at most " + std::to_string(row_transforms::max) + " transforms");
@@ -244,8 +244,8 @@ row_transforms batch_row_transforms(const codec& c, const cache_info& info, bool
       r.cs = upload(cs);
       r.sn = upload(sn);
     } else {
-      throw_usage("batch " + side + ": transform '" + std::string(t->name()) + "' has no CUDA " + side + "; the transforms with one: hadamard, derope" +
-                  (inverse ? "" : ", think (as the only transform)"));
+      throw_usage("batch " + side + ": transform '" + std::string(t->name()) + "' has no CUDA " + side +
+                  "; the transforms with one: hadamard, derope, think (as the only transform)");
     }
   }
   if (rotate) {  // last in the list: the inverse order applies it first, right after dequantization
@@ -268,6 +268,44 @@ row_transforms batch_row_transforms(const codec& c, const cache_info& info, bool
   }
   return out;
 }
+
+/// The codec's `think` stage (the transform that narrows key rows), or null.
+inline const cpu::think_transform* think_of(const codec& c) {
+  for (const auto& t : c.transforms)
+    if (const auto* th = dynamic_cast<const cpu::think_transform*>(t.get())) return th;
+  return nullptr;
+}
+
+/// Sets ts's think channels (row_transforms::channels: [layer][kv head][kept width], increasing) from
+/// the codec's think stage, fitted or loaded (shape s), through upload(std::vector<std::int32_t>) -> a
+/// pointer in the executor's memory. Nothing without think.
+template <class Upload>
+void add_think_channels(row_transforms& ts, const codec& c, const kv_shape& s, Upload&& upload) {
+  const cpu::think_transform* th = think_of(c);
+  if (th == nullptr) return;
+  const std::size_t D = static_cast<std::size_t>(s.head_dim);
+  const std::vector<std::uint8_t>& masks = th->masks();
+  if (masks.size() != static_cast<std::size_t>(s.layers) * static_cast<std::size_t>(s.kv_heads) * D)
+    throw_usage("batch transforms: think has no channel masks for this cache (fit it or load its state first)");
+  std::vector<std::int32_t> ch;
+  for (std::size_t i = 0; i < masks.size(); ++i)
+    if (masks[i]) ch.push_back(static_cast<std::int32_t>(i % D));
+  ts.channels = upload(ch);
+  ts.width = static_cast<std::int32_t>(th->kept_width(D));
+  ts.heads = s.kv_heads;
+}
+
+namespace detail {
+/// kv_batch_dest::key_head_dim for a container's blocks: the width its transforms code key rows at
+/// (think), or 0 when they keep head_dim.
+inline std::int32_t coded_key_width(const segment_decoder& dec) {
+  const kvc_header& h = dec.header();
+  segment_entry se;
+  se.t1 = se.t0 + 1;
+  const std::int32_t w = dec.coded_skeleton(se, true, nullptr).head_dim;
+  return w == h.shape.head_dim ? 0 : w;
+}
+}  // namespace detail
 
 template <class Entry>
 struct rans_batch_plan {
@@ -307,7 +345,7 @@ rans_batch_plan<Entry> plan_rans_batch(const segment_decoder& dec, std::span<con
       batch_block bb;
       bb.segment = i;
       bb.key = kvi == 0;
-      bb.skeleton = detail::block_skeleton(h.shape, se.layer, bb.key, se.t0, se.t1, h.sparse ? &kc : nullptr);
+      bb.skeleton = dec.coded_skeleton(se, bb.key, h.sparse ? &kc : nullptr);
       const auto stream = r.get_blob(kvi == 0 ? "K stream" : "V stream");
       auto bp = rs->plan(stream, bb.skeleton, predicted);
       // tables=chunk models live in the block plan only while it is added: forget their addresses after.
@@ -353,6 +391,7 @@ struct cachegen_batch_plan {
   std::vector<std::uint32_t> block_of_stream;  ///< the block of each rANS stream (the fused decoder's map)
   std::vector<float> steps;
   std::uint64_t elements = 0;
+  std::int32_t key_head_dim = 0;  ///< think: the key rows' coded width (kv_batch_dest::key_head_dim)
   bool unfused = false;  ///< token-dropped (parts per head) or planes to restore: the fused sink cannot run (symbols in memory, then the element step)
 };
 
@@ -383,6 +422,7 @@ cachegen_batch_plan<Entry> plan_cachegen_batch(const segment_decoder& dec, std::
   cachegen_batch_plan<Entry> plan;
   plan.rans = plan_rans_batch<Entry>(dec, segments, bytes, true);
   plan.unfused = dec.header().sparse || !plan.rans.restore.empty();  // parts, or planes restored: decoded unfused
+  plan.key_head_dim = detail::coded_key_width(dec);
   std::vector<float> step;
   for (const auto& bb : plan.rans.blocks) {
     int max = 0;
@@ -417,7 +457,7 @@ cachegen_batch_plan<Entry> plan_cachegen_batch(const segment_decoder& dec, std::
 
 /// The destination descriptor of a view (host or device pointers, as the view holds them); `k` and `v`
 /// receive the per-layer bases the descriptor points to (keep them alive while it is used).
-inline kv_batch_dest batch_dest(const kv_view& dst, std::vector<void*>& k, std::vector<void*>& v) {
+inline kv_batch_dest batch_dest(const kv_view& dst, std::vector<void*>& k, std::vector<void*>& v, std::int32_t key_head_dim = 0) {
   if (dst.dt != dtype::f32 && dst.dt != dtype::f16 && dst.dt != dtype::bf16)
     throw_usage("batch decode: destination dtype " + std::string(dtype_name(dst.dt)) + " is not f32, f16 or bf16");
   k.assign(dst.k.begin(), dst.k.end());
@@ -427,6 +467,7 @@ inline kv_batch_dest batch_dest(const kv_view& dst, std::vector<void*>& k, std::
   d.v = v.data();
   d.layout = dst.layout();
   d.head_dim = dst.head_dim;
+  d.key_head_dim = key_head_dim;
   d.dtype_code = static_cast<std::uint32_t>(dst.dt);
   return d;
 }
@@ -452,7 +493,7 @@ void decode_batch_emulated(const cachegen_batch_plan<Entry>& plan, const kv_view
   if (dst.space != memory_space::host) throw_usage("decode_batch_emulated: the destination view is in device memory");
   std::vector<rans_batch_status> st(plan.rans.builder.streams.size());
   std::vector<void*> k, v;
-  const kv_batch_dest d = batch_dest(dst, k, v);
+  const kv_batch_dest d = batch_dest(dst, k, v, plan.key_head_dim);
   const auto name = [](std::size_t i) { return "rANS stream " + std::to_string(i) + " of the batch"; };
   if (fused && !plan.unfused) {
     rans_decode_batch_emulated(plan.rans.builder.host_args(nullptr), st.data(),
@@ -488,6 +529,7 @@ struct cachegen_ac_plan {
   std::uint32_t max_alphabet = 1;
   std::uint64_t out_symbols = 0;      ///< the rows kernel's symbol array
   std::uint64_t max_elements = 0;
+  std::int32_t key_head_dim = 0;      ///< think: the key rows' coded width (kv_batch_dest::key_head_dim)
   /// pred=prev|anchor: each block's plane restored from its sub-planes (core/pred.hpp) between the rows
   /// kernel and the dequantize step; max_restore is the largest block's items.
   std::vector<pred_batch_block> restore;
@@ -513,6 +555,7 @@ inline cachegen_ac_plan plan_cachegen_ac_batch(const segment_decoder& dec, std::
   const kvc_header& h = dec.header();
   detail::check_kept(h, kept);
   cachegen_ac_plan plan;
+  plan.key_head_dim = detail::coded_key_width(dec);
   bool per_row = !h.sparse;  // token-dropped: parts per head, the rows kernel
   std::vector<float> step;
   for (const std::size_t i : segments) {
@@ -522,7 +565,7 @@ inline cachegen_ac_plan plan_cachegen_ac_batch(const segment_decoder& dec, std::
     std::vector<std::vector<std::int32_t>> kc;
     if (h.sparse) kc = dec.read_kept(r, se);
     for (int kvi = 0; kvi < 2; ++kvi) {
-      const block skeleton = detail::block_skeleton(h.shape, se.layer, kvi == 0, se.t0, se.t1, h.sparse ? &kc : nullptr);
+      const block skeleton = dec.coded_skeleton(se, kvi == 0, h.sparse ? &kc : nullptr);
       const auto stream = r.get_blob(kvi == 0 ? "K stream" : "V stream");
       const auto bp = ac->plan(stream, skeleton, true);
       int max = 0;
@@ -607,7 +650,7 @@ inline void decode_batch_emulated(const cachegen_ac_plan& plan, const kv_view& d
   std::vector<std::uint32_t> st(plan.streams.size(), 0), bad(plan.blocks.size(), 0);
   const ac_batch_args a{plan.streams.data(), plan.streams.size(), plan.data.data(), plan.cdfs.data(), st.data()};
   std::vector<void*> k, v;
-  const kv_batch_dest d = batch_dest(dst, k, v);
+  const kv_batch_dest d = batch_dest(dst, k, v, plan.key_head_dim);
   std::vector<std::uint16_t> sym;
   const bool fused = tiled && !plan.groups.empty();
   if (fused) {
@@ -695,7 +738,7 @@ inline pack_batch_plan plan_pack_batch(const segment_decoder& dec, std::span<con
       pb.segment = i;
       pb.key = kvi == 0;
       pb.where = where + (pb.key ? " K" : " V");
-      pb.skeleton = detail::block_skeleton(h.shape, se.layer, pb.key, se.t0, se.t1, h.sparse ? &kc : nullptr);
+      pb.skeleton = dec.coded_skeleton(se, pb.key, h.sparse ? &kc : nullptr);
       const auto stream = r.get_blob(kvi == 0 ? "K stream" : "V stream");
       byte_reader sr(stream, "pack stream of " + pb.where);
       const std::uint64_t max_symbols = cpu::max_symbols_for(pb.skeleton);
@@ -731,6 +774,7 @@ struct store_batch_plan {
   batch_bytes bytes;
   std::vector<Block> blocks;
   std::uint64_t max_items = 0;
+  std::int32_t key_head_dim = 0;  ///< think: the key rows' coded width (kv_batch_dest::key_head_dim)
 };
 
 namespace detail {
@@ -762,6 +806,8 @@ inline store_batch_plan<ggml_batch_block> plan_ggml_batch(const segment_decoder&
   if (dec.header().sparse)
     throw_usage("batch decode: " + dec.stages().quant->spec().name + " on a token-dropped container has no CUDA decode (its dense rows span the heads, "
                 "whose kept tokens differ); decode it on the CPU");
+  if (detail::coded_key_width(dec) != 0)
+    throw_usage("batch decode: think before " + dec.stages().quant->spec().name + " has no CUDA decode (its dense rows span the heads); decode it on the CPU");
   pack_batch_plan pp = plan_pack_batch(dec, segments, bytes, transforms_ok);
   store_batch_plan<ggml_batch_block> plan;
   const kv_shape& s = dec.header().shape;
@@ -792,6 +838,7 @@ inline store_batch_plan<fp8_batch_block> plan_fp8_batch(const segment_decoder& d
   detail::check_kept(dec.header(), kept);
   pack_batch_plan pp = plan_pack_batch(dec, segments, bytes, transforms_ok);
   store_batch_plan<fp8_batch_block> plan;
+  plan.key_head_dim = detail::coded_key_width(dec);
   const kv_shape& s = dec.header().shape;
   const std::uint32_t mode = q->scale_mode() == "tensor" ? 0u : q->scale_mode() == "head" ? 1u : 2u;
   for (const auto& pb : pp.blocks) {
@@ -799,9 +846,9 @@ inline store_batch_plan<fp8_batch_block> plan_fp8_batch(const segment_decoder& d
     detail::set_rows(g, pb, base, tokens);
     g.heads = static_cast<std::uint32_t>(s.kv_heads);
     const packed_plane* p = detail::expect_planes(pb, 1);
-    const std::uint64_t rows = pb.skeleton.rows();
-    if (p->alphabet != 256 || p->rows != rows || p->cols != static_cast<std::uint32_t>(s.head_dim))
-      throw_corrupt(pb.where, "expected a plane of " + std::to_string(rows) + " x " + std::to_string(s.head_dim) + " fp8 codes (alphabet 256), found " +
+    const std::uint64_t rows = pb.skeleton.rows(), D = static_cast<std::uint64_t>(pb.skeleton.head_dim);  // think: key rows coded narrower
+    if (p->alphabet != 256 || p->rows != rows || p->cols != D)
+      throw_corrupt(pb.where, "expected a plane of " + std::to_string(rows) + " x " + std::to_string(D) + " fp8 codes (alphabet 256), found " +
                                   std::to_string(p->rows) + " x " + std::to_string(p->cols) + " (alphabet " + std::to_string(p->alphabet) + ")");
     detail::expect_side(pb, 4 * (mode == 0 ? 0 : mode == 1 ? static_cast<std::uint64_t>(s.kv_heads) : rows), "scales");
     g.codes = p->first;
@@ -809,7 +856,7 @@ inline store_batch_plan<fp8_batch_block> plan_fp8_batch(const segment_decoder& d
     g.kind = static_cast<std::uint32_t>(q->format_kind());
     g.scale_mode = mode;
     if (mode == 0) g.tensor_scale = q->tensor_scale(pb.skeleton.layer, pb.key);
-    plan.max_items = std::max<std::uint64_t>(plan.max_items, rows * static_cast<std::uint64_t>(s.head_dim));
+    plan.max_items = std::max<std::uint64_t>(plan.max_items, rows * D);
     if (kept == nullptr) {
       plan.blocks.push_back(g);
       continue;
@@ -819,7 +866,7 @@ inline store_batch_plan<fp8_batch_block> plan_fp8_batch(const segment_decoder& d
       fp8_batch_block part = g;
       part.heads = 1;
       part.tokens = hp.rows;
-      part.codes = g.codes + hp.row * static_cast<std::uint64_t>(s.head_dim);
+      part.codes = g.codes + hp.row * D;
       part.scales = g.scales + 4 * (mode == 1 ? hp.head : hp.row);
       part.t_first = hp.dest;
       part.t_end = detail::all_tokens;
@@ -839,13 +886,14 @@ inline store_batch_plan<raw_batch_block> plan_raw_batch(const segment_decoder& d
   detail::check_kept(dec.header(), kept);
   pack_batch_plan pp = plan_pack_batch(dec, segments, bytes, transforms_ok);
   store_batch_plan<raw_batch_block> plan;
+  plan.key_head_dim = detail::coded_key_width(dec);
   const kv_shape& s = dec.header().shape;
   for (const auto& pb : pp.blocks) {
     raw_batch_block g;
     detail::set_rows(g, pb, base, tokens);
     g.heads = static_cast<std::uint32_t>(s.kv_heads);
     detail::expect_planes(pb, 0);
-    const std::uint64_t n = pb.skeleton.rows() * static_cast<std::uint64_t>(s.head_dim);
+    const std::uint64_t D = static_cast<std::uint64_t>(pb.skeleton.head_dim), n = pb.skeleton.rows() * D;  // think: key rows coded narrower
     detail::expect_side(pb, n * dtype_size(q->stored()), std::string(dtype_name(q->stored())) + " values");
     g.first = pb.side_first;
     g.stored = static_cast<std::uint32_t>(q->stored());
@@ -859,7 +907,7 @@ inline store_batch_plan<raw_batch_block> plan_raw_batch(const segment_decoder& d
       raw_batch_block part = g;
       part.heads = 1;
       part.tokens = hp.rows;
-      part.first = g.first + hp.row * static_cast<std::uint64_t>(s.head_dim) * dtype_size(q->stored());
+      part.first = g.first + hp.row * D * dtype_size(q->stored());
       part.t_first = hp.dest;
       part.t_end = detail::all_tokens;
       plan.blocks.push_back(part);
@@ -945,6 +993,7 @@ struct plane_batch_plan {
   batch_bytes bytes;                    ///< packed: the op's bytes
   std::vector<Block> blocks;
   std::uint64_t max_items = 0;
+  std::int32_t key_head_dim = 0;  ///< think: the key rows' coded width (kv_batch_dest::key_head_dim)
 };
 
 namespace detail {
@@ -990,9 +1039,10 @@ inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span
   detail::check_plan_transforms(c, transforms_ok);
   detail::check_kept(dec.header(), kept);
   const kv_shape& s = dec.header().shape;
-  const std::uint64_t H = static_cast<std::uint64_t>(s.kv_heads), D = static_cast<std::uint64_t>(s.head_dim);
+  const std::uint64_t H = static_cast<std::uint64_t>(s.kv_heads);
   const std::int64_t first_residual = kq ? s.tokens - kq->residual() : s.tokens;
   affine_batch_plan plan;
+  plan.key_head_dim = detail::coded_key_width(dec);
   plan.packed = dynamic_cast<const cpu::pack_entropy*>(c.entropy.get()) != nullptr;
   pack_batch_plan pp;
   const std::vector<detail::plane_source> all = detail::single_planes(dec, segments, bytes, plan.packed, pp, plan.rans, plan.side);
@@ -1006,8 +1056,11 @@ inline affine_batch_plan plan_affine_batch(const segment_decoder& dec, std::span
   std::vector<float> oval;
   for (const auto& f : all) {
     const block& sk = *f.skeleton;
+    kv_shape sw = s;  // the block's row width (think: key rows coded narrower)
+    sw.head_dim = sk.head_dim;
+    const std::uint64_t D = static_cast<std::uint64_t>(sk.head_dim);
     std::uint64_t pbytes = 0;
-    affine_batch_block g = detail::affine_block(kq, uq, s, sk.layer, f.key, sk.t0, sk.t1, pbytes);
+    affine_batch_block g = detail::affine_block(kq, uq, sw, sk.layer, f.key, sk.t0, sk.t1, pbytes);
     g.packed = plan.packed ? 1u : 0u;
     g.sym_first = f.sym_first;
     g.t_first = sk.t0 - base;
@@ -1108,7 +1161,7 @@ inline void decode_batch_emulated(const affine_batch_plan& plan, const kv_view& 
   std::vector<std::uint16_t> sym;
   const std::vector<std::uint8_t> all = detail::plane_symbols(plan, sym);
   std::vector<void*> k, v;
-  const kv_batch_dest d = batch_dest(dst, k, v);
+  const kv_batch_dest d = batch_dest(dst, k, v, plan.key_head_dim);
   detail::run_plane_op(plan, affine_batch_op{sym.data(), all.data(), d});
   const kv_put_block ob{0, plan.outliers.size(), 0, 1};
   run_batch_emulated(std::span<const kv_put_block>(&ob, 1), kv_put_op{plan.outliers.data(), d}, [](std::size_t) {});
@@ -1135,11 +1188,11 @@ inline codebook_batch_plan plan_codebook_batch(const segment_decoder& dec, std::
   detail::check_plan_transforms(c, transforms_ok);
   detail::check_kept(dec.header(), kept);
   const kv_shape& s = dec.header().shape;
-  const std::uint64_t H = static_cast<std::uint64_t>(s.kv_heads), D = static_cast<std::uint64_t>(s.head_dim);
+  const std::uint64_t H = static_cast<std::uint64_t>(s.kv_heads);
   codebook_batch_plan plan;
+  plan.key_head_dim = detail::coded_key_width(dec);
   plan.packed = dynamic_cast<const cpu::pack_entropy*>(c.entropy.get()) != nullptr;
   const std::uint32_t bits = nq ? 4u : static_cast<std::uint32_t>(kq->bits());
-  const std::uint64_t G = nq ? nq->group_of(s.head_dim) : 1;
   const std::uint64_t pb = nq ? affine::param_bytes(affine::mode::symmetric, nq->pd()) : 0;
   if (kq) {
     plan.books = kq->codebooks();
@@ -1150,6 +1203,7 @@ inline codebook_batch_plan plan_codebook_batch(const segment_decoder& dec, std::
   const std::vector<detail::plane_source> all = detail::single_planes(dec, segments, bytes, plan.packed, pp, plan.rans, plan.side);
   for (const auto& f : all) {
     const block& sk = *f.skeleton;
+    const std::uint64_t D = static_cast<std::uint64_t>(sk.head_dim), G = nq ? nq->group_of(sk.head_dim) : 1;  // think: key rows coded narrower
     codebook_batch_block g;
     g.layer = sk.layer;
     g.key = f.key ? 1u : 0u;
@@ -1200,7 +1254,7 @@ inline void decode_batch_emulated(const codebook_batch_plan& plan, const kv_view
   std::vector<std::uint16_t> sym;
   const std::vector<std::uint8_t> all = detail::plane_symbols(plan, sym);
   std::vector<void*> k, v;
-  detail::run_plane_op(plan, codebook_batch_op{sym.data(), all.data(), plan.books.data(), batch_dest(dst, k, v)});
+  detail::run_plane_op(plan, codebook_batch_op{sym.data(), all.data(), plan.books.data(), batch_dest(dst, k, v, plan.key_head_dim)});
 }
 
 template <class Block> struct batch_op_of;
@@ -1215,7 +1269,7 @@ void decode_batch_emulated(const store_batch_plan<Block>& plan, const kv_view& d
   if (dst.space != memory_space::host) throw_usage("decode_batch_emulated: the destination view is in device memory");
   const std::vector<std::uint8_t> all = plan.bytes.gather();
   std::vector<void*> k, v;
-  const typename batch_op_of<Block>::type op{all.data(), batch_dest(dst, k, v)};
+  const typename batch_op_of<Block>::type op{all.data(), batch_dest(dst, k, v, plan.key_head_dim)};
   run_batch_emulated(std::span<const Block>(plan.blocks), op, [](std::size_t) {});
 }
 
@@ -1240,8 +1294,9 @@ inline batch_kind batch_kind_of(const codec& c) {
 
 /// Plans `segments` with the decoder batch_kind_of picks and runs it on the CPU (the emulation of the
 /// CUDA seam) into the host view `dst` of destination tokens [0, tokens), token 0 being cache token `base`.
-/// With transforms (hadamard, derope) the quantizer's values go to an f32 scratch view first, then
-/// kv_finish_op inverts the transforms into `dst`. A token-dropped container's kept rows go to a compact
+/// With transforms (hadamard, derope, think) the quantizer's values go to an f32 scratch view first (think's
+/// key rows at their coded width, the first channels of each row), then kv_finish_op inverts the
+/// transforms into `dst` (think: each kept channel back in place, zeros in the pruned ones). A token-dropped container's kept rows go to a compact
 /// buffer (kept_rows_plan: f32 with transforms, else dst's dtype), then kv_finish_op moves them into
 /// `dst` and writes the dropped tokens as zeros.
 inline void decode_batch_emulated(const segment_decoder& dec, std::span<const std::size_t> segments,
@@ -1251,10 +1306,12 @@ inline void decode_batch_emulated(const segment_decoder& dec, std::span<const st
   const batch_kind kind = batch_kind_of(c);
   std::deque<std::vector<double>> tables;
   const kvc_header& h = dec.header();
-  const row_transforms ts = batch_row_transforms(
+  row_transforms ts = batch_row_transforms(
       c, cache_info{h.shape, h.source_dtype, h.metadata, {}}, true, [&](std::vector<double>& v) { return tables.emplace_back(std::move(v)).data(); },
       h.segments);
-  const bool tr = ts.n > 0;
+  std::vector<std::int32_t> channels;
+  add_think_channels(ts, c, h.shape, [&](std::vector<std::int32_t>& v) { return (channels = std::move(v)).data(); });
+  const bool tr = ts.any();
   const kv_shape& s = h.shape;
   kept_rows_plan kp;
   const kept_rows_plan* kept = nullptr;

@@ -603,12 +603,7 @@ encode_report encode_batch_to(X& x, const P& policy, codec& c, const const_kv_vi
     const std::vector<std::uint8_t> masks = x.think_masks(kv, ex_in, ex.kept, static_cast<std::int64_t>(W));
     transform_states[0] = cpu::think_transform::state_of(masks, static_cast<std::size_t>(D), static_cast<std::size_t>(W));
     th->load_state(transform_states[0], info);
-    std::vector<std::int32_t> ch;
-    for (std::size_t i = 0; i < masks.size(); ++i)
-      if (masks[i]) ch.push_back(static_cast<std::int32_t>(i % D));
-    rts.channels = detail::upload(x, ch);
-    rts.width = static_cast<std::int32_t>(W);
-    rts.heads = static_cast<std::int32_t>(H);
+    add_think_channels(rts, c, s, [&](const std::vector<std::int32_t>& ch) { return detail::upload(x, ch); });
   }
   detail::batch_parts parts;
   // uniform / kivi with outliers leave NaN marks in their source: an f32 copy of their own

@@ -83,6 +83,15 @@ class segment_decoder {
   const codec& stages() const noexcept { return c_; }
   const cache_info& info() const noexcept { return info_; }
 
+  /// The skeleton of segment se's K or V block as the stages code it: rows from the kept tokens `kc`
+  /// (null: every token of the segment), head_dim the width the transforms store (think: key rows of
+  /// its kept channels only).
+  block coded_skeleton(const segment_entry& se, bool key, const std::vector<std::vector<std::int32_t>>* kc) const {
+    block b = detail::block_skeleton(h_.shape, se.layer, key, se.t0, se.t1, kc);
+    for (const auto& t : c_.transforms) b.head_dim = t->coded_head_dim(b, info_);
+    return b;
+  }
+
   /// A sparse container's segment starts with the kept-token masks: reads them from `r` and returns
   /// the kept tokens (absolute) per kv head.
   std::vector<std::vector<std::int32_t>> read_kept(byte_reader& r, const segment_entry& se) const {
@@ -152,8 +161,7 @@ class segment_decoder {
     }
     std::vector<std::byte*>& rows = scratch.rows;
     for (int kvi = 0; kvi < 2; ++kvi) {
-      block b = detail::block_skeleton(s, se.layer, kvi == 0, se.t0, se.t1, h_.sparse ? &kc : nullptr);
-      for (const auto& t : c_.transforms) b.head_dim = t->coded_head_dim(b, info_);  // rows a transform stores narrower
+      block b = coded_skeleton(se, kvi == 0, h_.sparse ? &kc : nullptr);
       const std::size_t W = static_cast<std::size_t>(b.head_dim);
       const auto stream = r.get_blob(kvi == 0 ? "K stream" : "V stream");
       symbols& sy = scratch.sy;

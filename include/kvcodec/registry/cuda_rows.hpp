@@ -30,9 +30,11 @@ inline void register_cuda_rows(registry& r) {
   r.set_cuda("hadamard", {true, true, "encode.cuh decode.cuh (core/transform_rows.hpp)", "rows of at most 512 values"});
   r.set_cuda("derope", {true, true, "encode.cuh decode.cuh (core/transform_rows.hpp)", "rows of at most 512 values; cos/sin tables from the host"});
   // think: cuda::encode fits its masks on the GPU (cuda/think.cuh, from the queries view) and compacts
-  // the key rows before the quantizer; its containers decode on the CPU
-  r.set_cuda("think", {false, true, "think.cuh encode.cuh (core/think.hpp, core/transform_rows.hpp)",
-                       "encode: the codec's only transform, before cachegen-quant, raw, fp8, uniform, kivi or nf4; needs the queries view"});
+  // the key rows before the quantizer; cuda::decode_into decodes the key rows at their coded width and
+  // puts each kept channel back in place (kv_finish_op)
+  r.set_cuda("think", {true, true, "think.cuh encode.cuh decode.cuh (core/think.hpp, core/transform_rows.hpp)",
+                       "the codec's only transform; encode: before cachegen-quant, raw, fp8, uniform, kivi or nf4, needs the queries view; decode: "
+                       "before any quantizer but the block formats"});
   // drop stages: the scorers and the selection run on device views; cuda::encode runs them
   // (cuda/drop_select.cuh, composed stages in order) before raw, fp8, uniform, kivi or nf4;
   // cuda::decode_into takes their containers (kept rows decoded compact, then moved into the view, the

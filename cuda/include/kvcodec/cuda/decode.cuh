@@ -15,7 +15,8 @@
 // cachegen-quant kernel. Scope today: the kvc levels, `cachegen-quant|rans|ac`, `uniform`, `kivi`,
 // `nf4`, `kmeans`, the block formats, `fp8` and `raw`, without prediction, after the transforms
 // `hadamard` and `derope` (decoded into an f32 scratch view, then inverted into dst by kv_finish_op,
-// core/transform_rows.hpp) or none. Token-dropped containers (every quantizer above but the block
+// core/transform_rows.hpp), `think` as the only transform (not before a block format: its key rows
+// decode at their coded width, and kv_finish_op puts each kept channel back in place), or none. Token-dropped containers (every quantizer above but the block
 // formats): the kept rows decode into a compact device buffer, one part per head (pipeline/batch.hpp's
 // kept_rows_plan), then kv_finish_op moves them into dst and writes the dropped tokens as zeros, as
 // the CPU's decode_into does. Other containers are a usage error naming the stages that have a CUDA
@@ -60,9 +61,9 @@ struct device_dest {
   device_buffer<std::int32_t> table;
   device_buffer<void*> k, v;
   kv_batch_dest d;
-  explicit device_dest(const kv_view& dst) : table(std::span<const std::int32_t>(dst.block_table)) {
+  explicit device_dest(const kv_view& dst, std::int32_t key_head_dim = 0) : table(std::span<const std::int32_t>(dst.block_table)) {
     std::vector<void*> hk, hv;
-    d = batch_dest(dst, hk, hv);
+    d = batch_dest(dst, hk, hv, key_head_dim);
     k = device_buffer<void*>(std::span<void* const>(hk));
     v = device_buffer<void*>(std::span<void* const>(hv));
     d.k = k.data();
@@ -95,7 +96,7 @@ struct store_job final : batch_job {
   device_buffer<std::uint32_t> bad;
   std::uint64_t max_items;
   store_job(const store_batch_plan<Block>& plan, const kv_view& dst)
-      : bytes(upload(plan.bytes)), blocks(std::span<const Block>(plan.blocks)), dd(dst), bad(plan.blocks.size() + 1), max_items(plan.max_items) {}
+      : bytes(upload(plan.bytes)), blocks(std::span<const Block>(plan.blocks)), dd(dst, plan.key_head_dim), bad(plan.blocks.size() + 1), max_items(plan.max_items) {}
   void launch(const par_t& p) override {
     run_batch(blocks.data(), blocks.size(), max_items, typename batch_op_of<Block>::type{bytes.data(), dd.d}, bad.data(), p);
   }
@@ -165,7 +166,7 @@ struct cachegen_job final : batch_job {
   cachegen_job(cachegen_batch_plan<std::uint32_t> pl, const kv_view& dst, const par_t& p, batch_variant v)
       : plan(std::move(pl)), fused(v == batch_variant::best && !plan.unfused), rans(plan.rans, p, fused ? 0 : plan.rans.builder.out_symbols),
         blocks(std::span<const cachegen_batch_block>(plan.blocks)), block_of(std::span<const std::uint32_t>(plan.block_of_stream)),
-        steps(std::span<const float>(plan.steps)), dd(dst), bad(plan.blocks.size() + 1) {
+        steps(std::span<const float>(plan.steps)), dd(dst, plan.key_head_dim), bad(plan.blocks.size() + 1) {
     for (const auto& g : plan.blocks) max_elements = std::max<std::uint64_t>(max_elements, static_cast<std::uint64_t>(g.rows) * g.cols);
   }
   void launch(const par_t& p) override {
@@ -202,7 +203,7 @@ struct cachegen_ac_job final : batch_job {
         data(std::span<const std::uint8_t>(plan.data)), cdfs(std::span<const std::uint32_t>(plan.cdfs)), status(plan.streams.size() + 1),
         bad(plan.blocks.size() + 1), groups(std::span<const ac_tile_group>(plan.groups)), blocks(std::span<const cachegen_batch_block>(plan.blocks)),
         steps(std::span<const float>(plan.steps)), sym(tiled ? 0 : static_cast<std::size_t>(plan.out_symbols)),
-        restore(std::span<const pred_batch_block>(plan.restore)), restore_bad(plan.restore.size() + 1), dd(dst) {}
+        restore(std::span<const pred_batch_block>(plan.restore)), restore_bad(plan.restore.size() + 1), dd(dst, plan.key_head_dim) {}
   ac_batch_args args() { return {streams.data(), plan.streams.size(), data.data(), cdfs.data(), status.data()}; }
   void launch(const par_t& p) override {
     if (tiled) {
@@ -236,7 +237,7 @@ struct affine_job final : batch_job {
   device_dest dd;
   affine_job(affine_batch_plan pl, const kv_view& dst, const par_t& p)
       : plan(std::move(pl)), bytes(plan.packed ? upload(plan.bytes) : device_buffer<std::uint8_t>(std::span<const std::uint8_t>(plan.side))), bad(plan.blocks.size() + 1),
-        put_bad(1), blocks(std::span<const affine_batch_block>(plan.blocks)), outliers(std::span<const kv_put_entry>(plan.outliers)), dd(dst) {
+        put_bad(1), blocks(std::span<const affine_batch_block>(plan.blocks)), outliers(std::span<const kv_put_entry>(plan.outliers)), dd(dst, plan.key_head_dim) {
     if (!plan.packed) rans = rans_device(plan.rans, p, plan.rans.builder.out_symbols);
     const kv_put_block ob{0, plan.outliers.size(), 0, 1};
     put_block = device_buffer<kv_put_block>(std::span<const kv_put_block>(&ob, 1));
@@ -264,7 +265,7 @@ struct codebook_job final : batch_job {
   device_dest dd;
   codebook_job(codebook_batch_plan pl, const kv_view& dst, const par_t& p)
       : plan(std::move(pl)), bytes(plan.packed ? upload(plan.bytes) : device_buffer<std::uint8_t>(std::span<const std::uint8_t>(plan.side))),
-        books(std::span<const float>(plan.books)), bad(plan.blocks.size() + 1), blocks(std::span<const codebook_batch_block>(plan.blocks)), dd(dst) {
+        books(std::span<const float>(plan.books)), bad(plan.blocks.size() + 1), blocks(std::span<const codebook_batch_block>(plan.blocks)), dd(dst, plan.key_head_dim) {
     if (!plan.packed) rans = rans_device(plan.rans, p, plan.rans.builder.out_symbols);
   }
   void launch(const par_t& p) override {
@@ -303,12 +304,17 @@ class view_decoder {
     const auto todo = kvcodec::detail::segments_in(v.header, tb, te);
     const auto bytes_of = [&](std::size_t i) { return v.segment_bytes(i); };
     const batch_kind kind = batch_kind_of(dec.stages());
-    // Transforms (hadamard, derope): the quantizer's kernels write an f32 scratch view, then
-    // kv_finish_op (core/transform_rows.hpp) inverts the transforms into dst.
-    const row_transforms ts = batch_row_transforms(
+    // Transforms (hadamard, derope, think): the quantizer's kernels write an f32 scratch view (think's
+    // key rows at their coded width), then kv_finish_op (core/transform_rows.hpp) inverts the
+    // transforms into dst (think: the kept channels back in place, zeros in the pruned ones).
+    row_transforms ts = batch_row_transforms(
         dec.stages(), cache_info{s, v.header.source_dtype, v.header.metadata, {}}, true,
         [&](const std::vector<double>& t) { return tables_.emplace_back(std::span<const double>(t)).data(); }, v.header.segments);
-    const bool tr = ts.n > 0;
+    add_think_channels(ts, dec.stages(), s, [&](const std::vector<std::int32_t>& ch) {
+      think_channels_ = device_buffer<std::int32_t>(std::span<const std::int32_t>(ch));
+      return think_channels_.data();
+    });
+    const bool tr = ts.any();
     const std::int64_t tokens = te - tb;
     const bool sparse = v.header.sparse;
     const kept_rows_plan* kept = nullptr;
@@ -379,6 +385,7 @@ class view_decoder {
   // transforms: the f32 scratch view, derope's tables, the finishing step; token-dropped containers:
   // the compact kept rows and where each destination row finds its own
   std::deque<device_buffer<double>> tables_;
+  device_buffer<std::int32_t> think_channels_;
   std::deque<device_buffer<float>> scratch_;
   kept_rows_plan kept_;
   device_buffer<std::uint8_t> compact_;
