@@ -1,5 +1,5 @@
-// tests/fuzz/fuzz_entries.cpp — the one heavy translation unit of the fuzz build: every entry point of
-// fuzz_entry.hpp, compiled once with coverage and sanitizers and linked into each fuzz_<target>.
+// tests/fuzz/fuzz_entries.cpp — every entry point of fuzz_entry.hpp, compiled once with coverage and
+// sanitizers and linked into each fuzz_<target> (the stages' code beside it: cli/builtin_registry.cpp).
 #include "fuzz_entry.hpp"
 
 /// Runs `target` on one input; a kvcodec::error is the expected refusal of bad input, anything else
