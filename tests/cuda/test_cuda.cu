@@ -272,6 +272,18 @@ std::vector<std::byte> host_rows(const kv_cache& c, dtype t, std::int64_t tb, st
   return out;
 }
 
+/// Whether cuda::decode_into refuses `file` (every token, into an HF f16 device view of shape s) with a
+/// usage error.
+bool decode_usage(const bytes& file, const kv_shape& s) {
+  device_dest d(s, s.tokens, dtype::f16, false);
+  try {
+    kvcodec::cuda::decode_into(kvcodec::cuda::par, file, d.view);
+  } catch (const error& err) {
+    return err.kind() == error_kind::usage;
+  }
+  return false;
+}
+
 void test_decode_into() {
   kv_cache kv = test::random_cache(3, 2, 600, 32, dtype::f16);
   kv.metadata["rope"] = "rotate-half", kv.metadata["rope_theta"] = "500000";  // for derope
@@ -343,17 +355,33 @@ void test_decode_into() {
   check_specs({"hadamard|q8_0", "derope|kvc:level=5", "derope|hadamard:target=v|cachegen", "hadamard:seed=4|kivi:bits=4|rans", "derope|fp8:scale=head",
                "hadamard|nf4|rans", "derope|raw", "kvw", "weighted-quant:derope=off|rans"},
               {batch_variant::best});
-  {  // outside its scope (a block format on a token-dropped container): a usage error
-    const encoded e = encode("knorm:keep=0.5|q8_0", kv);
-    device_dest d(kv.shape, 600, dtype::f16, false);
-    bool usage = false;
-    try {
-      kvcodec::cuda::decode_into(kvcodec::cuda::par, e.data, d.view);
-    } catch (const error& err) {
-      usage = err.kind() == error_kind::usage;
-    }
-    expect(usage, "decode_into knorm:keep=0.5|q8_0: usage error");
-  }
+  // outside its scope (a block format on a token-dropped container): a usage error
+  expect(decode_usage(encode("knorm:keep=0.5|q8_0", kv).data, kv.shape), "decode_into knorm:keep=0.5|q8_0: usage error");
+}
+
+/// cuda::decode_into (view_decoder, each kernel variant of `variants`) of a 300-token container into every
+/// dtype, HF and paged, tokens 0..300, 96..256 and 100..290 (HF only), against the CPU's decode_into: the
+/// same rows and kept sets. --quick: the first variant, HF f16 only.
+void check_ranges(const bytes& file, const kv_shape& s, std::initializer_list<kvcodec::cuda::batch_variant> variants, const std::string& name) {
+  for (const kvcodec::cuda::batch_variant variant : variants)
+    for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
+      for (bool paged : {false, true})
+        for (auto [tb, te] : {std::pair<std::int64_t, std::int64_t>{0, 300}, {96, 256}, {100, 290}}) {
+          if ((paged && tb % 16 != 0) || (quick && (t != dtype::f16 || paged || variant != *variants.begin()))) continue;
+          decode_options opt;
+          opt.token_begin = tb;
+          opt.token_end = te;
+          test::host_dest want(s, te - tb, t, paged);
+          const decode_result wr = decode_into(cpu::par, file, want.view, opt);
+          device_dest d(s, te - tb, t, paged);
+          kvcodec::cuda::view_decoder vd(kvcodec::cuda::par, file, d.view, opt, variant);
+          vd.launch();
+          vd.finish();
+          const std::string what = name + (variant == kvcodec::cuda::batch_variant::best ? " (best) " : " (unfused) ") + std::string(dtype_name(t)) +
+                                   (paged ? " paged" : " hf") + " tokens " + std::to_string(tb) + ".." + std::to_string(te);
+          expect(d.rows() == want.rows(), what);
+          expect(vd.result().kept == wr.kept, what + ": kept sets");
+        }
 }
 
 /// cuda::decode_into of token-dropped containers: the CPU encoder's containers over ragged kept sets
@@ -373,23 +401,8 @@ void test_decode_dropped() {
                                  "kmeans:bits=3", "derope|kivi:bits=4|rans", "hadamard|cachegen-quant|rans:tables=chunk", "derope|cachegen",
                                  "kivi:bits=2,outliers=2,residual=40|rans", "uniform:bits=3,outliers=1"}) {
     codec c = make_codec(spec);
-    const encoded e = encode(cpu::par, c, const_kv_view(src.view), encode_options{.chunk_tokens = 96}, ex);
-    for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
-      for (bool paged : {false, true})
-        for (auto [tb, te] : {std::pair<std::int64_t, std::int64_t>{0, 300}, {96, 256}, {100, 290}}) {
-          if ((paged && tb % 16 != 0) || (quick && (t != dtype::f16 || paged))) continue;
-          decode_options opt;
-          opt.token_begin = tb;
-          opt.token_end = te;
-          test::host_dest want(kv.shape, te - tb, t, paged);
-          const decode_result wr = decode_into(cpu::par, e.data, want.view, opt);
-          device_dest d(kv.shape, te - tb, t, paged);
-          const decode_result gr = kvcodec::cuda::decode_into(kvcodec::cuda::par, e.data, d.view, opt);
-          const std::string what = "decode_into (token-dropped) " + spec + " " + std::string(dtype_name(t)) + (paged ? " paged" : " hf") + " tokens " +
-                                   std::to_string(tb) + ".." + std::to_string(te);
-          expect(d.rows() == want.rows(), what);
-          expect(gr.kept == wr.kept, what + ": kept sets");
-        }
+    check_ranges(encode(cpu::par, c, const_kv_view(src.view), encode_options{.chunk_tokens = 96}, ex).data, kv.shape,
+                 {kvcodec::cuda::batch_variant::best}, "decode_into (token-dropped) " + spec);
   }
 }
 
@@ -405,36 +418,9 @@ void test_decode_think() {
                                  "think|kmeans:bits=3", "think:prune=0.5|kvc:level=5", "think:prune=0.25|cachegen", "think|cachegen-quant|ac:pred=prev",
                                  "knorm:keep=0.5|think|kivi:bits=4,residual=40|rans", "snapkv:keep=0.4,window=16|think:prune=0.25|fp8",
                                  "knorm:keep=0.4|think|cachegen-quant|rans:tables=chunk", "h2o:keep=0.5,window=16|think:prune=0.5|nf4|rans"}) {
-    const encoded e = encode(spec, kv, encode_options{.chunk_tokens = 96});
-    for (const batch_variant variant : {batch_variant::best, batch_variant::unfused})
-      for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
-        for (bool paged : {false, true})
-          for (auto [tb, te] : {std::pair<std::int64_t, std::int64_t>{0, 300}, {96, 256}, {100, 290}}) {
-            if ((paged && tb % 16 != 0) || (quick && (t != dtype::f16 || paged || variant != batch_variant::best))) continue;
-            decode_options opt;
-            opt.token_begin = tb;
-            opt.token_end = te;
-            test::host_dest want(kv.shape, te - tb, t, paged);
-            const decode_result wr = decode_into(cpu::par, e.data, want.view, opt);
-            device_dest d(kv.shape, te - tb, t, paged);
-            kvcodec::cuda::view_decoder vd(kvcodec::cuda::par, e.data, d.view, opt, variant);
-            vd.launch();
-            vd.finish();
-            const std::string what = "decode_into (think) " + spec + (variant == batch_variant::best ? " (best) " : " (unfused) ") + std::string(dtype_name(t)) +
-                                     (paged ? " paged" : " hf") + " tokens " + std::to_string(tb) + ".." + std::to_string(te);
-            expect(d.rows() == want.rows(), what);
-            expect(vd.result().kept == wr.kept, what + ": kept sets");
-          }
+    check_ranges(encode(spec, kv, encode_options{.chunk_tokens = 96}).data, kv.shape, {batch_variant::best, batch_variant::unfused}, "decode_into (think) " + spec);
   }
-  const encoded e = encode("think|q8_0", kv);
-  device_dest d(kv.shape, 300, dtype::f16, false);
-  bool usage = false;
-  try {
-    kvcodec::cuda::decode_into(kvcodec::cuda::par, e.data, d.view);
-  } catch (const error& err) {
-    usage = err.kind() == error_kind::usage;
-  }
-  expect(usage, "decode_into think|q8_0: usage error");
+  expect(decode_usage(encode("think|q8_0", kv).data, kv.shape), "decode_into think|q8_0: usage error");
 }
 
 /// cuda::rans_encode_batch writes the CPU encoder's streams (laid out by the host gather of

@@ -167,6 +167,34 @@ void check_views(const bytes& file, dtype range_dtype) {
   check_decode(file, dtype::f16, true, 256, 512, true);
   check_decode(file, range_dtype, false, 100, 300, true);
 }
+
+/// check_decode of a 300-token container into every dtype, HF and paged, then tokens 100..250 (paged
+/// f16) and 190..300 (HF f32).
+void check_views_300(const bytes& file) {
+  for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
+    for (bool paged : {false, true}) {
+      INFO("dtype " << dtype_name(t) << (paged ? " paged" : " hf"));
+      check_decode(file, t, paged, 0, 300, true);
+    }
+  check_decode(file, dtype::f16, true, 100, 250, true);
+  check_decode(file, dtype::f32, false, 190, 300, true);
+}
+
+/// The message of the error decode_batch_emulated throws for every segment of `file` (tokens [0, T),
+/// into an HF f16 view), which must be a usage error; "" when it decodes.
+std::string emulated_usage_error(const bytes& file, std::int64_t T) {
+  const opened o(file);
+  std::vector<std::size_t> all(o.v.header.segments.size());
+  for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+  dest d(o.v.header.shape, T, dtype::f16, false);
+  try {
+    decode_batch_emulated(o.dec, all, o.bytes_of(), 0, T, d.view);
+  } catch (const error& e) {
+    CHECK(e.kind() == error_kind::usage);
+    return e.what();
+  }
+  return "";
+}
 }  // namespace
 
 TEST_CASE("batch decode (emulated) equals decode_into: kvc levels - scale axes - planes coded with prediction - dtypes - HF and paged views - token ranges") {
@@ -343,16 +371,7 @@ TEST_CASE("batch decode (emulated) equals decode_into after the transforms hadam
   const std::size_t seg0[] = {0};
   CHECK_THROWS_AS((void)plan_ggml_batch(o.dec, seg0, o.bytes_of(), 0, 600), error);
   // transforms without a batch decoder: a usage error
-  const opened t(encode("delta|kvc:level=5", a).data);
-  std::vector<std::size_t> all(t.v.header.segments.size());
-  for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
-  dest d(t.v.header.shape, 600, dtype::f16, false);
-  try {
-    decode_batch_emulated(t.dec, all, t.bytes_of(), 0, 600, d.view);
-    CHECK(false);
-  } catch (const error& e) {
-    CHECK(e.kind() == error_kind::usage);
-  }
+  CHECK_FALSE(emulated_usage_error(encode("delta|kvc:level=5", a).data, 600).empty());
 }
 
 TEST_CASE("batch decode: pack containers outside its scope are usage errors - a cut pack stream is corrupt") {
@@ -405,29 +424,12 @@ TEST_CASE("batch decode (emulated) of think containers equals decode_into: key r
                                  "streamingllm:keep=0.5|think:prune=0.75|kivi:bits=2,outliers=2", "knorm:keep=0.4|think|cachegen-quant|rans:tables=chunk",
                                  "h2o:keep=0.5,window=16|think:prune=0.5|nf4|rans", "keydiff:keep=0.5|think:prune=0.25|cachegen"}) {
     INFO(spec);
-    const encoded e = encode(spec, kv, encode_options{.chunk_tokens = 96});
-    for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
-      for (bool paged : {false, true}) {
-        INFO("dtype " << dtype_name(t) << (paged ? " paged" : " hf"));
-        check_decode(e.data, t, paged, 0, 300, true);
-      }
-    check_decode(e.data, dtype::f16, true, 100, 250, true);
-    check_decode(e.data, dtype::f32, false, 190, 300, true);
+    check_views_300(encode(spec, kv, encode_options{.chunk_tokens = 96}).data);
   }
   // the block formats' rows span the heads: a usage error that says so; so is think with another transform
   for (const std::string spec : {"think|q8_0", "think:prune=0.5|iq4_nl", "think|hadamard|kivi"}) {
     INFO(spec);
-    const opened o(encode(spec, kv, encode_options{.chunk_tokens = 96}).data);
-    std::vector<std::size_t> all(o.v.header.segments.size());
-    for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
-    dest d(o.v.header.shape, 300, dtype::f16, false);
-    try {
-      decode_batch_emulated(o.dec, all, o.bytes_of(), 0, 300, d.view);
-      CHECK(false);
-    } catch (const error& err) {
-      CHECK(err.kind() == error_kind::usage);
-      CHECK(std::string(err.what()).find("think") != std::string::npos);
-    }
+    CHECK(emulated_usage_error(encode(spec, kv, encode_options{.chunk_tokens = 96}).data, 300).find("think") != std::string::npos);
   }
 }
 
@@ -446,14 +448,7 @@ TEST_CASE("batch decode (emulated) of token-dropped containers equals decode_int
                                  "cachegen-quant|rans:pred=linear,tables=chunk", "kivi:bits=4|rans:pred=anchor"}) {
     INFO(spec);
     codec c = make_codec(spec);
-    const encoded e = encode(cpu::par, c, const_kv_view(src.view), encode_options{.chunk_tokens = 96}, ex);
-    for (dtype t : {dtype::f16, dtype::bf16, dtype::f32})
-      for (bool paged : {false, true}) {
-        INFO("dtype " << dtype_name(t) << (paged ? " paged" : " hf"));
-        check_decode(e.data, t, paged, 0, 300, true);
-      }
-    check_decode(e.data, dtype::f16, true, 100, 250, true);
-    check_decode(e.data, dtype::f32, false, 190, 300, true);
+    check_views_300(encode(cpu::par, c, const_kv_view(src.view), encode_options{.chunk_tokens = 96}, ex).data);
   }
   // drop stages: the kept sets they choose
   for (const std::string spec : {"knorm:keep=0.4|cachegen-quant|rans:tables=chunk,lanes=0", "streamingllm:keep=0.3,sink=4|cachegen", "knorm:keep=0.5|nf4|rans"}) {
@@ -482,17 +477,8 @@ TEST_CASE("batch decode (emulated) of token-dropped containers equals decode_int
   kv_extras wex = extras_of(wide);
   wex.cache = nullptr;
   wex.kept = test::ragged_kept(2);
-  const opened q(encode(cpu::par, g, const_kv_view(wsrc.view), encode_options{.chunk_tokens = 96}, wex).data);
-  dest w(q.v.header.shape, 300, dtype::f16, false);
-  std::vector<std::size_t> all(q.v.header.segments.size());
-  for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
-  try {
-    decode_batch_emulated(q.dec, all, q.bytes_of(), 0, 300, w.view);
-    CHECK(false);
-  } catch (const error& err) {
-    CHECK(err.kind() == error_kind::usage);
-    CHECK(std::string(err.what()).find("token-dropped") != std::string::npos);
-  }
+  CHECK(emulated_usage_error(encode(cpu::par, g, const_kv_view(wsrc.view), encode_options{.chunk_tokens = 96}, wex).data, 300).find("token-dropped") !=
+        std::string::npos);
 }
 
 }  // namespace kvcodec_test_pipeline_batch
