@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
     }
     const int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     eval::synth_options o;
-    o.q_heads = 0;
+    o.q_heads = spec.find("think") != std::string::npos ? o.kv_heads : 0;  // think fits its channels from the queries (one per kv head: the least host memory)
     o.dtype = dtype::f16;
     o.tokens = std::max<std::int64_t>(1, static_cast<std::int64_t>(size_mb * 1e6 / (2.0 * o.layers * o.kv_heads * o.head_dim * 2) + 0.5));
     const auto t0 = std::chrono::steady_clock::now();
