@@ -16,6 +16,11 @@
 // moves every kept row into the view (inverting the transforms) and writes the dropped tokens as
 // zeros, as decode_into does. Not for the llama.cpp block formats (their dense rows span the heads).
 //
+// `think` containers: every block is planned at the width its stages code it (segment_decoder::
+// coded_skeleton: key rows of the head's kept channels only), each plan carries that width for its
+// destination (kv_batch_dest::key_head_dim: the element steps write key rows that wide into the f32
+// scratch), and kv_finish_op puts each kept channel back in place, zeros in the pruned ones.
+//
 // Containers coded with `pack` (the llama.cpp block formats q8_0..iq4_nl, fp8, raw) need no entropy
 // decoder: plan_pack_batch finds where each block's packed plane and side bytes lie in the segments'
 // bytes (checked as the CPU stages check them), and plan_ggml_batch / plan_fp8_batch / plan_raw_batch
