@@ -1299,9 +1299,10 @@ inline batch_kind batch_kind_of(const codec& c) {
 
 /// Plans `segments` with the decoder batch_kind_of picks and runs it on the CPU (the emulation of the
 /// CUDA seam) into the host view `dst` of destination tokens [0, tokens), token 0 being cache token `base`.
-/// With transforms (hadamard, derope, think) the quantizer's values go to an f32 scratch view first (think's
-/// key rows at their coded width, the first channels of each row), then kv_finish_op inverts the
-/// transforms into `dst` (think: each kept channel back in place, zeros in the pruned ones). A token-dropped container's kept rows go to a compact
+/// With transforms (hadamard, derope, think) the quantizer's values go to an f32 scratch view first
+/// (think's key rows at their coded width, the first channels of each row), then kv_finish_op inverts
+/// the transforms into `dst` (think: each kept channel back in place, zeros in the pruned ones). A
+/// token-dropped container's kept rows go to a compact
 /// buffer (kept_rows_plan: f32 with transforms, else dst's dtype), then kv_finish_op moves them into
 /// `dst` and writes the dropped tokens as zeros.
 inline void decode_batch_emulated(const segment_decoder& dec, std::span<const std::size_t> segments,

@@ -16,8 +16,9 @@
 // `nf4`, `kmeans`, the block formats, `fp8` and `raw`, without prediction, after the transforms
 // `hadamard` and `derope` (decoded into an f32 scratch view, then inverted into dst by kv_finish_op,
 // core/transform_rows.hpp), `think` as the only transform (not before a block format: its key rows
-// decode at their coded width, and kv_finish_op puts each kept channel back in place), or none. Token-dropped containers (every quantizer above but the block
-// formats): the kept rows decode into a compact device buffer, one part per head (pipeline/batch.hpp's
+// decode at their coded width, and kv_finish_op puts each kept channel back in place), or none.
+// Token-dropped containers (every quantizer above but the block formats): the kept rows decode into a
+// compact device buffer, one part per head (pipeline/batch.hpp's
 // kept_rows_plan), then kv_finish_op moves them into dst and writes the dropped tokens as zeros, as
 // the CPU's decode_into does. Other containers are a usage error naming the stages that have a CUDA
 // decode (registry/cuda_rows.hpp).
