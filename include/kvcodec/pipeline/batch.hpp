@@ -198,6 +198,13 @@ inline void check_plan_transforms(const codec& c, bool transforms_ok) {
 }
 }  // namespace detail
 
+/// The codec's `think` stage (the transform that narrows key rows), or null.
+inline const cpu::think_transform* think_of(const codec& c) {
+  for (const auto& t : c.transforms)
+    if (const auto* th = dynamic_cast<const cpu::think_transform*>(t.get())) return th;
+  return nullptr;
+}
+
 /// A codec's transforms as row steps (core/transform_rows.hpp) for the batch encoder (inverse = false)
 /// or decoder (inverse = true): hadamard and derope, derope's cos/sin tables (every token position of
 /// the cache x head_dim / 2, the CPU stage's expression: cos/sin of -+rope_angle) handed to
@@ -213,13 +220,12 @@ row_transforms batch_row_transforms(const codec& c, const cache_info& info, bool
   if (c.transforms.empty() && !rotate) return out;
   const kv_shape& s = info.shape;
   const std::string side = inverse ? "decode" : "encode";
-  for (const auto& t : c.transforms)
-    if (dynamic_cast<const cpu::think_transform*>(t.get()) != nullptr) {
-      if (c.transforms.size() != 1 || rotate)
-        throw_usage("batch " + side + ": codec '" + c.spec() + "': think is batch-" + side + "d as a codec's only transform, before a quantizer that keeps its keys' " +
-                    "channels in place (" + side + " this codec on the CPU)");
-      return out;  // add_think_channels sets out.channels (the encoder once it has fitted the masks)
-    }
+  if (think_of(c) != nullptr) {
+    if (c.transforms.size() != 1 || rotate)
+      throw_usage("batch " + side + ": codec '" + c.spec() + "': think is batch-" + side + "d as a codec's only transform, before a quantizer that keeps its keys' " +
+                  "channels in place (" + side + " this codec on the CPU)");
+    return out;  // add_think_channels sets out.channels (the encoder once it has fitted the masks)
+  }
   if (c.transforms.size() + (rotate ? 1 : 0) > row_transforms::max)
     throw_usage("batch " + side + ": codec '" + c.spec() + "': at most " + std::to_string(row_transforms::max) + " transforms");
   if (s.head_dim > transform_max_head_dim)
@@ -272,13 +278,6 @@ row_transforms batch_row_transforms(const codec& c, const cache_info& info, bool
     r.sn = upload(sn);
   }
   return out;
-}
-
-/// The codec's `think` stage (the transform that narrows key rows), or null.
-inline const cpu::think_transform* think_of(const codec& c) {
-  for (const auto& t : c.transforms)
-    if (const auto* th = dynamic_cast<const cpu::think_transform*>(t.get())) return th;
-  return nullptr;
 }
 
 /// Sets ts's think channels (row_transforms::channels: [layer][kv head][kept width], increasing) from
